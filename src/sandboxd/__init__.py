@@ -1,0 +1,46 @@
+"""sandboxd: a sandbox lifecycle runtime on trio."""
+
+from ._version import PROTOCOL_VERSION, __version__
+from .wire import (
+    Aborted,
+    AlreadyExists,
+    Cancelled,
+    Code,
+    DataLoss,
+    DeadlineExceeded,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    OutOfRange,
+    PermissionDenied,
+    ResourceExhausted,
+    RPCError,
+    Unauthenticated,
+    Unavailable,
+    Unimplemented,
+    Unknown,
+)
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "Aborted",
+    "AlreadyExists",
+    "Cancelled",
+    "Code",
+    "DataLoss",
+    "DeadlineExceeded",
+    "FailedPrecondition",
+    "Internal",
+    "InvalidArgument",
+    "NotFound",
+    "OutOfRange",
+    "PermissionDenied",
+    "RPCError",
+    "ResourceExhausted",
+    "Unauthenticated",
+    "Unavailable",
+    "Unimplemented",
+    "Unknown",
+    "__version__",
+]
