@@ -91,7 +91,8 @@ def loads_strict(data: bytes, what: str = "message") -> Any:
     except Exception as exc:  # cbor2 may raise other types on hostile input
         raise InvalidArgument(f"{what}: invalid CBOR: {exc}") from None
     if fp.tell() != len(data):
-        raise InvalidArgument(f"{what}: {len(data) - fp.tell()} trailing bytes after the CBOR item")
+        extra = len(data) - fp.tell()
+        raise InvalidArgument(f"{what}: {extra} trailing bytes after the CBOR item")
     return value
 
 
@@ -189,7 +190,8 @@ def encode_response(payload: bytes) -> bytes:
 
 def encode_error(code: int, message: str, details: Sequence[Any] = ()) -> bytes:
     """A response envelope carrying an error status."""
-    return cbor2.dumps({"status": {"code": int(code), "message": message, "details": list(details)}})
+    status = {"code": int(code), "message": message, "details": list(details)}
+    return cbor2.dumps({"status": status})
 
 
 def encode_error_from(err: RPCError) -> bytes:

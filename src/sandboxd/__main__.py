@@ -1,0 +1,5 @@
+import sys
+
+from .cli._serve import main
+
+sys.exit(main())

@@ -1,0 +1,22 @@
+"""``sandboxd.v1.Runtime``: what any client can ask to learn what it talks to."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Final
+
+from .._version import PROTOCOL_VERSION, __version__
+from ..rpc import CallContext, Message, Method, inline
+
+RUNTIME_SERVICE: Final = "sandboxd.v1.Runtime"
+
+_VERSION_REPLY: Final[Mapping[str, Any]] = {"version": __version__, "protocol": PROTOCOL_VERSION}
+
+
+def _version(message: Message, ctx: CallContext) -> Mapping[str, Any]:
+    return _VERSION_REPLY
+
+
+def runtime_service() -> dict[str, Method]:
+    """The methods of ``sandboxd.v1.Runtime``: ``Version {} -> {version, protocol}``."""
+    return {"Version": inline(_version)}

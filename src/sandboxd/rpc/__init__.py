@@ -1,0 +1,32 @@
+"""trio RPC over ttrpc-framed CBOR on Unix sockets.  Knows nothing of sandboxes."""
+
+from ._client import Client, open_client
+from ._methods import (
+    CallContext,
+    Message,
+    MessageSender,
+    Method,
+    MethodKind,
+    Services,
+    inline,
+    server_stream,
+    unary,
+)
+from ._server import Server
+from ._unix import SocketInUseError
+
+__all__ = [
+    "CallContext",
+    "Client",
+    "Message",
+    "MessageSender",
+    "Method",
+    "MethodKind",
+    "Server",
+    "Services",
+    "SocketInUseError",
+    "inline",
+    "open_client",
+    "server_stream",
+    "unary",
+]

@@ -1,0 +1,71 @@
+"""How a service's methods are declared to the server."""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Protocol, final
+
+import attrs
+
+Message = dict[str, Any]
+
+
+class MethodKind(enum.Enum):
+    #: A plain function run by the connection's reader as the request arrives: for cheap,
+    #: non-blocking answers.  No task is spawned; it must not block.
+    INLINE = "inline"
+    #: A coroutine function run in a task of its own, under the caller's deadline.
+    UNARY = "unary"
+    #: A coroutine function that sends any number of messages, then returns.
+    SERVER_STREAM = "server_stream"
+
+
+@final
+@attrs.frozen(slots=True)
+class CallContext:
+    """What a handler may know about the call it serves."""
+
+    service: str
+    method: str
+    stream_id: int
+    metadata: Mapping[str, Sequence[str]]
+    #: trio clock time by which the caller wants the answer; ``math.inf`` when none.
+    deadline: float = math.inf
+
+
+class MessageSender(Protocol):
+    async def send(self, message: Mapping[str, Any]) -> None: ...
+
+
+InlineHandler = Callable[[Message, CallContext], Mapping[str, Any]]
+UnaryHandler = Callable[[Message, CallContext], Awaitable[Mapping[str, Any]]]
+StreamHandler = Callable[[Message, CallContext, MessageSender], Awaitable[None]]
+
+
+@final
+@attrs.frozen(slots=True)
+class Method:
+    """One method of a service: its handler and how the server runs it."""
+
+    kind: MethodKind
+    handler: Callable[..., Any]
+
+
+def inline(handler: InlineHandler) -> Method:
+    """A method answered synchronously by the connection's reader (no task per call)."""
+    return Method(MethodKind.INLINE, handler)
+
+
+def unary(handler: UnaryHandler) -> Method:
+    """A method run in its own task; cancelled at the caller's deadline or disconnect."""
+    return Method(MethodKind.UNARY, handler)
+
+
+def server_stream(handler: StreamHandler) -> Method:
+    """A server-streaming method: ``handler(message, ctx, stream)`` calls ``stream.send``."""
+    return Method(MethodKind.SERVER_STREAM, handler)
+
+
+Services = Mapping[str, Mapping[str, Method]]

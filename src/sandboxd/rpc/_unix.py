@@ -1,0 +1,120 @@
+"""Binding and connecting Unix stream sockets, with stale-socket handling."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import secrets
+import socket
+import stat
+
+import trio
+
+from ..wire import Unavailable
+
+_SUN_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) - 1 on Linux
+
+
+class SocketInUseError(OSError):
+    """A live server already listens on the socket path."""
+
+
+def _probe_live(path: str) -> bool:
+    """Whether something accepts connections on ``path`` (without waiting)."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.setblocking(False)
+    try:
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        return False
+    except BlockingIOError:
+        return True  # backlog full: someone is listening
+    finally:
+        probe.close()
+    return True
+
+
+def bind_unix(path: str, backlog: int = 512) -> tuple[socket.socket, int]:
+    """A listening socket at ``path``, mode 0600, and the inode it was created with.
+
+    The socket is bound under a temporary name, restricted, then renamed into place, so it is
+    never reachable with looser permissions.  A stale socket (nobody listening) is replaced;
+    a live one raises :class:`SocketInUseError`; a path that is not a socket is never removed.
+    """
+    path = os.fspath(path)
+    if len(os.fsencode(path)) > _SUN_PATH_MAX:
+        raise OSError(errno.ENAMETOOLONG, f"socket path is over {_SUN_PATH_MAX} bytes", path)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        pass
+    else:
+        if not stat.S_ISSOCK(st.st_mode):
+            raise FileExistsError(errno.EEXIST, "path exists and is not a socket", path)
+        if _probe_live(path):
+            raise SocketInUseError(
+                errno.EADDRINUSE, "a server is already listening on this socket", path
+            )
+    directory = os.path.dirname(path) or "."
+    tmp = os.path.join(directory, f".sbd-{secrets.token_hex(4)}.sock")
+    if len(os.fsencode(tmp)) > _SUN_PATH_MAX:
+        tmp = path  # no room for a temporary name: bind in place, then restrict
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        old_umask = os.umask(0o177)
+        try:
+            sock.bind(tmp)
+        finally:
+            os.umask(old_umask)
+        os.chmod(tmp, 0o600)
+        sock.listen(backlog)
+        if tmp != path:
+            os.rename(tmp, path)
+        sock.setblocking(False)
+        inode = os.lstat(path).st_ino
+    except BaseException:
+        sock.close()
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return sock, inode
+
+
+def unlink_if_ours(path: str, inode: int) -> None:
+    """Remove the socket file at ``path`` unless another server has replaced it."""
+    try:
+        if os.lstat(path).st_ino == inode:
+            os.unlink(path)
+    except OSError:
+        pass
+
+
+async def connect_unix(path: str) -> socket.socket:
+    """A connected non-blocking socket to ``path``.
+
+    Raises :class:`~sandboxd.Unavailable` naming the path when nobody listens there.
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    try:
+        try:
+            sock.connect(os.fspath(path))
+        except BlockingIOError:
+            await trio.lowlevel.wait_writable(sock)
+            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                raise OSError(err, os.strerror(err), path) from None
+    except (FileNotFoundError, ConnectionRefusedError) as exc:
+        sock.close()
+        raise Unavailable(f"cannot connect to {path}: {exc.strerror}") from None
+    except OSError as exc:
+        sock.close()
+        raise Unavailable(f"cannot connect to {path}: {exc.strerror or exc}") from None
+    except BaseException:
+        sock.close()
+        raise
+    await trio.lowlevel.checkpoint()
+    return sock
