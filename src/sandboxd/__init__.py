@@ -1,7 +1,6 @@
 """sandboxd: a sandbox lifecycle runtime on trio."""
 
-from ._version import PROTOCOL_VERSION, __version__
-from .wire import (
+from ._errors import (
     Aborted,
     AlreadyExists,
     Cancelled,
@@ -21,6 +20,7 @@ from .wire import (
     Unimplemented,
     Unknown,
 )
+from ._version import PROTOCOL_VERSION, __version__
 
 __all__ = [
     "PROTOCOL_VERSION",

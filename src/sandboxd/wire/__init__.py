@@ -1,5 +1,25 @@
 """Sans-io wire protocol: frames, the CBOR envelope, status codes.  No trio, no I/O."""
 
+from .._errors import (
+    Aborted,
+    AlreadyExists,
+    Cancelled,
+    Code,
+    DataLoss,
+    DeadlineExceeded,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    OutOfRange,
+    PermissionDenied,
+    ResourceExhausted,
+    RPCError,
+    Unauthenticated,
+    Unavailable,
+    Unimplemented,
+    Unknown,
+)
 from ._envelope import (
     MAX_DEPTH,
     Request,
@@ -23,26 +43,6 @@ from ._frame import (
     FrameType,
     OversizedFrame,
     encode_frame,
-)
-from ._status import (
-    Aborted,
-    AlreadyExists,
-    Cancelled,
-    Code,
-    DataLoss,
-    DeadlineExceeded,
-    FailedPrecondition,
-    Internal,
-    InvalidArgument,
-    NotFound,
-    OutOfRange,
-    PermissionDenied,
-    ResourceExhausted,
-    RPCError,
-    Unauthenticated,
-    Unavailable,
-    Unimplemented,
-    Unknown,
 )
 
 __all__ = [

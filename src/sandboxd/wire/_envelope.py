@@ -18,7 +18,7 @@ from typing import Any, Final, NamedTuple
 
 import cbor2
 
-from ._status import Code, InvalidArgument, RPCError
+from .._errors import Code, Internal, InvalidArgument, RPCError
 
 MAX_DEPTH: Final = 32
 
@@ -225,7 +225,5 @@ def decode_response(data: bytes) -> bytes:
         if type(payload) is not bytes:
             raise InvalidArgument("response envelope: 'payload' must be a byte string")
     except InvalidArgument as exc:
-        from ._status import Internal
-
         raise Internal(f"malformed response from peer: {exc}") from None
     return payload

@@ -11,7 +11,7 @@ import enum
 import struct
 from typing import Final, NamedTuple, final
 
-from ._status import ResourceExhausted
+from .._errors import ResourceExhausted
 
 HEADER: Final = struct.Struct(">IIBB")
 HEADER_SIZE: Final = HEADER.size  # 10
