@@ -56,6 +56,39 @@ class _Pending:
 
 
 @final
+class _StreamMessages:
+    """The messages of one server stream, as an async iterator (no generator to close)."""
+
+    __slots__ = ("_deadline", "_name", "_pending")
+
+    def __init__(self, pending: _Pending, deadline: float, name: str) -> None:
+        self._pending = pending
+        self._deadline = deadline
+        self._name = name
+
+    def __aiter__(self) -> _StreamMessages:
+        return self
+
+    async def __anext__(self) -> dict[str, Any]:
+        pending = self._pending
+        buffer = pending.buffer
+        assert buffer is not None
+        while True:
+            if buffer:
+                await trio.lowlevel.checkpoint()
+                return loads_message(buffer.popleft(), "stream message")
+            if pending.finished:
+                if pending.error is not None:
+                    raise pending.error
+                raise StopAsyncIteration
+            pending.wake = trio.Event()
+            with trio.move_on_at(self._deadline):
+                await pending.wake.wait()
+            if not buffer and not pending.finished:
+                raise DeadlineExceeded(f"{self._name}: deadline exceeded")
+
+
+@final
 class Client:
     """A connection to a sandboxd RPC server.  Get one with :func:`open_client`.
 
@@ -117,16 +150,19 @@ class Client:
         *,
         timeout: float | None = None,
         metadata: Mapping[str, Sequence[str]] | None = None,
+        send_deadline: float | None = None,
     ) -> dict[str, Any]:
         """Call a unary method and return its response message.
 
         ``timeout`` (seconds) is sent to the server as the call's deadline and enforced here
-        too: when it passes the call ends with :class:`~sandboxd.DeadlineExceeded`.  If the
-        calling task is cancelled, the server is told to cancel the call, and the
-        cancellation propagates.
+        too: when it passes the call ends with :class:`~sandboxd.DeadlineExceeded`.
+        ``send_deadline`` (trio clock time) is only sent, for callers whose own cancel scope
+        enforces it.  If the calling task is cancelled, the server is told to cancel the
+        call, and the cancellation propagates.
         """
         deadline = math.inf if timeout is None else trio.current_time() + timeout
-        stream_id, pending = self._send_request(service, method, message, deadline, metadata)
+        wire_deadline = deadline if send_deadline is None else min(deadline, send_deadline)
+        stream_id, pending = self._send_request(service, method, message, wire_deadline, metadata)
         try:
             with trio.move_on_at(deadline):
                 await pending.wake.wait()
@@ -161,29 +197,10 @@ class Client:
         stream_id, pending = self._send_request(service, method, message, deadline, metadata)
         pending.buffer = collections.deque()
         try:
-            yield self._iterate(pending, deadline, f"{service}/{method}")
+            yield _StreamMessages(pending, deadline, f"{service}/{method}")
         finally:
             if not pending.finished:
                 self._abandon(stream_id)
-
-    async def _iterate(
-        self, pending: _Pending, deadline: float, name: str
-    ) -> AsyncIterator[dict[str, Any]]:
-        buffer = pending.buffer
-        assert buffer is not None
-        while True:
-            if buffer:
-                yield loads_message(buffer.popleft(), "stream message")
-                continue
-            if pending.finished:
-                if pending.error is not None:
-                    raise pending.error
-                return
-            pending.wake = trio.Event()
-            with trio.move_on_at(deadline):
-                await pending.wake.wait()
-            if not buffer and not pending.finished:
-                raise DeadlineExceeded(f"{name}: deadline exceeded")
 
     async def reader(self) -> None:
         """Route incoming frames to calls until the connection ends; then fail all calls."""

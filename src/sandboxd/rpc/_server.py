@@ -127,20 +127,27 @@ class _Connection:
             data = await transport.receive()
             if not data:
                 return
-            for event in feed(data):
-                if not isinstance(event, OversizedFrame):
-                    if event.type == _REQUEST:
-                        self._on_request(event)
-                    elif event.type == _DATA:
-                        self._on_data(event)
-                    # Responses from a client and frames of unknown type are ignored.
-                else:
-                    self._reply_error(
-                        event.stream_id,
-                        ResourceExhausted(
-                            f"frame of {event.length} bytes is over the {MAX_PAYLOAD}-byte limit"
-                        ),
-                    )
+            transport.cork()
+            try:
+                for event in feed(data):
+                    if not isinstance(event, OversizedFrame):
+                        if event.type == _REQUEST:
+                            self._on_request(event)
+                        elif event.type == _DATA:
+                            self._on_data(event)
+                        # Responses from a client and frames of unknown type are ignored.
+                    elif event.type == _REQUEST:
+                        # Oversized frames of other types are skipped: only a request has a
+                        # caller waiting on its stream id.
+                        self._reply_error(
+                            event.stream_id,
+                            ResourceExhausted(
+                                f"frame of {event.length} bytes is over the "
+                                f"{MAX_PAYLOAD}-byte limit"
+                            ),
+                        )
+            finally:
+                transport.uncork()
 
     def _reply_error(self, stream_id: int, err: RPCError) -> None:
         self.transport.write(encode_frame(stream_id, _RESPONSE, 0, encode_error_from(err)))

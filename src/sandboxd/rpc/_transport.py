@@ -30,6 +30,7 @@ class Transport:
     __slots__ = (
         "_broken",
         "_closed",
+        "_corked",
         "_drained",
         "_pending",
         "_pending_bytes",
@@ -49,6 +50,7 @@ class Transport:
         self._closed = False
         self._broken: BaseException | None = None
         self._yield_next = False
+        self._corked: list[bytes] | None = None
 
     @property
     def socket(self) -> socket.socket:
@@ -98,6 +100,9 @@ class Transport:
         """
         if self._closed or self._broken is not None:
             return
+        if self._corked is not None:
+            self._corked.append(data)
+            return
         if self._pending:
             self._pending.append(data)
             self._pending_bytes += len(data)
@@ -115,6 +120,17 @@ class Transport:
             self._pending_bytes += len(rest)
             self._drained = trio.Event()
             self._wake_writer.set()
+
+    def cork(self) -> None:
+        """Hold writes until :meth:`uncork`, which sends them together: one syscall for all
+        the replies produced from one read."""
+        if self._corked is None:
+            self._corked = []
+
+    def uncork(self) -> None:
+        corked, self._corked = self._corked, None
+        if corked:
+            self.write(corked[0] if len(corked) == 1 else b"".join(corked))
 
     async def wait_drained(self) -> None:
         """Return once every written byte has been taken by the kernel (or the transport ended)."""

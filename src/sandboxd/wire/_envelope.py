@@ -41,32 +41,11 @@ def _refuse_unknown_tag(tag: cbor2.CBORTag, immutable: bool) -> object:
 # message stand for a huge or cyclic object.  Tags cbor2 does not know go to the tag hook,
 # which refuses them too.
 _BUILTIN_TAGS: Final = (
-    *range(0, 1),
-    *range(2, 6),
-    21,
-    22,
-    23,
-    24,
-    25,
-    28,
-    29,
-    30,
-    32,
-    33,
-    34,
-    35,
-    36,
-    37,
-    52,
-    54,
-    100,
-    256,
-    258,
-    260,
-    261,
-    1004,
-    55799,
-)
+    # Found by probing cbor2 for every tag below 70000 it decodes without the tag hook;
+    # tests/test_wire_envelope.py probes again, so a cbor2 upgrade cannot open a hole.
+    0, 2, 3, 4, 5, 21, 22, 23, 24, 25, 28, 29, 30, 32, 33, 34, 35, 36, 37, 52, 54, 100,
+    256, 258, 260, 261, 1004, 43000, 55799,
+)  # fmt: skip
 _SEMANTIC: Final = {tag: _refuse_tag(tag) for tag in _BUILTIN_TAGS}
 
 
@@ -209,21 +188,22 @@ def decode_response(data: bytes) -> bytes:
         if type(env) is not dict:
             raise InvalidArgument("response envelope: expected a CBOR map")
         status = env.get("status")
+        code = Code.OK
         if status is not None:
             if type(status) is not dict:
                 raise InvalidArgument("response envelope: 'status' must be a map")
             code = status.get("code", 0)
             if type(code) is not int:
                 raise InvalidArgument("response envelope: 'status.code' must be an int")
-            if code != Code.OK:
-                message = status.get("message", "")
-                details = status.get("details", [])
-                if type(message) is not str or type(details) is not list:
-                    raise InvalidArgument("response envelope: malformed 'status'")
-                raise RPCError.from_status(code, message, details)
+            message = status.get("message", "")
+            details = status.get("details", [])
+            if type(message) is not str or type(details) is not list:
+                raise InvalidArgument("response envelope: malformed 'status'")
         payload = env.get("payload", b"")
         if type(payload) is not bytes:
             raise InvalidArgument("response envelope: 'payload' must be a byte string")
     except InvalidArgument as exc:
         raise Internal(f"malformed response from peer: {exc}") from None
+    if code != Code.OK:
+        raise RPCError.from_status(code, message, details)
     return payload
