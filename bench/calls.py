@@ -1,0 +1,61 @@
+"""The measured calls: one entry of :data:`CALLS` per call.
+
+A call is a service, a method and the request message sent on every measured round trip,
+plus the calls that must run first on the same connection (``setup``, e.g. creating the
+sandbox whose ``Status`` is measured) and after it (``teardown``).  Every reply is checked:
+a status error, or a response message without one of ``expect_keys``, voids the benchmark.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+
+@dataclass(frozen=True)
+class Step:
+    """One unmeasured call made before or after the measured ones."""
+
+    service: str
+    method: str
+    request: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Call:
+    """A measured call."""
+
+    service: str
+    method: str
+    request: Mapping[str, Any] = field(default_factory=dict)
+    expect_keys: tuple[str, ...] = ()
+    setup: tuple[Step, ...] = ()
+    teardown: tuple[Step, ...] = ()
+
+    @property
+    def name(self) -> str:
+        """``Runtime/Version`` for ``sandboxd.v1.Runtime`` ``Version``."""
+        return f"{self.service.rsplit('.', 1)[-1]}/{self.method}"
+
+
+_RUNTIME: Final = "sandboxd.v1.Runtime"
+_CONTROLLER: Final = "sandboxd.v1.Controller"
+
+# Add a measured call here; sandboxd is measured on every entry, in this order.  The floor
+# and the gRPC baseline answer every request alike and are measured on BASELINE_CALL only.
+#
+# Example, once the Controller is served:
+#     Call(
+#         _CONTROLLER,
+#         "Status",
+#         {"sandbox_id": "bench"},
+#         expect_keys=("sandbox_id",),
+#         setup=(Step(_CONTROLLER, "Create", {"sandbox_id": "bench"}),),
+#         teardown=(Step(_CONTROLLER, "Shutdown", {"sandbox_id": "bench"}),),
+#     ),
+_TABLE: Final[tuple[Call, ...]] = (Call(_RUNTIME, "Version", expect_keys=("version", "protocol")),)
+
+CALLS: Final[dict[str, Call]] = {call.name: call for call in _TABLE}
+
+BASELINE_CALL: Final = "Runtime/Version"
