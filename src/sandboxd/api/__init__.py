@@ -1,5 +1,14 @@
 """The sandboxd services: method tables, message conversion, clients."""
 
+from ._controller_service import CONTROLLER_SERVICE, controller_service
+from ._remote import RemoteController, connect
 from ._runtime_service import RUNTIME_SERVICE, runtime_service
 
-__all__ = ["RUNTIME_SERVICE", "runtime_service"]
+__all__ = [
+    "CONTROLLER_SERVICE",
+    "RUNTIME_SERVICE",
+    "RemoteController",
+    "connect",
+    "controller_service",
+    "runtime_service",
+]

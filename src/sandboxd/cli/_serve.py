@@ -11,8 +11,9 @@ from collections.abc import Sequence
 import trio
 
 from .._version import __version__
-from ..api import RUNTIME_SERVICE, runtime_service
+from ..api import CONTROLLER_SERVICE, RUNTIME_SERVICE, controller_service, runtime_service
 from ..rpc import Server, SocketInUseError
+from ..runtime import Controller
 
 log = logging.getLogger("sandboxd")
 
@@ -44,15 +45,23 @@ def _parser() -> argparse.ArgumentParser:
 
 
 async def _serve(socket_path: str, grace: float) -> None:
-    server = Server({RUNTIME_SERVICE: runtime_service()})
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
+            controller: Controller = await nursery.start(Controller().run)
+            server = Server(
+                {
+                    RUNTIME_SERVICE: runtime_service(),
+                    CONTROLLER_SERVICE: controller_service(controller),
+                }
+            )
             path = await nursery.start(server.serve_unix, socket_path)
             log.info("listening on %s", path)
             async for signum in signals:
                 log.info("%s received: shutting down", signal.Signals(signum).name)
                 await server.shutdown(grace)
                 break
+            # Sandboxes outlive the daemon: closing the controller leaves them running.
+            nursery.cancel_scope.cancel()
     log.info("stopped")
 
 

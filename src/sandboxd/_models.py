@@ -1,0 +1,171 @@
+"""The value objects every layer speaks: frozen, slotted, validated at construction."""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Any, Final
+
+import attrs
+
+from ._errors import InvalidArgument
+
+#: containerd's rule for identifiers.
+SANDBOX_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*")
+MAX_SANDBOX_ID_LENGTH: Final = 76
+
+
+def check_sandbox_id(sandbox_id: object) -> str:
+    """Return ``sandbox_id`` if it is a valid id, else raise :class:`~sandboxd.InvalidArgument`."""
+    if type(sandbox_id) is not str:
+        raise InvalidArgument("sandbox_id: must be text")
+    if not sandbox_id:
+        raise InvalidArgument("sandbox_id: must not be empty")
+    if len(sandbox_id) > MAX_SANDBOX_ID_LENGTH:
+        raise InvalidArgument(
+            f"sandbox_id: {len(sandbox_id)} characters, at most {MAX_SANDBOX_ID_LENGTH} allowed"
+        )
+    if SANDBOX_ID_PATTERN.fullmatch(sandbox_id) is None:
+        raise InvalidArgument(
+            f"sandbox_id {sandbox_id!r}: must be letters and digits, separated by single "
+            "'.', '_' or '-'"
+        )
+    return sandbox_id
+
+
+class SandboxState(enum.StrEnum):
+    """The states Status reports.  After Shutdown a sandbox is gone: NOT_FOUND."""
+
+    CREATED = "created"
+    READY = "ready"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+def _frozen_map(value: Mapping[str, str] | None) -> Mapping[str, str]:
+    return dict(value) if value else {}
+
+
+def _texts(value: Iterable[str]) -> tuple[str, ...]:
+    return tuple(value)
+
+
+def _optional_texts(value: Iterable[str] | None) -> tuple[str, ...] | None:
+    return None if value is None else tuple(value)
+
+
+def _mounts(value: Iterable[Mount]) -> tuple[Mount, ...]:
+    return tuple(value)
+
+
+@attrs.frozen(slots=True)
+class Mount:
+    """One mount of a sandbox's root filesystem, as in an OCI spec."""
+
+    type: str
+    source: str
+    target: str
+    options: tuple[str, ...] = attrs.field(default=(), converter=_texts)
+
+
+@attrs.frozen(slots=True)
+class SandboxOptions:
+    """How the sandbox's init process runs.
+
+    ``command`` is the argv of the sandbox's init process; ``None`` runs a pause process that
+    only waits for a signal.  ``sim`` holds the ``sim`` backend's settings (ignored by the
+    others).
+    """
+
+    command: tuple[str, ...] | None = attrs.field(default=None, converter=_optional_texts)
+    env: Mapping[str, str] = attrs.field(factory=dict, converter=_frozen_map)
+    cwd: str | None = None
+    hostname: str | None = None
+    host_network: bool = False
+    sim: Mapping[str, Any] | None = None
+
+
+@attrs.frozen(slots=True)
+class SandboxSpec:
+    """Everything Create was given about one sandbox."""
+
+    sandbox_id: str
+    sandboxer: str
+    options: SandboxOptions = attrs.field(factory=SandboxOptions)
+    rootfs: tuple[Mount, ...] = attrs.field(default=(), converter=_mounts)
+    netns_path: str | None = None
+    annotations: Mapping[str, str] = attrs.field(factory=dict, converter=_frozen_map)
+    labels: Mapping[str, str] = attrs.field(factory=dict, converter=_frozen_map)
+
+
+@attrs.frozen(slots=True)
+class SandboxInstance:
+    """What Start returns."""
+
+    sandbox_id: str
+    pid: int
+    created_at: datetime
+    labels: Mapping[str, str] = attrs.field(factory=dict)
+
+
+@attrs.frozen(slots=True)
+class Platform:
+    os: str
+    architecture: str
+    variant: str = ""
+
+
+@attrs.frozen(slots=True)
+class ExitStatus:
+    """What Wait returns: 128+N for death by signal N, as containerd reports it."""
+
+    exit_status: int
+    exited_at: datetime
+
+
+@attrs.frozen(slots=True)
+class SandboxStatus:
+    """What Status returns (and List, one per sandbox)."""
+
+    sandbox_id: str
+    pid: int
+    state: SandboxState
+    info: Mapping[str, str]
+    created_at: datetime
+    exited_at: datetime | None = None
+    extra: Mapping[str, Any] | None = None
+
+
+@attrs.frozen(slots=True)
+class SandboxMetrics:
+    """Resource use summed over a sandbox's processes."""
+
+    sandbox_id: str
+    timestamp: datetime
+    cpu_ns: int
+    memory_rss_bytes: int
+    pids: int
+
+
+@attrs.frozen(slots=True)
+class SandboxEvent:
+    """One lifecycle event, with the topics containerd publishes.
+
+    A subscriber that fell behind receives one event with topic :data:`TOPIC_DROPPED`, its
+    ``dropped`` count saying how many events it missed, before the events that follow.
+    """
+
+    topic: str
+    sandbox_id: str
+    timestamp: datetime
+    exit_status: int | None = None
+    dropped: int | None = None
+
+
+TOPIC_CREATE: Final = "/sandboxes/create"
+TOPIC_START: Final = "/sandboxes/start"
+TOPIC_EXIT: Final = "/sandboxes/exit"
+TOPIC_DELETE: Final = "/sandboxes/delete"
+TOPIC_DROPPED: Final = "/events/dropped"

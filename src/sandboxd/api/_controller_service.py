@@ -1,0 +1,92 @@
+"""``sandboxd.v1.Controller``: the Controller contract bound to RPC methods.
+
+Queries (Create, Status, Platform, Ping, List) are answered inline by the connection's reader:
+no task per call.  Calls that wait on a sandbox (Start, Stop, Wait, Shutdown, Metrics) run in
+a task of their own under the caller's deadline; Events is a server stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Final
+
+from ..rpc import CallContext, Message, MessageSender, Method, inline, server_stream, unary
+from ..runtime import Controller
+from ._convert import (
+    check_fields,
+    create_request,
+    event_message,
+    exit_message,
+    id_request,
+    instance_message,
+    list_request,
+    metrics_message,
+    platform_message,
+    status_message,
+    status_request,
+    stop_request,
+)
+
+CONTROLLER_SERVICE: Final = "sandboxd.v1.Controller"
+
+_EMPTY: Final[Mapping[str, Any]] = {}
+
+
+def controller_service(controller: Controller) -> dict[str, Method]:
+    """The methods of ``sandboxd.v1.Controller``, served by ``controller``."""
+
+    def create(msg: Message, ctx: CallContext) -> Mapping[str, Any]:
+        return {"sandbox_id": controller.create_nowait(**create_request(msg))}
+
+    async def start(msg: Message, ctx: CallContext) -> Mapping[str, Any]:
+        return instance_message(await controller.start(id_request(msg, "Start")))
+
+    def platform(msg: Message, ctx: CallContext) -> Mapping[str, Any]:
+        return platform_message(controller.platform_nowait(id_request(msg, "Platform")))
+
+    async def stop(msg: Message, ctx: CallContext) -> Mapping[str, Any]:
+        sandbox_id, timeout_secs = stop_request(msg)
+        await controller.stop(sandbox_id, timeout_secs=timeout_secs)
+        return _EMPTY
+
+    async def wait(msg: Message, ctx: CallContext) -> Mapping[str, Any]:
+        return exit_message(await controller.wait(id_request(msg, "Wait")))
+
+    def status(msg: Message, ctx: CallContext) -> Mapping[str, Any]:
+        sandbox_id, verbose = status_request(msg)
+        return status_message(controller.status_nowait(sandbox_id, verbose=verbose))
+
+    async def shutdown(msg: Message, ctx: CallContext) -> Mapping[str, Any]:
+        await controller.shutdown(id_request(msg, "Shutdown"))
+        return _EMPTY
+
+    def ping(msg: Message, ctx: CallContext) -> Mapping[str, Any]:
+        controller.ping_nowait(id_request(msg, "Ping"))
+        return _EMPTY
+
+    def list_(msg: Message, ctx: CallContext) -> Mapping[str, Any]:
+        statuses = controller.list_nowait(list_request(msg))
+        return {"sandboxes": [status_message(s) for s in statuses]}
+
+    async def metrics(msg: Message, ctx: CallContext) -> Mapping[str, Any]:
+        return metrics_message(await controller.metrics(id_request(msg, "Metrics")))
+
+    async def events(msg: Message, ctx: CallContext, stream: MessageSender) -> None:
+        check_fields(msg, frozenset(), "Events")
+        async with controller.events() as subscription:
+            async for event in subscription:
+                await stream.send(event_message(event))
+
+    return {
+        "Create": inline(create),
+        "Start": unary(start),
+        "Platform": inline(platform),
+        "Stop": unary(stop),
+        "Wait": unary(wait),
+        "Status": inline(status),
+        "Shutdown": unary(shutdown),
+        "Ping": inline(ping),
+        "List": inline(list_),
+        "Metrics": unary(metrics),
+        "Events": server_stream(events),
+    }

@@ -1,0 +1,75 @@
+"""The small interface between a sandbox's actor and whatever really runs the sandbox.
+
+A backend knows nothing of RPC or of the lifecycle table: it validates specs, starts a
+sandbox's init process, signals it, measures it, and reports its exit through a callback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Protocol
+
+import trio
+
+from .._models import Platform, SandboxSpec
+
+#: Called once when the sandbox's init process has ended, with its exit status (the exit code,
+#: or 128+N for death by signal N).  Called from a task of the backend; never blocks.
+ExitCallback = Callable[[int], None]
+
+
+class SandboxProcess(Protocol):
+    """A started sandbox, as its backend sees it."""
+
+    @property
+    def pid(self) -> int:
+        """The sandbox's init process, as seen from the host."""
+        ...
+
+    def signal(self, signum: int) -> None:
+        """Send ``signum`` to every process of the sandbox.  No error once they are gone."""
+        ...
+
+    def cleanup(self) -> None:
+        """After the exit was reported: kill whatever of the sandbox is left, free resources."""
+        ...
+
+    def info(self) -> Mapping[str, str]:
+        """Backend details for a verbose Status."""
+        ...
+
+    def usage(self) -> tuple[int, int, int]:
+        """``(cpu_ns, memory_rss_bytes, pids)`` summed over the sandbox's processes."""
+        ...
+
+
+class Backend(Protocol):
+    """How sandboxes of one ``sandboxer`` name run."""
+
+    @property
+    def name(self) -> str: ...
+
+    def unavailable_reason(self) -> str | None:
+        """Why this backend cannot run sandboxes on this host, or ``None`` when it can."""
+        ...
+
+    def validate(self, spec: SandboxSpec) -> None:
+        """Check ``spec`` at Create: raise InvalidArgument (or FailedPrecondition) naming
+        what is wrong.  Must not block."""
+        ...
+
+    async def start(
+        self, spec: SandboxSpec, nursery: trio.Nursery, on_exit: ExitCallback
+    ) -> SandboxProcess:
+        """Start the sandbox's init process.
+
+        Runs whatever task watches the process in ``nursery``; ``on_exit`` is called exactly
+        once, when the process has ended (not if ``nursery`` is cancelled first).  Raises
+        FailedPrecondition saying why when the process cannot be started; then nothing is
+        left running.
+        """
+        ...
+
+    def platform(self) -> Platform:
+        """The platform sandboxes of this backend run on."""
+        ...

@@ -1,0 +1,322 @@
+"""The ``process`` backend: every sandbox is a real host process in a session of its own.
+
+Theory of operation.  Start spawns the sandbox's init process with ``start_new_session=True``,
+so it leads a new session and a new process group whose id is its pid; everything it forks
+stays in that group unless it calls setsid/setpgid itself.  Signals go to the whole group
+(``killpg``), cleanup SIGKILLs the group, and usage sums the group's members found in /proc.
+
+One watcher task per sandbox, in the nursery given to :meth:`ProcessBackend.start`, awaits the
+init process's exit and reports it.  The daemon does not own the sandboxes' lives: cancelling
+the watcher (the daemon shutting down) leaves the process running.
+
+There is no namespace, rootfs or cgroup here: the process sees the host as the daemon does.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import signal as _signal
+import subprocess
+import sys
+from collections.abc import Mapping
+from typing import Final, final
+
+import trio
+
+from .._errors import FailedPrecondition, InvalidArgument
+from .._models import Platform, SandboxSpec, check_sandbox_id
+from ._base import ExitCallback
+from ._platform import host_platform
+
+#: The PATH a sandbox gets when its env has none, as OCI runtimes set it.
+DEFAULT_PATH: Final = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+# The init process of a sandbox with no command, like Kubernetes' pause container: it waits
+# for a signal; SIGTERM or SIGINT end it with status 0.  -I -S keep the interpreter's start
+# light (no site, no user environment).  SIGTERM's handler goes in last, so once the process
+# catches SIGTERM (SigCgt in /proc/<pid>/status) both are in place; Python itself catches
+# SIGINT from its start.
+_PAUSE_SOURCE: Final = """\
+import os, signal
+def stop(signum, frame):
+    os._exit(0)
+signal.signal(signal.SIGINT, stop)
+signal.signal(signal.SIGTERM, stop)
+while True:
+    signal.pause()
+"""
+
+_CLOCK_TICKS: Final = os.sysconf("SC_CLK_TCK")
+_PAGE_SIZE: Final = os.sysconf("SC_PAGE_SIZE")
+_NS_PER_S: Final = 1_000_000_000
+
+
+@final
+class ProcessBackend:
+    """Sandboxes as host processes (sandboxer name ``"process"``).
+
+    The init process runs ``options.command`` (or a pause process when it is ``None``) with
+    exactly ``options.env`` as its environment, plus :data:`DEFAULT_PATH` as ``PATH`` when the
+    env has none, in ``options.cwd`` (default ``/``), with stdin, stdout and stderr on
+    /dev/null.  With ``log_dir``, stdout and stderr are appended to
+    ``<log_dir>/<sandbox_id>.log`` instead.
+
+    ``rootfs`` and ``netns_path`` cannot be honoured and are refused at Create;
+    ``options.hostname`` and ``options.host_network`` are ignored (a sandbox always shares
+    the host's hostname and network).
+    """
+
+    __slots__ = ("_log_dir",)
+
+    def __init__(self, *, log_dir: str | os.PathLike[str] | None = None) -> None:
+        self._log_dir = None if log_dir is None else os.fspath(log_dir)
+
+    @property
+    def name(self) -> str:
+        return "process"
+
+    def unavailable_reason(self) -> str | None:
+        """Always ``None``: any Linux host can run processes."""
+        return None
+
+    def platform(self) -> Platform:
+        """The host's platform."""
+        return host_platform()
+
+    def validate(self, spec: SandboxSpec) -> None:
+        """Raise InvalidArgument naming the field when ``spec`` cannot run here.
+
+        Checks that the executable is found (in the sandbox's PATH, relative to its cwd, as
+        exec will look for it), that ``options.cwd`` is an absolute existing directory, that
+        env keys and values can be passed to exec, and that no rootfs or netns_path was
+        asked for.  Only stats a few files: never blocks for long.  Passing says nothing of
+        Start: the executable may be gone by then.
+        """
+        if spec.rootfs:
+            raise InvalidArgument(
+                "rootfs: the process backend runs sandboxes on the host's filesystem and "
+                "cannot honour rootfs mounts; use the bwrap sandboxer"
+            )
+        if spec.netns_path is not None:
+            raise InvalidArgument(
+                "netns_path: the process backend runs sandboxes in the host's network "
+                "namespace and cannot join another; use the bwrap sandboxer"
+            )
+        if self._log_dir is not None:
+            check_sandbox_id(spec.sandbox_id)  # it names a file
+        options = spec.options
+        _check_env(options.env)
+        cwd = _check_cwd(options.cwd)
+        if options.command is not None:
+            _check_command(options.command, options.env.get("PATH", DEFAULT_PATH), cwd)
+
+    async def start(
+        self, spec: SandboxSpec, nursery: trio.Nursery, on_exit: ExitCallback
+    ) -> ProcessSandbox:
+        """Spawn the sandbox's init process and watch it in ``nursery``.
+
+        ``on_exit(status)`` is called exactly once, from the watcher task, when the init
+        process has ended: its exit code, or 128+N after death by signal N.  If ``nursery``
+        is cancelled first, the watcher ends without calling it and without touching the
+        process, which keeps running.
+
+        Raises FailedPrecondition (``cannot start sandbox <id>: <reason>: <path>``) when the
+        process cannot be spawned; nothing is left running then.  Cancellation: if this
+        raises Cancelled, nothing was started.  The spawn itself cannot be interrupted: once
+        it has begun, it is completed and the sandbox returned, and the cancellation is
+        delivered at the caller's next checkpoint.
+        """
+        options = spec.options
+        argv = (
+            [sys.executable, "-I", "-S", "-c", _PAUSE_SOURCE]
+            if options.command is None
+            else list(options.command)
+        )
+        cwd = options.cwd or "/"
+        env = dict(options.env)
+        env.setdefault("PATH", DEFAULT_PATH)
+        log_path = None
+        output = subprocess.DEVNULL
+        try:
+            if self._log_dir is not None:
+                log_path = os.path.join(self._log_dir, f"{spec.sandbox_id}.log")
+                output = os.open(
+                    log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640
+                )
+            try:
+                process = await trio.lowlevel.open_process(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=output,
+                    stderr=output,
+                    env=env,
+                    cwd=cwd,
+                    start_new_session=True,
+                )
+            finally:
+                if output != subprocess.DEVNULL:
+                    os.close(output)
+        except (OSError, ValueError, TypeError) as exc:
+            raise _start_error(spec.sandbox_id, exc, argv[0]) from exc
+        try:
+            nursery.start_soon(
+                _watch, process, on_exit, name=f"sandboxd: watch sandbox {spec.sandbox_id}"
+            )
+        except BaseException:
+            # A closed nursery: nothing may stay running without a watcher.
+            _kill_group(process.pid, _signal.SIGKILL)
+            raise
+        return ProcessSandbox(process, shlex.join(argv), cwd, log_path or os.devnull)
+
+
+def _start_error(sandbox_id: str, exc: Exception, argv0: str) -> FailedPrecondition:
+    if isinstance(exc, OSError):
+        # The child reports a failed chdir with the cwd as filename, a failed exec with the
+        # executable; a failed open of the log file names the log.
+        what = exc.filename if exc.filename is not None else argv0
+        reason = exc.strerror or str(exc)
+        return FailedPrecondition(f"cannot start sandbox {sandbox_id}: {reason}: {what}")
+    # A spec that skipped validate (NUL in an argument, a bad env key...).
+    return FailedPrecondition(f"cannot start sandbox {sandbox_id}: {exc}")
+
+
+async def _watch(process: trio.Process, on_exit: ExitCallback) -> None:
+    # On Linux, trio.Process.wait() waits for readability of a pidfd that trio opened with
+    # pidfd_open() right after the spawn (trio/_subprocess.py: Process.__init__ and wait), and
+    # only then reaps; no thread, no SIGCHLD handler.  It falls back to a waitid thread only
+    # when pidfd_open fails (kernels before 5.3).  Cancelling it neither signals nor reaps
+    # the process.
+    returncode = await process.wait()
+    on_exit(returncode if returncode >= 0 else 128 - returncode)
+
+
+@final
+class ProcessSandbox:
+    """A started sandbox of the process backend: a process group led by :attr:`pid`."""
+
+    __slots__ = ("_command", "_cwd", "_killed", "_log", "_process")
+
+    def __init__(self, process: trio.Process, command: str, cwd: str, log: str) -> None:
+        self._process = process
+        self._command = command
+        self._cwd = cwd
+        self._log = log
+        self._killed = False
+
+    @property
+    def pid(self) -> int:
+        """The init process's pid, which is also the sandbox's process group id."""
+        return self._process.pid
+
+    def signal(self, signum: int) -> None:
+        """Send ``signum`` to every process of the group; nothing once the group is gone or
+        after :meth:`cleanup`.  An invalid signal number is InvalidArgument."""
+        if not self._killed:
+            _kill_group(self.pid, signum)
+
+    def cleanup(self) -> None:
+        """SIGKILL whatever is left of the process group, so nothing the sandbox forked
+        survives it.  Later calls, and later signals, do nothing."""
+        if not self._killed:
+            self._killed = True
+            _kill_group(self.pid, _signal.SIGKILL)
+
+    def info(self) -> Mapping[str, str]:
+        """``command`` (shell-quoted argv), ``cwd``, ``pgid`` and ``log`` (the file stdout
+        and stderr go to)."""
+        return {
+            "command": self._command,
+            "cwd": self._cwd,
+            "pgid": str(self.pid),
+            "log": self._log,
+        }
+
+    def usage(self) -> tuple[int, int, int]:
+        """``(cpu_ns, memory_rss_bytes, pids)`` summed over the process group's current
+        members (children that left the group are not counted).  Reads /proc: a scan of the
+        host's processes, with no await."""
+        return _group_usage(self.pid)
+
+
+def _kill_group(pgid: int, signum: int) -> None:
+    try:
+        os.killpg(pgid, signum)
+    except ProcessLookupError:
+        pass
+    except OSError as exc:
+        if not 0 <= signum < _signal.NSIG:
+            raise InvalidArgument(f"signal {signum}: not a valid signal number") from exc
+        raise
+
+
+def _group_usage(pgid: int) -> tuple[int, int, int]:
+    ticks = pages = count = 0
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            fd = os.open(f"/proc/{name}/stat", os.O_RDONLY)
+        except OSError:  # gone since listdir
+            continue
+        try:
+            stat = os.read(fd, 4096)
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
+        # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses, so split
+        # after the last ')'.  fields[0] is field 3 of proc(5).
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if len(fields) < 22 or int(fields[2]) != pgid:
+            continue
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+        pages += int(fields[21])  # rss
+        count += 1
+    return ticks * _NS_PER_S // _CLOCK_TICKS, pages * _PAGE_SIZE, count
+
+
+def _check_env(env: Mapping[str, str]) -> None:
+    for key, value in env.items():
+        if not isinstance(key, str) or not key or "=" in key or "\0" in key:
+            raise InvalidArgument(
+                f"options.env: key {key!r}: must be non-empty text without '=' or NUL"
+            )
+        if not isinstance(value, str) or "\0" in value:
+            raise InvalidArgument(f"options.env[{key!r}]: must be text without NUL")
+
+
+def _check_cwd(cwd: str | None) -> str:
+    if cwd is None:
+        return "/"
+    if not isinstance(cwd, str) or "\0" in cwd or not os.path.isabs(cwd):
+        raise InvalidArgument(f"options.cwd: {cwd!r} is not an absolute path")
+    if not os.path.isdir(cwd):
+        raise InvalidArgument(f"options.cwd: {cwd!r} is not an existing directory")
+    return cwd
+
+
+def _check_command(command: object, path: str, cwd: str) -> None:
+    if not isinstance(command, tuple) or not command:
+        raise InvalidArgument("options.command: must be a non-empty list of text")
+    for index, arg in enumerate(command):
+        if not isinstance(arg, str) or "\0" in arg:
+            raise InvalidArgument(f"options.command[{index}]: must be text without NUL")
+    argv0: str = command[0]
+    if not argv0:
+        raise InvalidArgument("options.command[0]: must not be empty")
+    # Look where exec will look: a name with a '/' relative to the sandbox's cwd, any other
+    # in the sandbox's PATH, whose relative entries are relative to that cwd too.
+    if "/" in argv0:
+        if shutil.which(os.path.join(cwd, argv0)) is None:
+            raise InvalidArgument(
+                f"options.command: executable {argv0!r} does not exist or is not executable"
+            )
+    else:
+        search = os.pathsep.join(os.path.join(cwd, entry) for entry in path.split(os.pathsep))
+        if shutil.which(argv0, path=search) is None:
+            raise InvalidArgument(
+                f"options.command: executable {argv0!r} not found in PATH ({path}) "
+                "or not executable"
+            )

@@ -1,0 +1,46 @@
+"""The runtime: the lifecycle table, one actor per sandbox, and the Controller."""
+
+from ._controller import (
+    DEFAULT_MAX_SANDBOXES,
+    DEFAULT_SANDBOXER,
+    DEFAULT_STOP_TIMEOUT,
+    Controller,
+    default_backends,
+    open_controller,
+)
+from ._events import EventBus, Subscription
+from ._lifecycle import (
+    CALLS,
+    EVENTS,
+    TRANSITIONS,
+    Effect,
+    Input,
+    LifecycleError,
+    Phase,
+    Refusal,
+    Transition,
+    decide,
+    mermaid_diagram,
+)
+
+__all__ = [
+    "CALLS",
+    "DEFAULT_MAX_SANDBOXES",
+    "DEFAULT_SANDBOXER",
+    "DEFAULT_STOP_TIMEOUT",
+    "EVENTS",
+    "TRANSITIONS",
+    "Controller",
+    "Effect",
+    "EventBus",
+    "Input",
+    "LifecycleError",
+    "Phase",
+    "Refusal",
+    "Subscription",
+    "Transition",
+    "decide",
+    "default_backends",
+    "mermaid_diagram",
+    "open_controller",
+]

@@ -1,0 +1,347 @@
+"""The actor: one trio task per sandbox, the only code that changes that sandbox.
+
+Calls reach the actor as messages in its mailbox; the backend's exit report and the stop
+grace timer reach it the same way.  The actor drains its mailbox in batches, looks every
+input up in the lifecycle table and carries out the effect.  Nothing it does waits on the
+sandbox's process: a Stop signals and arms a timer, a Wait parks its caller, an exit is an
+event.  So queries keep answering while a Stop is in progress.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+import signal
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Final, final
+
+import trio
+
+from .._errors import FailedPrecondition, Internal, RPCError, Unavailable
+from .._models import (
+    TOPIC_EXIT,
+    TOPIC_START,
+    ExitStatus,
+    SandboxEvent,
+    SandboxInstance,
+    SandboxSpec,
+)
+from ..backends import Backend, SandboxProcess
+from ._lifecycle import Effect, Input, Phase, decide
+
+if TYPE_CHECKING:
+    from ._controller import Controller
+
+log = logging.getLogger("sandboxd.runtime")
+
+_SIGTERM: Final = int(signal.SIGTERM)
+_SIGKILL: Final = int(signal.SIGKILL)
+
+
+@final
+class Reply:
+    """Where the actor puts the answer to one call; the caller waits on it."""
+
+    __slots__ = ("abandoned", "error", "event", "value")
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.value: Any = None
+        self.error: BaseException | None = None
+        self.abandoned = False
+
+    def ok(self, value: Any = None) -> None:
+        self.value = value
+        self.event.set()
+
+    def fail(self, error: BaseException) -> None:
+        self.error = error
+        self.event.set()
+
+
+def _park(parked: list[Reply] | None, reply: Reply) -> list[Reply]:
+    """Add ``reply`` to a parked list, first dropping callers that gave up.
+
+    Compacting whenever the list reaches a power of two keeps a client that calls Wait with
+    a short deadline in a loop from growing the list without bound, at amortised O(1).
+    """
+    if parked is None:
+        return [reply]
+    size = len(parked)
+    if size >= 16 and size & (size - 1) == 0:
+        parked = [r for r in parked if not r.abandoned]
+    parked.append(reply)
+    return parked
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@final
+class SandboxActor:
+    """Owns one sandbox: its phase, its process, and everyone waiting on it.
+
+    Read-only attributes (``phase``, ``pid``, ...) may be read by anyone at any time; they
+    change only between two of the actor's own steps, so a read is always consistent.
+    """
+
+    __slots__ = (
+        "_backend",
+        "_controller",
+        "_kill_deadline",
+        "_mailbox",
+        "_shutdown_parked",
+        "_stop_parked",
+        "_wait_parked",
+        "_wake",
+        "created_at",
+        "exit_status",
+        "exited_at",
+        "phase",
+        "pid",
+        "process",
+        "spec",
+        "started_at",
+    )
+
+    def __init__(self, spec: SandboxSpec, backend: Backend, controller: Controller) -> None:
+        self.spec = spec
+        self.phase = Phase.CREATED
+        self.pid = 0
+        self.created_at = _now()
+        self.started_at: datetime | None = None
+        self.exited_at: datetime | None = None
+        self.exit_status: int | None = None
+        self.process: SandboxProcess | None = None
+        self._backend = backend
+        self._controller = controller
+        self._mailbox: collections.deque[tuple[Input, Any, Reply | None]] = collections.deque()
+        self._wake = trio.Event()
+        self._kill_deadline = math.inf
+        # Parked callers, allocated when the first one arrives: most sandboxes have none.
+        self._wait_parked: list[Reply] | None = None
+        self._stop_parked: list[Reply] | None = None
+        self._shutdown_parked: list[Reply] | None = None
+
+    @property
+    def sandbox_id(self) -> str:
+        return self.spec.sandbox_id
+
+    # -- the mailbox -------------------------------------------------------------------------
+
+    def post(self, input: Input, arg: Any = None, reply: Reply | None = None) -> None:
+        """Queue an input for the actor.  Never blocks; safe from any task."""
+        self._mailbox.append((input, arg, reply))
+        self._wake.set()
+
+    async def call(self, input: Input, arg: Any = None) -> Any:
+        """Post a call and wait for the actor's answer.
+
+        If the caller is cancelled while waiting, the call has still been posted (as a
+        request that was sent), but the actor drops its answer; a parked Wait or Stop is
+        simply forgotten and the sandbox is untouched by that.
+        """
+        reply = Reply()
+        self.post(input, arg, reply)
+        try:
+            await reply.event.wait()
+        except BaseException:
+            reply.abandoned = True
+            raise
+        if reply.error is not None:
+            raise reply.error
+        return reply.value
+
+    def _on_exit(self, status: int) -> None:
+        self.post(Input.PROCESS_EXITED, status)
+
+    async def run(self) -> None:
+        """Serve the mailbox until the sandbox is gone.
+
+        If cancelled (the controller is closing), every caller still waiting is answered
+        with UNAVAILABLE; the sandbox's process is left running.
+        """
+        mailbox = self._mailbox
+        try:
+            while self.phase is not Phase.GONE:
+                if not mailbox:
+                    self._wake = trio.Event()
+                    with trio.move_on_at(self._kill_deadline):
+                        await self._wake.wait()
+                if self._kill_deadline <= trio.current_time():
+                    self._kill_deadline = math.inf
+                    self._apply(Input.STOP_GRACE_EXPIRED, None, None)
+                while mailbox:
+                    input, arg, reply = mailbox.popleft()
+                    if input is Input.START:
+                        await self._start(reply)
+                    else:
+                        self._apply(input, arg, reply)
+        finally:
+            self._abandon_all()
+
+    def _abandon_all(self) -> None:
+        gone = Unavailable(f"sandbox {self.sandbox_id!r}: the runtime is closing")
+        for _, _, reply in self._mailbox:
+            if reply is not None:
+                reply.fail(gone)
+        self._mailbox.clear()
+        for parked in (self._wait_parked, self._stop_parked, self._shutdown_parked):
+            for reply in parked or ():
+                reply.fail(gone)
+
+    # -- effects -----------------------------------------------------------------------------
+
+    def _apply(self, input: Input, arg: Any, reply: Reply | None) -> None:
+        try:
+            transition = decide(self.sandbox_id, self.phase, input)
+        except RPCError as err:
+            if reply is not None:
+                reply.fail(err)
+            return
+        try:
+            self._carry_out(transition.effect, transition.next_phase, input, arg, reply)
+        except Exception as exc:
+            log.exception("sandbox %s: %s failed", self.sandbox_id, input.name)
+            if reply is not None and not reply.event.is_set():
+                reply.fail(Internal(f"sandbox {self.sandbox_id!r}: {input.name}: {exc}"))
+
+    def _carry_out(
+        self, effect: Effect, next_phase: Phase, input: Input, arg: Any, reply: Reply | None
+    ) -> None:
+        match effect:
+            case Effect.REPLY:
+                if reply is not None:
+                    reply.ok(self._exit() if input is Input.WAIT else None)
+            case Effect.STOP_UNSTARTED:
+                self._record_exit(0, next_phase)
+                if reply is not None:
+                    reply.ok(None)
+            case Effect.TERMINATE:
+                grace = self._controller.stop_timeout if arg is None else float(arg)
+                self.phase = next_phase
+                self._park_stop(reply)
+                self._arm_kill(grace)
+            case Effect.JOIN_STOP:
+                self._park_stop(reply)
+                if arg is not None and self.phase is Phase.STOPPING:
+                    self._arm_kill(float(arg))
+            case Effect.PARK_WAITER:
+                if reply is not None:
+                    self._wait_parked = _park(self._wait_parked, reply)
+            case Effect.KILL:
+                self._signal(_SIGKILL)
+            case Effect.RECORD_EXIT:
+                self._record_exit(int(arg), next_phase)
+            case Effect.KILL_FOR_SHUTDOWN:
+                self.phase = next_phase
+                self._kill_deadline = math.inf
+                self._park_shutdown(reply)
+                self._signal(_SIGKILL)
+            case Effect.JOIN_SHUTDOWN:
+                self._park_shutdown(reply)
+            case Effect.RECORD_EXIT_AND_REMOVE:
+                self._record_exit(int(arg), Phase.STOPPED)
+                self._remove()
+            case Effect.REMOVE_UNSTARTED:
+                self._record_exit(0, Phase.STOPPED)
+                self._remove()
+                if reply is not None:
+                    reply.ok(None)
+            case Effect.REMOVE:
+                self._remove()
+                if reply is not None:
+                    reply.ok(None)
+            case Effect.IGNORE:
+                pass
+            case Effect.SPAWN:  # pragma: no cover - START goes through _start
+                raise AssertionError("SPAWN is carried out by _start")
+
+    async def _start(self, reply: Reply | None) -> None:
+        try:
+            transition = decide(self.sandbox_id, self.phase, Input.START)
+        except RPCError as err:
+            if reply is not None:
+                reply.fail(err)
+            return
+        assert transition.effect is Effect.SPAWN
+        try:
+            process = await self._backend.start(
+                self.spec, self._controller.process_nursery, self._on_exit
+            )
+        except RPCError as err:
+            log.warning("sandbox %s: start failed: %s", self.sandbox_id, err.message)
+            if reply is not None:
+                reply.fail(err)
+            return
+        except Exception as exc:
+            log.exception("sandbox %s: start failed", self.sandbox_id)
+            if reply is not None:
+                reply.fail(FailedPrecondition(f"cannot start sandbox {self.sandbox_id!r}: {exc}"))
+            return
+        self.process = process
+        self.pid = process.pid
+        self.started_at = _now()
+        self.phase = transition.next_phase
+        log.info("sandbox %s: started, pid %d", self.sandbox_id, self.pid)
+        self._controller.publish(SandboxEvent(TOPIC_START, self.sandbox_id, self.started_at))
+        if reply is not None:
+            reply.ok(SandboxInstance(self.sandbox_id, self.pid, self.created_at, self.spec.labels))
+
+    def _exit(self) -> ExitStatus:
+        assert self.exit_status is not None and self.exited_at is not None
+        return ExitStatus(self.exit_status, self.exited_at)
+
+    def _signal(self, signum: int) -> None:
+        if self.process is not None:
+            self.process.signal(signum)
+
+    def _arm_kill(self, grace: float) -> None:
+        if grace <= 0:
+            self._kill_deadline = math.inf
+            self._signal(_SIGKILL)
+            return
+        deadline = trio.current_time() + grace
+        if deadline < self._kill_deadline:
+            if self._kill_deadline == math.inf:
+                self._signal(_SIGTERM)
+            self._kill_deadline = deadline
+
+    def _park_stop(self, reply: Reply | None) -> None:
+        if reply is not None:
+            self._stop_parked = _park(self._stop_parked, reply)
+
+    def _park_shutdown(self, reply: Reply | None) -> None:
+        if reply is not None:
+            self._shutdown_parked = _park(self._shutdown_parked, reply)
+
+    def _record_exit(self, status: int, next_phase: Phase) -> None:
+        self.exit_status = status
+        self.exited_at = _now()
+        self.phase = next_phase
+        self._kill_deadline = math.inf
+        if self.process is not None:
+            self.process.cleanup()
+        log.info("sandbox %s: exited with status %d", self.sandbox_id, status)
+        self._controller.publish(
+            SandboxEvent(TOPIC_EXIT, self.sandbox_id, self.exited_at, exit_status=status)
+        )
+        exit_status = self._exit()
+        waiters, self._wait_parked = self._wait_parked, None
+        for reply in waiters or ():
+            if not reply.abandoned:
+                reply.ok(exit_status)
+        stoppers, self._stop_parked = self._stop_parked, None
+        for reply in stoppers or ():
+            if not reply.abandoned:
+                reply.ok(None)
+
+    def _remove(self) -> None:
+        self.phase = Phase.GONE
+        self._controller.forget(self)
+        shutdowns, self._shutdown_parked = self._shutdown_parked, None
+        for reply in shutdowns or ():
+            if not reply.abandoned:
+                reply.ok(None)

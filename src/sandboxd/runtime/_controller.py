@@ -1,0 +1,355 @@
+"""The Controller: the sandbox contract, in process.  Maps sandbox ids to their actors."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import AsyncIterator, Iterable, Mapping
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any, Final, final
+
+import trio
+
+from .._errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+)
+from .._models import (
+    TOPIC_CREATE,
+    TOPIC_DELETE,
+    ExitStatus,
+    Mount,
+    Platform,
+    SandboxEvent,
+    SandboxInstance,
+    SandboxMetrics,
+    SandboxOptions,
+    SandboxSpec,
+    SandboxStatus,
+    check_sandbox_id,
+)
+from ..backends import Backend, ProcessBackend, SimBackend
+from ._actor import SandboxActor
+from ._events import DEFAULT_SUBSCRIBER_BUFFER, EventBus, Subscription
+from ._lifecycle import Input, Phase, decide
+
+log = logging.getLogger("sandboxd.runtime")
+
+#: Seconds between SIGTERM and SIGKILL when Stop gives no ``timeout_secs``.
+DEFAULT_STOP_TIMEOUT: Final = 10.0
+DEFAULT_SANDBOXER: Final = "process"
+DEFAULT_MAX_SANDBOXES: Final = 100_000
+
+
+def default_backends() -> list[Backend]:
+    """The backends a Controller has unless told otherwise: ``process`` and ``sim``."""
+    return [ProcessBackend(), SimBackend()]
+
+
+@final
+class Controller:
+    """containerd's sandbox Controller contract, in process.
+
+    Run it in a nursery -- ``controller = await nursery.start(Controller().run)`` -- or with
+    :func:`open_controller`.  Every method raises :class:`~sandboxd.RPCError` subclasses, the
+    same ones the remote client raises: INVALID_ARGUMENT for a malformed id (checked before
+    the lookup), NOT_FOUND for an unknown one, and the refusals of the lifecycle table.
+
+    Calls on one sandbox are applied in the order they reach its actor; calls on different
+    sandboxes never wait for each other.  Queries (``*_nowait`` and their async twins) answer
+    from the state the sandbox's actor last published: never behind its mailbox, and always
+    showing the effect of every call that returned before the query began.
+
+    Cancelling :meth:`run` closes the controller: callers still waiting get UNAVAILABLE and
+    event subscriptions end, but sandbox processes keep running (their lives are independent
+    of the runtime's, as with containerd).
+    """
+
+    def __init__(
+        self,
+        backends: Iterable[Backend] | None = None,
+        *,
+        default_sandboxer: str = DEFAULT_SANDBOXER,
+        stop_timeout: float = DEFAULT_STOP_TIMEOUT,
+        max_sandboxes: int = DEFAULT_MAX_SANDBOXES,
+        subscriber_buffer: int = DEFAULT_SUBSCRIBER_BUFFER,
+    ) -> None:
+        self._backends: dict[str, Backend] = {
+            b.name: b for b in (default_backends() if backends is None else backends)
+        }
+        self.default_sandboxer = default_sandboxer
+        self.stop_timeout = stop_timeout
+        self.max_sandboxes = max_sandboxes
+        self._subscriber_buffer = subscriber_buffer
+        self._actors: dict[str, SandboxActor] = {}
+        self._events = EventBus()
+        self._actor_nursery: trio.Nursery | None = None
+        self._process_nursery: trio.Nursery | None = None
+
+    # -- running -----------------------------------------------------------------------------
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the controller's actors until cancelled; reports ``self`` once ready."""
+        if self._actor_nursery is not None:
+            raise RuntimeError("this Controller is already running")
+        try:
+            async with trio.open_nursery() as processes, trio.open_nursery() as actors:
+                self._process_nursery = processes
+                self._actor_nursery = actors
+                task_status.started(self)
+                await trio.sleep_forever()
+        finally:
+            self._actor_nursery = None
+            self._process_nursery = None
+            self._events.close()
+
+    @property
+    def process_nursery(self) -> trio.Nursery:
+        """Where backends run the tasks that watch sandbox processes."""
+        if self._process_nursery is None:
+            raise Unavailable("the controller is not running")
+        return self._process_nursery
+
+    @property
+    def sandboxers(self) -> Mapping[str, Backend]:
+        return dict(self._backends)
+
+    def __len__(self) -> int:
+        return len(self._actors)
+
+    def publish(self, event: SandboxEvent) -> None:
+        self._events.publish(event)
+
+    def forget(self, actor: SandboxActor) -> None:
+        """Called by an actor once its sandbox is gone."""
+        if self._actors.get(actor.sandbox_id) is actor:
+            del self._actors[actor.sandbox_id]
+        log.info("sandbox %s: deleted", actor.sandbox_id)
+        self._events.publish(SandboxEvent(TOPIC_DELETE, actor.sandbox_id, datetime.now(UTC)))
+
+    def _actor(self, sandbox_id: str) -> SandboxActor:
+        check_sandbox_id(sandbox_id)
+        actor = self._actors.get(sandbox_id)
+        if actor is None:
+            raise NotFound(f"sandbox {sandbox_id!r} not found")
+        return actor
+
+    # -- the contract --------------------------------------------------------------------------
+
+    def create_nowait(
+        self,
+        sandbox_id: str,
+        *,
+        sandboxer: str | None = None,
+        options: SandboxOptions | None = None,
+        rootfs: Iterable[Mount] = (),
+        netns_path: str | None = None,
+        annotations: Mapping[str, str] | None = None,
+        labels: Mapping[str, str] | None = None,
+    ) -> str:
+        """Create a sandbox in state ``created``; returns its id.  Never blocks.
+
+        ``sandboxer`` names the backend (default :attr:`default_sandboxer`): NOT_FOUND when
+        unknown, FAILED_PRECONDITION when it cannot run on this host.  The backend checks
+        the options (INVALID_ARGUMENT naming the field; an executable that cannot be found
+        is one).  RESOURCE_EXHAUSTED at :attr:`max_sandboxes`.
+        """
+        check_sandbox_id(sandbox_id)
+        existing = self._actors.get(sandbox_id)
+        if existing is not None:
+            decide(sandbox_id, existing.phase, Input.CREATE)  # raises ALREADY_EXISTS
+        nursery = self._actor_nursery
+        if nursery is None:
+            raise Unavailable("the controller is not running")
+        name = self.default_sandboxer if sandboxer is None else sandboxer
+        backend = self._backends.get(name)
+        if backend is None:
+            known = ", ".join(sorted(self._backends))
+            raise NotFound(f"sandboxer {name!r} not found (available: {known})")
+        reason = backend.unavailable_reason()
+        if reason is not None:
+            raise FailedPrecondition(f"sandboxer {name!r} is unavailable: {reason}")
+        if len(self._actors) >= self.max_sandboxes:
+            raise ResourceExhausted(f"at most {self.max_sandboxes} sandboxes may exist at once")
+        spec = SandboxSpec(
+            sandbox_id=sandbox_id,
+            sandboxer=name,
+            options=SandboxOptions() if options is None else options,
+            rootfs=tuple(rootfs),
+            netns_path=netns_path,
+            annotations=annotations or {},
+            labels=labels or {},
+        )
+        backend.validate(spec)
+        actor = SandboxActor(spec, backend, self)
+        self._actors[sandbox_id] = actor
+        nursery.start_soon(actor.run, name=f"sandbox {sandbox_id}")
+        log.info("sandbox %s: created (%s)", sandbox_id, name)
+        self._events.publish(SandboxEvent(TOPIC_CREATE, sandbox_id, actor.created_at))
+        return sandbox_id
+
+    async def create(
+        self,
+        sandbox_id: str,
+        *,
+        sandboxer: str | None = None,
+        options: SandboxOptions | None = None,
+        rootfs: Iterable[Mount] = (),
+        netns_path: str | None = None,
+        annotations: Mapping[str, str] | None = None,
+        labels: Mapping[str, str] | None = None,
+    ) -> str:
+        """:meth:`create_nowait`, as a checkpoint."""
+        await trio.lowlevel.checkpoint()
+        return self.create_nowait(
+            sandbox_id,
+            sandboxer=sandboxer,
+            options=options,
+            rootfs=rootfs,
+            netns_path=netns_path,
+            annotations=annotations,
+            labels=labels,
+        )
+
+    async def start(self, sandbox_id: str) -> SandboxInstance:
+        """Start the sandbox's init process: ``created`` -> ``ready``.
+
+        FAILED_PRECONDITION if it is not ``created``, or if the process cannot be started
+        (then it stays ``created``, and the message says why).
+        """
+        result: SandboxInstance = await self._actor(sandbox_id).call(Input.START)
+        return result
+
+    async def stop(self, sandbox_id: str, *, timeout_secs: float | None = None) -> None:
+        """Stop the sandbox; returns once it is ``stopped``.
+
+        SIGTERM to all its processes, SIGKILL when ``timeout_secs`` runs out (at once for 0;
+        :attr:`stop_timeout` when ``None``).  A Stop while one is in progress joins it (an
+        earlier kill deadline wins); a stopped sandbox is left as it is.  If the caller is
+        cancelled, the stop goes on.
+        """
+        if timeout_secs is not None and not (0 <= timeout_secs < math.inf):
+            raise InvalidArgument("timeout_secs: must be a finite number >= 0")
+        await self._actor(sandbox_id).call(Input.STOP, timeout_secs)
+
+    async def wait(self, sandbox_id: str) -> ExitStatus:
+        """Wait until the sandbox is ``stopped``; its exit status (128+N for signal N).
+
+        Cancelling the wait (a deadline, say) leaves the sandbox untouched.  Waiters are
+        answered also when the sandbox is shut down meanwhile.
+        """
+        result: ExitStatus = await self._actor(sandbox_id).call(Input.WAIT)
+        return result
+
+    async def shutdown(self, sandbox_id: str) -> None:
+        """Kill the sandbox if it runs, wait for it to end, and delete it.
+
+        Afterwards its id is NOT_FOUND (and free for a new Create).  If the caller is
+        cancelled, the shutdown goes on.
+        """
+        await self._actor(sandbox_id).call(Input.SHUTDOWN)
+
+    def status_nowait(self, sandbox_id: str, *, verbose: bool = False) -> SandboxStatus:
+        """The sandbox's status.  ``verbose`` adds the backend's details to ``info``."""
+        actor = self._actor(sandbox_id)
+        decide(sandbox_id, actor.phase, Input.STATUS)
+        return _status_of(actor, verbose)
+
+    async def status(self, sandbox_id: str, *, verbose: bool = False) -> SandboxStatus:
+        await trio.lowlevel.checkpoint()
+        return self.status_nowait(sandbox_id, verbose=verbose)
+
+    def platform_nowait(self, sandbox_id: str) -> Platform:
+        """The platform the sandbox runs on (the real host's)."""
+        actor = self._actor(sandbox_id)
+        decide(sandbox_id, actor.phase, Input.PLATFORM)
+        return self._backends[actor.spec.sandboxer].platform()
+
+    async def platform(self, sandbox_id: str) -> Platform:
+        await trio.lowlevel.checkpoint()
+        return self.platform_nowait(sandbox_id)
+
+    def ping_nowait(self, sandbox_id: str) -> None:
+        """Succeeds while the sandbox exists."""
+        actor = self._actor(sandbox_id)
+        decide(sandbox_id, actor.phase, Input.PING)
+
+    async def ping(self, sandbox_id: str) -> None:
+        await trio.lowlevel.checkpoint()
+        self.ping_nowait(sandbox_id)
+
+    def metrics_nowait(self, sandbox_id: str) -> SandboxMetrics:
+        """Resource use summed over the sandbox's processes (zeros when none run)."""
+        actor = self._actor(sandbox_id)
+        decide(sandbox_id, actor.phase, Input.METRICS)
+        cpu_ns = rss = pids = 0
+        if actor.process is not None and actor.phase is not Phase.STOPPED:
+            cpu_ns, rss, pids = actor.process.usage()
+        return SandboxMetrics(sandbox_id, datetime.now(UTC), cpu_ns, rss, pids)
+
+    async def metrics(self, sandbox_id: str) -> SandboxMetrics:
+        await trio.lowlevel.checkpoint()
+        return self.metrics_nowait(sandbox_id)
+
+    def list_nowait(self, labels: Mapping[str, str] | None = None) -> list[SandboxStatus]:
+        """The status of every sandbox carrying all of ``labels``, ordered by id."""
+        wanted = tuple((labels or {}).items())
+        result = []
+        for sandbox_id in sorted(self._actors):
+            actor = self._actors[sandbox_id]
+            have = actor.spec.labels
+            if all(have.get(k) == v for k, v in wanted):
+                result.append(_status_of(actor, False))
+        return result
+
+    async def list(self, labels: Mapping[str, str] | None = None) -> list[SandboxStatus]:
+        await trio.lowlevel.checkpoint()
+        return self.list_nowait(labels)
+
+    @asynccontextmanager
+    async def events(self) -> AsyncIterator[Subscription]:
+        """Subscribe to lifecycle events for the block's duration.
+
+        Yields an async iterable of :class:`~sandboxd.SandboxEvent`, starting with the events
+        published after subscribing.  A subscriber that falls more than its buffer behind is
+        told how many events it missed (topic ``/events/dropped``).  Iteration ends when the
+        controller closes.
+        """
+        await trio.lowlevel.checkpoint()
+        with self._events.subscribe(self._subscriber_buffer) as subscription:
+            yield subscription
+
+
+def _status_of(actor: SandboxActor, verbose: bool) -> SandboxStatus:
+    info = {"sandboxer": actor.spec.sandboxer}
+    if actor.exit_status is not None:
+        info["exit_status"] = str(actor.exit_status)
+    if actor.started_at is not None:
+        info["started_at"] = actor.started_at.isoformat()
+    if verbose and actor.process is not None:
+        info.update(actor.process.info())
+    return SandboxStatus(
+        sandbox_id=actor.sandbox_id,
+        pid=actor.pid,
+        state=actor.phase.reported,
+        info=info,
+        created_at=actor.created_at,
+        exited_at=actor.exited_at,
+    )
+
+
+@asynccontextmanager
+async def open_controller(
+    backends: Iterable[Backend] | None = None, **kwargs: Any
+) -> AsyncIterator[Controller]:
+    """A running :class:`Controller` for the block's duration (see its arguments)."""
+    async with trio.open_nursery() as nursery:
+        controller: Controller = await nursery.start(Controller(backends, **kwargs).run)
+        try:
+            yield controller
+        finally:
+            nursery.cancel_scope.cancel()

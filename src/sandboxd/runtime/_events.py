@@ -1,0 +1,103 @@
+"""Lifecycle events fanned out to subscribers, each with a bounded buffer.
+
+A subscriber that falls behind never loses events silently: once its buffer is full, later
+events are counted instead of kept, and where the gap is it receives one event with topic
+``/events/dropped`` whose ``dropped`` says how many it missed.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Final, final
+
+import trio
+
+from .._models import TOPIC_DROPPED, SandboxEvent
+
+DEFAULT_SUBSCRIBER_BUFFER: Final = 1024
+
+
+@final
+class Subscription:
+    """The events published after :meth:`EventBus.subscribe`, in order.
+
+    Iterate with ``async for``; iteration ends when the subscription or the bus is closed.
+    Waiting for the next event is a checkpoint and can be cancelled without losing events.
+    """
+
+    __slots__ = ("_buffer", "_bus", "_closed", "_dropped", "_limit", "_wake")
+
+    def __init__(self, bus: EventBus, limit: int) -> None:
+        self._bus = bus
+        self._buffer: collections.deque[SandboxEvent] = collections.deque()
+        self._dropped = 0
+        self._limit = limit
+        self._wake = trio.Event()
+        self._closed = False
+
+    def _offer(self, event: SandboxEvent) -> None:
+        if len(self._buffer) >= self._limit:
+            self._dropped += 1
+            return
+        if self._dropped:
+            self._buffer.append(self._dropped_event())
+        self._buffer.append(event)
+        self._wake.set()
+
+    def _dropped_event(self) -> SandboxEvent:
+        dropped, self._dropped = self._dropped, 0
+        return SandboxEvent(
+            topic=TOPIC_DROPPED, sandbox_id="", timestamp=datetime.now(UTC), dropped=dropped
+        )
+
+    def close(self) -> None:
+        """Stop receiving events; a consumer waiting in iteration sees its end."""
+        if not self._closed:
+            self._closed = True
+            self._bus._subscribers.discard(self)
+            self._wake.set()
+
+    def __aiter__(self) -> AsyncIterator[SandboxEvent]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[SandboxEvent]:
+        while True:
+            if self._buffer:
+                yield self._buffer.popleft()
+                continue
+            if self._dropped:
+                yield self._dropped_event()
+                continue
+            if self._closed:
+                return
+            self._wake = trio.Event()
+            await self._wake.wait()
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@final
+class EventBus:
+    """Publishes :class:`~sandboxd.SandboxEvent` to every current subscriber.  Never blocks."""
+
+    def __init__(self) -> None:
+        self._subscribers: set[Subscription] = set()
+
+    def subscribe(self, limit: int = DEFAULT_SUBSCRIBER_BUFFER) -> Subscription:
+        sub = Subscription(self, limit)
+        self._subscribers.add(sub)
+        return sub
+
+    def publish(self, event: SandboxEvent) -> None:
+        for sub in self._subscribers:
+            sub._offer(event)
+
+    def close(self) -> None:
+        for sub in list(self._subscribers):
+            sub.close()
