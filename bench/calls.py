@@ -44,17 +44,37 @@ _CONTROLLER: Final = "sandboxd.v1.Controller"
 
 # Add a measured call here; sandboxd is measured on every entry, in this order.  The floor
 # and the gRPC baseline answer every request alike and are measured on BASELINE_CALL only.
-#
-# Example, once the Controller is served:
-#     Call(
-#         _CONTROLLER,
-#         "Status",
-#         {"sandbox_id": "bench"},
-#         expect_keys=("sandbox_id",),
-#         setup=(Step(_CONTROLLER, "Create", {"sandbox_id": "bench"}),),
-#         teardown=(Step(_CONTROLLER, "Shutdown", {"sandbox_id": "bench"}),),
-#     ),
-_TABLE: Final[tuple[Call, ...]] = (Call(_RUNTIME, "Version", expect_keys=("version", "protocol")),)
+_SIM_BOX: Final = {"sandbox_id": "bench", "sandboxer": "sim"}
+_ID: Final = {"sandbox_id": "bench"}
+_TABLE: Final[tuple[Call, ...]] = (
+    Call(_RUNTIME, "Version", expect_keys=("version", "protocol")),
+    # A query: answered inline from the state the sandbox's actor published.
+    Call(
+        _CONTROLLER,
+        "Status",
+        _ID,
+        expect_keys=("sandbox_id", "state", "pid"),
+        setup=(Step(_CONTROLLER, "Create", _SIM_BOX), Step(_CONTROLLER, "Start", _ID)),
+        teardown=(Step(_CONTROLLER, "Shutdown", _ID),),
+    ),
+    Call(
+        _CONTROLLER,
+        "Ping",
+        _ID,
+        setup=(Step(_CONTROLLER, "Create", _SIM_BOX),),
+        teardown=(Step(_CONTROLLER, "Shutdown", _ID),),
+    ),
+    # Through the actor: a task for the call, a message to the actor's mailbox and back.
+    # Wait on a stopped sandbox answers at once, so this is the cost of the actor hop.
+    Call(
+        _CONTROLLER,
+        "Wait",
+        _ID,
+        expect_keys=("exit_status", "exited_at"),
+        setup=(Step(_CONTROLLER, "Create", _SIM_BOX), Step(_CONTROLLER, "Stop", _ID)),
+        teardown=(Step(_CONTROLLER, "Shutdown", _ID),),
+    ),
+)
 
 CALLS: Final[dict[str, Call]] = {call.name: call for call in _TABLE}
 
