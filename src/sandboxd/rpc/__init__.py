@@ -13,6 +13,7 @@ from ._methods import (
     unary,
 )
 from ._server import Server
+from ._sync_client import SyncClient
 from ._unix import SocketInUseError
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "Server",
     "Services",
     "SocketInUseError",
+    "SyncClient",
     "inline",
     "open_client",
     "server_stream",
