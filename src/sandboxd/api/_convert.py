@@ -8,7 +8,7 @@ and ``1`` is not a boolean.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any, Final
 
@@ -319,7 +319,65 @@ def event_message(event: SandboxEvent) -> dict[str, Any]:
     return out
 
 
-# -- models out of response messages (the remote client's side) -------------------------------
+# -- request messages out of arguments (the clients' side) ------------------------------------
+
+
+def create_message(
+    sandbox_id: str,
+    sandboxer: str | None,
+    options: SandboxOptions | None,
+    rootfs: Iterable[Mount],
+    netns_path: str | None,
+    annotations: Mapping[str, str] | None,
+    labels: Mapping[str, str] | None,
+) -> dict[str, Any]:
+    msg: dict[str, Any] = {"sandbox_id": sandbox_id}
+    if sandboxer is not None:
+        msg["sandboxer"] = sandboxer
+    if options is not None:
+        msg["options"] = options_message(options)
+    mounts = [mount_message(m) for m in rootfs]
+    if mounts:
+        msg["rootfs"] = mounts
+    if netns_path is not None:
+        msg["netns_path"] = netns_path
+    if annotations:
+        msg["annotations"] = dict(annotations)
+    if labels:
+        msg["labels"] = dict(labels)
+    return msg
+
+
+def stop_message(sandbox_id: str, timeout_secs: float | None) -> dict[str, Any]:
+    msg: dict[str, Any] = {"sandbox_id": sandbox_id}
+    if timeout_secs is not None:
+        msg["timeout_secs"] = timeout_secs
+    return msg
+
+
+def status_request_message(sandbox_id: str, verbose: bool) -> dict[str, Any]:
+    msg: dict[str, Any] = {"sandbox_id": sandbox_id}
+    if verbose:
+        msg["verbose"] = True
+    return msg
+
+
+def list_message(labels: Mapping[str, str] | None) -> dict[str, Any]:
+    return {"labels": dict(labels)} if labels else {}
+
+
+def created_from(msg: Message) -> str:
+    return _text(_required(msg, "sandbox_id", "Create response"), "Create response.sandbox_id")
+
+
+def list_from(msg: Message) -> list[SandboxStatus]:
+    sandboxes = _required(msg, "sandboxes", "List response")
+    if type(sandboxes) is not list:
+        raise InvalidArgument("List response.sandboxes: must be an array")
+    return [status_from(s) for s in sandboxes]
+
+
+# -- models out of response messages (the clients' side) --------------------------------------
 
 
 def _required(msg: Message, name: str, where: str) -> Any:

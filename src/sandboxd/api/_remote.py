@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
-from typing import Any, Final, final
+from typing import Any, Final, TypeVar, final
 
 import trio
 
@@ -27,9 +27,11 @@ from ._controller_service import CONTROLLER_SERVICE
 from ._runtime_service import RUNTIME_SERVICE
 
 _S: Final = CONTROLLER_SERVICE
+_T = TypeVar("_T")
 
 
-def _decode(decode: Any, msg: Mapping[str, Any]) -> Any:
+def decode_reply(decode: Callable[[Mapping[str, Any]], _T], msg: Mapping[str, Any]) -> _T:
+    """A response message as a model; a malformed one is the server's fault: INTERNAL."""
     try:
         return decode(msg)
     except InvalidArgument as err:
@@ -78,85 +80,66 @@ class RemoteController:
         annotations: Mapping[str, str] | None = None,
         labels: Mapping[str, str] | None = None,
     ) -> str:
-        msg: dict[str, Any] = {"sandbox_id": sandbox_id}
-        if sandboxer is not None:
-            msg["sandboxer"] = sandboxer
-        if options is not None:
-            msg["options"] = convert.options_message(options)
-        mounts = [convert.mount_message(m) for m in rootfs]
-        if mounts:
-            msg["rootfs"] = mounts
-        if netns_path is not None:
-            msg["netns_path"] = netns_path
-        if annotations:
-            msg["annotations"] = dict(annotations)
-        if labels:
-            msg["labels"] = dict(labels)
-        reply = await self._call("Create", msg)
-        sandbox: str = _decode(lambda m: convert._text(m.get("sandbox_id"), "sandbox_id"), reply)
-        return sandbox
+        msg = convert.create_message(
+            sandbox_id, sandboxer, options, rootfs, netns_path, annotations, labels
+        )
+        return decode_reply(convert.created_from, await self._call("Create", msg))
 
     async def start(self, sandbox_id: str) -> SandboxInstance:
-        result: SandboxInstance = _decode(
-            convert.instance_from, await self._call("Start", {"sandbox_id": sandbox_id})
-        )
-        return result
+        reply = await self._call("Start", {"sandbox_id": sandbox_id})
+        return decode_reply(convert.instance_from, reply)
 
     async def stop(self, sandbox_id: str, *, timeout_secs: float | None = None) -> None:
-        msg: dict[str, Any] = {"sandbox_id": sandbox_id}
-        if timeout_secs is not None:
-            msg["timeout_secs"] = timeout_secs
-        await self._call("Stop", msg)
+        await self._call("Stop", convert.stop_message(sandbox_id, timeout_secs))
 
     async def wait(self, sandbox_id: str) -> ExitStatus:
-        result: ExitStatus = _decode(
-            convert.exit_from, await self._call("Wait", {"sandbox_id": sandbox_id})
-        )
-        return result
+        reply = await self._call("Wait", {"sandbox_id": sandbox_id})
+        return decode_reply(convert.exit_from, reply)
 
     async def shutdown(self, sandbox_id: str) -> None:
         await self._call("Shutdown", {"sandbox_id": sandbox_id})
 
     async def status(self, sandbox_id: str, *, verbose: bool = False) -> SandboxStatus:
-        msg: dict[str, Any] = {"sandbox_id": sandbox_id}
-        if verbose:
-            msg["verbose"] = True
-        result: SandboxStatus = _decode(convert.status_from, await self._call("Status", msg))
-        return result
+        reply = await self._call("Status", convert.status_request_message(sandbox_id, verbose))
+        return decode_reply(convert.status_from, reply)
 
     async def platform(self, sandbox_id: str) -> Platform:
-        result: Platform = _decode(
-            convert.platform_from, await self._call("Platform", {"sandbox_id": sandbox_id})
-        )
-        return result
+        reply = await self._call("Platform", {"sandbox_id": sandbox_id})
+        return decode_reply(convert.platform_from, reply)
 
     async def ping(self, sandbox_id: str) -> None:
         await self._call("Ping", {"sandbox_id": sandbox_id})
 
     async def metrics(self, sandbox_id: str) -> SandboxMetrics:
-        result: SandboxMetrics = _decode(
-            convert.metrics_from, await self._call("Metrics", {"sandbox_id": sandbox_id})
-        )
-        return result
+        reply = await self._call("Metrics", {"sandbox_id": sandbox_id})
+        return decode_reply(convert.metrics_from, reply)
 
     async def list(self, labels: Mapping[str, str] | None = None) -> list[SandboxStatus]:
-        reply = await self._call("List", {"labels": dict(labels)} if labels else {})
-        sandboxes = reply.get("sandboxes")
-        if type(sandboxes) is not list:
-            raise Internal("malformed response from the server: List.sandboxes is missing")
-        return [_decode(convert.status_from, s) for s in sandboxes]
+        reply = await self._call("List", convert.list_message(labels))
+        return decode_reply(convert.list_from, reply)
 
     @asynccontextmanager
     async def events(self) -> AsyncIterator[AsyncIterator[SandboxEvent]]:
         """Subscribe to lifecycle events for the block's duration (see
         :meth:`Controller.events`).  Leaving the block ends the stream on the server."""
         async with self._client.stream(_S, "Events", {}) as messages:
-            yield _events(messages)
+            yield _Events(messages)
 
 
-async def _events(messages: AsyncIterator[dict[str, Any]]) -> AsyncIterator[SandboxEvent]:
-    async for msg in messages:
-        yield _decode(convert.event_from, msg)
+@final
+class _Events:
+    """Event messages as models (a class, so there is no async generator left to close)."""
+
+    __slots__ = ("_messages",)
+
+    def __init__(self, messages: AsyncIterator[dict[str, Any]]) -> None:
+        self._messages = messages
+
+    def __aiter__(self) -> _Events:
+        return self
+
+    async def __anext__(self) -> SandboxEvent:
+        return decode_reply(convert.event_from, await self._messages.__anext__())
 
 
 @asynccontextmanager

@@ -234,8 +234,8 @@ class ProcessSandbox:
         }
 
     def usage(self) -> tuple[int, int, int]:
-        """``(cpu_ns, memory_rss_bytes, pids)`` summed over the process group's current
-        members (children that left the group are not counted).  Reads /proc: a scan of the
+        """``(cpu_ns, memory_rss_bytes, pids)`` summed over the live members of the process
+        group (not zombies, nor children that left the group).  Reads /proc: a scan of the
         host's processes, with no await."""
         return _group_usage(self.pid)
 
@@ -269,8 +269,8 @@ def _group_usage(pgid: int) -> tuple[int, int, int]:
         # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses, so split
         # after the last ')'.  fields[0] is field 3 of proc(5).
         fields = stat[stat.rfind(b")") + 2 :].split()
-        if len(fields) < 22 or int(fields[2]) != pgid:
-            continue
+        if len(fields) < 22 or int(fields[2]) != pgid or fields[0] in (b"Z", b"X"):
+            continue  # another group's, or dead and holding nothing but its pid
         ticks += int(fields[11]) + int(fields[12])  # utime, stime
         pages += int(fields[21])  # rss
         count += 1

@@ -4,50 +4,91 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
 
 import trio
 
+from .._paths import default_socket_path, default_state_dir, ensure_private_dir
 from .._version import __version__
 from ..api import CONTROLLER_SERVICE, RUNTIME_SERVICE, controller_service, runtime_service
+from ..backends import Backend, ProcessBackend, SimBackend
 from ..rpc import Server, SocketInUseError
-from ..runtime import Controller
+from ..runtime import DEFAULT_SANDBOXER, Controller
 
 log = logging.getLogger("sandboxd")
 
 DEFAULT_GRACE = 10.0
 
+_EPILOG = """\
+Sandboxes are not killed when the daemon exits: as with containerd, their lives are
+independent of the daemon's.  On SIGTERM or SIGINT the daemon stops accepting connections,
+lets calls in progress finish within the grace period, and exits 0.
+
+The socket defaults to $SANDBOXD_SOCKET, else $XDG_RUNTIME_DIR/sandboxd/sandboxd.sock, else
+/run/sandboxd/sandboxd.sock for root, else <tmp>/sandboxd-<uid>/sandboxd.sock; its directory
+is created with mode 0700 and the socket with mode 0600.
+"""
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sandboxd", description="The sandboxd daemon.")
     parser.add_argument("--version", action="version", version=f"sandboxd {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve = sub.add_parser(
         "serve",
         help="serve the sandboxd API on a Unix socket until SIGINT or SIGTERM",
-        description=(
-            "Serve the sandboxd API on a Unix socket, in the foreground, until SIGINT or "
-            "SIGTERM: then stop accepting, let calls in progress finish within the grace "
-            "period, and exit 0."
-        ),
+        description="Serve the sandboxd API on a Unix socket, in the foreground.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    serve.add_argument("--socket", required=True, help="path of the Unix socket to listen on")
+    serve.add_argument(
+        "--socket", default=None, help="Unix socket to listen on (default: see below)"
+    )
+    serve.add_argument(
+        "--state-dir",
+        default=None,
+        help="directory for the daemon's state and sandbox logs (default: $SANDBOXD_STATE_DIR,"
+        " else /var/lib/sandboxd for root, else $XDG_STATE_HOME/sandboxd)",
+    )
+    serve.add_argument(
+        "--default-sandboxer",
+        default=DEFAULT_SANDBOXER,
+        help=f"sandboxer used when Create names none (default {DEFAULT_SANDBOXER})",
+    )
     serve.add_argument(
         "--grace",
         type=float,
         default=DEFAULT_GRACE,
-        help=f"seconds calls in progress get to finish at shutdown (default {DEFAULT_GRACE})",
+        help=f"seconds calls in progress get to finish at shutdown (default {DEFAULT_GRACE:g})",
     )
-    serve.add_argument("--log-level", default="info", help="debug, info, warning or error")
+    serve.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="least severe messages logged to stderr (default info)",
+    )
     return parser
 
 
-async def _serve(socket_path: str, grace: float) -> None:
+async def _serve(socket_path: str, state_dir: str, sandboxer: str, grace: float) -> None:
+    backends: list[Backend] = [
+        ProcessBackend(log_dir=os.path.join(state_dir, "logs")),
+        SimBackend(),
+    ]
+    for backend in backends:
+        reason = backend.unavailable_reason()
+        if reason is None:
+            log.info("sandboxer %s: available", backend.name)
+        else:
+            log.warning("sandboxer %s: unavailable: %s", backend.name, reason)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
-            controller: Controller = await nursery.start(Controller().run)
+            controller: Controller = await nursery.start(
+                Controller(backends, default_sandboxer=sandboxer).run
+            )
             server = Server(
                 {
                     RUNTIME_SERVICE: runtime_service(),
@@ -55,7 +96,7 @@ async def _serve(socket_path: str, grace: float) -> None:
                 }
             )
             path = await nursery.start(server.serve_unix, socket_path)
-            log.info("listening on %s", path)
+            log.info("sandboxd %s listening on %s", __version__, path)
             async for signum in signals:
                 log.info("%s received: shutting down", signal.Signals(signum).name)
                 await server.shutdown(grace)
@@ -72,12 +113,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    socket_path = args.socket or default_socket_path()
+    state_dir = args.state_dir or default_state_dir()
     try:
-        trio.run(_serve, args.socket, args.grace)
+        if args.socket is None:
+            ensure_private_dir(os.path.dirname(socket_path))
+        else:
+            os.makedirs(os.path.dirname(os.path.abspath(socket_path)), mode=0o700, exist_ok=True)
+        ensure_private_dir(state_dir)
+        ensure_private_dir(os.path.join(state_dir, "logs"))
+    except OSError as exc:
+        print(f"sandboxd: {exc}", file=sys.stderr)
+        return 1
+    try:
+        trio.run(_serve, socket_path, state_dir, args.default_sandboxer, args.grace)
     except SocketInUseError as exc:
         print(f"sandboxd: {exc.strerror}: {exc.filename}", file=sys.stderr)
         return 1
     except OSError as exc:
-        print(f"sandboxd: cannot listen on {args.socket}: {exc}", file=sys.stderr)
+        print(f"sandboxd: cannot listen on {socket_path}: {exc}", file=sys.stderr)
         return 1
     return 0
