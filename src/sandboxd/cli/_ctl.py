@@ -1,16 +1,354 @@
-"""``sandboxctl``: the command-line client."""
+"""``sandboxctl``: drive a sandboxd daemon from a shell.
+
+Every subcommand prints a human-readable answer, or with ``--json`` exactly the response
+message as JSON (timestamps as RFC 3339 text).  Errors print ``sandboxctl: CODE: message`` on
+stderr and exit with ``10 + the status code``, so scripts can tell failure classes apart.
+"""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+import json
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, Final, TextIO
 
+from .._errors import Code, RPCError, Unavailable
+from .._models import Mount, SandboxOptions
+from .._paths import default_socket_path
 from .._version import __version__
+from ..api import SyncController
+from ..api import _convert as convert
+
+#: Exit status for a failure with status code ``c``: ``EXIT_BASE + c`` (11 CANCELLED ...
+#: 24 UNAVAILABLE); 2 is a usage error, 1 anything else.
+EXIT_BASE: Final = 10
+
+_EXIT_CODES_HELP = "\n".join(
+    f"  {EXIT_BASE + code.value:>3}  {code.name}" for code in Code if code is not Code.OK
+)
+
+_EPILOG = f"""\
+The daemon's socket: --socket, else $SANDBOXD_SOCKET, else the daemon's default
+($XDG_RUNTIME_DIR/sandboxd/sandboxd.sock, /run/sandboxd/sandboxd.sock for root, else
+<tmp>/sandboxd-<uid>/sandboxd.sock).
+
+Exit status: 0 on success, 2 for a usage error, 1 for anything unexpected, and for a failure
+reported by the daemon 10 + its status code:
+{_EXIT_CODES_HELP}
+"""
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="sandboxctl", description="Drive a sandboxd daemon.")
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--json",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="print the response message as JSON",
+    )
+    parser = argparse.ArgumentParser(
+        prog="sandboxctl",
+        description="Drive a sandboxd daemon.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[common],
+    )
     parser.add_argument("--version", action="version", version=f"sandboxctl {__version__}")
-    parser.parse_args(argv)
-    parser.print_help()
+    parser.add_argument("--socket", metavar="PATH", help="the daemon's socket")
+    parser.add_argument(
+        "--call-timeout",
+        type=float,
+        metavar="S",
+        help="give up on any call after S seconds (DEADLINE_EXCEEDED)",
+    )
+    sub = parser.add_subparsers(dest="subcommand", required=True, metavar="COMMAND")
+
+    def add(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=help, parents=[common])
+
+    def with_id(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("sandbox_id", metavar="ID")
+        return p
+
+    for name, text in (
+        ("create", "create a sandbox (state created)"),
+        ("run", "create a sandbox and start it"),
+    ):
+        p = with_id(add(name, text))
+        p.add_argument("--sandboxer", help="backend: process (default), sim, ...")
+        p.add_argument(
+            "--env", type=_key_value, action="append", default=[], metavar="K=V",
+            help="environment of the init process (repeatable)",
+        )  # fmt: skip
+        p.add_argument("--cwd", help="working directory of the init process")
+        p.add_argument(
+            "--label", type=_key_value, action="append", default=[], metavar="K=V",
+            help="label (repeatable)",
+        )  # fmt: skip
+        p.add_argument(
+            "--annotation", type=_key_value, action="append", default=[], metavar="K=V",
+            help="annotation (repeatable)",
+        )  # fmt: skip
+        p.add_argument("--hostname", help="hostname inside the sandbox (bwrap)")
+        p.add_argument("--host-network", action="store_true", help="share the host network")
+        p.add_argument("--netns", metavar="PATH", help="network namespace to join (bwrap)")
+        p.add_argument(
+            "--bind", action="append", default=[], metavar="SRC:DST[:ro|rw]",
+            help="bind mount into the sandbox's rootfs (bwrap; repeatable)",
+        )  # fmt: skip
+        p.add_argument(
+            "argv", nargs="*", metavar="-- COMMAND",
+            help="the init process, after '--' (default: a pause process)",
+        )  # fmt: skip
+    with_id(add("start", "start a created sandbox"))
+    with_id(add("status", "show a sandbox's status")).add_argument(
+        "--verbose", "-v", action="store_true", help="include the backend's details"
+    )
+    with_id(add("platform", "show the platform a sandbox runs on"))
+    with_id(add("stop", "stop a sandbox: SIGTERM, then SIGKILL after the timeout")).add_argument(
+        "--timeout", type=float, metavar="S", help="seconds before SIGKILL (default: daemon's)"
+    )
+    with_id(add("wait", "wait until a sandbox has stopped; print its exit status")).add_argument(
+        "--timeout", type=float, metavar="S", help="give up after S seconds"
+    )
+    with_id(add("shutdown", "kill a sandbox if needed and delete it"))
+    with_id(add("ping", "check that a sandbox exists"))
+    with_id(add("metrics", "show a sandbox's resource use"))
+    add("list", "list sandboxes").add_argument(
+        "--label", type=_key_value, action="append", default=[], metavar="K=V",
+        help="only sandboxes with this label (repeatable)",
+    )  # fmt: skip
+    add("version", "show the daemon's version and protocol")
+    add("events", "print lifecycle events as they happen, until interrupted")
+    return parser
+
+
+# -- output -------------------------------------------------------------------------------------
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Mapping):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "value") and hasattr(value, "tag"):  # a CBOR tag 1 timestamp
+        return datetime.fromtimestamp(value.value, UTC).isoformat()
+    return value
+
+
+def _print_json(message: Mapping[str, Any], out: TextIO) -> None:
+    print(json.dumps(_jsonable(message), sort_keys=True), file=out, flush=True)
+
+
+def _when(value: Any) -> str:
+    if isinstance(value, datetime):
+        return value.astimezone().isoformat(timespec="seconds")
+    return "-" if value is None else str(value)
+
+
+def _print_fields(message: Mapping[str, Any], out: TextIO) -> None:
+    rows: list[tuple[str, str]] = []
+    for key, value in message.items():
+        if isinstance(value, Mapping):
+            rows.extend((f"{key}.{k}", str(v)) for k, v in sorted(value.items()))
+        else:
+            rows.append((key, _when(value)))
+    width = max((len(k) for k, _ in rows), default=0)
+    for key, value in rows:
+        print(f"{key + ':':<{width + 1}} {value}", file=out)
+
+
+def _print_table(header: Sequence[str], rows: Sequence[Sequence[str]], out: TextIO) -> None:
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(header)]
+    for row in (header, *rows):
+        print("   ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip(), file=out)
+
+
+# -- commands -------------------------------------------------------------------------------------
+
+
+def _create(ctl: SyncController, args: argparse.Namespace) -> dict[str, Any]:
+    command = [*args.argv, *args.after_dashes]
+    mounts = [_bind(spec) for spec in args.bind]
+    options = SandboxOptions(
+        command=command or None,
+        env=dict(args.env),
+        cwd=args.cwd,
+        hostname=args.hostname,
+        host_network=args.host_network,
+    )
+    sandbox_id = ctl.create(
+        args.sandbox_id,
+        sandboxer=args.sandboxer,
+        options=options,
+        rootfs=mounts,
+        netns_path=args.netns,
+        annotations=dict(args.annotation),
+        labels=dict(args.label),
+    )
+    return {"sandbox_id": sandbox_id}
+
+
+def _bind(spec: str) -> Mount:
+    parts = spec.split(":")
+    if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
+        raise SystemExit(f"sandboxctl: --bind expects SRC:DST[:ro|rw], got {spec!r}")
+    mode = parts[2] if len(parts) == 3 else "ro"
+    return Mount(type="bind", source=parts[0], target=parts[1], options=(mode,))
+
+
+def _run_command(ctl: SyncController, args: argparse.Namespace, out: TextIO) -> None:
+    as_json = getattr(args, "json", False)
+    name = args.command_name
+
+    def emit(message: Mapping[str, Any], human: Callable[[], None]) -> None:
+        if as_json:
+            _print_json(message, out)
+        else:
+            human()
+
+    sandbox_id: str = getattr(args, "sandbox_id", "")
+    if name == "create":
+        msg = _create(ctl, args)
+        emit(msg, lambda: print(msg["sandbox_id"], file=out))
+    elif name in ("run", "start"):
+        if name == "run":
+            _create(ctl, args)
+        inst = ctl.start(sandbox_id)
+        msg = convert.instance_message(inst)
+        emit(msg, lambda: print(f"{inst.sandbox_id} started, pid {inst.pid}", file=out))
+    elif name == "status":
+        msg = convert.status_message(ctl.status(sandbox_id, verbose=args.verbose))
+        emit(msg, lambda: _print_fields(_humane(msg), out))
+    elif name == "platform":
+        platform = ctl.platform(sandbox_id)
+        msg = convert.platform_message(platform)
+        text = f"{platform.os}/{platform.architecture}" + (
+            f"/{platform.variant}" if platform.variant else ""
+        )
+        emit(msg, lambda: print(text, file=out))
+    elif name == "stop":
+        ctl.stop(sandbox_id, timeout_secs=args.timeout)
+        emit({}, lambda: print(f"{sandbox_id} stopped", file=out))
+    elif name == "wait":
+        exit_status = ctl.wait(sandbox_id, timeout=args.timeout)
+        msg = convert.exit_message(exit_status)
+        emit(msg, lambda: print(exit_status.exit_status, file=out))
+    elif name == "shutdown":
+        ctl.shutdown(sandbox_id)
+        emit({}, lambda: print(f"{sandbox_id} deleted", file=out))
+    elif name == "ping":
+        ctl.ping(sandbox_id)
+        emit({}, lambda: print(f"{sandbox_id} ok", file=out))
+    elif name == "metrics":
+        msg = convert.metrics_message(ctl.metrics(sandbox_id))
+        emit(msg, lambda: _print_fields(_humane(msg), out))
+    elif name == "list":
+        statuses = ctl.list(dict(args.label) or None)
+        msg = {"sandboxes": [convert.status_message(s) for s in statuses]}
+        rows = [
+            (
+                s.sandbox_id,
+                s.state.value,
+                str(s.pid),
+                s.info.get("sandboxer", ""),
+                s.created_at.astimezone().isoformat(timespec="seconds"),
+                s.info.get("exit_status", "-"),
+            )
+            for s in statuses
+        ]
+        emit(
+            msg,
+            lambda: _print_table(
+                ("SANDBOX ID", "STATE", "PID", "SANDBOXER", "CREATED", "EXIT"), rows, out
+            ),
+        )
+    elif name == "version":
+        msg = dict(ctl.version())
+        emit(
+            msg,
+            lambda: print(
+                f"daemon {msg.get('version')} (protocol {msg.get('protocol')}), "
+                f"sandboxctl {__version__}",
+                file=out,
+            ),
+        )
+    elif name == "events":
+        with ctl.events() as events:
+            for event in events:
+                line = convert.event_message(event)
+                if as_json:
+                    _print_json(line, out)
+                else:
+                    print(_event_line(line), file=out, flush=True)
+    else:  # pragma: no cover - argparse refuses unknown commands
+        raise AssertionError(name)
+
+
+def _event_line(msg: Mapping[str, Any]) -> str:
+    stamp = _jsonable(msg["timestamp"])
+    extra = ""
+    if "exit_status" in msg:
+        extra = f" exit_status={msg['exit_status']}"
+    if "dropped" in msg:
+        extra = f" dropped={msg['dropped']}"
+    return f"{stamp} {msg['topic']} {msg['sandbox_id']}{extra}"
+
+
+def _humane(msg: Mapping[str, Any]) -> dict[str, Any]:
+    """A response message with its CBOR timestamps as datetimes, for human output."""
+    return {k: _as_datetime(v) for k, v in msg.items()}
+
+
+def _as_datetime(value: Any) -> Any:
+    if hasattr(value, "value") and hasattr(value, "tag"):
+        return datetime.fromtimestamp(value.value, UTC)
+    return value
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
+    out = sys.stdout if out is None else out
+    parser = _parser()
+    words = list(sys.argv[1:] if argv is None else argv)
+    # Everything after the first "--" is the sandbox's command, options included.
+    after_dashes: list[str] = []
+    if "--" in words:
+        cut = words.index("--")
+        words, after_dashes = words[:cut], words[cut + 1 :]
+    args = parser.parse_args(words)
+    args.command_name = args.subcommand
+    args.after_dashes = after_dashes
+    if after_dashes and args.subcommand not in ("create", "run"):
+        parser.error(f"{args.subcommand} takes no command after '--'")
+    socket_path = args.socket or default_socket_path()
+    try:
+        with SyncController(socket_path, timeout=args.call_timeout) as ctl:
+            _run_command(ctl, args, out)
+    except Unavailable as err:
+        print(f"sandboxctl: {err.code.name}: {err.message}", file=sys.stderr)
+        print(
+            f"sandboxctl: is the daemon running?  Start one with: "
+            f"sandboxd serve --socket {socket_path}",
+            file=sys.stderr,
+        )
+        return EXIT_BASE + err.code
+    except RPCError as err:
+        print(f"sandboxctl: {err.code.name}: {err.message}", file=sys.stderr)
+        return EXIT_BASE + err.code
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # a bug here, not the daemon's answer: say so, briefly
+        print(f"sandboxctl: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
     return 0

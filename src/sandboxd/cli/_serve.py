@@ -116,7 +116,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     socket_path = args.socket or default_socket_path()
     state_dir = args.state_dir or default_state_dir()
     try:
-        if args.socket is None:
+        if args.socket is None and not os.environ.get("SANDBOXD_SOCKET"):
+            # A directory of our own: nobody else may swap the socket in it.
             ensure_private_dir(os.path.dirname(socket_path))
         else:
             os.makedirs(os.path.dirname(os.path.abspath(socket_path)), mode=0o700, exist_ok=True)
