@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final, TextIO
@@ -69,6 +70,11 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         metavar="S",
         help="give up on any call after S seconds (DEADLINE_EXCEEDED)",
+    )
+    parser.add_argument(
+        "--timing",
+        action="store_true",
+        help="print each call's round-trip time to the daemon on stderr",
     )
     sub = parser.add_subparsers(dest="subcommand", required=True, metavar="COMMAND")
 
@@ -317,6 +323,22 @@ def _as_datetime(value: Any) -> Any:
     return value
 
 
+def _time_calls(ctl: SyncController) -> None:
+    """Report the round trip of every call made through ``ctl`` on stderr."""
+    client = ctl.client
+    call = client.call
+
+    def timed(service: str, method: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        start = time.perf_counter_ns()
+        try:
+            return call(service, method, *args, **kwargs)
+        finally:
+            elapsed = (time.perf_counter_ns() - start) / 1000
+            print(f"sandboxctl: {method} round trip {elapsed:.0f} us", file=sys.stderr)
+
+    client.call = timed  # type: ignore[method-assign]
+
+
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     out = sys.stdout if out is None else out
     parser = _parser()
@@ -334,6 +356,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     socket_path = args.socket or default_socket_path()
     try:
         with SyncController(socket_path, timeout=args.call_timeout) as ctl:
+            if args.timing:
+                _time_calls(ctl)
             _run_command(ctl, args, out)
     except Unavailable as err:
         print(f"sandboxctl: {err.code.name}: {err.message}", file=sys.stderr)
