@@ -99,6 +99,8 @@ async def _serve(socket_path: str, state_dir: str, sandboxer: str, grace: float)
             log.info("sandboxd %s listening on %s", __version__, path)
             async for signum in signals:
                 log.info("%s received: shutting down", signal.Signals(signum).name)
+                # Waits and event streams would otherwise hold the whole grace period.
+                controller.drain()
                 await server.shutdown(grace)
                 break
             # Sandboxes outlive the daemon: closing the controller leaves them running.
@@ -126,12 +128,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         print(f"sandboxd: {exc}", file=sys.stderr)
         return 1
+    failure: str | None = None
     try:
         trio.run(_serve, socket_path, state_dir, args.default_sandboxer, args.grace)
-    except SocketInUseError as exc:
-        print(f"sandboxd: {exc.strerror}: {exc.filename}", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        print(f"sandboxd: cannot listen on {socket_path}: {exc}", file=sys.stderr)
+    except* SocketInUseError as group:
+        in_use = group.exceptions[0]
+        assert isinstance(in_use, SocketInUseError)
+        failure = f"{in_use.strerror}: {in_use.filename}"
+    except* OSError as group:
+        failure = f"cannot listen on {socket_path}: {group.exceptions[0]}"
+    if failure is not None:
+        print(f"sandboxd: {failure}", file=sys.stderr)
         return 1
     return 0

@@ -90,6 +90,7 @@ class SandboxActor:
     __slots__ = (
         "_backend",
         "_controller",
+        "_current",
         "_kill_deadline",
         "_mailbox",
         "_shutdown_parked",
@@ -120,6 +121,8 @@ class SandboxActor:
         self._mailbox: collections.deque[tuple[Input, Any, Reply | None]] = collections.deque()
         self._wake = trio.Event()
         self._kill_deadline = math.inf
+        # The reply of the input being carried out across an await (a Start's spawn).
+        self._current: Reply | None = None
         # Parked callers, allocated when the first one arrives: most sandboxes have none.
         self._wait_parked: list[Reply] | None = None
         self._stop_parked: list[Reply] | None = None
@@ -176,7 +179,9 @@ class SandboxActor:
                 while mailbox:
                     input, arg, reply = mailbox.popleft()
                     if input is Input.START:
+                        self._current = reply
                         await self._start(reply)
+                        self._current = None
                     else:
                         self._apply(input, arg, reply)
         finally:
@@ -184,6 +189,8 @@ class SandboxActor:
 
     def _abandon_all(self) -> None:
         gone = Unavailable(f"sandbox {self.sandbox_id!r}: the runtime is closing")
+        if self._current is not None and not self._current.event.is_set():
+            self._current.fail(gone)
         for _, _, reply in self._mailbox:
             if reply is not None:
                 reply.fail(gone)
@@ -191,6 +198,13 @@ class SandboxActor:
         for parked in (self._wait_parked, self._stop_parked, self._shutdown_parked):
             for reply in parked or ():
                 reply.fail(gone)
+
+    def abandon_waiters(self, error: BaseException) -> None:
+        """Answer every parked Wait with ``error`` (the daemon is going away)."""
+        waiters, self._wait_parked = self._wait_parked, None
+        for reply in waiters or ():
+            if not reply.abandoned:
+                reply.fail(error)
 
     # -- effects -----------------------------------------------------------------------------
 

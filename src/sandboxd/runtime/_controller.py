@@ -89,6 +89,7 @@ class Controller:
         self._events = EventBus()
         self._actor_nursery: trio.Nursery | None = None
         self._process_nursery: trio.Nursery | None = None
+        self._closed = False
 
     # -- running -----------------------------------------------------------------------------
 
@@ -103,6 +104,7 @@ class Controller:
                 task_status.started(self)
                 await trio.sleep_forever()
         finally:
+            self._closed = True
             self._actor_nursery = None
             self._process_nursery = None
             self._events.close()
@@ -131,8 +133,19 @@ class Controller:
         log.info("sandbox %s: deleted", actor.sandbox_id)
         self._events.publish(SandboxEvent(TOPIC_DELETE, actor.sandbox_id, datetime.now(UTC)))
 
+    def drain(self) -> None:
+        """Get ready for the runtime to go away: end every event subscription and answer
+        every parked Wait with UNAVAILABLE, so long-lived calls do not hold up a shutdown.
+        Stops in progress go on; sandboxes keep running."""
+        self._events.close()
+        error = Unavailable("sandboxd is shutting down")
+        for actor in self._actors.values():
+            actor.abandon_waiters(error)
+
     def _actor(self, sandbox_id: str) -> SandboxActor:
         check_sandbox_id(sandbox_id)
+        if self._closed:
+            raise Unavailable("the controller is closed")
         actor = self._actors.get(sandbox_id)
         if actor is None:
             raise NotFound(f"sandbox {sandbox_id!r} not found")

@@ -8,7 +8,6 @@ events are counted instead of kept, and where the gap is it receives one event w
 from __future__ import annotations
 
 import collections
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Final, final
 
@@ -16,7 +15,7 @@ import trio
 
 from .._models import TOPIC_DROPPED, SandboxEvent
 
-DEFAULT_SUBSCRIBER_BUFFER: Final = 1024
+DEFAULT_SUBSCRIBER_BUFFER: Final = 8192
 
 
 @final
@@ -59,19 +58,20 @@ class Subscription:
             self._bus._subscribers.discard(self)
             self._wake.set()
 
-    def __aiter__(self) -> AsyncIterator[SandboxEvent]:
-        return self._iterate()
+    def __aiter__(self) -> _Iterator:
+        return _Iterator(self)
 
-    async def _iterate(self) -> AsyncIterator[SandboxEvent]:
+    async def next(self) -> SandboxEvent:
+        """The next event; raises :class:`StopAsyncIteration` once closed and drained."""
         while True:
             if self._buffer:
-                yield self._buffer.popleft()
-                continue
+                await trio.lowlevel.checkpoint()
+                return self._buffer.popleft()
             if self._dropped:
-                yield self._dropped_event()
-                continue
+                await trio.lowlevel.checkpoint()
+                return self._dropped_event()
             if self._closed:
-                return
+                raise StopAsyncIteration
             self._wake = trio.Event()
             await self._wake.wait()
 
@@ -80,6 +80,25 @@ class Subscription:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@final
+class _Iterator:
+    """Iteration over a subscription; ending it early leaves the subscription open."""
+
+    __slots__ = ("_subscription",)
+
+    def __init__(self, subscription: Subscription) -> None:
+        self._subscription = subscription
+
+    def __aiter__(self) -> _Iterator:
+        return self
+
+    async def __anext__(self) -> SandboxEvent:
+        return await self._subscription.next()
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()
 
 
 @final
