@@ -1,8 +1,9 @@
 """``sandboxd.v1.Controller``: the Controller contract bound to RPC methods.
 
 Queries (Create, Status, Platform, Ping, List) are answered inline by the connection's reader:
-no task per call.  Calls that wait on a sandbox (Start, Stop, Wait, Shutdown, Metrics) run in
-a task of their own under the caller's deadline; Events is a server stream.
+no task per call.  Calls that wait on a sandbox (Start, Stop, Wait, Shutdown) and Metrics,
+which reads /proc in a worker thread, run in a task of their own under the caller's deadline;
+Events is a server stream, subscribed as its request is read.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from ..rpc import CallContext, Message, MessageSender, Method, inline, server_stream, unary
-from ..runtime import Controller
+from ..runtime import Controller, Subscription
 from ._convert import (
     check_fields,
     create_request,
@@ -71,9 +72,13 @@ def controller_service(controller: Controller) -> dict[str, Method]:
     async def metrics(msg: Message, ctx: CallContext) -> Mapping[str, Any]:
         return metrics_message(await controller.metrics(id_request(msg, "Metrics")))
 
-    async def events(msg: Message, ctx: CallContext, stream: MessageSender) -> None:
+    def subscribe(msg: Message, ctx: CallContext) -> Subscription:
+        # Subscribed as the request is read: no event caused by a later request is missed.
         check_fields(msg, frozenset(), "Events")
-        async with controller.events() as subscription:
+        return controller.subscribe()
+
+    async def events(subscription: Subscription, ctx: CallContext, stream: MessageSender) -> None:
+        with subscription:
             async for event in subscription:
                 await stream.send(event_message(event))
 
@@ -88,5 +93,5 @@ def controller_service(controller: Controller) -> dict[str, Method]:
         "Ping": inline(ping),
         "List": inline(list_),
         "Metrics": unary(metrics),
-        "Events": server_stream(events),
+        "Events": server_stream(events, prepare=subscribe),
     }

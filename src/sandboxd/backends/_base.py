@@ -42,6 +42,11 @@ class SandboxProcess(Protocol):
         """``(cpu_ns, memory_rss_bytes, pids)`` summed over the sandbox's processes."""
         ...
 
+    @property
+    def usage_blocks(self) -> bool:
+        """Whether :meth:`usage` reads the system (and so runs in a worker thread)."""
+        ...
+
 
 class Backend(Protocol):
     """How sandboxes of one ``sandboxer`` name run."""

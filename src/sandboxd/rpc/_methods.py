@@ -51,6 +51,9 @@ class Method:
 
     kind: MethodKind
     handler: Callable[..., Any]
+    #: For a stream: run by the reader as the request arrives, before the handler's task
+    #: starts; its result is what the handler gets instead of the message.
+    prepare: Callable[[Message, CallContext], Any] | None = None
 
 
 def inline(handler: InlineHandler) -> Method:
@@ -63,9 +66,19 @@ def unary(handler: UnaryHandler) -> Method:
     return Method(MethodKind.UNARY, handler)
 
 
-def server_stream(handler: StreamHandler) -> Method:
-    """A server-streaming method: ``handler(message, ctx, stream)`` calls ``stream.send``."""
-    return Method(MethodKind.SERVER_STREAM, handler)
+def server_stream(
+    handler: Callable[[Any, CallContext, MessageSender], Awaitable[None]],
+    *,
+    prepare: Callable[[Message, CallContext], Any] | None = None,
+) -> Method:
+    """A server-streaming method: ``handler(message, ctx, stream)`` calls ``stream.send``.
+
+    ``prepare(message, ctx)``, when given, runs synchronously as the request is read, so
+    whatever it sets up (a subscription, say) sees everything that requests read after this
+    one cause; the handler then gets its result in place of the message.  If the call ends
+    before the handler runs, the result is dropped: make it safe to forget.
+    """
+    return Method(MethodKind.SERVER_STREAM, handler, prepare)
 
 
 Services = Mapping[str, Mapping[str, Method]]

@@ -207,6 +207,16 @@ class _Connection:
             else:
                 self._reply(stream_id, result)
             return
+        if method.prepare is not None:
+            try:
+                message = method.prepare(message, ctx)
+            except RPCError as err:
+                self._reply_error(stream_id, err)
+                return
+            except Exception:
+                log.exception("handler %s/%s failed", request.service, request.method)
+                self._reply_error(stream_id, Internal("internal error"))
+                return
         if len(self._calls) >= server.max_calls_per_connection:
             self._reply_error(
                 stream_id,

@@ -305,8 +305,22 @@ class Controller:
         return SandboxMetrics(sandbox_id, datetime.now(UTC), cpu_ns, rss, pids)
 
     async def metrics(self, sandbox_id: str) -> SandboxMetrics:
-        await trio.lowlevel.checkpoint()
-        return self.metrics_nowait(sandbox_id)
+        """:meth:`metrics_nowait`, with /proc read in a worker thread (the event loop never
+        waits on it).  Cancelling the call abandons the reading."""
+        actor = self._actor(sandbox_id)
+        decide(sandbox_id, actor.phase, Input.METRICS)
+        cpu_ns = rss = pids = 0
+        process = actor.process
+        if process is not None and actor.phase is not Phase.STOPPED and process.usage_blocks:
+            cpu_ns, rss, pids = await trio.to_thread.run_sync(
+                process.usage, abandon_on_cancel=True
+            )
+        elif process is not None and actor.phase is not Phase.STOPPED:
+            await trio.lowlevel.checkpoint()
+            cpu_ns, rss, pids = process.usage()
+        else:
+            await trio.lowlevel.checkpoint()
+        return SandboxMetrics(sandbox_id, datetime.now(UTC), cpu_ns, rss, pids)
 
     def list_nowait(self, labels: Mapping[str, str] | None = None) -> list[SandboxStatus]:
         """The status of every sandbox carrying all of ``labels``, ordered by id."""
@@ -323,6 +337,13 @@ class Controller:
         await trio.lowlevel.checkpoint()
         return self.list_nowait(labels)
 
+    def subscribe(self) -> Subscription:
+        """A subscription to the events published from now on (close it when done; also a
+        context manager).  Never blocks."""
+        if self._closed:
+            raise Unavailable("the controller is closed")
+        return self._events.subscribe(self._subscriber_buffer)
+
     @asynccontextmanager
     async def events(self) -> AsyncIterator[Subscription]:
         """Subscribe to lifecycle events for the block's duration.
@@ -333,7 +354,7 @@ class Controller:
         controller closes.
         """
         await trio.lowlevel.checkpoint()
-        with self._events.subscribe(self._subscriber_buffer) as subscription:
+        with self.subscribe() as subscription:
             yield subscription
 
 
