@@ -44,7 +44,7 @@ DEFAULT_STREAM_BUFFER: Final = 1024
 class _Pending:
     """A call waiting for its response (or, for streams, its messages)."""
 
-    __slots__ = ("buffer", "error", "finished", "frame_payload", "overflowed", "wake")
+    __slots__ = ("behind", "buffer", "error", "finished", "frame_payload", "wake")
 
     def __init__(self) -> None:
         self.wake = trio.Event()
@@ -52,7 +52,8 @@ class _Pending:
         self.error: RPCError | None = None
         self.finished = False
         self.buffer: collections.deque[bytes] | None = None
-        self.overflowed = False
+        # The buffer was full at the end of the last read: one more full read ends it.
+        self.behind = False
 
 
 @final
@@ -189,9 +190,9 @@ class Client:
         """Call a server-streaming method; iterate over what the context manager yields.
 
         Leaving the block before the stream ends tells the server to end it, without closing
-        the connection.  If the consumer falls more than the stream buffer behind, the stream
-        is ended and iteration raises :class:`~sandboxd.ResourceExhausted` after the messages
-        already received.
+        the connection.  If the consumer's buffer is still full (``stream_buffer`` messages)
+        when more arrive in a later read, the stream is ended and iteration raises
+        :class:`~sandboxd.ResourceExhausted` after the messages already received.
         """
         deadline = math.inf if timeout is None else trio.current_time() + timeout
         stream_id, pending = self._send_request(service, method, message, deadline, metadata)
@@ -211,6 +212,7 @@ class Client:
                 data = await self._transport.receive()
                 if not data:
                     break
+                filled: list[_Pending] = []
                 for event in decoder.feed(data):
                     pending = self._pending.get(event.stream_id)
                     if pending is None:
@@ -236,6 +238,10 @@ class Client:
                                 self._finish(event.stream_id, pending)
                     elif event.type == FrameType.DATA and pending.buffer is not None:
                         self._on_stream_data(event.stream_id, pending, event.flags, event.payload)
+                        filled.append(pending)
+                for pending in filled:
+                    assert pending.buffer is not None
+                    pending.behind = len(pending.buffer) >= self._stream_buffer
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             reason = f"connection to the server was lost: {exc}"
         finally:
@@ -245,8 +251,9 @@ class Client:
         buffer = pending.buffer
         assert buffer is not None
         if not flags & Flags.NO_DATA:
-            if len(buffer) >= self._stream_buffer:
-                pending.overflowed = True
+            # A burst within one read never counts against a consumer that keeps up; a buffer
+            # still full when the next read brings more does.
+            if pending.behind and len(buffer) >= self._stream_buffer:
                 self._abandon(stream_id)
                 pending.error = ResourceExhausted(
                     f"stream consumer fell {self._stream_buffer} messages behind; stream ended"

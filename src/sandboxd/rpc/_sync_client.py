@@ -40,10 +40,11 @@ _RECV_SIZE: Final = 256 * 1024
 
 @final
 class _Slot:
-    __slots__ = ("buffer", "done", "error", "payload")
+    __slots__ = ("behind", "buffer", "done", "error", "payload")
 
     def __init__(self, streaming: bool) -> None:
         self.done = False
+        self.behind = False
         self.payload: bytes | None = None
         self.error: RPCError | None = None
         self.buffer: collections.deque[bytes] | None = collections.deque() if streaming else None
@@ -194,6 +195,7 @@ class SyncClient:
     def _dispatch(self, data: bytes) -> list[int]:
         """Hand frames to their calls; the ids of streams ended for overflowing."""
         abandon: list[int] = []
+        filled: list[_Slot] = []
         for event in self._decoder.feed(data):
             slot = self._pending.get(event.stream_id)
             if slot is None:
@@ -213,8 +215,10 @@ class SyncClient:
                         slot.error = err
                 self._finish(event.stream_id, slot)
             elif event.type == FrameType.DATA and slot.buffer is not None:
+                filled.append(slot)
                 if not event.flags & Flags.NO_DATA:
-                    if len(slot.buffer) >= self._stream_buffer:
+                    # As the trio client: only a buffer still full from an earlier read counts.
+                    if slot.behind and len(slot.buffer) >= self._stream_buffer:
                         slot.error = ResourceExhausted(
                             f"stream consumer fell {self._stream_buffer} messages behind; "
                             "stream ended"
@@ -225,6 +229,9 @@ class SyncClient:
                     slot.buffer.append(event.payload)
                 if event.flags & Flags.REMOTE_CLOSED:
                     self._finish(event.stream_id, slot)
+        for slot in filled:
+            if slot.buffer is not None:
+                slot.behind = len(slot.buffer) >= self._stream_buffer
         return abandon
 
     def _finish(self, stream_id: int, slot: _Slot) -> None:
