@@ -53,6 +53,9 @@ def _texts(value: Iterable[str]) -> tuple[str, ...]:
 
 
 def _optional_texts(value: Iterable[str] | None) -> tuple[str, ...] | None:
+    if isinstance(value, str):
+        # tuple("sleep 1") would be a tuple of characters: refuse, do not guess.
+        raise InvalidArgument("options.command: must be an array of text, not one string")
     return None if value is None else tuple(value)
 
 

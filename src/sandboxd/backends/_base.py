@@ -14,7 +14,8 @@ import trio
 from .._models import Platform, SandboxSpec
 
 #: Called once when the sandbox's init process has ended, with its exit status (the exit code,
-#: or 128+N for death by signal N).  Called from a task of the backend; never blocks.
+#: or 128+N for death by signal N).  Called from a task of the backend, or synchronously from
+#: inside ``signal``/``cleanup`` (the sim backend does); it must neither block nor raise.
 ExitCallback = Callable[[int], None]
 
 
@@ -27,7 +28,8 @@ class SandboxProcess(Protocol):
         ...
 
     def signal(self, signum: int) -> None:
-        """Send ``signum`` to every process of the sandbox.  No error once they are gone."""
+        """Send ``signum`` to every process of the sandbox.  No error once they are gone; does
+        nothing after :meth:`cleanup` (the pid may have been reused)."""
         ...
 
     def cleanup(self) -> None:
@@ -60,7 +62,7 @@ class Backend(Protocol):
 
     def validate(self, spec: SandboxSpec) -> None:
         """Check ``spec`` at Create: raise InvalidArgument (or FailedPrecondition) naming
-        what is wrong.  Must not block."""
+        what is wrong.  Local file checks at most: nothing that can wait."""
         ...
 
     async def start(
@@ -70,8 +72,8 @@ class Backend(Protocol):
 
         Runs whatever task watches the process in ``nursery``; ``on_exit`` is called exactly
         once, when the process has ended (not if ``nursery`` is cancelled first).  Raises
-        FailedPrecondition saying why when the process cannot be started; then nothing is
-        left running.
+        FailedPrecondition saying why when the process cannot be started; whenever it raises,
+        Cancelled included, nothing is left running.
         """
         ...
 

@@ -34,18 +34,21 @@ from ._platform import host_platform
 DEFAULT_PATH: Final = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 # The init process of a sandbox with no command, like Kubernetes' pause container: it waits
-# for a signal; SIGTERM or SIGINT end it with status 0.  -I -S keep the interpreter's start
-# light (no site, no user environment).  SIGTERM's handler goes in last, so once the process
-# catches SIGTERM (SigCgt in /proc/<pid>/status) both are in place; Python itself catches
-# SIGINT from its start.
+# for a signal; SIGTERM or SIGINT end it with status 0, any other deadly signal kills it.
+# -I -S keep the interpreter's start light (no site, no user environment).
+#
+# It blocks both signals and takes them with sigwait() instead of installing handlers and
+# calling signal.pause(): Python runs a handler only between bytecodes, so a signal arriving
+# after the handler is installed but just before pause() would be lost, and the process would
+# never stop (seen under load).  A blocked signal stays pending until sigwait() takes it.  A
+# SIGTERM or SIGINT arriving in the milliseconds before the mask is set ends the process
+# by that signal (143 or 130); readiness shows as a wchan of do_sigtimedwait in /proc.
 _PAUSE_SOURCE: Final = """\
 import os, signal
-def stop(signum, frame):
-    os._exit(0)
-signal.signal(signal.SIGINT, stop)
-signal.signal(signal.SIGTERM, stop)
-while True:
-    signal.pause()
+stop = {signal.SIGINT, signal.SIGTERM}
+signal.pthread_sigmask(signal.SIG_BLOCK, stop)
+signal.sigwait(stop)
+os._exit(0)
 """
 
 _CLOCK_TICKS: Final = os.sysconf("SC_CLK_TCK")
@@ -232,6 +235,11 @@ class ProcessSandbox:
             "pgid": str(self.pid),
             "log": self._log,
         }
+
+    @property
+    def usage_blocks(self) -> bool:
+        """True: :meth:`usage` scans /proc (it is safe to call from a worker thread)."""
+        return True
 
     def usage(self) -> tuple[int, int, int]:
         """``(cpu_ns, memory_rss_bytes, pids)`` summed over the live members of the process

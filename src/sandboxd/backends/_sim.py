@@ -259,6 +259,11 @@ class SimProcess:
     def info(self) -> Mapping[str, str]:
         return {"sim": "true", "pid": str(self.pid)}
 
+    @property
+    def usage_blocks(self) -> bool:
+        """False: :meth:`usage` reads nothing, call it on the event loop."""
+        return False
+
     def usage(self) -> tuple[int, int, int]:
         """``(0, 0, 1)`` while running, ``(0, 0, 0)`` after."""
         return (0, 0, 0 if self._on_exit is None else 1)
