@@ -1,4 +1,9 @@
-"""sandboxd: a sandbox lifecycle runtime on trio."""
+"""sandboxd: a sandbox lifecycle runtime on trio.
+
+The in-process :class:`Controller`, the :class:`RemoteController` (trio, over a socket) and the
+:class:`SyncController` (blocking) share one interface: code written against one runs against
+the others.  Everything not re-exported here is private to its layer.
+"""
 
 from ._errors import (
     Aborted,
@@ -20,27 +25,67 @@ from ._errors import (
     Unimplemented,
     Unknown,
 )
+from ._models import (
+    ExitStatus,
+    Mount,
+    Platform,
+    SandboxEvent,
+    SandboxInstance,
+    SandboxMetrics,
+    SandboxOptions,
+    SandboxState,
+    SandboxStatus,
+)
+from ._paths import default_socket_path, default_state_dir
 from ._version import PROTOCOL_VERSION, __version__
+from .api import RemoteController, SyncController, connect, serve_controller
+from .backends import Backend, ProcessBackend, SandboxProcess, SimBackend
+from .rpc import Server, SocketInUseError
+from .runtime import Controller, Subscription, open_controller
 
 __all__ = [
     "PROTOCOL_VERSION",
     "Aborted",
     "AlreadyExists",
+    "Backend",
     "Cancelled",
     "Code",
+    "Controller",
     "DataLoss",
     "DeadlineExceeded",
+    "ExitStatus",
     "FailedPrecondition",
     "Internal",
     "InvalidArgument",
+    "Mount",
     "NotFound",
     "OutOfRange",
     "PermissionDenied",
+    "Platform",
+    "ProcessBackend",
     "RPCError",
+    "RemoteController",
     "ResourceExhausted",
+    "SandboxEvent",
+    "SandboxInstance",
+    "SandboxMetrics",
+    "SandboxOptions",
+    "SandboxProcess",
+    "SandboxState",
+    "SandboxStatus",
+    "Server",
+    "SimBackend",
+    "SocketInUseError",
+    "Subscription",
+    "SyncController",
     "Unauthenticated",
     "Unavailable",
     "Unimplemented",
     "Unknown",
     "__version__",
+    "connect",
+    "default_socket_path",
+    "default_state_dir",
+    "open_controller",
+    "serve_controller",
 ]

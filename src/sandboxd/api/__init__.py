@@ -1,6 +1,6 @@
 """The sandboxd services: method tables, message conversion, clients."""
 
-from ._controller_service import CONTROLLER_SERVICE, controller_service
+from ._controller_service import CONTROLLER_SERVICE, controller_service, serve_controller
 from ._remote import RemoteController, connect
 from ._runtime_service import RUNTIME_SERVICE, runtime_service
 from ._sync import SyncController
@@ -13,4 +13,5 @@ __all__ = [
     "connect",
     "controller_service",
     "runtime_service",
+    "serve_controller",
 ]

@@ -11,7 +11,18 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final
 
-from ..rpc import CallContext, Message, MessageSender, Method, inline, server_stream, unary
+import trio
+
+from ..rpc import (
+    CallContext,
+    Message,
+    MessageSender,
+    Method,
+    Server,
+    inline,
+    server_stream,
+    unary,
+)
 from ..runtime import Controller, Subscription
 from ._convert import (
     check_fields,
@@ -27,6 +38,7 @@ from ._convert import (
     status_request,
     stop_request,
 )
+from ._runtime_service import RUNTIME_SERVICE, runtime_service
 
 CONTROLLER_SERVICE: Final = "sandboxd.v1.Controller"
 
@@ -95,3 +107,23 @@ def controller_service(controller: Controller) -> dict[str, Method]:
         "Metrics": unary(metrics),
         "Events": server_stream(events, prepare=subscribe),
     }
+
+
+async def serve_controller(
+    controller: Controller,
+    path: str,
+    *,
+    task_status: Any = trio.TASK_STATUS_IGNORED,
+    **server_options: Any,
+) -> None:
+    """Serve ``sandboxd.v1.Runtime`` and ``sandboxd.v1.Controller`` for ``controller`` on the
+    Unix socket ``path`` until cancelled.
+
+    ``path = await nursery.start(serve_controller, controller, path)`` returns once the socket
+    accepts connections.  ``server_options`` go to :class:`~sandboxd.rpc.Server` (limits).
+    """
+    server = Server(
+        {RUNTIME_SERVICE: runtime_service(), CONTROLLER_SERVICE: controller_service(controller)},
+        **server_options,
+    )
+    await server.serve_unix(path, task_status=task_status)

@@ -1,0 +1,342 @@
+"""A linearizability checker for concurrent histories of Controller calls.
+
+Theory of operation
+-------------------
+
+A history is a list of :class:`Operation`: a call, when it began and ended (on one clock),
+and its :class:`~sandboxd.testing.Outcome`.  It is *linearizable* when the calls can be put
+in one sequential order that respects real time -- an operation that ended before another
+began comes first -- and in which the :mod:`reference model <sandboxd.testing._model>`
+explains every outcome.
+
+Sandboxes are independent (every input of the lifecycle table concerns one sandbox, and the
+model's state is one :class:`~sandboxd.testing.SandboxModel` per id), so a history is
+linearizable iff each sandbox's sub-history is: the checker takes them one id at a time.
+
+For one sandbox it runs a Wing & Gong search: from the model state and the set of operations
+already linearized, try every operation that may go next -- one whose real-time predecessors
+have all completed -- and every event that may happen next (the exit of a process a signal
+ended, the expiry of a grace timer), keep the moves whose outcomes match the history, and
+memoise the ``(model state, linearized set)`` pairs already explored.  A call that waits
+(Wait before the exit, Stop while the process runs, Shutdown) is *parked* at its
+linearization point and completes at the step that wakes it, so both points lie in its
+``[start, end]``; operations that began after it ended wait for that step.
+
+An operation whose outcome is ``None`` (cancelled, lost, still pending) may have taken effect
+at any time after it began, or not at all, and its outcome is not checked.
+
+When a sub-history is not linearizable, the checker shrinks it to a *conflict*: it relaxes
+operations one by one (treating each as if its outcome were unknown) while the rest stays
+unexplainable, so the conflict is a set of operations whose outcomes cannot all hold, from
+which no single one can be dropped.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Final, final
+
+import attrs
+import trio
+
+from ._model import (
+    Outcome,
+    ReferenceModel,
+    SandboxModel,
+    call_step,
+    event_step,
+    pending_events,
+    perform,
+)
+
+__all__ = [
+    "DEFAULT_MAX_STATES",
+    "HistoryRecorder",
+    "LinearizabilityResult",
+    "Operation",
+    "check_linearizable",
+]
+
+#: How many (model state, linearized set) pairs one search may explore per sandbox.
+DEFAULT_MAX_STATES: Final = 200_000
+
+
+def _args(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    return dict(value) if value else {}
+
+
+@final
+@attrs.frozen(slots=True, eq=False)
+class Operation:
+    """One call of a concurrent history.
+
+    ``start_time`` is taken before the call is made and ``end_time`` after it returned, on the
+    same clock for every operation.  ``outcome`` is ``None`` when the call never answered
+    (then ``end_time`` does not matter).  ``client`` only labels the operation in reports.
+    """
+
+    call: str
+    sandbox_id: str
+    args: Mapping[str, Any] = attrs.field(converter=_args)
+    start_time: float
+    end_time: float
+    outcome: Outcome | None
+    client: object = None
+
+    def __repr__(self) -> str:
+        args = "".join(f", {k}={v!r}" for k, v in self.args.items())
+        who = "" if self.client is None else f"{self.client}: "
+        answer = "no answer" if self.outcome is None else repr(self.outcome)
+        return (
+            f"[{self.start_time:.6f}, {self.end_time:.6f}] {who}"
+            f"{self.call}({self.sandbox_id!r}{args}) -> {answer}"
+        )
+
+
+@final
+@attrs.frozen(slots=True)
+class LinearizabilityResult:
+    """The verdict on a history.
+
+    ``ok`` is true when every sandbox's sub-history is linearizable.  Otherwise
+    ``sandbox_id`` names the first sandbox whose sub-history is not, ``conflict`` holds the
+    smallest set of its operations found whose outcomes cannot all hold (by start time), and
+    ``inconclusive`` is true when the search ran out of budget instead of exhausting the
+    possibilities.  ``explored`` counts the states the searches visited.
+    """
+
+    ok: bool
+    sandbox_id: str | None = None
+    conflict: tuple[Operation, ...] = ()
+    inconclusive: bool = False
+    explored: int = 0
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+    def describe(self) -> str:
+        if self.ok:
+            return "linearizable"
+        if self.inconclusive:
+            head = f"sandbox {self.sandbox_id!r}: gave up after {self.explored} states"
+        else:
+            head = (
+                f"sandbox {self.sandbox_id!r}: no order of these {len(self.conflict)} "
+                "operations respects real time and explains every outcome"
+            )
+        return "\n".join([head, *(f"  {op!r}" for op in self.conflict)])
+
+
+#: Calls that never change a sandbox (a Wait parks, but a parked unchecked Wait matters to
+#: nobody).
+_QUERIES: Final = frozenset({"status", "ping", "platform", "metrics", "wait"})
+
+
+class _OutOfBudget(Exception):
+    pass
+
+
+def _bits(mask: int) -> Iterable[int]:
+    while mask:
+        low = mask & -mask
+        yield low.bit_length() - 1
+        mask ^= low
+
+
+@final
+class _Search:
+    """Wing & Gong search over one sandbox's operations (indices are tickets)."""
+
+    def __init__(
+        self,
+        ops: Sequence[Operation],
+        checked: int,
+        initial: SandboxModel | None,
+        model: ReferenceModel,
+        max_states: int,
+    ) -> None:
+        self.ops = ops
+        self.checked = checked
+        self.initial = initial
+        self.max_states = max_states
+        self.seen: set[tuple[SandboxModel | None, int]] = set()
+        self.behaviours = [
+            model.behaviour_for(op.args) if op.call == "create" else model.default_behaviour
+            for op in ops
+        ]
+        # An unchecked operation never has to precede anything: it may not have ended.
+        self.pred = [
+            sum(1 << j for j in _bits(checked) if j != i and ops[j].end_time < op.start_time)
+            for i, op in enumerate(ops)
+        ]
+        # Unchecked queries change nothing and are not checked: leave them out.
+        self.order = sorted(
+            (i for i, op in enumerate(ops) if checked >> i & 1 or op.call not in _QUERIES),
+            key=lambda i: (ops[i].start_time, i),
+        )
+
+    def run(self) -> bool:
+        """Whether some linearization exists; raises _OutOfBudget.  Recursion depth is at
+        most twice the number of operations."""
+        return self._dfs(self.initial, 0)
+
+    def _matches(self, woken: tuple[tuple[int, Outcome], ...]) -> bool:
+        checked, ops = self.checked, self.ops
+        return all(not checked >> t & 1 or ops[t].outcome == outcome for t, outcome in woken)
+
+    def _dfs(self, sandbox: SandboxModel | None, done: int) -> bool:
+        ops, checked = self.ops, self.checked
+        parked = 0
+        if sandbox is not None:
+            for t in sandbox.parked:
+                parked |= 1 << t
+        # Reduction: a checked operation that may go now, leaves the state as it is and gets
+        # its recorded outcome can always go now -- moving it earlier in any linearization
+        # changes no other outcome and only satisfies real-time constraints sooner.
+        progress = True
+        while progress:
+            progress = False
+            complete = done & ~parked
+            for i in self.order:
+                if done >> i & 1 or not checked >> i & 1 or self.pred[i] & ~complete:
+                    continue
+                op = ops[i]
+                step = call_step(sandbox, op.call, op.sandbox_id, op.args, i, self.behaviours[i])
+                if step.reply == op.outcome and step.sandbox == sandbox and not step.woken:
+                    done |= 1 << i
+                    progress = True
+        complete = done & ~parked
+        if complete & checked == checked:
+            return True
+        key = (sandbox, done)
+        if key in self.seen:
+            return False
+        self.seen.add(key)
+        if len(self.seen) > self.max_states:
+            raise _OutOfBudget
+        for i in self.order:
+            if done >> i & 1 or self.pred[i] & ~complete:
+                continue
+            op = ops[i]
+            step = call_step(sandbox, op.call, op.sandbox_id, op.args, i, self.behaviours[i])
+            if checked >> i & 1:
+                if step.reply is None:
+                    if op.outcome is None or not op.outcome.ok:  # parked calls end well
+                        continue
+                elif step.reply != op.outcome:
+                    continue
+            elif step.sandbox == sandbox and not step.woken:
+                continue  # an unchecked operation that changes nothing here: pointless
+            if self._matches(step.woken) and self._dfs(step.sandbox, done | 1 << i):
+                return True
+        if sandbox is not None:
+            for event, status in pending_events(sandbox):
+                step = event_step(sandbox, event, status)
+                if self._matches(step.woken) and self._dfs(step.sandbox, done):
+                    return True
+        return False
+
+
+def _linearizable(
+    ops: Sequence[Operation],
+    checked: int,
+    initial: SandboxModel | None,
+    model: ReferenceModel,
+    max_states: int,
+) -> tuple[bool | None, int]:
+    """``(verdict, states explored)``; the verdict is ``None`` when out of budget."""
+    search = _Search(ops, checked, initial, model, max_states)
+    try:
+        verdict: bool | None = search.run()
+    except _OutOfBudget:
+        verdict = None
+    return verdict, len(search.seen)
+
+
+def check_linearizable(
+    history: Iterable[Operation],
+    model: ReferenceModel | None = None,
+    *,
+    max_states: int = DEFAULT_MAX_STATES,
+) -> LinearizabilityResult:
+    """Whether ``history`` is linearizable under ``model``.
+
+    ``model`` gives the state before the history (default: no sandbox exists) and how
+    processes answer signals (:class:`~sandboxd.testing.ProcessBehaviour`); it is not changed.
+    Each sandbox's search explores at most ``max_states`` states; past that the result is not
+    ok and ``inconclusive``.
+    """
+    if model is None:
+        model = ReferenceModel()
+    by_sandbox: dict[str, list[Operation]] = defaultdict(list)
+    for op in history:
+        by_sandbox[op.sandbox_id].append(op)
+    explored = 0
+    for sandbox_id in sorted(by_sandbox):
+        ops = sorted(by_sandbox[sandbox_id], key=lambda op: (op.start_time, op.end_time))
+        initial = model.sandbox(sandbox_id)
+        checked = sum(1 << i for i, op in enumerate(ops) if op.outcome is not None)
+        verdict, states = _linearizable(ops, checked, initial, model, max_states)
+        explored += states
+        if verdict:
+            continue
+        if verdict is None:
+            return LinearizabilityResult(
+                False, sandbox_id, tuple(ops), inconclusive=True, explored=explored
+            )
+        checked, states = _shrink(ops, checked, initial, model, max_states)
+        explored += states
+        conflict = tuple(op for i, op in enumerate(ops) if checked >> i & 1)
+        return LinearizabilityResult(False, sandbox_id, conflict, explored=explored)
+    return LinearizabilityResult(True, explored=explored)
+
+
+def _shrink(
+    ops: Sequence[Operation],
+    checked: int,
+    initial: SandboxModel | None,
+    model: ReferenceModel,
+    max_states: int,
+) -> tuple[int, int]:
+    """Relax checked operations one at a time while the rest stays unexplainable."""
+    explored = 0
+    budget = max(1000, max_states // 4)
+    # Later operations first: what went wrong is usually an answer, not the setup before it.
+    for i in sorted(_bits(checked), key=lambda i: ops[i].start_time, reverse=True):
+        trial = checked & ~(1 << i)
+        verdict, states = _linearizable(ops, trial, initial, model, budget)
+        explored += states
+        if verdict is False:
+            checked = trial
+    return checked, explored
+
+
+@final
+class HistoryRecorder:
+    """Records the calls made through it as :class:`Operation` values.
+
+    ``clock`` defaults to :func:`trio.current_time`.  A call that is cancelled, or raises
+    anything but an :class:`~sandboxd.RPCError`, is recorded with no outcome and the
+    exception propagates.
+    """
+
+    def __init__(self, clock: Callable[[], float] = trio.current_time) -> None:
+        self.clock = clock
+        self.operations: list[Operation] = []
+
+    async def call(
+        self, target: Any, call: str, sandbox_id: str, *, client: object = None, **args: Any
+    ) -> Outcome:
+        start = self.clock()
+        try:
+            outcome = await perform(target, call, sandbox_id, **args)
+        except BaseException:
+            self.operations.append(
+                Operation(call, sandbox_id, args, start, math.inf, None, client)
+            )
+            raise
+        end = self.clock()
+        self.operations.append(Operation(call, sandbox_id, args, start, end, outcome, client))
+        return outcome

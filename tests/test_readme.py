@@ -1,0 +1,108 @@
+"""The README's examples run, and its lifecycle diagram is the one the table generates."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sandboxd.runtime import mermaid_diagram
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+BIN = Path(sys.executable).parent
+
+
+def blocks(language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", README, flags=re.S)
+
+
+def test_the_lifecycle_diagram_is_generated_from_the_table() -> None:
+    match = re.search(
+        r"<!-- lifecycle-diagram:begin -->\n```mermaid\n(.*?)```\n<!-- lifecycle-diagram:end -->",
+        README,
+        flags=re.S,
+    )
+    assert match is not None, "README lost its lifecycle diagram markers"
+    # To regenerate: python -c "from sandboxd.runtime import mermaid_diagram as m; print(m())"
+    assert match.group(1) == mermaid_diagram()
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """A real daemon; yields the environment that points clients at it."""
+    tmp = tmp_path_factory.mktemp("readme")
+    sock = str(tmp / "d.sock")
+    env = {**os.environ, "SANDBOXD_SOCKET": sock, "SANDBOXD_STATE_DIR": str(tmp / "state")}
+    proc = subprocess.Popen([str(BIN / "sandboxd"), "serve"], env=env, stderr=subprocess.PIPE)
+    try:
+        # Readiness probe: a subprocess cannot signal us; poll its socket, bounded.
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            with socket.socket(socket.AF_UNIX) as probe:
+                try:
+                    probe.connect(sock)
+                    break
+                except OSError:
+                    assert time.monotonic() < deadline, "daemon did not start"
+                    time.sleep(0.02)
+        yield env
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+
+
+def run_python(source: str, env: dict[str, str]) -> str:
+    proc = subprocess.run(
+        [sys.executable, "-c", source], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_the_embedding_example_runs_in_process_and_over_a_socket(daemon: dict[str, str]) -> None:
+    (source,) = [b for b in blocks("python") if "lifecycle(" in b]
+    assert run_python(source, daemon) == "in process: 3\nover the socket: 3\n"
+
+
+def test_the_sync_client_example_runs(daemon: dict[str, str]) -> None:
+    (source,) = [b for b in blocks("python") if "SyncController" in b]
+    lines = run_python(source, daemon).splitlines()
+    assert lines[0] == "1"
+    assert int(lines[1]) > 0
+    assert lines[2:] == ["137", "refused: FAILED_PRECONDITION"]
+
+
+def test_every_python_example_is_tested() -> None:
+    assert len(blocks("python")) == 2
+
+
+def test_the_sandboxctl_example_runs(daemon: dict[str, str]) -> None:
+    (script,) = [b for b in blocks("sh") if "sandboxctl run" in b]
+    outputs = []
+    for line in script.splitlines():
+        command = shlex.split(line, comments=True)
+        assert command[0] == "sandboxctl"
+        proc = subprocess.run(
+            [str(BIN / "sandboxctl"), *command[1:]],
+            env=daemon,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 0, (line, proc.stderr)
+        outputs.append(proc.stdout)
+    status, listing, wait = outputs[1], outputs[2], outputs[4]
+    assert "ready" in status
+    assert listing.splitlines()[0].split()[:3] == ["SANDBOX", "ID", "STATE"]
+    assert "web1" in listing
+    assert wait.strip() == "143"
