@@ -13,8 +13,11 @@ from typing import Any, Final
 
 import trio
 
+from .._errors import NotFound
+from .._models import SandboxStatus
 from ..rpc import (
     CallContext,
+    Encoded,
     Message,
     MessageSender,
     Method,
@@ -24,6 +27,7 @@ from ..rpc import (
     unary,
 )
 from ..runtime import Controller, Subscription
+from ..wire import dumps
 from ._convert import (
     check_fields,
     create_request,
@@ -65,9 +69,27 @@ def controller_service(controller: Controller) -> dict[str, Method]:
     async def wait(msg: Message, ctx: CallContext) -> Mapping[str, Any]:
         return exit_message(await controller.wait(id_request(msg, "Wait")))
 
-    def status(msg: Message, ctx: CallContext) -> Mapping[str, Any]:
+    # The encoded answer to a non-verbose Status, per sandbox, for as long as the actor
+    # publishes the same snapshot: a sandbox polled in a loop is encoded once per change.
+    encoded_status: dict[str, tuple[SandboxStatus, Encoded]] = {}
+
+    def status(msg: Message, ctx: CallContext) -> Mapping[str, Any] | Encoded:
         sandbox_id, verbose = status_request(msg)
-        return status_message(controller.status_nowait(sandbox_id, verbose=verbose))
+        try:
+            snapshot = controller.status_nowait(sandbox_id, verbose=verbose)
+        except NotFound:
+            encoded_status.pop(sandbox_id, None)
+            raise
+        if verbose:
+            return status_message(snapshot)
+        cached = encoded_status.get(sandbox_id)
+        if cached is not None and cached[0] is snapshot:
+            return cached[1]
+        if len(encoded_status) > 2 * len(controller) + 1024:
+            encoded_status.clear()  # forget sandboxes deleted since they were last asked about
+        encoded = Encoded(dumps(status_message(snapshot)))
+        encoded_status[sandbox_id] = (snapshot, encoded)
+        return encoded
 
     async def shutdown(msg: Message, ctx: CallContext) -> Mapping[str, Any]:
         await controller.shutdown(id_request(msg, "Shutdown"))

@@ -3,6 +3,7 @@
 from ._client import Client, open_client
 from ._methods import (
     CallContext,
+    Encoded,
     Message,
     MessageSender,
     Method,
@@ -19,6 +20,7 @@ from ._unix import SocketInUseError
 __all__ = [
     "CallContext",
     "Client",
+    "Encoded",
     "Message",
     "MessageSender",
     "Method",

@@ -12,6 +12,14 @@ import attrs
 Message = dict[str, Any]
 
 
+@final
+class Encoded(bytes):
+    """A response message already encoded as CBOR.  A handler may return one instead of a
+    mapping (to serve a cached answer); the server sends its bytes as they are."""
+
+    __slots__ = ()
+
+
 class MethodKind(enum.Enum):
     #: A plain function run by the connection's reader as the request arrives: for cheap,
     #: non-blocking answers.  No task is spawned; it must not block.
@@ -39,8 +47,8 @@ class MessageSender(Protocol):
     async def send(self, message: Mapping[str, Any]) -> None: ...
 
 
-InlineHandler = Callable[[Message, CallContext], Mapping[str, Any]]
-UnaryHandler = Callable[[Message, CallContext], Awaitable[Mapping[str, Any]]]
+InlineHandler = Callable[[Message, CallContext], "Mapping[str, Any] | Encoded"]
+UnaryHandler = Callable[[Message, CallContext], Awaitable["Mapping[str, Any] | Encoded"]]
 StreamHandler = Callable[[Message, CallContext, MessageSender], Awaitable[None]]
 
 

@@ -47,7 +47,7 @@ from ..wire import (
     encode_response,
     loads_message,
 )
-from ._methods import CallContext, Method, MethodKind, Services
+from ._methods import CallContext, Encoded, Method, MethodKind, Services
 from ._transport import Transport
 from ._unix import bind_unix, unlink_if_ours
 
@@ -152,9 +152,10 @@ class _Connection:
     def _reply_error(self, stream_id: int, err: RPCError) -> None:
         self.transport.write(encode_frame(stream_id, _RESPONSE, 0, encode_error_from(err)))
 
-    def _reply(self, stream_id: int, result: Mapping[str, Any]) -> None:
+    def _reply(self, stream_id: int, result: Mapping[str, Any] | Encoded) -> None:
         try:
-            frame = encode_frame(stream_id, _RESPONSE, 0, encode_response(dumps(result)))
+            payload = result if type(result) is Encoded else dumps(result)
+            frame = encode_frame(stream_id, _RESPONSE, 0, encode_response(payload))
         except RPCError as err:
             frame = encode_frame(stream_id, _RESPONSE, 0, encode_error_from(err))
         except Exception:

@@ -26,6 +26,7 @@ from .._models import (
     SandboxEvent,
     SandboxInstance,
     SandboxSpec,
+    SandboxStatus,
 )
 from ..backends import Backend, SandboxProcess
 from ._lifecycle import Effect, Input, Phase, decide
@@ -94,6 +95,7 @@ class SandboxActor:
         "_kill_deadline",
         "_mailbox",
         "_shutdown_parked",
+        "_snapshot",
         "_stop_parked",
         "_wait_parked",
         "_wake",
@@ -123,6 +125,8 @@ class SandboxActor:
         self._kill_deadline = math.inf
         # The reply of the input being carried out across an await (a Start's spawn).
         self._current: Reply | None = None
+        # The last published status, rebuilt on demand after the actor's next step.
+        self._snapshot: SandboxStatus | None = None
         # Parked callers, allocated when the first one arrives: most sandboxes have none.
         self._wait_parked: list[Reply] | None = None
         self._stop_parked: list[Reply] | None = None
@@ -133,6 +137,33 @@ class SandboxActor:
         return self.spec.sandbox_id
 
     # -- the mailbox -------------------------------------------------------------------------
+
+    def status(self, verbose: bool) -> SandboxStatus:
+        """The sandbox's status as of the actor's last step.
+
+        The non-verbose one is built once per step and shared: queries in a tight loop cost
+        a lookup, not a rebuild.
+        """
+        if not verbose and self._snapshot is not None:
+            return self._snapshot
+        info = {"sandboxer": self.spec.sandboxer}
+        if self.exit_status is not None:
+            info["exit_status"] = str(self.exit_status)
+        if self.started_at is not None:
+            info["started_at"] = self.started_at.isoformat()
+        if verbose and self.process is not None:
+            info.update(self.process.info())
+        status = SandboxStatus(
+            sandbox_id=self.spec.sandbox_id,
+            pid=self.pid,
+            state=self.phase.reported,
+            info=info,
+            created_at=self.created_at,
+            exited_at=self.exited_at,
+        )
+        if not verbose:
+            self._snapshot = status
+        return status
 
     def post(self, input: Input, arg: Any = None, reply: Reply | None = None) -> None:
         """Queue an input for the actor.  Never blocks; safe from any task."""
@@ -176,6 +207,7 @@ class SandboxActor:
                 if self._kill_deadline <= trio.current_time():
                     self._kill_deadline = math.inf
                     self._apply(Input.STOP_GRACE_EXPIRED, None, None)
+                    self._snapshot = None
                 while mailbox:
                     input, arg, reply = mailbox.popleft()
                     if input is Input.START:
@@ -184,6 +216,8 @@ class SandboxActor:
                         self._current = None
                     else:
                         self._apply(input, arg, reply)
+                    # Whatever the step changed, the next query sees it.
+                    self._snapshot = None
         finally:
             self._abandon_all()
 

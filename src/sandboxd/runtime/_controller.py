@@ -270,7 +270,7 @@ class Controller:
         """The sandbox's status.  ``verbose`` adds the backend's details to ``info``."""
         actor = self._actor(sandbox_id)
         decide(sandbox_id, actor.phase, Input.STATUS)
-        return _status_of(actor, verbose)
+        return actor.status(verbose)
 
     async def status(self, sandbox_id: str, *, verbose: bool = False) -> SandboxStatus:
         await trio.lowlevel.checkpoint()
@@ -330,7 +330,7 @@ class Controller:
             actor = self._actors[sandbox_id]
             have = actor.spec.labels
             if all(have.get(k) == v for k, v in wanted):
-                result.append(_status_of(actor, False))
+                result.append(actor.status(False))
         return result
 
     async def list(self, labels: Mapping[str, str] | None = None) -> list[SandboxStatus]:
@@ -356,24 +356,6 @@ class Controller:
         await trio.lowlevel.checkpoint()
         with self.subscribe() as subscription:
             yield subscription
-
-
-def _status_of(actor: SandboxActor, verbose: bool) -> SandboxStatus:
-    info = {"sandboxer": actor.spec.sandboxer}
-    if actor.exit_status is not None:
-        info["exit_status"] = str(actor.exit_status)
-    if actor.started_at is not None:
-        info["started_at"] = actor.started_at.isoformat()
-    if verbose and actor.process is not None:
-        info.update(actor.process.info())
-    return SandboxStatus(
-        sandbox_id=actor.sandbox_id,
-        pid=actor.pid,
-        state=actor.phase.reported,
-        info=info,
-        created_at=actor.created_at,
-        exited_at=actor.exited_at,
-    )
 
 
 @asynccontextmanager

@@ -134,6 +134,10 @@ class LinearizabilityResult:
 _QUERIES: Final = frozenset({"status", "ping", "platform", "metrics", "wait"})
 
 
+def _ok(outcome: Outcome | None) -> bool:
+    return outcome is not None and outcome.ok
+
+
 class _OutOfBudget(Exception):
     pass
 
@@ -176,6 +180,11 @@ class _Search:
             (i for i, op in enumerate(ops) if checked >> i & 1 or op.call not in _QUERIES),
             key=lambda i: (ops[i].start_time, i),
         )
+        self.inert = [
+            i
+            for i in self.order
+            if checked >> i & 1 and (ops[i].call in _QUERIES or not _ok(ops[i].outcome))
+        ]
 
     def run(self) -> bool:
         """Whether some linearization exists; raises _OutOfBudget.  Recursion depth is at
@@ -192,15 +201,17 @@ class _Search:
         if sandbox is not None:
             for t in sandbox.parked:
                 parked |= 1 << t
-        # Reduction: a checked operation that may go now, leaves the state as it is and gets
-        # its recorded outcome can always go now -- moving it earlier in any linearization
-        # changes no other outcome and only satisfies real-time constraints sooner.
+        # Reduction: an operation that changes nothing for others wherever it matches (a
+        # query, a Wait, a refused call) and that may go now with its recorded outcome,
+        # leaving the state as it is, can always go now -- moving it there from its place in
+        # any linearization changes no other outcome and only meets real-time constraints
+        # sooner.  (Not so for a Stop that is a no-op now: later it may stop a new sandbox.)
         progress = True
         while progress:
             progress = False
             complete = done & ~parked
-            for i in self.order:
-                if done >> i & 1 or not checked >> i & 1 or self.pred[i] & ~complete:
+            for i in self.inert:
+                if done >> i & 1 or self.pred[i] & ~complete:
                     continue
                 op = ops[i]
                 step = call_step(sandbox, op.call, op.sandbox_id, op.args, i, self.behaviours[i])

@@ -49,26 +49,37 @@ _BUILTIN_TAGS: Final = (
 _SEMANTIC: Final = {tag: _refuse_tag(tag) for tag in _BUILTIN_TAGS}
 
 
+_STRICT: Final[dict[str, Any]] = {
+    "max_depth": MAX_DEPTH,
+    "allow_indefinite": False,
+    "allow_duplicate_keys": False,
+    "semantic_decoders": _SEMANTIC,
+    "tag_hook": _refuse_unknown_tag,
+}
+
+
 def loads_strict(data: bytes, what: str = "message") -> Any:
     """Decode exactly one CBOR item from ``data``, refusing anything hostile.
 
     Raises :class:`~sandboxd.InvalidArgument` naming ``what`` when ``data`` is not one
     well-formed, allowed item with nothing after it.
     """
-    fp = io.BytesIO(data)
     try:
-        value = cbor2.CBORDecoder(
-            fp,
-            max_depth=MAX_DEPTH,
-            allow_indefinite=False,
-            allow_duplicate_keys=False,
-            semantic_decoders=_SEMANTIC,
-            tag_hook=_refuse_unknown_tag,
-        ).decode()
+        value = cbor2.loads(data, **_STRICT)
     except cbor2.CBORDecodeEOF:
         raise InvalidArgument(f"{what}: truncated CBOR") from None
     except Exception as exc:  # cbor2 may raise other types on hostile input
         raise InvalidArgument(f"{what}: invalid CBOR: {exc}") from None
+    # cbor2.loads ignores what follows the item.  When re-encoding gives back exactly
+    # ``data`` there is nothing after it (the common case: peers encode as cbor2 does);
+    # otherwise find where the item ends with a decoder that reports its position.
+    try:
+        if cbor2.dumps(value) == data:
+            return value
+    except Exception:
+        pass
+    fp = io.BytesIO(data)
+    cbor2.CBORDecoder(fp, **_STRICT).decode()
     if fp.tell() != len(data):
         extra = len(data) - fp.tell()
         raise InvalidArgument(f"{what}: {extra} trailing bytes after the CBOR item")
