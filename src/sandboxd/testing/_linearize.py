@@ -187,8 +187,8 @@ class _Search:
         ]
 
     def run(self) -> bool:
-        """Whether some linearization exists; raises _OutOfBudget.  Recursion depth is at
-        most twice the number of operations."""
+        """Whether some linearization exists; raises _OutOfBudget.  Each level of recursion
+        takes one call or one event, so the depth stays a small multiple of len(ops)."""
         return self._dfs(self.initial, 0)
 
     def _matches(self, woken: tuple[tuple[int, Outcome], ...]) -> bool:

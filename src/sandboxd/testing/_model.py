@@ -467,6 +467,9 @@ class ReferenceModel:
     that signalled it returns; grace timers fire only through :meth:`expire_grace`, and a
     process exits on its own only through :meth:`process_exited`.
 
+    A Stop without ``timeout_secs`` is taken to use a grace period > 0 (the Controller's
+    ``stop_timeout``): SIGTERM first.
+
     ``sigterm_exit_status`` and ``signals_race`` make the default :class:`ProcessBehaviour`;
     ``behaviour_of`` (given a create's arguments) may choose another per sandbox.
     """

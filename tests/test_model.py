@@ -1,0 +1,520 @@
+"""Unit tests of the reference model (sandboxd.testing._model) and the linearizability checker
+(sandboxd.testing._linearize), on hand-written call sequences and histories."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+import trio
+
+from sandboxd import Code, FailedPrecondition, NotFound
+from sandboxd._models import (
+    ExitStatus,
+    Platform,
+    SandboxInstance,
+    SandboxMetrics,
+    SandboxState,
+    SandboxStatus,
+)
+from sandboxd.runtime import CALLS, TRANSITIONS, Input, Phase, Refusal
+from sandboxd.testing import (
+    CALL_INPUTS,
+    SIGKILL_STATUS,
+    SIGTERM_STATUS,
+    Blocks,
+    HistoryRecorder,
+    Operation,
+    Outcome,
+    ProcessBehaviour,
+    ReferenceModel,
+    SandboxModel,
+    StatusView,
+    call_step,
+    check_linearizable,
+    observe,
+    pending_events,
+)
+
+OK = Outcome.success
+NOW = datetime(2024, 1, 1, tzinfo=UTC)
+
+
+def status(state: str, exit_status: int | None = None, *, started: bool) -> Outcome:
+    return OK(StatusView(SandboxState(state), exit_status, started))
+
+
+def fail(code: Code) -> Outcome:
+    return Outcome.failure(code)
+
+
+def run(model: ReferenceModel, *calls: tuple[Any, ...]) -> list[Outcome | Blocks]:
+    results = []
+    for call in calls:
+        name, sandbox_id, *rest = call
+        args: dict[str, Any] = rest[0] if rest else {}
+        results.append(model.apply(name, sandbox_id, **args))
+    return results
+
+
+# -- the sequential model ----------------------------------------------------------------------
+
+
+def test_the_model_knows_every_call_of_the_table() -> None:
+    assert set(CALL_INPUTS.values()) == set(CALLS)
+
+
+def test_a_full_lifecycle() -> None:
+    model = ReferenceModel()
+    assert run(
+        model,
+        ("create", "a"),
+        ("status", "a"),
+        ("start", "a"),
+        ("status", "a"),
+        ("stop", "a"),
+        ("status", "a"),
+        ("wait", "a"),
+        ("stop", "a"),
+        ("shutdown", "a"),
+        ("status", "a"),
+    ) == [
+        OK("a"),
+        status("created", started=False),
+        OK(True),
+        status("ready", started=True),
+        OK(None),
+        status("stopped", SIGTERM_STATUS, started=True),
+        OK(143),
+        OK(None),
+        OK(None),
+        fail(Code.NOT_FOUND),
+    ]
+    assert model.sandbox_ids == frozenset()
+
+
+@pytest.mark.parametrize(
+    ("stop_args", "exit_status"),
+    [({}, 143), ({"timeout_secs": 0}, 137), ({"timeout_secs": 5}, 143)],
+)
+def test_stop_of_a_ready_sandbox(stop_args: dict[str, Any], exit_status: int) -> None:
+    model = ReferenceModel()
+    run(model, ("create", "a"), ("start", "a"))
+    assert model.apply("stop", "a", **stop_args) == OK(None)
+    assert model.phase("a") is Phase.STOPPED
+    assert model.apply("wait", "a") == OK(exit_status)
+
+
+def test_the_sigterm_exit_status_is_a_parameter() -> None:
+    model = ReferenceModel(sigterm_exit_status=0)
+    run(model, ("create", "a"), ("start", "a"), ("stop", "a"))
+    assert model.apply("wait", "a") == OK(0)
+    assert model.apply("status", "a") == status("stopped", 0, started=True)
+
+
+def test_stop_of_a_created_sandbox_records_exit_0_without_a_pid() -> None:
+    model = ReferenceModel()
+    run(model, ("create", "a"))
+    assert model.apply("stop", "a", timeout_secs=0) == OK(None)
+    assert model.apply("status", "a") == status("stopped", 0, started=False)
+    assert model.apply("start", "a") == fail(Code.FAILED_PRECONDITION)
+
+
+def test_shutdown_of_a_ready_sandbox_kills_it_and_wakes_waiters() -> None:
+    model = ReferenceModel()
+    run(model, ("create", "a"), ("start", "a"))
+    wait = model.apply("wait", "a")
+    assert wait == Blocks(Input.PROCESS_EXITED, wait.ticket if isinstance(wait, Blocks) else -1)
+    assert isinstance(wait, Blocks)
+    assert model.apply("shutdown", "a") == OK(None)
+    assert model.resolved[wait.ticket] == OK(SIGKILL_STATUS)
+    assert model.phase("a") is None
+    # The id is free again.
+    assert run(model, ("create", "a"), ("status", "a")) == [
+        OK("a"),
+        status("created", started=False),
+    ]
+
+
+def test_a_wait_on_a_created_sandbox_is_answered_by_stop_with_0() -> None:
+    model = ReferenceModel()
+    run(model, ("create", "a"))
+    wait = model.apply("wait", "a")
+    assert isinstance(wait, Blocks)
+    assert wait.until is Input.PROCESS_EXITED
+    assert model.apply("stop", "a") == OK(None)
+    assert model.resolved[wait.ticket] == OK(0)
+
+
+def test_a_wait_on_a_created_sandbox_is_answered_by_shutdown_with_0() -> None:
+    model = ReferenceModel()
+    run(model, ("create", "a"))
+    wait = model.apply("wait", "a")
+    assert isinstance(wait, Blocks)
+    assert model.apply("shutdown", "a") == OK(None)
+    assert model.resolved[wait.ticket] == OK(0)
+
+
+def test_a_process_ignoring_sigterm_stops_when_the_grace_period_ends() -> None:
+    model = ReferenceModel(sigterm_exit_status=None)
+    run(model, ("create", "a"), ("start", "a"))
+    stop = model.apply("stop", "a")
+    assert isinstance(stop, Blocks)
+    assert stop.until is Input.STOP_GRACE_EXPIRED
+    assert model.apply("status", "a") == status("stopping", started=True)
+    assert model.apply("start", "a") == fail(Code.FAILED_PRECONDITION)
+    join = model.apply("stop", "a")  # joins the stop in progress
+    assert isinstance(join, Blocks)
+    model.expire_grace("a")
+    assert model.resolved[stop.ticket] == OK(None)
+    assert model.resolved[join.ticket] == OK(None)
+    assert model.apply("wait", "a") == OK(SIGKILL_STATUS)
+
+
+def test_a_zero_timeout_stop_kills_a_stop_in_progress() -> None:
+    model = ReferenceModel(sigterm_exit_status=None)
+    run(model, ("create", "a"), ("start", "a"))
+    stop = model.apply("stop", "a")
+    assert isinstance(stop, Blocks)
+    assert model.apply("stop", "a", timeout_secs=0) == OK(None)
+    assert model.resolved[stop.ticket] == OK(None)
+    assert model.apply("wait", "a") == OK(SIGKILL_STATUS)
+
+
+def test_the_process_may_exit_on_its_own() -> None:
+    model = ReferenceModel()
+    run(model, ("create", "a"), ("start", "a"))
+    model.process_exited("a", 3)
+    assert model.apply("status", "a") == status("stopped", 3, started=True)
+    assert model.apply("stop", "a") == OK(None)
+    assert model.apply("wait", "a") == OK(3)
+
+
+@pytest.mark.parametrize("call", sorted(CALL_INPUTS))
+def test_an_invalid_id_is_invalid_argument_before_the_lookup(call: str) -> None:
+    model = ReferenceModel()
+    assert model.apply(call, "not a valid id!") == fail(Code.INVALID_ARGUMENT)
+    assert model.apply(call, "") == fail(Code.INVALID_ARGUMENT)
+    assert model.sandbox_ids == frozenset()
+
+
+@pytest.mark.parametrize("call", sorted(set(CALL_INPUTS) - {"create"}))
+def test_an_unknown_id_is_not_found(call: str) -> None:
+    assert ReferenceModel().apply(call, "never-created") == fail(Code.NOT_FOUND)
+
+
+def test_an_invalid_stop_timeout_is_checked_first() -> None:
+    model = ReferenceModel()
+    assert model.apply("stop", "never-created", timeout_secs=-1) == fail(Code.INVALID_ARGUMENT)
+    assert model.apply("stop", "never-created", timeout_secs=math.inf) == fail(
+        Code.INVALID_ARGUMENT
+    )
+
+
+def test_create_twice_is_already_exists() -> None:
+    model = ReferenceModel()
+    assert run(model, ("create", "a"), ("create", "a")) == [OK("a"), fail(Code.ALREADY_EXISTS)]
+
+
+def test_peek_changes_nothing() -> None:
+    model = ReferenceModel()
+    run(model, ("create", "a"), ("start", "a"))
+    assert model.peek("stop", "a") == OK(None)
+    assert isinstance(model.peek("wait", "a"), Blocks)
+    assert model.phase("a") is Phase.READY
+    assert model.resolved == {}
+
+
+@pytest.mark.parametrize("phase", [p for p in Phase if p is not Phase.GONE])
+@pytest.mark.parametrize("input", CALLS)
+def test_every_refusal_of_the_table_is_the_models(phase: Phase, input: Input) -> None:
+    call = next(name for name, i in CALL_INPUTS.items() if i is input)
+    started = phase not in (Phase.CREATED,)
+    exit_status = 137 if phase is Phase.STOPPED else None
+    sandbox = SandboxModel(phase, started=started, exit_status=exit_status)
+    step = call_step(sandbox, call, "a", {}, 0)
+    entry = TRANSITIONS[(phase, input)]
+    if isinstance(entry, Refusal):
+        assert step.reply == fail(entry.code)
+        assert step.sandbox == sandbox
+    else:
+        assert step.reply is None or step.reply.ok
+        next_phase = None if step.sandbox is None else step.sandbox.phase
+        assert next_phase in (entry.next_phase, None)
+
+
+def test_signals_race_lets_a_kill_overtake_a_sigterm() -> None:
+    behaviour = ProcessBehaviour(sigterm_exit_status=0, signals_race=True)
+    sandbox = SandboxModel(Phase.READY, behaviour, started=True)
+    stopping = call_step(sandbox, "stop", "a", {}, 0).sandbox
+    assert stopping is not None
+    killed = call_step(stopping, "shutdown", "a", {}, 1).sandbox
+    assert killed is not None
+    assert {status for _, status in pending_events(killed)} == {0, 137}
+
+
+# -- observe -----------------------------------------------------------------------------------
+
+
+def test_observe_reduces_results_to_outcomes() -> None:
+    assert observe("create", "a") == OK("a")
+    assert observe("start", SandboxInstance("a", 42, NOW)) == OK(True)
+    assert observe("start", SandboxInstance("a", 0, NOW)) == OK(False)
+    assert observe("wait", ExitStatus(143, NOW)) == OK(143)
+    assert observe(
+        "status", SandboxStatus("a", 7, SandboxState.STOPPED, {"exit_status": "0"}, NOW)
+    ) == status("stopped", 0, started=True)
+    assert observe("status", SandboxStatus("a", 0, SandboxState.CREATED, {}, NOW)) == status(
+        "created", started=False
+    )
+    assert observe("platform", Platform("linux", "amd64")) == OK(None)
+    assert observe("metrics", SandboxMetrics("a", NOW, 0, 0, 0)) == OK(None)
+    assert observe("stop", None) == OK(None)
+    assert observe("start", error=FailedPrecondition("no")) == fail(Code.FAILED_PRECONDITION)
+    with pytest.raises(ZeroDivisionError):
+        observe("stop", error=ZeroDivisionError())
+
+
+# -- the checker -------------------------------------------------------------------------------
+
+
+def op(
+    call: str,
+    start: float,
+    end: float,
+    outcome: Outcome | None,
+    sandbox_id: str = "a",
+    **args: Any,
+) -> Operation:
+    return Operation(call, sandbox_id, args, start, end, outcome)
+
+
+def test_a_sequential_history_is_accepted() -> None:
+    history = [
+        op("create", 0, 1, OK("a")),
+        op("start", 2, 3, OK(True)),
+        op("stop", 4, 5, OK(None)),
+        op("wait", 6, 7, OK(143)),
+        op("shutdown", 8, 9, OK(None)),
+        op("status", 10, 11, fail(Code.NOT_FOUND)),
+    ]
+    result = check_linearizable(history)
+    assert result.ok, result.describe()
+
+
+def test_a_correct_concurrent_history_is_accepted() -> None:
+    history = [
+        op("create", 0, 1, OK("a")),
+        op("start", 2, 6, OK(True)),
+        # Overlaps the Start: it may see either side of it.
+        op("status", 3, 4, status("created", started=False)),
+        op("status", 3.5, 6.5, status("ready", started=True)),
+        # Parked until the Stop's SIGTERM ends the process.
+        op("wait", 5, 12, OK(143)),
+        op("wait", 11, 13, OK(143)),
+        op("stop", 7, 10, OK(None)),
+        # Between the Stop's signal and the exit, the sandbox is stopping.
+        op("status", 8, 9, status("stopping", started=True)),
+        op("start", 8, 9.5, fail(Code.FAILED_PRECONDITION)),
+        op("status", 10.5, 11, status("stopped", 143, started=True)),
+        # A stopped sandbox is removed at once: a second Shutdown misses it.
+        op("shutdown", 14, 16, OK(None)),
+        op("shutdown", 15, 18, fail(Code.NOT_FOUND)),
+        op("create", 18.5, 19, OK("a")),
+        op("ping", 19.5, 20, OK(None)),
+        # A running one is killed first: Shutdowns meanwhile join the one in progress.
+        op("create", 0, 1, OK("b"), sandbox_id="b"),
+        op("start", 1, 2, OK(True), sandbox_id="b"),
+        op("wait", 3, 9, OK(137), sandbox_id="b"),
+        op("shutdown", 4, 8, OK(None), sandbox_id="b"),
+        op("shutdown", 4.5, 7, OK(None), sandbox_id="b"),
+        op("status", 5, 6, status("stopping", started=True), sandbox_id="b"),
+        # An invalid id fails before any lookup, whatever else happens.
+        op("start", 3, 4, fail(Code.INVALID_ARGUMENT), sandbox_id="bad id"),
+    ]
+    result = check_linearizable(history)
+    assert result.ok, result.describe()
+
+
+def test_a_wait_parked_before_a_shutdown_gets_the_exit_status() -> None:
+    history = [
+        op("create", 0, 1, OK("a")),
+        op("start", 2, 3, OK(True)),
+        op("wait", 4, 8, OK(137)),
+        op("shutdown", 5, 7, OK(None)),
+        op("wait", 6, 9, fail(Code.NOT_FOUND)),
+    ]
+    result = check_linearizable(history)
+    assert result.ok, result.describe()
+
+
+def test_a_history_is_checked_against_the_models_process_behaviour() -> None:
+    history = [
+        op("create", 0, 1, OK("a")),
+        op("start", 2, 3, OK(True)),
+        op("stop", 4, 5, OK(None)),
+        op("wait", 6, 7, OK(0)),
+    ]
+    assert not check_linearizable(history).ok
+    assert check_linearizable(history, ReferenceModel(sigterm_exit_status=0)).ok
+
+
+def test_a_stop_that_changes_nothing_early_may_stop_a_new_sandbox_later() -> None:
+    # The second Stop would be a no-op right after the first; it must be placed after the
+    # re-create instead, or the Wait could never be answered.
+    history = [
+        op("create", 0, 1, OK("a")),
+        op("stop", 1.5, 2, OK(None)),
+        op("stop", 2.5, 9, OK(None)),
+        op("shutdown", 3, 4, OK(None)),
+        op("create", 5, 6, OK("a")),
+        op("status", 6.5, 7, status("created", started=False)),
+        op("wait", 10, 11, OK(0)),
+    ]
+    result = check_linearizable(history)
+    assert result.ok, result.describe()
+
+
+def test_start_succeeding_twice_is_rejected() -> None:
+    create = op("create", 0, 1, OK("a"))
+    start1 = op("start", 2, 3, OK(True))
+    status_ = op("status", 3.5, 4, status("ready", started=True))
+    start2 = op("start", 5, 6, OK(True))
+    result = check_linearizable([create, start1, status_, start2])
+    assert not result.ok
+    assert not result.inconclusive
+    assert result.sandbox_id == "a"
+    assert result.conflict == (start1, start2), result.describe()
+
+
+def test_two_overlapping_starts_cannot_both_succeed() -> None:
+    create = op("create", 0, 1, OK("a"))
+    start1 = op("start", 2, 5, OK(True))
+    start2 = op("start", 3, 4, OK(True))
+    result = check_linearizable([create, start1, start2])
+    assert not result.ok
+    assert set(result.conflict) == {start1, start2}, result.describe()
+
+
+def test_a_wait_answered_before_anything_could_stop_the_sandbox_is_rejected() -> None:
+    create = op("create", 0, 1, OK("a"))
+    start = op("start", 1.5, 2, OK(True))
+    wait = op("wait", 3, 4, OK(143))
+    stop = op("stop", 5, 6, OK(None))
+    result = check_linearizable([create, start, wait, stop])
+    assert not result.ok
+    assert wait in result.conflict, result.describe()
+    assert stop not in result.conflict  # it began after the Wait had returned: not involved
+
+
+def test_a_wait_overlapping_the_stop_is_accepted() -> None:
+    history = [
+        op("create", 0, 1, OK("a")),
+        op("start", 1.5, 2, OK(True)),
+        op("wait", 3, 5.5, OK(143)),
+        op("stop", 5, 6, OK(None)),
+    ]
+    assert check_linearizable(history).ok
+
+
+def test_status_ready_after_a_stop_returned_is_rejected() -> None:
+    create = op("create", 0, 1, OK("a"))
+    start = op("start", 2, 3, OK(True))
+    stop = op("stop", 4, 5, OK(None))
+    late = op("status", 6, 7, status("ready", started=True))
+    result = check_linearizable([create, start, stop, late])
+    assert not result.ok
+    assert set(result.conflict) == {stop, late}, result.describe()
+    assert "status('a') -> ok(" in result.describe()
+
+
+def test_status_ready_overlapping_the_stop_is_accepted() -> None:
+    history = [
+        op("create", 0, 1, OK("a")),
+        op("start", 2, 3, OK(True)),
+        op("stop", 4, 6, OK(None)),
+        op("status", 5, 7, status("ready", started=True)),
+    ]
+    assert check_linearizable(history).ok
+
+
+def test_only_the_failing_sandbox_is_named() -> None:
+    good = [
+        op("create", 0, 1, OK("good"), "good"),
+        op("start", 2, 3, OK(True), "good"),
+        op("start", 4, 5, fail(Code.FAILED_PRECONDITION), "good"),
+    ]
+    bad_start = op("start", 2, 3, OK(True), "bad")  # never created
+    result = check_linearizable([*good, bad_start])
+    assert not result.ok
+    assert result.sandbox_id == "bad"
+    assert result.conflict == (bad_start,)
+
+
+def test_an_operation_without_an_answer_may_or_may_not_have_happened() -> None:
+    base = [
+        op("create", 0, 1, OK("a")),
+        op("start", 2, 3, OK(True)),
+        op("stop", 4, math.inf, None),  # cancelled: the stop goes on, or never arrived
+    ]
+    stopped = op("status", 6, 7, status("stopped", 143, started=True))
+    ready = op("status", 6, 7, status("ready", started=True))
+    assert check_linearizable([*base, stopped]).ok
+    assert check_linearizable([*base, ready]).ok
+    assert check_linearizable([*base, ready, op("wait", 8, 9, OK(143))]).ok
+
+
+def test_the_initial_state_comes_from_the_model() -> None:
+    model = ReferenceModel()
+    model.apply("create", "a")
+    model.apply("start", "a")
+    history = [op("start", 0, 1, fail(Code.FAILED_PRECONDITION)), op("stop", 2, 3, OK(None))]
+    assert check_linearizable(history, model).ok
+    assert not check_linearizable(history).ok
+
+
+def test_a_search_out_of_budget_is_inconclusive() -> None:
+    # Overlapping creates and shutdowns: many orders to try before giving up.
+    history = [op("create", 0, 10, OK("a")) for _ in range(4)]
+    history += [op("shutdown", 0, 10, OK(None)) for _ in range(4)]
+    history.append(op("start", 0, 10, OK(False)))  # impossible: no pid
+    result = check_linearizable(history, max_states=5)
+    assert not result.ok
+    assert result.inconclusive
+    result = check_linearizable(history)
+    assert not result.ok
+    assert not result.inconclusive
+    assert [o.call for o in result.conflict] == ["start"]
+
+
+async def test_the_recorder_records_calls_with_their_outcomes() -> None:
+    class Target:
+        async def ping(self, sandbox_id: str) -> None:
+            await trio.lowlevel.checkpoint()
+            if sandbox_id != "a":
+                raise NotFound("no")
+
+        async def wait(self, sandbox_id: str) -> ExitStatus:
+            await trio.sleep_forever()
+            raise AssertionError
+
+    recorder = HistoryRecorder()
+    target = Target()
+    assert await recorder.call(target, "ping", "a", client=1) == OK(None)
+    assert await recorder.call(target, "ping", "b") == fail(Code.NOT_FOUND)
+    with trio.move_on_after(0.01):
+        await recorder.call(target, "wait", "a")
+    first, second, third = recorder.operations
+    assert (first.call, first.client, first.outcome) == ("ping", 1, OK(None))
+    assert first.start_time <= first.end_time <= second.start_time
+    assert third.outcome is None and third.end_time == math.inf
+    assert check_linearizable(recorder.operations, _existing("a")).ok
+
+
+def _existing(*sandbox_ids: str) -> ReferenceModel:
+    model = ReferenceModel()
+    for sandbox_id in sandbox_ids:
+        model.apply("create", sandbox_id)
+    return model
