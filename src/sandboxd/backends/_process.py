@@ -40,16 +40,21 @@ DEFAULT_PATH: Final = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/
 # It blocks both signals and takes them with sigwait() instead of installing handlers and
 # calling signal.pause(): Python runs a handler only between bytecodes, so a signal arriving
 # after the handler is installed but just before pause() would be lost, and the process would
-# never stop (seen under load).  A blocked signal stays pending until sigwait() takes it.  A
-# SIGTERM or SIGINT arriving in the milliseconds before the mask is set ends the process
-# by that signal (143 or 130); readiness shows as a wchan of do_sigtimedwait in /proc.
+# never stop (seen under load).  A blocked signal stays pending until sigwait() takes it.
+# Once the mask is set it writes one byte to a pipe and Start returns only then, so a Stop
+# right after Start is always the clean exit 0, never a death by SIGTERM.
 _PAUSE_SOURCE: Final = """\
-import os, signal
+import os, signal, sys
 stop = {signal.SIGINT, signal.SIGTERM}
 signal.pthread_sigmask(signal.SIG_BLOCK, stop)
+fd = int(sys.argv[1])
+os.write(fd, b"R")
+os.close(fd)
 signal.sigwait(stop)
 os._exit(0)
 """
+#: How long Start waits for the pause process to say it is ready.
+PAUSE_READY_TIMEOUT: Final = 30.0
 
 _CLOCK_TICKS: Final = os.sysconf("SC_CLK_TCK")
 _PAGE_SIZE: Final = os.sysconf("SC_PAGE_SIZE")
@@ -132,16 +137,19 @@ class ProcessBackend:
         delivered at the caller's next checkpoint.
         """
         options = spec.options
-        argv = (
-            [sys.executable, "-I", "-S", "-c", _PAUSE_SOURCE]
-            if options.command is None
-            else list(options.command)
-        )
+        argv = list(options.command) if options.command is not None else []
         cwd = options.cwd or "/"
         env = dict(options.env)
         env.setdefault("PATH", DEFAULT_PATH)
         log_path = None
         output = subprocess.DEVNULL
+        ready_r, ready_w = (-1, -1)
+        pass_fds: tuple[int, ...] = ()
+        if options.command is None:
+            ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
+            os.set_blocking(ready_r, False)
+            pass_fds = (ready_w,)
+            argv = [sys.executable, "-I", "-S", "-c", _PAUSE_SOURCE, str(ready_w)]
         try:
             if self._log_dir is not None:
                 log_path = os.path.join(self._log_dir, f"{spec.sandbox_id}.log")
@@ -157,12 +165,22 @@ class ProcessBackend:
                     env=env,
                     cwd=cwd,
                     start_new_session=True,
+                    pass_fds=pass_fds,
                 )
             finally:
                 if output != subprocess.DEVNULL:
                     os.close(output)
+                if ready_w >= 0:
+                    os.close(ready_w)
         except (OSError, ValueError, TypeError) as exc:
+            if ready_r >= 0:
+                os.close(ready_r)
             raise _start_error(spec.sandbox_id, exc, argv[0]) from exc
+        if ready_r >= 0:
+            try:
+                await _await_ready(ready_r, process, spec.sandbox_id)
+            finally:
+                os.close(ready_r)
         try:
             nursery.start_soon(
                 _watch, process, on_exit, name=f"sandboxd: watch sandbox {spec.sandbox_id}"
@@ -172,6 +190,34 @@ class ProcessBackend:
             _kill_group(process.pid, _signal.SIGKILL)
             raise
         return ProcessSandbox(process, shlex.join(argv), cwd, log_path or os.devnull)
+
+
+async def _await_ready(fd: int, process: trio.Process, sandbox_id: str) -> None:
+    """Wait until the pause process wrote its byte (or died: end of file, its exit is
+    reported as usual).  If it stays silent or the wait is cancelled, kill it."""
+    try:
+        with trio.fail_after(PAUSE_READY_TIMEOUT):
+            while True:
+                try:
+                    os.read(fd, 1)
+                    return
+                except BlockingIOError:
+                    await trio.lowlevel.wait_readable(fd)
+    except trio.TooSlowError:
+        await _kill_and_reap(process)
+        raise FailedPrecondition(
+            f"cannot start sandbox {sandbox_id}: the pause process did not get ready "
+            f"within {PAUSE_READY_TIMEOUT:g} s"
+        ) from None
+    except BaseException:
+        await _kill_and_reap(process)
+        raise
+
+
+async def _kill_and_reap(process: trio.Process) -> None:
+    _kill_group(process.pid, _signal.SIGKILL)
+    with trio.CancelScope(shield=True):
+        await process.wait()
 
 
 def _start_error(sandbox_id: str, exc: Exception, argv0: str) -> FailedPrecondition:
