@@ -24,7 +24,6 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import attrs
@@ -32,6 +31,7 @@ import pytest
 import trio
 import trio.testing
 
+from procs import is_alive
 from sandboxd import (
     AlreadyExists,
     DeadlineExceeded,
@@ -116,19 +116,6 @@ def reap() -> Iterator[list[int]]:
     for pid in pids:
         with suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)
-
-
-def proc_state(pid: int) -> str | None:
-    """The state letter of ``pid`` ("Z" for a zombie), or None when it is gone."""
-    try:
-        data = Path(f"/proc/{pid}/stat").read_bytes()
-    except FileNotFoundError:
-        return None
-    return data[data.rfind(b")") + 2 :].split()[0].decode()
-
-
-def alive(pid: int) -> bool:
-    return proc_state(pid) not in (None, "Z", "X")
 
 
 def aware(value: object) -> bool:
@@ -516,7 +503,7 @@ async def test_process_sandbox_whole_life(served: Served, reap: list[int]) -> No
         reap.append(instance.pid)
         assert instance.pid > 0
         os.kill(instance.pid, 0)  # a live process
-        assert alive(instance.pid)
+        assert is_alive(instance.pid)
         status = await remote.status("p1", verbose=True)
         assert status.state is SandboxState.READY
         assert status.pid == instance.pid
@@ -527,7 +514,7 @@ async def test_process_sandbox_whole_life(served: Served, reap: list[int]) -> No
         exit_status = await remote.wait("p1")
         assert exit_status.exit_status == 143
         assert aware(exit_status.exited_at)
-        assert not alive(instance.pid)
+        assert not is_alive(instance.pid)
         status = await remote.status("p1")
         assert status.state is SandboxState.STOPPED
         assert status.exited_at == exit_status.exited_at

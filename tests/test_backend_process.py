@@ -12,13 +12,14 @@ import shlex
 import signal
 import stat
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import trio
 import trio.testing
 
+from procs import Fifo, is_alive, proc_pgrp
 from sandboxd import FailedPrecondition, InvalidArgument
 from sandboxd._models import Mount, Platform, SandboxOptions, SandboxSpec
 from sandboxd.backends import Backend, ProcessBackend, host_platform
@@ -92,56 +93,6 @@ async def sandboxes(log_dir: Path) -> AsyncIterator[Sandboxes]:
             with trio.fail_after(TIMEOUT):
                 for _, exits in started.started:
                     await exits.event.wait()
-
-
-class Fifo:
-    """A FIFO whose read end is open (non-blocking) before any writer starts."""
-
-    def __init__(self, path: Path) -> None:
-        os.mkfifo(path)
-        self.path = path
-        self.fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-
-    async def read_all(self) -> bytes:
-        """Everything written until the last writer closes."""
-        chunks: list[bytes] = []
-        with trio.fail_after(TIMEOUT):
-            while True:
-                # Linux reports no hang-up on a FIFO that never had a writer, so this waits
-                # for the first writer's data (or its close).
-                await trio.lowlevel.wait_readable(self.fd)
-                try:
-                    chunk = os.read(self.fd, 4096)
-                except BlockingIOError:
-                    continue
-                if not chunk:
-                    return b"".join(chunks)
-                chunks.append(chunk)
-
-
-@pytest.fixture
-def fifo(tmp_path: Path) -> Iterator[Fifo]:
-    fifo = Fifo(tmp_path / "fifo")
-    yield fifo
-    os.close(fifo.fd)
-
-
-def proc_state(pid: int) -> str | None:
-    """The state letter of ``pid`` ("Z" for a zombie), or None when it is gone."""
-    try:
-        data = Path(f"/proc/{pid}/stat").read_bytes()
-    except FileNotFoundError:
-        return None
-    return data[data.rfind(b")") + 2 :].split()[0].decode()
-
-
-def proc_pgrp(pid: int) -> int:
-    data = Path(f"/proc/{pid}/stat").read_bytes()
-    return int(data[data.rfind(b")") + 2 :].split()[2])
-
-
-def is_alive(pid: int) -> bool:
-    return proc_state(pid) not in (None, "Z", "X")
 
 
 def waits_for_signals(pid: int) -> bool:

@@ -15,7 +15,7 @@ import os
 import signal
 import stat
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing, asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ import pytest
 import trio
 import trio.testing
 
+from procs import Fifo, is_alive
 from sandboxd import (
     AlreadyExists,
     FailedPrecondition,
@@ -940,51 +941,6 @@ async def processes() -> AsyncIterator[Controller]:
 async def run_command(controller: Controller, sandbox_id: str, *command: str) -> int:
     await controller.create(sandbox_id, options=SandboxOptions(command=command))
     return (await controller.start(sandbox_id)).pid
-
-
-class Fifo:
-    """A FIFO whose read end is open (non-blocking) before any writer starts."""
-
-    def __init__(self, path: Path) -> None:
-        os.mkfifo(path)
-        self.path = path
-        self.fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-
-    async def read_all(self) -> bytes:
-        """Everything written until the last writer closes."""
-        chunks = []
-        with trio.fail_after(PROCESS_GUARD):
-            while True:
-                # Linux reports no hang-up on a FIFO that never had a writer, so this waits
-                # for the first writer's data (or its close).
-                await trio.lowlevel.wait_readable(self.fd)
-                try:
-                    chunk = os.read(self.fd, 4096)
-                except BlockingIOError:
-                    continue
-                if not chunk:
-                    return b"".join(chunks)
-                chunks.append(chunk)
-
-
-@pytest.fixture
-def fifo(tmp_path: Path) -> Iterator[Fifo]:
-    fifo = Fifo(tmp_path / "fifo")
-    yield fifo
-    os.close(fifo.fd)
-
-
-def proc_state(pid: int) -> str | None:
-    """The state letter of ``pid`` ("Z" for a zombie), or None when it is gone."""
-    try:
-        data = Path(f"/proc/{pid}/stat").read_bytes()
-    except FileNotFoundError:
-        return None
-    return data[data.rfind(b")") + 2 :].split()[0].decode()
-
-
-def is_alive(pid: int) -> bool:
-    return proc_state(pid) not in (None, "Z", "X")
 
 
 async def test_process_exit_status_is_reported() -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from procs import is_alive
 from sandboxd import NotFound, Unavailable
 from sandboxd._models import SandboxOptions, SandboxState
 from sandboxd.api import RUNTIME_SERVICE, connect
@@ -51,19 +52,6 @@ def open_log(path: Path) -> int:
 
 def exists(path: str) -> bool:
     return os.path.lexists(path)
-
-
-def proc_state(pid: int) -> str | None:
-    """The state letter of ``pid`` ("Z" for a zombie), or None when it is gone."""
-    try:
-        data = Path(f"/proc/{pid}/stat").read_bytes()
-    except FileNotFoundError:
-        return None
-    return data[data.rfind(b")") + 2 :].split()[0].decode()
-
-
-def alive(pid: int) -> bool:
-    return proc_state(pid) not in (None, "Z", "X")
 
 
 @dataclass
@@ -173,14 +161,14 @@ async def test_daemon_serves_then_exits_0_on_sigterm_leaving_sandboxes_running(
             await remote.create("outliver", sandboxer="process", options=sleeper)
             pid = (await remote.start("outliver")).pid
             reap.append(pid)
-            assert alive(pid)
+            assert is_alive(pid)
             assert [s.sandbox_id for s in await remote.list()] == ["outliver"]
 
             # SIGTERM with this connection still open: the daemon must not wait for it.
             returncode = await daemon.terminate()
             assert returncode == 0, daemon.output()
             assert not exists(sock_path), "the daemon left its socket file behind"
-            assert alive(pid), "the sandbox died with the daemon"
+            assert is_alive(pid), "the sandbox died with the daemon"
             with pytest.raises(Unavailable):
                 await remote.list()
 

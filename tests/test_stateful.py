@@ -36,6 +36,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
+from procs import proc_state
 from sandboxd import RPCError
 from sandboxd._models import SandboxOptions
 from sandboxd.api import (
@@ -173,15 +174,6 @@ def trio_thread() -> Iterator[TrioThread]:
 
 
 # -- the runtimes under test -------------------------------------------------------------------
-
-
-def proc_state(pid: int) -> str | None:
-    """The state letter of ``pid`` ("Z" for a zombie), or None when it is gone."""
-    try:
-        data = Path(f"/proc/{pid}/stat").read_bytes()
-    except FileNotFoundError:
-        return None
-    return data[data.rfind(b")") + 2 :].split()[0].decode()
 
 
 def takes_sigterm(pid: int) -> bool:
