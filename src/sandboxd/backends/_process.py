@@ -14,13 +14,14 @@ There is no namespace, rootfs or cgroup here: the process sees the host as the d
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import shutil
 import signal as _signal
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Final, final
 
 import trio
@@ -115,10 +116,10 @@ class ProcessBackend:
         if self._log_dir is not None:
             check_sandbox_id(spec.sandbox_id)  # it names a file
         options = spec.options
-        _check_env(options.env)
+        check_env(options.env)
         cwd = _check_cwd(options.cwd)
         if options.command is not None:
-            _check_command(options.command, options.env.get("PATH", DEFAULT_PATH), cwd)
+            check_command(options.command, options.env.get("PATH", DEFAULT_PATH), cwd)
 
     async def start(
         self, spec: SandboxSpec, nursery: trio.Nursery, on_exit: ExitCallback
@@ -137,59 +138,113 @@ class ProcessBackend:
         delivered at the caller's next checkpoint.
         """
         options = spec.options
-        argv = list(options.command) if options.command is not None else []
         cwd = options.cwd or "/"
         env = dict(options.env)
         env.setdefault("PATH", DEFAULT_PATH)
-        log_path = None
-        output = subprocess.DEVNULL
-        ready_r, ready_w = (-1, -1)
-        pass_fds: tuple[int, ...] = ()
-        if options.command is None:
-            ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
-            os.set_blocking(ready_r, False)
-            pass_fds = (ready_w,)
-            argv = [sys.executable, "-I", "-S", "-c", _PAUSE_SOURCE, str(ready_w)]
-        try:
-            if self._log_dir is not None:
-                log_path = os.path.join(self._log_dir, f"{spec.sandbox_id}.log")
-                output = os.open(
-                    log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640
-                )
-            try:
-                process = await trio.lowlevel.open_process(
-                    argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=output,
-                    stderr=output,
-                    env=env,
-                    cwd=cwd,
-                    start_new_session=True,
-                    pass_fds=pass_fds,
-                )
-            finally:
-                if output != subprocess.DEVNULL:
-                    os.close(output)
-                if ready_w >= 0:
-                    os.close(ready_w)
-        except (OSError, ValueError, TypeError) as exc:
-            if ready_r >= 0:
-                os.close(ready_r)
-            raise _start_error(spec.sandbox_id, exc, argv[0]) from exc
-        if ready_r >= 0:
-            try:
-                await _await_ready(ready_r, process, spec.sandbox_id)
-            finally:
-                os.close(ready_r)
-        try:
-            nursery.start_soon(
-                _watch, process, on_exit, name=f"sandboxd: watch sandbox {spec.sandbox_id}"
+        ready = ReadyPipe() if options.command is None else None
+        argv = ready.pause_argv() if ready is not None else list(options.command or ())
+        with ready or contextlib.nullcontext():
+            process, log_path = await launch(
+                spec.sandbox_id,
+                argv,
+                env=env,
+                cwd=cwd,
+                log_dir=self._log_dir,
+                pass_fds=ready.pass_fds if ready is not None else (),
             )
-        except BaseException:
-            # A closed nursery: nothing may stay running without a watcher.
-            _kill_group(process.pid, _signal.SIGKILL)
-            raise
+            if ready is not None:
+                await ready.wait(process, spec.sandbox_id)
+        watch(nursery, process, on_exit, spec.sandbox_id)
         return ProcessSandbox(process, shlex.join(argv), cwd, log_path or os.devnull)
+
+
+class ReadyPipe:
+    """The pipe on which a pause process says it is ready for its stop signals.
+
+    A context manager: both ends are closed on exit.  Spawn the process with
+    :meth:`pause_argv` and :attr:`pass_fds`, then :meth:`wait`.
+    """
+
+    def __init__(self) -> None:
+        self.read_fd, self.write_fd = os.pipe2(os.O_CLOEXEC)
+        os.set_blocking(self.read_fd, False)
+
+    @property
+    def pass_fds(self) -> tuple[int, ...]:
+        return (self.write_fd,)
+
+    def pause_argv(self) -> list[str]:
+        return [sys.executable, "-I", "-S", "-c", _PAUSE_SOURCE, str(self.write_fd)]
+
+    def close_write_end(self) -> None:
+        if self.write_fd >= 0:
+            os.close(self.write_fd)
+            self.write_fd = -1
+
+    async def wait(self, process: trio.Process, sandbox_id: str) -> None:
+        self.close_write_end()
+        await _await_ready(self.read_fd, process, sandbox_id)
+
+    def __enter__(self) -> ReadyPipe:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close_write_end()
+        os.close(self.read_fd)
+
+
+async def launch(
+    sandbox_id: str,
+    argv: list[str],
+    *,
+    env: Mapping[str, str],
+    cwd: str,
+    log_dir: str | None,
+    pass_fds: tuple[int, ...] = (),
+) -> tuple[trio.Process, str | None]:
+    """Spawn ``argv`` as the leader of a new session and process group, stdin on /dev/null
+    and stdout/stderr appended to ``<log_dir>/<sandbox_id>.log`` (or /dev/null).
+
+    Returns the process and the log's path.  A failure to spawn is FailedPrecondition naming
+    what was missing; nothing runs then.
+    """
+    log_path = None
+    output = subprocess.DEVNULL
+    try:
+        if log_dir is not None:
+            log_path = os.path.join(log_dir, f"{sandbox_id}.log")
+            output = os.open(
+                log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640
+            )
+        try:
+            process = await trio.lowlevel.open_process(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=output,
+                env=dict(env),
+                cwd=cwd,
+                start_new_session=True,
+                pass_fds=pass_fds,
+            )
+        finally:
+            if output != subprocess.DEVNULL:
+                os.close(output)
+    except (OSError, ValueError, TypeError) as exc:
+        raise _start_error(sandbox_id, exc, argv[0]) from exc
+    return process, log_path
+
+
+def watch(
+    nursery: trio.Nursery, process: trio.Process, on_exit: ExitCallback, sandbox_id: str
+) -> None:
+    """Report ``process``'s exit to ``on_exit`` from a task in ``nursery``."""
+    try:
+        nursery.start_soon(_watch, process, on_exit, name=f"sandboxd: watch sandbox {sandbox_id}")
+    except BaseException:
+        # A closed nursery: nothing may stay running without a watcher.
+        kill_group(process.pid, _signal.SIGKILL)
+        raise
 
 
 async def _await_ready(fd: int, process: trio.Process, sandbox_id: str) -> None:
@@ -215,7 +270,7 @@ async def _await_ready(fd: int, process: trio.Process, sandbox_id: str) -> None:
 
 
 async def _kill_and_reap(process: trio.Process) -> None:
-    _kill_group(process.pid, _signal.SIGKILL)
+    kill_group(process.pid, _signal.SIGKILL)
     with trio.CancelScope(shield=True):
         await process.wait()
 
@@ -263,14 +318,14 @@ class ProcessSandbox:
         """Send ``signum`` to every process of the group; nothing once the group is gone or
         after :meth:`cleanup`.  An invalid signal number is InvalidArgument."""
         if not self._killed:
-            _kill_group(self.pid, signum)
+            kill_group(self.pid, signum)
 
     def cleanup(self) -> None:
         """SIGKILL whatever is left of the process group, so nothing the sandbox forked
         survives it.  Later calls, and later signals, do nothing."""
         if not self._killed:
             self._killed = True
-            _kill_group(self.pid, _signal.SIGKILL)
+            kill_group(self.pid, _signal.SIGKILL)
 
     def info(self) -> Mapping[str, str]:
         """``command`` (shell-quoted argv), ``cwd``, ``pgid`` and ``log`` (the file stdout
@@ -294,7 +349,7 @@ class ProcessSandbox:
         return _group_usage(self.pid)
 
 
-def _kill_group(pgid: int, signum: int) -> None:
+def kill_group(pgid: int, signum: int) -> None:
     try:
         os.killpg(pgid, signum)
     except ProcessLookupError:
@@ -306,6 +361,16 @@ def _kill_group(pgid: int, signum: int) -> None:
 
 
 def _group_usage(pgid: int) -> tuple[int, int, int]:
+    return proc_usage(lambda pid, fields: int(fields[2]) == pgid)
+
+
+def proc_usage(select: Callable[[int, list[bytes]], bool]) -> tuple[int, int, int]:
+    """``(cpu_ns, rss_bytes, count)`` summed over the live processes ``select`` picks.
+
+    ``select(pid, fields)`` sees the fields of /proc/<pid>/stat after the command name
+    (``fields[0]`` is field 3 of proc(5), the state; ``fields[2]`` the process group).
+    Zombies are never counted: they hold nothing but their pid.
+    """
     ticks = pages = count = 0
     for name in os.listdir("/proc"):
         if not name.isdigit():
@@ -321,17 +386,17 @@ def _group_usage(pgid: int) -> tuple[int, int, int]:
         finally:
             os.close(fd)
         # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses, so split
-        # after the last ')'.  fields[0] is field 3 of proc(5).
+        # after the last ')'.
         fields = stat[stat.rfind(b")") + 2 :].split()
-        if len(fields) < 22 or int(fields[2]) != pgid or fields[0] in (b"Z", b"X"):
-            continue  # another group's, or dead and holding nothing but its pid
+        if len(fields) < 22 or fields[0] in (b"Z", b"X") or not select(int(name), fields):
+            continue
         ticks += int(fields[11]) + int(fields[12])  # utime, stime
         pages += int(fields[21])  # rss
         count += 1
     return ticks * _NS_PER_S // _CLOCK_TICKS, pages * _PAGE_SIZE, count
 
 
-def _check_env(env: Mapping[str, str]) -> None:
+def check_env(env: Mapping[str, str]) -> None:
     for key, value in env.items():
         if not isinstance(key, str) or not key or "=" in key or "\0" in key:
             raise InvalidArgument(
@@ -351,7 +416,7 @@ def _check_cwd(cwd: str | None) -> str:
     return cwd
 
 
-def _check_command(command: object, path: str, cwd: str) -> None:
+def check_command(command: object, path: str, cwd: str) -> None:
     if not isinstance(command, tuple) or not command:
         raise InvalidArgument("options.command: must be a non-empty list of text")
     for index, arg in enumerate(command):
