@@ -108,7 +108,7 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--host-network", action="store_true", help="share the host network")
         p.add_argument("--netns", metavar="PATH", help="network namespace to join (bwrap)")
         p.add_argument(
-            "--bind", action="append", default=[], metavar="SRC:DST[:ro|rw]",
+            "--bind", type=_bind, action="append", default=[], metavar="SRC:DST[:ro|rw]",
             help="bind mount into the sandbox's rootfs (bwrap; repeatable)",
         )  # fmt: skip
         p.add_argument(
@@ -186,7 +186,7 @@ def _print_table(header: Sequence[str], rows: Sequence[Sequence[str]], out: Text
 
 def _create(ctl: SyncController, args: argparse.Namespace) -> dict[str, Any]:
     command = [*args.argv, *args.after_dashes]
-    mounts = [_bind(spec) for spec in args.bind]
+    mounts: list[Mount] = args.bind
     options = SandboxOptions(
         command=command or None,
         env=dict(args.env),
@@ -207,10 +207,13 @@ def _create(ctl: SyncController, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _bind(spec: str) -> Mount:
+    """``SRC:DST[:ro|rw]`` as a bind mount (an argparse type: a bad one is a usage error)."""
     parts = spec.split(":")
     if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
-        raise SystemExit(f"sandboxctl: --bind expects SRC:DST[:ro|rw], got {spec!r}")
+        raise argparse.ArgumentTypeError(f"expected SRC:DST[:ro|rw], got {spec!r}")
     mode = parts[2] if len(parts) == 3 else "ro"
+    if mode not in ("ro", "rw"):
+        raise argparse.ArgumentTypeError(f"the mode must be ro or rw, got {mode!r}")
     return Mount(type="bind", source=parts[0], target=parts[1], options=(mode,))
 
 
