@@ -39,7 +39,7 @@ from ._models import (
 from ._paths import default_socket_path, default_state_dir
 from ._version import PROTOCOL_VERSION, __version__
 from .api import RemoteController, SyncController, connect, serve_controller
-from .backends import Backend, ProcessBackend, SandboxProcess, SimBackend
+from .backends import Backend, BwrapBackend, ProcessBackend, SandboxProcess, SimBackend
 from .rpc import Server, SocketInUseError
 from .runtime import Controller, Subscription, open_controller
 
@@ -48,6 +48,7 @@ __all__ = [
     "Aborted",
     "AlreadyExists",
     "Backend",
+    "BwrapBackend",
     "Cancelled",
     "Code",
     "Controller",

@@ -1,16 +1,19 @@
 """How sandboxes really run: the backend interface and the backends that implement it.
 
 - :class:`ProcessBackend` (``"process"``): host processes, each sandbox a process group.
+- :class:`BwrapBackend` (``"bwrap"``): real isolation in Linux namespaces, by bubblewrap.
 - :class:`SimBackend` (``"sim"``): simulated processes, for fuzzing lifecycle orderings.
 """
 
 from ._base import Backend, ExitCallback, SandboxProcess
+from ._bwrap import BwrapBackend
 from ._platform import host_platform
 from ._process import ProcessBackend
 from ._sim import SimBackend
 
 __all__ = [
     "Backend",
+    "BwrapBackend",
     "ExitCallback",
     "ProcessBackend",
     "SandboxProcess",

@@ -32,7 +32,7 @@ from .._models import (
     SandboxStatus,
     check_sandbox_id,
 )
-from ..backends import Backend, ProcessBackend, SimBackend
+from ..backends import Backend, BwrapBackend, ProcessBackend, SimBackend
 from ._actor import SandboxActor
 from ._events import DEFAULT_SUBSCRIBER_BUFFER, EventBus, Subscription
 from ._lifecycle import Input, Phase, decide
@@ -46,8 +46,9 @@ DEFAULT_MAX_SANDBOXES: Final = 100_000
 
 
 def default_backends() -> list[Backend]:
-    """The backends a Controller has unless told otherwise: ``process`` and ``sim``."""
-    return [ProcessBackend(), SimBackend()]
+    """The backends a Controller has unless told otherwise: ``process``, ``bwrap`` and
+    ``sim`` (``bwrap`` refuses Create with FAILED_PRECONDITION where bubblewrap cannot run)."""
+    return [ProcessBackend(), BwrapBackend(), SimBackend()]
 
 
 @final

@@ -1,0 +1,433 @@
+"""The ``bwrap`` backend: every sandbox in its own Linux namespaces, through bubblewrap.
+
+Theory of operation.  Start runs ``bwrap`` (outside, in a session of its own, like the
+``process`` backend's init) with new pid, ipc, uts and mount namespaces, a new network
+namespace holding only ``lo`` unless the sandbox joins one (``netns_path``, through
+``nsenter``) or asks for the host's (``options.host_network``), and a new user namespace when
+the daemon is not root.  Inside the new pid namespace bwrap's own init is pid 1 and the
+sandbox's command runs under it; ``--info-fd`` tells us pid 1's host pid, which is the pid
+the sandbox reports.  When the command exits, bwrap's init ends with its status (128+N for
+death by signal N), and so does the outer bwrap, whose exit is what we watch.
+
+Signals never go to the outer bwrap (it would die at once and report the wrong status, or
+leave the sandbox behind).  SIGKILL goes to pid 1 of the namespace: the kernel then kills
+every process in it.  Any other signal goes to every process of the namespace but pid 1
+(which, as a namespace's init, would ignore it): so SIGTERM reaches every process inside, as
+Stop promises.  Membership is read from /proc/<pid>/ns/pid.
+
+The filesystem is, without ``rootfs``, a read-only view of the host with its own /proc, a
+minimal /dev and a private /tmp; with ``rootfs``, exactly the mounts given, in order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shlex
+import shutil
+import signal as _signal
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Final, final
+
+import trio
+
+from .._errors import FailedPrecondition, InvalidArgument
+from .._models import Mount, Platform, SandboxSpec, check_sandbox_id
+from ._base import ExitCallback
+from ._platform import host_platform
+from ._process import (
+    DEFAULT_PATH,
+    ReadyPipe,
+    check_command,
+    check_env,
+    launch,
+    proc_usage,
+    watch,
+)
+
+#: Mount types a rootfs may hold, and the bwrap option each becomes.
+MOUNT_TYPES: Final = ("bind", "tmpfs", "proc", "dev")
+#: Options a bind mount may carry (``ro`` or ``rw`` says how; bwrap binds are recursive).
+BIND_OPTIONS: Final = frozenset({"ro", "rw", "bind", "rbind"})
+#: How long Start waits for bwrap to report the namespace's init.
+SETUP_TIMEOUT: Final = 30.0
+
+_HOSTNAME_LABEL: Final = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+_probe_cache: dict[str, str | None] = {}
+
+
+def default_hostname(sandbox_id: str) -> str:
+    """The sandbox id made a valid hostname: ``_`` and ``.`` become ``-``, at most 63
+    characters, no leading or trailing ``-``."""
+    name = re.sub(r"[^A-Za-z0-9-]", "-", sandbox_id)[:63].strip("-")
+    return name or "sandbox"
+
+
+def _probe(bwrap: str | None) -> str | None:
+    """Why bubblewrap cannot make sandboxes here, or None; asked once per executable."""
+    if bwrap is None:
+        return "bubblewrap is not installed (bwrap not found in PATH; apt-get install bubblewrap)"
+    if bwrap in _probe_cache:
+        return _probe_cache[bwrap]
+    argv = [bwrap, "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-net"]
+    if os.geteuid() != 0:
+        argv.append("--unshare-user")
+    argv += ["--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev", "true"]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        reason: str | None = f"bubblewrap cannot run: {exc}"
+    else:
+        reason = None
+        if done.returncode != 0:
+            detail = done.stderr.strip() or f"exit status {done.returncode}"
+            reason = f"the kernel refuses the namespaces bubblewrap needs: {detail}"
+    _probe_cache[bwrap] = reason
+    return reason
+
+
+@final
+class BwrapBackend:
+    """Sandboxes isolated in their own namespaces by bubblewrap (sandboxer ``"bwrap"``).
+
+    Everything the ``process`` backend promises holds here too: the init's real exit
+    status, Stop's SIGTERM then SIGKILL reaching every process inside, nothing left after
+    Shutdown.  ``options.hostname`` sets the hostname (default: the sandbox id, made a valid
+    hostname).  With ``log_dir``, the sandbox's stdout and stderr (and bwrap's own errors)
+    are appended to ``<log_dir>/<sandbox_id>.log``.
+    """
+
+    __slots__ = ("_bwrap", "_log_dir")
+
+    def __init__(
+        self, *, log_dir: str | os.PathLike[str] | None = None, bwrap: str | None = None
+    ) -> None:
+        self._log_dir = None if log_dir is None else os.fspath(log_dir)
+        self._bwrap = bwrap if bwrap is not None else shutil.which("bwrap")
+
+    @property
+    def name(self) -> str:
+        return "bwrap"
+
+    def unavailable_reason(self) -> str | None:
+        """None when bubblewrap is installed and the kernel lets it create namespaces;
+        else what is missing.  Runs bwrap once (a few milliseconds), then remembers."""
+        return _probe(self._bwrap)
+
+    def platform(self) -> Platform:
+        return host_platform()
+
+    def validate(self, spec: SandboxSpec) -> None:
+        """INVALID_ARGUMENT naming the field for: a bad mount (unknown type or option,
+        relative target, missing source), a missing netns_path, a bad hostname, env or cwd,
+        and an executable that cannot be found where the sandbox will look for it."""
+        if self._log_dir is not None:
+            check_sandbox_id(spec.sandbox_id)
+        options = spec.options
+        for index, mount in enumerate(spec.rootfs):
+            _check_mount(index, mount)
+        if spec.netns_path is not None:
+            if options.host_network:
+                raise InvalidArgument("netns_path: cannot be combined with options.host_network")
+            if not os.path.exists(spec.netns_path):
+                raise InvalidArgument(f"netns_path: {spec.netns_path!r} does not exist")
+            if shutil.which("nsenter") is None:
+                raise FailedPrecondition("netns_path: nsenter (util-linux) is not installed")
+        if options.hostname is not None and not _valid_hostname(options.hostname):
+            raise InvalidArgument(
+                f"options.hostname: {options.hostname!r} is not a valid hostname "
+                "(labels of letters, digits and '-', at most 63 characters each)"
+            )
+        check_env(options.env)
+        cwd = options.cwd or "/"
+        if not os.path.isabs(cwd) or "\0" in cwd:
+            raise InvalidArgument(f"options.cwd: {cwd!r} is not an absolute path")
+        path = options.env.get("PATH", DEFAULT_PATH)
+        if options.command is not None:
+            if spec.rootfs:
+                _check_command_in_rootfs(options.command, path, spec.rootfs)
+            else:
+                check_command(options.command, path, cwd)
+        elif spec.rootfs:
+            try:
+                _check_command_in_rootfs((sys.executable,), path, spec.rootfs)
+            except InvalidArgument:
+                raise InvalidArgument(
+                    "options.command: required with a rootfs that does not hold the daemon's "
+                    f"Python interpreter ({sys.executable}), which runs the pause process"
+                ) from None
+
+    def command_line(self, spec: SandboxSpec, argv: Sequence[str], info_fd: int) -> list[str]:
+        """The exact command that runs the sandbox (``nsenter`` first to join a netns)."""
+        options = spec.options
+        assert self._bwrap is not None
+        line: list[str] = []
+        if spec.netns_path is not None:
+            line += ["nsenter", f"--net={spec.netns_path}", "--"]
+        line += [self._bwrap, "--unshare-pid", "--unshare-ipc", "--unshare-uts"]
+        if spec.netns_path is None and not options.host_network:
+            line.append("--unshare-net")
+        if os.geteuid() != 0:
+            line.append("--unshare-user")
+        line += ["--new-session", "--info-fd", str(info_fd)]
+        line += ["--hostname", options.hostname or default_hostname(spec.sandbox_id)]
+        line += _mount_options(spec.rootfs)
+        line += ["--chdir", options.cwd or "/", "--", *argv]
+        return line
+
+    async def start(
+        self, spec: SandboxSpec, nursery: trio.Nursery, on_exit: ExitCallback
+    ) -> BwrapSandbox:
+        """Start bwrap and return once the namespace's init is known (and, for a pause
+        sandbox, ready for its stop signals).  FailedPrecondition says why when bubblewrap
+        is unavailable or the sandbox cannot be set up; then nothing is left running."""
+        reason = self.unavailable_reason()
+        if reason is not None:
+            raise FailedPrecondition(f"cannot start sandbox {spec.sandbox_id}: {reason}")
+        options = spec.options
+        env = dict(options.env)
+        env.setdefault("PATH", DEFAULT_PATH)
+        info_r, info_w = os.pipe2(os.O_CLOEXEC)
+        os.set_blocking(info_r, False)
+        ready = ReadyPipe() if options.command is None else None
+        argv = ready.pause_argv() if ready is not None else list(options.command or ())
+        line = self.command_line(spec, argv, info_w)
+        fds = (info_w, *(ready.pass_fds if ready is not None else ()))
+        try:
+            with ready or contextlib.nullcontext():
+                try:
+                    process, log_path = await launch(
+                        spec.sandbox_id, line, env=env, cwd="/", log_dir=self._log_dir,
+                        pass_fds=fds,
+                    )  # fmt: skip
+                finally:
+                    os.close(info_w)
+                init_pid = await _read_init_pid(info_r, process, spec.sandbox_id)
+                if ready is not None:
+                    await ready.wait(process, spec.sandbox_id)
+        finally:
+            os.close(info_r)
+        watch(nursery, process, on_exit, spec.sandbox_id)
+        return BwrapSandbox(process, init_pid, spec, line, log_path or os.devnull)
+
+
+async def _read_init_pid(fd: int, process: trio.Process, sandbox_id: str) -> int:
+    """The host pid of the namespace's init, from bwrap's ``--info-fd`` JSON."""
+    data = b""
+    try:
+        with trio.fail_after(SETUP_TIMEOUT):
+            while True:
+                try:
+                    chunk = os.read(fd, 4096)
+                except BlockingIOError:
+                    await trio.lowlevel.wait_readable(fd)
+                    continue
+                if not chunk:
+                    break
+                data += chunk
+                with contextlib.suppress(ValueError):
+                    return int(json.loads(data)["child-pid"])
+    except BaseException:
+        await _kill_outer(process)
+        raise
+    # bwrap closed the pipe without reporting: it failed to set up (its error is in the log).
+    status = await process.wait()
+    raise FailedPrecondition(
+        f"cannot start sandbox {sandbox_id}: bubblewrap failed to set up the sandbox "
+        f"(exit status {status}; its message is in the sandbox's log)"
+    )
+
+
+async def _kill_outer(process: trio.Process) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, _signal.SIGKILL)
+    with trio.CancelScope(shield=True):
+        await process.wait()
+
+
+def _pid_namespace(pid: int) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/pid")
+    except OSError:
+        return None
+
+
+@final
+class BwrapSandbox:
+    """A started bwrap sandbox: the outer bwrap we watch, and the namespace's init."""
+
+    __slots__ = ("_command", "_killed", "_log", "_namespace", "_process", "_spec", "init_pid")
+
+    def __init__(
+        self,
+        process: trio.Process,
+        init_pid: int,
+        spec: SandboxSpec,
+        command: list[str],
+        log: str,
+    ) -> None:
+        self._process = process
+        self.init_pid = init_pid
+        self._spec = spec
+        self._command = command
+        self._log = log
+        self._killed = False
+        self._namespace = _pid_namespace(init_pid)
+
+    @property
+    def pid(self) -> int:
+        """pid 1 of the sandbox's pid namespace, as seen from the host."""
+        return self.init_pid
+
+    def _members(self) -> list[int]:
+        """Host pids of the processes in the sandbox's pid namespace."""
+        if self._namespace is None:
+            return []
+        members = []
+        for name in os.listdir("/proc"):
+            if name.isdigit() and _pid_namespace(int(name)) == self._namespace:
+                members.append(int(name))
+        return members
+
+    def signal(self, signum: int) -> None:
+        """SIGKILL: to the namespace's init (the kernel kills everything inside).  Any
+        other signal: to every process inside but the init.  Nothing after cleanup."""
+        if self._killed:
+            return
+        if not 0 <= signum < _signal.NSIG:
+            raise InvalidArgument(f"signal {signum}: not a valid signal number")
+        targets = [self.init_pid] if signum == _signal.SIGKILL else self._members()
+        for pid in targets:
+            if pid != self.init_pid or signum == _signal.SIGKILL:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signum)
+
+    def cleanup(self) -> None:
+        """Kill whatever is left in the namespace (and the outer bwrap); later calls and
+        signals do nothing."""
+        if not self._killed:
+            self.signal(_signal.SIGKILL)
+            self._killed = True
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._process.pid, _signal.SIGKILL)
+
+    def info(self) -> Mapping[str, str]:
+        """The namespaces, the mounts and the exact bubblewrap command line."""
+        spec = self._spec
+        namespaces = ["pid", "ipc", "uts", "mount"]
+        if spec.netns_path is not None:
+            network = f"joined {spec.netns_path}"
+        elif spec.options.host_network:
+            network = "host"
+        else:
+            network = "new (loopback only)"
+            namespaces.append("net")
+        if os.geteuid() != 0:
+            namespaces.append("user")
+        mounts = (
+            "; ".join(f"{m.type} {m.source} -> {m.target} {','.join(m.options)}".rstrip()
+                      for m in spec.rootfs)
+            if spec.rootfs
+            else "host / read-only; /proc; /dev; tmpfs /tmp"
+        )  # fmt: skip
+        return {
+            "namespaces": ",".join(namespaces),
+            "network": network,
+            "hostname": spec.options.hostname or default_hostname(spec.sandbox_id),
+            "mounts": mounts,
+            "bwrap_command": shlex.join(self._command),
+            "bwrap_pid": str(self._process.pid),
+            "log": self._log,
+        }
+
+    @property
+    def usage_blocks(self) -> bool:
+        return True
+
+    def usage(self) -> tuple[int, int, int]:
+        """Summed over the live processes of the sandbox's pid namespace."""
+        namespace = self._namespace
+        if namespace is None:
+            return (0, 0, 0)
+        return proc_usage(lambda pid, _fields: _pid_namespace(pid) == namespace)
+
+
+def _valid_hostname(name: str) -> bool:
+    return (
+        0 < len(name) <= 64
+        and all(_HOSTNAME_LABEL.fullmatch(label) for label in name.split("."))
+    )  # fmt: skip
+
+
+def _check_mount(index: int, mount: Mount) -> None:
+    where = f"rootfs[{index}]"
+    if mount.type not in MOUNT_TYPES:
+        raise InvalidArgument(
+            f"{where}: unknown mount type {mount.type!r} (known: {', '.join(MOUNT_TYPES)})"
+        )
+    if not os.path.isabs(mount.target) or "\0" in mount.target:
+        raise InvalidArgument(f"{where}: target {mount.target!r} is not an absolute path")
+    if mount.type == "bind":
+        unknown = [o for o in mount.options if o not in BIND_OPTIONS]
+        if unknown:
+            raise InvalidArgument(
+                f"{where}: unknown bind option {unknown[0]!r} (known: ro, rw, bind, rbind)"
+            )
+        if "ro" in mount.options and "rw" in mount.options:
+            raise InvalidArgument(f"{where}: options 'ro' and 'rw' contradict each other")
+        if not os.path.exists(mount.source):
+            raise InvalidArgument(f"{where}: source {mount.source!r} does not exist")
+    elif mount.options:
+        raise InvalidArgument(
+            f"{where}: a {mount.type} mount takes no options, got {list(mount.options)}"
+        )
+
+
+def _mount_options(rootfs: Sequence[Mount]) -> list[str]:
+    if not rootfs:
+        return [
+            "--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
+        ]  # fmt: skip
+    options: list[str] = []
+    for mount in rootfs:
+        if mount.type == "bind":
+            flag = "--bind" if "rw" in mount.options else "--ro-bind"
+            options += [flag, mount.source, mount.target]
+        else:
+            options += [f"--{mount.type}", mount.target]
+    return options
+
+
+def _host_path(rootfs: Sequence[Mount], inside: str) -> str | None:
+    """Where ``inside`` (a path in the sandbox) lies on the host, through the bind mount
+    that covers it last; None when no bind mount does."""
+    found = None
+    for mount in rootfs:
+        target = mount.target.rstrip("/") or "/"
+        if inside == target or inside.startswith(target.rstrip("/") + "/"):
+            found = None if mount.type != "bind" else (mount, target)
+    if found is None:
+        return None
+    mount, target = found
+    rest = inside[len(target) :].lstrip("/") if target != "/" else inside.lstrip("/")
+    return os.path.join(mount.source, rest)
+
+
+def _check_command_in_rootfs(command: Sequence[str], path: str, rootfs: Sequence[Mount]) -> None:
+    if not command or not command[0]:
+        raise InvalidArgument("options.command: must be a non-empty list of text")
+    argv0 = command[0]
+    candidates = [argv0] if "/" in argv0 else [f"{d.rstrip('/')}/{argv0}" for d in path.split(":")]
+    for inside in candidates:
+        if not inside.startswith("/"):
+            continue
+        host = _host_path(rootfs, inside)
+        if host is not None and os.path.isfile(host) and os.access(host, os.X_OK):
+            return
+    raise InvalidArgument(
+        f"options.command: executable {argv0!r} is not found in the sandbox's rootfs (PATH {path})"
+    )
