@@ -4,7 +4,8 @@ Theory of operation.  Start runs ``bwrap`` (outside, in a session of its own, li
 ``process`` backend's init) with new pid, ipc, uts and mount namespaces, a new network
 namespace holding only ``lo`` unless the sandbox joins one (``netns_path``, through
 ``nsenter``) or asks for the host's (``options.host_network``), and a new user namespace when
-the daemon is not root.  Inside the new pid namespace bwrap's own init is pid 1 and the
+the daemon is not root (as root, every capability is dropped instead).  Inside the new pid
+namespace bwrap's own init is pid 1 and the
 sandbox's command runs under it; ``--info-fd`` tells us pid 1's host pid, which is the pid
 the sandbox reports.  When the command exits, bwrap's init ends with its status (128+N for
 death by signal N), and so does the outer bwrap, whose exit is what we watch.
@@ -172,7 +173,9 @@ class BwrapBackend:
         if spec.netns_path is None and not options.host_network:
             line.append("--unshare-net")
         if os.geteuid() != 0:
-            line.append("--unshare-user")
+            line.append("--unshare-user")  # bwrap then drops every capability itself
+        else:
+            line += ["--cap-drop", "ALL"]  # root inside, but with no capabilities
         line += ["--new-session", "--info-fd", str(info_fd)]
         line += ["--hostname", options.hostname or default_hostname(spec.sandbox_id)]
         line += _mount_options(spec.rootfs)
