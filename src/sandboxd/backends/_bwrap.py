@@ -212,6 +212,8 @@ class BwrapBackend:
                 init_pid = await _read_init_pid(info_r, process, spec.sandbox_id)
                 if ready is not None:
                     await ready.wait(process, spec.sandbox_id)
+                else:
+                    await _await_command(init_pid, process)
         finally:
             os.close(info_r)
         watch(nursery, process, on_exit, spec.sandbox_id)
@@ -243,6 +245,39 @@ async def _read_init_pid(fd: int, process: trio.Process, sandbox_id: str) -> int
         f"cannot start sandbox {sandbox_id}: bubblewrap failed to set up the sandbox "
         f"(exit status {status}; its message is in the sandbox's log)"
     )
+
+
+async def _await_command(init_pid: int, process: trio.Process) -> None:
+    """Return once the sandbox's command runs in the namespace (bwrap reports the
+    namespace's init before it has set up the mounts and started the command; a Stop in that
+    window would find nothing to signal).  Also returns if the sandbox ended first.
+
+    The kernel announces another process's exec to nobody but a netlink listener, so this
+    looks at /proc every millisecond; it takes a few, at most :data:`SETUP_TIMEOUT`.
+    """
+    bwrap_exe = _exe(init_pid)
+    with trio.move_on_after(SETUP_TIMEOUT):
+        while process.poll() is None:
+            for child in _children(init_pid):
+                exe = _exe(child)
+                if exe is not None and exe != bwrap_exe:
+                    return
+            await trio.sleep(0.001)
+
+
+def _exe(pid: int) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return None
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(c) for c in f.read().split()]
+    except OSError:
+        return []
 
 
 async def _kill_outer(process: trio.Process) -> None:
