@@ -82,12 +82,15 @@ def test_the_sync_client_example_runs(daemon: dict[str, str]) -> None:
     assert lines[2:] == ["137", "refused: FAILED_PRECONDITION"]
 
 
-def test_every_python_example_is_tested() -> None:
+def test_every_example_is_tested() -> None:
     assert len(blocks("python")) == 2
+    # quick start (CI runs tools/test; tests/test_demo.py runs tools/demo's script), the
+    # daemon (tests/test_serve_cli.py), sandboxctl and bwrap (above).
+    assert len(blocks("sh")) == 4
 
 
 def test_the_sandboxctl_example_runs(daemon: dict[str, str]) -> None:
-    (script,) = [b for b in blocks("sh") if "sandboxctl run" in b]
+    (script,) = [b for b in blocks("sh") if "sandboxctl run web1" in b]
     outputs = []
     for line in script.splitlines():
         command = shlex.split(line, comments=True)
@@ -106,3 +109,19 @@ def test_the_sandboxctl_example_runs(daemon: dict[str, str]) -> None:
     assert listing.splitlines()[0].split()[:3] == ["SANDBOX", "ID", "STATE"]
     assert "web1" in listing
     assert wait.strip() == "143"
+
+
+def test_the_bwrap_example_runs(daemon: dict[str, str]) -> None:
+    (script,) = [b for b in blocks("sh") if "--sandboxer bwrap" in b]
+    env = {**daemon, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    proc = subprocess.run(
+        ["bash", "-ec", script], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    # The last command printed box2's exit status: touch failed on the read-only view.
+    assert proc.stdout.split()[-1] == "1"
+    out = Path("/tmp/box2-out")
+    assert (out / "hostname").read_text() == "box2\n"
+    assert "Read-only file system" in (out / "ro-error").read_text()
+    for sandbox in ("box1", "box2"):
+        subprocess.run([str(BIN / "sandboxctl"), "shutdown", sandbox], env=env, check=True)

@@ -14,7 +14,7 @@ import trio
 from .._paths import default_socket_path, default_state_dir, ensure_private_dir
 from .._version import __version__
 from ..api import CONTROLLER_SERVICE, RUNTIME_SERVICE, controller_service, runtime_service
-from ..backends import Backend, ProcessBackend, SimBackend
+from ..backends import Backend, BwrapBackend, ProcessBackend, SimBackend
 from ..rpc import Server, SocketInUseError
 from ..runtime import DEFAULT_SANDBOXER, Controller
 
@@ -74,8 +74,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 async def _serve(socket_path: str, state_dir: str, sandboxer: str, grace: float) -> None:
+    logs = os.path.join(state_dir, "logs")
     backends: list[Backend] = [
-        ProcessBackend(log_dir=os.path.join(state_dir, "logs")),
+        ProcessBackend(log_dir=logs),
+        BwrapBackend(log_dir=logs),
         SimBackend(),
     ]
     for backend in backends:
