@@ -182,6 +182,7 @@ async def test_watcher_cancelled_leaves_the_process_running() -> None:
         # Nobody watches it any more: reap it here, or its Popen would complain when
         # collected.
         with trio.fail_after(TIMEOUT):
+            assert sandbox._process is not None
             assert await sandbox._process.wait() == -signal.SIGKILL
     assert exits.statuses == []
 

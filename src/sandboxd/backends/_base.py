@@ -7,7 +7,7 @@ sandbox's init process, signals it, measures it, and reports its exit through a 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 import trio
 
@@ -17,6 +17,9 @@ from .._models import Platform, SandboxSpec
 #: or 128+N for death by signal N).  Called from a task of the backend, or synchronously from
 #: inside ``signal``/``cleanup`` (the sim backend does); it must neither block nor raise.
 ExitCallback = Callable[[int], None]
+
+#: The exit status reported when the real one cannot be known (as containerd reports it).
+EXIT_UNKNOWN = 255
 
 
 class SandboxProcess(Protocol):
@@ -42,6 +45,12 @@ class SandboxProcess(Protocol):
 
     def usage(self) -> tuple[int, int, int]:
         """``(cpu_ns, memory_rss_bytes, pids)`` summed over the sandbox's processes."""
+        ...
+
+    def identity(self) -> Mapping[str, Any]:
+        """What, besides :attr:`pid`, tells this sandbox's process apart from a later one
+        that reuses the pid (start times): stored, and given back to :meth:`Backend.adopt`
+        after a restart."""
         ...
 
     @property
@@ -79,4 +88,21 @@ class Backend(Protocol):
 
     def platform(self) -> Platform:
         """The platform sandboxes of this backend run on."""
+        ...
+
+    def adopt(
+        self,
+        spec: SandboxSpec,
+        pid: int,
+        identity: Mapping[str, Any],
+        nursery: trio.Nursery,
+        on_exit: ExitCallback,
+    ) -> SandboxProcess | None:
+        """Take back a sandbox started by an earlier run of the daemon.
+
+        Returns ``None`` unless ``pid`` still runs *and* is the same process (its identity
+        matches: a reused pid is never adopted).  Its exit is then reported through
+        ``on_exit`` with :data:`EXIT_UNKNOWN`, since a process that is not the daemon's
+        child cannot be waited for.  Never blocks for long.
+        """
         ...

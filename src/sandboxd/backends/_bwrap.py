@@ -32,7 +32,7 @@ import signal as _signal
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
-from typing import Final, final
+from typing import Any, Final, final
 
 import trio
 
@@ -47,7 +47,9 @@ from ._process import (
     check_env,
     launch,
     proc_usage,
+    start_time,
     watch,
+    watch_pid,
 )
 
 #: Mount types a rootfs may hold, and the bwrap option each becomes.
@@ -217,7 +219,31 @@ class BwrapBackend:
         finally:
             os.close(info_r)
         watch(nursery, process, on_exit, spec.sandbox_id)
-        return BwrapSandbox(process, init_pid, spec, line, log_path or os.devnull)
+        return BwrapSandbox(process.pid, init_pid, spec, line, log_path or os.devnull)
+
+    def adopt(
+        self,
+        spec: SandboxSpec,
+        pid: int,
+        identity: Mapping[str, Any],
+        nursery: trio.Nursery,
+        on_exit: ExitCallback,
+    ) -> BwrapSandbox | None:
+        """The sandbox whose namespace init is ``pid``, if it still runs with the start time
+        recorded; its end (the namespace's) is reported as EXIT_UNKNOWN."""
+        if pid <= 0 or start_time(pid) != identity.get("init_start_time"):
+            return None
+        if not watch_pid(nursery, pid, on_exit, spec.sandbox_id):
+            return None
+        log = os.path.join(self._log_dir, f"{spec.sandbox_id}.log") if self._log_dir else None
+        outer = identity.get("bwrap_pid")
+        outer_alive = isinstance(outer, int) and start_time(outer) == identity.get(
+            "bwrap_start_time"
+        )
+        outer_pid = outer if outer_alive and isinstance(outer, int) else 0
+        command = identity.get("command")
+        line = command if isinstance(command, list) else []
+        return BwrapSandbox(outer_pid, pid, spec, [str(a) for a in line], log or os.devnull)
 
 
 async def _read_init_pid(fd: int, process: trio.Process, sandbox_id: str) -> int:
@@ -298,18 +324,30 @@ def _pid_namespace(pid: int) -> str | None:
 class BwrapSandbox:
     """A started bwrap sandbox: the outer bwrap we watch, and the namespace's init."""
 
-    __slots__ = ("_command", "_killed", "_log", "_namespace", "_process", "_spec", "init_pid")
+    __slots__ = (
+        "_command",
+        "_init_start",
+        "_killed",
+        "_log",
+        "_namespace",
+        "_outer_pid",
+        "_outer_start",
+        "_spec",
+        "init_pid",
+    )
 
     def __init__(
         self,
-        process: trio.Process,
+        outer_pid: int,
         init_pid: int,
         spec: SandboxSpec,
         command: list[str],
         log: str,
     ) -> None:
-        self._process = process
+        self._outer_pid = outer_pid
         self.init_pid = init_pid
+        self._init_start = start_time(init_pid)
+        self._outer_start = start_time(outer_pid) if outer_pid > 0 else None
         self._spec = spec
         self._command = command
         self._log = log
@@ -350,8 +388,9 @@ class BwrapSandbox:
         if not self._killed:
             self.signal(_signal.SIGKILL)
             self._killed = True
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self._process.pid, _signal.SIGKILL)
+            if self._outer_pid > 0:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self._outer_pid, _signal.SIGKILL)
 
     def info(self) -> Mapping[str, str]:
         """The namespaces, the mounts and the exact bubblewrap command line."""
@@ -378,8 +417,16 @@ class BwrapSandbox:
             "hostname": spec.options.hostname or default_hostname(spec.sandbox_id),
             "mounts": mounts,
             "bwrap_command": shlex.join(self._command),
-            "bwrap_pid": str(self._process.pid),
+            "bwrap_pid": str(self._outer_pid),
             "log": self._log,
+        }
+
+    def identity(self) -> Mapping[str, Any]:
+        return {
+            "init_start_time": self._init_start,
+            "bwrap_pid": self._outer_pid,
+            "bwrap_start_time": self._outer_start,
+            "command": self._command,
         }
 
     @property

@@ -22,13 +22,13 @@ import signal as _signal
 import subprocess
 import sys
 from collections.abc import Callable, Mapping
-from typing import Final, final
+from typing import Any, Final, final
 
 import trio
 
 from .._errors import FailedPrecondition, InvalidArgument
 from .._models import Platform, SandboxSpec, check_sandbox_id
-from ._base import ExitCallback
+from ._base import EXIT_UNKNOWN, ExitCallback
 from ._platform import host_platform
 
 #: The PATH a sandbox gets when its env has none, as OCI runtimes set it.
@@ -155,7 +155,25 @@ class ProcessBackend:
             if ready is not None:
                 await ready.wait(process, spec.sandbox_id)
         watch(nursery, process, on_exit, spec.sandbox_id)
-        return ProcessSandbox(process, shlex.join(argv), cwd, log_path or os.devnull)
+        return ProcessSandbox(process.pid, shlex.join(argv), cwd, log_path or os.devnull, process)
+
+    def adopt(
+        self,
+        spec: SandboxSpec,
+        pid: int,
+        identity: Mapping[str, Any],
+        nursery: trio.Nursery,
+        on_exit: ExitCallback,
+    ) -> ProcessSandbox | None:
+        """The sandbox whose init is ``pid``, if that process still runs with the start
+        time recorded (see :meth:`Backend.adopt`)."""
+        if start_time(pid) != identity.get("start_time") or pid <= 0:
+            return None
+        if not watch_pid(nursery, pid, on_exit, spec.sandbox_id):
+            return None
+        log = os.path.join(self._log_dir, f"{spec.sandbox_id}.log") if self._log_dir else None
+        command = shlex.join(spec.options.command or ("<pause>",))
+        return ProcessSandbox(pid, command, spec.options.cwd or "/", log or os.devnull)
 
 
 class ReadyPipe:
@@ -235,6 +253,39 @@ async def launch(
     return process, log_path
 
 
+def start_time(pid: int) -> int | None:
+    """When ``pid`` started, in clock ticks after boot; None when it is gone or a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    fields = data[data.rfind(b")") + 2 :].split()
+    if fields[0] in (b"Z", b"X"):
+        return None
+    return int(fields[19])
+
+
+def watch_pid(nursery: trio.Nursery, pid: int, on_exit: ExitCallback, sandbox_id: str) -> bool:
+    """Report the end of ``pid`` -- not our child, so its status is unknown -- as
+    :data:`EXIT_UNKNOWN`, from a task in ``nursery`` waiting on a pidfd.  False if ``pid``
+    is already gone."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return False
+    nursery.start_soon(_watch_pidfd, pidfd, on_exit, name=f"sandboxd: watch sandbox {sandbox_id}")
+    return True
+
+
+async def _watch_pidfd(pidfd: int, on_exit: ExitCallback) -> None:
+    try:
+        await trio.lowlevel.wait_readable(pidfd)
+    finally:
+        os.close(pidfd)
+    on_exit(EXIT_UNKNOWN)
+
+
 def watch(
     nursery: trio.Nursery, process: trio.Process, on_exit: ExitCallback, sandbox_id: str
 ) -> None:
@@ -300,10 +351,15 @@ async def _watch(process: trio.Process, on_exit: ExitCallback) -> None:
 class ProcessSandbox:
     """A started sandbox of the process backend: a process group led by :attr:`pid`."""
 
-    __slots__ = ("_command", "_cwd", "_killed", "_log", "_process")
+    __slots__ = ("_command", "_cwd", "_killed", "_log", "_pid", "_process", "_start_time")
 
-    def __init__(self, process: trio.Process, command: str, cwd: str, log: str) -> None:
+    def __init__(
+        self, pid: int, command: str, cwd: str, log: str, process: trio.Process | None = None
+    ) -> None:
+        self._pid = pid
+        # Our child (None when adopted after a restart): kept so it can still be reaped.
         self._process = process
+        self._start_time = start_time(pid)
         self._command = command
         self._cwd = cwd
         self._log = log
@@ -312,7 +368,7 @@ class ProcessSandbox:
     @property
     def pid(self) -> int:
         """The init process's pid, which is also the sandbox's process group id."""
-        return self._process.pid
+        return self._pid
 
     def signal(self, signum: int) -> None:
         """Send ``signum`` to every process of the group; nothing once the group is gone or
@@ -341,6 +397,10 @@ class ProcessSandbox:
     def usage_blocks(self) -> bool:
         """True: :meth:`usage` scans /proc (it is safe to call from a worker thread)."""
         return True
+
+    def identity(self) -> Mapping[str, Any]:
+        """The init's start time (clock ticks after boot, /proc/<pid>/stat field 22)."""
+        return {"start_time": self._start_time}
 
     def usage(self) -> tuple[int, int, int]:
         """``(cpu_ns, memory_rss_bytes, pids)`` summed over the live members of the process

@@ -172,6 +172,17 @@ class SimBackend:
 
     # -- test hooks --------------------------------------------------------------------------
 
+    def adopt(
+        self,
+        spec: SandboxSpec,
+        pid: int,
+        identity: Mapping[str, Any],
+        nursery: trio.Nursery,
+        on_exit: ExitCallback,
+    ) -> None:
+        """Simulated processes end with the daemon that simulated them: never adopted."""
+        return None
+
     def exit(self, pid: int, status: int) -> None:
         """Make the running sim process ``pid`` exit now with ``status`` (0..255); its
         ``on_exit`` is called before this returns.  LookupError if it is not running."""
@@ -263,6 +274,9 @@ class SimProcess:
     def usage_blocks(self) -> bool:
         """False: :meth:`usage` reads nothing, call it on the event loop."""
         return False
+
+    def identity(self) -> Mapping[str, Any]:
+        return {}
 
     def usage(self) -> tuple[int, int, int]:
         """``(0, 0, 1)`` while running, ``(0, 0, 0)`` after."""

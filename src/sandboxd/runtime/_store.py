@@ -1,0 +1,246 @@
+"""Durable sandbox records: SQLite in the state directory, written from a worker thread.
+
+One row per sandbox, rewritten whole after every step of its actor that changed it and
+before any caller hears of the change; deleted when the sandbox is gone.  Writes go through
+one worker thread, in the order they were asked for, so the event loop never waits on the
+disk and a record is never overtaken by an older one.  The database runs in WAL mode with
+``synchronous=FULL``: a row that was acknowledged survives a crash of the daemon or the
+machine.
+
+A database that cannot be opened or read, or that fails SQLite's integrity check, stops the
+daemon at start (:class:`StoreCorrupt`); it is never replaced.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any, Final, final
+
+import attrs
+import trio
+
+from .._errors import ResourceExhausted, Unavailable
+from .._models import Mount, SandboxOptions, SandboxSpec
+
+DATABASE_NAME: Final = "sandboxd.db"
+_SCHEMA_VERSION: Final = 1
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS sandboxes (
+    sandbox_id TEXT PRIMARY KEY,
+    record TEXT NOT NULL
+);
+"""
+
+
+class StoreCorrupt(Exception):
+    """The state database cannot be used; the message says which file and why."""
+
+
+@final
+@attrs.frozen(slots=True)
+class SandboxRecord:
+    """Everything that must survive a restart about one sandbox."""
+
+    spec: SandboxSpec
+    phase: str
+    created_at: datetime
+    pid: int = 0
+    #: What identifies the running process beyond its pid (start times), from the backend.
+    identity: Mapping[str, Any] = attrs.field(factory=dict)
+    started_at: datetime | None = None
+    exited_at: datetime | None = None
+    exit_status: int | None = None
+    #: False when the exit status is a stand-in (255): the process ended unobserved.
+    exit_known: bool = True
+    #: Wall-clock time of a pending SIGKILL of a Stop in progress, as epoch seconds.
+    kill_at: float | None = None
+
+
+def _time(value: datetime | None) -> float | None:
+    return None if value is None else value.timestamp()
+
+
+def _from_time(value: float | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value, UTC)
+
+
+def encode_record(record: SandboxRecord) -> str:
+    spec = record.spec
+    options = spec.options
+    document = {
+        "spec": {
+            "sandbox_id": spec.sandbox_id,
+            "sandboxer": spec.sandboxer,
+            "options": {
+                "command": None if options.command is None else list(options.command),
+                "env": dict(options.env),
+                "cwd": options.cwd,
+                "hostname": options.hostname,
+                "host_network": options.host_network,
+                "sim": None if options.sim is None else dict(options.sim),
+            },
+            "rootfs": [
+                {
+                    "type": m.type,
+                    "source": m.source,
+                    "target": m.target,
+                    "options": list(m.options),
+                }
+                for m in spec.rootfs
+            ],
+            "netns_path": spec.netns_path,
+            "annotations": dict(spec.annotations),
+            "labels": dict(spec.labels),
+        },
+        "phase": record.phase,
+        "created_at": _time(record.created_at),
+        "pid": record.pid,
+        "identity": dict(record.identity),
+        "started_at": _time(record.started_at),
+        "exited_at": _time(record.exited_at),
+        "exit_status": record.exit_status,
+        "exit_known": record.exit_known,
+        "kill_at": record.kill_at,
+    }
+    return json.dumps(document, sort_keys=True)
+
+
+def decode_record(text: str) -> SandboxRecord:
+    document = json.loads(text)
+    spec = document["spec"]
+    created_at = _from_time(document["created_at"])
+    assert created_at is not None
+    return SandboxRecord(
+        spec=SandboxSpec(
+            sandbox_id=spec["sandbox_id"],
+            sandboxer=spec["sandboxer"],
+            options=SandboxOptions(**spec["options"]),
+            rootfs=[Mount(**m) for m in spec["rootfs"]],
+            netns_path=spec["netns_path"],
+            annotations=spec["annotations"],
+            labels=spec["labels"],
+        ),
+        phase=document["phase"],
+        created_at=created_at,
+        pid=document["pid"],
+        identity=document["identity"],
+        started_at=_from_time(document["started_at"]),
+        exited_at=_from_time(document["exited_at"]),
+        exit_status=document["exit_status"],
+        exit_known=document["exit_known"],
+        kill_at=document["kill_at"],
+    )
+
+
+def _write_error(exc: sqlite3.Error) -> Exception:
+    text = str(exc)
+    if "full" in text:
+        return ResourceExhausted(f"the state database refused the write: {text}")
+    return Unavailable(f"the state database refused the write: {text}")
+
+
+@final
+class SandboxStore:
+    """The sandbox records of one state directory.
+
+    :meth:`open` (blocking: call it before the event loop serves anyone) checks the
+    database; :meth:`load` reads every record; :meth:`put` and :meth:`delete` return once
+    the change is on disk, raising RESOURCE_EXHAUSTED (disk full) or UNAVAILABLE (any other
+    refusal) when it could not be written: then nothing was changed.  Cancelling a write
+    does not undo it: it completes in the worker thread.
+    """
+
+    def __init__(self, connection: sqlite3.Connection, path: str) -> None:
+        self._db = connection
+        self.path = path
+        self._lock = threading.Lock()
+        self._limiter = trio.CapacityLimiter(1)
+
+    @classmethod
+    def open(cls, state_dir: str | os.PathLike[str]) -> SandboxStore:
+        """Open (or create) the database in ``state_dir``; :class:`StoreCorrupt` if unusable."""
+        path = os.path.join(os.fspath(state_dir), DATABASE_NAME)
+        try:
+            db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StoreCorrupt(f"cannot open the state database {path}: {exc}") from None
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            (check,) = db.execute("PRAGMA quick_check").fetchone()
+            if check != "ok":
+                raise StoreCorrupt(f"the state database {path} is corrupt: {check}")
+            db.executescript(_SCHEMA)
+            row = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+            if row is None:
+                db.execute(
+                    "INSERT INTO meta (key, value) VALUES ('schema', ?)", (str(_SCHEMA_VERSION),)
+                )
+            elif row[0] != str(_SCHEMA_VERSION):
+                raise StoreCorrupt(
+                    f"the state database {path} has schema {row[0]}; this sandboxd reads "
+                    f"schema {_SCHEMA_VERSION}"
+                )
+        except sqlite3.Error as exc:
+            db.close()
+            raise StoreCorrupt(f"the state database {path} is unreadable: {exc}") from None
+        except StoreCorrupt:
+            db.close()
+            raise
+        return cls(db, path)
+
+    def load(self) -> list[SandboxRecord]:
+        """Every record (blocking; at start).  A record that does not decode is
+        :class:`StoreCorrupt`."""
+        records = []
+        try:
+            rows = self._db.execute("SELECT sandbox_id, record FROM sandboxes").fetchall()
+        except sqlite3.Error as exc:
+            raise StoreCorrupt(f"the state database {self.path} is unreadable: {exc}") from None
+        for sandbox_id, text in rows:
+            try:
+                records.append(decode_record(text))
+            except (ValueError, KeyError, TypeError) as exc:
+                raise StoreCorrupt(
+                    f"the state database {self.path} holds an unreadable record for "
+                    f"{sandbox_id!r}: {exc}"
+                ) from None
+        return records
+
+    def _put(self, sandbox_id: str, text: str) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO sandboxes (sandbox_id, record) VALUES (?, ?) "
+                "ON CONFLICT (sandbox_id) DO UPDATE SET record = excluded.record",
+                (sandbox_id, text),
+            )
+
+    def _delete(self, sandbox_id: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM sandboxes WHERE sandbox_id = ?", (sandbox_id,))
+
+    async def put(self, record: SandboxRecord) -> None:
+        text = encode_record(record)
+        try:
+            await trio.to_thread.run_sync(
+                self._put, record.spec.sandbox_id, text, limiter=self._limiter
+            )
+        except sqlite3.Error as exc:
+            raise _write_error(exc) from None
+
+    async def delete(self, sandbox_id: str) -> None:
+        try:
+            await trio.to_thread.run_sync(self._delete, sandbox_id, limiter=self._limiter)
+        except sqlite3.Error as exc:
+            raise _write_error(exc) from None
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
