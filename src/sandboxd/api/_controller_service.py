@@ -1,7 +1,8 @@
 """``sandboxd.v1.Controller``: the Controller contract bound to RPC methods.
 
-Queries (Create, Status, Platform, Ping, List) are answered inline by the connection's reader:
-no task per call.  Calls that wait on a sandbox (Start, Stop, Wait, Shutdown) and Metrics,
+Queries (Status, Platform, Ping, List) are answered inline by the connection's reader: no
+task per call.  Create (which may write to the store), calls that wait on a sandbox (Start,
+Stop, Wait, Shutdown) and Metrics,
 which reads /proc in a worker thread, run in a task of their own under the caller's deadline;
 Events is a server stream, subscribed as its request is read.
 """
@@ -52,8 +53,8 @@ _EMPTY: Final[Mapping[str, Any]] = {}
 def controller_service(controller: Controller) -> dict[str, Method]:
     """The methods of ``sandboxd.v1.Controller``, served by ``controller``."""
 
-    def create(msg: Message, ctx: CallContext) -> Mapping[str, Any]:
-        return {"sandbox_id": controller.create_nowait(**create_request(msg))}
+    async def create(msg: Message, ctx: CallContext) -> Mapping[str, Any]:
+        return {"sandbox_id": await controller.create(**create_request(msg))}
 
     async def start(msg: Message, ctx: CallContext) -> Mapping[str, Any]:
         return instance_message(await controller.start(id_request(msg, "Start")))
@@ -117,7 +118,7 @@ def controller_service(controller: Controller) -> dict[str, Method]:
                 await stream.send(event_message(event))
 
     return {
-        "Create": inline(create),
+        "Create": unary(create),
         "Start": unary(start),
         "Platform": inline(platform),
         "Stop": unary(stop),

@@ -5,13 +5,14 @@
 - :class:`SimBackend` (``"sim"``): simulated processes, for fuzzing lifecycle orderings.
 """
 
-from ._base import Backend, ExitCallback, SandboxProcess
+from ._base import EXIT_UNKNOWN, Backend, ExitCallback, SandboxProcess
 from ._bwrap import BwrapBackend
 from ._platform import host_platform
 from ._process import ProcessBackend
 from ._sim import SimBackend
 
 __all__ = [
+    "EXIT_UNKNOWN",
     "Backend",
     "BwrapBackend",
     "ExitCallback",

@@ -16,7 +16,7 @@ from .._version import __version__
 from ..api import CONTROLLER_SERVICE, RUNTIME_SERVICE, controller_service, runtime_service
 from ..backends import Backend, BwrapBackend, ProcessBackend, SimBackend
 from ..rpc import Server, SocketInUseError
-from ..runtime import DEFAULT_SANDBOXER, Controller
+from ..runtime import DEFAULT_SANDBOXER, Controller, SandboxStore, StoreCorrupt
 
 log = logging.getLogger("sandboxd")
 
@@ -50,8 +50,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--state-dir",
         default=None,
-        help="directory for the daemon's state and sandbox logs (default: $SANDBOXD_STATE_DIR,"
-        " else /var/lib/sandboxd for root, else $XDG_STATE_HOME/sandboxd)",
+        help="directory for the sandbox records (sandboxd.db, SQLite) and sandbox logs "
+        "(default: $SANDBOXD_STATE_DIR, else /var/lib/sandboxd for root, else "
+        "$XDG_STATE_HOME/sandboxd)",
     )
     serve.add_argument(
         "--default-sandboxer",
@@ -73,7 +74,9 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def _serve(socket_path: str, state_dir: str, sandboxer: str, grace: float) -> None:
+async def _serve(
+    socket_path: str, state_dir: str, sandboxer: str, grace: float, store: SandboxStore
+) -> None:
     logs = os.path.join(state_dir, "logs")
     backends: list[Backend] = [
         ProcessBackend(log_dir=logs),
@@ -89,7 +92,7 @@ async def _serve(socket_path: str, state_dir: str, sandboxer: str, grace: float)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             controller: Controller = await nursery.start(
-                Controller(backends, default_sandboxer=sandboxer).run
+                Controller(backends, default_sandboxer=sandboxer, store=store).run
             )
             server = Server(
                 {
@@ -130,15 +133,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         print(f"sandboxd: {exc}", file=sys.stderr)
         return 1
+    try:
+        store = SandboxStore.open(state_dir)
+    except StoreCorrupt as exc:
+        print(f"sandboxd: {exc}", file=sys.stderr)
+        print(
+            "sandboxd: refusing to start: the state database is never replaced.  Move it "
+            "aside (and the sandboxes it held are forgotten) or restore it from a backup.",
+            file=sys.stderr,
+        )
+        return 1
     failure: str | None = None
     try:
-        trio.run(_serve, socket_path, state_dir, args.default_sandboxer, args.grace)
+        trio.run(_serve, socket_path, state_dir, args.default_sandboxer, args.grace, store)
     except* SocketInUseError as group:
         in_use = group.exceptions[0]
         assert isinstance(in_use, SocketInUseError)
         failure = f"{in_use.strerror}: {in_use.filename}"
     except* OSError as group:
         failure = f"cannot listen on {socket_path}: {group.exceptions[0]}"
+    finally:
+        store.close()
     if failure is not None:
         print(f"sandboxd: {failure}", file=sys.stderr)
         return 1

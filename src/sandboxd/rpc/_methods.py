@@ -32,6 +32,17 @@ class MethodKind(enum.Enum):
 
 @final
 @attrs.frozen(slots=True)
+class PeerCredentials:
+    """Who is at the other end of a connection, as the kernel saw it when the peer connected
+    (``SO_PEERCRED``)."""
+
+    pid: int
+    uid: int
+    gid: int
+
+
+@final
+@attrs.frozen(slots=True)
 class CallContext:
     """What a handler may know about the call it serves."""
 
@@ -41,6 +52,8 @@ class CallContext:
     metadata: Mapping[str, Sequence[str]]
     #: trio clock time by which the caller wants the answer; ``math.inf`` when none.
     deadline: float = math.inf
+    #: The connection's peer, read once when it connected; ``None`` when not known.
+    peer: PeerCredentials | None = None
 
 
 class MessageSender(Protocol):

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import grp
 import os
 import secrets
 import socket
 import stat
+import struct
+from typing import Final
 
 import trio
 
 from ..wire import Unavailable
+from ._methods import PeerCredentials
 
 _SUN_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) - 1 on Linux
+_UCRED: Final = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
 class SocketInUseError(OSError):
@@ -35,10 +40,39 @@ def _probe_live(path: str) -> bool:
     return True
 
 
-def bind_unix(path: str, backlog: int = 512) -> tuple[socket.socket, int]:
+def group_id(group: int | str) -> int:
+    """The gid of ``group``, a group name or a gid; :class:`LookupError` if there is none."""
+    try:
+        return grp.getgrgid(group).gr_gid if isinstance(group, int) else grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise LookupError(f"unknown group {group!r}") from None
+
+
+def group_can_enter(directory: str, gid: int) -> bool:
+    """Whether members of group ``gid`` (not the owner, not root) may search ``directory``."""
+    st = os.stat(directory)
+    if st.st_gid == gid:
+        return bool(st.st_mode & stat.S_IXGRP)
+    return bool(st.st_mode & stat.S_IXOTH)
+
+
+def peer_credentials(sock: socket.socket) -> PeerCredentials:
+    """The pid, uid and gid of the process that connected ``sock`` (``SO_PEERCRED``).
+
+    One ``getsockopt``; the kernel recorded them at ``connect`` time.
+    """
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+    pid, uid, gid = _UCRED.unpack(raw)
+    return PeerCredentials(pid, uid, gid)
+
+
+def bind_unix(
+    path: str, backlog: int = 512, *, group: int | None = None
+) -> tuple[socket.socket, int]:
     """A listening socket at ``path``, mode 0600, and the inode it was created with.
 
-    The socket is bound under a temporary name, restricted, then renamed into place, so it is
+    With ``group`` (a gid), the socket belongs to that group and has mode 0660 instead.  The
+    socket is bound under a temporary name, restricted, then renamed into place, so it is
     never reachable with looser permissions.  A stale socket (nobody listening) is replaced;
     a live one raises :class:`SocketInUseError`; a path that is not a socket is never removed.
     """
@@ -70,6 +104,9 @@ def bind_unix(path: str, backlog: int = 512) -> tuple[socket.socket, int]:
         finally:
             os.umask(old_umask)
         os.chmod(tmp, 0o600)
+        if group is not None:
+            os.chown(tmp, -1, group)
+            os.chmod(tmp, 0o660)
         sock.listen(backlog)
         if tmp != path:
             os.rename(tmp, path)

@@ -22,6 +22,7 @@ from ._lifecycle import (
     decide,
     mermaid_diagram,
 )
+from ._store import SandboxRecord, SandboxStore, StoreCorrupt
 
 __all__ = [
     "CALLS",
@@ -37,6 +38,9 @@ __all__ = [
     "LifecycleError",
     "Phase",
     "Refusal",
+    "SandboxRecord",
+    "SandboxStore",
+    "StoreCorrupt",
     "Subscription",
     "Transition",
     "decide",

@@ -13,6 +13,7 @@ import collections
 import logging
 import math
 import signal
+import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, final
 
@@ -28,8 +29,9 @@ from .._models import (
     SandboxSpec,
     SandboxStatus,
 )
-from ..backends import Backend, SandboxProcess
+from ..backends import EXIT_UNKNOWN, Backend, SandboxProcess
 from ._lifecycle import Effect, Input, Phase, decide
+from ._store import SandboxRecord
 
 if TYPE_CHECKING:
     from ._controller import Controller
@@ -92,6 +94,8 @@ class SandboxActor:
         "_backend",
         "_controller",
         "_current",
+        "_dirty",
+        "_held",
         "_kill_deadline",
         "_mailbox",
         "_shutdown_parked",
@@ -100,6 +104,7 @@ class SandboxActor:
         "_wait_parked",
         "_wake",
         "created_at",
+        "exit_known",
         "exit_status",
         "exited_at",
         "phase",
@@ -117,6 +122,8 @@ class SandboxActor:
         self.started_at: datetime | None = None
         self.exited_at: datetime | None = None
         self.exit_status: int | None = None
+        #: False when exit_status is a stand-in: the process ended unobserved (a restart).
+        self.exit_known = True
         self.process: SandboxProcess | None = None
         self._backend = backend
         self._controller = controller
@@ -131,6 +138,9 @@ class SandboxActor:
         self._wait_parked: list[Reply] | None = None
         self._stop_parked: list[Reply] | None = None
         self._shutdown_parked: list[Reply] | None = None
+        # With a store: answers held until the step that produced them is on disk.
+        self._held: list[tuple[Reply, Any, BaseException | None]] = []
+        self._dirty = False
 
     @property
     def sandbox_id(self) -> str:
@@ -149,6 +159,12 @@ class SandboxActor:
         info = {"sandboxer": self.spec.sandboxer}
         if self.exit_status is not None:
             info["exit_status"] = str(self.exit_status)
+            if not self.exit_known:
+                info["exit_status_known"] = "false"
+                info["exit_status_note"] = (
+                    "the process ended while sandboxd was not watching it (a restart); "
+                    "its real exit status is unknown and 255 stands for it"
+                )
         if self.started_at is not None:
             info["started_at"] = self.started_at.isoformat()
         if verbose and self.process is not None:
@@ -199,6 +215,8 @@ class SandboxActor:
         """
         mailbox = self._mailbox
         try:
+            if self._dirty:
+                await self._commit()
             while self.phase is not Phase.GONE:
                 if not mailbox:
                     self._wake = trio.Event()
@@ -218,13 +236,111 @@ class SandboxActor:
                         self._apply(input, arg, reply)
                     # Whatever the step changed, the next query sees it.
                     self._snapshot = None
+                if self._held or self._dirty:
+                    await self._commit()
         finally:
             self._abandon_all()
+
+    async def _commit(self) -> None:
+        """Write the sandbox's record if a step changed it, then give the held answers.
+
+        If the write fails, every answer of those steps that would have said "done" says
+        instead that the change could not be recorded; the record stays dirty and is
+        written again at the next step.
+        """
+        store = self._controller.store
+        held, self._held = self._held, []
+        failure: RPCError | None = None
+        if self._dirty and store is not None:
+            try:
+                if self.phase is Phase.GONE:
+                    await store.delete(self.sandbox_id)
+                else:
+                    await store.put(self.record())
+                self._dirty = False
+            except RPCError as err:
+                log.error("sandbox %s: cannot record its state: %s", self.sandbox_id, err)
+                failure = type(err)(
+                    f"sandbox {self.sandbox_id!r}: done, but not recorded: {err.message}"
+                )
+        for reply, value, error in held:
+            if error is not None:
+                reply.fail(error)
+            elif failure is not None:
+                reply.fail(failure)
+            else:
+                reply.ok(value)
+
+    def record(self) -> SandboxRecord:
+        """What the store keeps of this sandbox."""
+        kill_at = None
+        if self._kill_deadline != math.inf:
+            kill_at = time.time() + (self._kill_deadline - trio.current_time())
+        return SandboxRecord(
+            spec=self.spec,
+            phase=self.phase.value,
+            created_at=self.created_at,
+            pid=self.pid,
+            identity=self.process.identity() if self.process is not None else {},
+            started_at=self.started_at,
+            exited_at=self.exited_at,
+            exit_status=self.exit_status,
+            exit_known=self.exit_known,
+            kill_at=kill_at,
+        )
+
+    def restore(self, record: SandboxRecord, nursery: trio.Nursery) -> bool:
+        """Take up a sandbox recorded by an earlier run; False if it is gone for good.
+
+        A sandbox whose process still runs (same pid, same start time) is adopted in the
+        phase it was in, a Stop or Shutdown in progress resuming; one whose process died
+        meanwhile is ``stopped`` with the stand-in status 255.  The resolved state is
+        written back at the actor's first step.
+        """
+        self.created_at = record.created_at
+        self.started_at = record.started_at
+        self.pid = record.pid
+        phase = Phase(record.phase)
+        if phase in (Phase.CREATED, Phase.STOPPED):
+            self.phase = phase
+            self.exit_status = record.exit_status
+            self.exited_at = record.exited_at
+            self.exit_known = record.exit_known
+            return True
+        self._dirty = True
+        process = self._backend.adopt(
+            self.spec, record.pid, record.identity, nursery, self._adopted_exit
+        )
+        if process is None:
+            if phase is Phase.SHUTTING_DOWN:
+                self.phase = Phase.GONE  # it was being deleted: that is done now
+                return False
+            self.phase = Phase.STOPPED
+            self.exit_status = EXIT_UNKNOWN
+            self.exit_known = False
+            self.exited_at = _now()
+            log.warning("sandbox %s: its process ended while sandboxd was down", self.sandbox_id)
+            return True
+        self.process = process
+        self.phase = phase
+        log.info("sandbox %s: adopted its running process %d", self.sandbox_id, self.pid)
+        if phase is Phase.STOPPING:
+            left = 0.0 if record.kill_at is None else record.kill_at - time.time()
+            self._kill_deadline = trio.current_time() + max(0.0, left)
+        elif phase is Phase.SHUTTING_DOWN:
+            process.signal(_SIGKILL)
+        return True
+
+    def _adopted_exit(self, status: int) -> None:
+        self.post(Input.PROCESS_EXITED, -1 if status == EXIT_UNKNOWN else status)
 
     def _abandon_all(self) -> None:
         gone = Unavailable(f"sandbox {self.sandbox_id!r}: the runtime is closing")
         if self._current is not None and not self._current.event.is_set():
             self._current.fail(gone)
+        for held, _, _ in self._held:
+            held.fail(gone)
+        self._held.clear()
         for _, _, reply in self._mailbox:
             if reply is not None:
                 reply.fail(gone)
@@ -232,6 +348,13 @@ class SandboxActor:
         for parked in (self._wait_parked, self._stop_parked, self._shutdown_parked):
             for reply in parked or ():
                 reply.fail(gone)
+
+    def refuse_mailbox(self, error: BaseException) -> None:
+        """Answer everything posted so far with ``error`` (a Create that failed)."""
+        for _, _, reply in self._mailbox:
+            if reply is not None:
+                reply.fail(error)
+        self._mailbox.clear()
 
     def abandon_waiters(self, error: BaseException) -> None:
         """Answer every parked Wait with ``error`` (the daemon is going away)."""
@@ -242,19 +365,35 @@ class SandboxActor:
 
     # -- effects -----------------------------------------------------------------------------
 
+    def _answer(
+        self, reply: Reply | None, value: Any = None, error: BaseException | None = None
+    ) -> None:
+        """Answer a caller: at once without a store, else once the step is on disk."""
+        if reply is None:
+            return
+        if self._controller.store is None:
+            if error is not None:
+                reply.fail(error)
+            else:
+                reply.ok(value)
+        else:
+            self._held.append((reply, value, error))
+
     def _apply(self, input: Input, arg: Any, reply: Reply | None) -> None:
         try:
             transition = decide(self.sandbox_id, self.phase, input)
         except RPCError as err:
             if reply is not None:
-                reply.fail(err)
+                self._answer(reply, None, err)
             return
         try:
             self._carry_out(transition.effect, transition.next_phase, input, arg, reply)
         except Exception as exc:
             log.exception("sandbox %s: %s failed", self.sandbox_id, input.name)
             if reply is not None and not reply.event.is_set():
-                reply.fail(Internal(f"sandbox {self.sandbox_id!r}: {input.name}: {exc}"))
+                self._answer(
+                    reply, None, Internal(f"sandbox {self.sandbox_id!r}: {input.name}: {exc}")
+                )
 
     def _carry_out(
         self, effect: Effect, next_phase: Phase, input: Input, arg: Any, reply: Reply | None
@@ -262,14 +401,15 @@ class SandboxActor:
         match effect:
             case Effect.REPLY:
                 if reply is not None:
-                    reply.ok(self._exit() if input is Input.WAIT else None)
+                    self._answer(reply, self._exit() if input is Input.WAIT else None)
             case Effect.STOP_UNSTARTED:
                 self._record_exit(0, next_phase)
                 if reply is not None:
-                    reply.ok(None)
+                    self._answer(reply, None)
             case Effect.TERMINATE:
                 grace = self._controller.stop_timeout if arg is None else float(arg)
                 self.phase = next_phase
+                self._dirty = True
                 self._park_stop(reply)
                 self._arm_kill(grace)
             case Effect.JOIN_STOP:
@@ -285,6 +425,7 @@ class SandboxActor:
                 self._record_exit(int(arg), next_phase)
             case Effect.KILL_FOR_SHUTDOWN:
                 self.phase = next_phase
+                self._dirty = True
                 self._kill_deadline = math.inf
                 self._park_shutdown(reply)
                 self._signal(_SIGKILL)
@@ -297,11 +438,11 @@ class SandboxActor:
                 self._record_exit(0, Phase.STOPPED)
                 self._remove()
                 if reply is not None:
-                    reply.ok(None)
+                    self._answer(reply, None)
             case Effect.REMOVE:
                 self._remove()
                 if reply is not None:
-                    reply.ok(None)
+                    self._answer(reply, None)
             case Effect.IGNORE:
                 pass
             case Effect.SPAWN:  # pragma: no cover - START goes through _start
@@ -312,7 +453,7 @@ class SandboxActor:
             transition = decide(self.sandbox_id, self.phase, Input.START)
         except RPCError as err:
             if reply is not None:
-                reply.fail(err)
+                self._answer(reply, None, err)
             return
         assert transition.effect is Effect.SPAWN
         try:
@@ -322,21 +463,29 @@ class SandboxActor:
         except RPCError as err:
             log.warning("sandbox %s: start failed: %s", self.sandbox_id, err.message)
             if reply is not None:
-                reply.fail(err)
+                self._answer(reply, None, err)
             return
         except Exception as exc:
             log.exception("sandbox %s: start failed", self.sandbox_id)
             if reply is not None:
-                reply.fail(FailedPrecondition(f"cannot start sandbox {self.sandbox_id!r}: {exc}"))
+                self._answer(
+                    reply,
+                    None,
+                    FailedPrecondition(f"cannot start sandbox {self.sandbox_id!r}: {exc}"),
+                )
             return
         self.process = process
         self.pid = process.pid
         self.started_at = _now()
         self.phase = transition.next_phase
+        self._dirty = True
         log.info("sandbox %s: started, pid %d", self.sandbox_id, self.pid)
         self._controller.publish(SandboxEvent(TOPIC_START, self.sandbox_id, self.started_at))
         if reply is not None:
-            reply.ok(SandboxInstance(self.sandbox_id, self.pid, self.created_at, self.spec.labels))
+            self._answer(
+                reply,
+                SandboxInstance(self.sandbox_id, self.pid, self.created_at, self.spec.labels),
+            )
 
     def _exit(self) -> ExitStatus:
         assert self.exit_status is not None and self.exited_at is not None
@@ -366,6 +515,10 @@ class SandboxActor:
             self._shutdown_parked = _park(self._shutdown_parked, reply)
 
     def _record_exit(self, status: int, next_phase: Phase) -> None:
+        if status < 0:  # an adopted process: it ended, but how is unknowable
+            status = EXIT_UNKNOWN
+            self.exit_known = False
+        self._dirty = True
         self.exit_status = status
         self.exited_at = _now()
         self.phase = next_phase
@@ -380,16 +533,17 @@ class SandboxActor:
         waiters, self._wait_parked = self._wait_parked, None
         for reply in waiters or ():
             if not reply.abandoned:
-                reply.ok(exit_status)
+                self._answer(reply, exit_status)
         stoppers, self._stop_parked = self._stop_parked, None
         for reply in stoppers or ():
             if not reply.abandoned:
-                reply.ok(None)
+                self._answer(reply, None)
 
     def _remove(self) -> None:
         self.phase = Phase.GONE
+        self._dirty = True
         self._controller.forget(self)
         shutdowns, self._shutdown_parked = self._shutdown_parked, None
         for reply in shutdowns or ():
             if not reply.abandoned:
-                reply.ok(None)
+                self._answer(reply, None)

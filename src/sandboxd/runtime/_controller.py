@@ -36,6 +36,7 @@ from ..backends import Backend, BwrapBackend, ProcessBackend, SimBackend
 from ._actor import SandboxActor
 from ._events import DEFAULT_SUBSCRIBER_BUFFER, EventBus, Subscription
 from ._lifecycle import Input, Phase, decide
+from ._store import SandboxStore
 
 log = logging.getLogger("sandboxd.runtime")
 
@@ -78,6 +79,7 @@ class Controller:
         stop_timeout: float = DEFAULT_STOP_TIMEOUT,
         max_sandboxes: int = DEFAULT_MAX_SANDBOXES,
         subscriber_buffer: int = DEFAULT_SUBSCRIBER_BUFFER,
+        store: SandboxStore | None = None,
     ) -> None:
         self._backends: dict[str, Backend] = {
             b.name: b for b in (default_backends() if backends is None else backends)
@@ -86,6 +88,8 @@ class Controller:
         self.stop_timeout = stop_timeout
         self.max_sandboxes = max_sandboxes
         self._subscriber_buffer = subscriber_buffer
+        #: Where sandbox records are kept; None keeps them in memory only.
+        self.store = store
         self._actors: dict[str, SandboxActor] = {}
         self._events = EventBus()
         self._actor_nursery: trio.Nursery | None = None
@@ -102,6 +106,8 @@ class Controller:
             async with trio.open_nursery() as processes, trio.open_nursery() as actors:
                 self._process_nursery = processes
                 self._actor_nursery = actors
+                if self.store is not None:
+                    await self._recover(self.store, processes, actors)
                 task_status.started(self)
                 await trio.sleep_forever()
         finally:
@@ -109,6 +115,30 @@ class Controller:
             self._actor_nursery = None
             self._process_nursery = None
             self._events.close()
+
+    async def _recover(
+        self, store: SandboxStore, processes: trio.Nursery, actors: trio.Nursery
+    ) -> None:
+        """Take up every sandbox the store remembers (see :meth:`SandboxActor.restore`)."""
+        records = await trio.to_thread.run_sync(store.load)
+        for record in sorted(records, key=lambda r: r.created_at):
+            spec = record.spec
+            backend = self._backends.get(spec.sandboxer)
+            if backend is None:
+                log.error(
+                    "sandbox %s: its sandboxer %r is not available; left in the store",
+                    spec.sandbox_id,
+                    spec.sandboxer,
+                )
+                continue
+            actor = SandboxActor(spec, backend, self)
+            if actor.restore(record, processes):
+                self._actors[spec.sandbox_id] = actor
+                actors.start_soon(actor.run, name=f"sandbox {spec.sandbox_id}")
+            else:
+                await store.delete(spec.sandbox_id)
+        if records:
+            log.info("recovered %d sandboxes from %s", len(self._actors), store.path)
 
     @property
     def process_nursery(self) -> trio.Nursery:
@@ -170,14 +200,35 @@ class Controller:
         ``sandboxer`` names the backend (default :attr:`default_sandboxer`): NOT_FOUND when
         unknown, FAILED_PRECONDITION when it cannot run on this host.  The backend checks
         the options (INVALID_ARGUMENT naming the field; an executable that cannot be found
-        is one).  RESOURCE_EXHAUSTED at :attr:`max_sandboxes`.
+        is one).  RESOURCE_EXHAUSTED at :attr:`max_sandboxes`.  Only for a controller
+        without a store, which has nothing to write: with one, use :meth:`create`.
         """
+        if self.store is not None:
+            raise RuntimeError(
+                "a controller with a store creates with create(), not create_nowait()"
+            )
+        actor = self._admit(
+            sandbox_id, sandboxer, options, rootfs, netns_path, annotations, labels
+        )
+        self._launch(actor)
+        return sandbox_id
+
+    def _admit(
+        self,
+        sandbox_id: str,
+        sandboxer: str | None,
+        options: SandboxOptions | None,
+        rootfs: Iterable[Mount],
+        netns_path: str | None,
+        annotations: Mapping[str, str] | None,
+        labels: Mapping[str, str] | None,
+    ) -> SandboxActor:
+        """Check a Create and reserve its id: the new actor, registered but not running."""
         check_sandbox_id(sandbox_id)
         existing = self._actors.get(sandbox_id)
         if existing is not None:
             decide(sandbox_id, existing.phase, Input.CREATE)  # raises ALREADY_EXISTS
-        nursery = self._actor_nursery
-        if nursery is None:
+        if self._actor_nursery is None:
             raise Unavailable("the controller is not running")
         name = self.default_sandboxer if sandboxer is None else sandboxer
         backend = self._backends.get(name)
@@ -201,10 +252,13 @@ class Controller:
         backend.validate(spec)
         actor = SandboxActor(spec, backend, self)
         self._actors[sandbox_id] = actor
-        nursery.start_soon(actor.run, name=f"sandbox {sandbox_id}")
-        log.info("sandbox %s: created (%s)", sandbox_id, name)
-        self._events.publish(SandboxEvent(TOPIC_CREATE, sandbox_id, actor.created_at))
-        return sandbox_id
+        return actor
+
+    def _launch(self, actor: SandboxActor) -> None:
+        assert self._actor_nursery is not None
+        self._actor_nursery.start_soon(actor.run, name=f"sandbox {actor.sandbox_id}")
+        log.info("sandbox %s: created (%s)", actor.sandbox_id, actor.spec.sandboxer)
+        self._events.publish(SandboxEvent(TOPIC_CREATE, actor.sandbox_id, actor.created_at))
 
     async def create(
         self,
@@ -217,17 +271,26 @@ class Controller:
         annotations: Mapping[str, str] | None = None,
         labels: Mapping[str, str] | None = None,
     ) -> str:
-        """:meth:`create_nowait`, as a checkpoint."""
-        await trio.lowlevel.checkpoint()
-        return self.create_nowait(
-            sandbox_id,
-            sandboxer=sandboxer,
-            options=options,
-            rootfs=rootfs,
-            netns_path=netns_path,
-            annotations=annotations,
-            labels=labels,
+        """Create a sandbox in state ``created``; returns its id (see :meth:`create_nowait`
+        for the checks).  With a store, returns once the sandbox is on disk; if it cannot be
+        written, nothing was created.  Calls on the id made meanwhile wait for the outcome.
+        """
+        actor = self._admit(
+            sandbox_id, sandboxer, options, rootfs, netns_path, annotations, labels
         )
+        store = self.store
+        if store is None:
+            await trio.lowlevel.checkpoint()
+        else:
+            try:
+                with trio.CancelScope(shield=True):
+                    await store.put(actor.record())
+            except BaseException:
+                del self._actors[sandbox_id]
+                actor.refuse_mailbox(NotFound(f"sandbox {sandbox_id!r} not found"))
+                raise
+        self._launch(actor)
+        return sandbox_id
 
     async def start(self, sandbox_id: str) -> SandboxInstance:
         """Start the sandbox's init process: ``created`` -> ``ready``.
