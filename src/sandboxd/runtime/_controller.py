@@ -107,6 +107,7 @@ class Controller:
                 self._process_nursery = processes
                 self._actor_nursery = actors
                 if self.store is not None:
+                    processes.start_soon(self.store.run, name="sandboxd: state store")
                     await self._recover(self.store, processes, actors)
                 task_status.started(self)
                 await trio.sleep_forever()

@@ -147,21 +147,33 @@ def _write_error(exc: sqlite3.Error) -> Exception:
 
 
 @final
+class _Pending:
+    __slots__ = ("done", "error")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.error: Exception | None = None
+
+
+@final
 class SandboxStore:
     """The sandbox records of one state directory.
 
     :meth:`open` (blocking: call it before the event loop serves anyone) checks the
-    database; :meth:`load` reads every record; :meth:`put` and :meth:`delete` return once
-    the change is on disk, raising RESOURCE_EXHAUSTED (disk full) or UNAVAILABLE (any other
-    refusal) when it could not be written: then nothing was changed.  Cancelling a write
-    does not undo it: it completes in the worker thread.
+    database; :meth:`load` reads every record.  :meth:`run` must run while the store is
+    written to: it is the one writer, and commits every change queued meanwhile in one
+    transaction (one sync to disk for all of them: group commit).  :meth:`put` and
+    :meth:`delete` return once their change is on disk, raising RESOURCE_EXHAUSTED (disk
+    full) or UNAVAILABLE (any other refusal) when it could not be written: then nothing of
+    that transaction was changed.  Cancelling a write does not undo it.
     """
 
     def __init__(self, connection: sqlite3.Connection, path: str) -> None:
         self._db = connection
         self.path = path
         self._lock = threading.Lock()
-        self._limiter = trio.CapacityLimiter(1)
+        self._queue: list[tuple[str, str | None, _Pending]] = []
+        self._wake = trio.Event()
 
     @classmethod
     def open(cls, state_dir: str | os.PathLike[str]) -> SandboxStore:
@@ -214,32 +226,62 @@ class SandboxStore:
                 ) from None
         return records
 
-    def _put(self, sandbox_id: str, text: str) -> None:
+    def _write(self, batch: list[tuple[str, str | None]]) -> None:
         with self._lock:
-            self._db.execute(
-                "INSERT INTO sandboxes (sandbox_id, record) VALUES (?, ?) "
-                "ON CONFLICT (sandbox_id) DO UPDATE SET record = excluded.record",
-                (sandbox_id, text),
-            )
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for sandbox_id, text in batch:
+                    if text is None:
+                        db.execute("DELETE FROM sandboxes WHERE sandbox_id = ?", (sandbox_id,))
+                    else:
+                        db.execute(
+                            "INSERT INTO sandboxes (sandbox_id, record) VALUES (?, ?) "
+                            "ON CONFLICT (sandbox_id) DO UPDATE SET record = excluded.record",
+                            (sandbox_id, text),
+                        )
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
 
-    def _delete(self, sandbox_id: str) -> None:
-        with self._lock:
-            self._db.execute("DELETE FROM sandboxes WHERE sandbox_id = ?", (sandbox_id,))
+    async def run(self) -> None:
+        """Write what is queued, in order, a batch per transaction, until cancelled (then
+        what is queued is failed with UNAVAILABLE)."""
+        try:
+            while True:
+                if not self._queue:
+                    self._wake = trio.Event()
+                    await self._wake.wait()
+                batch, self._queue = self._queue, []
+                error: Exception | None = None
+                try:
+                    await trio.to_thread.run_sync(self._write, [(i, t) for i, t, _ in batch])
+                except sqlite3.Error as exc:
+                    error = _write_error(exc)
+                for _, _, pending in batch:
+                    pending.error = error
+                    pending.done.set()
+        finally:
+            for _, _, pending in self._queue:
+                pending.error = Unavailable("the state store is closing")
+                pending.done.set()
+            self._queue = []
+
+    async def _submit(self, sandbox_id: str, text: str | None) -> None:
+        pending = _Pending()
+        self._queue.append((sandbox_id, text, pending))
+        self._wake.set()
+        await pending.done.wait()
+        if pending.error is not None:
+            raise pending.error
 
     async def put(self, record: SandboxRecord) -> None:
-        text = encode_record(record)
-        try:
-            await trio.to_thread.run_sync(
-                self._put, record.spec.sandbox_id, text, limiter=self._limiter
-            )
-        except sqlite3.Error as exc:
-            raise _write_error(exc) from None
+        await self._submit(record.spec.sandbox_id, encode_record(record))
 
     async def delete(self, sandbox_id: str) -> None:
-        try:
-            await trio.to_thread.run_sync(self._delete, sandbox_id, limiter=self._limiter)
-        except sqlite3.Error as exc:
-            raise _write_error(exc) from None
+        await self._submit(sandbox_id, None)
 
     def close(self) -> None:
         with self._lock:
