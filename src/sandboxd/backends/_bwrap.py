@@ -48,7 +48,6 @@ from ._process import (
     launch,
     proc_usage,
     start_time,
-    watch,
     watch_pid,
 )
 
@@ -218,7 +217,20 @@ class BwrapBackend:
                     await _await_command(init_pid, process)
         finally:
             os.close(info_r)
-        watch(nursery, process, on_exit, spec.sandbox_id)
+        try:
+            init_fd = os.pidfd_open(init_pid)
+        except ProcessLookupError:
+            init_fd = -1  # already gone: the outer bwrap is about to report it
+        try:
+            nursery.start_soon(
+                _watch_namespace, process, init_fd, on_exit,
+                name=f"sandboxd: watch sandbox {spec.sandbox_id}",
+            )  # fmt: skip
+        except BaseException:
+            if init_fd >= 0:
+                os.close(init_fd)
+            await _kill_outer(process)
+            raise
         return BwrapSandbox(process.pid, init_pid, spec, line, log_path or os.devnull)
 
     def adopt(
@@ -244,6 +256,22 @@ class BwrapBackend:
         command = identity.get("command")
         line = command if isinstance(command, list) else []
         return BwrapSandbox(outer_pid, pid, spec, [str(a) for a in line], log or os.devnull)
+
+
+async def _watch_namespace(process: trio.Process, init_fd: int, on_exit: ExitCallback) -> None:
+    """Report the sandbox's exit once the outer bwrap has ended *and* the namespace's init
+    is dead: bwrap reports the command's status while its init may still be killing the
+    rest, and nobody must see a stopped sandbox with processes left in it."""
+    try:
+        returncode = await process.wait()
+        if init_fd >= 0:
+            with contextlib.suppress(ProcessLookupError):
+                _signal.pidfd_send_signal(init_fd, _signal.SIGKILL)
+            await trio.lowlevel.wait_readable(init_fd)
+    finally:
+        if init_fd >= 0:
+            os.close(init_fd)
+    on_exit(returncode if returncode >= 0 else 128 - returncode)
 
 
 async def _read_init_pid(fd: int, process: trio.Process, sandbox_id: str) -> int:

@@ -2,7 +2,9 @@
 
 Every call gets the next odd stream id.  One reader task routes response and data frames to
 the waiting calls by stream id; requests are written straight to the socket by the calling
-task.  When the connection ends, every pending call fails at once with UNAVAILABLE.
+task.  When the connection ends, every pending call fails at once with UNAVAILABLE, or with the
+error the server gave for the whole connection (an error RESPONSE on stream 0, such as
+PERMISSION_DENIED), which later calls raise too.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import trio
 from ..wire import (
     DeadlineExceeded,
     Flags,
+    Frame,
     FrameDecoder,
     FrameType,
     OversizedFrame,
@@ -38,6 +41,22 @@ _MAX_STREAM_ID: Final = 2**32 - 1
 _END_FRAME_FLAGS: Final = Flags.REMOTE_CLOSED | Flags.NO_DATA
 #: Messages a stream holds for a consumer that is not reading before the stream is ended.
 DEFAULT_STREAM_BUFFER: Final = 1024
+
+
+def connection_error(frame: Frame) -> RPCError | None:
+    """The error a RESPONSE on stream 0 (no call's) gives for the whole connection, if any."""
+    if frame.type != FrameType.RESPONSE:
+        return None
+    try:
+        decode_response(frame.payload)
+    except RPCError as err:
+        return err
+    return None
+
+
+def copy_error(err: RPCError) -> RPCError:
+    """A fresh exception like ``err``, to raise in one more place."""
+    return type(err)(err.message, details=err.details)
 
 
 @final
@@ -95,7 +114,8 @@ class Client:
 
     Safe to use from many tasks at once.  Every method raises :class:`~sandboxd.RPCError`
     subclasses only: the server's status, DEADLINE_EXCEEDED when ``timeout`` passes,
-    UNAVAILABLE when the connection is or becomes closed.
+    UNAVAILABLE when the connection is or becomes closed, or the error the server refused the
+    connection with (PERMISSION_DENIED, RESOURCE_EXHAUSTED).
     """
 
     def __init__(self, transport: Transport, stream_buffer: int = DEFAULT_STREAM_BUFFER) -> None:
@@ -118,7 +138,7 @@ class Client:
         metadata: Mapping[str, Sequence[str]] | None,
     ) -> tuple[int, _Pending]:
         if self._closed_error is not None:
-            raise type(self._closed_error)(self._closed_error.message)
+            raise copy_error(self._closed_error)
         stream_id = self._next_id
         if stream_id > _MAX_STREAM_ID:
             raise ResourceExhausted("stream ids of this connection are used up: reconnect")
@@ -216,6 +236,11 @@ class Client:
                 for event in decoder.feed(data):
                     pending = self._pending.get(event.stream_id)
                     if pending is None:
+                        if event.stream_id == 0 and isinstance(event, Frame):
+                            refused = connection_error(event)
+                            if refused is not None:
+                                self._fail_all(refused)
+                                return
                         continue  # a call we gave up on
                     if isinstance(event, OversizedFrame):
                         self._finish(
@@ -274,10 +299,13 @@ class Client:
         pending.wake.set()
 
     def _fail_all(self, error: RPCError) -> None:
+        """End the connection for the client: ``error`` (the first one given, if several) is
+        what every pending and later call raises."""
         if self._closed_error is None:
             self._closed_error = error
+        error = self._closed_error
         for stream_id, pending in list(self._pending.items()):
-            self._finish(stream_id, pending, error=Unavailable(error.message))
+            self._finish(stream_id, pending, error=copy_error(error))
 
     def close(self) -> None:
         """Close the connection; pending calls fail with UNAVAILABLE."""

@@ -11,6 +11,18 @@ so replies leave in whatever order handlers finish and frames ready together go 
 
 The reader never waits on a handler.  It stops reading only while more than
 ``max_buffered_bytes`` of replies wait for a peer that does not read them.
+
+Who may connect, and how much a peer may hold.  Every connection's peer credentials
+(``SO_PEERCRED``) are read once, as it is accepted; a uid not in ``allowed_uids`` gets one
+PERMISSION_DENIED response on stream 0 and the connection is closed, as is any connection
+beyond ``max_connections`` (RESOURCE_EXHAUSTED on stream 0).  An accepted peer holds at most
+one frame in the decoder, ``max_calls_per_connection`` calls, and ``max_buffered_bytes`` of
+unsent replies plus what one read's requests produce.  A peer that stalls while holding
+something is disconnected after ``stall_timeout`` seconds: a frame it began and did not finish,
+or replies over the bound that it does not take.  Both timers live off the hot path: a cancel
+scope armed only while a frame is incomplete at the end of a read, and one armed only while
+the transport holds more than the bound.  An idle connection holds nothing and is never timed
+out.
 """
 
 from __future__ import annotations
@@ -20,7 +32,7 @@ import logging
 import math
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any, Final, final
 
 import trio
@@ -36,6 +48,7 @@ from ..wire import (
     Internal,
     InvalidArgument,
     OversizedFrame,
+    PermissionDenied,
     ResourceExhausted,
     RPCError,
     Unavailable,
@@ -47,9 +60,9 @@ from ..wire import (
     encode_response,
     loads_message,
 )
-from ._methods import CallContext, Encoded, Method, MethodKind, Services
-from ._transport import Transport
-from ._unix import bind_unix, unlink_if_ours
+from ._methods import CallContext, Encoded, Method, MethodKind, PeerCredentials, Services
+from ._transport import PeerStalledError, Transport
+from ._unix import bind_unix, group_id, peer_credentials, socket_dir_shut_to, unlink_if_ours
 
 log = logging.getLogger("sandboxd.rpc")
 
@@ -58,9 +71,15 @@ _DATA: Final = FrameType.DATA
 _RESPONSE: Final = FrameType.RESPONSE
 _END_OF_STREAM: Final = Flags.REMOTE_CLOSED | Flags.NO_DATA
 
+#: Connections served at once; more are refused with RESOURCE_EXHAUSTED on stream 0.
 DEFAULT_MAX_CONNECTIONS: Final = 1024
+#: Calls running in tasks of their own on one connection; more get RESOURCE_EXHAUSTED.
 DEFAULT_MAX_CALLS_PER_CONNECTION: Final = 1024
+#: Unsent reply bytes on one connection above which the server stops reading it.
 DEFAULT_MAX_BUFFERED_BYTES: Final = 8 * 1024 * 1024
+#: Seconds a peer gets to finish a frame it began, and to take its replies once they are over
+#: ``max_buffered_bytes``, before it is disconnected.
+DEFAULT_STALL_TIMEOUT: Final = 30.0
 
 
 @final
@@ -105,49 +124,82 @@ class _Connection:
         "_decoder",
         "_last_stream_id",
         "_nursery",
+        "peer",
         "server",
         "transport",
     )
 
-    def __init__(self, server: Server, transport: Transport, nursery: trio.Nursery) -> None:
+    def __init__(
+        self,
+        server: Server,
+        transport: Transport,
+        nursery: trio.Nursery,
+        peer: PeerCredentials | None,
+    ) -> None:
         self.server = server
         self.transport = transport
+        self.peer = peer
         self._nursery = nursery
         self._decoder = FrameDecoder()
         self._last_stream_id = 0
         self._calls: dict[int, _Call] = {}
 
     async def read_loop(self) -> None:
+        """Read and dispatch frames until the peer ends the stream.
+
+        Raises :class:`PeerStalledError` if a frame stays incomplete for ``stall_timeout``
+        seconds of reading (time spent not reading, because replies wait, does not count).
+        """
         transport = self.transport
-        feed = self._decoder.feed
+        decoder = self._decoder
+        feed = decoder.feed
         limit = self.server.max_buffered_bytes
-        while True:
-            if transport.pending_bytes > limit:
-                await transport.wait_drained()
-            data = await transport.receive()
-            if not data:
-                return
-            transport.cork()
-            try:
-                for event in feed(data):
-                    if not isinstance(event, OversizedFrame):
-                        if event.type == _REQUEST:
-                            self._on_request(event)
-                        elif event.type == _DATA:
-                            self._on_data(event)
-                        # Responses from a client and frames of unknown type are ignored.
-                    elif event.type == _REQUEST:
-                        # Oversized frames of other types are skipped: only a request has a
-                        # caller waiting on its stream id.
-                        self._reply_error(
-                            event.stream_id,
-                            ResourceExhausted(
-                                f"frame of {event.length} bytes is over the "
-                                f"{MAX_PAYLOAD}-byte limit"
-                            ),
-                        )
-            finally:
-                transport.uncork()
+        stall_timeout = self.server.stall_timeout
+        # Armed (given a deadline) only while a frame is incomplete at the end of a read.
+        unfinished = trio.CancelScope()
+        partial = False
+        with unfinished:
+            while True:
+                if transport.pending_bytes > limit:
+                    unfinished.deadline = math.inf
+                    await transport.wait_drained()
+                    if partial:
+                        unfinished.deadline = trio.current_time() + stall_timeout
+                data = await transport.receive()
+                if not data:
+                    return
+                events = feed(data)
+                transport.cork()
+                try:
+                    for event in events:
+                        if not isinstance(event, OversizedFrame):
+                            if event.type == _REQUEST:
+                                self._on_request(event)
+                            elif event.type == _DATA:
+                                self._on_data(event)
+                            # Responses from a client and frames of unknown type are ignored.
+                        elif event.type == _REQUEST:
+                            # Oversized frames of other types are skipped: only a request has
+                            # a caller waiting on its stream id.
+                            self._reply_error(
+                                event.stream_id,
+                                ResourceExhausted(
+                                    f"frame of {event.length} bytes is over the "
+                                    f"{MAX_PAYLOAD}-byte limit"
+                                ),
+                            )
+                finally:
+                    transport.uncork()
+                if decoder.buffered or decoder.discarding:
+                    # A frame begun in this read starts the clock; one still unfinished from
+                    # an earlier read leaves it running.
+                    if events or not partial:
+                        partial = True
+                        unfinished.deadline = trio.current_time() + stall_timeout
+                elif partial:
+                    partial = False
+                    unfinished.deadline = math.inf
+        raise PeerStalledError(f"the peer left a frame unfinished for {stall_timeout:g} s")
 
     def _reply_error(self, stream_id: int, err: RPCError) -> None:
         self.transport.write(encode_frame(stream_id, _RESPONSE, 0, encode_error_from(err)))
@@ -196,7 +248,9 @@ class _Connection:
             return
         timeout_nano = request.timeout_nano
         deadline = trio.current_time() + timeout_nano / 1e9 if timeout_nano else math.inf
-        ctx = CallContext(request.service, request.method, stream_id, request.metadata, deadline)
+        ctx = CallContext(
+            request.service, request.method, stream_id, request.metadata, deadline, self.peer
+        )
         if method.kind is MethodKind.INLINE:
             try:
                 result = method.handler(message, ctx)
@@ -279,6 +333,12 @@ class Server:
     Start it in a nursery with ``path = await nursery.start(server.serve_unix, path)``; it
     runs until :meth:`shutdown` completes or it is cancelled.  Cancelling it ends every
     connection and cancels every running handler at once.
+
+    Access: only peers whose uid is in ``allowed_uids`` are served (default: the server's own
+    effective uid and root); the socket file is mode 0600, or 0660 owned by ``socket_group``
+    (a group name or gid) when one is given.  Limits: see the ``DEFAULT_*`` constants of this
+    module and PROTOCOL.md, "Limits".  An unknown ``socket_group`` raises :class:`LookupError`
+    here, and a limit that is not positive :class:`ValueError`.
     """
 
     def __init__(
@@ -288,16 +348,33 @@ class Server:
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         max_calls_per_connection: int = DEFAULT_MAX_CALLS_PER_CONNECTION,
         max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES,
+        stall_timeout: float = DEFAULT_STALL_TIMEOUT,
+        allowed_uids: Collection[int] | None = None,
+        socket_group: int | str | None = None,
     ) -> None:
+        for name, value in (
+            ("max_connections", max_connections),
+            ("max_calls_per_connection", max_calls_per_connection),
+            ("max_buffered_bytes", max_buffered_bytes),
+            ("stall_timeout", stall_timeout),
+        ):
+            if not value > 0:
+                raise ValueError(f"{name} must be positive, not {value!r}")
         self.services = services
         self.max_connections = max_connections
         self.max_calls_per_connection = max_calls_per_connection
         self.max_buffered_bytes = max_buffered_bytes
+        self.stall_timeout = stall_timeout
+        self.allowed_uids: frozenset[int] = frozenset(
+            {os.geteuid(), 0} if allowed_uids is None else allowed_uids
+        )
+        self.socket_group = None if socket_group is None else group_id(socket_group)
         self.draining = False
         self._in_flight = 0
         self._idle = trio.Event()
         self._idle.set()
         self._connections = 0
+        self._open: set[_Connection] = set()
         self._stop_accepting = trio.CancelScope()
         self._grace = 0.0
         self._done = trio.Event()
@@ -309,7 +386,13 @@ class Server:
 
     @property
     def connections(self) -> int:
+        """Connections being served (refused ones are never counted)."""
         return self._connections
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Reply bytes written on all connections and not yet taken by the kernel."""
+        return sum(conn.transport.pending_bytes for conn in self._open)
 
     def call_started(self) -> None:
         if self._in_flight == 0:
@@ -327,13 +410,23 @@ class Server:
         """Listen on ``path`` and serve until :meth:`shutdown` or cancellation.
 
         Reports the socket path through ``task_status`` once it accepts connections.  The
-        socket file is created 0600; a stale one is replaced, a live one is refused with
-        :class:`SocketInUseError`.  The file is removed on exit unless another server has
-        replaced it.
+        socket file is created 0600 (0660 and owned by ``socket_group`` when one is set); a
+        stale one is replaced, a live one is refused with :class:`SocketInUseError`.  The file
+        is removed on exit unless another server has replaced it.
         """
         path = os.fspath(path)
-        listener, inode = bind_unix(path)
+        listener, inode = bind_unix(path, group=self.socket_group)
         try:
+            if self.socket_group is not None:
+                shut = socket_dir_shut_to(path, self.socket_group)
+                if shut is not None:
+                    log.warning(
+                        "group %d cannot reach %s: its directory %s gives the group no "
+                        "search permission",
+                        self.socket_group,
+                        path,
+                        shut,
+                    )
             async with trio.open_nursery() as nursery:
                 task_status.started(path)
                 with self._stop_accepting:
@@ -372,23 +465,71 @@ class Server:
                 log.warning("accept failed: %s", exc)
                 await trio.sleep(0.1)
                 continue
-            if self._connections >= self.max_connections:
-                log.warning("refusing connection: %d connections open", self._connections)
+            try:
+                peer = peer_credentials(sock)
+            except OSError as exc:
+                log.warning("refusing connection: cannot read its credentials: %s", exc)
                 sock.close()
                 continue
-            nursery.start_soon(self._serve_connection, sock)
+            if peer.uid not in self.allowed_uids:
+                log.warning(
+                    "refusing connection from uid %d (pid %d): uid not allowed", peer.uid, peer.pid
+                )
+                _refuse(
+                    sock, PermissionDenied(f"uid {peer.uid} is not allowed to use this socket")
+                )
+                continue
+            if self._connections >= self.max_connections:
+                log.warning(
+                    "refusing connection from uid %d (pid %d): %d connections open",
+                    peer.uid,
+                    peer.pid,
+                    self._connections,
+                )
+                _refuse(
+                    sock,
+                    ResourceExhausted(
+                        f"too many connections to this server (limit {self.max_connections})"
+                    ),
+                )
+                continue
+            transport = Transport(
+                sock, max_pending=self.max_buffered_bytes, stall_timeout=self.stall_timeout
+            )
+            # Counted here, not when its task starts: a burst of connections cannot overshoot.
+            self._connections += 1
+            nursery.start_soon(self._serve_connection, transport, peer)
 
-    async def _serve_connection(self, sock: socket.socket) -> None:
-        self._connections += 1
-        transport = Transport(sock)
+    async def _serve_connection(self, transport: Transport, peer: PeerCredentials) -> None:
+        conn: _Connection | None = None
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(transport.run_writer)
-                conn = _Connection(self, transport, nursery)
-                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                    await conn.read_loop()
-                # The peer is gone (or broke the stream): its calls are cancelled.
-                nursery.cancel_scope.cancel()
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(transport.run_writer)
+                    conn = _Connection(self, transport, nursery, peer)
+                    self._open.add(conn)
+                    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                        await conn.read_loop()
+                    # The peer is gone (or broke the stream): its calls are cancelled.
+                    nursery.cancel_scope.cancel()
+            except* PeerStalledError as group:
+                log.warning(
+                    "disconnecting uid %d (pid %d): %s", peer.uid, peer.pid, group.exceptions[0]
+                )
         finally:
+            if conn is not None:
+                self._open.discard(conn)
             transport.close()
             self._connections -= 1
+
+
+def _refuse(sock: socket.socket, err: RPCError) -> None:
+    """Tell a connection we will not serve why (one RESPONSE on stream 0), and close it."""
+    try:
+        sock.setblocking(False)
+        # A fresh socket's buffer always has room for one small frame.
+        sock.send(encode_frame(0, _RESPONSE, 0, encode_error_from(err)))
+    except OSError:
+        pass
+    finally:
+        sock.close()

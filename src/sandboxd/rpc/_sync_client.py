@@ -23,6 +23,7 @@ from typing import Any, Final, final
 from .._errors import DeadlineExceeded, ResourceExhausted, RPCError, Unavailable
 from ..wire import (
     Flags,
+    Frame,
     FrameDecoder,
     FrameType,
     OversizedFrame,
@@ -32,6 +33,7 @@ from ..wire import (
     encode_request,
     loads_message,
 )
+from ._client import connection_error, copy_error
 
 _MAX_STREAM_ID: Final = 2**32 - 1
 _END_FLAGS: Final = Flags.REMOTE_CLOSED | Flags.NO_DATA
@@ -57,7 +59,8 @@ class SyncClient:
     Same calls and the same typed errors as the trio :class:`~sandboxd.rpc.Client`:
     the server's status as its :class:`~sandboxd.RPCError` subclass, DEADLINE_EXCEEDED when
     ``timeout`` passes (the server is told to cancel the call), UNAVAILABLE when the
-    connection cannot be made or is lost.  Use as a context manager, or call :meth:`close`.
+    connection cannot be made or is lost, or the error the server refused the connection with
+    (PERMISSION_DENIED, RESOURCE_EXHAUSTED).  Use as a context manager, or call :meth:`close`.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, stream_buffer: int = 1024) -> None:
@@ -100,9 +103,14 @@ class SyncClient:
         try:
             with self._send_lock:
                 self._sock.sendall(data)
-        except OSError as exc:
-            with self._cond:
-                self._fail_all(Unavailable(f"connection to the server was lost: {exc}"))
+        except OSError:
+            self._send_failed()
+
+    def _send_failed(self) -> None:
+        # The server may have said why before it closed (an error on stream 0): leave the
+        # socket to the reading path, which sees that, then the end of the stream.
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_WR)
 
     def _begin(
         self,
@@ -122,7 +130,7 @@ class SyncClient:
         with self._send_lock:
             with self._cond:
                 if self._closed is not None:
-                    raise Unavailable(self._closed.message)
+                    raise copy_error(self._closed)
                 stream_id = self._next_id
                 if stream_id > _MAX_STREAM_ID:
                     raise ResourceExhausted("stream ids of this connection are used up: reconnect")
@@ -131,9 +139,8 @@ class SyncClient:
                 self._pending[stream_id] = slot
             try:
                 self._sock.sendall(frame)
-            except OSError as exc:
-                with self._cond:
-                    self._fail_all(Unavailable(f"connection to the server was lost: {exc}"))
+            except OSError:
+                self._send_failed()
         return stream_id, slot, deadline
 
     def _abandon(self, stream_id: int) -> None:
@@ -199,6 +206,11 @@ class SyncClient:
         for event in self._decoder.feed(data):
             slot = self._pending.get(event.stream_id)
             if slot is None:
+                if event.stream_id == 0 and isinstance(event, Frame):
+                    refused = connection_error(event)
+                    if refused is not None:
+                        self._fail_all(refused)
+                        return []
                 continue
             if isinstance(event, OversizedFrame):
                 slot.error = ResourceExhausted(
@@ -242,7 +254,7 @@ class SyncClient:
         if self._closed is None:
             self._closed = error
         for stream_id, slot in list(self._pending.items()):
-            slot.error = Unavailable(error.message)
+            slot.error = copy_error(self._closed)
             self._finish(stream_id, slot)
         self._cond.notify_all()
 

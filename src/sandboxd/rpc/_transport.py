@@ -6,17 +6,27 @@ dominated by schedule points, not syscalls.  Here a write is a plain non-blockin
 from whichever task produced the frame; only what the kernel will not take now is left for
 the connection's writer task.  Frames queued while the writer waits are sent together, in
 order, in one ``send``.
+
+A transport may be given a bound on unsent bytes and a stall timeout: once more than
+``max_pending`` bytes wait for the peer, the peer has ``stall_timeout`` seconds to take all of
+them, or the writer gives up with :class:`PeerStalledError`.  Only the slow path (bytes the
+kernel would not take at once) looks at either.
 """
 
 from __future__ import annotations
 
 import errno
+import math
 import socket
 from typing import Final, final
 
 import trio
 
 _RECV_SIZE: Final = 256 * 1024
+
+
+class PeerStalledError(Exception):
+    """The peer did not do its part in time: it left replies unread, or a frame unfinished."""
 
 
 @final
@@ -32,18 +42,31 @@ class Transport:
         "_closed",
         "_corked",
         "_drained",
+        "_max_pending",
         "_pending",
         "_pending_bytes",
         "_sock",
+        "_stall_scope",
+        "_stall_timeout",
         "_wake_writer",
         "_yield_next",
     )
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        *,
+        max_pending: float = math.inf,
+        stall_timeout: float = math.inf,
+    ) -> None:
         sock.setblocking(False)
         self._sock = sock
         self._pending: list[bytes] = []
         self._pending_bytes = 0
+        self._max_pending = max_pending
+        self._stall_timeout = stall_timeout
+        # Armed (given a deadline) while more than max_pending bytes wait; run_writer runs in it.
+        self._stall_scope = trio.CancelScope()
         self._wake_writer = trio.Event()
         self._drained = trio.Event()
         self._drained.set()
@@ -64,6 +87,11 @@ class Transport:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def broken(self) -> bool:
+        """Whether a send failed (or the peer stalled): nothing more will be sent."""
+        return self._broken is not None
 
     async def receive(self) -> bytes:
         """The next bytes from the peer; ``b""`` at end of stream.
@@ -106,6 +134,8 @@ class Transport:
         if self._pending:
             self._pending.append(data)
             self._pending_bytes += len(data)
+            if self._pending_bytes > self._max_pending:
+                self._arm_stall_timer()
             return
         try:
             sent = self._sock.send(data)
@@ -120,6 +150,13 @@ class Transport:
             self._pending_bytes += len(rest)
             self._drained = trio.Event()
             self._wake_writer.set()
+            if self._pending_bytes > self._max_pending:
+                self._arm_stall_timer()
+
+    def _arm_stall_timer(self) -> None:
+        scope = self._stall_scope
+        if scope.deadline == math.inf:
+            scope.deadline = trio.current_time() + self._stall_timeout
 
     def cork(self) -> None:
         """Hold writes until :meth:`uncork`, which sends them together: one syscall for all
@@ -137,7 +174,22 @@ class Transport:
         await self._drained.wait()
 
     async def run_writer(self) -> None:
-        """Send queued bytes as the socket becomes writable.  Runs until cancelled or closed."""
+        """Send queued bytes as the socket becomes writable.  Runs until cancelled or closed.
+
+        Raises :class:`PeerStalledError` when more than ``max_pending`` bytes have waited and
+        the peer has not taken them all within ``stall_timeout`` seconds; the transport is
+        then broken (writes are dropped, the reader sees the end of the stream).
+        """
+        with self._stall_scope:
+            await self._write_pending()
+        if self._stall_scope.cancelled_caught and not self._closed:
+            pending = self._pending_bytes
+            self._fail(PeerStalledError("peer stalled"))
+            raise PeerStalledError(
+                f"the peer left {pending} bytes of replies unread for {self._stall_timeout:g} s"
+            )
+
+    async def _write_pending(self) -> None:
         sock = self._sock
         while not self._closed:
             await self._wake_writer.wait()
@@ -161,12 +213,14 @@ class Transport:
                 self._pending_bytes = sum(map(len, self._pending))
             if not self._pending:
                 self._drained.set()
+                self._stall_scope.deadline = math.inf
 
     def _fail(self, exc: BaseException) -> None:
         self._broken = exc
         self._pending.clear()
         self._pending_bytes = 0
         self._drained.set()
+        self._stall_scope.deadline = math.inf
         # Wake the reader: the connection is over.
         try:
             self._sock.shutdown(socket.SHUT_RDWR)
@@ -182,6 +236,7 @@ class Transport:
         self._pending.clear()
         self._pending_bytes = 0
         self._drained.set()
+        self._stall_scope.deadline = math.inf
         self._wake_writer.set()
         trio.lowlevel.notify_closing(self._sock)
         self._sock.close()

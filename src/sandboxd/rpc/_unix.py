@@ -48,12 +48,13 @@ def group_id(group: int | str) -> int:
         raise LookupError(f"unknown group {group!r}") from None
 
 
-def group_can_enter(directory: str, gid: int) -> bool:
-    """Whether members of group ``gid`` (not the owner, not root) may search ``directory``."""
+def socket_dir_shut_to(path: str, gid: int) -> str | None:
+    """The directory of the socket ``path`` if members of group ``gid`` (as such: neither its
+    owner nor root) may not search it, and so cannot reach the socket; else ``None``."""
+    directory = os.path.dirname(os.path.abspath(path))
     st = os.stat(directory)
-    if st.st_gid == gid:
-        return bool(st.st_mode & stat.S_IXGRP)
-    return bool(st.st_mode & stat.S_IXOTH)
+    bit = stat.S_IXGRP if st.st_gid == gid else stat.S_IXOTH
+    return None if st.st_mode & bit else directory
 
 
 def peer_credentials(sock: socket.socket) -> PeerCredentials:
