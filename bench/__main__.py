@@ -2,12 +2,17 @@
 
     python -m bench [--quick] [--json FILE] [--servers floor,sandboxd,grpc] [--sandboxd-cmd CMD]
                     [--calls ...] [--seq N] [--inflight K] [--duration S] [--repeat R]
+                    [--clients CALLS] [--threads T]
 
 Each server runs in its own process on a fresh Unix socket in a temporary directory; the
 harness waits until it accepts connections, runs the client in another process (one per
 measured call), then stops the server with SIGINT (SIGKILL if it does not exit in time).
 Rounds over all servers are repeated (3 by default, 1 with --quick) and each figure in the
-table is the median over the rounds.  See bench/README.md.
+table is the median over the rounds.
+
+The clients section then (in each round) starts one more sandboxd and measures the
+``--clients`` calls through each of sandboxd's clients, one process per client and call
+(``bench/clients.py``), in a second table.  See bench/README.md.
 """
 
 from __future__ import annotations
@@ -27,12 +32,20 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from .calls import BASELINE_CALL, CALLS
+from .calls import (
+    BASELINE_CALL,
+    CALLS,
+    CLIENT_CALLS,
+    CLIENT_KINDS,
+    CLIENT_THREADS,
+    REFERENCE_CLIENT,
+    THREADED_CLIENT,
+)
 
 REPO: Final = Path(__file__).resolve().parent.parent
 DEFAULT_JSON: Final = REPO / "bench" / "results" / "latest.json"
@@ -161,15 +174,33 @@ def stop(proc: subprocess.Popen[bytes]) -> int:
     return proc.wait()
 
 
-def run_server(
-    server: Server, calls: Sequence[str], settings: Settings, command: Sequence[str] | None
+@dataclass(frozen=True)
+class Job:
+    """One client process run against a server."""
+
+    key: str  # where its figures go in the result
+    label: str  # what the progress line calls it
+    argv: tuple[str, ...]
+
+
+def run_jobs(
+    name: str,
+    argv_template: Sequence[str],
+    jobs: Callable[[str], Sequence[Job]],
+    *,
+    result_key: str = "calls",
+    keep_going: bool = False,
 ) -> dict[str, Any]:
-    """Start ``server``, measure each of ``calls`` in a client process, stop the server."""
+    """Start a server, run the client process of each of ``jobs(socket_path)``, stop it.
+
+    A failed client raises :class:`ServerFailed`; with ``keep_going``, it is recorded as
+    ``{"error": ...}`` under its key instead and the next job runs (unless the server died).
+    """
     tmp = Path(tempfile.mkdtemp(prefix="sandboxd-bench-"))
-    path = str(tmp / f"{server.name}.sock")
-    log = tmp / f"{server.name}.log"
-    argv = _fill(command or server.command, socket=path)
-    result: dict[str, Any] = {"command": shlex.join(argv), "calls": {}}
+    path = str(tmp / f"{name}.sock")
+    log = tmp / f"{name}.log"
+    argv = _fill(argv_template, socket=path)
+    result: dict[str, Any] = {"command": shlex.join(argv), result_key: {}}
     try:
         with log.open("wb") as out:
             proc = subprocess.Popen(
@@ -185,10 +216,12 @@ def run_server(
             started = time.monotonic()
             wait_ready(proc, path, started + READY_TIMEOUT)
             result["ready_s"] = round(time.monotonic() - started, 3)
-            for call in calls:
-                client = _fill(server.client, socket=path, call=call)
-                client += ["--socket", path, *settings.client_args()]
-                print(f"  {server.name} {call}: measuring ...", file=sys.stderr, flush=True)
+            for job in jobs(path):
+                client = list(job.argv)
+                print(f"  {name} {job.label}: measuring ...", file=sys.stderr, flush=True)
+                if keep_going:
+                    result[result_key][job.key] = _run_kept_going(proc, job, client)
+                    continue
                 done = subprocess.run(
                     client,
                     cwd=REPO,
@@ -199,21 +232,76 @@ def run_server(
                     check=False,
                 )
                 if done.returncode != 0:
-                    raise ServerFailed(f"client failed on {call} (status {done.returncode})")
+                    raise ServerFailed(f"client failed on {job.key} (status {done.returncode})")
                 figures = json.loads(done.stdout)
                 figures["client"] = shlex.join(client)
-                result["calls"][call] = figures
+                result[result_key][job.key] = figures
         except BaseException:
             stop(proc)
             raise
         result["exit_status"] = status = stop(proc)
         if status != 0:
-            print(f"  note: {server.name} exited with status {status}", file=sys.stderr)
+            print(f"  note: {name} exited with status {status}", file=sys.stderr)
     except (ServerFailed, OSError, subprocess.TimeoutExpired, ValueError) as exc:
-        raise ServerFailed(f"{server.name}: {exc}{_log_tail(log)}") from None
+        raise ServerFailed(f"{name}: {exc}{_log_tail(log)}") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return result
+
+
+def _run_kept_going(proc: subprocess.Popen[bytes], job: Job, client: list[str]) -> dict[str, Any]:
+    """One job whose failure is its own: figures, or ``{"error": ...}``."""
+    try:
+        done = subprocess.run(
+            client,
+            cwd=REPO,
+            env=_env(),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=CLIENT_TIMEOUT,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        error = f"no result within {CLIENT_TIMEOUT} s"
+    else:
+        sys.stderr.write(done.stderr.decode(errors="replace"))
+        error = ""
+        if done.returncode == 0:
+            try:
+                figures: dict[str, Any] = json.loads(done.stdout)
+            except ValueError as exc:
+                error = f"unreadable output: {exc}"
+            else:
+                figures["client"] = shlex.join(client)
+                return figures
+        if not error:
+            lines = done.stderr.decode(errors="replace").strip().splitlines()
+            error = lines[-1] if lines else f"status {done.returncode}"
+    print(f"  FAILED: {job.label}: {error}", file=sys.stderr)
+    if proc.poll() is not None:
+        raise ServerFailed(f"server exited with status {proc.returncode} during {job.label}")
+    return {"error": error, "client": shlex.join(client)}
+
+
+def run_server(
+    server: Server, calls: Sequence[str], settings: Settings, command: Sequence[str] | None
+) -> dict[str, Any]:
+    """Start ``server``, measure each of ``calls`` in a client process, stop the server."""
+
+    def jobs(path: str) -> list[Job]:
+        return [
+            Job(
+                call,
+                call,
+                (
+                    *_fill(server.client, socket=path, call=call),
+                    *("--socket", path, *settings.client_args()),
+                ),
+            )
+            for call in calls
+        ]
+
+    return run_jobs(server.name, command or server.command, jobs)
 
 
 def _median(values: list[float]) -> float:
@@ -294,6 +382,151 @@ def build_table(
     return "\n".join(lines), ratios
 
 
+# --- the clients section ------------------------------------------------------------------
+
+CLIENTS: Final = "clients"
+
+
+def client_jobs(
+    calls: Sequence[str], settings: Settings, threads: int
+) -> Callable[[str], list[Job]]:
+    """Every client on every call (sequential), then the threaded one on every call."""
+
+    def jobs(path: str) -> list[Job]:
+        base = (sys.executable, "-m", "bench.clients", "--socket", path)
+        out = [
+            Job(
+                f"{kind} {call}",
+                f"{kind} {call}",
+                (
+                    *base,
+                    f"--client={kind}",
+                    f"--call={call}",
+                    f"--seq={settings.seq}",
+                    f"--seq-warmup={settings.seq_warmup}",
+                ),
+            )
+            for call in calls
+            for kind in CLIENT_KINDS
+        ]
+        out += [
+            Job(
+                f"{THREADED_CLIENT} {call}",
+                f"{THREADED_CLIENT} x{threads} {call}",
+                (
+                    *base,
+                    f"--client={THREADED_CLIENT}",
+                    f"--call={call}",
+                    f"--threads={threads}",
+                    f"--warmup={settings.warmup}",
+                    f"--duration={settings.duration}",
+                ),
+            )
+            for call in calls
+        ]
+        return out
+
+    return jobs
+
+
+def _part(kind: str) -> str:
+    return "threads" if kind == THREADED_CLIENT else "seq"
+
+
+def summarize_clients(runs: list[dict[str, Any]], calls: Sequence[str]) -> dict[str, Any]:
+    """Per call and client, the median of each figure over the rounds, or the first error."""
+    summary: dict[str, Any] = {}
+    for call in calls:
+        summary[call] = {}
+        for kind in (*CLIENT_KINDS, THREADED_CLIENT):
+            part = _part(kind)
+            rounds = [run["measurements"].get(f"{kind} {call}", {}) for run in runs]
+            failed = [r.get("error", "no result") for r in rounds if part not in r]
+            if failed or not rounds:
+                summary[call][kind] = {"error": failed[0] if failed else "not measured"}
+                continue
+            first = rounds[0][part]
+            summary[call][kind] = {
+                key: _median([r[part][key] for r in rounds])
+                for key, value in first.items()
+                if isinstance(value, int | float)
+            }
+    return summary
+
+
+def _client_figure(summary: dict[str, Any], call: str, kind: str, key: str) -> float | None:
+    try:
+        return float(summary[call][kind][key])
+    except (KeyError, TypeError):
+        return None
+
+
+def _ratio(mine: float | None, reference: float | None) -> float | None:
+    return mine / reference if mine is not None and reference else None
+
+
+def _fmt_ratio(ratio: float | None) -> str:
+    return "—" if ratio is None else f"{ratio:.2f}x"
+
+
+def build_clients_tables(
+    summary: dict[str, Any], calls: Sequence[str], threads: int
+) -> tuple[str, dict[str, Any]]:
+    """The clients' markdown tables, and the ratios they show."""
+    ratios: dict[str, Any] = {"vs_lean": {}, "threads_vs_one_thread": {}}
+    lines = [
+        "| client | call | p50 (us) | p99 (us) | p50 vs lean | p99 vs lean |",
+        "|---|---|---|---|---|---|",
+    ]
+    for call in calls:
+        ratios["vs_lean"][call] = {}
+        for kind, title in CLIENT_KINDS.items():
+            if "error" in summary[call][kind]:
+                lines.append(f"| {title} | {call} | FAILED | FAILED | — | — |")
+                ratios["vs_lean"][call][kind] = None
+                continue
+            cells = [title, call]
+            pair: dict[str, float | None] = {}
+            for key in ("p50_us", "p99_us"):
+                cells.append(_fmt(_client_figure(summary, call, kind, key), "latency"))
+            for key in ("p50_us", "p99_us"):
+                pair[key] = _ratio(
+                    _client_figure(summary, call, kind, key),
+                    _client_figure(summary, call, REFERENCE_CLIENT, key),
+                )
+                cells.append(_fmt_ratio(pair[key]))
+            ratios["vs_lean"][call][kind] = pair
+            lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        f"| {threads} threads, one SyncController | call | calls/s | vs 1 thread "
+        "| p50 (us) | p99 (us) | calls per thread, min-max |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for call in calls:
+        if "error" in summary[call][THREADED_CLIENT]:
+            lines.append(f"| SyncController x{threads} | {call} | FAILED | — | — | — | — |")
+            ratios["threads_vs_one_thread"][call] = None
+            continue
+        rate = _client_figure(summary, call, THREADED_CLIENT, "calls_per_s")
+        mean = _client_figure(summary, call, "sync-model", "mean_us")
+        ratio = _ratio(rate, 1e6 / mean if mean else None)
+        ratios["threads_vs_one_thread"][call] = ratio
+        low = _client_figure(summary, call, THREADED_CLIENT, "per_thread_min")
+        high = _client_figure(summary, call, THREADED_CLIENT, "per_thread_max")
+        cells = [
+            f"SyncController x{threads}",
+            call,
+            _fmt(rate, "throughput"),
+            _fmt_ratio(ratio),
+            _fmt(_client_figure(summary, call, THREADED_CLIENT, "p50_us"), "latency"),
+            _fmt(_client_figure(summary, call, THREADED_CLIENT, "p99_us"), "latency"),
+            "—" if low is None or high is None else f"{low:,.0f}-{high:,.0f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines), ratios
+
+
 # --- main ----------------------------------------------------------------------------------
 
 
@@ -325,6 +558,18 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--repeat", type=int, help="rounds over all servers; each figure is the median"
     )
+    parser.add_argument(
+        "--clients",
+        default=",".join(CLIENT_CALLS),
+        help="comma-separated calls measured through every client on a sandboxd of their own "
+        f"(default {','.join(CLIENT_CALLS)}; '' skips the clients section)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=CLIENT_THREADS,
+        help=f"threads sharing one SyncController in the clients section ({CLIENT_THREADS})",
+    )
     args = parser.parse_args(argv)
     names = {s.name for s in SERVERS}
     args.server_names = [n for n in args.servers.split(",") if n]
@@ -333,6 +578,11 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     args.call_names = [c for c in args.calls.split(",") if c]
     if unknown := set(args.call_names) - set(CALLS):
         parser.error(f"unknown call(s): {', '.join(sorted(unknown))}")
+    args.client_calls = [c for c in args.clients.split(",") if c]
+    if unknown := set(args.client_calls) - set(CALLS):
+        parser.error(f"unknown call(s) in --clients: {', '.join(sorted(unknown))}")
+    if args.threads < 1:
+        parser.error("--threads must be positive")
     return args
 
 
@@ -366,6 +616,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Rounds interleave the servers, so a slow stretch of the machine hits all of them.
     runs: dict[str, list[dict[str, Any]]] = {s.name: [] for s in servers}
     errors: dict[str, str] = {}
+    client_runs: list[dict[str, Any]] = []
+    under_test = next(s.command for s in SERVERS if s.name == UNDER_TEST)
     for round_no in range(1, settings.repeat + 1):
         for server in servers:
             if server.name in errors:
@@ -385,6 +637,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             except ServerFailed as exc:
                 print(f"FAILED: {exc}", file=sys.stderr)
                 errors[server.name] = str(exc)
+        if args.client_calls and CLIENTS not in errors:
+            print(
+                f"{CLIENTS}: starting sandboxd (round {round_no}/{settings.repeat})",
+                file=sys.stderr,
+                flush=True,
+            )
+            try:
+                client_runs.append(
+                    run_jobs(
+                        CLIENTS,
+                        shlex.split(args.sandboxd_cmd) if args.sandboxd_cmd else under_test,
+                        client_jobs(args.client_calls, settings, args.threads),
+                        result_key="measurements",
+                        keep_going=True,
+                    )
+                )
+            except ServerFailed as exc:
+                print(f"FAILED: {exc}", file=sys.stderr)
+                errors[CLIENTS] = str(exc)
     results: dict[str, Any] = {}
     for server in servers:
         if server.name in errors:
@@ -394,7 +665,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     failed = bool(errors)
 
     table, ratios = build_table(results, servers, plan, settings.inflight)
-    print(table)
+    if servers:
+        print(table)
+    clients: dict[str, Any] = {}
+    if args.client_calls:
+        clients = {"calls": args.client_calls, "threads": args.threads, "rounds": len(client_runs)}
+        if CLIENTS in errors:
+            clients["error"] = errors[CLIENTS]
+        if client_runs:
+            summary = summarize_clients(client_runs, args.client_calls)
+            clients_table, client_ratios = build_clients_tables(
+                summary, args.client_calls, args.threads
+            )
+            failed = failed or any(
+                "error" in figures
+                for per_call in summary.values()
+                for figures in per_call.values()
+            )
+            clients.update(summary=summary, ratios=client_ratios, table=clients_table)
+            print(("\n" if servers else "") + clients_table)
+        else:
+            print(("\n" if servers else "") + "clients: FAILED (see above)")
+        clients["runs"] = client_runs
     report = {
         "command": shlex.join(getattr(sys, "orig_argv", [sys.executable, *sys.argv])),
         "cwd": os.getcwd(),
@@ -410,6 +702,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "results": results,
         "ratios_vs_floor": ratios,
         "table": table,
+        "clients": clients,
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2) + "\n")

@@ -79,3 +79,19 @@ _TABLE: Final[tuple[Call, ...]] = (
 CALLS: Final[dict[str, Call]] = {call.name: call for call in _TABLE}
 
 BASELINE_CALL: Final = "Runtime/Version"
+
+# The clients section (bench/clients.py): the same calls through sandboxd's own clients.
+#: Sequential clients, in table order: kind -> what the table calls it.  ``lean`` is the
+#: reference: bench/client.py's sequential loop.
+CLIENT_KINDS: Final[dict[str, str]] = {
+    "lean": "lean (bench.client)",
+    "sync-call": "SyncClient.call",
+    "sync-model": "SyncController",
+    "trio-call": "trio Client.call",
+    "trio-model": "RemoteController",
+}
+REFERENCE_CLIENT: Final = "lean"
+#: Threads sharing one SyncController, calling in a loop: calls/s.
+THREADED_CLIENT: Final = "sync-threads"
+CLIENT_CALLS: Final = ("Runtime/Version", "Controller/Status")
+CLIENT_THREADS: Final = 8
