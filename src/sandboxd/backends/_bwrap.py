@@ -211,10 +211,15 @@ class BwrapBackend:
                 finally:
                     os.close(info_w)
                 init_pid = await _read_init_pid(info_r, process, spec.sandbox_id)
-                if ready is not None:
-                    await ready.wait(process, spec.sandbox_id)
-                else:
-                    await _await_command(init_pid, process)
+                try:
+                    if ready is not None:
+                        await ready.wait(process, spec.sandbox_id)
+                    else:
+                        await _await_command(init_pid, process)
+                except BaseException:
+                    # Cancelled (or the pause never got ready): nothing may stay running.
+                    await _kill_outer(process, init_pid)
+                    raise
         finally:
             os.close(info_r)
         try:
@@ -278,7 +283,7 @@ async def _read_init_pid(fd: int, process: trio.Process, sandbox_id: str) -> int
     """The host pid of the namespace's init, from bwrap's ``--info-fd`` JSON."""
     data = b""
     try:
-        with trio.fail_after(SETUP_TIMEOUT):
+        with trio.move_on_after(SETUP_TIMEOUT) as setup:
             while True:
                 try:
                     chunk = os.read(fd, 4096)
@@ -293,6 +298,12 @@ async def _read_init_pid(fd: int, process: trio.Process, sandbox_id: str) -> int
     except BaseException:
         await _kill_outer(process)
         raise
+    if setup.cancelled_caught:
+        await _kill_outer(process)
+        raise FailedPrecondition(
+            f"cannot start sandbox {sandbox_id}: bubblewrap did not set the sandbox up "
+            f"within {SETUP_TIMEOUT:g} s"
+        )
     # bwrap closed the pipe without reporting: it failed to set up (its error is in the log).
     status = await process.wait()
     raise FailedPrecondition(
@@ -334,7 +345,10 @@ def _children(pid: int) -> list[int]:
         return []
 
 
-async def _kill_outer(process: trio.Process) -> None:
+async def _kill_outer(process: trio.Process, init_pid: int = 0) -> None:
+    if init_pid > 0:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(init_pid, _signal.SIGKILL)  # takes the whole namespace down
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, _signal.SIGKILL)
     with trio.CancelScope(shield=True):

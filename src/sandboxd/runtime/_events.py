@@ -107,10 +107,15 @@ class EventBus:
 
     def __init__(self) -> None:
         self._subscribers: set[Subscription] = set()
+        self._closed = False
 
     def subscribe(self, limit: int = DEFAULT_SUBSCRIBER_BUFFER) -> Subscription:
+        """A new subscription; one taken after :meth:`close` is already at its end."""
         sub = Subscription(self, limit)
-        self._subscribers.add(sub)
+        if self._closed:
+            sub.close()
+        else:
+            self._subscribers.add(sub)
         return sub
 
     def publish(self, event: SandboxEvent) -> None:
@@ -118,5 +123,7 @@ class EventBus:
             sub._offer(event)
 
     def close(self) -> None:
+        """End every subscription, now and to come."""
+        self._closed = True
         for sub in list(self._subscribers):
             sub.close()
