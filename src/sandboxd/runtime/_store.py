@@ -176,8 +176,10 @@ class SandboxStore:
         self._wake = trio.Event()
 
     @classmethod
-    def open(cls, state_dir: str | os.PathLike[str]) -> SandboxStore:
-        """Open (or create) the database in ``state_dir``; :class:`StoreCorrupt` if unusable."""
+    def open(cls, state_dir: str | os.PathLike[str], *, durable: bool = False) -> SandboxStore:
+        """Open (or create) the database in ``state_dir``; :class:`StoreCorrupt` if unusable.
+
+        ``durable`` makes every commit wait for the disk (see the module's docstring)."""
         path = os.path.join(os.fspath(state_dir), DATABASE_NAME)
         try:
             db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
@@ -185,7 +187,7 @@ class SandboxStore:
             raise StoreCorrupt(f"cannot open the state database {path}: {exc}") from None
         try:
             db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
+            db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
             (check,) = db.execute("PRAGMA quick_check").fetchone()
             if check != "ok":
                 raise StoreCorrupt(f"the state database {path} is corrupt: {check}")

@@ -1,0 +1,995 @@
+"""The load tool behind ``tools/load``: many clients drive whole sandbox lifecycles at once
+against a live daemon, and every reply is checked.
+
+N connections (a :class:`~sandboxd.RemoteController` each, all in one ``trio.run``) each run
+M concurrent loops for T seconds.  One lifecycle, on a fresh sandbox id:
+
+    create, start, status (ready), stop (timeout 5 s), wait (the sandboxer's exit status),
+    status (stopped), shutdown, status (NOT_FOUND)
+
+``sim`` sandboxes exit 143 on Stop's SIGTERM.  ``process`` and ``bwrap`` lifecycles alternate
+between ``sleep 1000`` (killed by SIGTERM: 143) and the pause process (SIGTERM ends it cleanly:
+0).  When the time is up every loop finishes the lifecycle it is in, so each sandbox the load
+created is shut down by its own calls.
+
+Checks, each reported by name; the exit status is 1 when any fails:
+
+* **one reply per call**: no call went unanswered for ``--call-timeout`` seconds, and on every
+  connection each request frame got exactly one response frame (frames are counted by stream
+  id as they cross the socket, beneath the client library);
+* **correct replies**: each call got the result, or the error code, its place in the
+  lifecycle implies (see :func:`judge`);
+* **final state**: List on a fresh connection shows exactly the load's sandboxes its calls
+  left in existence (none, when every Shutdown succeeded);
+* **no process left**: every pid Start reported (and, for bwrap, the outer bubblewrap's) is
+  gone or a zombie, or now belongs to another process (its start time differs);
+* **daemon exit**: the daemon started here exits 0 on SIGTERM.
+
+Without ``--socket`` the daemon is ``sandboxd serve`` on a temporary socket and state
+directory (kept, with its log, when a check fails).
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import math
+import os
+import secrets
+import shutil
+import signal
+import socket
+import struct
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Final
+
+import trio
+
+from sandboxd import (
+    Code,
+    ExitStatus,
+    RemoteController,
+    RPCError,
+    SandboxInstance,
+    SandboxOptions,
+    SandboxState,
+    SandboxStatus,
+    Unavailable,
+)
+from sandboxd.rpc import Client
+
+# The frame tap needs the client's own transport under a socket it can watch; both are
+# private to the rpc layer, which offers no hook for this (a test tool may look inside).
+from sandboxd.rpc._transport import Transport
+from sandboxd.wire import HEADER, HEADER_SIZE, FrameType
+
+SANDBOXERS: Final = ("sim", "process", "bwrap")
+#: Seconds the daemon gets to start serving, and to exit after SIGTERM.
+DAEMON_TIMEOUT: Final = 15.0
+#: Seconds between two connection attempts while the daemon starts.
+PROBE_INTERVAL: Final = 0.02
+#: The label every sandbox of one run carries (value: the run's id), for List.
+LABEL: Final = "sandboxd-load"
+STOP_TIMEOUT: Final = 5.0
+DEFAULT_CALL_TIMEOUT: Final = 30.0
+SLEEP: Final = SandboxOptions(command=("sleep", "1000"))
+#: Methods whose latency is reported, in lifecycle order.
+METHODS: Final = ("create", "start", "status", "stop", "wait", "shutdown")
+#: Complaints kept verbatim for the report (the rest are only counted).
+MAX_SAMPLES: Final = 20
+QUICK: Final = {"clients": 2, "concurrency": 4, "duration": 2.0}
+DEFAULTS: Final = {"clients": 4, "concurrency": 16, "duration": 10.0}
+_PEERCRED: Final = struct.Struct("3i")
+
+
+# --- judging one reply -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NoReply:
+    """The outcome of a call that got no reply within ``after`` seconds (it was abandoned)."""
+
+    after: float
+
+
+@dataclass(frozen=True, slots=True)
+class Expected:
+    """What one lifecycle's calls must see beyond each step's fixed result."""
+
+    sandbox_id: str
+    exit_status: int
+    pid: int | None = None  # Start's pid, once known
+
+
+#: The steps of one lifecycle, in order; a step's method is its name up to the first '-'.
+STEPS: Final = (
+    "create",
+    "start",
+    "status-ready",
+    "stop",
+    "wait",
+    "status-stopped",
+    "shutdown",
+    "status-gone",
+)
+
+
+def method_of(step: str) -> str:
+    return step.split("-", 1)[0]
+
+
+def judge(step: str, outcome: object, expected: Expected) -> str | None:
+    """None when ``outcome`` (a call's result, the :class:`~sandboxd.RPCError` it raised, or
+    :class:`NoReply`) is what ``step`` of a lifecycle must get; otherwise what is wrong."""
+    if step not in STEPS:
+        raise ValueError(f"unknown lifecycle step {step!r}")
+    sid = expected.sandbox_id
+    if isinstance(outcome, NoReply):
+        return f"{step} {sid}: no reply within {outcome.after:g} s"
+    if step == "status-gone":
+        if isinstance(outcome, RPCError) and outcome.code == Code.NOT_FOUND:
+            return None
+        return f"{step} {sid}: got {describe(outcome)}, expected NOT_FOUND"
+    if isinstance(outcome, RPCError):
+        return f"{step} {sid}: got {describe(outcome)}, expected success"
+    want: str
+    if step == "create":
+        ok, want = outcome == sid, repr(sid)
+    elif step == "start":
+        ok = isinstance(outcome, SandboxInstance) and outcome.sandbox_id == sid and outcome.pid > 0
+        want = "an instance with a pid > 0"
+    elif step in ("stop", "shutdown"):
+        ok, want = outcome is None, "None"
+    elif step == "wait":
+        if isinstance(outcome, ExitStatus) and outcome.exit_status != expected.exit_status:
+            got, want_status = outcome.exit_status, expected.exit_status
+            return f"{step} {sid}: exit status {got}, expected {want_status}"
+        ok, want = isinstance(outcome, ExitStatus), f"exit status {expected.exit_status}"
+    elif step == "status-ready":
+        ok = (
+            isinstance(outcome, SandboxStatus)
+            and outcome.sandbox_id == sid
+            and outcome.state == SandboxState.READY
+            and (expected.pid is None or outcome.pid == expected.pid)
+        )
+        want = f"state ready, pid {expected.pid}"
+    else:  # status-stopped
+        ok = (
+            isinstance(outcome, SandboxStatus)
+            and outcome.sandbox_id == sid
+            and outcome.state == SandboxState.STOPPED
+            and outcome.exited_at is not None
+        )
+        want = "state stopped with an exit time"
+    return None if ok else f"{step} {sid}: got {describe(outcome)}, expected {want}"
+
+
+def describe(outcome: object) -> str:
+    if isinstance(outcome, RPCError):
+        return f"{outcome.code.name} ({outcome.message})"
+    if isinstance(outcome, SandboxStatus):
+        return f"status {outcome.state.value} pid {outcome.pid}"
+    return repr(outcome)
+
+
+def error_kind(outcome: object) -> str:
+    """How a wrong outcome is counted: its status code, NO_REPLY, or WRONG_REPLY (a result,
+    but not the right one)."""
+    if isinstance(outcome, RPCError):
+        return outcome.code.name
+    if isinstance(outcome, NoReply):
+        return "NO_REPLY"
+    return "WRONG_REPLY"
+
+
+def plan(sandboxer: str, seq: int) -> tuple[SandboxOptions | None, int]:
+    """The options of a loop's ``seq``-th lifecycle and the exit status its Wait must get."""
+    if sandboxer == "sim":
+        return None, 143
+    if seq % 2 == 0:
+        return SLEEP, 143
+    return None, 0  # the pause process exits 0 on SIGTERM
+
+
+# --- counting frames on the socket -------------------------------------------------------
+
+
+class FrameScanner:
+    """Finds frame headers in a byte stream fed in chunks of any size; payloads are skipped,
+    never copied.  Calls ``on_frame(stream_id, type)`` once per header."""
+
+    __slots__ = ("_header", "_on_frame", "_skip")
+
+    def __init__(self, on_frame: Callable[[int, int], None]) -> None:
+        self._header = b""  # the start of a header split across chunks
+        self._skip = 0  # payload bytes still to come
+        self._on_frame = on_frame
+
+    def feed(self, data: bytes | memoryview) -> None:
+        pos, end = 0, len(data)
+        while pos < end:
+            if self._skip:
+                taken = min(self._skip, end - pos)
+                self._skip -= taken
+                pos += taken
+                continue
+            if self._header or end - pos < HEADER_SIZE:
+                taken = min(HEADER_SIZE - len(self._header), end - pos)
+                self._header += bytes(data[pos : pos + taken])
+                pos += taken
+                if len(self._header) < HEADER_SIZE:
+                    return
+                length, stream_id, frame_type, _ = HEADER.unpack(self._header)
+                self._header = b""
+            else:
+                length, stream_id, frame_type, _ = HEADER.unpack_from(data, pos)
+                pos += HEADER_SIZE
+            self._skip = length
+            self._on_frame(stream_id, frame_type)
+
+
+class ReplyLedger:
+    """Request and response frames of one connection, by stream id."""
+
+    __slots__ = (
+        "answered",
+        "duplicate_requests",
+        "duplicate_responses",
+        "requests",
+        "unsolicited",
+    )
+
+    def __init__(self) -> None:
+        self.requests: set[int] = set()
+        self.answered: set[int] = set()
+        self.duplicate_requests = 0
+        self.duplicate_responses = 0
+        self.unsolicited = 0
+
+    def on_sent(self, stream_id: int, frame_type: int) -> None:
+        if frame_type == FrameType.REQUEST:
+            if stream_id in self.requests:
+                self.duplicate_requests += 1
+            self.requests.add(stream_id)
+
+    def on_received(self, stream_id: int, frame_type: int) -> None:
+        if frame_type != FrameType.RESPONSE:
+            return
+        if stream_id in self.answered:
+            self.duplicate_responses += 1
+        elif stream_id in self.requests:
+            self.answered.add(stream_id)
+        else:
+            self.unsolicited += 1
+
+    def problems(self) -> list[str]:
+        """What breaks "exactly one response per request"; empty when nothing does."""
+        found = []
+        missing = sorted(self.requests - self.answered)
+        if missing:
+            shown = ", ".join(map(str, missing[:5]))
+            found.append(f"{len(missing)} requests without a response (streams {shown}...)")
+        if self.duplicate_responses:
+            found.append(f"{self.duplicate_responses} extra responses to answered requests")
+        if self.unsolicited:
+            found.append(f"{self.unsolicited} responses on streams never requested")
+        if self.duplicate_requests:
+            found.append(f"{self.duplicate_requests} requests reusing a stream id")
+        return found
+
+
+class TappedSocket(socket.socket):
+    """A Unix stream socket that shows every frame it sends and receives to a ledger."""
+
+    def __init__(self) -> None:
+        super().__init__(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.ledger = ReplyLedger()
+        self._sent = FrameScanner(self.ledger.on_sent)
+        self._received = FrameScanner(self.ledger.on_received)
+
+    def send(self, data: Any, flags: int = 0, /) -> int:
+        sent = super().send(data, flags)
+        self._sent.feed(memoryview(data)[:sent])
+        return sent
+
+    def recv(self, bufsize: int, flags: int = 0, /) -> bytes:
+        data = super().recv(bufsize, flags)
+        self._received.feed(data)
+        return data
+
+
+@asynccontextmanager
+async def connect_tapped(path: str) -> AsyncIterator[tuple[RemoteController, TappedSocket]]:
+    """What :func:`sandboxd.connect` gives, over a :class:`TappedSocket`."""
+    sock = TappedSocket()
+    sock.setblocking(False)
+    try:
+        try:
+            sock.connect(path)
+        except BlockingIOError:
+            await trio.lowlevel.wait_writable(sock)
+            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                raise OSError(err, os.strerror(err)) from None
+    except OSError as exc:
+        sock.close()
+        raise Unavailable(f"cannot connect to {path}: {exc.strerror or exc}") from None
+    transport = Transport(sock)
+    client = Client(transport)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client.reader)
+            nursery.start_soon(transport.run_writer)
+            try:
+                yield RemoteController(client), sock
+            finally:
+                client.close()
+                nursery.cancel_scope.cancel()
+    finally:
+        transport.close()
+
+
+def peer_pid(sock: socket.socket) -> int:
+    return int(_PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[0])
+
+
+# --- processes ---------------------------------------------------------------------------
+
+
+def proc_fields(pid: int) -> list[bytes] | None:
+    """The fields of /proc/<pid>/stat after the command name (state first), or None."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return data[data.rfind(b")") + 2 :].split()
+
+
+def start_time(pid: int) -> int | None:
+    fields = proc_fields(pid)
+    return None if fields is None else int(fields[19])
+
+
+def parent_of(pid: int) -> int:
+    fields = proc_fields(pid)
+    return 0 if fields is None else int(fields[1])
+
+
+def cpu_seconds(pid: int) -> float | None:
+    fields = proc_fields(pid)
+    if fields is None:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def process_state(pid: int, started: int | None) -> str:
+    """``gone`` (or another process now has the pid), ``zombie`` or ``alive``."""
+    fields = proc_fields(pid)
+    if fields is None or fields[0] in (b"X", b"x"):
+        return "gone"
+    if started is not None and int(fields[19]) != started:
+        return "gone"  # the pid was reused
+    return "zombie" if fields[0] == b"Z" else "alive"
+
+
+@dataclass(frozen=True, slots=True)
+class Tracked:
+    """A host process a sandbox had: its pid and its start time when first seen."""
+
+    pid: int
+    started: int | None
+    sandbox_id: str
+    role: str  # "init", or "bwrap" for the outer bubblewrap
+
+
+# --- the load ----------------------------------------------------------------------------
+
+
+@dataclass
+class Settings:
+    socket: str | None
+    clients: int
+    concurrency: int
+    duration: float
+    sandboxer: str
+    json: str | None
+    call_timeout: float
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+@dataclass
+class Stats:
+    """Everything the load's calls produced."""
+
+    latencies: dict[str, list[int]] = field(default_factory=dict)  # method -> ns
+    calls: int = 0
+    completed: int = 0  # lifecycles with every call as expected
+    failed: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    expected_errors: Counter[str] = field(default_factory=Counter)
+    samples: list[str] = field(default_factory=list)
+    existing: set[str] = field(default_factory=set)  # ids the calls so far leave in existence
+    created: int = 0
+    tracked: list[Tracked] = field(default_factory=list)
+
+    def complain(self, kind: str, complaint: str) -> None:
+        self.errors[kind] += 1
+        if len(self.samples) < MAX_SAMPLES:
+            self.samples.append(complaint)
+
+
+class Load:
+    def __init__(self, settings: Settings, run_id: str) -> None:
+        self.settings = settings
+        self.run_id = run_id
+        self.labels = {LABEL: run_id}
+        self.stats = Stats()
+        self.deadline = math.inf
+        self._in_flight: dict[int, tuple[trio.CancelScope, float]] = {}
+        self._next_token = 0
+        self.processes = settings.sandboxer != "sim"
+
+    async def call(self, method: str, call: Awaitable[Any]) -> object:
+        """Await one call; its result, the RPCError it raised, or NoReply; latency recorded."""
+        token = self._next_token
+        self._next_token += 1
+        began = time.perf_counter_ns()
+        outcome: object = None
+        with trio.CancelScope() as scope:
+            self._in_flight[token] = (scope, trio.current_time())
+            try:
+                outcome = await call
+            except RPCError as err:
+                outcome = err
+            finally:
+                del self._in_flight[token]
+        elapsed = time.perf_counter_ns() - began
+        self.stats.calls += 1
+        if scope.cancelled_caught:
+            return NoReply(self.settings.call_timeout)
+        self.stats.latencies.setdefault(method, []).append(elapsed)
+        return outcome
+
+    def abandon_hung_calls(self) -> None:
+        limit = trio.current_time() - self.settings.call_timeout
+        for scope, began in list(self._in_flight.values()):
+            if began < limit:
+                scope.cancel()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    async def step(
+        self, step: str, call: Awaitable[Any], expected: Expected
+    ) -> tuple[object, bool]:
+        outcome = await self.call(method_of(step), call)
+        complaint = judge(step, outcome, expected)
+        if complaint is not None:
+            self.stats.complain(error_kind(outcome), complaint)
+        elif isinstance(outcome, RPCError):
+            self.stats.expected_errors[outcome.code.name] += 1
+        return outcome, complaint is None
+
+    async def lifecycle(self, ctl: RemoteController, sandbox_id: str, seq: int) -> bool:
+        """One sandbox's whole life; True when every call got what it should."""
+        stats = self.stats
+        options, exit_status = plan(self.settings.sandboxer, seq)
+        expected = Expected(sandbox_id, exit_status)
+        create = ctl.create(
+            sandbox_id, sandboxer=self.settings.sandboxer, options=options, labels=self.labels
+        )
+        outcome, ok = await self.step("create", create, expected)
+        if not isinstance(outcome, RPCError):
+            stats.existing.add(sandbox_id)  # or perhaps, after a wrong reply or none
+            stats.created += 1
+        if not ok:
+            return await self.clean_up(ctl, sandbox_id)
+        outcome, ok = await self.step("start", ctl.start(sandbox_id), expected)
+        started: int | None = None
+        if isinstance(outcome, SandboxInstance) and self.processes and outcome.pid > 0:
+            fields = proc_fields(outcome.pid)
+            started = None if fields is None else int(fields[19])
+            stats.tracked.append(Tracked(outcome.pid, started, sandbox_id, "init"))
+            parent = 0 if fields is None else int(fields[1])
+            if self.settings.sandboxer == "bwrap" and parent > 1:
+                # The namespace's init is the child of the outer bubblewrap, on the host.
+                stats.tracked.append(Tracked(parent, start_time(parent), sandbox_id, "bwrap"))
+        if not ok or not isinstance(outcome, SandboxInstance):
+            return await self.clean_up(ctl, sandbox_id)
+        expected = replace(expected, pid=outcome.pid)
+        if not (await self.step("status-ready", ctl.status(sandbox_id), expected))[1]:
+            return await self.clean_up(ctl, sandbox_id)
+        stop = ctl.stop(sandbox_id, timeout_secs=STOP_TIMEOUT)
+        if not (await self.step("stop", stop, expected))[1]:
+            return await self.clean_up(ctl, sandbox_id)
+        if not (await self.step("wait", ctl.wait(sandbox_id), expected))[1]:
+            return await self.clean_up(ctl, sandbox_id)
+        if self.processes and process_state(expected.pid or 0, started) == "alive":
+            stats.complain(
+                "ALIVE_AFTER_WAIT",
+                f"wait {sandbox_id}: returned, but its process {expected.pid} still runs",
+            )
+            return await self.clean_up(ctl, sandbox_id)
+        if not (await self.step("status-stopped", ctl.status(sandbox_id), expected))[1]:
+            return await self.clean_up(ctl, sandbox_id)
+        outcome, ok = await self.step("shutdown", ctl.shutdown(sandbox_id), expected)
+        if outcome is None:
+            stats.existing.discard(sandbox_id)
+        if not ok:
+            return await self.clean_up(ctl, sandbox_id)
+        return (await self.step("status-gone", ctl.status(sandbox_id), expected))[1]
+
+    async def clean_up(self, ctl: RemoteController, sandbox_id: str) -> bool:
+        """After a wrong outcome: shut the sandbox down (unjudged) if it may exist."""
+        if sandbox_id in self.stats.existing:
+            outcome = await self.call("shutdown (clean-up)", ctl.shutdown(sandbox_id))
+            gone = isinstance(outcome, RPCError) and outcome.code == Code.NOT_FOUND
+            if outcome is None or gone:
+                self.stats.existing.discard(sandbox_id)
+        return False
+
+    async def loop(self, ctl: RemoteController, client: int, worker: int) -> None:
+        seq = 0
+        while trio.current_time() < self.deadline:
+            sandbox_id = f"load-{self.run_id}-{client}-{worker}-{seq}"
+            if await self.lifecycle(ctl, sandbox_id, seq):
+                self.stats.completed += 1
+            else:
+                self.stats.failed += 1
+                # A call refused before it was sent (the connection is gone) does not yield.
+                await trio.lowlevel.checkpoint()
+            seq += 1
+
+    async def client(
+        self,
+        path: str,
+        index: int,
+        go: trio.Event,
+        sockets: list[TappedSocket],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        async with connect_tapped(path) as (ctl, sock):
+            sockets.append(sock)
+            task_status.started()
+            await go.wait()
+            async with trio.open_nursery() as nursery:
+                for worker in range(self.settings.concurrency):
+                    nursery.start_soon(self.loop, ctl, index, worker)
+
+    async def progress(self, began: float, done: trio.Event) -> None:
+        """Once a second: calls so far, their rate, errors; and abandon calls that hang."""
+        tick, last_calls = 1, 0
+        while True:
+            with trio.move_on_at(began + tick):
+                await done.wait()
+            if done.is_set():
+                return
+            self.abandon_hung_calls()
+            calls = self.stats.calls
+            phase = "" if trio.current_time() < self.deadline else "  (finishing lifecycles)"
+            errors = sum(self.stats.errors.values())
+            print(
+                f"load: {tick:4d} s  ops {calls:8d} ({calls - last_calls:6d}/s)  "
+                f"lifecycles {self.stats.completed + self.stats.failed:7d}  errors {errors}  "
+                f"in flight {self.in_flight}{phase}",
+                flush=True,
+            )
+            tick, last_calls = tick + 1, calls
+
+    async def run(self, path: str) -> Measured:
+        """Run the load against the daemon at ``path``."""
+        sockets: list[TappedSocket] = []
+        go, done = trio.Event(), trio.Event()
+        async with trio.open_nursery() as outer:
+            async with trio.open_nursery() as clients:
+                for index in range(self.settings.clients):
+                    await clients.start(self.client, path, index, go, sockets)
+                daemon_pid = peer_pid(sockets[0])
+                daemon_cpu = cpu_seconds(daemon_pid)
+                client_cpu = time.process_time()
+                began = trio.current_time()
+                self.deadline = began + self.settings.duration
+                outer.start_soon(self.progress, began, done)
+                go.set()
+            done.set()
+        elapsed = trio.current_time() - began
+        client_cpu = time.process_time() - client_cpu
+        daemon_cpu_end = cpu_seconds(daemon_pid)
+        return Measured(
+            elapsed=elapsed,
+            sockets=sockets,
+            daemon_pid=daemon_pid,
+            client_cpu=client_cpu,
+            daemon_cpu=(
+                None
+                if daemon_cpu is None or daemon_cpu_end is None
+                else daemon_cpu_end - daemon_cpu
+            ),
+        )
+
+
+@dataclass
+class Measured:
+    """What one load run measured besides its calls."""
+
+    elapsed: float
+    sockets: list[TappedSocket]
+    daemon_pid: int
+    client_cpu: float
+    daemon_cpu: float | None  # None when the daemon's /proc entry cannot be read
+
+
+# --- the daemon --------------------------------------------------------------------------
+
+
+@dataclass
+class Daemon:
+    process: trio.Process
+    socket: str
+    log: Path
+    exit_status: int | None = None
+    stop_seconds: float | None = None
+
+    def output(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+
+def sandboxd_argv(*args: str) -> list[str]:
+    script = Path(sys.executable).with_name("sandboxd")
+    base = [str(script)] if script.exists() else [sys.executable, "-m", "sandboxd"]
+    return [*base, *args]
+
+
+async def serving(path: str, process: trio.Process | None) -> None:
+    """Return once a daemon answers on ``path`` (bounded connection polling)."""
+    with trio.move_on_after(DAEMON_TIMEOUT):
+        while True:
+            if process is not None and process.poll() is not None:
+                raise SystemExit(f"load: the daemon exited with {process.returncode} at start")
+            try:
+                async with connect_tapped(path) as (ctl, _):
+                    await ctl.version()
+                    return
+            except Unavailable:
+                await trio.sleep(PROBE_INTERVAL)
+    raise SystemExit(f"load: no daemon answered on {path} within {DAEMON_TIMEOUT:g} s")
+
+
+@asynccontextmanager
+async def own_daemon(tmp: str) -> AsyncIterator[Daemon]:
+    """``sandboxd serve`` on a socket in ``tmp``, serving; SIGTERM at the end (its exit status
+    is recorded), SIGKILL if it does not exit in time."""
+    path = os.path.join(tmp, "sandboxd.sock")
+    log = Path(tmp) / "daemon.log"
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        argv = sandboxd_argv("serve", "--socket", path, "--state-dir", os.path.join(tmp, "state"))
+        process = await trio.lowlevel.open_process(argv, stdin=None, stdout=fd, stderr=fd)
+    finally:
+        os.close(fd)
+    daemon = Daemon(process, path, log)
+    try:
+        try:
+            await serving(path, process)
+        except SystemExit:
+            print(daemon.output(), file=sys.stderr)
+            raise
+        yield daemon
+    finally:
+        if process.poll() is None:
+            began = time.monotonic()
+            process.send_signal(signal.SIGTERM)
+            with trio.CancelScope(shield=True):
+                with trio.move_on_after(DAEMON_TIMEOUT):
+                    daemon.exit_status = await process.wait()
+                    daemon.stop_seconds = time.monotonic() - began
+                if process.poll() is None:
+                    process.kill()
+                    await process.wait()
+        else:
+            daemon.exit_status = process.returncode
+
+
+def log_notes(text: str) -> tuple[int, int, list[str]]:
+    """Warnings, errors (tracebacks included) and the first few such lines of a daemon log."""
+    warnings = errors = 0
+    lines: list[str] = []
+    for line in text.splitlines():
+        if " WARNING " in line:
+            warnings += 1
+        elif " ERROR " in line or line.startswith("Traceback"):
+            errors += 1
+        else:
+            continue
+        if len(lines) < 5:
+            lines.append(line)
+    return warnings, errors, lines
+
+
+# --- checks and the report ---------------------------------------------------------------
+
+
+def percentile(sorted_ns: Sequence[int], p: float) -> float:
+    """Nearest-rank percentile, in microseconds."""
+    rank = max(1, math.ceil(p / 100 * len(sorted_ns)))
+    return sorted_ns[rank - 1] / 1000
+
+
+def latency_table(latencies: dict[str, list[int]]) -> dict[str, dict[str, float]]:
+    table = {}
+    for method in [*METHODS, *sorted(set(latencies) - set(METHODS))]:
+        values = sorted(latencies.get(method, ()))
+        if values:
+            table[method] = {
+                "count": len(values),
+                "p50_us": round(percentile(values, 50), 1),
+                "p99_us": round(percentile(values, 99), 1),
+                "max_us": round(values[-1] / 1000, 1),
+            }
+    return table
+
+
+def reply_check(stats: Stats, sockets: Sequence[TappedSocket]) -> Check:
+    problems = []
+    for index, sock in enumerate(sockets):
+        problems += [f"connection {index}: {p}" for p in sock.ledger.problems()]
+    requests = sum(len(sock.ledger.requests) for sock in sockets)
+    responses = sum(len(sock.ledger.answered) for sock in sockets)
+    if requests != stats.calls:
+        problems.append(f"{stats.calls} calls made but {requests} requests on the wire")
+    if stats.errors["NO_REPLY"]:
+        problems.append(f"{stats.errors['NO_REPLY']} calls without a reply")
+    detail = f"{stats.calls} calls, {requests} requests, {responses} responses"
+    return Check("one reply per call", not problems, "; ".join([detail, *problems]))
+
+
+def correctness_check(stats: Stats) -> Check:
+    wrong = sum(stats.errors.values())
+    if not wrong:
+        return Check("correct replies", True, f"{stats.calls} calls as expected")
+    kinds = ", ".join(f"{k} {n}" for k, n in stats.errors.most_common())
+    return Check("correct replies", False, f"{wrong} wrong outcomes ({kinds})")
+
+
+def final_state_check(stats: Stats, listed: Sequence[SandboxStatus]) -> Check:
+    seen = {s.sandbox_id: s.state.value for s in listed}
+    unexpected = sorted(set(seen) - stats.existing)
+    missing = sorted(stats.existing - set(seen))
+    problems = []
+    if unexpected:
+        shown = ", ".join(f"{sid} ({seen[sid]})" for sid in unexpected[:5])
+        problems.append(f"{len(unexpected)} listed that should be gone: {shown}")
+    if missing:
+        problems.append(f"{len(missing)} missing that should exist: {', '.join(missing[:5])}")
+    detail = (
+        f"list shows {len(seen)} of the load's {stats.created} sandboxes; "
+        f"{len(stats.existing)} expected"
+    )
+    return Check("final state", not problems, "; ".join([detail, *problems]))
+
+
+def process_check(tracked: Sequence[Tracked]) -> tuple[Check, int]:
+    states = [(t, process_state(t.pid, t.started)) for t in tracked]
+    alive = [t for t, state in states if state == "alive"]
+    parents = Counter(parent_of(t.pid) for t, state in states if state == "zombie")
+    zombies = sum(parents.values())
+    detail = f"{len(alive)} of {len(tracked)} pids alive, {zombies} zombies"
+    if zombies:
+        owners = ", ".join(f"pid {ppid}: {n}" for ppid, n in parents.most_common(3))
+        detail += f" (not yet reaped by their parent: {owners})"
+    if alive:
+        shown = ", ".join(f"{t.pid} ({t.role} of {t.sandbox_id})" for t in alive[:5])
+        detail += f": {shown}"
+    return Check("no process left", not alive, detail), zombies
+
+
+async def list_load(path: str, labels: dict[str, str]) -> list[SandboxStatus]:
+    async with connect_tapped(path) as (ctl, _):
+        return await ctl.list(labels)
+
+
+async def run(settings: Settings) -> dict[str, Any]:
+    run_id = secrets.token_hex(4)
+    load = Load(settings, run_id)
+    checks: list[Check] = []
+    report: dict[str, Any] = {"settings": vars(settings).copy(), "run_id": run_id}
+    tmp = None if settings.socket else tempfile.mkdtemp(prefix="sbd-load-")
+    daemon: Daemon | None = None
+    try:
+        async with own_daemon(tmp) if tmp else _given(settings.socket) as daemon:
+            path = daemon.socket if daemon else settings.socket
+            assert path is not None
+            report["socket"] = path
+            owner = "started here" if daemon else "given"
+            print(
+                f"load: {settings.clients} clients x {settings.concurrency} loops for "
+                f"{settings.duration:g} s, sandboxer {settings.sandboxer}, daemon on {path} "
+                f"({owner}), run {run_id}",
+                flush=True,
+            )
+            measured = await load.run(path)
+            checks.append(reply_check(load.stats, measured.sockets))
+            checks.append(correctness_check(load.stats))
+            try:
+                listed = await list_load(path, load.labels)
+            except RPCError as err:
+                checks.append(Check("final state", False, f"cannot list: {describe(err)}"))
+            else:
+                checks.append(final_state_check(load.stats, listed))
+            if load.processes:
+                check, zombies = process_check(load.stats.tracked)
+                checks.append(check)
+                report["zombies"] = zombies
+        elapsed = measured.elapsed
+        report["elapsed_s"] = round(elapsed, 3)
+        report["daemon_pid"] = measured.daemon_pid
+        report["client_cpu_s"] = round(measured.client_cpu, 3)
+        if measured.daemon_cpu is not None:
+            report["daemon_cpu_s"] = round(measured.daemon_cpu, 3)
+        if daemon is not None:
+            status = daemon.exit_status
+            ok = status == 0
+            stop = f" in {daemon.stop_seconds:.2f} s" if daemon.stop_seconds is not None else ""
+            checks.append(Check("daemon exit", ok, f"exit status {status} on SIGTERM{stop}"))
+            warnings, errors, lines = log_notes(daemon.output())
+            report["daemon_log"] = {"warnings": warnings, "errors": errors, "first": lines}
+    finally:
+        if tmp is not None:
+            if all(c.ok for c in checks) and checks:
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                report["kept"] = tmp
+    stats = load.stats
+    lifecycles = stats.completed + stats.failed
+    report.update(
+        lifecycles=lifecycles,
+        lifecycles_completed=stats.completed,
+        lifecycles_failed=stats.failed,
+        lifecycles_per_s=round(lifecycles / elapsed, 1) if elapsed else 0.0,
+        operations=stats.calls,
+        operations_per_s=round(stats.calls / elapsed, 1) if elapsed else 0.0,
+        latency_us=latency_table(stats.latencies),
+        errors=dict(stats.errors.most_common()),
+        expected_errors=dict(stats.expected_errors),
+        error_samples=stats.samples,
+        processes_tracked=len(stats.tracked),
+    )
+    if lifecycles == 0:
+        checks.append(Check("load ran", False, "no lifecycle was run"))
+    report["checks"] = [vars(c) for c in checks]
+    report["ok"] = all(c.ok for c in checks)
+    return report
+
+
+@asynccontextmanager
+async def _given(path: str | None) -> AsyncIterator[None]:
+    assert path is not None
+    await serving(path, None)
+    yield None
+
+
+def render(report: dict[str, Any]) -> str:
+    out = []
+    elapsed = report["elapsed_s"]
+    out.append(
+        f"lifecycles  {report['lifecycles']:>9}  ({report['lifecycles_per_s']}/s; "
+        f"{report['lifecycles_failed']} failed)"
+    )
+    out.append(
+        f"operations  {report['operations']:>9}  ({report['operations_per_s']}/s over "
+        f"{elapsed:.2f} s)"
+    )
+    out.append(f"{'method':<22}{'count':>9}{'p50 us':>10}{'p99 us':>10}{'max us':>11}")
+    for method, row in report["latency_us"].items():
+        out.append(
+            f"{method:<22}{row['count']:>9}{row['p50_us']:>10.1f}{row['p99_us']:>10.1f}"
+            f"{row['max_us']:>11.1f}"
+        )
+    errors = ", ".join(f"{k} {n}" for k, n in report["errors"].items()) or "none"
+    expected = ", ".join(f"{k} {n}" for k, n in report["expected_errors"].items()) or "none"
+    out.append(f"errors: {errors}   (expected: {expected})")
+    out.extend(f"  {sample}" for sample in report["error_samples"])
+    cpu = f"cpu: client {report['client_cpu_s']:.2f} s ({report['client_cpu_s'] / elapsed:.0%})"
+    if "daemon_cpu_s" in report:
+        cpu += f", daemon {report['daemon_cpu_s']:.2f} s ({report['daemon_cpu_s'] / elapsed:.0%})"
+    cpu += " of one core, during the load"
+    out.append(cpu)
+    if "daemon_log" in report:
+        log = report["daemon_log"]
+        out.append(f"daemon log: {log['warnings']} warnings, {log['errors']} errors")
+        out.extend(f"  {line}" for line in log["first"])
+    out.append("checks:")
+    for check in report["checks"]:
+        mark = "ok  " if check["ok"] else "FAIL"
+        out.append(f"  {mark} {check['name']}: {check['detail']}")
+    if "kept" in report:
+        out.append(f"kept the daemon's directory (log, state): {report['kept']}")
+    failed = [c["name"] for c in report["checks"] if not c["ok"]]
+    out.append("load: all checks passed" if not failed else f"load: FAILED: {', '.join(failed)}")
+    return "\n".join(out)
+
+
+def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        value = kind(text)
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, not {text}")
+        return value
+
+    return parse
+
+
+def parse_args(argv: Sequence[str] | None) -> Settings:
+    parser = argparse.ArgumentParser(
+        prog="tools/load",
+        description="Drive many sandbox lifecycles at once against a live sandboxd and check "
+        "every reply.  Exit status 1 when a check fails.",
+    )
+    parser.add_argument(
+        "--socket", help="daemon to load (default: start one on a temporary socket)"
+    )
+    parser.add_argument("--clients", type=_positive(int), help="connections (default 4)")
+    parser.add_argument(
+        "--concurrency", type=_positive(int), help="lifecycle loops per connection (default 16)"
+    )
+    parser.add_argument("--duration", type=_positive(float), help="seconds (default 10)")
+    parser.add_argument("--sandboxer", choices=SANDBOXERS, default="sim")
+    parser.add_argument("--json", metavar="FILE", help="write the report as JSON to FILE")
+    parser.add_argument(
+        "--call-timeout",
+        type=_positive(float),
+        default=DEFAULT_CALL_TIMEOUT,
+        help=f"seconds after which a call counts as unanswered (default {DEFAULT_CALL_TIMEOUT:g})",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="2 clients x 4 loops for 2 s (unless given)"
+    )
+    args = parser.parse_args(argv)
+    base = QUICK if args.quick else DEFAULTS
+    return Settings(
+        socket=args.socket,
+        clients=args.clients or int(base["clients"]),
+        concurrency=args.concurrency or int(base["concurrency"]),
+        duration=args.duration or float(base["duration"]),
+        sandboxer=args.sandboxer,
+        json=args.json,
+        call_timeout=args.call_timeout,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    settings = parse_args(argv)
+    try:
+        report = trio.run(run, settings)
+    except OSError as exc:
+        if exc.errno == errno.EMFILE:
+            raise SystemExit("load: too many open files: lower --clients") from None
+        raise
+    print(render(report), flush=True)
+    if settings.json:
+        Path(settings.json).write_text(json.dumps(report, indent=2) + "\n")
+    return 0 if report["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
