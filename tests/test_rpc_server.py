@@ -1129,7 +1129,7 @@ async def test_shutdown_without_calls_in_flight_is_immediate(
 # -- limits ---------------------------------------------------------------------------------
 
 
-async def test_connection_over_the_limit_is_closed_without_a_word(
+async def test_connection_over_the_limit_gets_resource_exhausted_on_stream_0(
     nursery: trio.Nursery, sock_path: str, probe: Probe
 ):
     server, _ = await start_server(nursery, sock_path, probe, max_connections=2)
@@ -1141,7 +1141,12 @@ async def test_connection_over_the_limit_is_closed_without_a_word(
             # The server may already have closed it: then the send fails, which is fine.
             with contextlib.suppress(trio.BrokenResourceError):
                 await third.send(request_frame(1, "Echo", {"c": 3}))
-            assert await third.frames_until_eof() == []
+            [refusal] = await third.frames_until_eof()
+            assert (refusal.stream_id, refusal.type, refusal.flags) == (0, RESPONSE, 0)
+            assert status_of(refusal) == (
+                Code.RESOURCE_EXHAUSTED,
+                "too many connections to this server (limit 2)",
+            )
         await first.aclose()
         await trio.testing.wait_all_tasks_blocked()
         assert server.connections == 1

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import grp
 import logging
 import os
+import pwd
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import trio
 
@@ -16,11 +19,22 @@ from .._version import __version__
 from ..api import CONTROLLER_SERVICE, RUNTIME_SERVICE, controller_service, runtime_service
 from ..backends import Backend, BwrapBackend, ProcessBackend, SimBackend
 from ..rpc import Server, SocketInUseError
+from ..rpc._server import (
+    DEFAULT_MAX_BUFFERED_BYTES,
+    DEFAULT_MAX_CALLS_PER_CONNECTION,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_STALL_TIMEOUT,
+)
 from ..runtime import DEFAULT_SANDBOXER, Controller, SandboxStore, StoreCorrupt
 
 log = logging.getLogger("sandboxd")
 
 DEFAULT_GRACE = 10.0
+
+_NEVER_REPLACED = (
+    "refusing to start: the state database is never replaced.  Move it aside (and the "
+    "sandboxes it held are forgotten) or restore it from a backup."
+)
 
 _EPILOG = """\
 Sandboxes are not killed when the daemon exits: as with containerd, their lives are
@@ -29,8 +43,101 @@ lets calls in progress finish within the grace period, and exits 0.
 
 The socket defaults to $SANDBOXD_SOCKET, else $XDG_RUNTIME_DIR/sandboxd/sandboxd.sock, else
 /run/sandboxd/sandboxd.sock for root, else <tmp>/sandboxd-<uid>/sandboxd.sock; its directory
-is created with mode 0700 and the socket with mode 0600.
+is created with mode 0700 and the socket with mode 0600.  With --socket-group the socket is
+0660 and belongs to that group, whose members also need search permission on its directory.
+Only the daemon's own uid, root and the --allow-uid uids are served; others are refused with
+PERMISSION_DENIED (and logged).
 """
+
+
+def _group(value: str) -> int:
+    try:
+        return grp.getgrgid(int(value)).gr_gid if value.isdigit() else grp.getgrnam(value).gr_gid
+    except KeyError:
+        raise argparse.ArgumentTypeError(f"unknown group {value!r}") from None
+
+
+def _uid(value: str) -> int:
+    if value.isdigit():
+        return int(value)
+    try:
+        return pwd.getpwnam(value).pw_uid
+    except KeyError:
+        raise argparse.ArgumentTypeError(f"unknown user {value!r}") from None
+
+
+def _positive(kind: type[int] | type[float]) -> Any:
+    def parse(value: str) -> int | float:
+        try:
+            number = kind(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+        if not number > 0:
+            raise argparse.ArgumentTypeError(f"must be positive: {value!r}")
+        return number
+
+    return parse
+
+
+def _add_access_and_limit_options(serve: argparse.ArgumentParser) -> None:
+    serve.add_argument(
+        "--socket-group",
+        type=_group,
+        default=None,
+        metavar="GROUP",
+        help="open the socket to this group (name or gid): mode 0660 instead of 0600",
+    )
+    serve.add_argument(
+        "--allow-uid",
+        type=_uid,
+        action="append",
+        default=[],
+        metavar="UID",
+        help="also serve this uid (or user name); repeatable.  The daemon's own uid and root "
+        "are always served",
+    )
+    serve.add_argument(
+        "--max-connections",
+        type=_positive(int),
+        default=DEFAULT_MAX_CONNECTIONS,
+        metavar="N",
+        help=f"connections served at once (default {DEFAULT_MAX_CONNECTIONS})",
+    )
+    serve.add_argument(
+        "--max-calls-per-connection",
+        type=_positive(int),
+        default=DEFAULT_MAX_CALLS_PER_CONNECTION,
+        metavar="N",
+        help="calls running at once on one connection "
+        f"(default {DEFAULT_MAX_CALLS_PER_CONNECTION})",
+    )
+    serve.add_argument(
+        "--max-buffered-bytes",
+        type=_positive(int),
+        default=DEFAULT_MAX_BUFFERED_BYTES,
+        metavar="N",
+        help="unsent reply bytes on one connection above which it is not read "
+        f"(default {DEFAULT_MAX_BUFFERED_BYTES})",
+    )
+    serve.add_argument(
+        "--stall-timeout",
+        type=_positive(float),
+        default=DEFAULT_STALL_TIMEOUT,
+        metavar="SECONDS",
+        help="disconnect a client that leaves a frame unfinished, or replies over "
+        f"--max-buffered-bytes unread, this long (default {DEFAULT_STALL_TIMEOUT:g})",
+    )
+
+
+def _server_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "socket_group": args.socket_group,
+        "allowed_uids": {os.geteuid(), 0, *args.allow_uid} if args.allow_uid else None,
+        "max_connections": args.max_connections,
+        "max_calls_per_connection": args.max_calls_per_connection,
+        "max_buffered_bytes": args.max_buffered_bytes,
+        "stall_timeout": args.stall_timeout,
+    }
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -55,6 +162,12 @@ def _parser() -> argparse.ArgumentParser:
         "$XDG_STATE_HOME/sandboxd)",
     )
     serve.add_argument(
+        "--durable",
+        action="store_true",
+        help="make every write of the state database wait for the disk: acknowledged "
+        "changes survive a power loss, not only a crash of the daemon (slower)",
+    )
+    serve.add_argument(
         "--default-sandboxer",
         default=DEFAULT_SANDBOXER,
         help=f"sandboxer used when Create names none (default {DEFAULT_SANDBOXER})",
@@ -71,11 +184,17 @@ def _parser() -> argparse.ArgumentParser:
         choices=["debug", "info", "warning", "error"],
         help="least severe messages logged to stderr (default info)",
     )
+    _add_access_and_limit_options(serve)
     return parser
 
 
 async def _serve(
-    socket_path: str, state_dir: str, sandboxer: str, grace: float, store: SandboxStore
+    socket_path: str,
+    state_dir: str,
+    sandboxer: str,
+    grace: float,
+    store: SandboxStore,
+    server_options: Mapping[str, Any],
 ) -> None:
     logs = os.path.join(state_dir, "logs")
     backends: list[Backend] = [
@@ -98,7 +217,8 @@ async def _serve(
                 {
                     RUNTIME_SERVICE: runtime_service(),
                     CONTROLLER_SERVICE: controller_service(controller),
-                }
+                },
+                **server_options,
             )
             path = await nursery.start(server.serve_unix, socket_path)
             log.info("sandboxd %s listening on %s", __version__, path)
@@ -111,6 +231,14 @@ async def _serve(
             # Sandboxes outlive the daemon: closing the controller leaves them running.
             nursery.cancel_scope.cancel()
     log.info("stopped")
+
+
+def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first exception at the leaves of ``group`` (nurseries nest groups)."""
+    found: BaseException = group
+    while isinstance(found, BaseExceptionGroup):
+        found = found.exceptions[0]
+    return found
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -134,27 +262,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"sandboxd: {exc}", file=sys.stderr)
         return 1
     try:
-        store = SandboxStore.open(state_dir)
+        store = SandboxStore.open(state_dir, durable=args.durable)
     except StoreCorrupt as exc:
         print(f"sandboxd: {exc}", file=sys.stderr)
-        print(
-            "sandboxd: refusing to start: the state database is never replaced.  Move it "
-            "aside (and the sandboxes it held are forgotten) or restore it from a backup.",
-            file=sys.stderr,
-        )
+        print(f"sandboxd: {_NEVER_REPLACED}", file=sys.stderr)
         return 1
     failure: str | None = None
     try:
-        trio.run(_serve, socket_path, state_dir, args.default_sandboxer, args.grace, store)
+        trio.run(
+            _serve,
+            socket_path,
+            state_dir,
+            args.default_sandboxer,
+            args.grace,
+            store,
+            _server_options(args),
+        )
     except* SocketInUseError as group:
-        in_use = group.exceptions[0]
+        in_use = _first(group)
         assert isinstance(in_use, SocketInUseError)
         failure = f"{in_use.strerror}: {in_use.filename}"
+    except* StoreCorrupt as group:
+        failure = f"{_first(group)}\n{_NEVER_REPLACED}"
     except* OSError as group:
-        failure = f"cannot listen on {socket_path}: {group.exceptions[0]}"
+        failure = f"cannot listen on {socket_path}: {_first(group)}"
     finally:
         store.close()
     if failure is not None:
-        print(f"sandboxd: {failure}", file=sys.stderr)
+        for line in failure.splitlines():
+            print(f"sandboxd: {line}", file=sys.stderr)
         return 1
     return 0

@@ -110,7 +110,7 @@ class _ServerStream:
         does not read slows its own streams down and nothing else.  A schedule point.
         """
         conn = self._conn
-        conn.transport.write(encode_frame(self._stream_id, _DATA, 0, dumps(message)))
+        conn.transport.write_soon(encode_frame(self._stream_id, _DATA, 0, dumps(message)))
         if conn.transport.pending_bytes > conn.server.max_buffered_bytes:
             await conn.transport.wait_drained()
         else:
@@ -201,10 +201,16 @@ class _Connection:
                     unfinished.deadline = math.inf
         raise PeerStalledError(f"the peer left a frame unfinished for {stall_timeout:g} s")
 
-    def _reply_error(self, stream_id: int, err: RPCError) -> None:
-        self.transport.write(encode_frame(stream_id, _RESPONSE, 0, encode_error_from(err)))
+    def _reply_error(self, stream_id: int, err: RPCError, soon: bool = False) -> None:
+        frame = encode_frame(stream_id, _RESPONSE, 0, encode_error_from(err))
+        if soon:
+            self.transport.write_soon(frame)
+        else:
+            self.transport.write(frame)
 
-    def _reply(self, stream_id: int, result: Mapping[str, Any] | Encoded) -> None:
+    def _reply(
+        self, stream_id: int, result: Mapping[str, Any] | Encoded, soon: bool = False
+    ) -> None:
         try:
             payload = result if type(result) is Encoded else dumps(result)
             frame = encode_frame(stream_id, _RESPONSE, 0, encode_response(payload))
@@ -215,7 +221,10 @@ class _Connection:
             frame = encode_frame(
                 stream_id, _RESPONSE, 0, encode_error_from(Internal("cannot encode response"))
             )
-        self.transport.write(frame)
+        if soon:
+            self.transport.write_soon(frame)
+        else:
+            self.transport.write(frame)
 
     def _on_request(self, frame: Frame) -> None:
         stream_id = frame.stream_id
@@ -262,6 +271,15 @@ class _Connection:
             else:
                 self._reply(stream_id, result)
             return
+        if len(self._calls) >= server.max_calls_per_connection:
+            self._reply_error(
+                stream_id,
+                ResourceExhausted(
+                    f"too many calls in progress on this connection "
+                    f"(limit {server.max_calls_per_connection})"
+                ),
+            )
+            return
         if method.prepare is not None:
             try:
                 message = method.prepare(message, ctx)
@@ -272,15 +290,6 @@ class _Connection:
                 log.exception("handler %s/%s failed", request.service, request.method)
                 self._reply_error(stream_id, Internal("internal error"))
                 return
-        if len(self._calls) >= server.max_calls_per_connection:
-            self._reply_error(
-                stream_id,
-                ResourceExhausted(
-                    f"too many calls in progress on this connection "
-                    f"(limit {server.max_calls_per_connection})"
-                ),
-            )
-            return
         call = _Call(trio.CancelScope(deadline=deadline))
         self._calls[stream_id] = call
         server.call_started()
@@ -307,20 +316,22 @@ class _Connection:
                     await method.handler(message, ctx, _ServerStream(self, stream_id))
             if call.scope.cancelled_caught:
                 if call.closed_by_client:
-                    self._reply_error(stream_id, Cancelled("call ended by the client"))
+                    self._reply_error(stream_id, Cancelled("call ended by the client"), True)
                 else:
                     self._reply_error(
-                        stream_id, DeadlineExceeded("deadline exceeded while serving the call")
+                        stream_id,
+                        DeadlineExceeded("deadline exceeded while serving the call"),
+                        True,
                     )
             elif method.kind is MethodKind.UNARY:
-                self._reply(stream_id, result)
+                self._reply(stream_id, result, True)
             else:
-                self.transport.write(encode_frame(stream_id, _DATA, _END_OF_STREAM, b""))
+                self.transport.write_soon(encode_frame(stream_id, _DATA, _END_OF_STREAM, b""))
         except RPCError as err:
-            self._reply_error(stream_id, err)
+            self._reply_error(stream_id, err, True)
         except Exception:
             log.exception("handler %s/%s failed", ctx.service, ctx.method)
-            self._reply_error(stream_id, Internal("internal error"))
+            self._reply_error(stream_id, Internal("internal error"), True)
         finally:
             del self._calls[stream_id]
             self.server.call_finished()

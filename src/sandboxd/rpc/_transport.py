@@ -46,6 +46,7 @@ class Transport:
         "_pending",
         "_pending_bytes",
         "_sock",
+        "_soon",
         "_stall_scope",
         "_stall_timeout",
         "_wake_writer",
@@ -74,6 +75,7 @@ class Transport:
         self._broken: BaseException | None = None
         self._yield_next = False
         self._corked: list[bytes] | None = None
+        self._soon: list[bytes] = []
 
     @property
     def socket(self) -> socket.socket:
@@ -158,6 +160,19 @@ class Transport:
         if scope.deadline == math.inf:
             scope.deadline = trio.current_time() + self._stall_timeout
 
+    def write_soon(self, data: bytes) -> None:
+        """Like :meth:`write`, but leave the sending to the writer task, which sends all
+        that was written soon by the tasks of one scheduling round in one syscall.  For
+        replies produced by many tasks at once (calls that each run in their own task)."""
+        if self._closed or self._broken is not None:
+            return
+        if self._corked is not None:
+            self._corked.append(data)
+            return
+        self._soon.append(data)
+        if len(self._soon) == 1:
+            self._wake_writer.set()
+
     def cork(self) -> None:
         """Hold writes until :meth:`uncork`, which sends them together: one syscall for all
         the replies produced from one read."""
@@ -194,6 +209,9 @@ class Transport:
         while not self._closed:
             await self._wake_writer.wait()
             self._wake_writer = trio.Event()
+            if self._soon:
+                soon, self._soon = self._soon, []
+                self.write(soon[0] if len(soon) == 1 else b"".join(soon))
             while self._pending and not self._closed:
                 try:
                     await trio.lowlevel.wait_writable(sock)

@@ -1,0 +1,629 @@
+"""Durable state and restart recovery, with the real ``sandboxd serve`` executable.
+
+Each test runs the installed daemon as a subprocess on a state directory of its own, kills it
+with SIGKILL (a crash: nothing is flushed or closed), starts it again on the same directory
+and checks, through a client on the socket, that every sandbox came back as described in
+``SandboxActor.restore``: adopted when its process still runs (same pid and start time),
+``stopped`` with the stand-in exit status 255 when it ended unobserved, a Stop in progress
+resuming its kill deadline.  The database itself is read with :mod:`sqlite3` (read-only while
+the daemon runs: WAL lets readers in beside the writer) to check what is on disk.
+
+Waiting: a starting daemon gives no sign of being ready but answering on its socket, so it
+is probed (a connection and a Version call every PROBE_INTERVAL seconds, for at most STARTUP
+seconds, giving up at once if it exits); likewise one test polls the database for the row of
+a Stop in progress.  Every other wait is on an event: a FIFO, a pidfd, a reply.
+
+Sandbox processes outlive the daemon by design, so every test hands the pids it learns to
+the ``reaper`` fixture, which SIGKILLs them (and their groups) at teardown.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from contextlib import closing, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from procs import Fifo, is_alive
+from sandboxd import (
+    BwrapBackend,
+    NotFound,
+    SandboxOptions,
+    SandboxState,
+    Unavailable,
+    connect,
+)
+from sandboxd.api import RUNTIME_SERVICE
+from sandboxd.rpc import open_client
+
+BIN = Path(sys.executable).parent
+SANDBOXD = str(BIN / "sandboxd")
+DATABASE = "sandboxd.db"
+#: Seconds the daemon gets to start serving (or to exit), and any wait on a process.
+STARTUP = 10.0
+#: Seconds between two connection attempts while probing a starting daemon.
+PROBE_INTERVAL = 0.02
+#: The stand-in exit status of a sandbox whose process ended unobserved.
+EXIT_UNKNOWN = 255
+
+
+# -- processes -----------------------------------------------------------------------------------
+
+
+def start_ticks(pid: int) -> int | None:
+    """``pid``'s start time (clock ticks after boot), None when it is gone."""
+    try:
+        data = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return None
+    return int(data[data.rfind(b")") + 2 :].split()[19])
+
+
+def pid_namespace(pid: int | str) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/pid")
+    except OSError:
+        return None
+
+
+def namespace_members(namespace: str) -> list[int]:
+    """Host pids of the live processes of a pid namespace."""
+    return [
+        int(name)
+        for name in os.listdir("/proc")
+        if name.isdigit() and pid_namespace(name) == namespace and is_alive(int(name))
+    ]
+
+
+async def all_ended(pids: Sequence[int]) -> None:
+    """Return once each of ``pids`` has ended (gone or a zombie), awaited on pidfds."""
+    with trio.fail_after(STARTUP):
+        for pid in pids:
+            try:
+                pidfd = os.pidfd_open(pid)
+            except ProcessLookupError:
+                continue
+            try:
+                await trio.lowlevel.wait_readable(pidfd)  # readable once it has exited
+            finally:
+                os.close(pidfd)
+
+
+@dataclass
+class Reaper:
+    """Processes to SIGKILL at teardown (each with its process group), unless their pid was
+    taken by another process meanwhile."""
+
+    pids: list[tuple[int, int | None]] = field(default_factory=list)
+
+    def add(self, pid: int) -> None:
+        self.pids.append((pid, start_ticks(pid)))
+
+    def kill_all(self) -> None:
+        for pid, ticks in self.pids:
+            now = start_ticks(pid)
+            if now is not None and now != ticks:
+                continue  # a new process has this pid
+            for kill in (os.killpg, os.kill):
+                with suppress(ProcessLookupError, PermissionError):
+                    kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def reaper() -> Iterator[Reaper]:
+    reaper = Reaper()
+    try:
+        yield reaper
+    finally:
+        reaper.kill_all()
+
+
+# -- the daemon ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Daemon:
+    process: trio.Process
+    socket: str
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    async def serving(self) -> None:
+        """Return once the daemon answers on its socket (the bounded readiness probe)."""
+        with trio.fail_after(STARTUP):
+            while True:
+                if self.process.poll() is not None:
+                    pytest.fail(
+                        f"daemon exited with {self.process.returncode} before serving:\n"
+                        + self.output()
+                    )
+                try:
+                    async with open_client(self.socket) as client:
+                        await client.call(RUNTIME_SERVICE, "Version", {})
+                        return
+                except Unavailable:
+                    await trio.sleep(PROBE_INTERVAL)
+
+    async def crash(self) -> None:
+        """SIGKILL the daemon and reap it."""
+        self.process.kill()
+        with trio.fail_after(STARTUP):
+            await self.process.wait()
+
+
+@dataclass
+class Daemons:
+    """Starts ``sandboxd serve`` on one socket and state directory; kills leftovers."""
+
+    socket: str
+    state_dir: Path
+    logs: Path
+    started: list[Daemon] = field(default_factory=list)
+
+    @property
+    def database(self) -> Path:
+        return self.state_dir / DATABASE
+
+    async def start(self) -> Daemon:
+        """A new daemon, serving."""
+        log = self.logs / f"daemon-{len(self.started)}.log"
+        state = str(self.state_dir)
+        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            process = await trio.lowlevel.open_process(
+                [SANDBOXD, "serve", "--socket", self.socket, "--state-dir", state],
+                stdin=subprocess.DEVNULL,
+                stdout=fd,
+                stderr=fd,
+                env=daemon_env(),
+            )
+        finally:
+            os.close(fd)
+        daemon = Daemon(process, self.socket, log)
+        self.started.append(daemon)
+        await daemon.serving()
+        return daemon
+
+    async def kill_all(self) -> None:
+        for daemon in self.started:
+            if daemon.process.poll() is None:
+                daemon.process.kill()
+            with trio.move_on_after(STARTUP):
+                await daemon.process.wait()
+
+
+def daemon_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("SANDBOXD_SOCKET", None)
+    env.pop("SANDBOXD_STATE_DIR", None)
+    return env
+
+
+@pytest.fixture
+async def daemons(sock_path: str, tmp_path: Path) -> AsyncIterator[Daemons]:
+    logs = tmp_path / "daemon-logs"
+    logs.mkdir()
+    daemons = Daemons(sock_path, tmp_path / "state", logs)
+    try:
+        yield daemons
+    finally:
+        with trio.CancelScope(shield=True):
+            await daemons.kill_all()
+
+
+# -- the database --------------------------------------------------------------------------------
+
+
+def stored_records(database: Path) -> dict[str, dict[str, Any]]:
+    """Every record in the database, decoded; opened read-only (the daemon may run)."""
+    with closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
+        rows = db.execute("SELECT sandbox_id, record FROM sandboxes").fetchall()
+    return {sandbox_id: json.loads(record) for sandbox_id, record in rows}
+
+
+def edit_record(database: Path, sandbox_id: str, edit: Callable[[dict[str, Any]], None]) -> None:
+    """Rewrite one record with ``edit(document)`` (the daemon must not be running)."""
+    with closing(sqlite3.connect(database)) as db:
+        (text,) = db.execute(
+            "SELECT record FROM sandboxes WHERE sandbox_id = ?", (sandbox_id,)
+        ).fetchone()
+        document = json.loads(text)
+        edit(document)
+        db.execute(
+            "UPDATE sandboxes SET record = ? WHERE sandbox_id = ?",
+            (json.dumps(document), sandbox_id),
+        )
+        db.commit()
+
+
+def sleeper(seconds: int = 1000) -> SandboxOptions:
+    return SandboxOptions(command=["sleep", str(seconds)])
+
+
+def assert_exit_unknown(info: Mapping[str, str]) -> None:
+    assert info.get("exit_status") == str(EXIT_UNKNOWN), info
+    assert info.get("exit_status_known") == "false", info
+    assert "restart" in info.get("exit_status_note", ""), info
+
+
+# -- recovery ------------------------------------------------------------------------------------
+
+
+async def test_sim_sandboxes_come_back_in_their_states_after_sigkill(daemons: Daemons) -> None:
+    first = await daemons.start()
+    async with connect(daemons.socket) as remote:
+        await remote.create("created", sandboxer="sim", labels={"keep": "me"})
+        await remote.create("started", sandboxer="sim")
+        started_pid = (await remote.start("started")).pid
+        await remote.create("stopped", sandboxer="sim")
+        await remote.start("stopped")
+        await remote.stop("stopped")
+        stopped_exit = await remote.wait("stopped")
+        before = {s.sandbox_id: s for s in await remote.list()}
+    assert started_pid > 0
+    await first.crash()
+
+    await daemons.start()
+    async with connect(daemons.socket) as remote:
+        after = {s.sandbox_id: s for s in await remote.list()}
+        assert sorted(after) == ["created", "started", "stopped"], first.output()
+        for sandbox_id, status in after.items():
+            assert status.created_at == before[sandbox_id].created_at, sandbox_id
+
+        created = after["created"]
+        assert created.state is SandboxState.CREATED
+        assert (created.pid, created.exited_at) == (0, None)
+        assert "exit_status" not in created.info
+        assert (await remote.list({"keep": "me"}))[0].sandbox_id == "created"
+
+        # A sim process cannot be adopted: it ended with the daemon that simulated it.
+        started = after["started"]
+        assert started.state is SandboxState.STOPPED
+        assert started.exited_at is not None
+        assert_exit_unknown(started.info)
+        assert (await remote.wait("started")).exit_status == EXIT_UNKNOWN
+
+        stopped = after["stopped"]
+        assert stopped.state is SandboxState.STOPPED
+        assert stopped.info["exit_status"] == str(stopped_exit.exit_status)
+        assert "exit_status_known" not in stopped.info
+        assert stopped.exited_at == stopped_exit.exited_at
+        again = await remote.wait("stopped")
+        assert (again.exit_status, again.exited_at) == (
+            stopped_exit.exit_status,
+            stopped_exit.exited_at,
+        )
+
+        # The recovered sandboxes take calls as any other.
+        await remote.start("created")
+        for sandbox_id in after:
+            await remote.shutdown(sandbox_id)
+        assert await remote.list() == []
+    assert stored_records(daemons.database) == {}
+
+
+async def test_live_process_sandbox_is_adopted_after_sigkill(
+    daemons: Daemons, reaper: Reaper
+) -> None:
+    first = await daemons.start()
+    async with connect(daemons.socket) as remote:
+        await remote.create("sleeper", sandboxer="process", options=sleeper())
+        pid = (await remote.start("sleeper")).pid
+        reaper.add(pid)
+    await first.crash()
+    assert is_alive(pid), "the sandbox died with the daemon"
+
+    second = await daemons.start()
+    async with connect(daemons.socket) as remote:
+        status = await remote.status("sleeper", verbose=True)
+        assert status.state is SandboxState.READY, second.output()
+        assert status.pid == pid
+        assert "exit_status" not in status.info
+        assert f"adopted its running process {pid}" in second.output()
+        assert (await remote.metrics("sleeper")).pids == 1
+
+        # No longer the daemon's child: its real exit status is unknowable, 255 stands in.
+        await remote.stop("sleeper", timeout_secs=5)
+        await all_ended([pid])
+        status = await remote.status("sleeper")
+        assert status.state is SandboxState.STOPPED
+        assert_exit_unknown(status.info)
+        assert (await remote.wait("sleeper")).exit_status == EXIT_UNKNOWN
+        await remote.shutdown("sleeper")
+        with pytest.raises(NotFound):
+            await remote.status("sleeper")
+    assert not is_alive(pid)
+    assert stored_records(daemons.database) == {}
+
+
+async def test_process_that_died_while_the_daemon_was_down_is_stopped_255(
+    daemons: Daemons, reaper: Reaper
+) -> None:
+    first = await daemons.start()
+    async with connect(daemons.socket) as remote:
+        await remote.create("doomed", sandboxer="process", options=sleeper())
+        pid = (await remote.start("doomed")).pid
+        reaper.add(pid)
+    await first.crash()
+    os.killpg(pid, signal.SIGKILL)
+    await all_ended([pid])
+
+    await daemons.start()
+    async with connect(daemons.socket) as remote:
+        status = await remote.status("doomed")
+        assert status.state is SandboxState.STOPPED
+        assert status.exited_at is not None
+        assert_exit_unknown(status.info)
+        assert (await remote.wait("doomed")).exit_status == EXIT_UNKNOWN
+        await remote.shutdown("doomed")
+    # The resolved state was written back, then the deletion.
+    assert stored_records(daemons.database) == {}
+
+
+async def test_a_reused_pid_is_never_adopted(daemons: Daemons, reaper: Reaper) -> None:
+    first = await daemons.start()
+    async with connect(daemons.socket) as remote:
+        await remote.create("impostor", sandboxer="process", options=sleeper())
+        pid = (await remote.start("impostor")).pid
+        reaper.add(pid)
+    await first.crash()
+
+    # The recorded process "ended" and another took its pid: same pid, other start time.
+    recorded = stored_records(daemons.database)["impostor"]
+    assert recorded["pid"] == pid
+    assert recorded["identity"]["start_time"] == start_ticks(pid)
+
+    def other_start_time(document: dict[str, Any]) -> None:
+        document["identity"]["start_time"] += 1
+
+    edit_record(daemons.database, "impostor", other_start_time)
+
+    await daemons.start()
+    async with connect(daemons.socket) as remote:
+        status = await remote.status("impostor")
+        assert status.state is SandboxState.STOPPED
+        assert_exit_unknown(status.info)
+        await remote.stop("impostor", timeout_secs=0)
+        await remote.shutdown("impostor")
+        with pytest.raises(NotFound):
+            await remote.status("impostor")
+    assert is_alive(pid), "the daemon signalled a process that is not its sandbox's"
+    os.killpg(pid, signal.SIGKILL)
+    await all_ended([pid])
+
+
+async def test_a_stop_in_progress_resumes_its_kill_deadline_after_sigkill(
+    daemons: Daemons, reaper: Reaper, tmp_path: Path
+) -> None:
+    grace = 3.0
+    ready = Fifo(tmp_path / "ready")
+    try:
+        first = await daemons.start()
+        async with connect(daemons.socket) as remote:
+            await remote.create("bystander", sandboxer="sim")
+            stubborn = SandboxOptions(
+                command=["sh", "-c", f'trap "" TERM; echo ready > {ready.path}; exec sleep 1000']
+            )
+            await remote.create("stubborn", sandboxer="process", options=stubborn)
+            pid = (await remote.start("stubborn")).pid
+            reaper.add(pid)
+            assert await ready.read_all() == b"ready\n"
+    finally:
+        ready.close()
+
+    stop_errors: list[BaseException] = []
+    stop_sent = time.time()
+
+    async def stop() -> None:
+        async with connect(daemons.socket) as remote:
+            try:
+                await remote.stop("stubborn", timeout_secs=grace)
+            except Unavailable as exc:
+                stop_errors.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(stop)
+        # Polled: the daemon says nothing when the Stop's record is on disk.
+        with trio.fail_after(STARTUP):
+            while True:
+                record = stored_records(daemons.database)["stubborn"]
+                if record["phase"] == "stopping":
+                    break
+                await trio.sleep(PROBE_INTERVAL)
+        assert record["kill_at"] is not None
+        assert stop_sent + grace - 0.5 <= record["kill_at"] <= time.time() + grace
+        await first.crash()
+    assert len(stop_errors) == 1, "the Stop's caller was not told the daemon went away"
+    assert is_alive(pid), "the sandbox ignoring SIGTERM died with the daemon"
+
+    second = await daemons.start()
+    restarted = time.time()
+    async with connect(daemons.socket) as remote:
+        assert (await remote.status("bystander")).state is SandboxState.CREATED
+        status = await remote.status("stubborn")
+        if restarted < record["kill_at"]:
+            assert status.state is SandboxState.STOPPING, second.output()
+        exit_status = await remote.wait("stubborn")
+        ended = time.time()
+        assert exit_status.exit_status == EXIT_UNKNOWN
+        # SIGKILLed at the recorded deadline: not at the restart, not a new grace later.
+        assert ended >= record["kill_at"] - 0.05
+        assert ended <= max(record["kill_at"], restarted) + 2.0
+        await all_ended([pid])
+        status = await remote.status("stubborn")
+        assert status.state is SandboxState.STOPPED
+        assert_exit_unknown(status.info)
+        await remote.shutdown("stubborn")
+        await remote.shutdown("bystander")
+    assert stored_records(daemons.database) == {}
+
+
+async def test_a_bwrap_sandbox_survives_sigkill_and_is_adopted(
+    daemons: Daemons, reaper: Reaper
+) -> None:
+    reason = BwrapBackend().unavailable_reason()
+    if reason is not None:
+        pytest.skip(f"bubblewrap cannot run here: {reason}")
+    first = await daemons.start()
+    async with connect(daemons.socket) as remote:
+        await remote.create("boxed", sandboxer="bwrap", options=sleeper())
+        init = (await remote.start("boxed")).pid
+        reaper.add(init)
+        outer = int((await remote.status("boxed", verbose=True)).info["bwrap_pid"])
+        reaper.add(outer)
+        namespace = pid_namespace(init)
+        assert namespace is not None and namespace != pid_namespace(os.getpid())
+        members = namespace_members(namespace)
+        assert len(members) >= 2, members  # bwrap as the namespace's init, and sleep
+    await first.crash()
+    assert sorted(namespace_members(namespace)) == sorted(members), "it died with the daemon"
+
+    second = await daemons.start()
+    async with connect(daemons.socket) as remote:
+        status = await remote.status("boxed", verbose=True)
+        assert status.state is SandboxState.READY, second.output()
+        assert status.pid == init
+        assert status.info["bwrap_pid"] == str(outer)
+        await remote.stop("boxed", timeout_secs=5)
+        assert (await remote.wait("boxed")).exit_status == EXIT_UNKNOWN
+        status = await remote.status("boxed")
+        assert status.state is SandboxState.STOPPED
+        assert_exit_unknown(status.info)
+        await remote.shutdown("boxed")
+    await all_ended([*members, outer])
+    assert namespace_members(namespace) == []
+    assert not is_alive(outer)
+
+
+async def test_bwrap_adopted_sandbox_is_killed_by_shutdown(
+    daemons: Daemons, reaper: Reaper
+) -> None:
+    reason = BwrapBackend().unavailable_reason()
+    if reason is not None:
+        pytest.skip(f"bubblewrap cannot run here: {reason}")
+    first = await daemons.start()
+    async with connect(daemons.socket) as remote:
+        await remote.create("boxed", sandboxer="bwrap", options=sleeper())
+        init = (await remote.start("boxed")).pid
+        reaper.add(init)
+        outer = int((await remote.status("boxed", verbose=True)).info["bwrap_pid"])
+        reaper.add(outer)
+        namespace = pid_namespace(init)
+        assert namespace is not None
+        members = namespace_members(namespace)
+    await first.crash()
+
+    await daemons.start()
+    async with connect(daemons.socket) as remote:
+        assert (await remote.status("boxed")).state is SandboxState.READY
+        await remote.shutdown("boxed")
+        with pytest.raises(NotFound):
+            await remote.status("boxed")
+    await all_ended([*members, outer])
+    assert namespace_members(namespace) == []
+
+
+# -- the database itself -------------------------------------------------------------------------
+
+
+def garbage(database: Path) -> None:
+    database.write_bytes(b"this is not an SQLite database\n" * 200)
+
+
+def directory(database: Path) -> None:
+    database.mkdir()
+    (database / "inside").write_bytes(b"keep")
+
+
+def undecodable_record(database: Path) -> None:
+    with closing(sqlite3.connect(database)) as db:
+        db.executescript(
+            "PRAGMA journal_mode=WAL;"  # as the daemon keeps it: opening it changes nothing
+            "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+            "CREATE TABLE sandboxes (sandbox_id TEXT PRIMARY KEY, record TEXT NOT NULL);"
+            "INSERT INTO meta VALUES ('schema', '1');"
+            "INSERT INTO sandboxes VALUES ('broken', '{\"spec\": 7');"
+        )
+
+
+def exists(path: str) -> bool:
+    return os.path.lexists(path)
+
+
+def snapshot(path: Path) -> Any:
+    if path.is_dir():
+        return {p.name: p.read_bytes() for p in path.iterdir()}
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("damage", [garbage, directory, undecodable_record])
+async def test_an_unusable_database_stops_the_daemon_and_is_kept(
+    damage: Any, sock_path: str, tmp_path: Path
+) -> None:
+    state_dir = tmp_path / "state"
+    state_dir.mkdir(mode=0o700)
+    database = state_dir / DATABASE
+    damage(database)
+    before = snapshot(database)
+
+    with trio.fail_after(STARTUP):
+        result = await trio.run_process(
+            [SANDBOXD, "serve", "--socket", sock_path, "--state-dir", str(state_dir)],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+            env=daemon_env(),
+        )
+    stderr = result.stderr.decode(errors="replace")
+    assert result.returncode == 1, stderr
+    assert "Traceback" not in stderr, stderr
+    lines = [line for line in stderr.splitlines() if line.startswith("sandboxd: ")]
+    assert any(str(database) in line for line in lines), stderr
+    assert any("never replaced" in line for line in lines), stderr
+    assert snapshot(database) == before, "the daemon changed the database it refused"
+    assert not exists(sock_path), "the daemon listened with an unusable database"
+
+
+async def test_records_are_on_disk_before_calls_return(daemons: Daemons, reaper: Reaper) -> None:
+    await daemons.start()
+    async with connect(daemons.socket) as remote:
+        await remote.create("sim", sandboxer="sim", labels={"a": "b"})
+        record = stored_records(daemons.database)["sim"]
+        assert record["phase"] == "created"
+        assert record["spec"]["labels"] == {"a": "b"}
+
+        pid = (await remote.start("sim")).pid
+        record = stored_records(daemons.database)["sim"]
+        assert (record["phase"], record["pid"]) == ("ready", pid)
+
+        await remote.stop("sim")
+        record = stored_records(daemons.database)["sim"]
+        exit_status = await remote.wait("sim")
+        assert (record["phase"], record["exit_status"]) == ("stopped", exit_status.exit_status)
+
+        await remote.create("proc", sandboxer="process", options=sleeper())
+        assert stored_records(daemons.database)["proc"]["phase"] == "created"
+        pid = (await remote.start("proc")).pid
+        reaper.add(pid)
+        record = stored_records(daemons.database)["proc"]
+        assert (record["phase"], record["pid"]) == ("ready", pid)
+        assert record["identity"]["start_time"] == start_ticks(pid)
+
+        await remote.shutdown("sim")
+        assert "sim" not in stored_records(daemons.database)
+        await remote.shutdown("proc")
+        assert stored_records(daemons.database) == {}
+    await all_ended([pid])
