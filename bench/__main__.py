@@ -387,10 +387,15 @@ def build_table(
 CLIENTS: Final = "clients"
 
 
+def threaded_kinds(threads: int) -> dict[str, int]:
+    """The threaded measurements: 1 thread (the reference) and ``threads``, by name."""
+    return {f"{THREADED_CLIENT} x{n}": n for n in sorted({1, threads})}
+
+
 def client_jobs(
     calls: Sequence[str], settings: Settings, threads: int
 ) -> Callable[[str], list[Job]]:
-    """Every client on every call (sequential), then the threaded one on every call."""
+    """Every client on every call (sequential), then the threaded ones on every call."""
 
     def jobs(path: str) -> list[Job]:
         base = (sys.executable, "-m", "bench.clients", "--socket", path)
@@ -411,35 +416,36 @@ def client_jobs(
         ]
         out += [
             Job(
-                f"{THREADED_CLIENT} {call}",
-                f"{THREADED_CLIENT} x{threads} {call}",
+                f"{kind} {call}",
+                f"{kind} {call}",
                 (
                     *base,
                     f"--client={THREADED_CLIENT}",
                     f"--call={call}",
-                    f"--threads={threads}",
+                    f"--threads={n}",
                     f"--warmup={settings.warmup}",
                     f"--duration={settings.duration}",
                 ),
             )
             for call in calls
+            for kind, n in threaded_kinds(threads).items()
         ]
         return out
 
     return jobs
 
 
-def _part(kind: str) -> str:
-    return "threads" if kind == THREADED_CLIENT else "seq"
-
-
-def summarize_clients(runs: list[dict[str, Any]], calls: Sequence[str]) -> dict[str, Any]:
+def summarize_clients(
+    runs: list[dict[str, Any]], calls: Sequence[str], threads: int
+) -> dict[str, Any]:
     """Per call and client, the median of each figure over the rounds, or the first error."""
+    parts = {kind: "seq" for kind in CLIENT_KINDS} | dict.fromkeys(
+        threaded_kinds(threads), "threads"
+    )
     summary: dict[str, Any] = {}
     for call in calls:
         summary[call] = {}
-        for kind in (*CLIENT_KINDS, THREADED_CLIENT):
-            part = _part(kind)
+        for kind, part in parts.items():
             rounds = [run["measurements"].get(f"{kind} {call}", {}) for run in runs]
             failed = [r.get("error", "no result") for r in rounds if part not in r]
             if failed or not rounds:
@@ -475,14 +481,15 @@ def build_clients_tables(
     """The clients' markdown tables, and the ratios they show."""
     ratios: dict[str, Any] = {"vs_lean": {}, "threads_vs_one_thread": {}}
     lines = [
-        "| client | call | p50 (us) | p99 (us) | p50 vs lean | p99 vs lean |",
-        "|---|---|---|---|---|---|",
+        "| client | call | p50 (us) | p99 (us) | p50 vs lean | p99 vs lean "
+        "| client CPU (us/call) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for call in calls:
         ratios["vs_lean"][call] = {}
         for kind, title in CLIENT_KINDS.items():
             if "error" in summary[call][kind]:
-                lines.append(f"| {title} | {call} | FAILED | FAILED | — | — |")
+                lines.append(f"| {title} | {call} | FAILED | FAILED | — | — | — |")
                 ratios["vs_lean"][call][kind] = None
                 continue
             cells = [title, call]
@@ -496,34 +503,40 @@ def build_clients_tables(
                 )
                 cells.append(_fmt_ratio(pair[key]))
             ratios["vs_lean"][call][kind] = pair
+            cells.append(_fmt(_client_figure(summary, call, kind, "cpu_us"), "latency"))
             lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
-        f"| {threads} threads, one SyncController | call | calls/s | vs 1 thread "
-        "| p50 (us) | p99 (us) | calls per thread, min-max |",
-        "|---|---|---|---|---|---|---|",
+        "| threads sharing one SyncController | call | calls/s | vs 1 thread "
+        "| p50 (us) | p99 (us) | calls per thread, min-max | client CPU (us/call) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
+    kinds = threaded_kinds(threads)
+    one = next(iter(kinds))
     for call in calls:
-        if "error" in summary[call][THREADED_CLIENT]:
-            lines.append(f"| SyncController x{threads} | {call} | FAILED | — | — | — | — |")
-            ratios["threads_vs_one_thread"][call] = None
-            continue
-        rate = _client_figure(summary, call, THREADED_CLIENT, "calls_per_s")
-        mean = _client_figure(summary, call, "sync-model", "mean_us")
-        ratio = _ratio(rate, 1e6 / mean if mean else None)
-        ratios["threads_vs_one_thread"][call] = ratio
-        low = _client_figure(summary, call, THREADED_CLIENT, "per_thread_min")
-        high = _client_figure(summary, call, THREADED_CLIENT, "per_thread_max")
-        cells = [
-            f"SyncController x{threads}",
-            call,
-            _fmt(rate, "throughput"),
-            _fmt_ratio(ratio),
-            _fmt(_client_figure(summary, call, THREADED_CLIENT, "p50_us"), "latency"),
-            _fmt(_client_figure(summary, call, THREADED_CLIENT, "p99_us"), "latency"),
-            "—" if low is None or high is None else f"{low:,.0f}-{high:,.0f}",
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
+        ratios["threads_vs_one_thread"][call] = None
+        for kind, n in kinds.items():
+            title = f"SyncController x{n}"
+            if "error" in summary[call][kind]:
+                lines.append(f"| {title} | {call} | FAILED | — | — | — | — | — |")
+                continue
+            rate = _client_figure(summary, call, kind, "calls_per_s")
+            ratio = _ratio(rate, _client_figure(summary, call, one, "calls_per_s"))
+            if n == threads:
+                ratios["threads_vs_one_thread"][call] = ratio
+            low = _client_figure(summary, call, kind, "per_thread_min")
+            high = _client_figure(summary, call, kind, "per_thread_max")
+            cells = [
+                title,
+                call,
+                _fmt(rate, "throughput"),
+                _fmt_ratio(ratio),
+                _fmt(_client_figure(summary, call, kind, "p50_us"), "latency"),
+                _fmt(_client_figure(summary, call, kind, "p99_us"), "latency"),
+                "—" if low is None or high is None else f"{low:,.0f}-{high:,.0f}",
+                _fmt(_client_figure(summary, call, kind, "cpu_us"), "latency"),
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines), ratios
 
 
@@ -673,7 +686,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if CLIENTS in errors:
             clients["error"] = errors[CLIENTS]
         if client_runs:
-            summary = summarize_clients(client_runs, args.client_calls)
+            summary = summarize_clients(client_runs, args.client_calls, args.threads)
             clients_table, client_ratios = build_clients_tables(
                 summary, args.client_calls, args.threads
             )

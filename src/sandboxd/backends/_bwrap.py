@@ -30,7 +30,6 @@ import shlex
 import shutil
 import signal as _signal
 import subprocess
-import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, Final, final
 
@@ -42,6 +41,8 @@ from ._base import ExitCallback
 from ._platform import host_platform
 from ._process import (
     DEFAULT_PATH,
+    PAUSE_INTERPRETER,
+    PAUSE_PREFIX,
     ReadyPipe,
     check_command,
     check_env,
@@ -156,11 +157,11 @@ class BwrapBackend:
                 check_command(options.command, path, cwd)
         elif spec.rootfs:
             try:
-                _check_command_in_rootfs((sys.executable,), path, spec.rootfs)
+                _check_command_in_rootfs((PAUSE_INTERPRETER,), path, spec.rootfs)
             except InvalidArgument:
                 raise InvalidArgument(
                     "options.command: required with a rootfs that does not hold the daemon's "
-                    f"Python interpreter ({sys.executable}), which runs the pause process"
+                    f"Python interpreter ({PAUSE_INTERPRETER}), which runs the pause process"
                 ) from None
 
     def command_line(self, spec: SandboxSpec, argv: Sequence[str], info_fd: int) -> list[str]:
@@ -179,7 +180,7 @@ class BwrapBackend:
             line += ["--cap-drop", "ALL"]  # root inside, but with no capabilities
         line += ["--new-session", "--info-fd", str(info_fd)]
         line += ["--hostname", options.hostname or default_hostname(spec.sandbox_id)]
-        line += _mount_options(spec.rootfs)
+        line += _mount_options(spec.rootfs, pause=options.command is None)
         line += ["--chdir", options.cwd or "/", "--", *argv]
         return line
 
@@ -514,11 +515,15 @@ def _check_mount(index: int, mount: Mount) -> None:
         )
 
 
-def _mount_options(rootfs: Sequence[Mount]) -> list[str]:
+def _mount_options(rootfs: Sequence[Mount], pause: bool = False) -> list[str]:
     if not rootfs:
-        return [
+        view = [
             "--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
         ]  # fmt: skip
+        if pause and (PAUSE_PREFIX == "/tmp" or PAUSE_PREFIX.startswith("/tmp/")):
+            # The pause interpreter lives under /tmp, which the private tmpfs covers.
+            view += ["--ro-bind", PAUSE_PREFIX, PAUSE_PREFIX]
+        return view
     options: list[str] = []
     for mount in rootfs:
         if mount.type == "bind":

@@ -54,6 +54,12 @@ os.close(fd)
 signal.sigwait(stop)
 os._exit(0)
 """
+#: The interpreter that runs the pause process: the real one behind a virtual environment
+#: (``-I -S`` needs nothing of the environment), which sandboxes can see more often than a
+#: venv that may live under a directory they do not mount, such as /tmp.
+PAUSE_INTERPRETER: Final = os.path.realpath(sys.executable)
+#: The directory holding everything the pause interpreter needs (its standard library).
+PAUSE_PREFIX: Final = os.path.realpath(sys.base_prefix)
 #: How long Start waits for the pause process to say it is ready.
 PAUSE_READY_TIMEOUT: Final = 30.0
 
@@ -192,7 +198,7 @@ class ReadyPipe:
         return (self.write_fd,)
 
     def pause_argv(self) -> list[str]:
-        return [sys.executable, "-I", "-S", "-c", _PAUSE_SOURCE, str(self.write_fd)]
+        return [PAUSE_INTERPRETER, "-I", "-S", "-c", _PAUSE_SOURCE, str(self.write_fd)]
 
     def close_write_end(self) -> None:
         if self.write_fd >= 0:

@@ -37,7 +37,8 @@ from ._client import connection_error, copy_error
 
 _MAX_STREAM_ID: Final = 2**32 - 1
 _END_FLAGS: Final = Flags.REMOTE_CLOSED | Flags.NO_DATA
-_RECV_SIZE: Final = 256 * 1024
+# 64 KiB: larger reads make glibc map and unmap a fresh buffer for every call.
+_RECV_SIZE: Final = 64 * 1024
 
 
 @final

@@ -64,22 +64,15 @@ def loads_strict(data: bytes, what: str = "message") -> Any:
     Raises :class:`~sandboxd.InvalidArgument` naming ``what`` when ``data`` is not one
     well-formed, allowed item with nothing after it.
     """
+    # A decoder that reports its position finds trailing bytes in the same pass; a fresh
+    # one per message, never reused.
+    fp = io.BytesIO(data)
     try:
-        value = cbor2.loads(data, **_STRICT)
+        value = cbor2.CBORDecoder(fp, **_STRICT).decode()
     except cbor2.CBORDecodeEOF:
         raise InvalidArgument(f"{what}: truncated CBOR") from None
     except Exception as exc:  # cbor2 may raise other types on hostile input
         raise InvalidArgument(f"{what}: invalid CBOR: {exc}") from None
-    # cbor2.loads ignores what follows the item.  When re-encoding gives back exactly
-    # ``data`` there is nothing after it (the common case: peers encode as cbor2 does);
-    # otherwise find where the item ends with a decoder that reports its position.
-    try:
-        if cbor2.dumps(value) == data:
-            return value
-    except Exception:
-        pass
-    fp = io.BytesIO(data)
-    cbor2.CBORDecoder(fp, **_STRICT).decode()
     if fp.tell() != len(data):
         extra = len(data) - fp.tell()
         raise InvalidArgument(f"{what}: {extra} trailing bytes after the CBOR item")
