@@ -9,7 +9,7 @@ Events is a server stream, subscribed as its request is read.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any, Final
 
 import trio
@@ -17,6 +17,10 @@ import trio
 from .._errors import NotFound
 from .._models import SandboxStatus
 from ..rpc import (
+    DEFAULT_MAX_BUFFERED_BYTES,
+    DEFAULT_MAX_CALLS_PER_CONNECTION,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_STALL_TIMEOUT,
     CallContext,
     Encoded,
     Message,
@@ -137,16 +141,27 @@ async def serve_controller(
     path: str,
     *,
     task_status: Any = trio.TASK_STATUS_IGNORED,
-    **server_options: Any,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    max_calls_per_connection: int = DEFAULT_MAX_CALLS_PER_CONNECTION,
+    max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES,
+    stall_timeout: float = DEFAULT_STALL_TIMEOUT,
+    allowed_uids: Collection[int] | None = None,
+    socket_group: int | str | None = None,
 ) -> None:
     """Serve ``sandboxd.v1.Runtime`` and ``sandboxd.v1.Controller`` for ``controller`` on the
     Unix socket ``path`` until cancelled.
 
     ``path = await nursery.start(serve_controller, controller, path)`` returns once the socket
-    accepts connections.  ``server_options`` go to :class:`~sandboxd.rpc.Server` (limits).
+    accepts connections.  The other options are :class:`~sandboxd.rpc.Server`'s: who may
+    connect (``allowed_uids``, ``socket_group``) and the limits on each client.
     """
     server = Server(
         {RUNTIME_SERVICE: runtime_service(), CONTROLLER_SERVICE: controller_service(controller)},
-        **server_options,
+        max_connections=max_connections,
+        max_calls_per_connection=max_calls_per_connection,
+        max_buffered_bytes=max_buffered_bytes,
+        stall_timeout=stall_timeout,
+        allowed_uids=allowed_uids,
+        socket_group=socket_group,
     )
     await server.serve_unix(path, task_status=task_status)

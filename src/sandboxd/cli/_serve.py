@@ -18,12 +18,13 @@ from .._paths import default_socket_path, default_state_dir, ensure_private_dir
 from .._version import __version__
 from ..api import CONTROLLER_SERVICE, RUNTIME_SERVICE, controller_service, runtime_service
 from ..backends import Backend, BwrapBackend, ProcessBackend, SimBackend
-from ..rpc import Server, SocketInUseError
-from ..rpc._server import (
+from ..rpc import (
     DEFAULT_MAX_BUFFERED_BYTES,
     DEFAULT_MAX_CALLS_PER_CONNECTION,
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_STALL_TIMEOUT,
+    Server,
+    SocketInUseError,
 )
 from ..runtime import DEFAULT_SANDBOXER, Controller, SandboxStore, StoreCorrupt
 
@@ -51,8 +52,10 @@ PERMISSION_DENIED (and logged).
 
 
 def _group(value: str) -> int:
+    if value.isdigit():
+        return int(value)
     try:
-        return grp.getgrgid(int(value)).gr_gid if value.isdigit() else grp.getgrnam(value).gr_gid
+        return grp.getgrnam(value).gr_gid
     except KeyError:
         raise argparse.ArgumentTypeError(f"unknown group {value!r}") from None
 

@@ -14,11 +14,21 @@ from ._methods import (
     server_stream,
     unary,
 )
-from ._server import Server
+from ._server import (
+    DEFAULT_MAX_BUFFERED_BYTES,
+    DEFAULT_MAX_CALLS_PER_CONNECTION,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_STALL_TIMEOUT,
+    Server,
+)
 from ._sync_client import SyncClient
 from ._unix import SocketInUseError
 
 __all__ = [
+    "DEFAULT_MAX_BUFFERED_BYTES",
+    "DEFAULT_MAX_CALLS_PER_CONNECTION",
+    "DEFAULT_MAX_CONNECTIONS",
+    "DEFAULT_STALL_TIMEOUT",
     "CallContext",
     "Client",
     "Encoded",

@@ -22,7 +22,8 @@ from typing import Final, final
 
 import trio
 
-_RECV_SIZE: Final = 256 * 1024
+# 64 KiB: larger reads make glibc map and unmap a fresh buffer for every call.
+_RECV_SIZE: Final = 64 * 1024
 
 
 class PeerStalledError(Exception):
@@ -170,8 +171,14 @@ class Transport:
             self._corked.append(data)
             return
         self._soon.append(data)
+        # Counted as pending at once, so back-pressure and the stall timer see it.
+        self._pending_bytes += len(data)
         if len(self._soon) == 1:
             self._wake_writer.set()
+            if self._drained.is_set():
+                self._drained = trio.Event()
+        if self._pending_bytes > self._max_pending:
+            self._arm_stall_timer()
 
     def cork(self) -> None:
         """Hold writes until :meth:`uncork`, which sends them together: one syscall for all
@@ -211,12 +218,18 @@ class Transport:
             self._wake_writer = trio.Event()
             if self._soon:
                 soon, self._soon = self._soon, []
-                self.write(soon[0] if len(soon) == 1 else b"".join(soon))
+                data = soon[0] if len(soon) == 1 else b"".join(soon)
+                self._pending_bytes -= len(data)  # write() counts again what it must queue
+                self.write(data)
             while self._pending and not self._closed:
                 try:
                     await trio.lowlevel.wait_writable(sock)
                 except trio.ClosedResourceError:
                     return
+                if self._soon:
+                    # Written while we waited: goes out after what waited, in this send.
+                    self._pending += self._soon
+                    self._soon = []
                 data = b"".join(self._pending) if len(self._pending) > 1 else self._pending[0]
                 self._pending.clear()
                 try:
@@ -236,6 +249,7 @@ class Transport:
     def _fail(self, exc: BaseException) -> None:
         self._broken = exc
         self._pending.clear()
+        self._soon.clear()
         self._pending_bytes = 0
         self._drained.set()
         self._stall_scope.deadline = math.inf
@@ -252,6 +266,7 @@ class Transport:
             return
         self._closed = True
         self._pending.clear()
+        self._soon.clear()
         self._pending_bytes = 0
         self._drained.set()
         self._stall_scope.deadline = math.inf

@@ -41,9 +41,14 @@ def _probe_live(path: str) -> bool:
 
 
 def group_id(group: int | str) -> int:
-    """The gid of ``group``, a group name or a gid; :class:`LookupError` if there is none."""
+    """The gid of ``group``: a gid as it is, a group name looked up (:class:`LookupError` if
+    there is no such group)."""
+    if isinstance(group, int):
+        if group < 0:
+            raise ValueError(f"a gid cannot be negative: {group}")
+        return group
     try:
-        return grp.getgrgid(group).gr_gid if isinstance(group, int) else grp.getgrnam(group).gr_gid
+        return grp.getgrnam(group).gr_gid
     except KeyError:
         raise LookupError(f"unknown group {group!r}") from None
 
