@@ -19,18 +19,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import importlib.util
-import json
 import os
 import platform
 import shlex
-import shutil
-import signal
-import socket
-import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -42,16 +36,41 @@ from .calls import (
     CALLS,
     CLIENT_CALLS,
     CLIENT_KINDS,
+    CLIENT_THREAD_CALLS,
     CLIENT_THREADS,
     REFERENCE_CLIENT,
     THREADED_CLIENT,
 )
+from .harness import REPO, Job, ServerFailed, dumps_json, run_jobs
+from .harness import fill as _fill
+from .harness import fmt as _fmt
+from .harness import fmt_ratio as _fmt_ratio
+from .harness import median as _median
+from .harness import ratio as _ratio
+from .plots import make_plots
+from .profile import summarize as summarize_profile
+from .profile import table as profile_md
+from .report import round_trip_series, round_trip_table, targets, targets_table
+from .scaling import parse_counts
+from .sections import (
+    FULL_LOAD,
+    PROFILED_POINT,
+    QUICK_LOAD,
+    STATUS,
+    THROUGHPUT_POINTS,
+    THROUGHPUT_SERVERS,
+    attempt,
+    lifecycle_failed,
+    lifecycle_table,
+    run_lifecycles,
+    run_scaling,
+    run_throughput,
+    scaling_table,
+    summarize_throughput,
+    throughput_table,
+)
 
-REPO: Final = Path(__file__).resolve().parent.parent
 DEFAULT_JSON: Final = REPO / "bench" / "results" / "latest.json"
-READY_TIMEOUT: Final = 20.0
-STOP_TIMEOUT: Final = 5.0
-CLIENT_TIMEOUT: Final = 300.0
 
 
 @dataclass(frozen=True)
@@ -70,11 +89,20 @@ class Server:
     requires: tuple[str, str] | None = None  # (module, package): skipped unless importable
 
 
+#: sandboxd under test; ``{state_dir}`` is a fresh directory per server started, removed after.
+SANDBOXD_COMMAND: Final = (
+    "{python}",
+    "-m",
+    "sandboxd",
+    "serve",
+    "--socket",
+    "{socket}",
+    "--state-dir",
+    "{state_dir}",
+)
 SERVERS: Final[tuple[Server, ...]] = (
     Server("floor", ("{python}", "-m", "bench.floor", "--socket", "{socket}")),
-    Server(
-        "sandboxd", ("{python}", "-m", "sandboxd", "serve", "--socket", "{socket}"), calls=None
-    ),
+    Server("sandboxd", SANDBOXD_COMMAND, calls=None),
     Server(
         "grpc",
         ("{python}", "-m", "bench.grpc_baseline", "serve", "--socket", "{socket}"),
@@ -84,6 +112,12 @@ SERVERS: Final[tuple[Server, ...]] = (
 )
 UNDER_TEST: Final = "sandboxd"
 FLOOR: Final = "floor"
+THROUGHPUT: Final = "throughput"
+LIFECYCLE: Final = "lifecycle"
+SCALING: Final = "scaling"
+#: The load sections, run after the rounds of the server and client tables (throughput in
+#: every round, the other two once).
+SECTIONS: Final = (THROUGHPUT, LIFECYCLE, SCALING)
 
 
 @dataclass(frozen=True)
@@ -109,180 +143,6 @@ FULL: Final = Settings(seq=3000, seq_warmup=300, inflight=64, warmup=0.3, durati
 QUICK: Final = Settings(seq=300, seq_warmup=50, inflight=64, warmup=0.1, duration=0.3, repeat=1)
 
 
-class ServerFailed(Exception):
-    """The server did not start, or the client reported a failure."""
-
-
-def _env() -> dict[str, str]:
-    """This environment, with the repo root and src/ importable in the children."""
-    env = dict(os.environ)
-    paths = [str(REPO / "src"), str(REPO)]
-    if env.get("PYTHONPATH"):
-        paths.append(env["PYTHONPATH"])
-    env["PYTHONPATH"] = os.pathsep.join(paths)
-    return env
-
-
-def _fill(template: Sequence[str], **values: str) -> list[str]:
-    return [arg.format(python=sys.executable, **values) for arg in template]
-
-
-def _default_sigint() -> None:
-    # A child started from a shell in the background inherits SIGINT ignored, and Python then
-    # never turns SIGINT into KeyboardInterrupt: restore the default so SIGINT stops it.
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-def _log_tail(log: Path, lines: int = 20) -> str:
-    try:
-        text = log.read_text(errors="replace")
-    except OSError:
-        return ""
-    tail = "\n".join(text.splitlines()[-lines:])
-    return f"\n--- server output ({log.name}) ---\n{tail}" if tail else ""
-
-
-def wait_ready(proc: subprocess.Popen[bytes], path: str, deadline: float) -> None:
-    """Poll ``connect`` on ``path`` until it succeeds; fail if the server exits or is late."""
-    delay = 0.001
-    while True:
-        code = proc.poll()
-        if code is not None:
-            raise ServerFailed(f"server exited with status {code} before accepting connections")
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-            try:
-                probe.connect(path)
-            except (FileNotFoundError, ConnectionRefusedError):
-                pass
-            else:
-                return
-        if time.monotonic() >= deadline:
-            raise ServerFailed(f"server did not accept connections within {READY_TIMEOUT} s")
-        time.sleep(delay)
-        delay = min(delay * 2, 0.05)
-
-
-def stop(proc: subprocess.Popen[bytes]) -> int:
-    """SIGINT, then wait; SIGKILL if it is still there after STOP_TIMEOUT."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            return proc.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            print(f"  server pid {proc.pid} ignored SIGINT: killing it", file=sys.stderr)
-            proc.kill()
-    return proc.wait()
-
-
-@dataclass(frozen=True)
-class Job:
-    """One client process run against a server."""
-
-    key: str  # where its figures go in the result
-    label: str  # what the progress line calls it
-    argv: tuple[str, ...]
-
-
-def run_jobs(
-    name: str,
-    argv_template: Sequence[str],
-    jobs: Callable[[str], Sequence[Job]],
-    *,
-    result_key: str = "calls",
-    keep_going: bool = False,
-) -> dict[str, Any]:
-    """Start a server, run the client process of each of ``jobs(socket_path)``, stop it.
-
-    A failed client raises :class:`ServerFailed`; with ``keep_going``, it is recorded as
-    ``{"error": ...}`` under its key instead and the next job runs (unless the server died).
-    """
-    tmp = Path(tempfile.mkdtemp(prefix="sandboxd-bench-"))
-    path = str(tmp / f"{name}.sock")
-    log = tmp / f"{name}.log"
-    argv = _fill(argv_template, socket=path)
-    result: dict[str, Any] = {"command": shlex.join(argv), result_key: {}}
-    try:
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                argv,
-                cwd=REPO,
-                env=_env(),
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                preexec_fn=_default_sigint,  # the harness has no threads
-            )
-        try:
-            started = time.monotonic()
-            wait_ready(proc, path, started + READY_TIMEOUT)
-            result["ready_s"] = round(time.monotonic() - started, 3)
-            for job in jobs(path):
-                client = list(job.argv)
-                print(f"  {name} {job.label}: measuring ...", file=sys.stderr, flush=True)
-                if keep_going:
-                    result[result_key][job.key] = _run_kept_going(proc, job, client)
-                    continue
-                done = subprocess.run(
-                    client,
-                    cwd=REPO,
-                    env=_env(),
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.PIPE,
-                    timeout=CLIENT_TIMEOUT,
-                    check=False,
-                )
-                if done.returncode != 0:
-                    raise ServerFailed(f"client failed on {job.key} (status {done.returncode})")
-                figures = json.loads(done.stdout)
-                figures["client"] = shlex.join(client)
-                result[result_key][job.key] = figures
-        except BaseException:
-            stop(proc)
-            raise
-        result["exit_status"] = status = stop(proc)
-        if status != 0:
-            print(f"  note: {name} exited with status {status}", file=sys.stderr)
-    except (ServerFailed, OSError, subprocess.TimeoutExpired, ValueError) as exc:
-        raise ServerFailed(f"{name}: {exc}{_log_tail(log)}") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return result
-
-
-def _run_kept_going(proc: subprocess.Popen[bytes], job: Job, client: list[str]) -> dict[str, Any]:
-    """One job whose failure is its own: figures, or ``{"error": ...}``."""
-    try:
-        done = subprocess.run(
-            client,
-            cwd=REPO,
-            env=_env(),
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=CLIENT_TIMEOUT,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        error = f"no result within {CLIENT_TIMEOUT} s"
-    else:
-        sys.stderr.write(done.stderr.decode(errors="replace"))
-        error = ""
-        if done.returncode == 0:
-            try:
-                figures: dict[str, Any] = json.loads(done.stdout)
-            except ValueError as exc:
-                error = f"unreadable output: {exc}"
-            else:
-                figures["client"] = shlex.join(client)
-                return figures
-        if not error:
-            lines = done.stderr.decode(errors="replace").strip().splitlines()
-            error = lines[-1] if lines else f"status {done.returncode}"
-    print(f"  FAILED: {job.label}: {error}", file=sys.stderr)
-    if proc.poll() is not None:
-        raise ServerFailed(f"server exited with status {proc.returncode} during {job.label}")
-    return {"error": error, "client": shlex.join(client)}
-
-
 def run_server(
     server: Server, calls: Sequence[str], settings: Settings, command: Sequence[str] | None
 ) -> dict[str, Any]:
@@ -304,16 +164,14 @@ def run_server(
     return run_jobs(server.name, command or server.command, jobs)
 
 
-def _median(values: list[float]) -> float:
-    return values[0] if len(set(values)) == 1 else statistics.median(values)
-
-
 def summarize(runs: list[dict[str, Any]], calls: Sequence[str]) -> dict[str, Any]:
     """Per call and figure, the median over the rounds; every round kept under ``runs``."""
     summary: dict[str, Any] = {}
     for call in calls:
         summary[call] = {}
-        for part in ("seq", "pipelined"):
+        # "seq" and "pipelined" (and the gRPC client's "seq_aio"): every part measured.
+        parts = [k for k, v in runs[0]["calls"][call].items() if isinstance(v, dict)]
+        for part in parts:
             first = runs[0]["calls"][call][part]
             summary[call][part] = {
                 key: _median([run["calls"][call][part][key] for run in runs])
@@ -341,12 +199,6 @@ def _figure(results: dict[str, Any], server: str, call: str, part: str, key: str
         return float(results[server]["calls"][call][part][key])
     except (KeyError, TypeError):
         return None
-
-
-def _fmt(value: float | None, kind: str) -> str:
-    if value is None:
-        return "—"
-    return f"{value:,.0f}" if kind == "throughput" else f"{value:,.1f}"
 
 
 def build_table(
@@ -428,6 +280,7 @@ def client_jobs(
                 ),
             )
             for call in calls
+            if call in CLIENT_THREAD_CALLS
             for kind, n in threaded_kinds(threads).items()
         ]
         return out
@@ -446,6 +299,8 @@ def summarize_clients(
     for call in calls:
         summary[call] = {}
         for kind, part in parts.items():
+            if part == "threads" and call not in CLIENT_THREAD_CALLS:
+                continue
             rounds = [run["measurements"].get(f"{kind} {call}", {}) for run in runs]
             failed = [r.get("error", "no result") for r in rounds if part not in r]
             if failed or not rounds:
@@ -465,14 +320,6 @@ def _client_figure(summary: dict[str, Any], call: str, kind: str, key: str) -> f
         return float(summary[call][kind][key])
     except (KeyError, TypeError):
         return None
-
-
-def _ratio(mine: float | None, reference: float | None) -> float | None:
-    return mine / reference if mine is not None and reference else None
-
-
-def _fmt_ratio(ratio: float | None) -> str:
-    return "—" if ratio is None else f"{ratio:.2f}x"
 
 
 def build_clients_tables(
@@ -514,6 +361,8 @@ def build_clients_tables(
     kinds = threaded_kinds(threads)
     one = next(iter(kinds))
     for call in calls:
+        if call not in CLIENT_THREAD_CALLS:
+            continue
         ratios["threads_vs_one_thread"][call] = None
         for kind, n in kinds.items():
             title = f"SyncController x{n}"
@@ -563,7 +412,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--sandboxd-cmd",
-        help="command that starts the server under test ({python}, {socket} are filled in)",
+        help="command that starts the server under test ({python}, {socket}, {state_dir} are "
+        "filled in; give it {state_dir}, or its records go to its default state directory)",
     )
     parser.add_argument("--seq", type=int, help="sequential round trips per call")
     parser.add_argument("--inflight", type=int, help="requests in flight when pipelined")
@@ -583,7 +433,40 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         default=CLIENT_THREADS,
         help=f"threads sharing one SyncController in the clients section ({CLIENT_THREADS})",
     )
+    parser.add_argument(
+        "--sections",
+        default=",".join(SECTIONS),
+        help="comma-separated load sections to run (default all: "
+        f"{','.join(SECTIONS)}; '' runs none)",
+    )
+    parser.add_argument(
+        "--counts",
+        help="idle sandbox counts of the scaling section (default 0,1000,10000,50000; "
+        "--quick 0,1000,5000)",
+    )
+    parser.add_argument(
+        "--py-spy",
+        type=Path,
+        metavar="FILE",
+        help="after the lifecycle section's points, run its sim x64 point again (not counted) "
+        "under `py-spy record -f raw` of the daemon, writing FILE; its summary goes in the "
+        "results",
+    )
     args = parser.parse_args(argv)
+    args.section_names = [n for n in args.sections.split(",") if n]
+    if unknown := set(args.section_names) - set(SECTIONS):
+        parser.error(f"unknown section(s): {', '.join(sorted(unknown))}")
+    if args.counts is not None:
+        try:
+            args.counts = tuple(parse_counts(args.counts))
+        except ValueError as exc:
+            parser.error(str(exc))
+    if args.sandboxd_cmd and "{state_dir}" not in args.sandboxd_cmd:
+        print(
+            "warning: --sandboxd-cmd has no {state_dir}: the daemons keep their records in "
+            "their default state directory (the scaling section adds tens of thousands)",
+            file=sys.stderr,
+        )
     names = {s.name for s in SERVERS}
     args.server_names = [n for n in args.servers.split(",") if n]
     if unknown := set(args.server_names) - names:
@@ -599,8 +482,39 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def _server_command(name: str, sandboxd_cmd: str | None) -> Sequence[str]:
+    if name == UNDER_TEST and sandboxd_cmd:
+        return shlex.split(sandboxd_cmd)
+    return next(s.command for s in SERVERS if s.name == name)
+
+
+def _markdown(report: dict[str, Any], tables: list[tuple[str, str]], plots: list[Path]) -> str:
+    """The run as a markdown document: how it was run, then every table."""
+    load = ", ".join(f"{x:.2f}" for x in report["load_average_before"])
+    after = ", ".join(f"{x:.2f}" for x in report["load_average_after"])
+    lines = [
+        "# sandboxd benchmark",
+        "",
+        f"* command: `{report['command']}` (in `{report['cwd']}`)",
+        f"* time: {report['time']}, {report['elapsed_s']:.0f} s; "
+        f"{'quick' if report['quick'] else 'full'} run",
+        f"* machine: {report['cpu_count']} CPUs, {report['platform']}; "
+        f"Python {report['python'].split()[0]} ({report['implementation']})",
+        f"* load average (1, 5, 15 min) before: {load}; after: {after}",
+        "",
+    ]
+    for title, table in tables:
+        lines += [f"## {title}", "", table, ""]
+    if plots:
+        lines += ["## Plots", ""]
+        lines += [f"![{path.stem}]({path.name})" for path in plots]
+        lines.append("")
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(argv)
+    began = time.monotonic()
     base = QUICK if args.quick else FULL
     settings = Settings(
         seq=args.seq or base.seq,
@@ -610,6 +524,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         duration=args.duration or base.duration,
         repeat=args.repeat or base.repeat,
     )
+    load_settings = QUICK_LOAD if args.quick else FULL_LOAD
+    if args.counts is not None:
+        load_settings = dataclasses.replace(load_settings, counts=args.counts)
     servers: list[Server] = []
     for server in SERVERS:
         if server.name not in args.server_names:
@@ -620,6 +537,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         servers.append(server)
     plan = {s.name: list(s.calls if s.calls is not None else args.call_names) for s in servers}
     load_before = os.getloadavg()
+    print(
+        "load average before starting: " + ", ".join(f"{x:.2f}" for x in load_before),
+        file=sys.stderr,
+    )
     if load_before[0] > 0.5:
         print(
             f"warning: load average {load_before[0]:.2f} before starting: figures will be noisy",
@@ -630,7 +551,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     runs: dict[str, list[dict[str, Any]]] = {s.name: [] for s in servers}
     errors: dict[str, str] = {}
     client_runs: list[dict[str, Any]] = []
-    under_test = next(s.command for s in SERVERS if s.name == UNDER_TEST)
+    sweep_runs: dict[str, list[dict[str, Any]]] = {name: [] for name in THROUGHPUT_SERVERS}
+    section_errors: dict[str, str] = {}
+    under_test = _server_command(UNDER_TEST, args.sandboxd_cmd)
     for round_no in range(1, settings.repeat + 1):
         for server in servers:
             if server.name in errors:
@@ -660,7 +583,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 client_runs.append(
                     run_jobs(
                         CLIENTS,
-                        shlex.split(args.sandboxd_cmd) if args.sandboxd_cmd else under_test,
+                        under_test,
                         client_jobs(args.client_calls, settings, args.threads),
                         result_key="measurements",
                         keep_going=True,
@@ -669,17 +592,49 @@ def main(argv: Sequence[str] | None = None) -> int:
             except ServerFailed as exc:
                 print(f"FAILED: {exc}", file=sys.stderr)
                 errors[CLIENTS] = str(exc)
+        if THROUGHPUT in args.section_names:
+            for name in THROUGHPUT_SERVERS:
+                if name in section_errors:
+                    continue
+                print(
+                    f"{THROUGHPUT}: starting {name} (round {round_no}/{settings.repeat})",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                call = BASELINE_CALL if name == FLOOR else STATUS
+                command_ = _server_command(name, args.sandboxd_cmd)
+                got = attempt(
+                    name, section_errors, run_throughput, name, command_, call, load_settings
+                )
+                if got is not None:
+                    sweep_runs[name].append(got)
+    lifecycles: dict[str, Any] = {}
+    if LIFECYCLE in args.section_names:
+        print(f"{LIFECYCLE}: starting sandboxd", file=sys.stderr, flush=True)
+        lifecycles = (
+            attempt(
+                LIFECYCLE, section_errors, run_lifecycles, under_test, load_settings, args.py_spy
+            )
+            or {}
+        )
+    scaling: dict[str, Any] = {}
+    if SCALING in args.section_names:
+        print(f"{SCALING}: starting sandboxd", file=sys.stderr, flush=True)
+        scaling = attempt(SCALING, section_errors, run_scaling, under_test, load_settings) or {}
+
     results: dict[str, Any] = {}
     for server in servers:
         if server.name in errors:
             results[server.name] = {"error": errors[server.name], "runs": runs[server.name]}
         else:
             results[server.name] = summarize(runs[server.name], plan[server.name])
-    failed = bool(errors)
+    failed = bool(errors) or bool(section_errors)
 
+    tables: list[tuple[str, str]] = []
     table, ratios = build_table(results, servers, plan, settings.inflight)
     if servers:
         print(table)
+        tables.append(("Servers (lean client)", table))
     clients: dict[str, Any] = {}
     if args.client_calls:
         clients = {"calls": args.client_calls, "threads": args.threads, "rounds": len(client_runs)}
@@ -697,9 +652,76 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             clients.update(summary=summary, ratios=client_ratios, table=clients_table)
             print(("\n" if servers else "") + clients_table)
+            tables.append(("sandboxd's clients", clients_table))
         else:
             print(("\n" if servers else "") + "clients: FAILED (see above)")
         clients["runs"] = client_runs
+
+    series = round_trip_series(plan.get(UNDER_TEST, []), args.client_calls)
+    round_trips = round_trip_table(series, results, clients)
+    print("\n" + round_trips)
+    tables.append(("Sequential round trips", round_trips))
+
+    throughput: dict[str, Any] = {}
+    if THROUGHPUT in args.section_names:
+        throughput = {
+            "points": [f"{c}x{k}" for c, k in THROUGHPUT_POINTS],
+            "calls": {FLOOR: BASELINE_CALL, UNDER_TEST: STATUS},
+            "rounds": {name: len(r) for name, r in sweep_runs.items()},
+            "summary": summarize_throughput({n: r for n, r in sweep_runs.items() if r}),
+            "runs": sweep_runs,
+        }
+        errors_here: dict[str, str] = {
+            n: section_errors[n] for n in THROUGHPUT_SERVERS if n in section_errors
+        }
+        if errors_here:
+            throughput["errors"] = errors_here
+        throughput["table"] = throughput_table(throughput["summary"], errors_here)
+        print("\n" + throughput["table"])
+        tables.append(("Throughput against concurrency", throughput["table"]))
+    if LIFECYCLE in args.section_names:
+        if LIFECYCLE in section_errors:
+            lifecycles["error"] = section_errors[LIFECYCLE]
+        failed = failed or lifecycle_failed(lifecycles)
+        lifecycles["table"] = lifecycle_table(lifecycles)
+        print("\n" + lifecycles["table"])
+        tables.append(("Full lifecycles", lifecycles["table"]))
+        profile = lifecycles.get("profile")
+        if profile and "error" not in profile and Path(profile["raw"]).exists():
+            profile["summary"] = summarize_profile(Path(profile["raw"]), 15)
+            spied = profile["summary"]
+            threads = spied["threads"]
+            profile_table = (
+                f"py-spy, {spied['samples']} samples of the daemon during "
+                f"{PROFILED_POINT[0]} x{PROFILED_POINT[1]} "
+                f"({profile['point'].get('lifecycles_per_s', 0):,.0f} lifecycles/s while "
+                f"profiled; raw: {profile['raw']}): main thread {threads.get('main', 0)}, "
+                f"worker threads {threads.get('other', 0)} (SQLite writes, and idle workers "
+                "waiting for a job).  The main thread (the trio run loop):\n\n"
+                + profile_md(spied, "self_main")
+                + "\n\n"
+                + profile_md(spied, "inclusive_main")
+            )
+            print("\n" + profile_table)
+            tables.append(("Daemon profile (py-spy)", profile_table))
+        elif profile:
+            print(f"\npy-spy: FAILED: {profile.get('error')}", file=sys.stderr)
+            failed = True
+    if SCALING in args.section_names:
+        if SCALING in section_errors:
+            scaling["error"] = section_errors[SCALING]
+        scaling["table"] = scaling_table(scaling)
+        print("\n" + scaling["table"])
+        tables.append(("Scaling with idle sandboxes", scaling["table"]))
+
+    found = targets(results, clients, throughput, lifecycles, scaling)
+    targets_md = targets_table(found)
+    print("\n" + targets_md)
+    tables.append(("Targets", targets_md))
+
+    stem = args.json.with_suffix("")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    plots = make_plots(stem, series, results, clients, throughput, scaling)
     report = {
         "command": shlex.join(getattr(sys, "orig_argv", [sys.executable, *sys.argv])),
         "cwd": os.getcwd(),
@@ -710,16 +732,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         "load_average_before": load_before,
         "load_average_after": os.getloadavg(),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "elapsed_s": time.monotonic() - began,
         "quick": args.quick,
         "settings": vars(settings),
+        "load_settings": dataclasses.asdict(load_settings),
         "results": results,
         "ratios_vs_floor": ratios,
         "table": table,
         "clients": clients,
+        "round_trips": round_trips,
+        "throughput": throughput,
+        "lifecycles": lifecycles,
+        "scaling": scaling,
+        "targets": [dataclasses.asdict(t) for t in found],
+        "targets_table": targets_md,
+        "errors": {**errors, **section_errors},
+        "plots": [str(path) for path in plots],
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nresults written to {args.json}", file=sys.stderr)
+    markdown = stem.with_suffix(".md")
+    report["markdown"] = str(markdown)
+    markdown.write_text(_markdown(report, tables, plots))
+    args.json.write_text(dumps_json(report))
+    print(f"\nresults written to {args.json} and {markdown}", file=sys.stderr)
+    for path in plots:
+        print(f"plot: {path}", file=sys.stderr)
+    if failed:
+        print("some measurements FAILED: exit status 1", file=sys.stderr)
     return 1 if failed else 0
 
 

@@ -93,5 +93,7 @@ CLIENT_KINDS: Final[dict[str, str]] = {
 REFERENCE_CLIENT: Final = "lean"
 #: Threads sharing one SyncController, calling in a loop: calls/s.
 THREADED_CLIENT: Final = "sync-threads"
-CLIENT_CALLS: Final = ("Runtime/Version", "Controller/Status")
+CLIENT_CALLS: Final = ("Runtime/Version", "Controller/Status", "Controller/Ping")
+#: The calls (of ``--clients``) also measured with threads sharing one SyncController.
+CLIENT_THREAD_CALLS: Final = ("Runtime/Version", "Controller/Status")
 CLIENT_THREADS: Final = 8

@@ -59,8 +59,16 @@ def percentile(ordered: Sequence[int], q: float) -> int:
     return ordered[rank - 1]
 
 
+#: The quantiles (in %) at which :func:`latency_summary` samples the distribution for
+#: ``cdf_us`` (0 is the minimum): enough to draw a CDF without keeping every sample.
+CDF_QUANTILES: Final = (*range(0, 100), 99.5, 99.9, 100)
+
+
 def latency_summary(samples_ns: list[int], warmup: int) -> dict[str, Any]:
-    """p50/p99 (and more) in microseconds of round-trip times in nanoseconds."""
+    """p50/p99 (and more) in microseconds of round-trip times in nanoseconds.
+
+    ``cdf_us`` is ``[quantile %, us]`` at each of :data:`CDF_QUANTILES` (nearest rank).
+    """
     ordered = sorted(samples_ns)
     return {
         "count": len(ordered),
@@ -71,6 +79,9 @@ def latency_summary(samples_ns: list[int], warmup: int) -> dict[str, Any]:
         "min_us": ordered[0] / 1000,
         "max_us": ordered[-1] / 1000,
         "mean_us": sum(ordered) / len(ordered) / 1000,
+        "cdf_us": [
+            [q, (percentile(ordered, q) if q else ordered[0]) / 1000] for q in CDF_QUANTILES
+        ],
     }
 
 
@@ -102,6 +113,14 @@ class Connection:
 
     def close(self) -> None:
         self._sock.close()
+
+    def fileno(self) -> int:
+        """The socket's file descriptor (for ``selectors``)."""
+        return self._sock.fileno()
+
+    @property
+    def socket(self) -> socket.socket:
+        return self._sock
 
     def request(self, payload: bytes) -> tuple[int, bytes]:
         """The next stream id and the bytes of a request frame on it."""

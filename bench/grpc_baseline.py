@@ -6,9 +6,11 @@ protoc): it answers with the CBOR message ``{"version": "grpc", "protocol": 1}``
 request like the floor does.
 
 ``python -m bench.grpc_baseline client --socket PATH ...`` measures it: sequential p50/p99 with
-a blocking channel, then requests per second with K calls in flight on one ``grpc.aio``
-channel (one HTTP/2 connection).  It prints JSON shaped like ``bench.client``'s.  The clients
-are gRPC's own, not the lean one, so read this column as "what a stock gRPC stack costs here".
+a blocking channel (``seq``), then the same through a ``grpc.aio`` channel in asyncio
+(``seq_aio``: the full async stack, the peer of sandboxd's RemoteController), then requests
+per second with K calls in flight on one ``grpc.aio`` channel (one HTTP/2 connection).  It
+prints JSON shaped like ``bench.client``'s.  The clients are gRPC's own, not the lean one, so
+read this column as "what a stock gRPC stack costs here".
 
 Without grpcio installed both print ``grpcio not installed: skipped`` and exit 0.
 """
@@ -108,6 +110,29 @@ def measure_sequential(path: str, count: int, warmup: int) -> dict[str, Any]:
     return latency_summary(samples[warmup:], warmup)
 
 
+async def measure_sequential_aio(path: str, count: int, warmup: int) -> dict[str, Any]:
+    """As :func:`measure_sequential`, through a ``grpc.aio`` channel in asyncio."""
+    assert grpc is not None
+    samples: list[int] = []
+    perf_counter_ns = time.perf_counter_ns
+    async with grpc.aio.insecure_channel(_target(path)) as channel:
+        stub = channel.unary_unary(PATH)
+        good: bytes | None = None
+        gc.disable()
+        try:
+            for _ in range(warmup + count):
+                start = perf_counter_ns()
+                response = await stub(b"", timeout=10)
+                stop = perf_counter_ns()
+                if response != good:
+                    _check(response)
+                    good = response
+                samples.append(stop - start)
+        finally:
+            gc.enable()
+    return latency_summary(samples[warmup:], warmup)
+
+
 async def measure_pipelined(
     path: str, inflight: int, warmup_s: float, duration_s: float
 ) -> dict[str, Any]:
@@ -166,13 +191,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         seq = measure_sequential(args.socket, args.seq, args.seq_warmup)
+        seq_aio = asyncio.run(measure_sequential_aio(args.socket, args.seq, args.seq_warmup))
         pipelined = asyncio.run(
             measure_pipelined(args.socket, args.inflight, args.warmup, args.duration)
         )
     except (BenchError, grpc.RpcError) as exc:
         print(f"bench.grpc_baseline: FAILED: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
-    json.dump({"call": "Runtime/Version", "seq": seq, "pipelined": pipelined}, sys.stdout)
+    result = {"call": "Runtime/Version", "seq": seq, "seq_aio": seq_aio, "pipelined": pipelined}
+    json.dump(result, sys.stdout)
     print()
     return 0
 

@@ -1,0 +1,117 @@
+"""Summarise a py-spy ``raw`` profile (collapsed stacks): where the samples were.
+
+Each line of ``py-spy record -f raw`` is ``frame;frame;...;leaf COUNT``, a frame being
+``function (file:line)``.  **Self** counts the samples in which a function is the leaf (it was
+running), **inclusive** those in which it is anywhere on the stack (once per stack); the
+main thread's own self samples are counted apart too.
+Functions are told apart by name and file, not line.
+
+Run: ``python -m bench.profile FILE [--top N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any, Final
+
+_LINE: Final = re.compile(r"^(?P<stack>.*) (?P<count>\d+)$")
+_FRAME: Final = re.compile(r"^(?P<name>.*) \((?P<file>[^()]*?)(?::\d+)?\)$")
+
+
+def function_of(frame: str) -> str:
+    """``"f (pkg/mod.py:12)"`` -> ``"f (pkg/mod.py)"``."""
+    found = _FRAME.match(frame)
+    return f"{found['name']} ({found['file']})" if found else frame
+
+
+def is_main_thread(frames: list[str]) -> bool:
+    """Whether a stack is the main thread's (the event loop's): worker threads start in
+    ``Thread._bootstrap``."""
+    return not frames[0].startswith("Thread._bootstrap")
+
+
+def summarize(path: Path, top: int = 15) -> dict[str, Any]:
+    """The samples, and the ``top`` functions by self and by inclusive samples.
+
+    ``self`` and ``inclusive`` count every thread; ``self_main`` and ``inclusive_main`` only
+    the main thread (the trio run loop, where the daemon's Python work happens).  ``threads``
+    has the samples of the main thread and of the others (trio's worker threads: the store's
+    SQLite writes, and idle workers waiting for a job, which py-spy does not count as idle).
+    """
+    own: Counter[str] = Counter()
+    own_main: Counter[str] = Counter()
+    anywhere: Counter[str] = Counter()
+    anywhere_main: Counter[str] = Counter()
+    threads: Counter[str] = Counter()
+    total = 0
+    for line in path.read_text(errors="replace").splitlines():
+        found = _LINE.match(line.strip())
+        if not found:
+            continue
+        count = int(found["count"])
+        frames = [function_of(f) for f in found["stack"].split(";")]
+        total += count
+        own[frames[-1]] += count
+        if is_main_thread(frames):
+            threads["main"] += count
+            own_main[frames[-1]] += count
+        else:
+            threads["other"] += count
+        for function in set(frames):
+            anywhere[function] += count
+            if is_main_thread(frames):
+                anywhere_main[function] += count
+
+    def rows(counter: Counter[str]) -> list[dict[str, Any]]:
+        return [
+            {"function": name, "samples": n, "share": n / total if total else 0.0}
+            for name, n in counter.most_common(top)
+        ]
+
+    return {
+        "samples": total,
+        "threads": dict(threads),
+        "self": rows(own),
+        "self_main": rows(own_main),
+        "inclusive": rows(anywhere),
+        "inclusive_main": rows(anywhere_main),
+    }
+
+
+def table(summary: dict[str, Any], kind: str = "self") -> str:
+    """The ``self``, ``inclusive``, ``self_main`` or ``inclusive_main`` rows as a markdown
+    table (shares of all the samples)."""
+    title = {
+        "self_main": "self samples (main thread)",
+        "inclusive_main": "inclusive samples (main thread)",
+    }.get(kind, f"{kind} samples")
+    lines = [f"| function | {title} | share of all |", "|---|---|---|"]
+    for row in summary[kind]:
+        name = row["function"].replace("|", "\\|")
+        lines.append(f"| `{name}` | {row['samples']} | {row['share']:.1%} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__)
+    parser.add_argument("file", type=Path, help="py-spy record -f raw output")
+    parser.add_argument("--top", type=int, default=15, help="functions shown (15)")
+    args = parser.parse_args(argv)
+    summary = summarize(args.file, args.top)
+    threads = summary["threads"]
+    print(
+        f"{summary['samples']} samples: main thread {threads.get('main', 0)}, "
+        f"other threads {threads.get('other', 0)}\n"
+    )
+    for kind in ("self", "self_main", "inclusive", "inclusive_main"):
+        print(table(summary, kind))
+        print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
