@@ -1,13 +1,15 @@
 """Linearizability of concurrent calls: many clients, few sandboxes, every history checked.
 
-Each client runs a small random program (drawn by Hypothesis) of calls on the same two or
-three sandboxes, so calls overlap on every sandbox.  Every call is recorded with its start
-and end on trio's clock and its outcome, and the checker (sandboxd.testing) must find a
-sequential order, consistent with real time, that the reference model explains.
+Each client runs a small random program of calls on the same two or three sandboxes, so calls
+overlap on every sandbox.  The programs are drawn with the public strategies
+(``sandboxd.testing.strategies``) and run with ``sandboxd.testing.run_program``, which
+records every call with its start and end on trio's clock and its outcome; the checker
+(``check_linearizable``) must find a sequential order, consistent with real time, that the
+reference model explains.  The toolkit's users and the project's own tests share one
+implementation.
 
-Programs may Wait on a sandbox nobody stops.  A reaper notices when every client is stuck
-(``wait_all_tasks_blocked``) and shuts every sandbox down -- recorded too -- which answers
-all those Waits.
+Programs may Wait on a sandbox nobody stops: ``run_program``'s reaper notices when every
+client is stuck and shuts those sandboxes down -- recorded too -- which answers the Waits.
 
 The last tests record histories from deliberately broken controllers and check that the
 checker rejects them: the property can fail.
@@ -17,13 +19,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import random
 import tempfile
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import trio
-import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -40,107 +40,70 @@ from sandboxd.backends import Backend, ProcessBackend, SimBackend
 from sandboxd.rpc import Server
 from sandboxd.runtime import Controller, open_controller
 from sandboxd.testing import (
-    HistoryRecorder,
+    Call,
     Operation,
     Outcome,
-    ProcessBehaviour,
+    Program,
     ReferenceModel,
     check_linearizable,
+    run_program,
+    sim_model,
+    strategies,
 )
 
 CLIENTS = 8
 PROGRAM_LENGTH = 8
 SANDBOX_IDS = ("c-0", "c-1", "c-2")
-SIM_CREATE: Mapping[str, Any] = {"sandboxer": "sim"}
 #: Real seconds after which a history counts as hung.
 GUARD = 20.0
 
-#: (call, stop timeout) with the weight of each in a program.
-STEPS = (
-    [("create", None)] * 3
-    + [("start", None)] * 3
-    + [("stop", None), ("stop", 0)]
-    + [("wait", None)] * 2
-    + [("status", None)] * 3
-    + [("shutdown", None)] * 2
-    + [("ping", None), ("platform", None), ("metrics", None)]
-)
 
-Program = list[tuple[str, str, float | None]]
-
-
-def programs(sandbox_ids: Sequence[str] = SANDBOX_IDS) -> st.SearchStrategy[list[Program]]:
-    step = st.tuples(st.sampled_from(STEPS), st.sampled_from(sandbox_ids)).map(
-        lambda s: (s[0][0], s[1], s[0][1])
+def runs(examples: int) -> settings:
+    return settings(
+        max_examples=examples,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     )
-    program = st.lists(step, min_size=PROGRAM_LENGTH, max_size=PROGRAM_LENGTH)
-    return st.lists(program, min_size=CLIENTS, max_size=CLIENTS)
 
 
-def seeded_programs(
-    seed: int, prefix: Program, steps: Sequence[tuple[str, float | None]] = STEPS
-) -> list[Program]:
-    """For each client, ``prefix`` and then random steps (from ``steps``)."""
-    rng = random.Random(seed)
-    return [
-        [
-            *prefix,
-            *(
-                (call, rng.choice(SANDBOX_IDS), timeout)
-                for call, timeout in rng.choices(steps, k=PROGRAM_LENGTH - len(prefix))
-            ),
-        ]
-        for _ in range(CLIENTS)
-    ]
+def calls(
+    sandboxes: int = len(SANDBOX_IDS),
+    *,
+    names: Sequence[str] = strategies.CALL_WEIGHTS,
+    create: st.SearchStrategy[dict[str, Any]] | None = None,
+    stop_timeouts: Sequence[float | None] = (None, 0),
+) -> st.SearchStrategy[Call]:
+    """Calls on the first ``sandboxes`` sandboxes; Creates of plain sim sandboxes unless
+    ``create`` says otherwise."""
+    return strategies.calls(
+        sandboxes,
+        names=names,
+        create=strategies.create_args("sim", options=st.none()) if create is None else create,
+        stop_timeout=strategies.stop_timeouts(stop_timeouts),
+    )
 
 
-async def run_programs(
-    targets: Sequence[Any],
-    programs: Sequence[Program],
-    reaper_target: Any,
-    create_args: Mapping[str, Any] | Sequence[Mapping[str, Any]] = SIM_CREATE,
+def programs(
+    call: st.SearchStrategy[Call] | None = None, prefix: Sequence[Call] = ()
+) -> st.SearchStrategy[Program]:
+    """CLIENTS clients at once, each making ``prefix`` and then random calls, PROGRAM_LENGTH
+    calls in all."""
+    if not prefix:
+        return strategies.client_programs(
+            CLIENTS, PROGRAM_LENGTH, call=calls() if call is None else call
+        )
+    rest = PROGRAM_LENGTH - len(prefix)
+    tails = st.lists(calls() if call is None else call, min_size=rest, max_size=rest)
+    return st.lists(tails, min_size=CLIENTS, max_size=CLIENTS).map(
+        lambda tails: Program([[[*prefix, *tail] for tail in tails]])
+    )
+
+
+async def run(
+    program: Program, targets: Sequence[Any], reaper: Any, cushion: float = 0.001
 ) -> list[Operation]:
-    """Run each program on its target, all at once; return the recorded history.
-
-    Creates get ``create_args``, or, given a list, one of them chosen by the sandbox id.
-    """
-    recorder = HistoryRecorder()
-    running = len(programs)
-
-    async def client(index: int, target: Any, program: Program) -> None:
-        nonlocal running
-        for call, sandbox_id, timeout in program:
-            args: dict[str, Any] = {}
-            if call == "create":
-                if isinstance(create_args, Mapping):
-                    args.update(create_args)
-                else:
-                    args.update(create_args[SANDBOX_IDS.index(sandbox_id) % len(create_args)])
-            elif call == "stop" and timeout is not None:
-                args["timeout_secs"] = timeout
-            await recorder.call(target, call, sandbox_id, client=index, **args)
-        running -= 1
-
-    async def reaper() -> None:
-        while True:
-            await trio.testing.wait_all_tasks_blocked(cushion=0.001)
-            if not running:
-                return
-            # Every client left is parked (on a Wait): shut everything down.
-            async with trio.open_nursery() as nursery:
-                for sandbox_id in SANDBOX_IDS:
-                    nursery.start_soon(_shutdown, recorder, reaper_target, sandbox_id)
-
     with trio.fail_after(GUARD):
-        async with trio.open_nursery() as nursery:
-            for index, program in enumerate(programs):
-                nursery.start_soon(client, index, targets[index % len(targets)], program)
-            nursery.start_soon(reaper)
-    return recorder.operations
-
-
-async def _shutdown(recorder: HistoryRecorder, target: Any, sandbox_id: str) -> None:
-    await recorder.call(target, "shutdown", sandbox_id, client="reaper")
+        return await run_program(program, targets, SANDBOX_IDS, reaper=reaper, cushion=cushion)
 
 
 @contextlib.asynccontextmanager
@@ -182,89 +145,74 @@ def assert_linearizable(history: list[Operation], model: ReferenceModel | None =
 # -- correct runtimes: every history is accepted ---------------------------------------------
 
 
-@settings(
-    max_examples=25,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
-@given(programs=programs())
-async def test_remote_clients_see_a_linearizable_history(programs: list[Program]) -> None:
+@runs(25)
+@given(program=programs())
+async def test_remote_clients_see_a_linearizable_history(program: Program) -> None:
     async with sim_server(CLIENTS + 1) as (_, remotes):
-        history = await run_programs(remotes[:CLIENTS], programs, remotes[CLIENTS])
+        history = await run(program, remotes[:CLIENTS], remotes[CLIENTS])
     assert_linearizable(history)
 
 
-@settings(
-    max_examples=30,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
-@given(programs=programs(SANDBOX_IDS[:2]))
-async def test_in_process_callers_see_a_linearizable_history(programs: list[Program]) -> None:
+@runs(30)
+@given(program=programs(calls(2)))
+async def test_in_process_callers_see_a_linearizable_history(program: Program) -> None:
     async with open_controller([SimBackend()], default_sandboxer="sim") as controller:
-        history = await run_programs([controller], programs, controller)
+        history = await run(program, [controller], controller)
     assert_linearizable(history)
 
 
-async def test_overlapping_lifecycles_on_one_sandbox_are_linearizable() -> None:
+OVERLAPPING = [Call("create", 0, {"sandboxer": "sim"}), Call("start", 0), Call("stop", 0)]
+
+
+@runs(3)
+@given(program=programs(prefix=OVERLAPPING))
+async def test_overlapping_lifecycles_on_one_sandbox_are_linearizable(program: Program) -> None:
     # Everyone creates, starts and stops the same sandbox first: most of them overlap.
-    prefix: Program = [("create", "c-0", None), ("start", "c-0", None), ("stop", "c-0", None)]
-    for seed in range(3):
-        async with sim_server(CLIENTS + 1) as (_, remotes):
-            history = await run_programs(
-                remotes[:CLIENTS], seeded_programs(seed, prefix), remotes[CLIENTS]
-            )
-        assert_linearizable(history)
-        first = history[: CLIENTS * len(prefix)]
-        assert (
-            sum(op.call == "create" and op.outcome == Outcome.success("c-0") for op in first) == 1
+    async with sim_server(CLIENTS + 1) as (_, remotes):
+        history = await run(program, remotes[:CLIENTS], remotes[CLIENTS])
+    assert_linearizable(history)
+    first = history[: CLIENTS * len(OVERLAPPING)]
+    assert sum(op.call == "create" and op.outcome == Outcome.success("c-0") for op in first) == 1
+    assert sum(op.call == "start" and op.outcome == Outcome.success(True) for op in first) <= 1
+
+
+@runs(8)
+@given(
+    program=programs(
+        calls(
+            create=strategies.create_args("sim"),  # every kind of sim fault
+            stop_timeouts=(None, 0, 0.002),
         )
-        assert sum(op.call == "start" and op.outcome == Outcome.success(True) for op in first) <= 1
+    )
+)
+async def test_sim_faults_and_grace_periods_are_linearizable(program: Program) -> None:
+    # Sandboxes that ignore SIGTERM (only the grace timer's SIGKILL ends them), die slowly of
+    # it, exit on their own or at a chosen point, or fail to start: the model is told by
+    # each Create's options (sim_model).
+    async with open_controller(
+        [SimBackend()], default_sandboxer="sim", stop_timeout=0.003
+    ) as controller:
+        history = await run(program, [controller], controller)
+    assert_linearizable(history, sim_model())
 
 
-#: Sim sandboxes with timers: one ignores SIGTERM (only the grace timer's SIGKILL ends it),
-#: one takes a while to die of SIGTERM (a SIGKILL meanwhile may overtake it).
-TIMER_CREATES: list[Mapping[str, Any]] = [
-    {"sandboxer": "sim", "options": SandboxOptions(sim={"ignore_sigterm": True})},
-    {"sandboxer": "sim", "options": SandboxOptions(sim={"stop_delay": 0.002})},
-    {"sandboxer": "sim"},
-]
-TIMER_STEPS = [*STEPS, ("stop", 0.002), ("stop", 0.002)]
+REAL_CREATE = {"sandboxer": "process", "options": SandboxOptions(command=("sleep", "1000"))}
 
 
-def timer_behaviour(create_args: Mapping[str, Any]) -> ProcessBehaviour:
-    sim = create_args["options"].sim if "options" in create_args else {}
-    if sim.get("ignore_sigterm"):
-        return ProcessBehaviour(sigterm_exit_status=None)
-    return ProcessBehaviour(signals_race="stop_delay" in sim)
-
-
-async def test_stops_with_grace_periods_are_linearizable() -> None:
-    model = ReferenceModel(behaviour_of=timer_behaviour)
-    for seed in range(8):
-        async with open_controller(
-            [SimBackend()], default_sandboxer="sim", stop_timeout=0.003
-        ) as controller:
-            programs = seeded_programs(seed, [], TIMER_STEPS)
-            history = await run_programs([controller], programs, controller, TIMER_CREATES)
-        assert_linearizable(history, model)
-
-
-async def test_real_processes_over_the_socket_are_linearizable() -> None:
+@runs(3)
+@given(program=programs(calls(create=st.just(REAL_CREATE), stop_timeouts=(None, 0, 0.002))))
+async def test_real_processes_over_the_socket_are_linearizable(program: Program) -> None:
     # `sleep` dies of SIGTERM (143); a SIGKILL may overtake a SIGTERM it has not died of yet.
-    create = {"sandboxer": "process", "options": SandboxOptions(command=("sleep", "1000"))}
     model = ReferenceModel(sigterm_exit_status=143, signals_race=True)
-    for seed in range(3):
-        async with sim_server(CLIENTS + 1, ProcessBackend(), stop_timeout=0.01) as (_, remotes):
-            try:
-                programs = seeded_programs(seed, [], TIMER_STEPS)
-                history = await run_programs(remotes[:CLIENTS], programs, remotes[CLIENTS], create)
-            finally:
-                # Sandboxes outlive the controller: leave no process behind.
-                for sandbox_id in SANDBOX_IDS:
-                    with contextlib.suppress(Exception):
-                        await remotes[0].shutdown(sandbox_id)
-        assert_linearizable(history, model)
+    async with sim_server(CLIENTS + 1, ProcessBackend(), stop_timeout=0.01) as (_, remotes):
+        try:
+            history = await run(program, remotes[:CLIENTS], remotes[CLIENTS])
+        finally:
+            # Sandboxes outlive the controller: leave no process behind.
+            for sandbox_id in SANDBOX_IDS:
+                with contextlib.suppress(Exception):
+                    await remotes[0].shutdown(sandbox_id)
+    assert_linearizable(history, model)
 
 
 # -- broken runtimes: the checker notices ------------------------------------------------------
@@ -304,36 +252,31 @@ class WaitsForNobody:
         return await self._controller.wait(sandbox_id)
 
 
-#: Steps that never stop a sandbox: once started, it stays ready.
-NO_STOPS = [s for s in STEPS if s[0] not in ("stop", "shutdown", "wait")]
+#: Calls that never stop a sandbox: once started, it stays ready.
+NO_STOPS = [name for name in strategies.CALL_WEIGHTS if name not in ("stop", "shutdown", "wait")]
+STARTS_TWICE = [Call("create", 0, {"sandboxer": "sim"}), Call("start", 0), Call("start", 0)]
 
 
-async def test_the_checker_rejects_a_controller_that_starts_twice() -> None:
-    prefix: Program = [("create", "c-0", None), ("start", "c-0", None), ("start", "c-0", None)]
-    for seed in range(3):
-        async with open_controller([SimBackend()], default_sandboxer="sim") as controller:
-            programs = seeded_programs(seed, prefix, NO_STOPS)
-            history = await run_programs([StartsTwice(controller)], programs, controller)
-        result = check_linearizable(history)
-        assert not result.ok
-        assert not result.inconclusive
-        assert result.sandbox_id == "c-0"
-        starts = [op for op in result.conflict if op.call == "start"]
-        # Two Starts that cannot both be: both succeeded, or a refused one before a success.
-        assert len(starts) == len(result.conflict) == 2, result.describe()
-        assert starts[1].outcome == Outcome.success(True), result.describe()
-        assert starts[0].end_time < starts[1].start_time or starts[0].outcome == starts[1].outcome
+@runs(3)
+@given(program=programs(calls(names=NO_STOPS), prefix=STARTS_TWICE))
+async def test_the_checker_rejects_a_controller_that_starts_twice(program: Program) -> None:
+    async with open_controller([SimBackend()], default_sandboxer="sim") as controller:
+        history = await run(program, [StartsTwice(controller)], controller)
+    result = check_linearizable(history)
+    assert not result.ok
+    assert not result.inconclusive
+    assert result.sandbox_id == "c-0"
+    starts = [op for op in result.conflict if op.call == "start"]
+    # Two Starts that cannot both be: both succeeded, or a refused one before a success.
+    assert len(starts) == len(result.conflict) == 2, result.describe()
+    assert starts[1].outcome == Outcome.success(True), result.describe()
+    assert starts[0].end_time < starts[1].start_time or starts[0].outcome == starts[1].outcome
 
 
 async def test_the_checker_rejects_a_wait_that_does_not_wait() -> None:
-    program: Program = [
-        ("create", "c-0", None),
-        ("start", "c-0", None),
-        ("wait", "c-0", None),
-        ("stop", "c-0", None),
-    ]
+    program = Program([*STARTS_TWICE[:2], Call("wait", 0), Call("stop", 0)])
     async with open_controller([SimBackend()], default_sandboxer="sim") as controller:
-        history = await run_programs([WaitsForNobody(controller)], [program], controller)
+        history = await run(program, [WaitsForNobody(controller)], controller)
     result = check_linearizable(history)
     assert not result.ok
     (wait,) = [op for op in history if op.call == "wait"]
@@ -341,12 +284,12 @@ async def test_the_checker_rejects_a_wait_that_does_not_wait() -> None:
     assert wait in result.conflict, result.describe()
 
 
-async def test_the_same_programs_pass_on_the_real_controller() -> None:
+@runs(3)
+@given(program=programs(calls(names=NO_STOPS), prefix=STARTS_TWICE))
+async def test_the_same_programs_pass_on_the_real_controller(program: Program) -> None:
     # The control for the tests above: only the broken wrappers make them fail.
-    prefix: Program = [("create", "c-0", None), ("start", "c-0", None), ("start", "c-0", None)]
     async with open_controller([SimBackend()], default_sandboxer="sim") as controller:
-        programs = seeded_programs(0, prefix, NO_STOPS)
-        history = await run_programs([controller], programs, controller)
+        history = await run(program, [controller], controller)
     assert_linearizable(history)
     starts = [op for op in history if op.call == "start" and op.sandbox_id == "c-0"]
     assert sum(op.outcome == Outcome.success(True) for op in starts) == 1

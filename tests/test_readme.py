@@ -82,8 +82,32 @@ def test_the_sync_client_example_runs(daemon: dict[str, str]) -> None:
     assert lines[2:] == ["137", "refused: FAILED_PRECONDITION"]
 
 
+def test_the_fuzzing_example_finds_the_bug_then_passes_the_fix() -> None:
+    (source,) = [b for b in blocks("python") if "ExitCache" in b]
+    # In process: no daemon needed (and none must be reached).
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SANDBOXD_")}
+    lines = run_python(source, env).splitlines()
+    assert re.fullmatch(
+        r"\d+ programs, \d+ calls in [\d.]+ s \(seed 2, digest [0-9a-f]{12}\): "
+        r"VIOLATION \(not linearizable\)",
+        lines[0],
+    ), lines
+    script = [line.split("  #")[0] for line in lines[1:-1] if line.startswith("sandboxctl")]
+    # The minimal reproducer: create, a Wait the reaper answers, and the stale Wait.
+    assert [line.split()[1] for line in script] == [
+        "create",
+        "wait",
+        "shutdown",
+        "wait",
+        "shutdown",
+    ], lines
+    assert any(line.endswith("answered: exit 0; model: NOT_FOUND") for line in lines), lines
+    assert lines[-1].startswith("100 programs, ")
+    assert lines[-1].endswith(": every history linearizable")
+
+
 def test_every_example_is_tested() -> None:
-    assert len(blocks("python")) == 2
+    assert len(blocks("python")) == 3
     # quick start (CI runs tools/test; tests/test_demo.py runs tools/demo's script), the
     # daemon (tests/test_serve_cli.py), sandboxctl and bwrap (above).
     assert len(blocks("sh")) == 4

@@ -5,7 +5,8 @@ One trio loop runs in a helper thread for the whole module; the Hypothesis state
 in the test's thread and makes every call through ``trio.from_thread.run``.  Each example gets
 a fresh runtime, opened in the machine's ``__init__`` and closed in its ``teardown``:
 
-- the in-process Controller with the sim backend, and
+- the in-process Controller with the sim backend, its Creates injecting the sim faults a
+  sequential model predicts (drawn by the public ``sandboxd.testing.strategies``), and
 - the real server on a Unix socket with the process backend, driven through
   ``sandboxd.api.connect`` (fewer, slower examples: every Start spawns a process).
 """
@@ -19,7 +20,7 @@ import signal
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
@@ -38,7 +39,6 @@ from hypothesis.stateful import (
 
 from procs import proc_state
 from sandboxd import RPCError
-from sandboxd._models import SandboxOptions
 from sandboxd.api import (
     CONTROLLER_SERVICE,
     RUNTIME_SERVICE,
@@ -49,13 +49,7 @@ from sandboxd.api import (
 from sandboxd.backends import ProcessBackend, SimBackend
 from sandboxd.rpc import Server
 from sandboxd.runtime import Controller, Input, Phase, open_controller
-from sandboxd.testing import (
-    SIGTERM_STATUS,
-    Blocks,
-    ProcessBehaviour,
-    ReferenceModel,
-    observe,
-)
+from sandboxd.testing import Blocks, ReferenceModel, observe, sim_model, strategies
 
 T = TypeVar("T")
 
@@ -194,17 +188,12 @@ def takes_sigterm(pid: int) -> bool:
     return False
 
 
-def sim_behaviour(create_args: Mapping[str, Any]) -> ProcessBehaviour:
-    options = create_args.get("options")
-    sim = (options.sim if options is not None else None) or {}
-    return ProcessBehaviour(None if sim.get("ignore_sigterm") else SIGTERM_STATUS)
-
-
 class Harness:
     """One runtime under test, as the state machine sees it."""
 
-    #: The arguments of Create; the rule picks one of them.
-    create_variants: ClassVar[list[dict[str, Any]]]
+    #: The arguments of Create: drawn by the rule, or the plain ones.
+    create_args: ClassVar[st.SearchStrategy[dict[str, Any]]]
+    plain_create: ClassVar[dict[str, Any]]
 
     def __init__(self, loop: TrioThread) -> None:
         self.loop = loop
@@ -229,10 +218,14 @@ class Harness:
 class SimHarness(Harness):
     """The in-process Controller with a fresh SimBackend."""
 
-    create_variants: ClassVar[list[dict[str, Any]]] = [
-        {"sandboxer": "sim"},
-        {"sandboxer": "sim", "options": SandboxOptions(sim={"ignore_sigterm": True})},
-    ]
+    # The sim faults a sequential model predicts: failing starts, SIGTERM ignored or
+    # answered with an exit status of its own.  (Exits on their own and slow stops race with
+    # the calls: test_concurrency and the fuzzer check those; slow starts only cost time.)
+    create_args = strategies.create_args(
+        "sim",
+        options=strategies.create_options(exits=False, stop_delays=False, start_delays=False),
+    )
+    plain_create: ClassVar[dict[str, Any]] = {"sandboxer": "sim"}
 
     def open(self) -> Controller:
         self.backend = SimBackend()
@@ -246,8 +239,8 @@ class SimHarness(Harness):
         self.service.close()
 
     def model(self) -> ReferenceModel:
-        # A sim process ends by SIGTERM with 128 + 15, unless it ignores SIGTERM.
-        return ReferenceModel(behaviour_of=sim_behaviour)
+        # Each sim sandbox behaves as its Create's faults say.
+        return sim_model()
 
     def alive(self, pid: int) -> bool:
         return pid in self.backend.running
@@ -279,7 +272,8 @@ class ProcessHarness(Harness):
     """The real server with the process backend, over its socket."""
 
     # options.command None: the pause process
-    create_variants: ClassVar[list[dict[str, Any]]] = [{"sandboxer": "process"}]
+    plain_create: ClassVar[dict[str, Any]] = {"sandboxer": "process"}
+    create_args = st.just(plain_create)
 
     def open(self) -> Any:
         self.directory = tempfile.mkdtemp(prefix="sbd-")
@@ -388,10 +382,11 @@ class LifecycleMachine(RuleBasedStateMachine):
 
     # -- rules -----------------------------------------------------------------------------------
 
-    @rule(sandbox_id=st.sampled_from((*SANDBOX_IDS, INVALID_ID)), variant=st.integers(0, 1))
-    def create(self, sandbox_id: str, variant: int = 0) -> None:
-        variants = self.harness.create_variants
-        self.call("create", sandbox_id, **variants[variant % len(variants)])
+    @rule(sandbox_id=st.sampled_from((*SANDBOX_IDS, INVALID_ID)), data=st.data())
+    def create(self, sandbox_id: str, data: st.DataObject | None = None) -> None:
+        harness = self.harness
+        args = harness.plain_create if data is None else data.draw(harness.create_args)
+        self.call("create", sandbox_id, **args)
         if self.model.phase(sandbox_id) is Phase.CREATED:
             self.pids.pop(sandbox_id, None)
 
@@ -404,7 +399,7 @@ class LifecycleMachine(RuleBasedStateMachine):
             self.pids[sandbox_id] = instance.pid
             self.harness.after_start(instance.pid)
 
-    @rule(sandbox_id=st.sampled_from(ALL_IDS), timeout_secs=st.sampled_from([None, 0]))
+    @rule(sandbox_id=st.sampled_from(ALL_IDS), timeout_secs=strategies.stop_timeouts((None, 0)))
     def stop(self, sandbox_id: str, timeout_secs: float | None) -> None:
         if timeout_secs is None:
             self.call("stop", sandbox_id)

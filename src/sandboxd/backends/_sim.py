@@ -2,8 +2,9 @@
 
 No process is ever spawned.  A sim process is a small object with a fake pid; it "exits" when
 :func:`on_exit` is called for it, which happens exactly once: on a signal that ends it, when
-one of its timers fires, or through the :meth:`SimBackend.exit` test hook.  Its behaviour is
-set by ``options.sim`` (see :class:`SimBackend`).
+one of its timers fires, or through the :meth:`SimBackend.exit` test hook.  Its behaviour --
+faults included -- is set by Create's ``options.sim`` (see :class:`SimBackend`), so a remote
+caller can inject faults too (:func:`sandboxd.testing.sim_faults` builds the settings).
 
 Timers (``exit_after``, ``stop_delay``) use trio's clock, so a test with an autojump clock
 runs hours of simulated time at once.  A process has at most one timer task at a time, in the
@@ -59,6 +60,16 @@ def _text(key: str, value: object) -> str:
     return value
 
 
+#: The points ``exit_on`` may name.
+EXIT_POINTS: Final = ("start", "stop")
+
+
+def _exit_point(key: str, value: object) -> str:
+    if not isinstance(value, str) or value not in EXIT_POINTS:
+        raise InvalidArgument(f"options.sim.{key}: must be 'start' or 'stop', not {value!r}")
+    return value
+
+
 # options.sim keys -> their checker, which returns the value in its canonical type.
 _SETTINGS: Final = {
     "exit_after": _number,
@@ -67,6 +78,7 @@ _SETTINGS: Final = {
     "stop_delay": _number,
     "start_error": _text,
     "start_delay": _number,
+    "exit_on": _exit_point,
 }
 
 
@@ -82,6 +94,8 @@ def _settings(sim: Mapping[str, Any] | None) -> dict[str, Any]:
             known = ", ".join(_SETTINGS)
             raise InvalidArgument(f"options.sim.{key}: unknown setting (known: {known})")
         settings[key] = check(key, value)
+    if settings.get("exit_on") == "stop" and settings.get("ignore_sigterm"):
+        raise InvalidArgument("options.sim.exit_on: 'stop' contradicts ignore_sigterm")
     return settings
 
 
@@ -98,7 +112,13 @@ class SimBackend:
     ``start_error`` (text)
         Start fails with FailedPrecondition carrying this text;
     ``start_delay`` (seconds >= 0)
-        Start takes this long (before failing, if ``start_error`` is set too).
+        Start takes this long (before failing, if ``start_error`` is set too);
+    ``exit_on`` (``"start"`` or ``"stop"``)
+        the process exits with ``exit_code`` at that point of its life: ``"start"`` as soon
+        as it has started (Start still returns its pid; the exit follows at once), ``"stop"``
+        when a stop signal (SIGTERM, SIGINT, SIGHUP) reaches it -- a process that handles
+        SIGTERM by exiting with its own status, after ``stop_delay`` if set.  ``"stop"``
+        together with ``ignore_sigterm`` is refused.
 
     Unknown keys are refused.  ``options.command`` is accepted and ignored.  Signals:
     SIGKILL ends the process with 137 at once; any other signal but 0 with 128+N (at once, or
@@ -156,6 +176,8 @@ class SimBackend:
         pid = self._next_pid
         self._next_pid += 1
         self._started += 1
+        exit_on = settings.get("exit_on")
+        exit_code: int = settings.get("exit_code", 0)
         process = SimProcess(
             pid,
             self._running,
@@ -163,11 +185,14 @@ class SimBackend:
             on_exit,
             ignore_sigterm=settings.get("ignore_sigterm", False),
             stop_delay=settings.get("stop_delay", 0.0),
+            stop_status=exit_code if exit_on == "stop" else None,
         )
         self._running[pid] = process
+        if exit_on == "start":
+            process._exit_later(0.0, exit_code)
         exit_after = settings.get("exit_after")
         if exit_after is not None:
-            process._exit_later(exit_after, settings.get("exit_code", 0))
+            process._exit_later(exit_after, exit_code)
         return process
 
     # -- test hooks --------------------------------------------------------------------------
@@ -215,6 +240,7 @@ class SimProcess:
         "_on_exit",
         "_registry",
         "_stop_delay",
+        "_stop_status",
         "_timer",
         "_timer_status",
         "pid",
@@ -234,6 +260,7 @@ class SimProcess:
         *,
         ignore_sigterm: bool,
         stop_delay: float,
+        stop_status: int | None = None,
     ) -> None:
         self.pid = pid
         self._registry = registry
@@ -241,6 +268,8 @@ class SimProcess:
         self._on_exit = on_exit
         self._ignore_sigterm = ignore_sigterm
         self._stop_delay = stop_delay
+        # The status a stop signal ends it with; None: 128 + the signal's number.
+        self._stop_status = stop_status
         self._timer = None
         self._timer_status = 0
 
@@ -256,10 +285,11 @@ class SimProcess:
         elif signum in _STOP_SIGNALS:
             if self._ignore_sigterm:
                 return
+            status = 128 + signum if self._stop_status is None else self._stop_status
             if self._stop_delay > 0:
-                self._exit_later(self._stop_delay, 128 + signum)
+                self._exit_later(self._stop_delay, status)
             else:
-                self._exit(128 + signum)
+                self._exit(status)
         else:
             self._exit(128 + signum)
 

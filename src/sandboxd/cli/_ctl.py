@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -135,7 +136,128 @@ def _parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     add("version", "show the daemon's version and protocol")
     add("events", "print lifecycle events as they happen, until interrupted")
+    _add_fuzz(sub)
     return parser
+
+
+# -- fuzz ---------------------------------------------------------------------------------------
+
+#: Exit status of ``fuzz``: a violation was found (its reproducer is printed).
+EXIT_VIOLATION: Final = 1
+#: Exit status of ``fuzz`` without Hypothesis (the ``testing`` extra).
+EXIT_NO_TOOLKIT: Final = 3
+
+_FUZZ_EPILOG = f"""\
+Each program is groups of calls (Create with random sim faults, Start, Stop, Wait, Status,
+Shutdown, ...) over a few sandboxes, the calls of a group made at once over K connections.
+Every history is checked for linearizability against the lifecycle's reference model; on a
+violation the program is shrunk (by Hypothesis, then call by call) and printed as a
+sandboxctl script and as a pytest test.  Sandbox ids are fuzz-<seed>-<n>; the fuzzer shuts
+its sandboxes down.  The same seed draws the same programs (see the digests); with the sim
+sandboxer a seed reproduces a run up to the interleaving of concurrent calls.
+
+Exit status: 0 when every history was linearizable, {EXIT_VIOLATION} on a violation,
+{EXIT_NO_TOOLKIT} when Hypothesis is missing (pip install 'sandboxd[testing]'), 10 + the
+status code when the daemon cannot be reached.
+"""
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, not {value}")
+    return value
+
+
+def _seed(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, not {value}")
+    return value
+
+
+def _add_fuzz(sub: Any) -> None:
+    text = "drive the daemon with random concurrent programs and check every history"
+    p = sub.add_parser(
+        "fuzz",
+        help=text,
+        description=text[0].upper() + text[1:] + ".",
+        epilog=_FUZZ_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--socket", metavar="PATH", default=argparse.SUPPRESS, help="the daemon's socket"
+    )
+    p.add_argument(
+        "--seed", type=_seed, metavar="N", help="seed of the programs (default: a random one)"
+    )
+    p.add_argument(
+        "--duration", type=float, default=10.0, metavar="S", help="seconds to run (default 10)"
+    )
+    p.add_argument(
+        "--clients", type=_positive_int, default=4, metavar="K",
+        help="client connections, and calls at once at most (default 4)",
+    )  # fmt: skip
+    p.add_argument(
+        "--sandboxes", type=_positive_int, default=2, metavar="N",
+        help="sandboxes per program (default 2)",
+    )  # fmt: skip
+    p.add_argument(
+        "--sandboxer", choices=["sim"], default="sim",
+        help="the sandboxer of the fuzzer's sandboxes (sim: deterministic, with faults)",
+    )  # fmt: skip
+
+
+def _fuzz(args: argparse.Namespace, socket_path: str, out: TextIO) -> int:
+    try:
+        # Imported here: Hypothesis is the testing extra's, and sandboxctl works without it.
+        from ..testing import fuzz as engine
+    except ImportError as err:
+        if not (err.name or "").startswith("hypothesis"):
+            raise
+        print(
+            "sandboxctl: fuzz needs Hypothesis, which is not installed; install the testing "
+            "extra: pip install 'sandboxd[testing]'",
+            file=sys.stderr,
+        )
+        return EXIT_NO_TOOLKIT
+    seed: int = args.seed if args.seed is not None else random.SystemRandom().randrange(10**6)
+    print(
+        f"sandboxctl fuzz: seed {seed}, {args.clients} clients, {args.sandboxes} sandboxes, "
+        f"sandboxer {args.sandboxer}, {args.duration:g} s against {socket_path}",
+        file=sys.stderr,
+        flush=True,
+    )
+
+    def progress(p: engine.FuzzProgress) -> None:
+        if p.shrinking:
+            line = f"violation after {p.programs} programs; shrinking: {p.smallest} calls"
+            if p.attempts:
+                line += f" after {p.attempts} runs"
+        else:
+            line = (
+                f"{p.programs:>6} programs {p.calls:>7} calls {p.elapsed:6.1f} s  "
+                f"digest {p.digest}"
+            )
+            if p.inconclusive:
+                line += f"  ({p.inconclusive} undecided)"
+        print(f"sandboxctl fuzz: {line}", file=sys.stderr, flush=True)
+
+    report = engine.fuzz(
+        socket_path,
+        seed=seed,
+        duration=args.duration,
+        clients=args.clients,
+        sandboxes=args.sandboxes,
+        sandboxer=args.sandboxer,
+        progress=progress,
+    )
+    print(report.summary(), file=out, flush=True)
+    if report.violation is None:
+        return 0
+    print(f"rerun with: sandboxctl fuzz --socket {socket_path} --seed {seed}", file=out)
+    print(report.violation.describe(), file=out, flush=True)
+    return EXIT_VIOLATION
 
 
 # -- output -------------------------------------------------------------------------------------
@@ -358,6 +480,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         parser.error(f"{args.subcommand} takes no command after '--'")
     socket_path = args.socket or default_socket_path()
     try:
+        if args.subcommand == "fuzz":
+            return _fuzz(args, socket_path, out)
         with SyncController(socket_path, timeout=args.call_timeout) as ctl:
             if args.timing:
                 _time_calls(ctl)

@@ -5,10 +5,25 @@
   :class:`Outcome` values.
 - :func:`check_linearizable`: whether a concurrent history of :class:`Operation` values is
   explained by the model; :class:`HistoryRecorder` records one.
+- :func:`sim_faults`: Create options that inject faults into a ``sim`` sandbox (start
+  failures, exits after a delay or at a chosen point, ignored SIGTERM, slow stops), over the
+  socket too; :func:`sim_behaviour` and :func:`sim_model` tell the model about them.
+- :class:`Program` and :class:`Call`: lifecycle programs (sequences and concurrent groups of
+  calls over a few sandboxes); :func:`run_program` runs one and returns its history;
+  :func:`reproducer_script` and :func:`reproducer_test` write one out for ``sandboxctl`` and
+  for pytest.
+- :func:`serve_in_thread`: a Controller served on a temporary socket from a background
+  thread, for blocking clients.
 
-Nothing here imports Hypothesis.
+Nothing here imports Hypothesis.  With the ``testing`` extra (``pip install
+'sandboxd[testing]'``): :mod:`sandboxd.testing.strategies` (Hypothesis strategies for ids,
+options and programs) and :mod:`sandboxd.testing.fuzz` (the engine of ``sandboxctl fuzz``).
+The pytest plugin :mod:`sandboxd.testing.pytest_plugin` (registered as ``sandboxd``) offers
+the fixtures ``sandboxd_controller``, ``sandboxd_socket``, ``sandboxd_client``,
+``sandboxd_sync_socket`` and ``sandboxd_sync_client``.
 """
 
+from ._faults import sim_behaviour, sim_faults, sim_model
 from ._linearize import (
     DEFAULT_MAX_STATES,
     HistoryRecorder,
@@ -33,6 +48,9 @@ from ._model import (
     pending_events,
     perform,
 )
+from ._programs import Call, Group, Program, ProgramHung, run_program
+from ._reproduce import reproducer_script, reproducer_test
+from ._server import fixture_backends, serve_in_thread, shutdown_all
 
 __all__ = [
     "CALL_INPUTS",
@@ -40,11 +58,15 @@ __all__ = [
     "SIGKILL_STATUS",
     "SIGTERM_STATUS",
     "Blocks",
+    "Call",
+    "Group",
     "HistoryRecorder",
     "LinearizabilityResult",
     "Operation",
     "Outcome",
     "ProcessBehaviour",
+    "Program",
+    "ProgramHung",
     "ReferenceModel",
     "SandboxModel",
     "StatusView",
@@ -52,7 +74,16 @@ __all__ = [
     "call_step",
     "check_linearizable",
     "event_step",
+    "fixture_backends",
     "observe",
     "pending_events",
     "perform",
+    "reproducer_script",
+    "reproducer_test",
+    "run_program",
+    "serve_in_thread",
+    "shutdown_all",
+    "sim_behaviour",
+    "sim_faults",
+    "sim_model",
 ]

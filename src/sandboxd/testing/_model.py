@@ -220,10 +220,21 @@ class ProcessBehaviour:
     ``signals_race``: ``False`` when a signal that ends the process ends it before any later
     signal can arrive (sim processes), so the first one decides the status; ``True`` when a
     SIGKILL sent while an earlier SIGTERM is still being handled may win (real processes).
+
+    ``own_exit_status``: the status the process may exit with on its own, at any time after
+    it started (a sim process with ``exit_after`` or ``exit_on="start"``); ``None`` when only
+    signals end it.  A linearizability check lets that exit happen wherever it explains the
+    history; the sequential :class:`ReferenceModel` only when told
+    (:meth:`ReferenceModel.process_exited`).
+
+    ``start_fails``: Start is refused (FAILED_PRECONDITION, the sandbox stays ``created``),
+    as for a sim process with ``start_error``.
     """
 
     sigterm_exit_status: int | None = SIGTERM_STATUS
     signals_race: bool = False
+    own_exit_status: int | None = None
+    start_fails: bool = False
 
 
 @final
@@ -377,6 +388,8 @@ def call_step(
             value = sandbox.status()
         return Step(attrs.evolve(sandbox, phase=next_phase), Outcome.success(value))
     if effect is Effect.SPAWN:
+        if sandbox.behaviour.start_fails:  # the effect failed: nothing changes
+            return Step(sandbox, Outcome.failure(Code.FAILED_PRECONDITION))
         return Step(attrs.evolve(sandbox, phase=next_phase, started=True), Outcome.success(True))
     if effect is Effect.STOP_UNSTARTED:
         recorded, woken = _record_exit(sandbox, 0, next_phase)
@@ -447,9 +460,18 @@ def event_step(sandbox: SandboxModel, event: Input, status: int | None = None) -
 
 def pending_events(sandbox: SandboxModel) -> tuple[tuple[Input, int | None], ...]:
     """The events that may happen next to the sandbox, as ``(event, status)``: the exit of a
-    process a signal ended (one per status it may report), and the expiry of an armed grace
-    timer."""
+    process a signal ended (one per status it may report), its exit on its own (if its
+    behaviour has an ``own_exit_status``), and the expiry of an armed grace timer."""
     events: list[tuple[Input, int | None]] = [(Input.PROCESS_EXITED, s) for s in sandbox.dying]
+    own = sandbox.behaviour.own_exit_status
+    if (
+        own is not None
+        and sandbox.started
+        and sandbox.exit_status is None
+        and own not in sandbox.dying
+    ):
+        # Even after a signal: the process may have ended on its own before it arrived.
+        events.append((Input.PROCESS_EXITED, own))
     if sandbox.grace_armed:
         events.append((Input.STOP_GRACE_EXPIRED, None))
     return tuple(events)

@@ -1,0 +1,638 @@
+"""The lifecycle fuzzer: random concurrent programs against a daemon or a Controller, every
+history checked, a failing program shrunk to a minimal reproducer.
+
+This is the engine of ``sandboxctl fuzz``.  It needs Hypothesis (``pip install
+'sandboxd[testing]'``).
+
+Theory of operation
+-------------------
+
+Programs are drawn by :func:`sandboxd.testing.strategies.programs` inside a Hypothesis test
+run in-process (``@given``, seeded with ``seed``, no example database).  Each example runs
+its program with :func:`~sandboxd.testing.run_program` -- ``clients`` connections to a daemon,
+or one fresh in-process controller -- and the history goes to
+:func:`~sandboxd.testing.check_linearizable` under the ``sim`` model
+(:func:`~sandboxd.testing.sim_model`).  A history that is not linearizable, a program that
+hangs, or a call that raises something other than a status is a *violation*.
+
+A violation is shrunk in two stages, each given half of ``shrink_limit``.  First Hypothesis
+shrinks the choices that drew the program, re-running every candidate.  Then the program
+itself is polished: its calls one after the other, one call fewer, one argument or fault
+fewer, one sandbox fewer -- whichever still fails, until none does.  (A guided call is drawn
+for what the program did before it, so removing an earlier choice can change a later call:
+the second stage removes calls without touching the others.)  Concurrency makes a failure
+come and go: against a daemon a candidate is tried ``retries`` times, and the smallest
+failing program seen is kept even if Hypothesis's last replay passes.
+
+Under Hypothesis, trio schedules tasks deterministically, so an in-process run of a program
+is the same every time; each example also draws a *jitter*, how often its clients yield
+before their calls, so that the interleavings vary from example to example, reproducibly.
+
+Generation does not depend on the target's answers, so a seed draws the same programs in the
+same order on every run (the progress lines show a digest of them); with the ``sim``
+sandboxer, whose behaviour is deterministic, a seed reproduces a run up to the interleaving
+of concurrent calls (in process: exactly, timers aside).
+
+Sandbox ids are ``<prefix><n>`` (``fuzz-<seed>-<n>``): a fresh one for every sandbox of
+every example, shut down once the example has run.  Against a daemon, leftovers with the
+prefix (from an interrupted run) are shut down before and after.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import os
+import random
+import time
+import traceback
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from typing import Any, Final, final
+
+import attrs
+import trio
+from hypothesis import HealthCheck, Phase, Verbosity, given, settings
+from hypothesis import seed as hypothesis_seed
+from hypothesis import strategies as st
+
+from .._errors import RPCError
+from .._version import __version__
+from ..api import connect
+from . import strategies
+from ._faults import sim_model
+from ._linearize import HistoryRecorder, Operation, check_linearizable
+from ._model import ReferenceModel
+from ._programs import Call, Program, ProgramHung, run_program
+from ._reproduce import reproducer_script, reproducer_test
+
+__all__ = [
+    "FuzzProgress",
+    "FuzzReport",
+    "Target",
+    "Violation",
+    "default_programs",
+    "fuzz",
+]
+
+#: A daemon's socket path, or a factory of in-process controllers (an async context manager
+#: yielding something with the Controller's methods), called once per example.
+Target = str | os.PathLike[str] | Callable[[], AbstractAsyncContextManager[Any]]
+
+#: The kinds of violation.
+NOT_LINEARIZABLE: Final = "not linearizable"
+HUNG: Final = "hang"
+ERROR: Final = "error"
+
+
+@final
+@attrs.frozen(slots=True)
+class Violation:
+    """A program whose run the reference model cannot explain, shrunk.
+
+    ``kind`` is ``"not linearizable"`` (``description`` is the checker's, naming the
+    conflicting calls), ``"hang"`` (calls never answered) or ``"error"`` (a call raised
+    something other than a status; ``description`` is the traceback).  ``program`` ran on
+    ``sandbox_ids`` and recorded ``history``; ``script`` and ``test`` reproduce it as a
+    ``sandboxctl`` script and a pytest module.  ``found_after`` counts the programs run
+    before the first failure, ``shrunk_from`` the calls of that first failing program.
+    """
+
+    kind: str
+    program: Program
+    sandbox_ids: tuple[str, ...]
+    description: str
+    history: tuple[Operation, ...]
+    script: str
+    test: str
+    found_after: int = 0
+    shrunk_from: int = 0
+
+    def describe(self) -> str:
+        return (
+            f"{self.kind}: {self.description}\n\n"
+            f"minimal reproducer ({len(self.program)} calls on {self.program.sandboxes} "
+            f"sandbox{'es' if self.program.sandboxes != 1 else ''}, shrunk from "
+            f"{self.shrunk_from} calls):\n\n"
+            f"--- sandboxctl script ---\n{self.script}\n"
+            f"--- Python test (pytest) ---\n{self.test}"
+        )
+
+
+@final
+@attrs.frozen(slots=True)
+class FuzzProgress:
+    """Where a fuzzing run is: ``programs`` drawn and run (not counting shrinking), their
+    ``calls``, seconds ``elapsed``, ``digest`` of the programs so far (equal for equal seeds),
+    ``inconclusive`` checks (out of search budget), and while ``shrinking`` the number of
+    calls of the ``smallest`` failing program so far."""
+
+    programs: int
+    calls: int
+    elapsed: float
+    digest: str
+    inconclusive: int = 0
+    shrinking: bool = False
+    smallest: int | None = None
+    attempts: int = 0
+
+
+@final
+@attrs.frozen(slots=True)
+class FuzzReport:
+    """The outcome of :func:`fuzz`: ``violation`` is ``None`` when every history checked
+    was linearizable."""
+
+    seed: int
+    programs: int
+    calls: int
+    elapsed: float
+    digest: str
+    inconclusive: int
+    violation: Violation | None
+
+    @property
+    def ok(self) -> bool:
+        return self.violation is None
+
+    def summary(self) -> str:
+        head = (
+            f"{self.programs} programs, {self.calls} calls in {self.elapsed:.1f} s "
+            f"(seed {self.seed}, digest {self.digest})"
+        )
+        if self.inconclusive:
+            head += f"; {self.inconclusive} histories too large to decide"
+        if self.violation is None:
+            return f"{head}: every history linearizable"
+        return f"{head}: VIOLATION ({self.violation.kind})"
+
+
+class _Failed(Exception):
+    """Raised in the Hypothesis test: this example is a violation."""
+
+    def __init__(self, violation: Violation) -> None:
+        super().__init__(violation.kind)
+        self.violation = violation
+
+
+class _Stop(BaseException):
+    """Ends the Hypothesis run at once (time is up): not a failure, nothing to shrink."""
+
+
+class _Abort(BaseException):
+    """The target itself failed (no daemon at the socket): not the program's fault."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def default_programs(
+    sandboxes: int = 2, clients: int = 4, sandboxer: str | None = "sim"
+) -> st.SearchStrategy[Program]:
+    """The programs ``sandboxctl fuzz`` draws: up to 16 calls over ``sandboxes`` sandboxes,
+    at most ``clients`` at once, Creates with up to two ``sim`` faults each."""
+    create = strategies.create_args(sandboxer)
+    return strategies.programs(sandboxes, clients=clients, create=create)
+
+
+@asynccontextmanager
+async def _open(target: Target, clients: int) -> AsyncIterator[tuple[list[Any], Any]]:
+    """``(client targets, reaper target)`` for one example."""
+    if callable(target):
+        async with target() as controller:
+            yield [controller], controller
+        return
+    async with AsyncExitStack() as stack:
+        try:
+            remotes = [await stack.enter_async_context(connect(target)) for _ in range(clients)]
+            reaper = await stack.enter_async_context(connect(target))
+        except RPCError as err:
+            raise _Abort(err) from err
+        yield remotes, reaper
+
+
+async def _sweep(path: str | os.PathLike[str], prefix: str) -> int:
+    """Shut down the sandboxes whose id starts with ``prefix``; how many there were."""
+    try:
+        async with connect(path) as remote:
+            left = [s.sandbox_id for s in await remote.list() if s.sandbox_id.startswith(prefix)]
+            async with trio.open_nursery() as nursery:
+                for sandbox_id in left:
+                    nursery.start_soon(_shutdown, remote, sandbox_id)
+    except RPCError as err:
+        raise _Abort(err) from err
+    return len(left)
+
+
+async def _shutdown(remote: Any, sandbox_id: str) -> None:
+    with contextlib.suppress(RPCError):
+        await remote.shutdown(sandbox_id)
+
+
+@final
+class _Session:
+    """The state of one :func:`fuzz` run, shared by the examples Hypothesis runs."""
+
+    def __init__(
+        self,
+        target: Target,
+        *,
+        seed: int,
+        clients: int,
+        model: ReferenceModel,
+        prefix: str,
+        socket: str | None,
+        cushion: float,
+        hang_after: float,
+        guard: float,
+        retries: int,
+        max_states: int,
+        deadline: float,
+        max_programs: int,
+        shrink_limit: float,
+        progress: Callable[[FuzzProgress], None] | None,
+        progress_every: int,
+    ) -> None:
+        self.target = target
+        self.seed = seed
+        self.clients = clients
+        self.model = model
+        self.prefix = prefix
+        self.socket = socket
+        self.cushion = cushion
+        self.hang_after = hang_after
+        self.guard = guard
+        self.retries = retries
+        self.max_states = max_states
+        self.deadline = deadline
+        self.max_programs = max_programs
+        self.shrink_limit = shrink_limit
+        self.progress = progress
+        self.progress_every = progress_every
+        self.started = time.monotonic()
+        self.programs = 0
+        self.calls = 0
+        self.inconclusive = 0
+        self.attempts = 0  # runs while shrinking
+        self.next_id = 0
+        self._hash = hashlib.sha256()
+        self.failing_since: float | None = None
+        self.first: Violation | None = None
+        self.smallest: Violation | None = None
+
+    @property
+    def digest(self) -> str:
+        return self._hash.hexdigest()[:12]
+
+    def report(self) -> None:
+        if self.progress is not None:
+            self.progress(
+                FuzzProgress(
+                    programs=self.programs,
+                    calls=self.calls,
+                    elapsed=time.monotonic() - self.started,
+                    digest=self.digest,
+                    inconclusive=self.inconclusive,
+                    shrinking=self.smallest is not None,
+                    smallest=None if self.smallest is None else len(self.smallest.program),
+                    attempts=self.attempts,
+                )
+            )
+
+    def example(self, program: Program, jitter: random.Random | None) -> None:
+        """The body of the Hypothesis test."""
+        now = time.monotonic()
+        if self.failing_since is None:
+            if now >= self.deadline or self.programs >= self.max_programs:
+                raise _Stop
+            self.programs += 1
+            self.calls += len(program)
+            self._hash.update(repr(program).encode())
+        else:
+            if now - self.failing_since >= self.shrink_limit / 2:
+                raise _Stop  # the other half is the polishing's
+            self.attempts += 1
+        # In process, a run under Hypothesis is deterministic: trying again shows nothing new.
+        tries = 1 if self.failing_since is None or self.socket is None else self.retries
+        for _ in range(tries):
+            violation = self.run(program, jitter)
+            if violation is not None:
+                self.note(violation)
+                raise _Failed(violation)
+        if self.failing_since is None and self.programs % self.progress_every == 0:
+            self.report()
+
+    def note(self, violation: Violation) -> None:
+        if self.failing_since is None:
+            self.failing_since = time.monotonic()
+            self.first = violation
+        if self.smallest is None or _size(violation.program) < _size(self.smallest.program):
+            self.smallest = violation
+            self.report()
+
+    def run(self, program: Program, jitter: random.Random | None = None) -> Violation | None:
+        ids = tuple(f"{self.prefix}{self.next_id + i}" for i in range(program.sandboxes))
+        self.next_id += program.sandboxes
+        trace: dict[tuple[int, int, int], Operation] = {}
+        recorder = HistoryRecorder()
+        kind = description = None
+        try:
+            history = trio.run(self._attempt, program, ids, recorder, trace, jitter)
+        except ProgramHung as hung:
+            kind, description, history = HUNG, str(hung), list(hung.history)
+        except trio.TooSlowError:
+            kind, history = HUNG, recorder.operations
+            description = f"the program did not finish within {self.guard:g} s"
+        except Exception as exc:
+            kind, history = ERROR, recorder.operations
+            description = "a call raised:\n" + "".join(traceback.format_exception(exc))
+        else:
+            result = check_linearizable(history, self.model, max_states=self.max_states)
+            if result.inconclusive:
+                self.inconclusive += 1
+            elif not result.ok:
+                kind, description = NOT_LINEARIZABLE, result.describe()
+        if kind is None or description is None:
+            return None
+        notes = [
+            f"Found by the sandboxd {__version__} fuzzer (seed {self.seed}): {kind}.",
+            description,
+        ]
+        return Violation(
+            kind=kind,
+            program=program,
+            sandbox_ids=ids,
+            description=description,
+            history=tuple(history),
+            script=reproducer_script(
+                program, ids, socket=self.socket, notes=notes, observed=trace, history=history
+            ),
+            test=reproducer_test(
+                program, ids, socket=self.socket, notes=notes, name=f"test_fuzz_seed_{self.seed}"
+            ),
+            found_after=self.programs,
+            shrunk_from=len(self.first.program) if self.first is not None else len(program),
+        )
+
+    async def _attempt(
+        self,
+        program: Program,
+        ids: Sequence[str],
+        recorder: HistoryRecorder,
+        trace: dict[tuple[int, int, int], Operation],
+        jitter: random.Random | None,
+    ) -> list[Operation]:
+        async with _open(self.target, self.clients) as (targets, reaper):
+            with trio.fail_after(self.guard):
+                return await run_program(
+                    program,
+                    targets,
+                    ids,
+                    reaper=reaper,
+                    recorder=recorder,
+                    cushion=self.cushion,
+                    hang_after=self.hang_after,
+                    cleanup=True,
+                    trace=trace,
+                    jitter=jitter,
+                )
+
+
+def _size(program: Program) -> tuple[int, int, int, int, int]:
+    """Smaller is simpler: fewer calls, fewer at once, fewer groups, fewer sandboxes, fewer
+    arguments and faults."""
+    arguments = 0
+    for call in program.calls:
+        arguments += len(call.args)
+        options = call.args.get("options")
+        arguments += len(getattr(options, "sim", None) or ())
+    return (len(program), program.clients, len(program.groups), program.sandboxes, arguments)
+
+
+def _without(program: Program, position: int) -> Program:
+    """``program`` without its call number ``position`` (in :attr:`Program.calls` order)."""
+    groups: list[list[list[Call]]] = []
+    index = 0
+    for group in program.groups:
+        sequences: list[list[Call]] = []
+        for sequence in group:
+            kept = [c for i, c in enumerate(sequence, index) if i != position]
+            index += len(sequence)
+            if kept:
+                sequences.append(kept)
+        if sequences:
+            groups.append(sequences)
+    return Program(groups)
+
+
+def _plainer(call: Call) -> Call | None:
+    """``call`` with one argument fewer (a Create's faults, a Stop's timeout), if any."""
+    if call.name == "create" and "options" in call.args:
+        return attrs.evolve(call, args={k: v for k, v in call.args.items() if k != "options"})
+    if call.name == "stop" and "timeout_secs" in call.args:
+        return attrs.evolve(call, args={})
+    return None
+
+
+def _one_after_another(program: Program) -> Iterator[Program]:
+    """The calls of a concurrent program one after the other: in the program's order, and
+    with the clients of each group the other way round (which went first may matter)."""
+    if program.sequential:
+        return
+    yield Program(list(program.calls))
+    yield Program([call for group in program.groups for seq in group[::-1] for call in seq])
+
+
+def _candidates(program: Program) -> Iterator[Program]:
+    """Simpler programs to try, simplest first: the calls one after the other; one call
+    fewer (later calls first), one after the other if that fails too; one argument fewer;
+    one sandbox fewer."""
+    yield from _one_after_another(program)
+    for position in reversed(range(len(program))):
+        smaller = _without(program, position)
+        yield from _one_after_another(smaller)
+        yield smaller
+    calls = program.calls
+    for position, call in enumerate(calls):
+        plainer = _plainer(call)
+        if plainer is not None:
+            yield _replace(program, {position: plainer})
+    if program.sandboxes > 1:
+        yield _replace(program, {i: attrs.evolve(c, sandbox=0) for i, c in enumerate(calls)})
+
+
+def _replace(program: Program, calls: Mapping[int, Call]) -> Program:
+    index = 0
+    groups: list[list[list[Call]]] = []
+    for group in program.groups:
+        groups.append([])
+        for sequence in group:
+            groups[-1].append([calls.get(i, c) for i, c in enumerate(sequence, index)])
+            index += len(sequence)
+    return Program(groups)
+
+
+def _polish(session: _Session, violation: Violation) -> Violation:
+    """Finish Hypothesis's shrinking on the calls themselves: keep taking the first simpler
+    program that still fails (each tried several times) until none does, or until the
+    shrinking time is up.  Hypothesis shrinks the choices that drew the program; a call
+    drawn for what the program did before may change when an earlier one goes, so this
+    pass removes calls without touching the others.  Outside Hypothesis trio schedules
+    at random again, and each try jitters differently."""
+    started = session.failing_since or time.monotonic()
+    # In process a try costs little: more of them find a racy failure again more surely.
+    tries = 2 * session.retries if session.socket is not None else 4 * session.retries
+    improved = True
+    while improved and time.monotonic() - started < session.shrink_limit:
+        improved = False
+        for candidate in _candidates(violation.program):
+            if _size(candidate) >= _size(violation.program):
+                continue  # not simpler (a call that was already plain, say)
+            found = None
+            # Each try with another jitter: the ordering that failed may take a few.
+            for attempt in range(tries):
+                session.attempts += 1
+                found = session.run(candidate, random.Random(attempt) if attempt else None)
+                if found is not None:
+                    break
+            if found is not None:
+                violation = found
+                session.note(found)
+                improved = True
+                break
+    return violation
+
+
+def fuzz(
+    target: Target,
+    *,
+    seed: int = 0,
+    duration: float | None = 10.0,
+    max_programs: int | None = None,
+    clients: int = 4,
+    sandboxes: int = 2,
+    sandboxer: str | None = "sim",
+    programs: st.SearchStrategy[Program] | None = None,
+    model: ReferenceModel | None = None,
+    progress: Callable[[FuzzProgress], None] | None = None,
+    progress_every: int = 50,
+    cushion: float | None = None,
+    hang_after: float = 2.0,
+    guard: float = 60.0,
+    retries: int = 3,
+    max_states: int = 50_000,
+    shrink_limit: float = 60.0,
+    prefix: str | None = None,
+) -> FuzzReport:
+    """Fuzz ``target`` with random concurrent lifecycle programs; blocks until done.
+
+    ``target`` is a daemon's socket path (each example connects ``clients`` times, plus once
+    for the reaper), or a factory of in-process controllers: a function returning an async
+    context manager that yields something with the Controller's methods, entered once per
+    example.  Runs until ``duration`` seconds or ``max_programs`` programs (whichever comes
+    first; at least one of them must be given), or until a violation, which it then shrinks
+    for at most ``shrink_limit`` seconds.
+
+    ``programs`` draws the programs (default :func:`default_programs` with ``sandboxes``,
+    ``clients`` and ``sandboxer``); ``model`` judges them (default
+    :func:`~sandboxd.testing.sim_model`).  ``progress`` is called every ``progress_every``
+    programs, and as shrinking finds smaller failures.  ``cushion``, ``hang_after``: see
+    :func:`~sandboxd.testing.run_program` (``cushion`` defaults to 0.02 s for a socket,
+    0.001 s in process); ``guard`` bounds one example.  Sandbox ids start with ``prefix``
+    (default ``fuzz-<seed>-``).
+
+    Runs trio itself, example by example: call it from synchronous code (from trio code, in
+    a worker thread).  Raises :class:`~sandboxd.Unavailable` when no daemon answers at the
+    socket.
+    """
+    if seed < 0:
+        raise ValueError("the seed must be >= 0")
+    if duration is None and max_programs is None:
+        raise ValueError("give a duration or a max_programs")
+    if clients < 1 or sandboxes < 1:
+        raise ValueError("need at least one client and one sandbox")
+    socket = None if callable(target) else os.fspath(target)
+    prefix = f"fuzz-{seed}-" if prefix is None else prefix
+    if cushion is None:
+        cushion = 0.001 if socket is None else 0.02
+    strategy = default_programs(sandboxes, clients, sandboxer) if programs is None else programs
+    session = _Session(
+        target,
+        seed=seed,
+        clients=clients,
+        model=sim_model() if model is None else model,
+        prefix=prefix,
+        socket=socket,
+        cushion=cushion,
+        hang_after=hang_after,
+        guard=guard,
+        retries=max(1, retries),
+        max_states=max_states,
+        deadline=time.monotonic() + (math.inf if duration is None else duration),
+        max_programs=max_programs if max_programs is not None else 2**62,
+        shrink_limit=shrink_limit,
+        progress=progress,
+        progress_every=max(1, progress_every),
+    )
+
+    @settings(
+        database=None,
+        max_examples=min(session.max_programs, 10**9),
+        deadline=None,
+        phases=[Phase.generate, Phase.shrink],
+        suppress_health_check=list(HealthCheck),
+        verbosity=Verbosity.quiet,
+        report_multiple_bugs=False,
+        print_blob=False,
+    )
+    @hypothesis_seed(seed)
+    # Under Hypothesis trio schedules deterministically: each example draws how its clients
+    # jitter (0: not at all), so that interleavings vary, reproducibly.
+    @given(strategy, st.integers(0, 2**32 - 1))
+    def run_examples(program: Program, jitter: int) -> None:
+        session.example(program, random.Random(jitter) if jitter else None)
+
+    violation: Violation | None = None
+    try:
+        if socket is not None:
+            trio.run(_sweep, socket, prefix)
+        try:
+            run_examples()
+        except _Failed as failed:
+            violation = failed.violation  # Hypothesis's minimal example, replayed
+        except _Stop:
+            violation = session.smallest
+        except Exception:
+            # Hypothesis gave up on a failure it could not replay (flaky): keep the smallest
+            # failing program seen, if any; anything else is a bug worth seeing.
+            if session.smallest is None:
+                raise
+            violation = session.smallest
+        smallest = session.smallest
+        if violation and smallest and _size(smallest.program) < _size(violation.program):
+            violation = smallest
+        if violation is not None:
+            violation = _polish(session, violation)
+    except _Abort as abort:
+        raise abort.error from None
+    finally:
+        if socket is not None:
+            with contextlib.suppress(_Abort):  # the daemon went away: nothing to clean
+                trio.run(_sweep, socket, prefix)
+    if violation is not None and session.first is not None:
+        violation = attrs.evolve(
+            violation,
+            found_after=session.first.found_after,
+            shrunk_from=len(session.first.program),
+        )
+    return FuzzReport(
+        seed=seed,
+        programs=session.programs,
+        calls=session.calls,
+        elapsed=time.monotonic() - session.started,
+        digest=session.digest,
+        inconclusive=session.inconclusive,
+        violation=violation,
+    )

@@ -1,0 +1,419 @@
+"""Hypothesis strategies for sandbox ids, Create options and whole lifecycle programs.
+
+The one place of sandboxd that imports Hypothesis (with the fuzzer built on it,
+:mod:`sandboxd.testing.fuzz`): install it with ``pip install 'sandboxd[testing]'``.
+
+- :func:`sandbox_ids`, :func:`invalid_sandbox_ids`: ids Create accepts, and ids it refuses;
+- :func:`sim_settings`, :func:`create_options`, :func:`create_args`: Create options for the
+  ``sim`` sandboxer, with faults (start failures, exits after a delay or at a chosen point,
+  processes that ignore SIGTERM, slow stops), as :func:`~sandboxd.testing.sim_faults` takes;
+- :func:`stop_timeouts`, :func:`calls`, :func:`programs`, :func:`client_programs`: calls,
+  and :class:`~sandboxd.testing.Program` values -- sequences and concurrent groups of calls
+  over a few sandboxes -- for :func:`~sandboxd.testing.run_program`.
+
+Everything shrinks towards the plain case: no faults, fewer and earlier calls (``create``
+first, then ``start``, ...), no timeout, sandbox 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Final, final
+
+from hypothesis import strategies as st
+
+from .._models import MAX_SANDBOX_ID_LENGTH, SandboxOptions
+from ._model import CALL_INPUTS
+from ._programs import Call, Program
+
+__all__ = [
+    "CALL_WEIGHTS",
+    "calls",
+    "client_programs",
+    "create_args",
+    "create_options",
+    "invalid_sandbox_ids",
+    "programs",
+    "sandbox_ids",
+    "sim_settings",
+    "stop_timeouts",
+]
+
+#: The calls of a program, each as often as it is drawn: lifecycle changes more often than
+#: queries.  ``create`` comes first, so programs shrink towards creating.
+CALL_WEIGHTS: Final[tuple[str, ...]] = (
+    *("create",) * 3,
+    *("start",) * 3,
+    *("stop",) * 2,
+    *("wait",) * 2,
+    *("status",) * 3,
+    *("shutdown",) * 2,
+    "ping",
+    "platform",
+    "metrics",
+)
+
+_ALNUM: Final = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+
+
+def sandbox_ids(*, prefix: str = "") -> st.SearchStrategy[str]:
+    """Ids Create accepts (containerd's rule: letters and digits, separated by single ``.``,
+    ``_`` or ``-``; at most 76 characters), each starting with ``prefix`` (give one that
+    ends with a separator, e.g. ``"test-"``)."""
+    word = st.text(_ALNUM, min_size=1, max_size=8)
+    tail = st.lists(st.tuples(st.sampled_from("-._"), word), max_size=3)
+    return st.builds(
+        lambda first, rest: (prefix + first + "".join(s + w for s, w in rest))[
+            :MAX_SANDBOX_ID_LENGTH
+        ],
+        word,
+        tail,
+    ).filter(lambda s: s[-1].isalnum())
+
+
+def invalid_sandbox_ids() -> st.SearchStrategy[str]:
+    """Ids Create refuses with INVALID_ARGUMENT (empty, bad characters, bad separators, too
+    long)."""
+    return st.one_of(
+        st.just(""),
+        st.sampled_from(["a b", "a/b", "-a", "a-", "a--b", "a..b", "é", "a\n"]),
+        st.text(_ALNUM, min_size=MAX_SANDBOX_ID_LENGTH + 1, max_size=MAX_SANDBOX_ID_LENGTH + 8),
+    )
+
+
+#: Fault kinds, each as often as it is drawn: the ones that make a sandbox useless (a Start
+#: that fails) less often than the ones that make orderings interesting.
+_FAULT_WEIGHTS: Final = (
+    *("ignore_sigterm",) * 4,
+    *("stop_delay",) * 2,
+    *("exit_on",) * 2,
+    "exit_after",
+    "start_delay",
+    "start_error",
+)
+
+
+def sim_settings(
+    *,
+    start_errors: bool = True,
+    exits: bool = True,
+    exit_on_stop: bool = True,
+    ignore_sigterm: bool = True,
+    stop_delays: bool = True,
+    start_delays: bool = True,
+    delays: Sequence[float] = (0.0005, 0.002),
+    max_faults: int = 2,
+) -> st.SearchStrategy[dict[str, Any]]:
+    """``options.sim`` settings of the ``sim`` sandboxer: up to ``max_faults`` faults, or none.
+
+    Each kind can be left out: ``start_errors`` (``start_error``), ``exits`` (the process
+    exits on its own: ``exit_after``, ``exit_on="start"``), ``exit_on_stop``
+    (``exit_on="stop"``), ``ignore_sigterm``, ``stop_delays`` (``stop_delay``) and
+    ``start_delays`` (``start_delay``).  Delays are drawn from ``delays`` (seconds): keep them
+    short, so that they happen while a program runs.
+
+    A sequential :class:`~sandboxd.testing.ReferenceModel` predicts every call only without
+    ``exits`` and ``stop_delays`` (they race with the calls); the linearizability checker
+    handles them all.
+    """
+    exit_points = [p for p, on in (("start", exits), ("stop", exit_on_stop)) if on]
+    allowed = {
+        "start_error": start_errors,
+        "start_delay": start_delays,
+        "exit_after": exits,
+        "exit_on": bool(exit_points),
+        "ignore_sigterm": ignore_sigterm,
+        "stop_delay": stop_delays,
+    }
+    kinds = [kind for kind in _FAULT_WEIGHTS if allowed[kind]]
+    if not kinds or max_faults < 1:
+        return st.just({})
+    delay = st.sampled_from(list(delays))
+
+    @st.composite
+    def draw_settings(draw: st.DrawFn) -> dict[str, Any]:
+        settings: dict[str, Any] = {}
+        count = draw(st.integers(0, min(max_faults, len(set(kinds)))))
+        chosen = draw(
+            st.lists(st.sampled_from(kinds), unique=True, min_size=count, max_size=count)
+        )
+        for kind in chosen:
+            if kind == "start_error":
+                settings[kind] = "injected by the fuzzer"
+            elif kind == "ignore_sigterm":
+                settings[kind] = True
+            elif kind == "exit_on":
+                settings[kind] = draw(st.sampled_from(exit_points))
+            elif kind == "exit_after":
+                settings[kind] = draw(st.sampled_from((0.0, *delays)))
+            else:
+                settings[kind] = draw(delay)
+        if "exit_after" in settings or "exit_on" in settings:
+            settings["exit_code"] = draw(st.sampled_from((0, 1, 3, 255)))
+        if settings.get("exit_on") == "stop":
+            # A process cannot both ignore SIGTERM and exit when a SIGTERM stops it.
+            settings.pop("ignore_sigterm", None)
+        return settings
+
+    return draw_settings()
+
+
+def create_options(**faults: Any) -> st.SearchStrategy[SandboxOptions | None]:
+    """Create options with ``sim`` faults (:func:`sim_settings` takes ``faults``), or
+    ``None`` for none."""
+    return sim_settings(**faults).map(lambda sim: SandboxOptions(sim=sim) if sim else None)
+
+
+def create_args(
+    sandboxer: str | None = "sim",
+    *,
+    options: st.SearchStrategy[SandboxOptions | None] | None = None,
+) -> st.SearchStrategy[dict[str, Any]]:
+    """Keyword arguments of Create: ``sandboxer`` (left out when ``None``) and ``options``
+    drawn from ``options`` (default :func:`create_options`; left out when ``None``)."""
+    fixed: dict[str, Any] = {} if sandboxer is None else {"sandboxer": sandboxer}
+    drawn = create_options() if options is None else options
+
+    def build(value: SandboxOptions | None) -> dict[str, Any]:
+        return dict(fixed) if value is None else {**fixed, "options": value}
+
+    return drawn.map(build)
+
+
+def stop_timeouts(
+    values: Sequence[float | None] = (None, 0, 0.002),
+) -> st.SearchStrategy[float | None]:
+    """A Stop's ``timeout_secs``: ``None`` (the controller's grace period), 0 (SIGKILL at
+    once), or a short grace period."""
+    return st.sampled_from(list(values))
+
+
+def calls(
+    sandboxes: int = 2,
+    *,
+    names: Sequence[str] = CALL_WEIGHTS,
+    create: st.SearchStrategy[Mapping[str, Any]] | None = None,
+    stop_timeout: st.SearchStrategy[float | None] | None = None,
+) -> st.SearchStrategy[Call]:
+    """One :class:`~sandboxd.testing.Call` on one of ``sandboxes`` sandboxes: a method drawn
+    from ``names`` (repeat a name to draw it more often), a Create's arguments from ``create``
+    (default :func:`create_args`), a Stop's timeout from ``stop_timeout`` (default
+    :func:`stop_timeouts`)."""
+    if sandboxes < 1:
+        raise ValueError("calls need at least one sandbox")
+    unknown = set(names) - set(CALL_INPUTS)
+    if unknown:
+        raise ValueError(f"unknown calls: {sorted(unknown)}")
+    create_strategy = create_args() if create is None else create
+    timeout_strategy = stop_timeouts() if stop_timeout is None else stop_timeout
+
+    @st.composite
+    def draw_call(draw: st.DrawFn) -> Call:
+        name = draw(st.sampled_from(list(names)))
+        sandbox = draw(st.integers(0, sandboxes - 1))
+        args: dict[str, Any] = {}
+        if name == "create":
+            args = dict(draw(create_strategy))
+        elif name == "stop":
+            timeout = draw(timeout_strategy)
+            if timeout is not None:
+                args["timeout_secs"] = timeout
+        return Call(name, sandbox, args)
+
+    return draw_call()
+
+
+#: How a drawn call joins the program: it starts a new group (runs after everything before
+#: it), runs at once with the calls of the current group as a new client, or follows the
+#: current client's last call.  The first shrinks best: programs shrink towards sequential.
+_NEW_GROUP: Final = 0
+_AT_ONCE: Final = 1
+_AFTER: Final = 2
+
+#: The calls that take a sandbox on through its life, by what the program did to it so far
+#: (``None``: not created).  A guided call is one of these; the first is the likeliest.
+_NEXT: Final[Mapping[str | None, tuple[str, ...]]] = {
+    None: ("create",),
+    "created": ("start", "start", "start", "stop", "wait"),
+    "ready": ("stop", "wait", "stop", "wait", "status", "shutdown"),
+    "stopped": ("wait", "shutdown", "status", "start", "shutdown"),
+}
+
+#: Of the selectors 0..9, those below this pick a guided call, the others any call.
+_GUIDED: Final = 8
+
+#: The calls a guided call may race with (a *partner*: a client of its own in the same
+#: group, on the same sandbox), by what the program did to the sandbox before the group.
+_RACERS: Final[Mapping[str | None, tuple[str, ...]]] = {
+    None: ("create", "start"),
+    "created": ("start", "stop", "wait", "shutdown"),
+    "ready": ("wait", "stop", "wait", "shutdown"),
+    "stopped": ("wait", "shutdown", "start", "status"),
+}
+
+
+def _next_phase(phase: str | None, name: str, alone: bool) -> str | None:
+    """What the program has done to a sandbox after ``name`` (a guess: faults and races may
+    change it; it only guides the drawing)."""
+    if name == "create":
+        return phase or "created"
+    if name == "shutdown":
+        return None
+    if phase == "created" and name == "start":
+        return "ready"
+    if phase in ("created", "ready") and name == "stop":
+        return "stopped"
+    if phase == "ready" and name == "wait" and alone:
+        return None  # nobody stops it: the reaper will shut it down
+    return phase
+
+
+def _assemble(
+    steps: Sequence[tuple[Call, int]], clients: int, max_sequence: int
+) -> list[list[list[Call]]]:
+    groups: list[list[list[Call]]] = []
+    for call, mode in steps:
+        if groups and mode == _AFTER and len(groups[-1][-1]) < max_sequence:
+            groups[-1][-1].append(call)
+        elif groups and mode != _NEW_GROUP and len(groups[-1]) < clients:
+            groups[-1].append([call])
+        else:
+            groups.append([[call]])
+    return groups
+
+
+def programs(
+    sandboxes: int = 2,
+    *,
+    clients: int = 3,
+    min_calls: int = 1,
+    max_calls: int = 16,
+    max_sequence: int = 3,
+    names: Sequence[str] = CALL_WEIGHTS,
+    create: st.SearchStrategy[Mapping[str, Any]] | None = None,
+    stop_timeout: st.SearchStrategy[float | None] | None = None,
+    guided: bool = True,
+    call: st.SearchStrategy[Call] | None = None,
+) -> st.SearchStrategy[Program]:
+    """Whole lifecycle :class:`~sandboxd.testing.Program` values: ``min_calls`` to
+    ``max_calls`` calls over ``sandboxes`` sandboxes, in groups of at most ``clients``
+    sequences at once, each of at most ``max_sequence`` calls.
+
+    Each call is drawn with how it joins the program -- after everything before it, at once
+    with the current group, or after the current client's last call; programs shrink towards
+    fewer and plainer calls on fewer sandboxes.  ``programs(clients=1)`` draws only
+    sequential programs.
+
+    With ``guided`` (the default), most calls take their sandbox on through its life, as the
+    program left it so far (create it, start it, then stop and wait, shut it down), so that
+    the orderings that matter -- a Wait racing a Stop of a running sandbox, say -- come up
+    often; some bring a *partner*, a call racing them on the same sandbox.  (A call and its
+    partner are drawn as one, so a shrunk program may keep them at once where one after the
+    other would do as well: the fuzzer tries that too.)  The other calls are drawn from
+    ``names`` (repeat a name to draw it more often).  A
+    Create's arguments come from ``create`` (default :func:`create_args`), a Stop's timeout
+    from ``stop_timeout`` (default :func:`stop_timeouts`).  Alternatively ``call`` draws
+    every call, unguided.
+    """
+    if clients < 1 or max_sequence < 1 or sandboxes < 1:
+        raise ValueError("need sandboxes >= 1, clients >= 1 and max_sequence >= 1")
+    modes = [_NEW_GROUP, _NEW_GROUP, _AT_ONCE, _AFTER] if clients > 1 else [_NEW_GROUP, _AFTER]
+    mode = st.sampled_from(modes)
+
+    def build(steps: Sequence[tuple[Call, int]]) -> Program:
+        return Program(_assemble(steps, clients, max_sequence))
+
+    if call is not None:
+        return st.lists(st.tuples(call, mode), min_size=min_calls, max_size=max_calls).map(build)
+    unknown = set(names) - set(CALL_INPUTS)
+    if unknown or not names:
+        raise ValueError(f"names must be calls, not {sorted(unknown) or 'nothing'}")
+    create_strategy = create_args() if create is None else create
+    timeout_strategy = stop_timeouts() if stop_timeout is None else stop_timeout
+    # 0..2: the sandbox of the call before (calls cluster, and shrink to one sandbox);
+    # 3 and up: another one.
+    hop = st.integers(0, 2 + sandboxes - 1)
+    selector = st.integers(0, 9) if guided else st.just(_GUIDED)
+    index = st.integers(0, len(names) - 1)
+    # 1..4: a call racing a guided one, on the same sandbox; anything else: none.
+    partner = st.integers(0, 7) if guided and clients > 1 else st.just(0)
+    allowed = frozenset(names)
+    next_calls = {p: tuple(n for n in c if n in allowed) or tuple(names) for p, c in _NEXT.items()}
+    racers = {p: tuple(n for n in c if n in allowed) for p, c in _RACERS.items()}
+
+    # The guide of the program being drawn: the steps of a list are drawn in order.
+    current: list[_Guide] = [_Guide()]
+
+    @st.composite
+    def draw_step(draw: st.DrawFn) -> list[tuple[Call, int]]:
+        """One drawn call (and its partner, if any), guided by what the program did so far."""
+        guide = current[-1]
+        joins = draw(mode)
+        jump = draw(hop)
+        if jump > 2:
+            guide.sandbox = (guide.sandbox + jump - 2) % sandboxes
+        if joins == _NEW_GROUP:
+            guide.before.update(guide.after)  # calls of a group race: all see the phase
+        phase = guide.before.get(guide.sandbox)  # before the group
+        chosen = draw(selector)
+        if chosen < _GUIDED:
+            options = next_calls[phase]
+            picked = [(options[chosen % len(options)], joins)]
+            rival = draw(partner)
+            if 0 < rival <= len(racers[phase]):
+                picked.append((racers[phase][rival - 1], _AT_ONCE))
+        else:
+            picked = [(names[draw(index)], joins)]
+        drawn: list[tuple[Call, int]] = []
+        for name, how in picked:
+            args: dict[str, Any] = {}
+            if name == "create":
+                args = dict(draw(create_strategy))
+            elif name == "stop":
+                timeout = draw(timeout_strategy)
+                if timeout is not None:
+                    args["timeout_secs"] = timeout
+            drawn.append((Call(name, guide.sandbox, args), how))
+            alone = how == _NEW_GROUP and len(picked) == 1
+            now = guide.after.get(guide.sandbox, phase)
+            guide.after[guide.sandbox] = _next_phase(now, name, alone)
+        return drawn
+
+    steps = st.lists(draw_step(), min_size=min_calls, max_size=max_calls)
+
+    @st.composite
+    def draw_program(draw: st.DrawFn) -> Program:
+        current.append(_Guide())
+        try:
+            drawn = draw(steps)
+        finally:
+            current.pop()
+        return build([pair for step in drawn for pair in step])
+
+    return draw_program()
+
+
+@final
+class _Guide:
+    """While a program is drawn: the guess of each sandbox's phase before the current group
+    and after it, and the sandbox of the last call."""
+
+    __slots__ = ("after", "before", "sandbox")
+
+    def __init__(self) -> None:
+        self.before: dict[int, str | None] = {}
+        self.after: dict[int, str | None] = {}
+        self.sandbox = 0
+
+
+def client_programs(
+    clients: int,
+    calls_each: int,
+    *,
+    call: st.SearchStrategy[Call] | None = None,
+) -> st.SearchStrategy[Program]:
+    """Programs of one group: ``clients`` clients making ``calls_each`` calls each, all at
+    once (calls drawn from ``call``, default :func:`calls`)."""
+    call_strategy = calls() if call is None else call
+    sequence = st.lists(call_strategy, min_size=calls_each, max_size=calls_each)
+    return st.lists(sequence, min_size=clients, max_size=clients).map(lambda s: Program([s]))
