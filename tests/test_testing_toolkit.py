@@ -319,7 +319,7 @@ REPRO = Program(
 )
 
 
-def test_the_script_spells_out_the_calls_and_what_sandboxctl_cannot() -> None:
+def test_the_script_spells_out_every_call_sim_faults_included() -> None:
     script = reproducer_script(REPRO, ["r-1"], socket="/tmp/x.sock", notes=["why: because"])
     lines = script.splitlines()
     assert lines[:3] == [
@@ -327,7 +327,8 @@ def test_the_script_spells_out_the_calls_and_what_sandboxctl_cannot() -> None:
         "# why: because",
         'export SANDBOXD_SOCKET="${SANDBOXD_SOCKET:-/tmp/x.sock}"',
     ]
-    assert lines[3].startswith("sandboxctl create r-1 --sandboxer sim  # options.sim=")
+    # The sim faults of a Create are sandboxctl options too (values as JSON).
+    assert lines[3] == "sandboxctl create r-1 --sandboxer sim --sim stop_delay=0.001"
     assert "sandboxctl stop r-1 --timeout 0.5 &" in lines
     assert "  sandboxctl wait r-1 --timeout 10" in lines
     assert lines[-1] == "sandboxctl shutdown r-1 >/dev/null 2>&1"

@@ -49,6 +49,15 @@ def _key_value(text: str) -> tuple[str, str]:
     return key, value
 
 
+def _sim_setting(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` with VALUE as JSON (``1.5``, ``true``, ``"text"``); bare text is text."""
+    key, value = _key_value(text)
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value
+
+
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -104,6 +113,10 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--annotation", type=_key_value, action="append", default=[], metavar="K=V",
             help="annotation (repeatable)",
+        )  # fmt: skip
+        p.add_argument(
+            "--sim", type=_sim_setting, action="append", default=[], metavar="KEY=JSON",
+            help="a setting of the sim sandboxer, e.g. exit_after=1.5 (repeatable)",
         )  # fmt: skip
         p.add_argument("--hostname", help="hostname inside the sandbox (bwrap)")
         p.add_argument("--host-network", action="store_true", help="share the host network")
@@ -315,6 +328,7 @@ def _create(ctl: SyncController, args: argparse.Namespace) -> dict[str, Any]:
         cwd=args.cwd,
         hostname=args.hostname,
         host_network=args.host_network,
+        sim=dict(args.sim) or None,
     )
     sandbox_id = ctl.create(
         args.sandbox_id,

@@ -57,7 +57,8 @@ def _sandboxctl(call: Call, sandbox_id: str) -> tuple[str, str]:
             words += ["--label", f"{key}={value}"]
         options = args.pop("options", None)
         if isinstance(options, SandboxOptions) and options.sim:
-            note = f"options.sim={dict(options.sim)!r}: not settable from sandboxctl"
+            for key, value in sorted(options.sim.items()):
+                words += ["--sim", f"{key}={json.dumps(value)}"]
     elif call.name == "stop":
         timeout = args.pop("timeout_secs", None)
         if timeout is not None:
