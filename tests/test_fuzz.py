@@ -173,10 +173,13 @@ def test_it_finds_a_wait_that_races_a_stop() -> None:
     # Small: the race it takes is create + start + (stop | wait) -- with, at worst, a call
     # the polishing could not remove because the race did not come up again in time.
     calls = names(violation.program)
-    assert calls[:2] == [("create", 0), ("start", 0)], calls
-    assert {("stop", 0), ("wait", 0)} <= set(calls[2:]) <= {("stop", 0), ("wait", 0)}, calls
     assert len(calls) <= 5, calls
-    create = violation.program.calls[0]
+    # create, then start, then the racing stop and wait; the one call the polishing may
+    # leave can stand anywhere (a Start before the Create, refused NOT_FOUND, say).
+    created = calls.index(("create", 0))
+    started = calls.index(("start", 0), created)
+    assert {("stop", 0), ("wait", 0)} <= set(calls[started + 1 :]), calls
+    create = violation.program.calls[created]
     assert create.args["options"].sim == {"ignore_sigterm": True}
     assert_reproducers(violation, 4)
     assert "ignore_sigterm" in violation.test  # the Python test keeps the fault
