@@ -435,7 +435,7 @@ async def test_children_left_behind_by_an_exiting_init_do_not_survive_shutdown(
     if sandboxer == "bwrap":
         reason = BwrapBackend().unavailable_reason()
         if reason is not None:
-            pytest.skip(f"bubblewrap cannot run here: {reason}")
+            pytest.fail(f"bubblewrap cannot run here ({reason}): tools/test installs it")
     # With bwrap the test's directory (under /tmp) is bound read-write over the sandbox's
     # private /tmp, so the FIFOs are reachable from inside.
     rootfs = (

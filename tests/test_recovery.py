@@ -476,7 +476,7 @@ async def test_a_bwrap_sandbox_survives_sigkill_and_is_adopted(
 ) -> None:
     reason = BwrapBackend().unavailable_reason()
     if reason is not None:
-        pytest.skip(f"bubblewrap cannot run here: {reason}")
+        pytest.fail(f"bubblewrap cannot run here ({reason}): tools/test installs it")
     first = await daemons.start()
     async with connect(daemons.socket) as remote:
         await remote.create("boxed", sandboxer="bwrap", options=sleeper())
@@ -513,7 +513,7 @@ async def test_bwrap_adopted_sandbox_is_killed_by_shutdown(
 ) -> None:
     reason = BwrapBackend().unavailable_reason()
     if reason is not None:
-        pytest.skip(f"bubblewrap cannot run here: {reason}")
+        pytest.fail(f"bubblewrap cannot run here ({reason}): tools/test installs it")
     first = await daemons.start()
     async with connect(daemons.socket) as remote:
         await remote.create("boxed", sandboxer="bwrap", options=sleeper())

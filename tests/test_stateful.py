@@ -13,6 +13,7 @@ a fresh runtime, opened in the machine's ``__init__`` and closed in its ``teardo
 
 from __future__ import annotations
 
+import abc
 import math
 import os
 import shutil
@@ -188,7 +189,7 @@ def takes_sigterm(pid: int) -> bool:
     return False
 
 
-class Harness:
+class Harness(abc.ABC):
     """One runtime under test, as the state machine sees it."""
 
     #: The arguments of Create: drawn by the rule, or the plain ones.
@@ -198,21 +199,21 @@ class Harness:
     def __init__(self, loop: TrioThread) -> None:
         self.loop = loop
 
+    @abc.abstractmethod
     def open(self) -> Any:
         """Start a fresh runtime; return the Controller-like object to call."""
-        raise NotImplementedError
 
-    def close(self) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def close(self) -> None: ...
 
-    def model(self) -> ReferenceModel:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def model(self) -> ReferenceModel: ...
 
-    def after_start(self, pid: int) -> None:
+    def after_start(self, pid: int) -> None:  # noqa: B027 - a hook; most harnesses need none
         """Called after a Start returned ``pid``."""
 
-    def alive(self, pid: int) -> bool:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def alive(self, pid: int) -> bool: ...
 
 
 class SimHarness(Harness):
