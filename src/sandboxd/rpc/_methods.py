@@ -28,6 +28,10 @@ class MethodKind(enum.Enum):
     UNARY = "unary"
     #: A coroutine function that sends any number of messages, then returns.
     SERVER_STREAM = "server_stream"
+    #: A plain function run by the reader, like ``INLINE``, that hands the call's
+    #: :class:`Responder` to whoever will answer it later (an actor's mailbox, say): a call
+    #: that waits on something costs no task of its own.
+    DEFERRED = "deferred"
 
 
 @final
@@ -56,6 +60,29 @@ class CallContext:
     peer: PeerCredentials | None = None
 
 
+class Responder(Protocol):
+    """How a ``DEFERRED`` call is answered, by any task of the server's trio run.
+
+    The first of :meth:`ok` or :meth:`fail` is the answer; later ones are ignored, as is any
+    answer once :attr:`abandoned` is true.  Neither blocks nor raises.
+    """
+
+    @property
+    def abandoned(self) -> bool:
+        """True once no answer is wanted: one was given, or the caller's deadline passed, the
+        caller ended the call, or its connection closed."""
+        ...
+
+    def ok(self, value: Any) -> None:
+        """Answer with ``value``, made a response message by the method's ``result``."""
+        ...
+
+    def fail(self, error: BaseException) -> None:
+        """Answer with an error: an :class:`~sandboxd.RPCError` as it is, anything else as
+        INTERNAL (and logged)."""
+        ...
+
+
 class MessageSender(Protocol):
     async def send(self, message: Mapping[str, Any]) -> None: ...
 
@@ -63,6 +90,7 @@ class MessageSender(Protocol):
 InlineHandler = Callable[[Message, CallContext], "Mapping[str, Any] | Encoded"]
 UnaryHandler = Callable[[Message, CallContext], Awaitable["Mapping[str, Any] | Encoded"]]
 StreamHandler = Callable[[Message, CallContext, MessageSender], Awaitable[None]]
+DeferredHandler = Callable[[Message, CallContext, Responder], None]
 
 
 @final
@@ -75,6 +103,8 @@ class Method:
     #: For a stream: run by the reader as the request arrives, before the handler's task
     #: starts; its result is what the handler gets instead of the message.
     prepare: Callable[[Message, CallContext], Any] | None = None
+    #: For a deferred method: makes the value given to ``Responder.ok`` a response message.
+    result: Callable[[Any], Mapping[str, Any] | Encoded] | None = None
 
 
 def inline(handler: InlineHandler) -> Method:
@@ -100,6 +130,22 @@ def server_stream(
     before the handler runs, the result is dropped: make it safe to forget.
     """
     return Method(MethodKind.SERVER_STREAM, handler, prepare)
+
+
+def deferred(
+    handler: DeferredHandler, result: Callable[[Any], Mapping[str, Any] | Encoded]
+) -> Method:
+    """A method answered later without a task of its own.
+
+    ``handler(message, ctx, responder)`` runs in the connection's reader as the request
+    arrives (it must not block) and passes ``responder`` on to whoever will answer; what they
+    give to ``responder.ok`` is turned into the response by ``result``.  An error raised by
+    the handler answers the call with it.  The caller's deadline, its ending the call and its
+    connection closing are enforced by the server: the responder is then abandoned (and the
+    caller told DEADLINE_EXCEEDED or CANCELLED where it still listens), whatever was set in
+    motion goes on.
+    """
+    return Method(MethodKind.DEFERRED, handler, result=result)
 
 
 Services = Mapping[str, Mapping[str, Method]]

@@ -3,11 +3,15 @@
 Theory of operation.  Each connection has one reader task.  It feeds a sans-io
 :class:`~sandboxd.wire.FrameDecoder` from large reads and dispatches every complete frame at
 once: an ``INLINE`` method is answered right there (no task, no lock, no schedule point); a
-``UNARY`` or ``SERVER_STREAM`` method gets a task of its own in the connection's nursery,
-inside a cancel scope that carries the caller's deadline and that a client close frame or the
-connection's end cancels.  Replies are written to the :class:`~.Transport`, which sends at
-once when the kernel takes the bytes and otherwise queues them for the connection's writer,
-so replies leave in whatever order handlers finish and frames ready together go out together.
+``DEFERRED`` method's handler runs there too and passes the call's responder on to whoever
+answers it later (the sandbox's actor), so a call that waits costs no task; a ``UNARY`` or
+``SERVER_STREAM`` method gets a task of its own in the connection's nursery, inside a cancel
+scope that carries the caller's deadline and that a client close frame or the connection's
+end cancels.  A deferred call's deadline is kept by one timer task per connection, started
+with the first call that has one.  Replies are written to the :class:`~.Transport`, which
+sends at once when the kernel takes the bytes and otherwise queues them for the connection's
+writer, so replies leave in whatever order handlers finish and frames ready together go out
+together.
 
 The reader never waits on a handler.  It stops reading only while more than
 ``max_buffered_bytes`` of replies wait for a peer that does not read them.
@@ -28,11 +32,12 @@ out.
 from __future__ import annotations
 
 import contextlib
+import heapq
 import logging
 import math
 import os
 import socket
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any, Final, final
 
 import trio
@@ -73,7 +78,7 @@ _END_OF_STREAM: Final = Flags.REMOTE_CLOSED | Flags.NO_DATA
 
 #: Connections served at once; more are refused with RESOURCE_EXHAUSTED on stream 0.
 DEFAULT_MAX_CONNECTIONS: Final = 1024
-#: Calls running in tasks of their own on one connection; more get RESOURCE_EXHAUSTED.
+#: Calls in progress (unary, deferred, streams) on one connection; more get RESOURCE_EXHAUSTED.
 DEFAULT_MAX_CALLS_PER_CONNECTION: Final = 1024
 #: Unsent reply bytes on one connection above which the server stops reading it.
 DEFAULT_MAX_BUFFERED_BYTES: Final = 8 * 1024 * 1024
@@ -84,13 +89,73 @@ DEFAULT_STALL_TIMEOUT: Final = 30.0
 
 @final
 class _Call:
-    """A call that runs in its own task: the row of the stream table."""
+    """A call that runs in its own task: a row of the stream table."""
 
     __slots__ = ("closed_by_client", "scope")
 
     def __init__(self, scope: trio.CancelScope) -> None:
         self.scope = scope
         self.closed_by_client = False
+
+    def end_by_client(self) -> None:
+        self.closed_by_client = True
+        self.scope.cancel()
+
+
+@final
+class _Deferred:
+    """A deferred call waiting for its answer: a row of the stream table, and the
+    :class:`~._methods.Responder` its handler passed on."""
+
+    __slots__ = ("_conn", "_result", "abandoned", "stream_id")
+
+    def __init__(
+        self, conn: _Connection, stream_id: int, result: Callable[[Any], Any] | None
+    ) -> None:
+        self._conn = conn
+        self._result = result
+        self.stream_id = stream_id
+        self.abandoned = False
+
+    def _settle(self) -> bool:
+        """Take the call off the stream table; False if that was done already."""
+        if self.abandoned:
+            return False
+        self.abandoned = True
+        conn = self._conn
+        del conn.calls[self.stream_id]
+        conn.server.call_finished()
+        return True
+
+    def ok(self, value: Any) -> None:
+        if not self._settle():
+            return
+        conn = self._conn
+        try:
+            result = value if self._result is None else self._result(value)
+        except Exception:
+            log.exception("cannot make the response on stream %d", self.stream_id)
+            conn.reply_error(self.stream_id, Internal("cannot encode response"), True)
+        else:
+            conn.reply(self.stream_id, result, True)
+
+    def fail(self, error: BaseException) -> None:
+        if not self._settle():
+            return
+        if not isinstance(error, RPCError):
+            log.error("call on stream %d failed", self.stream_id, exc_info=error)
+            error = Internal("internal error")
+        self._conn.reply_error(self.stream_id, error, True)
+
+    def end_by_client(self) -> None:
+        self.fail(Cancelled("call ended by the client"))
+
+    def expire(self) -> None:
+        self.fail(DeadlineExceeded("deadline exceeded while serving the call"))
+
+    def forget(self) -> None:
+        """The connection is gone: nobody is left to answer."""
+        self._settle()
 
 
 @final
@@ -120,10 +185,12 @@ class _ServerStream:
 @final
 class _Connection:
     __slots__ = (
-        "_calls",
+        "_deadlines",
         "_decoder",
         "_last_stream_id",
         "_nursery",
+        "_timer",
+        "calls",
         "peer",
         "server",
         "transport",
@@ -142,7 +209,11 @@ class _Connection:
         self._nursery = nursery
         self._decoder = FrameDecoder()
         self._last_stream_id = 0
-        self._calls: dict[int, _Call] = {}
+        self.calls: dict[int, _Call | _Deferred] = {}
+        # Deferred calls with a deadline, earliest first; answered ones are dropped lazily.
+        self._deadlines: list[tuple[float, int, _Deferred]] = []
+        # The deadline timer's sleep, once a deferred call has brought one.
+        self._timer: trio.CancelScope | None = None
 
     async def read_loop(self) -> None:
         """Read and dispatch frames until the peer ends the stream.
@@ -181,7 +252,7 @@ class _Connection:
                         elif event.type == _REQUEST:
                             # Oversized frames of other types are skipped: only a request has
                             # a caller waiting on its stream id.
-                            self._reply_error(
+                            self.reply_error(
                                 event.stream_id,
                                 ResourceExhausted(
                                     f"frame of {event.length} bytes is over the "
@@ -201,14 +272,14 @@ class _Connection:
                     unfinished.deadline = math.inf
         raise PeerStalledError(f"the peer left a frame unfinished for {stall_timeout:g} s")
 
-    def _reply_error(self, stream_id: int, err: RPCError, soon: bool = False) -> None:
+    def reply_error(self, stream_id: int, err: RPCError, soon: bool = False) -> None:
         frame = encode_frame(stream_id, _RESPONSE, 0, encode_error_from(err))
         if soon:
             self.transport.write_soon(frame)
         else:
             self.transport.write(frame)
 
-    def _reply(
+    def reply(
         self, stream_id: int, result: Mapping[str, Any] | Encoded, soon: bool = False
     ) -> None:
         try:
@@ -229,7 +300,7 @@ class _Connection:
     def _on_request(self, frame: Frame) -> None:
         stream_id = frame.stream_id
         if not stream_id & 1 or stream_id <= self._last_stream_id:
-            self._reply_error(
+            self.reply_error(
                 stream_id,
                 InvalidArgument(
                     f"stream id {stream_id} is not odd and greater than the last one "
@@ -253,7 +324,7 @@ class _Connection:
             if server.draining:
                 raise Unavailable("server is shutting down")
         except RPCError as err:
-            self._reply_error(stream_id, err)
+            self.reply_error(stream_id, err)
             return
         timeout_nano = request.timeout_nano
         deadline = trio.current_time() + timeout_nano / 1e9 if timeout_nano else math.inf
@@ -264,15 +335,15 @@ class _Connection:
             try:
                 result = method.handler(message, ctx)
             except RPCError as err:
-                self._reply_error(stream_id, err)
+                self.reply_error(stream_id, err)
             except Exception:
                 log.exception("handler %s/%s failed", request.service, request.method)
-                self._reply_error(stream_id, Internal("internal error"))
+                self.reply_error(stream_id, Internal("internal error"))
             else:
-                self._reply(stream_id, result)
+                self.reply(stream_id, result)
             return
-        if len(self._calls) >= server.max_calls_per_connection:
-            self._reply_error(
+        if len(self.calls) >= server.max_calls_per_connection:
+            self.reply_error(
                 stream_id,
                 ResourceExhausted(
                     f"too many calls in progress on this connection "
@@ -280,18 +351,32 @@ class _Connection:
                 ),
             )
             return
+        if method.kind is MethodKind.DEFERRED:
+            responder = _Deferred(self, stream_id, method.result)
+            self.calls[stream_id] = responder
+            server.call_started()
+            if deadline != math.inf:
+                self._keep_deadline(deadline, responder)
+            try:
+                method.handler(message, ctx, responder)
+            except RPCError as err:
+                responder.fail(err)
+            except Exception:
+                log.exception("handler %s/%s failed", request.service, request.method)
+                responder.fail(Internal("internal error"))
+            return
         if method.prepare is not None:
             try:
                 message = method.prepare(message, ctx)
             except RPCError as err:
-                self._reply_error(stream_id, err)
+                self.reply_error(stream_id, err)
                 return
             except Exception:
                 log.exception("handler %s/%s failed", request.service, request.method)
-                self._reply_error(stream_id, Internal("internal error"))
+                self.reply_error(stream_id, Internal("internal error"))
                 return
         call = _Call(trio.CancelScope(deadline=deadline))
-        self._calls[stream_id] = call
+        self.calls[stream_id] = call
         server.call_started()
         self._nursery.start_soon(self._run_call, stream_id, call, method, message, ctx)
 
@@ -299,10 +384,41 @@ class _Connection:
         # A client ends a call it no longer wants with an empty Data frame flagged
         # REMOTE_CLOSED (see PROTOCOL.md, "Ending a call early").
         if frame.flags & Flags.REMOTE_CLOSED:
-            call = self._calls.get(frame.stream_id)
+            call = self.calls.get(frame.stream_id)
             if call is not None:
-                call.closed_by_client = True
-                call.scope.cancel()
+                call.end_by_client()
+
+    def _keep_deadline(self, deadline: float, call: _Deferred) -> None:
+        deadlines = self._deadlines
+        if len(deadlines) > 2 * len(self.calls) + 64:
+            # Mostly calls answered long before their deadline: drop them.
+            deadlines[:] = [entry for entry in deadlines if not entry[2].abandoned]
+            heapq.heapify(deadlines)
+        heapq.heappush(deadlines, (deadline, call.stream_id, call))
+        if self._timer is None:
+            self._timer = trio.CancelScope(deadline=deadline)
+            self._nursery.start_soon(self._expire_calls, self._timer)
+        elif deadline < self._timer.deadline:
+            self._timer.deadline = deadline
+
+    async def _expire_calls(self, first: trio.CancelScope) -> None:
+        """Answer DEADLINE_EXCEEDED to deferred calls still unanswered at their deadline."""
+        deadlines = self._deadlines
+        timer = first
+        while True:
+            with timer:
+                await trio.sleep_forever()
+            now = trio.current_time()
+            while deadlines and deadlines[0][0] <= now:
+                heapq.heappop(deadlines)[2].expire()
+            timer = trio.CancelScope(deadline=deadlines[0][0] if deadlines else math.inf)
+            self._timer = timer
+
+    def forget_calls(self) -> None:
+        """The connection is over: abandon the deferred calls nobody will answer now."""
+        for call in list(self.calls.values()):
+            if isinstance(call, _Deferred):
+                call.forget()
 
     async def _run_call(
         self, stream_id: int, call: _Call, method: Method, message: Any, ctx: CallContext
@@ -316,24 +432,24 @@ class _Connection:
                     await method.handler(message, ctx, _ServerStream(self, stream_id))
             if call.scope.cancelled_caught:
                 if call.closed_by_client:
-                    self._reply_error(stream_id, Cancelled("call ended by the client"), True)
+                    self.reply_error(stream_id, Cancelled("call ended by the client"), True)
                 else:
-                    self._reply_error(
+                    self.reply_error(
                         stream_id,
                         DeadlineExceeded("deadline exceeded while serving the call"),
                         True,
                     )
             elif method.kind is MethodKind.UNARY:
-                self._reply(stream_id, result, True)
+                self.reply(stream_id, result, True)
             else:
                 self.transport.write_soon(encode_frame(stream_id, _DATA, _END_OF_STREAM, b""))
         except RPCError as err:
-            self._reply_error(stream_id, err, True)
+            self.reply_error(stream_id, err, True)
         except Exception:
             log.exception("handler %s/%s failed", ctx.service, ctx.method)
-            self._reply_error(stream_id, Internal("internal error"), True)
+            self.reply_error(stream_id, Internal("internal error"), True)
         finally:
-            del self._calls[stream_id]
+            del self.calls[stream_id]
             self.server.call_finished()
 
 
@@ -392,7 +508,7 @@ class Server:
 
     @property
     def in_flight(self) -> int:
-        """Calls running in tasks of their own, on all connections."""
+        """Calls in progress that are not answered inline, on all connections."""
         return self._in_flight
 
     @property
@@ -530,6 +646,7 @@ class Server:
         finally:
             if conn is not None:
                 self._open.discard(conn)
+                conn.forget_calls()
             transport.close()
             self._connections -= 1
 
