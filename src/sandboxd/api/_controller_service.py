@@ -1,10 +1,11 @@
 """``sandboxd.v1.Controller``: the Controller contract bound to RPC methods.
 
 Queries (Status, Platform, Ping, List) are answered inline by the connection's reader: no
-task per call.  Create (which may write to the store), calls that wait on a sandbox (Start,
-Stop, Wait, Shutdown) and Metrics,
-which reads /proc in a worker thread, run in a task of their own under the caller's deadline;
-Events is a server stream, subscribed as its request is read.
+task per call.  Create and the calls that wait on a sandbox (Start, Stop, Wait, Shutdown) are
+deferred: the reader hands the call's responder to the sandbox's actor (or, for Create, to the
+state store) and whoever finishes the work answers it, still without a task per call.
+Metrics, which reads /proc in a worker thread, runs in a task of its own under the caller's
+deadline; Events is a server stream, subscribed as its request is read.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ from ..rpc import (
     Message,
     MessageSender,
     Method,
+    Responder,
     Server,
+    deferred,
     inline,
     server_stream,
     unary,
@@ -54,25 +57,38 @@ CONTROLLER_SERVICE: Final = "sandboxd.v1.Controller"
 _EMPTY: Final[Mapping[str, Any]] = {}
 
 
+def _created(sandbox_id: str) -> Mapping[str, Any]:
+    return {"sandbox_id": sandbox_id}
+
+
+def _empty(_: None) -> Mapping[str, Any]:
+    return _EMPTY
+
+
 def controller_service(controller: Controller) -> dict[str, Method]:
-    """The methods of ``sandboxd.v1.Controller``, served by ``controller``."""
+    """The methods of ``sandboxd.v1.Controller``, served by ``controller``.
 
-    async def create(msg: Message, ctx: CallContext) -> Mapping[str, Any]:
-        return {"sandbox_id": await controller.create(**create_request(msg))}
+    A :class:`~sandboxd.Controller` is served without a task per call (its ``request_*``
+    methods take the call's responder).  Any other object with the Controller's methods (a
+    wrapper that changes some, say) is served too, the calls that wait each in a task of
+    their own that awaits its async method.
+    """
 
-    async def start(msg: Message, ctx: CallContext) -> Mapping[str, Any]:
-        return instance_message(await controller.start(id_request(msg, "Start")))
+    def create(msg: Message, ctx: CallContext, reply: Responder) -> None:
+        controller.request_create(reply, **create_request(msg))
+
+    def start(msg: Message, ctx: CallContext, reply: Responder) -> None:
+        controller.request_start(reply, id_request(msg, "Start"))
 
     def platform(msg: Message, ctx: CallContext) -> Mapping[str, Any]:
         return platform_message(controller.platform_nowait(id_request(msg, "Platform")))
 
-    async def stop(msg: Message, ctx: CallContext) -> Mapping[str, Any]:
+    def stop(msg: Message, ctx: CallContext, reply: Responder) -> None:
         sandbox_id, timeout_secs = stop_request(msg)
-        await controller.stop(sandbox_id, timeout_secs=timeout_secs)
-        return _EMPTY
+        controller.request_stop(reply, sandbox_id, timeout_secs=timeout_secs)
 
-    async def wait(msg: Message, ctx: CallContext) -> Mapping[str, Any]:
-        return exit_message(await controller.wait(id_request(msg, "Wait")))
+    def wait(msg: Message, ctx: CallContext, reply: Responder) -> None:
+        controller.request_wait(reply, id_request(msg, "Wait"))
 
     # The encoded answer to a non-verbose Status, per sandbox, for as long as the actor
     # publishes the same snapshot: a sandbox polled in a loop is encoded once per change.
@@ -96,9 +112,8 @@ def controller_service(controller: Controller) -> dict[str, Method]:
         encoded_status[sandbox_id] = (snapshot, encoded)
         return encoded
 
-    async def shutdown(msg: Message, ctx: CallContext) -> Mapping[str, Any]:
-        await controller.shutdown(id_request(msg, "Shutdown"))
-        return _EMPTY
+    def shutdown(msg: Message, ctx: CallContext, reply: Responder) -> None:
+        controller.request_shutdown(reply, id_request(msg, "Shutdown"))
 
     def ping(msg: Message, ctx: CallContext) -> Mapping[str, Any]:
         controller.ping_nowait(id_request(msg, "Ping"))
@@ -121,18 +136,51 @@ def controller_service(controller: Controller) -> dict[str, Method]:
             async for event in subscription:
                 await stream.send(event_message(event))
 
-    return {
-        "Create": unary(create),
-        "Start": unary(start),
+    methods = {
+        "Create": deferred(create, _created),
+        "Start": deferred(start, instance_message),
         "Platform": inline(platform),
-        "Stop": unary(stop),
-        "Wait": unary(wait),
+        "Stop": deferred(stop, _empty),
+        "Wait": deferred(wait, exit_message),
         "Status": inline(status),
-        "Shutdown": unary(shutdown),
+        "Shutdown": deferred(shutdown, _empty),
         "Ping": inline(ping),
         "List": inline(list_),
         "Metrics": unary(metrics),
         "Events": server_stream(events, prepare=subscribe),
+    }
+    if not isinstance(controller, Controller):
+        methods.update(_awaited_calls(controller))
+    return methods
+
+
+def _awaited_calls(controller: Controller) -> dict[str, Method]:
+    """The calls that wait, through the async methods of a Controller look-alike."""
+
+    async def create(msg: Message, ctx: CallContext) -> Mapping[str, Any]:
+        return _created(await controller.create(**create_request(msg)))
+
+    async def start(msg: Message, ctx: CallContext) -> Mapping[str, Any]:
+        return instance_message(await controller.start(id_request(msg, "Start")))
+
+    async def stop(msg: Message, ctx: CallContext) -> Mapping[str, Any]:
+        sandbox_id, timeout_secs = stop_request(msg)
+        await controller.stop(sandbox_id, timeout_secs=timeout_secs)
+        return _EMPTY
+
+    async def wait(msg: Message, ctx: CallContext) -> Mapping[str, Any]:
+        return exit_message(await controller.wait(id_request(msg, "Wait")))
+
+    async def shutdown(msg: Message, ctx: CallContext) -> Mapping[str, Any]:
+        await controller.shutdown(id_request(msg, "Shutdown"))
+        return _EMPTY
+
+    return {
+        "Create": unary(create),
+        "Start": unary(start),
+        "Stop": unary(stop),
+        "Wait": unary(wait),
+        "Shutdown": unary(shutdown),
     }
 
 

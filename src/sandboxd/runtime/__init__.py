@@ -1,5 +1,6 @@
 """The runtime: the lifecycle table, one actor per sandbox, and the Controller."""
 
+from ._actor import Reply, Waiter
 from ._controller import (
     DEFAULT_MAX_SANDBOXES,
     DEFAULT_SANDBOXER,
@@ -38,11 +39,13 @@ __all__ = [
     "LifecycleError",
     "Phase",
     "Refusal",
+    "Reply",
     "SandboxRecord",
     "SandboxStore",
     "StoreCorrupt",
     "Subscription",
     "Transition",
+    "Waiter",
     "decide",
     "default_backends",
     "mermaid_diagram",

@@ -10,12 +10,13 @@ event.  So queries keep answering while a Stop is in progress.
 from __future__ import annotations
 
 import collections
+import json
 import logging
 import math
 import signal
 import time
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Final, final
+from typing import TYPE_CHECKING, Any, Final, Protocol, final
 
 import trio
 
@@ -31,36 +32,130 @@ from .._models import (
 )
 from ..backends import EXIT_UNKNOWN, Backend, SandboxProcess
 from ._lifecycle import Effect, Input, Phase, decide
-from ._store import SandboxRecord
+from ._store import SandboxRecord, encode_spec, record_json
 
 if TYPE_CHECKING:
     from ._controller import Controller
 
 log = logging.getLogger("sandboxd.runtime")
 
+_NO_IDENTITY: Final = "{}"
 _SIGTERM: Final = int(signal.SIGTERM)
 _SIGKILL: Final = int(signal.SIGKILL)
 
 
-@final
-class Reply:
-    """Where the actor puts the answer to one call; the caller waits on it."""
+class Reply(Protocol):
+    """Where the actor puts the answer to one call.
 
-    __slots__ = ("abandoned", "error", "event", "value")
+    The first :meth:`ok` or :meth:`fail` is the answer and later ones are ignored; neither
+    blocks nor raises.  :class:`Waiter` is the one a trio task awaits; the RPC server's
+    responders answer a remote caller directly.
+    """
+
+    @property
+    def abandoned(self) -> bool:
+        """True once nobody wants an answer (given already, or the caller went away): a
+        parked caller that gave up is dropped without one."""
+        ...
+
+    def ok(self, value: Any) -> None: ...
+
+    def fail(self, error: BaseException) -> None: ...
+
+
+@final
+class Waiter:
+    """A :class:`Reply` that one trio task waits on with :meth:`wait`."""
+
+    __slots__ = ("_error", "_task", "_value", "abandoned")
 
     def __init__(self) -> None:
-        self.event = trio.Event()
-        self.value: Any = None
-        self.error: BaseException | None = None
+        self._task: trio.lowlevel.Task | None = None
+        self._value: Any = _UNANSWERED
+        self._error: BaseException | None = None
         self.abandoned = False
 
-    def ok(self, value: Any = None) -> None:
-        self.value = value
-        self.event.set()
+    def ok(self, value: Any) -> None:
+        if not self.abandoned:
+            self.abandoned = True
+            self._value = value
+            self._wake()
 
     def fail(self, error: BaseException) -> None:
-        self.error = error
-        self.event.set()
+        if not self.abandoned:
+            self.abandoned = True
+            self._error = error
+            self._wake()
+
+    def _wake(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            trio.lowlevel.reschedule(task)
+
+    async def wait(self) -> Any:
+        """The answer: returns the value, or raises the error.
+
+        A schedule point.  If cancelled before the answer, the waiter is abandoned (the call
+        goes on; its answer is dropped)."""
+        if self._value is _UNANSWERED and self._error is None:
+            self._task = trio.lowlevel.current_task()
+
+            def abort(_: Any) -> trio.lowlevel.Abort:
+                self._task = None
+                self.abandoned = True
+                return trio.lowlevel.Abort.SUCCEEDED
+
+            await trio.lowlevel.wait_task_rescheduled(abort)
+        else:
+            await trio.lowlevel.checkpoint()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
+#: What a Waiter holds until it is answered (None is an answer).
+_UNANSWERED: Final = object()
+
+
+@final
+class _Commit:
+    """One record on its way to the store, and the answers it holds back."""
+
+    __slots__ = ("actor", "answers")
+
+    def __init__(self, actor: SandboxActor, answers: list[_Answer]) -> None:
+        self.actor = actor
+        self.answers = answers
+
+    def done(self, error: Exception | None) -> None:
+        """Called by the store's writer once the record is committed or refused."""
+        actor = self.actor
+        if actor._commit is self:
+            actor._commit = None
+        failure: RPCError | None = None
+        if error is not None:
+            log.error("sandbox %s: cannot record its state: %s", actor.sandbox_id, error)
+            message = error.message if isinstance(error, RPCError) else str(error)
+            failure = (type(error) if isinstance(error, RPCError) else Unavailable)(
+                f"sandbox {actor.sandbox_id!r}: done, but not recorded: {message}"
+            )
+            # Written again at the actor's next step.
+            actor._dirty = True
+        _give(self.answers, failure)
+
+
+_Answer = tuple["Reply", Any, "BaseException | None"]
+
+
+def _give(answers: list[_Answer], failure: BaseException | None = None) -> None:
+    """Give held answers; ``failure`` replaces those that would have said "done"."""
+    for reply, value, error in answers:
+        if error is not None:
+            reply.fail(error)
+        elif failure is not None:
+            reply.fail(failure)
+        else:
+            reply.ok(value)
 
 
 def _park(parked: list[Reply] | None, reply: Reply) -> list[Reply]:
@@ -92,6 +187,7 @@ class SandboxActor:
 
     __slots__ = (
         "_backend",
+        "_commit",
         "_controller",
         "_current",
         "_dirty",
@@ -99,10 +195,11 @@ class SandboxActor:
         "_kill_deadline",
         "_mailbox",
         "_shutdown_parked",
+        "_sleeping",
         "_snapshot",
+        "_spec_json",
         "_stop_parked",
         "_wait_parked",
-        "_wake",
         "created_at",
         "exit_known",
         "exit_status",
@@ -128,7 +225,8 @@ class SandboxActor:
         self._backend = backend
         self._controller = controller
         self._mailbox: collections.deque[tuple[Input, Any, Reply | None]] = collections.deque()
-        self._wake = trio.Event()
+        # The actor's task while it waits for its mailbox.
+        self._sleeping: trio.lowlevel.Task | None = None
         self._kill_deadline = math.inf
         # The reply of the input being carried out across an await (a Start's spawn).
         self._current: Reply | None = None
@@ -138,9 +236,12 @@ class SandboxActor:
         self._wait_parked: list[Reply] | None = None
         self._stop_parked: list[Reply] | None = None
         self._shutdown_parked: list[Reply] | None = None
-        # With a store: answers held until the step that produced them is on disk.
-        self._held: list[tuple[Reply, Any, BaseException | None]] = []
+        # With a store: answers held until the step that produced them is on disk, the
+        # latest record not yet committed, and the spec's JSON (it never changes).
+        self._held: list[_Answer] = []
         self._dirty = False
+        self._commit: _Commit | None = None
+        self._spec_json: str | None = None
 
     @property
     def sandbox_id(self) -> str:
@@ -182,27 +283,32 @@ class SandboxActor:
         return status
 
     def post(self, input: Input, arg: Any = None, reply: Reply | None = None) -> None:
-        """Queue an input for the actor.  Never blocks; safe from any task."""
-        self._mailbox.append((input, arg, reply))
-        self._wake.set()
+        """Queue an input for the actor; ``reply`` gets the answer.  Never blocks; safe from
+        any task of the controller's trio run.
 
-    async def call(self, input: Input, arg: Any = None) -> Any:
-        """Post a call and wait for the actor's answer.
-
-        If the caller is cancelled while waiting, the call has still been posted (as a
-        request that was sent), but the actor drops its answer; a parked Wait or Stop is
-        simply forgotten and the sandbox is untouched by that.
+        A caller that goes away (its reply abandoned) does not take the call back: it is
+        carried out as a request that was sent, but a parked Wait or Stop is simply
+        forgotten and the sandbox is untouched by that.
         """
-        reply = Reply()
-        self.post(input, arg, reply)
-        try:
-            await reply.event.wait()
-        except BaseException:
-            reply.abandoned = True
-            raise
-        if reply.error is not None:
-            raise reply.error
-        return reply.value
+        self._mailbox.append((input, arg, reply))
+        task = self._sleeping
+        if task is not None:
+            self._sleeping = None
+            trio.lowlevel.reschedule(task)
+
+    async def _sleep(self) -> None:
+        """Wait for the mailbox (until the kill deadline, if one is armed)."""
+        self._sleeping = trio.lowlevel.current_task()
+
+        def abort(_: Any) -> trio.lowlevel.Abort:
+            self._sleeping = None
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        if self._kill_deadline == math.inf:
+            await trio.lowlevel.wait_task_rescheduled(abort)
+        else:
+            with trio.move_on_at(self._kill_deadline):
+                await trio.lowlevel.wait_task_rescheduled(abort)
 
     def _on_exit(self, status: int) -> None:
         self.post(Input.PROCESS_EXITED, status)
@@ -216,12 +322,10 @@ class SandboxActor:
         mailbox = self._mailbox
         try:
             if self._dirty:
-                await self._commit()
+                self._flush()
             while self.phase is not Phase.GONE:
                 if not mailbox:
-                    self._wake = trio.Event()
-                    with trio.move_on_at(self._kill_deadline):
-                        await self._wake.wait()
+                    await self._sleep()
                 if self._kill_deadline <= trio.current_time():
                     self._kill_deadline = math.inf
                     self._apply(Input.STOP_GRACE_EXPIRED, None, None)
@@ -237,39 +341,54 @@ class SandboxActor:
                     # Whatever the step changed, the next query sees it.
                     self._snapshot = None
                 if self._held or self._dirty:
-                    await self._commit()
+                    self._flush()
         finally:
             self._abandon_all()
 
-    async def _commit(self) -> None:
-        """Write the sandbox's record if a step changed it, then give the held answers.
+    def _flush(self) -> None:
+        """Send the sandbox's record to the store if a step changed it; give the held
+        answers once it (and every earlier record of this sandbox) is on disk.
 
-        If the write fails, every answer of those steps that would have said "done" says
-        instead that the change could not be recorded; the record stays dirty and is
-        written again at the next step.
+        The actor does not wait for the disk: the store's writer gives the answers.  If the
+        write fails, every answer that would have said "done" says instead that the change
+        could not be recorded, and the record is written again at the next step.
         """
-        store = self._controller.store
         held, self._held = self._held, []
-        failure: RPCError | None = None
+        store = self._controller.store
         if self._dirty and store is not None:
-            try:
-                if self.phase is Phase.GONE:
-                    await store.delete(self.sandbox_id)
-                else:
-                    await store.put(self.record())
-                self._dirty = False
-            except RPCError as err:
-                log.error("sandbox %s: cannot record its state: %s", self.sandbox_id, err)
-                failure = type(err)(
-                    f"sandbox {self.sandbox_id!r}: done, but not recorded: {err.message}"
-                )
-        for reply, value, error in held:
-            if error is not None:
-                reply.fail(error)
-            elif failure is not None:
-                reply.fail(failure)
+            self._dirty = False
+            commit = _Commit(self, held)
+            self._commit = commit
+            if self.phase is Phase.GONE:
+                store.write(self.sandbox_id, None, commit.done)
             else:
-                reply.ok(value)
+                store.write(self.sandbox_id, self.encoded_record(), commit.done)
+        elif self._commit is not None:
+            # Nothing new to write, but what these answers tell is not on disk yet.
+            self._commit.answers.extend(held)
+        else:
+            _give(held)
+
+    def encoded_record(self) -> str:
+        """:meth:`record`, as the store keeps it (without building the record)."""
+        if self._spec_json is None:
+            self._spec_json = encode_spec(self.spec)
+        process = self.process
+        kill_at = None
+        if self._kill_deadline != math.inf:
+            kill_at = time.time() + (self._kill_deadline - trio.current_time())
+        return record_json(
+            self._spec_json,
+            self.phase.value,
+            self.created_at.timestamp(),
+            self.pid,
+            _NO_IDENTITY if process is None else json.dumps(dict(process.identity())),
+            None if self.started_at is None else self.started_at.timestamp(),
+            None if self.exited_at is None else self.exited_at.timestamp(),
+            self.exit_status,
+            self.exit_known,
+            kill_at,
+        )
 
     def record(self) -> SandboxRecord:
         """What the store keeps of this sandbox."""
@@ -336,7 +455,7 @@ class SandboxActor:
 
     def _abandon_all(self) -> None:
         gone = Unavailable(f"sandbox {self.sandbox_id!r}: the runtime is closing")
-        if self._current is not None and not self._current.event.is_set():
+        if self._current is not None:
             self._current.fail(gone)
         for held, _, _ in self._held:
             held.fail(gone)
@@ -390,10 +509,9 @@ class SandboxActor:
             self._carry_out(transition.effect, transition.next_phase, input, arg, reply)
         except Exception as exc:
             log.exception("sandbox %s: %s failed", self.sandbox_id, input.name)
-            if reply is not None and not reply.event.is_set():
-                self._answer(
-                    reply, None, Internal(f"sandbox {self.sandbox_id!r}: {input.name}: {exc}")
-                )
+            if reply is not None:
+                # Unless it was answered already (a reply takes its first answer only).
+                reply.fail(Internal(f"sandbox {self.sandbox_id!r}: {input.name}: {exc}"))
 
     def _carry_out(
         self, effect: Effect, next_phase: Phase, input: Input, arg: Any, reply: Reply | None
@@ -479,7 +597,7 @@ class SandboxActor:
         self.started_at = _now()
         self.phase = transition.next_phase
         self._dirty = True
-        log.info("sandbox %s: started, pid %d", self.sandbox_id, self.pid)
+        log.debug("sandbox %s: started, pid %d", self.sandbox_id, self.pid)
         self._controller.publish(SandboxEvent(TOPIC_START, self.sandbox_id, self.started_at))
         if reply is not None:
             self._answer(
@@ -525,7 +643,7 @@ class SandboxActor:
         self._kill_deadline = math.inf
         if self.process is not None:
             self.process.cleanup()
-        log.info("sandbox %s: exited with status %d", self.sandbox_id, status)
+        log.debug("sandbox %s: exited with status %d", self.sandbox_id, status)
         self._controller.publish(
             SandboxEvent(TOPIC_EXIT, self.sandbox_id, self.exited_at, exit_status=status)
         )

@@ -33,7 +33,7 @@ from .._models import (
     check_sandbox_id,
 )
 from ..backends import Backend, BwrapBackend, ProcessBackend, SimBackend
-from ._actor import SandboxActor
+from ._actor import Reply, SandboxActor, Waiter
 from ._events import DEFAULT_SUBSCRIBER_BUFFER, EventBus, Subscription
 from ._lifecycle import Input, Phase, decide
 from ._store import SandboxStore
@@ -62,9 +62,12 @@ class Controller:
     the lookup), NOT_FOUND for an unknown one, and the refusals of the lifecycle table.
 
     Calls on one sandbox are applied in the order they reach its actor; calls on different
-    sandboxes never wait for each other.  Queries (``*_nowait`` and their async twins) answer
-    from the state the sandbox's actor last published: never behind its mailbox, and always
-    showing the effect of every call that returned before the query began.
+    sandboxes never wait for each other.  Each call that goes through the sandbox's actor has
+    a ``request_*`` twin that never blocks and answers through a :class:`Reply` instead (what
+    the RPC server hands it, so a remote call costs no task of its own).  Queries
+    (``*_nowait`` and their async twins) answer from the state the sandbox's actor last
+    published: never behind its mailbox, and always showing the effect of every call that
+    returned before the query began.
 
     Cancelling :meth:`run` closes the controller: callers still waiting get UNAVAILABLE and
     event subscriptions end, but sandbox processes keep running (their lives are independent
@@ -162,7 +165,7 @@ class Controller:
         """Called by an actor once its sandbox is gone."""
         if self._actors.get(actor.sandbox_id) is actor:
             del self._actors[actor.sandbox_id]
-        log.info("sandbox %s: deleted", actor.sandbox_id)
+        log.debug("sandbox %s: deleted", actor.sandbox_id)
         self._events.publish(SandboxEvent(TOPIC_DELETE, actor.sandbox_id, datetime.now(UTC)))
 
     def drain(self) -> None:
@@ -258,8 +261,46 @@ class Controller:
     def _launch(self, actor: SandboxActor) -> None:
         assert self._actor_nursery is not None
         self._actor_nursery.start_soon(actor.run, name=f"sandbox {actor.sandbox_id}")
-        log.info("sandbox %s: created (%s)", actor.sandbox_id, actor.spec.sandboxer)
+        log.debug("sandbox %s: created (%s)", actor.sandbox_id, actor.spec.sandboxer)
         self._events.publish(SandboxEvent(TOPIC_CREATE, actor.sandbox_id, actor.created_at))
+
+    def request_create(
+        self,
+        reply: Reply,
+        sandbox_id: str,
+        *,
+        sandboxer: str | None = None,
+        options: SandboxOptions | None = None,
+        rootfs: Iterable[Mount] = (),
+        netns_path: str | None = None,
+        annotations: Mapping[str, str] | None = None,
+        labels: Mapping[str, str] | None = None,
+    ) -> None:
+        """:meth:`create`, answered through ``reply`` (with the id).  Never blocks.
+
+        A refusal found at once is raised here; with a store, ``reply`` is answered once the
+        sandbox is on disk, or failed (and nothing created) if it cannot be written.
+        """
+        actor = self._admit(
+            sandbox_id, sandboxer, options, rootfs, netns_path, annotations, labels
+        )
+        store = self.store
+        if store is None:
+            self._launch(actor)
+            reply.ok(sandbox_id)
+            return
+
+        def written(error: Exception | None) -> None:
+            if error is None and self._actor_nursery is not None:
+                self._launch(actor)
+                reply.ok(sandbox_id)
+                return
+            if self._actors.get(sandbox_id) is actor:
+                del self._actors[sandbox_id]
+            actor.refuse_mailbox(NotFound(f"sandbox {sandbox_id!r} not found"))
+            reply.fail(error if error is not None else Unavailable("the controller is closed"))
+
+        store.write(sandbox_id, actor.encoded_record(), written)
 
     async def create(
         self,
@@ -275,23 +316,26 @@ class Controller:
         """Create a sandbox in state ``created``; returns its id (see :meth:`create_nowait`
         for the checks).  With a store, returns once the sandbox is on disk; if it cannot be
         written, nothing was created.  Calls on the id made meanwhile wait for the outcome.
+        If the caller is cancelled, the creation goes on (or fails) all the same.
         """
-        actor = self._admit(
-            sandbox_id, sandboxer, options, rootfs, netns_path, annotations, labels
+        waiter = Waiter()
+        self.request_create(
+            waiter,
+            sandbox_id,
+            sandboxer=sandboxer,
+            options=options,
+            rootfs=rootfs,
+            netns_path=netns_path,
+            annotations=annotations,
+            labels=labels,
         )
-        store = self.store
-        if store is None:
-            await trio.lowlevel.checkpoint()
-        else:
-            try:
-                with trio.CancelScope(shield=True):
-                    await store.put(actor.record())
-            except BaseException:
-                del self._actors[sandbox_id]
-                actor.refuse_mailbox(NotFound(f"sandbox {sandbox_id!r} not found"))
-                raise
-        self._launch(actor)
-        return sandbox_id
+        result: str = await waiter.wait()
+        return result
+
+    def request_start(self, reply: Reply, sandbox_id: str) -> None:
+        """:meth:`start`, answered through ``reply``.  Never blocks; an unknown or malformed
+        id is raised here."""
+        self._actor(sandbox_id).post(Input.START, None, reply)
 
     async def start(self, sandbox_id: str) -> SandboxInstance:
         """Start the sandbox's init process: ``created`` -> ``ready``.
@@ -299,8 +343,18 @@ class Controller:
         FAILED_PRECONDITION if it is not ``created``, or if the process cannot be started
         (then it stays ``created``, and the message says why).
         """
-        result: SandboxInstance = await self._actor(sandbox_id).call(Input.START)
+        waiter = Waiter()
+        self.request_start(waiter, sandbox_id)
+        result: SandboxInstance = await waiter.wait()
         return result
+
+    def request_stop(
+        self, reply: Reply, sandbox_id: str, *, timeout_secs: float | None = None
+    ) -> None:
+        """:meth:`stop`, answered through ``reply``.  Never blocks."""
+        if timeout_secs is not None and not (0 <= timeout_secs < math.inf):
+            raise InvalidArgument("timeout_secs: must be a finite number >= 0")
+        self._actor(sandbox_id).post(Input.STOP, timeout_secs, reply)
 
     async def stop(self, sandbox_id: str, *, timeout_secs: float | None = None) -> None:
         """Stop the sandbox; returns once it is ``stopped``.
@@ -310,9 +364,13 @@ class Controller:
         earlier kill deadline wins); a stopped sandbox is left as it is.  If the caller is
         cancelled, the stop goes on.
         """
-        if timeout_secs is not None and not (0 <= timeout_secs < math.inf):
-            raise InvalidArgument("timeout_secs: must be a finite number >= 0")
-        await self._actor(sandbox_id).call(Input.STOP, timeout_secs)
+        waiter = Waiter()
+        self.request_stop(waiter, sandbox_id, timeout_secs=timeout_secs)
+        await waiter.wait()
+
+    def request_wait(self, reply: Reply, sandbox_id: str) -> None:
+        """:meth:`wait`, answered through ``reply``.  Never blocks."""
+        self._actor(sandbox_id).post(Input.WAIT, None, reply)
 
     async def wait(self, sandbox_id: str) -> ExitStatus:
         """Wait until the sandbox is ``stopped``; its exit status (128+N for signal N).
@@ -320,8 +378,14 @@ class Controller:
         Cancelling the wait (a deadline, say) leaves the sandbox untouched.  Waiters are
         answered also when the sandbox is shut down meanwhile.
         """
-        result: ExitStatus = await self._actor(sandbox_id).call(Input.WAIT)
+        waiter = Waiter()
+        self.request_wait(waiter, sandbox_id)
+        result: ExitStatus = await waiter.wait()
         return result
+
+    def request_shutdown(self, reply: Reply, sandbox_id: str) -> None:
+        """:meth:`shutdown`, answered through ``reply``.  Never blocks."""
+        self._actor(sandbox_id).post(Input.SHUTDOWN, None, reply)
 
     async def shutdown(self, sandbox_id: str) -> None:
         """Kill the sandbox if it runs, wait for it to end, and delete it.
@@ -329,7 +393,9 @@ class Controller:
         Afterwards its id is NOT_FOUND (and free for a new Create).  If the caller is
         cancelled, the shutdown goes on.
         """
-        await self._actor(sandbox_id).call(Input.SHUTDOWN)
+        waiter = Waiter()
+        self.request_shutdown(waiter, sandbox_id)
+        await waiter.wait()
 
     def status_nowait(self, sandbox_id: str, *, verbose: bool = False) -> SandboxStatus:
         """The sandbox's status.  ``verbose`` adds the backend's details to ``info``."""

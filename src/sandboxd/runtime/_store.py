@@ -3,9 +3,11 @@
 One row per sandbox, rewritten whole after every step of its actor that changed it and
 before any caller hears of the change; deleted when the sandbox is gone.  Writes go through
 one worker thread, in the order they were asked for, so the event loop never waits on the
-disk and a record is never overtaken by an older one.  The database runs in WAL mode with
-``synchronous=FULL``: a row that was acknowledged survives a crash of the daemon or the
-machine.
+disk and a record is never overtaken by an older one.  Writers are not made to wait: a
+change is queued with a callback that the writer calls once it is committed, and changes to
+one sandbox queued before the writer takes them are merged (the last one is written).  The
+database runs in WAL mode with ``synchronous=NORMAL`` (a row that was acknowledged survives
+any crash of the daemon) or, when ``durable``, ``FULL`` (it survives losing the machine too).
 
 A database that cannot be opened or read, or that fails SQLite's integrity check, stops the
 daemon at start (:class:`StoreCorrupt`); it is never replaced.
@@ -14,10 +16,11 @@ daemon at start (:class:`StoreCorrupt`); it is never replaced.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Final, final
 
@@ -26,6 +29,8 @@ import trio
 
 from .._errors import ResourceExhausted, Unavailable
 from .._models import Mount, SandboxOptions, SandboxSpec
+
+log = logging.getLogger("sandboxd.runtime")
 
 DATABASE_NAME: Final = "sandboxd.db"
 _SCHEMA_VERSION: Final = 1
@@ -71,11 +76,12 @@ def _from_time(value: float | None) -> datetime | None:
     return None if value is None else datetime.fromtimestamp(value, UTC)
 
 
-def encode_record(record: SandboxRecord) -> str:
-    spec = record.spec
+def encode_spec(spec: SandboxSpec) -> str:
+    """The JSON of a spec, as it appears in a record (a sandbox's spec never changes: its
+    actor encodes it once)."""
     options = spec.options
-    document = {
-        "spec": {
+    return json.dumps(
+        {
             "sandbox_id": spec.sandbox_id,
             "sandboxer": spec.sandboxer,
             "options": {
@@ -98,18 +104,54 @@ def encode_record(record: SandboxRecord) -> str:
             "netns_path": spec.netns_path,
             "annotations": dict(spec.annotations),
             "labels": dict(spec.labels),
-        },
-        "phase": record.phase,
-        "created_at": _time(record.created_at),
-        "pid": record.pid,
-        "identity": dict(record.identity),
-        "started_at": _time(record.started_at),
-        "exited_at": _time(record.exited_at),
-        "exit_status": record.exit_status,
-        "exit_known": record.exit_known,
-        "kill_at": record.kill_at,
-    }
-    return json.dumps(document, sort_keys=True)
+        }
+    )
+
+
+def encode_record(record: SandboxRecord, spec_json: str | None = None) -> str:
+    """The record as the JSON object the database keeps; ``spec_json`` is
+    :func:`encode_spec` of its spec, when the caller has it already."""
+    return record_json(
+        encode_spec(record.spec) if spec_json is None else spec_json,
+        record.phase,
+        record.created_at.timestamp(),
+        record.pid,
+        json.dumps(dict(record.identity)),
+        _time(record.started_at),
+        _time(record.exited_at),
+        record.exit_status,
+        record.exit_known,
+        record.kill_at,
+    )
+
+
+def record_json(
+    spec_json: str,
+    phase: str,
+    created_at: float,
+    pid: int,
+    identity_json: str,
+    started_at: float | None,
+    exited_at: float | None,
+    exit_status: int | None,
+    exit_known: bool,
+    kill_at: float | None,
+) -> str:
+    """A record's JSON from its parts: written out directly, as this is done at every step
+    of every sandbox and ``json.dumps`` of a dict costs several times more.  Every part is
+    a number, ``None``, a bool, JSON already, or a phase name (plain lowercase words)."""
+    return (
+        f'{{"spec": {spec_json}, "phase": "{phase}", "created_at": {created_at!r}, '
+        f'"pid": {pid:d}, "identity": {identity_json}, '
+        f'"started_at": {_number(started_at)}, "exited_at": {_number(exited_at)}, '
+        f'"exit_status": {_number(exit_status)}, '
+        f'"exit_known": {"true" if exit_known else "false"}, "kill_at": {_number(kill_at)}}}'
+    )
+
+
+def _number(value: float | None) -> str:
+    # repr of a finite float or an int is a JSON number.
+    return "null" if value is None else repr(value)
 
 
 def decode_record(text: str) -> SandboxRecord:
@@ -146,13 +188,20 @@ def _write_error(exc: sqlite3.Error) -> Exception:
     return Unavailable(f"the state database refused the write: {text}")
 
 
-@final
-class _Pending:
-    __slots__ = ("done", "error")
+#: Called by the writer once a change is committed (``None``) or refused (the error).
+Done = Callable[[Exception | None], None]
 
-    def __init__(self) -> None:
-        self.done = trio.Event()
-        self.error: Exception | None = None
+
+@final
+class _Change:
+    """The change queued for one sandbox: its record's text (``None``: delete it), and who to
+    tell when it is committed."""
+
+    __slots__ = ("done", "text")
+
+    def __init__(self, text: str | None, done: Done) -> None:
+        self.text = text
+        self.done = [done]
 
 
 @final
@@ -162,17 +211,18 @@ class SandboxStore:
     :meth:`open` (blocking: call it before the event loop serves anyone) checks the
     database; :meth:`load` reads every record.  :meth:`run` must run while the store is
     written to: it is the one writer, and commits every change queued meanwhile in one
-    transaction (one sync to disk for all of them: group commit).  :meth:`put` and
-    :meth:`delete` return once their change is on disk, raising RESOURCE_EXHAUSTED (disk
-    full) or UNAVAILABLE (any other refusal) when it could not be written: then nothing of
-    that transaction was changed.  Cancelling a write does not undo it.
+    transaction (one sync to disk for all of them: group commit).  :meth:`write` queues a
+    change and never blocks; :meth:`put` and :meth:`delete` return once their change is on
+    disk.  A refused write is RESOURCE_EXHAUSTED (disk full) or UNAVAILABLE (any other
+    refusal): then nothing of that transaction was changed.  Cancelling a write does not undo
+    it.
     """
 
     def __init__(self, connection: sqlite3.Connection, path: str) -> None:
         self._db = connection
         self.path = path
         self._lock = threading.Lock()
-        self._queue: list[tuple[str, str | None, _Pending]] = []
+        self._queue: dict[str, _Change] = {}
         self._wake = trio.Event()
 
     @classmethod
@@ -229,19 +279,20 @@ class SandboxStore:
         return records
 
     def _write(self, batch: list[tuple[str, str | None]]) -> None:
+        puts = [(sandbox_id, text) for sandbox_id, text in batch if text is not None]
+        deletes = [(sandbox_id,) for sandbox_id, text in batch if text is None]
         with self._lock:
             db = self._db
             db.execute("BEGIN IMMEDIATE")
             try:
-                for sandbox_id, text in batch:
-                    if text is None:
-                        db.execute("DELETE FROM sandboxes WHERE sandbox_id = ?", (sandbox_id,))
-                    else:
-                        db.execute(
-                            "INSERT INTO sandboxes (sandbox_id, record) VALUES (?, ?) "
-                            "ON CONFLICT (sandbox_id) DO UPDATE SET record = excluded.record",
-                            (sandbox_id, text),
-                        )
+                if puts:
+                    db.executemany(
+                        "INSERT INTO sandboxes (sandbox_id, record) VALUES (?, ?) "
+                        "ON CONFLICT (sandbox_id) DO UPDATE SET record = excluded.record",
+                        puts,
+                    )
+                if deletes:
+                    db.executemany("DELETE FROM sandboxes WHERE sandbox_id = ?", deletes)
                 db.execute("COMMIT")
             except BaseException:
                 if db.in_transaction:
@@ -249,42 +300,75 @@ class SandboxStore:
                 raise
 
     async def run(self) -> None:
-        """Write what is queued, in order, a batch per transaction, until cancelled (then
-        what is queued is failed with UNAVAILABLE)."""
+        """Write what is queued, a batch per transaction, until cancelled (then what is
+        queued is refused with UNAVAILABLE)."""
+        batch: dict[str, _Change] = {}
         try:
             while True:
                 if not self._queue:
                     self._wake = trio.Event()
                     await self._wake.wait()
-                batch, self._queue = self._queue, []
+                batch, self._queue = self._queue, {}
                 error: Exception | None = None
                 try:
-                    await trio.to_thread.run_sync(self._write, [(i, t) for i, t, _ in batch])
+                    await trio.to_thread.run_sync(
+                        self._write, [(sandbox_id, c.text) for sandbox_id, c in batch.items()]
+                    )
                 except sqlite3.Error as exc:
                     error = _write_error(exc)
-                for _, _, pending in batch:
-                    pending.error = error
-                    pending.done.set()
+                done, batch = batch, {}
+                _tell(done, error)
         finally:
-            for _, _, pending in self._queue:
-                pending.error = Unavailable("the state store is closing")
-                pending.done.set()
-            self._queue = []
+            closing = Unavailable("the state store is closing")
+            _tell(batch, closing)
+            queued, self._queue = self._queue, {}
+            _tell(queued, closing)
 
-    async def _submit(self, sandbox_id: str, text: str | None) -> None:
-        pending = _Pending()
-        self._queue.append((sandbox_id, text, pending))
-        self._wake.set()
-        await pending.done.wait()
-        if pending.error is not None:
-            raise pending.error
+    def write(self, sandbox_id: str, text: str | None, done: Done) -> None:
+        """Queue ``sandbox_id``'s record (``text``; ``None`` deletes it).  Never blocks.
+
+        ``done(error)`` is called from the writer task once the change is committed
+        (``None``) or refused; it must not block.  A change queued for a sandbox whose earlier
+        change the writer has not taken yet replaces it, and both callbacks are called.
+        """
+        change = self._queue.get(sandbox_id)
+        if change is None:
+            self._queue[sandbox_id] = _Change(text, done)
+            self._wake.set()
+        else:
+            change.text = text
+            change.done.append(done)
+
+    async def _wait_for(self, sandbox_id: str, text: str | None) -> None:
+        result: list[Exception | None] = []
+        committed = trio.Event()
+
+        def done(error: Exception | None) -> None:
+            result.append(error)
+            committed.set()
+
+        self.write(sandbox_id, text, done)
+        await committed.wait()
+        if result[0] is not None:
+            raise result[0]
 
     async def put(self, record: SandboxRecord) -> None:
-        await self._submit(record.spec.sandbox_id, encode_record(record))
+        """Write ``record``; returns once it is on disk."""
+        await self._wait_for(record.spec.sandbox_id, encode_record(record))
 
     async def delete(self, sandbox_id: str) -> None:
-        await self._submit(sandbox_id, None)
+        """Delete ``sandbox_id``'s record; returns once that is on disk."""
+        await self._wait_for(sandbox_id, None)
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _tell(changes: dict[str, _Change], error: Exception | None) -> None:
+    for change in changes.values():
+        for done in change.done:
+            try:
+                done(error)
+            except Exception:
+                log.exception("the state store's callback failed")
