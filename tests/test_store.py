@@ -105,9 +105,9 @@ def record_of(sandbox_id: str, phase: str = "created") -> SandboxRecord:
     return SandboxRecord(spec=spec, phase=phase, created_at=datetime(2026, 1, 1, tzinfo=UTC))
 
 
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SandboxStore]:
-    store = SandboxStore.open(tmp_path)
+@pytest.fixture(params=[False, True], ids=["normal", "durable"])
+async def store(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[SandboxStore]:
+    store = SandboxStore.open(tmp_path, durable=request.param)
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(store.run)
@@ -162,12 +162,49 @@ async def test_a_refused_write_is_reported_to_each_caller_and_changes_nothing(
     assert set(rows(tmp_path)) == {"kept"}
 
 
-async def test_changes_still_queued_when_the_store_closes_are_refused(tmp_path: Path) -> None:
+async def test_changes_after_the_writer_stopped_are_refused_at_once(tmp_path: Path) -> None:
     store = SandboxStore.open(tmp_path)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(store.run)
+        await store.put(record_of("kept"))
+        nursery.cancel_scope.cancel()
     told: list[Exception | None] = []
-    with trio.CancelScope() as scope:
-        scope.cancel()
-        store.write("late", encode_record(record_of("late")), told.append)
-        await store.run()
+    store.write("late", encode_record(record_of("late")), told.append)
+    with pytest.raises(Unavailable, match="closed"):
+        await store.delete("kept")
     store.close()
     assert len(told) == 1 and isinstance(told[0], Unavailable)
+    assert set(rows(tmp_path)) == {"kept"}
+
+
+async def test_the_wal_is_folded_in_and_truncated_every_so_many_rows(tmp_path: Path) -> None:
+    opened = SandboxStore.open(tmp_path)
+    store = SandboxStore(opened._db, opened.path, checkpoint_rows=20)
+    database = tmp_path / DATABASE_NAME
+    checkpointed = trio.Event()
+    checkpoint = store._checkpoint
+
+    async def checkpoint_and_tell() -> None:
+        await checkpoint()
+        checkpointed.set()
+
+    store._checkpoint = checkpoint_and_tell  # type: ignore[method-assign]
+    empty = database.stat().st_size
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(store.run)
+            for n in range(19):
+                await store.put(record_of(f"s{n}"))
+            # Commits so far are in the WAL only: the database file has not grown.
+            assert database.stat().st_size == empty
+            assert store.checkpoints == 0
+            await store.put(record_of("s19"))
+            await checkpointed.wait()
+            assert store.checkpoints == 1
+            assert database.stat().st_size > empty
+            # Folded in whole, and the log truncated: it cannot grow without bound.
+            assert (tmp_path / f"{DATABASE_NAME}-wal").stat().st_size == 0
+            nursery.cancel_scope.cancel()
+    finally:
+        store.close()
+    assert len(rows(tmp_path)) == 20

@@ -54,14 +54,15 @@ from ._runtime_service import RUNTIME_SERVICE, runtime_service
 
 CONTROLLER_SERVICE: Final = "sandboxd.v1.Controller"
 
-_EMPTY: Final[Mapping[str, Any]] = {}
+#: The empty message, encoded once: the answer of Stop, Shutdown and Ping.
+_EMPTY: Final = Encoded(dumps({}))
 
 
 def _created(sandbox_id: str) -> Mapping[str, Any]:
     return {"sandbox_id": sandbox_id}
 
 
-def _empty(_: None) -> Mapping[str, Any]:
+def _empty(_: None) -> Encoded:
     return _EMPTY
 
 
@@ -115,7 +116,7 @@ def controller_service(controller: Controller) -> dict[str, Method]:
     def shutdown(msg: Message, ctx: CallContext, reply: Responder) -> None:
         controller.request_shutdown(reply, id_request(msg, "Shutdown"))
 
-    def ping(msg: Message, ctx: CallContext) -> Mapping[str, Any]:
+    def ping(msg: Message, ctx: CallContext) -> Encoded:
         controller.ping_nowait(id_request(msg, "Ping"))
         return _EMPTY
 
@@ -163,7 +164,7 @@ def _awaited_calls(controller: Controller) -> dict[str, Method]:
     async def start(msg: Message, ctx: CallContext) -> Mapping[str, Any]:
         return instance_message(await controller.start(id_request(msg, "Start")))
 
-    async def stop(msg: Message, ctx: CallContext) -> Mapping[str, Any]:
+    async def stop(msg: Message, ctx: CallContext) -> Encoded:
         sandbox_id, timeout_secs = stop_request(msg)
         await controller.stop(sandbox_id, timeout_secs=timeout_secs)
         return _EMPTY
@@ -171,7 +172,7 @@ def _awaited_calls(controller: Controller) -> dict[str, Method]:
     async def wait(msg: Message, ctx: CallContext) -> Mapping[str, Any]:
         return exit_message(await controller.wait(id_request(msg, "Wait")))
 
-    async def shutdown(msg: Message, ctx: CallContext) -> Mapping[str, Any]:
+    async def shutdown(msg: Message, ctx: CallContext) -> Encoded:
         await controller.shutdown(id_request(msg, "Shutdown"))
         return _EMPTY
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, Protocol, final
+from typing import Any, NamedTuple, Protocol, final
 
 import attrs
 
@@ -45,10 +45,9 @@ class PeerCredentials:
     gid: int
 
 
-@final
-@attrs.frozen(slots=True)
-class CallContext:
-    """What a handler may know about the call it serves."""
+class CallContext(NamedTuple):
+    """What a handler may know about the call it serves (a named tuple: one is made for
+    every call, so it costs as little as can be)."""
 
     service: str
     method: str
