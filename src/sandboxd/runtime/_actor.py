@@ -373,7 +373,6 @@ class SandboxActor:
         """:meth:`record`, as the store keeps it (without building the record)."""
         if self._spec_json is None:
             self._spec_json = encode_spec(self.spec)
-        process = self.process
         kill_at = None
         if self._kill_deadline != math.inf:
             kill_at = time.time() + (self._kill_deadline - trio.current_time())
@@ -382,13 +381,17 @@ class SandboxActor:
             self.phase.value,
             self.created_at.timestamp(),
             self.pid,
-            _NO_IDENTITY if process is None else json.dumps(dict(process.identity())),
+            self._identity_json(),
             None if self.started_at is None else self.started_at.timestamp(),
             None if self.exited_at is None else self.exited_at.timestamp(),
             self.exit_status,
             self.exit_known,
             kill_at,
         )
+
+    def _identity_json(self) -> str:
+        identity = None if self.process is None else self.process.identity()
+        return json.dumps(dict(identity)) if identity else _NO_IDENTITY
 
     def record(self) -> SandboxRecord:
         """What the store keeps of this sandbox."""
