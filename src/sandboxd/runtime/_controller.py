@@ -178,10 +178,12 @@ class Controller:
             actor.abandon_waiters(error)
 
     def _actor(self, sandbox_id: str) -> SandboxActor:
-        check_sandbox_id(sandbox_id)
+        # Only valid ids are ever keys: one found needs no checking.
+        actor = self._actors.get(sandbox_id) if type(sandbox_id) is str else None
+        if actor is None:
+            check_sandbox_id(sandbox_id)
         if self._closed:
             raise Unavailable("the controller is closed")
-        actor = self._actors.get(sandbox_id)
         if actor is None:
             raise NotFound(f"sandbox {sandbox_id!r} not found")
         return actor
