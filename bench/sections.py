@@ -7,6 +7,7 @@ own; this module turns their JSON into a summary and a markdown table.  See benc
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import subprocess
@@ -258,7 +259,27 @@ def run_lifecycles(
                 }
                 if "error" in figures:
                     result["profile"]["error"] = figures["error"]
+    result["embedded"] = run_embedded(settings)
     return result
+
+
+def run_embedded(settings: LoadSettings) -> dict[str, Any]:
+    """The sim points again with the Controller embedded in the client (no socket, no
+    daemon), with a state store and without: what the RPC layer and client add."""
+    argv = (
+        sys.executable,
+        "-m",
+        "bench.embedded",
+        "--points=1,64",
+        f"--warmup={settings.lifecycle_warmup}",
+        f"--duration={settings.lifecycle_duration}",
+    )
+    print("lifecycles: embedded Controller (no socket): measuring ...", file=sys.stderr)
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        return {"error": proc.stderr.strip() or f"exit status {proc.returncode}"}
+    points: dict[str, Any] = json.loads(proc.stdout)
+    return points
 
 
 def lifecycle_table(result: dict[str, Any]) -> str:
@@ -294,6 +315,25 @@ def lifecycle_table(result: dict[str, Any]) -> str:
         "daemon CPU",
         "client CPU",
     ]
+    embedded = result.get("embedded", {})
+    for point in embedded.get("points", []):
+        n = point["concurrency"]
+        kept = "state store" if point["store"] else "in memory"
+        lat = point["lifecycle_us"]
+        rows.append(
+            [
+                f"sim, embedded ({kept}; no socket)",
+                "1 (sequential)" if n == 1 else str(n),
+                fmt(point["lifecycles_per_s"], "throughput"),
+                fmt(point["lifecycles_per_s"] * 5, "throughput"),
+                f"{lat['p50_us'] / 1000:,.2f}",
+                f"{lat['p99_us'] / 1000:,.2f}",
+                "—",
+                f"{point['cpu']:.2f}",
+            ]
+        )
+    if "error" in embedded:
+        rows.append(["sim, embedded", "—", "FAILED", "—", "—", "—", "—", "—"])
     return md_table(header, rows)
 
 
