@@ -105,13 +105,20 @@ class FrameDecoder:
             data = data[skip:]
         if not data:
             return events
-        buf += data
+        # Frames are cut straight out of the chunk when nothing was left over (the usual
+        # case): one copy of each payload, and only an unfinished tail is kept.
+        source: bytes | bytearray
+        if buf:
+            buf += data
+            source = buf
+        else:
+            source = data
         unpack_from = HEADER.unpack_from
         max_payload = self._max_payload
         pos = 0
-        end = len(buf)
+        end = len(source)
         while end - pos >= HEADER_SIZE:
-            length, stream_id, frame_type, flags = unpack_from(buf, pos)
+            length, stream_id, frame_type, flags = unpack_from(source, pos)
             start = pos + HEADER_SIZE
             if length > max_payload:
                 events.append(OversizedFrame(stream_id, frame_type, flags, length))
@@ -125,8 +132,11 @@ class FrameDecoder:
             stop = start + length
             if stop > end:
                 break
-            events.append(Frame(stream_id, frame_type, flags, bytes(buf[start:stop])))
+            events.append(Frame(stream_id, frame_type, flags, bytes(source[start:stop])))
             pos = stop
-        if pos:
-            del buf[:pos]
+        if source is buf:
+            if pos:
+                del buf[:pos]
+        elif pos < end:
+            buf += source[pos:]
         return events
