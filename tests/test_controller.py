@@ -1057,3 +1057,74 @@ async def test_start_of_a_vanished_executable_leaves_the_sandbox_created(
         await controller.shutdown("sb")
         with pytest.raises(NotFound):
             await controller.status("sb")
+
+
+# -- the non-blocking twins: answers through a Reply -------------------------------------------
+
+
+class Collected:
+    """A Reply that keeps what it is told."""
+
+    def __init__(self) -> None:
+        self.answers: list[tuple[str, Any]] = []
+        self.abandoned = False
+        self.answered = trio.Event()
+
+    def ok(self, value: Any) -> None:
+        self.answers.append(("ok", value))
+        self.answered.set()
+
+    def fail(self, error: BaseException) -> None:
+        self.answers.append(("fail", error))
+        self.answered.set()
+
+
+async def test_request_twins_answer_through_the_reply_they_are_given() -> None:
+    async with running() as (controller, _):
+        created = Collected()
+        controller.request_create(created, "sb", sandboxer="sim")
+        await created.answered.wait()
+        assert created.answers == [("ok", "sb")]
+
+        started, waited, stopped = Collected(), Collected(), Collected()
+        controller.request_start(started, "sb")
+        controller.request_wait(waited, "sb")
+        await started.answered.wait()
+        [(kind, instance)] = started.answers
+        assert kind == "ok" and isinstance(instance, SandboxInstance) and instance.pid > 0
+        await trio.testing.wait_all_tasks_blocked()
+        assert waited.answers == []  # parked until the sandbox stops
+        controller.request_stop(stopped, "sb", timeout_secs=5)
+        await waited.answered.wait()
+        await stopped.answered.wait()
+        [(kind, status)] = waited.answers
+        assert kind == "ok" and status.exit_status == 143
+        assert stopped.answers == [("ok", None)]
+
+        gone = Collected()
+        controller.request_shutdown(gone, "sb")
+        await gone.answered.wait()
+        assert gone.answers == [("ok", None)]
+        # Refusals found at once are raised by the call itself; the reply is not used.
+        unused = Collected()
+        with pytest.raises(NotFound):
+            controller.request_start(unused, "sb")
+        with pytest.raises(InvalidArgument):
+            controller.request_wait(unused, "not an id")
+        with pytest.raises(InvalidArgument):
+            controller.request_stop(unused, "sb", timeout_secs=-1)
+        assert unused.answers == []
+
+
+async def test_a_parked_reply_that_was_abandoned_gets_no_answer() -> None:
+    async with running() as (controller, _):
+        await started(controller, "sb")
+        kept, given_up = Collected(), Collected()
+        controller.request_wait(given_up, "sb")
+        controller.request_wait(kept, "sb")
+        await trio.testing.wait_all_tasks_blocked()
+        given_up.abandoned = True
+        await controller.stop("sb", timeout_secs=5)
+        await kept.answered.wait()
+        assert [kind for kind, _ in kept.answers] == ["ok"]
+        assert given_up.answers == []

@@ -41,7 +41,7 @@ from ._version import PROTOCOL_VERSION, __version__
 from .api import RemoteController, SyncController, connect, serve_controller
 from .backends import Backend, BwrapBackend, ProcessBackend, SandboxProcess, SimBackend
 from .rpc import Server, SocketInUseError
-from .runtime import Controller, Subscription, open_controller
+from .runtime import Controller, Reply, Subscription, Waiter, open_controller
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -66,6 +66,7 @@ __all__ = [
     "ProcessBackend",
     "RPCError",
     "RemoteController",
+    "Reply",
     "ResourceExhausted",
     "SandboxEvent",
     "SandboxInstance",
@@ -83,6 +84,7 @@ __all__ = [
     "Unavailable",
     "Unimplemented",
     "Unknown",
+    "Waiter",
     "__version__",
     "connect",
     "default_socket_path",
