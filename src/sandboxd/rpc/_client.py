@@ -1,8 +1,21 @@
 """The trio RPC client: one connection, many concurrent calls, streams.
 
-Every call gets the next odd stream id.  One reader task routes response and data frames to
-the waiting calls by stream id; requests are written straight to the socket by the calling
-task.  When the connection ends, every pending call fails at once with UNAVAILABLE, or with the
+Every call gets the next odd stream id.  Requests are written straight to the socket by the
+calling task.  Replies are read by one task at a time, which routes every frame it reads to
+the call it belongs to, by stream id:
+
+* A unary call whose task finds nobody else reading reads for itself (it *leads*): it waits
+  for the socket, reads, and hands out what it read until its own reply is there.  A caller
+  making one call after another therefore pays no task switch at all.
+* A unary call that finds another call reading *follows*: it sleeps until the leader hands
+  it its reply, or, when the leader is done (answered, cancelled or timed out) while the
+  follower still waits, hands it the reading instead.
+* While no unary call waits (the connection is idle, or only streams are open), the
+  connection's reader task (:meth:`Client.reader`) reads, so that stream messages arrive and
+  a connection that ends is noticed at once.  A call that comes along takes the reading over
+  from it.
+
+When the connection ends, every pending call fails at once with UNAVAILABLE, or with the
 error the server gave for the whole connection (an error RESPONSE on stream 0, such as
 PERMISSION_DENIED), which later calls raise too.
 """
@@ -17,6 +30,8 @@ from contextlib import asynccontextmanager
 from typing import Any, Final, final
 
 import trio
+from trio.lowlevel import Abort, RaiseCancelT, Task, current_task, reschedule, wait_readable
+from trio.lowlevel import wait_task_rescheduled as _park
 
 from ..wire import (
     DeadlineExceeded,
@@ -34,11 +49,15 @@ from ..wire import (
     encode_request,
     loads_message,
 )
-from ._transport import Transport
+from ._transport import _RECV_SIZE, Transport
 from ._unix import connect_unix
 
 _MAX_STREAM_ID: Final = 2**32 - 1
 _END_FRAME_FLAGS: Final = Flags.REMOTE_CLOSED | Flags.NO_DATA
+_RESPONSE: Final = int(FrameType.RESPONSE)
+_DATA: Final = int(FrameType.DATA)
+_NO_DATA: Final = int(Flags.NO_DATA)
+_REMOTE_CLOSED: Final = int(Flags.REMOTE_CLOSED)
 #: Messages a stream holds for a consumer that is not reading before the stream is ended.
 DEFAULT_STREAM_BUFFER: Final = 1024
 
@@ -63,10 +82,12 @@ def copy_error(err: RPCError) -> RPCError:
 class _Pending:
     """A call waiting for its response (or, for streams, its messages)."""
 
-    __slots__ = ("behind", "buffer", "error", "finished", "frame_payload", "wake")
+    __slots__ = ("behind", "buffer", "error", "finished", "frame_payload", "stream_id", "task")
 
-    def __init__(self) -> None:
-        self.wake = trio.Event()
+    def __init__(self, stream_id: int) -> None:
+        self.stream_id = stream_id
+        # The task sleeping until this call has news (see Client._sleep), if one is.
+        self.task: Task | None = None
         self.frame_payload: bytes | None = None
         self.error: RPCError | None = None
         self.finished = False
@@ -79,9 +100,10 @@ class _Pending:
 class _StreamMessages:
     """The messages of one server stream, as an async iterator (no generator to close)."""
 
-    __slots__ = ("_deadline", "_name", "_pending")
+    __slots__ = ("_client", "_deadline", "_name", "_pending")
 
-    def __init__(self, pending: _Pending, deadline: float, name: str) -> None:
+    def __init__(self, client: Client, pending: _Pending, deadline: float, name: str) -> None:
+        self._client = client
         self._pending = pending
         self._deadline = deadline
         self._name = name
@@ -101,9 +123,11 @@ class _StreamMessages:
                 if pending.error is not None:
                     raise pending.error
                 raise StopAsyncIteration
-            pending.wake = trio.Event()
-            with trio.move_on_at(self._deadline):
-                await pending.wake.wait()
+            if self._deadline == math.inf:
+                await self._client._sleep(pending)
+            else:
+                with trio.move_on_at(self._deadline):
+                    await self._client._sleep(pending)
             if not buffer and not pending.finished:
                 raise DeadlineExceeded(f"{self._name}: deadline exceeded")
 
@@ -116,14 +140,27 @@ class Client:
     subclasses only: the server's status, DEADLINE_EXCEEDED when ``timeout`` passes,
     UNAVAILABLE when the connection is or becomes closed, or the error the server refused the
     connection with (PERMISSION_DENIED, RESOURCE_EXHAUSTED).
+
+    :meth:`reader` must run in a task of its own for as long as the client is used
+    (:func:`open_client` sees to that).
     """
 
     def __init__(self, transport: Transport, stream_buffer: int = DEFAULT_STREAM_BUFFER) -> None:
         self._transport = transport
+        self._decoder = FrameDecoder()
         self._next_id = 1
         self._pending: dict[int, _Pending] = {}
         self._closed_error: RPCError | None = None
         self._stream_buffer = stream_buffer
+        # Who reads: the unary call in ``_leader`` when there is one, else the reader task.
+        self._leader: _Pending | None = None
+        # Unary calls sleeping until their reply comes or the reading is handed to them,
+        # oldest first.
+        self._followers: dict[int, _Pending] = {}
+        # The reader task's wait for the socket, while it reads (cancelled to take over).
+        self._reader_scope: trio.CancelScope | None = None
+        # The reader task, while it sleeps because a call reads.
+        self._reader_task: Task | None = None
 
     @property
     def closed(self) -> bool:
@@ -136,7 +173,7 @@ class Client:
         message: Mapping[str, Any] | None,
         deadline: float,
         metadata: Mapping[str, Sequence[str]] | None,
-    ) -> tuple[int, _Pending]:
+    ) -> _Pending:
         if self._closed_error is not None:
             raise copy_error(self._closed_error)
         stream_id = self._next_id
@@ -153,10 +190,10 @@ class Client:
             encode_request(service, method, payload, timeout_nano, metadata),
         )
         self._next_id = stream_id + 2
-        pending = _Pending()
+        pending = _Pending(stream_id)
         self._pending[stream_id] = pending
         self._transport.write(frame)
-        return stream_id, pending
+        return pending
 
     def _abandon(self, stream_id: int) -> None:
         """Forget a call and tell the server to stop working on it."""
@@ -179,17 +216,21 @@ class Client:
         too: when it passes the call ends with :class:`~sandboxd.DeadlineExceeded`.
         ``send_deadline`` (trio clock time) is only sent, for callers whose own cancel scope
         enforces it.  If the calling task is cancelled, the server is told to cancel the
-        call, and the cancellation propagates.
+        call, and the cancellation propagates; replies this task was reading for other calls
+        are not lost (another waiting call, or the reader task, reads on).
         """
         deadline = math.inf if timeout is None else trio.current_time() + timeout
         wire_deadline = deadline if send_deadline is None else min(deadline, send_deadline)
-        stream_id, pending = self._send_request(service, method, message, wire_deadline, metadata)
+        pending = self._send_request(service, method, message, wire_deadline, metadata)
         try:
-            with trio.move_on_at(deadline):
-                await pending.wake.wait()
+            if deadline == math.inf:
+                await self._wait_reply(pending)
+            else:
+                with trio.move_on_at(deadline):
+                    await self._wait_reply(pending)
         finally:
             if not pending.finished:
-                self._abandon(stream_id)
+                self._abandon(pending.stream_id)
         if not pending.finished:
             raise DeadlineExceeded(f"{service}/{method}: deadline exceeded after {timeout} s")
         if pending.error is not None:
@@ -215,102 +256,217 @@ class Client:
         :class:`~sandboxd.ResourceExhausted` after the messages already received.
         """
         deadline = math.inf if timeout is None else trio.current_time() + timeout
-        stream_id, pending = self._send_request(service, method, message, deadline, metadata)
+        pending = self._send_request(service, method, message, deadline, metadata)
         pending.buffer = collections.deque()
         try:
-            yield _StreamMessages(pending, deadline, f"{service}/{method}")
+            yield _StreamMessages(self, pending, deadline, f"{service}/{method}")
         finally:
             if not pending.finished:
-                self._abandon(stream_id)
+                self._abandon(pending.stream_id)
+
+    # -- waiting: who reads ------------------------------------------------------------------
+
+    async def _wait_reply(self, pending: _Pending) -> None:
+        """Return once ``pending`` is finished, reading for it (and others) when nobody else
+        does.  Cancellable; whoever reads next is settled before this raises."""
+        if self._leader is None:
+            self._take_reading(pending)
+        else:
+            self._followers[pending.stream_id] = pending
+            await self._sleep(pending)
+            if self._leader is not pending:
+                return  # answered (or the connection ended) while following
+        try:
+            while not pending.finished:
+                await self._wait_readable()
+                self._receive()
+        finally:
+            self._hand_off()
+
+    def _take_reading(self, pending: _Pending) -> None:
+        self._leader = pending
+        scope = self._reader_scope
+        if scope is not None:
+            # The reader task waits for the socket: stop it (it sleeps until handed back).
+            self._reader_scope = None
+            scope.cancel()
+
+    def _hand_off(self) -> None:
+        """The leader is done reading: the oldest follower reads next, or the reader task."""
+        if self._followers:
+            follower = self._followers.pop(next(iter(self._followers)))
+            self._leader = follower
+            self._wake(follower)
+            return
+        self._leader = None
+        task = self._reader_task
+        if task is not None:
+            self._reader_task = None
+            reschedule(task)
+
+    async def _sleep(self, pending: _Pending) -> None:
+        """Sleep until :meth:`_wake` (news for ``pending``); cancellable."""
+        pending.task = current_task()
+
+        def abort(_: RaiseCancelT) -> Abort:
+            pending.task = None
+            self._followers.pop(pending.stream_id, None)
+            return Abort.SUCCEEDED
+
+        await _park(abort)
+
+    @staticmethod
+    def _wake(pending: _Pending) -> None:
+        task = pending.task
+        if task is not None:
+            pending.task = None
+            reschedule(task)
+
+    async def _wait_readable(self) -> None:
+        """Wait until the socket has something to read (or the connection has ended)."""
+        transport = self._transport
+        try:
+            if transport.closed:
+                raise trio.ClosedResourceError("transport was closed")
+            await wait_readable(transport.socket)
+        except trio.ClosedResourceError as exc:
+            self._fail_all(Unavailable(f"connection to the server was lost: {exc}"))
+
+    def _receive(self) -> None:
+        """Read what the socket holds now and route it (only the reading task calls this)."""
+        if self._closed_error is not None:
+            return
+        try:
+            data = self._transport.socket.recv(_RECV_SIZE)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self._fail_all(
+                Unavailable(f"connection to the server was lost: receive failed: {exc}")
+            )
+            return
+        if not data:
+            self._fail_all(Unavailable("connection to the server was closed"))
+            return
+        self._route(data)
+
+    # -- the reader task ------------------------------------------------------------------
 
     async def reader(self) -> None:
-        """Route incoming frames to calls until the connection ends; then fail all calls."""
-        decoder = FrameDecoder()
+        """Read for the connection whenever no call reads for itself, until the connection
+        ends; then fail all calls.  Run it in a task of its own for as long as the client is
+        used; when it is cancelled, the client is closed."""
         reason = "connection to the server was closed"
         try:
-            while True:
-                data = await self._transport.receive()
-                if not data:
-                    break
-                filled: list[_Pending] = []
-                for event in decoder.feed(data):
-                    pending = self._pending.get(event.stream_id)
-                    if pending is None:
-                        if event.stream_id == 0 and isinstance(event, Frame):
-                            refused = connection_error(event)
-                            if refused is not None:
-                                self._fail_all(refused)
-                                return
-                        continue  # a call we gave up on
-                    if isinstance(event, OversizedFrame):
-                        self._finish(
-                            event.stream_id,
-                            pending,
-                            error=ResourceExhausted(
-                                f"server sent a frame of {event.length} bytes, over the limit"
-                            ),
-                        )
-                    elif event.type == FrameType.RESPONSE:
-                        if pending.buffer is None:
-                            pending.frame_payload = event.payload
-                            self._finish(event.stream_id, pending)
-                        else:
-                            try:
-                                decode_response(event.payload)
-                            except RPCError as err:
-                                self._finish(event.stream_id, pending, error=err)
-                            else:
-                                self._finish(event.stream_id, pending)
-                    elif event.type == FrameType.DATA and pending.buffer is not None:
-                        self._on_stream_data(event.stream_id, pending, event.flags, event.payload)
-                        filled.append(pending)
-                for pending in filled:
-                    assert pending.buffer is not None
-                    pending.behind = len(pending.buffer) >= self._stream_buffer
+            while self._closed_error is None:
+                if self._leader is not None:
+                    self._reader_task = current_task()
+                    await _park(self._abort_reader_sleep)
+                    continue
+                if self._transport.closed:
+                    raise trio.ClosedResourceError("transport was closed")
+                scope = self._reader_scope = trio.CancelScope()
+                try:
+                    with scope:
+                        await wait_readable(self._transport.socket)
+                finally:
+                    if self._reader_scope is scope:
+                        self._reader_scope = None
+                if self._leader is None:  # else a call took over: what is there is its to read
+                    self._receive()
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             reason = f"connection to the server was lost: {exc}"
         finally:
+            self._reader_task = None
             self._fail_all(Unavailable(reason))
 
-    def _on_stream_data(self, stream_id: int, pending: _Pending, flags: int, data: bytes) -> None:
+    def _abort_reader_sleep(self, _: RaiseCancelT) -> Abort:
+        self._reader_task = None
+        return Abort.SUCCEEDED
+
+    # -- routing frames -------------------------------------------------------------------
+
+    def _route(self, data: bytes) -> None:
+        """Hand the frames ``data`` completes to their calls."""
+        filled: list[_Pending] = []
+        pending_calls = self._pending
+        for event in self._decoder.feed(data):
+            pending = pending_calls.get(event.stream_id)
+            if pending is None:
+                if event.stream_id == 0 and isinstance(event, Frame):
+                    refused = connection_error(event)
+                    if refused is not None:
+                        self._fail_all(refused)
+                        return
+                continue  # a call we gave up on
+            if isinstance(event, OversizedFrame):
+                self._finish(
+                    pending,
+                    error=ResourceExhausted(
+                        f"server sent a frame of {event.length} bytes, over the limit"
+                    ),
+                )
+            elif event.type == _RESPONSE:
+                if pending.buffer is None:
+                    pending.frame_payload = event.payload
+                    self._finish(pending)
+                else:
+                    try:
+                        decode_response(event.payload)
+                    except RPCError as err:
+                        self._finish(pending, error=err)
+                    else:
+                        self._finish(pending)
+            elif event.type == _DATA and pending.buffer is not None:
+                self._on_stream_data(pending, event.flags, event.payload)
+                filled.append(pending)
+        for pending in filled:
+            assert pending.buffer is not None
+            pending.behind = len(pending.buffer) >= self._stream_buffer
+
+    def _on_stream_data(self, pending: _Pending, flags: int, data: bytes) -> None:
         buffer = pending.buffer
         assert buffer is not None
-        if not flags & Flags.NO_DATA:
+        if not flags & _NO_DATA:
             # A burst within one read never counts against a consumer that keeps up; a buffer
             # still full when the next read brings more does.
             if pending.behind and len(buffer) >= self._stream_buffer:
-                self._abandon(stream_id)
+                self._abandon(pending.stream_id)
                 pending.error = ResourceExhausted(
                     f"stream consumer fell {self._stream_buffer} messages behind; stream ended"
                 )
                 pending.finished = True
-                pending.wake.set()
+                self._wake(pending)
                 return
             buffer.append(data)
-        if flags & Flags.REMOTE_CLOSED:
-            self._finish(stream_id, pending)
+        if flags & _REMOTE_CLOSED:
+            self._finish(pending)
         else:
-            pending.wake.set()
+            self._wake(pending)
 
-    def _finish(self, stream_id: int, pending: _Pending, error: RPCError | None = None) -> None:
+    def _finish(self, pending: _Pending, error: RPCError | None = None) -> None:
+        stream_id = pending.stream_id
         self._pending.pop(stream_id, None)
+        if self._followers:
+            self._followers.pop(stream_id, None)
         pending.error = error
         pending.finished = True
-        pending.wake.set()
+        self._wake(pending)
 
     def _fail_all(self, error: RPCError) -> None:
         """End the connection for the client: ``error`` (the first one given, if several) is
-        what every pending and later call raises."""
+        what every pending and later call raises.  The socket is closed, which also wakes a
+        call waiting for it."""
         if self._closed_error is None:
             self._closed_error = error
         error = self._closed_error
-        for stream_id, pending in list(self._pending.items()):
-            self._finish(stream_id, pending, error=copy_error(error))
+        for pending in list(self._pending.values()):
+            self._finish(pending, error=copy_error(error))
+        self._transport.close()
 
     def close(self) -> None:
         """Close the connection; pending calls fail with UNAVAILABLE."""
         self._fail_all(Unavailable("client was closed"))
-        self._transport.close()
 
 
 @asynccontextmanager
