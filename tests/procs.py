@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
+from collections.abc import Sequence
+from contextlib import suppress
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import trio
@@ -20,6 +24,22 @@ def proc_state(pid: int) -> str | None:
     return data[data.rfind(b")") + 2 :].split()[0].decode()
 
 
+def start_ticks(pid: int) -> int | None:
+    """``pid``'s start time (clock ticks after boot), None when it is gone."""
+    try:
+        data = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return None
+    return int(data[data.rfind(b")") + 2 :].split()[19])
+
+
+def pid_namespace(pid: int | str) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/pid")
+    except OSError:
+        return None
+
+
 def proc_pgrp(pid: int) -> int:
     data = Path(f"/proc/{pid}/stat").read_bytes()
     return int(data[data.rfind(b")") + 2 :].split()[2])
@@ -28,6 +48,40 @@ def proc_pgrp(pid: int) -> int:
 def is_alive(pid: int) -> bool:
     """Running or sleeping: neither gone nor a zombie."""
     return proc_state(pid) not in (None, "Z", "X")
+
+
+async def all_ended(pids: Sequence[int]) -> None:
+    """Return once each of ``pids`` has ended (gone or a zombie), awaited on pidfds."""
+    with trio.fail_after(PROCESS_TIMEOUT):
+        for pid in pids:
+            try:
+                pidfd = os.pidfd_open(pid)
+            except ProcessLookupError:
+                continue
+            try:
+                await trio.lowlevel.wait_readable(pidfd)  # readable once it has exited
+            finally:
+                os.close(pidfd)
+
+
+@dataclass
+class Reaper:
+    """Processes to SIGKILL at teardown (each with its process group), unless their pid was
+    taken by another process meanwhile.  The ``reaper`` fixture (conftest.py) gives one."""
+
+    pids: list[tuple[int, int | None]] = field(default_factory=list)
+
+    def add(self, pid: int) -> None:
+        self.pids.append((pid, start_ticks(pid)))
+
+    def kill_all(self) -> None:
+        for pid, ticks in self.pids:
+            now = start_ticks(pid)
+            if now is not None and now != ticks:
+                continue  # a new process has this pid
+            for kill in (os.killpg, os.kill):
+                with suppress(ProcessLookupError, PermissionError):
+                    kill(pid, signal.SIGKILL)
 
 
 class Fifo:

@@ -18,10 +18,8 @@ import enum
 import gc
 import os
 import platform as stdlib_platform
-import signal
 import warnings
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import suppress
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -105,17 +103,6 @@ async def served(nursery: trio.Nursery, sock_path: str) -> Served:
     """A fresh Controller (process and sim backends) served on ``sock_path``."""
     controller: Controller = await nursery.start(Controller().run)
     return await serve(nursery, sock_path, controller)
-
-
-@pytest.fixture
-def reap() -> Iterator[list[int]]:
-    """Pids of process sandboxes: their process groups are SIGKILLed at teardown, so a
-    failing test leaves nothing running (sandboxes outlive the controller by design)."""
-    pids: list[int] = []
-    yield pids
-    for pid in pids:
-        with suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGKILL)
 
 
 def aware(value: object) -> bool:

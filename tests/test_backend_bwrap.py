@@ -20,7 +20,6 @@ import shlex
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -30,7 +29,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from procs import Fifo, is_alive, proc_pgrp, proc_state
+from daemons import BIN, PROBE_INTERVAL, SANDBOXD, STARTUP
+from procs import Fifo, all_ended, is_alive, pid_namespace, proc_pgrp, proc_state
 from sandboxd import FailedPrecondition, InvalidArgument, NotFound, RPCError, Unavailable
 from sandboxd._models import Mount, SandboxOptions, SandboxState
 from sandboxd.api import RUNTIME_SERVICE
@@ -40,13 +40,7 @@ from sandboxd.runtime import Controller, open_controller
 
 #: Real seconds a test may take before it is a hang.
 GUARD = 15
-BIN = Path(sys.executable).parent
-SANDBOXD = str(BIN / "sandboxd")
 SANDBOXCTL = str(BIN / "sandboxctl")
-#: Seconds the daemon gets to start serving, or to exit after SIGTERM.
-STARTUP = 10.0
-#: Seconds between two connection attempts while probing a starting daemon.
-PROBE_INTERVAL = 0.02
 
 
 # -- helpers -------------------------------------------------------------------------------------
@@ -62,13 +56,6 @@ def rootfs_with(*writable: Path) -> list[Mount]:
         Mount("tmpfs", "tmpfs", "/tmp"),
         *(Mount("bind", str(path), str(path), ("rw",)) for path in writable),
     ]
-
-
-def pid_namespace(pid: int | str) -> str | None:
-    try:
-        return os.readlink(f"/proc/{pid}/ns/pid")
-    except OSError:
-        return None
 
 
 def namespace_members(init_pid: int) -> list[int]:
@@ -113,20 +100,6 @@ def status_field(pid: int, key: str) -> str:
 def survivors(pids: Sequence[int]) -> list[tuple[int, str | None]]:
     """Those of ``pids`` still running (neither gone nor zombies)."""
     return [(pid, proc_state(pid)) for pid in pids if is_alive(pid)]
-
-
-async def all_ended(pids: Sequence[int]) -> None:
-    """Return once each of ``pids`` has ended (is gone or a zombie), awaited on pidfds."""
-    for pid in pids:
-        try:
-            pidfd = os.pidfd_open(pid)
-        except ProcessLookupError:
-            continue
-        try:
-            # A pidfd becomes readable when its process has exited.
-            await trio.lowlevel.wait_readable(pidfd)
-        finally:
-            os.close(pidfd)
 
 
 def interfaces(proc_net_dev: str) -> set[str]:

@@ -14,23 +14,23 @@ the ``reaper`` fixture, which SIGKILLs them (and their groups) at teardown.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import closing, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 
-from procs import Fifo, is_alive, proc_pgrp
+from daemons import DATABASE, PROBE_INTERVAL, STARTUP, Daemons, daemon_env, stored_records
+from procs import Fifo, Reaper, all_ended, is_alive, pid_namespace, proc_pgrp
 from sandboxd import (
     BwrapBackend,
     Mount,
@@ -44,16 +44,7 @@ from sandboxd import (
     connect,
     open_controller,
 )
-from sandboxd.api import RUNTIME_SERVICE
-from sandboxd.rpc import open_client
 
-BIN = Path(sys.executable).parent
-SANDBOXD = str(BIN / "sandboxd")
-DATABASE = "sandboxd.db"
-#: Seconds the daemon gets to start serving (or to exit), and any wait on a process.
-STARTUP = 10.0
-#: Seconds between two attempts of a bounded poll (see the module's docstring).
-PROBE_INTERVAL = 0.02
 #: Exit status of a sandbox killed by SIGKILL.
 KILLED = 128 + signal.SIGKILL
 #: SQLite's shared-memory index of a WAL database: 32 KiB, written when first mapped.
@@ -86,22 +77,6 @@ sys.stdout.write("returned\\n")
 # -- processes -----------------------------------------------------------------------------------
 
 
-def start_ticks(pid: int) -> int | None:
-    """``pid``'s start time (clock ticks after boot), None when it is gone."""
-    try:
-        data = Path(f"/proc/{pid}/stat").read_bytes()
-    except OSError:
-        return None
-    return int(data[data.rfind(b")") + 2 :].split()[19])
-
-
-def pid_namespace(pid: int | str) -> str | None:
-    try:
-        return os.readlink(f"/proc/{pid}/ns/pid")
-    except OSError:
-        return None
-
-
 def sandbox_members(sandboxer: str, pid: int) -> list[int]:
     """Host pids of the live processes of a sandbox: its pid namespace (bwrap) or its
     process group (process)."""
@@ -125,49 +100,6 @@ def sandbox_members(sandboxer: str, pid: int) -> list[int]:
     ]
 
 
-async def all_ended(pids: Sequence[int]) -> None:
-    """Return once each of ``pids`` has ended (gone or a zombie), awaited on pidfds."""
-    with trio.fail_after(STARTUP):
-        for pid in pids:
-            try:
-                pidfd = os.pidfd_open(pid)
-            except ProcessLookupError:
-                continue
-            try:
-                await trio.lowlevel.wait_readable(pidfd)  # readable once it has exited
-            finally:
-                os.close(pidfd)
-
-
-@dataclass
-class Reaper:
-    """Processes to SIGKILL at teardown (each with its process group), unless their pid was
-    taken by another process meanwhile."""
-
-    pids: list[tuple[int, int | None]] = field(default_factory=list)
-
-    def add(self, pid: int) -> None:
-        self.pids.append((pid, start_ticks(pid)))
-
-    def kill_all(self) -> None:
-        for pid, ticks in self.pids:
-            now = start_ticks(pid)
-            if now is not None and now != ticks:
-                continue  # a new process has this pid
-            for kill in (os.killpg, os.kill):
-                with suppress(ProcessLookupError, PermissionError):
-                    kill(pid, signal.SIGKILL)
-
-
-@pytest.fixture
-def reaper() -> Iterator[Reaper]:
-    reaper = Reaper()
-    try:
-        yield reaper
-    finally:
-        reaper.kill_all()
-
-
 def stubborn(ready: Path) -> SandboxOptions:
     """A sandbox that ignores SIGTERM (sh, then sleep, which inherits the ignored signal)
     and says so on ``ready`` once it does."""
@@ -176,105 +108,7 @@ def stubborn(ready: Path) -> SandboxOptions:
     )
 
 
-# -- the daemon ----------------------------------------------------------------------------------
-
-
-@dataclass
-class Daemon:
-    process: trio.Process
-    socket: str
-    log: Path
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    async def serving(self) -> None:
-        """Return once the daemon answers on its socket (the bounded readiness probe)."""
-        with trio.fail_after(STARTUP):
-            while True:
-                if self.process.poll() is not None:
-                    pytest.fail(
-                        f"daemon exited with {self.process.returncode} before serving:\n"
-                        + self.output()
-                    )
-                try:
-                    async with open_client(self.socket) as client:
-                        await client.call(RUNTIME_SERVICE, "Version", {})
-                        return
-                except Unavailable:
-                    await trio.sleep(PROBE_INTERVAL)
-
-    async def crash(self) -> None:
-        """SIGKILL the daemon and reap it."""
-        self.process.kill()
-        with trio.fail_after(STARTUP):
-            await self.process.wait()
-
-    async def terminate(self) -> int:
-        """SIGTERM the daemon; its exit status."""
-        self.process.send_signal(signal.SIGTERM)
-        with trio.fail_after(STARTUP):
-            return await self.process.wait()
-
-
-@dataclass
-class Daemons:
-    """Starts ``sandboxd serve`` on one socket and state directory; kills leftovers."""
-
-    socket: str
-    state_dir: Path
-    logs: Path
-    started: list[Daemon] = field(default_factory=list)
-
-    @property
-    def database(self) -> Path:
-        return self.state_dir / DATABASE
-
-    async def start(self, prefix: Sequence[str] = ()) -> Daemon:
-        """A new daemon (run under ``prefix``, e.g. ``prlimit ...``), serving."""
-        log = self.logs / f"daemon-{len(self.started)}.log"
-        state = str(self.state_dir)
-        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        try:
-            process = await trio.lowlevel.open_process(
-                [*prefix, SANDBOXD, "serve", "--socket", self.socket, "--state-dir", state],
-                stdin=subprocess.DEVNULL,
-                stdout=fd,
-                stderr=fd,
-                env=daemon_env(),
-            )
-        finally:
-            os.close(fd)
-        daemon = Daemon(process, self.socket, log)
-        self.started.append(daemon)
-        await daemon.serving()
-        return daemon
-
-    async def kill_all(self) -> None:
-        for daemon in self.started:
-            if daemon.process.poll() is None:
-                daemon.process.kill()
-            with trio.move_on_after(STARTUP):
-                await daemon.process.wait()
-
-
-def daemon_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("SANDBOXD_SOCKET", None)
-    env.pop("SANDBOXD_STATE_DIR", None)
-    return env
-
-
-@pytest.fixture
-async def daemons(sock_path: str, tmp_path: Path) -> AsyncIterator[Daemons]:
-    logs = tmp_path / "daemon-logs"
-    logs.mkdir()
-    daemons = Daemons(sock_path, tmp_path / "state", logs)
-    try:
-        yield daemons
-    finally:
-        with trio.CancelScope(shield=True):
-            await daemons.kill_all()
+# -- clients in processes of their own -----------------------------------------------------------
 
 
 @dataclass
@@ -486,12 +320,6 @@ async def test_children_left_behind_by_an_exiting_init_do_not_survive_shutdown(
 
 
 # -- a disk that refuses writes ------------------------------------------------------------------
-
-
-def stored_records(database: Path) -> dict[str, dict[str, Any]]:
-    with closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
-        rows = db.execute("SELECT sandbox_id, record FROM sandboxes").fetchall()
-    return {sandbox_id: json.loads(record) for sandbox_id, record in rows}
 
 
 def integrity(database: Path) -> list[str]:

@@ -20,7 +20,6 @@ import select
 import signal
 import stat
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -32,18 +31,12 @@ from typing import Any
 
 import pytest
 
+from daemons import BIN, PROBE_INTERVAL, SANDBOXD, STARTUP
 from sandboxd import Code, Unavailable, __version__
 from sandboxd.api import RUNTIME_SERVICE, SyncController
 from sandboxd.rpc import SyncClient
 
-BIN = Path(sys.executable).parent
 SANDBOXCTL = str(BIN / "sandboxctl")
-SANDBOXD = str(BIN / "sandboxd")
-
-#: Seconds the daemon gets to start serving, or to exit after SIGTERM.
-STARTUP = 10.0
-#: Seconds between two connection attempts while probing a starting daemon.
-PROBE_INTERVAL = 0.02
 #: Seconds any one sandboxctl run may take before the test fails.
 RUN_LIMIT = 30.0
 

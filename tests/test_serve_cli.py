@@ -8,28 +8,21 @@ client would.  The daemon's stdout and stderr go to a file that failing assertio
 from __future__ import annotations
 
 import os
-import signal
 import stat
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
 import trio
 
+from daemons import STARTUP, Daemon, daemon_env
 from procs import is_alive
 from sandboxd import NotFound, Unavailable
 from sandboxd._models import SandboxOptions, SandboxState
-from sandboxd.api import RUNTIME_SERVICE, connect
-from sandboxd.rpc import open_client
-
-#: Seconds the daemon gets to start serving, or to exit after SIGTERM.
-STARTUP = 10.0
-#: Seconds between two connection attempts while waiting for the daemon to serve.
-PROBE_INTERVAL = 0.02
+from sandboxd.api import connect
 
 
 def sandboxd_argv(*args: str) -> list[str]:
@@ -38,57 +31,12 @@ def sandboxd_argv(*args: str) -> list[str]:
     return [*base, *args]
 
 
-def daemon_env(state_dir: Path) -> dict[str, str]:
-    # The daemon's state (sandbox logs) goes to the test's directory, not the user's home.
-    env = dict(os.environ)
-    env.pop("SANDBOXD_SOCKET", None)
-    env["SANDBOXD_STATE_DIR"] = str(state_dir)
-    return env
-
-
 def open_log(path: Path) -> int:
     return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
 
 
 def exists(path: str) -> bool:
     return os.path.lexists(path)
-
-
-@dataclass
-class Daemon:
-    process: trio.Process
-    log: Path
-    socket: str
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    async def serving(self) -> None:
-        """Return once the daemon answers on its socket.
-
-        A readiness probe: the daemon gives no other sign that it is ready (no notify
-        socket, no pid file), so connections are attempted every PROBE_INTERVAL seconds,
-        for at most STARTUP seconds, giving up at once if the daemon has exited.
-        """
-        with trio.fail_after(STARTUP):
-            while True:
-                if self.process.poll() is not None:
-                    pytest.fail(
-                        f"daemon exited with {self.process.returncode} before serving:\n"
-                        + self.output()
-                    )
-                try:
-                    async with open_client(self.socket) as client:
-                        await client.call(RUNTIME_SERVICE, "Version", {})
-                        return
-                except Unavailable:
-                    await trio.sleep(PROBE_INTERVAL)
-
-    async def terminate(self) -> int:
-        """SIGTERM the daemon; its exit status."""
-        self.process.send_signal(signal.SIGTERM)
-        with trio.fail_after(STARTUP):
-            return await self.process.wait()
 
 
 @asynccontextmanager
@@ -106,7 +54,7 @@ async def running_daemon(sock_path: str, tmp_path: Path, name: str) -> AsyncIter
         )
     finally:
         os.close(fd)
-    daemon = Daemon(process, log, sock_path)
+    daemon = Daemon(process, sock_path, log)
     try:
         await daemon.serving()
         yield daemon
@@ -115,17 +63,6 @@ async def running_daemon(sock_path: str, tmp_path: Path, name: str) -> AsyncIter
             process.kill()
         with trio.CancelScope(shield=True), trio.move_on_after(STARTUP):
             await process.wait()
-
-
-@pytest.fixture
-def reap() -> Iterator[list[int]]:
-    """Pids of process sandboxes, whose groups are SIGKILLed at teardown: they outlive the
-    daemon by design."""
-    pids: list[int] = []
-    yield pids
-    for pid in pids:
-        with suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGKILL)
 
 
 async def test_daemon_serves_then_exits_0_on_sigterm_leaving_sandboxes_running(
