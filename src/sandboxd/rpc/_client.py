@@ -73,6 +73,34 @@ def connection_error(frame: Frame) -> RPCError | None:
     return None
 
 
+#: How every successful response envelope begins: a map of one entry, "payload", whose value
+#: (a byte string) fills the rest.
+_OK_ENVELOPE: Final = b"\xa1\x67payload"
+_OK_AT: Final = len(_OK_ENVELOPE)
+
+
+def response_payload(envelope: bytes) -> bytes:
+    """What :func:`~sandboxd.wire.decode_response` returns for ``envelope`` (or raises).
+
+    The common case, a success envelope, is read here without a CBOR decoder: it is exactly
+    ``_OK_ENVELOPE``, a definite byte string head and the byte string, nothing after it.
+    Everything else (errors, any other encoding) goes to ``decode_response``.
+    """
+    if envelope.startswith(_OK_ENVELOPE) and len(envelope) > _OK_AT:
+        head = envelope[_OK_AT]
+        if 0x40 <= head <= 0x57:  # the length is in the head
+            start = _OK_AT + 1
+            length = head - 0x40
+        elif 0x58 <= head <= 0x5B:  # the length follows in 1, 2, 4 or 8 bytes
+            start = _OK_AT + 1 + (1 << (head - 0x58))
+            length = int.from_bytes(envelope[_OK_AT + 1 : start], "big")
+        else:
+            return decode_response(envelope)
+        if start + length == len(envelope):
+            return envelope[start:]
+    return decode_response(envelope)
+
+
 def copy_error(err: RPCError) -> RPCError:
     """A fresh exception like ``err``, to raise in one more place."""
     return type(err)(err.message, details=err.details)
@@ -236,7 +264,7 @@ class Client:
         if pending.error is not None:
             raise pending.error
         assert pending.frame_payload is not None
-        return loads_message(decode_response(pending.frame_payload), "response payload")
+        return loads_message(response_payload(pending.frame_payload), "response payload")
 
     @asynccontextmanager
     async def stream(
