@@ -1078,6 +1078,53 @@ async def test_a_call_takes_the_reading_over_from_the_reader_task_and_gives_it_b
             assert is_reader_task(sock.readers[-1])
 
 
+class TaskSteps(trio.abc.Instrument):
+    """Counts the steps of the reader tasks while installed."""
+
+    def __init__(self) -> None:
+        self.reader_steps = 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if is_reader_task(task):
+            self.reader_steps += 1
+
+
+@asynccontextmanager
+async def counting_reader_steps() -> AsyncIterator[TaskSteps]:
+    steps = TaskSteps()
+    trio.lowlevel.add_instrument(steps)
+    try:
+        yield steps
+    finally:
+        trio.lowlevel.remove_instrument(steps)
+
+
+async def test_calls_in_quick_succession_do_not_wake_the_reader_task(
+    sock_path: str, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    await start_server(nursery, sock_path)
+    with trio.fail_after(GUARD):
+        async with open_client(sock_path) as client:
+            assert await client.call(SVC, "Echo", {"first": 1}) == {"first": 1}
+            async with counting_reader_steps() as steps:
+                for i in range(50):
+                    assert await client.call(SVC, "Echo", {"i": i}) == {"i": i}
+            assert steps.reader_steps <= 1
+
+
+async def test_the_reader_task_sleeps_while_one_call_reads_for_long(
+    sock_path: str, autojump_clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(GUARD * 10):
+        async with raw_client(sock_path) as (client, peer), trio.open_nursery() as callers:
+            async with counting_reader_steps() as steps:
+                task = spawn(callers, call(client, "Hang", timeout=200))
+                await peer.next_request()
+                await task.wait()
+            assert isinstance(task.error, sandboxd.DeadlineExceeded)
+            assert steps.reader_steps <= 3
+
+
 async def test_cancelling_every_call_at_once_leaves_the_client_reading(
     sock_path: str, autojump_clock: trio.testing.MockClock
 ) -> None:
@@ -1104,8 +1151,12 @@ async def test_cancelling_every_call_at_once_leaves_the_client_reading(
                     + encode_frame(stream_id, FrameType.DATA, END_FLAGS, b"")
                 )
                 assert [m async for m in messages] == [{"i": 0}]
-            # With nothing pending, the reader task notices the end of the connection.
+            # With nothing pending, the reader task watches the socket once the client has been
+            # idle a while, and notices the end of the connection.
             await peer.stream.aclose()
+            for _ in range(3):
+                await trio.testing.wait_all_tasks_blocked()
+                autojump_clock.jump(1)
             await trio.testing.wait_all_tasks_blocked()
             assert client.closed
             with pytest.raises(sandboxd.Unavailable):

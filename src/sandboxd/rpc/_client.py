@@ -10,10 +10,11 @@ the call it belongs to, by stream id:
 * A unary call that finds another call reading *follows*: it sleeps until the leader hands
   it its reply, or, when the leader is done (answered, cancelled or timed out) while the
   follower still waits, hands it the reading instead.
-* While no unary call waits (the connection is idle, or only streams are open), the
-  connection's reader task (:meth:`Client.reader`) reads, so that stream messages arrive and
-  a connection that ends is noticed at once.  A call that comes along takes the reading over
-  from it.
+* While no unary call waits, the connection's reader task (:meth:`Client.reader`) reads: at
+  once for open streams, and for an idle connection once no call has ended for
+  :data:`_IDLE_AFTER` seconds (so that calls in quick succession do not wake it each time),
+  so that a connection that ends while idle is noticed.  A call that comes along takes the
+  reading over from it.
 
 When the connection ends, every pending call fails at once with UNAVAILABLE, or with the
 error the server gave for the whole connection (an error RESPONSE on stream 0, such as
@@ -58,6 +59,8 @@ _RESPONSE: Final = int(FrameType.RESPONSE)
 _DATA: Final = int(FrameType.DATA)
 _NO_DATA: Final = int(Flags.NO_DATA)
 _REMOTE_CLOSED: Final = int(Flags.REMOTE_CLOSED)
+#: Seconds without a call ending after which the reader task watches an idle connection.
+_IDLE_AFTER: Final = 0.01
 #: Messages a stream holds for a consumer that is not reading before the stream is ended.
 DEFAULT_STREAM_BUFFER: Final = 1024
 
@@ -187,8 +190,11 @@ class Client:
         self._followers: dict[int, _Pending] = {}
         # The reader task's wait for the socket, while it reads (cancelled to take over).
         self._reader_scope: trio.CancelScope | None = None
-        # The reader task, while it sleeps because a call reads.
+        # The reader task while it sleeps, and whether it sleeps only until _IDLE_AFTER.
         self._reader_task: Task | None = None
+        self._reader_sleep_timed = False
+        # How many times a leader was done with nobody to hand the reading to.
+        self._handbacks = 0
 
     @property
     def closed(self) -> bool:
@@ -286,6 +292,8 @@ class Client:
         deadline = math.inf if timeout is None else trio.current_time() + timeout
         pending = self._send_request(service, method, message, deadline, metadata)
         pending.buffer = collections.deque()
+        if self._leader is None:
+            self._wake_reader()  # to read the stream's messages
         try:
             yield _StreamMessages(self, pending, deadline, f"{service}/{method}")
         finally:
@@ -320,13 +328,19 @@ class Client:
             scope.cancel()
 
     def _hand_off(self) -> None:
-        """The leader is done reading: the oldest follower reads next, or the reader task."""
+        """The leader is done reading: the oldest follower reads next, or the reader task
+        (which a caller making one call after another does not wake each time)."""
         if self._followers:
             follower = self._followers.pop(next(iter(self._followers)))
             self._leader = follower
             self._wake(follower)
             return
         self._leader = None
+        self._handbacks += 1
+        if self._pending or not self._reader_sleep_timed:
+            self._wake_reader()
+
+    def _wake_reader(self) -> None:
         task = self._reader_task
         if task is not None:
             self._reader_task = None
@@ -385,28 +399,48 @@ class Client:
         ends; then fail all calls.  Run it in a task of its own for as long as the client is
         used; when it is cancelled, the client is closed."""
         reason = "connection to the server was closed"
+        seen = self._handbacks
         try:
             while self._closed_error is None:
-                if self._leader is not None:
-                    self._reader_task = current_task()
-                    await _park(self._abort_reader_sleep)
-                    continue
-                if self._transport.closed:
-                    raise trio.ClosedResourceError("transport was closed")
-                scope = self._reader_scope = trio.CancelScope()
-                try:
-                    with scope:
-                        await wait_readable(self._transport.socket)
-                finally:
-                    if self._reader_scope is scope:
-                        self._reader_scope = None
-                if self._leader is None:  # else a call took over: what is there is its to read
-                    self._receive()
+                if self._leader is None and (self._pending or self._handbacks == seen):
+                    # Streams wait for messages, or no call has ended for a while.
+                    await self._read_for_nobody()
+                elif self._handbacks != seen:
+                    # Calls come and go: look again in a while rather than be woken by each.
+                    seen = self._handbacks
+                    await self._sleep_reader(timed=True)
+                else:
+                    # One call has been reading for a while: wait until it is done.
+                    await self._sleep_reader(timed=False)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             reason = f"connection to the server was lost: {exc}"
         finally:
             self._reader_task = None
             self._fail_all(Unavailable(reason))
+
+    async def _read_for_nobody(self) -> None:
+        """Wait for the socket and read, unless a call takes the reading over meanwhile."""
+        if self._transport.closed:
+            raise trio.ClosedResourceError("transport was closed")
+        scope = self._reader_scope = trio.CancelScope()
+        try:
+            with scope:
+                await wait_readable(self._transport.socket)
+        finally:
+            if self._reader_scope is scope:
+                self._reader_scope = None
+        if self._leader is None:  # else a call took over: what is there is its to read
+            self._receive()
+
+    async def _sleep_reader(self, *, timed: bool) -> None:
+        """Sleep until woken (:meth:`_wake_reader`) or, if ``timed``, ``_IDLE_AFTER`` passes."""
+        self._reader_task = current_task()
+        self._reader_sleep_timed = timed
+        if timed:
+            with trio.move_on_after(_IDLE_AFTER):
+                await _park(self._abort_reader_sleep)
+        else:
+            await _park(self._abort_reader_sleep)
 
     def _abort_reader_sleep(self, _: RaiseCancelT) -> Abort:
         self._reader_task = None
@@ -491,6 +525,7 @@ class Client:
         for pending in list(self._pending.values()):
             self._finish(pending, error=copy_error(error))
         self._transport.close()
+        self._wake_reader()  # to end
 
     def close(self) -> None:
         """Close the connection; pending calls fail with UNAVAILABLE."""
