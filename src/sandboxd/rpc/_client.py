@@ -35,6 +35,9 @@ from trio.lowlevel import Abort, RaiseCancelT, Task, current_task, reschedule, w
 from trio.lowlevel import wait_task_rescheduled as _park
 
 from ..wire import (
+    HEADER,
+    HEADER_SIZE,
+    MAX_PAYLOAD,
     DeadlineExceeded,
     Flags,
     Frame,
@@ -312,10 +315,17 @@ class Client:
             await self._sleep(pending)
             if self._leader is not pending:
                 return  # answered (or the connection ended) while following
+        transport = self._transport
         try:
             while not pending.finished:
-                await self._wait_readable()
-                self._receive()
+                try:
+                    if transport.closed:
+                        raise trio.ClosedResourceError("transport was closed")
+                    await wait_readable(transport.socket)
+                except trio.ClosedResourceError as exc:
+                    self._fail_all(Unavailable(f"connection to the server was lost: {exc}"))
+                else:
+                    self._receive()
         finally:
             self._hand_off()
 
@@ -363,16 +373,6 @@ class Client:
         if task is not None:
             pending.task = None
             reschedule(task)
-
-    async def _wait_readable(self) -> None:
-        """Wait until the socket has something to read (or the connection has ended)."""
-        transport = self._transport
-        try:
-            if transport.closed:
-                raise trio.ClosedResourceError("transport was closed")
-            await wait_readable(transport.socket)
-        except trio.ClosedResourceError as exc:
-            self._fail_all(Unavailable(f"connection to the server was lost: {exc}"))
 
     def _receive(self) -> None:
         """Read what the socket holds now and route it (only the reading task calls this)."""
@@ -448,11 +448,21 @@ class Client:
 
     # -- routing frames -------------------------------------------------------------------
 
+    def _frames(self, data: bytes) -> Sequence[Frame | OversizedFrame]:
+        """The frames ``data`` completes: ``self._decoder.feed(data)``, without copying into
+        the decoder's buffer when ``data`` is exactly one frame (the common read)."""
+        decoder = self._decoder
+        if len(data) >= HEADER_SIZE and not decoder.buffered and not decoder.discarding:
+            length, stream_id, frame_type, flags = HEADER.unpack_from(data)
+            if length <= MAX_PAYLOAD and len(data) == HEADER_SIZE + length:
+                return (Frame(stream_id, frame_type, flags, data[HEADER_SIZE:]),)
+        return decoder.feed(data)
+
     def _route(self, data: bytes) -> None:
         """Hand the frames ``data`` completes to their calls."""
         filled: list[_Pending] = []
         pending_calls = self._pending
-        for event in self._decoder.feed(data):
+        for event in self._frames(data):
             pending = pending_calls.get(event.stream_id)
             if pending is None:
                 if event.stream_id == 0 and isinstance(event, Frame):
