@@ -1290,3 +1290,23 @@ def test_frames_read_in_any_pieces_are_the_frames_sent(
             assert list(client._frames(piece)) == reference.feed(piece)
     finally:
         client._transport.socket.close()
+
+
+# -- 15. replies left encoded --------------------------------------------------------------------
+
+
+async def test_call_encoded_returns_the_bytes_call_decodes_and_raises_the_same_errors(
+    sock_path: str, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    await start_server(nursery, sock_path)
+    with trio.fail_after(GUARD):
+        async with open_client(sock_path) as client:
+            encoded = await client.call_encoded(SVC, "Echo", {"a": [1, "b"]})
+            assert type(encoded) is bytes
+            assert loads_message(encoded) == {"a": [1, "b"]}
+            assert loads_message(await client.call_encoded(SVC, "Echo")) == {}
+            with pytest.raises(sandboxd.NotFound, match="x"):
+                await client.call_encoded(SVC, "FailInline", {"text": "x"})
+            with pytest.raises(sandboxd.DeadlineExceeded):
+                await client.call_encoded(SVC, "Hang", timeout=0.5)
+            assert await client.call(SVC, "Echo", {"a": 1}) == {"a": 1}

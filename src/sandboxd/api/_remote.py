@@ -22,6 +22,7 @@ from .._models import (
     SandboxStatus,
 )
 from ..rpc import Client, open_client
+from ..wire import loads_message
 from . import _convert as convert
 from ._controller_service import CONTROLLER_SERVICE
 from ._runtime_service import RUNTIME_SERVICE
@@ -44,7 +45,10 @@ class RemoteController:
     :func:`connect`.
 
     Same methods, same arguments, same results and the same errors as the in-process
-    Controller, so code written against one runs against the other.  The caller's trio
+    Controller, so code written against one runs against the other.  Like the in-process
+    Controller's status snapshots, a model may be the very object returned before: a query
+    answered with the same bytes as the last one of its method gives the same (frozen) model
+    again, without decoding it.  The caller's trio
     deadline (the innermost cancel scope's) travels with each call, so the server gives up
     when the caller does; cancelling a call tells the server to cancel it.  When the
     connection is lost, pending and later calls raise :class:`~sandboxd.Unavailable`.
@@ -52,6 +56,8 @@ class RemoteController:
 
     def __init__(self, client: Client) -> None:
         self._client = client
+        # Per decoder, the last reply it decoded (its bytes) and the model it made of it.
+        self._decoded: dict[Callable[[Mapping[str, Any]], Any], tuple[bytes, Any]] = {}
 
     @property
     def client(self) -> Client:
@@ -64,6 +70,27 @@ class RemoteController:
         return await self._client.call(
             service, method, message, send_deadline=None if deadline == math.inf else deadline
         )
+
+    async def _query(
+        self, method: str, message: Mapping[str, Any], decode: Callable[[Mapping[str, Any]], _T]
+    ) -> _T:
+        """The reply to a call as the (frozen) model ``decode`` makes of it.
+
+        A reply with the same bytes as the last one ``decode`` was given (a sandbox polled
+        while it does not change) gives the same model again without decoding it: the
+        in-process Controller, too, returns one status snapshot until the sandbox changes.
+        """
+        deadline = trio.current_effective_deadline()
+        payload = await self._client.call_encoded(
+            _S, method, message, send_deadline=None if deadline == math.inf else deadline
+        )
+        last = self._decoded.get(decode)
+        if last is not None and last[0] == payload:
+            model: _T = last[1]
+            return model
+        model = decode_reply(decode, loads_message(payload, "response payload"))
+        self._decoded[decode] = (payload, model)
+        return model
 
     async def version(self) -> Mapping[str, Any]:
         """``{version, protocol}`` of the server."""
@@ -83,36 +110,32 @@ class RemoteController:
         msg = convert.create_message(
             sandbox_id, sandboxer, options, rootfs, netns_path, annotations, labels
         )
-        return decode_reply(convert.created_from, await self._call("Create", msg))
+        return await self._query("Create", msg, convert.created_from)
 
     async def start(self, sandbox_id: str) -> SandboxInstance:
-        reply = await self._call("Start", {"sandbox_id": sandbox_id})
-        return decode_reply(convert.instance_from, reply)
+        return await self._query("Start", {"sandbox_id": sandbox_id}, convert.instance_from)
 
     async def stop(self, sandbox_id: str, *, timeout_secs: float | None = None) -> None:
         await self._call("Stop", convert.stop_message(sandbox_id, timeout_secs))
 
     async def wait(self, sandbox_id: str) -> ExitStatus:
-        reply = await self._call("Wait", {"sandbox_id": sandbox_id})
-        return decode_reply(convert.exit_from, reply)
+        return await self._query("Wait", {"sandbox_id": sandbox_id}, convert.exit_from)
 
     async def shutdown(self, sandbox_id: str) -> None:
         await self._call("Shutdown", {"sandbox_id": sandbox_id})
 
     async def status(self, sandbox_id: str, *, verbose: bool = False) -> SandboxStatus:
-        reply = await self._call("Status", convert.status_request_message(sandbox_id, verbose))
-        return decode_reply(convert.status_from, reply)
+        message = convert.status_request_message(sandbox_id, verbose)
+        return await self._query("Status", message, convert.status_from)
 
     async def platform(self, sandbox_id: str) -> Platform:
-        reply = await self._call("Platform", {"sandbox_id": sandbox_id})
-        return decode_reply(convert.platform_from, reply)
+        return await self._query("Platform", {"sandbox_id": sandbox_id}, convert.platform_from)
 
     async def ping(self, sandbox_id: str) -> None:
         await self._call("Ping", {"sandbox_id": sandbox_id})
 
     async def metrics(self, sandbox_id: str) -> SandboxMetrics:
-        reply = await self._call("Metrics", {"sandbox_id": sandbox_id})
-        return decode_reply(convert.metrics_from, reply)
+        return await self._query("Metrics", {"sandbox_id": sandbox_id}, convert.metrics_from)
 
     async def list(self, labels: Mapping[str, str] | None = None) -> list[SandboxStatus]:
         reply = await self._call("List", convert.list_message(labels))

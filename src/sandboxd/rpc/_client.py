@@ -256,6 +256,29 @@ class Client:
         call, and the cancellation propagates; replies this task was reading for other calls
         are not lost (another waiting call, or the reader task, reads on).
         """
+        payload = await self.call_encoded(
+            service,
+            method,
+            message,
+            timeout=timeout,
+            metadata=metadata,
+            send_deadline=send_deadline,
+        )
+        return loads_message(payload, "response payload")
+
+    async def call_encoded(
+        self,
+        service: str,
+        method: str,
+        message: Mapping[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+        metadata: Mapping[str, Sequence[str]] | None = None,
+        send_deadline: float | None = None,
+    ) -> bytes:
+        """Like :meth:`call`, but return the response message still encoded: the CBOR bytes
+        :meth:`call` decodes (``b""`` stands for the empty message), for callers that decode
+        it themselves.  Same arguments, errors and cancellation as :meth:`call`."""
         deadline = math.inf if timeout is None else trio.current_time() + timeout
         wire_deadline = deadline if send_deadline is None else min(deadline, send_deadline)
         pending = self._send_request(service, method, message, wire_deadline, metadata)
@@ -273,7 +296,7 @@ class Client:
         if pending.error is not None:
             raise pending.error
         assert pending.frame_payload is not None
-        return loads_message(response_payload(pending.frame_payload), "response payload")
+        return response_payload(pending.frame_payload)
 
     @asynccontextmanager
     async def stream(
