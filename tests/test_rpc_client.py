@@ -40,7 +40,6 @@ from sandboxd.rpc import (
 )
 from sandboxd.rpc._client import response_payload
 from sandboxd.rpc._transport import Transport
-from sandboxd.wire import HEADER as FrameHeader
 from sandboxd.wire import (
     MAX_PAYLOAD,
     Code,
@@ -1255,44 +1254,7 @@ def test_response_payload_agrees_with_decode_response(envelope: bytes) -> None:
     assert outcome(response_payload, envelope) == outcome(decode_response, envelope)
 
 
-# -- 14. frames read whole or in pieces ----------------------------------------------------------
-
-
-frame_lists = st.lists(
-    st.builds(
-        lambda stream_id, frame_type, flags, payload: encode_frame(
-            stream_id, frame_type, flags, payload
-        ),
-        st.integers(0, 2**32 - 1),
-        st.sampled_from([1, 2, 3, 9]),
-        st.integers(0, 255),
-        st.binary(max_size=30),
-    ),
-    max_size=5,
-)
-
-
-@given(frame_lists, st.lists(st.integers(1, 40), max_size=10), st.booleans())
-def test_frames_read_in_any_pieces_are_the_frames_sent(
-    frames: list[bytes], cuts: list[int], oversized: bool
-) -> None:
-    data = b"".join(frames)
-    if oversized:  # a header announcing more than the limit, then a little of its payload
-        data += FrameHeader.pack(MAX_PAYLOAD + 1, 7, 2, 0) + b"\0" * 5
-    pieces, pos = [], 0
-    for cut in [*cuts, len(data)]:
-        pieces.append(data[pos : pos + cut])
-        pos += cut
-    client = Client(Transport(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)))
-    reference = FrameDecoder()
-    try:
-        for piece in pieces:
-            assert list(client._frames(piece)) == reference.feed(piece)
-    finally:
-        client._transport.socket.close()
-
-
-# -- 15. replies left encoded --------------------------------------------------------------------
+# -- 14. replies left encoded --------------------------------------------------------------------
 
 
 async def test_call_encoded_returns_the_bytes_call_decodes_and_raises_the_same_errors(

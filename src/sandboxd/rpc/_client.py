@@ -35,9 +35,6 @@ from trio.lowlevel import Abort, RaiseCancelT, Task, current_task, reschedule, w
 from trio.lowlevel import wait_task_rescheduled as _park
 
 from ..wire import (
-    HEADER,
-    HEADER_SIZE,
-    MAX_PAYLOAD,
     DeadlineExceeded,
     Flags,
     Frame,
@@ -471,21 +468,11 @@ class Client:
 
     # -- routing frames -------------------------------------------------------------------
 
-    def _frames(self, data: bytes) -> Sequence[Frame | OversizedFrame]:
-        """The frames ``data`` completes: ``self._decoder.feed(data)``, without copying into
-        the decoder's buffer when ``data`` is exactly one frame (the common read)."""
-        decoder = self._decoder
-        if len(data) >= HEADER_SIZE and not decoder.buffered and not decoder.discarding:
-            length, stream_id, frame_type, flags = HEADER.unpack_from(data)
-            if length <= MAX_PAYLOAD and len(data) == HEADER_SIZE + length:
-                return (Frame(stream_id, frame_type, flags, data[HEADER_SIZE:]),)
-        return decoder.feed(data)
-
     def _route(self, data: bytes) -> None:
         """Hand the frames ``data`` completes to their calls."""
         filled: list[_Pending] = []
         pending_calls = self._pending
-        for event in self._frames(data):
+        for event in self._decoder.feed(data):
             pending = pending_calls.get(event.stream_id)
             if pending is None:
                 if event.stream_id == 0 and isinstance(event, Frame):
