@@ -1272,3 +1272,51 @@ async def test_call_encoded_returns_the_bytes_call_decodes_and_raises_the_same_e
             with pytest.raises(sandboxd.DeadlineExceeded):
                 await client.call_encoded(SVC, "Hang", timeout=0.5)
             assert await client.call(SVC, "Echo", {"a": 1}) == {"a": 1}
+
+
+# -- 15. waiting for stream messages -------------------------------------------------------------
+
+
+async def test_a_stream_timeout_ends_the_wait_for_messages_with_deadline_exceeded(
+    sock_path: str, autojump_clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(GUARD):
+        async with raw_client(sock_path) as (client, peer):
+            start = trio.current_time()
+            with pytest.raises(sandboxd.DeadlineExceeded):
+                async with client.stream(SVC, "Endless", timeout=1.0) as messages:
+                    stream_id, request = await peer.next_request()
+                    assert 0 < request.timeout_nano <= 1_000_000_000
+                    await peer.stream.send_all(
+                        encode_frame(stream_id, FrameType.DATA, 0, dumps({"i": 0}))
+                    )
+                    assert await anext(messages) == {"i": 0}
+                    await anext(messages)
+            assert trio.current_time() - start == pytest.approx(1.0, abs=1e-3)
+            assert await peer.next_frame() == Frame(stream_id, FrameType.DATA, END_FLAGS, b"")
+            assert not client.closed
+
+
+async def test_cancelling_a_stream_consumer_that_waits_leaves_the_client_working(
+    sock_path: str, autojump_clock: trio.testing.MockClock
+) -> None:
+    async def consume(client: Client) -> None:
+        async with client.stream(SVC, "Endless") as messages:
+            async for _ in messages:  # pragma: no cover
+                pass
+
+    with trio.fail_after(GUARD):
+        async with raw_client(sock_path) as (client, peer):
+            async with trio.open_nursery() as consumers:
+                consumers.start_soon(consume, client)
+                stream_id, _ = await peer.next_request()
+                await trio.testing.wait_all_tasks_blocked()
+                consumers.cancel_scope.cancel()
+            assert await peer.next_frame() == Frame(stream_id, FrameType.DATA, END_FLAGS, b"")
+            # A late message for the stream is dropped; calls still work.
+            await peer.stream.send_all(encode_frame(stream_id, FrameType.DATA, 0, dumps({})))
+            async with trio.open_nursery() as callers:
+                task = spawn(callers, call(client, "Echo", {"a": 1}))
+                call_id, request = await peer.next_request()
+                await peer.reply(call_id, loads_message(request.payload))
+                assert await task.result() == {"a": 1}
