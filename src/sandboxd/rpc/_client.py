@@ -11,10 +11,10 @@ the call it belongs to, by stream id:
   it its reply, or, when the leader is done (answered, cancelled or timed out) while the
   follower still waits, hands it the reading instead.
 * While no unary call waits, the connection's reader task (:meth:`Client.reader`) reads: at
-  once for open streams, and for an idle connection once no call has ended for
-  :data:`_IDLE_AFTER` seconds (so that calls in quick succession do not wake it each time),
-  so that a connection that ends while idle is noticed.  A call that comes along takes the
-  reading over from it.
+  once while streams are open, so that their messages arrive, and otherwise once no call has
+  ended for ``_IDLE_AFTER`` seconds, so that a connection that ends while the client is idle
+  is noticed (calls in quick succession do not wake it each time).  A call that comes along
+  takes the reading over from it.
 
 When the connection ends, every pending call fails at once with UNAVAILABLE, or with the
 error the server gave for the whole connection (an error RESPONSE on stream 0, such as
@@ -424,7 +424,7 @@ class Client:
             while self._closed_error is None:
                 if self._leader is None and (self._pending or self._handbacks == seen):
                     # Streams wait for messages, or no call has ended for a while.
-                    await self._read_for_nobody()
+                    await self._watch_socket()
                 elif self._handbacks != seen:
                     # Calls come and go: look again in a while rather than be woken by each.
                     seen = self._handbacks
@@ -438,8 +438,9 @@ class Client:
             self._reader_task = None
             self._fail_all(Unavailable(reason))
 
-    async def _read_for_nobody(self) -> None:
-        """Wait for the socket and read, unless a call takes the reading over meanwhile."""
+    async def _watch_socket(self) -> None:
+        """Wait for the socket and read what it holds, unless a call takes the reading over
+        meanwhile (the call then reads what is there)."""
         if self._transport.closed:
             raise trio.ClosedResourceError("transport was closed")
         scope = self._reader_scope = trio.CancelScope()
