@@ -66,30 +66,32 @@ def summarize(path: Path, top: int = 15) -> dict[str, Any]:
             if is_main_thread(frames):
                 anywhere_main[function] += count
 
-    def rows(counter: Counter[str]) -> list[dict[str, Any]]:
+    def rows(counter: Counter[str], of: int) -> list[dict[str, Any]]:
         return [
-            {"function": name, "samples": n, "share": n / total if total else 0.0}
+            {"function": name, "samples": n, "share": n / of if of else 0.0}
             for name, n in counter.most_common(top)
         ]
 
+    main = threads["main"]
     return {
         "samples": total,
         "threads": dict(threads),
-        "self": rows(own),
-        "self_main": rows(own_main),
-        "inclusive": rows(anywhere),
-        "inclusive_main": rows(anywhere_main),
+        "self": rows(own, total),
+        "self_main": rows(own_main, main),
+        "inclusive": rows(anywhere, total),
+        "inclusive_main": rows(anywhere_main, main),
     }
 
 
 def table(summary: dict[str, Any], kind: str = "self") -> str:
     """The ``self``, ``inclusive``, ``self_main`` or ``inclusive_main`` rows as a markdown
-    table (shares of all the samples)."""
+    table (shares of all the samples, or of the main thread's for the ``_main`` ones)."""
     title = {
         "self_main": "self samples (main thread)",
         "inclusive_main": "inclusive samples (main thread)",
     }.get(kind, f"{kind} samples")
-    lines = [f"| function | {title} | share of all |", "|---|---|---|"]
+    of = "share of the main thread's" if kind.endswith("_main") else "share of all"
+    lines = [f"| function | {title} | {of} |", "|---|---|---|"]
     for row in summary[kind]:
         name = row["function"].replace("|", "\\|")
         lines.append(f"| `{name}` | {row['samples']} | {row['share']:.1%} |")
