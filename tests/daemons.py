@@ -103,14 +103,15 @@ class Daemons:
     def database(self) -> Path:
         return self.state_dir / DATABASE
 
-    async def start(self, prefix: Sequence[str] = ()) -> Daemon:
-        """A new daemon (run under ``prefix``, e.g. ``prlimit ...``), serving."""
+    async def start(self, prefix: Sequence[str] = (), args: Sequence[str] = ()) -> Daemon:
+        """A new daemon (run under ``prefix``, e.g. ``prlimit ...``, with more ``args`` to
+        ``sandboxd serve``), serving."""
         log = self.logs / f"daemon-{len(self.started)}.log"
         state = str(self.state_dir)
         fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
             process = await trio.lowlevel.open_process(
-                [*prefix, SANDBOXD, "serve", "--socket", self.socket, "--state-dir", state],
+                [*prefix, SANDBOXD, "serve", "--socket", self.socket, "--state-dir", state, *args],
                 stdin=subprocess.DEVNULL,
                 stdout=fd,
                 stderr=fd,

@@ -98,8 +98,13 @@ def assert_exit_unknown(info: Mapping[str, str]) -> None:
 # -- recovery ------------------------------------------------------------------------------------
 
 
-async def test_sim_sandboxes_come_back_in_their_states_after_sigkill(daemons: Daemons) -> None:
-    first = await daemons.start()
+@pytest.mark.parametrize("durable", [False, True], ids=["normal", "durable"])
+async def test_sim_sandboxes_come_back_in_their_states_after_sigkill(
+    daemons: Daemons, durable: bool
+) -> None:
+    # Commits on the event loop (the default) or in a worker thread (--durable); the next
+    # daemon runs in the other mode on the same database.
+    first = await daemons.start(args=["--durable"] if durable else [])
     async with connect(daemons.socket) as remote:
         await remote.create("created", sandboxer="sim", labels={"keep": "me"})
         await remote.create("started", sandboxer="sim")
@@ -112,7 +117,7 @@ async def test_sim_sandboxes_come_back_in_their_states_after_sigkill(daemons: Da
     assert started_pid > 0
     await first.crash()
 
-    await daemons.start()
+    await daemons.start(args=[] if durable else ["--durable"])
     async with connect(daemons.socket) as remote:
         after = {s.sandbox_id: s for s in await remote.list()}
         assert sorted(after) == ["created", "started", "stopped"], first.output()
