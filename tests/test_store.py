@@ -18,7 +18,13 @@ from hypothesis import strategies as st
 from sandboxd import Mount, SandboxOptions, Unavailable
 from sandboxd._models import SandboxSpec
 from sandboxd.runtime import SandboxRecord, SandboxStore
-from sandboxd.runtime._store import DATABASE_NAME, decode_record, encode_record, encode_spec
+from sandboxd.runtime._store import (
+    BATCH_ROWS,
+    DATABASE_NAME,
+    decode_record,
+    encode_record,
+    encode_spec,
+)
 
 text = st.text(max_size=12)
 times = st.datetimes(
@@ -208,3 +214,36 @@ async def test_the_wal_is_folded_in_and_truncated_every_so_many_rows(tmp_path: P
     finally:
         store.close()
     assert len(rows(tmp_path)) == 20
+
+
+@pytest.mark.parametrize("durable", [False, True], ids=["normal", "durable"])
+async def test_a_long_queue_is_written_in_bounded_batches_unless_durable(
+    tmp_path: Path, durable: bool
+) -> None:
+    store = SandboxStore.open(tmp_path, durable=durable)
+    batches: list[int] = []
+    write = store._write
+
+    def counted(rows: list[tuple[str, str | None]]) -> None:
+        batches.append(len(rows))
+        write(rows)
+
+    store._write = counted  # type: ignore[method-assign]
+    told: list[Exception | None] = []
+    queued = 2 * BATCH_ROWS + 3
+    for n in range(queued):
+        store.write(f"s{n}", encode_record(record_of(f"s{n}")), told.append)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(store.run)
+            await store.put(record_of("last"))
+            nursery.cancel_scope.cancel()
+    finally:
+        store.close()
+    # The put's record was queued behind the others before the writer began.
+    assert told == [None] * queued
+    if durable:
+        assert batches == [queued + 1]  # one sync to disk for all of them
+    else:
+        assert batches == [BATCH_ROWS, BATCH_ROWS, 4]
+    assert len(rows(tmp_path)) == queued + 1

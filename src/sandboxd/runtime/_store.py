@@ -5,7 +5,11 @@ before any caller hears of the change; deleted when the sandbox is gone.  Writes
 one writer task, in the order they were asked for, so a record is never overtaken by an
 older one.  Writers are not made to wait: a change is queued with a callback that the writer
 calls once it is committed, and changes to one sandbox queued before the writer takes them
-are merged (the last one is written); all the changes queued meanwhile go in one transaction.
+are merged (the last one is written).  The changes queued meanwhile go in one transaction:
+all of them when ``durable`` (one sync to disk for all), else :data:`BATCH_ROWS` at a time,
+with a schedule point between two, so that the answers of one batch are on their way while
+the next is written (a commit costs little there, and callers in lock-step with the disk,
+as many concurrent clients are, keep the daemon busy instead of waiting together).
 
 The database runs in WAL mode.  By default with ``synchronous=NORMAL``: a commit appends to
 the WAL file and syncs nothing, so a row that was acknowledged survives any crash of the
@@ -24,6 +28,7 @@ daemon at start (:class:`StoreCorrupt`); it is never replaced.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -44,6 +49,8 @@ log = logging.getLogger("sandboxd.runtime")
 DATABASE_NAME: Final = "sandboxd.db"
 #: Rows committed (without ``durable``) between two checkpoints of the WAL.
 CHECKPOINT_ROWS: Final = 2000
+#: Rows committed (without ``durable``) in one transaction at the most.
+BATCH_ROWS: Final = 16
 _SCHEMA_VERSION: Final = 1
 
 _SCHEMA: Final = """
@@ -335,7 +342,15 @@ class SandboxStore:
                 if not self._queue:
                     self._wake = trio.Event()
                     await self._wake.wait()
-                batch, self._queue = self._queue, {}
+                else:
+                    # Let the answers of the last batch go out while this one is written.
+                    await trio.lowlevel.checkpoint()
+                if self.durable or len(self._queue) <= BATCH_ROWS:
+                    batch, self._queue = self._queue, {}
+                else:
+                    rest = iter(self._queue.items())
+                    batch = dict(itertools.islice(rest, BATCH_ROWS))
+                    self._queue = dict(rest)
                 rows = [(sandbox_id, change.text) for sandbox_id, change in batch.items()]
                 error: Exception | None = None
                 try:
