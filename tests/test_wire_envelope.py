@@ -225,6 +225,13 @@ def test_response_round_trip(payload: bytes) -> None:
     assert decode_response(encode_response(payload)) == payload
 
 
+@pytest.mark.parametrize("size", [0, 1, 23, 24, 255, 256, 65535, 65536, 70000, 2**22])
+def test_response_envelope_is_what_cbor2_encodes(size: int) -> None:
+    # Written out by hand: byte for byte what cbor2 gives, at every length boundary.
+    payload = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    assert encode_response(payload) == cbor2.dumps({"payload": payload})
+
+
 def test_response_without_payload_is_empty() -> None:
     assert decode_response(cbor2.dumps({})) == b""
 
