@@ -1,19 +1,20 @@
 """The real daemon from tests: ``sandboxd serve`` as a subprocess, and its database.
 
-A starting daemon gives no sign of being ready but answering on its socket, so it is probed:
-a connection and a Version call every PROBE_INTERVAL seconds, for at most STARTUP seconds,
-giving up at once if it exits.  The ``daemons`` fixture (conftest.py) gives a :class:`Daemons`.
+A daemon is started with ``--ready-fd`` on the write end of a pipe (:class:`ReadyPipe`); the
+test waits, at most STARTUP seconds, for its ``READY`` line, or for the end of the pipe if it
+exits first.  The ``daemons`` fixture (conftest.py) gives a :class:`Daemons`.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,17 +23,47 @@ from typing import Any
 import pytest
 import trio
 
-from sandboxd import Unavailable
-from sandboxd.api import RUNTIME_SERVICE
-from sandboxd.rpc import open_client
-
 BIN = Path(sys.executable).parent
 SANDBOXD = str(BIN / "sandboxd")
 DATABASE = "sandboxd.db"
 #: Seconds the daemon gets to start serving (or to exit), and any wait on a process.
 STARTUP = 10.0
-#: Seconds between two attempts of a bounded poll: the readiness probe, or a test's own.
+#: Seconds between two attempts of a test's own bounded poll.
 PROBE_INTERVAL = 0.02
+
+
+class ReadyPipe:
+    """A pipe for ``sandboxd serve --ready-fd``: pass :attr:`args` and :attr:`fds` to the
+    daemon, call :meth:`spawned` once it runs, then wait for its readiness line."""
+
+    def __init__(self) -> None:
+        self._read, self._write = os.pipe()
+        self.fds = (self._write,)
+        self.args = ["--ready-fd", str(self._write)]
+
+    def spawned(self) -> None:
+        """The daemon has its copy of the write end: ours goes, so its exit ends the pipe."""
+        os.close(self._write)
+
+    def _check(self, ready: bool, output: Callable[[], str]) -> None:
+        line = os.read(self._read, 4096) if ready else b""
+        os.close(self._read)
+        if not ready:
+            pytest.fail(f"daemon not serving after {STARTUP} s:\n{output()}")
+        if not line.startswith(b"READY "):
+            pytest.fail(f"daemon ended before serving:\n{output()}")
+
+    async def wait(self, output: Callable[[], str]) -> None:
+        """Return once the daemon said it serves; fail if it ends first or is late."""
+        with trio.move_on_after(STARTUP):
+            await trio.lowlevel.wait_readable(self._read)
+        ready, _, _ = select.select([self._read], [], [], 0)
+        self._check(bool(ready), output)
+
+    def wait_sync(self, output: Callable[[], str]) -> None:
+        """:meth:`wait`, blocking."""
+        ready, _, _ = select.select([self._read], [], [], STARTUP)
+        self._check(bool(ready), output)
 
 
 def daemon_env(state_dir: Path | None = None) -> dict[str, str]:
@@ -52,30 +83,14 @@ class Daemon:
     process: trio.Process
     socket: str
     log: Path
+    ready: ReadyPipe
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
 
     async def serving(self) -> None:
-        """Return once the daemon answers on its socket.
-
-        A readiness probe: the daemon gives no other sign that it is ready (no notify
-        socket, no pid file), so connections are attempted every PROBE_INTERVAL seconds,
-        for at most STARTUP seconds, giving up at once if the daemon has exited.
-        """
-        with trio.fail_after(STARTUP):
-            while True:
-                if self.process.poll() is not None:
-                    pytest.fail(
-                        f"daemon exited with {self.process.returncode} before serving:\n"
-                        + self.output()
-                    )
-                try:
-                    async with open_client(self.socket) as client:
-                        await client.call(RUNTIME_SERVICE, "Version", {})
-                        return
-                except Unavailable:
-                    await trio.sleep(PROBE_INTERVAL)
+        """Return once the daemon says it serves (:class:`ReadyPipe`)."""
+        await self.ready.wait(self.output)
 
     async def crash(self) -> None:
         """SIGKILL the daemon and reap it."""
@@ -109,17 +124,30 @@ class Daemons:
         log = self.logs / f"daemon-{len(self.started)}.log"
         state = str(self.state_dir)
         fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        ready = ReadyPipe()
         try:
             process = await trio.lowlevel.open_process(
-                [*prefix, SANDBOXD, "serve", "--socket", self.socket, "--state-dir", state, *args],
+                [
+                    *prefix,
+                    SANDBOXD,
+                    "serve",
+                    "--socket",
+                    self.socket,
+                    "--state-dir",
+                    state,
+                    *ready.args,
+                    *args,
+                ],
                 stdin=subprocess.DEVNULL,
                 stdout=fd,
                 stderr=fd,
                 env=daemon_env(),
+                pass_fds=ready.fds,
             )
         finally:
             os.close(fd)
-        daemon = Daemon(process, self.socket, log)
+            ready.spawned()
+        daemon = Daemon(process, self.socket, log, ready)
         self.started.append(daemon)
         await daemon.serving()
         return daemon

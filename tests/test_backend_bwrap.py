@@ -29,13 +29,11 @@ from pathlib import Path
 import pytest
 import trio
 
-from daemons import BIN, PROBE_INTERVAL, SANDBOXD, STARTUP
+from daemons import BIN, SANDBOXD, STARTUP, ReadyPipe
 from procs import Fifo, all_ended, is_alive, pid_namespace, proc_pgrp, proc_state
-from sandboxd import FailedPrecondition, InvalidArgument, NotFound, RPCError, Unavailable
+from sandboxd import FailedPrecondition, InvalidArgument, NotFound, RPCError
 from sandboxd._models import Mount, SandboxOptions, SandboxState
-from sandboxd.api import RUNTIME_SERVICE
 from sandboxd.backends import BwrapBackend, ProcessBackend
-from sandboxd.rpc import SyncClient
 from sandboxd.runtime import Controller, open_controller
 
 #: Real seconds a test may take before it is a hang.
@@ -767,35 +765,29 @@ def test_sandboxctl_runs_a_bwrap_sandbox_on_a_real_daemon() -> None:
         env = dict(os.environ)
         env.pop("SANDBOXD_SOCKET", None)
         env["SANDBOXD_STATE_DIR"] = str(scratch / "state")
+        ready = ReadyPipe()
         with open(log, "ab") as out:
-            daemon = subprocess.Popen(
-                [
-                    SANDBOXD,
-                    "serve",
-                    "--socket",
-                    socket_path,
-                    "--state-dir",
-                    str(scratch / "state"),
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=out,
-                env=env,
-            )
+            try:
+                daemon = subprocess.Popen(
+                    [
+                        SANDBOXD,
+                        "serve",
+                        "--socket",
+                        socket_path,
+                        "--state-dir",
+                        str(scratch / "state"),
+                        *ready.args,
+                    ],
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=out,
+                    env=env,
+                    pass_fds=ready.fds,
+                )
+            finally:
+                ready.spawned()
         try:
-            # The bounded readiness probe: the daemon gives no other sign of serving.
-            deadline = time.monotonic() + STARTUP
-            while True:
-                if daemon.poll() is not None:
-                    pytest.fail(f"daemon exited with {daemon.returncode}:\n{log.read_text()}")
-                try:
-                    with SyncClient(socket_path) as client:
-                        client.call(RUNTIME_SERVICE, "Version", timeout=STARTUP)
-                    break
-                except Unavailable:
-                    if time.monotonic() > deadline:
-                        pytest.fail(f"daemon not serving after {STARTUP}s:\n{log.read_text()}")
-                    time.sleep(PROBE_INTERVAL)
+            ready.wait_sync(log.read_text)
             assert "sandboxer bwrap: available" in log.read_text()
 
             fifo = scratch / "ready"

@@ -2,11 +2,10 @@
 
 The daemon tests run the installed ``sandboxd serve`` as a subprocess and talk to it over its
 socket; the sandbox-behaviour tests drive real processes (and real bubblewrap) through the
-in-process Controller.  Waiting: a starting daemon gives no sign of being ready but answering
-on its socket, so it is probed (a connection and a Version call every PROBE_INTERVAL seconds,
-for at most STARTUP seconds, giving up at once if it exits); one test polls a sandbox's
-status for the ``stopping`` that only the Stop it is checking can cause, at the same interval
-and bound.  Every other wait is on an event: a FIFO, a pipe, a pidfd, a reply.
+in-process Controller.  Waiting: a starting daemon says when it serves (``--ready-fd``, see
+``daemons.ReadyPipe``); one test polls a sandbox's status for the ``stopping`` that only the
+Stop it is checking can cause (every PROBE_INTERVAL seconds, for at most STARTUP seconds).
+Every other wait is on an event: a FIFO, a pipe, a pidfd, a reply.
 
 Sandbox processes outlive the daemon by design, so every test hands the pids it learns to
 the ``reaper`` fixture, which SIGKILLs them (and their groups) at teardown.

@@ -8,10 +8,10 @@ and checks, through a client on the socket, that every sandbox came back as desc
 resuming its kill deadline.  The database itself is read with :mod:`sqlite3` (read-only while
 the daemon runs: WAL lets readers in beside the writer) to check what is on disk.
 
-Waiting: a starting daemon gives no sign of being ready but answering on its socket, so it
-is probed (a connection and a Version call every PROBE_INTERVAL seconds, for at most STARTUP
-seconds, giving up at once if it exits); likewise one test polls the database for the row of
-a Stop in progress.  Every other wait is on an event: a FIFO, a pidfd, a reply.
+Waiting: a starting daemon says when it serves (``--ready-fd``, see ``daemons.ReadyPipe``);
+one test polls the database for the row of a Stop in progress (every PROBE_INTERVAL seconds,
+for at most STARTUP seconds: the daemon tells nobody when a record is written).  Every other
+wait is on an event: a FIFO, a pidfd, a reply.
 
 Sandbox processes outlive the daemon by design, so every test hands the pids it learns to
 the ``reaper`` fixture, which SIGKILLs them (and their groups) at teardown.

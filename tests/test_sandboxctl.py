@@ -5,9 +5,8 @@ call is a real subprocess of the console script next to ``sys.executable``, so a
 parsing, output and exit statuses are what a shell sees.  Each test uses sandbox ids and
 labels of its own, so the tests do not depend on each other's order.
 
-The daemon gives no sign of being ready but answering on its socket, so it is probed: a
-connection and a Version call every PROBE_INTERVAL seconds, for at most STARTUP seconds,
-giving up at once if the daemon exits.
+The daemon is started with ``--ready-fd`` and the module waits for its readiness line
+(``daemons.ReadyPipe``), at most STARTUP seconds.
 """
 
 from __future__ import annotations
@@ -31,10 +30,9 @@ from typing import Any
 
 import pytest
 
-from daemons import BIN, PROBE_INTERVAL, SANDBOXD, STARTUP
-from sandboxd import Code, Unavailable, __version__
-from sandboxd.api import RUNTIME_SERVICE, SyncController
-from sandboxd.rpc import SyncClient
+from daemons import BIN, PROBE_INTERVAL, SANDBOXD, STARTUP, ReadyPipe
+from sandboxd import Code, __version__
+from sandboxd.api import SyncController
 
 SANDBOXCTL = str(BIN / "sandboxctl")
 #: Seconds any one sandboxctl run may take before the test fails.
@@ -51,6 +49,7 @@ class Daemon:
     log: Path
     #: A directory for the test to use, private to this daemon.
     scratch: Path
+    ready: ReadyPipe
     #: Process groups of process sandboxes, killed at teardown (they outlive the daemon).
     reap: list[int] = field(default_factory=list)
 
@@ -58,22 +57,8 @@ class Daemon:
         return self.log.read_text(errors="replace")
 
     def serving(self) -> None:
-        """Return once the daemon answers on its socket (the bounded readiness probe)."""
-        deadline = time.monotonic() + STARTUP
-        while True:
-            if self.process.poll() is not None:
-                pytest.fail(
-                    f"daemon exited with {self.process.returncode} before serving:\n"
-                    + self.output()
-                )
-            try:
-                with SyncClient(self.socket) as client:
-                    client.call(RUNTIME_SERVICE, "Version", timeout=STARTUP)
-                    return
-            except Unavailable:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"daemon not serving after {STARTUP}s:\n{self.output()}")
-                time.sleep(PROBE_INTERVAL)
+        """Return once the daemon says it serves (``--ready-fd``)."""
+        self.ready.wait_sync(self.output)
 
     def terminate(self) -> int:
         self.process.send_signal(signal.SIGTERM)
@@ -102,15 +87,20 @@ def base_env(scratch: Path) -> dict[str, str]:
 
 def start_daemon(scratch: Path, env: dict[str, str], *args: str, socket: str) -> Daemon:
     log = scratch / "daemon.log"
+    ready = ReadyPipe()
     with open(log, "ab") as out:
-        process = subprocess.Popen(
-            [SANDBOXD, "serve", *args],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=out,
-            env=env,
-        )
-    daemon = Daemon(process, socket, log, scratch)
+        try:
+            process = subprocess.Popen(
+                [SANDBOXD, "serve", *args, *ready.args],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                env=env,
+                pass_fds=ready.fds,
+            )
+        finally:
+            ready.spawned()
+    daemon = Daemon(process, socket, log, scratch, ready)
     try:
         daemon.serving()
     except BaseException:

@@ -8,6 +8,7 @@ client would.  The daemon's stdout and stderr go to a file that failing assertio
 from __future__ import annotations
 
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from daemons import STARTUP, Daemon, daemon_env
+from daemons import STARTUP, Daemon, ReadyPipe, daemon_env
 from procs import is_alive
 from sandboxd import NotFound, Unavailable
 from sandboxd._models import SandboxOptions, SandboxState
@@ -44,17 +45,20 @@ async def running_daemon(sock_path: str, tmp_path: Path, name: str) -> AsyncIter
     """``sandboxd serve --socket sock_path``, serving; killed at the end if still running."""
     log = tmp_path / f"{name}.log"
     fd = open_log(log)
+    ready = ReadyPipe()
     try:
         process = await trio.lowlevel.open_process(
-            sandboxd_argv("serve", "--socket", sock_path),
+            sandboxd_argv("serve", "--socket", sock_path, *ready.args),
             stdin=None,
             stdout=fd,
             stderr=fd,
             env=daemon_env(tmp_path / "state"),
+            pass_fds=ready.fds,
         )
     finally:
         os.close(fd)
-    daemon = Daemon(process, sock_path, log)
+        ready.spawned()
+    daemon = Daemon(process, sock_path, log, ready)
     try:
         await daemon.serving()
         yield daemon
@@ -172,3 +176,45 @@ async def test_serve_help_mentions_sigterm() -> None:
     text = result.stdout.decode()
     assert "SIGTERM" in text
     assert "--socket" in text
+
+
+async def test_ready_fd_gets_one_line_once_serving_and_nothing_from_a_daemon_that_fails(
+    sock_path: str, tmp_path: Path
+) -> None:
+    async def ready_line(*args: str) -> tuple[bytes, trio.Process]:
+        read, write = os.pipe()
+        process = await trio.lowlevel.open_process(
+            sandboxd_argv("serve", *args, "--ready-fd", str(write)),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=daemon_env(tmp_path / "state"),
+            pass_fds=(write,),
+        )
+        os.close(write)
+        chunks = []
+        with trio.fail_after(STARTUP):
+            while True:  # to the end of the pipe: the daemon closes it after the line
+                await trio.lowlevel.wait_readable(read)
+                chunk = os.read(read, 4096)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        os.close(read)
+        return b"".join(chunks), process
+
+    line, serving = await ready_line("--socket", sock_path)
+    try:
+        assert line == f"READY {sock_path}\n".encode()
+        async with connect(sock_path) as remote:  # it does serve
+            assert (await remote.version())["protocol"] == 1
+    finally:
+        serving.send_signal(signal.SIGTERM)
+        with trio.fail_after(STARTUP):
+            assert await serving.wait() == 0
+
+    not_a_socket = tmp_path / "regular-file"
+    not_a_socket.write_bytes(b"keep me")
+    line, failed = await ready_line("--socket", str(not_a_socket))
+    assert line == b""
+    with trio.fail_after(STARTUP):
+        assert await failed.wait() == 1

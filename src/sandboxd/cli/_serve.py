@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import grp
 import logging
 import os
@@ -182,6 +183,14 @@ def _parser() -> argparse.ArgumentParser:
         help=f"seconds calls in progress get to finish at shutdown (default {DEFAULT_GRACE:g})",
     )
     serve.add_argument(
+        "--ready-fd",
+        type=int,
+        default=None,
+        metavar="FD",
+        help="once the socket accepts connections, write 'READY <socket>' and a newline to "
+        "this inherited file descriptor and close it (for a supervisor or script to wait on)",
+    )
+    serve.add_argument(
         "--log-level",
         default="info",
         choices=["debug", "info", "warning", "error"],
@@ -198,6 +207,7 @@ async def _serve(
     grace: float,
     store: SandboxStore,
     server_options: Mapping[str, Any],
+    ready_fd: int | None = None,
 ) -> None:
     logs = os.path.join(state_dir, "logs")
     backends: list[Backend] = [
@@ -225,6 +235,8 @@ async def _serve(
             )
             path = await nursery.start(server.serve_unix, socket_path)
             log.info("sandboxd %s listening on %s", __version__, path)
+            if ready_fd is not None:
+                _tell_ready(ready_fd, path)
             async for signum in signals:
                 log.info("%s received: shutting down", signal.Signals(signum).name)
                 # Waits and event streams would otherwise hold the whole grace period.
@@ -234,6 +246,18 @@ async def _serve(
             # Sandboxes outlive the daemon: closing the controller leaves them running.
             nursery.cancel_scope.cancel()
     log.info("stopped")
+
+
+def _tell_ready(fd: int, path: str) -> None:
+    """Write the readiness line to ``fd`` and close it; a failure is only logged (whoever
+    waits on it sees the end of the file instead)."""
+    try:
+        os.write(fd, f"READY {path}\n".encode())
+    except OSError as exc:
+        log.warning("cannot write to --ready-fd %d: %s", fd, exc)
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
 
 def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -280,6 +304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.grace,
             store,
             _server_options(args),
+            args.ready_fd,
         )
     except* SocketInUseError as group:
         in_use = _first(group)
