@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,19 +18,17 @@ SANDBOXD = os.path.join(BIN, "sandboxd")
 SANDBOXCTL = os.path.join(BIN, "sandboxctl")
 
 
-def wait_for_socket(path: str, daemon: subprocess.Popen[bytes], limit: float = 15.0) -> None:
-    """Readiness probe: the daemon is up once its socket accepts a connection."""
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        if daemon.poll() is not None:
-            raise SystemExit(f"demo: the daemon exited with status {daemon.returncode}")
-        with socket.socket(socket.AF_UNIX) as probe:
-            try:
-                probe.connect(path)
-                return
-            except OSError:
-                time.sleep(0.05)
-    raise SystemExit("demo: the daemon did not start listening in time")
+def wait_until_ready(ready: int, daemon: subprocess.Popen[bytes], limit: float = 15.0) -> None:
+    """Wait for the daemon's ``READY`` line on the pipe it was given with --ready-fd."""
+    readable, _, _ = select.select([ready], [], [], limit)
+    line = os.read(ready, 4096) if readable else b""
+    os.close(ready)
+    if line.startswith(b"READY "):
+        return
+    if not readable:
+        raise SystemExit("demo: the daemon did not start listening in time")
+    daemon.wait()
+    raise SystemExit(f"demo: the daemon exited with status {daemon.returncode}")
 
 
 def step(
@@ -78,13 +76,25 @@ def main() -> int:
         sock = os.path.join(tmp, "sandboxd.sock")
         os.environ["SANDBOXD_SOCKET"] = sock
         log = open(os.path.join(tmp, "daemon.log"), "wb")  # noqa: SIM115
+        ready, ready_w = os.pipe()
         daemon = subprocess.Popen(
-            [SANDBOXD, "serve", "--socket", sock, "--state-dir", os.path.join(tmp, "state")],
+            [
+                SANDBOXD,
+                "serve",
+                "--socket",
+                sock,
+                "--state-dir",
+                os.path.join(tmp, "state"),
+                "--ready-fd",
+                str(ready_w),
+            ],
             stderr=log,
+            pass_fds=(ready_w,),
         )
+        os.close(ready_w)
         print(f"demo: daemon started (pid {daemon.pid}) on {sock}")
         try:
-            wait_for_socket(sock, daemon)
+            wait_until_ready(ready, daemon)
             step("version", ["version"], lambda r: None if r["protocol"] == 1 else "protocol")
             step(
                 "create a sandbox running sleep",
