@@ -71,7 +71,7 @@ class Waiter:
 
     def __init__(self) -> None:
         self._task: trio.lowlevel.Task | None = None
-        self._value: Any = _UNANSWERED
+        self._value: Any = None
         self._error: BaseException | None = None
         self.abandoned = False
 
@@ -97,7 +97,7 @@ class Waiter:
 
         A schedule point.  If cancelled before the answer, the waiter is abandoned (the call
         goes on; its answer is dropped)."""
-        if self._value is _UNANSWERED and self._error is None:
+        if not self.abandoned:  # not answered yet
             self._task = trio.lowlevel.current_task()
 
             def abort(_: Any) -> trio.lowlevel.Abort:
@@ -111,10 +111,6 @@ class Waiter:
         if self._error is not None:
             raise self._error
         return self._value
-
-
-#: What a Waiter holds until it is answered (None is an answer).
-_UNANSWERED: Final = object()
 
 
 @final
@@ -373,9 +369,6 @@ class SandboxActor:
         """:meth:`record`, as the store keeps it (without building the record)."""
         if self._spec_json is None:
             self._spec_json = encode_spec(self.spec)
-        kill_at = None
-        if self._kill_deadline != math.inf:
-            kill_at = time.time() + (self._kill_deadline - trio.current_time())
         return record_json(
             self._spec_json,
             self.phase.value,
@@ -386,8 +379,14 @@ class SandboxActor:
             None if self.exited_at is None else self.exited_at.timestamp(),
             self.exit_status,
             self.exit_known,
-            kill_at,
+            self._kill_at(),
         )
+
+    def _kill_at(self) -> float | None:
+        """The pending SIGKILL's deadline as wall-clock epoch seconds; None when none."""
+        if self._kill_deadline == math.inf:
+            return None
+        return time.time() + (self._kill_deadline - trio.current_time())
 
     def _identity_json(self) -> str:
         identity = None if self.process is None else self.process.identity()
@@ -395,9 +394,6 @@ class SandboxActor:
 
     def record(self) -> SandboxRecord:
         """What the store keeps of this sandbox."""
-        kill_at = None
-        if self._kill_deadline != math.inf:
-            kill_at = time.time() + (self._kill_deadline - trio.current_time())
         return SandboxRecord(
             spec=self.spec,
             phase=self.phase.value,
@@ -408,7 +404,7 @@ class SandboxActor:
             exited_at=self.exited_at,
             exit_status=self.exit_status,
             exit_known=self.exit_known,
-            kill_at=kill_at,
+            kill_at=self._kill_at(),
         )
 
     def restore(self, record: SandboxRecord, nursery: trio.Nursery) -> bool:
