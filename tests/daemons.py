@@ -41,6 +41,23 @@ class ReadyPipe:
         self.fds = (self._write,)
         self.args = ["--ready-fd", str(self._write)]
 
+    def popen(
+        self, args: Sequence[str], log: Path, env: dict[str, str]
+    ) -> subprocess.Popen[bytes]:
+        """``sandboxd serve ARGS --ready-fd ...``, output appended to ``log`` (not waited on)."""
+        with open(log, "ab") as out:
+            try:
+                return subprocess.Popen(
+                    [SANDBOXD, "serve", *args, *self.args],
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=out,
+                    env=env,
+                    pass_fds=self.fds,
+                )
+            finally:
+                self.spawned()
+
     def spawned(self) -> None:
         """The daemon has its copy of the write end: ours goes, so its exit ends the pipe."""
         os.close(self._write)

@@ -766,26 +766,8 @@ def test_sandboxctl_runs_a_bwrap_sandbox_on_a_real_daemon() -> None:
         env.pop("SANDBOXD_SOCKET", None)
         env["SANDBOXD_STATE_DIR"] = str(scratch / "state")
         ready = ReadyPipe()
-        with open(log, "ab") as out:
-            try:
-                daemon = subprocess.Popen(
-                    [
-                        SANDBOXD,
-                        "serve",
-                        "--socket",
-                        socket_path,
-                        "--state-dir",
-                        str(scratch / "state"),
-                        *ready.args,
-                    ],
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=out,
-                    env=env,
-                    pass_fds=ready.fds,
-                )
-            finally:
-                ready.spawned()
+        state = str(scratch / "state")
+        daemon = ready.popen(["--socket", socket_path, "--state-dir", state], log, env)
         try:
             ready.wait_sync(log.read_text)
             assert "sandboxer bwrap: available" in log.read_text()

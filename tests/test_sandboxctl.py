@@ -88,18 +88,7 @@ def base_env(scratch: Path) -> dict[str, str]:
 def start_daemon(scratch: Path, env: dict[str, str], *args: str, socket: str) -> Daemon:
     log = scratch / "daemon.log"
     ready = ReadyPipe()
-    with open(log, "ab") as out:
-        try:
-            process = subprocess.Popen(
-                [SANDBOXD, "serve", *args, *ready.args],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=out,
-                env=env,
-                pass_fds=ready.fds,
-            )
-        finally:
-            ready.spawned()
+    process = ready.popen(args, log, env)
     daemon = Daemon(process, socket, log, scratch, ready)
     try:
         daemon.serving()
