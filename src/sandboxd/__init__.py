@@ -40,8 +40,8 @@ from ._paths import default_socket_path, default_state_dir
 from ._version import PROTOCOL_VERSION, __version__
 from .api import RemoteController, SyncController, connect, serve_controller
 from .backends import Backend, BwrapBackend, ProcessBackend, SandboxProcess, SimBackend
-from .rpc import Server, SocketInUseError
-from .runtime import Controller, Reply, Subscription, Waiter, open_controller
+from .rpc import SocketInUseError
+from .runtime import Controller, Reply, Subscription, open_controller
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -75,7 +75,6 @@ __all__ = [
     "SandboxProcess",
     "SandboxState",
     "SandboxStatus",
-    "Server",
     "SimBackend",
     "SocketInUseError",
     "Subscription",
@@ -84,7 +83,6 @@ __all__ = [
     "Unavailable",
     "Unimplemented",
     "Unknown",
-    "Waiter",
     "__version__",
     "connect",
     "default_socket_path",
