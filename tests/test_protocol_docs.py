@@ -303,3 +303,30 @@ def test_every_protocol_document_is_linked_from_the_index() -> None:
     index = (DOCS.parent / "PROTOCOL.md").read_text()
     for document in ("wire.md", "services.md", "sandboxers.md"):
         assert f"](docs/{document})" in index
+
+
+# -- links ---------------------------------------------------------------------------------------
+
+
+def anchors(text: str) -> set[str]:
+    """The anchors a Markdown renderer makes of the headings (GitHub's rule)."""
+    found = set()
+    for heading in re.findall(r"^#+ (.*)$", text, flags=re.M):
+        slug = re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-")
+        found.add(slug)
+    return found
+
+
+@pytest.mark.parametrize("document", ["PROTOCOL.md", "wire.md", "services.md", "sandboxers.md"])
+def test_every_link_between_the_protocol_documents_resolves(document: str) -> None:
+    source = DOCS.parent / document if document == "PROTOCOL.md" else DOCS / document
+    broken = []
+    for target in re.findall(r"\]\(([^)\s]+)\)", source.read_text()):
+        if target.startswith("http"):
+            continue
+        file, _, anchor = target.partition("#")
+        linked = (source.parent / file).resolve() if file else source
+        resolves = linked.exists() and (not anchor or anchor in anchors(linked.read_text()))
+        if not resolves:
+            broken.append(target)
+    assert broken == []
