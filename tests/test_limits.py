@@ -222,7 +222,7 @@ async def test_defaults_are_documented_values() -> None:
     assert DEFAULT_MAX_CALLS_PER_CONNECTION == 1024
     assert DEFAULT_MAX_BUFFERED_BYTES == 8 * 1024 * 1024
     assert DEFAULT_STALL_TIMEOUT == 30.0
-    text = (Path(__file__).parent.parent / "PROTOCOL.md").read_text()
+    text = (Path(__file__).parent.parent / "docs" / "wire.md").read_text()
     assert "| stall timeout" in text and "30 seconds" in text
 
 
