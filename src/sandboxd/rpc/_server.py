@@ -16,6 +16,11 @@ together.
 The reader never waits on a handler.  It stops reading only while more than
 ``max_buffered_bytes`` of replies wait for a peer that does not read them.
 
+Errors.  Whatever a call raises is answered at one boundary, :func:`_status_of`: an
+:class:`~sandboxd.RPCError` is the call's status as it is; any other exception is a bug,
+logged once with the method's name and answered INTERNAL.  ``trio.Cancelled`` (not an
+``Exception``) is never caught there: it goes on to whoever cancelled.
+
 Who may connect, and how much a peer may hold.  Every connection's peer credentials
 (``SO_PEERCRED``) are read once, as it is accepted; a uid not in ``allowed_uids`` gets one
 PERMISSION_DENIED response on stream 0 and the connection is closed, as is any connection
@@ -75,6 +80,9 @@ _REQUEST: Final = FrameType.REQUEST
 _DATA: Final = FrameType.DATA
 _RESPONSE: Final = FrameType.RESPONSE
 _END_OF_STREAM: Final = Flags.REMOTE_CLOSED | Flags.NO_DATA
+#: The messages of INTERNAL: a handler failed, or its result could not be made a response.
+_FAILED: Final = "internal error"
+_ENCODING_FAILED: Final = "cannot encode response"
 
 #: Connections served at once; more are refused with RESOURCE_EXHAUSTED on stream 0.
 DEFAULT_MAX_CONNECTIONS: Final = 1024
@@ -85,6 +93,26 @@ DEFAULT_MAX_BUFFERED_BYTES: Final = 8 * 1024 * 1024
 #: Seconds a peer gets to finish a frame it began, and to take its replies once they are over
 #: ``max_buffered_bytes``, before it is disconnected.
 DEFAULT_STALL_TIMEOUT: Final = 30.0
+
+
+def _status_of(exc: BaseException, ctx: CallContext, internal: str) -> RPCError:
+    """The status a call that raised ``exc`` is answered with: the server's one error boundary.
+
+    An :class:`RPCError` is its own status.  Anything else is a bug: it is logged (one line
+    naming the method, with the traceback) and becomes INTERNAL with the message ``internal``,
+    which tells the client nothing of it.
+    """
+    if isinstance(exc, RPCError):
+        return exc
+    log.error(
+        "%s/%s failed on stream %d: answered INTERNAL %r",
+        ctx.service,
+        ctx.method,
+        ctx.stream_id,
+        internal,
+        exc_info=exc,
+    )
+    return Internal(internal)
 
 
 @final
@@ -107,14 +135,15 @@ class _Deferred:
     """A deferred call waiting for its answer: a row of the stream table, and the
     :class:`~._methods.Responder` its handler passed on."""
 
-    __slots__ = ("_conn", "_result", "abandoned", "stream_id")
+    __slots__ = ("_conn", "_ctx", "_result", "abandoned", "stream_id")
 
     def __init__(
-        self, conn: _Connection, stream_id: int, result: Callable[[Any], Any] | None
+        self, conn: _Connection, ctx: CallContext, result: Callable[[Any], Any] | None
     ) -> None:
         self._conn = conn
+        self._ctx = ctx
         self._result = result
-        self.stream_id = stream_id
+        self.stream_id = ctx.stream_id
         self.abandoned = False
 
     def _settle(self) -> bool:
@@ -130,22 +159,16 @@ class _Deferred:
     def ok(self, value: Any) -> None:
         if not self._settle():
             return
-        conn = self._conn
         try:
             result = value if self._result is None else self._result(value)
-        except Exception:
-            log.exception("cannot make the response on stream %d", self.stream_id)
-            conn.reply_error(self.stream_id, Internal("cannot encode response"), True)
+        except Exception as exc:
+            self._conn.fail(self._ctx, exc, True, _ENCODING_FAILED)
         else:
-            conn.reply(self.stream_id, result, True)
+            self._conn.reply(self._ctx, result, True)
 
     def fail(self, error: BaseException) -> None:
-        if not self._settle():
-            return
-        if not isinstance(error, RPCError):
-            log.error("call on stream %d failed", self.stream_id, exc_info=error)
-            error = Internal("internal error")
-        self._conn.reply_error(self.stream_id, error, True)
+        if self._settle():
+            self._conn.fail(self._ctx, error, True)
 
     def end_by_client(self) -> None:
         self.fail(Cancelled("call ended by the client"))
@@ -279,19 +302,22 @@ class _Connection:
         else:
             self.transport.write(frame)
 
-    def reply(
-        self, stream_id: int, result: Mapping[str, Any] | Encoded, soon: bool = False
+    def fail(
+        self, ctx: CallContext, exc: BaseException, soon: bool = False, internal: str = _FAILED
     ) -> None:
+        """Answer the call with the status of ``exc`` (see :func:`_status_of`)."""
+        self.reply_error(ctx.stream_id, _status_of(exc, ctx, internal), soon)
+
+    def reply(
+        self, ctx: CallContext, result: Mapping[str, Any] | Encoded, soon: bool = False
+    ) -> None:
+        stream_id = ctx.stream_id
         try:
             payload = result if type(result) is Encoded else dumps(result)
             frame = encode_frame(stream_id, _RESPONSE, 0, encode_response(payload))
-        except RPCError as err:
-            frame = encode_frame(stream_id, _RESPONSE, 0, encode_error_from(err))
-        except Exception:
-            log.exception("cannot encode the response on stream %d", stream_id)
-            frame = encode_frame(
-                stream_id, _RESPONSE, 0, encode_error_from(Internal("cannot encode response"))
-            )
+        except Exception as exc:
+            status = _status_of(exc, ctx, _ENCODING_FAILED)
+            frame = encode_frame(stream_id, _RESPONSE, 0, encode_error_from(status))
         if soon:
             self.transport.write_soon(frame)
         else:
@@ -334,13 +360,10 @@ class _Connection:
         if method.kind is MethodKind.INLINE:
             try:
                 result = method.handler(message, ctx)
-            except RPCError as err:
-                self.reply_error(stream_id, err)
-            except Exception:
-                log.exception("handler %s/%s failed", request.service, request.method)
-                self.reply_error(stream_id, Internal("internal error"))
+            except Exception as exc:
+                self.fail(ctx, exc)
             else:
-                self.reply(stream_id, result)
+                self.reply(ctx, result)
             return
         if len(self.calls) >= server.max_calls_per_connection:
             self.reply_error(
@@ -352,28 +375,21 @@ class _Connection:
             )
             return
         if method.kind is MethodKind.DEFERRED:
-            responder = _Deferred(self, stream_id, method.result)
+            responder = _Deferred(self, ctx, method.result)
             self.calls[stream_id] = responder
             server.call_started()
             if deadline != math.inf:
                 self._keep_deadline(deadline, responder)
             try:
                 method.handler(message, ctx, responder)
-            except RPCError as err:
-                responder.fail(err)
-            except Exception:
-                log.exception("handler %s/%s failed", request.service, request.method)
-                responder.fail(Internal("internal error"))
+            except Exception as exc:
+                responder.fail(exc)
             return
         if method.prepare is not None:
             try:
                 message = method.prepare(message, ctx)
-            except RPCError as err:
-                self.reply_error(stream_id, err)
-                return
-            except Exception:
-                log.exception("handler %s/%s failed", request.service, request.method)
-                self.reply_error(stream_id, Internal("internal error"))
+            except Exception as exc:
+                self.fail(ctx, exc)
                 return
         call = _Call(trio.CancelScope(deadline=deadline))
         self.calls[stream_id] = call
@@ -440,14 +456,11 @@ class _Connection:
                         True,
                     )
             elif method.kind is MethodKind.UNARY:
-                self.reply(stream_id, result, True)
+                self.reply(ctx, result, True)
             else:
                 self.transport.write_soon(encode_frame(stream_id, _DATA, _END_OF_STREAM, b""))
-        except RPCError as err:
-            self.reply_error(stream_id, err, True)
-        except Exception:
-            log.exception("handler %s/%s failed", ctx.service, ctx.method)
-            self.reply_error(stream_id, Internal("internal error"), True)
+        except Exception as exc:
+            self.fail(ctx, exc, True)
         finally:
             del self.calls[stream_id]
             self.server.call_finished()
