@@ -8,7 +8,7 @@ method (with its traceback) is logged.  A cancelled call is never mistaken for a
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import pytest
@@ -130,34 +130,38 @@ PLACES = {
 }
 
 
-@pytest.mark.parametrize("method", list(PLACES))
-async def test_a_bug_is_internal_and_logged_once_naming_the_method(
-    nursery: trio.Nursery, sock_path: str, caplog: pytest.LogCaptureFixture, method: str
-) -> None:
+@pytest.fixture
+async def client(
+    nursery: trio.Nursery, sock_path: str, caplog: pytest.LogCaptureFixture
+) -> AsyncIterator[Client]:
+    """A client of a server of the methods above, errors logged by the server captured."""
     server = Server(services([]))
     await nursery.start(server.serve_unix, sock_path)
     caplog.set_level(logging.ERROR, logger="sandboxd.rpc")
     async with open_client(sock_path) as client:
-        error = await call(client, method, {"raise": "bug"})
-        assert type(error) is Internal
-        assert error.message == PLACES[method]
-        [record] = errors_logged(caplog)
-        assert f"{SERVICE}/{method}" in record.getMessage()
-        assert record.exc_info is not None and record.exc_info[1] is not None
-        assert "a bug" in str(record.exc_info[1]) or method == "InlineResult"
-        # The connection goes on serving.
-        assert type(await call(client, "Inline", {"raise": "rpc"})) is NotFound
+        yield client
+
+
+@pytest.mark.parametrize("method", list(PLACES))
+async def test_a_bug_is_internal_and_logged_once_naming_the_method(
+    client: Client, caplog: pytest.LogCaptureFixture, method: str
+) -> None:
+    error = await call(client, method, {"raise": "bug"})
+    assert type(error) is Internal
+    assert error.message == PLACES[method]
+    [record] = errors_logged(caplog)
+    assert f"{SERVICE}/{method}" in record.getMessage()
+    assert record.exc_info is not None and record.exc_info[1] is not None
+    assert "a bug" in str(record.exc_info[1]) or method == "InlineResult"
+    # The connection goes on serving.
+    assert type(await call(client, "Inline", {"raise": "rpc"})) is NotFound
 
 
 @pytest.mark.parametrize("method", list(PLACES))
 async def test_an_rpc_error_is_the_status_as_it_is_and_not_logged(
-    nursery: trio.Nursery, sock_path: str, caplog: pytest.LogCaptureFixture, method: str
+    client: Client, caplog: pytest.LogCaptureFixture, method: str
 ) -> None:
-    server = Server(services([]))
-    await nursery.start(server.serve_unix, sock_path)
-    caplog.set_level(logging.ERROR, logger="sandboxd.rpc")
-    async with open_client(sock_path) as client:
-        error = await call(client, method, {"raise": "rpc"})
+    error = await call(client, method, {"raise": "rpc"})
     if method == "InlineResult":
         assert type(error) is ResourceExhausted
     else:

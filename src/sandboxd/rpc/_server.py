@@ -21,17 +21,17 @@ Errors.  Whatever a call raises is answered at one boundary, :func:`_status_of`:
 logged once with the method's name and answered INTERNAL.  ``trio.Cancelled`` (not an
 ``Exception``) is never caught there: it goes on to whoever cancelled.
 
-Who may connect, and how much a peer may hold.  Every connection's peer credentials
-(``SO_PEERCRED``) are read once, as it is accepted; a uid not in ``allowed_uids`` gets one
-PERMISSION_DENIED response on stream 0 and the connection is closed, as is any connection
-beyond ``max_connections`` (RESOURCE_EXHAUSTED on stream 0).  An accepted peer holds at most
-one frame in the decoder, ``max_calls_per_connection`` calls, and ``max_buffered_bytes`` of
-unsent replies plus what one read's requests produce.  A peer that stalls while holding
-something is disconnected after ``stall_timeout`` seconds: a frame it began and did not finish,
-or replies over the bound that it does not take.  Both timers live off the hot path: a cancel
-scope armed only while a frame is incomplete at the end of a read, and one armed only while
-the transport holds more than the bound.  An idle connection holds nothing and is never timed
-out.
+Who may connect, and how much a peer may hold (the fields of :class:`~._limits.Limits`).
+Every connection's peer credentials (``SO_PEERCRED``) are read once, as it is accepted; a uid
+not in ``allowed_uids`` gets one PERMISSION_DENIED response on stream 0 and the connection is
+closed, as is any connection beyond ``max_connections`` (RESOURCE_EXHAUSTED on stream 0).
+An accepted peer holds at most one frame in the decoder, ``max_calls_per_connection`` calls,
+and ``max_buffered_bytes`` of unsent replies plus what one read's requests produce.  A peer
+that stalls while holding something is disconnected after ``stall_timeout`` seconds: a frame
+it began and did not finish, or replies over the bound that it does not take.  Both timers
+live off the hot path: a cancel scope armed only while a frame is incomplete at the end of a
+read, and one armed only while the transport holds more than the bound.  An idle connection
+holds nothing and is never timed out.
 """
 
 from __future__ import annotations
@@ -70,6 +70,7 @@ from ..wire import (
     encode_response,
     loads_message,
 )
+from ._limits import Limits
 from ._methods import CallContext, Encoded, Method, MethodKind, PeerCredentials, Services
 from ._transport import PeerStalledError, Transport
 from ._unix import bind_unix, group_id, peer_credentials, socket_dir_shut_to, unlink_if_ours
@@ -83,16 +84,6 @@ _END_OF_STREAM: Final = Flags.REMOTE_CLOSED | Flags.NO_DATA
 #: The messages of INTERNAL: a handler failed, or its result could not be made a response.
 _FAILED: Final = "internal error"
 _ENCODING_FAILED: Final = "cannot encode response"
-
-#: Connections served at once; more are refused with RESOURCE_EXHAUSTED on stream 0.
-DEFAULT_MAX_CONNECTIONS: Final = 1024
-#: Calls in progress (unary, deferred, streams) on one connection; more get RESOURCE_EXHAUSTED.
-DEFAULT_MAX_CALLS_PER_CONNECTION: Final = 1024
-#: Unsent reply bytes on one connection above which the server stops reading it.
-DEFAULT_MAX_BUFFERED_BYTES: Final = 8 * 1024 * 1024
-#: Seconds a peer gets to finish a frame it began, and to take its replies once they are over
-#: ``max_buffered_bytes``, before it is disconnected.
-DEFAULT_STALL_TIMEOUT: Final = 30.0
 
 
 def _status_of(exc: BaseException, ctx: CallContext, internal: str) -> RPCError:
@@ -199,7 +190,7 @@ class _ServerStream:
         """
         conn = self._conn
         conn.transport.write_soon(encode_frame(self._stream_id, _DATA, 0, dumps(message)))
-        if conn.transport.pending_bytes > conn.server.max_buffered_bytes:
+        if conn.transport.pending_bytes > conn.server.limits.max_buffered_bytes:
             await conn.transport.wait_drained()
         else:
             await trio.lowlevel.checkpoint()
@@ -247,8 +238,8 @@ class _Connection:
         transport = self.transport
         decoder = self._decoder
         feed = decoder.feed
-        limit = self.server.max_buffered_bytes
-        stall_timeout = self.server.stall_timeout
+        limit = self.server.limits.max_buffered_bytes
+        stall_timeout = self.server.limits.stall_timeout
         # Armed (given a deadline) only while a frame is incomplete at the end of a read.
         unfinished = trio.CancelScope()
         partial = False
@@ -365,12 +356,12 @@ class _Connection:
             else:
                 self.reply(ctx, result)
             return
-        if len(self.calls) >= server.max_calls_per_connection:
+        limit = server.limits.max_calls_per_connection
+        if len(self.calls) >= limit:
             self.reply_error(
                 stream_id,
                 ResourceExhausted(
-                    f"too many calls in progress on this connection "
-                    f"(limit {server.max_calls_per_connection})"
+                    f"too many calls in progress on this connection (limit {limit})"
                 ),
             )
             return
@@ -476,35 +467,21 @@ class Server:
 
     Access: only peers whose uid is in ``allowed_uids`` are served (default: the server's own
     effective uid and root); the socket file is mode 0600, or 0660 owned by ``socket_group``
-    (a group name or gid) when one is given.  Limits: see the ``DEFAULT_*`` constants of this
-    module and PROTOCOL.md, "Limits".  An unknown ``socket_group`` raises :class:`LookupError`
-    here, and a limit that is not positive :class:`ValueError`.
+    (a group name or gid) when one is given.  An unknown ``socket_group`` raises
+    :class:`LookupError` here.  ``limits`` bound what each client may make the server hold
+    (default: ``Limits()``; see :class:`~sandboxd.rpc.Limits` and PROTOCOL.md, "Limits").
     """
 
     def __init__(
         self,
         services: Services,
         *,
-        max_connections: int = DEFAULT_MAX_CONNECTIONS,
-        max_calls_per_connection: int = DEFAULT_MAX_CALLS_PER_CONNECTION,
-        max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES,
-        stall_timeout: float = DEFAULT_STALL_TIMEOUT,
+        limits: Limits | None = None,
         allowed_uids: Collection[int] | None = None,
         socket_group: int | str | None = None,
     ) -> None:
-        for name, value in (
-            ("max_connections", max_connections),
-            ("max_calls_per_connection", max_calls_per_connection),
-            ("max_buffered_bytes", max_buffered_bytes),
-            ("stall_timeout", stall_timeout),
-        ):
-            if not value > 0:
-                raise ValueError(f"{name} must be positive, not {value!r}")
         self.services = services
-        self.max_connections = max_connections
-        self.max_calls_per_connection = max_calls_per_connection
-        self.max_buffered_bytes = max_buffered_bytes
-        self.stall_timeout = stall_timeout
+        self.limits = Limits() if limits is None else limits
         self.allowed_uids: frozenset[int] = frozenset(
             {os.geteuid(), 0} if allowed_uids is None else allowed_uids
         )
@@ -583,13 +560,14 @@ class Server:
             unlink_if_ours(path, inode)
             self._done.set()
 
-    async def shutdown(self, grace: float = 5.0) -> None:
-        """Stop accepting, let running calls finish for up to ``grace`` seconds, then end.
+    async def shutdown(self, grace: float | None = None) -> None:
+        """Stop accepting, let running calls finish for up to ``grace`` seconds (default: the
+        limits' ``grace``), then end.
 
         New calls on open connections get UNAVAILABLE meanwhile.  Returns once the server has
         stopped.  If this is cancelled, the server goes on shutting down on its own.
         """
-        self._grace = grace
+        self._grace = self.limits.grace if grace is None else grace
         self._stop_accepting.cancel()
         await self._done.wait()
 
@@ -619,7 +597,8 @@ class Server:
                     sock, PermissionDenied(f"uid {peer.uid} is not allowed to use this socket")
                 )
                 continue
-            if self._connections >= self.max_connections:
+            limits = self.limits
+            if self._connections >= limits.max_connections:
                 log.warning(
                     "refusing connection from uid %d (pid %d): %d connections open",
                     peer.uid,
@@ -629,12 +608,12 @@ class Server:
                 _refuse(
                     sock,
                     ResourceExhausted(
-                        f"too many connections to this server (limit {self.max_connections})"
+                        f"too many connections to this server (limit {limits.max_connections})"
                     ),
                 )
                 continue
             transport = Transport(
-                sock, max_pending=self.max_buffered_bytes, stall_timeout=self.stall_timeout
+                sock, max_pending=limits.max_buffered_bytes, stall_timeout=limits.stall_timeout
             )
             # Counted here, not when its task starts: a burst of connections cannot overshoot.
             self._connections += 1
