@@ -44,11 +44,8 @@ from sandboxd.api import (
 )
 from sandboxd.backends import SimBackend
 from sandboxd.rpc import (
-    DEFAULT_MAX_BUFFERED_BYTES,
-    DEFAULT_MAX_CALLS_PER_CONNECTION,
-    DEFAULT_MAX_CONNECTIONS,
-    DEFAULT_STALL_TIMEOUT,
     CallContext,
+    Limits,
     Message,
     MessageSender,
     Method,
@@ -140,7 +137,7 @@ class Handlers:
 
 async def start(nursery: trio.Nursery, path: str, **options: Any) -> tuple[Server, Handlers]:
     handlers = Handlers()
-    server = Server(handlers.services(), **options)
+    server = Server(handlers.services(), limits=Limits(**options))
     handlers.server = server
     assert await nursery.start(server.serve_unix, path) == path
     return server, handlers
@@ -218,10 +215,11 @@ async def wait_for(predicate: Callable[[], bool], step: float = 0.01) -> float:
 
 
 async def test_defaults_are_documented_values() -> None:
-    assert DEFAULT_MAX_CONNECTIONS == 1024
-    assert DEFAULT_MAX_CALLS_PER_CONNECTION == 1024
-    assert DEFAULT_MAX_BUFFERED_BYTES == 8 * 1024 * 1024
-    assert DEFAULT_STALL_TIMEOUT == 30.0
+    limits = Limits()
+    assert limits.max_connections == 1024
+    assert limits.max_calls_per_connection == 1024
+    assert limits.max_buffered_bytes == 8 * 1024 * 1024
+    assert limits.stall_timeout == 30.0
     text = (Path(__file__).parent.parent / "docs" / "wire.md").read_text()
     assert "| stall timeout" in text and "30 seconds" in text
 
@@ -232,7 +230,7 @@ async def test_defaults_are_documented_values() -> None:
 )
 async def test_limits_must_be_positive(option: str) -> None:
     with pytest.raises(ValueError, match=option):
-        Server({}, **{option: 0})
+        Limits(**{option: 0})
 
 
 # -- a frame left unfinished -------------------------------------------------------------------
@@ -706,9 +704,9 @@ async def test_storm_of_hostile_clients_leaves_a_good_client_served_and_memory_b
                 serve_controller,
                 controller,
                 sock_path,
-                stall_timeout=1.0,
-                max_buffered_bytes=1024 * KIB,
-                max_calls_per_connection=64,
+                limits=Limits(
+                    stall_timeout=1.0, max_buffered_bytes=1024 * KIB, max_calls_per_connection=64
+                ),
             )
         )
         [server] = servers

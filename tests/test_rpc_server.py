@@ -32,6 +32,7 @@ from sandboxd import PROTOCOL_VERSION, __version__
 from sandboxd.api import RUNTIME_SERVICE, runtime_service
 from sandboxd.rpc import (
     CallContext,
+    Limits,
     MessageSender,
     Method,
     Responder,
@@ -368,7 +369,7 @@ async def start_server(
     there fails the test, instead of letting it hang, once GUARD seconds have passed.
     """
     nursery.start_soon(_watchdog)
-    server = Server(make_services(probe), **kwargs)
+    server = Server(make_services(probe), limits=Limits(**kwargs))
     stopped = trio.Event()
 
     async def run(*, task_status: trio.TaskStatus[str]) -> None:

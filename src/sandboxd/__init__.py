@@ -40,7 +40,7 @@ from ._paths import default_socket_path, default_state_dir
 from ._version import PROTOCOL_VERSION, __version__
 from .api import RemoteController, SyncController, connect, serve_controller
 from .backends import Backend, BwrapBackend, ProcessBackend, SandboxProcess, SimBackend
-from .rpc import SocketInUseError
+from .rpc import Limits, SocketInUseError
 from .runtime import Controller, Reply, Subscription, open_controller
 
 __all__ = [
@@ -58,6 +58,7 @@ __all__ = [
     "FailedPrecondition",
     "Internal",
     "InvalidArgument",
+    "Limits",
     "Mount",
     "NotFound",
     "OutOfRange",

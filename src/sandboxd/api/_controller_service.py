@@ -18,12 +18,9 @@ import trio
 from .._errors import NotFound
 from .._models import SandboxStatus
 from ..rpc import (
-    DEFAULT_MAX_BUFFERED_BYTES,
-    DEFAULT_MAX_CALLS_PER_CONNECTION,
-    DEFAULT_MAX_CONNECTIONS,
-    DEFAULT_STALL_TIMEOUT,
     CallContext,
     Encoded,
+    Limits,
     Message,
     MessageSender,
     Method,
@@ -190,10 +187,7 @@ async def serve_controller(
     path: str,
     *,
     task_status: Any = trio.TASK_STATUS_IGNORED,
-    max_connections: int = DEFAULT_MAX_CONNECTIONS,
-    max_calls_per_connection: int = DEFAULT_MAX_CALLS_PER_CONNECTION,
-    max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES,
-    stall_timeout: float = DEFAULT_STALL_TIMEOUT,
+    limits: Limits | None = None,
     allowed_uids: Collection[int] | None = None,
     socket_group: int | str | None = None,
 ) -> None:
@@ -201,15 +195,12 @@ async def serve_controller(
     Unix socket ``path`` until cancelled.
 
     ``path = await nursery.start(serve_controller, controller, path)`` returns once the socket
-    accepts connections.  The other options are :class:`~sandboxd.rpc.Server`'s: who may
-    connect (``allowed_uids``, ``socket_group``) and the limits on each client.
+    accepts connections.  The other options are :class:`~sandboxd.rpc.Server`'s: the limits on
+    each client, and who may connect (``allowed_uids``, ``socket_group``).
     """
     server = Server(
         {RUNTIME_SERVICE: runtime_service(), CONTROLLER_SERVICE: controller_service(controller)},
-        max_connections=max_connections,
-        max_calls_per_connection=max_calls_per_connection,
-        max_buffered_bytes=max_buffered_bytes,
-        stall_timeout=stall_timeout,
+        limits=limits,
         allowed_uids=allowed_uids,
         socket_group=socket_group,
     )

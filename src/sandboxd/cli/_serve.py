@@ -13,25 +13,17 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import attrs
 import trio
 
 from .._paths import default_socket_path, default_state_dir, ensure_private_dir
 from .._version import __version__
 from ..api import CONTROLLER_SERVICE, RUNTIME_SERVICE, controller_service, runtime_service
 from ..backends import Backend, BwrapBackend, ProcessBackend, SimBackend
-from ..rpc import (
-    DEFAULT_MAX_BUFFERED_BYTES,
-    DEFAULT_MAX_CALLS_PER_CONNECTION,
-    DEFAULT_MAX_CONNECTIONS,
-    DEFAULT_STALL_TIMEOUT,
-    Server,
-    SocketInUseError,
-)
+from ..rpc import Limits, Server, SocketInUseError
 from ..runtime import DEFAULT_SANDBOXER, Controller, SandboxStore, StoreCorrupt
 
 log = logging.getLogger("sandboxd")
-
-DEFAULT_GRACE = 10.0
 
 _NEVER_REPLACED = (
     "refusing to start: the state database is never replaced.  Move it aside (and the "
@@ -70,14 +62,20 @@ def _uid(value: str) -> int:
         raise argparse.ArgumentTypeError(f"unknown user {value!r}") from None
 
 
-def _positive(kind: type[int] | type[float]) -> Any:
+def _limit(name: str, kind: type[int] | type[float]) -> Any:
+    """The argument type of the option that sets the limit ``name``: checked by
+    :class:`Limits` itself, so the option refuses what the class refuses."""
+
     def parse(value: str) -> int | float:
         try:
             number = kind(value)
         except ValueError:
             raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
-        if not number > 0:
-            raise argparse.ArgumentTypeError(f"must be positive: {value!r}")
+        changed: dict[str, Any] = {name: number}
+        try:
+            attrs.evolve(Limits(), **changed)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
         return number
 
     return parse
@@ -100,47 +98,27 @@ def _add_access_and_limit_options(serve: argparse.ArgumentParser) -> None:
         help="also serve this uid (or user name); repeatable.  The daemon's own uid and root "
         "are always served",
     )
-    serve.add_argument(
-        "--max-connections",
-        type=_positive(int),
-        default=DEFAULT_MAX_CONNECTIONS,
-        metavar="N",
-        help=f"connections served at once (default {DEFAULT_MAX_CONNECTIONS})",
-    )
-    serve.add_argument(
-        "--max-calls-per-connection",
-        type=_positive(int),
-        default=DEFAULT_MAX_CALLS_PER_CONNECTION,
-        metavar="N",
-        help="calls running at once on one connection "
-        f"(default {DEFAULT_MAX_CALLS_PER_CONNECTION})",
-    )
-    serve.add_argument(
-        "--max-buffered-bytes",
-        type=_positive(int),
-        default=DEFAULT_MAX_BUFFERED_BYTES,
-        metavar="N",
-        help="unsent reply bytes on one connection above which it is not read "
-        f"(default {DEFAULT_MAX_BUFFERED_BYTES})",
-    )
-    serve.add_argument(
-        "--stall-timeout",
-        type=_positive(float),
-        default=DEFAULT_STALL_TIMEOUT,
-        metavar="SECONDS",
-        help="disconnect a client that leaves a frame unfinished, or replies over "
-        f"--max-buffered-bytes unread, this long (default {DEFAULT_STALL_TIMEOUT:g})",
-    )
+    # One option per field of Limits, named after it: --max-connections sets max_connections.
+    for field in attrs.fields(Limits):
+        default = field.default
+        kind = float if isinstance(default, float) else int
+        shown = f"{default:g}" if kind is float else str(default)
+        serve.add_argument(
+            "--" + field.name.replace("_", "-"),
+            type=_limit(field.name, kind),
+            default=default,
+            metavar="N" if kind is int else "SECONDS",
+            help=f"{field.metadata['help']} (default {shown})",
+        )
 
 
 def _server_options(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "socket_group": args.socket_group,
         "allowed_uids": {os.geteuid(), 0, *args.allow_uid} if args.allow_uid else None,
-        "max_connections": args.max_connections,
-        "max_calls_per_connection": args.max_calls_per_connection,
-        "max_buffered_bytes": args.max_buffered_bytes,
-        "stall_timeout": args.stall_timeout,
+        "limits": Limits(
+            **{field.name: getattr(args, field.name) for field in attrs.fields(Limits)}
+        ),
     }
 
 
@@ -177,12 +155,6 @@ def _parser() -> argparse.ArgumentParser:
         help=f"sandboxer used when Create names none (default {DEFAULT_SANDBOXER})",
     )
     serve.add_argument(
-        "--grace",
-        type=float,
-        default=DEFAULT_GRACE,
-        help=f"seconds calls in progress get to finish at shutdown (default {DEFAULT_GRACE:g})",
-    )
-    serve.add_argument(
         "--ready-fd",
         type=int,
         default=None,
@@ -204,7 +176,6 @@ async def _serve(
     socket_path: str,
     state_dir: str,
     sandboxer: str,
-    grace: float,
     store: SandboxStore,
     server_options: Mapping[str, Any],
     ready_fd: int | None = None,
@@ -241,7 +212,7 @@ async def _serve(
                 log.info("%s received: shutting down", signal.Signals(signum).name)
                 # Waits and event streams would otherwise hold the whole grace period.
                 controller.drain()
-                await server.shutdown(grace)
+                await server.shutdown()
                 break
             # Sandboxes outlive the daemon: closing the controller leaves them running.
             nursery.cancel_scope.cancel()
@@ -301,7 +272,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             socket_path,
             state_dir,
             args.default_sandboxer,
-            args.grace,
             store,
             _server_options(args),
             args.ready_fd,

@@ -1,6 +1,7 @@
 """trio RPC over ttrpc-framed CBOR on Unix sockets.  Knows nothing of sandboxes."""
 
 from ._client import Client, open_client
+from ._limits import Limits
 from ._methods import (
     CallContext,
     Encoded,
@@ -16,24 +17,15 @@ from ._methods import (
     server_stream,
     unary,
 )
-from ._server import (
-    DEFAULT_MAX_BUFFERED_BYTES,
-    DEFAULT_MAX_CALLS_PER_CONNECTION,
-    DEFAULT_MAX_CONNECTIONS,
-    DEFAULT_STALL_TIMEOUT,
-    Server,
-)
+from ._server import Server
 from ._sync_client import SyncClient
 from ._unix import SocketInUseError
 
 __all__ = [
-    "DEFAULT_MAX_BUFFERED_BYTES",
-    "DEFAULT_MAX_CALLS_PER_CONNECTION",
-    "DEFAULT_MAX_CONNECTIONS",
-    "DEFAULT_STALL_TIMEOUT",
     "CallContext",
     "Client",
     "Encoded",
+    "Limits",
     "Message",
     "MessageSender",
     "Method",

@@ -16,17 +16,22 @@ together.
 The reader never waits on a handler.  It stops reading only while more than
 ``max_buffered_bytes`` of replies wait for a peer that does not read them.
 
-Who may connect, and how much a peer may hold.  Every connection's peer credentials
-(``SO_PEERCRED``) are read once, as it is accepted; a uid not in ``allowed_uids`` gets one
-PERMISSION_DENIED response on stream 0 and the connection is closed, as is any connection
-beyond ``max_connections`` (RESOURCE_EXHAUSTED on stream 0).  An accepted peer holds at most
-one frame in the decoder, ``max_calls_per_connection`` calls, and ``max_buffered_bytes`` of
-unsent replies plus what one read's requests produce.  A peer that stalls while holding
-something is disconnected after ``stall_timeout`` seconds: a frame it began and did not finish,
-or replies over the bound that it does not take.  Both timers live off the hot path: a cancel
-scope armed only while a frame is incomplete at the end of a read, and one armed only while
-the transport holds more than the bound.  An idle connection holds nothing and is never timed
-out.
+Errors.  Whatever a call raises is answered at one boundary, :func:`_status_of`: an
+:class:`~sandboxd.RPCError` is the call's status as it is; any other exception is a bug,
+logged once with the method's name and answered INTERNAL.  ``trio.Cancelled`` (not an
+``Exception``) is never caught there: it goes on to whoever cancelled.
+
+Who may connect, and how much a peer may hold (the fields of :class:`~._limits.Limits`).
+Every connection's peer credentials (``SO_PEERCRED``) are read once, as it is accepted; a uid
+not in ``allowed_uids`` gets one PERMISSION_DENIED response on stream 0 and the connection is
+closed, as is any connection beyond ``max_connections`` (RESOURCE_EXHAUSTED on stream 0).
+An accepted peer holds at most one frame in the decoder, ``max_calls_per_connection`` calls,
+and ``max_buffered_bytes`` of unsent replies plus what one read's requests produce.  A peer
+that stalls while holding something is disconnected after ``stall_timeout`` seconds: a frame
+it began and did not finish, or replies over the bound that it does not take.  Both timers
+live off the hot path: a cancel scope armed only while a frame is incomplete at the end of a
+read, and one armed only while the transport holds more than the bound.  An idle connection
+holds nothing and is never timed out.
 """
 
 from __future__ import annotations
@@ -65,6 +70,7 @@ from ..wire import (
     encode_response,
     loads_message,
 )
+from ._limits import Limits
 from ._methods import CallContext, Encoded, Method, MethodKind, PeerCredentials, Services
 from ._transport import PeerStalledError, Transport
 from ._unix import bind_unix, group_id, peer_credentials, socket_dir_shut_to, unlink_if_ours
@@ -75,16 +81,29 @@ _REQUEST: Final = FrameType.REQUEST
 _DATA: Final = FrameType.DATA
 _RESPONSE: Final = FrameType.RESPONSE
 _END_OF_STREAM: Final = Flags.REMOTE_CLOSED | Flags.NO_DATA
+#: The messages of INTERNAL: a handler failed, or its result could not be made a response.
+_FAILED: Final = "internal error"
+_ENCODING_FAILED: Final = "cannot encode response"
 
-#: Connections served at once; more are refused with RESOURCE_EXHAUSTED on stream 0.
-DEFAULT_MAX_CONNECTIONS: Final = 1024
-#: Calls in progress (unary, deferred, streams) on one connection; more get RESOURCE_EXHAUSTED.
-DEFAULT_MAX_CALLS_PER_CONNECTION: Final = 1024
-#: Unsent reply bytes on one connection above which the server stops reading it.
-DEFAULT_MAX_BUFFERED_BYTES: Final = 8 * 1024 * 1024
-#: Seconds a peer gets to finish a frame it began, and to take its replies once they are over
-#: ``max_buffered_bytes``, before it is disconnected.
-DEFAULT_STALL_TIMEOUT: Final = 30.0
+
+def _status_of(exc: BaseException, ctx: CallContext, internal: str) -> RPCError:
+    """The status a call that raised ``exc`` is answered with: the server's one error boundary.
+
+    An :class:`RPCError` is its own status.  Anything else is a bug: it is logged (one line
+    naming the method, with the traceback) and becomes INTERNAL with the message ``internal``,
+    which tells the client nothing of it.
+    """
+    if isinstance(exc, RPCError):
+        return exc
+    log.error(
+        "%s/%s failed on stream %d: answered INTERNAL %r",
+        ctx.service,
+        ctx.method,
+        ctx.stream_id,
+        internal,
+        exc_info=exc,
+    )
+    return Internal(internal)
 
 
 @final
@@ -107,14 +126,15 @@ class _Deferred:
     """A deferred call waiting for its answer: a row of the stream table, and the
     :class:`~._methods.Responder` its handler passed on."""
 
-    __slots__ = ("_conn", "_result", "abandoned", "stream_id")
+    __slots__ = ("_conn", "_ctx", "_result", "abandoned", "stream_id")
 
     def __init__(
-        self, conn: _Connection, stream_id: int, result: Callable[[Any], Any] | None
+        self, conn: _Connection, ctx: CallContext, result: Callable[[Any], Any] | None
     ) -> None:
         self._conn = conn
+        self._ctx = ctx
         self._result = result
-        self.stream_id = stream_id
+        self.stream_id = ctx.stream_id
         self.abandoned = False
 
     def _settle(self) -> bool:
@@ -130,22 +150,16 @@ class _Deferred:
     def ok(self, value: Any) -> None:
         if not self._settle():
             return
-        conn = self._conn
         try:
             result = value if self._result is None else self._result(value)
-        except Exception:
-            log.exception("cannot make the response on stream %d", self.stream_id)
-            conn.reply_error(self.stream_id, Internal("cannot encode response"), True)
+        except Exception as exc:
+            self._conn.fail(self._ctx, exc, True, _ENCODING_FAILED)
         else:
-            conn.reply(self.stream_id, result, True)
+            self._conn.reply(self._ctx, result, True)
 
     def fail(self, error: BaseException) -> None:
-        if not self._settle():
-            return
-        if not isinstance(error, RPCError):
-            log.error("call on stream %d failed", self.stream_id, exc_info=error)
-            error = Internal("internal error")
-        self._conn.reply_error(self.stream_id, error, True)
+        if self._settle():
+            self._conn.fail(self._ctx, error, True)
 
     def end_by_client(self) -> None:
         self.fail(Cancelled("call ended by the client"))
@@ -176,7 +190,7 @@ class _ServerStream:
         """
         conn = self._conn
         conn.transport.write_soon(encode_frame(self._stream_id, _DATA, 0, dumps(message)))
-        if conn.transport.pending_bytes > conn.server.max_buffered_bytes:
+        if conn.transport.pending_bytes > conn.server.limits.max_buffered_bytes:
             await conn.transport.wait_drained()
         else:
             await trio.lowlevel.checkpoint()
@@ -224,8 +238,8 @@ class _Connection:
         transport = self.transport
         decoder = self._decoder
         feed = decoder.feed
-        limit = self.server.max_buffered_bytes
-        stall_timeout = self.server.stall_timeout
+        limit = self.server.limits.max_buffered_bytes
+        stall_timeout = self.server.limits.stall_timeout
         # Armed (given a deadline) only while a frame is incomplete at the end of a read.
         unfinished = trio.CancelScope()
         partial = False
@@ -279,19 +293,22 @@ class _Connection:
         else:
             self.transport.write(frame)
 
-    def reply(
-        self, stream_id: int, result: Mapping[str, Any] | Encoded, soon: bool = False
+    def fail(
+        self, ctx: CallContext, exc: BaseException, soon: bool = False, internal: str = _FAILED
     ) -> None:
+        """Answer the call with the status of ``exc`` (see :func:`_status_of`)."""
+        self.reply_error(ctx.stream_id, _status_of(exc, ctx, internal), soon)
+
+    def reply(
+        self, ctx: CallContext, result: Mapping[str, Any] | Encoded, soon: bool = False
+    ) -> None:
+        stream_id = ctx.stream_id
         try:
             payload = result if type(result) is Encoded else dumps(result)
             frame = encode_frame(stream_id, _RESPONSE, 0, encode_response(payload))
-        except RPCError as err:
-            frame = encode_frame(stream_id, _RESPONSE, 0, encode_error_from(err))
-        except Exception:
-            log.exception("cannot encode the response on stream %d", stream_id)
-            frame = encode_frame(
-                stream_id, _RESPONSE, 0, encode_error_from(Internal("cannot encode response"))
-            )
+        except Exception as exc:
+            status = _status_of(exc, ctx, _ENCODING_FAILED)
+            frame = encode_frame(stream_id, _RESPONSE, 0, encode_error_from(status))
         if soon:
             self.transport.write_soon(frame)
         else:
@@ -334,46 +351,36 @@ class _Connection:
         if method.kind is MethodKind.INLINE:
             try:
                 result = method.handler(message, ctx)
-            except RPCError as err:
-                self.reply_error(stream_id, err)
-            except Exception:
-                log.exception("handler %s/%s failed", request.service, request.method)
-                self.reply_error(stream_id, Internal("internal error"))
+            except Exception as exc:
+                self.fail(ctx, exc)
             else:
-                self.reply(stream_id, result)
+                self.reply(ctx, result)
             return
-        if len(self.calls) >= server.max_calls_per_connection:
+        limit = server.limits.max_calls_per_connection
+        if len(self.calls) >= limit:
             self.reply_error(
                 stream_id,
                 ResourceExhausted(
-                    f"too many calls in progress on this connection "
-                    f"(limit {server.max_calls_per_connection})"
+                    f"too many calls in progress on this connection (limit {limit})"
                 ),
             )
             return
         if method.kind is MethodKind.DEFERRED:
-            responder = _Deferred(self, stream_id, method.result)
+            responder = _Deferred(self, ctx, method.result)
             self.calls[stream_id] = responder
             server.call_started()
             if deadline != math.inf:
                 self._keep_deadline(deadline, responder)
             try:
                 method.handler(message, ctx, responder)
-            except RPCError as err:
-                responder.fail(err)
-            except Exception:
-                log.exception("handler %s/%s failed", request.service, request.method)
-                responder.fail(Internal("internal error"))
+            except Exception as exc:
+                responder.fail(exc)
             return
         if method.prepare is not None:
             try:
                 message = method.prepare(message, ctx)
-            except RPCError as err:
-                self.reply_error(stream_id, err)
-                return
-            except Exception:
-                log.exception("handler %s/%s failed", request.service, request.method)
-                self.reply_error(stream_id, Internal("internal error"))
+            except Exception as exc:
+                self.fail(ctx, exc)
                 return
         call = _Call(trio.CancelScope(deadline=deadline))
         self.calls[stream_id] = call
@@ -440,14 +447,11 @@ class _Connection:
                         True,
                     )
             elif method.kind is MethodKind.UNARY:
-                self.reply(stream_id, result, True)
+                self.reply(ctx, result, True)
             else:
                 self.transport.write_soon(encode_frame(stream_id, _DATA, _END_OF_STREAM, b""))
-        except RPCError as err:
-            self.reply_error(stream_id, err, True)
-        except Exception:
-            log.exception("handler %s/%s failed", ctx.service, ctx.method)
-            self.reply_error(stream_id, Internal("internal error"), True)
+        except Exception as exc:
+            self.fail(ctx, exc, True)
         finally:
             del self.calls[stream_id]
             self.server.call_finished()
@@ -463,35 +467,21 @@ class Server:
 
     Access: only peers whose uid is in ``allowed_uids`` are served (default: the server's own
     effective uid and root); the socket file is mode 0600, or 0660 owned by ``socket_group``
-    (a group name or gid) when one is given.  Limits: see the ``DEFAULT_*`` constants of this
-    module and PROTOCOL.md, "Limits".  An unknown ``socket_group`` raises :class:`LookupError`
-    here, and a limit that is not positive :class:`ValueError`.
+    (a group name or gid) when one is given.  An unknown ``socket_group`` raises
+    :class:`LookupError` here.  ``limits`` bound what each client may make the server hold
+    (default: ``Limits()``; see :class:`~sandboxd.rpc.Limits` and PROTOCOL.md, "Limits").
     """
 
     def __init__(
         self,
         services: Services,
         *,
-        max_connections: int = DEFAULT_MAX_CONNECTIONS,
-        max_calls_per_connection: int = DEFAULT_MAX_CALLS_PER_CONNECTION,
-        max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES,
-        stall_timeout: float = DEFAULT_STALL_TIMEOUT,
+        limits: Limits | None = None,
         allowed_uids: Collection[int] | None = None,
         socket_group: int | str | None = None,
     ) -> None:
-        for name, value in (
-            ("max_connections", max_connections),
-            ("max_calls_per_connection", max_calls_per_connection),
-            ("max_buffered_bytes", max_buffered_bytes),
-            ("stall_timeout", stall_timeout),
-        ):
-            if not value > 0:
-                raise ValueError(f"{name} must be positive, not {value!r}")
         self.services = services
-        self.max_connections = max_connections
-        self.max_calls_per_connection = max_calls_per_connection
-        self.max_buffered_bytes = max_buffered_bytes
-        self.stall_timeout = stall_timeout
+        self.limits = Limits() if limits is None else limits
         self.allowed_uids: frozenset[int] = frozenset(
             {os.geteuid(), 0} if allowed_uids is None else allowed_uids
         )
@@ -570,13 +560,14 @@ class Server:
             unlink_if_ours(path, inode)
             self._done.set()
 
-    async def shutdown(self, grace: float = 5.0) -> None:
-        """Stop accepting, let running calls finish for up to ``grace`` seconds, then end.
+    async def shutdown(self, grace: float | None = None) -> None:
+        """Stop accepting, let running calls finish for up to ``grace`` seconds (default: the
+        limits' ``grace``), then end.
 
         New calls on open connections get UNAVAILABLE meanwhile.  Returns once the server has
         stopped.  If this is cancelled, the server goes on shutting down on its own.
         """
-        self._grace = grace
+        self._grace = self.limits.grace if grace is None else grace
         self._stop_accepting.cancel()
         await self._done.wait()
 
@@ -606,7 +597,8 @@ class Server:
                     sock, PermissionDenied(f"uid {peer.uid} is not allowed to use this socket")
                 )
                 continue
-            if self._connections >= self.max_connections:
+            limits = self.limits
+            if self._connections >= limits.max_connections:
                 log.warning(
                     "refusing connection from uid %d (pid %d): %d connections open",
                     peer.uid,
@@ -616,12 +608,12 @@ class Server:
                 _refuse(
                     sock,
                     ResourceExhausted(
-                        f"too many connections to this server (limit {self.max_connections})"
+                        f"too many connections to this server (limit {limits.max_connections})"
                     ),
                 )
                 continue
             transport = Transport(
-                sock, max_pending=self.max_buffered_bytes, stall_timeout=self.stall_timeout
+                sock, max_pending=limits.max_buffered_bytes, stall_timeout=limits.stall_timeout
             )
             # Counted here, not when its task starts: a burst of connections cannot overshoot.
             self._connections += 1
