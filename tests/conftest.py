@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import os
-import signal
 import tempfile
 from collections.abc import AsyncIterator, Iterator
-from contextlib import suppress
 from pathlib import Path
 
 import pytest
@@ -33,7 +31,8 @@ def fifo(tmp_path: Path) -> Iterator[Fifo]:
 
 @pytest.fixture
 def reaper() -> Iterator[Reaper]:
-    """Pids to SIGKILL (with their groups) at teardown: sandboxes outlive a daemon by design."""
+    """Pids to SIGKILL (with their groups) at teardown, so a failing test leaves nothing
+    running: sandboxes outlive their controller, and their daemon, by design."""
     reaper = Reaper()
     try:
         yield reaper
@@ -42,14 +41,17 @@ def reaper() -> Iterator[Reaper]:
 
 
 @pytest.fixture
-def reap() -> Iterator[list[int]]:
-    """Pids of process sandboxes: their process groups are SIGKILLed at teardown, so a
-    failing test leaves nothing running (sandboxes outlive the controller by design)."""
-    pids: list[int] = []
-    yield pids
-    for pid in pids:
-        with suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGKILL)
+async def watchdog(request: pytest.FixtureRequest, nursery: trio.Nursery) -> None:
+    """Fails the test, rather than let it hang, once it has run for its module's ``GUARD``
+    seconds (virtual ones under the autojump clock).  A module of trio tests asks for it with
+    ``pytestmark = pytest.mark.usefixtures("watchdog")``."""
+    guard: float = request.module.GUARD
+
+    async def bark() -> None:
+        await trio.sleep(guard)
+        raise TimeoutError(f"test still running after {guard} s: something hangs")
+
+    nursery.start_soon(bark)
 
 
 @pytest.fixture

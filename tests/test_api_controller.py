@@ -29,7 +29,7 @@ import pytest
 import trio
 import trio.testing
 
-from procs import is_alive
+from procs import Reaper, is_alive
 from sandboxd import (
     AlreadyExists,
     DeadlineExceeded,
@@ -481,13 +481,13 @@ async def test_missing_executable_is_invalid_argument_at_create(
 # -- 4. a real process, over the socket --------------------------------------------------------
 
 
-async def test_process_sandbox_whole_life(served: Served, reap: list[int]) -> None:
+async def test_process_sandbox_whole_life(served: Served, reaper: Reaper) -> None:
     async with connect(served.path) as remote:
         sleeper = SandboxOptions(command=["sleep", "1000"])
         assert await remote.create("p1", sandboxer=PROCESS, options=sleeper) == "p1"
         assert (await remote.status("p1")).pid == 0
         instance = await remote.start("p1")
-        reap.append(instance.pid)
+        reaper.add(instance.pid)
         assert instance.pid > 0
         os.kill(instance.pid, 0)  # a live process
         assert is_alive(instance.pid)
@@ -513,23 +513,23 @@ async def test_process_sandbox_whole_life(served: Served, reap: list[int]) -> No
             await remote.wait("p1")
 
 
-async def test_process_exit_code_without_stop(served: Served, reap: list[int]) -> None:
+async def test_process_exit_code_without_stop(served: Served, reaper: Reaper) -> None:
     async with connect(served.path) as remote:
         await remote.create(
             "p5", sandboxer=PROCESS, options=SandboxOptions(command=["sh", "-c", "exit 5"])
         )
-        reap.append((await remote.start("p5")).pid)
+        reaper.add((await remote.start("p5")).pid)
         assert (await remote.wait("p5")).exit_status == 5
         assert (await remote.status("p5")).state is SandboxState.STOPPED
         await remote.shutdown("p5")
 
 
-async def test_process_stop_with_zero_timeout_kills(served: Served, reap: list[int]) -> None:
+async def test_process_stop_with_zero_timeout_kills(served: Served, reaper: Reaper) -> None:
     async with connect(served.path) as remote:
         # SIGTERM is ignored: only a SIGKILL can end it, and a zero timeout sends one at once.
         stubborn = SandboxOptions(command=["sh", "-c", "trap '' TERM; sleep 1000 & wait"])
         await remote.create("p9", sandboxer=PROCESS, options=stubborn)
-        reap.append((await remote.start("p9")).pid)
+        reaper.add((await remote.start("p9")).pid)
         await remote.stop("p9", timeout_secs=0)
         assert (await remote.wait("p9")).exit_status == 137
         await remote.shutdown("p9")
