@@ -11,6 +11,7 @@ import pytest
 import trio
 
 from daemons import Daemons
+from probe_server import Probe
 from procs import Fifo, Reaper
 
 
@@ -27,6 +28,12 @@ def fifo(tmp_path: Path) -> Iterator[Fifo]:
     fifo = Fifo(tmp_path / "fifo")
     yield fifo
     fifo.close()
+
+
+@pytest.fixture
+def probe() -> Probe:
+    """The handlers of the RPC server's tests: what a test controls and observes of them."""
+    return Probe()
 
 
 @pytest.fixture

@@ -125,9 +125,17 @@ class Peer(trio.abc.AsyncResource):
         await self.stream.send_all(b"".join(chunks))
 
     async def send_request(
-        self, stream_id: int, method: str, message: Mapping[str, Any] | None = None, **kw: Any
+        self,
+        stream_id: int,
+        method: str,
+        message: Mapping[str, Any] | None = None,
+        *,
+        service: str | None = None,
+        **kw: Any,
     ) -> None:
-        await self.send(request_frame(stream_id, method, message, service=self.service, **kw))
+        """A request to ``service``, by default the peer's."""
+        service = self.service if service is None else service
+        await self.send(request_frame(stream_id, method, message, service=service, **kw))
 
     async def reply(self, stream_id: int, message: Mapping[str, Any]) -> None:
         """Answer ``stream_id`` with ``message``, as a server does."""
@@ -211,4 +219,3 @@ class Peer(trio.abc.AsyncResource):
         frame = await self.next_frame()
         assert (frame.type, frame.flags) == (FrameType.REQUEST, 0), frame
         return frame.stream_id, decode_request(frame.payload)
-
