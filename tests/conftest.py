@@ -10,9 +10,12 @@ from pathlib import Path
 import pytest
 import trio
 
-from daemons import Daemons
+from daemons import Daemons, Served
 from probe_server import Probe
 from procs import Fifo, Reaper
+from sandboxd.api import CONTROLLER_SERVICE, RUNTIME_SERVICE, controller_service, runtime_service
+from sandboxd.rpc import Server
+from sandboxd.runtime import Controller
 
 
 @pytest.fixture
@@ -73,3 +76,18 @@ async def daemons(sock_path: str, tmp_path: Path) -> AsyncIterator[Daemons]:
     finally:
         with trio.CancelScope(shield=True):
             await daemons.kill_all()
+
+
+@pytest.fixture
+async def served(nursery: trio.Nursery, sock_path: str, sandboxd_controller: Controller) -> Served:
+    """The plugin's ``sandboxd_controller`` (override ``sandboxd_controller_options`` to
+    change it) served on ``sock_path`` as ``serve_controller`` serves it, by a server the test
+    can look at."""
+    server = Server(
+        {
+            RUNTIME_SERVICE: runtime_service(),
+            CONTROLLER_SERVICE: controller_service(sandboxd_controller),
+        }
+    )
+    assert await nursery.start(server.serve_unix, sock_path) == sock_path
+    return Served(sandboxd_controller, server, sock_path)
