@@ -24,13 +24,13 @@ import pytest
 import trio
 import trio.testing
 
+from background import in_background
 from procs import Fifo, is_alive
 from sandboxd import (
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
-    RPCError,
     Unavailable,
 )
 from sandboxd._models import (
@@ -80,31 +80,6 @@ async def started(controller: Controller, sandbox_id: str, **sim: Any) -> int:
 
 def state(controller: Controller, sandbox_id: str) -> SandboxState:
     return controller.status_nowait(sandbox_id).state
-
-
-class Finished:
-    """Runs a call in the background and records when (trio time) it returned, or how it
-    failed."""
-
-    def __init__(self) -> None:
-        self.at: float | None = None
-        self.value: Any = None
-        self.error: BaseException | None = None
-        self.done = trio.Event()
-
-    async def run(self, call: Callable[[], Awaitable[Any]]) -> None:
-        try:
-            self.value = await call()
-        except RPCError as err:
-            self.error = err
-        self.at = trio.current_time()
-        self.done.set()
-
-
-def in_background(nursery: trio.Nursery, call: Callable[[], Awaitable[Any]]) -> Finished:
-    finished = Finished()
-    nursery.start_soon(finished.run, call)
-    return finished
 
 
 async def take(subscription: Subscription, count: int) -> list[SandboxEvent]:
