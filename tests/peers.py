@@ -195,6 +195,14 @@ class Peer(trio.abc.AsyncResource):
         assert (frame.stream_id, frame.type, frame.flags) == expected, frame
         return frame
 
+    async def message(self, stream_id: int) -> dict[str, Any]:
+        """The next frame, which must be a DATA frame on ``stream_id`` with flags 0: a stream's
+        message."""
+        frame = await self.next_frame()
+        expected = (stream_id, FrameType.DATA, 0)
+        assert (frame.stream_id, frame.type, frame.flags) == expected, frame
+        return loads_message(frame.payload, "stream message")
+
     async def expect_ok(self, stream_id: int) -> dict[str, Any]:
         frame = await self.response(stream_id)
         assert status_of(frame) == (Code.OK, ""), status_of(frame)

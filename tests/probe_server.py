@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NoReturn
 
 import trio
 
@@ -61,6 +61,13 @@ class Probe:
         #: The responders of the deferred calls received, in order.
         self.responders: list[Responder] = []
         self.deferred_arrived = trio.Event()
+
+    async def until_cancelled(self) -> NoReturn:
+        """Sleep until cancelled; then note when, and set :attr:`cancelled`."""
+        try:
+            await trio.sleep_forever()
+        finally:
+            self.saw_cancel()
 
     def saw_cancel(self) -> None:
         self.cancelled_at = trio.current_time()
@@ -108,11 +115,7 @@ def make_services(probe: Probe) -> dict[str, Mapping[str, Method]]:
     async def forever(message: dict[str, Any], ctx: CallContext) -> Mapping[str, Any]:
         probe.deadline = ctx.deadline
         probe.started.set()
-        try:
-            await trio.sleep_forever()
-        except trio.Cancelled:
-            probe.saw_cancel()
-            raise
+        await probe.until_cancelled()
 
     async def boom_unary(message: dict[str, Any], ctx: CallContext) -> Mapping[str, Any]:
         await trio.lowlevel.checkpoint()
@@ -129,11 +132,7 @@ def make_services(probe: Probe) -> dict[str, Mapping[str, Method]]:
     async def endless(message: dict[str, Any], ctx: CallContext, stream: MessageSender) -> None:
         await stream.send({"i": 0})
         probe.started.set()
-        try:
-            await trio.sleep_forever()
-        except trio.Cancelled:
-            probe.saw_cancel()
-            raise
+        await probe.until_cancelled()
 
     async def ticker(message: dict[str, Any], ctx: CallContext, stream: MessageSender) -> None:
         i = 0

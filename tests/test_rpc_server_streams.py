@@ -29,9 +29,7 @@ async def test_server_stream_messages_then_end(
     async with await connect(sock_path) as peer:
         await peer.send_request(3, "Count", {"n": n})
         for i in range(n):
-            frame = await peer.next_frame()
-            assert (frame.stream_id, frame.type, frame.flags) == (3, DATA, 0)
-            assert loads_message(frame.payload) == {"i": i}
+            assert await peer.message(3) == {"i": i}
         end = await peer.next_frame()
         assert end == Frame(3, DATA, END_OF_STREAM, b"")
         assert END_OF_STREAM == 0x05
@@ -45,9 +43,7 @@ async def test_server_stream_error_ends_with_response(
     async with await connect(sock_path) as peer:
         await peer.send_request(1, "StreamFail", {})
         for i in range(2):
-            frame = await peer.next_frame()
-            assert (frame.stream_id, frame.type, frame.flags) == (1, DATA, 0)
-            assert loads_message(frame.payload) == {"i": i}
+            assert await peer.message(1) == {"i": i}
         frame = await peer.response(1)
         envelope = loads_strict(frame.payload)
         assert envelope["status"] == {
