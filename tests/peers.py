@@ -137,14 +137,16 @@ class Peer(trio.abc.AsyncResource):
         service = self.service if service is None else service
         await self.send(request_frame(stream_id, method, message, service=service, **kw))
 
+    async def respond(self, stream_id: int, envelope: bytes) -> None:
+        """A RESPONSE frame on ``stream_id`` around ``envelope``, whatever its bytes."""
+        await self.send(encode_frame(stream_id, FrameType.RESPONSE, 0, envelope))
+
     async def reply(self, stream_id: int, message: Mapping[str, Any]) -> None:
         """Answer ``stream_id`` with ``message``, as a server does."""
-        payload = encode_response(dumps(message))
-        await self.send(encode_frame(stream_id, FrameType.RESPONSE, 0, payload))
+        await self.respond(stream_id, encode_response(dumps(message)))
 
     async def reply_error(self, stream_id: int, err: RPCError) -> None:
-        payload = encode_error_from(err)
-        await self.send(encode_frame(stream_id, FrameType.RESPONSE, 0, payload))
+        await self.respond(stream_id, encode_error_from(err))
 
     # -- receiving -----------------------------------------------------------------------------
 

@@ -25,10 +25,8 @@ from sandboxd import Internal, InvalidArgument, NotFound, RemoteController
 from sandboxd._models import SandboxState
 from sandboxd.rpc import open_client
 from sandboxd.wire import (
-    FrameType,
     dumps,
     encode_error_from,
-    encode_frame,
     encode_response,
 )
 
@@ -97,7 +95,7 @@ class Answers:
     async def serve(self, peer: Peer) -> None:
         while True:
             stream_id, _ = await peer.next_request()
-            await peer.send(encode_frame(stream_id, FrameType.RESPONSE, 0, self.queue.popleft()))
+            await peer.respond(stream_id, self.queue.popleft())
 
 
 @asynccontextmanager

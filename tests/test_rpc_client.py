@@ -147,7 +147,7 @@ async def test_unknown_code_and_malformed_responses_are_still_typed_errors(
         task = in_background(callers, call(client, "Anything"))
         stream_id, _ = await peer.next_request()
         payload = encode_error(99, "from the future")
-        await peer.send(encode_frame(stream_id, FrameType.RESPONSE, 0, payload))
+        await peer.respond(stream_id, payload)
         await task.wait()
         assert type(task.error) is sandboxd.Unknown
         assert "99" in task.error.message
@@ -156,7 +156,7 @@ async def test_unknown_code_and_malformed_responses_are_still_typed_errors(
         task = in_background(callers, call(client, "Anything"))
         stream_id, _ = await peer.next_request()
         garbage = b"\xff\x00not cbor"
-        await peer.send(encode_frame(stream_id, FrameType.RESPONSE, 0, garbage))
+        await peer.respond(stream_id, garbage)
         await task.wait()
         assert type(task.error) is sandboxd.Internal
 

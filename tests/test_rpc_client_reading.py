@@ -342,7 +342,7 @@ async def test_a_refusal_on_stream_0_fails_the_reading_call_and_every_waiting_on
             await peer.next_request()
         await trio.testing.wait_all_tasks_blocked()
         refusal = encode_error(Code.PERMISSION_DENIED, "uid 7 is not allowed to use this socket")
-        await peer.send(encode_frame(0, FrameType.RESPONSE, 0, refusal))
+        await peer.respond(0, refusal)
         for task in tasks:
             await task.wait()
             assert type(task.error) is sandboxd.PermissionDenied, task.error
