@@ -67,6 +67,18 @@ def namespace_members(namespace: str) -> list[int]:
     ]
 
 
+async def sleeper_and_a_crash(daemons: Daemons, reaper: Reaper, sandbox_id: str) -> int:
+    """Start a daemon, a process sandbox that sleeps in it (reaped at teardown), then SIGKILL
+    the daemon; the sandbox's pid."""
+    first = await daemons.start()
+    async with connect(daemons.socket) as remote:
+        await remote.create(sandbox_id, sandboxer="process", options=sleeper())
+        pid = (await remote.start(sandbox_id)).pid
+        reaper.add(pid)
+    await first.crash()
+    return pid
+
+
 class Boxed(NamedTuple):
     """A bwrap sandbox left running by a daemon that was SIGKILLed."""
 
@@ -191,12 +203,7 @@ async def test_sim_sandboxes_come_back_in_their_states_after_sigkill(
 async def test_live_process_sandbox_is_adopted_after_sigkill(
     daemons: Daemons, reaper: Reaper
 ) -> None:
-    first = await daemons.start()
-    async with connect(daemons.socket) as remote:
-        await remote.create("sleeper", sandboxer="process", options=sleeper())
-        pid = (await remote.start("sleeper")).pid
-        reaper.add(pid)
-    await first.crash()
+    pid = await sleeper_and_a_crash(daemons, reaper, "sleeper")
     assert is_alive(pid), "the sandbox died with the daemon"
 
     second = await daemons.start()
@@ -225,12 +232,7 @@ async def test_live_process_sandbox_is_adopted_after_sigkill(
 async def test_process_that_died_while_the_daemon_was_down_is_stopped_255(
     daemons: Daemons, reaper: Reaper
 ) -> None:
-    first = await daemons.start()
-    async with connect(daemons.socket) as remote:
-        await remote.create("doomed", sandboxer="process", options=sleeper())
-        pid = (await remote.start("doomed")).pid
-        reaper.add(pid)
-    await first.crash()
+    pid = await sleeper_and_a_crash(daemons, reaper, "doomed")
     os.killpg(pid, signal.SIGKILL)
     await all_ended([pid])
 
@@ -247,12 +249,7 @@ async def test_process_that_died_while_the_daemon_was_down_is_stopped_255(
 
 
 async def test_a_reused_pid_is_never_adopted(daemons: Daemons, reaper: Reaper) -> None:
-    first = await daemons.start()
-    async with connect(daemons.socket) as remote:
-        await remote.create("impostor", sandboxer="process", options=sleeper())
-        pid = (await remote.start("impostor")).pid
-        reaper.add(pid)
-    await first.crash()
+    pid = await sleeper_and_a_crash(daemons, reaper, "impostor")
 
     # The recorded process "ended" and another took its pid: same pid, other start time.
     recorded = stored_records(daemons.database)["impostor"]
