@@ -146,6 +146,12 @@ async def raw_client(path: str, **kwargs: Any) -> AsyncIterator[tuple[Client, Pe
         yield client, peer
 
 
+async def read_stream(client: Client, method: str, message: Any = None) -> list[Any]:
+    """Every message of a stream of the test service, read to its end."""
+    async with client.stream(SVC, method, message) as messages:
+        return [m async for m in messages]
+
+
 def call(client: Client, method: str, message: Any = None, **kwargs: Any) -> Any:
     """A zero-argument coroutine function making one call (for ``in_background``)."""
     return functools.partial(client.call, SVC, method, message, **kwargs)

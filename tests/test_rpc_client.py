@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import math
 import socket
+from functools import partial
 
 import pytest
 import trio
@@ -15,9 +16,9 @@ import trio.testing
 
 import sandboxd
 from background import in_background
-from client_services import SVC, call, raw_client, start_server
-from peers import END_OF_STREAM, Peer, listening
-from sandboxd.rpc import Client, open_client
+from client_services import SVC, call, raw_client, read_stream, start_server
+from peers import END_OF_STREAM, listening
+from sandboxd.rpc import open_client
 from sandboxd.wire import (
     MAX_PAYLOAD,
     Code,
@@ -241,24 +242,12 @@ async def test_cancelling_the_caller_propagates_cancelled_and_cancels_the_handle
     sock_path: str, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
     state = await start_server(nursery, sock_path)
-    seen: list[str] = []
-
-    async def caller(client: Client) -> None:
-        try:
-            await client.call(SVC, "Hang")
-        except trio.Cancelled:
-            seen.append("cancelled")
-            raise
-        except BaseException as exc:  # pragma: no cover - reported by the assertion below
-            seen.append(repr(exc))
-            raise
-
     async with open_client(sock_path) as client:
         async with trio.open_nursery() as callers:
-            callers.start_soon(caller, client)
+            caller = in_background(callers, call(client, "Hang"))
             await state.hang_started.wait()
             callers.cancel_scope.cancel()
-        assert seen == ["cancelled"]
+        assert caller.cancelled, caller.error
         await state.hang_cancelled.wait()
         assert not client.closed
         assert await client.call(SVC, "Echo", {"ok": 1}) == {"ok": 1}
@@ -291,21 +280,11 @@ async def test_cancelling_the_caller_sends_a_close_frame_on_its_stream(
 async def test_connection_loss_fails_every_pending_call_with_unavailable(
     sock_path: str, autojump_clock: trio.testing.MockClock
 ) -> None:
-    stream_outcome: list[object] = []
-
-    async def consume(client: Client) -> None:
-        try:
-            async with client.stream(SVC, "Endless") as messages:
-                stream_outcome.extend([m async for m in messages])
-        except sandboxd.RPCError as err:
-            stream_outcome.append(err)
-
-    async with listening(sock_path) as listener, open_client(sock_path) as client:
-        peer = await Peer.accept(listener)
+    async with raw_client(sock_path) as (client, peer):
         async with trio.open_nursery() as callers:
             tasks = [in_background(callers, call(client, "Hang", {"i": i})) for i in range(5)]
             tasks.append(in_background(callers, call(client, "Hang", timeout=1000)))
-            callers.start_soon(consume, client)
+            stream = in_background(callers, partial(read_stream, client, "Endless"))
             for _ in range(len(tasks) + 1):
                 await peer.next_request()
             await trio.testing.wait_all_tasks_blocked()
@@ -317,8 +296,7 @@ async def test_connection_loss_fails_every_pending_call_with_unavailable(
         for task in tasks:
             assert isinstance(task.error, sandboxd.Unavailable), task.error
             assert task.error.code == Code.UNAVAILABLE
-        assert len(stream_outcome) == 1
-        assert isinstance(stream_outcome[0], sandboxd.Unavailable)
+        assert isinstance(stream.error, sandboxd.Unavailable), stream.error
         assert client.closed
 
         # Later calls fail at once too.
@@ -326,9 +304,7 @@ async def test_connection_loss_fails_every_pending_call_with_unavailable(
             with pytest.raises(sandboxd.Unavailable):
                 await client.call(SVC, method)
         with pytest.raises(sandboxd.Unavailable):
-            async with client.stream(SVC, "Endless") as messages:
-                async for _ in messages:  # pragma: no cover
-                    pass
+            await read_stream(client, "Endless")
         assert trio.current_time() == before
 
 
@@ -392,9 +368,7 @@ async def test_oversize_message_is_refused_without_sending_anything(
             await client.call(SVC, "Echo", big)
         assert info.value.code == Code.RESOURCE_EXHAUSTED
         with pytest.raises(sandboxd.ResourceExhausted):
-            async with client.stream(SVC, "Count", big) as messages:
-                async for _ in messages:  # pragma: no cover
-                    pass
+            await read_stream(client, "Count", big)
         assert not client.closed
         # The first thing the server receives is the next request: nothing of the refused
         # ones was sent.

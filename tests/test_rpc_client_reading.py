@@ -8,6 +8,7 @@ from __future__ import annotations
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 
 import pytest
 import trio
@@ -15,7 +16,7 @@ import trio.testing
 
 import sandboxd
 from background import in_background
-from client_services import SVC, call, raw_client, start_server
+from client_services import SVC, call, raw_client, read_stream, start_server
 from peers import END_OF_STREAM, Peer, listening
 from sandboxd.rpc import Client, open_client
 from sandboxd.rpc._transport import Transport
@@ -324,20 +325,10 @@ async def test_cancelling_every_call_at_once_leaves_the_client_reading(
 async def test_a_refusal_on_stream_0_fails_the_reading_call_and_every_waiting_one(
     sock_path: str, autojump_clock: trio.testing.MockClock
 ) -> None:
-    stream_outcome: list[BaseException] = []
-
-    async def consume(client: Client) -> None:
-        try:
-            async with client.stream(SVC, "Endless") as messages:
-                async for _ in messages:  # pragma: no cover
-                    pass
-        except sandboxd.RPCError as err:
-            stream_outcome.append(err)
-
     async with raw_client(sock_path) as (client, peer), trio.open_nursery() as callers:
         tasks = [in_background(callers, call(client, "Echo", {"i": i})) for i in range(3)]
         tasks.append(in_background(callers, call(client, "Echo", timeout=100)))
-        callers.start_soon(consume, client)
+        stream = in_background(callers, partial(read_stream, client, "Endless"))
         for _ in range(len(tasks) + 1):
             await peer.next_request()
         await trio.testing.wait_all_tasks_blocked()
@@ -348,7 +339,7 @@ async def test_a_refusal_on_stream_0_fails_the_reading_call_and_every_waiting_on
             assert type(task.error) is sandboxd.PermissionDenied, task.error
             assert task.error.message == "uid 7 is not allowed to use this socket"
         await trio.testing.wait_all_tasks_blocked()
-        assert [type(err) for err in stream_outcome] == [sandboxd.PermissionDenied]
+        assert type(stream.error) is sandboxd.PermissionDenied, stream.error
         assert client.closed
         with pytest.raises(sandboxd.PermissionDenied):
             await client.call(SVC, "Echo")
