@@ -5,7 +5,8 @@ Sandboxes of the ``sim`` backend, under trio's autojump clock (``sim_controller.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -243,71 +244,72 @@ async def test_the_dropped_event_sits_in_the_place_of_the_gap(
 # -- closing the controller (sim) -----------------------------------------------------------------
 
 
+@asynccontextmanager
+async def closable(sim: SimBackend) -> AsyncIterator[tuple[Controller, trio.CancelScope]]:
+    """A running Controller over ``sim``, and the scope whose cancellation closes it."""
+    async with trio.open_nursery() as inner:
+        yield await inner.start(Controller([sim]).run), inner.cancel_scope
+
+
 async def test_closing_the_controller_wakes_parked_callers_with_unavailable(
-    autojump_clock: trio.abc.Clock,
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
 ) -> None:
     sim = SimBackend()
     with trio.fail_after(SIM_GUARD):
-        async with trio.open_nursery() as outer:
-            async with trio.open_nursery() as inner:
-                controller = await inner.start(Controller([sim]).run)
-                await controller.create("sb", sandboxer="sim")
-                await controller.start("sb")
-                await controller.create(
-                    "stopping",
-                    sandboxer="sim",
-                    options=SandboxOptions(sim={"ignore_sigterm": True}),
-                )
-                await controller.start("stopping")
-                waiter = in_background(outer, lambda: controller.wait("sb"))
-                stopper = in_background(
-                    outer, lambda: controller.stop("stopping", timeout_secs=1000)
-                )
+        async with closable(sim) as (controller, closing):
+            await controller.create("sb", sandboxer="sim")
+            await controller.start("sb")
+            await controller.create(
+                "stopping", sandboxer="sim", options=SandboxOptions(sim={"ignore_sigterm": True})
+            )
+            await controller.start("stopping")
+            waiter = in_background(nursery, lambda: controller.wait("sb"))
+            stopper = in_background(
+                nursery, lambda: controller.stop("stopping", timeout_secs=1000)
+            )
 
-                async def drain_events() -> list[SandboxEvent]:
-                    async with controller.events() as events:
-                        return [e async for e in events]
+            async def drain_events() -> list[SandboxEvent]:
+                async with controller.events() as events:
+                    return [e async for e in events]
 
-                consumer = in_background(outer, drain_events)
-                await trio.testing.wait_all_tasks_blocked()
-                assert not waiter.done.is_set()
-                inner.cancel_scope.cancel()
-            t0 = trio.current_time()
-            await waiter.done.wait()
-            await stopper.done.wait()
-            await consumer.done.wait()
-            assert trio.current_time() == t0
-            assert isinstance(waiter.error, Unavailable)
-            assert isinstance(stopper.error, Unavailable)
-            assert consumer.value == []
-            # The processes' lives are their own.
-            assert sim.running == {1000, 1001}
-        with pytest.raises(Unavailable):
-            await controller.create("new", sandboxer="sim")
+            consumer = in_background(nursery, drain_events)
+            await trio.testing.wait_all_tasks_blocked()
+            assert not waiter.done.is_set()
+            closing.cancel()
+        t0 = trio.current_time()
+        await waiter.done.wait()
+        await stopper.done.wait()
+        await consumer.done.wait()
+        assert trio.current_time() == t0
+        assert isinstance(waiter.error, Unavailable)
+        assert isinstance(stopper.error, Unavailable)
+        assert consumer.value == []
+        # The processes' lives are their own.
+        assert sim.running == {1000, 1001}
+    with pytest.raises(Unavailable):
+        await controller.create("new", sandboxer="sim")
 
 
 async def test_closing_the_controller_answers_a_start_in_progress(
-    autojump_clock: trio.abc.Clock,
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
 ) -> None:
     # "No call can hang because its peer vanished": a Start whose backend is still starting
     # when the controller closes is answered too.
     sim = SimBackend()
     with trio.fail_after(SIM_GUARD):
-        async with trio.open_nursery() as outer:
-            async with trio.open_nursery() as inner:
-                controller = await inner.start(Controller([sim]).run)
-                await controller.create(
-                    "sb", sandboxer="sim", options=SandboxOptions(sim={"start_delay": 100})
-                )
-                start = in_background(outer, lambda: controller.start("sb"))
-                await trio.testing.wait_all_tasks_blocked()
-                assert not start.done.is_set()
-                inner.cancel_scope.cancel()
-            with trio.move_on_after(1):
-                await start.done.wait()
-            assert start.done.is_set(), "Start still unanswered after the controller closed"
-            assert isinstance(start.error, Unavailable)
-            assert sim.running == frozenset()
+        async with closable(sim) as (controller, closing):
+            await controller.create(
+                "sb", sandboxer="sim", options=SandboxOptions(sim={"start_delay": 100})
+            )
+            start = in_background(nursery, lambda: controller.start("sb"))
+            await trio.testing.wait_all_tasks_blocked()
+            assert not start.done.is_set()
+            closing.cancel()
+        with trio.move_on_after(1):
+            await start.done.wait()
+        assert start.done.is_set(), "Start still unanswered after the controller closed"
+        assert isinstance(start.error, Unavailable)
+        assert sim.running == frozenset()
 
 
 async def test_calls_after_the_controller_closed_are_unavailable(
@@ -316,12 +318,10 @@ async def test_calls_after_the_controller_closed_are_unavailable(
     # DESIGN.md: "no call can hang because its peer vanished".  Create already says
     # UNAVAILABLE once the controller is closed; the calls that go to a sandbox's actor must
     # not wait forever on an actor that no longer runs.
-    sim = SimBackend()
-    async with trio.open_nursery() as inner:
-        controller = await inner.start(Controller([sim]).run)
+    async with closable(SimBackend()) as (controller, closing):
         await controller.create("sb", sandboxer="sim")
         await controller.start("sb")
-        inner.cancel_scope.cancel()
+        closing.cancel()
     with pytest.raises(Unavailable):
         await controller.create("other", sandboxer="sim")
     unanswered = []
