@@ -1,4 +1,16 @@
-"""Shared fixtures.  Tests run under pytest-trio (``trio_mode = true``)."""
+"""Shared fixtures.  Tests run under pytest-trio (``trio_mode = true``).
+
+The plugin's fixtures (``sandboxd_controller``, ``sandboxd_socket``, ``sandboxd_client``, ...)
+serve here too.  The tests' helper modules:
+
+- ``peers.py``: a peer speaking raw bytes over a real socket, as a client or as a server;
+- ``probe_server.py`` and ``client_services.py``: what the RPC server's and the RPC client's
+  tests serve;
+- ``background.py``: calls running in tasks of their own;
+- ``sim_controller.py``: a running Controller over the ``sim`` backend, and shorthands;
+- ``procs.py``: real processes (/proc, FIFOs, reaping, exit callbacks);
+- ``daemons.py``: ``sandboxd serve`` as a subprocess, and a Controller served in process.
+"""
 
 from __future__ import annotations
 
