@@ -1,19 +1,33 @@
-"""Shared fixtures.  Tests run under pytest-trio (``trio_mode = true``)."""
+"""Shared fixtures.  Tests run under pytest-trio (``trio_mode = true``).
+
+The plugin's fixtures (``sandboxd_controller``, ``sandboxd_socket``, ``sandboxd_client``, ...)
+serve here too.  The tests' helper modules:
+
+- ``peers.py``: a peer speaking raw bytes over a real socket, as a client or as a server;
+- ``probe_server.py`` and ``client_services.py``: what the RPC server's and the RPC client's
+  tests serve;
+- ``background.py``: calls running in tasks of their own;
+- ``sim_controller.py``: a running Controller over the ``sim`` backend, and shorthands;
+- ``procs.py``: real processes (/proc, FIFOs, reaping, exit callbacks);
+- ``daemons.py``: ``sandboxd serve`` as a subprocess, and a Controller served in process.
+"""
 
 from __future__ import annotations
 
 import os
-import signal
 import tempfile
 from collections.abc import AsyncIterator, Iterator
-from contextlib import suppress
 from pathlib import Path
 
 import pytest
 import trio
 
-from daemons import Daemons
+from daemons import Daemons, Served
+from probe_server import Probe
 from procs import Fifo, Reaper
+from sandboxd.api import CONTROLLER_SERVICE, RUNTIME_SERVICE, controller_service, runtime_service
+from sandboxd.rpc import Server
+from sandboxd.runtime import Controller
 
 
 @pytest.fixture
@@ -32,8 +46,15 @@ def fifo(tmp_path: Path) -> Iterator[Fifo]:
 
 
 @pytest.fixture
+def probe() -> Probe:
+    """The handlers of the RPC server's tests: what a test controls and observes of them."""
+    return Probe()
+
+
+@pytest.fixture
 def reaper() -> Iterator[Reaper]:
-    """Pids to SIGKILL (with their groups) at teardown: sandboxes outlive a daemon by design."""
+    """Pids to SIGKILL (with their groups) at teardown, so a failing test leaves nothing
+    running: sandboxes outlive their controller, and their daemon, by design."""
     reaper = Reaper()
     try:
         yield reaper
@@ -42,14 +63,17 @@ def reaper() -> Iterator[Reaper]:
 
 
 @pytest.fixture
-def reap() -> Iterator[list[int]]:
-    """Pids of process sandboxes: their process groups are SIGKILLed at teardown, so a
-    failing test leaves nothing running (sandboxes outlive the controller by design)."""
-    pids: list[int] = []
-    yield pids
-    for pid in pids:
-        with suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGKILL)
+async def watchdog(request: pytest.FixtureRequest, nursery: trio.Nursery) -> None:
+    """Fails the test, rather than let it hang, once it has run for its module's ``GUARD``
+    seconds (virtual ones under the autojump clock).  A module of trio tests asks for it with
+    ``pytestmark = pytest.mark.usefixtures("watchdog")``."""
+    guard: float = request.module.GUARD
+
+    async def bark() -> None:
+        await trio.sleep(guard)
+        raise TimeoutError(f"test still running after {guard} s: something hangs")
+
+    nursery.start_soon(bark)
 
 
 @pytest.fixture
@@ -64,3 +88,18 @@ async def daemons(sock_path: str, tmp_path: Path) -> AsyncIterator[Daemons]:
     finally:
         with trio.CancelScope(shield=True):
             await daemons.kill_all()
+
+
+@pytest.fixture
+async def served(nursery: trio.Nursery, sock_path: str, sandboxd_controller: Controller) -> Served:
+    """The plugin's ``sandboxd_controller`` (override ``sandboxd_controller_options`` to
+    change it) served on ``sock_path`` as ``serve_controller`` serves it, by a server the test
+    can look at."""
+    server = Server(
+        {
+            RUNTIME_SERVICE: runtime_service(),
+            CONTROLLER_SERVICE: controller_service(sandboxd_controller),
+        }
+    )
+    assert await nursery.start(server.serve_unix, sock_path) == sock_path
+    return Served(sandboxd_controller, server, sock_path)

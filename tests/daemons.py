@@ -1,4 +1,5 @@
-"""The real daemon from tests: ``sandboxd serve`` as a subprocess, and its database.
+"""The real daemon from tests: ``sandboxd serve`` as a subprocess, and its database; and its
+in-process counterpart, a Controller served in the test's own loop (:class:`Served`).
 
 A daemon is started with ``--ready-fd`` on the write end of a pipe (:class:`ReadyPipe`); the
 test waits, at most STARTUP seconds, for its ``READY`` line, or for the end of the pipe if it
@@ -22,6 +23,9 @@ from typing import Any
 
 import pytest
 import trio
+
+from sandboxd.rpc import Server
+from sandboxd.runtime import Controller
 
 BIN = Path(sys.executable).parent
 SANDBOXD = str(BIN / "sandboxd")
@@ -182,3 +186,13 @@ def stored_records(database: Path) -> dict[str, dict[str, Any]]:
     with closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
         rows = db.execute("SELECT sandbox_id, record FROM sandboxes").fetchall()
     return {sandbox_id: json.loads(record) for sandbox_id, record in rows}
+
+
+@dataclass(frozen=True)
+class Served:
+    """A Controller served on a real socket in the test's own loop: the ``served`` fixture
+    (conftest.py), for tests that read the server's counters (``server.in_flight``, ...)."""
+
+    controller: Controller
+    server: Server
+    path: str

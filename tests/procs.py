@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import trio
+import trio.testing
 
 #: Seconds a test waits on a real process before it gives up.
 PROCESS_TIMEOUT = 10
@@ -82,6 +83,29 @@ class Reaper:
             for kill in (os.killpg, os.kill):
                 with suppress(ProcessLookupError, PermissionError):
                     kill(pid, signal.SIGKILL)
+
+
+class Exits:
+    """A backend's ``on_exit`` callback that records its calls: the exit statuses, and the trio
+    time each came at."""
+
+    def __init__(self) -> None:
+        self.statuses: list[int] = []
+        self.times: list[float] = []
+        self.event = trio.Event()
+
+    def __call__(self, status: int) -> None:
+        self.statuses.append(status)
+        self.times.append(trio.current_time())
+        self.event.set()
+
+    async def wait(self) -> int:
+        """The exit status, once reported; fails if a second one follows it at once."""
+        with trio.fail_after(PROCESS_TIMEOUT):
+            await self.event.wait()
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(self.statuses) == 1, self.statuses
+        return self.statuses[0]
 
 
 class Fifo:

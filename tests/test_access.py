@@ -28,6 +28,7 @@ import pytest
 import trio
 import trio.testing
 
+from peers import Peer, request_frame, status_of
 from sandboxd import PermissionDenied, RPCError, Unavailable
 from sandboxd.api import RUNTIME_SERVICE, connect, runtime_service
 from sandboxd.rpc import (
@@ -41,14 +42,12 @@ from sandboxd.rpc import (
 )
 from sandboxd.wire import (
     Code,
-    FrameDecoder,
+    Frame,
     FrameType,
     decode_response,
-    encode_frame,
-    encode_request,
-    loads_strict,
 )
 
+pytestmark = pytest.mark.usefixtures("watchdog")
 NOBODY = 65534
 #: Seconds after which a test counts as hung.
 GUARD = 20.0
@@ -62,15 +61,6 @@ def _nobody_group() -> int:
         return grp.getgrgid(NOBODY).gr_gid
     except KeyError:
         pytest.fail(f"no group with gid {NOBODY} (Debian always has nogroup)")
-
-
-@pytest.fixture(autouse=True)
-async def watchdog(nursery: trio.Nursery) -> None:
-    async def bark() -> None:
-        await trio.sleep(GUARD)
-        raise TimeoutError(f"test still running after {GUARD} s: something hangs")
-
-    nursery.start_soon(bark)
 
 
 def services() -> dict[str, Mapping[str, Method]]:
@@ -87,35 +77,10 @@ async def start(nursery: trio.Nursery, path: str, **options: Any) -> Server:
     return server
 
 
-def version_request(stream_id: int = 1) -> bytes:
-    return encode_frame(
-        stream_id, FrameType.REQUEST, 0, encode_request(RUNTIME_SERVICE, "Version", b"")
-    )
-
-
-async def raw_exchange(path: str, data: bytes) -> list[Any]:
+async def raw_exchange(path: str, data: bytes) -> list[Frame]:
     """Connect, send ``data``, read every frame until the server closes the connection."""
-    stream = await trio.open_unix_socket(path)
-    frames: list[Any] = []
-    decoder = FrameDecoder()
-    async with stream:
-        with contextlib.suppress(trio.BrokenResourceError):
-            await stream.send_all(data)
-        while True:
-            try:
-                chunk = await stream.receive_some(65536)
-            except trio.BrokenResourceError:
-                break  # ECONNRESET: the server closed with our request unread
-            if not chunk:
-                break
-            frames.extend(decoder.feed(chunk))
-    return frames
-
-
-def status(payload: bytes) -> tuple[int, str]:
-    envelope = loads_strict(payload, "response envelope")
-    code = envelope["status"]["code"]
-    return code, envelope["status"]["message"]
+    async with await Peer.connect(path) as peer:
+        return await peer.exchange(data)
 
 
 # -- the socket file -------------------------------------------------------------------------
@@ -170,12 +135,14 @@ async def test_refused_uid_gets_one_permission_denied_on_stream_0_then_the_conne
 ):
     server = await start(nursery, sock_path, allowed_uids={12345})
     with caplog.at_level(logging.WARNING, logger="sandboxd.rpc"):
-        frames = await raw_exchange(sock_path, version_request())
+        frames = await raw_exchange(
+            sock_path, request_frame(1, "Version", service=RUNTIME_SERVICE)
+        )
     assert len(frames) == 1, frames
     [frame] = frames
     assert (frame.stream_id, frame.type, frame.flags) == (0, FrameType.RESPONSE, 0)
     uid = os.geteuid()
-    assert status(frame.payload) == (
+    assert status_of(frame) == (
         Code.PERMISSION_DENIED,
         f"uid {uid} is not allowed to use this socket",
     )
@@ -196,7 +163,7 @@ async def test_refusal_is_sent_even_if_the_client_sends_nothing(
     await start(nursery, sock_path, allowed_uids={12345})
     [frame] = await raw_exchange(sock_path, b"")
     assert frame.stream_id == 0
-    assert status(frame.payload)[0] == Code.PERMISSION_DENIED
+    assert status_of(frame)[0] == Code.PERMISSION_DENIED
 
 
 async def test_trio_client_raises_permission_denied_for_pending_and_later_calls(

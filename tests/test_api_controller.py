@@ -9,7 +9,7 @@ what is checked.  A few tests speak raw frames to close a connection abruptly.
 Waiting is done on ``wait_all_tasks_blocked`` (client, server and controller all run in this
 process, and Unix socket writes are readable at once, so "every task is blocked" means every
 request sent has been handled as far as it can be), on trio events, and on the autojump clock
-for the Stop grace period; an autouse watchdog fails a test that hangs.
+for the Stop grace period; the watchdog fails a test that hangs.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import os
 import platform as stdlib_platform
 import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -29,7 +28,9 @@ import pytest
 import trio
 import trio.testing
 
-from procs import is_alive
+from daemons import Served
+from peers import Peer
+from procs import Reaper, is_alive
 from sandboxd import (
     AlreadyExists,
     DeadlineExceeded,
@@ -49,16 +50,14 @@ from sandboxd._models import (
 )
 from sandboxd.api import (
     CONTROLLER_SERVICE,
-    RUNTIME_SERVICE,
     RemoteController,
     connect,
-    controller_service,
-    runtime_service,
+    serve_controller,
 )
-from sandboxd.rpc import Client, Server, open_client
+from sandboxd.rpc import Client, open_client
 from sandboxd.runtime import Controller, open_controller
-from sandboxd.wire import FrameType, dumps, encode_frame, encode_request
 
+pytestmark = pytest.mark.usefixtures("watchdog")
 C = CONTROLLER_SERVICE
 #: Seconds (real, or virtual under the autojump clock) after which a test counts as hung.
 GUARD = 8.0
@@ -72,37 +71,10 @@ TIMESTAMP = "<timestamp>"
 # -- fixtures --------------------------------------------------------------------------------
 
 
-@pytest.fixture(autouse=True)
-async def watchdog(nursery: trio.Nursery) -> None:
-    """Fail (rather than hang) a test still running after GUARD seconds."""
-
-    async def bark() -> None:
-        await trio.sleep(GUARD)
-        raise TimeoutError(f"test still running after {GUARD} s: something hangs")
-
-    nursery.start_soon(bark)
-
-
-@dataclass
-class Served:
-    controller: Controller
-    server: Server
-    path: str
-
-
-async def serve(nursery: trio.Nursery, path: str, controller: Controller) -> Served:
-    server = Server(
-        {RUNTIME_SERVICE: runtime_service(), CONTROLLER_SERVICE: controller_service(controller)}
-    )
-    assert await nursery.start(server.serve_unix, path) == path
-    return Served(controller, server, path)
-
-
 @pytest.fixture
-async def served(nursery: trio.Nursery, sock_path: str) -> Served:
-    """A fresh Controller (process and sim backends) served on ``sock_path``."""
-    controller: Controller = await nursery.start(Controller().run)
-    return await serve(nursery, sock_path, controller)
+def sandboxd_controller_options() -> dict[str, Any]:
+    """The ``served`` Controller's options: its defaults (stop timeout, default sandboxer)."""
+    return {}
 
 
 def aware(value: object) -> bool:
@@ -224,7 +196,7 @@ async def test_parity_in_process_and_over_the_socket(sock_path: str) -> None:
     async with open_controller() as local:
         local_log = await drive(local)
     async with open_controller() as controller, trio.open_nursery() as nursery:
-        await serve(nursery, sock_path, controller)
+        await nursery.start(serve_controller, controller, sock_path)
         async with connect(sock_path) as remote:
             remote_log = await drive(remote)
         nursery.cancel_scope.cancel()
@@ -481,13 +453,13 @@ async def test_missing_executable_is_invalid_argument_at_create(
 # -- 4. a real process, over the socket --------------------------------------------------------
 
 
-async def test_process_sandbox_whole_life(served: Served, reap: list[int]) -> None:
+async def test_process_sandbox_whole_life(served: Served, reaper: Reaper) -> None:
     async with connect(served.path) as remote:
         sleeper = SandboxOptions(command=["sleep", "1000"])
         assert await remote.create("p1", sandboxer=PROCESS, options=sleeper) == "p1"
         assert (await remote.status("p1")).pid == 0
         instance = await remote.start("p1")
-        reap.append(instance.pid)
+        reaper.add(instance.pid)
         assert instance.pid > 0
         os.kill(instance.pid, 0)  # a live process
         assert is_alive(instance.pid)
@@ -513,23 +485,23 @@ async def test_process_sandbox_whole_life(served: Served, reap: list[int]) -> No
             await remote.wait("p1")
 
 
-async def test_process_exit_code_without_stop(served: Served, reap: list[int]) -> None:
+async def test_process_exit_code_without_stop(served: Served, reaper: Reaper) -> None:
     async with connect(served.path) as remote:
         await remote.create(
             "p5", sandboxer=PROCESS, options=SandboxOptions(command=["sh", "-c", "exit 5"])
         )
-        reap.append((await remote.start("p5")).pid)
+        reaper.add((await remote.start("p5")).pid)
         assert (await remote.wait("p5")).exit_status == 5
         assert (await remote.status("p5")).state is SandboxState.STOPPED
         await remote.shutdown("p5")
 
 
-async def test_process_stop_with_zero_timeout_kills(served: Served, reap: list[int]) -> None:
+async def test_process_stop_with_zero_timeout_kills(served: Served, reaper: Reaper) -> None:
     async with connect(served.path) as remote:
         # SIGTERM is ignored: only a SIGKILL can end it, and a zero timeout sends one at once.
         stubborn = SandboxOptions(command=["sh", "-c", "trap '' TERM; sleep 1000 & wait"])
         await remote.create("p9", sandboxer=PROCESS, options=stubborn)
-        reap.append((await remote.start("p9")).pid)
+        reaper.add((await remote.start("p9")).pid)
         await remote.stop("p9", timeout_secs=0)
         assert (await remote.wait("p9")).exit_status == 137
         await remote.shutdown("p9")
@@ -724,12 +696,10 @@ async def test_connection_closed_mid_wait_does_not_harm_the_sandbox(served: Serv
         await keeper.start("cw")
 
         # An abrupt close: a raw Wait request, then the socket is closed without a close frame.
-        stream = await trio.open_unix_socket(served.path)
-        request = encode_request(C, "Wait", dumps({"sandbox_id": "cw"}), 0, None)
-        await stream.send_all(encode_frame(1, FrameType.REQUEST, 0, request))
-        await trio.testing.wait_all_tasks_blocked()
-        assert served.server.in_flight == 1
-        await stream.aclose()
+        async with await Peer.connect(served.path, service=C) as peer:
+            await peer.send_request(1, "Wait", {"sandbox_id": "cw"})
+            await trio.testing.wait_all_tasks_blocked()
+            assert served.server.in_flight == 1
 
         # The reference client closing its connection with a Wait pending.
         pending: list[BaseException] = []

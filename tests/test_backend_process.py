@@ -19,7 +19,7 @@ import pytest
 import trio
 import trio.testing
 
-from procs import Fifo, is_alive, proc_pgrp
+from procs import Exits, Fifo, is_alive, proc_pgrp
 from sandboxd import FailedPrecondition, InvalidArgument
 from sandboxd._models import Mount, Platform, SandboxOptions, SandboxSpec
 from sandboxd.backends import Backend, ProcessBackend, host_platform
@@ -38,25 +38,6 @@ def make_spec(command: tuple[object, ...] | None = None, **kwargs: object) -> Sa
         rootfs=rootfs,  # type: ignore[arg-type]
         netns_path=netns_path,  # type: ignore[arg-type]
     )
-
-
-class Exits:
-    """An ``on_exit`` callback that records its calls."""
-
-    def __init__(self) -> None:
-        self.statuses: list[int] = []
-        self.event = trio.Event()
-
-    def __call__(self, status: int) -> None:
-        self.statuses.append(status)
-        self.event.set()
-
-    async def wait(self) -> int:
-        with trio.fail_after(TIMEOUT):
-            await self.event.wait()
-        await trio.testing.wait_all_tasks_blocked()
-        assert len(self.statuses) == 1, self.statuses
-        return self.statuses[0]
 
 
 class Sandboxes:

@@ -13,6 +13,7 @@ import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
+from procs import Exits
 from sandboxd import FailedPrecondition, InvalidArgument
 from sandboxd._models import SandboxOptions, SandboxSpec
 from sandboxd.backends import Backend, SimBackend, host_platform
@@ -21,20 +22,6 @@ from sandboxd.backends._sim import FIRST_SIM_PID, SimProcess
 
 def make_spec(sim: Mapping[str, Any] | None = None, **kwargs: Any) -> SandboxSpec:
     return SandboxSpec("sim-1", "sim", SandboxOptions(sim=sim, **kwargs))
-
-
-class Exits:
-    """An ``on_exit`` callback that records its calls and when they happened."""
-
-    def __init__(self) -> None:
-        self.statuses: list[int] = []
-        self.times: list[float] = []
-        self.event = trio.Event()
-
-    def __call__(self, status: int) -> None:
-        self.statuses.append(status)
-        self.times.append(trio.current_time())
-        self.event.set()
 
 
 async def start(

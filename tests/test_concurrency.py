@@ -30,14 +30,10 @@ from hypothesis import strategies as st
 from sandboxd import Code
 from sandboxd._models import ExitStatus, SandboxInstance, SandboxOptions, SandboxState
 from sandboxd.api import (
-    CONTROLLER_SERVICE,
-    RUNTIME_SERVICE,
     connect,
-    controller_service,
-    runtime_service,
+    serve_controller,
 )
 from sandboxd.backends import Backend, ProcessBackend, SimBackend
-from sandboxd.rpc import Server
 from sandboxd.runtime import Controller, open_controller
 from sandboxd.testing import (
     Call,
@@ -122,13 +118,7 @@ async def sim_server(
             ),
             trio.open_nursery() as nursery,
         ):
-            server = Server(
-                {
-                    RUNTIME_SERVICE: runtime_service(),
-                    CONTROLLER_SERVICE: controller_service(controller),
-                }
-            )
-            await nursery.start(server.serve_unix, path)
+            await nursery.start(serve_controller, controller, path)
             async with contextlib.AsyncExitStack() as stack:
                 remotes = [await stack.enter_async_context(connect(path)) for _ in range(clients)]
                 yield controller, remotes

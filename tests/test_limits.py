@@ -14,7 +14,6 @@ server's memory (tracemalloc) and connections must come back to where they were.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import gc
 import logging
@@ -22,7 +21,7 @@ import math
 import os
 import random
 import tracemalloc
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ import trio
 import trio.lowlevel
 import trio.testing
 
+from peers import Peer, request_frame, status_of
 from sandboxd import ResourceExhausted, SandboxState
 from sandboxd.api import (
     CONTROLLER_SERVICE,
@@ -60,15 +60,13 @@ from sandboxd.wire import (
     HEADER,
     MAX_PAYLOAD,
     Code,
-    Frame,
-    FrameDecoder,
     FrameType,
     dumps,
     encode_frame,
     encode_request,
-    loads_strict,
 )
 
+pytestmark = pytest.mark.usefixtures("watchdog")
 TEST = "test.v1.Limits"
 #: Seconds (virtual under the autojump clock) after which a test counts as hung.
 GUARD = 120.0
@@ -77,15 +75,6 @@ KIB = 1024
 REQUEST = FrameType.REQUEST
 RESPONSE = FrameType.RESPONSE
 DATA = FrameType.DATA
-
-
-@pytest.fixture(autouse=True)
-async def watchdog(nursery: trio.Nursery) -> None:
-    async def bark() -> None:
-        await trio.sleep(GUARD)
-        raise TimeoutError(f"test still running after {GUARD} s: something hangs")
-
-    nursery.start_soon(bark)
 
 
 class Handlers:
@@ -143,56 +132,8 @@ async def start(nursery: trio.Nursery, path: str, **options: Any) -> tuple[Serve
     return server, handlers
 
 
-def request(stream_id: int, method: str, message: Mapping[str, Any] | None = None) -> bytes:
-    payload = dumps(message) if message is not None else b""
-    return encode_frame(stream_id, REQUEST, 0, encode_request(TEST, method, payload))
-
-
-def status_of(frame: Frame) -> tuple[int, str]:
-    envelope = loads_strict(frame.payload, "response envelope")
-    status = envelope.get("status")
-    return (Code.OK, "") if status is None else (status["code"], status["message"])
-
-
-class Raw:
-    """A client speaking raw bytes: sends what it is told, reads only when asked."""
-
-    def __init__(self, stream: trio.SocketStream) -> None:
-        self.stream = stream
-        self.decoder = FrameDecoder()
-        self.frames: collections.deque[Frame] = collections.deque()
-
-    @classmethod
-    @contextlib.asynccontextmanager
-    async def open(cls, path: str) -> AsyncIterator[Raw]:
-        stream = await trio.open_unix_socket(path)
-        async with stream:
-            yield cls(stream)
-
-    async def send(self, data: bytes) -> None:
-        await self.stream.send_all(data)
-
-    async def frames_until_eof(self) -> list[Frame]:
-        frames: list[Frame] = []
-        while True:
-            try:
-                data = await self.stream.receive_some(1 << 20)
-            except trio.BrokenResourceError:
-                data = b""
-            if not data:
-                return frames
-            for event in self.decoder.feed(data):
-                assert isinstance(event, Frame)
-                frames.append(event)
-
-    async def next_frame(self) -> Frame:
-        while not self.frames:
-            data = await self.stream.receive_some(1 << 20)
-            assert data, "the server closed the connection"
-            for event in self.decoder.feed(data):
-                assert isinstance(event, Frame)
-                self.frames.append(event)
-        return self.frames.popleft()
+#: A REQUEST frame to the test service.
+request = partial(request_frame, service=TEST)
 
 
 async def keep_calling(path: str, until: trio.Event, calls: list[float]) -> None:
@@ -248,7 +189,7 @@ async def test_half_frame_staller_is_disconnected_after_stall_timeout_while_othe
     nursery.start_soon(keep_calling, sock_path, done, calls)
     frame = request(1, "Echo", {"pad": "z" * 100})
     with caplog.at_level(logging.WARNING, logger="sandboxd.rpc"):
-        async with Raw.open(sock_path) as staller:
+        async with await Peer.connect(sock_path) as staller:
             await staller.send(frame[: len(frame) // 2])
             began = trio.current_time()
             assert await staller.frames_until_eof() == []
@@ -267,7 +208,7 @@ async def test_a_frame_trickled_byte_by_byte_is_cut_at_stall_timeout_from_its_fi
 ):
     await start(nursery, sock_path, stall_timeout=STALL)
     frame = request(1, "Echo", {"pad": "z" * 100})
-    async with Raw.open(sock_path) as trickler:
+    async with await Peer.connect(sock_path) as trickler:
         began = trio.current_time()
         with contextlib.suppress(trio.BrokenResourceError):
             for i in range(len(frame)):
@@ -281,7 +222,7 @@ async def test_frames_finished_in_time_restart_the_clock_and_idle_is_not_stallin
     nursery: trio.Nursery, sock_path: str, autojump_clock: trio.testing.MockClock
 ):
     server, _ = await start(nursery, sock_path, stall_timeout=STALL)
-    async with Raw.open(sock_path) as slow:
+    async with await Peer.connect(sock_path) as slow:
         for stream_id in (1, 3, 5):
             frame = request(stream_id, "Echo", {"n": stream_id})
             await slow.send(frame[:20])
@@ -300,7 +241,7 @@ async def test_oversized_frame_that_stops_short_is_refused_then_cut(
     nursery: trio.Nursery, sock_path: str, autojump_clock: trio.testing.MockClock
 ):
     await start(nursery, sock_path, stall_timeout=STALL)
-    async with Raw.open(sock_path) as liar:
+    async with await Peer.connect(sock_path) as liar:
         await liar.send(HEADER.pack(MAX_PAYLOAD * 64, 1, REQUEST, 0) + b"\0" * 1000)
         began = trio.current_time()
         [refusal] = await liar.frames_until_eof()
@@ -338,7 +279,7 @@ async def test_client_that_never_reads_is_cut_after_stall_timeout_with_bounded_b
     nursery.start_soon(watch)
     sent = 0
     with caplog.at_level(logging.WARNING, logger="sandboxd.rpc"):
-        async with Raw.open(sock_path) as hog:
+        async with await Peer.connect(sock_path) as hog:
             with contextlib.suppress(trio.BrokenResourceError):
                 for k in range(10_000):
                     ids = range(2 * batch * k + 1, 2 * batch * (k + 1) + 1, 2)
@@ -367,7 +308,7 @@ async def test_replies_of_calls_piling_up_while_the_client_idles_are_timed_too(
     the reader waits for requests): the transport's own timer ends it."""
     limit = 256 * KIB
     server, _ = await start(nursery, sock_path, stall_timeout=STALL, max_buffered_bytes=limit)
-    async with Raw.open(sock_path) as hog:
+    async with await Peer.connect(sock_path) as hog:
         await hog.send(
             b"".join(
                 request(2 * i + 1, "BigLater", {"n": 64 * KIB, "after": 1}) for i in range(20)
@@ -386,7 +327,7 @@ async def test_stream_to_a_client_that_never_reads_is_cut(
     server, handlers = await start(
         nursery, sock_path, stall_timeout=STALL, max_buffered_bytes=limit
     )
-    async with Raw.open(sock_path) as hog:
+    async with await Peer.connect(sock_path) as hog:
         await hog.send(request(1, "Flood", {"n": 64 * KIB}))
         began = trio.current_time()
         cut = await wait_for(lambda: server.connections == 0)
@@ -399,16 +340,15 @@ async def test_a_slow_but_steady_reader_is_not_cut(
 ):
     limit, n, count = 256 * KIB, 64 * KIB, 100
     server, _ = await start(nursery, sock_path, stall_timeout=STALL, max_buffered_bytes=limit)
-    async with Raw.open(sock_path) as reader:
+    async with await Peer.connect(sock_path) as reader:
         await reader.send(request(1, "Flood", {"n": n, "count": count}))
         got = 0
         ended = False
         began = trio.current_time()
         while not ended:
-            data = await reader.stream.receive_some(64 * KIB)  # 64 KiB every 50 ms: 1.3 MB/s
-            assert data, "the server cut a client that reads"
-            for frame in reader.decoder.feed(data):
-                assert isinstance(frame, Frame)
+            # 64 KiB every 50 ms: 1.3 MB/s
+            assert await reader.read_some(64 * KIB), "the server cut a client that reads"
+            for frame in reader.received():
                 if frame.flags & 0x01:
                     ended = True
                 else:
@@ -430,10 +370,8 @@ async def test_connections_over_the_limit_get_resource_exhausted_on_stream_0(
         assert await first.call(TEST, "Echo", {"c": 1}) == {"c": 1}
         assert await second.call(TEST, "Echo", {"c": 2}) == {"c": 2}
         with caplog.at_level(logging.WARNING, logger="sandboxd.rpc"):
-            async with Raw.open(sock_path) as third:
-                with contextlib.suppress(trio.BrokenResourceError):
-                    await third.send(request(1, "Echo", {}))
-                [refusal] = await third.frames_until_eof()
+            async with await Peer.connect(sock_path) as third:
+                [refusal] = await third.exchange(request(1, "Echo", {}))
         assert (refusal.stream_id, refusal.type, refusal.flags) == (0, RESPONSE, 0)
         assert status_of(refusal) == (
             Code.RESOURCE_EXHAUSTED,
@@ -455,7 +393,7 @@ async def test_calls_over_the_per_connection_limit_get_resource_exhausted_on_the
     nursery: trio.Nursery, sock_path: str
 ):
     server, handlers = await start(nursery, sock_path, max_calls_per_connection=3)
-    async with Raw.open(sock_path) as peer, open_client(sock_path) as other:
+    async with await Peer.connect(sock_path) as peer, open_client(sock_path) as other:
         await peer.send(b"".join(request(i, "Hold", {}) for i in (1, 3, 5, 7, 9)))
         refused = [await peer.next_frame(), await peer.next_frame()]
         assert [(f.stream_id, status_of(f)[0]) for f in refused] == [

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Mapping
 from contextlib import closing
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 import trio
@@ -65,6 +65,50 @@ def namespace_members(namespace: str) -> list[int]:
         for name in os.listdir("/proc")
         if name.isdigit() and pid_namespace(name) == namespace and is_alive(int(name))
     ]
+
+
+async def sleeper_and_a_crash(daemons: Daemons, reaper: Reaper, sandbox_id: str) -> int:
+    """Start a daemon, a process sandbox that sleeps in it (reaped at teardown), then SIGKILL
+    the daemon; the sandbox's pid."""
+    first = await daemons.start()
+    async with connect(daemons.socket) as remote:
+        await remote.create(sandbox_id, sandboxer="process", options=sleeper())
+        pid = (await remote.start(sandbox_id)).pid
+        reaper.add(pid)
+    await first.crash()
+    return pid
+
+
+class Boxed(NamedTuple):
+    """A bwrap sandbox left running by a daemon that was SIGKILLed."""
+
+    init: int
+    #: The bwrap process outside the sandbox's pid namespace.
+    outer: int
+    namespace: str
+    #: Host pids of the namespace's processes when the daemon was killed.
+    members: list[int]
+
+
+async def boxed_sandbox_and_a_crash(daemons: Daemons, reaper: Reaper) -> Boxed:
+    """Start a daemon, a bwrap sandbox ``boxed`` in it (its processes reaped at teardown),
+    then SIGKILL the daemon."""
+    reason = BwrapBackend().unavailable_reason()
+    if reason is not None:
+        pytest.fail(f"bubblewrap cannot run here ({reason}): tools/test installs it")
+    first = await daemons.start()
+    async with connect(daemons.socket) as remote:
+        await remote.create("boxed", sandboxer="bwrap", options=sleeper())
+        init = (await remote.start("boxed")).pid
+        reaper.add(init)
+        outer = int((await remote.status("boxed", verbose=True)).info["bwrap_pid"])
+        reaper.add(outer)
+        namespace = pid_namespace(init)
+        assert namespace is not None and namespace != pid_namespace(os.getpid())
+        members = namespace_members(namespace)
+        assert len(members) >= 2, members  # bwrap as the namespace's init, and sleep
+    await first.crash()
+    return Boxed(init, outer, namespace, members)
 
 
 # -- the database --------------------------------------------------------------------------------
@@ -159,12 +203,7 @@ async def test_sim_sandboxes_come_back_in_their_states_after_sigkill(
 async def test_live_process_sandbox_is_adopted_after_sigkill(
     daemons: Daemons, reaper: Reaper
 ) -> None:
-    first = await daemons.start()
-    async with connect(daemons.socket) as remote:
-        await remote.create("sleeper", sandboxer="process", options=sleeper())
-        pid = (await remote.start("sleeper")).pid
-        reaper.add(pid)
-    await first.crash()
+    pid = await sleeper_and_a_crash(daemons, reaper, "sleeper")
     assert is_alive(pid), "the sandbox died with the daemon"
 
     second = await daemons.start()
@@ -193,12 +232,7 @@ async def test_live_process_sandbox_is_adopted_after_sigkill(
 async def test_process_that_died_while_the_daemon_was_down_is_stopped_255(
     daemons: Daemons, reaper: Reaper
 ) -> None:
-    first = await daemons.start()
-    async with connect(daemons.socket) as remote:
-        await remote.create("doomed", sandboxer="process", options=sleeper())
-        pid = (await remote.start("doomed")).pid
-        reaper.add(pid)
-    await first.crash()
+    pid = await sleeper_and_a_crash(daemons, reaper, "doomed")
     os.killpg(pid, signal.SIGKILL)
     await all_ended([pid])
 
@@ -215,12 +249,7 @@ async def test_process_that_died_while_the_daemon_was_down_is_stopped_255(
 
 
 async def test_a_reused_pid_is_never_adopted(daemons: Daemons, reaper: Reaper) -> None:
-    first = await daemons.start()
-    async with connect(daemons.socket) as remote:
-        await remote.create("impostor", sandboxer="process", options=sleeper())
-        pid = (await remote.start("impostor")).pid
-        reaper.add(pid)
-    await first.crash()
+    pid = await sleeper_and_a_crash(daemons, reaper, "impostor")
 
     # The recorded process "ended" and another took its pid: same pid, other start time.
     recorded = stored_records(daemons.database)["impostor"]
@@ -315,21 +344,7 @@ async def test_a_stop_in_progress_resumes_its_kill_deadline_after_sigkill(
 async def test_a_bwrap_sandbox_survives_sigkill_and_is_adopted(
     daemons: Daemons, reaper: Reaper
 ) -> None:
-    reason = BwrapBackend().unavailable_reason()
-    if reason is not None:
-        pytest.fail(f"bubblewrap cannot run here ({reason}): tools/test installs it")
-    first = await daemons.start()
-    async with connect(daemons.socket) as remote:
-        await remote.create("boxed", sandboxer="bwrap", options=sleeper())
-        init = (await remote.start("boxed")).pid
-        reaper.add(init)
-        outer = int((await remote.status("boxed", verbose=True)).info["bwrap_pid"])
-        reaper.add(outer)
-        namespace = pid_namespace(init)
-        assert namespace is not None and namespace != pid_namespace(os.getpid())
-        members = namespace_members(namespace)
-        assert len(members) >= 2, members  # bwrap as the namespace's init, and sleep
-    await first.crash()
+    init, outer, namespace, members = await boxed_sandbox_and_a_crash(daemons, reaper)
     assert sorted(namespace_members(namespace)) == sorted(members), "it died with the daemon"
 
     second = await daemons.start()
@@ -352,21 +367,7 @@ async def test_a_bwrap_sandbox_survives_sigkill_and_is_adopted(
 async def test_bwrap_adopted_sandbox_is_killed_by_shutdown(
     daemons: Daemons, reaper: Reaper
 ) -> None:
-    reason = BwrapBackend().unavailable_reason()
-    if reason is not None:
-        pytest.fail(f"bubblewrap cannot run here ({reason}): tools/test installs it")
-    first = await daemons.start()
-    async with connect(daemons.socket) as remote:
-        await remote.create("boxed", sandboxer="bwrap", options=sleeper())
-        init = (await remote.start("boxed")).pid
-        reaper.add(init)
-        outer = int((await remote.status("boxed", verbose=True)).info["bwrap_pid"])
-        reaper.add(outer)
-        namespace = pid_namespace(init)
-        assert namespace is not None
-        members = namespace_members(namespace)
-    await first.crash()
-
+    _, outer, namespace, members = await boxed_sandbox_and_a_crash(daemons, reaper)
     await daemons.start()
     async with connect(daemons.socket) as remote:
         assert (await remote.status("boxed")).state is SandboxState.READY

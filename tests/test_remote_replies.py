@@ -10,7 +10,7 @@ with bytes the test chooses.
 from __future__ import annotations
 
 import collections
-import socket
+import math
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -20,27 +20,18 @@ import pytest
 import trio
 import trio.testing
 
-from sandboxd import Internal, InvalidArgument, NotFound, RemoteController, connect
+from peers import Peer, listening
+from sandboxd import Internal, InvalidArgument, NotFound, RemoteController
 from sandboxd._models import SandboxState
-from sandboxd.api import (
-    CONTROLLER_SERVICE,
-    RUNTIME_SERVICE,
-    controller_service,
-    runtime_service,
-)
-from sandboxd.rpc import Server, open_client
-from sandboxd.runtime import Controller
+from sandboxd.rpc import open_client
 from sandboxd.wire import (
-    Frame,
-    FrameDecoder,
-    FrameType,
     dumps,
     encode_error_from,
-    encode_frame,
     encode_response,
 )
 
-#: Virtual seconds (autojump clock) a test may take before it counts as hung.
+pytestmark = pytest.mark.usefixtures("watchdog")
+#: Seconds (virtual under the autojump clock) a test may take before it counts as hung.
 GUARD = 30.0
 CREATED_AT = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
@@ -58,44 +49,32 @@ def status_reply(state: str, pid: int = 7) -> dict[str, Any]:
 # -- against a real server -----------------------------------------------------------------
 
 
-@asynccontextmanager
-async def served_remote(nursery: trio.Nursery, path: str) -> AsyncIterator[RemoteController]:
-    controller: Controller = await nursery.start(Controller().run)
-    server = Server(
-        {RUNTIME_SERVICE: runtime_service(), CONTROLLER_SERVICE: controller_service(controller)}
-    )
-    await nursery.start(server.serve_unix, path)
-    async with connect(path) as remote:
-        yield remote
-
-
 async def test_polling_an_unchanged_sandbox_gives_one_model_until_it_changes(
-    nursery: trio.Nursery, sock_path: str
+    sandboxd_client: RemoteController,
 ) -> None:
-    async with served_remote(nursery, sock_path) as remote:
-        await remote.create("box", sandboxer="sim")
-        created = await remote.status("box")
-        assert created.state is SandboxState.CREATED
-        assert await remote.status("box") is created
+    await sandboxd_client.create("box", sandboxer="sim")
+    created = await sandboxd_client.status("box")
+    assert created.state is SandboxState.CREATED
+    assert await sandboxd_client.status("box") is created
 
-        await remote.start("box")
-        ready = await remote.status("box")
-        assert ready.state is SandboxState.READY
-        assert ready is not created
-        assert await remote.status("box") is ready
-        # The other methods keep their own last reply: none of them disturbs Status's.
-        assert (await remote.platform("box")) == (await remote.platform("box"))
-        assert await remote.status("box") is ready
+    await sandboxd_client.start("box")
+    ready = await sandboxd_client.status("box")
+    assert ready.state is SandboxState.READY
+    assert ready is not created
+    assert await sandboxd_client.status("box") is ready
+    # The other methods keep their own last reply: none of them disturbs Status's.
+    assert (await sandboxd_client.platform("box")) == (await sandboxd_client.platform("box"))
+    assert await sandboxd_client.status("box") is ready
 
-        await remote.stop("box")
-        stopped = await remote.status("box")
-        assert stopped.state is SandboxState.STOPPED
-        assert await remote.wait("box") == await remote.wait("box")
-        assert await remote.status("box") is stopped
+    await sandboxd_client.stop("box")
+    stopped = await sandboxd_client.status("box")
+    assert stopped.state is SandboxState.STOPPED
+    assert await sandboxd_client.wait("box") == await sandboxd_client.wait("box")
+    assert await sandboxd_client.status("box") is stopped
 
-        await remote.shutdown("box")
-        with pytest.raises(NotFound):
-            await remote.status("box")
+    await sandboxd_client.shutdown("box")
+    with pytest.raises(NotFound):
+        await sandboxd_client.status("box")
 
 
 # -- against a raw peer ----------------------------------------------------------------------
@@ -113,105 +92,89 @@ class Answers:
     def raw(self, payload: bytes) -> None:
         self.queue.append(encode_response(payload))
 
-    async def serve(self, stream: trio.SocketStream) -> None:
-        decoder = FrameDecoder()
-        while data := await stream.receive_some():
-            for frame in decoder.feed(data):
-                assert isinstance(frame, Frame)
-                if frame.type == FrameType.REQUEST:
-                    reply = self.queue.popleft()
-                    await stream.send_all(
-                        encode_frame(frame.stream_id, FrameType.RESPONSE, 0, reply)
-                    )
+    async def serve(self, peer: Peer) -> None:
+        while True:
+            stream_id, _ = await peer.next_request()
+            await peer.respond(stream_id, self.queue.popleft())
 
 
 @asynccontextmanager
 async def answered_remote(path: str) -> AsyncIterator[tuple[RemoteController, Answers]]:
     """A RemoteController whose server is an :class:`Answers`."""
     answers = Answers()
-    # Bound synchronously: trio's ``bind`` of an AF_UNIX socket runs in a thread, which the
-    # autojump clock would take for idleness.
-    plain = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    plain.bind(path)
-    plain.listen(1)
     async with (
-        trio.SocketListener(trio.socket.from_stdlib_socket(plain)) as listener,
+        listening(path) as listener,
         open_client(path) as client,
+        await Peer.accept(listener, timeout=math.inf) as peer,
         trio.open_nursery() as nursery,
     ):
-        stream = await listener.accept()
-        async with stream:
-            nursery.start_soon(answers.serve, stream)
-            yield RemoteController(client), answers
-            nursery.cancel_scope.cancel()
+        nursery.start_soon(answers.serve, peer)
+        yield RemoteController(client), answers
+        nursery.cancel_scope.cancel()
 
 
 async def test_a_reply_is_decoded_again_whenever_its_bytes_differ_from_the_last(
     sock_path: str, autojump_clock: trio.testing.MockClock
 ) -> None:
-    with trio.fail_after(GUARD):
-        async with answered_remote(sock_path) as (remote, answers):
-            for state, pid in [("ready", 7), ("ready", 7), ("stopped", 7), ("ready", 7)]:
-                answers.ok(status_reply(state, pid))
-            first = await remote.status("box")
-            assert (first.state, first.pid, first.created_at) == (
-                SandboxState.READY,
-                7,
-                CREATED_AT,
-            )
-            assert await remote.status("box") is first
-            stopped = await remote.status("box")
-            assert stopped.state is SandboxState.STOPPED
-            again = await remote.status("box")
-            assert again == first
-            assert again is not first  # only the last reply is kept
+    async with answered_remote(sock_path) as (remote, answers):
+        for state, pid in [("ready", 7), ("ready", 7), ("stopped", 7), ("ready", 7)]:
+            answers.ok(status_reply(state, pid))
+        first = await remote.status("box")
+        assert (first.state, first.pid, first.created_at) == (
+            SandboxState.READY,
+            7,
+            CREATED_AT,
+        )
+        assert await remote.status("box") is first
+        stopped = await remote.status("box")
+        assert stopped.state is SandboxState.STOPPED
+        again = await remote.status("box")
+        assert again == first
+        assert again is not first  # only the last reply is kept
 
 
 async def test_a_malformed_reply_is_internal_every_time_and_never_kept(
     sock_path: str, autojump_clock: trio.testing.MockClock
 ) -> None:
     malformed = status_reply("ready") | {"state": "sideways"}
-    with trio.fail_after(GUARD):
-        async with answered_remote(sock_path) as (remote, answers):
-            answers.ok(status_reply("ready"))
-            answers.ok(malformed)
-            answers.ok(malformed)
-            answers.ok(status_reply("ready"))
-            good = await remote.status("box")
-            for _ in range(2):
-                with pytest.raises(Internal, match="sideways"):
-                    await remote.status("box")
-            assert await remote.status("box") == good
-            # A payload that is not CBOR at all is refused as before, and not kept either.
-            answers.raw(b"\xff\xfe")
-            answers.raw(b"\xff\xfe")
-            for _ in range(2):
-                with pytest.raises(InvalidArgument, match="response payload"):
-                    await remote.status("box")
+    async with answered_remote(sock_path) as (remote, answers):
+        answers.ok(status_reply("ready"))
+        answers.ok(malformed)
+        answers.ok(malformed)
+        answers.ok(status_reply("ready"))
+        good = await remote.status("box")
+        for _ in range(2):
+            with pytest.raises(Internal, match="sideways"):
+                await remote.status("box")
+        assert await remote.status("box") == good
+        # A payload that is not CBOR at all is refused as before, and not kept either.
+        answers.raw(b"\xff\xfe")
+        answers.raw(b"\xff\xfe")
+        for _ in range(2):
+            with pytest.raises(InvalidArgument, match="response payload"):
+                await remote.status("box")
 
 
 async def test_the_same_bytes_for_another_method_are_decoded_by_that_method(
     sock_path: str, autojump_clock: trio.testing.MockClock
 ) -> None:
-    with trio.fail_after(GUARD):
-        async with answered_remote(sock_path) as (remote, answers):
-            answers.ok(status_reply("ready"))
-            answers.ok(status_reply("ready"))
-            assert (await remote.status("box")).state is SandboxState.READY
-            # A status is no platform: Platform decodes the bytes itself, and refuses them.
-            with pytest.raises(Internal, match="platform"):
-                await remote.platform("box")
+    async with answered_remote(sock_path) as (remote, answers):
+        answers.ok(status_reply("ready"))
+        answers.ok(status_reply("ready"))
+        assert (await remote.status("box")).state is SandboxState.READY
+        # A status is no platform: Platform decodes the bytes itself, and refuses them.
+        with pytest.raises(Internal, match="platform"):
+            await remote.platform("box")
 
 
 async def test_an_error_reply_is_raised_each_time(
     sock_path: str, autojump_clock: trio.testing.MockClock
 ) -> None:
-    with trio.fail_after(GUARD):
-        async with answered_remote(sock_path) as (remote, answers):
-            answers.ok(status_reply("ready"))
-            answers.queue.append(encode_error_from(NotFound("sandbox 'box' not found")))
-            answers.ok(status_reply("ready"))
-            first = await remote.status("box")
-            with pytest.raises(NotFound):
-                await remote.status("box")
-            assert await remote.status("box") is first
+    async with answered_remote(sock_path) as (remote, answers):
+        answers.ok(status_reply("ready"))
+        answers.queue.append(encode_error_from(NotFound("sandbox 'box' not found")))
+        answers.ok(status_reply("ready"))
+        first = await remote.status("box")
+        with pytest.raises(NotFound):
+            await remote.status("box")
+        assert await remote.status("box") is first

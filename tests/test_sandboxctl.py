@@ -22,7 +22,6 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Any
 import pytest
 
 from daemons import BIN, PROBE_INTERVAL, SANDBOXD, STARTUP, ReadyPipe
+from procs import Reaper
 from sandboxd import Code, __version__
 from sandboxd.api import SyncController
 
@@ -50,8 +50,8 @@ class Daemon:
     #: A directory for the test to use, private to this daemon.
     scratch: Path
     ready: ReadyPipe
-    #: Process groups of process sandboxes, killed at teardown (they outlive the daemon).
-    reap: list[int] = field(default_factory=list)
+    #: Process sandboxes, killed at teardown (they outlive the daemon).
+    reaper: Reaper = field(default_factory=Reaper)
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
@@ -68,9 +68,7 @@ class Daemon:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait(STARTUP)
-        for pgid in self.reap:
-            with suppress(ProcessLookupError):
-                os.killpg(pgid, signal.SIGKILL)
+        self.reaper.kill_all()
 
 
 def base_env(scratch: Path) -> dict[str, str]:
@@ -205,7 +203,7 @@ def test_process_sandbox_through_every_subcommand(daemon: Daemon) -> None:
     match = re.fullmatch(r"hp1 started, pid (\d+)\n", started)
     assert match, started
     pid = int(match[1])
-    daemon.reap.append(pid)
+    daemon.reaper.add(pid)
     os.kill(pid, 0)  # the process exists
 
     status = sandboxctl(daemon, "status", "hp1", via="flag").ok()
@@ -341,7 +339,7 @@ def test_daemon_refusals_exit_with_10_plus_the_status_code(daemon: Daemon) -> No
         r"twice started, pid (\d+)\n", sandboxctl(daemon, "start", "twice").ok()
     )
     assert started is not None
-    daemon.reap.append(int(started[1]))
+    daemon.reaper.add(int(started[1]))
     sandboxctl(daemon, "start", "twice").failed(Code.FAILED_PRECONDITION)
 
 

@@ -20,7 +20,7 @@ import pytest
 import trio
 
 from daemons import STARTUP, Daemon, ReadyPipe, daemon_env
-from procs import is_alive
+from procs import Reaper, is_alive
 from sandboxd import NotFound, Unavailable
 from sandboxd._models import SandboxOptions, SandboxState
 from sandboxd.api import connect
@@ -70,7 +70,7 @@ async def running_daemon(sock_path: str, tmp_path: Path, name: str) -> AsyncIter
 
 
 async def test_daemon_serves_then_exits_0_on_sigterm_leaving_sandboxes_running(
-    sock_path: str, tmp_path: Path, reap: list[int]
+    sock_path: str, tmp_path: Path, reaper: Reaper
 ) -> None:
     async with running_daemon(sock_path, tmp_path, "daemon") as daemon:
         assert stat.S_ISSOCK(os.lstat(sock_path).st_mode)
@@ -101,7 +101,7 @@ async def test_daemon_serves_then_exits_0_on_sigterm_leaving_sandboxes_running(
             sleeper = SandboxOptions(command=["sleep", "1000"])
             await remote.create("outliver", sandboxer="process", options=sleeper)
             pid = (await remote.start("outliver")).pid
-            reap.append(pid)
+            reaper.add(pid)
             assert is_alive(pid)
             assert [s.sandbox_id for s in await remote.list()] == ["outliver"]
 

@@ -41,14 +41,10 @@ from hypothesis.stateful import (
 from procs import proc_state
 from sandboxd import RPCError
 from sandboxd.api import (
-    CONTROLLER_SERVICE,
-    RUNTIME_SERVICE,
     connect,
-    controller_service,
-    runtime_service,
+    serve_controller,
 )
 from sandboxd.backends import ProcessBackend, SimBackend
-from sandboxd.rpc import Server
 from sandboxd.runtime import Controller, Input, Phase, open_controller
 from sandboxd.testing import Blocks, ReferenceModel, observe, sim_model, strategies
 
@@ -255,13 +251,7 @@ async def serve_and_connect(path: str) -> AsyncIterator[Any]:
         open_controller([ProcessBackend()], default_sandboxer="process") as controller,
         trio.open_nursery() as nursery,
     ):
-        server = Server(
-            {
-                RUNTIME_SERVICE: runtime_service(),
-                CONTROLLER_SERVICE: controller_service(controller),
-            }
-        )
-        await nursery.start(server.serve_unix, path)
+        await nursery.start(serve_controller, controller, path)
         try:
             async with connect(path) as remote:
                 yield remote

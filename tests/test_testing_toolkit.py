@@ -20,6 +20,7 @@ import trio.testing
 from hypothesis import given, settings
 
 import sandboxd
+from procs import Exits
 from sandboxd import Code, InvalidArgument, SandboxOptions, SandboxState
 from sandboxd._models import SandboxSpec, check_sandbox_id
 from sandboxd.backends import SimBackend
@@ -57,16 +58,6 @@ def status(state: str, exit_status: int | None = None, *, started: bool = True) 
 
 
 # -- the sim backend: exit at a chosen point ----------------------------------------------------
-
-
-class Exits:
-    def __init__(self) -> None:
-        self.statuses: list[int] = []
-        self.event = trio.Event()
-
-    def __call__(self, status: int) -> None:
-        self.statuses.append(status)
-        self.event.set()
 
 
 async def start_sim(nursery: trio.Nursery, **faults: Any) -> tuple[Any, Exits]:
