@@ -49,7 +49,7 @@ from .calls import (
 )
 from .profile import summarize as summarize_profile
 from .report import FLOOR, LIFECYCLE_POINTS, PROFILED_POINT, STATUS, THROUGHPUT_POINTS, UNDER_TEST
-from .servers import REPO, SANDBOXD, Served, ServerFailed, measure_argv, run_client, serving
+from .servers import REPO, SANDBOXD, Served, ServerFailed, measure, serving
 
 DEFAULT_JSON: Final = REPO / "bench" / "results" / "latest.json"
 CLIENTS, THROUGHPUT, LIFECYCLE, SCALING = "clients", "throughput", "lifecycle", "scaling"
@@ -86,6 +86,10 @@ class Settings:
     warmup: float
     duration: float
     repeat: int
+
+    def client_options(self) -> dict[str, Any]:
+        """What ``bench.measure server`` (and ``grpc``) take."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "repeat"}
 
 
 @dataclass(frozen=True)
@@ -130,26 +134,13 @@ def attempt(what: str, errors: dict[str, str], run: Callable[..., Any], *args: A
 # --- one round of each kind -----------------------------------------------------------------
 
 
-def measure_server(
-    server: Server, command: str, calls: Sequence[str], s: Settings
-) -> dict[str, Any]:
+def measure_server(server: Server, command: str, calls: list[str], s: Settings) -> dict[str, Any]:
     """Start ``server``, measure each of ``calls``, stop it."""
     with serving(server.name, command) as served:
         served.result["calls"] = {
             call: checked(
-                run_client(
-                    measure_argv(
-                        server.kind,
-                        served.path,
-                        call=call,
-                        seq=s.seq,
-                        seq_warmup=s.seq_warmup,
-                        inflight=s.inflight,
-                        warmup=s.warmup,
-                        duration=s.duration,
-                    ),
-                    f"{server.name} {call}",
-                    served,
+                measure(
+                    server.kind, served, f"{server.name} {call}", call=call, **s.client_options()
                 )
             )
             for call in calls
@@ -157,59 +148,58 @@ def measure_server(
     return served.result
 
 
-def measure_clients(
-    command: str, calls: Sequence[str], s: Settings, threads: int
-) -> dict[str, Any]:
+def measure_clients(command: str, calls: list[str], s: Settings, threads: int) -> dict[str, Any]:
     """Every client on every call (sequential), then the threaded ones; failures kept."""
     with serving(CLIENTS, command) as served:
         done = served.result["measurements"] = {}
         for call in calls:
             for kind in CLIENT_KINDS:
-                argv = measure_argv(
+                label = f"{CLIENTS} {kind} {call}"
+                done[f"{kind} {call}"] = measure(
                     "client",
-                    served.path,
+                    served,
+                    label,
                     client=kind,
                     call=call,
                     seq=s.seq,
                     seq_warmup=s.seq_warmup,
                 )
-                done[f"{kind} {call}"] = run_client(argv, f"{CLIENTS} {kind} {call}", served)
-        for call in calls:
-            if call not in CLIENT_THREAD_CALLS:
-                continue
+        for call in (c for c in calls if c in CLIENT_THREAD_CALLS):
             for kind, n in report.threaded_kinds(threads).items():
-                argv = measure_argv(
+                label = f"{CLIENTS} {kind} {call}"
+                done[f"{kind} {call}"] = measure(
                     "client",
-                    served.path,
+                    served,
+                    label,
                     client="sync-threads",
                     call=call,
                     threads=n,
                     warmup=s.warmup,
                     duration=s.duration,
                 )
-                done[f"{kind} {call}"] = run_client(argv, f"{CLIENTS} {kind} {call}", served)
     return served.result
 
 
 def measure_throughput(name: str, command: str, s: LoadSettings) -> dict[str, Any]:
     call = BASELINE_CALL if name == FLOOR else STATUS
     with serving(f"throughput-{name}", command) as served:
-        argv = measure_argv(
+        label = f"throughput {name} {call}"
+        figures = measure(
             "throughput",
-            served.path,
+            served,
+            label,
             call=call,
             points=THROUGHPUT_POINTS,
             warmup=s.throughput_warmup,
             duration=s.throughput_duration,
         )
-        served.result["calls"] = {
-            "sweep": checked(run_client(argv, f"throughput {name} {call}", served))
-        }
+        served.result["calls"] = {"sweep": checked(figures)}
     return served.result
 
 
-def _profiled(served: Served, argv: list[str], out: Path) -> dict[str, Any]:
-    """Run ``argv`` while ``py-spy record -f raw`` samples the daemon into ``out``."""
+def _profiled(served: Served, s: LoadSettings, out: Path) -> dict[str, Any]:
+    """The sim x64 lifecycle point again while ``py-spy record -f raw`` samples the daemon
+    into ``out``."""
     beside = Path(sys.executable).with_name("py-spy")
     py_spy = str(beside) if beside.exists() else shutil.which("py-spy")
     if py_spy is None:
@@ -224,7 +214,15 @@ def _profiled(served: Served, argv: list[str], out: Path) -> dict[str, Any]:
         if spy.poll() is not None:
             error = spy.stderr.read().decode(errors="replace").strip() if spy.stderr else ""
             return {"error": f"py-spy exited with status {spy.returncode}: {error}"}
-        figures = run_client(argv, f"lifecycle {PROFILED_POINT} under py-spy", served)
+        label = f"lifecycle {PROFILED_POINT} under py-spy"
+        figures = measure(
+            "lifecycle",
+            served,
+            label,
+            points=[PROFILED_POINT],
+            warmup=0.2,
+            duration=s.profile_duration,
+        )
     finally:
         if spy.poll() is None:
             spy.send_signal(signal.SIGINT)
@@ -244,14 +242,14 @@ def measure_lifecycles(command: str, s: LoadSettings, profile: Path | None) -> d
     """Every lifecycle point in one client process on one daemon; with ``profile``, the sim
     x64 point again under py-spy; then the embedded Controller's points."""
     with serving("lifecycles", command) as served:
-        argv = measure_argv(
+        figures = measure(
             "lifecycle",
-            served.path,
+            served,
+            "lifecycles",
             points=LIFECYCLE_POINTS,
             warmup=s.lifecycle_warmup,
             duration=s.lifecycle_duration,
         )
-        figures = run_client(argv, "lifecycles", served)
         result = served.result
         result["client"] = figures["client"]
         measured = {f"{p['sandboxer']}:{p['concurrency']}": p for p in figures.get("points", [])}
@@ -260,34 +258,32 @@ def measure_lifecycles(command: str, s: LoadSettings, profile: Path | None) -> d
             for b, n in LIFECYCLE_POINTS
         }
         if profile is not None:
-            argv = measure_argv(
-                "lifecycle",
-                served.path,
-                points=[PROFILED_POINT],
-                warmup=0.2,
-                duration=s.profile_duration,
-            )
-            result["profile"] = _profiled(served, argv, profile)
-    argv = measure_argv(
-        "embedded", None, points=[1, 64], warmup=s.lifecycle_warmup, duration=s.lifecycle_duration
+            result["profile"] = _profiled(served, s, profile)
+    label = "lifecycles: embedded Controller (no socket)"
+    result["embedded"] = measure(
+        "embedded",
+        None,
+        label,
+        points=[1, 64],
+        warmup=s.lifecycle_warmup,
+        duration=s.lifecycle_duration,
     )
-    embedded = run_client(argv, "lifecycles: embedded Controller (no socket)")
-    embedded.pop("client")
-    result["embedded"] = embedded
+    del result["embedded"]["client"]
     return result
 
 
 def measure_scaling(command: str, s: LoadSettings) -> dict[str, Any]:
     with serving("scaling", command) as served:
-        argv = measure_argv(
-            "scaling",
-            served.path,
-            counts=s.counts,
-            seq=s.scaling_seq,
-            seq_warmup=s.scaling_seq_warmup,
-        )
+        label = f"scaling {STATUS} with {s.counts} idle sandboxes"
         served.result |= checked(
-            run_client(argv, f"scaling {STATUS} with {s.counts} idle sandboxes", served)
+            measure(
+                "scaling",
+                served,
+                label,
+                counts=s.counts,
+                seq=s.scaling_seq,
+                seq_warmup=s.scaling_seq_warmup,
+            )
         )
     return served.result
 

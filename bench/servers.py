@@ -183,14 +183,9 @@ def run_client(argv: Sequence[str], label: str, server: Served | None = None) ->
     return figures | {"error": error}
 
 
-def measure_argv(kind: str, path: str | None, **options: object) -> list[str]:
-    """The command line of ``python -m bench.measure KIND --socket PATH key=value ...``."""
-    socket_arg = ["--socket", path] if path else []
-    return [
-        sys.executable,
-        "-m",
-        "bench.measure",
-        kind,
-        *socket_arg,
-        *(f"{k}={json.dumps(v)}" for k, v in options.items()),
-    ]
+def measure(kind: str, served: Served | None, label: str, **options: object) -> dict[str, Any]:
+    """:func:`run_client` of ``python -m bench.measure KIND --socket PATH key=value ...``."""
+    argv = [sys.executable, "-m", "bench.measure", kind]
+    argv += ["--socket", served.path] if served else []
+    argv += [f"{key}={json.dumps(value)}" for key, value in options.items()]
+    return run_client(argv, label, served)
