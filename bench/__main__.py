@@ -48,7 +48,15 @@ from .calls import (
     CLIENT_THREADS,
 )
 from .profile import summarize as summarize_profile
-from .report import FLOOR, LIFECYCLE_POINTS, PROFILED_POINT, STATUS, THROUGHPUT_POINTS, UNDER_TEST
+from .report import (
+    FLOOR,
+    GRPC,
+    LIFECYCLE_POINTS,
+    PROFILED_POINT,
+    STATUS,
+    THROUGHPUT_POINTS,
+    UNDER_TEST,
+)
 from .servers import REPO, SANDBOXD, Served, ServerFailed, measure, serving
 
 DEFAULT_JSON: Final = REPO / "bench" / "results" / "latest.json"
@@ -58,21 +66,19 @@ SECTIONS: Final = (THROUGHPUT, LIFECYCLE, SCALING)
 
 @dataclass(frozen=True)
 class Server:
-    """A server under test: its command and how it is measured (a ``bench.measure`` kind)."""
+    """A server under test (measured by ``bench.measure server``) and its command."""
 
     name: str
     command: str
-    kind: str = "server"
-    requires: str | None = None  # a module that must be importable, else skipped
+    requires: str | None = None  # a module that must be importable, else skipped: gRPC
 
 
 SERVERS: Final = (
     Server(FLOOR, "{python} -m bench.floor --socket {socket} --ready-fd {ready_fd}"),
     Server(UNDER_TEST, SANDBOXD),
     Server(
-        "grpc",
+        GRPC,
         "{python} -m bench.grpc_baseline --socket {socket} --ready-fd {ready_fd}",
-        "grpc",
         "grpc",
     ),
 )
@@ -136,13 +142,10 @@ def attempt(what: str, errors: dict[str, str], run: Callable[..., Any], *args: A
 
 def measure_server(server: Server, command: str, calls: list[str], s: Settings) -> dict[str, Any]:
     """Start ``server``, measure each of ``calls``, stop it."""
+    options = s.client_options() | ({"grpc": True} if server.name == GRPC else {})
     with serving(server.name, command) as served:
         served.result["calls"] = {
-            call: checked(
-                measure(
-                    server.kind, served, f"{server.name} {call}", call=call, **s.client_options()
-                )
-            )
+            call: checked(measure("server", served, f"{server.name} {call}", call=call, **options))
             for call in calls
         }
     return served.result
@@ -150,33 +153,20 @@ def measure_server(server: Server, command: str, calls: list[str], s: Settings) 
 
 def measure_clients(command: str, calls: list[str], s: Settings, threads: int) -> dict[str, Any]:
     """Every client on every call (sequential), then the threaded ones; failures kept."""
+    seq: dict[str, object] = {"seq": s.seq, "seq_warmup": s.seq_warmup}
+    window: dict[str, object] = {"warmup": s.warmup, "duration": s.duration}
+    jobs = [(kind, call, {"client": kind} | seq) for call in calls for kind in CLIENT_KINDS]
+    jobs += [
+        (kind, call, {"client": "sync-threads", "threads": n} | window)
+        for call in calls
+        if call in CLIENT_THREAD_CALLS
+        for kind, n in report.threaded_kinds(threads).items()
+    ]
     with serving(CLIENTS, command) as served:
-        done = served.result["measurements"] = {}
-        for call in calls:
-            for kind in CLIENT_KINDS:
-                label = f"{CLIENTS} {kind} {call}"
-                done[f"{kind} {call}"] = measure(
-                    "client",
-                    served,
-                    label,
-                    client=kind,
-                    call=call,
-                    seq=s.seq,
-                    seq_warmup=s.seq_warmup,
-                )
-        for call in (c for c in calls if c in CLIENT_THREAD_CALLS):
-            for kind, n in report.threaded_kinds(threads).items():
-                label = f"{CLIENTS} {kind} {call}"
-                done[f"{kind} {call}"] = measure(
-                    "client",
-                    served,
-                    label,
-                    client="sync-threads",
-                    call=call,
-                    threads=n,
-                    warmup=s.warmup,
-                    duration=s.duration,
-                )
+        served.result["measurements"] = {
+            f"{kind} {call}": measure("client", served, f"{CLIENTS} {kind} {call}", call=call, **o)
+            for kind, call, o in jobs
+        }
     return served.result
 
 

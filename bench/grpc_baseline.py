@@ -5,11 +5,12 @@ a generic unary-unary handler for ``/sandboxd.v1.Runtime/Version`` (bytes in, by
 protoc), answering with the CBOR message ``{"version": "grpc", "protocol": 1}``, encoded per
 request as the floor does; SIGINT or SIGTERM stop it.
 
-:func:`measure` (``python -m bench.measure grpc``) measures it with gRPC's own clients, not the
-lean one, so read its column as "what a stock gRPC stack costs here": sequential p50/p99 with a
-blocking channel (``seq``), the same through a ``grpc.aio`` channel in asyncio (``seq_aio``: the
-peer of sandboxd's RemoteController), then requests/s with K calls in flight on one
-``grpc.aio`` channel (one HTTP/2 connection).  Needs ``grpcio`` (``pip install -e '.[bench]'``).
+:func:`measure` (``python -m bench.measure server grpc=true``) measures it with gRPC's own
+clients, not the lean one, so read its column as "what a stock gRPC stack costs here":
+sequential p50/p99 with a blocking channel (``seq``), the same through a ``grpc.aio`` channel
+in asyncio (``seq_aio``: the peer of sandboxd's RemoteController), then requests/s with K calls
+in flight on one ``grpc.aio`` channel (one HTTP/2 connection).  Needs ``grpcio``
+(``pip install -e '.[bench]'``).
 """
 
 from __future__ import annotations
@@ -136,16 +137,10 @@ async def _measure_aio(
 
 
 def measure(
-    socket: str,
-    call: str,
-    seq: int,
-    seq_warmup: int,
-    inflight: int,
-    warmup: float,
-    duration: float,
-) -> dict[str, Any]:
-    """Sequential (blocking channel, then grpc.aio) and pipelined (grpc.aio) figures."""
-    target = f"unix:{socket}"
+    target: str, seq: int, seq_warmup: int, inflight: int, warmup: float, duration: float
+) -> dict[str, dict[str, Any]]:
+    """Sequential (blocking channel, then grpc.aio) and pipelined (grpc.aio) figures of the
+    server at ``target`` (``unix:PATH``)."""
     try:
         with grpc.insecure_channel(target) as channel:
             stub = channel.unary_unary(f"/{SERVICE}/{METHOD}")
@@ -160,7 +155,7 @@ def measure(
         )
     except grpc.RpcError as exc:
         raise BenchError(f"grpc: {exc}") from None
-    return {"call": call, "seq": seq_figures, "seq_aio": seq_aio, "pipelined": pipelined}
+    return {"seq": seq_figures, "seq_aio": seq_aio, "pipelined": pipelined}
 
 
 def main() -> None:

@@ -10,13 +10,12 @@ measures several points prints the ones that succeeded).  The kinds:
 
 ``server``
     the server table: the lean client's sequential loop and ``inflight`` requests in flight on
-    one connection (:mod:`bench.client`), after the call's setup.
+    one connection (:mod:`bench.client`), after the call's setup; with ``grpc=true``, gRPC's
+    own clients against the gRPC server (:mod:`bench.grpc_baseline`).
 ``client``
     the clients section: sequential calls through one of sandboxd's clients (``client``, a key
     of ``CLIENT_KINDS``), or ``threads`` threads sharing one ``SyncController`` (calls/s).
     Both with this process's CPU time per call, from ``getrusage`` around the timed calls.
-``grpc``
-    the gRPC server with gRPC's own clients (:mod:`bench.grpc_baseline`).
 ``throughput``
     requests/s at each of ``points`` (connections x in flight on each).
 ``lifecycle``
@@ -87,8 +86,15 @@ def server(
     inflight: int,
     warmup: float,
     duration: float,
+    grpc: bool = False,
 ) -> dict[str, Any]:
-    """The server table's figures of ``call``: sequential, then pipelined on one connection."""
+    """The server table's figures of ``call``: sequential, then pipelined on one connection;
+    with ``grpc``, of the gRPC server through gRPC's own clients instead."""
+    if grpc:
+        from .grpc_baseline import measure
+
+        target = f"unix:{socket}"
+        return {"call": call, **measure(target, seq, seq_warmup, inflight, warmup, duration)}
     measured = CALLS[call]
     with prepared(socket, measured):
         with Connection(socket) as conn:
@@ -143,53 +149,54 @@ def _model_method(controller: Any, call: Call) -> Callable[[], Any]:
     return functools.partial(getattr(controller, method), call.request["sandbox_id"])
 
 
-def _timed(
-    invoke: Callable[[], object], check: Callable[[object], None], count: int, warmup: int
-) -> dict[str, Any]:
-    """``warmup`` calls, then ``count`` timed ones: their latency and the CPU they took."""
-    samples: list[int] = []
-    perf_counter_ns = time.perf_counter_ns
-    gc.collect()
-    gc.disable()
-    try:
-        for i in range(warmup + count):
-            if i == warmup:
-                before = _rusage()
-            start = perf_counter_ns()
-            result = invoke()
-            stop = perf_counter_ns()
-            check(result)
-            samples.append(stop - start)
-        after = _rusage()
-    finally:
+class _Recorder:
+    """Latencies of ``count`` calls after ``warmup`` unrecorded ones, each result checked, and
+    the CPU time the timed ones took (GC collected, then off, inside the block)."""
+
+    def __init__(self, check: Callable[[object], None], count: int, warmup: int) -> None:
+        self.check, self.count, self.warmup = check, count, warmup
+        self.samples: list[int] = []
+        self.before = self.after = _rusage()
+
+    def __enter__(self) -> _Recorder:
+        gc.collect()
+        gc.disable()
+        self.before = _rusage()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.after = _rusage()
         gc.enable()
-    return latency_summary(samples[warmup:], warmup) | _rusage_per_call(before, after, count)
+
+    def note(self, start: int, stop: int, result: object) -> None:
+        self.check(result)
+        self.samples.append(stop - start)
+        if len(self.samples) == self.warmup:
+            self.before = _rusage()
+
+    def figures(self) -> dict[str, Any]:
+        latency = latency_summary(self.samples[self.warmup :], self.warmup)
+        return latency | _rusage_per_call(self.before, self.after, self.count)
+
+
+def _timed(invoke: Callable[[], object], call: Call, count: int, warmup: int) -> dict[str, Any]:
+    with _Recorder(_checker(call), count, warmup) as recorder:
+        for _ in range(warmup + count):
+            start = time.perf_counter_ns()
+            result = invoke()
+            recorder.note(start, time.perf_counter_ns(), result)
+    return recorder.figures()
 
 
 async def _timed_async(
-    invoke: Callable[[], Awaitable[object]],
-    check: Callable[[object], None],
-    count: int,
-    warmup: int,
+    invoke: Callable[[], Awaitable[object]], call: Call, count: int, warmup: int
 ) -> dict[str, Any]:
-    """As :func:`_timed`, awaiting each call (the run loop's CPU time included)."""
-    samples: list[int] = []
-    perf_counter_ns = time.perf_counter_ns
-    gc.collect()
-    gc.disable()
-    try:
-        for i in range(warmup + count):
-            if i == warmup:
-                before = _rusage()
-            start = perf_counter_ns()
+    with _Recorder(_checker(call), count, warmup) as recorder:
+        for _ in range(warmup + count):
+            start = time.perf_counter_ns()
             result = await invoke()
-            stop = perf_counter_ns()
-            check(result)
-            samples.append(stop - start)
-        after = _rusage()
-    finally:
-        gc.enable()
-    return latency_summary(samples[warmup:], warmup) | _rusage_per_call(before, after, count)
+            recorder.note(start, time.perf_counter_ns(), result)
+    return recorder.figures()
 
 
 async def _trio_seq(path: str, kind: str, call: Call, count: int, warmup: int) -> dict[str, Any]:
@@ -198,9 +205,9 @@ async def _trio_seq(path: str, kind: str, call: Call, count: int, warmup: int) -
             invoke = functools.partial(
                 c.call, call.service, call.method, dict(call.request) or None
             )
-            return await _timed_async(invoke, _checker(call), count, warmup)
+            return await _timed_async(invoke, call, count, warmup)
     async with connect(path) as rc:
-        return await _timed_async(_model_method(rc, call), _checker(call), count, warmup)
+        return await _timed_async(_model_method(rc, call), call, count, warmup)
 
 
 def _client_seq(path: str, kind: str, call: Call, count: int, warmup: int) -> dict[str, Any]:
@@ -216,10 +223,10 @@ def _client_seq(path: str, kind: str, call: Call, count: int, warmup: int) -> di
             invoke = functools.partial(
                 sc.call, call.service, call.method, dict(call.request) or None
             )
-            return _timed(invoke, _checker(call), count, warmup)
+            return _timed(invoke, call, count, warmup)
     if kind == "sync-model":
         with SyncController(path) as controller:
-            return _timed(_model_method(controller, call), _checker(call), count, warmup)
+            return _timed(_model_method(controller, call), call, count, warmup)
     return trio.run(_trio_seq, path, kind, call, count, warmup)
 
 
@@ -567,16 +574,9 @@ def embedded(points: Sequence[int], warmup: float, duration: float) -> dict[str,
     return {"points": out}
 
 
-def _grpc(socket: str, **options: Any) -> dict[str, Any]:
-    from .grpc_baseline import measure
-
-    return measure(socket, **options)
-
-
 KINDS: Final[dict[str, Callable[..., dict[str, Any]]]] = {
     "server": server,
     "client": client,
-    "grpc": _grpc,
     "throughput": throughput,
     "lifecycle": lifecycle,
     "scaling": scaling,
