@@ -41,6 +41,7 @@ import math
 import os
 import secrets
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -62,14 +63,13 @@ from sandboxd import (
     SandboxOptions,
     SandboxState,
     SandboxStatus,
-    Unavailable,
     connect,
 )
 from sandboxd.wire import FrameDecoder, FrameType
 
 # The daemon is started, and /proc read, as the benchmark does (bench/ beside tools/).
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.client import cpu_seconds, peer_pid, proc_stat
+from bench.client import cpu_seconds, peer_pid, percentile, proc_stat
 from bench.servers import SANDBOXD, ServerFailed, serving
 
 SANDBOXERS: Final = ("sim", "process", "bwrap")
@@ -584,12 +584,6 @@ def log_notes(text: str) -> tuple[int, int, list[str]]:
 # --- checks and the report ---------------------------------------------------------------
 
 
-def percentile(sorted_ns: Sequence[int], p: float) -> float:
-    """Nearest-rank percentile, in microseconds."""
-    rank = max(1, math.ceil(p / 100 * len(sorted_ns)))
-    return sorted_ns[rank - 1] / 1000
-
-
 def latency_table(latencies: dict[str, list[int]]) -> dict[str, dict[str, float]]:
     table = {}
     for method in [*METHODS, *sorted(set(latencies) - set(METHODS))]:
@@ -597,8 +591,8 @@ def latency_table(latencies: dict[str, list[int]]) -> dict[str, dict[str, float]
         if values:
             table[method] = {
                 "count": len(values),
-                "p50_us": round(percentile(values, 50), 1),
-                "p99_us": round(percentile(values, 99), 1),
+                "p50_us": round(percentile(values, 50) / 1000, 1),
+                "p99_us": round(percentile(values, 99) / 1000, 1),
                 "max_us": round(values[-1] / 1000, 1),
             }
     return table
@@ -821,11 +815,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = parse_args(argv)
     try:
         if settings.socket:
+            with socket.socket(socket.AF_UNIX) as probe:
+                try:
+                    probe.connect(settings.socket)
+                except OSError as exc:
+                    raise SystemExit(f"load: no daemon on {settings.socket}: {exc}") from None
             report = trio.run(run, settings, settings.socket, "given")
         else:
             report = run_own_daemon(settings)
-    except Unavailable as exc:
-        raise SystemExit(f"load: {exc.message}") from None
     except OSError as exc:
         if exc.errno == errno.EMFILE:
             raise SystemExit("load: too many open files: lower --clients") from None
