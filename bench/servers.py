@@ -131,8 +131,10 @@ def serving(name: str, command: str, directory: Path | None = None) -> Iterator[
             yield served
         finally:
             began = time.monotonic()
-            served.result["exit_status"] = _stop(proc)
+            served.result["exit_status"] = status = _stop(proc)
             served.stop_s = time.monotonic() - began
+            if status != 0:
+                print(f"  note: {name} exited with status {status}", file=sys.stderr)
     except (ServerFailed, OSError, subprocess.SubprocessError) as exc:
         tail = (
             "\n".join(log.read_text(errors="replace").splitlines()[-20:]) if log.exists() else ""
