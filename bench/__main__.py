@@ -7,7 +7,7 @@
 The run, in order (bench/README.md says what each figure means):
 
 1. Rounds (3, ``--quick`` 1), each: every server in turn (:func:`servers.serving`), measured
-   by ``python -m bench.measure server`` (gRPC: ``grpc``) on each of its calls; then the
+   by ``python -m bench.measure server`` (gRPC: ``grpc=true``) on each of its calls; then the
    clients section on a sandboxd of its own (``measure client``, one process per client and
    call); then the throughput section (``measure throughput``) on the floor and on sandboxd.
    Each figure shown is the median over the rounds; every round is kept in the JSON.
@@ -47,6 +47,7 @@ from .calls import (
     CLIENT_THREAD_CALLS,
     CLIENT_THREADS,
 )
+from .client import Connection, peer_pid
 from .profile import summarize as summarize_profile
 from .report import (
     FLOOR,
@@ -195,7 +196,9 @@ def _profiled(served: Served, s: LoadSettings, out: Path) -> dict[str, Any]:
     if py_spy is None:
         return {"error": "py-spy not found"}
     out.parent.mkdir(parents=True, exist_ok=True)
-    spy_argv = [py_spy, "record", "-o", str(out), "-f", "raw", "--pid", str(served.proc.pid)]
+    with Connection(served.path) as conn:  # the process serving the socket, not a wrapper
+        pid = peer_pid(conn.socket)
+    spy_argv = [py_spy, "record", "-o", str(out), "-f", "raw", "--pid", str(pid)]
     spy = subprocess.Popen(
         spy_argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
