@@ -743,11 +743,11 @@ def render(report: dict[str, Any]) -> str:
     expected = ", ".join(f"{k} {n}" for k, n in report["expected_errors"].items()) or "none"
     out.append(f"errors: {errors}   (expected: {expected})")
     out.extend(f"  {sample}" for sample in report["error_samples"])
-    cpu = f"cpu: client {report['client_cpu_s']:.2f} s ({report['client_cpu_s'] / elapsed:.0%})"
-    if "daemon_cpu_s" in report:
-        cpu += f", daemon {report['daemon_cpu_s']:.2f} s ({report['daemon_cpu_s'] / elapsed:.0%})"
-    cpu += " of one core, during the load"
-    out.append(cpu)
+    client, daemon = report["client_cpu_s"], report["daemon_cpu_s"]
+    out.append(
+        f"cpu: client {client:.2f} s ({client / elapsed:.0%}), daemon {daemon:.2f} s "
+        f"({daemon / elapsed:.0%}) of one core, during the load"
+    )
     if "daemon_log" in report:
         log = report["daemon_log"]
         out.append(f"daemon log: {log['warnings']} warnings, {log['errors']} errors")
