@@ -80,9 +80,10 @@ CALLS: Final[dict[str, Call]] = {call.name: call for call in _TABLE}
 
 BASELINE_CALL: Final = "Runtime/Version"
 
-# The clients section (bench/clients.py): the same calls through sandboxd's own clients.
+# The clients section (``bench.measure client``): the same calls through sandboxd's clients.
 #: Sequential clients, in table order: kind -> what the table calls it.  ``lean`` is the
-#: reference: bench/client.py's sequential loop.
+#: reference: bench/client.py's sequential loop.  (Besides these, ``sync-threads``: threads
+#: sharing one SyncController, calling in a loop: calls/s.)
 CLIENT_KINDS: Final[dict[str, str]] = {
     "lean": "lean (bench.client)",
     "sync-call": "SyncClient.call",
@@ -91,8 +92,6 @@ CLIENT_KINDS: Final[dict[str, str]] = {
     "trio-model": "RemoteController",
 }
 REFERENCE_CLIENT: Final = "lean"
-#: Threads sharing one SyncController, calling in a loop: calls/s.
-THREADED_CLIENT: Final = "sync-threads"
 CLIENT_CALLS: Final = ("Runtime/Version", "Controller/Status", "Controller/Ping")
 #: The calls (of ``--clients``) also measured with threads sharing one SyncController.
 CLIENT_THREAD_CALLS: Final = ("Runtime/Version", "Controller/Status")

@@ -1,34 +1,39 @@
-"""A lean blocking client: plain ``socket``, no event loop, used alike against every server.
+"""The lean client: plain blocking ``socket`` code, no event loop, the same against every server.
 
-Two measurements on one connection, after the call's setup steps:
+Every measurement that is not about sandboxd's own clients goes through it:
 
-* sequential round trips: N request frames encoded up front (odd, increasing stream ids);
-  each one is sent, the response read in full, and ``perf_counter_ns`` taken around both.
-  Reported as p50/p99 in microseconds, after a warm-up that is not recorded.
-* pipelined throughput: K requests kept in flight (a new one sent for every response that
-  arrives, sends and reads batched); after a warm-up, the responses completed in a fixed time
-  window are counted.  Reported as requests per second.
+* :func:`measure_sequential`: N request frames encoded up front (odd, increasing stream ids);
+  each is sent, its response read in full, ``perf_counter_ns`` taken around both.  p50/p99
+  and more in microseconds, after an unrecorded warm-up.
+* :func:`measure_pipelined`: C connections (one ``selectors`` loop), K requests kept in flight
+  on each (a new one per response, sends batched per read).  After a warm-up, the responses
+  that arrive in a window are counted: requests/s; what is still in flight is then drained
+  and checked, not counted.  Beside the rate, the CPU time the server (the socket's peer)
+  and this process used in the window, as a fraction of one core.
+* :func:`drive`: many *slots* (generators yielding their next request) on one connection, one
+  request of each in flight: the lifecycles and the scaling section's Creates.
 
-Every response is checked: it must be a RESPONSE frame on a stream id that was sent and not
-yet answered, carry no error status, and hold a CBOR map with the call's expected keys.  A
-response whose bytes equal the last one checked is known good without decoding it again, so
-the client's cost per reply stays small and the same for every server.  Any wrong reply
-raises :class:`BenchError`: there is no partial result.
+Every response is checked (:class:`Checker`): a RESPONSE frame, on a stream id that was sent and
+is not yet answered, with no error status and a CBOR map holding the expected keys.  A reply
+byte-identical to the last good one is not decoded again (same bytes, same verdict), so the
+client's cost per reply stays small and alike for every server.  Any wrong reply raises
+:class:`BenchError`: the measurement is void.
 
-Run: ``python -m bench.client --socket PATH [--call Runtime/Version] ...``; prints one JSON
-object on stdout.  Exit status 2 and a message on stderr when the benchmark failed.
+The server's pid comes from ``SO_PEERCRED`` on the connection, its CPU time and memory from
+/proc, so they are the process serving the socket even behind a wrapper.
 """
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import gc
-import json
 import math
+import os
+import selectors
 import socket
-import sys
+import struct
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from typing import Any, Final
 
 from sandboxd.wire import (
@@ -43,34 +48,31 @@ from sandboxd.wire import (
     loads_message,
 )
 
-from .calls import BASELINE_CALL, CALLS, Call, Step
+from .calls import Call, Step
 
 RECEIVE_SIZE: Final = 65536
-DEFAULT_TIMEOUT: Final = 10.0
+TIMEOUT: Final = 10.0
+#: Quantiles (in %) at which ``cdf_us`` samples a distribution (0 is the minimum).
+CDF_QUANTILES: Final = (*range(0, 100), 99.5, 99.9, 100)
 
 
 class BenchError(Exception):
     """A wrong, failed or missing reply: the measurement is void."""
 
 
+# --- figures --------------------------------------------------------------------------------
+
+
 def percentile(ordered: Sequence[int], q: float) -> int:
     """The nearest-rank ``q``-th percentile of the sorted, non-empty ``ordered``."""
-    rank = max(1, math.ceil(q / 100 * len(ordered)))
-    return ordered[rank - 1]
+    return ordered[max(1, math.ceil(q / 100 * len(ordered))) - 1]
 
 
-#: The quantiles (in %) at which :func:`latency_summary` samples the distribution for
-#: ``cdf_us`` (0 is the minimum): enough to draw a CDF without keeping every sample.
-CDF_QUANTILES: Final = (*range(0, 100), 99.5, 99.9, 100)
-
-
-def latency_summary(samples_ns: list[int], warmup: int) -> dict[str, Any]:
-    """p50/p99 (and more) in microseconds of round-trip times in nanoseconds.
-
-    ``cdf_us`` is ``[quantile %, us]`` at each of :data:`CDF_QUANTILES` (nearest rank).
-    """
+def latency_summary(samples_ns: Sequence[int], warmup: int, cdf: bool = True) -> dict[str, Any]:
+    """p50/p90/p99, min, max and mean in microseconds of round trips in nanoseconds; with
+    ``cdf``, ``cdf_us``: ``[quantile %, us]`` at each of :data:`CDF_QUANTILES`."""
     ordered = sorted(samples_ns)
-    return {
+    out: dict[str, Any] = {
         "count": len(ordered),
         "warmup": warmup,
         "p50_us": percentile(ordered, 50) / 1000,
@@ -79,48 +81,83 @@ def latency_summary(samples_ns: list[int], warmup: int) -> dict[str, Any]:
         "min_us": ordered[0] / 1000,
         "max_us": ordered[-1] / 1000,
         "mean_us": sum(ordered) / len(ordered) / 1000,
-        "cdf_us": [
-            [q, (percentile(ordered, q) if q else ordered[0]) / 1000] for q in CDF_QUANTILES
-        ],
     }
+    if cdf:
+        out["cdf_us"] = [
+            [q, (percentile(ordered, q) if q else ordered[0]) / 1000] for q in CDF_QUANTILES
+        ]
+    return out
+
+
+_PEERCRED: Final = struct.Struct("3i")  # pid, uid, gid
+
+
+def peer_pid(sock: socket.socket) -> int:
+    """The pid of the process on the other end of the connected Unix socket ``sock``."""
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+    return int(_PEERCRED.unpack(raw)[0])
+
+
+def proc_stat(pid: int) -> list[bytes] | None:
+    """The fields of /proc/<pid>/stat after the command name (the state first), or None."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return data[data.rfind(b")") + 2 :].split()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time ``pid`` has used so far (0 when it is gone)."""
+    fields = proc_stat(pid)
+    return (
+        0.0 if fields is None else (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    )
+
+
+def memory_kib(pid: int) -> dict[str, int]:
+    """``VmRSS``, ``VmHWM`` (the peak) and ``VmSize`` of ``pid`` in KiB."""
+    out: dict[str, int] = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM", "VmSize"):
+                out[key] = int(value.split()[0])  # "  12345 kB"
+    return out
+
+
+# --- the connection -------------------------------------------------------------------------
 
 
 def request_payload(service: str, method: str, message: Mapping[str, Any]) -> bytes:
-    """The request envelope for one call (the same bytes on every stream)."""
+    """The request envelope of one call (the same bytes on every stream)."""
     return encode_request(service, method, dumps(dict(message)) if message else b"")
 
 
 class Connection:
-    """One client connection: stream ids, frame encoding and reading."""
+    """One blocking connection: stream ids, request frames, reading whole frames."""
 
-    def __init__(self, path: str, timeout: float = DEFAULT_TIMEOUT) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(timeout)
+    def __init__(self, path: str, timeout: float = TIMEOUT) -> None:
+        self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.socket.settimeout(timeout)
         try:
-            sock.connect(path)
+            self.socket.connect(path)
         except BaseException:
-            sock.close()
+            self.socket.close()
             raise
-        self._sock = sock
         self._decoder = FrameDecoder()
         self._next_id = 1
+        self.outstanding: set[int] = set()  # the stream ids :meth:`pipeline` has in flight
 
     def __enter__(self) -> Connection:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self._sock.close()
+        self.socket.close()
 
     def fileno(self) -> int:
-        """The socket's file descriptor (for ``selectors``)."""
-        return self._sock.fileno()
-
-    @property
-    def socket(self) -> socket.socket:
-        return self._sock
+        return self.socket.fileno()
 
     def request(self, payload: bytes) -> tuple[int, bytes]:
         """The next stream id and the bytes of a request frame on it."""
@@ -129,12 +166,12 @@ class Connection:
         return stream_id, encode_frame(stream_id, FrameType.REQUEST, 0, payload)
 
     def send(self, data: bytes) -> None:
-        self._sock.sendall(data)
+        self.socket.sendall(data)
 
     def receive(self) -> list[Frame]:
         """One read; the frames it completed (maybe none)."""
         try:
-            data = self._sock.recv(RECEIVE_SIZE)
+            data = self.socket.recv(RECEIVE_SIZE)
         except TimeoutError:
             raise BenchError("no response from the server within the timeout") from None
         if not data:
@@ -147,16 +184,33 @@ class Connection:
 
     def receive_one(self) -> Frame:
         """Exactly one frame: more than one in the read that completes it is an error."""
-        while True:
-            frames = self.receive()
-            if frames:
-                if len(frames) > 1:
-                    raise BenchError(f"{len(frames)} frames in answer to one request")
-                return frames[0]
+        while not (frames := self.receive()):
+            pass
+        if len(frames) > 1:
+            raise BenchError(f"{len(frames)} frames in answer to one request")
+        return frames[0]
+
+    def pipeline(self, payload: bytes, n: int) -> None:
+        """Send ``n`` requests of ``payload`` at once, noting their streams as in flight."""
+        chunks = []
+        for _ in range(n):
+            stream_id, data = self.request(payload)
+            self.outstanding.add(stream_id)
+            chunks.append(data)
+        self.send(b"".join(chunks))
+
+    def answered(self, frames: list[Frame], checker: Checker) -> None:
+        """Check ``frames`` as replies to streams in flight (see :meth:`pipeline`)."""
+        for frame in frames:
+            try:
+                self.outstanding.remove(frame.stream_id)
+            except KeyError:
+                raise BenchError(f"response on stream {frame.stream_id}, not in flight") from None
+            checker.check(frame)
 
 
 class Checker:
-    """Checks responses for one call; remembers the last good response bytes."""
+    """Checks the responses of one call; remembers the last good response's bytes."""
 
     def __init__(self, expect_keys: Sequence[str], what: str) -> None:
         self._expect_keys = tuple(expect_keys)
@@ -164,35 +218,25 @@ class Checker:
         self._good: bytes | None = None
 
     def check(self, frame: Frame) -> dict[str, Any] | None:
-        """Raise :class:`BenchError` unless ``frame`` is a good response.
-
-        Returns the decoded response message, or None when the bytes are the same as the
-        last good response (decoding them again would give the same answer).
-        """
+        """The decoded response message (None when its bytes are the last good reply's);
+        :class:`BenchError` unless ``frame`` is a good response."""
+        where = f"{self._what}: stream {frame.stream_id}"
         if frame.type != FrameType.RESPONSE:
-            raise BenchError(
-                f"{self._what}: stream {frame.stream_id}: frame type {frame.type}, not a response"
-            )
-        payload = frame.payload
-        if payload == self._good:
+            raise BenchError(f"{where}: frame type {frame.type}, not a response")
+        if frame.payload == self._good:
             return None
         try:
-            message = loads_message(decode_response(payload), "response message")
+            message = loads_message(decode_response(frame.payload), "response message")
         except RPCError as exc:
-            raise BenchError(
-                f"{self._what}: stream {frame.stream_id}: {type(exc).__name__}: {exc.message}"
-            ) from None
-        missing = [key for key in self._expect_keys if key not in message]
-        if missing:
-            raise BenchError(
-                f"{self._what}: stream {frame.stream_id}: response {message!r} lacks {missing}"
-            )
-        self._good = payload
+            raise BenchError(f"{where}: {type(exc).__name__}: {exc.message}") from None
+        if missing := [key for key in self._expect_keys if key not in message]:
+            raise BenchError(f"{where}: response {message!r} lacks {missing}")
+        self._good = frame.payload
         return message
 
 
 def call_once(conn: Connection, step: Step | Call) -> dict[str, Any] | None:
-    """One unmeasured round trip (setup or teardown), checked."""
+    """One unmeasured round trip (a setup or teardown step), checked."""
     what = f"{step.service}/{step.method}"
     stream_id, data = conn.request(request_payload(step.service, step.method, step.request))
     conn.send(data)
@@ -202,15 +246,29 @@ def call_once(conn: Connection, step: Step | Call) -> dict[str, Any] | None:
     return Checker((), what).check(frame)
 
 
+@contextlib.contextmanager
+def prepared(path: str, call: Call) -> Iterator[None]:
+    """The call's setup before the block and its teardown after, on a connection of their own."""
+    with Connection(path) as conn:
+        for step in call.setup:
+            call_once(conn, step)
+        try:
+            yield
+        finally:
+            for step in call.teardown:
+                call_once(conn, step)
+
+
+# --- measurements ---------------------------------------------------------------------------
+
+
 def measure_sequential(conn: Connection, call: Call, count: int, warmup: int) -> dict[str, Any]:
     """Round-trip latency of ``count`` requests, one at a time, after ``warmup`` of them."""
     payload = request_payload(call.service, call.method, call.request)
     frames = [conn.request(payload) for _ in range(warmup + count)]
     checker = Checker(call.expect_keys, call.name)
     samples: list[int] = []
-    perf_counter_ns = time.perf_counter_ns
-    send = conn.send
-    receive_one = conn.receive_one
+    perf_counter_ns, send, receive_one = time.perf_counter_ns, conn.send, conn.receive_one
     gc.disable()
     try:
         for stream_id, data in frames:
@@ -220,7 +278,7 @@ def measure_sequential(conn: Connection, call: Call, count: int, warmup: int) ->
             stop = perf_counter_ns()
             if frame.stream_id != stream_id:
                 raise BenchError(
-                    f"{call.name}: response on stream {frame.stream_id}, expected {stream_id}"
+                    f"{call.name}: response on stream {frame.stream_id}, not {stream_id}"
                 )
             checker.check(frame)
             samples.append(stop - start)
@@ -230,135 +288,107 @@ def measure_sequential(conn: Connection, call: Call, count: int, warmup: int) ->
 
 
 def measure_pipelined(
-    conn: Connection, call: Call, inflight: int, warmup_s: float, duration_s: float
+    path: str, call: Call, connections: int, inflight: int, warmup_s: float, duration_s: float
 ) -> dict[str, Any]:
-    """Requests per second with ``inflight`` requests outstanding on one connection.
-
-    Runs ``warmup_s`` seconds unmeasured, then counts the responses that arrive in the next
-    ``duration_s`` seconds, then drains what is still in flight (checked, not counted).
-    """
+    """Requests/s of ``call`` with ``inflight`` outstanding on each of ``connections``."""
     payload = request_payload(call.service, call.method, call.request)
     checker = Checker(call.expect_keys, call.name)
     perf_counter_ns = time.perf_counter_ns
-    request = conn.request
-    outstanding: set[int] = set()
-
-    def send_batch(n: int) -> None:
-        chunks = []
-        for _ in range(n):
-            stream_id, data = request(payload)
-            outstanding.add(stream_id)
-            chunks.append(data)
-        conn.send(b"".join(chunks))
-
-    def take(frames: list[Frame]) -> None:
-        for frame in frames:
-            try:
-                outstanding.remove(frame.stream_id)
-            except KeyError:
-                raise BenchError(
-                    f"{call.name}: response on stream {frame.stream_id}, which is not in flight"
-                ) from None
-            checker.check(frame)
-
-    drained = 0
-    gc.disable()
-    try:
-        begin = perf_counter_ns()
-        measure_from = begin + int(warmup_s * 1e9)
+    with contextlib.ExitStack() as stack:
+        conns = [stack.enter_context(Connection(path)) for _ in range(connections)]
+        selector = stack.enter_context(selectors.DefaultSelector())
+        for conn in conns:
+            selector.register(conn, selectors.EVENT_READ, conn)
+        server = peer_pid(conns[0].socket)
+        gc.disable()
+        stack.callback(gc.enable)
+        measure_from = perf_counter_ns() + int(warmup_s * 1e9)
         measure_to = measure_from + int(duration_s * 1e9)
-        send_batch(inflight)
-        measuring = False
-        start = stop = 0
-        completed = 0
+        for conn in conns:
+            conn.pipeline(payload, inflight)
+        start = completed = 0
+        server_cpu = client_cpu = 0.0
         while True:
-            frames = conn.receive()
-            if not frames:
-                continue
-            take(frames)
+            events = selector.select(TIMEOUT)
+            if not events:
+                raise BenchError(f"{call.name}: no response within {TIMEOUT:g} s")
+            got = 0
+            for key, _ in events:
+                conn = key.data
+                if frames := conn.receive():
+                    conn.answered(frames, checker)
+                    got += len(frames)
+                    conn.pipeline(payload, len(frames))
             now = perf_counter_ns()
-            if measuring:
-                completed += len(frames)
+            if start:
+                completed += got
                 if now >= measure_to:
-                    stop = now
+                    server_cpu = cpu_seconds(server) - server_cpu
+                    client_cpu = time.process_time() - client_cpu
                     break
             elif now >= measure_from:
-                measuring = True
                 start = now
-            send_batch(len(frames))
-        drained = len(outstanding)
-        while outstanding:
-            take(conn.receive())
-    finally:
-        gc.enable()
-    elapsed = (stop - start) / 1e9
+                server_cpu, client_cpu = cpu_seconds(server), time.process_time()
+        drained = sum(len(conn.outstanding) for conn in conns)
+        for conn in conns:
+            while conn.outstanding:
+                conn.answered(conn.receive(), checker)
+    elapsed = (now - start) / 1e9
     return {
+        "connections": connections,
         "inflight": inflight,
+        "total_inflight": connections * inflight,
         "warmup_s": warmup_s,
         "completed": completed,
         "elapsed_s": elapsed,
         "drained": drained,
         "rps": completed / elapsed,
+        "server_cpu": server_cpu / elapsed,
+        "client_cpu": client_cpu / elapsed,
     }
 
 
-def run(
-    path: str,
-    call: Call,
-    *,
-    seq_count: int,
-    seq_warmup: int,
-    inflight: int,
-    warmup_s: float,
-    duration_s: float,
-) -> dict[str, Any]:
-    """Setup, both measurements and teardown of ``call`` on one connection to ``path``."""
-    with Connection(path) as conn:
-        for step in call.setup:
-            call_once(conn, step)
-        seq = measure_sequential(conn, call, seq_count, seq_warmup)
-        pipelined = measure_pipelined(conn, call, inflight, warmup_s, duration_s)
-        for step in call.teardown:
-            call_once(conn, step)
-    return {"call": call.name, "seq": seq, "pipelined": pipelined}
+#: A slot yields (what, request envelope) and is sent the reply's message.
+Slot = Generator[tuple[str, bytes], dict[str, Any], None]
 
 
-def add_measure_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options every client (this one, the gRPC one) takes."""
-    parser.add_argument("--socket", required=True, help="Unix socket of the server")
-    parser.add_argument("--seq", type=int, default=5000, help="sequential round trips")
-    parser.add_argument("--seq-warmup", type=int, default=500, help="unrecorded ones first")
-    parser.add_argument("--inflight", type=int, default=64, help="requests kept in flight")
-    parser.add_argument("--warmup", type=float, default=0.5, help="pipelined warm-up, s")
-    parser.add_argument("--duration", type=float, default=3.0, help="pipelined window, s")
+def drive(
+    conn: Connection, slots: Sequence[Slot], on_batch: Callable[[], None] | None = None
+) -> int:
+    """Run ``slots`` to their end on ``conn``, one request of each in flight; the calls made.
 
+    ``on_batch`` is called after the replies of each read are handled (and their successors
+    sent).  A reply with an error status, on an unknown stream or of the wrong frame type
+    raises :class:`BenchError`, as does whatever a slot raises.
+    """
+    pending: dict[int, tuple[str, Slot]] = {}
+    calls = 0
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.client", description="Measure one call against one server."
-    )
-    add_measure_arguments(parser)
-    parser.add_argument("--call", default=BASELINE_CALL, choices=sorted(CALLS))
-    args = parser.parse_args(argv)
-    if args.seq < 1 or args.inflight < 1 or args.duration <= 0:
-        parser.error("--seq, --inflight and --duration must be positive")
-    try:
-        result = run(
-            args.socket,
-            CALLS[args.call],
-            seq_count=args.seq,
-            seq_warmup=args.seq_warmup,
-            inflight=args.inflight,
-            warmup_s=args.warmup,
-            duration_s=args.duration,
-        )
-    except (BenchError, OSError) as exc:
-        print(f"bench.client: FAILED: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 2
-    json.dump(result, sys.stdout)
-    print()
-    return 0
+    def advance(slot: Slot, reply: dict[str, Any] | None) -> bytes | None:
+        try:
+            what, payload = next(slot) if reply is None else slot.send(reply)
+        except StopIteration:
+            return None
+        stream_id, data = conn.request(payload)
+        pending[stream_id] = (what, slot)
+        return data
 
-
-if __name__ == "__main__":
-    sys.exit(main())
+    if first := [data for slot in slots if (data := advance(slot, None)) is not None]:
+        conn.send(b"".join(first))
+    while pending:
+        chunks = []
+        for frame in conn.receive():
+            try:
+                what, slot = pending.pop(frame.stream_id)
+            except KeyError:
+                raise BenchError(f"response on stream {frame.stream_id}, not in flight") from None
+            reply = Checker((), what).check(frame)
+            assert reply is not None  # a new Checker decodes every reply
+            calls += 1
+            if (data := advance(slot, reply)) is not None:
+                chunks.append(data)
+        if chunks:
+            conn.send(b"".join(chunks))
+        if on_batch is not None:
+            on_batch()
+    return calls

@@ -5,8 +5,9 @@ envelope with ``cbor2.loads``), a response envelope encoded for each (no caching
 answers to that read sent with one ``send_all``.  No dispatch, no validation, no per-request
 task, no cancel scopes: whatever sandboxd costs above this is the price of its own machinery.
 
-Run: ``python -m bench.floor --socket PATH``; stops cleanly on SIGINT or SIGTERM.  It does not
-import sandboxd, so it measures the transport and the envelope, not the project.
+Run: ``python -m bench.floor --socket PATH [--ready-fd FD]``; stops cleanly on SIGINT or
+SIGTERM.  It does not import sandboxd, so it measures the transport and the envelope, not
+the project.
 """
 
 from __future__ import annotations
@@ -87,10 +88,13 @@ async def serve(
             os.unlink(path)
 
 
-async def _main(path: str) -> None:
+async def _main(path: str, ready_fd: int | None) -> None:
     async with trio.open_nursery() as nursery:
         await nursery.start(serve, path)
-        # SIGINT (how the harness stops us) and SIGTERM end the run cleanly, exit status 0.
+        if ready_fd is not None:
+            os.write(ready_fd, f"READY {path}\n".encode())
+            os.close(ready_fd)
+        # SIGINT and SIGTERM (how the harness stops us) end the run cleanly, exit status 0.
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for _ in signals:
                 nursery.cancel_scope.cancel()
@@ -100,8 +104,9 @@ async def _main(path: str) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.floor", description=__doc__)
     parser.add_argument("--socket", required=True, help="Unix socket path to listen on")
+    parser.add_argument("--ready-fd", type=int, help="write 'READY <socket>' here once serving")
     args = parser.parse_args(argv)
-    trio.run(_main, args.socket)
+    trio.run(_main, args.socket, args.ready_fd)
 
 
 if __name__ == "__main__":

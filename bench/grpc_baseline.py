@@ -1,18 +1,16 @@
 """Optional baseline: the same call served and measured with gRPC over a Unix socket.
 
-``python -m bench.grpc_baseline serve --socket PATH`` runs a ``grpc.aio`` server with a
-generic unary-unary handler for ``/sandboxd.v1.Runtime/Version`` (bytes in, bytes out, no
-protoc): it answers with the CBOR message ``{"version": "grpc", "protocol": 1}``, encoded per
-request like the floor does.
+``python -m bench.grpc_baseline --socket PATH [--ready-fd FD]`` runs a ``grpc.aio`` server with
+a generic unary-unary handler for ``/sandboxd.v1.Runtime/Version`` (bytes in, bytes out, no
+protoc), answering with the CBOR message ``{"version": "grpc", "protocol": 1}``, encoded per
+request as the floor does; SIGINT or SIGTERM stop it.
 
-``python -m bench.grpc_baseline client --socket PATH ...`` measures it: sequential p50/p99 with
-a blocking channel (``seq``), then the same through a ``grpc.aio`` channel in asyncio
-(``seq_aio``: the full async stack, the peer of sandboxd's RemoteController), then requests
-per second with K calls in flight on one ``grpc.aio`` channel (one HTTP/2 connection).  It
-prints JSON shaped like ``bench.client``'s.  The clients are gRPC's own, not the lean one, so
-read this column as "what a stock gRPC stack costs here".
-
-Without grpcio installed both print ``grpcio not installed: skipped`` and exit 0.
+:func:`measure` (``python -m bench.measure server grpc=true``) measures it with gRPC's own
+clients, not the lean one, so read its column as "what a stock gRPC stack costs here":
+sequential p50/p99 with a blocking channel (``seq``), the same through a ``grpc.aio`` channel
+in asyncio (``seq_aio``: the peer of sandboxd's RemoteController), then requests/s with K calls
+in flight on one ``grpc.aio`` channel (one HTTP/2 connection).  Needs ``grpcio``
+(``pip install -e '.[bench]'``).
 """
 
 from __future__ import annotations
@@ -21,30 +19,21 @@ import argparse
 import asyncio
 import contextlib
 import gc
-import json
+import os
 import signal
-import sys
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 import cbor2
+import grpc  # type: ignore[import-untyped, unused-ignore]
+import grpc.aio  # type: ignore[import-untyped, unused-ignore]
 
-from .client import BenchError, add_measure_arguments, latency_summary
-
-try:
-    import grpc  # type: ignore[import-untyped, unused-ignore]
-    import grpc.aio  # type: ignore[import-untyped, unused-ignore]
-except ImportError:  # the bench extra is optional
-    grpc = None
+from .client import BenchError, latency_summary
 
 SERVICE: Final = "sandboxd.v1.Runtime"
 METHOD: Final = "Version"
-PATH: Final = f"/{SERVICE}/{METHOD}"
 EXPECT_KEYS: Final = ("version", "protocol")
-
-
-def _target(path: str) -> str:
-    return f"unix:{path}"
 
 
 async def _version(request: bytes, context: Any) -> bytes:
@@ -53,104 +42,75 @@ async def _version(request: bytes, context: Any) -> bytes:
     return cbor2.dumps({"version": "grpc", "protocol": 1})
 
 
-async def serve(path: str) -> None:
+async def serve(path: str, ready_fd: int | None) -> None:
     """Serve on the Unix socket ``path`` until SIGINT or SIGTERM."""
-    assert grpc is not None
-    handler = grpc.method_handlers_generic_handler(
-        SERVICE,
-        {
-            METHOD: grpc.unary_unary_rpc_method_handler(
-                _version, request_deserializer=None, response_serializer=None
-            )
-        },
-    )
+    handler = grpc.unary_unary_rpc_method_handler(_version)
     server = grpc.aio.server()
-    server.add_generic_rpc_handlers((handler,))
-    server.add_insecure_port(_target(path))
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(SERVICE, {METHOD: handler}),)
+    )
+    server.add_insecure_port(f"unix:{path}")
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
+        asyncio.get_running_loop().add_signal_handler(signum, stop.set)
     await server.start()
+    if ready_fd is not None:
+        os.write(ready_fd, f"READY {path}\n".encode())
+        os.close(ready_fd)
     try:
         await stop.wait()
     finally:
         await server.stop(grace=0.5)
 
 
-def _check(response: bytes) -> None:
-    try:
-        message = cbor2.loads(response)
-    except Exception as exc:
-        raise BenchError(f"grpc: undecodable response: {exc}") from None
-    if type(message) is not dict or any(key not in message for key in EXPECT_KEYS):
-        raise BenchError(f"grpc: unexpected response {message!r}")
+class _Check:
+    """Decodes a response unless it is byte-identical to the last good one."""
 
-
-def measure_sequential(path: str, count: int, warmup: int) -> dict[str, Any]:
-    assert grpc is not None
-    request = b""
-    samples: list[int] = []
-    perf_counter_ns = time.perf_counter_ns
-    with grpc.insecure_channel(_target(path)) as channel:
-        stub = channel.unary_unary(PATH)
-        good: bytes | None = None
-        gc.disable()
-        try:
-            for _ in range(warmup + count):
-                start = perf_counter_ns()
-                response = stub(request, timeout=10)
-                stop = perf_counter_ns()
-                if response != good:
-                    _check(response)
-                    good = response
-                samples.append(stop - start)
-        finally:
-            gc.enable()
-    return latency_summary(samples[warmup:], warmup)
-
-
-async def measure_sequential_aio(path: str, count: int, warmup: int) -> dict[str, Any]:
-    """As :func:`measure_sequential`, through a ``grpc.aio`` channel in asyncio."""
-    assert grpc is not None
-    samples: list[int] = []
-    perf_counter_ns = time.perf_counter_ns
-    async with grpc.aio.insecure_channel(_target(path)) as channel:
-        stub = channel.unary_unary(PATH)
-        good: bytes | None = None
-        gc.disable()
-        try:
-            for _ in range(warmup + count):
-                start = perf_counter_ns()
-                response = await stub(b"", timeout=10)
-                stop = perf_counter_ns()
-                if response != good:
-                    _check(response)
-                    good = response
-                samples.append(stop - start)
-        finally:
-            gc.enable()
-    return latency_summary(samples[warmup:], warmup)
-
-
-async def measure_pipelined(
-    path: str, inflight: int, warmup_s: float, duration_s: float
-) -> dict[str, Any]:
-    assert grpc is not None
-    completed = 0
     good: bytes | None = None
-    running = True
 
-    async with grpc.aio.insecure_channel(_target(path)) as channel:
-        stub = channel.unary_unary(PATH)
+    def __call__(self, response: bytes) -> None:
+        if response == self.good:
+            return
+        try:
+            message = cbor2.loads(response)
+        except Exception as exc:
+            raise BenchError(f"grpc: undecodable response: {exc}") from None
+        if type(message) is not dict or any(key not in message for key in EXPECT_KEYS):
+            raise BenchError(f"grpc: unexpected response {message!r}")
+        self.good = response
+
+
+async def _sequential(
+    call: Callable[[], Awaitable[bytes]], count: int, warmup: int
+) -> dict[str, Any]:
+    check, samples = _Check(), []
+    gc.disable()
+    try:
+        for _ in range(warmup + count):
+            start = time.perf_counter_ns()
+            response = await call()
+            stop = time.perf_counter_ns()
+            check(response)
+            samples.append(stop - start)
+    finally:
+        gc.enable()
+    return latency_summary(samples[warmup:], warmup)
+
+
+async def _measure_aio(
+    target: str, seq: int, seq_warmup: int, inflight: int, warmup: float, duration: float
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = channel.unary_unary(f"/{SERVICE}/{METHOD}")
+        seq_aio = await _sequential(lambda: stub(b"", timeout=10), seq, seq_warmup)
+    completed, running, check = 0, True, _Check()
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = channel.unary_unary(f"/{SERVICE}/{METHOD}")
 
         async def worker() -> None:
-            nonlocal completed, good
+            nonlocal completed
             while running:
-                response = await stub(b"", timeout=10)
-                if response != good:
-                    _check(response)
-                    good = response
+                check(await stub(b"", timeout=10))
                 completed += 1
 
         gc.disable()
@@ -158,51 +118,54 @@ async def measure_pipelined(
             async with asyncio.TaskGroup() as tasks:
                 for _ in range(inflight):
                     tasks.create_task(worker())
-                await asyncio.sleep(warmup_s)
+                await asyncio.sleep(warmup)
                 first, start = completed, time.perf_counter_ns()
-                await asyncio.sleep(duration_s)
+                await asyncio.sleep(duration)
                 last, stop = completed, time.perf_counter_ns()
                 running = False
         finally:
             gc.enable()
     elapsed = (stop - start) / 1e9
-    return {
+    pipelined = {
         "inflight": inflight,
-        "warmup_s": warmup_s,
+        "warmup_s": warmup,
         "completed": last - first,
         "elapsed_s": elapsed,
         "rps": (last - first) / elapsed,
     }
+    return seq_aio, pipelined
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.grpc_baseline", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    serve_parser = commands.add_parser("serve", help="run the gRPC server")
-    serve_parser.add_argument("--socket", required=True, help="Unix socket path to listen on")
-    add_measure_arguments(commands.add_parser("client", help="measure the gRPC server"))
-    args = parser.parse_args(argv)
-    if grpc is None:
-        print("grpcio not installed: skipped")
-        return 0
-    if args.command == "serve":
-        with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(serve(args.socket))
-        return 0
+def measure(
+    target: str, seq: int, seq_warmup: int, inflight: int, warmup: float, duration: float
+) -> dict[str, dict[str, Any]]:
+    """Sequential (blocking channel, then grpc.aio) and pipelined (grpc.aio) figures of the
+    server at ``target`` (``unix:PATH``)."""
     try:
-        seq = measure_sequential(args.socket, args.seq, args.seq_warmup)
-        seq_aio = asyncio.run(measure_sequential_aio(args.socket, args.seq, args.seq_warmup))
-        pipelined = asyncio.run(
-            measure_pipelined(args.socket, args.inflight, args.warmup, args.duration)
+        with grpc.insecure_channel(target) as channel:
+            stub = channel.unary_unary(f"/{SERVICE}/{METHOD}")
+
+            # The blocking call in a coroutine that never suspends: one timed loop for both.
+            async def blocking() -> bytes:
+                return stub(b"", timeout=10)  # type: ignore[no-any-return]
+
+            seq_figures = asyncio.run(_sequential(blocking, seq, seq_warmup))
+        seq_aio, pipelined = asyncio.run(
+            _measure_aio(target, seq, seq_warmup, inflight, warmup, duration)
         )
-    except (BenchError, grpc.RpcError) as exc:
-        print(f"bench.grpc_baseline: FAILED: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 2
-    result = {"call": "Runtime/Version", "seq": seq, "seq_aio": seq_aio, "pipelined": pipelined}
-    json.dump(result, sys.stdout)
-    print()
-    return 0
+    except grpc.RpcError as exc:
+        raise BenchError(f"grpc: {exc}") from None
+    return {"seq": seq_figures, "seq_aio": seq_aio, "pipelined": pipelined}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.grpc_baseline", description=__doc__)
+    parser.add_argument("--socket", required=True, help="Unix socket path to listen on")
+    parser.add_argument("--ready-fd", type=int, help="write 'READY <socket>' here once serving")
+    args = parser.parse_args()
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(args.socket, args.ready_fd))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

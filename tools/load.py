@@ -15,8 +15,9 @@ created is shut down by its own calls.
 Checks, each reported by name; the exit status is 1 when any fails:
 
 * **one reply per call**: no call went unanswered for ``--call-timeout`` seconds, and on every
-  connection each request frame got exactly one response frame (frames are counted by stream
-  id as they cross the socket, beneath the client library);
+  connection each request frame got exactly one response frame (each client's connection runs
+  through a relay in this process that counts the frames crossing it by stream id, beneath
+  the client library; the client CPU time reported includes the relay's);
 * **correct replies**: each call got the result, or the error code, its place in the
   lifecycle implies (see :func:`judge`);
 * **final state**: List on a fresh connection shows exactly the load's sandboxes its calls
@@ -26,21 +27,21 @@ Checks, each reported by name; the exit status is 1 when any fails:
 * **daemon exit**: the daemon started here exits 0 on SIGTERM.
 
 Without ``--socket`` the daemon is ``sandboxd serve`` on a temporary socket and state
-directory (kept, with its log, when a check fails).
+directory (kept, with its log, when a check fails), started and stopped (SIGTERM) as the
+benchmark starts its servers (:func:`bench.servers.serving`).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
 import math
 import os
 import secrets
 import shutil
-import signal
 import socket
-import struct
 import sys
 import tempfile
 import time
@@ -62,20 +63,16 @@ from sandboxd import (
     SandboxOptions,
     SandboxState,
     SandboxStatus,
-    Unavailable,
+    connect,
 )
-from sandboxd.rpc import Client
+from sandboxd.wire import FrameDecoder, FrameType
 
-# The frame tap needs the client's own transport under a socket it can watch; both are
-# private to the rpc layer, which offers no hook for this (a test tool may look inside).
-from sandboxd.rpc._transport import Transport
-from sandboxd.wire import HEADER, HEADER_SIZE, FrameType
+# The daemon is started, and /proc read, as the benchmark does (bench/ beside tools/).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.client import cpu_seconds, peer_pid, percentile, proc_stat
+from bench.servers import SANDBOXD, ServerFailed, serving
 
 SANDBOXERS: Final = ("sim", "process", "bwrap")
-#: Seconds the daemon gets to start serving, and to exit after SIGTERM.
-DAEMON_TIMEOUT: Final = 15.0
-#: Seconds between two connection attempts while the daemon starts.
-PROBE_INTERVAL: Final = 0.02
 #: The label every sandbox of one run carries (value: the run's id), for List.
 LABEL: Final = "sandboxd-load"
 STOP_TIMEOUT: Final = 5.0
@@ -87,7 +84,6 @@ METHODS: Final = ("create", "start", "status", "stop", "wait", "shutdown")
 MAX_SAMPLES: Final = 20
 QUICK: Final = {"clients": 2, "concurrency": 4, "duration": 2.0}
 DEFAULTS: Final = {"clients": 4, "concurrency": 16, "duration": 10.0}
-_PEERCRED: Final = struct.Struct("3i")
 
 
 # --- judging one reply -------------------------------------------------------------------
@@ -203,37 +199,18 @@ def plan(sandboxer: str, seq: int) -> tuple[SandboxOptions | None, int]:
 
 
 class FrameScanner:
-    """Finds frame headers in a byte stream fed in chunks of any size; payloads are skipped,
-    never copied.  Calls ``on_frame(stream_id, type)`` once per header."""
+    """Finds the frames in a byte stream fed in chunks of any size; calls
+    ``on_frame(stream_id, type)`` once per frame, as soon as its header is in."""
 
-    __slots__ = ("_header", "_on_frame", "_skip")
+    __slots__ = ("_decoder", "_on_frame")
 
     def __init__(self, on_frame: Callable[[int, int], None]) -> None:
-        self._header = b""  # the start of a header split across chunks
-        self._skip = 0  # payload bytes still to come
+        self._decoder = FrameDecoder()
         self._on_frame = on_frame
 
-    def feed(self, data: bytes | memoryview) -> None:
-        pos, end = 0, len(data)
-        while pos < end:
-            if self._skip:
-                taken = min(self._skip, end - pos)
-                self._skip -= taken
-                pos += taken
-                continue
-            if self._header or end - pos < HEADER_SIZE:
-                taken = min(HEADER_SIZE - len(self._header), end - pos)
-                self._header += bytes(data[pos : pos + taken])
-                pos += taken
-                if len(self._header) < HEADER_SIZE:
-                    return
-                length, stream_id, frame_type, _ = HEADER.unpack(self._header)
-                self._header = b""
-            else:
-                length, stream_id, frame_type, _ = HEADER.unpack_from(data, pos)
-                pos += HEADER_SIZE
-            self._skip = length
-            self._on_frame(stream_id, frame_type)
+    def feed(self, data: bytes) -> None:
+        for frame in self._decoder.feed(data):
+            self._on_frame(frame.stream_id, frame.type)
 
 
 class ReplyLedger:
@@ -286,94 +263,51 @@ class ReplyLedger:
         return found
 
 
-class TappedSocket(socket.socket):
-    """A Unix stream socket that shows every frame it sends and receives to a ledger."""
-
-    def __init__(self) -> None:
-        super().__init__(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.ledger = ReplyLedger()
-        self._sent = FrameScanner(self.ledger.on_sent)
-        self._received = FrameScanner(self.ledger.on_received)
-
-    def send(self, data: Any, flags: int = 0, /) -> int:
-        sent = super().send(data, flags)
-        self._sent.feed(memoryview(data)[:sent])
-        return sent
-
-    def recv(self, bufsize: int, flags: int = 0, /) -> bytes:
-        data = super().recv(bufsize, flags)
-        self._received.feed(data)
-        return data
+async def _pump(source: trio.SocketStream, sink: trio.SocketStream, scanner: FrameScanner) -> None:
+    async with sink:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            async for data in source:
+                scanner.feed(bytes(data))  # no copy: trio gives bytes
+                await sink.send_all(data)
 
 
 @asynccontextmanager
-async def connect_tapped(path: str) -> AsyncIterator[tuple[RemoteController, TappedSocket]]:
-    """What :func:`sandboxd.connect` gives, over a :class:`TappedSocket`."""
-    sock = TappedSocket()
-    sock.setblocking(False)
-    try:
-        try:
-            sock.connect(path)
-        except BlockingIOError:
-            await trio.lowlevel.wait_writable(sock)
-            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-            if err:
-                raise OSError(err, os.strerror(err)) from None
-    except OSError as exc:
-        sock.close()
-        raise Unavailable(f"cannot connect to {path}: {exc.strerror or exc}") from None
-    transport = Transport(sock)
-    client = Client(transport)
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(client.reader)
-            nursery.start_soon(transport.run_writer)
-            try:
-                yield RemoteController(client), sock
-            finally:
-                client.close()
-                nursery.cancel_scope.cancel()
-    finally:
-        transport.close()
-
-
-def peer_pid(sock: socket.socket) -> int:
-    return int(_PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[0])
+async def tapped(
+    daemon: str, relay: str
+) -> AsyncIterator[tuple[RemoteController, ReplyLedger, int]]:
+    """A :class:`~sandboxd.RemoteController` whose connection to ``daemon`` runs through a
+    relay listening on ``relay``, which shows every frame crossing it to a ledger; and the
+    daemon's pid."""
+    ledger = ReplyLedger()
+    listener = trio.socket.socket(trio.socket.AF_UNIX)
+    await listener.bind(relay)
+    listener.listen(1)
+    async with trio.open_nursery() as nursery, connect(relay) as ctl:
+        accepted, _ = await listener.accept()
+        listener.close()
+        client = trio.SocketStream(accepted)
+        upstream = await trio.open_unix_socket(daemon)
+        nursery.start_soon(_pump, client, upstream, FrameScanner(ledger.on_sent))
+        nursery.start_soon(_pump, upstream, client, FrameScanner(ledger.on_received))
+        yield ctl, ledger, peer_pid(upstream.socket)  # type: ignore[arg-type]
 
 
 # --- processes ---------------------------------------------------------------------------
 
 
-def proc_fields(pid: int) -> list[bytes] | None:
-    """The fields of /proc/<pid>/stat after the command name (state first), or None."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    return data[data.rfind(b")") + 2 :].split()
-
-
 def start_time(pid: int) -> int | None:
-    fields = proc_fields(pid)
+    fields = proc_stat(pid)
     return None if fields is None else int(fields[19])
 
 
 def parent_of(pid: int) -> int:
-    fields = proc_fields(pid)
+    fields = proc_stat(pid)
     return 0 if fields is None else int(fields[1])
-
-
-def cpu_seconds(pid: int) -> float | None:
-    fields = proc_fields(pid)
-    if fields is None:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def process_state(pid: int, started: int | None) -> str:
     """``gone`` (or another process now has the pid), ``zombie`` or ``alive``."""
-    fields = proc_fields(pid)
+    fields = proc_stat(pid)
     if fields is None or fields[0] in (b"X", b"x"):
         return "gone"
     if started is not None and int(fields[19]) != started:
@@ -503,7 +437,7 @@ class Load:
         outcome, ok = await self.step("start", ctl.start(sandbox_id), expected)
         started: int | None = None
         if isinstance(outcome, SandboxInstance) and self.processes and outcome.pid > 0:
-            fields = proc_fields(outcome.pid)
+            fields = proc_stat(outcome.pid)
             started = None if fields is None else int(fields[19])
             stats.tracked.append(Tracked(outcome.pid, started, sandbox_id, "init"))
             parent = 0 if fields is None else int(fields[1])
@@ -561,12 +495,13 @@ class Load:
         path: str,
         index: int,
         go: trio.Event,
-        sockets: list[TappedSocket],
+        taps: list[tuple[ReplyLedger, int]],
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        async with connect_tapped(path) as (ctl, sock):
-            sockets.append(sock)
+        relay = os.path.join(self.relays, f"{index}.sock")
+        async with tapped(path, relay) as (ctl, ledger, daemon_pid):
+            taps.append((ledger, daemon_pid))
             task_status.started()
             await go.wait()
             async with trio.open_nursery() as nursery:
@@ -595,33 +530,27 @@ class Load:
 
     async def run(self, path: str) -> Measured:
         """Run the load against the daemon at ``path``."""
-        sockets: list[TappedSocket] = []
+        taps: list[tuple[ReplyLedger, int]] = []
         go, done = trio.Event(), trio.Event()
-        async with trio.open_nursery() as outer:
-            async with trio.open_nursery() as clients:
-                for index in range(self.settings.clients):
-                    await clients.start(self.client, path, index, go, sockets)
-                daemon_pid = peer_pid(sockets[0])
-                daemon_cpu = cpu_seconds(daemon_pid)
-                client_cpu = time.process_time()
-                began = trio.current_time()
-                self.deadline = began + self.settings.duration
-                outer.start_soon(self.progress, began, done)
-                go.set()
-            done.set()
-        elapsed = trio.current_time() - began
-        client_cpu = time.process_time() - client_cpu
-        daemon_cpu_end = cpu_seconds(daemon_pid)
+        with tempfile.TemporaryDirectory(prefix="sbd-load-relays-") as self.relays:
+            async with trio.open_nursery() as outer:
+                async with trio.open_nursery() as clients:
+                    for index in range(self.settings.clients):
+                        await clients.start(self.client, path, index, go, taps)
+                    daemon_pid = taps[0][1]
+                    daemon_cpu = cpu_seconds(daemon_pid)
+                    client_cpu = time.process_time()
+                    began = trio.current_time()
+                    self.deadline = began + self.settings.duration
+                    outer.start_soon(self.progress, began, done)
+                    go.set()
+                done.set()
         return Measured(
-            elapsed=elapsed,
-            sockets=sockets,
+            elapsed=trio.current_time() - began,
+            ledgers=[ledger for ledger, _ in taps],
             daemon_pid=daemon_pid,
-            client_cpu=client_cpu,
-            daemon_cpu=(
-                None
-                if daemon_cpu is None or daemon_cpu_end is None
-                else daemon_cpu_end - daemon_cpu
-            ),
+            client_cpu=time.process_time() - client_cpu,
+            daemon_cpu=cpu_seconds(daemon_pid) - daemon_cpu,
         )
 
 
@@ -630,84 +559,10 @@ class Measured:
     """What one load run measured besides its calls."""
 
     elapsed: float
-    sockets: list[TappedSocket]
+    ledgers: list[ReplyLedger]
     daemon_pid: int
     client_cpu: float
-    daemon_cpu: float | None  # None when the daemon's /proc entry cannot be read
-
-
-# --- the daemon --------------------------------------------------------------------------
-
-
-@dataclass
-class Daemon:
-    process: trio.Process
-    socket: str
-    log: Path
-    exit_status: int | None = None
-    stop_seconds: float | None = None
-
-    def output(self) -> str:
-        try:
-            return self.log.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-
-def sandboxd_argv(*args: str) -> list[str]:
-    script = Path(sys.executable).with_name("sandboxd")
-    base = [str(script)] if script.exists() else [sys.executable, "-m", "sandboxd"]
-    return [*base, *args]
-
-
-async def serving(path: str, process: trio.Process | None) -> None:
-    """Return once a daemon answers on ``path`` (bounded connection polling)."""
-    with trio.move_on_after(DAEMON_TIMEOUT):
-        while True:
-            if process is not None and process.poll() is not None:
-                raise SystemExit(f"load: the daemon exited with {process.returncode} at start")
-            try:
-                async with connect_tapped(path) as (ctl, _):
-                    await ctl.version()
-                    return
-            except Unavailable:
-                await trio.sleep(PROBE_INTERVAL)
-    raise SystemExit(f"load: no daemon answered on {path} within {DAEMON_TIMEOUT:g} s")
-
-
-@asynccontextmanager
-async def own_daemon(tmp: str) -> AsyncIterator[Daemon]:
-    """``sandboxd serve`` on a socket in ``tmp``, serving; SIGTERM at the end (its exit status
-    is recorded), SIGKILL if it does not exit in time."""
-    path = os.path.join(tmp, "sandboxd.sock")
-    log = Path(tmp) / "daemon.log"
-    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    try:
-        argv = sandboxd_argv("serve", "--socket", path, "--state-dir", os.path.join(tmp, "state"))
-        process = await trio.lowlevel.open_process(argv, stdin=None, stdout=fd, stderr=fd)
-    finally:
-        os.close(fd)
-    daemon = Daemon(process, path, log)
-    try:
-        try:
-            await serving(path, process)
-        except SystemExit:
-            print(daemon.output(), file=sys.stderr)
-            raise
-        yield daemon
-    finally:
-        if process.poll() is None:
-            began = time.monotonic()
-            process.send_signal(signal.SIGTERM)
-            with trio.CancelScope(shield=True):
-                with trio.move_on_after(DAEMON_TIMEOUT):
-                    daemon.exit_status = await process.wait()
-                    daemon.stop_seconds = time.monotonic() - began
-                if process.poll() is None:
-                    process.kill()
-                    await process.wait()
-        else:
-            daemon.exit_status = process.returncode
+    daemon_cpu: float
 
 
 def log_notes(text: str) -> tuple[int, int, list[str]]:
@@ -729,12 +584,6 @@ def log_notes(text: str) -> tuple[int, int, list[str]]:
 # --- checks and the report ---------------------------------------------------------------
 
 
-def percentile(sorted_ns: Sequence[int], p: float) -> float:
-    """Nearest-rank percentile, in microseconds."""
-    rank = max(1, math.ceil(p / 100 * len(sorted_ns)))
-    return sorted_ns[rank - 1] / 1000
-
-
 def latency_table(latencies: dict[str, list[int]]) -> dict[str, dict[str, float]]:
     table = {}
     for method in [*METHODS, *sorted(set(latencies) - set(METHODS))]:
@@ -742,19 +591,19 @@ def latency_table(latencies: dict[str, list[int]]) -> dict[str, dict[str, float]
         if values:
             table[method] = {
                 "count": len(values),
-                "p50_us": round(percentile(values, 50), 1),
-                "p99_us": round(percentile(values, 99), 1),
+                "p50_us": round(percentile(values, 50) / 1000, 1),
+                "p99_us": round(percentile(values, 99) / 1000, 1),
                 "max_us": round(values[-1] / 1000, 1),
             }
     return table
 
 
-def reply_check(stats: Stats, sockets: Sequence[TappedSocket]) -> Check:
+def reply_check(stats: Stats, ledgers: Sequence[ReplyLedger]) -> Check:
     problems = []
-    for index, sock in enumerate(sockets):
-        problems += [f"connection {index}: {p}" for p in sock.ledger.problems()]
-    requests = sum(len(sock.ledger.requests) for sock in sockets)
-    responses = sum(len(sock.ledger.answered) for sock in sockets)
+    for index, ledger in enumerate(ledgers):
+        problems += [f"connection {index}: {p}" for p in ledger.problems()]
+    requests = sum(len(ledger.requests) for ledger in ledgers)
+    responses = sum(len(ledger.answered) for ledger in ledgers)
     if requests != stats.calls:
         problems.append(f"{stats.calls} calls made but {requests} requests on the wire")
     if stats.errors["NO_REPLY"]:
@@ -803,65 +652,38 @@ def process_check(tracked: Sequence[Tracked]) -> tuple[Check, int]:
     return Check("no process left", not alive, detail), zombies
 
 
-async def list_load(path: str, labels: dict[str, str]) -> list[SandboxStatus]:
-    async with connect_tapped(path) as (ctl, _):
-        return await ctl.list(labels)
-
-
-async def run(settings: Settings) -> dict[str, Any]:
+async def run(settings: Settings, path: str, owner: str) -> dict[str, Any]:
+    """Load the daemon at ``path``, then check what the load saw and left."""
     run_id = secrets.token_hex(4)
     load = Load(settings, run_id)
-    checks: list[Check] = []
-    report: dict[str, Any] = {"settings": vars(settings).copy(), "run_id": run_id}
-    tmp = None if settings.socket else tempfile.mkdtemp(prefix="sbd-load-")
-    daemon: Daemon | None = None
+    report: dict[str, Any] = {"settings": vars(settings).copy(), "run_id": run_id, "socket": path}
+    print(
+        f"load: {settings.clients} clients x {settings.concurrency} loops for "
+        f"{settings.duration:g} s, sandboxer {settings.sandboxer}, daemon on {path} "
+        f"({owner}), run {run_id}",
+        flush=True,
+    )
+    measured = await load.run(path)
+    checks = [reply_check(load.stats, measured.ledgers), correctness_check(load.stats)]
     try:
-        async with own_daemon(tmp) if tmp else _given(settings.socket) as daemon:
-            path = daemon.socket if daemon else settings.socket
-            assert path is not None
-            report["socket"] = path
-            owner = "started here" if daemon else "given"
-            print(
-                f"load: {settings.clients} clients x {settings.concurrency} loops for "
-                f"{settings.duration:g} s, sandboxer {settings.sandboxer}, daemon on {path} "
-                f"({owner}), run {run_id}",
-                flush=True,
-            )
-            measured = await load.run(path)
-            checks.append(reply_check(load.stats, measured.sockets))
-            checks.append(correctness_check(load.stats))
-            try:
-                listed = await list_load(path, load.labels)
-            except RPCError as err:
-                checks.append(Check("final state", False, f"cannot list: {describe(err)}"))
-            else:
-                checks.append(final_state_check(load.stats, listed))
-            if load.processes:
-                check, zombies = process_check(load.stats.tracked)
-                checks.append(check)
-                report["zombies"] = zombies
-        elapsed = measured.elapsed
-        report["elapsed_s"] = round(elapsed, 3)
-        report["daemon_pid"] = measured.daemon_pid
-        report["client_cpu_s"] = round(measured.client_cpu, 3)
-        if measured.daemon_cpu is not None:
-            report["daemon_cpu_s"] = round(measured.daemon_cpu, 3)
-        if daemon is not None:
-            status = daemon.exit_status
-            ok = status == 0
-            stop = f" in {daemon.stop_seconds:.2f} s" if daemon.stop_seconds is not None else ""
-            checks.append(Check("daemon exit", ok, f"exit status {status} on SIGTERM{stop}"))
-            warnings, errors, lines = log_notes(daemon.output())
-            report["daemon_log"] = {"warnings": warnings, "errors": errors, "first": lines}
-    finally:
-        if tmp is not None:
-            if all(c.ok for c in checks) and checks:
-                shutil.rmtree(tmp, ignore_errors=True)
-            else:
-                report["kept"] = tmp
-    stats = load.stats
+        async with connect(path) as ctl:
+            listed = await ctl.list(load.labels)
+    except RPCError as err:
+        checks.append(Check("final state", False, f"cannot list: {describe(err)}"))
+    else:
+        checks.append(final_state_check(load.stats, listed))
+    if load.processes:
+        check, report["zombies"] = process_check(load.stats.tracked)
+        checks.append(check)
+    stats, elapsed = load.stats, measured.elapsed
     lifecycles = stats.completed + stats.failed
+    if lifecycles == 0:
+        checks.append(Check("load ran", False, "no lifecycle was run"))
     report.update(
+        elapsed_s=round(elapsed, 3),
+        daemon_pid=measured.daemon_pid,
+        client_cpu_s=round(measured.client_cpu, 3),
+        daemon_cpu_s=round(measured.daemon_cpu, 3),
         lifecycles=lifecycles,
         lifecycles_completed=stats.completed,
         lifecycles_failed=stats.failed,
@@ -873,19 +695,31 @@ async def run(settings: Settings) -> dict[str, Any]:
         expected_errors=dict(stats.expected_errors),
         error_samples=stats.samples,
         processes_tracked=len(stats.tracked),
+        checks=[vars(c) for c in checks],
     )
-    if lifecycles == 0:
-        checks.append(Check("load ran", False, "no lifecycle was run"))
-    report["checks"] = [vars(c) for c in checks]
-    report["ok"] = all(c.ok for c in checks)
     return report
 
 
-@asynccontextmanager
-async def _given(path: str | None) -> AsyncIterator[None]:
-    assert path is not None
-    await serving(path, None)
-    yield None
+def run_own_daemon(settings: Settings) -> dict[str, Any]:
+    """:func:`run` on a daemon started here in a temporary directory (kept, with the daemon's
+    log and state, when a check fails); adds the check of its exit on SIGTERM."""
+    tmp = Path(tempfile.mkdtemp(prefix="sbd-load-"))
+    try:
+        with serving("sandboxd", SANDBOXD, tmp) as daemon:
+            report = trio.run(run, settings, daemon.path, "started here")
+    except ServerFailed as exc:
+        raise SystemExit(f"load: the daemon failed: {exc}") from None
+    status, stop = daemon.result["exit_status"], daemon.stop_s
+    took = "" if stop is None else f" in {stop:.2f} s"
+    check = Check("daemon exit", status == 0, f"exit status {status} on SIGTERM{took}")
+    report["checks"].append(vars(check))
+    warnings, errors, lines = log_notes(daemon.output())
+    report["daemon_log"] = {"warnings": warnings, "errors": errors, "first": lines}
+    if all(c["ok"] for c in report["checks"]):
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        report["kept"] = str(tmp)
+    return report
 
 
 def render(report: dict[str, Any]) -> str:
@@ -909,11 +743,11 @@ def render(report: dict[str, Any]) -> str:
     expected = ", ".join(f"{k} {n}" for k, n in report["expected_errors"].items()) or "none"
     out.append(f"errors: {errors}   (expected: {expected})")
     out.extend(f"  {sample}" for sample in report["error_samples"])
-    cpu = f"cpu: client {report['client_cpu_s']:.2f} s ({report['client_cpu_s'] / elapsed:.0%})"
-    if "daemon_cpu_s" in report:
-        cpu += f", daemon {report['daemon_cpu_s']:.2f} s ({report['daemon_cpu_s'] / elapsed:.0%})"
-    cpu += " of one core, during the load"
-    out.append(cpu)
+    client, daemon = report["client_cpu_s"], report["daemon_cpu_s"]
+    out.append(
+        f"cpu: client {client:.2f} s ({client / elapsed:.0%}), daemon {daemon:.2f} s "
+        f"({daemon / elapsed:.0%}) of one core, during the load"
+    )
     if "daemon_log" in report:
         log = report["daemon_log"]
         out.append(f"daemon log: {log['warnings']} warnings, {log['errors']} errors")
@@ -980,11 +814,20 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
 def main(argv: Sequence[str] | None = None) -> int:
     settings = parse_args(argv)
     try:
-        report = trio.run(run, settings)
+        if settings.socket:
+            with socket.socket(socket.AF_UNIX) as probe:
+                try:
+                    probe.connect(settings.socket)
+                except OSError as exc:
+                    raise SystemExit(f"load: no daemon on {settings.socket}: {exc}") from None
+            report = trio.run(run, settings, settings.socket, "given")
+        else:
+            report = run_own_daemon(settings)
     except OSError as exc:
         if exc.errno == errno.EMFILE:
             raise SystemExit("load: too many open files: lower --clients") from None
         raise
+    report["ok"] = all(c["ok"] for c in report["checks"])
     print(render(report), flush=True)
     if settings.json:
         Path(settings.json).write_text(json.dumps(report, indent=2) + "\n")
