@@ -32,7 +32,9 @@ from sandboxd.rpc import (
 )
 from sandboxd.wire import MAX_DEPTH, MAX_PAYLOAD
 
-README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+WIRE_DOC = (ROOT / "docs" / "wire.md").read_text()
 FIELDS = [field.name for field in attrs.fields(Limits)]
 RUNTIME = "sandboxd.v1.Runtime"
 
@@ -90,6 +92,22 @@ def test_the_readme_table_s_other_limits_are_those_of_the_code() -> None:
     assert (Limits.max_payload, Limits.max_depth) == (MAX_PAYLOAD, MAX_DEPTH)
     # Both reference clients buffer the same number of stream messages.
     assert default_of(SyncClient, "stream_buffer") == default_of(open_client, "stream_buffer")
+
+
+def test_the_wire_document_s_table_agrees_with_limits() -> None:
+    # docs/wire.md tells another implementation the same defaults and options.
+    section = WIRE_DOC.split("\n### Limits\n", 1)[1].split("\n#", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ")][1:]
+    options = {}
+    for row in rows:
+        _, default, option, _ = (cell.strip() for cell in row.strip("|").split("|"))
+        options[option.strip("`").split(" ")[0]] = default
+    for field in attrs.fields(Limits):
+        option = "--" + field.name.replace("_", "-")
+        if option == "--grace":
+            continue  # a daemon setting, not a bound on a client: the README has it
+        assert option in options, f"docs/wire.md's Limits table lacks {option}"
+        assert number(options[option].replace("seconds", "s")) == field.default, option
 
 
 # -- the object ----------------------------------------------------------------------------------
