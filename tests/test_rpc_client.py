@@ -38,7 +38,6 @@ from sandboxd.rpc import (
     server_stream,
     unary,
 )
-from sandboxd.rpc._client import response_payload
 from sandboxd.rpc._transport import Transport
 from sandboxd.wire import (
     MAX_PAYLOAD,
@@ -57,6 +56,7 @@ from sandboxd.wire import (
     encode_response,
     loads_message,
 )
+from sandboxd.wire._client import response_payload
 
 SVC = "test.Svc"
 #: Virtual seconds (autojump clock) a test may take before it counts as hung.
