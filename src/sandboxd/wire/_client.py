@@ -37,6 +37,7 @@ read never counts against a consumer that keeps up, so a driver should read in c
 from __future__ import annotations
 
 import collections
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Final, NamedTuple, final
@@ -103,6 +104,10 @@ class ConnectionFailed(NamedTuple):
 
 
 Event = ResponseReceived | StreamMessage | StreamEnded | ConnectionFailed
+
+# A NamedTuple's own constructor is a Python function: building the one event every reply
+# makes straight from tuple.__new__ halves its cost.
+_new_response: Final = functools.partial(tuple.__new__, ResponseReceived)
 
 
 def copy_error(err: RPCError) -> RPCError:
@@ -302,7 +307,7 @@ class ClientConnection:
                         except RPCError as err:
                             events.append(ResponseReceived(stream_id, b"", err))
                         else:
-                            events.append(ResponseReceived(stream_id, payload, None))
+                            events.append(_new_response((stream_id, payload, None)))
                 elif isinstance(frame, OversizedFrame):
                     unary.discard(stream_id)
                     events.append(ResponseReceived(stream_id, b"", _oversized(frame)))
