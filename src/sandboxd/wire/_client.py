@@ -32,6 +32,11 @@ stream ends with :class:`~sandboxd.ResourceExhausted` (after the messages it hol
 frame that tells the server so waits in :meth:`data_to_send`.  A burst that arrives in one
 read never counts against a consumer that keeps up, so a driver should read in chunks of
 :data:`RECV_SIZE`.
+
+What stays the driver's: the clock (it passes ``now`` and enforces deadlines by cancelling),
+sending requests in the order their ids were given (one lock or one task around
+:meth:`send_request` and the send), waking the callers its events are for, and decoding
+messages (:func:`~sandboxd.wire.loads_message`).  It needs nothing else from this package.
 """
 
 from __future__ import annotations
@@ -156,7 +161,8 @@ class ClientConnection:
 
     Not thread-safe, and it never blocks: a driver that shares it between tasks or threads
     serialises calls into it (a lock, or one event loop).  No method does I/O or reads a
-    clock; every error it raises is an :class:`~sandboxd.RPCError`.
+    clock; it raises only :class:`~sandboxd.RPCError` (but for asking
+    :meth:`messages` of a stream not in flight).
 
     ``stream_buffer`` is how many unread messages a stream may hold (see the module's
     docstring); ``max_payload`` the largest frame accepted from the server (a larger one ends
@@ -211,7 +217,7 @@ class ClientConnection:
         ``deadline`` and ``now`` are times on the driver's clock (seconds); the server is
         given what is left between them (at least 1 ns; nothing when ``deadline`` is
         infinite).  Enforcing the deadline locally is the driver's part: when it passes, it
-        :meth:`cancel`\\ s the call.  With ``stream``, the call is a server stream whose
+        cancels the call (:meth:`cancel`).  With ``stream``, the call is a server stream whose
         messages arrive in :meth:`messages`.
 
         Raises a copy of :attr:`error` when the connection is over;
