@@ -32,9 +32,11 @@ from sandboxd.wire import (
     encode_frame,
     encode_response,
     loads_message,
+    request_envelope,
 )
 
 SVC = "test.Svc"
+ENVELOPE = request_envelope(SVC, "M")
 CANCEL_FLAGS = Flags.REMOTE_CLOSED | Flags.NO_DATA
 
 
@@ -79,7 +81,7 @@ def summary(events: Sequence[Event]) -> list[tuple[Any, ...]]:
 
 
 def calls(conn: ClientConnection, count: int, *, stream: bool = False) -> list[int]:
-    return [conn.send_request(SVC, "M", stream=stream)[0] for _ in range(count)]
+    return [conn.send_request(ENVELOPE, stream=stream)[0] for _ in range(count)]
 
 
 # -- sending -----------------------------------------------------------------------------------
@@ -88,9 +90,9 @@ def calls(conn: ClientConnection, count: int, *, stream: bool = False) -> list[i
 def test_requests_get_odd_increasing_stream_ids_and_carry_the_call() -> None:
     conn = ClientConnection()
     sent = [
-        conn.send_request(SVC, "Echo", {"a": 1}, metadata={"k": ["v"]}),
-        conn.send_request(SVC, "Stream", stream=True),
-        conn.send_request(SVC, "Empty", {}),
+        conn.send_request(request_envelope(SVC, "Echo", {"a": 1}, metadata={"k": ["v"]})),
+        conn.send_request(request_envelope(SVC, "Stream"), stream=True),
+        conn.send_request(request_envelope(SVC, "Empty", {})),
     ]
     assert [stream_id for stream_id, _ in sent] == [1, 3, 5]
     for stream_id, request in sent:
@@ -111,17 +113,16 @@ def test_requests_get_odd_increasing_stream_ids_and_carry_the_call() -> None:
 def test_the_server_is_given_what_is_left_of_the_deadline(
     deadline: float, now: float, timeout_nano: int
 ) -> None:
-    conn = ClientConnection()
-    _, request = conn.send_request(SVC, "M", deadline=deadline, now=now)
-    assert decode_request(frames(request)[0].payload).timeout_nano == timeout_nano
+    envelope = request_envelope(SVC, "M", deadline=deadline, now=now)
+    assert decode_request(envelope).timeout_nano == timeout_nano
 
 
 def test_stream_ids_used_up_raise_resource_exhausted_and_change_nothing() -> None:
     conn = ClientConnection()
     conn._next_id = MAX_STREAM_ID  # 2**31 calls in: the last id a client may use
-    assert conn.send_request(SVC, "M")[0] == MAX_STREAM_ID
+    assert conn.send_request(ENVELOPE)[0] == MAX_STREAM_ID
     with pytest.raises(sandboxd.ResourceExhausted, match="used up"):
-        conn.send_request(SVC, "M")
+        conn.send_request(ENVELOPE)
     assert conn.in_flight == 1
     assert conn.error is None  # the connection itself still works
     assert summary(conn.receive_data(reply(MAX_STREAM_ID))) == [
@@ -132,9 +133,9 @@ def test_stream_ids_used_up_raise_resource_exhausted_and_change_nothing() -> Non
 def test_a_request_over_the_frame_limit_is_refused_without_using_an_id() -> None:
     conn = ClientConnection()
     with pytest.raises(sandboxd.ResourceExhausted, match="frame limit"):
-        conn.send_request(SVC, "M", {"blob": bytes(5 * 1024 * 1024)})
+        conn.send_request(request_envelope(SVC, "M", {"blob": bytes(5 * 1024 * 1024)}))
     assert conn.in_flight == 0
-    assert conn.send_request(SVC, "M")[0] == 1
+    assert conn.send_request(ENVELOPE)[0] == 1
 
 
 # -- unary replies -----------------------------------------------------------------------------
@@ -333,7 +334,7 @@ def test_a_refusal_on_stream_0_fails_every_call_and_every_later_one() -> None:
     ]
     assert type(conn.error) is sandboxd.PermissionDenied
     with pytest.raises(sandboxd.PermissionDenied, match="uid 7 may not") as raised:
-        conn.send_request(SVC, "M")
+        conn.send_request(ENVELOPE)
     assert raised.value is not conn.error  # a copy per raise, never the same object twice
     assert conn.receive_data(reply(1)) == []
     assert conn.cancel(1) == b""
@@ -371,7 +372,7 @@ def test_the_end_of_the_stream_fails_every_call_with_unavailable() -> None:
         ("ConnectionFailed", closed),
     ]
     with pytest.raises(sandboxd.Unavailable):
-        conn.send_request(SVC, "M")
+        conn.send_request(ENVELOPE)
 
 
 def test_closing_keeps_the_first_error() -> None:

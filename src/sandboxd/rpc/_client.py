@@ -47,6 +47,7 @@ from ..wire import (
     StreamMessage,
     Unavailable,
     loads_message,
+    request_envelope,
 )
 from ._transport import Transport
 from ._unix import connect_unix
@@ -153,15 +154,15 @@ class Client:
         stream: bool = False,
     ) -> _Pending:
         conn = self._conn
-        stream_id, frame = conn.send_request(
+        envelope = request_envelope(
             service,
             method,
             message,
             deadline=deadline,
             now=0.0 if deadline == math.inf else trio.current_time(),
             metadata=metadata,
-            stream=stream,
         )
+        stream_id, frame = conn.send_request(envelope, stream=stream)
         pending = _Pending(stream_id)
         if stream:
             pending.buffer = conn.messages(stream_id)

@@ -31,6 +31,7 @@ from ..wire import (
     ResponseReceived,
     StreamEnded,
     loads_message,
+    request_envelope,
 )
 
 
@@ -119,19 +120,14 @@ class SyncClient:
     ) -> tuple[int, _Slot, float]:
         now = time.monotonic()
         deadline = math.inf if timeout is None else now + timeout
+        envelope = request_envelope(
+            service, method, message, deadline=deadline, now=now, metadata=metadata
+        )
         slot = _Slot()
         # Ids must reach the server in increasing order: allocate and send under one lock.
         with self._send_lock:
             with self._cond:
-                stream_id, frame = self._conn.send_request(
-                    service,
-                    method,
-                    message,
-                    deadline=deadline,
-                    now=now,
-                    metadata=metadata,
-                    stream=streaming,
-                )
+                stream_id, frame = self._conn.send_request(envelope, stream=streaming)
                 if streaming:
                     slot.buffer = self._conn.messages(stream_id)
                 self._pending[stream_id] = slot

@@ -31,6 +31,7 @@ from ._client import (
     ResponseReceived,
     StreamEnded,
     StreamMessage,
+    request_envelope,
 )
 from ._envelope import (
     MAX_DEPTH,
@@ -105,4 +106,5 @@ __all__ = [
     "encode_response",
     "loads_message",
     "loads_strict",
+    "request_envelope",
 ]

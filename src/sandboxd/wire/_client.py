@@ -4,8 +4,9 @@
 nothing about how bytes move: no sockets, no clock, no threads, no trio.  A driver (the trio
 client, the blocking client, any other event loop's) does the I/O around it:
 
-* to call, it asks :meth:`~ClientConnection.send_request` for the call's stream id and the
-  bytes to send, and sends them;
+* to call, it encodes the request (:func:`request_envelope`, which needs no lock) and asks
+  :meth:`~ClientConnection.send_request` for the call's stream id and the bytes to send, and
+  sends them;
 * whatever it reads from the socket it passes to :meth:`~ClientConnection.receive_data`
   (``b""`` at the end of the stream), which returns what happened as events, in the order the
   frames came: a unary call's :class:`ResponseReceived`, a stream's :class:`StreamMessage` and
@@ -33,10 +34,11 @@ frame that tells the server so waits in :meth:`data_to_send`.  A burst that arri
 read never counts against a consumer that keeps up, so a driver should read in chunks of
 :data:`RECV_SIZE`.
 
-What stays the driver's: the clock (it passes ``now`` and enforces deadlines by cancelling),
-sending requests in the order their ids were given (one lock or one task around
-:meth:`send_request` and the send), waking the callers its events are for, and decoding
-messages (:func:`~sandboxd.wire.loads_message`).  It needs nothing else from this package.
+What stays the driver's: the clock (it passes ``now`` to :func:`request_envelope` and
+enforces deadlines by cancelling), sending requests in the order their ids were given (one
+lock or one task around :meth:`send_request` and the send), waking the callers its events are
+for, and decoding messages (:func:`~sandboxd.wire.loads_message`).  It needs nothing else
+from this package.
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ DEFAULT_STREAM_BUFFER: Final = 1024
 #: The last stream id a client may use (ids are odd and increase by 2 with every call).
 MAX_STREAM_ID: Final = 2**32 - 1
 
+_REQUEST: Final = int(FrameType.REQUEST)
 _RESPONSE: Final = int(FrameType.RESPONSE)
 _DATA: Final = int(FrameType.DATA)
 _NO_DATA: Final = int(Flags.NO_DATA)
@@ -118,6 +121,27 @@ _new_response: Final = functools.partial(tuple.__new__, ResponseReceived)
 def copy_error(err: RPCError) -> RPCError:
     """A fresh exception like ``err``, to raise in one more place."""
     return type(err)(err.message, details=err.details)
+
+
+def request_envelope(
+    service: str,
+    method: str,
+    message: Mapping[str, Any] | None = None,
+    *,
+    deadline: float = math.inf,
+    now: float = 0.0,
+    metadata: Mapping[str, Sequence[str]] | None = None,
+) -> bytes:
+    """The request envelope of a call, for :meth:`ClientConnection.send_request`.
+
+    ``deadline`` and ``now`` are times on the driver's clock (seconds); the server is given
+    what is left between them (at least 1 ns; nothing when ``deadline`` is infinite).
+    Enforcing the deadline locally is the driver's part: when it passes, it cancels the call
+    (:meth:`ClientConnection.cancel`).  Pure: call it outside any lock.
+    """
+    timeout_nano = 0 if deadline == math.inf else max(1, int((deadline - now) * 1e9))
+    payload = dumps(message) if message else b""
+    return encode_request(service, method, payload, timeout_nano, metadata)
 
 
 def response_payload(envelope: bytes) -> bytes:
@@ -201,23 +225,9 @@ class ClientConnection:
         """How many calls have neither ended nor been cancelled."""
         return len(self._unary) + len(self._streams)
 
-    def send_request(
-        self,
-        service: str,
-        method: str,
-        message: Mapping[str, Any] | None = None,
-        *,
-        deadline: float = math.inf,
-        now: float = 0.0,
-        metadata: Mapping[str, Sequence[str]] | None = None,
-        stream: bool = False,
-    ) -> tuple[int, bytes]:
-        """Start a call: its stream id and the request frame to send.
-
-        ``deadline`` and ``now`` are times on the driver's clock (seconds); the server is
-        given what is left between them (at least 1 ns; nothing when ``deadline`` is
-        infinite).  Enforcing the deadline locally is the driver's part: when it passes, it
-        cancels the call (:meth:`cancel`).  With ``stream``, the call is a server stream whose
+    def send_request(self, envelope: bytes, *, stream: bool = False) -> tuple[int, bytes]:
+        """Start a call: its stream id and the request frame to send, carrying ``envelope``
+        (see :func:`request_envelope`).  With ``stream``, the call is a server stream whose
         messages arrive in :meth:`messages`.
 
         Raises a copy of :attr:`error` when the connection is over;
@@ -230,11 +240,7 @@ class ClientConnection:
         stream_id = self._next_id
         if stream_id > MAX_STREAM_ID:
             raise ResourceExhausted("stream ids of this connection are used up: reconnect")
-        timeout_nano = 0 if deadline == math.inf else max(1, int((deadline - now) * 1e9))
-        envelope = encode_request(
-            service, method, dumps(message) if message else b"", timeout_nano, metadata
-        )
-        frame = encode_frame(stream_id, FrameType.REQUEST, 0, envelope)
+        frame = encode_frame(stream_id, _REQUEST, 0, envelope)
         self._next_id = stream_id + 2
         if stream:
             self._streams[stream_id] = _Stream()
