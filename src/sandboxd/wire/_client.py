@@ -78,7 +78,7 @@ _END_FLAGS: Final = int(Flags.REMOTE_CLOSED | Flags.NO_DATA)
 _OK_AT: Final = len(SUCCESS_ENVELOPE_HEAD)
 
 
-# Events are NamedTuples: built in C, a fraction of a slotted class's cost on the hot path.
+# Events are NamedTuples: light to build (one per reply), and equal when their fields are.
 class ResponseReceived(NamedTuple):
     """A unary call ended: its response message, still encoded (the CBOR bytes of the method's
     message, ``b""`` for the empty one), or the error it ended with (``payload`` is then
