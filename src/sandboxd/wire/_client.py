@@ -307,7 +307,7 @@ class ClientConnection:
         events: list[Event] = []
         unary = self._unary
         streams = self._streams
-        filled: list[_Stream] = []
+        filled: list[_Stream] = []  # streams given messages: judged behind or not at the end
         for frame in self._decoder.feed(data):
             stream_id = frame.stream_id
             if stream_id in unary:
