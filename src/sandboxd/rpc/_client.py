@@ -1,8 +1,9 @@
 """The trio RPC client: one connection, many concurrent calls, streams.
 
-Every call gets the next odd stream id.  Requests are written straight to the socket by the
-calling task.  Replies are read by one task at a time, which routes every frame it reads to
-the call it belongs to, by stream id:
+The protocol (stream ids, calls in flight, which frame ends which call) is a
+:class:`~sandboxd.wire.ClientConnection`'s; this module drives it with trio.  Requests are
+written straight to the socket by the calling task.  Replies are read by one task at a time,
+which hands what it reads to the connection and wakes the calls its events are for:
 
 * A unary call whose task finds nobody else reading reads for itself (it *leads*): it waits
   for the socket, reads, and hands out what it read until its own reply is there.  A caller
@@ -35,96 +36,41 @@ from trio.lowlevel import Abort, RaiseCancelT, Task, current_task, reschedule, w
 from trio.lowlevel import wait_task_rescheduled as _park
 
 from ..wire import (
+    DEFAULT_STREAM_BUFFER,
+    RECV_SIZE,
+    ClientConnection,
     DeadlineExceeded,
-    Flags,
-    Frame,
-    FrameDecoder,
-    FrameType,
-    OversizedFrame,
-    ResourceExhausted,
+    Event,
+    ResponseReceived,
     RPCError,
+    StreamEnded,
+    StreamMessage,
     Unavailable,
-    decode_response,
-    dumps,
-    encode_frame,
-    encode_request,
     loads_message,
+    request_envelope,
 )
-from ._transport import _RECV_SIZE, Transport
+from ._transport import Transport
 from ._unix import connect_unix
 
-_MAX_STREAM_ID: Final = 2**32 - 1
-_END_FRAME_FLAGS: Final = Flags.REMOTE_CLOSED | Flags.NO_DATA
-_RESPONSE: Final = int(FrameType.RESPONSE)
-_DATA: Final = int(FrameType.DATA)
-_NO_DATA: Final = int(Flags.NO_DATA)
-_REMOTE_CLOSED: Final = int(Flags.REMOTE_CLOSED)
 #: Seconds without a call ending after which the reader task watches an idle connection.
 _IDLE_AFTER: Final = 0.01
-#: Messages a stream holds for a consumer that is not reading before the stream is ended.
-DEFAULT_STREAM_BUFFER: Final = 1024
-
-
-def connection_error(frame: Frame) -> RPCError | None:
-    """The error a RESPONSE on stream 0 (no call's) gives for the whole connection, if any."""
-    if frame.type != FrameType.RESPONSE:
-        return None
-    try:
-        decode_response(frame.payload)
-    except RPCError as err:
-        return err
-    return None
-
-
-#: How every successful response envelope begins: a map of one entry, "payload", whose value
-#: (a byte string) fills the rest.
-_OK_ENVELOPE: Final = b"\xa1\x67payload"
-_OK_AT: Final = len(_OK_ENVELOPE)
-
-
-def response_payload(envelope: bytes) -> bytes:
-    """What :func:`~sandboxd.wire.decode_response` returns for ``envelope`` (or raises).
-
-    The common case, a success envelope, is read here without a CBOR decoder: it is exactly
-    ``_OK_ENVELOPE``, a definite byte string head and the byte string, nothing after it.
-    Everything else (errors, any other encoding) goes to ``decode_response``.
-    """
-    if envelope.startswith(_OK_ENVELOPE) and len(envelope) > _OK_AT:
-        head = envelope[_OK_AT]
-        if 0x40 <= head <= 0x57:  # the length is in the head
-            start = _OK_AT + 1
-            length = head - 0x40
-        elif 0x58 <= head <= 0x5B:  # the length follows in 1, 2, 4 or 8 bytes
-            start = _OK_AT + 1 + (1 << (head - 0x58))
-            length = int.from_bytes(envelope[_OK_AT + 1 : start], "big")
-        else:
-            return decode_response(envelope)
-        if start + length == len(envelope):
-            return envelope[start:]
-    return decode_response(envelope)
-
-
-def copy_error(err: RPCError) -> RPCError:
-    """A fresh exception like ``err``, to raise in one more place."""
-    return type(err)(err.message, details=err.details)
 
 
 @final
 class _Pending:
     """A call waiting for its response (or, for streams, its messages)."""
 
-    __slots__ = ("behind", "buffer", "error", "finished", "frame_payload", "stream_id", "task")
+    __slots__ = ("buffer", "error", "finished", "payload", "stream_id", "task")
 
     def __init__(self, stream_id: int) -> None:
         self.stream_id = stream_id
         # The task sleeping until this call has news (see Client._sleep), if one is.
         self.task: Task | None = None
-        self.frame_payload: bytes | None = None
+        self.payload = b""
         self.error: RPCError | None = None
         self.finished = False
+        # A stream's messages (the connection's deque, see ClientConnection.messages).
         self.buffer: collections.deque[bytes] | None = None
-        # The buffer was full at the end of the last read: one more full read ends it.
-        self.behind = False
 
 
 @final
@@ -178,11 +124,9 @@ class Client:
 
     def __init__(self, transport: Transport, stream_buffer: int = DEFAULT_STREAM_BUFFER) -> None:
         self._transport = transport
-        self._decoder = FrameDecoder()
-        self._next_id = 1
+        self._conn = ClientConnection(stream_buffer=stream_buffer)
+        # The calls in flight, as the connection's events name them.
         self._pending: dict[int, _Pending] = {}
-        self._closed_error: RPCError | None = None
-        self._stream_buffer = stream_buffer
         # Who reads: the unary call in ``_leader`` when there is one, else the reader task.
         self._leader: _Pending | None = None
         # Unary calls sleeping until their reply comes or the reading is handed to them,
@@ -198,7 +142,7 @@ class Client:
 
     @property
     def closed(self) -> bool:
-        return self._closed_error is not None
+        return self._conn.error is not None
 
     def _send_request(
         self,
@@ -207,32 +151,30 @@ class Client:
         message: Mapping[str, Any] | None,
         deadline: float,
         metadata: Mapping[str, Sequence[str]] | None,
+        stream: bool = False,
     ) -> _Pending:
-        if self._closed_error is not None:
-            raise copy_error(self._closed_error)
-        stream_id = self._next_id
-        if stream_id > _MAX_STREAM_ID:
-            raise ResourceExhausted("stream ids of this connection are used up: reconnect")
-        timeout_nano = 0
-        if deadline != math.inf:
-            timeout_nano = max(1, int((deadline - trio.current_time()) * 1e9))
-        payload = dumps(message) if message else b""
-        frame = encode_frame(
-            stream_id,
-            FrameType.REQUEST,
-            0,
-            encode_request(service, method, payload, timeout_nano, metadata),
+        conn = self._conn
+        envelope = request_envelope(
+            service,
+            method,
+            message,
+            deadline=deadline,
+            now=0.0 if deadline == math.inf else trio.current_time(),
+            metadata=metadata,
         )
-        self._next_id = stream_id + 2
+        stream_id, frame = conn.send_request(envelope, stream=stream)
         pending = _Pending(stream_id)
+        if stream:
+            pending.buffer = conn.messages(stream_id)
         self._pending[stream_id] = pending
         self._transport.write(frame)
         return pending
 
     def _abandon(self, stream_id: int) -> None:
         """Forget a call and tell the server to stop working on it."""
-        if self._pending.pop(stream_id, None) is not None and self._closed_error is None:
-            self._transport.write(encode_frame(stream_id, FrameType.DATA, _END_FRAME_FLAGS, b""))
+        self._pending.pop(stream_id, None)
+        if cancel := self._conn.cancel(stream_id):
+            self._transport.write(cancel)
 
     async def call(
         self,
@@ -292,8 +234,7 @@ class Client:
             raise DeadlineExceeded(f"{service}/{method}: deadline exceeded after {timeout} s")
         if pending.error is not None:
             raise pending.error
-        assert pending.frame_payload is not None
-        return response_payload(pending.frame_payload)
+        return pending.payload
 
     @asynccontextmanager
     async def stream(
@@ -313,8 +254,7 @@ class Client:
         :class:`~sandboxd.ResourceExhausted` after the messages already received.
         """
         deadline = math.inf if timeout is None else trio.current_time() + timeout
-        pending = self._send_request(service, method, message, deadline, metadata)
-        pending.buffer = collections.deque()
+        pending = self._send_request(service, method, message, deadline, metadata, stream=True)
         if self._leader is None:
             self._wake_reader()  # to read the stream's messages
         try:
@@ -396,10 +336,10 @@ class Client:
 
     def _receive(self) -> None:
         """Read what the socket holds now and route it (only the reading task calls this)."""
-        if self._closed_error is not None:
+        if self._conn.error is not None:
             return
         try:
-            data = self._transport.socket.recv(_RECV_SIZE)
+            data = self._transport.socket.recv(RECV_SIZE)
         except BlockingIOError:
             return
         except OSError as exc:
@@ -407,10 +347,7 @@ class Client:
                 Unavailable(f"connection to the server was lost: receive failed: {exc}")
             )
             return
-        if not data:
-            self._fail_all(Unavailable("connection to the server was closed"))
-            return
-        self._route(data)
+        self._route(data)  # b"" (the server closed the connection) included
 
     # -- the reader task ------------------------------------------------------------------
 
@@ -421,7 +358,7 @@ class Client:
         reason = "connection to the server was closed"
         seen = self._handbacks
         try:
-            while self._closed_error is None:
+            while self._conn.error is None:
                 if self._leader is None and (self._pending or self._handbacks == seen):
                     # Streams wait for messages, or no call has ended for a while.
                     await self._watch_socket()
@@ -467,86 +404,47 @@ class Client:
         self._reader_task = None
         return Abort.SUCCEEDED
 
-    # -- routing frames -------------------------------------------------------------------
+    # -- routing replies ------------------------------------------------------------------
 
     def _route(self, data: bytes) -> None:
-        """Hand the frames ``data`` completes to their calls."""
-        filled: list[_Pending] = []
+        """Hand ``data`` to the connection, and its events to their calls."""
+        conn = self._conn
+        self._dispatch(conn.receive_data(data))
+        if outgoing := conn.data_to_send():
+            self._transport.write(outgoing)
+
+    def _dispatch(self, events: list[Event]) -> None:
         pending_calls = self._pending
-        for event in self._decoder.feed(data):
-            pending = pending_calls.get(event.stream_id)
-            if pending is None:
-                if event.stream_id == 0 and isinstance(event, Frame):
-                    refused = connection_error(event)
-                    if refused is not None:
-                        self._fail_all(refused)
-                        return
-                continue  # a call we gave up on
-            if isinstance(event, OversizedFrame):
-                self._finish(
-                    pending,
-                    error=ResourceExhausted(
-                        f"server sent a frame of {event.length} bytes, over the limit"
-                    ),
-                )
-            elif event.type == _RESPONSE:
-                if pending.buffer is None:
-                    pending.frame_payload = event.payload
-                    self._finish(pending)
-                else:
-                    try:
-                        decode_response(event.payload)
-                    except RPCError as err:
-                        self._finish(pending, error=err)
-                    else:
-                        self._finish(pending)
-            elif event.type == _DATA and pending.buffer is not None:
-                self._on_stream_data(pending, event.flags, event.payload)
-                filled.append(pending)
-        for pending in filled:
-            assert pending.buffer is not None
-            pending.behind = len(pending.buffer) >= self._stream_buffer
+        for event in events:
+            if type(event) is ResponseReceived:
+                pending = pending_calls.pop(event.stream_id, None)
+                if pending is not None:
+                    pending.payload = event.payload
+                    self._finish(pending, event.error)
+            elif type(event) is StreamMessage:
+                pending = pending_calls.get(event.stream_id)
+                if pending is not None:
+                    self._wake(pending)
+            elif type(event) is StreamEnded:
+                pending = pending_calls.pop(event.stream_id, None)
+                if pending is not None:
+                    self._finish(pending, event.error)
+            else:  # ConnectionFailed: every call has had its event
+                # Closing the socket also wakes a call waiting for it.
+                self._transport.close()
+                self._wake_reader()  # to end
 
-    def _on_stream_data(self, pending: _Pending, flags: int, data: bytes) -> None:
-        buffer = pending.buffer
-        assert buffer is not None
-        if not flags & _NO_DATA:
-            # A burst within one read never counts against a consumer that keeps up; a buffer
-            # still full when the next read brings more does.
-            if pending.behind and len(buffer) >= self._stream_buffer:
-                self._abandon(pending.stream_id)
-                pending.error = ResourceExhausted(
-                    f"stream consumer fell {self._stream_buffer} messages behind; stream ended"
-                )
-                pending.finished = True
-                self._wake(pending)
-                return
-            buffer.append(data)
-        if flags & _REMOTE_CLOSED:
-            self._finish(pending)
-        else:
-            self._wake(pending)
-
-    def _finish(self, pending: _Pending, error: RPCError | None = None) -> None:
-        stream_id = pending.stream_id
-        self._pending.pop(stream_id, None)
+    def _finish(self, pending: _Pending, error: RPCError | None) -> None:
         if self._followers:
-            self._followers.pop(stream_id, None)
+            self._followers.pop(pending.stream_id, None)
         pending.error = error
         pending.finished = True
         self._wake(pending)
 
     def _fail_all(self, error: RPCError) -> None:
         """End the connection for the client: ``error`` (the first one given, if several) is
-        what every pending and later call raises.  The socket is closed, which also wakes a
-        call waiting for it."""
-        if self._closed_error is None:
-            self._closed_error = error
-        error = self._closed_error
-        for pending in list(self._pending.values()):
-            self._finish(pending, error=copy_error(error))
-        self._transport.close()
-        self._wake_reader()  # to end
+        what every pending and later call raises."""
+        self._dispatch(self._conn.close(error))
 
     def close(self) -> None:
         """Close the connection; pending calls fail with UNAVAILABLE."""

@@ -3,7 +3,9 @@
 Calls from many threads share one connection.  Whichever waiting thread finds nobody
 reading becomes the reader: it reads frames and hands every response to the call it belongs
 to, until its own arrives; then the next waiting thread takes over.  A single-threaded
-caller therefore pays no thread switch at all.
+caller therefore pays no thread switch at all.  The protocol itself (stream ids, calls in
+flight, which frame ends which call) is a :class:`~sandboxd.wire.ClientConnection`'s, used
+under one lock.
 """
 
 from __future__ import annotations
@@ -18,39 +20,33 @@ import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, Final, final
+from typing import Any, final
 
-from .._errors import DeadlineExceeded, ResourceExhausted, RPCError, Unavailable
+from .._errors import DeadlineExceeded, RPCError, Unavailable
 from ..wire import (
-    Flags,
-    Frame,
-    FrameDecoder,
-    FrameType,
-    OversizedFrame,
-    decode_response,
-    dumps,
-    encode_frame,
-    encode_request,
+    DEFAULT_STREAM_BUFFER,
+    RECV_SIZE,
+    ClientConnection,
+    Event,
+    ResponseReceived,
+    StreamEnded,
     loads_message,
+    request_envelope,
 )
-from ._client import connection_error, copy_error
-
-_MAX_STREAM_ID: Final = 2**32 - 1
-_END_FLAGS: Final = Flags.REMOTE_CLOSED | Flags.NO_DATA
-# 64 KiB: larger reads make glibc map and unmap a fresh buffer for every call.
-_RECV_SIZE: Final = 64 * 1024
 
 
 @final
 class _Slot:
-    __slots__ = ("behind", "buffer", "done", "error", "payload")
+    """A call in flight: what its waiting thread looks at (under the client's lock)."""
 
-    def __init__(self, streaming: bool) -> None:
+    __slots__ = ("buffer", "done", "error", "payload")
+
+    def __init__(self) -> None:
         self.done = False
-        self.behind = False
-        self.payload: bytes | None = None
+        self.payload = b""
         self.error: RPCError | None = None
-        self.buffer: collections.deque[bytes] | None = collections.deque() if streaming else None
+        # A stream's messages (the connection's deque, see ClientConnection.messages).
+        self.buffer: collections.deque[bytes] | None = None
 
 
 @final
@@ -64,7 +60,9 @@ class SyncClient:
     (PERMISSION_DENIED, RESOURCE_EXHAUSTED).  Use as a context manager, or call :meth:`close`.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, stream_buffer: int = 1024) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, stream_buffer: int = DEFAULT_STREAM_BUFFER
+    ) -> None:
         self.path = os.fspath(path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -75,14 +73,12 @@ class SyncClient:
         self._sock = sock
         self._poll = select.poll()
         self._poll.register(sock, select.POLLIN)
-        self._decoder = FrameDecoder()
+        # The connection's protocol state, and the calls its events name: under _cond.
+        self._conn = ClientConnection(stream_buffer=stream_buffer)
         self._cond = threading.Condition(threading.Lock())
         self._send_lock = threading.Lock()
         self._pending: dict[int, _Slot] = {}
-        self._next_id = 1
         self._reading = False
-        self._closed: RPCError | None = None
-        self._stream_buffer = stream_buffer
 
     def __enter__(self) -> SyncClient:
         return self
@@ -93,7 +89,7 @@ class SyncClient:
     def close(self) -> None:
         """Close the connection; calls waiting in other threads fail with UNAVAILABLE."""
         with self._cond:
-            self._fail_all(Unavailable("client was closed"))
+            self._dispatch(self._conn.close(Unavailable("client was closed")))
         with contextlib.suppress(OSError):
             self._sock.shutdown(socket.SHUT_RDWR)
         self._sock.close()
@@ -122,21 +118,18 @@ class SyncClient:
         metadata: Mapping[str, Sequence[str]] | None,
         streaming: bool,
     ) -> tuple[int, _Slot, float]:
-        deadline = math.inf if timeout is None else time.monotonic() + timeout
-        timeout_nano = 0 if timeout is None else max(1, int(timeout * 1e9))
-        payload = dumps(message) if message else b""
-        envelope = encode_request(service, method, payload, timeout_nano, metadata)
-        slot = _Slot(streaming)
+        now = time.monotonic()
+        deadline = math.inf if timeout is None else now + timeout
+        envelope = request_envelope(
+            service, method, message, deadline=deadline, now=now, metadata=metadata
+        )
+        slot = _Slot()
         # Ids must reach the server in increasing order: allocate and send under one lock.
         with self._send_lock:
             with self._cond:
-                if self._closed is not None:
-                    raise copy_error(self._closed)
-                stream_id = self._next_id
-                if stream_id > _MAX_STREAM_ID:
-                    raise ResourceExhausted("stream ids of this connection are used up: reconnect")
-                frame = encode_frame(stream_id, FrameType.REQUEST, 0, envelope)
-                self._next_id = stream_id + 2
+                stream_id, frame = self._conn.send_request(envelope, stream=streaming)
+                if streaming:
+                    slot.buffer = self._conn.messages(stream_id)
                 self._pending[stream_id] = slot
             try:
                 self._sock.sendall(frame)
@@ -146,9 +139,10 @@ class SyncClient:
 
     def _abandon(self, stream_id: int) -> None:
         with self._cond:
-            if self._pending.pop(stream_id, None) is None or self._closed is not None:
-                return
-        self._send(encode_frame(stream_id, FrameType.DATA, _END_FLAGS, b""))
+            self._pending.pop(stream_id, None)
+            cancel = self._conn.cancel(stream_id)
+        if cancel:
+            self._send(cancel)
 
     # -- receiving ------------------------------------------------------------------------
 
@@ -185,79 +179,38 @@ class SyncClient:
             if not self._poll.poll(wait_ms):
                 continue
             try:
-                data = self._sock.recv(_RECV_SIZE)
+                data = self._sock.recv(RECV_SIZE)
             except OSError as exc:
-                data = b""
-                reason = f"connection to the server was lost: {exc}"
-            else:
-                reason = "connection to the server was closed"
+                with self._cond:
+                    self._dispatch(
+                        self._conn.close(Unavailable(f"connection to the server was lost: {exc}"))
+                    )
+                return True
             with self._cond:
-                if not data:
-                    self._fail_all(Unavailable(reason))
+                self._dispatch(self._conn.receive_data(data))  # b"": the server closed it
+                outgoing = self._conn.data_to_send()
+                if self._conn.error is not None:
                     return True
-                overflowed = self._dispatch(data)
-                self._cond.notify_all()
-            for stream_id in overflowed:
-                self._send(encode_frame(stream_id, FrameType.DATA, _END_FLAGS, b""))
+            if outgoing:
+                self._send(outgoing)
 
-    def _dispatch(self, data: bytes) -> list[int]:
-        """Hand frames to their calls; the ids of streams ended for overflowing."""
-        abandon: list[int] = []
-        filled: list[_Slot] = []
-        for event in self._decoder.feed(data):
-            slot = self._pending.get(event.stream_id)
-            if slot is None:
-                if event.stream_id == 0 and isinstance(event, Frame):
-                    refused = connection_error(event)
-                    if refused is not None:
-                        self._fail_all(refused)
-                        return []
-                continue
-            if isinstance(event, OversizedFrame):
-                slot.error = ResourceExhausted(
-                    f"server sent a frame of {event.length} bytes, over the limit"
-                )
-                self._finish(event.stream_id, slot)
-            elif event.type == FrameType.RESPONSE:
-                if slot.buffer is None:
+    def _dispatch(self, events: list[Event]) -> None:
+        """Hand the connection's events to their calls and wake the waiting threads (under
+        ``_cond``)."""
+        for event in events:
+            if type(event) is ResponseReceived:
+                slot = self._pending.pop(event.stream_id, None)
+                if slot is not None:
                     slot.payload = event.payload
-                else:
-                    try:
-                        decode_response(event.payload)
-                    except RPCError as err:
-                        slot.error = err
-                self._finish(event.stream_id, slot)
-            elif event.type == FrameType.DATA and slot.buffer is not None:
-                filled.append(slot)
-                if not event.flags & Flags.NO_DATA:
-                    # As the trio client: only a buffer still full from an earlier read counts.
-                    if slot.behind and len(slot.buffer) >= self._stream_buffer:
-                        slot.error = ResourceExhausted(
-                            f"stream consumer fell {self._stream_buffer} messages behind; "
-                            "stream ended"
-                        )
-                        self._finish(event.stream_id, slot)
-                        abandon.append(event.stream_id)
-                        continue
-                    slot.buffer.append(event.payload)
-                if event.flags & Flags.REMOTE_CLOSED:
-                    self._finish(event.stream_id, slot)
-        for slot in filled:
-            if slot.buffer is not None:
-                slot.behind = len(slot.buffer) >= self._stream_buffer
-        return abandon
-
-    def _finish(self, stream_id: int, slot: _Slot) -> None:
-        self._pending.pop(stream_id, None)
-        slot.done = True
-
-    def _fail_all(self, error: RPCError) -> None:
-        if self._closed is None:
-            self._closed = error
-        for stream_id, slot in list(self._pending.items()):
-            slot.error = copy_error(self._closed)
-            self._finish(stream_id, slot)
-        self._cond.notify_all()
+                    slot.error = event.error
+                    slot.done = True
+            elif type(event) is StreamEnded:
+                slot = self._pending.pop(event.stream_id, None)
+                if slot is not None:
+                    slot.error = event.error
+                    slot.done = True
+        if events:
+            self._cond.notify_all()
 
     # -- calls --------------------------------------------------------------------------
 
@@ -279,8 +232,7 @@ class SyncClient:
             raise DeadlineExceeded(f"{service}/{method}: deadline exceeded after {timeout} s")
         if slot.error is not None:
             raise slot.error
-        assert slot.payload is not None
-        return loads_message(decode_response(slot.payload), "response payload")
+        return loads_message(slot.payload, "response payload")
 
     @contextmanager
     def stream(

@@ -18,12 +18,11 @@ from __future__ import annotations
 import errno
 import math
 import socket
-from typing import Final, final
+from typing import final
 
 import trio
 
-# 64 KiB: larger reads make glibc map and unmap a fresh buffer for every call.
-_RECV_SIZE: Final = 64 * 1024
+from ..wire import RECV_SIZE
 
 
 class PeerStalledError(Exception):
@@ -108,7 +107,7 @@ class Transport:
             if self._closed:
                 raise trio.ClosedResourceError("transport was closed")
             try:
-                data = sock.recv(_RECV_SIZE)
+                data = sock.recv(RECV_SIZE)
             except BlockingIOError:
                 await trio.lowlevel.wait_readable(sock)
                 self._yield_next = False

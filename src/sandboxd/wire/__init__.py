@@ -1,4 +1,5 @@
-"""Sans-io wire protocol: frames, the CBOR envelope, status codes.  No trio, no I/O."""
+"""Sans-io wire protocol: frames, the CBOR envelope, status codes, and the client's protocol
+state (:class:`ClientConnection`).  No trio, no I/O."""
 
 from .._errors import (
     Aborted,
@@ -19,6 +20,18 @@ from .._errors import (
     Unavailable,
     Unimplemented,
     Unknown,
+)
+from ._client import (
+    DEFAULT_STREAM_BUFFER,
+    MAX_STREAM_ID,
+    RECV_SIZE,
+    ClientConnection,
+    ConnectionFailed,
+    Event,
+    ResponseReceived,
+    StreamEnded,
+    StreamMessage,
+    request_envelope,
 )
 from ._envelope import (
     MAX_DEPTH,
@@ -46,16 +59,22 @@ from ._frame import (
 )
 
 __all__ = [
+    "DEFAULT_STREAM_BUFFER",
     "HEADER",
     "HEADER_SIZE",
     "MAX_DEPTH",
     "MAX_PAYLOAD",
+    "MAX_STREAM_ID",
+    "RECV_SIZE",
     "Aborted",
     "AlreadyExists",
     "Cancelled",
+    "ClientConnection",
     "Code",
+    "ConnectionFailed",
     "DataLoss",
     "DeadlineExceeded",
+    "Event",
     "FailedPrecondition",
     "Flags",
     "Frame",
@@ -70,6 +89,9 @@ __all__ = [
     "RPCError",
     "Request",
     "ResourceExhausted",
+    "ResponseReceived",
+    "StreamEnded",
+    "StreamMessage",
     "Unauthenticated",
     "Unavailable",
     "Unimplemented",
@@ -84,4 +106,5 @@ __all__ = [
     "encode_response",
     "loads_message",
     "loads_strict",
+    "request_envelope",
 ]

@@ -166,6 +166,12 @@ def _check_metadata(metadata: object) -> None:
             raise InvalidArgument(f"request envelope: metadata {key!r} must be an array of text")
 
 
+#: How every success envelope :func:`encode_response` writes begins: a map of one pair, whose
+#: key is the text ``payload`` (``{"payload": ...``).  The client's fast reader of replies
+#: (``wire._client.response_payload``) reads the same bytes back.
+SUCCESS_ENVELOPE_HEAD: Final = b"\xa1\x67payload"
+
+
 def encode_response(payload: bytes) -> bytes:
     """A successful response envelope carrying ``payload`` (a CBOR-encoded message).
 
@@ -184,10 +190,7 @@ def encode_response(payload: bytes) -> bytes:
         head = b"\x5a" + n.to_bytes(4, "big")
     else:
         head = b"\x5b" + n.to_bytes(8, "big")
-    return _RESPONSE_HEAD + head + payload
-
-
-_RESPONSE_HEAD: Final = b"\xa1\x67payload"  # {"payload": ...
+    return SUCCESS_ENVELOPE_HEAD + head + payload
 
 
 def encode_error(code: int, message: str, details: Sequence[Any] = ()) -> bytes:

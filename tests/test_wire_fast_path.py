@@ -1,4 +1,4 @@
-"""The trio RPC client reads a success envelope without a CBOR decoder, as the decoder would."""
+"""The client core reads a success envelope without a CBOR decoder, as the decoder would."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import sandboxd
-from sandboxd.rpc._client import response_payload
 from sandboxd.wire import MAX_PAYLOAD, decode_response, encode_error, encode_response
+from sandboxd.wire._client import response_payload
 
 OK_HEAD = b"\xa1\x67payload"
 

@@ -1,0 +1,380 @@
+"""The client's side of a connection, sans-io: stream ids, calls in flight, routing replies.
+
+:class:`ClientConnection` holds everything a client must remember about one connection and
+nothing about how bytes move: no sockets, no clock, no threads, no trio.  A driver (the trio
+client, the blocking client, any other event loop's) does the I/O around it:
+
+* to call, it encodes the request (:func:`request_envelope`, which needs no lock) and asks
+  :meth:`~ClientConnection.send_request` for the call's stream id and the bytes to send, and
+  sends them;
+* whatever it reads from the socket it passes to :meth:`~ClientConnection.receive_data`
+  (``b""`` at the end of the stream), which returns what happened as events, in the order the
+  frames came: a unary call's :class:`ResponseReceived`, a stream's :class:`StreamMessage` and
+  :class:`StreamEnded`, and :class:`ConnectionFailed` when the connection is over;
+* after each :meth:`~ClientConnection.receive_data` it sends
+  :meth:`~ClientConnection.data_to_send` (frames the connection decided to send by itself:
+  ending a stream whose consumer fell behind);
+* when a caller gives up on a call (its deadline passed, it was cancelled, it left a stream
+  early) it sends what :meth:`~ClientConnection.cancel` returns, which tells the server to stop
+  working on the call;
+* when the socket fails, or the client is closed, it calls :meth:`~ClientConnection.close`.
+
+Every call in flight ends with exactly one event: :class:`ResponseReceived` for a unary call,
+:class:`StreamEnded` for a stream (unless the driver cancels it first).  When the connection
+ends, each call still in flight gets its ending event, carrying a copy of the connection's
+error, and then one :class:`ConnectionFailed`; from then on :meth:`send_request` raises a copy
+of that error and :meth:`receive_data` ignores what it is given.
+
+A stream's messages are kept, oldest first, in the deque :meth:`~ClientConnection.messages`
+returns: the connection appends to it, the driver's consumer takes from its left.  Messages
+not yet taken count against the connection's ``stream_buffer``: if the deque is still that
+full at the end of one :meth:`receive_data` and the next one brings another message, the
+stream ends with :class:`~sandboxd.ResourceExhausted` (after the messages it holds) and the
+frame that tells the server so waits in :meth:`data_to_send`.  A burst that arrives in one
+read never counts against a consumer that keeps up, so a driver should read in chunks of
+:data:`RECV_SIZE`.
+
+What stays the driver's: the clock (it passes ``now`` to :func:`request_envelope` and
+enforces deadlines by cancelling), sending requests in the order their ids were given (one
+lock or one task around :meth:`send_request` and the send), waking the callers its events are
+for, and decoding messages (:func:`~sandboxd.wire.loads_message`).  It needs nothing else
+from this package.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, Final, NamedTuple, final
+
+from .._errors import ResourceExhausted, RPCError, Unavailable
+from ._envelope import SUCCESS_ENVELOPE_HEAD, decode_response, dumps, encode_request
+from ._frame import (
+    MAX_PAYLOAD,
+    Flags,
+    Frame,
+    FrameDecoder,
+    FrameType,
+    OversizedFrame,
+    encode_frame,
+)
+
+#: How many bytes a driver should ask the socket for at once.  64 KiB: larger reads make
+#: glibc map and unmap a fresh buffer for every call.
+RECV_SIZE: Final = 64 * 1024
+#: Messages a stream holds for a consumer that is not reading before the stream is ended.
+DEFAULT_STREAM_BUFFER: Final = 1024
+#: The last stream id a client may use (ids are odd and increase by 2 with every call).
+MAX_STREAM_ID: Final = 2**32 - 1
+
+_REQUEST: Final = int(FrameType.REQUEST)
+_RESPONSE: Final = int(FrameType.RESPONSE)
+_DATA: Final = int(FrameType.DATA)
+_NO_DATA: Final = int(Flags.NO_DATA)
+_REMOTE_CLOSED: Final = int(Flags.REMOTE_CLOSED)
+_END_FLAGS: Final = int(Flags.REMOTE_CLOSED | Flags.NO_DATA)
+_OK_AT: Final = len(SUCCESS_ENVELOPE_HEAD)
+
+
+# Events are NamedTuples: light to build (one per reply), and equal when their fields are.
+class ResponseReceived(NamedTuple):
+    """A unary call ended: its response message, still encoded (the CBOR bytes of the method's
+    message, ``b""`` for the empty one), or the error it ended with (``payload`` is then
+    ``b""``).  The call is no longer in flight."""
+
+    stream_id: int
+    payload: bytes
+    error: RPCError | None
+
+
+class StreamMessage(NamedTuple):
+    """A stream's next message was added to its :meth:`~ClientConnection.messages`."""
+
+    stream_id: int
+
+
+class StreamEnded(NamedTuple):
+    """A stream ended, cleanly (``error`` is None) or with ``error``, which its consumer
+    raises after the messages still in its :meth:`~ClientConnection.messages`.  The stream is
+    no longer in flight."""
+
+    stream_id: int
+    error: RPCError | None
+
+
+class ConnectionFailed(NamedTuple):
+    """The connection is over: ``error`` is what every later call raises (a copy of it).  Every
+    call that was in flight got its ending event just before this one."""
+
+    error: RPCError
+
+
+Event = ResponseReceived | StreamMessage | StreamEnded | ConnectionFailed
+
+# A NamedTuple's own constructor is a Python function: building the one event every reply
+# makes straight from tuple.__new__ halves its cost.
+_new_response: Final = functools.partial(tuple.__new__, ResponseReceived)
+
+
+def copy_error(err: RPCError) -> RPCError:
+    """A fresh exception like ``err``, to raise in one more place."""
+    return type(err)(err.message, details=err.details)
+
+
+def request_envelope(
+    service: str,
+    method: str,
+    message: Mapping[str, Any] | None = None,
+    *,
+    deadline: float = math.inf,
+    now: float = 0.0,
+    metadata: Mapping[str, Sequence[str]] | None = None,
+) -> bytes:
+    """The request envelope of a call, for :meth:`ClientConnection.send_request`.
+
+    ``deadline`` and ``now`` are times on the driver's clock (seconds); the server is given
+    what is left between them (at least 1 ns; nothing when ``deadline`` is infinite).
+    Enforcing the deadline locally is the driver's part: when it passes, it cancels the call
+    (:meth:`ClientConnection.cancel`).  Pure: call it outside any lock.
+    """
+    timeout_nano = 0 if deadline == math.inf else max(1, int((deadline - now) * 1e9))
+    payload = dumps(message) if message else b""
+    return encode_request(service, method, payload, timeout_nano, metadata)
+
+
+def response_payload(envelope: bytes) -> bytes:
+    """What :func:`~sandboxd.wire.decode_response` returns for ``envelope`` (or raises).
+
+    The common case, a success envelope as :func:`~sandboxd.wire.encode_response` writes it, is
+    read here without a CBOR decoder: :data:`SUCCESS_ENVELOPE_HEAD`, a definite byte string head
+    and the byte string, nothing after it.  Everything else (errors, any other encoding) goes
+    to ``decode_response``.
+    """
+    if envelope.startswith(SUCCESS_ENVELOPE_HEAD) and len(envelope) > _OK_AT:
+        head = envelope[_OK_AT]
+        if 0x40 <= head <= 0x57:  # the length is in the head
+            start = _OK_AT + 1
+            length = head - 0x40
+        elif 0x58 <= head <= 0x5B:  # the length follows in 1, 2, 4 or 8 bytes
+            start = _OK_AT + 1 + (1 << (head - 0x58))
+            length = int.from_bytes(envelope[_OK_AT + 1 : start], "big")
+        else:
+            return decode_response(envelope)
+        if start + length == len(envelope):
+            return envelope[start:]
+    return decode_response(envelope)
+
+
+@final
+class _Stream:
+    """A server stream in flight."""
+
+    __slots__ = ("behind", "messages")
+
+    def __init__(self) -> None:
+        self.messages: collections.deque[bytes] = collections.deque()
+        # The buffer was full at the end of the last read: one more message ends the stream.
+        self.behind = False
+
+
+@final
+class ClientConnection:
+    """The protocol state of one client connection (see the module's docstring).
+
+    Not thread-safe, and it never blocks: a driver that shares it between tasks or threads
+    serialises calls into it (a lock, or one event loop).  No method does I/O or reads a
+    clock; it raises only :class:`~sandboxd.RPCError` (but for asking
+    :meth:`messages` of a stream not in flight).
+
+    ``stream_buffer`` is how many unread messages a stream may hold (see the module's
+    docstring); ``max_payload`` the largest frame accepted from the server (a larger one ends
+    its call with :class:`~sandboxd.ResourceExhausted`, the connection stays usable).
+    """
+
+    __slots__ = (
+        "_decoder",
+        "_error",
+        "_next_id",
+        "_outgoing",
+        "_stream_buffer",
+        "_streams",
+        "_unary",
+    )
+
+    def __init__(
+        self, *, stream_buffer: int = DEFAULT_STREAM_BUFFER, max_payload: int = MAX_PAYLOAD
+    ) -> None:
+        self._decoder = FrameDecoder(max_payload)
+        self._next_id = 1
+        # Calls in flight by stream id: unary ones, and streams with their state.
+        self._unary: set[int] = set()
+        self._streams: dict[int, _Stream] = {}
+        self._error: RPCError | None = None
+        self._stream_buffer = stream_buffer
+        self._outgoing: list[bytes] = []
+
+    @property
+    def error(self) -> RPCError | None:
+        """Why the connection is over (what later calls raise a copy of), or None while open."""
+        return self._error
+
+    @property
+    def in_flight(self) -> int:
+        """How many calls have neither ended nor been cancelled."""
+        return len(self._unary) + len(self._streams)
+
+    def send_request(self, envelope: bytes, *, stream: bool = False) -> tuple[int, bytes]:
+        """Start a call: its stream id and the request frame to send, carrying ``envelope``
+        (see :func:`request_envelope`).  With ``stream``, the call is a server stream whose
+        messages arrive in :meth:`messages`.
+
+        Raises a copy of :attr:`error` when the connection is over;
+        :class:`~sandboxd.ResourceExhausted` when the connection's stream ids are used up, or
+        when the request is over the frame limit.  Nothing changes when it raises.  Requests
+        must reach the server in the order this method numbered them.
+        """
+        if self._error is not None:
+            raise copy_error(self._error)
+        stream_id = self._next_id
+        if stream_id > MAX_STREAM_ID:
+            raise ResourceExhausted("stream ids of this connection are used up: reconnect")
+        frame = encode_frame(stream_id, _REQUEST, 0, envelope)
+        self._next_id = stream_id + 2
+        if stream:
+            self._streams[stream_id] = _Stream()
+        else:
+            self._unary.add(stream_id)
+        return stream_id, frame
+
+    def messages(self, stream_id: int) -> collections.deque[bytes]:
+        """The messages of the stream ``stream_id`` not yet taken, oldest first: take them
+        with ``popleft``.  The deque is the stream's for good (keep it: once the stream has
+        ended, this raises KeyError)."""
+        return self._streams[stream_id].messages
+
+    def cancel(self, stream_id: int) -> bytes:
+        """Give up on a call: the frame that tells the server to stop working on it, or
+        ``b""`` when there is nothing to send (the call had ended, or the connection is
+        over).  No event comes for the call afterwards."""
+        if stream_id in self._unary:
+            self._unary.discard(stream_id)
+        elif self._streams.pop(stream_id, None) is None:
+            return b""
+        return _cancel_frame(stream_id)
+
+    def data_to_send(self) -> bytes:
+        """Frames the connection decided to send while receiving (``b""`` if none); each is
+        returned once."""
+        if not self._outgoing:
+            return b""
+        data = b"".join(self._outgoing)
+        self._outgoing.clear()
+        return data
+
+    def close(self, error: RPCError) -> list[Event]:
+        """End the connection with ``error``: every call in flight ends with a copy of it,
+        then :class:`ConnectionFailed`.  If the connection was over already, nothing happens
+        (the first error stays) and no event is returned."""
+        if self._error is not None:
+            return []
+        self._error = error
+        events: list[Event] = []
+        for stream_id in sorted(self._unary.union(self._streams)):  # oldest call first
+            if stream_id in self._unary:
+                events.append(ResponseReceived(stream_id, b"", copy_error(error)))
+            else:
+                events.append(StreamEnded(stream_id, copy_error(error)))
+        self._unary.clear()
+        self._streams.clear()
+        self._outgoing.clear()
+        events.append(ConnectionFailed(error))
+        return events
+
+    def receive_data(self, data: bytes) -> list[Event]:
+        """Take the next bytes read from the server (``b""``: the server closed the
+        connection) and return the events they complete, in order.
+
+        Frames for calls no longer in flight are dropped.  An error response on stream 0 (the
+        server refusing the connection, e.g. PERMISSION_DENIED) ends the connection with that
+        error, and what follows it is ignored.
+        """
+        if self._error is not None:
+            return []
+        if not data:
+            return self.close(Unavailable("connection to the server was closed"))
+        events: list[Event] = []
+        unary = self._unary
+        streams = self._streams
+        filled: list[_Stream] = []  # streams given messages: judged behind or not at the end
+        for frame in self._decoder.feed(data):
+            stream_id = frame.stream_id
+            if stream_id in unary:
+                if type(frame) is Frame:
+                    if frame.type == _RESPONSE:
+                        unary.discard(stream_id)
+                        try:
+                            payload = response_payload(frame.payload)
+                        except RPCError as err:
+                            events.append(ResponseReceived(stream_id, b"", err))
+                        else:
+                            events.append(_new_response((stream_id, payload, None)))
+                elif isinstance(frame, OversizedFrame):
+                    unary.discard(stream_id)
+                    events.append(ResponseReceived(stream_id, b"", _oversized(frame)))
+                continue
+            stream = streams.get(stream_id)
+            if stream is None:
+                if stream_id == 0 and type(frame) is Frame and frame.type == _RESPONSE:
+                    try:
+                        decode_response(frame.payload)
+                    except RPCError as err:
+                        return events + self.close(err)
+                continue  # a call given up on, or nobody's
+            if isinstance(frame, OversizedFrame):
+                del streams[stream_id]
+                events.append(StreamEnded(stream_id, _oversized(frame)))
+            elif frame.type == _RESPONSE:
+                del streams[stream_id]
+                try:
+                    response_payload(frame.payload)
+                except RPCError as err:
+                    events.append(StreamEnded(stream_id, err))
+                else:
+                    events.append(StreamEnded(stream_id, None))
+            elif frame.type == _DATA:
+                filled.append(stream)
+                self._on_stream_data(stream_id, stream, frame.flags, frame.payload, events)
+        for stream in filled:
+            stream.behind = len(stream.messages) >= self._stream_buffer
+        return events
+
+    def _on_stream_data(
+        self, stream_id: int, stream: _Stream, flags: int, data: bytes, events: list[Event]
+    ) -> None:
+        if not flags & _NO_DATA:
+            # A burst within one read never counts against a consumer that keeps up; a buffer
+            # still full when the next read brings more does.
+            if stream.behind and len(stream.messages) >= self._stream_buffer:
+                del self._streams[stream_id]
+                self._outgoing.append(_cancel_frame(stream_id))
+                error = ResourceExhausted(
+                    f"stream consumer fell {self._stream_buffer} messages behind; stream ended"
+                )
+                events.append(StreamEnded(stream_id, error))
+                return
+            stream.messages.append(data)
+            events.append(StreamMessage(stream_id))
+        if flags & _REMOTE_CLOSED:
+            del self._streams[stream_id]
+            events.append(StreamEnded(stream_id, None))
+
+
+def _cancel_frame(stream_id: int) -> bytes:
+    """The frame that ends a call from the client's side: an empty DATA frame, closing."""
+    return encode_frame(stream_id, _DATA, _END_FLAGS, b"")
+
+
+def _oversized(frame: OversizedFrame) -> ResourceExhausted:
+    return ResourceExhausted(f"server sent a frame of {frame.length} bytes, over the limit")
