@@ -14,6 +14,7 @@ the event bus, and who to tell when its sandbox is gone).
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import math
 import signal
@@ -135,12 +136,14 @@ class SandboxActor:
         "phase",
         "pid",
         "process",
+        "sandbox_id",
         "spec",
         "started_at",
     )
 
     def __init__(self, spec: SandboxSpec, backend: Backend, context: ActorContext) -> None:
         self.spec = spec
+        self.sandbox_id = spec.sandbox_id
         self.phase = Phase.CREATED
         self.pid = 0
         self.created_at = _now()
@@ -173,10 +176,6 @@ class SandboxActor:
         self._spec_json: str | None = None
         # What starts the actor's task once its Create is recorded (see create()).
         self._launch: Callable[[], None] | None = None
-
-    @property
-    def sandbox_id(self) -> str:
-        return self.spec.sandbox_id
 
     # -- the mailbox -------------------------------------------------------------------------
 
@@ -335,7 +334,7 @@ class SandboxActor:
                     if self._spec_json is None:
                         self._spec_json = encode_spec(self.spec)
                     text = encode_record(self.record(), self._spec_json)
-                write(self.sandbox_id, text, lambda error: self._recorded(held, error))
+                write(self.sandbox_id, text, functools.partial(self._recorded, held))
                 return
         if self._unrecorded is not None:
             # Nothing new to write, but what these answers tell is not on disk yet.

@@ -86,10 +86,6 @@ class SandboxRecord:
     kill_at: float | None = None
 
 
-def _time(value: datetime | None) -> float | None:
-    return None if value is None else value.timestamp()
-
-
 def _from_time(value: float | None) -> datetime | None:
     return None if value is None else datetime.fromtimestamp(value, UTC)
 
@@ -135,12 +131,14 @@ def encode_record(record: SandboxRecord, spec_json: str | None = None) -> str:
     of a dict costs several times more: every part is a number, ``None``, a bool, JSON
     already, or a phase name (plain lowercase words)."""
     identity = record.identity
+    started_at = record.started_at
+    exited_at = record.exited_at
     return (
         f'{{"spec": {encode_spec(record.spec) if spec_json is None else spec_json}, '
         f'"phase": "{record.phase}", "created_at": {record.created_at.timestamp()!r}, '
         f'"pid": {record.pid:d}, "identity": {json.dumps(dict(identity)) if identity else "{}"}, '
-        f'"started_at": {_number(_time(record.started_at))}, '
-        f'"exited_at": {_number(_time(record.exited_at))}, '
+        f'"started_at": {"null" if started_at is None else repr(started_at.timestamp())}, '
+        f'"exited_at": {"null" if exited_at is None else repr(exited_at.timestamp())}, '
         f'"exit_status": {_number(record.exit_status)}, '
         f'"exit_known": {"true" if record.exit_known else "false"}, '
         f'"kill_at": {_number(record.kill_at)}}}'
