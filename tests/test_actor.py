@@ -76,6 +76,19 @@ class Runtime:
         )
         return SandboxActor(spec, self.backend, self.context)
 
+    def creating(self, sandbox_id: str = "sb", **sim: Any) -> tuple[SandboxActor, Waiter]:
+        """A new actor carrying out its Create, and the Waiter the Create answers."""
+        actor = self.actor(sandbox_id, **sim)
+        created = Waiter()
+        actor.create(created, self.launch(actor))
+        return actor, created
+
+    def created(self, sandbox_id: str = "sb", **sim: Any) -> SandboxActor:
+        """A new actor, its Create done (and recorded) and its task running."""
+        actor, _ = self.creating(sandbox_id, **sim)
+        self.commit()
+        return actor
+
     def launch(self, actor: SandboxActor) -> Callable[[], None]:
         """What a Controller gives Create: runs the actor in this runtime's nursery."""
 
@@ -110,9 +123,7 @@ async def test_a_lifecycle_without_a_store_is_answered_at_once(
     autojump_clock: trio.abc.Clock,
 ) -> None:
     async with runtime(store=False) as rt:
-        actor = rt.actor()
-        created = Waiter()
-        actor.create(created, rt.launch(actor))
+        actor, created = rt.creating()
         assert await created.wait() == "sb"
         assert rt.launched == 1
 
@@ -144,9 +155,7 @@ async def test_each_answer_waits_for_the_record_of_its_step(
     autojump_clock: trio.abc.Clock,
 ) -> None:
     async with runtime() as rt:
-        actor = rt.actor()
-        created = Waiter()
-        actor.create(created, rt.launch(actor))
+        actor, created = rt.creating()
         # The Create waits for its record, and so does the actor: it is not running yet.
         assert not answered(created) and rt.launched == 0 and rt.events == []
         [record] = rt.commit()
@@ -164,9 +173,7 @@ async def test_each_answer_waits_for_the_record_of_its_step(
         assert (await started.wait()).pid == actor.pid
 
         # A Stop in progress records when SIGKILL is due, as wall-clock time.
-        stubborn = rt.actor("stubborn", ignore_sigterm=True)
-        stubborn.create(None, rt.launch(stubborn))
-        rt.commit()
+        stubborn = rt.created("stubborn", ignore_sigterm=True)
         await call(stubborn, Input.START)
         rt.commit()
         stopping = await call(stubborn, Input.STOP, 7)
@@ -189,13 +196,9 @@ async def test_each_answer_waits_for_the_record_of_its_step(
         assert rt.forgotten == [actor]
 
 
-async def test_a_refusal_changes_nothing_but_waits_for_an_earlier_record(
-    autojump_clock: trio.abc.Clock,
-) -> None:
+async def test_a_refusal_changes_nothing_but_waits_for_an_earlier_record() -> None:
     async with runtime() as rt:
-        actor = rt.actor()
-        actor.create(None, rt.launch(actor))
-        rt.commit()
+        actor = rt.created()
         started = await call(actor, Input.START)
         # The table refuses a second Start: nothing to write, but the answer must not
         # overtake the first Start's, which is not on disk yet.
@@ -211,11 +214,9 @@ async def test_a_refusal_changes_nothing_but_waits_for_an_earlier_record(
         assert actor.phase is Phase.READY
 
 
-async def test_calls_during_a_create_wait_for_its_record(autojump_clock: trio.abc.Clock) -> None:
+async def test_calls_during_a_create_wait_for_its_record() -> None:
     async with runtime() as rt:
-        actor = rt.actor()
-        created = Waiter()
-        actor.create(created, rt.launch(actor))
+        actor, _ = rt.creating()
         started = await call(actor, Input.START)
         assert not answered(started) and rt.backend.started_count == 0
         rt.commit()
@@ -225,11 +226,9 @@ async def test_calls_during_a_create_wait_for_its_record(autojump_clock: trio.ab
         assert (await started.wait()).pid == actor.pid
 
 
-async def test_a_create_the_store_refuses_never_happened(autojump_clock: trio.abc.Clock) -> None:
+async def test_a_create_the_store_refuses_never_happened() -> None:
     async with runtime() as rt:
-        actor = rt.actor()
-        created = Waiter()
-        actor.create(created, rt.launch(actor))
+        actor, created = rt.creating()
         started = await call(actor, Input.START)
         refusal = ResourceExhausted("the disk is full")
         rt.commit(refusal)
@@ -257,13 +256,9 @@ async def test_a_create_that_cannot_be_launched_never_happened() -> None:
         assert rt.forgotten == [actor] and rt.events == []
 
 
-async def test_a_step_the_store_refuses_is_done_but_said_unrecorded_and_written_again(
-    autojump_clock: trio.abc.Clock,
-) -> None:
+async def test_a_step_the_store_refuses_is_done_but_said_unrecorded_and_written_again() -> None:
     async with runtime() as rt:
-        actor = rt.actor()
-        actor.create(None, rt.launch(actor))
-        rt.commit()
+        actor = rt.created()
         started = await call(actor, Input.START)
         rt.commit(Unavailable("the state database refused the write: I/O error"))
         with pytest.raises(Unavailable, match="done, but not recorded: the state database"):
@@ -279,8 +274,7 @@ async def test_a_step_the_store_refuses_is_done_but_said_unrecorded_and_written_
 
 async def test_a_stop_without_timeout_uses_the_contexts(autojump_clock: trio.abc.Clock) -> None:
     async with runtime(store=False) as rt:
-        actor = rt.actor(ignore_sigterm=True)
-        actor.create(None, rt.launch(actor))
+        actor = rt.created(ignore_sigterm=True)
         await (await call(actor, Input.START)).wait()
         began = trio.current_time()
         await (await call(actor, Input.STOP)).wait()
@@ -290,8 +284,7 @@ async def test_a_stop_without_timeout_uses_the_contexts(autojump_clock: trio.abc
 
 async def test_a_failed_start_leaves_the_sandbox_created(autojump_clock: trio.abc.Clock) -> None:
     async with runtime(store=False) as rt:
-        actor = rt.actor(start_error="no such image")
-        actor.create(None, rt.launch(actor))
+        actor = rt.created(start_error="no such image")
         with pytest.raises(FailedPrecondition, match="no such image"):
             await (await call(actor, Input.START)).wait()
         assert actor.phase is Phase.CREATED and rt.events == [(TOPIC_CREATE, None)]
