@@ -1,6 +1,5 @@
 """The runtime: the lifecycle table, one actor per sandbox, and the Controller."""
 
-from ._actor import Reply, Waiter
 from ._controller import (
     DEFAULT_MAX_SANDBOXES,
     DEFAULT_SANDBOXER,
@@ -23,6 +22,7 @@ from ._lifecycle import (
     decide,
     mermaid_diagram,
 )
+from ._reply import Reply, Waiter
 from ._store import SandboxRecord, SandboxStore, StoreCorrupt
 
 __all__ = [

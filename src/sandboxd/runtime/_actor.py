@@ -5,23 +5,31 @@ grace timer reach it the same way.  The actor drains its mailbox in batches, loo
 input up in the lifecycle table and carries out the effect.  Nothing it does waits on the
 sandbox's process: a Stop signals and arms a timer, a Wait parks its caller, an exit is an
 event.  So queries keep answering while a Stop is in progress.
+
+The actor does not know who runs it: an :class:`ActorContext` gives it what it may reach
+beyond its sandbox (the store, the default grace period, the nursery of process watchers,
+the event bus, and who to tell when its sandbox is gone).
 """
 
 from __future__ import annotations
 
 import collections
-import json
+import functools
 import logging
 import math
 import signal
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Final, Protocol, final
+from typing import Any, Final, final
 
+import attrs
 import trio
 
-from .._errors import FailedPrecondition, Internal, RPCError, Unavailable
+from .._errors import FailedPrecondition, Internal, NotFound, RPCError, Unavailable
 from .._models import (
+    TOPIC_CREATE,
+    TOPIC_DELETE,
     TOPIC_EXIT,
     TOPIC_START,
     ExitStatus,
@@ -32,115 +40,39 @@ from .._models import (
 )
 from ..backends import EXIT_UNKNOWN, Backend, SandboxProcess
 from ._lifecycle import Effect, Input, Phase, decide
-from ._store import SandboxRecord, encode_spec, record_json
-
-if TYPE_CHECKING:
-    from ._controller import Controller
+from ._reply import Reply
+from ._store import Done, SandboxRecord, encode_record, encode_spec
 
 log = logging.getLogger("sandboxd.runtime")
 
-_NO_IDENTITY: Final = "{}"
 _SIGTERM: Final = int(signal.SIGTERM)
 _SIGKILL: Final = int(signal.SIGKILL)
 
 
-class Reply(Protocol):
-    """Where the actor puts the answer to one call.
-
-    The first :meth:`ok` or :meth:`fail` is the answer and later ones are ignored; neither
-    blocks nor raises.  :class:`Waiter` is the one a trio task awaits; the RPC server's
-    responders answer a remote caller directly.
-    """
-
-    @property
-    def abandoned(self) -> bool:
-        """True once nobody wants an answer (given already, or the caller went away): a
-        parked caller that gave up is dropped without one."""
-        ...
-
-    def ok(self, value: Any) -> None: ...
-
-    def fail(self, error: BaseException) -> None: ...
-
-
 @final
-class Waiter:
-    """A :class:`Reply` that one trio task waits on with :meth:`wait`."""
+@attrs.frozen(slots=True)
+class ActorContext:
+    """All an actor may reach beyond its own sandbox, given by whoever runs it (the
+    :class:`~sandboxd.runtime.Controller`, one context for all its actors).  None of these
+    blocks, and the actor calls them only from its own steps or its store callbacks."""
 
-    __slots__ = ("_error", "_task", "_value", "abandoned")
-
-    def __init__(self) -> None:
-        self._task: trio.lowlevel.Task | None = None
-        self._value: Any = None
-        self._error: BaseException | None = None
-        self.abandoned = False
-
-    def ok(self, value: Any) -> None:
-        if not self.abandoned:
-            self.abandoned = True
-            self._value = value
-            self._wake()
-
-    def fail(self, error: BaseException) -> None:
-        if not self.abandoned:
-            self.abandoned = True
-            self._error = error
-            self._wake()
-
-    def _wake(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            trio.lowlevel.reschedule(task)
-
-    async def wait(self) -> Any:
-        """The answer: returns the value, or raises the error.
-
-        A schedule point.  If cancelled before the answer, the waiter is abandoned (the call
-        goes on; its answer is dropped)."""
-        if not self.abandoned:  # not answered yet
-            self._task = trio.lowlevel.current_task()
-
-            def abort(_: Any) -> trio.lowlevel.Abort:
-                self._task = None
-                self.abandoned = True
-                return trio.lowlevel.Abort.SUCCEEDED
-
-            await trio.lowlevel.wait_task_rescheduled(abort)
-        else:
-            await trio.lowlevel.checkpoint()
-        if self._error is not None:
-            raise self._error
-        return self._value
+    #: Queues a sandbox's record with the store (``None`` as the text deletes it) and calls
+    #: ``done(error)`` once it is committed or refused (:meth:`SandboxStore.write`).  ``None``
+    #: keeps records in memory only: then every answer goes out at once.
+    write: Callable[[str, str | None, Done], None] | None
+    #: Seconds between SIGTERM and SIGKILL for a Stop that gives no timeout.
+    stop_timeout: float
+    #: Where backends run the tasks that watch sandbox processes.
+    process_nursery: trio.Nursery
+    #: Publishes a lifecycle event.
+    publish: Callable[[SandboxEvent], None]
+    #: Told once the actor's sandbox no longer exists (deleted, or its Create refused by the
+    #: store), so that its id can be taken again.
+    forget: Callable[[SandboxActor], None]
 
 
-@final
-class _Commit:
-    """One record on its way to the store, and the answers it holds back."""
-
-    __slots__ = ("actor", "answers")
-
-    def __init__(self, actor: SandboxActor, answers: list[_Answer]) -> None:
-        self.actor = actor
-        self.answers = answers
-
-    def done(self, error: Exception | None) -> None:
-        """Called by the store's writer once the record is committed or refused."""
-        actor = self.actor
-        if actor._commit is self:
-            actor._commit = None
-        failure: RPCError | None = None
-        if error is not None:
-            log.error("sandbox %s: cannot record its state: %s", actor.sandbox_id, error)
-            message = error.message if isinstance(error, RPCError) else str(error)
-            failure = (type(error) if isinstance(error, RPCError) else Unavailable)(
-                f"sandbox {actor.sandbox_id!r}: done, but not recorded: {message}"
-            )
-            # Written again at the actor's next step.
-            actor._dirty = True
-        _give(self.answers, failure)
-
-
-_Answer = tuple["Reply", Any, "BaseException | None"]
+#: A held answer: the reply, and the value or the error it is to get.
+_Answer = tuple[Reply, Any, "BaseException | None"]
 
 
 def _give(answers: list[_Answer], failure: BaseException | None = None) -> None:
@@ -183,18 +115,19 @@ class SandboxActor:
 
     __slots__ = (
         "_backend",
-        "_commit",
-        "_controller",
+        "_context",
         "_current",
         "_dirty",
         "_held",
         "_kill_deadline",
+        "_launch",
         "_mailbox",
         "_shutdown_parked",
         "_sleeping",
         "_snapshot",
         "_spec_json",
         "_stop_parked",
+        "_unrecorded",
         "_wait_parked",
         "created_at",
         "exit_known",
@@ -203,12 +136,14 @@ class SandboxActor:
         "phase",
         "pid",
         "process",
+        "sandbox_id",
         "spec",
         "started_at",
     )
 
-    def __init__(self, spec: SandboxSpec, backend: Backend, controller: Controller) -> None:
+    def __init__(self, spec: SandboxSpec, backend: Backend, context: ActorContext) -> None:
         self.spec = spec
+        self.sandbox_id = spec.sandbox_id
         self.phase = Phase.CREATED
         self.pid = 0
         self.created_at = _now()
@@ -219,7 +154,7 @@ class SandboxActor:
         self.exit_known = True
         self.process: SandboxProcess | None = None
         self._backend = backend
-        self._controller = controller
+        self._context = context
         self._mailbox: collections.deque[tuple[Input, Any, Reply | None]] = collections.deque()
         # The actor's task while it waits for its mailbox.
         self._sleeping: trio.lowlevel.Task | None = None
@@ -232,16 +167,15 @@ class SandboxActor:
         self._wait_parked: list[Reply] | None = None
         self._stop_parked: list[Reply] | None = None
         self._shutdown_parked: list[Reply] | None = None
-        # With a store: answers held until the step that produced them is on disk, the
-        # latest record not yet committed, and the spec's JSON (it never changes).
+        # With a store: answers held until the step that produced them is on disk, whether a
+        # step changed the record, the answers waiting on the record the store is writing,
+        # and the spec's JSON (it never changes).
         self._held: list[_Answer] = []
         self._dirty = False
-        self._commit: _Commit | None = None
+        self._unrecorded: list[_Answer] | None = None
         self._spec_json: str | None = None
-
-    @property
-    def sandbox_id(self) -> str:
-        return self.spec.sandbox_id
+        # What starts the actor's task once its Create is recorded (see create()).
+        self._launch: Callable[[], None] | None = None
 
     # -- the mailbox -------------------------------------------------------------------------
 
@@ -341,6 +275,45 @@ class SandboxActor:
         finally:
             self._abandon_all()
 
+    def create(self, reply: Reply | None, launch: Callable[[], None]) -> None:
+        """Carry out the Create that made this sandbox: record it, then call ``launch()``
+        (which must start :meth:`run`), publish ``/sandboxes/create`` and answer ``reply``
+        with the sandbox's id.  Called once, by whoever made the actor, instead of
+        :meth:`restore`.
+
+        Without a store this is done at once.  With one, the record goes to the store as
+        every step's does, and calls posted meanwhile wait in the mailbox until it is
+        written.  If the store refuses it, or ``launch`` raises an :class:`RPCError` (the
+        runtime is closed), the sandbox never existed: the actor forgets it, ``reply`` gets
+        the error, and calls posted meanwhile get NOT_FOUND.
+        """
+        self._launch = launch
+        if self._context.write is None:
+            self._created(None, [] if reply is None else [(reply, self.sandbox_id, None)])
+        else:
+            self._answer(reply, self.sandbox_id)
+            self._dirty = True
+            self._flush()
+
+    def _created(self, error: Exception | None, answers: list[_Answer]) -> None:
+        """The Create's record is written (``error`` is None) or refused: run the actor, or
+        forget the sandbox."""
+        launch, self._launch = self._launch, None
+        assert launch is not None
+        if error is None:
+            try:
+                launch()
+            except RPCError as exc:
+                error = exc
+        if error is None:
+            log.debug("sandbox %s: created (%s)", self.sandbox_id, self.spec.sandboxer)
+            self._context.publish(SandboxEvent(TOPIC_CREATE, self.sandbox_id, self.created_at))
+        else:
+            self.phase = Phase.GONE
+            self._context.forget(self)
+            self._refuse_mailbox(NotFound(f"sandbox {self.sandbox_id!r} not found"))
+        _give(answers, error)
+
     def _flush(self) -> None:
         """Send the sandbox's record to the store if a step changed it; give the held
         answers once it (and every earlier record of this sandbox) is on disk.
@@ -350,64 +323,65 @@ class SandboxActor:
         could not be recorded, and the record is written again at the next step.
         """
         held, self._held = self._held, []
-        store = self._controller.store
-        if self._dirty and store is not None:
+        if self._dirty:
             self._dirty = False
-            commit = _Commit(self, held)
-            self._commit = commit
-            if self.phase is Phase.GONE:
-                store.write(self.sandbox_id, None, commit.done)
-            else:
-                store.write(self.sandbox_id, self.encoded_record(), commit.done)
-        elif self._commit is not None:
+            write = self._context.write
+            if write is not None:
+                self._unrecorded = held
+                if self.phase is Phase.GONE:
+                    text = None
+                else:
+                    if self._spec_json is None:
+                        self._spec_json = encode_spec(self.spec)
+                    text = encode_record(self.record(), self._spec_json)
+                write(self.sandbox_id, text, functools.partial(self._recorded, held))
+                return
+        if self._unrecorded is not None:
             # Nothing new to write, but what these answers tell is not on disk yet.
-            self._commit.answers.extend(held)
+            self._unrecorded.extend(held)
         else:
             _give(held)
 
-    def encoded_record(self) -> str:
-        """:meth:`record`, as the store keeps it (without building the record)."""
-        if self._spec_json is None:
-            self._spec_json = encode_spec(self.spec)
-        return record_json(
-            self._spec_json,
-            self.phase.value,
-            self.created_at.timestamp(),
-            self.pid,
-            self._identity_json(),
-            None if self.started_at is None else self.started_at.timestamp(),
-            None if self.exited_at is None else self.exited_at.timestamp(),
-            self.exit_status,
-            self.exit_known,
-            self._kill_at(),
-        )
-
-    def _kill_at(self) -> float | None:
-        """The pending SIGKILL's deadline as wall-clock epoch seconds; None when none."""
-        if self._kill_deadline == math.inf:
-            return None
-        return time.time() + (self._kill_deadline - trio.current_time())
-
-    def _identity_json(self) -> str:
-        identity = None if self.process is None else self.process.identity()
-        return json.dumps(dict(identity)) if identity else _NO_IDENTITY
+    def _recorded(self, answers: list[_Answer], error: Exception | None) -> None:
+        """Called by the store's writer once the record sent with ``answers`` is committed
+        (``error`` is None) or refused."""
+        if self._unrecorded is answers:
+            self._unrecorded = None
+        if self._launch is not None:
+            self._created(error, answers)
+            return
+        failure: RPCError | None = None
+        if error is not None:
+            log.error("sandbox %s: cannot record its state: %s", self.sandbox_id, error)
+            message = error.message if isinstance(error, RPCError) else str(error)
+            failure = (type(error) if isinstance(error, RPCError) else Unavailable)(
+                f"sandbox {self.sandbox_id!r}: done, but not recorded: {message}"
+            )
+            # Written again at the actor's next step.
+            self._dirty = True
+        _give(answers, failure)
 
     def record(self) -> SandboxRecord:
-        """What the store keeps of this sandbox."""
+        """What the store keeps of this sandbox, as of the actor's last step."""
+        process = self.process
+        if self._kill_deadline == math.inf:
+            kill_at = None
+        else:  # the pending SIGKILL's deadline, as wall-clock epoch seconds
+            kill_at = time.time() + (self._kill_deadline - trio.current_time())
         return SandboxRecord(
             spec=self.spec,
             phase=self.phase.value,
             created_at=self.created_at,
             pid=self.pid,
-            identity=self.process.identity() if self.process is not None else {},
+            identity={} if process is None else process.identity(),
             started_at=self.started_at,
             exited_at=self.exited_at,
             exit_status=self.exit_status,
             exit_known=self.exit_known,
-            kill_at=self._kill_at(),
+            kill_at=kill_at,
         )
 
-    def restore(self, record: SandboxRecord, nursery: trio.Nursery) -> bool:
+    def restore(self, record: SandboxRecord) -> bool:
         """Take up a sandbox recorded by an earlier run; False if it is gone for good.
 
         A sandbox whose process still runs (same pid, same start time) is adopted in the
@@ -427,7 +401,11 @@ class SandboxActor:
             return True
         self._dirty = True
         process = self._backend.adopt(
-            self.spec, record.pid, record.identity, nursery, self._adopted_exit
+            self.spec,
+            record.pid,
+            record.identity,
+            self._context.process_nursery,
+            self._adopted_exit,
         )
         if process is None:
             if phase is Phase.SHUTTING_DOWN:
@@ -467,7 +445,7 @@ class SandboxActor:
             for reply in parked or ():
                 reply.fail(gone)
 
-    def refuse_mailbox(self, error: BaseException) -> None:
+    def _refuse_mailbox(self, error: BaseException) -> None:
         """Answer everything posted so far with ``error`` (a Create that failed)."""
         for _, _, reply in self._mailbox:
             if reply is not None:
@@ -489,7 +467,7 @@ class SandboxActor:
         """Answer a caller: at once without a store, else once the step is on disk."""
         if reply is None:
             return
-        if self._controller.store is None:
+        if self._context.write is None:
             if error is not None:
                 reply.fail(error)
             else:
@@ -524,7 +502,7 @@ class SandboxActor:
                 if reply is not None:
                     self._answer(reply, None)
             case Effect.TERMINATE:
-                grace = self._controller.stop_timeout if arg is None else float(arg)
+                grace = self._context.stop_timeout if arg is None else float(arg)
                 self.phase = next_phase
                 self._dirty = True
                 self._park_stop(reply)
@@ -575,7 +553,7 @@ class SandboxActor:
         assert transition.effect is Effect.SPAWN
         try:
             process = await self._backend.start(
-                self.spec, self._controller.process_nursery, self._on_exit
+                self.spec, self._context.process_nursery, self._on_exit
             )
         except RPCError as err:
             log.warning("sandbox %s: start failed: %s", self.sandbox_id, err.message)
@@ -597,7 +575,7 @@ class SandboxActor:
         self.phase = transition.next_phase
         self._dirty = True
         log.debug("sandbox %s: started, pid %d", self.sandbox_id, self.pid)
-        self._controller.publish(SandboxEvent(TOPIC_START, self.sandbox_id, self.started_at))
+        self._context.publish(SandboxEvent(TOPIC_START, self.sandbox_id, self.started_at))
         if reply is not None:
             self._answer(
                 reply,
@@ -643,7 +621,7 @@ class SandboxActor:
         if self.process is not None:
             self.process.cleanup()
         log.debug("sandbox %s: exited with status %d", self.sandbox_id, status)
-        self._controller.publish(
+        self._context.publish(
             SandboxEvent(TOPIC_EXIT, self.sandbox_id, self.exited_at, exit_status=status)
         )
         exit_status = self._exit()
@@ -659,7 +637,9 @@ class SandboxActor:
     def _remove(self) -> None:
         self.phase = Phase.GONE
         self._dirty = True
-        self._controller.forget(self)
+        self._context.forget(self)
+        log.debug("sandbox %s: deleted", self.sandbox_id)
+        self._context.publish(SandboxEvent(TOPIC_DELETE, self.sandbox_id, _now()))
         shutdowns, self._shutdown_parked = self._shutdown_parked, None
         for reply in shutdowns or ():
             if not reply.abandoned:

@@ -19,12 +19,9 @@ from .._errors import (
     Unavailable,
 )
 from .._models import (
-    TOPIC_CREATE,
-    TOPIC_DELETE,
     ExitStatus,
     Mount,
     Platform,
-    SandboxEvent,
     SandboxInstance,
     SandboxMetrics,
     SandboxOptions,
@@ -33,9 +30,10 @@ from .._models import (
     check_sandbox_id,
 )
 from ..backends import Backend, BwrapBackend, ProcessBackend, SimBackend
-from ._actor import Reply, SandboxActor, Waiter
+from ._actor import ActorContext, SandboxActor
 from ._events import DEFAULT_SUBSCRIBER_BUFFER, EventBus, Subscription
 from ._lifecycle import Input, Phase, decide
+from ._reply import Reply, Waiter
 from ._store import SandboxStore
 
 log = logging.getLogger("sandboxd.runtime")
@@ -88,6 +86,8 @@ class Controller:
             b.name: b for b in (default_backends() if backends is None else backends)
         }
         self.default_sandboxer = default_sandboxer
+        #: Seconds between SIGTERM and SIGKILL for a Stop that gives no timeout (read when
+        #: :meth:`run` starts).
         self.stop_timeout = stop_timeout
         self.max_sandboxes = max_sandboxes
         self._subscriber_buffer = subscriber_buffer
@@ -95,8 +95,9 @@ class Controller:
         self.store = store
         self._actors: dict[str, SandboxActor] = {}
         self._events = EventBus()
+        # What the actors are given, and where they run; both set while running.
+        self._context: ActorContext | None = None
         self._actor_nursery: trio.Nursery | None = None
-        self._process_nursery: trio.Nursery | None = None
         self._closed = False
 
     # -- running -----------------------------------------------------------------------------
@@ -107,21 +108,28 @@ class Controller:
             raise RuntimeError("this Controller is already running")
         try:
             async with trio.open_nursery() as processes, trio.open_nursery() as actors:
-                self._process_nursery = processes
+                store = self.store
+                self._context = ActorContext(
+                    write=None if store is None else store.write,
+                    stop_timeout=self.stop_timeout,
+                    process_nursery=processes,
+                    publish=self._events.publish,
+                    forget=self._forget,
+                )
                 self._actor_nursery = actors
-                if self.store is not None:
-                    processes.start_soon(self.store.run, name="sandboxd: state store")
-                    await self._recover(self.store, processes, actors)
+                if store is not None:
+                    processes.start_soon(store.run, name="sandboxd: state store")
+                    await self._recover(store, self._context, actors)
                 task_status.started(self)
                 await trio.sleep_forever()
         finally:
             self._closed = True
+            self._context = None
             self._actor_nursery = None
-            self._process_nursery = None
             self._events.close()
 
     async def _recover(
-        self, store: SandboxStore, processes: trio.Nursery, actors: trio.Nursery
+        self, store: SandboxStore, context: ActorContext, actors: trio.Nursery
     ) -> None:
         """Take up every sandbox the store remembers (see :meth:`SandboxActor.restore`)."""
         records = await trio.to_thread.run_sync(store.load)
@@ -135,8 +143,8 @@ class Controller:
                     spec.sandboxer,
                 )
                 continue
-            actor = SandboxActor(spec, backend, self)
-            if actor.restore(record, processes):
+            actor = SandboxActor(spec, backend, context)
+            if actor.restore(record):
                 self._actors[spec.sandbox_id] = actor
                 actors.start_soon(actor.run, name=f"sandbox {spec.sandbox_id}")
             else:
@@ -145,28 +153,16 @@ class Controller:
             log.info("recovered %d sandboxes from %s", len(self._actors), store.path)
 
     @property
-    def process_nursery(self) -> trio.Nursery:
-        """Where backends run the tasks that watch sandbox processes."""
-        if self._process_nursery is None:
-            raise Unavailable("the controller is not running")
-        return self._process_nursery
-
-    @property
     def sandboxers(self) -> Mapping[str, Backend]:
         return dict(self._backends)
 
     def __len__(self) -> int:
         return len(self._actors)
 
-    def publish(self, event: SandboxEvent) -> None:
-        self._events.publish(event)
-
-    def forget(self, actor: SandboxActor) -> None:
-        """Called by an actor once its sandbox is gone."""
+    def _forget(self, actor: SandboxActor) -> None:
+        # An actor's sandbox is gone: its id is free.
         if self._actors.get(actor.sandbox_id) is actor:
             del self._actors[actor.sandbox_id]
-        log.debug("sandbox %s: deleted", actor.sandbox_id)
-        self._events.publish(SandboxEvent(TOPIC_DELETE, actor.sandbox_id, datetime.now(UTC)))
 
     def drain(self) -> None:
         """Get ready for the runtime to go away: end every event subscription and answer
@@ -216,7 +212,7 @@ class Controller:
         actor = self._admit(
             sandbox_id, sandboxer, options, rootfs, netns_path, annotations, labels
         )
-        self._launch(actor)
+        self._launch(actor, None)
         return sandbox_id
 
     def _admit(
@@ -234,7 +230,8 @@ class Controller:
         existing = self._actors.get(sandbox_id)
         if existing is not None:
             decide(sandbox_id, existing.phase, Input.CREATE)  # raises ALREADY_EXISTS
-        if self._actor_nursery is None:
+        context = self._context
+        if context is None:
             raise Unavailable("the controller is not running")
         name = self.default_sandboxer if sandboxer is None else sandboxer
         backend = self._backends.get(name)
@@ -256,15 +253,20 @@ class Controller:
             labels=labels or {},
         )
         backend.validate(spec)
-        actor = SandboxActor(spec, backend, self)
+        actor = SandboxActor(spec, backend, context)
         self._actors[sandbox_id] = actor
         return actor
 
-    def _launch(self, actor: SandboxActor) -> None:
-        assert self._actor_nursery is not None
-        self._actor_nursery.start_soon(actor.run, name=f"sandbox {actor.sandbox_id}")
-        log.debug("sandbox %s: created (%s)", actor.sandbox_id, actor.spec.sandboxer)
-        self._events.publish(SandboxEvent(TOPIC_CREATE, actor.sandbox_id, actor.created_at))
+    def _launch(self, actor: SandboxActor, reply: Reply | None) -> None:
+        """Have a new actor carry out its Create (answered through ``reply``); it is run
+        once the sandbox is recorded."""
+
+        def launch() -> None:
+            if self._actor_nursery is None:
+                raise Unavailable("the controller is closed")
+            self._actor_nursery.start_soon(actor.run, name=f"sandbox {actor.sandbox_id}")
+
+        actor.create(reply, launch)
 
     def request_create(
         self,
@@ -286,23 +288,7 @@ class Controller:
         actor = self._admit(
             sandbox_id, sandboxer, options, rootfs, netns_path, annotations, labels
         )
-        store = self.store
-        if store is None:
-            self._launch(actor)
-            reply.ok(sandbox_id)
-            return
-
-        def written(error: Exception | None) -> None:
-            if error is None and self._actor_nursery is not None:
-                self._launch(actor)
-                reply.ok(sandbox_id)
-                return
-            if self._actors.get(sandbox_id) is actor:
-                del self._actors[sandbox_id]
-            actor.refuse_mailbox(NotFound(f"sandbox {sandbox_id!r} not found"))
-            reply.fail(error if error is not None else Unavailable("the controller is closed"))
-
-        store.write(sandbox_id, actor.encoded_record(), written)
+        self._launch(actor, reply)
 
     async def create(
         self,

@@ -86,10 +86,6 @@ class SandboxRecord:
     kill_at: float | None = None
 
 
-def _time(value: datetime | None) -> float | None:
-    return None if value is None else value.timestamp()
-
-
 def _from_time(value: float | None) -> datetime | None:
     return None if value is None else datetime.fromtimestamp(value, UTC)
 
@@ -128,42 +124,24 @@ def encode_spec(spec: SandboxSpec) -> str:
 
 def encode_record(record: SandboxRecord, spec_json: str | None = None) -> str:
     """The record as the JSON object the database keeps; ``spec_json`` is
-    :func:`encode_spec` of its spec, when the caller has it already."""
-    return record_json(
-        encode_spec(record.spec) if spec_json is None else spec_json,
-        record.phase,
-        record.created_at.timestamp(),
-        record.pid,
-        json.dumps(dict(record.identity)),
-        _time(record.started_at),
-        _time(record.exited_at),
-        record.exit_status,
-        record.exit_known,
-        record.kill_at,
-    )
+    :func:`encode_spec` of its spec, when the caller has it already (an actor encodes its
+    spec once).
 
-
-def record_json(
-    spec_json: str,
-    phase: str,
-    created_at: float,
-    pid: int,
-    identity_json: str,
-    started_at: float | None,
-    exited_at: float | None,
-    exit_status: int | None,
-    exit_known: bool,
-    kill_at: float | None,
-) -> str:
-    """A record's JSON from its parts: written out directly, as this is done at every step
-    of every sandbox and ``json.dumps`` of a dict costs several times more.  Every part is
-    a number, ``None``, a bool, JSON already, or a phase name (plain lowercase words)."""
+    Written out directly, as this is done at every step of every sandbox and ``json.dumps``
+    of a dict costs several times more: every part is a number, ``None``, a bool, JSON
+    already, or a phase name (plain lowercase words)."""
+    identity = record.identity
+    started_at = record.started_at
+    exited_at = record.exited_at
     return (
-        f'{{"spec": {spec_json}, "phase": "{phase}", "created_at": {created_at!r}, '
-        f'"pid": {pid:d}, "identity": {identity_json}, '
-        f'"started_at": {_number(started_at)}, "exited_at": {_number(exited_at)}, '
-        f'"exit_status": {_number(exit_status)}, '
-        f'"exit_known": {"true" if exit_known else "false"}, "kill_at": {_number(kill_at)}}}'
+        f'{{"spec": {encode_spec(record.spec) if spec_json is None else spec_json}, '
+        f'"phase": "{record.phase}", "created_at": {record.created_at.timestamp()!r}, '
+        f'"pid": {record.pid:d}, "identity": {json.dumps(dict(identity)) if identity else "{}"}, '
+        f'"started_at": {"null" if started_at is None else repr(started_at.timestamp())}, '
+        f'"exited_at": {"null" if exited_at is None else repr(exited_at.timestamp())}, '
+        f'"exit_status": {_number(record.exit_status)}, '
+        f'"exit_known": {"true" if record.exit_known else "false"}, '
+        f'"kill_at": {_number(record.kill_at)}}}'
     )
 
 
