@@ -7,14 +7,14 @@
 The run, in order (bench/README.md says what each figure means):
 
 1. Rounds (3, ``--quick`` 1), each: every server in turn (:func:`servers.serving`), measured
-   by ``python -m bench.measure server`` (gRPC: ``grpc=true``) on each of its calls; then the
-   clients section on a sandboxd of its own (``measure client``, one process per client and
-   call); then the throughput section (``measure throughput``) on the floor and on sandboxd.
-   Each figure shown is the median over the rounds; every round is kept in the JSON.
+   by ``python -m bench.measure server`` on each of its calls; then the clients section on a
+   sandboxd of its own (``measure client``, one process per client and call); then the
+   throughput section (``measure throughput``) on the floor and on sandboxd.  Each figure
+   shown is the median over the rounds; every round is kept in the JSON.
 2. The lifecycle section on one sandboxd (``measure lifecycle``; with ``--py-spy``, the sim
    x64 point again under py-spy), then ``measure embedded``.
 3. The scaling section on one sandboxd (``measure scaling``).
-4. The report (:mod:`bench.report`): tables, targets, JSON, markdown, plots.
+4. The report (:func:`bench.report.publish`): tables, targets, JSON, markdown, plots.
 
 Exit status 1 when any measurement failed.
 """
@@ -48,45 +48,23 @@ from .calls import (
     CLIENT_THREADS,
 )
 from .client import Connection, peer_pid
-from .profile import summarize as summarize_profile
-from .report import (
-    FLOOR,
-    GRPC,
-    LIFECYCLE_POINTS,
-    PROFILED_POINT,
-    STATUS,
-    THROUGHPUT_POINTS,
-    UNDER_TEST,
-)
+from .report import FLOOR, GRPC, LIFECYCLE_POINTS, PROFILED_POINT, STATUS, UNDER_TEST, medians
 from .servers import REPO, SANDBOXD, Served, ServerFailed, measure, serving
 
 DEFAULT_JSON: Final = REPO / "bench" / "results" / "latest.json"
 CLIENTS, THROUGHPUT, LIFECYCLE, SCALING = "clients", "throughput", "lifecycle", "scaling"
 SECTIONS: Final = (THROUGHPUT, LIFECYCLE, SCALING)
-
-
-@dataclass(frozen=True)
-class Server:
-    """A server under test (measured by ``bench.measure server``) and its command."""
-
-    name: str
-    command: str
-    requires: str | None = None  # a module that must be importable, else skipped: gRPC
-
-
-SERVERS: Final = (
-    Server(FLOOR, "{python} -m bench.floor --socket {socket} --ready-fd {ready_fd}"),
-    Server(UNDER_TEST, SANDBOXD),
-    Server(
-        GRPC,
-        "{python} -m bench.grpc_baseline --socket {socket} --ready-fd {ready_fd}",
-        "grpc",
-    ),
-)
+SERVERS: Final = {
+    FLOOR: "{python} -m bench.floor --socket {socket} --ready-fd {ready_fd}",
+    UNDER_TEST: SANDBOXD,
+    GRPC: "{python} -m bench.grpc_baseline --socket {socket} --ready-fd {ready_fd}",
+}
 
 
 @dataclass(frozen=True)
 class Settings:
+    """The server table's and the clients section's counts and windows."""
+
     seq: int
     seq_warmup: int
     inflight: int
@@ -94,13 +72,11 @@ class Settings:
     duration: float
     repeat: int
 
-    def client_options(self) -> dict[str, Any]:
-        """What ``bench.measure server`` (and ``grpc``) take."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k != "repeat"}
-
 
 @dataclass(frozen=True)
 class LoadSettings:
+    """The load sections' windows and counts."""
+
     throughput_warmup: float
     throughput_duration: float
     lifecycle_warmup: float
@@ -121,76 +97,86 @@ def progress(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def checked(figures: dict[str, Any]) -> dict[str, Any]:
-    """``figures``, unless the measurement failed: then :class:`ServerFailed`."""
-    if "error" in figures:
-        raise ServerFailed(f"client failed: {figures['error']}")
-    return figures
+@dataclass(frozen=True)
+class Job:
+    """A server started once per round and the measuring processes run against it.
+
+    ``runs`` maps a key to a measuring process (kind and options); a round's result is the
+    server's (command, ready_s, exit_status) with each process's figures under ``field``.
+    With ``strict``, one that fails voids the round and the server is measured no further;
+    otherwise its figures are kept with their ``error``.
+    """
+
+    name: str
+    command: str
+    runs: dict[str, tuple[str, dict[str, Any]]]
+    field: str = "calls"
+    strict: bool = True
+
+    def run(self) -> dict[str, Any]:
+        figures: dict[str, Any] = {}
+        with serving(self.name, self.command) as served:
+            for key, (kind, options) in self.runs.items():
+                figures[key] = found = measure(kind, served, f"{self.name} {key}", **options)
+                if self.strict and "error" in found:
+                    raise ServerFailed(f"client failed: {found['error']}")
+        return served.result | {self.field: figures}
 
 
-def attempt(what: str, errors: dict[str, str], run: Callable[..., Any], *args: Any) -> Any:
-    """``run(*args)``, or None with the failure in ``errors[what]`` (and on stderr)."""
+def attempt(name: str, errors: dict[str, str], run: Callable[[], Any]) -> Any:
+    """``run()``, or None with the failure in ``errors[name]`` (and on stderr)."""
     try:
-        return run(*args)
+        return run()
     except ServerFailed as exc:
         progress(f"FAILED: {exc}")
-        errors[what] = str(exc)
+        errors[name] = str(exc)
         return None
 
 
-# --- one round of each kind -----------------------------------------------------------------
+# --- the jobs of a round --------------------------------------------------------------------
 
 
-def measure_server(server: Server, command: str, calls: list[str], s: Settings) -> dict[str, Any]:
-    """Start ``server``, measure each of ``calls``, stop it."""
-    options = s.client_options() | ({"grpc": True} if server.name == GRPC else {})
-    with serving(server.name, command) as served:
-        served.result["calls"] = {
-            call: checked(measure("server", served, f"{server.name} {call}", call=call, **options))
-            for call in calls
-        }
-    return served.result
+def server_job(name: str, command: str, calls: list[str], s: Settings) -> Job:
+    options = dataclasses.asdict(s)
+    del options["repeat"]
+    options |= {"grpc": True} if name == GRPC else {}
+    return Job(name, command, {call: ("server", options | {"call": call}) for call in calls})
 
 
-def measure_clients(command: str, calls: list[str], s: Settings, threads: int) -> dict[str, Any]:
+def clients_job(command: str, calls: list[str], s: Settings, threads: int) -> Job:
     """Every client on every call (sequential), then the threaded ones; failures kept."""
-    seq: dict[str, object] = {"seq": s.seq, "seq_warmup": s.seq_warmup}
-    window: dict[str, object] = {"warmup": s.warmup, "duration": s.duration}
-    jobs = [(kind, call, {"client": kind} | seq) for call in calls for kind in CLIENT_KINDS]
-    jobs += [
-        (kind, call, {"client": "sync-threads", "threads": n} | window)
+    seq = {"seq": s.seq, "seq_warmup": s.seq_warmup}
+    window = {"warmup": s.warmup, "duration": s.duration}
+    runs: dict[str, tuple[str, dict[str, Any]]] = {
+        f"{kind} {call}": ("client", {"client": kind, "call": call} | seq)
+        for call in calls
+        for kind in CLIENT_KINDS
+    }
+    runs |= {
+        f"{kind} {call}": (
+            "client",
+            {"client": "sync-threads", "call": call, "threads": n} | window,
+        )
         for call in calls
         if call in CLIENT_THREAD_CALLS
         for kind, n in report.threaded_kinds(threads).items()
-    ]
-    with serving(CLIENTS, command) as served:
-        served.result["measurements"] = {
-            f"{kind} {call}": measure("client", served, f"{CLIENTS} {kind} {call}", call=call, **o)
-            for kind, call, o in jobs
-        }
-    return served.result
+    }
+    return Job(CLIENTS, command, runs, field="measurements", strict=False)
 
 
-def measure_throughput(name: str, command: str, s: LoadSettings) -> dict[str, Any]:
-    call = BASELINE_CALL if name == FLOOR else STATUS
-    with serving(f"throughput-{name}", command) as served:
-        label = f"throughput {name} {call}"
-        figures = measure(
-            "throughput",
-            served,
-            label,
-            call=call,
-            points=THROUGHPUT_POINTS,
-            warmup=s.throughput_warmup,
-            duration=s.throughput_duration,
-        )
-        served.result["calls"] = {"sweep": checked(figures)}
-    return served.result
+def throughput_job(name: str, command: str, s: LoadSettings) -> Job:
+    options = {
+        "call": BASELINE_CALL if name == FLOOR else STATUS,
+        "points": report.THROUGHPUT_POINTS,
+        "warmup": s.throughput_warmup,
+        "duration": s.throughput_duration,
+    }
+    return Job(f"{THROUGHPUT}-{name}", command, {"sweep": ("throughput", options)})
 
 
-def _profiled(served: Served, s: LoadSettings, out: Path) -> dict[str, Any]:
+def profiled(served: Served, s: LoadSettings, out: Path) -> dict[str, Any]:
     """The sim x64 lifecycle point again while ``py-spy record -f raw`` samples the daemon
-    into ``out``."""
+    serving ``served`` into ``out``."""
     beside = Path(sys.executable).with_name("py-spy")
     py_spy = str(beside) if beside.exists() else shutil.which("py-spy")
     if py_spy is None:
@@ -198,9 +184,9 @@ def _profiled(served: Served, s: LoadSettings, out: Path) -> dict[str, Any]:
     out.parent.mkdir(parents=True, exist_ok=True)
     with Connection(served.path) as conn:  # the process serving the socket, not a wrapper
         pid = peer_pid(conn.socket)
-    spy_argv = [py_spy, "record", "-o", str(out), "-f", "raw", "--pid", str(pid)]
+    argv = [py_spy, "record", "-o", str(out), "-f", "raw", "--pid", str(pid)]
     spy = subprocess.Popen(
-        spy_argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
     try:
         time.sleep(0.5)  # py-spy attaches
@@ -208,14 +194,8 @@ def _profiled(served: Served, s: LoadSettings, out: Path) -> dict[str, Any]:
             error = spy.stderr.read().decode(errors="replace").strip() if spy.stderr else ""
             return {"error": f"py-spy exited with status {spy.returncode}: {error}"}
         label = f"lifecycle {PROFILED_POINT} under py-spy"
-        figures = measure(
-            "lifecycle",
-            served,
-            label,
-            points=[PROFILED_POINT],
-            warmup=0.2,
-            duration=s.profile_duration,
-        )
+        options = {"points": [PROFILED_POINT], "warmup": 0.2, "duration": s.profile_duration}
+        figures = measure("lifecycle", served, label, **options)
     finally:
         if spy.poll() is None:
             spy.send_signal(signal.SIGINT)
@@ -224,94 +204,97 @@ def _profiled(served: Served, s: LoadSettings, out: Path) -> dict[str, Any]:
         except subprocess.TimeoutExpired:
             spy.kill()
             spy.wait()
-    result = {"raw": str(out), "command": shlex.join(spy_argv), "exit_status": spy.returncode}
+    result = {"raw": str(out), "command": shlex.join(argv), "exit_status": spy.returncode}
     result["point"] = (figures.get("points") or [{}])[0]
     if "error" in figures or not out.exists():
         result["error"] = figures.get("error", "py-spy wrote no profile")
     return result
 
 
-def measure_lifecycles(command: str, s: LoadSettings, profile: Path | None) -> dict[str, Any]:
-    """Every lifecycle point in one client process on one daemon; with ``profile``, the sim
-    x64 point again under py-spy; then the embedded Controller's points."""
+def lifecycles(command: str, s: LoadSettings, profile: Path | None) -> dict[str, Any]:
+    """Every lifecycle point in one client process on one daemon (with ``profile``, the sim
+    x64 point again under py-spy); then the embedded Controller's points."""
+    window = {"warmup": s.lifecycle_warmup, "duration": s.lifecycle_duration}
     with serving("lifecycles", command) as served:
-        figures = measure(
-            "lifecycle",
-            served,
-            "lifecycles",
-            points=LIFECYCLE_POINTS,
-            warmup=s.lifecycle_warmup,
-            duration=s.lifecycle_duration,
-        )
-        result = served.result
-        result["client"] = figures["client"]
-        measured = {f"{p['sandboxer']}:{p['concurrency']}": p for p in figures.get("points", [])}
-        result["points"] = {
-            f"{b}:{n}": measured.get(f"{b}:{n}", {"error": figures.get("error", "not measured")})
-            for b, n in LIFECYCLE_POINTS
+        figures = measure("lifecycle", served, "lifecycles", points=LIFECYCLE_POINTS, **window)
+        by_point = {f"{p['sandboxer']}:{p['concurrency']}": p for p in figures.get("points", [])}
+        error = {"error": figures.get("error", "not measured")}
+        served.result["client"] = figures["client"]
+        served.result["points"] = {
+            f"{b}:{n}": by_point.get(f"{b}:{n}", error) for b, n in LIFECYCLE_POINTS
         }
         if profile is not None:
-            result["profile"] = _profiled(served, s, profile)
+            served.result["profile"] = profiled(served, s, profile)
     label = "lifecycles: embedded Controller (no socket)"
-    result["embedded"] = measure(
-        "embedded",
-        None,
-        label,
-        points=[1, 64],
-        warmup=s.lifecycle_warmup,
-        duration=s.lifecycle_duration,
-    )
-    del result["embedded"]["client"]
-    return result
+    embedded = measure("embedded", None, label, points=[1, 64], **window)
+    del embedded["client"]
+    return served.result | {"embedded": embedded}
 
 
-def measure_scaling(command: str, s: LoadSettings) -> dict[str, Any]:
-    with serving("scaling", command) as served:
-        label = f"scaling {STATUS} with {s.counts} idle sandboxes"
-        served.result |= checked(
-            measure(
-                "scaling",
-                served,
-                label,
-                counts=s.counts,
-                seq=s.scaling_seq,
-                seq_warmup=s.scaling_seq_warmup,
-            )
-        )
-    return served.result
+def scaling(command: str, s: LoadSettings) -> dict[str, Any]:
+    options = {"counts": s.counts, "seq": s.scaling_seq, "seq_warmup": s.scaling_seq_warmup}
+    result = Job(SCALING, command, {"figures": ("scaling", options)}).run()
+    figures: dict[str, Any] = result.pop("calls")["figures"]
+    return result | figures
 
 
 # --- medians over the rounds ----------------------------------------------------------------
 
 
-def medians(rounds: Sequence[dict[str, Any]]) -> dict[str, float]:
-    """Per numeric figure of the first round, the median over ``rounds``."""
-    return {
-        key: report.median([r[key] for r in rounds])
-        for key, value in rounds[0].items()
-        if isinstance(value, int | float)
-    }
-
-
-def summarize_server(runs: list[dict[str, Any]], calls: Sequence[str]) -> dict[str, Any]:
-    summary = {
-        call: {
-            part: medians([run["calls"][call][part] for run in runs])
-            for part, value in runs[0]["calls"][call].items()
-            if isinstance(value, dict)  # "seq", "pipelined" (and gRPC's "seq_aio")
+def summarize(
+    args: argparse.Namespace,
+    plan: dict[str, list[str]],
+    runs: dict[str, Any],
+    errors: dict[str, str],
+) -> dict[str, Any]:
+    """The JSON's ``results`` (the server table), ``clients`` and ``throughput``: every round,
+    and the median over the rounds of each figure."""
+    results = {
+        name: {"error": errors[name], "runs": runs[name]}
+        if name in errors
+        else {
+            "rounds": len(runs[name]),
+            "calls": medians([run["calls"] for run in runs[name]]),
+            "runs": runs[name],
         }
-        for call in calls
+        for name in plan
     }
-    return {"rounds": len(runs), "calls": summary, "runs": runs}
+    clients: dict[str, Any] = {}
+    if args.clients:
+        clients = {"calls": args.clients, "threads": args.threads, "rounds": len(runs[CLIENTS])}
+        if CLIENTS in errors:
+            clients["error"] = errors[CLIENTS]
+        if runs[CLIENTS]:
+            clients["summary"] = summarize_clients(runs[CLIENTS], args.clients, args.threads)
+        clients["runs"] = runs[CLIENTS]
+    throughput: dict[str, Any] = {}
+    if THROUGHPUT in args.sections:
+        sweeps = {name: runs[f"{THROUGHPUT}-{name}"] for name in (FLOOR, UNDER_TEST)}
+        failed = {n: errors[k] for n in sweeps if (k := f"{THROUGHPUT}-{n}") in errors}
+        by_point = {
+            name: [
+                {f"{p['connections']}x{p['inflight']}": p for p in run["calls"]["sweep"]["points"]}
+                for run in rounds
+            ]
+            for name, rounds in sweeps.items()
+        }
+        throughput = {
+            "points": [f"{c}x{k}" for c, k in report.THROUGHPUT_POINTS],
+            "calls": {FLOOR: BASELINE_CALL, UNDER_TEST: STATUS},
+            "rounds": {name: len(rounds) for name, rounds in sweeps.items()},
+            "summary": {name: medians(points) for name, points in by_point.items() if points},
+            "runs": sweeps,
+            **({"errors": failed} if failed else {}),
+        }
+    return {"results": results, "clients": clients, "throughput": throughput}
 
 
 def summarize_clients(
     runs: list[dict[str, Any]], calls: Sequence[str], threads: int
 ) -> dict[str, Any]:
     """Per call and client, the median of each figure over the rounds, or the first error."""
-    parts = dict.fromkeys(CLIENT_KINDS, "seq") | dict.fromkeys(
-        report.threaded_kinds(threads), "threads"
-    )
+    parts = dict.fromkeys(CLIENT_KINDS, "seq")
+    parts |= dict.fromkeys(report.threaded_kinds(threads), "threads")
     summary: dict[str, Any] = {}
     for call in calls:
         summary[call] = {}
@@ -326,35 +309,48 @@ def summarize_clients(
     return summary
 
 
-def summarize_throughput(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    """Per server and point ``CxK``, the median over the rounds of each figure."""
-    return {
-        name: {
-            f"{c}x{k}": medians(
-                [
-                    p
-                    for run in rounds
-                    for p in run["calls"]["sweep"]["points"]
-                    if (p["connections"], p["inflight"]) == (c, k)
-                ]
-            )
-            for c, k in THROUGHPUT_POINTS
-        }
-        for name, rounds in runs.items()
-        if rounds
-    }
+def failed(out: dict[str, Any]) -> bool:
+    """Whether any measurement failed: a job or section, a client, a lifecycle point, py-spy."""
+    per_client = [f for call in out["clients"].get("summary", {}).values() for f in call.values()]
+    lifecycle = out["lifecycles"]
+    points = lifecycle.get("points", {})
+    return (
+        bool(out["errors"])
+        or any("error" in f for f in per_client)
+        or (bool(lifecycle) and len(points) < len(LIFECYCLE_POINTS))
+        or any("error" in p for p in points.values())
+        or "error" in lifecycle.get("profile", {})
+        or "error" in lifecycle.get("embedded", {})
+    )
 
 
 # --- main -----------------------------------------------------------------------------------
 
 
-def _names(
-    parser: argparse.ArgumentParser, text: str, known: Sequence[str], what: str
-) -> list[str]:
-    names = [n for n in text.split(",") if n]
-    if unknown := set(names) - set(known):
-        parser.error(f"unknown {what}: {', '.join(sorted(unknown))}")
-    return names
+def names(known: Sequence[str]) -> Callable[[str], list[str]]:
+    """An option's type: comma-separated names among ``known``."""
+
+    def parse(text: str) -> list[str]:
+        found = [n for n in text.split(",") if n]
+        if unknown := set(found) - set(known):
+            raise argparse.ArgumentTypeError(f"unknown: {', '.join(sorted(unknown))}")
+        return found
+
+    return parse
+
+
+def counts(text: str) -> tuple[int, ...]:
+    with contextlib.suppress(ValueError):
+        found = tuple(int(c) for c in text.split(",") if c.strip())
+        if found and min(found) >= 0 and list(found) == sorted(found):
+            return found
+    raise argparse.ArgumentTypeError("non-negative numbers in increasing order")
+
+
+def positive(text: str) -> int:
+    if (value := int(text)) < 1:
+        raise argparse.ArgumentTypeError("must be positive")
+    return value
 
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -364,60 +360,24 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     add = parser.add_argument
     add("--quick", action="store_true", help="smoke run: small counts")
     add("--json", type=Path, default=DEFAULT_JSON, help=f"write results here ({DEFAULT_JSON})")
-    add(
-        "--servers",
-        default=",".join(s.name for s in SERVERS),
-        help="comma-separated servers to measure",
-    )
-    add(
-        "--sandboxd-cmd",
-        help=f"the command that starts sandboxd ({SANDBOXD!r}; {{ready_fd}} optional)",
-    )
-    add("--calls", default=",".join(CALLS), help="comma-separated calls measured on sandboxd")
-    add("--seq", type=int, help="sequential round trips per call (3000; --quick 300)")
-    add("--inflight", type=int, help="requests kept in flight (64)")
+    add("--servers", type=names(list(SERVERS)), default=",".join(SERVERS), help="servers measured")
+    add("--sandboxd-cmd", help=f"the command that starts sandboxd ({SANDBOXD!r})")
+    add("--calls", type=names(list(CALLS)), default=",".join(CALLS), help="calls on sandboxd")
+    add("--seq", type=positive, help="sequential round trips per call (3000; --quick 300)")
+    add("--inflight", type=positive, help="requests kept in flight (64)")
     add("--duration", type=float, help="seconds of each in-flight window (2; --quick 0.3)")
-    add("--repeat", type=int, help="rounds over all servers; each figure is the median")
+    add("--repeat", type=positive, help="rounds over all servers; each figure is the median")
     add(
         "--clients",
+        type=names(list(CALLS)),
         default=",".join(CLIENT_CALLS),
         help="calls measured through every client ('' skips the section)",
     )
-    add(
-        "--threads",
-        type=int,
-        default=CLIENT_THREADS,
-        help=f"threads sharing one SyncController ({CLIENT_THREADS})",
-    )
-    add(
-        "--sections",
-        default=",".join(SECTIONS),
-        help="comma-separated load sections ('' runs none)",
-    )
-    add(
-        "--counts",
-        help="idle sandbox counts, scaling section (0,1000,10000,50000; --quick 0,1000,5000)",
-    )
-    add(
-        "--py-spy",
-        type=Path,
-        metavar="FILE",
-        help="profile the daemon during the lifecycle section's sim x64 point again",
-    )
+    add("--threads", type=positive, default=CLIENT_THREADS, help="threads sharing one client")
+    add("--sections", type=names(SECTIONS), default=",".join(SECTIONS), help="load sections")
+    add("--counts", type=counts, help="idle sandbox counts of the scaling section")
+    add("--py-spy", type=Path, metavar="FILE", help="profile the daemon under sim x64")
     args = parser.parse_args(argv)
-    args.server_names = _names(parser, args.servers, [s.name for s in SERVERS], "server(s)")
-    args.call_names = _names(parser, args.calls, list(CALLS), "call(s)")
-    args.client_calls = _names(parser, args.clients, list(CALLS), "call(s) in --clients")
-    args.section_names = _names(parser, args.sections, SECTIONS, "section(s)")
-    if args.counts is not None:
-        try:
-            args.counts = tuple(int(c) for c in args.counts.split(",") if c.strip())
-        except ValueError:
-            args.counts = ()
-        if not args.counts or min(args.counts) < 0 or list(args.counts) != sorted(args.counts):
-            parser.error("--counts: non-negative numbers in increasing order")
-    if args.threads < 1:
-        parser.error("--threads must be positive")
     if args.sandboxd_cmd and "{state_dir}" not in args.sandboxd_cmd:
         progress(
             "warning: --sandboxd-cmd has no {state_dir}: the daemons keep their records in their "
@@ -437,168 +397,44 @@ def main(argv: Sequence[str] | None = None) -> int:
         duration=args.duration or base.duration,
         repeat=args.repeat or base.repeat,
     )
-    load_settings = QUICK_LOAD if args.quick else FULL_LOAD
-    if args.counts:
-        load_settings = dataclasses.replace(load_settings, counts=args.counts)
-    servers = []
-    for server in SERVERS:
-        if server.name not in args.server_names:
-            continue
-        if server.requires and importlib.util.find_spec(server.requires) is None:
-            progress(f"{server.requires}io not installed: skipped")
-            continue
-        servers.append(server)
-    plan = {s.name: args.call_names if s.name == UNDER_TEST else [BASELINE_CALL] for s in servers}
-    sandboxd = args.sandboxd_cmd or SANDBOXD
-    commands = {s.name: sandboxd if s.name == UNDER_TEST else s.command for s in SERVERS}
+    load = QUICK_LOAD if args.quick else FULL_LOAD
+    load = dataclasses.replace(load, counts=args.counts or load.counts)
+    servers = [name for name in SERVERS if name in args.servers]
+    if GRPC in servers and importlib.util.find_spec("grpc") is None:
+        progress("grpcio not installed: skipped")
+        servers.remove(GRPC)
+    plan = {name: args.calls if name == UNDER_TEST else [BASELINE_CALL] for name in servers}
+    commands = SERVERS | ({UNDER_TEST: args.sandboxd_cmd} if args.sandboxd_cmd else {})
+    sandboxd = commands[UNDER_TEST]
     load_before = os.getloadavg()
     progress("load average before starting: " + ", ".join(f"{x:.2f}" for x in load_before))
     if load_before[0] > 0.5:
-        progress(
-            f"warning: load average {load_before[0]:.2f} before starting: figures will be noisy"
-        )
+        progress(f"warning: load average {load_before[0]:.2f} before starting: noisy figures")
 
     # Rounds interleave the servers, so a slow stretch of the machine hits all of them.
-    runs: dict[str, list[dict[str, Any]]] = {s.name: [] for s in servers}
-    client_runs: list[dict[str, Any]] = []
-    sweep_runs: dict[str, list[dict[str, Any]]] = {FLOOR: [], UNDER_TEST: []}
-    errors: dict[str, str] = {}  # a server or the clients section: measured no further
-    section_errors: dict[str, str] = {}
+    jobs = [server_job(name, commands[name], plan[name], settings) for name in servers]
+    if args.clients:
+        jobs.append(clients_job(sandboxd, args.clients, settings, args.threads))
+    if THROUGHPUT in args.sections:
+        jobs += [throughput_job(name, commands[name], load) for name in (FLOOR, UNDER_TEST)]
+    runs: dict[str, list[dict[str, Any]]] = {job.name: [] for job in jobs}
+    errors: dict[str, str] = {}  # a job or a section: measured no further
     for n in range(1, settings.repeat + 1):
-        of = f"(round {n}/{settings.repeat})"
-        for server in servers:
-            if server.name not in errors:
-                progress(f"{server.name}: starting {of}")
-                got = attempt(
-                    server.name,
-                    errors,
-                    measure_server,
-                    server,
-                    commands[server.name],
-                    plan[server.name],
-                    settings,
-                )
-                runs[server.name] += [got] if got else []
-        if args.client_calls and CLIENTS not in errors:
-            progress(f"{CLIENTS}: starting sandboxd {of}")
-            got = attempt(
-                CLIENTS,
-                errors,
-                measure_clients,
-                sandboxd,
-                args.client_calls,
-                settings,
-                args.threads,
-            )
-            client_runs += [got] if got else []
-        if THROUGHPUT in args.section_names:
-            for name in sweep_runs:
-                if name not in section_errors:
-                    progress(f"{THROUGHPUT}: starting {name} {of}")
-                    got = attempt(
-                        name,
-                        section_errors,
-                        measure_throughput,
-                        name,
-                        commands[name],
-                        load_settings,
-                    )
-                    sweep_runs[name] += [got] if got else []
-    lifecycles: dict[str, Any] = {}
-    if LIFECYCLE in args.section_names:
+        for job in (job for job in jobs if job.name not in errors):
+            progress(f"{job.name}: starting (round {n}/{settings.repeat})")
+            if got := attempt(job.name, errors, job.run):
+                runs[job.name].append(got)
+    lifecycle: dict[str, Any] = {}
+    if LIFECYCLE in args.sections:
         progress(f"{LIFECYCLE}: starting sandboxd")
-        lifecycles = (
-            attempt(
-                LIFECYCLE, section_errors, measure_lifecycles, sandboxd, load_settings, args.py_spy
-            )
-            or {}
-        )
-    scaling: dict[str, Any] = {}
-    if SCALING in args.section_names:
+        run = lambda: lifecycles(sandboxd, load, args.py_spy)  # noqa: E731
+        lifecycle = attempt(LIFECYCLE, errors, run) or {"error": errors[LIFECYCLE]}
+    scaled: dict[str, Any] = {}
+    if SCALING in args.sections:
         progress(f"{SCALING}: starting sandboxd")
-        scaling = attempt(SCALING, section_errors, measure_scaling, sandboxd, load_settings) or {}
+        run = lambda: scaling(sandboxd, load)  # noqa: E731
+        scaled = attempt(SCALING, errors, run) or {"error": errors[SCALING]}
 
-    # --- the report ---
-    failed = bool(errors or section_errors)
-    tables: list[tuple[str, str]] = []
-
-    def show(title: str, table: str) -> None:
-        print(("\n" if tables else "") + table)
-        tables.append((title, table))
-
-    results = {
-        s.name: {"error": errors[s.name], "runs": runs[s.name]}
-        if s.name in errors
-        else summarize_server(runs[s.name], plan[s.name])
-        for s in servers
-    }
-    table, ratios = report.server_table(results, plan, settings.inflight)
-    if servers:
-        show("Servers (lean client)", table)
-    clients: dict[str, Any] = {}
-    if args.client_calls:
-        clients = {"calls": args.client_calls, "threads": args.threads, "rounds": len(client_runs)}
-        if CLIENTS in errors:
-            clients["error"] = errors[CLIENTS]
-        if client_runs:
-            summary = summarize_clients(client_runs, args.client_calls, args.threads)
-            clients_table, client_ratios = report.clients_tables(
-                summary, args.client_calls, args.threads
-            )
-            failed = failed or any(
-                "error" in f for per_call in summary.values() for f in per_call.values()
-            )
-            clients.update(summary=summary, ratios=client_ratios, table=clients_table)
-            show("sandboxd's clients", clients_table)
-        else:
-            print("\nclients: FAILED (see above)")
-        clients["runs"] = client_runs
-    series = report.round_trip_series(plan.get(UNDER_TEST, []), args.client_calls)
-    round_trips = report.round_trip_table(series, results, clients)
-    show("Sequential round trips", round_trips)
-    throughput: dict[str, Any] = {}
-    if THROUGHPUT in args.section_names:
-        sweep_errors = {n: section_errors[n] for n in sweep_runs if n in section_errors}
-        throughput = {
-            "points": [f"{c}x{k}" for c, k in THROUGHPUT_POINTS],
-            "calls": {FLOOR: BASELINE_CALL, UNDER_TEST: STATUS},
-            "rounds": {name: len(r) for name, r in sweep_runs.items()},
-            "summary": summarize_throughput(sweep_runs),
-            "runs": sweep_runs,
-            **({"errors": sweep_errors} if sweep_errors else {}),
-        }
-        throughput["table"] = report.throughput_table(throughput["summary"], sweep_errors)
-        show("Throughput against concurrency", throughput["table"])
-    if LIFECYCLE in args.section_names:
-        if LIFECYCLE in section_errors:
-            lifecycles["error"] = section_errors[LIFECYCLE]
-        points = lifecycles.get("points", {})
-        failed = (
-            failed
-            or len(points) < len(LIFECYCLE_POINTS)
-            or any("error" in p for p in points.values())
-        )
-        lifecycles["table"] = report.lifecycle_table(lifecycles)
-        show("Full lifecycles", lifecycles["table"])
-        spy = lifecycles.get("profile")
-        if spy and "error" not in spy:
-            spy["summary"] = summarize_profile(Path(spy["raw"]), 15)
-            show("Daemon profile (py-spy)", report.profile_table(spy))
-        elif spy:
-            progress(f"\npy-spy: FAILED: {spy.get('error')}")
-            failed = True
-    if SCALING in args.section_names:
-        if SCALING in section_errors:
-            scaling["error"] = section_errors[SCALING]
-        scaling["table"] = report.scaling_table(scaling)
-        show("Scaling with idle sandboxes", scaling["table"])
-    found = report.targets(results, clients, throughput, lifecycles, scaling)
-    targets_md = report.targets_table(found)
-    show("Targets", targets_md)
-
-    stem = args.json.with_suffix("")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    plots = report.make_plots(stem, series, results, clients, throughput, scaling)
     out = {
         "command": shlex.join(getattr(sys, "orig_argv", [sys.executable, *sys.argv])),
         "cwd": os.getcwd(),
@@ -612,29 +448,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "elapsed_s": time.monotonic() - began,
         "quick": args.quick,
         "settings": dataclasses.asdict(settings),
-        "load_settings": dataclasses.asdict(load_settings),
-        "results": results,
-        "ratios_vs_floor": ratios,
-        "table": table,
-        "clients": clients,
-        "round_trips": round_trips,
-        "throughput": throughput,
-        "lifecycles": lifecycles,
-        "scaling": scaling,
-        "targets": [dataclasses.asdict(t) for t in found],
-        "targets_table": targets_md,
-        "errors": {**errors, **section_errors},
-        "plots": [str(path) for path in plots],
-        "markdown": str(stem.with_suffix(".md")),
+        "load_settings": dataclasses.asdict(load),
+        **summarize(args, plan, runs, errors),
+        "lifecycles": lifecycle,
+        "scaling": scaled,
+        "errors": errors,
     }
-    stem.with_suffix(".md").write_text(report.markdown(out, tables, plots))
-    args.json.write_text(report.dumps_json(out))
-    progress(f"\nresults written to {args.json} and {stem.with_suffix('.md')}")
-    for path in plots:
-        progress(f"plot: {path}")
-    if failed:
+    report.publish(out, plan, args.json)
+    if failed(out):
         progress("some measurements FAILED: exit status 1")
-    return 1 if failed else 0
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

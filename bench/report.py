@@ -1,8 +1,10 @@
-"""The report: every table, the targets, the markdown document, the JSON file and the plots.
+"""The report: medians over the rounds, every table, the targets, the markdown, JSON and plots.
 
-Nothing here measures anything: each function turns the figures the harness gathered (the
-medians over the rounds, see ``bench/__main__.py``) into a markdown table.  The plots need
-matplotlib (``pip install -e '.[bench]'``); without it the run says so and goes on.
+Nothing here measures anything.  :func:`publish` takes what the harness gathered
+(``bench/__main__.py``: every round's raw figures, and the medians of :func:`medians`), adds
+the tables, ratios and targets to it, prints the tables and writes the JSON, the markdown
+and the plots.  The plots need matplotlib (``pip install -e '.[bench]'``); without it the
+run says so and goes on.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import re
 import statistics
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -45,6 +47,27 @@ def median(values: Sequence[float]) -> float:
     return values[0] if len(set(values)) == 1 else statistics.median(values)
 
 
+def medians(rounds: Sequence[Any]) -> Any:
+    """The median over ``rounds`` of every number in them, nested dicts kept as they are
+    (keys of the first round); lists and strings are left out."""
+    first = rounds[0]
+    if isinstance(first, dict):
+        out = {k: medians([r[k] for r in rounds]) for k, v in first.items() if _has_number(v)}
+        return out
+    return median(rounds)
+
+
+def _has_number(value: Any) -> bool:
+    if isinstance(value, dict):
+        return any(_has_number(v) for v in value.values())
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def threaded_kinds(threads: int) -> dict[str, int]:
+    """The threaded measurements: 1 thread (the reference) and ``threads``, by name."""
+    return {f"sync-threads x{n}": n for n in sorted({1, threads})}
+
+
 def ratio(mine: float | None, reference: float | None) -> float | None:
     return mine / reference if mine is not None and reference else None
 
@@ -74,6 +97,11 @@ def md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
+def failed_row(*first: str, width: int) -> list[str]:
+    """A row of a measurement that failed: ``first``, FAILED, then dashes up to ``width``."""
+    return [*first, "FAILED", *["—"] * (width - len(first) - 1)]
+
+
 #: A JSON array of two numbers spread over four lines by ``indent``: ``cdf_us``'s points.
 _PAIR: Final = re.compile(r"\[\s*\n\s*(-?[0-9.eE+-]+),\s*\n\s*(-?[0-9.eE+-]+)\s*\n\s*\]")
 
@@ -83,7 +111,7 @@ def dumps_json(value: Any) -> str:
     return _PAIR.sub(r"[\1, \2]", json.dumps(value, indent=2)) + "\n"
 
 
-# --- the server table -----------------------------------------------------------------------
+# --- the tables -----------------------------------------------------------------------------
 
 SERVER_ROWS: Final = (
     ("seq p50 (us)", "seq", "p50_us", "latency"),
@@ -96,41 +124,27 @@ def server_table(
     results: dict[str, Any], plan: dict[str, list[str]], inflight: int
 ) -> tuple[str, dict[str, dict[str, float | None]]]:
     """Every server's column (sandboxd's: one per call), and sandboxd / floor per call."""
-    columns = [
-        (f"{name} {call}" if name == UNDER_TEST else name, name, call)
-        for name, calls in plan.items()
-        for call in calls
-    ]
+    columns = [(name, call) for name, calls in plan.items() for call in calls]
     under_test = plan.get(UNDER_TEST, []) if FLOOR in plan else []
-    ratio_titles = {
-        call: "sandboxd/floor" if len(under_test) == 1 else f"sandboxd/floor ({call})"
-        for call in under_test
-    }
     ratios: dict[str, dict[str, float | None]] = {call: {} for call in under_test}
     rows = []
     for label, part, key, kind in SERVER_ROWS:
-        cells = [label.format(inflight=inflight)]
-        for _, name, call in columns:
-            failed = "error" in results.get(name, {})
-            cells.append(
-                "FAILED" if failed else fmt(num(results, name, "calls", call, part, key), kind)
-            )
+        row = [label.format(inflight=inflight)]
+        for name, call in columns:
+            figure = num(results, name, "calls", call, part, key)
+            row.append("FAILED" if "error" in results.get(name, {}) else fmt(figure, kind))
         floor = num(results, FLOOR, "calls", BASELINE_CALL, part, key)
         for call in under_test:
             found = ratio(num(results, UNDER_TEST, "calls", call, part, key), floor)
             ratios[call][f"{part}.{key}"] = found
-            cells.append(fmt_ratio(found))
-        rows.append(cells)
-    header = ["measurement", *(c[0] for c in columns), *ratio_titles.values()]
+            row.append(fmt_ratio(found))
+        rows.append(row)
+    header = ["measurement", *(f"{n} {c}" if n == UNDER_TEST else n for n, c in columns)]
+    header += [
+        "sandboxd/floor" if len(under_test) == 1 else f"sandboxd/floor ({call})"
+        for call in under_test
+    ]
     return md_table(header, rows), ratios
-
-
-# --- the clients tables ---------------------------------------------------------------------
-
-
-def threaded_kinds(threads: int) -> dict[str, int]:
-    """The threaded measurements: 1 thread (the reference) and ``threads``, by name."""
-    return {f"sync-threads x{n}": n for n in sorted({1, threads})}
 
 
 def clients_tables(
@@ -142,55 +156,40 @@ def clients_tables(
     for call in calls:
         ratios["vs_lean"][call] = {}
         for kind, title in CLIENT_KINDS.items():
-            if "error" in summary[call][kind]:
+            mine = summary[call][kind]
+            if "error" in mine:
                 rows.append([title, call, "FAILED", "FAILED", "—", "—", "—"])
                 ratios["vs_lean"][call][kind] = None
                 continue
-            mine = summary[call][kind]
-            pair = {
-                key: ratio(num(mine, key), num(summary, call, REFERENCE_CLIENT, key))
-                for key in ("p50_us", "p99_us")
-            }
+            lean = summary[call][REFERENCE_CLIENT]
+            pair = {key: ratio(num(mine, key), num(lean, key)) for key in ("p50_us", "p99_us")}
             ratios["vs_lean"][call][kind] = pair
-            rows.append(
-                [
-                    *(title, call, fmt(num(mine, "p50_us")), fmt(num(mine, "p99_us"))),
-                    *(fmt_ratio(pair["p50_us"]), fmt_ratio(pair["p99_us"])),
-                    fmt(num(mine, "cpu_us")),
-                ]
-            )
+            rows.append([title, call, fmt(num(mine, "p50_us")), fmt(num(mine, "p99_us"))])
+            rows[-1] += [fmt_ratio(pair["p50_us"]), fmt_ratio(pair["p99_us"])]
+            rows[-1].append(fmt(num(mine, "cpu_us")))
     header = ["client", "call", "p50 (us)", "p99 (us)", "p50 vs lean", "p99 vs lean"]
     sequential = md_table([*header, "client CPU (us/call)"], rows)
     rows = []
     kinds = threaded_kinds(threads)
-    for call in calls:
-        if call not in CLIENT_THREAD_CALLS:
-            continue
-        ratios["threads_vs_one_thread"][call] = None
+    for call in (c for c in calls if c in CLIENT_THREAD_CALLS):
         one = num(summary, call, next(iter(kinds)), "calls_per_s")
+        ratios["threads_vs_one_thread"][call] = ratio(
+            num(summary, call, f"sync-threads x{threads}", "calls_per_s"), one
+        )
         for kind, n in kinds.items():
             mine = summary[call][kind]
             if "error" in mine:
-                rows.append([f"SyncController x{n}", call, "FAILED", *["—"] * 5])
+                rows.append(failed_row(f"SyncController x{n}", call, width=8))
                 continue
             rate = num(mine, "calls_per_s")
-            if n == threads:
-                ratios["threads_vs_one_thread"][call] = ratio(rate, one)
             low, high = num(mine, "per_thread_min"), num(mine, "per_thread_max")
             spread = "—" if low is None or high is None else f"{low:,.0f}-{high:,.0f}"
-            rows.append(
-                [
-                    *(f"SyncController x{n}", call, fmt(rate, "throughput")),
-                    *(fmt_ratio(ratio(rate, one)), fmt(num(mine, "p50_us"))),
-                    *(fmt(num(mine, "p99_us")), spread, fmt(num(mine, "cpu_us"))),
-                ]
-            )
+            rows.append([f"SyncController x{n}", call, fmt(rate, "throughput")])
+            rows[-1] += [fmt_ratio(ratio(rate, one)), fmt(num(mine, "p50_us"))]
+            rows[-1] += [fmt(num(mine, "p99_us")), spread, fmt(num(mine, "cpu_us"))]
     header = ["threads sharing one SyncController", "call", "calls/s", "vs 1 thread"]
     header += ["p50 (us)", "p99 (us)", "calls per thread, min-max", "client CPU (us/call)"]
     return sequential + "\n\n" + md_table(header, rows), ratios
-
-
-# --- sequential round trips -----------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -201,6 +200,23 @@ class Series:
     server: str
     call: str
     client: str  # "lean", a CLIENT_KINDS key, "grpc" or "grpc.aio"
+
+    def rounds(self, out: dict[str, Any]) -> list[dict[str, Any]]:
+        """Its sequential figures in ``out``, one dict per round."""
+        if self.client in ("lean", "grpc", "grpc.aio"):
+            part = "seq_aio" if self.client == "grpc.aio" else "seq"
+            runs = out["results"].get(self.server, {}).get("runs", [])
+            found = [run.get("calls", {}).get(self.call, {}).get(part) for run in runs]
+        else:
+            key = f"{self.client} {self.call}"
+            runs = out["clients"].get("runs", [])
+            found = [run["measurements"].get(key, {}).get("seq") for run in runs]
+        return [r for r in found if r is not None]
+
+    def figure(self, out: dict[str, Any], key: str) -> float | None:
+        """The median over the rounds of ``key`` (``p50_us``, ...)."""
+        values = [v for r in self.rounds(out) if (v := num(r, key))]
+        return median(values) if values else None
 
 
 def round_trip_series(calls: Sequence[str], client_calls: Sequence[str]) -> list[Series]:
@@ -218,74 +234,39 @@ def round_trip_series(calls: Sequence[str], client_calls: Sequence[str]) -> list
     return out
 
 
-def _rounds(series: Series, results: dict[str, Any], clients: dict[str, Any]) -> list[Any]:
-    """The sequential figures of ``series``, one dict per round."""
-    if series.client in ("lean", "grpc", "grpc.aio"):
-        part = "seq_aio" if series.client == "grpc.aio" else "seq"
-        runs = results.get(series.server, {}).get("runs", [])
-        found = [run.get("calls", {}).get(series.call, {}).get(part) for run in runs]
-    else:
-        key = f"{series.client} {series.call}"
-        found = [run["measurements"].get(key, {}).get("seq") for run in clients.get("runs", [])]
-    return [r for r in found if r is not None]
-
-
-def series_figure(
-    series: Series, results: dict[str, Any], clients: dict[str, Any], key: str
-) -> float | None:
-    """The median over the rounds of ``key`` (``p50_us``, ...) of ``series``."""
-    values = [v for r in _rounds(series, results, clients) if (v := num(r, key))]
-    return median(values) if values else None
-
-
-def series_cdf(
-    series: Series, results: dict[str, Any], clients: dict[str, Any]
-) -> list[tuple[float, float]] | None:
-    """``(us, quantile)`` points of the round whose p50 is the median (None if unmeasured)."""
-    rounds = [r for r in _rounds(series, results, clients) if r.get("cdf_us")]
-    if not rounds:
-        return None
-    middle = median([float(r["p50_us"]) for r in rounds])
-    chosen = min(rounds, key=lambda r: abs(float(r["p50_us"]) - middle))
-    return [(float(us), float(q) / 100) for q, us in chosen["cdf_us"]]
-
-
-def round_trip_table(
-    series: Sequence[Series], results: dict[str, Any], clients: dict[str, Any]
-) -> str:
-    floor = series_figure(series[0], results, clients, "p50_us")
+def round_trip_table(series: Sequence[Series], out: dict[str, Any]) -> str:
+    floor = series[0].figure(out, "p50_us")
     rows = []
     for s in series:
-        p50 = series_figure(s, results, clients, "p50_us")
-        if p50 is None and s.server == GRPC and GRPC not in results:
+        p50 = s.figure(out, "p50_us")
+        if p50 is None and s.server == GRPC and GRPC not in out["results"]:
             continue  # grpcio not installed, or not asked for
-        p99 = series_figure(s, results, clients, "p99_us")
-        rows.append([s.label, fmt(p50), fmt(p99), fmt_ratio(ratio(p50, floor))])
+        rows.append(
+            [s.label, fmt(p50), fmt(s.figure(out, "p99_us")), fmt_ratio(ratio(p50, floor))]
+        )
     return md_table(["sequential round trip", "p50 (us)", "p99 (us)", "p50 vs floor"], rows)
 
 
-# --- the load sections ----------------------------------------------------------------------
-
-
-def throughput_table(summary: dict[str, Any], errors: dict[str, str]) -> str:
+def throughput_table(throughput: dict[str, Any]) -> str:
     """Requests/s of the floor and sandboxd's Status at every point, and their ratio."""
+    summary, errors = throughput["summary"], throughput.get("errors", {})
     rows = []
     for c, k in THROUGHPUT_POINTS:
-        key = f"{c}x{k}"
+        point = f"{c}x{k}"
         rps = {
-            n: None if n in errors else num(summary, n, key, "rps") for n in (FLOOR, UNDER_TEST)
+            n: None if n in errors else num(summary, n, point, "rps") for n in (FLOOR, UNDER_TEST)
         }
-        cells = [f"{c} x {k}", str(c * k)]
-        cells += ["FAILED" if n in errors else fmt(rps[n], "throughput") for n in rps]
-        cells.append(fmt_ratio(ratio(rps[UNDER_TEST], rps[FLOOR])))
+        row = [f"{c} x {k}", str(c * k)]
+        row += ["FAILED" if n in errors else fmt(rps[n], "throughput") for n in rps]
+        row.append(fmt_ratio(ratio(rps[UNDER_TEST], rps[FLOOR])))
         for name, figure in (
             (FLOOR, "server_cpu"),
             (UNDER_TEST, "server_cpu"),
             (UNDER_TEST, "client_cpu"),
         ):
-            cpu = num(summary, name, key, figure)
-            cells.append("—" if cpu is None else f"{cpu:.2f}")
-        rows.append(cells)
+            cpu = num(summary, name, point, figure)
+            row.append("—" if cpu is None else f"{cpu:.2f}")
+        rows.append(row)
     header = ["connections x in flight", "total in flight", "floor (req/s)"]
     header += [f"sandboxd {STATUS} (req/s)", "sandboxd/floor", "floor CPU", "sandboxd CPU"]
     return md_table([*header, "client CPU (sandboxd)"], rows)
@@ -297,13 +278,9 @@ def lifecycle_table(result: dict[str, Any]) -> str:
     def row(label: str, n: int, point: dict[str, Any], calls: float, cpus: list[str]) -> list[str]:
         lat = point["lifecycle_us"]
         return [
-            label,
-            "1 (sequential)" if n == 1 else str(n),
-            fmt(point["lifecycles_per_s"], "throughput"),
-            fmt(calls, "throughput"),
-            f"{lat['p50_us'] / 1000:,.2f}",
-            f"{lat['p99_us'] / 1000:,.2f}",
-            *cpus,
+            *(label, "1 (sequential)" if n == 1 else str(n)),
+            *(fmt(point["lifecycles_per_s"], "throughput"), fmt(calls, "throughput")),
+            *(f"{lat['p50_us'] / 1000:,.2f}", f"{lat['p99_us'] / 1000:,.2f}", *cpus),
         ]
 
     rows = []
@@ -311,18 +288,17 @@ def lifecycle_table(result: dict[str, Any]) -> str:
         point = result.get("points", {}).get(f"{sandboxer}:{n}", {})
         label = f"{sandboxer} ({point['command']})" if point.get("command") else sandboxer
         if "error" in point or "lifecycles_per_s" not in point:
-            rows.append([label, "1 (sequential)" if n == 1 else str(n), "FAILED", *["—"] * 5])
+            rows.append(failed_row(label, "1 (sequential)" if n == 1 else str(n), width=8))
             continue
         cpus = [f"{point['server_cpu']:.2f}", f"{point['client_cpu']:.2f}"]
         rows.append(row(label, n, point, point["calls_per_s"], cpus))
     embedded = result.get("embedded", {})
     for point in embedded.get("points", []):
-        kept = "state store" if point["store"] else "in memory"
-        label = f"sim, embedded ({kept}; no socket)"
+        label = f"sim, embedded ({'state store' if point['store'] else 'in memory'}; no socket)"
         calls = point["lifecycles_per_s"] * 5
         rows.append(row(label, point["concurrency"], point, calls, ["—", f"{point['cpu']:.2f}"]))
     if "error" in embedded:
-        rows.append(["sim, embedded", "—", "FAILED", *["—"] * 5])
+        rows.append(failed_row("sim, embedded", "—", width=8))
     header = ["sandboxer", "concurrent lifecycles", "lifecycles/s", "calls/s"]
     header += ["lifecycle p50 (ms)", "lifecycle p99 (ms)", "daemon CPU", "client CPU"]
     return md_table(header, rows)
@@ -334,18 +310,15 @@ def scaling_table(result: dict[str, Any]) -> str:
     rows = []
     for point in points:
         per, marginal = point.get("bytes_per_sandbox"), point.get("marginal_bytes_per_sandbox")
-        rows.append(
-            [
-                f"{point['idle']:,}",
-                fmt(point.get("creates_per_s"), "throughput"),
-                fmt(point["status"]["p50_us"]),
-                fmt(point["status"]["p99_us"]),
-                fmt_ratio(ratio(point["status"]["p50_us"], base)),
-                f"{point['rss_bytes'] / 2**20:,.1f}",
-                "—" if per is None else f"{per:,.0f}",
-                "—" if marginal is None else f"{marginal:,.0f}",
-            ]
-        )
+        status = point["status"]
+        rows.append([f"{point['idle']:,}", fmt(point.get("creates_per_s"), "throughput")])
+        rows[-1] += [fmt(status["p50_us"]), fmt(status["p99_us"])]
+        rows[-1] += [
+            fmt_ratio(ratio(status["p50_us"], base)),
+            f"{point['rss_bytes'] / 2**20:,.1f}",
+        ]
+        rows[-1] += ["—" if per is None else f"{per:,.0f}"]
+        rows[-1] += ["—" if marginal is None else f"{marginal:,.0f}"]
     header = ["idle sandboxes", "creates/s (to get there)", f"{STATUS} p50 (us)", "p99 (us)"]
     header += ["p50 vs 0", "daemon RSS (MiB)", "bytes/sandbox", "marginal bytes/sandbox"]
     return md_table(header, rows)
@@ -353,18 +326,17 @@ def scaling_table(result: dict[str, Any]) -> str:
 
 def profile_table(spy: dict[str, Any]) -> str:
     """The py-spy summary of the daemon under the profiled lifecycle point."""
-    spied = spy["summary"]
+    spied, (sandboxer, n) = spy["summary"], PROFILED_POINT
     threads = spied["threads"]
     rate = spy["point"].get("lifecycles_per_s", 0)
-    text = (
-        f"py-spy, {spied['samples']} samples of the daemon during "
-        f"{PROFILED_POINT[0]} x{PROFILED_POINT[1]} ({rate:,.0f} lifecycles/s while profiled; "
-        f"raw: {spy['raw']}): main thread {threads.get('main', 0)}, worker threads "
-        f"{threads.get('other', 0)} (SQLite writes, and idle workers waiting for a job).  "
-        "The main thread (the trio run loop):\n\n"
-    )
     return (
-        text + profile.table(spied, "self_main") + "\n\n" + profile.table(spied, "inclusive_main")
+        f"py-spy, {spied['samples']} samples of the daemon during {sandboxer} x{n} "
+        f"({rate:,.0f} lifecycles/s while profiled; raw: {spy['raw']}): main thread "
+        f"{threads.get('main', 0)}, worker threads {threads.get('other', 0)} (SQLite writes, "
+        "and idle workers waiting for a job).  The main thread (the trio run loop):\n\n"
+        + profile.table(spied, "self_main")
+        + "\n\n"
+        + profile.table(spied, "inclusive_main")
     )
 
 
@@ -379,61 +351,50 @@ class Target:
     ratio: float | None
     met: bool | None  # None: not measured
 
-    def row(self) -> list[str]:
-        verdict = "not measured" if self.met is None else "met" if self.met else "NOT MET"
-        return [
-            self.name,
-            self.goal,
-            self.measured,
-            "—" if self.ratio is None else f"{self.ratio:.2f}",
-            verdict,
-        ]
 
-
-def _target(
+def target(
     name: str,
     goal: str,
     mine: float | None,
     reference: float | None,
-    test: Callable[[float], bool],
+    bound: tuple[str, float],
     measured: Callable[[float, float], str],
 ) -> Target:
+    """The goal ``mine / reference`` ``<=`` or ``>=`` ``bound[1]``, checked."""
     if mine is None or not reference:
         return Target(name, goal, "not measured", None, None)
-    return Target(name, goal, measured(mine, reference), mine / reference, test(mine / reference))
+    found = mine / reference
+    met = found <= bound[1] if bound[0] == "<=" else found >= bound[1]
+    return Target(name, goal, measured(mine, reference), found, met)
 
 
 def _vs_floor(short: str, mine: float, floor: float) -> str:
     return f"{short} {mine:,.1f} us, floor {floor:,.1f} us (lean client)"
 
 
-def targets(
-    results: dict[str, Any],
-    clients: dict[str, Any],
-    throughput: dict[str, Any],
-    lifecycles: dict[str, Any],
-    scaling: dict[str, Any],
-) -> list[Target]:
+def targets(out: dict[str, Any]) -> list[Target]:
     """The issue's targets, each with the measured figures and the ratio the goal applies to."""
-    floor_p50 = num(results, FLOOR, "calls", BASELINE_CALL, "seq", "p50_us")
-    out = [
-        _target(
+    results, clients = out["results"], out["clients"]
+    floor = num(results, FLOOR, "calls", BASELINE_CALL, "seq", "p50_us")
+    found = [
+        target(
             f"{short} sequential p50 vs the floor",
             "<= 1.3x",
             num(results, UNDER_TEST, "calls", call, "seq", "p50_us"),
-            floor_p50,
-            lambda r: r <= 1.3,
+            floor,
+            ("<=", 1.3),
             functools.partial(_vs_floor, short),
         )
         for call, short in ((STATUS, "Status"), (PING, "Ping"))
     ]
-    out.append(
-        _target(
+    throughput = out["throughput"].get("summary", {})
+    found.append(
+        target(
             "Status at 64 in flight (1 connection) vs the floor",
             ">= 0.4x the floor's req/s",
-            num(throughput, "summary", UNDER_TEST, "1x64", "rps"),
-            num(throughput, "summary", FLOOR, "1x64", "rps"),
-            lambda r: r >= 0.4,
+            num(throughput, UNDER_TEST, "1x64", "rps"),
+            num(throughput, FLOOR, "1x64", "rps"),
+            (">=", 0.4),
             lambda m, f: f"Status {m:,.0f} req/s, floor {f:,.0f} req/s",
         )
     )
@@ -442,61 +403,121 @@ def targets(
     lean_note = (
         f"; lean client {lean:,.1f} us: {grpc_aio / lean:.1f}x" if lean and grpc_aio else ""
     )
-    out.append(
-        _target(
+    found.append(
+        target(
             "Status p50 vs grpc.aio unary p50 (async client, both)",
             ">= 5x lower",
             grpc_aio,
             num(clients, "summary", STATUS, ASYNC_CLIENT, "p50_us"),
-            lambda r: r >= 5,
+            (">=", 5),
             lambda g, m: f"grpc.aio {g:,.1f} us, RemoteController Status {m:,.1f} us{lean_note}",
         )
     )
-    points = scaling.get("points") or []
+    points = out["scaling"].get("points") or []
     if points:
         first, last = points[0], points[-1]
         n = last["idle"]
-        out.append(
-            _target(
+        found.append(
+            target(
                 f"Status p50 with {n:,} idle sandboxes vs none",
                 "<= 1.1x",
                 num(last, "status", "p50_us"),
                 num(first, "status", "p50_us") if first["idle"] == 0 else None,
-                lambda r: r <= 1.1,
+                ("<=", 1.1),
                 lambda m, z: f"{m:,.1f} us with {n:,}, {z:,.1f} us with 0",
             )
         )
-        out.append(
-            _target(
+        found.append(
+            target(
                 f"daemon memory per idle sandbox (sim, {n:,})",
                 "<= 6 KiB",
                 num(last, "bytes_per_sandbox"),
                 6144.0,
-                lambda r: r <= 1.0,
+                ("<=", 1.0),
                 lambda m, _: f"{m:,.0f} bytes ({m / 1024:.2f} KiB)",
             )
         )
     else:
-        out.append(Target("Status p50 with idle sandboxes vs none", "<= 1.1x", "—", None, None))
-        out.append(Target("daemon memory per idle sandbox (sim)", "<= 6 KiB", "—", None, None))
-    out.append(
-        _target(
+        found.append(Target("Status p50 with idle sandboxes vs none", "<= 1.1x", "—", None, None))
+        found.append(Target("daemon memory per idle sandbox (sim)", "<= 6 KiB", "—", None, None))
+    found.append(
+        target(
             "full lifecycles/s, sim, 64 concurrent",
             ">= 3,000/s",
-            num(lifecycles, "points", "sim:64", "lifecycles_per_s"),
+            num(out["lifecycles"], "points", "sim:64", "lifecycles_per_s"),
             3000.0,
-            lambda r: r >= 1.0,
+            (">=", 1.0),
             lambda m, _: f"{m:,.0f} lifecycles/s",
         )
     )
-    return out
+    return found
 
 
 def targets_table(found: Sequence[Target]) -> str:
-    return md_table(["target", "goal", "measured", "ratio", "result"], [t.row() for t in found])
+    rows = []
+    for t in found:
+        verdict = "not measured" if t.met is None else "met" if t.met else "NOT MET"
+        rows.append(
+            [t.name, t.goal, t.measured, "—" if t.ratio is None else f"{t.ratio:.2f}", verdict]
+        )
+    return md_table(["target", "goal", "measured", "ratio", "result"], rows)
 
 
-# --- the markdown document ------------------------------------------------------------------
+# --- the whole report -----------------------------------------------------------------------
+
+
+def publish(out: dict[str, Any], plan: dict[str, list[str]], path: Path) -> None:
+    """Add the tables, ratios and targets to ``out``, print the tables, and write ``out`` as
+    JSON to ``path``, the markdown beside it (``.md``) and the plots (``-<name>.png``)."""
+    tables: list[tuple[str, str]] = []
+
+    def show(title: str, table: str) -> str:
+        print(("\n" if tables else "") + table)
+        tables.append((title, table))
+        return table
+
+    table, out["ratios_vs_floor"] = server_table(out["results"], plan, out["settings"]["inflight"])
+    out["table"] = show("Servers (lean client)", table) if plan else table
+    clients = out["clients"]
+    if "summary" in clients:
+        table, clients["ratios"] = clients_tables(
+            clients["summary"], clients["calls"], clients["threads"]
+        )
+        clients["table"] = show("sandboxd's clients", table)
+    elif clients:
+        print("\nclients: FAILED (see above)")
+    series = round_trip_series(plan.get(UNDER_TEST, []), clients.get("calls", []))
+    out["round_trips"] = show("Sequential round trips", round_trip_table(series, out))
+    if out["throughput"]:
+        out["throughput"]["table"] = show(
+            "Throughput against concurrency", throughput_table(out["throughput"])
+        )
+    lifecycles = out["lifecycles"]
+    if lifecycles:
+        lifecycles["table"] = show("Full lifecycles", lifecycle_table(lifecycles))
+        spy = lifecycles.get("profile")
+        if spy and "error" not in spy:
+            spy["summary"] = profile.summarize(Path(spy["raw"]), 15)
+            show("Daemon profile (py-spy)", profile_table(spy))
+        elif spy:
+            print(f"\npy-spy: FAILED: {spy.get('error')}", file=sys.stderr)
+    if out["scaling"]:
+        out["scaling"]["table"] = show(
+            "Scaling with idle sandboxes", scaling_table(out["scaling"])
+        )
+    found = targets(out)
+    out["targets"] = [asdict(t) for t in found]
+    out["targets_table"] = show("Targets", targets_table(found))
+    stem = path.with_suffix("")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    plots = make_plots(stem, series, out)
+    out["plots"] = [str(p) for p in plots]
+    out["markdown"] = str(stem.with_suffix(".md"))
+    stem.with_suffix(".md").write_text(markdown(out, tables, plots))
+    path.write_text(dumps_json(out))
+    print(f"\nresults written to {path} and {stem.with_suffix('.md')}", file=sys.stderr)
+    for plot in plots:
+        print(f"plot: {plot}", file=sys.stderr)
 
 
 def markdown(report: dict[str, Any], tables: list[tuple[str, str]], plots: list[Path]) -> str:
@@ -524,14 +545,7 @@ def markdown(report: dict[str, Any], tables: list[tuple[str, str]], plots: list[
 # --- plots ----------------------------------------------------------------------------------
 
 
-def make_plots(
-    stem: Path,
-    series: Sequence[Series],
-    results: dict[str, Any],
-    clients: dict[str, Any],
-    throughput: dict[str, Any],
-    scaling: dict[str, Any],
-) -> list[Path]:
+def make_plots(stem: Path, series: Sequence[Series], out: dict[str, Any]) -> list[Path]:
     """``<stem>-latency-cdf.png``, ``-throughput.png``, ``-scaling.png``, those there is data
     for; their paths (none without matplotlib)."""
     try:
@@ -546,36 +560,41 @@ def make_plots(
     import matplotlib.pyplot as plt
 
     written = []
-    for name, draw, args in (
-        ("latency-cdf", _cdf, (series, results, clients)),
-        ("throughput", _throughput, (throughput.get("summary") or {},)),
-        ("scaling", _scaling, (scaling.get("points") or [],)),
-    ):
+    plots: tuple[tuple[str, Callable[[Any, Any], Any], Any], ...] = (
+        ("latency-cdf", _cdf, [(s, cdf) for s in series if (cdf := _series_cdf(s, out))]),
+        ("throughput", _throughput, out["throughput"].get("summary") or {}),
+        ("scaling", _scaling, out["scaling"].get("points") or []),
+    )
+    for name, draw, data in plots:
+        if not data:
+            continue
         path = stem.with_name(f"{stem.name}-{name}.png")
         try:
-            fig = draw(plt, *args)
-            if fig is not None:
-                fig.tight_layout()
-                fig.savefig(path, dpi=110)
-                plt.close(fig)
-                written.append(path)
+            fig = draw(plt, data)
+            fig.tight_layout()
+            fig.savefig(path, dpi=110)
+            plt.close(fig)
+            written.append(path)
         except Exception as exc:  # a plot is a convenience: never fail the run for it
             print(f"plot {path.name}: {type(exc).__name__}: {exc}", file=sys.stderr)
     return written
 
 
-def _cdf(
-    plt: Any, series: Sequence[Series], results: dict[str, Any], clients: dict[str, Any]
-) -> Any:
-    """The CDF of the sequential round trips (the round with the median p50), log x axis."""
-    drawn = [
-        (s, points)
-        for s in series
-        if s.client != "grpc" and (s.client != SYNC_CLIENT or s.call == STATUS)
-        if (points := series_cdf(s, results, clients))
-    ]
-    if not drawn:
+def _series_cdf(series: Series, out: dict[str, Any]) -> list[tuple[float, float]] | None:
+    """``(us, quantile)`` points of the round whose p50 is the median, for the CDF plot: every
+    series but the blocking gRPC channel's and the SyncController's on other calls than Status."""
+    if series.client == "grpc" or (series.client == SYNC_CLIENT and series.call != STATUS):
         return None
+    rounds = [r for r in series.rounds(out) if r.get("cdf_us")]
+    if not rounds:
+        return None
+    middle = median([float(r["p50_us"]) for r in rounds])
+    chosen = min(rounds, key=lambda r: abs(float(r["p50_us"]) - middle))
+    return [(float(us), float(q) / 100) for q, us in chosen["cdf_us"]]
+
+
+def _cdf(plt: Any, drawn: list[tuple[Series, list[tuple[float, float]]]]) -> Any:
+    """The CDF of the sequential round trips (the round with the median p50), log x axis."""
     fig, ax = plt.subplots(figsize=(9, 5.5))
     for s, points in drawn:
         style = "-" if s.client in ("lean", "grpc.aio") else "--"
@@ -593,20 +612,17 @@ def _cdf(
 
 def _throughput(plt: Any, summary: dict[str, Any]) -> Any:
     """Requests/s against in flight on one connection (left) and connections (right)."""
-    if not summary:
-        return None
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
-    by_conn = ((1, 64), *CONNECTION_POINTS)
-    for name, label in ((FLOOR, FLOOR), (UNDER_TEST, f"sandboxd {STATUS}")):
-        figures = summary.get(name) or {}
-        for ax, points, axis in ((left, INFLIGHT_POINTS, 1), (right, by_conn, 0)):
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    sweeps = (
+        (INFLIGHT_POINTS, 1, "requests in flight (one connection)"),
+        (((1, 64), *CONNECTION_POINTS), 0, "connections (64 in flight on each)"),
+    )
+    for ax, (points, axis, title) in zip(axes, sweeps, strict=True):
+        for name, label in ((FLOOR, FLOOR), (UNDER_TEST, f"sandboxd {STATUS}")):
+            figures = summary.get(name) or {}
             xy = [(p[axis], rps) for p in points if (rps := num(figures, f"{p[0]}x{p[1]}", "rps"))]
             if xy:
                 ax.plot(*zip(*xy, strict=True), "o-", label=label)
-    for ax, points, axis, title in (
-        (left, INFLIGHT_POINTS, 1, "requests in flight (one connection)"),
-        (right, by_conn, 0, "connections (64 in flight on each)"),
-    ):
         ax.set_xscale("log", base=2)
         ax.set_xticks([p[axis] for p in points], [str(p[axis]) for p in points])
         ax.set_xlabel(title)
@@ -620,8 +636,6 @@ def _throughput(plt: Any, summary: dict[str, Any]) -> Any:
 
 def _scaling(plt: Any, points: list[dict[str, Any]]) -> Any:
     """Daemon RSS (left) and Status p50/p90 (right) against idle sandboxes."""
-    if not points:
-        return None
     counts = [p["idle"] for p in points]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
     left.plot(counts, [p["rss_bytes"] / 2**20 for p in points], "o-", color="tab:red")
