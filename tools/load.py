@@ -367,6 +367,10 @@ class Stats:
             self.samples.append(complaint)
 
 
+class Wrong(Exception):
+    """A lifecycle's call got what it should not (the complaint is counted): it ends there."""
+
+
 class Load:
     def __init__(self, settings: Settings, run_id: str) -> None:
         self.settings = settings
@@ -374,24 +378,22 @@ class Load:
         self.labels = {LABEL: run_id}
         self.stats = Stats()
         self.deadline = math.inf
-        self._in_flight: dict[int, tuple[trio.CancelScope, float]] = {}
-        self._next_token = 0
         self.processes = settings.sandboxer != "sim"
+        self.ledgers: list[ReplyLedger] = []
+        self._in_flight: dict[trio.CancelScope, float] = {}  # when each call began
 
     async def call(self, method: str, call: Awaitable[Any]) -> object:
         """Await one call; its result, the RPCError it raised, or NoReply; latency recorded."""
-        token = self._next_token
-        self._next_token += 1
         began = time.perf_counter_ns()
         outcome: object = None
         with trio.CancelScope() as scope:
-            self._in_flight[token] = (scope, trio.current_time())
+            self._in_flight[scope] = trio.current_time()
             try:
                 outcome = await call
             except RPCError as err:
                 outcome = err
             finally:
-                del self._in_flight[token]
+                del self._in_flight[scope]
         elapsed = time.perf_counter_ns() - began
         self.stats.calls += 1
         if scope.cancelled_caught:
@@ -401,7 +403,7 @@ class Load:
 
     def abandon_hung_calls(self) -> None:
         limit = trio.current_time() - self.settings.call_timeout
-        for scope, began in list(self._in_flight.values()):
+        for scope, began in list(self._in_flight.items()):
             if began < limit:
                 scope.cancel()
 
@@ -409,74 +411,72 @@ class Load:
     def in_flight(self) -> int:
         return len(self._in_flight)
 
-    async def step(
-        self, step: str, call: Awaitable[Any], expected: Expected
-    ) -> tuple[object, bool]:
-        outcome = await self.call(method_of(step), call)
+    def judged(self, step: str, outcome: object, expected: Expected) -> Any:
+        """``outcome``, if it is what ``step`` must get; else the complaint is counted and
+        :class:`Wrong` raised."""
         complaint = judge(step, outcome, expected)
         if complaint is not None:
             self.stats.complain(error_kind(outcome), complaint)
-        elif isinstance(outcome, RPCError):
+            raise Wrong
+        if isinstance(outcome, RPCError):
             self.stats.expected_errors[outcome.code.name] += 1
-        return outcome, complaint is None
+        return outcome
+
+    async def step(self, step: str, call: Awaitable[Any], expected: Expected) -> Any:
+        return self.judged(step, await self.call(method_of(step), call), expected)
 
     async def lifecycle(self, ctl: RemoteController, sandbox_id: str, seq: int) -> bool:
-        """One sandbox's whole life; True when every call got what it should."""
-        stats = self.stats
-        options, exit_status = plan(self.settings.sandboxer, seq)
+        """One sandbox's whole life; True when every call got what it should.  After a wrong
+        outcome the sandbox is shut down (unjudged) if it may exist."""
+        stats, sandboxer = self.stats, self.settings.sandboxer
+        options, exit_status = plan(sandboxer, seq)
         expected = Expected(sandbox_id, exit_status)
-        create = ctl.create(
-            sandbox_id, sandboxer=self.settings.sandboxer, options=options, labels=self.labels
-        )
-        outcome, ok = await self.step("create", create, expected)
-        if not isinstance(outcome, RPCError):
-            stats.existing.add(sandbox_id)  # or perhaps, after a wrong reply or none
-            stats.created += 1
-        if not ok:
-            return await self.clean_up(ctl, sandbox_id)
-        outcome, ok = await self.step("start", ctl.start(sandbox_id), expected)
-        started: int | None = None
-        if isinstance(outcome, SandboxInstance) and self.processes and outcome.pid > 0:
-            fields = proc_stat(outcome.pid)
-            started = None if fields is None else int(fields[19])
-            stats.tracked.append(Tracked(outcome.pid, started, sandbox_id, "init"))
-            parent = 0 if fields is None else int(fields[1])
-            if self.settings.sandboxer == "bwrap" and parent > 1:
-                # The namespace's init is the child of the outer bubblewrap, on the host.
-                stats.tracked.append(Tracked(parent, start_time(parent), sandbox_id, "bwrap"))
-        if not ok or not isinstance(outcome, SandboxInstance):
-            return await self.clean_up(ctl, sandbox_id)
-        expected = replace(expected, pid=outcome.pid)
-        if not (await self.step("status-ready", ctl.status(sandbox_id), expected))[1]:
-            return await self.clean_up(ctl, sandbox_id)
-        stop = ctl.stop(sandbox_id, timeout_secs=STOP_TIMEOUT)
-        if not (await self.step("stop", stop, expected))[1]:
-            return await self.clean_up(ctl, sandbox_id)
-        if not (await self.step("wait", ctl.wait(sandbox_id), expected))[1]:
-            return await self.clean_up(ctl, sandbox_id)
-        if self.processes and process_state(expected.pid or 0, started) == "alive":
-            stats.complain(
-                "ALIVE_AFTER_WAIT",
-                f"wait {sandbox_id}: returned, but its process {expected.pid} still runs",
+        try:
+            create = ctl.create(
+                sandbox_id, sandboxer=sandboxer, options=options, labels=self.labels
             )
-            return await self.clean_up(ctl, sandbox_id)
-        if not (await self.step("status-stopped", ctl.status(sandbox_id), expected))[1]:
-            return await self.clean_up(ctl, sandbox_id)
-        outcome, ok = await self.step("shutdown", ctl.shutdown(sandbox_id), expected)
-        if outcome is None:
+            outcome = await self.call("create", create)
+            if not isinstance(outcome, RPCError):
+                stats.existing.add(sandbox_id)  # or perhaps, after a wrong reply or none
+                stats.created += 1
+            self.judged("create", outcome, expected)
+            outcome = await self.call("start", ctl.start(sandbox_id))
+            started = self.track(outcome, sandbox_id)
+            expected = replace(expected, pid=self.judged("start", outcome, expected).pid)
+            await self.step("status-ready", ctl.status(sandbox_id), expected)
+            await self.step("stop", ctl.stop(sandbox_id, timeout_secs=STOP_TIMEOUT), expected)
+            await self.step("wait", ctl.wait(sandbox_id), expected)
+            if self.processes and process_state(expected.pid or 0, started) == "alive":
+                stats.complain(
+                    "ALIVE_AFTER_WAIT",
+                    f"wait {sandbox_id}: returned, but its process {expected.pid} still runs",
+                )
+                raise Wrong
+            await self.step("status-stopped", ctl.status(sandbox_id), expected)
+            await self.step("shutdown", ctl.shutdown(sandbox_id), expected)
             stats.existing.discard(sandbox_id)
-        if not ok:
-            return await self.clean_up(ctl, sandbox_id)
-        return (await self.step("status-gone", ctl.status(sandbox_id), expected))[1]
+            await self.step("status-gone", ctl.status(sandbox_id), expected)
+        except Wrong:
+            if sandbox_id in stats.existing:
+                outcome = await self.call("shutdown (clean-up)", ctl.shutdown(sandbox_id))
+                gone = isinstance(outcome, RPCError) and outcome.code == Code.NOT_FOUND
+                if outcome is None or gone:
+                    stats.existing.discard(sandbox_id)
+            return False
+        return True
 
-    async def clean_up(self, ctl: RemoteController, sandbox_id: str) -> bool:
-        """After a wrong outcome: shut the sandbox down (unjudged) if it may exist."""
-        if sandbox_id in self.stats.existing:
-            outcome = await self.call("shutdown (clean-up)", ctl.shutdown(sandbox_id))
-            gone = isinstance(outcome, RPCError) and outcome.code == Code.NOT_FOUND
-            if outcome is None or gone:
-                self.stats.existing.discard(sandbox_id)
-        return False
+    def track(self, outcome: object, sandbox_id: str) -> int | None:
+        """Note the host processes of a started sandbox (with a process backend); the start
+        time of its init."""
+        if not (self.processes and isinstance(outcome, SandboxInstance) and outcome.pid > 0):
+            return None
+        started = start_time(outcome.pid)
+        self.stats.tracked.append(Tracked(outcome.pid, started, sandbox_id, "init"))
+        parent = parent_of(outcome.pid)
+        if self.settings.sandboxer == "bwrap" and parent > 1:
+            # The namespace's init is the child of the outer bubblewrap, on the host.
+            self.stats.tracked.append(Tracked(parent, start_time(parent), sandbox_id, "bwrap"))
+        return started
 
     async def loop(self, ctl: RemoteController, client: int, worker: int) -> None:
         seq = 0
@@ -495,14 +495,15 @@ class Load:
         path: str,
         index: int,
         go: trio.Event,
-        taps: list[tuple[ReplyLedger, int]],
         *,
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+        task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
     ) -> None:
+        """One connection (through its relay) and its loops, which start when ``go`` is set;
+        started with the daemon's pid."""
         relay = os.path.join(self.relays, f"{index}.sock")
         async with tapped(path, relay) as (ctl, ledger, daemon_pid):
-            taps.append((ledger, daemon_pid))
-            task_status.started()
+            self.ledgers.append(ledger)
+            task_status.started(daemon_pid)
             await go.wait()
             async with trio.open_nursery() as nursery:
                 for worker in range(self.settings.concurrency):
@@ -528,41 +529,27 @@ class Load:
             )
             tick, last_calls = tick + 1, calls
 
-    async def run(self, path: str) -> Measured:
-        """Run the load against the daemon at ``path``."""
-        taps: list[tuple[ReplyLedger, int]] = []
+    async def run(self, path: str) -> dict[str, Any]:
+        """Run the load against the daemon at ``path``; how long it took, the daemon's pid and
+        the CPU time the client (this process) and the daemon used meanwhile."""
         go, done = trio.Event(), trio.Event()
         with tempfile.TemporaryDirectory(prefix="sbd-load-relays-") as self.relays:
             async with trio.open_nursery() as outer:
                 async with trio.open_nursery() as clients:
                     for index in range(self.settings.clients):
-                        await clients.start(self.client, path, index, go, taps)
-                    daemon_pid = taps[0][1]
-                    daemon_cpu = cpu_seconds(daemon_pid)
-                    client_cpu = time.process_time()
+                        daemon_pid = await clients.start(self.client, path, index, go)
+                    daemon_cpu, client_cpu = cpu_seconds(daemon_pid), time.process_time()
                     began = trio.current_time()
                     self.deadline = began + self.settings.duration
                     outer.start_soon(self.progress, began, done)
                     go.set()
                 done.set()
-        return Measured(
-            elapsed=trio.current_time() - began,
-            ledgers=[ledger for ledger, _ in taps],
-            daemon_pid=daemon_pid,
-            client_cpu=time.process_time() - client_cpu,
-            daemon_cpu=cpu_seconds(daemon_pid) - daemon_cpu,
-        )
-
-
-@dataclass
-class Measured:
-    """What one load run measured besides its calls."""
-
-    elapsed: float
-    ledgers: list[ReplyLedger]
-    daemon_pid: int
-    client_cpu: float
-    daemon_cpu: float
+        return {
+            "elapsed_s": round(trio.current_time() - began, 3),
+            "daemon_pid": daemon_pid,
+            "client_cpu_s": round(time.process_time() - client_cpu, 3),
+            "daemon_cpu_s": round(cpu_seconds(daemon_pid) - daemon_cpu, 3),
+        }
 
 
 def log_notes(text: str) -> tuple[int, int, list[str]]:
@@ -663,8 +650,8 @@ async def run(settings: Settings, path: str, owner: str) -> dict[str, Any]:
         f"({owner}), run {run_id}",
         flush=True,
     )
-    measured = await load.run(path)
-    checks = [reply_check(load.stats, measured.ledgers), correctness_check(load.stats)]
+    report |= await load.run(path)
+    checks = [reply_check(load.stats, load.ledgers), correctness_check(load.stats)]
     try:
         async with connect(path) as ctl:
             listed = await ctl.list(load.labels)
@@ -675,15 +662,11 @@ async def run(settings: Settings, path: str, owner: str) -> dict[str, Any]:
     if load.processes:
         check, report["zombies"] = process_check(load.stats.tracked)
         checks.append(check)
-    stats, elapsed = load.stats, measured.elapsed
+    stats, elapsed = load.stats, report["elapsed_s"]
     lifecycles = stats.completed + stats.failed
     if lifecycles == 0:
         checks.append(Check("load ran", False, "no lifecycle was run"))
     report.update(
-        elapsed_s=round(elapsed, 3),
-        daemon_pid=measured.daemon_pid,
-        client_cpu_s=round(measured.client_cpu, 3),
-        daemon_cpu_s=round(measured.daemon_cpu, 3),
         lifecycles=lifecycles,
         lifecycles_completed=stats.completed,
         lifecycles_failed=stats.failed,
