@@ -259,6 +259,37 @@ def prepared(path: str, call: Call) -> Iterator[None]:
                 call_once(conn, step)
 
 
+class Window:
+    """A warm-up, then the measuring window: opened and closed by :meth:`tick`, called after
+    each batch of replies; the CPU time the server (pid ``server``) and this process used in
+    it, as seconds."""
+
+    def __init__(self, server: int, warmup_s: float, duration_s: float) -> None:
+        self.server = server
+        self.measure_from = time.perf_counter_ns() + int(warmup_s * 1e9)
+        self.measure_to = self.measure_from + int(duration_s * 1e9)
+        self.start = self.stop = 0
+        self.server_cpu = self.client_cpu = 0.0
+        self.durations: list[int] = []  # ns, of the lifecycles finished in the window
+
+    def tick(self) -> None:
+        now = time.perf_counter_ns()
+        if self.stop:
+            return
+        if not self.start and now >= self.measure_from:
+            self.start = now
+            self.server_cpu, self.client_cpu = cpu_seconds(self.server), time.process_time()
+        elif self.start and now >= self.measure_to:
+            self.stop = now
+            self.server_cpu = cpu_seconds(self.server) - self.server_cpu
+            self.client_cpu = time.process_time() - self.client_cpu
+
+    def finished(self, began: int) -> None:
+        """A lifecycle begun at ``began`` just finished: counted if the window is open."""
+        if self.start and not self.stop:
+            self.durations.append(time.perf_counter_ns() - began)
+
+
 # --- measurements ---------------------------------------------------------------------------
 
 
@@ -293,22 +324,18 @@ def measure_pipelined(
     """Requests/s of ``call`` with ``inflight`` outstanding on each of ``connections``."""
     payload = request_payload(call.service, call.method, call.request)
     checker = Checker(call.expect_keys, call.name)
-    perf_counter_ns = time.perf_counter_ns
     with contextlib.ExitStack() as stack:
         conns = [stack.enter_context(Connection(path)) for _ in range(connections)]
         selector = stack.enter_context(selectors.DefaultSelector())
         for conn in conns:
             selector.register(conn, selectors.EVENT_READ, conn)
-        server = peer_pid(conns[0].socket)
+        window = Window(peer_pid(conns[0].socket), warmup_s, duration_s)
         gc.disable()
         stack.callback(gc.enable)
-        measure_from = perf_counter_ns() + int(warmup_s * 1e9)
-        measure_to = measure_from + int(duration_s * 1e9)
         for conn in conns:
             conn.pipeline(payload, inflight)
-        start = completed = 0
-        server_cpu = client_cpu = 0.0
-        while True:
+        completed = 0
+        while not window.stop:
             events = selector.select(TIMEOUT)
             if not events:
                 raise BenchError(f"{call.name}: no response within {TIMEOUT:g} s")
@@ -319,21 +346,14 @@ def measure_pipelined(
                     conn.answered(frames, checker)
                     got += len(frames)
                     conn.pipeline(payload, len(frames))
-            now = perf_counter_ns()
-            if start:
+            if window.start:  # the batch that closes the window counts
                 completed += got
-                if now >= measure_to:
-                    server_cpu = cpu_seconds(server) - server_cpu
-                    client_cpu = time.process_time() - client_cpu
-                    break
-            elif now >= measure_from:
-                start = now
-                server_cpu, client_cpu = cpu_seconds(server), time.process_time()
+            window.tick()
         drained = sum(len(conn.outstanding) for conn in conns)
         for conn in conns:
             while conn.outstanding:
                 conn.answered(conn.receive(), checker)
-    elapsed = (now - start) / 1e9
+    elapsed = (window.stop - window.start) / 1e9
     return {
         "connections": connections,
         "inflight": inflight,
@@ -343,8 +363,8 @@ def measure_pipelined(
         "elapsed_s": elapsed,
         "drained": drained,
         "rps": completed / elapsed,
-        "server_cpu": server_cpu / elapsed,
-        "client_cpu": client_cpu / elapsed,
+        "server_cpu": window.server_cpu / elapsed,
+        "client_cpu": window.client_cpu / elapsed,
     }
 
 

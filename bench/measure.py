@@ -30,6 +30,7 @@ measures several points prints the ones that succeeded).  The kinds:
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import functools
 import gc
@@ -55,7 +56,7 @@ from .client import (
     BenchError,
     Connection,
     Slot,
-    cpu_seconds,
+    Window,
     drive,
     latency_summary,
     measure_pipelined,
@@ -149,85 +150,63 @@ def _model_method(controller: Any, call: Call) -> Callable[[], Any]:
     return functools.partial(getattr(controller, method), call.request["sandbox_id"])
 
 
-class _Recorder:
-    """Latencies of ``count`` calls after ``warmup`` unrecorded ones, each result checked, and
-    the CPU time the timed ones took (GC collected, then off, inside the block)."""
-
-    def __init__(self, check: Callable[[object], None], count: int, warmup: int) -> None:
-        self.check, self.count, self.warmup = check, count, warmup
-        self.samples: list[int] = []
-        self.before = self.after = _rusage()
-
-    def __enter__(self) -> _Recorder:
-        gc.collect()
-        gc.disable()
-        self.before = _rusage()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.after = _rusage()
-        gc.enable()
-
-    def note(self, start: int, stop: int, result: object) -> None:
-        self.check(result)
-        self.samples.append(stop - start)
-        if len(self.samples) == self.warmup:
-            self.before = _rusage()
-
-    def figures(self) -> dict[str, Any]:
-        latency = latency_summary(self.samples[self.warmup :], self.warmup)
-        return latency | _rusage_per_call(self.before, self.after, self.count)
-
-
-def _timed(invoke: Callable[[], object], call: Call, count: int, warmup: int) -> dict[str, Any]:
-    with _Recorder(_checker(call), count, warmup) as recorder:
-        for _ in range(warmup + count):
-            start = time.perf_counter_ns()
-            result = invoke()
-            recorder.note(start, time.perf_counter_ns(), result)
-    return recorder.figures()
-
-
-async def _timed_async(
+async def _timed(
     invoke: Callable[[], Awaitable[object]], call: Call, count: int, warmup: int
 ) -> dict[str, Any]:
-    with _Recorder(_checker(call), count, warmup) as recorder:
-        for _ in range(warmup + count):
+    """Latencies of ``count`` calls after ``warmup`` unrecorded ones, each result checked, and
+    the CPU time the timed ones took (GC collected, then off)."""
+    check, samples = _checker(call), []
+    gc.collect()
+    gc.disable()
+    try:
+        before = _rusage()
+        for n in range(warmup + count):
+            if n == warmup:
+                before = _rusage()
             start = time.perf_counter_ns()
             result = await invoke()
-            recorder.note(start, time.perf_counter_ns(), result)
-    return recorder.figures()
+            samples.append(time.perf_counter_ns() - start)
+            check(result)
+        after = _rusage()
+    finally:
+        gc.enable()
+    return latency_summary(samples[warmup:], warmup) | _rusage_per_call(before, after, count)
 
 
-async def _trio_seq(path: str, kind: str, call: Call, count: int, warmup: int) -> dict[str, Any]:
-    if kind == "trio-call":
-        async with open_client(path) as c:
+def _blocking(invoke: Callable[[], object]) -> Callable[[], Awaitable[object]]:
+    """A blocking call as a coroutine that never suspends: one timed loop for every client."""
+
+    async def call() -> object:
+        return invoke()
+
+    return call
+
+
+async def _client_seq(path: str, kind: str, call: Call, count: int, warmup: int) -> dict[str, Any]:
+    """Sequential calls through the client ``kind`` (a key of ``CLIENT_KINDS`` but ``lean``)."""
+    raw = (call.service, call.method, dict(call.request) or None)
+    async with contextlib.AsyncExitStack() as stack:
+        if kind == "sync-call":
+            invoke = _blocking(functools.partial(stack.enter_context(SyncClient(path)).call, *raw))
+        elif kind == "sync-model":
+            invoke = _blocking(_model_method(stack.enter_context(SyncController(path)), call))
+        elif kind == "trio-call":
             invoke = functools.partial(
-                c.call, call.service, call.method, dict(call.request) or None
+                (await stack.enter_async_context(open_client(path))).call, *raw
             )
-            return await _timed_async(invoke, call, count, warmup)
-    async with connect(path) as rc:
-        return await _timed_async(_model_method(rc, call), call, count, warmup)
+        else:
+            invoke = _model_method(await stack.enter_async_context(connect(path)), call)
+        return await _timed(invoke, call, count, warmup)
 
 
-def _client_seq(path: str, kind: str, call: Call, count: int, warmup: int) -> dict[str, Any]:
-    if kind == "lean":
-        with Connection(path) as conn:
-            if warmup:  # a run of its own: the timed run's frames are encoded in its CPU time
-                measure_sequential(conn, call, warmup, 0)
-            before = _rusage()
-            figures = measure_sequential(conn, call, count, 0)
-            return figures | {"warmup": warmup} | _rusage_per_call(before, _rusage(), count)
-    if kind == "sync-call":
-        with SyncClient(path) as sc:
-            invoke = functools.partial(
-                sc.call, call.service, call.method, dict(call.request) or None
-            )
-            return _timed(invoke, call, count, warmup)
-    if kind == "sync-model":
-        with SyncController(path) as controller:
-            return _timed(_model_method(controller, call), call, count, warmup)
-    return trio.run(_trio_seq, path, kind, call, count, warmup)
+def _lean_seq(path: str, call: Call, count: int, warmup: int) -> dict[str, Any]:
+    """The lean client's sequential loop, with its CPU time per call."""
+    with Connection(path) as conn:
+        if warmup:  # a run of its own: the timed run's frames are encoded in its CPU time
+            measure_sequential(conn, call, warmup, 0)
+        before = _rusage()
+        figures = measure_sequential(conn, call, count, 0)
+        return figures | {"warmup": warmup} | _rusage_per_call(before, _rusage(), count)
 
 
 def _threads(
@@ -314,11 +293,11 @@ def client(
                 "call": call,
                 "threads": _threads(socket, measured, threads, warmup, duration),
             }
-        return {
-            "client": client,
-            "call": call,
-            "seq": _client_seq(socket, client, measured, seq, seq_warmup),
-        }
+        if client == "lean":
+            figures = _lean_seq(socket, measured, seq, seq_warmup)
+        else:
+            figures = trio.run(_client_seq, socket, client, measured, seq, seq_warmup)
+        return {"client": client, "call": call, "seq": figures}
 
 
 # --- load sections --------------------------------------------------------------------------
@@ -340,35 +319,6 @@ def throughput(
 
 def _request(method: str, message: dict[str, Any]) -> bytes:
     return request_payload(CONTROLLER, method, message)
-
-
-class Window:
-    """The warm-up and the measuring window, opened and closed by the driver's batches."""
-
-    def __init__(self, server: int, warmup_s: float, duration_s: float) -> None:
-        self.server = server
-        self.measure_from = time.perf_counter_ns() + int(warmup_s * 1e9)
-        self.measure_to = self.measure_from + int(duration_s * 1e9)
-        self.start = self.stop = 0
-        self.server_cpu = self.client_cpu = 0.0
-        self.durations: list[int] = []  # ns, of the lifecycles finished in the window
-
-    def tick(self) -> None:
-        now = time.perf_counter_ns()
-        if self.stop:
-            return
-        if not self.start and now >= self.measure_from:
-            self.start = now
-            self.server_cpu, self.client_cpu = cpu_seconds(self.server), time.process_time()
-        elif self.start and now >= self.measure_to:
-            self.stop = now
-            self.server_cpu = cpu_seconds(self.server) - self.server_cpu
-            self.client_cpu = time.process_time() - self.client_cpu
-
-    def finished(self, began: int) -> None:
-        """A lifecycle begun at ``began`` just finished: counted if the window is open."""
-        if self.start and not self.stop:
-            self.durations.append(time.perf_counter_ns() - began)
 
 
 def _expect(ok: bool, what: str, reply: dict[str, Any]) -> None:

@@ -9,7 +9,6 @@ run says so and goes on.
 
 from __future__ import annotations
 
-import functools
 import json
 import re
 import statistics
@@ -353,104 +352,94 @@ class Target:
 
 
 def target(
-    name: str,
-    goal: str,
-    mine: float | None,
-    reference: float | None,
-    bound: tuple[str, float],
-    measured: Callable[[float, float], str],
+    name: str, goal: str, mine: float | None, reference: float | None, bound: str, what: str
 ) -> Target:
-    """The goal ``mine / reference`` ``<=`` or ``>=`` ``bound[1]``, checked."""
+    """The goal ``mine / reference`` ``bound`` (``"<= 1.3"``, ``">= 5"``), checked; ``what``
+    the measured figures, formatted with ``m`` (mine), ``r`` (the reference), ``kib``."""
     if mine is None or not reference:
         return Target(name, goal, "not measured", None, None)
-    found = mine / reference
-    met = found <= bound[1] if bound[0] == "<=" else found >= bound[1]
-    return Target(name, goal, measured(mine, reference), found, met)
-
-
-def _vs_floor(short: str, mine: float, floor: float) -> str:
-    return f"{short} {mine:,.1f} us, floor {floor:,.1f} us (lean client)"
+    found, (op, limit) = mine / reference, bound.split()
+    met = found <= float(limit) if op == "<=" else found >= float(limit)
+    return Target(name, goal, what.format(m=mine, r=reference, kib=mine / 1024), found, met)
 
 
 def targets(out: dict[str, Any]) -> list[Target]:
     """The issue's targets, each with the measured figures and the ratio the goal applies to."""
     results, clients = out["results"], out["clients"]
-    floor = num(results, FLOOR, "calls", BASELINE_CALL, "seq", "p50_us")
-    found = [
+
+    def seq_p50(name: str, call: str, part: str = "seq") -> float | None:
+        return num(results, name, "calls", call, part, "p50_us")
+
+    floor, status = seq_p50(FLOOR, BASELINE_CALL), seq_p50(UNDER_TEST, STATUS)
+    grpc_aio = seq_p50(GRPC, BASELINE_CALL, "seq_aio")
+    lean = (
+        f"; lean client {status:,.1f} us: {grpc_aio / status:.1f}x" if status and grpc_aio else ""
+    )
+    rps = {
+        name: num(out["throughput"], "summary", name, "1x64", "rps")
+        for name in (FLOOR, UNDER_TEST)
+    }
+    points = out["scaling"].get("points") or [{}]
+    first, last = points[0], points[-1]
+    idle = f"{last['idle']:,}" if "idle" in last else ""
+    return [
         target(
-            f"{short} sequential p50 vs the floor",
+            "Status sequential p50 vs the floor",
             "<= 1.3x",
-            num(results, UNDER_TEST, "calls", call, "seq", "p50_us"),
+            status,
             floor,
-            ("<=", 1.3),
-            functools.partial(_vs_floor, short),
-        )
-        for call, short in ((STATUS, "Status"), (PING, "Ping"))
-    ]
-    throughput = out["throughput"].get("summary", {})
-    found.append(
+            "<= 1.3",
+            "Status {m:,.1f} us, floor {r:,.1f} us (lean client)",
+        ),
+        target(
+            "Ping sequential p50 vs the floor",
+            "<= 1.3x",
+            seq_p50(UNDER_TEST, PING),
+            floor,
+            "<= 1.3",
+            "Ping {m:,.1f} us, floor {r:,.1f} us (lean client)",
+        ),
         target(
             "Status at 64 in flight (1 connection) vs the floor",
             ">= 0.4x the floor's req/s",
-            num(throughput, UNDER_TEST, "1x64", "rps"),
-            num(throughput, FLOOR, "1x64", "rps"),
-            (">=", 0.4),
-            lambda m, f: f"Status {m:,.0f} req/s, floor {f:,.0f} req/s",
-        )
-    )
-    grpc_aio = num(results, GRPC, "calls", BASELINE_CALL, "seq_aio", "p50_us")
-    lean = num(results, UNDER_TEST, "calls", STATUS, "seq", "p50_us")
-    lean_note = (
-        f"; lean client {lean:,.1f} us: {grpc_aio / lean:.1f}x" if lean and grpc_aio else ""
-    )
-    found.append(
+            rps[UNDER_TEST],
+            rps[FLOOR],
+            ">= 0.4",
+            "Status {m:,.0f} req/s, floor {r:,.0f} req/s",
+        ),
         target(
             "Status p50 vs grpc.aio unary p50 (async client, both)",
             ">= 5x lower",
             grpc_aio,
             num(clients, "summary", STATUS, ASYNC_CLIENT, "p50_us"),
-            (">=", 5),
-            lambda g, m: f"grpc.aio {g:,.1f} us, RemoteController Status {m:,.1f} us{lean_note}",
-        )
-    )
-    points = out["scaling"].get("points") or []
-    if points:
-        first, last = points[0], points[-1]
-        n = last["idle"]
-        found.append(
-            target(
-                f"Status p50 with {n:,} idle sandboxes vs none",
-                "<= 1.1x",
-                num(last, "status", "p50_us"),
-                num(first, "status", "p50_us") if first["idle"] == 0 else None,
-                ("<=", 1.1),
-                lambda m, z: f"{m:,.1f} us with {n:,}, {z:,.1f} us with 0",
-            )
-        )
-        found.append(
-            target(
-                f"daemon memory per idle sandbox (sim, {n:,})",
-                "<= 6 KiB",
-                num(last, "bytes_per_sandbox"),
-                6144.0,
-                ("<=", 1.0),
-                lambda m, _: f"{m:,.0f} bytes ({m / 1024:.2f} KiB)",
-            )
-        )
-    else:
-        found.append(Target("Status p50 with idle sandboxes vs none", "<= 1.1x", "—", None, None))
-        found.append(Target("daemon memory per idle sandbox (sim)", "<= 6 KiB", "—", None, None))
-    found.append(
+            ">= 5",
+            "grpc.aio {m:,.1f} us, RemoteController Status {r:,.1f} us" + lean,
+        ),
+        target(
+            f"Status p50 with {idle + ' ' if idle else ''}idle sandboxes vs none",
+            "<= 1.1x",
+            num(last, "status", "p50_us"),
+            num(first, "status", "p50_us") if first.get("idle") == 0 else None,
+            "<= 1.1",
+            f"{{m:,.1f}} us with {idle}, {{r:,.1f}} us with 0",
+        ),
+        target(
+            f"daemon memory per idle sandbox (sim{', ' + idle if idle else ''})",
+            "<= 6 KiB",
+            num(last, "bytes_per_sandbox"),
+            6144.0,
+            "<= 1",
+            "{m:,.0f} bytes ({kib:.2f} KiB)",
+        ),
         target(
             "full lifecycles/s, sim, 64 concurrent",
             ">= 3,000/s",
             num(out["lifecycles"], "points", "sim:64", "lifecycles_per_s"),
             3000.0,
-            (">=", 1.0),
-            lambda m, _: f"{m:,.0f} lifecycles/s",
-        )
-    )
-    return found
+            ">= 1",
+            "{m:,.0f} lifecycles/s",
+        ),
+    ]
 
 
 def targets_table(found: Sequence[Target]) -> str:
