@@ -14,24 +14,15 @@ from typing import Any, Final
 
 
 @dataclass(frozen=True)
-class Step:
-    """One unmeasured call made before or after the measured ones."""
-
-    service: str
-    method: str
-    request: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
 class Call:
-    """A measured call."""
+    """A measured call (or, without ``setup`` and ``teardown``, an unmeasured step of one)."""
 
     service: str
     method: str
     request: Mapping[str, Any] = field(default_factory=dict)
     expect_keys: tuple[str, ...] = ()
-    setup: tuple[Step, ...] = ()
-    teardown: tuple[Step, ...] = ()
+    setup: tuple[Call, ...] = ()
+    teardown: tuple[Call, ...] = ()
 
     @property
     def name(self) -> str:
@@ -54,15 +45,15 @@ _TABLE: Final[tuple[Call, ...]] = (
         "Status",
         _ID,
         expect_keys=("sandbox_id", "state", "pid"),
-        setup=(Step(_CONTROLLER, "Create", _SIM_BOX), Step(_CONTROLLER, "Start", _ID)),
-        teardown=(Step(_CONTROLLER, "Shutdown", _ID),),
+        setup=(Call(_CONTROLLER, "Create", _SIM_BOX), Call(_CONTROLLER, "Start", _ID)),
+        teardown=(Call(_CONTROLLER, "Shutdown", _ID),),
     ),
     Call(
         _CONTROLLER,
         "Ping",
         _ID,
-        setup=(Step(_CONTROLLER, "Create", _SIM_BOX),),
-        teardown=(Step(_CONTROLLER, "Shutdown", _ID),),
+        setup=(Call(_CONTROLLER, "Create", _SIM_BOX),),
+        teardown=(Call(_CONTROLLER, "Shutdown", _ID),),
     ),
     # Through the actor: a task for the call, a message to the actor's mailbox and back.
     # Wait on a stopped sandbox answers at once, so this is the cost of the actor hop.
@@ -71,8 +62,8 @@ _TABLE: Final[tuple[Call, ...]] = (
         "Wait",
         _ID,
         expect_keys=("exit_status", "exited_at"),
-        setup=(Step(_CONTROLLER, "Create", _SIM_BOX), Step(_CONTROLLER, "Stop", _ID)),
-        teardown=(Step(_CONTROLLER, "Shutdown", _ID),),
+        setup=(Call(_CONTROLLER, "Create", _SIM_BOX), Call(_CONTROLLER, "Stop", _ID)),
+        teardown=(Call(_CONTROLLER, "Shutdown", _ID),),
     ),
 )
 

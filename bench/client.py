@@ -48,7 +48,7 @@ from sandboxd.wire import (
     loads_message,
 )
 
-from .calls import Call, Step
+from .calls import Call
 
 RECEIVE_SIZE: Final = 65536
 TIMEOUT: Final = 10.0
@@ -235,7 +235,7 @@ class Checker:
         return message
 
 
-def call_once(conn: Connection, step: Step | Call) -> dict[str, Any] | None:
+def call_once(conn: Connection, step: Call) -> dict[str, Any] | None:
     """One unmeasured round trip (a setup or teardown step), checked."""
     what = f"{step.service}/{step.method}"
     stream_id, data = conn.request(request_payload(step.service, step.method, step.request))

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Final
 
 _LINE: Final = re.compile(r"^(?P<stack>.*) (?P<count>\d+)$")
+KINDS: Final = ("self", "self_main", "inclusive", "inclusive_main")
 _FRAME: Final = re.compile(r"^(?P<name>.*) \((?P<file>[^()]*?)(?::\d+)?\)$")
 
 
@@ -42,10 +43,7 @@ def summarize(path: Path, top: int = 15) -> dict[str, Any]:
     has the samples of the main thread and of the others (trio's worker threads: the store's
     SQLite writes, and idle workers waiting for a job, which py-spy does not count as idle).
     """
-    own: Counter[str] = Counter()
-    own_main: Counter[str] = Counter()
-    anywhere: Counter[str] = Counter()
-    anywhere_main: Counter[str] = Counter()
+    counts: dict[str, Counter[str]] = {kind: Counter() for kind in KINDS}
     threads: Counter[str] = Counter()
     total = 0
     for line in path.read_text(errors="replace").splitlines():
@@ -55,16 +53,12 @@ def summarize(path: Path, top: int = 15) -> dict[str, Any]:
         count = int(found["count"])
         frames = [function_of(f) for f in found["stack"].split(";")]
         total += count
-        own[frames[-1]] += count
-        if is_main_thread(frames):
-            threads["main"] += count
-            own_main[frames[-1]] += count
-        else:
-            threads["other"] += count
-        for function in set(frames):
-            anywhere[function] += count
-            if is_main_thread(frames):
-                anywhere_main[function] += count
+        main = is_main_thread(frames)
+        threads["main" if main else "other"] += count
+        for suffix in ("", "_main") if main else ("",):
+            counts["self" + suffix][frames[-1]] += count
+            for function in set(frames):
+                counts["inclusive" + suffix][function] += count
 
     def rows(counter: Counter[str], of: int) -> list[dict[str, Any]]:
         return [
@@ -72,15 +66,11 @@ def summarize(path: Path, top: int = 15) -> dict[str, Any]:
             for name, n in counter.most_common(top)
         ]
 
-    main = threads["main"]
-    return {
-        "samples": total,
-        "threads": dict(threads),
-        "self": rows(own, total),
-        "self_main": rows(own_main, main),
-        "inclusive": rows(anywhere, total),
-        "inclusive_main": rows(anywhere_main, main),
-    }
+    shares_of = {"": total, "_main": threads["main"]}
+    summary: dict[str, Any] = {"samples": total, "threads": dict(threads)}
+    for kind in KINDS:
+        summary[kind] = rows(counts[kind], shares_of["_main" if kind.endswith("_main") else ""])
+    return summary
 
 
 def table(summary: dict[str, Any], kind: str = "self") -> str:
@@ -109,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{summary['samples']} samples: main thread {threads.get('main', 0)}, "
         f"other threads {threads.get('other', 0)}\n"
     )
-    for kind in ("self", "self_main", "inclusive", "inclusive_main"):
+    for kind in KINDS:
         print(table(summary, kind))
         print()
     return 0
