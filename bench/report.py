@@ -13,7 +13,7 @@ import json
 import re
 import statistics
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -96,11 +96,6 @@ def md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
-def failed_row(*first: str, width: int) -> list[str]:
-    """A row of a measurement that failed: ``first``, FAILED, then dashes up to ``width``."""
-    return [*first, "FAILED", *["—"] * (width - len(first) - 1)]
-
-
 #: A JSON array of two numbers spread over four lines by ``indent``: ``cdf_us``'s points.
 _PAIR: Final = re.compile(r"\[\s*\n\s*(-?[0-9.eE+-]+),\s*\n\s*(-?[0-9.eE+-]+)\s*\n\s*\]")
 
@@ -146,49 +141,87 @@ def server_table(
     return md_table(header, rows), ratios
 
 
+def labelled_table(
+    header: Sequence[str],
+    rows: Iterable[tuple[str, str, dict[str, Any]]],
+    cells: Callable[[str, dict[str, Any]], list[str]],
+) -> str:
+    """A table whose ``rows`` are (label, second label, figures): the labels, then
+    ``cells(second label, figures)``, or FAILED and dashes for a failed measurement."""
+    lines = [
+        [first, second, "FAILED", *["—"] * (len(header) - 3)]
+        if "error" in figures
+        else [first, second, *cells(second, figures)]
+        for first, second, figures in rows
+    ]
+    return md_table(header, lines)
+
+
 def clients_tables(
     summary: dict[str, Any], calls: Sequence[str], threads: int
 ) -> tuple[str, dict[str, Any]]:
     """The clients' two tables, and the ratios they show."""
     ratios: dict[str, Any] = {"vs_lean": {}, "threads_vs_one_thread": {}}
-    rows = []
     for call in calls:
-        ratios["vs_lean"][call] = {}
-        for kind, title in CLIENT_KINDS.items():
-            mine = summary[call][kind]
-            if "error" in mine:
-                rows.append([title, call, "FAILED", "FAILED", "—", "—", "—"])
-                ratios["vs_lean"][call][kind] = None
-                continue
-            lean = summary[call][REFERENCE_CLIENT]
-            pair = {key: ratio(num(mine, key), num(lean, key)) for key in ("p50_us", "p99_us")}
-            ratios["vs_lean"][call][kind] = pair
-            rows.append([title, call, fmt(num(mine, "p50_us")), fmt(num(mine, "p99_us"))])
-            rows[-1] += [fmt_ratio(pair["p50_us"]), fmt_ratio(pair["p99_us"])]
-            rows[-1].append(fmt(num(mine, "cpu_us")))
+        lean = summary[call][REFERENCE_CLIENT]
+        ratios["vs_lean"][call] = {
+            kind: None
+            if "error" in mine
+            else {key: ratio(num(mine, key), num(lean, key)) for key in ("p50_us", "p99_us")}
+            for kind, mine in summary[call].items()
+            if kind in CLIENT_KINDS
+        }
+
+    def sequential(call: str, mine: dict[str, Any]) -> list[str]:
+        lean = summary[call][REFERENCE_CLIENT]
+        return [
+            fmt(num(mine, "p50_us")),
+            fmt(num(mine, "p99_us")),
+            fmt_ratio(ratio(num(mine, "p50_us"), num(lean, "p50_us"))),
+            fmt_ratio(ratio(num(mine, "p99_us"), num(lean, "p99_us"))),
+            fmt(num(mine, "cpu_us")),
+        ]
+
     header = ["client", "call", "p50 (us)", "p99 (us)", "p50 vs lean", "p99 vs lean"]
-    sequential = md_table([*header, "client CPU (us/call)"], rows)
-    rows = []
+    first = labelled_table(
+        [*header, "client CPU (us/call)"],
+        [
+            (title, call, summary[call][kind])
+            for call in calls
+            for kind, title in CLIENT_KINDS.items()
+        ],
+        sequential,
+    )
     kinds = threaded_kinds(threads)
-    for call in (c for c in calls if c in CLIENT_THREAD_CALLS):
-        one = num(summary, call, next(iter(kinds)), "calls_per_s")
-        ratios["threads_vs_one_thread"][call] = ratio(
-            num(summary, call, f"sync-threads x{threads}", "calls_per_s"), one
-        )
-        for kind, n in kinds.items():
-            mine = summary[call][kind]
-            if "error" in mine:
-                rows.append(failed_row(f"SyncController x{n}", call, width=8))
-                continue
-            rate = num(mine, "calls_per_s")
-            low, high = num(mine, "per_thread_min"), num(mine, "per_thread_max")
-            spread = "—" if low is None or high is None else f"{low:,.0f}-{high:,.0f}"
-            rows.append([f"SyncController x{n}", call, fmt(rate, "throughput")])
-            rows[-1] += [fmt_ratio(ratio(rate, one)), fmt(num(mine, "p50_us"))]
-            rows[-1] += [fmt(num(mine, "p99_us")), spread, fmt(num(mine, "cpu_us"))]
+    threaded = [c for c in calls if c in CLIENT_THREAD_CALLS]
+    for call in threaded:
+        rate = {n: num(summary, call, kind, "calls_per_s") for kind, n in kinds.items()}
+        ratios["threads_vs_one_thread"][call] = ratio(rate[threads], rate[1])
+
+    def shared(call: str, mine: dict[str, Any]) -> list[str]:
+        rate, one = num(mine, "calls_per_s"), num(summary, call, next(iter(kinds)), "calls_per_s")
+        low, high = num(mine, "per_thread_min"), num(mine, "per_thread_max")
+        return [
+            fmt(rate, "throughput"),
+            fmt_ratio(ratio(rate, one)),
+            fmt(num(mine, "p50_us")),
+            fmt(num(mine, "p99_us")),
+            "—" if low is None or high is None else f"{low:,.0f}-{high:,.0f}",
+            fmt(num(mine, "cpu_us")),
+        ]
+
     header = ["threads sharing one SyncController", "call", "calls/s", "vs 1 thread"]
     header += ["p50 (us)", "p99 (us)", "calls per thread, min-max", "client CPU (us/call)"]
-    return sequential + "\n\n" + md_table(header, rows), ratios
+    second = labelled_table(
+        header,
+        [
+            (f"SyncController x{n}", call, summary[call][kind])
+            for call in threaded
+            for kind, n in kinds.items()
+        ],
+        shared,
+    )
+    return first + "\n\n" + second, ratios
 
 
 @dataclass(frozen=True)
@@ -273,51 +306,58 @@ def throughput_table(throughput: dict[str, Any]) -> str:
 
 def lifecycle_table(result: dict[str, Any]) -> str:
     """The daemon's lifecycle points, then the embedded Controller's."""
-
-    def row(label: str, n: int, point: dict[str, Any], calls: float, cpus: list[str]) -> list[str]:
-        lat = point["lifecycle_us"]
-        return [
-            *(label, "1 (sequential)" if n == 1 else str(n)),
-            *(fmt(point["lifecycles_per_s"], "throughput"), fmt(calls, "throughput")),
-            *(f"{lat['p50_us'] / 1000:,.2f}", f"{lat['p99_us'] / 1000:,.2f}", *cpus),
-        ]
-
     rows = []
     for sandboxer, n in LIFECYCLE_POINTS:
-        point = result.get("points", {}).get(f"{sandboxer}:{n}", {})
+        point = result.get("points", {}).get(f"{sandboxer}:{n}", {"error": "not measured"})
         label = f"{sandboxer} ({point['command']})" if point.get("command") else sandboxer
-        if "error" in point or "lifecycles_per_s" not in point:
-            rows.append(failed_row(label, "1 (sequential)" if n == 1 else str(n), width=8))
-            continue
-        cpus = [f"{point['server_cpu']:.2f}", f"{point['client_cpu']:.2f}"]
-        rows.append(row(label, n, point, point["calls_per_s"], cpus))
+        rows.append((label, "1 (sequential)" if n == 1 else str(n), point))
     embedded = result.get("embedded", {})
     for point in embedded.get("points", []):
-        label = f"sim, embedded ({'state store' if point['store'] else 'in memory'}; no socket)"
-        calls = point["lifecycles_per_s"] * 5
-        rows.append(row(label, point["concurrency"], point, calls, ["—", f"{point['cpu']:.2f}"]))
+        kept = "state store" if point["store"] else "in memory"
+        n = point["concurrency"]
+        rows.append(
+            (f"sim, embedded ({kept}; no socket)", "1 (sequential)" if n == 1 else str(n), point)
+        )
     if "error" in embedded:
-        rows.append(failed_row("sim, embedded", "—", width=8))
+        rows.append(("sim, embedded", "—", embedded))
+
+    def cells(_: str, point: dict[str, Any]) -> list[str]:
+        lat, rate = point["lifecycle_us"], point["lifecycles_per_s"]
+        daemon = "server_cpu" in point  # the embedded rows have the whole process's CPU
+        return [
+            fmt(rate, "throughput"),
+            fmt(point["calls_per_s"] if daemon else rate * 5, "throughput"),
+            f"{lat['p50_us'] / 1000:,.2f}",
+            f"{lat['p99_us'] / 1000:,.2f}",
+            f"{point['server_cpu']:.2f}" if daemon else "—",
+            f"{point['client_cpu' if daemon else 'cpu']:.2f}",
+        ]
+
     header = ["sandboxer", "concurrent lifecycles", "lifecycles/s", "calls/s"]
     header += ["lifecycle p50 (ms)", "lifecycle p99 (ms)", "daemon CPU", "client CPU"]
-    return md_table(header, rows)
+    return labelled_table(header, rows, cells)
 
 
 def scaling_table(result: dict[str, Any]) -> str:
     points = result.get("points", [])
     base = points[0]["status"]["p50_us"] if points else None
-    rows = []
-    for point in points:
-        per, marginal = point.get("bytes_per_sandbox"), point.get("marginal_bytes_per_sandbox")
-        status = point["status"]
-        rows.append([f"{point['idle']:,}", fmt(point.get("creates_per_s"), "throughput")])
-        rows[-1] += [fmt(status["p50_us"]), fmt(status["p99_us"])]
-        rows[-1] += [
-            fmt_ratio(ratio(status["p50_us"], base)),
+
+    def count(value: float | None) -> str:
+        return "—" if value is None else f"{value:,.0f}"
+
+    rows = [
+        [
+            f"{point['idle']:,}",
+            fmt(point.get("creates_per_s"), "throughput"),
+            fmt(point["status"]["p50_us"]),
+            fmt(point["status"]["p99_us"]),
+            fmt_ratio(ratio(point["status"]["p50_us"], base)),
             f"{point['rss_bytes'] / 2**20:,.1f}",
+            count(point.get("bytes_per_sandbox")),
+            count(point.get("marginal_bytes_per_sandbox")),
         ]
-        rows[-1] += ["—" if per is None else f"{per:,.0f}"]
-        rows[-1] += ["—" if marginal is None else f"{marginal:,.0f}"]
+        for point in points
+    ]
     header = ["idle sandboxes", "creates/s (to get there)", f"{STATUS} p50 (us)", "p99 (us)"]
     header += ["p50 vs 0", "daemon RSS (MiB)", "bytes/sandbox", "marginal bytes/sandbox"]
     return md_table(header, rows)
