@@ -214,52 +214,44 @@ class FrameScanner:
 
 
 class ReplyLedger:
-    """Request and response frames of one connection, by stream id."""
+    """Request and response frames of one connection, counted by stream id."""
 
-    __slots__ = (
-        "answered",
-        "duplicate_requests",
-        "duplicate_responses",
-        "requests",
-        "unsolicited",
-    )
+    __slots__ = ("requests", "responses")
 
     def __init__(self) -> None:
-        self.requests: set[int] = set()
-        self.answered: set[int] = set()
-        self.duplicate_requests = 0
-        self.duplicate_responses = 0
-        self.unsolicited = 0
+        self.requests: Counter[int] = Counter()
+        self.responses: Counter[int] = Counter()
 
     def on_sent(self, stream_id: int, frame_type: int) -> None:
         if frame_type == FrameType.REQUEST:
-            if stream_id in self.requests:
-                self.duplicate_requests += 1
-            self.requests.add(stream_id)
+            self.requests[stream_id] += 1
 
     def on_received(self, stream_id: int, frame_type: int) -> None:
-        if frame_type != FrameType.RESPONSE:
-            return
-        if stream_id in self.answered:
-            self.duplicate_responses += 1
-        elif stream_id in self.requests:
-            self.answered.add(stream_id)
-        else:
-            self.unsolicited += 1
+        if frame_type == FrameType.RESPONSE:
+            self.responses[stream_id] += 1
+
+    @property
+    def answered(self) -> set[int]:
+        """The requests' streams that got a response."""
+        return self.requests.keys() & self.responses.keys()
 
     def problems(self) -> list[str]:
         """What breaks "exactly one response per request"; empty when nothing does."""
+        requested = self.requests.keys()
+        missing = sorted(requested - self.responses.keys())
+        extra = sum(n - 1 for s, n in self.responses.items() if s in requested)
+        unsolicited = sum(n for s, n in self.responses.items() if s not in requested)
+        reused = sum(n - 1 for n in self.requests.values())
         found = []
-        missing = sorted(self.requests - self.answered)
         if missing:
             shown = ", ".join(map(str, missing[:5]))
             found.append(f"{len(missing)} requests without a response (streams {shown}...)")
-        if self.duplicate_responses:
-            found.append(f"{self.duplicate_responses} extra responses to answered requests")
-        if self.unsolicited:
-            found.append(f"{self.unsolicited} responses on streams never requested")
-        if self.duplicate_requests:
-            found.append(f"{self.duplicate_requests} requests reusing a stream id")
+        if extra:
+            found.append(f"{extra} extra responses to answered requests")
+        if unsolicited:
+            found.append(f"{unsolicited} responses on streams never requested")
+        if reused:
+            found.append(f"{reused} requests reusing a stream id")
         return found
 
 
@@ -762,36 +754,23 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
         description="Drive many sandbox lifecycles at once against a live sandboxd and check "
         "every reply.  Exit status 1 when a check fails.",
     )
-    parser.add_argument(
-        "--socket", help="daemon to load (default: start one on a temporary socket)"
-    )
-    parser.add_argument("--clients", type=_positive(int), help="connections (default 4)")
-    parser.add_argument(
-        "--concurrency", type=_positive(int), help="lifecycle loops per connection (default 16)"
-    )
-    parser.add_argument("--duration", type=_positive(float), help="seconds (default 10)")
-    parser.add_argument("--sandboxer", choices=SANDBOXERS, default="sim")
-    parser.add_argument("--json", metavar="FILE", help="write the report as JSON to FILE")
-    parser.add_argument(
+    add = parser.add_argument
+    add("--socket", help="daemon to load (default: start one on a temporary socket)")
+    add("--clients", type=_positive(int), help="connections (default 4)")
+    add("--concurrency", type=_positive(int), help="lifecycle loops per connection (default 16)")
+    add("--duration", type=_positive(float), help="seconds (default 10)")
+    add("--sandboxer", choices=SANDBOXERS, default="sim")
+    add("--json", metavar="FILE", help="write the report as JSON to FILE")
+    add(
         "--call-timeout",
         type=_positive(float),
         default=DEFAULT_CALL_TIMEOUT,
         help=f"seconds after which a call counts as unanswered (default {DEFAULT_CALL_TIMEOUT:g})",
     )
-    parser.add_argument(
-        "--quick", action="store_true", help="2 clients x 4 loops for 2 s (unless given)"
-    )
-    args = parser.parse_args(argv)
-    base = QUICK if args.quick else DEFAULTS
-    return Settings(
-        socket=args.socket,
-        clients=args.clients or int(base["clients"]),
-        concurrency=args.concurrency or int(base["concurrency"]),
-        duration=args.duration or float(base["duration"]),
-        sandboxer=args.sandboxer,
-        json=args.json,
-        call_timeout=args.call_timeout,
-    )
+    add("--quick", action="store_true", help="2 clients x 4 loops for 2 s (unless given)")
+    args = vars(parser.parse_args(argv))
+    base = QUICK if args.pop("quick") else DEFAULTS
+    return Settings(**args | {key: args[key] or value for key, value in base.items()})
 
 
 def main(argv: Sequence[str] | None = None) -> int:
