@@ -400,6 +400,40 @@ class _Session:
                 )
 
 
+@contextlib.contextmanager
+def _without_local_constants() -> Iterator[None]:
+    """Generation that does not depend on where sandboxd, or the caller's code, lives.
+
+    Hypothesis (6.131 and later) now and then draws a constant found in the source of the
+    "local" modules loaded -- those outside site-packages and the standard library -- so a
+    seed drew other programs from a source tree than from an installed wheel, and other
+    ones again once the caller imported a module of its own.  For the length of a run this
+    makes the set of local constants empty (its global constants stay: they are fixed), and
+    empties the cache of allowed constants, on entry and on exit, so that nothing drawn
+    before or after sees the difference.  Without that internal API (an older or newer
+    Hypothesis) it does nothing.
+    """
+    try:
+        from hypothesis.internal.conjecture import providers
+    except ImportError:  # pragma: no cover - the layout of another Hypothesis
+        yield
+        return
+    cache = getattr(providers, "CONSTANTS_CACHE", None)
+    local = getattr(providers, "_get_local_constants", None)
+    constants = getattr(providers, "Constants", None)
+    if cache is None or local is None or constants is None:  # pragma: no cover
+        yield
+        return
+    empty = constants()
+    cache.cache.clear()
+    providers._get_local_constants = lambda: empty
+    try:
+        yield
+    finally:
+        providers._get_local_constants = local
+        cache.cache.clear()
+
+
 def _size(program: Program) -> tuple[int, int, int, int, int]:
     """Smaller is simpler: fewer calls, fewer at once, fewer groups, fewer sandboxes, fewer
     arguments and faults."""
@@ -599,7 +633,8 @@ def fuzz(
         if socket is not None:
             trio.run(_sweep, socket, prefix)
         try:
-            run_examples()
+            with _without_local_constants():
+                run_examples()
         except _Failed as failed:
             violation = failed.violation  # Hypothesis's minimal example, replayed
         except _Stop:
