@@ -7,9 +7,15 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import sandboxd
+from sandboxd import SandboxState, SandboxStatus
+from sandboxd.backends import SimBackend
+from sandboxd.testing.fuzz import fuzz
 
 # -- seeds ------------------------------------------------------------------------------------
 
@@ -81,3 +87,65 @@ def test_a_seed_draws_the_same_programs_installed_or_from_a_source_tree(tmp_path
     assert from_tree[0].startswith(str(source))
     assert from_wheel[0].startswith(str(installed))
     assert from_tree[1] == mixed[1] == from_wheel[1]
+
+
+# -- id reuse ---------------------------------------------------------------------------------
+
+
+class Wrapper:
+    """A controller that passes every call on to the real one, except those it overrides."""
+
+    def __init__(self, controller: Any) -> None:
+        self._controller = controller
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._controller, name)
+
+    def __len__(self) -> int:  # the server's Controller service asks (dunders skip getattr)
+        return len(self._controller)
+
+
+class CachesFinalStatus(Wrapper):
+    """Keeps the Status of a stopped sandbox (it cannot change any more: a Shutdown makes
+    the id unknown) and never forgets it: a sandbox created again under that id reads as
+    stopped."""
+
+    def __init__(self, controller: Any) -> None:
+        super().__init__(controller)
+        self._final: dict[str, SandboxStatus] = {}
+
+    async def status(self, sandbox_id: str, verbose: bool = False) -> SandboxStatus:
+        cached = self._final.get(sandbox_id)
+        if cached is not None:
+            await self._controller.ping(sandbox_id)  # NOT_FOUND once it is shut down
+            return cached
+        status: SandboxStatus = await self._controller.status(sandbox_id, verbose=verbose)
+        if status.state is SandboxState.STOPPED:
+            self._final[sandbox_id] = status
+        return status
+
+
+def in_process(
+    wrap: Callable[[Any], Any] | None = None, **options: Any
+) -> Callable[[], AbstractAsyncContextManager[Any]]:
+    """A factory of fresh in-process controllers over the sim backend (wrapped)."""
+
+    @asynccontextmanager
+    async def factory() -> AsyncIterator[Any]:
+        async with sandboxd.open_controller(
+            [SimBackend()], default_sandboxer="sim", stop_timeout=0.005, **options
+        ) as controller:
+            yield controller if wrap is None else wrap(controller)
+
+    return factory
+
+
+def test_it_finds_a_status_cache_a_shutdown_does_not_clear() -> None:
+    report = fuzz(in_process(CachesFinalStatus), seed=1, duration=30, shrink_limit=4)
+    violation = report.violation
+    assert violation is not None, report.summary()
+    calls = [(call.name, call.sandbox) for call in violation.program.calls]
+    # The sandbox has two lives: the stale Status is the second life's.
+    assert calls.count(("create", 0)) == 2, calls
+    first_life_ends = calls.index(("shutdown", 0))
+    assert ("status", 0) in calls[first_life_ends:], calls

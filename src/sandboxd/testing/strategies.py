@@ -239,8 +239,16 @@ _NEXT: Final[Mapping[str | None, tuple[str, ...]]] = {
     "stopped": ("wait", "shutdown", "status", "start", "shutdown"),
 }
 
-#: Of the selectors 0..9, those below this pick a guided call, the others any call.
+#: Of the selectors 0..11, those below this pick a guided call; this one and the next reuse
+#: the id (see _REUSE); the others pick any call.
 _GUIDED: Final = 8
+_SELECTORS: Final = 12
+
+#: Id reuse: a sandbox that exists is shut down, created again under its id and asked its
+#: Status, one call after the other on one client; a call on the old life may race them (on
+#: a client of its own, in the same group).  State kept by id -- a cache, a subscription, a
+#: record -- and not dropped at Shutdown shows only there.  A racer is drawn from these.
+_REUSE_RACERS: Final = ("status", "wait", "stop", "start", "wait")
 
 #: The calls a guided call may race with (a *partner*: a client of its own in the same
 #: group, on the same sandbox), by what the program did to the sandbox before the group.
@@ -307,7 +315,10 @@ def programs(
     With ``guided`` (the default), most calls take their sandbox on through its life, as the
     program left it so far (create it, start it, then stop and wait, shut it down), so that
     the orderings that matter -- a Wait racing a Stop of a running sandbox, say -- come up
-    often; some bring a *partner*, a call racing them on the same sandbox.  (A call and its
+    often; some bring a *partner*, a call racing them on the same sandbox.  Some reuse an
+    id: a Shutdown, a Create of the same id and a Status on one client, perhaps with a call
+    on the old life racing them (a cache kept by id and not cleared at Shutdown shows only
+    there).  (A call and its
     partner are drawn as one, so a shrunk program may keep them at once where one after the
     other would do as well: the fuzzer tries that too.)  The other calls are drawn from
     ``names`` (repeat a name to draw it more often).  A
@@ -333,13 +344,15 @@ def programs(
     # 0..2: the sandbox of the call before (calls cluster, and shrink to one sandbox);
     # 3 and up: another one.
     hop = st.integers(0, 2 + sandboxes - 1)
-    selector = st.integers(0, 9) if guided else st.just(_GUIDED)
+    selector = st.integers(0, _SELECTORS - 1) if guided else st.just(_SELECTORS - 1)
     index = st.integers(0, len(names) - 1)
     # 1..4: a call racing a guided one, on the same sandbox; anything else: none.
     partner = st.integers(0, 7) if guided and clients > 1 else st.just(0)
     allowed = frozenset(names)
     next_calls = {p: tuple(n for n in c if n in allowed) or tuple(names) for p, c in _NEXT.items()}
     racers = {p: tuple(n for n in c if n in allowed) for p, c in _RACERS.items()}
+    reuse = {"shutdown", "create"} <= allowed
+    reuse_racers = tuple(n for n in _REUSE_RACERS if n in allowed) if clients > 1 else ()
 
     # The guide of the program being drawn: the steps of a list are drawn in order.
     current: list[_Guide] = [_Guide()]
@@ -362,6 +375,11 @@ def programs(
             rival = draw(partner)
             if 0 < rival <= len(racers[phase]):
                 picked.append((racers[phase][rival - 1], _AT_ONCE))
+        elif chosen < _GUIDED + 2 and phase is not None and reuse:
+            picked = [("shutdown", joins), ("create", _AFTER), ("status", _AFTER)]
+            rival = draw(partner)
+            if 0 < rival <= len(reuse_racers):
+                picked.append((reuse_racers[rival - 1], _AT_ONCE))
         else:
             picked = [(names[draw(index)], joins)]
         drawn: list[tuple[Call, int]] = []
