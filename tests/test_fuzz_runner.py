@@ -12,9 +12,12 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import attrs
+
 import sandboxd
-from sandboxd import SandboxState, SandboxStatus
-from sandboxd.backends import SimBackend
+from sandboxd import ExitStatus, SandboxState, SandboxStatus
+from sandboxd.backends import ProcessBackend, SimBackend
+from sandboxd.testing import ProcessBehaviour, process_behaviour, process_faults
 from sandboxd.testing.fuzz import fuzz
 
 # -- seeds ------------------------------------------------------------------------------------
@@ -149,3 +152,61 @@ def test_it_finds_a_status_cache_a_shutdown_does_not_clear() -> None:
     assert calls.count(("create", 0)) == 2, calls
     first_life_ends = calls.index(("shutdown", 0))
     assert ("status", 0) in calls[first_life_ends:], calls
+
+
+# -- real processes ---------------------------------------------------------------------------
+
+
+class ExitStatusOffBySignal(Wrapper):
+    """Reports a death by signal N as the status N, not 128 + N."""
+
+    async def wait(self, sandbox_id: str) -> ExitStatus:
+        result: ExitStatus = await self._controller.wait(sandbox_id)
+        if result.exit_status > 128:
+            return attrs.evolve(result, exit_status=result.exit_status - 128)
+        return result
+
+
+def real_processes(
+    wrap: Callable[[Any], Any] | None = None,
+) -> Callable[[], AbstractAsyncContextManager[Any]]:
+    """A factory of fresh in-process controllers over the process backend (wrapped)."""
+
+    @asynccontextmanager
+    async def factory() -> AsyncIterator[Any]:
+        async with sandboxd.open_controller(
+            [ProcessBackend()], default_sandboxer="process", stop_timeout=0.1
+        ) as controller:
+            yield controller if wrap is None else wrap(controller)
+
+    return factory
+
+
+def test_real_processes_map_to_what_the_model_expects() -> None:
+    assert process_faults() is None
+    assert process_behaviour({}) == ProcessBehaviour(sigterm_exit_status=0, signals_race=True)
+    exits = process_faults(exit_code=3, exit_after=0.01)
+    assert exits is not None and exits.command == ("sh", "-c", "sleep 0.01; exit 3")
+    assert process_behaviour({"options": exits}).own_exit_status == 3
+    deaf = process_faults(ignore_sigterm=True)
+    assert deaf is not None and deaf.command == ("sh", "-c", 'trap "" TERM; exec sleep 300')
+    assert process_behaviour({"options": deaf}) == ProcessBehaviour(signals_race=True)
+
+
+def test_a_correct_controller_of_real_processes_passes() -> None:
+    report = fuzz(real_processes(), seed=1, max_programs=12, duration=None, sandboxer="process")
+    assert report.ok, report.violation and report.violation.describe()
+
+
+def test_it_finds_an_exit_status_off_by_the_signal_with_real_processes() -> None:
+    report = fuzz(
+        real_processes(ExitStatusOffBySignal),
+        seed=1,
+        duration=30,
+        sandboxer="process",
+        shrink_limit=3,
+    )
+    violation = report.violation
+    assert violation is not None, report.summary()
+    assert "wait(" in violation.description
+    assert "-> ok(9)" in violation.description or "-> ok(15)" in violation.description

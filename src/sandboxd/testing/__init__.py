@@ -8,6 +8,8 @@
 - :func:`sim_faults`: Create options that inject faults into a ``sim`` sandbox (start
   failures, exits after a delay or at a chosen point, ignored SIGTERM, slow stops), over the
   socket too; :func:`sim_behaviour` and :func:`sim_model` tell the model about them.
+  :func:`process_faults`, :func:`process_behaviour` and :func:`process_model` do the same
+  for real processes (the ``process`` and ``bwrap`` sandboxers), through their command.
 - :class:`Program` and :class:`Call`: lifecycle programs (sequences and concurrent groups of
   calls over a few sandboxes); :func:`run_program` runs one and returns its history;
   :func:`reproducer_script` and :func:`reproducer_test` write one out for ``sandboxctl`` and
@@ -23,7 +25,14 @@ the fixtures ``sandboxd_controller``, ``sandboxd_socket``, ``sandboxd_client``,
 ``sandboxd_sync_socket`` and ``sandboxd_sync_client``.
 """
 
-from ._faults import sim_behaviour, sim_faults, sim_model
+from ._faults import (
+    process_behaviour,
+    process_faults,
+    process_model,
+    sim_behaviour,
+    sim_faults,
+    sim_model,
+)
 from ._linearize import (
     DEFAULT_MAX_STATES,
     HistoryRecorder,
@@ -78,6 +87,9 @@ __all__ = [
     "observe",
     "pending_events",
     "perform",
+    "process_behaviour",
+    "process_faults",
+    "process_model",
     "reproducer_script",
     "reproducer_test",
     "run_program",

@@ -61,7 +61,7 @@ from .._errors import RPCError
 from .._version import __version__
 from ..api import connect
 from . import strategies
-from ._faults import sim_model
+from ._faults import model_for
 from ._linearize import HistoryRecorder, Operation, check_linearizable
 from ._model import ReferenceModel
 from ._programs import Call, Program, ProgramHung, run_program
@@ -192,9 +192,15 @@ def default_programs(
     sandboxes: int = 2, clients: int = 4, sandboxer: str | None = "sim"
 ) -> st.SearchStrategy[Program]:
     """The programs ``sandboxctl fuzz`` draws: up to 16 calls over ``sandboxes`` sandboxes,
-    at most ``clients`` at once, Creates with up to two ``sim`` faults each."""
+    at most ``clients`` at once, Creates with up to two ``sim`` faults each -- or, for any
+    other ``sandboxer`` (``process``, ``bwrap``), real short-lived processes
+    (:func:`~sandboxd.testing.strategies.process_options`) and Stops that SIGKILL at once,
+    after 50 ms or after the daemon's grace period."""
     create = strategies.create_args(sandboxer)
-    return strategies.programs(sandboxes, clients=clients, create=create)
+    if sandboxer in (None, "sim"):
+        return strategies.programs(sandboxes, clients=clients, create=create)
+    timeouts = strategies.stop_timeouts((None, 0, 0.05))
+    return strategies.programs(sandboxes, clients=clients, create=create, stop_timeout=timeouts)
 
 
 @asynccontextmanager
@@ -570,12 +576,13 @@ def fuzz(
     for at most ``shrink_limit`` seconds.
 
     ``programs`` draws the programs (default :func:`default_programs` with ``sandboxes``,
-    ``clients`` and ``sandboxer``); ``model`` judges them (default
-    :func:`~sandboxd.testing.sim_model`).  ``progress`` is called every ``progress_every``
-    programs, and as shrinking finds smaller failures.  ``cushion``, ``hang_after``: see
-    :func:`~sandboxd.testing.run_program` (``cushion`` defaults to 0.02 s for a socket,
-    0.001 s in process); ``guard`` bounds one example.  Sandbox ids start with ``prefix``
-    (default ``fuzz-<seed>-``).
+    ``clients`` and ``sandboxer``: ``sim``, or ``process`` and ``bwrap`` for real processes);
+    ``model`` judges them (default :func:`~sandboxd.testing.sim_model` for ``sim``,
+    :func:`~sandboxd.testing.process_model` for real processes).  ``progress`` is called
+    every ``progress_every`` programs, and as shrinking finds smaller failures.
+    ``cushion``, ``hang_after``: see :func:`~sandboxd.testing.run_program` (``cushion``
+    defaults to 0.02 s for a socket, 0.001 s in process); ``guard`` bounds one example.
+    Sandbox ids start with ``prefix`` (default ``fuzz-<seed>-``).
 
     Runs trio itself, example by example: call it from synchronous code (from trio code, in
     a worker thread).  Raises :class:`~sandboxd.Unavailable` when no daemon answers at the
@@ -596,7 +603,7 @@ def fuzz(
         target,
         seed=seed,
         clients=clients,
-        model=sim_model() if model is None else model,
+        model=model_for(sandboxer) if model is None else model,
         prefix=prefix,
         socket=socket,
         cushion=cushion,

@@ -7,6 +7,8 @@ The one place of sandboxd that imports Hypothesis (with the fuzzer built on it,
 - :func:`sim_settings`, :func:`create_options`, :func:`create_args`: Create options for the
   ``sim`` sandboxer, with faults (start failures, exits after a delay or at a chosen point,
   processes that ignore SIGTERM, slow stops), as :func:`~sandboxd.testing.sim_faults` takes;
+- :func:`process_options`: Create options for real processes (``process``, ``bwrap``) that
+  exit with a chosen status after a delay or ignore SIGTERM;
 - :func:`stop_timeouts`, :func:`calls`, :func:`programs`, :func:`client_programs`: calls,
   and :class:`~sandboxd.testing.Program` values -- sequences and concurrent groups of calls
   over a few sandboxes -- for :func:`~sandboxd.testing.run_program`.
@@ -23,6 +25,7 @@ from typing import Any, Final, final
 from hypothesis import strategies as st
 
 from .._models import MAX_SANDBOX_ID_LENGTH, SandboxOptions
+from ._faults import process_faults
 from ._model import CALL_INPUTS
 from ._programs import Call, Program
 
@@ -33,6 +36,7 @@ __all__ = [
     "create_args",
     "create_options",
     "invalid_sandbox_ids",
+    "process_options",
     "programs",
     "sandbox_ids",
     "sim_settings",
@@ -164,15 +168,39 @@ def create_options(**faults: Any) -> st.SearchStrategy[SandboxOptions | None]:
     return sim_settings(**faults).map(lambda sim: SandboxOptions(sim=sim) if sim else None)
 
 
+def process_options(
+    delays: Sequence[float] = (0.0, 0.01, 0.05),
+    exit_codes: Sequence[int] = (0, 1, 3, 255),
+) -> st.SearchStrategy[SandboxOptions | None]:
+    """Create options for a real process (``process`` or ``bwrap`` sandboxer), as
+    :func:`~sandboxd.testing.process_faults` builds them: the pause process (``None``), a
+    process that exits on its own with one of ``exit_codes`` after one of ``delays``
+    seconds, one that ignores SIGTERM, or both."""
+    exits = st.tuples(st.sampled_from(list(exit_codes)), st.sampled_from(list(delays)))
+    return st.tuples(st.one_of(st.none(), exits), st.booleans()).map(
+        lambda drawn: process_faults(
+            exit_code=None if drawn[0] is None else drawn[0][0],
+            exit_after=0.0 if drawn[0] is None else drawn[0][1],
+            ignore_sigterm=drawn[1],
+        )
+    )
+
+
 def create_args(
     sandboxer: str | None = "sim",
     *,
     options: st.SearchStrategy[SandboxOptions | None] | None = None,
 ) -> st.SearchStrategy[dict[str, Any]]:
     """Keyword arguments of Create: ``sandboxer`` (left out when ``None``) and ``options``
-    drawn from ``options`` (default :func:`create_options`; left out when ``None``)."""
+    drawn from ``options`` (left out when ``None``; default :func:`create_options` for the
+    ``sim`` sandboxer or ``None``, :func:`process_options` for any other)."""
     fixed: dict[str, Any] = {} if sandboxer is None else {"sandboxer": sandboxer}
-    drawn = create_options() if options is None else options
+    if options is not None:
+        drawn = options
+    elif sandboxer in (None, "sim"):
+        drawn = create_options()
+    else:
+        drawn = process_options()
 
     def build(value: SandboxOptions | None) -> dict[str, Any]:
         return dict(fixed) if value is None else {**fixed, "options": value}
