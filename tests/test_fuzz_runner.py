@@ -13,12 +13,24 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import pytest
 
 import sandboxd
 from sandboxd import ExitStatus, SandboxState, SandboxStatus
-from sandboxd.backends import ProcessBackend, SimBackend
-from sandboxd.testing import ProcessBehaviour, process_behaviour, process_faults
+from sandboxd.backends import BwrapBackend, ProcessBackend, SimBackend
+from sandboxd.testing import (
+    Call,
+    ProcessBehaviour,
+    Program,
+    process_behaviour,
+    process_faults,
+    reproducer_script,
+    reproducer_test,
+    serve_in_thread,
+)
 from sandboxd.testing.fuzz import fuzz
+
+SANDBOXCTL = str(Path(sys.executable).parent / "sandboxctl")
 
 # -- seeds ------------------------------------------------------------------------------------
 
@@ -168,14 +180,16 @@ class ExitStatusOffBySignal(Wrapper):
 
 
 def real_processes(
-    wrap: Callable[[Any], Any] | None = None,
+    wrap: Callable[[Any], Any] | None = None, sandboxer: str = "process"
 ) -> Callable[[], AbstractAsyncContextManager[Any]]:
-    """A factory of fresh in-process controllers over the process backend (wrapped)."""
+    """A factory of fresh in-process controllers over a backend of real processes
+    (wrapped)."""
+    backend = BwrapBackend() if sandboxer == "bwrap" else ProcessBackend()
 
     @asynccontextmanager
     async def factory() -> AsyncIterator[Any]:
         async with sandboxd.open_controller(
-            [ProcessBackend()], default_sandboxer="process", stop_timeout=0.1
+            [backend], default_sandboxer=sandboxer, stop_timeout=0.1
         ) as controller:
             yield controller if wrap is None else wrap(controller)
 
@@ -191,11 +205,30 @@ def test_real_processes_map_to_what_the_model_expects() -> None:
     deaf = process_faults(ignore_sigterm=True)
     assert deaf is not None and deaf.command == ("sh", "-c", 'trap "" TERM; exec sleep 300')
     assert process_behaviour({"options": deaf}) == ProcessBehaviour(signals_race=True)
+    # A reproducer writes them back as they were built, for Python and for sandboxctl.
+    program = Program(
+        [Call("create", 0, {"sandboxer": "process", "options": exits}), Call("start", 0)]
+    )
+    assert "process_faults(exit_code=3, exit_after=0.01)" in repr(program)
+    test = reproducer_test(program, ["a"])
+    assert "process_faults" in test and "check_linearizable(history, process_model())" in test
+    script = reproducer_script(program, ["a"])
+    assert "sandboxctl create a --sandboxer process -- sh -c 'sleep 0.01; exit 3'" in script
 
 
-def test_a_correct_controller_of_real_processes_passes() -> None:
-    report = fuzz(real_processes(), seed=1, max_programs=12, duration=None, sandboxer="process")
+@pytest.mark.parametrize("sandboxer", ["process", "bwrap"])
+def test_a_correct_controller_of_real_processes_passes(sandboxer: str) -> None:
+    if sandboxer == "bwrap" and BwrapBackend().unavailable_reason() is not None:
+        pytest.skip(f"bwrap: {BwrapBackend().unavailable_reason()}")
+    report = fuzz(
+        real_processes(sandboxer=sandboxer),
+        seed=1,
+        max_programs=40,
+        duration=None,
+        sandboxer=sandboxer,
+    )
     assert report.ok, report.violation and report.violation.describe()
+    assert report.programs == 40
 
 
 def test_it_finds_an_exit_status_off_by_the_signal_with_real_processes() -> None:
@@ -210,3 +243,19 @@ def test_it_finds_an_exit_status_off_by_the_signal_with_real_processes() -> None
     assert violation is not None, report.summary()
     assert "wait(" in violation.description
     assert "-> ok(9)" in violation.description or "-> ok(15)" in violation.description
+
+
+def test_sandboxctl_fuzz_with_real_processes_reports_a_broken_daemon() -> None:
+    with serve_in_thread(stop_timeout=0.1, wrap=ExitStatusOffBySignal) as broken:
+        args = ["--socket", broken, "--seed", "2", "--duration", "20", "--sandboxer", "process"]
+        proc = subprocess.run(
+            [SANDBOXCTL, "fuzz", *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "sandboxer process" in proc.stderr
+    assert "VIOLATION (not linearizable)" in proc.stdout
+    assert "--sandboxer process" in proc.stdout  # the script creates real processes too
+    assert "check_linearizable(history, process_model())" in proc.stdout

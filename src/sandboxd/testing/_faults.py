@@ -152,8 +152,9 @@ def process_faults(
 
 def process_behaviour(create_args: Mapping[str, Any]) -> ProcessBehaviour:
     """How the reference model must expect a real process created with ``create_args`` (the
-    keyword arguments of Create) to behave: the pause process (no command) when
-    ``options.command`` is not one :func:`process_faults` writes.
+    keyword arguments of Create) to behave: the pause process when it has no command; any
+    other command as a shell's that only signals end (unless it is one
+    :func:`process_faults` builds).
 
     Real signals race (``signals_race``): a SIGKILL sent while a SIGTERM is being handled
     may win.  The pause process ends with 0 on SIGTERM; a shell with 143 -- also one that is
@@ -161,14 +162,39 @@ def process_behaviour(create_args: Mapping[str, Any]) -> ProcessBehaviour:
     a SIGKILL (137) is what ends it otherwise, so the model accepts either.
     """
     options = create_args.get("options")
-    command = getattr(options, "command", None)
-    if command is None or len(command) != 3 or tuple(command[:2]) != ("sh", "-c"):
+    if getattr(options, "command", None) is None:
         return ProcessBehaviour(sigterm_exit_status=0, signals_race=True)
-    match = _COMMAND.fullmatch(command[2])
-    status = None if match is None or match["status"] is None else int(match["status"])
+    faults = process_faults_of(options) or {}
     return ProcessBehaviour(
-        sigterm_exit_status=SIGTERM_STATUS, signals_race=True, own_exit_status=status
+        sigterm_exit_status=SIGTERM_STATUS,
+        signals_race=True,
+        own_exit_status=faults.get("exit_code"),
     )
+
+
+def process_faults_of(options: object) -> dict[str, Any] | None:
+    """The arguments of :func:`process_faults` that built ``options`` (``{}`` for the pause
+    process), or ``None`` when they are not options it builds."""
+    if options is None:
+        return {}
+    command = getattr(options, "command", None)
+    if options != SandboxOptions(command=command):
+        return None
+    if command is None:
+        return {}
+    if len(command) != 3 or tuple(command[:2]) != ("sh", "-c"):
+        return None
+    match = _COMMAND.fullmatch(command[2])
+    if match is None:
+        return None
+    faults: dict[str, Any] = {}
+    if match["status"] is not None:
+        faults["exit_code"] = int(match["status"])
+        if match["delay"] is not None:
+            faults["exit_after"] = float(match["delay"])
+    if match["ignore"]:
+        faults["ignore_sigterm"] = True
+    return faults
 
 
 def process_model() -> ReferenceModel:

@@ -35,6 +35,7 @@ import trio.testing
 
 from .._errors import RPCError
 from .._models import SandboxOptions
+from ._faults import process_faults_of
 from ._linearize import HistoryRecorder, Operation
 from ._model import CALL_INPUTS
 
@@ -117,7 +118,8 @@ class Program:
     ``Program([Call("create"), Call("start"), [Call("stop"), Call("wait")]])``: a Create, a
     Start, then a Stop and a Wait at once.  Where a group or a sequence is expected, a single
     :class:`Call` stands for one of just that call.  ``repr()`` is Python that builds the
-    same program (options of ``sim`` faults as :func:`~sandboxd.testing.sim_faults` calls).
+    same program (options of ``sim`` faults as :func:`~sandboxd.testing.sim_faults` calls,
+    real processes' as :func:`~sandboxd.testing.process_faults` calls).
     """
 
     groups: tuple[Group, ...] = attrs.field(converter=_groups)
@@ -159,6 +161,10 @@ def _render_value(value: Any) -> str:
     if isinstance(value, SandboxOptions) and value.sim and value == SandboxOptions(sim=value.sim):
         inner = ", ".join(f"{k}={v!r}" for k, v in value.sim.items())
         return f"sim_faults({inner})"
+    faults = process_faults_of(value) if isinstance(value, SandboxOptions) else None
+    if faults:
+        inner = ", ".join(f"{k}={v!r}" for k, v in faults.items())
+        return f"process_faults({inner})"
     return repr(value)
 
 

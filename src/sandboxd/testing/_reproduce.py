@@ -59,6 +59,8 @@ def _sandboxctl(call: Call, sandbox_id: str) -> tuple[str, str]:
         if isinstance(options, SandboxOptions) and options.sim:
             for key, value in sorted(options.sim.items()):
                 words += ["--sim", f"{key}={json.dumps(value)}"]
+        if isinstance(options, SandboxOptions) and options.command:
+            words += ["--", *options.command]
     elif call.name == "stop":
         timeout = args.pop("timeout_secs", None)
         if timeout is not None:
@@ -185,6 +187,14 @@ def _reaped(
     return reaped
 
 
+def _model_name(program: Program) -> str:
+    """The model that judges ``program``: of real processes when it creates any."""
+    for call in program.calls:
+        if call.name == "create" and call.args.get("sandboxer", "sim") != "sim":
+            return "process_model"
+    return "sim_model"
+
+
 def _import_order(name: str) -> tuple[bool, str]:
     return (not name[0].isupper(), name)  # classes first, as isort does
 
@@ -208,9 +218,9 @@ def reproducer_test(
     history with the checker.  It passes on a correct daemon."""
     text = render_program(program)
     used = sandbox_ids[: program.sandboxes]
-    imports = ["Call", "Program", "check_linearizable", "run_program", "sim_model"]
-    if "sim_faults(" in text:
-        imports.append("sim_faults")
+    model = _model_name(program)
+    imports = ["Call", "Program", "check_linearizable", "run_program", model]
+    imports += [name for name in ("sim_faults", "process_faults") if f"{name}(" in text]
     if socket is not None:
         where = f'os.environ.get("SANDBOXD_SOCKET", {json.dumps(socket)})'
     else:
@@ -236,7 +246,7 @@ def reproducer_test(
         "            history = await run_program(",
         f"                PROGRAM, [ctl], SANDBOX_IDS, cushion={cushion!r}, cleanup=True",
         "            )",
-        "        result = check_linearizable(history, sim_model())",
+        f"        result = check_linearizable(history, {model}())",
         "        assert result.ok, result.describe()",
         "",
         "    trio.run(main)",
