@@ -187,6 +187,19 @@ def _reaped(
     return reaped
 
 
+def _render_schedule(schedule: Sequence[tuple[int, int, int]]) -> str:
+    """``[(0, 0, 0), ...]``, wrapped to fit a line of 99 characters."""
+    lines = ["["]
+    for key in schedule:
+        item = f"({key[0]}, {key[1]}, {key[2]}), "
+        if len(lines[-1]) + len(item) > 92:
+            lines.append("")
+        lines[-1] += item
+    if len(lines) == 1:
+        return "[" + lines[0][1:].rstrip(", ") + "]"
+    return "[\n" + "".join(f"    {line.lstrip('[').rstrip()}\n" for line in lines) + "]"
+
+
 def _model_name(program: Program) -> str:
     """The model that judges ``program``: of real processes when it creates any."""
     for call in program.calls:
@@ -212,10 +225,19 @@ def reproducer_test(
     notes: Sequence[str] = (),
     name: str = "test_reproducer",
     cushion: float = 0.02,
+    schedule: Sequence[tuple[int, int, int]] | None = None,
+    replays: int = 5,
 ) -> str:
     """``program`` as a pytest module: one test that replays it against the daemon at
     ``$SANDBOXD_SOCKET`` (default ``socket``, else the daemon's default) and checks the
-    history with the checker.  It passes on a correct daemon."""
+    history with the checker.  It passes on a correct daemon.
+
+    A concurrent program is replayed on one connection, its calls made in the order of
+    ``schedule`` (see :func:`~sandboxd.testing.run_program`; the order in which the failing
+    run made them, from its ``trace``), each once the one before is out; and ``replays``
+    times, failing at the first history the model cannot explain -- a server's own
+    scheduling may still order two requests read at once either way.
+    """
     text = render_program(program)
     used = sandbox_ids[: program.sandboxes]
     model = _model_name(program)
@@ -238,16 +260,30 @@ def reproducer_test(
         f"SOCKET = {where}",
         f"SANDBOX_IDS = ({', '.join(map(json.dumps, used))}{',' if len(used) == 1 else ''})",
         f"PROGRAM = {text}",
+    ]
+    replay = ["PROGRAM", "[ctl]", "SANDBOX_IDS", f"cushion={cushion!r}", "cleanup=True"]
+    if schedule is not None and not program.sequential:
+        body += [
+            "# The order in which the failing run made the calls: (group, client, call).",
+            f"ORDER = {_render_schedule(schedule)}",
+            f"REPLAYS = {replays}",
+        ]
+        replay.append("schedule=ORDER")
+        loop, indent = ["            for _ in range(REPLAYS):"], "    "
+    else:
+        loop, indent = [], ""
+    body += [
         "",
         "",
         f"def {name}() -> None:",
         "    async def main() -> None:",
         "        async with sandboxd.connect(SOCKET) as ctl:",
-        "            history = await run_program(",
-        f"                PROGRAM, [ctl], SANDBOX_IDS, cushion={cushion!r}, cleanup=True",
-        "            )",
-        f"        result = check_linearizable(history, {model}())",
-        "        assert result.ok, result.describe()",
+        *loop,
+        f"{indent}            history = await run_program(",
+        f"{indent}                {', '.join(replay)}",
+        f"{indent}            )",
+        f"{indent}            result = check_linearizable(history, {model}())",
+        f"{indent}            assert result.ok, result.describe()",
         "",
         "    trio.run(main)",
     ]

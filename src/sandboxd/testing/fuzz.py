@@ -376,7 +376,12 @@ class _Session:
                 program, ids, socket=self.socket, notes=notes, observed=trace, history=history
             ),
             test=reproducer_test(
-                program, ids, socket=self.socket, notes=notes, name=f"test_fuzz_seed_{self.seed}"
+                program,
+                ids,
+                socket=self.socket,
+                notes=notes,
+                name=f"test_fuzz_seed_{self.seed}",
+                schedule=sorted(trace, key=lambda key: (trace[key].start_time, key)),
             ),
             found_after=self.programs,
             shrunk_from=len(self.first.program) if self.first is not None else len(program),

@@ -1,0 +1,77 @@
+"""Reproducers replay what the fuzzer found: the Python test of a concurrent bug fails at
+least 9 times in 10 against the buggy daemon and never against a correct one."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from hypothesis import strategies as st
+
+from sandboxd.testing import Call, Program, serve_in_thread, sim_faults
+from sandboxd.testing.fuzz import Violation, fuzz
+from test_fuzz import WaitsBeforeTheStopEnds, in_process
+
+#: Each daemon's stop_timeout: the grace period of a Stop without a timeout.
+GRACE = 0.005
+
+
+@pytest.fixture(autouse=True)
+def quiet_runtime() -> Iterator[None]:
+    logger = logging.getLogger("sandboxd")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    yield
+    logger.setLevel(level)
+
+
+@pytest.fixture(scope="module")
+def race() -> Violation:
+    """The fuzzer's report of a Wait answered while a Stop is still in progress (of the
+    program that shows it, tried with one jitter after the other until the race shows)."""
+    deaf = {"sandboxer": "sim", "options": sim_faults(ignore_sigterm=True)}
+    program = Program([Call("create", 0, deaf), Call("start"), [Call("stop"), Call("wait")]])
+    report = fuzz(
+        in_process(WaitsBeforeTheStopEnds),
+        seed=4,
+        duration=30,
+        programs=st.just(program),
+        shrink_limit=1,
+    )
+    assert report.violation is not None, report.summary()
+    assert not report.violation.program.sequential
+    return report.violation
+
+
+def outcomes(test: str, socket: str, runs: int) -> list[bool]:
+    """Whether the reproducer ``test`` passed, run by run, against the daemon at ``socket``."""
+    namespace: dict[str, Any] = {}
+    exec(compile(test, "reproducer", "exec"), namespace)
+    namespace["SOCKET"] = socket
+    (function,) = [v for k, v in namespace.items() if k.startswith("test_")]
+    passed = []
+    for _ in range(runs):
+        failed = False
+        try:
+            function()
+        except* AssertionError:  # raised in the connection's nursery
+            failed = True
+        passed.append(not failed)
+    return passed
+
+
+def test_the_reproducer_of_a_race_fails_against_the_buggy_daemon(race: Violation) -> None:
+    assert "ORDER = [" in race.test and "schedule=ORDER" in race.test
+    with serve_in_thread(
+        default_sandboxer="sim", stop_timeout=GRACE, wrap=WaitsBeforeTheStopEnds
+    ) as broken:
+        passed = outcomes(race.test, broken, 10)
+    assert passed.count(False) >= 9, passed
+
+
+def test_the_reproducer_of_a_race_passes_against_a_correct_daemon(race: Violation) -> None:
+    with serve_in_thread(default_sandboxer="sim", stop_timeout=GRACE) as correct:
+        passed = outcomes(race.test, correct, 10)
+    assert all(passed), passed
