@@ -14,6 +14,7 @@ from typing import Any
 
 import attrs
 import pytest
+from hypothesis import strategies as st
 
 import sandboxd
 from sandboxd import ExitStatus, SandboxState, SandboxStatus
@@ -27,8 +28,10 @@ from sandboxd.testing import (
     reproducer_script,
     reproducer_test,
     serve_in_thread,
+    sim_faults,
 )
-from sandboxd.testing.fuzz import fuzz
+from sandboxd.testing.fuzz import FuzzProgress, fuzz
+from test_fuzz import WaitsBeforeTheStopEnds
 
 SANDBOXCTL = str(Path(sys.executable).parent / "sandboxctl")
 
@@ -259,3 +262,32 @@ def test_sandboxctl_fuzz_with_real_processes_reports_a_broken_daemon() -> None:
     assert "VIOLATION (not linearizable)" in proc.stdout
     assert "--sandboxer process" in proc.stdout  # the script creates real processes too
     assert "check_linearizable(history, process_model())" in proc.stdout
+
+
+# -- shrinking --------------------------------------------------------------------------------
+
+
+def test_shrinking_drops_sandboxes_and_serialises_the_groups_that_need_no_race() -> None:
+    deaf = {"sandboxer": "sim", "options": sim_faults(ignore_sigterm=True)}
+    noisy = Program(
+        [
+            [Call("create", 1), Call("create", 0, deaf), Call("status", 1)],
+            [[Call("start", 1), Call("stop", 1)], Call("start", 0)],
+            [Call("stop", 0), Call("wait", 0), Call("wait", 1)],
+        ]
+    )
+    seen: list[FuzzProgress] = []
+    report = fuzz(
+        in_process(WaitsBeforeTheStopEnds),
+        seed=1,
+        duration=20,
+        programs=st.just(noisy),
+        shrink_limit=10,
+        progress=seen.append,
+    )
+    assert report.violation is not None, report.summary()
+    assert report.violation.program == Program(
+        [Call("create", 0, deaf), Call("start", 0), [Call("stop", 0), Call("wait", 0)]]
+    )
+    # Whole sandboxes and groups at a time: about 120 runs (call by call: about 700).
+    assert seen[-1].attempts < 300, seen[-1]

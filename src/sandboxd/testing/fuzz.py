@@ -445,15 +445,23 @@ def _without_local_constants() -> Iterator[None]:
         cache.cache.clear()
 
 
-def _size(program: Program) -> tuple[int, int, int, int, int]:
-    """Smaller is simpler: fewer calls, fewer at once, fewer groups, fewer sandboxes, fewer
-    arguments and faults."""
+def _size(program: Program) -> tuple[int, int, int, int, int, int]:
+    """Smaller is simpler: fewer calls, fewer at once, fewer in concurrent groups, fewer
+    groups, fewer sandboxes, fewer arguments and faults."""
     arguments = 0
     for call in program.calls:
         arguments += len(call.args)
         options = call.args.get("options")
         arguments += len(getattr(options, "sim", None) or ())
-    return (len(program), program.clients, len(program.groups), program.sandboxes, arguments)
+    concurrent = sum(sum(map(len, group)) for group in program.groups if len(group) > 1)
+    return (
+        len(program),
+        program.clients,
+        concurrent,
+        len(program.groups),
+        program.sandboxes,
+        arguments,
+    )
 
 
 def _without(program: Program, position: int) -> Program:
@@ -490,11 +498,45 @@ def _one_after_another(program: Program) -> Iterator[Program]:
     yield Program([call for group in program.groups for seq in group[::-1] for call in seq])
 
 
+def _groups_one_after_another(program: Program) -> Iterator[Program]:
+    """The calls of one concurrent group one after the other (each way round), the other
+    groups as they are: which race matters, when a program has several."""
+    for number, group in enumerate(program.groups):
+        if len(group) < 2:
+            continue
+        for order in (group, group[::-1]):
+            serial = (tuple(call for sequence in order for call in sequence),)
+            yield Program([*program.groups[:number], serial, *program.groups[number + 1 :]])
+
+
+def _without_sandbox(program: Program, sandbox: int) -> Program:
+    """``program`` without the calls on ``sandbox``, the sandboxes after it renumbered."""
+    groups: list[list[list[Call]]] = []
+    for group in program.groups:
+        sequences = [
+            [
+                c if c.sandbox < sandbox else attrs.evolve(c, sandbox=c.sandbox - 1)
+                for c in sequence
+                if c.sandbox != sandbox
+            ]
+            for sequence in group
+        ]
+        kept = [sequence for sequence in sequences if sequence]
+        if kept:
+            groups.append(kept)
+    return Program(groups)
+
+
 def _candidates(program: Program) -> Iterator[Program]:
-    """Simpler programs to try, simplest first: the calls one after the other; one call
-    fewer (later calls first), one after the other if that fails too; one argument fewer;
-    one sandbox fewer."""
+    """Simpler programs to try, simplest first: the calls one after the other; those of
+    one group one after the other; one sandbox fewer, with all its calls; one call fewer
+    (later calls first), one after the other if that fails too; one argument fewer; every
+    call on one sandbox."""
     yield from _one_after_another(program)
+    yield from _groups_one_after_another(program)
+    if program.sandboxes > 1:
+        for sandbox in range(program.sandboxes):
+            yield _without_sandbox(program, sandbox)
     for position in reversed(range(len(program))):
         smaller = _without(program, position)
         yield from _one_after_another(smaller)
