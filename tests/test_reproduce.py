@@ -75,3 +75,13 @@ def test_the_reproducer_of_a_race_passes_against_a_correct_daemon(race: Violatio
     with serve_in_thread(default_sandboxer="sim", stop_timeout=GRACE) as correct:
         passed = outcomes(race.test, correct, 10)
     assert all(passed), passed
+
+
+def test_the_report_says_the_conflict_in_words(race: Violation) -> None:
+    said = race.description.splitlines()[0]
+    assert said == (
+        "wait answered exit 143 while stop was in progress, but after create, start and stop "
+        "the model says wait waits until the Stop's grace period ends and SIGKILL ends the "
+        "process."
+    )
+    assert said in race.script and said in race.test  # both reproducers say it too

@@ -18,7 +18,7 @@ from ._linearize import Operation
 from ._model import Blocks, Outcome, ReferenceModel, StatusView
 from ._programs import REAPER, Call, Program, render_program
 
-__all__ = ["brief_outcome", "reproducer_script", "reproducer_test"]
+__all__ = ["brief_outcome", "explain_conflict", "reproducer_script", "reproducer_test"]
 
 #: Seconds a Wait in a script gives up after (a Wait nobody answers would hang the shell).
 SCRIPT_WAIT_TIMEOUT = 10
@@ -42,6 +42,76 @@ def brief_outcome(outcome: Outcome | Blocks | None) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
         return f"exit {value}"
     return "ok" if value is None or isinstance(value, str) else f"ok({value!r})"
+
+
+def _expected(outcome: Outcome | Blocks) -> str:
+    """What the model says a call does, as the end of a sentence."""
+    if isinstance(outcome, Blocks):
+        if outcome.until.name == "STOP_GRACE_EXPIRED":
+            return "waits until the Stop's grace period ends and SIGKILL ends the process"
+        return "waits until the process exits"
+    if not outcome.ok:
+        assert outcome.code is not None
+        return f"is refused with {outcome.code.name}"
+    return f"answers {brief_outcome(outcome)}"
+
+
+def _when(op: Operation, other: Operation) -> str:
+    """Where ``other`` stood in time when ``op`` answered."""
+    answer = brief_outcome(other.outcome)
+    if other.end_time <= op.start_time:
+        return f"after {other.call} answered {answer}"
+    if other.start_time >= op.end_time:
+        return f"before {other.call} was made"
+    if other.outcome is None or other.end_time > op.end_time:
+        return f"while {other.call} was in progress"
+    return f"while {other.call} was in progress (it answered {answer})"
+
+
+def explain_conflict(
+    conflict: Sequence[Operation], history: Sequence[Operation], model: ReferenceModel
+) -> str:
+    """The conflict the checker found, in a sentence: which answer the model cannot explain
+    (the conflict's last call), when it came relative to the other calls of the conflict, and
+    what the model expects of that call after the calls on its sandbox made before it -- e.g.
+    ``wait answered exit 143 while stop was in progress, but after create, start and stop
+    the model says wait waits until the process exits``.  ``conflict`` is a
+    :class:`~sandboxd.testing.LinearizabilityResult`'s, ``history`` the whole history, and
+    ``model`` the one the checker used (it is not changed).
+    """
+    if not conflict:
+        return ""
+    culprit = max(conflict, key=lambda op: (op.start_time, op.end_time))
+    mine = [
+        op
+        for op in sorted(history, key=lambda op: (op.start_time, op.end_time))
+        if op.sandbox_id == culprit.sandbox_id and op is not culprit
+    ]
+    before = [op for op in mine if op.start_time < culprit.start_time]
+    # The calls it raced, beside those of the conflict: a Stop in progress, say.
+    racing = [op for op in before if op not in conflict and op.end_time > culprit.start_time]
+    others = [op for op in conflict if op is not culprit] + racing
+    words = f"{culprit.call} answered {brief_outcome(culprit.outcome)}"
+    if others:
+        words += " " + " and ".join(_when(culprit, op) for op in others)
+    sequential = model.copy()
+    for op in before:
+        sequential.apply(op.call, op.sandbox_id, **op.args)
+    expected = sequential.apply(culprit.call, culprit.sandbox_id, **culprit.args)
+    said = _expected(expected)
+    if isinstance(expected, Blocks):
+        # What would answer it: the calls made while it waited (a Shutdown, say).
+        during = [op for op in mine if culprit.start_time <= op.start_time < culprit.end_time]
+        for op in during:
+            sequential.apply(op.call, op.sandbox_id, **op.args)
+        answer = sequential.resolved.get(expected.ticket)
+        if answer is not None and during:
+            said += f", then {_expected(answer)} (once {during[-1].call} is made)"
+    if before:
+        names = [op.call for op in before]
+        made = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+        return f"{words}, but after {made} the model says {culprit.call} {said}"
+    return f"{words}, but the model says {culprit.call} {said}"
 
 
 def _sandboxctl(call: Call, sandbox_id: str) -> tuple[str, str]:

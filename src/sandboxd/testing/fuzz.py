@@ -65,7 +65,7 @@ from ._faults import model_for
 from ._linearize import HistoryRecorder, Operation, check_linearizable
 from ._model import ReferenceModel
 from ._programs import Call, Program, ProgramHung, run_program
-from ._reproduce import reproducer_script, reproducer_test
+from ._reproduce import explain_conflict, reproducer_script, reproducer_test
 
 __all__ = [
     "FuzzProgress",
@@ -359,7 +359,9 @@ class _Session:
             if result.inconclusive:
                 self.inconclusive += 1
             elif not result.ok:
-                kind, description = NOT_LINEARIZABLE, result.describe()
+                kind = NOT_LINEARIZABLE
+                said = explain_conflict(result.conflict, history, self.model)
+                description = f"{said}.\n{result.describe()}"
         if kind is None or description is None:
             return None
         notes = [

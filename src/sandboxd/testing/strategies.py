@@ -268,7 +268,7 @@ _NEXT: Final[Mapping[str | None, tuple[str, ...]]] = {
 }
 
 #: Of the selectors 0..11, those below this pick a guided call; this one and the next reuse
-#: the id (see _REUSE); the others pick any call.
+#: the id (see _REUSE_RACERS); the others pick any call.
 _GUIDED: Final = 8
 _SELECTORS: Final = 12
 
@@ -372,7 +372,6 @@ def programs(
     # 0..2: the sandbox of the call before (calls cluster, and shrink to one sandbox);
     # 3 and up: another one.
     hop = st.integers(0, 2 + sandboxes - 1)
-    selector = st.integers(0, _SELECTORS - 1) if guided else st.just(_SELECTORS - 1)
     index = st.integers(0, len(names) - 1)
     # 1..4: a call racing a guided one, on the same sandbox; anything else: none.
     partner = st.integers(0, 7) if guided and clients > 1 else st.just(0)
@@ -380,6 +379,9 @@ def programs(
     next_calls = {p: tuple(n for n in c if n in allowed) or tuple(names) for p, c in _NEXT.items()}
     racers = {p: tuple(n for n in c if n in allowed) for p, c in _RACERS.items()}
     reuse = {"shutdown", "create"} <= allowed
+    # Without id reuse, the selectors of reuse are left out: they would pick any call.
+    last = _SELECTORS - 1 if reuse else _GUIDED + 1
+    selector = st.integers(0, last) if guided else st.just(last)
     reuse_racers = tuple(n for n in _REUSE_RACERS if n in allowed) if clients > 1 else ()
 
     # The guide of the program being drawn: the steps of a list are drawn in order.
@@ -403,7 +405,7 @@ def programs(
             rival = draw(partner)
             if 0 < rival <= len(racers[phase]):
                 picked.append((racers[phase][rival - 1], _AT_ONCE))
-        elif chosen < _GUIDED + 2 and phase is not None and reuse:
+        elif reuse and chosen < _GUIDED + 2 and phase is not None:
             picked = [("shutdown", joins), ("create", _AFTER), ("status", _AFTER)]
             rival = draw(partner)
             if 0 < rival <= len(reuse_racers):
