@@ -237,10 +237,10 @@ def test_a_correct_controller_of_real_processes_passes(sandboxer: str) -> None:
 def test_it_finds_an_exit_status_off_by_the_signal_with_real_processes() -> None:
     report = fuzz(
         real_processes(ExitStatusOffBySignal),
-        seed=1,
+        seed=3,
         duration=30,
         sandboxer="process",
-        shrink_limit=3,
+        shrink_limit=2,
     )
     violation = report.violation
     assert violation is not None, report.summary()

@@ -85,3 +85,12 @@ def test_the_report_says_the_conflict_in_words(race: Violation) -> None:
         "process."
     )
     assert said in race.script and said in race.test  # both reproducers say it too
+
+
+def test_the_script_of_a_race_starts_its_clients_in_the_recorded_order(race: Violation) -> None:
+    lines = race.script.splitlines()
+    start = lines.index("# 2 clients at once:")
+    stop, pause, wait = (line.split("  #")[0] for line in lines[start + 2 : start + 5])
+    assert stop.startswith("sandboxctl stop ") and stop.endswith(" &")
+    assert pause == "sleep 0.1"
+    assert wait.startswith("sandboxctl wait ") and wait.endswith(" &")

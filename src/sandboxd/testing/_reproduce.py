@@ -9,6 +9,7 @@ judges the history with :func:`~sandboxd.testing.check_linearizable`, as the fuz
 from __future__ import annotations
 
 import json
+import math
 import shlex
 from collections.abc import Mapping, Sequence
 
@@ -22,6 +23,9 @@ __all__ = ["brief_outcome", "explain_conflict", "reproducer_script", "reproducer
 
 #: Seconds a Wait in a script gives up after (a Wait nobody answers would hang the shell).
 SCRIPT_WAIT_TIMEOUT = 10
+
+#: Seconds between the clients of a concurrent group a script starts, in the recorded order.
+SCRIPT_STAGGER = 0.1
 
 
 def brief_outcome(outcome: Outcome | Blocks | None) -> str:
@@ -216,9 +220,21 @@ def reproducer_script(
         if len(group) == 1 and not reaped[number]:
             lines += [line(call, (number, 0, i), "") for i, call in enumerate(group[0])]
             continue
+        clients = list(range(len(group)))
         if len(group) > 1:
             lines.append(f"# {len(group)} clients at once:")
-        for client, calls in enumerate(group):
+            if observed:
+                # In the order the run made their first calls, each a moment after the one
+                # before: separate processes keep the order, rarely the overlap.
+                clients.sort(key=lambda c: _started(observed, (number, c, 0)))
+                lines.append(
+                    "# (in the order the run made them; for the exact interleaving, "
+                    "run the Python test)"
+                )
+        for turn, client in enumerate(clients):
+            calls = group[client]
+            if turn and observed and len(group) > 1:
+                lines.append(f"sleep {SCRIPT_STAGGER:g}")
             if len(calls) == 1:
                 command, _, comment = line(calls[0], (number, client, 0), "").partition("  #")
                 lines.append(f"{command} &" + (f"  #{comment}" if comment else ""))
@@ -234,6 +250,13 @@ def reproducer_script(
     for sandbox_id in sandbox_ids[: program.sandboxes]:
         lines.append(f"sandboxctl shutdown {shlex.quote(sandbox_id)} >/dev/null 2>&1")
     return "\n".join(lines) + "\n"
+
+
+def _started(
+    observed: Mapping[tuple[int, int, int], Operation], key: tuple[int, int, int]
+) -> float:
+    op = observed.get(key)
+    return math.inf if op is None else op.start_time
 
 
 def _reaped(
