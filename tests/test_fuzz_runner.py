@@ -14,11 +14,10 @@ from typing import Any
 
 import attrs
 import pytest
-from hypothesis import strategies as st
 
 import sandboxd
 from sandboxd import ExitStatus, SandboxState, SandboxStatus
-from sandboxd.backends import BwrapBackend, ProcessBackend, SimBackend
+from sandboxd.backends import BwrapBackend, ProcessBackend
 from sandboxd.testing import (
     Call,
     ProcessBehaviour,
@@ -28,10 +27,9 @@ from sandboxd.testing import (
     reproducer_script,
     reproducer_test,
     serve_in_thread,
-    sim_faults,
 )
-from sandboxd.testing.fuzz import FuzzProgress, fuzz
-from test_fuzz import WaitsBeforeTheStopEnds
+from sandboxd.testing.fuzz import fuzz
+from test_fuzz import DEAF, RACE, WaitsBeforeTheStopEnds, Wrapper, fuzz_one, in_process
 
 SANDBOXCTL = str(Path(sys.executable).parent / "sandboxctl")
 
@@ -110,19 +108,6 @@ def test_a_seed_draws_the_same_programs_installed_or_from_a_source_tree(tmp_path
 # -- id reuse ---------------------------------------------------------------------------------
 
 
-class Wrapper:
-    """A controller that passes every call on to the real one, except those it overrides."""
-
-    def __init__(self, controller: Any) -> None:
-        self._controller = controller
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._controller, name)
-
-    def __len__(self) -> int:  # the server's Controller service asks (dunders skip getattr)
-        return len(self._controller)
-
-
 class CachesFinalStatus(Wrapper):
     """Keeps the Status of a stopped sandbox (it cannot change any more: a Shutdown makes
     the id unknown) and never forgets it: a sandbox created again under that id reads as
@@ -141,21 +126,6 @@ class CachesFinalStatus(Wrapper):
         if status.state is SandboxState.STOPPED:
             self._final[sandbox_id] = status
         return status
-
-
-def in_process(
-    wrap: Callable[[Any], Any] | None = None, **options: Any
-) -> Callable[[], AbstractAsyncContextManager[Any]]:
-    """A factory of fresh in-process controllers over the sim backend (wrapped)."""
-
-    @asynccontextmanager
-    async def factory() -> AsyncIterator[Any]:
-        async with sandboxd.open_controller(
-            [SimBackend()], default_sandboxer="sim", stop_timeout=0.005, **options
-        ) as controller:
-            yield controller if wrap is None else wrap(controller)
-
-    return factory
 
 
 def test_it_finds_a_status_cache_a_shutdown_does_not_clear() -> None:
@@ -268,26 +238,15 @@ def test_sandboxctl_fuzz_with_real_processes_reports_a_broken_daemon() -> None:
 
 
 def test_shrinking_drops_sandboxes_and_serialises_the_groups_that_need_no_race() -> None:
-    deaf = {"sandboxer": "sim", "options": sim_faults(ignore_sigterm=True)}
     noisy = Program(
         [
-            [Call("create", 1), Call("create", 0, deaf), Call("status", 1)],
+            [Call("create", 1), Call("create", 0, DEAF), Call("status", 1)],
             [[Call("start", 1), Call("stop", 1)], Call("start", 0)],
             [Call("stop", 0), Call("wait", 0), Call("wait", 1)],
         ]
     )
-    seen: list[FuzzProgress] = []
-    report = fuzz(
-        in_process(WaitsBeforeTheStopEnds),
-        seed=1,
-        duration=20,
-        programs=st.just(noisy),
-        shrink_limit=10,
-        progress=seen.append,
-    )
+    report, seen = fuzz_one(WaitsBeforeTheStopEnds, noisy, shrink_limit=10)
     assert report.violation is not None, report.summary()
-    assert report.violation.program == Program(
-        [Call("create", 0, deaf), Call("start", 0), [Call("stop", 0), Call("wait", 0)]]
-    )
+    assert report.violation.program == RACE
     # Whole sandboxes and groups at a time: about 120 runs (call by call: about 700).
     assert seen[-1].attempts < 300, seen[-1]

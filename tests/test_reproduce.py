@@ -3,43 +3,24 @@ least 9 times in 10 against the buggy daemon and never against a correct one."""
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from hypothesis import strategies as st
 
-from sandboxd.testing import Call, Program, serve_in_thread, sim_faults
-from sandboxd.testing.fuzz import Violation, fuzz
-from test_fuzz import WaitsBeforeTheStopEnds, in_process
+from sandboxd.testing import serve_in_thread
+from sandboxd.testing.fuzz import Violation
+from test_fuzz import RACE, WaitsBeforeTheStopEnds, fuzz_one
+from test_fuzz import quiet_runtime as quiet_runtime  # an autouse fixture
 
 #: Each daemon's stop_timeout: the grace period of a Stop without a timeout.
 GRACE = 0.005
-
-
-@pytest.fixture(autouse=True)
-def quiet_runtime() -> Iterator[None]:
-    logger = logging.getLogger("sandboxd")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    yield
-    logger.setLevel(level)
 
 
 @pytest.fixture(scope="module")
 def race() -> Violation:
     """The fuzzer's report of a Wait answered while a Stop is still in progress (of the
     program that shows it, tried with one jitter after the other until the race shows)."""
-    deaf = {"sandboxer": "sim", "options": sim_faults(ignore_sigterm=True)}
-    program = Program([Call("create", 0, deaf), Call("start"), [Call("stop"), Call("wait")]])
-    report = fuzz(
-        in_process(WaitsBeforeTheStopEnds),
-        seed=4,
-        duration=30,
-        programs=st.just(program),
-        shrink_limit=1,
-    )
+    report, _ = fuzz_one(WaitsBeforeTheStopEnds, RACE, shrink_limit=1)
     assert report.violation is not None, report.summary()
     assert not report.violation.program.sequential
     return report.violation
