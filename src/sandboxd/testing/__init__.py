@@ -13,7 +13,8 @@
 - :class:`Program` and :class:`Call`: lifecycle programs (sequences and concurrent groups of
   calls over a few sandboxes); :func:`run_program` runs one and returns its history;
   :func:`reproducer_script` and :func:`reproducer_test` write one out for ``sandboxctl`` and
-  for pytest.
+  for pytest (a concurrent one replayed in the recorded order); :func:`explain_conflict`
+  says in a sentence what the checker found.
 - :func:`serve_in_thread`: a Controller served on a temporary socket from a background
   thread, for blocking clients.
 
@@ -58,7 +59,7 @@ from ._model import (
     perform,
 )
 from ._programs import Call, Group, Program, ProgramHung, run_program
-from ._reproduce import reproducer_script, reproducer_test
+from ._reproduce import explain_conflict, reproducer_script, reproducer_test
 from ._server import fixture_backends, serve_in_thread, shutdown_all
 
 __all__ = [
@@ -83,6 +84,7 @@ __all__ = [
     "call_step",
     "check_linearizable",
     "event_step",
+    "explain_conflict",
     "fixture_backends",
     "observe",
     "pending_events",
