@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import strategies as st
 
 import sandboxd
 from sandboxd import ExitStatus, SandboxInstance, SandboxState
 from sandboxd.backends import SimBackend
-from sandboxd.testing import Program, serve_in_thread, strategies
-from sandboxd.testing.fuzz import FuzzProgress, Violation, fuzz
+from sandboxd.testing import Call, Program, serve_in_thread, sim_faults, strategies
+from sandboxd.testing.fuzz import FuzzProgress, FuzzReport, Violation, fuzz
 
 BIN = Path(sys.executable).parent
 SANDBOXCTL = str(BIN / "sandboxctl")
@@ -89,6 +90,30 @@ def in_process(
             yield controller if wrap is None else wrap(controller)
 
     return factory
+
+
+#: Create arguments of a sim process that ignores SIGTERM.
+DEAF: dict[str, Any] = {"sandboxer": "sim", "options": sim_faults(ignore_sigterm=True)}
+
+#: The smallest program that shows WaitsBeforeTheStopEnds (when the Wait comes second).
+RACE = Program([Call("create", 0, DEAF), Call("start"), [Call("stop"), Call("wait")]])
+
+
+def fuzz_one(
+    wrap: Callable[[Any], Any], program: Program, **options: Any
+) -> tuple[FuzzReport, list[FuzzProgress]]:
+    """The fuzzer's report on ``program`` alone (tried with one jitter after the other)
+    against in-process controllers wrapped in ``wrap``, and its progress reports."""
+    seen: list[FuzzProgress] = []
+    report = fuzz(
+        in_process(wrap),
+        seed=1,
+        duration=20,
+        programs=st.just(program),
+        progress=seen.append,
+        **options,
+    )
+    return report, seen
 
 
 @pytest.fixture(autouse=True)

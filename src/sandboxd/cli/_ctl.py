@@ -167,7 +167,10 @@ Every history is checked for linearizability against the lifecycle's reference m
 violation the program is shrunk (by Hypothesis, then call by call) and printed as a
 sandboxctl script and as a pytest test.  Sandbox ids are fuzz-<seed>-<n>; the fuzzer shuts
 its sandboxes down.  The same seed draws the same programs (see the digests); with the sim
-sandboxer a seed reproduces a run up to the interleaving of concurrent calls.
+sandboxer a seed reproduces a run up to the interleaving of concurrent calls.  With
+--sandboxer process (or bwrap) the sandboxes run real short-lived shell commands (exit with
+a chosen status after a delay, ignore SIGTERM, or the pause process), so real exit statuses
+and signals are checked.
 
 Exit status: 0 when every history was linearizable, {EXIT_VIOLATION} on a violation,
 {EXIT_NO_TOOLKIT} when Hypothesis is missing (pip install 'sandboxd[testing]'), 10 + the
@@ -216,8 +219,9 @@ def _add_fuzz(sub: Any) -> None:
         help="sandboxes per program (default 2)",
     )  # fmt: skip
     p.add_argument(
-        "--sandboxer", choices=["sim"], default="sim",
-        help="the sandboxer of the fuzzer's sandboxes (sim: deterministic, with faults)",
+        "--sandboxer", choices=["sim", "process", "bwrap"], default="sim",
+        help="the sandboxer of the fuzzer's sandboxes (sim: deterministic, with faults; "
+        "process, bwrap: real short-lived processes, real exit statuses and signals)",
     )  # fmt: skip
 
 

@@ -8,10 +8,13 @@
 - :func:`sim_faults`: Create options that inject faults into a ``sim`` sandbox (start
   failures, exits after a delay or at a chosen point, ignored SIGTERM, slow stops), over the
   socket too; :func:`sim_behaviour` and :func:`sim_model` tell the model about them.
+  :func:`process_faults`, :func:`process_behaviour` and :func:`process_model` do the same
+  for real processes (the ``process`` and ``bwrap`` sandboxers), through their command.
 - :class:`Program` and :class:`Call`: lifecycle programs (sequences and concurrent groups of
   calls over a few sandboxes); :func:`run_program` runs one and returns its history;
   :func:`reproducer_script` and :func:`reproducer_test` write one out for ``sandboxctl`` and
-  for pytest.
+  for pytest (a concurrent one replayed in the recorded order); :func:`explain_conflict`
+  says in a sentence what the checker found.
 - :func:`serve_in_thread`: a Controller served on a temporary socket from a background
   thread, for blocking clients.
 
@@ -23,7 +26,14 @@ the fixtures ``sandboxd_controller``, ``sandboxd_socket``, ``sandboxd_client``,
 ``sandboxd_sync_socket`` and ``sandboxd_sync_client``.
 """
 
-from ._faults import sim_behaviour, sim_faults, sim_model
+from ._faults import (
+    process_behaviour,
+    process_faults,
+    process_model,
+    sim_behaviour,
+    sim_faults,
+    sim_model,
+)
 from ._linearize import (
     DEFAULT_MAX_STATES,
     HistoryRecorder,
@@ -49,7 +59,7 @@ from ._model import (
     perform,
 )
 from ._programs import Call, Group, Program, ProgramHung, run_program
-from ._reproduce import reproducer_script, reproducer_test
+from ._reproduce import explain_conflict, reproducer_script, reproducer_test
 from ._server import fixture_backends, serve_in_thread, shutdown_all
 
 __all__ = [
@@ -74,10 +84,14 @@ __all__ = [
     "call_step",
     "check_linearizable",
     "event_step",
+    "explain_conflict",
     "fixture_backends",
     "observe",
     "pending_events",
     "perform",
+    "process_behaviour",
+    "process_faults",
+    "process_model",
     "reproducer_script",
     "reproducer_test",
     "run_program",

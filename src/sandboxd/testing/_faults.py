@@ -6,18 +6,31 @@ caller injects faults into a daemon it does not control.  :func:`sim_faults` bui
 options, checked as the backend checks them; :func:`sim_behaviour` says how the
 :class:`~sandboxd.testing.ReferenceModel` must expect such a sandbox to behave, and
 :func:`sim_model` is a model that asks it for every Create.
+
+Real processes (the ``process`` and ``bwrap`` sandboxers) take their faults from their
+command: :func:`process_faults` builds one of a few short shell commands (exit with a chosen
+status, after a delay; ignore SIGTERM), :func:`process_behaviour` reads such a command back,
+and :func:`process_model` asks it for every Create.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
 
 from .._models import SandboxOptions
 from ..backends._sim import _settings
 from ._model import SIGTERM_STATUS, ProcessBehaviour, ReferenceModel
 
-__all__ = ["sim_behaviour", "sim_faults", "sim_model"]
+__all__ = [
+    "process_behaviour",
+    "process_faults",
+    "process_model",
+    "sim_behaviour",
+    "sim_faults",
+    "sim_model",
+]
 
 
 def sim_faults(
@@ -93,3 +106,104 @@ def sim_model() -> ReferenceModel:
     """A :class:`~sandboxd.testing.ReferenceModel` of ``sim`` sandboxes, each created with
     whatever faults its Create asked for (:func:`sim_behaviour`)."""
     return ReferenceModel(behaviour_of=sim_behaviour)
+
+
+#: The shell commands :func:`process_faults` writes: ``trap "" TERM; `` (SIGTERM ignored),
+#: then either ``sleep D; exit N`` (exits on its own with N after D seconds; ``exit N`` for
+#: D = 0) or ``exec sleep 300`` (only signals end it).
+_IGNORE: Final = 'trap "" TERM; '
+_FOREVER: Final = "exec sleep 300"
+_COMMAND: Final = re.compile(
+    r'(?P<ignore>trap "" TERM; )?'
+    r"(?:exec sleep 300|(?:sleep (?P<delay>[0-9.]+); )?exit (?P<status>[0-9]+))"
+)
+
+
+def process_faults(
+    *,
+    exit_code: int | None = None,
+    exit_after: float = 0.0,
+    ignore_sigterm: bool = False,
+) -> SandboxOptions | None:
+    """Create options for a real process (``process`` or ``bwrap`` sandboxer) that misbehaves
+    as asked, or ``None`` (the pause process: SIGTERM ends it with 0) when nothing is asked:
+
+    - ``exit_code``: the process exits on its own with this status, ``exit_after`` seconds
+      after it started (else only signals end it);
+    - ``ignore_sigterm``: it ignores SIGTERM, once its shell has run its first command.
+
+    The command is ``sh -c '...'``: :func:`process_behaviour` reads it back.
+    """
+    if exit_code is not None and not 0 <= exit_code <= 255:
+        raise ValueError(f"exit_code: must be 0..255, not {exit_code}")
+    if exit_after < 0:
+        raise ValueError(f"exit_after: must be >= 0, not {exit_after}")
+    if exit_code is None and not ignore_sigterm:
+        return None
+    script = _IGNORE if ignore_sigterm else ""
+    if exit_code is None:
+        script += _FOREVER
+    elif exit_after:
+        script += f"sleep {exit_after:g}; exit {exit_code}"
+    else:
+        script += f"exit {exit_code}"
+    return SandboxOptions(command=("sh", "-c", script))
+
+
+def process_behaviour(create_args: Mapping[str, Any]) -> ProcessBehaviour:
+    """How the reference model must expect a real process created with ``create_args`` (the
+    keyword arguments of Create) to behave: the pause process when it has no command; any
+    other command as a shell's that only signals end (unless it is one
+    :func:`process_faults` builds).
+
+    Real signals race (``signals_race``): a SIGKILL sent while a SIGTERM is being handled
+    may win.  The pause process ends with 0 on SIGTERM; a shell with 143 -- also one that is
+    told to ignore SIGTERM, since a SIGTERM may arrive before the shell ran its ``trap``, and
+    a SIGKILL (137) is what ends it otherwise, so the model accepts either.
+    """
+    options = create_args.get("options")
+    if getattr(options, "command", None) is None:
+        return ProcessBehaviour(sigterm_exit_status=0, signals_race=True)
+    faults = process_faults_of(options) or {}
+    return ProcessBehaviour(
+        sigterm_exit_status=SIGTERM_STATUS,
+        signals_race=True,
+        own_exit_status=faults.get("exit_code"),
+    )
+
+
+def process_faults_of(options: object) -> dict[str, Any] | None:
+    """The arguments of :func:`process_faults` that built ``options`` (``{}`` for the pause
+    process), or ``None`` when they are not options it builds."""
+    if options is None:
+        return {}
+    command = getattr(options, "command", None)
+    if options != SandboxOptions(command=command):
+        return None
+    if command is None:
+        return {}
+    if len(command) != 3 or tuple(command[:2]) != ("sh", "-c"):
+        return None
+    match = _COMMAND.fullmatch(command[2])
+    if match is None:
+        return None
+    faults: dict[str, Any] = {}
+    if match["status"] is not None:
+        faults["exit_code"] = int(match["status"])
+        if match["delay"] is not None:
+            faults["exit_after"] = float(match["delay"])
+    if match["ignore"]:
+        faults["ignore_sigterm"] = True
+    return faults
+
+
+def process_model() -> ReferenceModel:
+    """A :class:`~sandboxd.testing.ReferenceModel` of real processes, each as its Create's
+    command says (:func:`process_behaviour`)."""
+    return ReferenceModel(behaviour_of=process_behaviour)
+
+
+def model_for(sandboxer: str | None) -> ReferenceModel:
+    """The model of the fuzzer's sandboxes: :func:`sim_model` for ``sim`` (and ``None``, the
+    daemon's default taken to be ``sim``), :func:`process_model` for any other."""
+    return sim_model() if sandboxer in (None, "sim") else process_model()

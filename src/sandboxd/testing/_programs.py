@@ -35,6 +35,7 @@ import trio.testing
 
 from .._errors import RPCError
 from .._models import SandboxOptions
+from ._faults import process_faults_of
 from ._linearize import HistoryRecorder, Operation
 from ._model import CALL_INPUTS
 
@@ -117,7 +118,8 @@ class Program:
     ``Program([Call("create"), Call("start"), [Call("stop"), Call("wait")]])``: a Create, a
     Start, then a Stop and a Wait at once.  Where a group or a sequence is expected, a single
     :class:`Call` stands for one of just that call.  ``repr()`` is Python that builds the
-    same program (options of ``sim`` faults as :func:`~sandboxd.testing.sim_faults` calls).
+    same program (options of ``sim`` faults as :func:`~sandboxd.testing.sim_faults` calls,
+    real processes' as :func:`~sandboxd.testing.process_faults` calls).
     """
 
     groups: tuple[Group, ...] = attrs.field(converter=_groups)
@@ -159,6 +161,10 @@ def _render_value(value: Any) -> str:
     if isinstance(value, SandboxOptions) and value.sim and value == SandboxOptions(sim=value.sim):
         inner = ", ".join(f"{k}={v!r}" for k, v in value.sim.items())
         return f"sim_faults({inner})"
+    faults = process_faults_of(value) if isinstance(value, SandboxOptions) else None
+    if faults:
+        inner = ", ".join(f"{k}={v!r}" for k, v in faults.items())
+        return f"process_faults({inner})"
     return repr(value)
 
 
@@ -225,8 +231,17 @@ class _Run:
         hang_after: float,
         trace: MutableMapping[tuple[int, int, int], Operation] | None,
         jitter: random.Random | None,
+        schedule: Sequence[tuple[int, int, int]] | None = None,
+        settle: float = 0.0,
     ) -> None:
         self.jitter = jitter
+        # With a schedule, call k of it is made once call k - 1 has been made and every task
+        # has been blocked for ``settle`` seconds since: its request is out, and handled as
+        # far as it goes without the others.
+        self.turns = {key: turn for turn, key in enumerate(schedule or ())}
+        self.turn = 0
+        self.settle = settle
+        self.passing = 0
         self.recorder = recorder
         self.sandbox_ids = sandbox_ids
         self.reaper = reaper
@@ -244,11 +259,19 @@ class _Run:
         self._changed = trio.Event()
         await self._changed.wait()
 
-    async def client(self, target: Any, group: int, client: int, calls: Sequence[Call]) -> None:
+    async def client(
+        self, target: Any, group: int, client: int, calls: Sequence[Call], nursery: trio.Nursery
+    ) -> None:
         for index, call in enumerate(calls):
             if self.jitter is not None:
                 for _ in range(self.jitter.randrange(MAX_JITTER + 1)):
                     await trio.lowlevel.checkpoint()
+            turn = self.turns.get((group, client, index))
+            if turn is not None:
+                while self.turn < turn:
+                    await self._changes()
+                self.passing += 1
+                nursery.start_soon(self._pass_turn)
             sandbox_id = self.sandbox_ids[call.sandbox]
             self.pending[group, client] = (call, sandbox_id)
             self._touch()
@@ -264,6 +287,13 @@ class _Run:
             self.answered += 1
             self._touch()
 
+    async def _pass_turn(self) -> None:
+        """The next call of the schedule may go once this one is out (everyone blocked)."""
+        await trio.testing.wait_all_tasks_blocked(self.settle)
+        self.turn += 1
+        self.passing -= 1
+        self._touch()
+
     async def reap(self) -> None:
         answered_before = -1
         stuck_since: float | None = None
@@ -271,7 +301,7 @@ class _Run:
         while True:
             await trio.testing.wait_all_tasks_blocked(self.cushion)
             parked = sorted({sid for call, sid in self.pending.values() if call.name in _PARKING})
-            if not parked:
+            if not parked or self.passing:  # a scheduled call is about to go: not stuck
                 await self._changes()
                 continue
             if self.answered == answered_before:
@@ -312,6 +342,8 @@ async def run_program(
     cleanup: bool = False,
     trace: MutableMapping[tuple[int, int, int], Operation] | None = None,
     jitter: random.Random | None = None,
+    schedule: Sequence[tuple[int, int, int]] | None = None,
+    settle: float = 0.0,
 ) -> list[Operation]:
     """Run ``program`` and return the recorded history (a list of
     :class:`~sandboxd.testing.Operation`, for :func:`~sandboxd.testing.check_linearizable`).
@@ -328,6 +360,15 @@ async def run_program(
     makes trio's scheduling deterministic, a ``random.Random`` seeded with a drawn integer
     varies the interleavings, reproducibly.
 
+    ``schedule``, if given, replays an interleaving: a list of ``(group, sequence, call
+    index)`` keys (as in ``trace``), in the order their calls are to be made.  A call in it
+    is made only once the one before it was made and every task has been blocked for
+    ``settle`` seconds since (so its request is written, and in process, handled as far as
+    it goes); a sequence still makes its calls one after the other.  Give the order in which
+    a run started its calls (``trace``, by start time) and the requests of each group go out
+    in that order, on one connection if ``targets`` is one -- so that the server reads them
+    in that order too.  Calls not in it go when their sequence gets to them.
+
     Raises :class:`ProgramHung` when calls stay unanswered ``hang_after`` seconds after the
     reaper shut their sandboxes down.  An exception other than an
     :class:`~sandboxd.RPCError` from a call propagates (in an exception group); an
@@ -342,7 +383,17 @@ async def run_program(
     if recorder is None:
         recorder = HistoryRecorder()
     reaper_target = targets[0] if reaper is None else reaper
-    run = _Run(recorder, sandbox_ids, reaper_target, cushion, hang_after, trace, jitter)
+    run = _Run(
+        recorder,
+        sandbox_ids,
+        reaper_target,
+        cushion,
+        hang_after,
+        trace,
+        jitter,
+        schedule,
+        settle,
+    )
     try:
         try:
             async with trio.open_nursery() as outer:
@@ -351,7 +402,7 @@ async def run_program(
                     async with trio.open_nursery() as nursery:
                         for client, calls in enumerate(group):
                             target = targets[client % len(targets)]
-                            nursery.start_soon(run.client, target, number, client, calls)
+                            nursery.start_soon(run.client, target, number, client, calls, nursery)
                 outer.cancel_scope.cancel()
         except* ProgramHung as group:
             hung = group.exceptions[0]

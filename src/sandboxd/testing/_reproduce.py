@@ -9,6 +9,7 @@ judges the history with :func:`~sandboxd.testing.check_linearizable`, as the fuz
 from __future__ import annotations
 
 import json
+import math
 import shlex
 from collections.abc import Mapping, Sequence
 
@@ -18,10 +19,13 @@ from ._linearize import Operation
 from ._model import Blocks, Outcome, ReferenceModel, StatusView
 from ._programs import REAPER, Call, Program, render_program
 
-__all__ = ["brief_outcome", "reproducer_script", "reproducer_test"]
+__all__ = ["brief_outcome", "explain_conflict", "reproducer_script", "reproducer_test"]
 
 #: Seconds a Wait in a script gives up after (a Wait nobody answers would hang the shell).
 SCRIPT_WAIT_TIMEOUT = 10
+
+#: Seconds between the clients of a concurrent group a script starts, in the recorded order.
+SCRIPT_STAGGER = 0.1
 
 
 def brief_outcome(outcome: Outcome | Blocks | None) -> str:
@@ -44,6 +48,76 @@ def brief_outcome(outcome: Outcome | Blocks | None) -> str:
     return "ok" if value is None or isinstance(value, str) else f"ok({value!r})"
 
 
+def _expected(outcome: Outcome | Blocks) -> str:
+    """What the model says a call does, as the end of a sentence."""
+    if isinstance(outcome, Blocks):
+        if outcome.until.name == "STOP_GRACE_EXPIRED":
+            return "waits until the Stop's grace period ends and SIGKILL ends the process"
+        return "waits until the process exits"
+    if not outcome.ok:
+        assert outcome.code is not None
+        return f"is refused with {outcome.code.name}"
+    return f"answers {brief_outcome(outcome)}"
+
+
+def _when(op: Operation, other: Operation) -> str:
+    """Where ``other`` stood in time when ``op`` answered."""
+    answer = brief_outcome(other.outcome)
+    if other.end_time <= op.start_time:
+        return f"after {other.call} answered {answer}"
+    if other.start_time >= op.end_time:
+        return f"before {other.call} was made"
+    if other.outcome is None or other.end_time > op.end_time:
+        return f"while {other.call} was in progress"
+    return f"while {other.call} was in progress (it answered {answer})"
+
+
+def explain_conflict(
+    conflict: Sequence[Operation], history: Sequence[Operation], model: ReferenceModel
+) -> str:
+    """The conflict the checker found, in a sentence: which answer the model cannot explain
+    (the conflict's last call), when it came relative to the other calls of the conflict, and
+    what the model expects of that call after the calls on its sandbox made before it -- e.g.
+    ``wait answered exit 143 while stop was in progress, but after create, start and stop
+    the model says wait waits until the process exits``.  ``conflict`` is a
+    :class:`~sandboxd.testing.LinearizabilityResult`'s, ``history`` the whole history, and
+    ``model`` the one the checker used (it is not changed).
+    """
+    if not conflict:
+        return ""
+    culprit = max(conflict, key=lambda op: (op.start_time, op.end_time))
+    mine = [
+        op
+        for op in sorted(history, key=lambda op: (op.start_time, op.end_time))
+        if op.sandbox_id == culprit.sandbox_id and op is not culprit
+    ]
+    before = [op for op in mine if op.start_time < culprit.start_time]
+    # The calls it raced, beside those of the conflict: a Stop in progress, say.
+    racing = [op for op in before if op not in conflict and op.end_time > culprit.start_time]
+    others = [op for op in conflict if op is not culprit] + racing
+    words = f"{culprit.call} answered {brief_outcome(culprit.outcome)}"
+    if others:
+        words += " " + " and ".join(_when(culprit, op) for op in others)
+    sequential = model.copy()
+    for op in before:
+        sequential.apply(op.call, op.sandbox_id, **op.args)
+    expected = sequential.apply(culprit.call, culprit.sandbox_id, **culprit.args)
+    said = _expected(expected)
+    if isinstance(expected, Blocks):
+        # What would answer it: the calls made while it waited (a Shutdown, say).
+        during = [op for op in mine if culprit.start_time <= op.start_time < culprit.end_time]
+        for op in during:
+            sequential.apply(op.call, op.sandbox_id, **op.args)
+        answer = sequential.resolved.get(expected.ticket)
+        if answer is not None and during:
+            said += f", then {_expected(answer)} (once {during[-1].call} is made)"
+    if before:
+        names = [op.call for op in before]
+        made = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+        return f"{words}, but after {made} the model says {culprit.call} {said}"
+    return f"{words}, but the model says {culprit.call} {said}"
+
+
 def _sandboxctl(call: Call, sandbox_id: str) -> tuple[str, str]:
     """The sandboxctl command for ``call``, and a note on what it cannot say."""
     words = ["sandboxctl", call.name, sandbox_id]
@@ -59,6 +133,8 @@ def _sandboxctl(call: Call, sandbox_id: str) -> tuple[str, str]:
         if isinstance(options, SandboxOptions) and options.sim:
             for key, value in sorted(options.sim.items()):
                 words += ["--sim", f"{key}={json.dumps(value)}"]
+        if isinstance(options, SandboxOptions) and options.command:
+            words += ["--", *options.command]
     elif call.name == "stop":
         timeout = args.pop("timeout_secs", None)
         if timeout is not None:
@@ -144,9 +220,21 @@ def reproducer_script(
         if len(group) == 1 and not reaped[number]:
             lines += [line(call, (number, 0, i), "") for i, call in enumerate(group[0])]
             continue
+        clients = list(range(len(group)))
         if len(group) > 1:
             lines.append(f"# {len(group)} clients at once:")
-        for client, calls in enumerate(group):
+            if observed:
+                # In the order the run made their first calls, each a moment after the one
+                # before: separate processes keep the order, rarely the overlap.
+                clients.sort(key=lambda c: _started(observed, (number, c, 0)))
+                lines.append(
+                    "# (in the order the run made them; for the exact interleaving, "
+                    "run the Python test)"
+                )
+        for turn, client in enumerate(clients):
+            calls = group[client]
+            if turn and observed and len(group) > 1:
+                lines.append(f"sleep {SCRIPT_STAGGER:g}")
             if len(calls) == 1:
                 command, _, comment = line(calls[0], (number, client, 0), "").partition("  #")
                 lines.append(f"{command} &" + (f"  #{comment}" if comment else ""))
@@ -162,6 +250,13 @@ def reproducer_script(
     for sandbox_id in sandbox_ids[: program.sandboxes]:
         lines.append(f"sandboxctl shutdown {shlex.quote(sandbox_id)} >/dev/null 2>&1")
     return "\n".join(lines) + "\n"
+
+
+def _started(
+    observed: Mapping[tuple[int, int, int], Operation], key: tuple[int, int, int]
+) -> float:
+    op = observed.get(key)
+    return math.inf if op is None else op.start_time
 
 
 def _reaped(
@@ -185,6 +280,27 @@ def _reaped(
     return reaped
 
 
+def _render_schedule(schedule: Sequence[tuple[int, int, int]]) -> str:
+    """``[(0, 0, 0), ...]``, wrapped to fit a line of 99 characters."""
+    lines = ["["]
+    for key in schedule:
+        item = f"({key[0]}, {key[1]}, {key[2]}), "
+        if len(lines[-1]) + len(item) > 92:
+            lines.append("")
+        lines[-1] += item
+    if len(lines) == 1:
+        return "[" + lines[0][1:].rstrip(", ") + "]"
+    return "[\n" + "".join(f"    {line.lstrip('[').rstrip()}\n" for line in lines) + "]"
+
+
+def _model_name(program: Program) -> str:
+    """The model that judges ``program``: of real processes when it creates any."""
+    for call in program.calls:
+        if call.name == "create" and call.args.get("sandboxer", "sim") != "sim":
+            return "process_model"
+    return "sim_model"
+
+
 def _import_order(name: str) -> tuple[bool, str]:
     return (not name[0].isupper(), name)  # classes first, as isort does
 
@@ -202,15 +318,24 @@ def reproducer_test(
     notes: Sequence[str] = (),
     name: str = "test_reproducer",
     cushion: float = 0.02,
+    schedule: Sequence[tuple[int, int, int]] | None = None,
+    replays: int = 5,
 ) -> str:
     """``program`` as a pytest module: one test that replays it against the daemon at
     ``$SANDBOXD_SOCKET`` (default ``socket``, else the daemon's default) and checks the
-    history with the checker.  It passes on a correct daemon."""
+    history with the checker.  It passes on a correct daemon.
+
+    A concurrent program is replayed on one connection, its calls made in the order of
+    ``schedule`` (see :func:`~sandboxd.testing.run_program`; the order in which the failing
+    run made them, from its ``trace``), each once the one before is out; and ``replays``
+    times, failing at the first history the model cannot explain -- a server's own
+    scheduling may still order two requests read at once either way.
+    """
     text = render_program(program)
     used = sandbox_ids[: program.sandboxes]
-    imports = ["Call", "Program", "check_linearizable", "run_program", "sim_model"]
-    if "sim_faults(" in text:
-        imports.append("sim_faults")
+    model = _model_name(program)
+    imports = ["Call", "Program", "check_linearizable", "run_program", model]
+    imports += [name for name in ("sim_faults", "process_faults") if f"{name}(" in text]
     if socket is not None:
         where = f'os.environ.get("SANDBOXD_SOCKET", {json.dumps(socket)})'
     else:
@@ -228,16 +353,30 @@ def reproducer_test(
         f"SOCKET = {where}",
         f"SANDBOX_IDS = ({', '.join(map(json.dumps, used))}{',' if len(used) == 1 else ''})",
         f"PROGRAM = {text}",
+    ]
+    replay = ["PROGRAM", "[ctl]", "SANDBOX_IDS", f"cushion={cushion!r}", "cleanup=True"]
+    if schedule is not None and not program.sequential:
+        body += [
+            "# The order in which the failing run made the calls: (group, client, call).",
+            f"ORDER = {_render_schedule(schedule)}",
+            f"REPLAYS = {replays}",
+        ]
+        replay.append("schedule=ORDER")
+        loop, indent = ["            for _ in range(REPLAYS):"], "    "
+    else:
+        loop, indent = [], ""
+    body += [
         "",
         "",
         f"def {name}() -> None:",
         "    async def main() -> None:",
         "        async with sandboxd.connect(SOCKET) as ctl:",
-        "            history = await run_program(",
-        f"                PROGRAM, [ctl], SANDBOX_IDS, cushion={cushion!r}, cleanup=True",
-        "            )",
-        "        result = check_linearizable(history, sim_model())",
-        "        assert result.ok, result.describe()",
+        *loop,
+        f"{indent}            history = await run_program(",
+        f"{indent}                {', '.join(replay)}",
+        f"{indent}            )",
+        f"{indent}            result = check_linearizable(history, {model}())",
+        f"{indent}            assert result.ok, result.describe()",
         "",
         "    trio.run(main)",
     ]

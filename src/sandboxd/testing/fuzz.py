@@ -61,11 +61,11 @@ from .._errors import RPCError
 from .._version import __version__
 from ..api import connect
 from . import strategies
-from ._faults import sim_model
+from ._faults import model_for
 from ._linearize import HistoryRecorder, Operation, check_linearizable
 from ._model import ReferenceModel
 from ._programs import Call, Program, ProgramHung, run_program
-from ._reproduce import reproducer_script, reproducer_test
+from ._reproduce import explain_conflict, reproducer_script, reproducer_test
 
 __all__ = [
     "FuzzProgress",
@@ -192,9 +192,15 @@ def default_programs(
     sandboxes: int = 2, clients: int = 4, sandboxer: str | None = "sim"
 ) -> st.SearchStrategy[Program]:
     """The programs ``sandboxctl fuzz`` draws: up to 16 calls over ``sandboxes`` sandboxes,
-    at most ``clients`` at once, Creates with up to two ``sim`` faults each."""
+    at most ``clients`` at once, Creates with up to two ``sim`` faults each -- or, for any
+    other ``sandboxer`` (``process``, ``bwrap``), real short-lived processes
+    (:func:`~sandboxd.testing.strategies.process_options`) and Stops that SIGKILL at once,
+    after 50 ms or after the daemon's grace period."""
     create = strategies.create_args(sandboxer)
-    return strategies.programs(sandboxes, clients=clients, create=create)
+    if sandboxer in (None, "sim"):
+        return strategies.programs(sandboxes, clients=clients, create=create)
+    timeouts = strategies.stop_timeouts((None, 0, 0.05))
+    return strategies.programs(sandboxes, clients=clients, create=create, stop_timeout=timeouts)
 
 
 @asynccontextmanager
@@ -353,7 +359,9 @@ class _Session:
             if result.inconclusive:
                 self.inconclusive += 1
             elif not result.ok:
-                kind, description = NOT_LINEARIZABLE, result.describe()
+                kind = NOT_LINEARIZABLE
+                said = explain_conflict(result.conflict, history, self.model)
+                description = f"{said}.\n{result.describe()}"
         if kind is None or description is None:
             return None
         notes = [
@@ -370,7 +378,12 @@ class _Session:
                 program, ids, socket=self.socket, notes=notes, observed=trace, history=history
             ),
             test=reproducer_test(
-                program, ids, socket=self.socket, notes=notes, name=f"test_fuzz_seed_{self.seed}"
+                program,
+                ids,
+                socket=self.socket,
+                notes=notes,
+                name=f"test_fuzz_seed_{self.seed}",
+                schedule=sorted(trace, key=lambda key: (trace[key].start_time, key)),
             ),
             found_after=self.programs,
             shrunk_from=len(self.first.program) if self.first is not None else len(program),
@@ -400,15 +413,57 @@ class _Session:
                 )
 
 
-def _size(program: Program) -> tuple[int, int, int, int, int]:
-    """Smaller is simpler: fewer calls, fewer at once, fewer groups, fewer sandboxes, fewer
-    arguments and faults."""
+@contextlib.contextmanager
+def _without_local_constants() -> Iterator[None]:
+    """Generation that does not depend on where sandboxd, or the caller's code, lives.
+
+    Hypothesis (6.131 and later) now and then draws a constant found in the source of the
+    "local" modules loaded -- those outside site-packages and the standard library -- so a
+    seed drew other programs from a source tree than from an installed wheel, and other
+    ones again once the caller imported a module of its own.  For the length of a run this
+    makes the set of local constants empty (its global constants stay: they are fixed), and
+    empties the cache of allowed constants, on entry and on exit, so that nothing drawn
+    before or after sees the difference.  Without that internal API (an older or newer
+    Hypothesis) it does nothing.
+    """
+    try:
+        from hypothesis.internal.conjecture import providers
+    except ImportError:  # pragma: no cover - the layout of another Hypothesis
+        yield
+        return
+    cache = getattr(providers, "CONSTANTS_CACHE", None)
+    local = getattr(providers, "_get_local_constants", None)
+    constants = getattr(providers, "Constants", None)
+    if cache is None or local is None or constants is None:  # pragma: no cover
+        yield
+        return
+    empty = constants()
+    cache.cache.clear()
+    providers._get_local_constants = lambda: empty
+    try:
+        yield
+    finally:
+        providers._get_local_constants = local
+        cache.cache.clear()
+
+
+def _size(program: Program) -> tuple[int, int, int, int, int, int]:
+    """Smaller is simpler: fewer calls, fewer at once, fewer in concurrent groups, fewer
+    groups, fewer sandboxes, fewer arguments and faults."""
     arguments = 0
     for call in program.calls:
         arguments += len(call.args)
         options = call.args.get("options")
         arguments += len(getattr(options, "sim", None) or ())
-    return (len(program), program.clients, len(program.groups), program.sandboxes, arguments)
+    concurrent = sum(sum(map(len, group)) for group in program.groups if len(group) > 1)
+    return (
+        len(program),
+        program.clients,
+        concurrent,
+        len(program.groups),
+        program.sandboxes,
+        arguments,
+    )
 
 
 def _without(program: Program, position: int) -> Program:
@@ -445,11 +500,45 @@ def _one_after_another(program: Program) -> Iterator[Program]:
     yield Program([call for group in program.groups for seq in group[::-1] for call in seq])
 
 
+def _groups_one_after_another(program: Program) -> Iterator[Program]:
+    """The calls of one concurrent group one after the other (each way round), the other
+    groups as they are: which race matters, when a program has several."""
+    for number, group in enumerate(program.groups):
+        if len(group) < 2:
+            continue
+        for order in (group, group[::-1]):
+            serial = (tuple(call for sequence in order for call in sequence),)
+            yield Program([*program.groups[:number], serial, *program.groups[number + 1 :]])
+
+
+def _without_sandbox(program: Program, sandbox: int) -> Program:
+    """``program`` without the calls on ``sandbox``, the sandboxes after it renumbered."""
+    groups: list[list[list[Call]]] = []
+    for group in program.groups:
+        sequences = [
+            [
+                c if c.sandbox < sandbox else attrs.evolve(c, sandbox=c.sandbox - 1)
+                for c in sequence
+                if c.sandbox != sandbox
+            ]
+            for sequence in group
+        ]
+        kept = [sequence for sequence in sequences if sequence]
+        if kept:
+            groups.append(kept)
+    return Program(groups)
+
+
 def _candidates(program: Program) -> Iterator[Program]:
-    """Simpler programs to try, simplest first: the calls one after the other; one call
-    fewer (later calls first), one after the other if that fails too; one argument fewer;
-    one sandbox fewer."""
+    """Simpler programs to try, simplest first: the calls one after the other; those of
+    one group one after the other; one sandbox fewer, with all its calls; one call fewer
+    (later calls first), one after the other if that fails too; one argument fewer; every
+    call on one sandbox."""
     yield from _one_after_another(program)
+    yield from _groups_one_after_another(program)
+    if program.sandboxes > 1:
+        for sandbox in range(program.sandboxes):
+            yield _without_sandbox(program, sandbox)
     for position in reversed(range(len(program))):
         smaller = _without(program, position)
         yield from _one_after_another(smaller)
@@ -536,12 +625,13 @@ def fuzz(
     for at most ``shrink_limit`` seconds.
 
     ``programs`` draws the programs (default :func:`default_programs` with ``sandboxes``,
-    ``clients`` and ``sandboxer``); ``model`` judges them (default
-    :func:`~sandboxd.testing.sim_model`).  ``progress`` is called every ``progress_every``
-    programs, and as shrinking finds smaller failures.  ``cushion``, ``hang_after``: see
-    :func:`~sandboxd.testing.run_program` (``cushion`` defaults to 0.02 s for a socket,
-    0.001 s in process); ``guard`` bounds one example.  Sandbox ids start with ``prefix``
-    (default ``fuzz-<seed>-``).
+    ``clients`` and ``sandboxer``: ``sim``, or ``process`` and ``bwrap`` for real processes);
+    ``model`` judges them (default :func:`~sandboxd.testing.sim_model` for ``sim``,
+    :func:`~sandboxd.testing.process_model` for real processes).  ``progress`` is called
+    every ``progress_every`` programs, and as shrinking finds smaller failures.
+    ``cushion``, ``hang_after``: see :func:`~sandboxd.testing.run_program` (``cushion``
+    defaults to 0.02 s for a socket, 0.001 s in process); ``guard`` bounds one example.
+    Sandbox ids start with ``prefix`` (default ``fuzz-<seed>-``).
 
     Runs trio itself, example by example: call it from synchronous code (from trio code, in
     a worker thread).  Raises :class:`~sandboxd.Unavailable` when no daemon answers at the
@@ -562,7 +652,7 @@ def fuzz(
         target,
         seed=seed,
         clients=clients,
-        model=sim_model() if model is None else model,
+        model=model_for(sandboxer) if model is None else model,
         prefix=prefix,
         socket=socket,
         cushion=cushion,
@@ -599,7 +689,8 @@ def fuzz(
         if socket is not None:
             trio.run(_sweep, socket, prefix)
         try:
-            run_examples()
+            with _without_local_constants():
+                run_examples()
         except _Failed as failed:
             violation = failed.violation  # Hypothesis's minimal example, replayed
         except _Stop:

@@ -7,6 +7,8 @@ The one place of sandboxd that imports Hypothesis (with the fuzzer built on it,
 - :func:`sim_settings`, :func:`create_options`, :func:`create_args`: Create options for the
   ``sim`` sandboxer, with faults (start failures, exits after a delay or at a chosen point,
   processes that ignore SIGTERM, slow stops), as :func:`~sandboxd.testing.sim_faults` takes;
+- :func:`process_options`: Create options for real processes (``process``, ``bwrap``) that
+  exit with a chosen status after a delay or ignore SIGTERM;
 - :func:`stop_timeouts`, :func:`calls`, :func:`programs`, :func:`client_programs`: calls,
   and :class:`~sandboxd.testing.Program` values -- sequences and concurrent groups of calls
   over a few sandboxes -- for :func:`~sandboxd.testing.run_program`.
@@ -23,6 +25,7 @@ from typing import Any, Final, final
 from hypothesis import strategies as st
 
 from .._models import MAX_SANDBOX_ID_LENGTH, SandboxOptions
+from ._faults import process_faults
 from ._model import CALL_INPUTS
 from ._programs import Call, Program
 
@@ -33,6 +36,7 @@ __all__ = [
     "create_args",
     "create_options",
     "invalid_sandbox_ids",
+    "process_options",
     "programs",
     "sandbox_ids",
     "sim_settings",
@@ -164,15 +168,39 @@ def create_options(**faults: Any) -> st.SearchStrategy[SandboxOptions | None]:
     return sim_settings(**faults).map(lambda sim: SandboxOptions(sim=sim) if sim else None)
 
 
+def process_options(
+    delays: Sequence[float] = (0.0, 0.01, 0.05),
+    exit_codes: Sequence[int] = (0, 1, 3, 255),
+) -> st.SearchStrategy[SandboxOptions | None]:
+    """Create options for a real process (``process`` or ``bwrap`` sandboxer), as
+    :func:`~sandboxd.testing.process_faults` builds them: the pause process (``None``), a
+    process that exits on its own with one of ``exit_codes`` after one of ``delays``
+    seconds, one that ignores SIGTERM, or both."""
+    exits = st.tuples(st.sampled_from(list(exit_codes)), st.sampled_from(list(delays)))
+    return st.tuples(st.one_of(st.none(), exits), st.booleans()).map(
+        lambda drawn: process_faults(
+            exit_code=None if drawn[0] is None else drawn[0][0],
+            exit_after=0.0 if drawn[0] is None else drawn[0][1],
+            ignore_sigterm=drawn[1],
+        )
+    )
+
+
 def create_args(
     sandboxer: str | None = "sim",
     *,
     options: st.SearchStrategy[SandboxOptions | None] | None = None,
 ) -> st.SearchStrategy[dict[str, Any]]:
     """Keyword arguments of Create: ``sandboxer`` (left out when ``None``) and ``options``
-    drawn from ``options`` (default :func:`create_options`; left out when ``None``)."""
+    drawn from ``options`` (left out when ``None``; default :func:`create_options` for the
+    ``sim`` sandboxer or ``None``, :func:`process_options` for any other)."""
     fixed: dict[str, Any] = {} if sandboxer is None else {"sandboxer": sandboxer}
-    drawn = create_options() if options is None else options
+    if options is not None:
+        drawn = options
+    elif sandboxer in (None, "sim"):
+        drawn = create_options()
+    else:
+        drawn = process_options()
 
     def build(value: SandboxOptions | None) -> dict[str, Any]:
         return dict(fixed) if value is None else {**fixed, "options": value}
@@ -239,8 +267,16 @@ _NEXT: Final[Mapping[str | None, tuple[str, ...]]] = {
     "stopped": ("wait", "shutdown", "status", "start", "shutdown"),
 }
 
-#: Of the selectors 0..9, those below this pick a guided call, the others any call.
+#: Of the selectors 0..11, those below this pick a guided call; this one and the next reuse
+#: the id (see _REUSE_RACERS); the others pick any call.
 _GUIDED: Final = 8
+_SELECTORS: Final = 12
+
+#: Id reuse: a sandbox that exists is shut down, created again under its id and asked its
+#: Status, one call after the other on one client; a call on the old life may race them (on
+#: a client of its own, in the same group).  State kept by id -- a cache, a subscription, a
+#: record -- and not dropped at Shutdown shows only there.  A racer is drawn from these.
+_REUSE_RACERS: Final = ("status", "wait", "stop", "start", "wait")
 
 #: The calls a guided call may race with (a *partner*: a client of its own in the same
 #: group, on the same sandbox), by what the program did to the sandbox before the group.
@@ -307,7 +343,10 @@ def programs(
     With ``guided`` (the default), most calls take their sandbox on through its life, as the
     program left it so far (create it, start it, then stop and wait, shut it down), so that
     the orderings that matter -- a Wait racing a Stop of a running sandbox, say -- come up
-    often; some bring a *partner*, a call racing them on the same sandbox.  (A call and its
+    often; some bring a *partner*, a call racing them on the same sandbox.  Some reuse an
+    id: a Shutdown, a Create of the same id and a Status on one client, perhaps with a call
+    on the old life racing them (a cache kept by id and not cleared at Shutdown shows only
+    there).  (A call and its
     partner are drawn as one, so a shrunk program may keep them at once where one after the
     other would do as well: the fuzzer tries that too.)  The other calls are drawn from
     ``names`` (repeat a name to draw it more often).  A
@@ -333,13 +372,17 @@ def programs(
     # 0..2: the sandbox of the call before (calls cluster, and shrink to one sandbox);
     # 3 and up: another one.
     hop = st.integers(0, 2 + sandboxes - 1)
-    selector = st.integers(0, 9) if guided else st.just(_GUIDED)
     index = st.integers(0, len(names) - 1)
     # 1..4: a call racing a guided one, on the same sandbox; anything else: none.
     partner = st.integers(0, 7) if guided and clients > 1 else st.just(0)
     allowed = frozenset(names)
     next_calls = {p: tuple(n for n in c if n in allowed) or tuple(names) for p, c in _NEXT.items()}
     racers = {p: tuple(n for n in c if n in allowed) for p, c in _RACERS.items()}
+    reuse = {"shutdown", "create"} <= allowed
+    # Without id reuse, the selectors of reuse are left out: they would pick any call.
+    last = _SELECTORS - 1 if reuse else _GUIDED + 1
+    selector = st.integers(0, last) if guided else st.just(last)
+    reuse_racers = tuple(n for n in _REUSE_RACERS if n in allowed) if clients > 1 else ()
 
     # The guide of the program being drawn: the steps of a list are drawn in order.
     current: list[_Guide] = [_Guide()]
@@ -362,6 +405,11 @@ def programs(
             rival = draw(partner)
             if 0 < rival <= len(racers[phase]):
                 picked.append((racers[phase][rival - 1], _AT_ONCE))
+        elif reuse and chosen < _GUIDED + 2 and phase is not None:
+            picked = [("shutdown", joins), ("create", _AFTER), ("status", _AFTER)]
+            rival = draw(partner)
+            if 0 < rival <= len(reuse_racers):
+                picked.append((reuse_racers[rival - 1], _AT_ONCE))
         else:
             picked = [(names[draw(index)], joins)]
         drawn: list[tuple[Call, int]] = []
