@@ -41,6 +41,7 @@ from typing import Any, Final, final
 import attrs
 import trio
 
+from ..runtime import Input
 from ._model import (
     Outcome,
     ReferenceModel,
@@ -165,7 +166,9 @@ class _Search:
         self.checked = checked
         self.initial = initial
         self.max_states = max_states
-        self.seen: set[tuple[SandboxModel | None, int]] = set()
+        self.seen: set[tuple[SandboxModel | None, int, float]] = set()
+        self.timing = model.timing
+        self.tolerance = model.timing.tolerance
         self.behaviours = [
             model.behaviour_for(op.args) if op.call == "create" else model.default_behaviour
             for op in ops
@@ -189,23 +192,50 @@ class _Search:
     def run(self) -> bool:
         """Whether some linearization exists; raises _OutOfBudget.  Each level of recursion
         takes one call or one event, so the depth stays a small multiple of len(ops)."""
-        return self._dfs(self.initial, 0)
+        return self._dfs(self.initial, 0, -math.inf)
 
-    def _matches(self, woken: tuple[tuple[int, Outcome], ...]) -> bool:
+    def _end(self, i: int) -> float:
+        """When operation ``i`` ended at the latest (never, if it is not checked)."""
+        return self.ops[i].end_time if self.checked >> i & 1 else math.inf
+
+    def _matches(self, woken: tuple[tuple[int, Outcome], ...], at: float) -> bool:
+        """Whether the calls woken at ``at`` got these outcomes, returned no earlier, and
+        returned promptly (within the tolerance)."""
         checked, ops = self.checked, self.ops
-        return all(not checked >> t & 1 or ops[t].outcome == outcome for t, outcome in woken)
+        for t, outcome in woken:
+            if checked >> t & 1 and (
+                ops[t].outcome != outcome or not at <= ops[t].end_time <= at + self.tolerance
+            ):
+                return False
+        return True
 
-    def _dfs(self, sandbox: SandboxModel | None, done: int) -> bool:
-        ops, checked = self.ops, self.checked
+    def _event_time(
+        self,
+        sandbox: SandboxModel,
+        event: Input,
+        woken: tuple[tuple[int, Outcome], ...],
+        now: float,
+    ) -> float:
+        """The earliest time, from ``now`` on, an event may happen that wakes ``woken``."""
+        at = max(now, sandbox.kill_at) if event is Input.STOP_GRACE_EXPIRED else now
+        for t, _ in woken:
+            at = max(at, self._end(t) - self.tolerance)
+        return at
+
+    def _dfs(self, sandbox: SandboxModel | None, done: int, now: float) -> bool:
+        ops, checked, timing = self.ops, self.checked, self.timing
         parked = 0
+        deadline = math.inf
         if sandbox is not None:
+            deadline = sandbox.deadline
             for t in sandbox.parked:
                 parked |= 1 << t
         # Reduction: an operation that changes nothing for others wherever it matches (a
         # query, a Wait, a refused call) and that may go now with its recorded outcome,
         # leaving the state as it is, can always go now -- moving it there from its place in
         # any linearization changes no other outcome and only meets real-time constraints
-        # sooner.  (Not so for a Stop that is a no-op now: later it may stop a new sandbox.)
+        # sooner, as long as time does not pass a deadline.  (Not so for a Stop that is a
+        # no-op now: later it may stop a new sandbox.)
         progress = True
         while progress:
             progress = False
@@ -214,14 +244,21 @@ class _Search:
                 if done >> i & 1 or self.pred[i] & ~complete:
                     continue
                 op = ops[i]
-                step = call_step(sandbox, op.call, op.sandbox_id, op.args, i, self.behaviours[i])
+                at = max(now, op.start_time)
+                if at > deadline:
+                    continue
+                step = call_step(
+                    sandbox, op.call, op.sandbox_id, op.args, i, self.behaviours[i],
+                    now=at, timing=timing,
+                )  # fmt: skip
                 if step.reply == op.outcome and step.sandbox == sandbox and not step.woken:
                     done |= 1 << i
+                    now = at
                     progress = True
         complete = done & ~parked
         if complete & checked == checked:
             return True
-        key = (sandbox, done)
+        key = (sandbox, done, now)
         if key in self.seen:
             return False
         self.seen.add(key)
@@ -231,7 +268,13 @@ class _Search:
             if done >> i & 1 or self.pred[i] & ~complete:
                 continue
             op = ops[i]
-            step = call_step(sandbox, op.call, op.sandbox_id, op.args, i, self.behaviours[i])
+            at = max(now, op.start_time)
+            if at > deadline or at > self._end(i):
+                continue
+            step = call_step(
+                sandbox, op.call, op.sandbox_id, op.args, i, self.behaviours[i],
+                now=at, timing=timing,
+            )  # fmt: skip
             if checked >> i & 1:
                 if step.reply is None:
                     if op.outcome is None or not op.outcome.ok:  # parked calls end well
@@ -240,12 +283,17 @@ class _Search:
                     continue
             elif step.sandbox == sandbox and not step.woken:
                 continue  # an unchecked operation that changes nothing here: pointless
-            if self._matches(step.woken) and self._dfs(step.sandbox, done | 1 << i):
+            if self._matches(step.woken, at) and self._dfs(step.sandbox, done | 1 << i, at):
                 return True
         if sandbox is not None:
             for event, status in pending_events(sandbox):
-                step = event_step(sandbox, event, status)
-                if self._matches(step.woken) and self._dfs(step.sandbox, done):
+                step = event_step(sandbox, event, status, now=now, timing=timing)
+                at = self._event_time(sandbox, event, step.woken, now)
+                if at > deadline:
+                    continue
+                if at != now:
+                    step = event_step(sandbox, event, status, now=at, timing=timing)
+                if self._matches(step.woken, at) and self._dfs(step.sandbox, done, at):
                     return True
         return False
 
