@@ -8,8 +8,7 @@ from collections.abc import Iterator, Mapping
 
 import pytest
 
-from sandboxd.runtime import TRANSITIONS, Effect, Input, Phase, Refusal, Transition
-from sandboxd.runtime import _lifecycle
+from sandboxd.runtime import TRANSITIONS, Effect, Input, Phase, Refusal, Transition, _lifecycle
 from sandboxd.testing import SPEC, Caller, Expect, Process, Record, expect
 from sandboxd.testing.fuzz import fuzz
 

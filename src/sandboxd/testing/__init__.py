@@ -6,7 +6,9 @@
   :data:`SPEC`, with deadlines (:class:`Timing`); :func:`observe` and :func:`perform`
   reduce real results to its :class:`Outcome` values.
 - :func:`check_linearizable`: whether a concurrent history of :class:`Operation` values is
-  explained by the model; :class:`HistoryRecorder` records one.
+  explained by the model; :class:`HistoryRecorder` records one.  :func:`check_fields` and
+  :func:`check_events` judge what outcomes leave out: every field of the answers, and the
+  lifecycle events published meanwhile.
 - :func:`sim_faults`: Create options that inject faults into a ``sim`` sandbox (start
   failures, exits after a delay or at a chosen point, ignored SIGTERM, slow stops), over the
   socket too; :func:`sim_behaviour` and :func:`sim_model` tell the model about them.
@@ -51,6 +53,7 @@ from ._model import (
     pending_events,
     perform,
 )
+from ._observed import check_events, check_fields
 from ._programs import Call, Group, Program, ProgramHung, run_program
 from ._reproduce import reproducer_script, reproducer_test
 from ._server import fixture_backends, serve_in_thread, shutdown_all
@@ -82,6 +85,8 @@ __all__ = [
     "Step",
     "Timing",
     "call_step",
+    "check_events",
+    "check_fields",
     "check_linearizable",
     "event_step",
     "expect",

@@ -15,7 +15,7 @@ from typing import Any
 
 from .._models import SandboxOptions
 from ..backends._sim import _settings
-from ._model import SIGTERM_STATUS, ProcessBehaviour, ReferenceModel
+from ._model import SIGTERM_STATUS, ProcessBehaviour, ReferenceModel, Timing
 
 __all__ = ["sim_behaviour", "sim_faults", "sim_model"]
 
@@ -89,7 +89,8 @@ def sim_behaviour(create_args: Mapping[str, Any]) -> ProcessBehaviour:
     )
 
 
-def sim_model() -> ReferenceModel:
+def sim_model(timing: Timing | None = None) -> ReferenceModel:
     """A :class:`~sandboxd.testing.ReferenceModel` of ``sim`` sandboxes, each created with
-    whatever faults its Create asked for (:func:`sim_behaviour`)."""
-    return ReferenceModel(behaviour_of=sim_behaviour)
+    whatever faults its Create asked for (:func:`sim_behaviour`), keeping time as ``timing``
+    says (default: no deadlines checked)."""
+    return ReferenceModel(behaviour_of=sim_behaviour, timing=timing or Timing())

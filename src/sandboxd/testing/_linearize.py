@@ -34,6 +34,7 @@ which no single one can be dropped.
 from __future__ import annotations
 
 import math
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final, final
@@ -49,7 +50,7 @@ from ._model import (
     call_step,
     event_step,
     pending_events,
-    perform,
+    perform_keeping,
 )
 
 __all__ = [
@@ -59,6 +60,8 @@ __all__ = [
     "Operation",
     "check_linearizable",
 ]
+
+_NEVER: Final = 2**62
 
 #: How many (model state, linearized set) pairs one search may explore per sandbox.
 DEFAULT_MAX_STATES: Final = 200_000
@@ -85,6 +88,13 @@ class Operation:
     end_time: float
     outcome: Outcome | None
     client: object = None
+    #: What the call returned (a SandboxStatus, an ExitStatus...), if recorded.
+    result: object = None
+    #: Wall-clock (epoch) seconds when it began and returned, to compare with timestamps.
+    wall: tuple[float, float] = (0.0, 0.0)
+    #: Where its beginning and its return stand among all the recorded calls' (``order[1]``
+    #: is huge for a call that never returned): exact even where clocks cannot tell.
+    order: tuple[int, int] = (0, 0)
 
     def __repr__(self) -> str:
         args = "".join(f", {k}={v!r}" for k, v in self.args.items())
@@ -188,6 +198,7 @@ class _Search:
             for i in self.order
             if checked >> i & 1 and (ops[i].call in _QUERIES or not _ok(ops[i].outcome))
         ]
+        self.active = [i for i in self.order if i not in self.inert]
 
     def run(self) -> bool:
         """Whether some linearization exists; raises _OutOfBudget.  Each level of recursion
@@ -197,6 +208,11 @@ class _Search:
     def _end(self, i: int) -> float:
         """When operation ``i`` ended at the latest (never, if it is not checked)."""
         return self.ops[i].end_time if self.checked >> i & 1 else math.inf
+
+    def _answered_at(self, i: int, now: float) -> float:
+        """The earliest time, from ``now`` on, operation ``i`` can have taken effect if it was
+        answered at once: within the tolerance of its end."""
+        return max(now, self.ops[i].start_time, self._end(i) - self.tolerance)
 
     def _matches(self, woken: tuple[tuple[int, Outcome], ...], at: float) -> bool:
         """Whether the calls woken at ``at`` got these outcomes, returned no earlier, and
@@ -216,8 +232,15 @@ class _Search:
         woken: tuple[tuple[int, Outcome], ...],
         now: float,
     ) -> float:
-        """The earliest time, from ``now`` on, an event may happen that wakes ``woken``."""
-        at = max(now, sandbox.kill_at) if event is Input.STOP_GRACE_EXPIRED else now
+        """The time, from ``now`` on, to place an event that wakes ``woken``: the earliest
+        it may happen, but a grace timer's SIGKILL as late as the calls its exit will wake
+        need (an exit must follow a SIGKILL within the tolerance)."""
+        if event is Input.STOP_GRACE_EXPIRED:
+            earliest = max(now, sandbox.kill_at)
+            ends = [self._end(t) for t in sandbox.waiters | sandbox.stoppers]
+            needed = max((end for end in ends if end != math.inf), default=-math.inf)
+            return max(earliest, min(needed - self.tolerance, sandbox.kill_by))
+        at = now
         for t, _ in woken:
             at = max(at, self._end(t) - self.tolerance)
         return at
@@ -236,6 +259,12 @@ class _Search:
         # any linearization changes no other outcome and only meets real-time constraints
         # sooner, as long as time does not pass a deadline.  (Not so for a Stop that is a
         # no-op now: later it may stop a new sandbox.)
+        # Nor may it move time past when another operation or a timer may act.
+        horizon = min(
+            (ops[i].start_time for i in self.active if not done >> i & 1), default=math.inf
+        )
+        if sandbox is not None:
+            horizon = min(horizon, deadline, sandbox.kill_at)
         progress = True
         while progress:
             progress = False
@@ -244,13 +273,19 @@ class _Search:
                 if done >> i & 1 or self.pred[i] & ~complete:
                     continue
                 op = ops[i]
-                at = max(now, op.start_time)
-                if at > deadline:
+                at = self._answered_at(i, now)
+                if at > horizon:
                     continue
                 step = call_step(
-                    sandbox, op.call, op.sandbox_id, op.args, i, self.behaviours[i],
-                    now=at, timing=timing,
-                )  # fmt: skip
+                    sandbox,
+                    op.call,
+                    op.sandbox_id,
+                    op.args,
+                    i,
+                    self.behaviours[i],
+                    now=at,
+                    timing=timing,
+                )
                 if step.reply == op.outcome and step.sandbox == sandbox and not step.woken:
                     done |= 1 << i
                     now = at
@@ -272,15 +307,25 @@ class _Search:
             if at > deadline or at > self._end(i):
                 continue
             step = call_step(
-                sandbox, op.call, op.sandbox_id, op.args, i, self.behaviours[i],
-                now=at, timing=timing,
-            )  # fmt: skip
+                sandbox,
+                op.call,
+                op.sandbox_id,
+                op.args,
+                i,
+                self.behaviours[i],
+                now=at,
+                timing=timing,
+            )
             if checked >> i & 1:
                 if step.reply is None:
                     if op.outcome is None or not op.outcome.ok:  # parked calls end well
                         continue
                 elif step.reply != op.outcome:
                     continue
+                else:  # an answered call takes effect by its end (a Start's spawn)
+                    at = self._answered_at(i, now)
+                    if at > deadline:
+                        continue
             elif step.sandbox == sandbox and not step.woken:
                 continue  # an unchecked operation that changes nothing here: pointless
             if self._matches(step.woken, at) and self._dfs(step.sandbox, done | 1 << i, at):
@@ -384,18 +429,46 @@ class HistoryRecorder:
     def __init__(self, clock: Callable[[], float] = trio.current_time) -> None:
         self.clock = clock
         self.operations: list[Operation] = []
+        self._events = 0
+
+    def _next(self) -> int:
+        self._events += 1
+        return self._events
 
     async def call(
         self, target: Any, call: str, sandbox_id: str, *, client: object = None, **args: Any
     ) -> Outcome:
-        start = self.clock()
+        start, wall, first = self.clock(), time.time(), self._next()
         try:
-            outcome = await perform(target, call, sandbox_id, **args)
+            outcome, result = await perform_keeping(target, call, sandbox_id, **args)
         except BaseException:
             self.operations.append(
-                Operation(call, sandbox_id, args, start, math.inf, None, client)
+                Operation(
+                    call,
+                    sandbox_id,
+                    args,
+                    start,
+                    math.inf,
+                    None,
+                    client,
+                    wall=(wall, math.inf),
+                    order=(first, _NEVER),
+                )
             )
             raise
         end = self.clock()
-        self.operations.append(Operation(call, sandbox_id, args, start, end, outcome, client))
+        self.operations.append(
+            Operation(
+                call,
+                sandbox_id,
+                args,
+                start,
+                end,
+                outcome,
+                client,
+                result=result,
+                wall=(wall, time.time()),
+                order=(first, self._next()),
+            )
+        )
         return outcome

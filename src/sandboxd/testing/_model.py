@@ -201,13 +201,21 @@ def observe(call: str, result: object = None, error: BaseException | None = None
 async def perform(target: Any, call: str, sandbox_id: str, **args: Any) -> Outcome:
     """Call ``target.<call>(sandbox_id, **args)`` on a Controller or RemoteController and
     return its :class:`Outcome`.  Cancellation propagates."""
+    outcome, _ = await perform_keeping(target, call, sandbox_id, **args)
+    return outcome
+
+
+async def perform_keeping(
+    target: Any, call: str, sandbox_id: str, **args: Any
+) -> tuple[Outcome, object]:
+    """As :func:`perform`, and the call's result itself (``None`` for an error)."""
     if call not in CALL_INPUTS:
         raise ValueError(f"unknown call {call!r}")
     try:
         result = await getattr(target, call)(sandbox_id, **args)
     except RPCError as err:
-        return Outcome.failure(err.code)
-    return observe(call, result)
+        return Outcome.failure(err.code), None
+    return observe(call, result), result
 
 
 # -- one sandbox -----------------------------------------------------------------------------

@@ -225,8 +225,10 @@ class _Run:
         hang_after: float,
         trace: MutableMapping[tuple[int, int, int], Operation] | None,
         jitter: random.Random | None,
+        patience: float = 0.0,
     ) -> None:
         self.jitter = jitter
+        self.patience = patience
         self.recorder = recorder
         self.sandbox_ids = sandbox_ids
         self.reaper = reaper
@@ -274,6 +276,8 @@ class _Run:
             if not parked:
                 await self._changes()
                 continue
+            if self.patience > 0 and await self._answered_within(self.patience):
+                continue  # a timer (a Stop's grace period, say) answered someone
             if self.answered == answered_before:
                 # The last round answered nobody: answers may be on their way.  Back off.
                 now = trio.current_time()
@@ -296,6 +300,14 @@ class _Run:
                 for sandbox_id in parked:
                     nursery.start_soon(self._shutdown, sandbox_id)
 
+    async def _answered_within(self, seconds: float) -> bool:
+        """Whether some call is answered within ``seconds`` (timers may fire meanwhile)."""
+        before = self.answered
+        with trio.move_on_after(seconds):
+            while self.answered == before:
+                await self._changes()
+        return self.answered != before
+
     async def _shutdown(self, sandbox_id: str) -> None:
         await self.recorder.call(self.reaper, "shutdown", sandbox_id, client=REAPER)
 
@@ -312,6 +324,7 @@ async def run_program(
     cleanup: bool = False,
     trace: MutableMapping[tuple[int, int, int], Operation] | None = None,
     jitter: random.Random | None = None,
+    patience: float = 0.0,
 ) -> list[Operation]:
     """Run ``program`` and return the recorded history (a list of
     :class:`~sandboxd.testing.Operation`, for :func:`~sandboxd.testing.check_linearizable`).
@@ -326,7 +339,9 @@ async def run_program(
     each answered call's operation.  ``jitter``, if given, makes each client yield to the
     others 0 to :data:`MAX_JITTER` times before each call, as it says: under Hypothesis, which
     makes trio's scheduling deterministic, a ``random.Random`` seeded with a drawn integer
-    varies the interleavings, reproducibly.
+    varies the interleavings, reproducibly.  ``patience``: seconds the reaper lets pass
+    before it shuts down sandboxes with parked calls, so that timers (a Stop's grace
+    period) may answer them first; cheap with an autojump clock.
 
     Raises :class:`ProgramHung` when calls stay unanswered ``hang_after`` seconds after the
     reaper shut their sandboxes down.  An exception other than an
@@ -342,7 +357,7 @@ async def run_program(
     if recorder is None:
         recorder = HistoryRecorder()
     reaper_target = targets[0] if reaper is None else reaper
-    run = _Run(recorder, sandbox_ids, reaper_target, cushion, hang_after, trace, jitter)
+    run = _Run(recorder, sandbox_ids, reaper_target, cushion, hang_after, trace, jitter, patience)
     try:
         try:
             async with trio.open_nursery() as outer:

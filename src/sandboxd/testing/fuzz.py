@@ -53,17 +53,20 @@ from typing import Any, Final, final
 
 import attrs
 import trio
+import trio.testing
 from hypothesis import HealthCheck, Phase, Verbosity, given, settings
 from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 
 from .._errors import RPCError
+from .._models import TOPIC_DELETE, TOPIC_DROPPED, SandboxEvent
 from .._version import __version__
 from ..api import connect
 from . import strategies
 from ._faults import sim_model
 from ._linearize import HistoryRecorder, Operation, check_linearizable
-from ._model import ReferenceModel
+from ._model import ReferenceModel, Timing
+from ._observed import check_events, check_fields
 from ._programs import Call, Program, ProgramHung, run_program
 from ._reproduce import reproducer_script, reproducer_test
 
@@ -84,6 +87,18 @@ Target = str | os.PathLike[str] | Callable[[], AbstractAsyncContextManager[Any]]
 NOT_LINEARIZABLE: Final = "not linearizable"
 HUNG: Final = "hang"
 ERROR: Final = "error"
+WRONG_FIELDS: Final = "wrong fields"
+WRONG_EVENTS: Final = "wrong events"
+
+#: Seconds a Stop's grace period and the like may take to answer a parked call before the
+#: reaper shuts its sandbox down, in process (virtual seconds: the clock jumps).
+_PATIENCE: Final = 1.0
+#: How late a deadline may be met: in process the autojump clock is exact; over a socket
+#: the scheduling of two processes on a busy machine is not.
+IN_PROCESS_TOLERANCE: Final = 1e-6
+SOCKET_TOLERANCE: Final = 1.0
+#: How long to wait for the events of a program to arrive after it.
+_EVENTS_LIMIT: Final = 5.0
 
 
 @final
@@ -92,8 +107,11 @@ class Violation:
     """A program whose run the reference model cannot explain, shrunk.
 
     ``kind`` is ``"not linearizable"`` (``description`` is the checker's, naming the
-    conflicting calls), ``"hang"`` (calls never answered) or ``"error"`` (a call raised
-    something other than a status; ``description`` is the traceback).  ``program`` ran on
+    conflicting calls), ``"wrong fields"`` (an answer's pid, timestamps or labels are not
+    what it said before, or out of order), ``"wrong events"`` (a lifecycle event missing,
+    repeated, out of order or with a wrong exit status), ``"hang"`` (calls never answered)
+    or ``"error"`` (a call raised something other than a status; ``description`` is the
+    traceback).  ``program`` ran on
     ``sandbox_ids`` and recorded ``history``; ``script`` and ``test`` reproduce it as a
     ``sandboxctl`` script and a pytest module.  ``found_after`` counts the programs run
     before the first failure, ``shrunk_from`` the calls of that first failing program.
@@ -334,12 +352,18 @@ class _Session:
 
     def run(self, program: Program, jitter: random.Random | None = None) -> Violation | None:
         ids = tuple(f"{self.prefix}{self.next_id + i}" for i in range(program.sandboxes))
-        self.next_id += program.sandboxes
+        marker = f"{self.prefix}{self.next_id + program.sandboxes}"
+        self.next_id += program.sandboxes + 1
         trace: dict[tuple[int, int, int], Operation] = {}
         recorder = HistoryRecorder()
+        events: list[SandboxEvent] = []
         kind = description = None
+        # In process, time is virtual and exact (see _PATIENCE and the model's Timing).
+        clock = trio.testing.MockClock(autojump_threshold=0) if self.socket is None else None
         try:
-            history = trio.run(self._attempt, program, ids, recorder, trace, jitter)
+            history, complete = trio.run(
+                self._attempt, program, ids, marker, recorder, events, trace, jitter, clock=clock
+            )
         except ProgramHung as hung:
             kind, description, history = HUNG, str(hung), list(hung.history)
         except trio.TooSlowError:
@@ -349,11 +373,7 @@ class _Session:
             kind, history = ERROR, recorder.operations
             description = "a call raised:\n" + "".join(traceback.format_exception(exc))
         else:
-            result = check_linearizable(history, self.model, max_states=self.max_states)
-            if result.inconclusive:
-                self.inconclusive += 1
-            elif not result.ok:
-                kind, description = NOT_LINEARIZABLE, result.describe()
+            kind, description = self.check(history, events if complete else None)
         if kind is None or description is None:
             return None
         notes = [
@@ -376,17 +396,45 @@ class _Session:
             shrunk_from=len(self.first.program) if self.first is not None else len(program),
         )
 
+    def check(
+        self, history: Sequence[Operation], events: Sequence[SandboxEvent] | None
+    ) -> tuple[str | None, str | None]:
+        """``(kind, description)`` of what is wrong with a run, or ``(None, None)``.
+        ``events`` is ``None`` when they did not all arrive."""
+        result = check_linearizable(history, self.model, max_states=self.max_states)
+        if result.inconclusive:
+            self.inconclusive += 1
+        elif not result.ok:
+            return NOT_LINEARIZABLE, result.describe()
+        problems = check_fields(history)
+        if problems:
+            return WRONG_FIELDS, "\n".join(problems)
+        if events is not None:
+            problems = check_events(history, events, self.model)
+            if problems:
+                return WRONG_EVENTS, "\n".join(problems)
+        return None, None
+
     async def _attempt(
         self,
         program: Program,
         ids: Sequence[str],
+        marker: str,
         recorder: HistoryRecorder,
+        events: list[SandboxEvent],
         trace: dict[tuple[int, int, int], Operation],
         jitter: random.Random | None,
-    ) -> list[Operation]:
-        async with _open(self.target, self.clients) as (targets, reaper):
+    ) -> tuple[list[Operation], bool]:
+        """The program's history, and whether every event it caused arrived in ``events``."""
+        async with (
+            _open(self.target, self.clients) as (targets, reaper),
+            reaper.events() as subscription,
+            trio.open_nursery() as nursery,
+        ):
+            arrived = trio.Event()
+            nursery.start_soon(_collect, subscription, marker, events, arrived)
             with trio.fail_after(self.guard):
-                return await run_program(
+                history = await run_program(
                     program,
                     targets,
                     ids,
@@ -397,7 +445,28 @@ class _Session:
                     cleanup=True,
                     trace=trace,
                     jitter=jitter,
+                    patience=_PATIENCE if self.socket is None else 0.0,
                 )
+            # The marker's delete is published after every event of the program.
+            with contextlib.suppress(RPCError), trio.move_on_after(_EVENTS_LIMIT):
+                await reaper.create(marker)
+                await reaper.shutdown(marker)
+                await arrived.wait()
+            nursery.cancel_scope.cancel()
+        dropped = any(event.topic == TOPIC_DROPPED for event in events)
+        return history, arrived.is_set() and not dropped
+
+
+async def _collect(
+    subscription: Any, marker: str, events: list[SandboxEvent], arrived: trio.Event
+) -> None:
+    """Keep the events of a program until the ``marker`` sandbox is deleted."""
+    async for event in subscription:
+        if event.sandbox_id != marker:
+            events.append(event)
+        elif event.topic == TOPIC_DELETE:
+            arrived.set()
+            return
 
 
 def _size(program: Program) -> tuple[int, int, int, int, int]:
@@ -516,6 +585,8 @@ def fuzz(
     sandboxer: str | None = "sim",
     programs: st.SearchStrategy[Program] | None = None,
     model: ReferenceModel | None = None,
+    stop_timeout: float | None = None,
+    tolerance: float | None = None,
     progress: Callable[[FuzzProgress], None] | None = None,
     progress_every: int = 50,
     cushion: float | None = None,
@@ -537,7 +608,13 @@ def fuzz(
 
     ``programs`` draws the programs (default :func:`default_programs` with ``sandboxes``,
     ``clients`` and ``sandboxer``); ``model`` judges them (default
-    :func:`~sandboxd.testing.sim_model`).  ``progress`` is called every ``progress_every``
+    :func:`~sandboxd.testing.sim_model` keeping time: a Stop without a timeout waits
+    ``stop_timeout``, the target's grace period, if given; deadlines are met within
+    ``tolerance`` seconds, default exact in process and 1 s over a socket).  Besides the
+    outcomes, every answer's fields and the events published are checked (see
+    :func:`~sandboxd.testing.check_fields` and :func:`~sandboxd.testing.check_events`).
+    In process each example runs on an autojump clock: time is virtual, and timers fire
+    as soon as everything waits on them.  ``progress`` is called every ``progress_every``
     programs, and as shrinking finds smaller failures.  ``cushion``, ``hang_after``: see
     :func:`~sandboxd.testing.run_program` (``cushion`` defaults to 0.02 s for a socket,
     0.001 s in process); ``guard`` bounds one example.  Sandbox ids start with ``prefix``
@@ -557,12 +634,14 @@ def fuzz(
     prefix = f"fuzz-{seed}-" if prefix is None else prefix
     if cushion is None:
         cushion = 0.001 if socket is None else 0.02
+    if tolerance is None:
+        tolerance = IN_PROCESS_TOLERANCE if socket is None else SOCKET_TOLERANCE
     strategy = default_programs(sandboxes, clients, sandboxer) if programs is None else programs
     session = _Session(
         target,
         seed=seed,
         clients=clients,
-        model=sim_model() if model is None else model,
+        model=sim_model(Timing(stop_timeout, tolerance)) if model is None else model,
         prefix=prefix,
         socket=socket,
         cushion=cushion,
