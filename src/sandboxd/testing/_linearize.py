@@ -149,6 +149,12 @@ def _ok(outcome: Outcome | None) -> bool:
     return outcome is not None and outcome.ok
 
 
+def _before(a: Operation, b: Operation) -> bool:
+    """Whether ``a`` returned before ``b`` began: by their clock, or by the order in which
+    one recorder saw them (exact where a virtual clock stands still)."""
+    return a.end_time < b.start_time or 0 < a.order[1] < b.order[0]
+
+
 class _OutOfBudget(Exception):
     pass
 
@@ -185,7 +191,7 @@ class _Search:
         ]
         # An unchecked operation never has to precede anything: it may not have ended.
         self.pred = [
-            sum(1 << j for j in _bits(checked) if j != i and ops[j].end_time < op.start_time)
+            sum(1 << j for j in _bits(checked) if j != i and _before(ops[j], op))
             for i, op in enumerate(ops)
         ]
         # Unchecked queries change nothing and are not checked: leave them out.
@@ -299,6 +305,13 @@ class _Search:
         self.seen.add(key)
         if len(self.seen) > self.max_states:
             raise _OutOfBudget
+        # A call reaches the sandbox within the tolerance of its start: time may not pass
+        # that while it has not taken effect -- but for a Start, which keeps the sandbox
+        # busy until it ends (calls arriving meanwhile take effect after it, at once).
+        waiting = sorted((ops[i].start_time + self.tolerance, i) for i in _bits(checked & ~done))[
+            :2
+        ]
+        arrival = waiting[0][0] if waiting else math.inf
         for i in self.order:
             if done >> i & 1 or self.pred[i] & ~complete:
                 continue
@@ -328,13 +341,17 @@ class _Search:
                         continue
             elif step.sandbox == sandbox and not step.woken:
                 continue  # an unchecked operation that changes nothing here: pointless
+            if at > now and op.call != "start":
+                others = [t for t, j in waiting if j != i]
+                if others and at > others[0]:
+                    continue
             if self._matches(step.woken, at) and self._dfs(step.sandbox, done | 1 << i, at):
                 return True
         if sandbox is not None:
             for event, status in pending_events(sandbox):
                 step = event_step(sandbox, event, status, now=now, timing=timing)
                 at = self._event_time(sandbox, event, step.woken, now)
-                if at > deadline:
+                if at > deadline or at > max(now, arrival):
                     continue
                 if at != now:
                     step = event_step(sandbox, event, status, now=at, timing=timing)
@@ -379,7 +396,9 @@ def check_linearizable(
         by_sandbox[op.sandbox_id].append(op)
     explored = 0
     for sandbox_id in sorted(by_sandbox):
-        ops = sorted(by_sandbox[sandbox_id], key=lambda op: (op.start_time, op.end_time))
+        ops = sorted(
+            by_sandbox[sandbox_id], key=lambda op: (op.start_time, op.order[0], op.end_time)
+        )
         initial = model.sandbox(sandbox_id)
         checked = sum(1 << i for i, op in enumerate(ops) if op.outcome is not None)
         verdict, states = _linearizable(ops, checked, initial, model, max_states)
