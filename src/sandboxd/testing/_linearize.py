@@ -248,7 +248,8 @@ class _Search:
             return max(earliest, min(needed - self.tolerance, sandbox.kill_by))
         at = now
         for t, _ in woken:
-            at = max(at, self._end(t) - self.tolerance)
+            if self.checked >> t & 1:
+                at = max(at, self.ops[t].end_time - self.tolerance)
         return at
 
     def _dfs(self, sandbox: SandboxModel | None, done: int, now: float) -> bool:

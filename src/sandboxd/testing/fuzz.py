@@ -431,8 +431,11 @@ class _Session:
             reaper.events() as subscription,
             trio.open_nursery() as nursery,
         ):
-            arrived = trio.Event()
-            nursery.start_soon(_collect, subscription, marker, events, arrived)
+            subscribed, arrived = trio.Event(), trio.Event()
+            nursery.start_soon(_collect, subscription, marker, events, subscribed, arrived)
+            # A remote subscription starts once the daemon has read the request: the marker
+            # sandbox's delete, seen, says it has.
+            await _mark(reaper, marker, subscribed)
             with trio.fail_after(self.guard):
                 history = await run_program(
                     program,
@@ -448,25 +451,39 @@ class _Session:
                     patience=_PATIENCE if self.socket is None else 0.0,
                 )
             # The marker's delete is published after every event of the program.
-            with contextlib.suppress(RPCError), trio.move_on_after(_EVENTS_LIMIT):
-                await reaper.create(marker)
-                await reaper.shutdown(marker)
-                await arrived.wait()
+            await _mark(reaper, marker, arrived)
             nursery.cancel_scope.cancel()
         dropped = any(event.topic == TOPIC_DROPPED for event in events)
-        return history, arrived.is_set() and not dropped
+        return history, subscribed.is_set() and arrived.is_set() and not dropped
+
+
+async def _mark(target: Any, marker: str, seen: trio.Event) -> None:
+    """Create and shut down the ``marker`` sandbox, and wait (a while) until its delete is
+    ``seen`` on the event stream."""
+    with contextlib.suppress(RPCError), trio.move_on_after(_EVENTS_LIMIT):
+        await target.create(marker)
+        await target.shutdown(marker)
+        await seen.wait()
 
 
 async def _collect(
-    subscription: Any, marker: str, events: list[SandboxEvent], arrived: trio.Event
+    subscription: Any,
+    marker: str,
+    events: list[SandboxEvent],
+    subscribed: trio.Event,
+    arrived: trio.Event,
 ) -> None:
-    """Keep the events of a program until the ``marker`` sandbox is deleted."""
+    """Keep the events between the ``marker`` sandbox's first delete (``subscribed``) and
+    its second (``arrived``)."""
     async for event in subscription:
         if event.sandbox_id != marker:
-            events.append(event)
+            if subscribed.is_set():
+                events.append(event)
         elif event.topic == TOPIC_DELETE:
-            arrived.set()
-            return
+            if subscribed.is_set():
+                arrived.set()
+                return
+            subscribed.set()
 
 
 def _size(program: Program) -> tuple[int, int, int, int, int]:
