@@ -16,13 +16,14 @@ from typing import Any
 import attrs
 import pytest
 import trio
+from hypothesis import strategies as st
 
 import sandboxd
 from sandboxd import SandboxEvent, SandboxStatus
 from sandboxd._models import TOPIC_DELETE, TOPIC_EXIT
 from sandboxd.backends import SimBackend
 from sandboxd.runtime._actor import SandboxActor
-from sandboxd.testing import Program, strategies
+from sandboxd.testing import Program, serve_in_thread, sim_faults, strategies
 from sandboxd.testing.fuzz import FuzzReport, fuzz
 
 #: The grace period of the in-process controllers, which the model is told.
@@ -251,3 +252,34 @@ def test_the_programs_of_these_tests_pass_a_correct_controller() -> None:
         report = run(programs=programs, max_programs=300, duration=None)
         assert report.ok, report.violation and report.violation.describe()
     assert isinstance(Program([]), Program)
+
+
+# -- over the socket -------------------------------------------------------------------------
+
+
+#: Stops with a grace period longer than the socket's tolerance, on processes that ignore
+#: SIGTERM: a daemon that ignores the grace answers them too soon.
+SLOW_STOPS = strategies.programs(
+    1,
+    clients=2,
+    max_calls=5,
+    names=("create", "start", "stop", "wait"),
+    create=strategies.create_args(options=st.just(sim_faults(ignore_sigterm=True))),
+    stop_timeout=st.just(0.3),
+)
+
+
+def over_the_socket(**kwargs: Any) -> FuzzReport:
+    with serve_in_thread(default_sandboxer="sim", stop_timeout=0.3) as path:
+        return fuzz(path, seed=1, programs=SLOW_STOPS, stop_timeout=0.3, tolerance=0.1, **kwargs)
+
+
+def test_over_the_socket_a_grace_ignored_is_found_within_the_tolerance(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert over_the_socket(max_programs=5, duration=None).ok
+    monkeypatch.setattr(SandboxActor, "_arm_kill", arm_ignoring_the_grace)
+    report = over_the_socket(duration=20, shrink_limit=2)
+    violation = report.violation
+    assert violation is not None, report.summary()
+    assert violation.kind == "not linearizable", violation.describe()

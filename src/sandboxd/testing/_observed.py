@@ -43,7 +43,7 @@ from .._models import (
     SandboxStatus,
 )
 from ._linearize import Operation
-from ._model import SIGKILL_STATUS, ReferenceModel
+from ._model import SIGKILL_STATUS, ReferenceModel, StatusView
 
 __all__ = ["check_events", "check_fields"]
 
@@ -271,13 +271,12 @@ def _exit_problems(
             f"sandbox {sandbox_id!r}: exit status {status} in its exit event, which its "
             f"process cannot report (only {sorted(s for s in possible if s is not None)})"
         )
-    for op, result in _ok_results(during):
-        reported = None
-        if isinstance(result, ExitStatus):
-            reported = result.exit_status
-        elif isinstance(result, SandboxStatus) and "exit_status" in result.info:
-            reported = int(result.info["exit_status"])
-        if reported is not None and reported != status:
+    for op in during:
+        value = None if op.outcome is None else op.outcome.value
+        if isinstance(value, StatusView):
+            value = value.exit_status
+        if op.call in ("wait", "status") and isinstance(value, int) and value != status:
+            reported = value
             yield (
                 f"sandbox {sandbox_id!r}: its exit event says {status}, but {op!r} "
                 f"reported {reported}"
