@@ -5,11 +5,10 @@ that a short fuzz run finds it; a correct Controller passes the same checks."""
 
 from __future__ import annotations
 
-import logging
 import math
 import signal
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterable, AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -18,45 +17,21 @@ import pytest
 import trio
 from hypothesis import strategies as st
 
-import sandboxd
 from sandboxd import SandboxEvent, SandboxStatus
 from sandboxd._models import TOPIC_DELETE, TOPIC_EXIT
-from sandboxd.backends import SimBackend
 from sandboxd.runtime._actor import SandboxActor
 from sandboxd.testing import Program, serve_in_thread, sim_faults, strategies
 from sandboxd.testing.fuzz import FuzzReport, fuzz
+from test_fuzz import Wrapper as ControllerWrapper
+from test_fuzz import in_process, quiet_runtime  # noqa: F401 (an autouse fixture)
 
-#: The grace period of the in-process controllers, which the model is told.
+#: The grace period of test_fuzz's in-process controllers, which the model is told.
 STOP_TIMEOUT = 0.005
-
-
-def in_process(
-    wrap: Callable[[Any], Any] | None = None,
-) -> Callable[[], AbstractAsyncContextManager[Any]]:
-    """A factory of fresh in-process controllers (wrapped), one per example."""
-
-    @asynccontextmanager
-    async def factory() -> AsyncIterator[Any]:
-        async with sandboxd.open_controller(
-            [SimBackend()], default_sandboxer="sim", stop_timeout=STOP_TIMEOUT
-        ) as controller:
-            yield controller if wrap is None else wrap(controller)
-
-    return factory
-
-
-@pytest.fixture(autouse=True)
-def quiet_runtime() -> Iterator[None]:
-    logger = logging.getLogger("sandboxd")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    yield
-    logger.setLevel(level)
 
 
 def run(wrap: Callable[[Any], Any] | None = None, seed: int = 0, **kwargs: Any) -> FuzzReport:
     kwargs.setdefault("duration", 30)
-    kwargs.setdefault("shrink_limit", 5)
+    kwargs.setdefault("shrink_limit", 2)
     return fuzz(in_process(wrap), seed=seed, stop_timeout=STOP_TIMEOUT, **kwargs)
 
 
@@ -114,13 +89,7 @@ def test_a_deadline_bug_is_found(monkeypatch: pytest.MonkeyPatch, bug: Any) -> N
 # -- events ----------------------------------------------------------------------------------
 
 
-class Wrapper:
-    def __init__(self, controller: Any) -> None:
-        self._controller = controller
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._controller, name)
-
+class Wrapper(ControllerWrapper):
     @asynccontextmanager
     async def events(self) -> AsyncIterator[Published]:
         async with self._controller.events() as subscription:

@@ -11,7 +11,7 @@ import pytest
 from sandboxd.runtime import TRANSITIONS, Effect, Input, Phase, Refusal, Transition, _lifecycle
 from sandboxd.testing import SPEC, Caller, Expect, Process, Record, expect
 from sandboxd.testing.fuzz import fuzz
-from test_fuzz_model import in_process
+from test_fuzz import in_process
 
 #: What each effect of the table means to a caller, in the specification's words.
 MEANS: Mapping[Effect, tuple[Caller, Process, Record]] = {

@@ -47,6 +47,7 @@ from ._model import (
     Outcome,
     ReferenceModel,
     SandboxModel,
+    Step,
     call_step,
     event_step,
     pending_events,
@@ -215,6 +216,20 @@ class _Search:
         """When operation ``i`` ended at the latest (never, if it is not checked)."""
         return self.ops[i].end_time if self.checked >> i & 1 else math.inf
 
+    def _step(self, sandbox: SandboxModel | None, i: int, at: float) -> Step:
+        """Operation ``i`` on ``sandbox`` at ``at``, under its ticket ``i``."""
+        op = self.ops[i]
+        return call_step(
+            sandbox,
+            op.call,
+            op.sandbox_id,
+            op.args,
+            i,
+            self.behaviours[i],
+            now=at,
+            timing=self.timing,
+        )
+
     def _answered_at(self, i: int, now: float) -> float:
         """The earliest time, from ``now`` on, operation ``i`` can have taken effect if it was
         answered at once: within the tolerance of its end."""
@@ -283,16 +298,7 @@ class _Search:
                 at = self._answered_at(i, now)
                 if at > horizon:
                     continue
-                step = call_step(
-                    sandbox,
-                    op.call,
-                    op.sandbox_id,
-                    op.args,
-                    i,
-                    self.behaviours[i],
-                    now=at,
-                    timing=timing,
-                )
+                step = self._step(sandbox, i, at)
                 if step.reply == op.outcome and step.sandbox == sandbox and not step.woken:
                     done |= 1 << i
                     now = at
@@ -309,9 +315,8 @@ class _Search:
         # A call reaches the sandbox within the tolerance of its start: time may not pass
         # that while it has not taken effect -- but for a Start, which keeps the sandbox
         # busy until it ends (calls arriving meanwhile take effect after it, at once).
-        waiting = sorted((ops[i].start_time + self.tolerance, i) for i in _bits(checked & ~done))[
-            :2
-        ]
+        pending = _bits(checked & ~done)
+        waiting = sorted((ops[i].start_time + self.tolerance, i) for i in pending)[:2]
         arrival = waiting[0][0] if waiting else math.inf
         for i in self.order:
             if done >> i & 1 or self.pred[i] & ~complete:
@@ -320,16 +325,7 @@ class _Search:
             at = max(now, op.start_time)
             if at > deadline or at > self._end(i):
                 continue
-            step = call_step(
-                sandbox,
-                op.call,
-                op.sandbox_id,
-                op.args,
-                i,
-                self.behaviours[i],
-                now=at,
-                timing=timing,
-            )
+            step = self._step(sandbox, i, at)
             if checked >> i & 1:
                 if step.reply is None:
                     if op.outcome is None or not op.outcome.ok:  # parked calls end well
@@ -459,36 +455,26 @@ class HistoryRecorder:
         self, target: Any, call: str, sandbox_id: str, *, client: object = None, **args: Any
     ) -> Outcome:
         start, wall, first = self.clock(), time.time(), self._next()
+        outcome: Outcome | None = None
+        result: object = None
+        end, wall_end, last = math.inf, math.inf, _NEVER
         try:
             outcome, result = await perform_keeping(target, call, sandbox_id, **args)
-        except BaseException:
+            end, wall_end, last = self.clock(), time.time(), self._next()
+        finally:
             self.operations.append(
                 Operation(
                     call,
                     sandbox_id,
                     args,
                     start,
-                    math.inf,
-                    None,
+                    end,
+                    outcome,
                     client,
-                    wall=(wall, math.inf),
-                    order=(first, _NEVER),
+                    result=result,
+                    wall=(wall, wall_end),
+                    order=(first, last),
                 )
             )
-            raise
-        end = self.clock()
-        self.operations.append(
-            Operation(
-                call,
-                sandbox_id,
-                args,
-                start,
-                end,
-                outcome,
-                client,
-                result=result,
-                wall=(wall, time.time()),
-                order=(first, self._next()),
-            )
-        )
+        assert outcome is not None
         return outcome

@@ -32,16 +32,8 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Final
 
-from .._models import (
-    TOPIC_CREATE,
-    TOPIC_DELETE,
-    TOPIC_EXIT,
-    TOPIC_START,
-    ExitStatus,
-    SandboxEvent,
-    SandboxInstance,
-    SandboxStatus,
-)
+from .. import _models
+from .._models import ExitStatus, SandboxEvent, SandboxInstance, SandboxStatus
 from ._linearize import Operation
 from ._model import SIGKILL_STATUS, ReferenceModel, StatusView
 
@@ -52,10 +44,10 @@ _SLACK: Final = 0.002
 
 #: The step of a life each event topic moves to, from the steps it may follow.
 _EVENT_STEPS: Final[Mapping[str, tuple[str, frozenset[str]]]] = {
-    TOPIC_CREATE: ("created", frozenset({"none"})),
-    TOPIC_START: ("started", frozenset({"created"})),
-    TOPIC_EXIT: ("exited", frozenset({"created", "started"})),
-    TOPIC_DELETE: ("none", frozenset({"exited"})),
+    _models.TOPIC_CREATE: ("created", frozenset({"none"})),
+    _models.TOPIC_START: ("started", frozenset({"created"})),
+    _models.TOPIC_EXIT: ("exited", frozenset({"created", "started"})),
+    _models.TOPIC_DELETE: ("none", frozenset({"exited"})),
 }
 
 
@@ -224,7 +216,7 @@ def check_events(
                     f"{step!r} (events: {_topics(seen)})"
                 )
                 break
-            if event.topic == TOPIC_EXIT:
+            if event.topic == _models.TOPIC_EXIT:
                 exits.append(event)
                 started.append(step == "started")
             step = moves[0]
