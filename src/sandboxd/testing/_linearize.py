@@ -22,6 +22,16 @@ memoise the ``(model state, linearized set)`` pairs already explored.  A call th
 linearization point and completes at the step that wakes it, so both points lie in its
 ``[start, end]``; operations that began after it ended wait for that step.
 
+Real time is the operations' clock, and, where it cannot tell (a virtual clock stands still
+while calls run), the order in which one :class:`HistoryRecorder` saw calls begin and return
+(:attr:`Operation.order`).  Each step of a linearization also has a time, never decreasing:
+a call takes effect between its start and its end (an answered one within the model's
+tolerance of its end, a parked one when it reaches the sandbox, within the tolerance of its
+start, or right after a Start that kept the sandbox busy); a grace timer fires within its
+window; a SIGKILLed process's exit is recorded within the tolerance; and a woken call returns
+within the tolerance of the step that woke it.  So deadlines are checked with the outcomes
+(:class:`~sandboxd.testing.Timing`).
+
 An operation whose outcome is ``None`` (cancelled, lost, still pending) may have taken effect
 at any time after it began, or not at all, and its outcome is not checked.
 

@@ -12,8 +12,14 @@ run in-process (``@given``, seeded with ``seed``, no example database).  Each ex
 its program with :func:`~sandboxd.testing.run_program` -- ``clients`` connections to a daemon,
 or one fresh in-process controller -- and the history goes to
 :func:`~sandboxd.testing.check_linearizable` under the ``sim`` model
-(:func:`~sandboxd.testing.sim_model`).  A history that is not linearizable, a program that
-hangs, or a call that raises something other than a status is a *violation*.
+(:func:`~sandboxd.testing.sim_model`, with deadlines: exact in process, where each example
+runs on an autojump clock, within a tolerance over a socket).  Then the fields of every answer
+go to :func:`~sandboxd.testing.check_fields`, and the lifecycle events published meanwhile --
+the fuzzer subscribes for every program, between two create/delete of a marker sandbox that
+say the subscription is live and every event has arrived -- to
+:func:`~sandboxd.testing.check_events`.  A history that is not linearizable, wrong fields or
+events, a program that hangs, or a call that raises something other than a status is a
+*violation*.
 
 A violation is shrunk in two stages, each given half of ``shrink_limit``.  First Hypothesis
 shrinks the choices that drew the program, re-running every candidate.  Then the program
@@ -272,6 +278,7 @@ class _Session:
         shrink_limit: float,
         progress: Callable[[FuzzProgress], None] | None,
         progress_every: int,
+        virtual_time: bool,
     ) -> None:
         self.target = target
         self.seed = seed
@@ -289,6 +296,7 @@ class _Session:
         self.shrink_limit = shrink_limit
         self.progress = progress
         self.progress_every = progress_every
+        self.virtual_time = virtual_time
         self.started = time.monotonic()
         self.programs = 0
         self.calls = 0
@@ -359,7 +367,7 @@ class _Session:
         events: list[SandboxEvent] = []
         kind = description = None
         # In process, time is virtual and exact (see _PATIENCE and the model's Timing).
-        clock = trio.testing.MockClock(autojump_threshold=0) if self.socket is None else None
+        clock = trio.testing.MockClock(autojump_threshold=0) if self.virtual_time else None
         try:
             history, complete = trio.run(
                 self._attempt, program, ids, marker, recorder, events, trace, jitter, clock=clock
@@ -448,7 +456,7 @@ class _Session:
                     cleanup=True,
                     trace=trace,
                     jitter=jitter,
-                    patience=_PATIENCE if self.socket is None else 0.0,
+                    patience=_PATIENCE if self.virtual_time else 0.0,
                 )
             # The marker's delete is published after every event of the program.
             await _mark(reaper, marker, arrived)
@@ -604,6 +612,7 @@ def fuzz(
     model: ReferenceModel | None = None,
     stop_timeout: float | None = None,
     tolerance: float | None = None,
+    virtual_time: bool = True,
     progress: Callable[[FuzzProgress], None] | None = None,
     progress_every: int = 50,
     cushion: float | None = None,
@@ -630,11 +639,14 @@ def fuzz(
     ``tolerance`` seconds, default exact in process and 1 s over a socket).  Besides the
     outcomes, every answer's fields and the events published are checked (see
     :func:`~sandboxd.testing.check_fields` and :func:`~sandboxd.testing.check_events`).
-    In process each example runs on an autojump clock: time is virtual, and timers fire
-    as soon as everything waits on them.  ``progress`` is called every ``progress_every``
-    programs, and as shrinking finds smaller failures.  ``cushion``, ``hang_after``: see
-    :func:`~sandboxd.testing.run_program` (``cushion`` defaults to 0.02 s for a socket,
-    0.001 s in process); ``guard`` bounds one example.  Sandbox ids start with ``prefix``
+    In process each example runs on an autojump clock (unless ``virtual_time`` is false:
+    give that for sandboxers whose processes are real, which take real time to die): time
+    is virtual, and timers fire as soon as everything waits on them.
+
+    ``progress`` is called every ``progress_every`` programs, and as shrinking finds smaller
+    failures.  ``cushion``, ``hang_after``: see :func:`~sandboxd.testing.run_program`
+    (``cushion`` defaults to 0.02 s for a socket, 0.001 s in process); ``guard`` bounds one
+    example (in virtual seconds, in process).  Sandbox ids start with ``prefix``
     (default ``fuzz-<seed>-``).
 
     Runs trio itself, example by example: call it from synchronous code (from trio code, in
@@ -651,8 +663,9 @@ def fuzz(
     prefix = f"fuzz-{seed}-" if prefix is None else prefix
     if cushion is None:
         cushion = 0.001 if socket is None else 0.02
+    virtual_time = socket is None and virtual_time
     if tolerance is None:
-        tolerance = IN_PROCESS_TOLERANCE if socket is None else SOCKET_TOLERANCE
+        tolerance = IN_PROCESS_TOLERANCE if virtual_time else SOCKET_TOLERANCE
     strategy = default_programs(sandboxes, clients, sandboxer) if programs is None else programs
     session = _Session(
         target,
@@ -671,6 +684,7 @@ def fuzz(
         shrink_limit=shrink_limit,
         progress=progress,
         progress_every=max(1, progress_every),
+        virtual_time=virtual_time,
     )
 
     @settings(
