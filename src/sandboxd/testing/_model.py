@@ -411,7 +411,7 @@ def _carry_out(
 ) -> tuple[SandboxModel | None, _Woken]:
     """What the specification's ``rule`` does to the process and the record (the caller
     aside); ``status`` is an exit's, ``grace`` a Stop's."""
-    assert rule.then is not None or rule.removed
+    assert (rule.then is None) == rule.removed, rule
     after = sandbox if rule.then is None else attrs.evolve(sandbox, phase=rule.then)
     if rule.process is Process.SPAWNED:
         after = attrs.evolve(after, started=True)

@@ -95,6 +95,7 @@ class Expect:
 
     @property
     def exit_recorded(self) -> bool:
+        """Whether an exit status is recorded (which wakes parked Waits and Stops)."""
         return self.record in (
             Record.EXIT_0,
             Record.EXIT,
@@ -104,7 +105,8 @@ class Expect:
 
     @property
     def removed(self) -> bool:
-        return self.then is None
+        """Whether the sandbox is removed (which completes parked Shutdowns)."""
+        return self.record in (Record.EXIT_0_REMOVED, Record.EXIT_REMOVED, Record.REMOVED)
 
 
 def _answered(state: Phase, process: Process = Process.UNTOUCHED) -> Expect:
