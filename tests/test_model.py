@@ -14,6 +14,7 @@ from sandboxd import Code, FailedPrecondition, NotFound
 from sandboxd._models import (
     ExitStatus,
     Platform,
+    SandboxEvent,
     SandboxInstance,
     SandboxMetrics,
     SandboxState,
@@ -32,7 +33,10 @@ from sandboxd.testing import (
     ReferenceModel,
     SandboxModel,
     StatusView,
+    Timing,
     call_step,
+    check_events,
+    check_fields,
     check_linearizable,
     observe,
     pending_events,
@@ -518,3 +522,112 @@ def _existing(*sandbox_ids: str) -> ReferenceModel:
     for sandbox_id in sandbox_ids:
         model.apply("create", sandbox_id)
     return model
+
+
+# -- deadlines ---------------------------------------------------------------------------------
+
+IGNORES_SIGTERM = ReferenceModel(sigterm_exit_status=None, timing=Timing(tolerance=0.001))
+
+
+def stops(first: float, second: float, returned: float) -> list[Operation]:
+    """Two Stops with these timeouts at once on a process that ignores SIGTERM, and a Wait,
+    all returning at ``returned``."""
+    return [
+        op("create", 0, 0, OK("a")),
+        op("start", 0, 0, OK(True)),
+        op("stop", 1, returned, OK(None), timeout_secs=first),
+        op("stop", 1, returned, OK(None), timeout_secs=second),
+        op("wait", 1, returned, OK(137)),
+    ]
+
+
+def test_of_two_stops_the_earlier_deadline_kills() -> None:
+    assert check_linearizable(stops(5, 1, 2), IGNORES_SIGTERM).ok
+    assert check_linearizable(stops(1, 5, 2), IGNORES_SIGTERM).ok
+    # Answered at the later deadline: the earlier one was missed.
+    assert not check_linearizable(stops(5, 1, 6), IGNORES_SIGTERM).ok
+    # Without a tolerance, only a grace ending early is wrong.
+    assert check_linearizable(stops(5, 1, 6), ReferenceModel(sigterm_exit_status=None)).ok
+
+
+def test_a_grace_period_ends_when_it_ends_not_before() -> None:
+    early = stops(5, 5, 3)
+    assert not check_linearizable(early, IGNORES_SIGTERM).ok
+    assert not check_linearizable(early, ReferenceModel(sigterm_exit_status=None)).ok
+    assert check_linearizable(stops(5, 5, 6), IGNORES_SIGTERM).ok
+
+
+def test_the_default_grace_period_is_the_timings() -> None:
+    model = ReferenceModel(sigterm_exit_status=None, timing=Timing(2, tolerance=0.001))
+    history = stops(5, 5, 6)
+    history[2] = op("stop", 1, 3, OK(None))  # the Controller's 2 s
+    history[3:] = [op("wait", 1, 3, OK(137))]
+    assert check_linearizable(history, model).ok
+    history[3:] = [op("status", 2.5, 2.5, status("stopped", 137, started=True))]
+    assert not check_linearizable(history, model).ok  # not before 3
+
+
+def test_a_sigkilled_process_exit_is_recorded_within_the_tolerance() -> None:
+    model = ReferenceModel(timing=Timing(tolerance=0.5))
+    history = [
+        op("create", 0, 0, OK("a")),
+        op("start", 0, 0, OK(True)),
+        op("shutdown", 1, 1.2, OK(None)),
+        op("wait", 1, 1.2, OK(137)),
+    ]
+    assert check_linearizable(history, model).ok
+    history[2:] = [op("shutdown", 1, 3, OK(None)), op("wait", 1, 3, OK(137))]
+    assert not check_linearizable(history, model).ok
+
+
+# -- events and fields -------------------------------------------------------------------------
+
+
+def event(topic: str, exit_status: int | None = None) -> SandboxEvent:
+    return SandboxEvent(f"/sandboxes/{topic}", "a", NOW, exit_status=exit_status)
+
+
+def one_life() -> list[Operation]:
+    return [
+        Operation("create", "a", {}, 0, 0, OK("a"), order=(1, 2)),
+        Operation("start", "a", {}, 0, 0, OK(True), order=(3, 4)),
+        Operation("stop", "a", {}, 0, 1, OK(None), order=(5, 6)),
+        Operation("wait", "a", {}, 1, 1, OK(143), order=(7, 8)),
+        Operation("shutdown", "a", {}, 1, 1, OK(None), order=(9, 10)),
+    ]
+
+
+def test_every_event_once_in_order_with_the_exit_status_seen() -> None:
+    model = ReferenceModel()
+    life = ["create", "start", "exit", "delete"]
+    right = [event(t, 143 if t == "exit" else None) for t in life]
+    assert check_events(one_life(), right, model) == []
+    twice = [*right[:2], right[1], *right[2:]]
+    assert "event /sandboxes/start where the lifecycle is at 'started'" in "".join(
+        check_events(one_life(), twice, model)
+    )
+    missing = [right[0], right[1], right[3]]
+    assert "event /sandboxes/delete where" in "".join(check_events(one_life(), missing, model))
+    wrong = [*right[:2], event("exit", 137), right[3]]
+    assert "its exit event says 137, but" in "".join(check_events(one_life(), wrong, model))
+    never_created = check_events(one_life()[:1], [event("create"), event("create")], model)
+    assert "event /sandboxes/create where the lifecycle is at 'created'" in never_created[0]
+
+
+def test_fields_are_stable_within_a_life_and_in_order() -> None:
+    later = datetime(2024, 1, 1, 0, 0, 1, tzinfo=UTC)
+    history = one_life()
+
+    def with_status(created_at: datetime, exited_at: datetime | None) -> list[Operation]:
+        info = {"exit_status": "143"} if exited_at else {}
+        answer = SandboxStatus("a", 7, SandboxState.STOPPED, info, created_at, exited_at)
+        return [
+            *history,
+            Operation("status", "a", {}, 1, 1, OK(None), result=answer, order=(11, 12)),
+            Operation("status", "a", {}, 1, 1, OK(None), result=answer, order=(13, 14)),
+        ]
+
+    # Wall-clock bounds aside (these calls have none recorded), these agree.
+    assert not [p for p in check_fields(with_status(NOW, later)) if "within" not in p]
+    problems = check_fields(with_status(later, NOW))
+    assert any("exited_at" in p and "is before created_at" in p for p in problems), problems

@@ -1,10 +1,14 @@
 """Tools for testing code that drives sandboxes, and sandboxd itself.
 
-- :class:`ReferenceModel`: what a sequential caller of the Controller sees, derived from the
-  lifecycle table; :func:`observe` and :func:`perform` reduce real results to its
-  :class:`Outcome` values.
+- :data:`SPEC` and :func:`expect`: the lifecycle as a caller sees it, per state and call,
+  written independently of the runtime's table.
+- :class:`ReferenceModel`: what a sequential caller of the Controller sees, following
+  :data:`SPEC`, with deadlines (:class:`Timing`); :func:`observe` and :func:`perform`
+  reduce real results to its :class:`Outcome` values.
 - :func:`check_linearizable`: whether a concurrent history of :class:`Operation` values is
-  explained by the model; :class:`HistoryRecorder` records one.
+  explained by the model; :class:`HistoryRecorder` records one.  :func:`check_fields` and
+  :func:`check_events` judge what outcomes leave out: every field of the answers, and the
+  lifecycle events published meanwhile.
 - :func:`sim_faults`: Create options that inject faults into a ``sim`` sandbox (start
   failures, exits after a delay or at a chosen point, ignored SIGTERM, slow stops), over the
   socket too; :func:`sim_behaviour` and :func:`sim_model` tell the model about them.
@@ -52,38 +56,50 @@ from ._model import (
     SandboxModel,
     StatusView,
     Step,
+    Timing,
     call_step,
     event_step,
     observe,
     pending_events,
     perform,
 )
+from ._observed import check_events, check_fields
 from ._programs import Call, Group, Program, ProgramHung, run_program
 from ._reproduce import explain_conflict, reproducer_script, reproducer_test
 from ._server import fixture_backends, serve_in_thread, shutdown_all
+from ._spec import SPEC, Caller, Expect, Process, Record, expect
 
 __all__ = [
     "CALL_INPUTS",
     "DEFAULT_MAX_STATES",
     "SIGKILL_STATUS",
     "SIGTERM_STATUS",
+    "SPEC",
     "Blocks",
     "Call",
+    "Caller",
+    "Expect",
     "Group",
     "HistoryRecorder",
     "LinearizabilityResult",
     "Operation",
     "Outcome",
+    "Process",
     "ProcessBehaviour",
     "Program",
     "ProgramHung",
+    "Record",
     "ReferenceModel",
     "SandboxModel",
     "StatusView",
     "Step",
+    "Timing",
     "call_step",
+    "check_events",
+    "check_fields",
     "check_linearizable",
     "event_step",
+    "expect",
     "explain_conflict",
     "fixture_backends",
     "observe",

@@ -21,7 +21,7 @@ from typing import Any, Final
 
 from .._models import SandboxOptions
 from ..backends._sim import _settings
-from ._model import SIGTERM_STATUS, ProcessBehaviour, ReferenceModel
+from ._model import SIGTERM_STATUS, ProcessBehaviour, ReferenceModel, Timing
 
 __all__ = [
     "process_behaviour",
@@ -102,10 +102,11 @@ def sim_behaviour(create_args: Mapping[str, Any]) -> ProcessBehaviour:
     )
 
 
-def sim_model() -> ReferenceModel:
+def sim_model(timing: Timing | None = None) -> ReferenceModel:
     """A :class:`~sandboxd.testing.ReferenceModel` of ``sim`` sandboxes, each created with
-    whatever faults its Create asked for (:func:`sim_behaviour`)."""
-    return ReferenceModel(behaviour_of=sim_behaviour)
+    whatever faults its Create asked for (:func:`sim_behaviour`), keeping time as ``timing``
+    says (default: no deadlines checked)."""
+    return ReferenceModel(behaviour_of=sim_behaviour, timing=timing or Timing())
 
 
 #: The shell commands :func:`process_faults` writes: ``trap "" TERM; `` (SIGTERM ignored),
@@ -197,13 +198,14 @@ def process_faults_of(options: object) -> dict[str, Any] | None:
     return faults
 
 
-def process_model() -> ReferenceModel:
+def process_model(timing: Timing | None = None) -> ReferenceModel:
     """A :class:`~sandboxd.testing.ReferenceModel` of real processes, each as its Create's
-    command says (:func:`process_behaviour`)."""
-    return ReferenceModel(behaviour_of=process_behaviour)
+    command says (:func:`process_behaviour`), keeping time as ``timing`` says (default: no
+    deadlines checked)."""
+    return ReferenceModel(behaviour_of=process_behaviour, timing=timing or Timing())
 
 
-def model_for(sandboxer: str | None) -> ReferenceModel:
+def model_for(sandboxer: str | None, timing: Timing | None = None) -> ReferenceModel:
     """The model of the fuzzer's sandboxes: :func:`sim_model` for ``sim`` (and ``None``, the
     daemon's default taken to be ``sim``), :func:`process_model` for any other."""
-    return sim_model() if sandboxer in (None, "sim") else process_model()
+    return sim_model(timing) if sandboxer in (None, "sim") else process_model(timing)

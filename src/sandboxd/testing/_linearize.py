@@ -22,6 +22,16 @@ memoise the ``(model state, linearized set)`` pairs already explored.  A call th
 linearization point and completes at the step that wakes it, so both points lie in its
 ``[start, end]``; operations that began after it ended wait for that step.
 
+Real time is the operations' clock, and, where it cannot tell (a virtual clock stands still
+while calls run), the order in which one :class:`HistoryRecorder` saw calls begin and return
+(:attr:`Operation.order`).  Each step of a linearization also has a time, never decreasing:
+a call takes effect between its start and its end (an answered one within the model's
+tolerance of its end, a parked one when it reaches the sandbox, within the tolerance of its
+start, or right after a Start that kept the sandbox busy); a grace timer fires within its
+window; a SIGKILLed process's exit is recorded within the tolerance; and a woken call returns
+within the tolerance of the step that woke it.  So deadlines are checked with the outcomes
+(:class:`~sandboxd.testing.Timing`).
+
 An operation whose outcome is ``None`` (cancelled, lost, still pending) may have taken effect
 at any time after it began, or not at all, and its outcome is not checked.
 
@@ -34,6 +44,7 @@ which no single one can be dropped.
 from __future__ import annotations
 
 import math
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final, final
@@ -41,14 +52,16 @@ from typing import Any, Final, final
 import attrs
 import trio
 
+from ..runtime import Input
 from ._model import (
     Outcome,
     ReferenceModel,
     SandboxModel,
+    Step,
     call_step,
     event_step,
     pending_events,
-    perform,
+    perform_keeping,
 )
 
 __all__ = [
@@ -58,6 +71,8 @@ __all__ = [
     "Operation",
     "check_linearizable",
 ]
+
+_NEVER: Final = 2**62
 
 #: How many (model state, linearized set) pairs one search may explore per sandbox.
 DEFAULT_MAX_STATES: Final = 200_000
@@ -84,6 +99,13 @@ class Operation:
     end_time: float
     outcome: Outcome | None
     client: object = None
+    #: What the call returned (a SandboxStatus, an ExitStatus...), if recorded.
+    result: object = None
+    #: Wall-clock (epoch) seconds when it began and returned, to compare with timestamps.
+    wall: tuple[float, float] = (0.0, 0.0)
+    #: Where its beginning and its return stand among all the recorded calls' (``order[1]``
+    #: is huge for a call that never returned): exact even where clocks cannot tell.
+    order: tuple[int, int] = (0, 0)
 
     def __repr__(self) -> str:
         args = "".join(f", {k}={v!r}" for k, v in self.args.items())
@@ -138,6 +160,12 @@ def _ok(outcome: Outcome | None) -> bool:
     return outcome is not None and outcome.ok
 
 
+def _before(a: Operation, b: Operation) -> bool:
+    """Whether ``a`` returned before ``b`` began: by their clock, or by the order in which
+    one recorder saw them (exact where a virtual clock stands still)."""
+    return a.end_time < b.start_time or 0 < a.order[1] < b.order[0]
+
+
 class _OutOfBudget(Exception):
     pass
 
@@ -165,14 +193,16 @@ class _Search:
         self.checked = checked
         self.initial = initial
         self.max_states = max_states
-        self.seen: set[tuple[SandboxModel | None, int]] = set()
+        self.seen: set[tuple[SandboxModel | None, int, float]] = set()
+        self.timing = model.timing
+        self.tolerance = model.timing.tolerance
         self.behaviours = [
             model.behaviour_for(op.args) if op.call == "create" else model.default_behaviour
             for op in ops
         ]
         # An unchecked operation never has to precede anything: it may not have ended.
         self.pred = [
-            sum(1 << j for j in _bits(checked) if j != i and ops[j].end_time < op.start_time)
+            sum(1 << j for j in _bits(checked) if j != i and _before(ops[j], op))
             for i, op in enumerate(ops)
         ]
         # Unchecked queries change nothing and are not checked: leave them out.
@@ -185,27 +215,88 @@ class _Search:
             for i in self.order
             if checked >> i & 1 and (ops[i].call in _QUERIES or not _ok(ops[i].outcome))
         ]
+        self.active = [i for i in self.order if i not in self.inert]
 
     def run(self) -> bool:
         """Whether some linearization exists; raises _OutOfBudget.  Each level of recursion
         takes one call or one event, so the depth stays a small multiple of len(ops)."""
-        return self._dfs(self.initial, 0)
+        return self._dfs(self.initial, 0, -math.inf)
 
-    def _matches(self, woken: tuple[tuple[int, Outcome], ...]) -> bool:
+    def _end(self, i: int) -> float:
+        """When operation ``i`` ended at the latest (never, if it is not checked)."""
+        return self.ops[i].end_time if self.checked >> i & 1 else math.inf
+
+    def _step(self, sandbox: SandboxModel | None, i: int, at: float) -> Step:
+        """Operation ``i`` on ``sandbox`` at ``at``, under its ticket ``i``."""
+        op = self.ops[i]
+        return call_step(
+            sandbox,
+            op.call,
+            op.sandbox_id,
+            op.args,
+            i,
+            self.behaviours[i],
+            now=at,
+            timing=self.timing,
+        )
+
+    def _answered_at(self, i: int, now: float) -> float:
+        """The earliest time, from ``now`` on, operation ``i`` can have taken effect if it was
+        answered at once: within the tolerance of its end."""
+        return max(now, self.ops[i].start_time, self._end(i) - self.tolerance)
+
+    def _matches(self, woken: tuple[tuple[int, Outcome], ...], at: float) -> bool:
+        """Whether the calls woken at ``at`` got these outcomes, returned no earlier, and
+        returned promptly (within the tolerance)."""
         checked, ops = self.checked, self.ops
-        return all(not checked >> t & 1 or ops[t].outcome == outcome for t, outcome in woken)
+        for t, outcome in woken:
+            if checked >> t & 1 and (
+                ops[t].outcome != outcome or not at <= ops[t].end_time <= at + self.tolerance
+            ):
+                return False
+        return True
 
-    def _dfs(self, sandbox: SandboxModel | None, done: int) -> bool:
-        ops, checked = self.ops, self.checked
+    def _event_time(
+        self,
+        sandbox: SandboxModel,
+        event: Input,
+        woken: tuple[tuple[int, Outcome], ...],
+        now: float,
+    ) -> float:
+        """The time, from ``now`` on, to place an event that wakes ``woken``: the earliest
+        it may happen, but a grace timer's SIGKILL as late as the calls its exit will wake
+        need (an exit must follow a SIGKILL within the tolerance)."""
+        if event is Input.STOP_GRACE_EXPIRED:
+            earliest = max(now, sandbox.kill_at)
+            ends = [self._end(t) for t in sandbox.waiters | sandbox.stoppers]
+            needed = max((end for end in ends if end != math.inf), default=-math.inf)
+            return max(earliest, min(needed - self.tolerance, sandbox.kill_by))
+        at = now
+        for t, _ in woken:
+            if self.checked >> t & 1:
+                at = max(at, self.ops[t].end_time - self.tolerance)
+        return at
+
+    def _dfs(self, sandbox: SandboxModel | None, done: int, now: float) -> bool:
+        ops, checked, timing = self.ops, self.checked, self.timing
         parked = 0
+        deadline = math.inf
         if sandbox is not None:
+            deadline = sandbox.deadline
             for t in sandbox.parked:
                 parked |= 1 << t
         # Reduction: an operation that changes nothing for others wherever it matches (a
         # query, a Wait, a refused call) and that may go now with its recorded outcome,
         # leaving the state as it is, can always go now -- moving it there from its place in
         # any linearization changes no other outcome and only meets real-time constraints
-        # sooner.  (Not so for a Stop that is a no-op now: later it may stop a new sandbox.)
+        # sooner, as long as time does not pass a deadline.  (Not so for a Stop that is a
+        # no-op now: later it may stop a new sandbox.)
+        # Nor may it move time past when another operation or a timer may act.
+        horizon = min(
+            (ops[i].start_time for i in self.active if not done >> i & 1), default=math.inf
+        )
+        if sandbox is not None:
+            horizon = min(horizon, deadline, sandbox.kill_at)
         progress = True
         while progress:
             progress = False
@@ -214,38 +305,64 @@ class _Search:
                 if done >> i & 1 or self.pred[i] & ~complete:
                     continue
                 op = ops[i]
-                step = call_step(sandbox, op.call, op.sandbox_id, op.args, i, self.behaviours[i])
+                at = self._answered_at(i, now)
+                if at > horizon:
+                    continue
+                step = self._step(sandbox, i, at)
                 if step.reply == op.outcome and step.sandbox == sandbox and not step.woken:
                     done |= 1 << i
+                    now = at
                     progress = True
         complete = done & ~parked
         if complete & checked == checked:
             return True
-        key = (sandbox, done)
+        key = (sandbox, done, now)
         if key in self.seen:
             return False
         self.seen.add(key)
         if len(self.seen) > self.max_states:
             raise _OutOfBudget
+        # A call reaches the sandbox within the tolerance of its start: time may not pass
+        # that while it has not taken effect -- but for a Start, which keeps the sandbox
+        # busy until it ends (calls arriving meanwhile take effect after it, at once).
+        pending = _bits(checked & ~done)
+        waiting = sorted((ops[i].start_time + self.tolerance, i) for i in pending)[:2]
+        arrival = waiting[0][0] if waiting else math.inf
         for i in self.order:
             if done >> i & 1 or self.pred[i] & ~complete:
                 continue
             op = ops[i]
-            step = call_step(sandbox, op.call, op.sandbox_id, op.args, i, self.behaviours[i])
+            at = max(now, op.start_time)
+            if at > deadline or at > self._end(i):
+                continue
+            step = self._step(sandbox, i, at)
             if checked >> i & 1:
                 if step.reply is None:
                     if op.outcome is None or not op.outcome.ok:  # parked calls end well
                         continue
                 elif step.reply != op.outcome:
                     continue
+                else:  # an answered call takes effect by its end (a Start's spawn)
+                    at = self._answered_at(i, now)
+                    if at > deadline:
+                        continue
             elif step.sandbox == sandbox and not step.woken:
                 continue  # an unchecked operation that changes nothing here: pointless
-            if self._matches(step.woken) and self._dfs(step.sandbox, done | 1 << i):
+            if at > now and op.call != "start":
+                others = [t for t, j in waiting if j != i]
+                if others and at > others[0]:
+                    continue
+            if self._matches(step.woken, at) and self._dfs(step.sandbox, done | 1 << i, at):
                 return True
         if sandbox is not None:
             for event, status in pending_events(sandbox):
-                step = event_step(sandbox, event, status)
-                if self._matches(step.woken) and self._dfs(step.sandbox, done):
+                step = event_step(sandbox, event, status, now=now, timing=timing)
+                at = self._event_time(sandbox, event, step.woken, now)
+                if at > deadline or at > max(now, arrival):
+                    continue
+                if at != now:
+                    step = event_step(sandbox, event, status, now=at, timing=timing)
+                if self._matches(step.woken, at) and self._dfs(step.sandbox, done, at):
                     return True
         return False
 
@@ -286,7 +403,9 @@ def check_linearizable(
         by_sandbox[op.sandbox_id].append(op)
     explored = 0
     for sandbox_id in sorted(by_sandbox):
-        ops = sorted(by_sandbox[sandbox_id], key=lambda op: (op.start_time, op.end_time))
+        ops = sorted(
+            by_sandbox[sandbox_id], key=lambda op: (op.start_time, op.order[0], op.end_time)
+        )
         initial = model.sandbox(sandbox_id)
         checked = sum(1 << i for i, op in enumerate(ops) if op.outcome is not None)
         verdict, states = _linearizable(ops, checked, initial, model, max_states)
@@ -336,18 +455,36 @@ class HistoryRecorder:
     def __init__(self, clock: Callable[[], float] = trio.current_time) -> None:
         self.clock = clock
         self.operations: list[Operation] = []
+        self._events = 0
+
+    def _next(self) -> int:
+        self._events += 1
+        return self._events
 
     async def call(
         self, target: Any, call: str, sandbox_id: str, *, client: object = None, **args: Any
     ) -> Outcome:
-        start = self.clock()
+        start, wall, first = self.clock(), time.time(), self._next()
+        outcome: Outcome | None = None
+        result: object = None
+        end, wall_end, last = math.inf, math.inf, _NEVER
         try:
-            outcome = await perform(target, call, sandbox_id, **args)
-        except BaseException:
+            outcome, result = await perform_keeping(target, call, sandbox_id, **args)
+            end, wall_end, last = self.clock(), time.time(), self._next()
+        finally:
             self.operations.append(
-                Operation(call, sandbox_id, args, start, math.inf, None, client)
+                Operation(
+                    call,
+                    sandbox_id,
+                    args,
+                    start,
+                    end,
+                    outcome,
+                    client,
+                    result=result,
+                    wall=(wall, wall_end),
+                    order=(first, last),
+                )
             )
-            raise
-        end = self.clock()
-        self.operations.append(Operation(call, sandbox_id, args, start, end, outcome, client))
+        assert outcome is not None
         return outcome

@@ -1,33 +1,36 @@
-"""A reference model of the sandbox lifecycle, derived from the lifecycle table.
+"""A reference model of the sandbox lifecycle, following the specification.
 
 Theory of operation
 -------------------
 
-The model does not restate the rules: every call and every event is looked up in
-:data:`~sandboxd.runtime.TRANSITIONS` on the sandbox's :class:`~sandboxd.runtime.Phase`, as
-the actor does through :func:`~sandboxd.runtime.decide`, and the model carries out the
-:class:`~sandboxd.runtime.Effect` it names, or answers the refusal's code.
-What the table leaves to the effects -- which signal a Stop sends, who is parked, who is woken
-with what -- is interpreted here the way the effects' documentation states it.
+The model does not read the runtime's table: every call and every event is looked up in the
+specification (:data:`~sandboxd.testing.SPEC`, written on its own in ``_spec.py``) on the
+sandbox's :class:`~sandboxd.runtime.Phase`, and the model does what the entry says -- to the
+caller, to the process, to the record -- or answers the refusal's code.  How a process
+answers signals, and what time it is, are the model's own parameters.
 
 One sandbox is a :class:`SandboxModel`: an immutable, hashable value, so a checker can
-memoise on it.  Its process is not simulated in time.  A signal that ends the process makes
-the model remember the exit status the process *will* report (``dying``); the
-``PROCESS_EXITED`` event that records it is a separate step, and so is the expiry of an armed
-grace timer (``STOP_GRACE_EXPIRED``).  :func:`pending_events` lists the events that may come
-next; a linearizability checker interleaves them with the calls, while the sequential
-:class:`ReferenceModel` lets a dying process die at once (what a sequential caller sees once
-its call has returned) and fires timers only when told (:meth:`ReferenceModel.expire_grace`).
+memoise on it.  A signal that ends the process makes the model remember the exit status the
+process *will* report (``dying``); the ``PROCESS_EXITED`` event that records it is a separate
+step, and so is the expiry of an armed grace timer (``STOP_GRACE_EXPIRED``).
+:func:`pending_events` lists the events that may come next; a linearizability checker
+interleaves them with the calls, while the sequential :class:`ReferenceModel` lets a dying
+process die at once (what a sequential caller sees once its call has returned) and fires
+timers only when told (:meth:`ReferenceModel.expire_grace`).
+
+Time: each step is taken at a time ``now`` on the history's clock.  A Stop with a grace
+period ``T`` arms its timer for ``now + T`` (a second Stop's earlier deadline replaces it),
+which fires no earlier and, within :attr:`Timing.tolerance`, no later; a SIGKILLed process's
+exit must be recorded within the tolerance.  The sequential model keeps no time.
 
 Calls that wait (Wait before the exit, Stop or Shutdown while the process runs) *park* the
 caller under a ticket; the step that wakes it reports ``(ticket, outcome)``.  A sequential
 :meth:`ReferenceModel.apply` of such a call returns :class:`Blocks`, naming the input that
 would have to happen before it returns.
 
-How a process answers signals is a :class:`ProcessBehaviour`, a parameter of the model and
-not of the table: a sim process killed by SIGTERM reports 143 (128 + 15), the process
-backend's pause process catches SIGTERM and exits 0, a process that ignores SIGTERM only ends
-by SIGKILL (137).
+How a process answers signals is a :class:`ProcessBehaviour`: a sim process killed by
+SIGTERM reports 143 (128 + 15), the process backend's pause process catches SIGTERM and exits
+0, a process that ignores SIGTERM only ends by SIGKILL (137).
 
 This module imports neither trio nor Hypothesis.
 """
@@ -51,7 +54,8 @@ from .._models import (
     SandboxStatus,
     check_sandbox_id,
 )
-from ..runtime._lifecycle import TRANSITIONS, Effect, Input, Phase, Refusal, Transition, decide
+from ..runtime import Input, Phase
+from ._spec import Caller, Expect, Process, Record, expect
 
 __all__ = [
     "CALL_INPUTS",
@@ -64,6 +68,7 @@ __all__ = [
     "SandboxModel",
     "StatusView",
     "Step",
+    "Timing",
     "call_step",
     "event_step",
     "observe",
@@ -196,13 +201,21 @@ def observe(call: str, result: object = None, error: BaseException | None = None
 async def perform(target: Any, call: str, sandbox_id: str, **args: Any) -> Outcome:
     """Call ``target.<call>(sandbox_id, **args)`` on a Controller or RemoteController and
     return its :class:`Outcome`.  Cancellation propagates."""
+    outcome, _ = await perform_keeping(target, call, sandbox_id, **args)
+    return outcome
+
+
+async def perform_keeping(
+    target: Any, call: str, sandbox_id: str, **args: Any
+) -> tuple[Outcome, object]:
+    """As :func:`perform`, and the call's result itself (``None`` for an error)."""
     if call not in CALL_INPUTS:
         raise ValueError(f"unknown call {call!r}")
     try:
         result = await getattr(target, call)(sandbox_id, **args)
     except RPCError as err:
-        return Outcome.failure(err.code)
-    return observe(call, result)
+        return Outcome.failure(err.code), None
+    return observe(call, result), result
 
 
 # -- one sandbox -----------------------------------------------------------------------------
@@ -238,14 +251,33 @@ class ProcessBehaviour:
 
 
 @final
+@attrs.frozen(slots=True)
+class Timing:
+    """What the model knows of time.
+
+    ``stop_timeout``: the grace period of a Stop that gives no ``timeout_secs`` (the
+    Controller's), or ``None`` if unknown (then its SIGKILL may come at any time).
+    ``tolerance``: how late, in seconds, a deadline may be met -- a grace timer fire, a
+    SIGKILLed process's exit be recorded, a woken call return -- and still count as on
+    time; ``math.inf`` (the default) checks no deadline but that a grace does not end early.
+    In process with an autojump clock time is exact: give a tolerance of (nearly) 0.
+    """
+
+    stop_timeout: float | None = None
+    tolerance: float = math.inf
+
+
+@final
 @attrs.frozen(slots=True, cache_hash=True)
 class SandboxModel:
     """The model of one existing sandbox.  Immutable and hashable.
 
     ``dying`` holds the exit statuses its process may still report because a signal ended it
-    (in the order the signals were sent); ``grace_armed`` says a Stop's grace timer may still
-    fire.  ``waiters``, ``stoppers`` and ``shutdowns`` are the tickets of parked Wait, Stop and
-    Shutdown calls.
+    (in the order the signals were sent); a SIGKILLed process's exit must be recorded by
+    ``due``.  A Stop's grace timer is armed while ``kill_at`` is finite: it fires no earlier
+    than ``kill_at`` and no later than ``kill_by``.  ``waiters``, ``stoppers`` and
+    ``shutdowns`` are the tickets of parked Wait, Stop and Shutdown calls.  Times are on the
+    history's clock (``-inf``: the sequential model, which keeps no time).
     """
 
     phase: Phase
@@ -253,10 +285,23 @@ class SandboxModel:
     started: bool = False
     exit_status: int | None = None
     dying: tuple[int, ...] = ()
-    grace_armed: bool = False
+    kill_at: float = math.inf
+    kill_by: float = math.inf
+    due: float = math.inf
     waiters: frozenset[int] = frozenset()
     stoppers: frozenset[int] = frozenset()
     shutdowns: frozenset[int] = frozenset()
+
+    @property
+    def grace_armed(self) -> bool:
+        """Whether a Stop's grace timer may still fire."""
+        return self.kill_at != math.inf
+
+    @property
+    def deadline(self) -> float:
+        """The time by which the next forced event (a grace timer, a SIGKILLed process's
+        exit) must have happened: time cannot pass it before."""
+        return min(self.kill_by, self.due)
 
     @property
     def parked(self) -> frozenset[int]:
@@ -283,24 +328,22 @@ class Step:
 
 
 _Woken = tuple[tuple[int, Outcome], ...]
+_UNTIMED: Final = Timing()
 
 
-def _lookup(phase: Phase, input: Input) -> Transition | Code:
-    """The table's entry: the transition, or the refusal's code."""
-    entry = TRANSITIONS.get((phase, input))
-    if type(entry) is Transition:
-        return entry
-    if type(entry) is Refusal:
-        return entry.code
-    return decide("", phase, input)  # no entry: raises LifecycleError
+def _disarmed(sandbox: SandboxModel) -> SandboxModel:
+    return attrs.evolve(sandbox, kill_at=math.inf, kill_by=math.inf)
 
 
-def _signal(sandbox: SandboxModel, signum: int) -> SandboxModel:
-    """Deliver ``signum`` to the sandbox's process, if it has one that has not exited."""
+def _signal(sandbox: SandboxModel, signum: int, now: float, timing: Timing) -> SandboxModel:
+    """Deliver ``signum`` at ``now`` to the sandbox's process, if it has one that has not
+    exited."""
     if not sandbox.started or sandbox.exit_status is not None:
         return sandbox
     if signum == _SIGKILL:
         status: int | None = SIGKILL_STATUS
+        # A SIGKILLed process's exit is recorded at once (within the tolerance).
+        sandbox = attrs.evolve(sandbox, due=min(sandbox.due, now + timing.tolerance))
     else:
         status = sandbox.behaviour.sigterm_exit_status
     if status is None:  # ignored
@@ -312,28 +355,39 @@ def _signal(sandbox: SandboxModel, signum: int) -> SandboxModel:
     return sandbox
 
 
-def _record_exit(
-    sandbox: SandboxModel, status: int, next_phase: Phase
-) -> tuple[SandboxModel, _Woken]:
-    """RECORD_EXIT: record ``status`` and wake everyone parked on the exit."""
+def _arm(sandbox: SandboxModel, grace: float | None, now: float, timing: Timing) -> SandboxModel:
+    """A Stop's deadline, ``grace`` seconds from ``now`` (``None``: unknown): SIGKILL at once
+    for 0, else SIGTERM if no deadline is armed yet, and the earlier deadline wins."""
+    if grace == 0:
+        return _signal(_disarmed(sandbox), _SIGKILL, now, timing)
+    if grace is None:  # any time from now on
+        kill_at, kill_by = now, math.inf
+    else:
+        kill_at, kill_by = now + grace, now + grace + timing.tolerance
+    if not sandbox.grace_armed:
+        sandbox = _signal(sandbox, _SIGTERM, now, timing)
+    elif kill_at >= sandbox.kill_at:
+        return sandbox  # the armed deadline comes first
+    return attrs.evolve(sandbox, kill_at=kill_at, kill_by=min(kill_by, sandbox.kill_by))
+
+
+def _record_exit(sandbox: SandboxModel, status: int, then: Phase) -> tuple[SandboxModel, _Woken]:
+    """Record ``status`` and wake everyone parked on the exit."""
     woken = tuple((t, Outcome.success(status)) for t in sorted(sandbox.waiters)) + tuple(
         (t, Outcome.success(None)) for t in sorted(sandbox.stoppers)
     )
     recorded = attrs.evolve(
         sandbox,
-        phase=next_phase,
+        phase=then,
         exit_status=status,
         dying=(),
-        grace_armed=False,
+        kill_at=math.inf,
+        kill_by=math.inf,
+        due=math.inf,
         waiters=frozenset(),
         stoppers=frozenset(),
     )
     return recorded, woken
-
-
-def _remove(sandbox: SandboxModel) -> _Woken:
-    """The sandbox is gone: complete the parked Shutdowns."""
-    return tuple((t, Outcome.success(None)) for t in sorted(sandbox.shutdowns))
 
 
 def _stop_timeout(args: Mapping[str, Any]) -> float | None:
@@ -347,6 +401,37 @@ def _stop_timeout(args: Mapping[str, Any]) -> float | None:
     return float(timeout)
 
 
+def _carry_out(
+    sandbox: SandboxModel,
+    rule: Expect,
+    status: int | None,
+    grace: float | None,
+    now: float,
+    timing: Timing,
+) -> tuple[SandboxModel | None, _Woken]:
+    """What the specification's ``rule`` does to the process and the record (the caller
+    aside); ``status`` is an exit's, ``grace`` a Stop's."""
+    assert (rule.then is None) == rule.removed, rule
+    after = sandbox if rule.then is None else attrs.evolve(sandbox, phase=rule.then)
+    if rule.process is Process.SPAWNED:
+        after = attrs.evolve(after, started=True)
+    elif rule.process is Process.TERMINATED:
+        after = _arm(after, grace, now, timing)
+    elif rule.process is Process.EARLIER_DEADLINE:
+        if grace is not None and after.phase is Phase.STOPPING:
+            after = _arm(after, grace, now, timing)
+    elif rule.process is Process.KILLED:
+        after = _signal(_disarmed(after), _SIGKILL, now, timing)
+    woken: _Woken = ()
+    if rule.exit_recorded:
+        code = 0 if rule.record in (Record.EXIT_0, Record.EXIT_0_REMOVED) else status
+        assert code is not None, "an exit needs its status"
+        after, woken = _record_exit(after, code, rule.then or Phase.STOPPED)
+    if rule.removed:
+        return None, woken + tuple((t, Outcome.success(None)) for t in sorted(after.shutdowns))
+    return after, woken
+
+
 def call_step(
     sandbox: SandboxModel | None,
     call: str,
@@ -354,8 +439,12 @@ def call_step(
     args: Mapping[str, Any],
     ticket: int,
     behaviour: ProcessBehaviour = ProcessBehaviour(),
+    *,
+    now: float = -math.inf,
+    timing: Timing = _UNTIMED,
 ) -> Step:
-    """One call on the sandbox whose model is ``sandbox`` (``None`` if it does not exist).
+    """One call, made at ``now``, on the sandbox whose model is ``sandbox`` (``None`` if it
+    does not exist), as :data:`~sandboxd.testing.SPEC` says.
 
     ``ticket`` names the caller if it is parked; ``behaviour`` is the new sandbox's process
     behaviour when the call is a successful create.  Arguments are checked as the Controller
@@ -371,91 +460,56 @@ def call_step(
         check_sandbox_id(sandbox_id)
     except InvalidArgument as err:
         return Step(sandbox, Outcome.failure(err.code))
-    if sandbox is None:
-        if input is Input.CREATE:
-            return Step(SandboxModel(Phase.CREATED, behaviour), Outcome.success(sandbox_id))
-        return Step(None, Outcome.failure(Code.NOT_FOUND))
-    transition = _lookup(sandbox.phase, input)
-    if not isinstance(transition, Transition):
-        return Step(sandbox, Outcome.failure(transition))
-    effect, next_phase = transition.effect, transition.next_phase
-
-    if effect is Effect.REPLY:
-        value: Any = None
+    rule = expect(None if sandbox is None else sandbox.phase, input)
+    if rule.caller is Caller.REFUSED:
+        assert rule.code is not None
+        return Step(sandbox, Outcome.failure(rule.code))
+    if sandbox is None:  # a Create
+        return Step(SandboxModel(Phase.CREATED, behaviour), Outcome.success(sandbox_id))
+    if rule.process is Process.SPAWNED and sandbox.behaviour.start_fails:
+        return Step(sandbox, Outcome.failure(Code.FAILED_PRECONDITION))  # nothing changes
+    grace = timing.stop_timeout if timeout is None else timeout
+    if rule.caller is Caller.PARKED_ON_EXIT:
+        if input is Input.WAIT:
+            sandbox = attrs.evolve(sandbox, waiters=sandbox.waiters | {ticket})
+        else:
+            sandbox = attrs.evolve(sandbox, stoppers=sandbox.stoppers | {ticket})
+    elif rule.caller is Caller.PARKED_ON_REMOVAL:
+        sandbox = attrs.evolve(sandbox, shutdowns=sandbox.shutdowns | {ticket})
+    value: Any = None
+    if rule.caller is Caller.ANSWERED:
         if input is Input.WAIT:
             value = sandbox.exit_status
         elif input is Input.STATUS:
             value = sandbox.status()
-        return Step(attrs.evolve(sandbox, phase=next_phase), Outcome.success(value))
-    if effect is Effect.SPAWN:
-        if sandbox.behaviour.start_fails:  # the effect failed: nothing changes
-            return Step(sandbox, Outcome.failure(Code.FAILED_PRECONDITION))
-        return Step(attrs.evolve(sandbox, phase=next_phase, started=True), Outcome.success(True))
-    if effect is Effect.STOP_UNSTARTED:
-        recorded, woken = _record_exit(sandbox, 0, next_phase)
-        return Step(recorded, Outcome.success(None), woken)
-    if effect is Effect.TERMINATE:
-        parked = attrs.evolve(sandbox, phase=next_phase, stoppers=sandbox.stoppers | {ticket})
-        if timeout == 0:
-            return Step(_signal(parked, _SIGKILL))
-        return Step(attrs.evolve(_signal(parked, _SIGTERM), grace_armed=True))
-    if effect is Effect.JOIN_STOP:
-        parked = attrs.evolve(sandbox, phase=next_phase, stoppers=sandbox.stoppers | {ticket})
-        if timeout is not None and sandbox.phase is Phase.STOPPING:
-            # An earlier kill deadline wins: a zero timeout kills now, another arms a timer.
-            if timeout == 0:
-                parked = _signal(attrs.evolve(parked, grace_armed=False), _SIGKILL)
-            elif not parked.grace_armed:
-                parked = attrs.evolve(_signal(parked, _SIGTERM), grace_armed=True)
-        return Step(parked)
-    if effect is Effect.PARK_WAITER:
-        return Step(attrs.evolve(sandbox, phase=next_phase, waiters=sandbox.waiters | {ticket}))
-    if effect is Effect.KILL_FOR_SHUTDOWN:
-        parked = attrs.evolve(
-            sandbox,
-            phase=next_phase,
-            grace_armed=False,
-            shutdowns=sandbox.shutdowns | {ticket},
-        )
-        return Step(_signal(parked, _SIGKILL))
-    if effect is Effect.JOIN_SHUTDOWN:
-        return Step(
-            attrs.evolve(sandbox, phase=next_phase, shutdowns=sandbox.shutdowns | {ticket})
-        )
-    if effect is Effect.REMOVE_UNSTARTED:
-        recorded, woken = _record_exit(sandbox, 0, Phase.STOPPED)
-        return Step(None, Outcome.success(None), woken + _remove(recorded))
-    if effect is Effect.REMOVE:
-        return Step(None, Outcome.success(None), _remove(sandbox))
-    # KILL, RECORD_EXIT, RECORD_EXIT_AND_REMOVE and IGNORE answer events, never calls.
-    raise AssertionError(f"{effect.name} for the call {input.name}")
+        elif input is Input.START:
+            value = True
+    after, woken = _carry_out(sandbox, rule, None, grace, now, timing)
+    reply = Outcome.success(value) if rule.caller is Caller.ANSWERED else None
+    return Step(after, reply, woken)
 
 
-def event_step(sandbox: SandboxModel, event: Input, status: int | None = None) -> Step:
-    """An event on the sandbox: its process exited with ``status`` (``PROCESS_EXITED``) or
-    the grace period of a Stop ran out (``STOP_GRACE_EXPIRED``)."""
+def event_step(
+    sandbox: SandboxModel,
+    event: Input,
+    status: int | None = None,
+    *,
+    now: float = -math.inf,
+    timing: Timing = _UNTIMED,
+) -> Step:
+    """An event at ``now`` on the sandbox: its process exited with ``status``
+    (``PROCESS_EXITED``) or the grace period of a Stop ran out (``STOP_GRACE_EXPIRED``)."""
     if event is Input.STOP_GRACE_EXPIRED:
-        sandbox = attrs.evolve(sandbox, grace_armed=False)
+        sandbox = _disarmed(sandbox)
     elif event is Input.PROCESS_EXITED:
         if status is None:
             raise ValueError("PROCESS_EXITED needs the exit status")
     else:
         raise ValueError(f"{event.name} is not an event")
-    transition = _lookup(sandbox.phase, event)
-    assert isinstance(transition, Transition), "events are never refused"
-    effect, next_phase = transition.effect, transition.next_phase
-    if effect is Effect.IGNORE:
-        return Step(attrs.evolve(sandbox, phase=next_phase))
-    if effect is Effect.KILL:
-        return Step(_signal(attrs.evolve(sandbox, phase=next_phase), _SIGKILL))
-    assert status is not None
-    if effect is Effect.RECORD_EXIT:
-        recorded, woken = _record_exit(sandbox, status, next_phase)
-        return Step(recorded, None, woken)
-    if effect is Effect.RECORD_EXIT_AND_REMOVE:
-        recorded, woken = _record_exit(sandbox, status, Phase.STOPPED)
-        return Step(None, None, woken + _remove(recorded))
-    raise AssertionError(f"{effect.name} for the event {event.name}")
+    rule = expect(sandbox.phase, event)
+    assert rule.caller is Caller.NOBODY, "events are never refused"
+    after, woken = _carry_out(sandbox, rule, status, None, now, timing)
+    return Step(after, None, woken)
 
 
 def pending_events(sandbox: SandboxModel) -> tuple[tuple[Input, int | None], ...]:
@@ -489,8 +543,9 @@ class ReferenceModel:
     that signalled it returns; grace timers fire only through :meth:`expire_grace`, and a
     process exits on its own only through :meth:`process_exited`.
 
-    A Stop without ``timeout_secs`` is taken to use a grace period > 0 (the Controller's
-    ``stop_timeout``): SIGTERM first.
+    A Stop without ``timeout_secs`` uses ``timing.stop_timeout`` (unknown by default: a
+    grace period > 0, SIGTERM first).  ``timing`` also tells a linearizability check how
+    closely deadlines must be met (:class:`Timing`); the sequential model keeps no time.
 
     ``sigterm_exit_status`` and ``signals_race`` make the default :class:`ProcessBehaviour`;
     ``behaviour_of`` (given a create's arguments) may choose another per sandbox.
@@ -502,16 +557,18 @@ class ReferenceModel:
         sigterm_exit_status: int | None = SIGTERM_STATUS,
         signals_race: bool = False,
         behaviour_of: Callable[[Mapping[str, Any]], ProcessBehaviour] | None = None,
+        timing: Timing = _UNTIMED,
     ) -> None:
         self.default_behaviour = ProcessBehaviour(sigterm_exit_status, signals_race)
         self.behaviour_of = behaviour_of
+        self.timing = timing
         self._sandboxes: dict[str, SandboxModel] = {}
         self._next_ticket = 0
         #: The outcomes of calls that blocked, by ticket, once they returned.
         self.resolved: dict[int, Outcome] = {}
 
     def copy(self) -> ReferenceModel:
-        other = ReferenceModel(behaviour_of=self.behaviour_of)
+        other = ReferenceModel(behaviour_of=self.behaviour_of, timing=self.timing)
         other.default_behaviour = self.default_behaviour
         other._sandboxes = dict(self._sandboxes)
         other._next_ticket = self._next_ticket
@@ -560,6 +617,7 @@ class ReferenceModel:
             args,
             ticket,
             self.behaviour_for(args) if call == "create" else self.default_behaviour,
+            timing=self.timing,
         )
         self._take(sandbox_id, step)
         self._settle(sandbox_id)

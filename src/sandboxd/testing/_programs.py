@@ -233,8 +233,10 @@ class _Run:
         jitter: random.Random | None,
         schedule: Sequence[tuple[int, int, int]] | None = None,
         settle: float = 0.0,
+        patience: float = 0.0,
     ) -> None:
         self.jitter = jitter
+        self.patience = patience
         # With a schedule, call k of it is made once call k - 1 has been made and every task
         # has been blocked for ``settle`` seconds since: its request is out, and handled as
         # far as it goes without the others.
@@ -304,6 +306,8 @@ class _Run:
             if not parked or self.passing:  # a scheduled call is about to go: not stuck
                 await self._changes()
                 continue
+            if self.patience > 0 and await self._answered_within(self.patience):
+                continue  # a timer (a Stop's grace period, say) answered someone
             if self.answered == answered_before:
                 # The last round answered nobody: answers may be on their way.  Back off.
                 now = trio.current_time()
@@ -326,6 +330,14 @@ class _Run:
                 for sandbox_id in parked:
                     nursery.start_soon(self._shutdown, sandbox_id)
 
+    async def _answered_within(self, seconds: float) -> bool:
+        """Whether some call is answered within ``seconds`` (timers may fire meanwhile)."""
+        before = self.answered
+        with trio.move_on_after(seconds):
+            while self.answered == before:
+                await self._changes()
+        return self.answered != before
+
     async def _shutdown(self, sandbox_id: str) -> None:
         await self.recorder.call(self.reaper, "shutdown", sandbox_id, client=REAPER)
 
@@ -344,6 +356,7 @@ async def run_program(
     jitter: random.Random | None = None,
     schedule: Sequence[tuple[int, int, int]] | None = None,
     settle: float = 0.0,
+    patience: float = 0.0,
 ) -> list[Operation]:
     """Run ``program`` and return the recorded history (a list of
     :class:`~sandboxd.testing.Operation`, for :func:`~sandboxd.testing.check_linearizable`).
@@ -358,7 +371,9 @@ async def run_program(
     each answered call's operation.  ``jitter``, if given, makes each client yield to the
     others 0 to :data:`MAX_JITTER` times before each call, as it says: under Hypothesis, which
     makes trio's scheduling deterministic, a ``random.Random`` seeded with a drawn integer
-    varies the interleavings, reproducibly.
+    varies the interleavings, reproducibly.  ``patience``: seconds the reaper lets pass
+    before it shuts down sandboxes with parked calls, so that timers (a Stop's grace
+    period) may answer them first; cheap with an autojump clock.
 
     ``schedule``, if given, replays an interleaving: a list of ``(group, sequence, call
     index)`` keys (as in ``trace``), in the order their calls are to be made.  A call in it
@@ -393,6 +408,7 @@ async def run_program(
         jitter,
         schedule,
         settle,
+        patience,
     )
     try:
         try:

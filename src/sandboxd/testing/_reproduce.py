@@ -60,14 +60,24 @@ def _expected(outcome: Outcome | Blocks) -> str:
     return f"answers {brief_outcome(outcome)}"
 
 
+def _begins(op: Operation) -> tuple[float, int]:
+    """When ``op`` began: its clock time, and where it stands among the recorded calls'
+    beginnings and returns where the clock cannot tell (a virtual clock stands still)."""
+    return op.start_time, op.order[0]
+
+
+def _ends(op: Operation) -> tuple[float, int]:
+    return op.end_time, op.order[1]
+
+
 def _when(op: Operation, other: Operation) -> str:
     """Where ``other`` stood in time when ``op`` answered."""
     answer = brief_outcome(other.outcome)
-    if other.end_time <= op.start_time:
+    if _ends(other) <= _begins(op):
         return f"after {other.call} answered {answer}"
-    if other.start_time >= op.end_time:
+    if _begins(other) >= _ends(op):
         return f"before {other.call} was made"
-    if other.outcome is None or other.end_time > op.end_time:
+    if other.outcome is None or _ends(other) > _ends(op):
         return f"while {other.call} was in progress"
     return f"while {other.call} was in progress (it answered {answer})"
 
@@ -85,15 +95,15 @@ def explain_conflict(
     """
     if not conflict:
         return ""
-    culprit = max(conflict, key=lambda op: (op.start_time, op.end_time))
+    culprit = max(conflict, key=lambda op: (_begins(op), _ends(op)))
     mine = [
         op
-        for op in sorted(history, key=lambda op: (op.start_time, op.end_time))
+        for op in sorted(history, key=lambda op: (_begins(op), _ends(op)))
         if op.sandbox_id == culprit.sandbox_id and op is not culprit
     ]
-    before = [op for op in mine if op.start_time < culprit.start_time]
+    before = [op for op in mine if _begins(op) < _begins(culprit)]
     # The calls it raced, beside those of the conflict: a Stop in progress, say.
-    racing = [op for op in before if op not in conflict and op.end_time > culprit.start_time]
+    racing = [op for op in before if op not in conflict and _ends(op) > _begins(culprit)]
     others = [op for op in conflict if op is not culprit] + racing
     words = f"{culprit.call} answered {brief_outcome(culprit.outcome)}"
     if others:
@@ -105,7 +115,7 @@ def explain_conflict(
     said = _expected(expected)
     if isinstance(expected, Blocks):
         # What would answer it: the calls made while it waited (a Shutdown, say).
-        during = [op for op in mine if culprit.start_time <= op.start_time < culprit.end_time]
+        during = [op for op in mine if _begins(culprit) <= _begins(op) < _ends(culprit)]
         for op in during:
             sequential.apply(op.call, op.sandbox_id, **op.args)
         answer = sequential.resolved.get(expected.ticket)
@@ -254,9 +264,9 @@ def reproducer_script(
 
 def _started(
     observed: Mapping[tuple[int, int, int], Operation], key: tuple[int, int, int]
-) -> float:
+) -> tuple[float, int]:
     op = observed.get(key)
-    return math.inf if op is None else op.start_time
+    return (math.inf, 0) if op is None else _begins(op)
 
 
 def _reaped(
@@ -266,15 +276,15 @@ def _reaped(
 ) -> list[list[str]]:
     """For each group, the ids the reaper shut down while it ran."""
     reaped: list[list[str]] = [[] for _ in program.groups]
-    windows: dict[int, tuple[float, float]] = {}
+    windows: dict[int, tuple[tuple[float, int], tuple[float, int]]] = {}
     for (group, _, _), op in observed.items():
-        start, end = windows.get(group, (op.start_time, op.end_time))
-        windows[group] = (min(start, op.start_time), max(end, op.end_time))
+        start, end = windows.get(group, (_begins(op), _ends(op)))
+        windows[group] = (min(start, _begins(op)), max(end, _ends(op)))
     for op in history:
         if op.client != REAPER:
             continue
         for group, (start, end) in sorted(windows.items()):
-            if start <= op.start_time <= end and op.sandbox_id not in reaped[group]:
+            if start <= _begins(op) <= end and op.sandbox_id not in reaped[group]:
                 reaped[group].append(op.sandbox_id)
                 break
     return reaped

@@ -12,8 +12,14 @@ run in-process (``@given``, seeded with ``seed``, no example database).  Each ex
 its program with :func:`~sandboxd.testing.run_program` -- ``clients`` connections to a daemon,
 or one fresh in-process controller -- and the history goes to
 :func:`~sandboxd.testing.check_linearizable` under the ``sim`` model
-(:func:`~sandboxd.testing.sim_model`).  A history that is not linearizable, a program that
-hangs, or a call that raises something other than a status is a *violation*.
+(:func:`~sandboxd.testing.sim_model`, with deadlines: exact in process, where each example
+runs on an autojump clock, within a tolerance over a socket).  Then the fields of every answer
+go to :func:`~sandboxd.testing.check_fields`, and the lifecycle events published meanwhile --
+the fuzzer subscribes for every program, between two create/delete of a marker sandbox that
+say the subscription is live and every event has arrived -- to
+:func:`~sandboxd.testing.check_events`.  A history that is not linearizable, wrong fields or
+events, a program that hangs, or a call that raises something other than a status is a
+*violation*.
 
 A violation is shrunk in two stages, each given half of ``shrink_limit``.  First Hypothesis
 shrinks the choices that drew the program, re-running every candidate.  Then the program
@@ -53,17 +59,20 @@ from typing import Any, Final, final
 
 import attrs
 import trio
+import trio.testing
 from hypothesis import HealthCheck, Phase, Verbosity, given, settings
 from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 
 from .._errors import RPCError
+from .._models import TOPIC_DELETE, TOPIC_DROPPED, SandboxEvent
 from .._version import __version__
 from ..api import connect
 from . import strategies
 from ._faults import model_for
 from ._linearize import HistoryRecorder, Operation, check_linearizable
-from ._model import ReferenceModel
+from ._model import ReferenceModel, Timing
+from ._observed import check_events, check_fields
 from ._programs import Call, Program, ProgramHung, run_program
 from ._reproduce import explain_conflict, reproducer_script, reproducer_test
 
@@ -84,6 +93,18 @@ Target = str | os.PathLike[str] | Callable[[], AbstractAsyncContextManager[Any]]
 NOT_LINEARIZABLE: Final = "not linearizable"
 HUNG: Final = "hang"
 ERROR: Final = "error"
+WRONG_FIELDS: Final = "wrong fields"
+WRONG_EVENTS: Final = "wrong events"
+
+#: Seconds a Stop's grace period and the like may take to answer a parked call before the
+#: reaper shuts its sandbox down, in process (virtual seconds: the clock jumps).
+_PATIENCE: Final = 1.0
+#: How late a deadline may be met: in process the autojump clock is exact; over a socket
+#: the scheduling of two processes on a busy machine is not.
+IN_PROCESS_TOLERANCE: Final = 1e-6
+SOCKET_TOLERANCE: Final = 1.0
+#: How long to wait for the events of a program to arrive after it.
+_EVENTS_LIMIT: Final = 5.0
 
 
 @final
@@ -92,8 +113,11 @@ class Violation:
     """A program whose run the reference model cannot explain, shrunk.
 
     ``kind`` is ``"not linearizable"`` (``description`` is the checker's, naming the
-    conflicting calls), ``"hang"`` (calls never answered) or ``"error"`` (a call raised
-    something other than a status; ``description`` is the traceback).  ``program`` ran on
+    conflicting calls), ``"wrong fields"`` (an answer's pid, timestamps or labels are not
+    what it said before, or out of order), ``"wrong events"`` (a lifecycle event missing,
+    repeated, out of order or with a wrong exit status), ``"hang"`` (calls never answered)
+    or ``"error"`` (a call raised something other than a status; ``description`` is the
+    traceback).  ``program`` ran on
     ``sandbox_ids`` and recorded ``history``; ``script`` and ``test`` reproduce it as a
     ``sandboxctl`` script and a pytest module.  ``found_after`` counts the programs run
     before the first failure, ``shrunk_from`` the calls of that first failing program.
@@ -260,6 +284,7 @@ class _Session:
         shrink_limit: float,
         progress: Callable[[FuzzProgress], None] | None,
         progress_every: int,
+        virtual_time: bool,
     ) -> None:
         self.target = target
         self.seed = seed
@@ -277,6 +302,7 @@ class _Session:
         self.shrink_limit = shrink_limit
         self.progress = progress
         self.progress_every = progress_every
+        self.virtual_time = virtual_time
         self.started = time.monotonic()
         self.programs = 0
         self.calls = 0
@@ -340,12 +366,18 @@ class _Session:
 
     def run(self, program: Program, jitter: random.Random | None = None) -> Violation | None:
         ids = tuple(f"{self.prefix}{self.next_id + i}" for i in range(program.sandboxes))
-        self.next_id += program.sandboxes
+        marker = f"{self.prefix}{self.next_id + program.sandboxes}"
+        self.next_id += program.sandboxes + 1
         trace: dict[tuple[int, int, int], Operation] = {}
         recorder = HistoryRecorder()
+        events: list[SandboxEvent] = []
         kind = description = None
+        # In process, time is virtual and exact (see _PATIENCE and the model's Timing).
+        clock = trio.testing.MockClock(autojump_threshold=0) if self.virtual_time else None
         try:
-            history = trio.run(self._attempt, program, ids, recorder, trace, jitter)
+            history, complete = trio.run(
+                self._attempt, program, ids, marker, recorder, events, trace, jitter, clock=clock
+            )
         except ProgramHung as hung:
             kind, description, history = HUNG, str(hung), list(hung.history)
         except trio.TooSlowError:
@@ -355,13 +387,7 @@ class _Session:
             kind, history = ERROR, recorder.operations
             description = "a call raised:\n" + "".join(traceback.format_exception(exc))
         else:
-            result = check_linearizable(history, self.model, max_states=self.max_states)
-            if result.inconclusive:
-                self.inconclusive += 1
-            elif not result.ok:
-                kind = NOT_LINEARIZABLE
-                said = explain_conflict(result.conflict, history, self.model)
-                description = f"{said}.\n{result.describe()}"
+            kind, description = self.check(history, events if complete else None)
         if kind is None or description is None:
             return None
         notes = [
@@ -383,23 +409,57 @@ class _Session:
                 socket=self.socket,
                 notes=notes,
                 name=f"test_fuzz_seed_{self.seed}",
-                schedule=sorted(trace, key=lambda key: (trace[key].start_time, key)),
+                schedule=sorted(
+                    trace, key=lambda key: (trace[key].start_time, trace[key].order[0])
+                ),
             ),
             found_after=self.programs,
             shrunk_from=len(self.first.program) if self.first is not None else len(program),
         )
 
+    def check(
+        self, history: Sequence[Operation], events: Sequence[SandboxEvent] | None
+    ) -> tuple[str | None, str | None]:
+        """``(kind, description)`` of what is wrong with a run, or ``(None, None)``.
+        ``events`` is ``None`` when they did not all arrive."""
+        result = check_linearizable(history, self.model, max_states=self.max_states)
+        if result.inconclusive:
+            self.inconclusive += 1
+        elif not result.ok:
+            said = explain_conflict(result.conflict, history, self.model)
+            return NOT_LINEARIZABLE, f"{said}.\n{result.describe()}"
+        problems = check_fields(history)
+        if problems:
+            return WRONG_FIELDS, "\n".join(problems)
+        if events is not None:
+            problems = check_events(history, events, self.model)
+            if problems:
+                return WRONG_EVENTS, "\n".join(problems)
+        return None, None
+
     async def _attempt(
         self,
         program: Program,
         ids: Sequence[str],
+        marker: str,
         recorder: HistoryRecorder,
+        events: list[SandboxEvent],
         trace: dict[tuple[int, int, int], Operation],
         jitter: random.Random | None,
-    ) -> list[Operation]:
-        async with _open(self.target, self.clients) as (targets, reaper):
+    ) -> tuple[list[Operation], bool]:
+        """The program's history, and whether every event it caused arrived in ``events``."""
+        async with (
+            _open(self.target, self.clients) as (targets, reaper),
+            reaper.events() as subscription,
+            trio.open_nursery() as nursery,
+        ):
+            subscribed, arrived = trio.Event(), trio.Event()
+            nursery.start_soon(_collect, subscription, marker, events, subscribed, arrived)
+            # A remote subscription starts once the daemon has read the request: the marker
+            # sandbox's delete, seen, says it has.
+            await _mark(reaper, marker, subscribed)
             with trio.fail_after(self.guard):
-                return await run_program(
+                history = await run_program(
                     program,
                     targets,
                     ids,
@@ -410,7 +470,42 @@ class _Session:
                     cleanup=True,
                     trace=trace,
                     jitter=jitter,
+                    patience=_PATIENCE if self.virtual_time else 0.0,
                 )
+            # The marker's delete is published after every event of the program.
+            await _mark(reaper, marker, arrived)
+            nursery.cancel_scope.cancel()
+        dropped = any(event.topic == TOPIC_DROPPED for event in events)
+        return history, subscribed.is_set() and arrived.is_set() and not dropped
+
+
+async def _mark(target: Any, marker: str, seen: trio.Event) -> None:
+    """Create and shut down the ``marker`` sandbox, and wait (a while) until its delete is
+    ``seen`` on the event stream."""
+    with contextlib.suppress(RPCError), trio.move_on_after(_EVENTS_LIMIT):
+        await target.create(marker)
+        await target.shutdown(marker)
+        await seen.wait()
+
+
+async def _collect(
+    subscription: Any,
+    marker: str,
+    events: list[SandboxEvent],
+    subscribed: trio.Event,
+    arrived: trio.Event,
+) -> None:
+    """Keep the events between the ``marker`` sandbox's first delete (``subscribed``) and
+    its second (``arrived``)."""
+    async for event in subscription:
+        if event.sandbox_id != marker:
+            if subscribed.is_set():
+                events.append(event)
+        elif event.topic == TOPIC_DELETE:
+            if subscribed.is_set():
+                arrived.set()
+                return
+            subscribed.set()
 
 
 @contextlib.contextmanager
@@ -605,6 +700,9 @@ def fuzz(
     sandboxer: str | None = "sim",
     programs: st.SearchStrategy[Program] | None = None,
     model: ReferenceModel | None = None,
+    stop_timeout: float | None = None,
+    tolerance: float | None = None,
+    virtual_time: bool = True,
     progress: Callable[[FuzzProgress], None] | None = None,
     progress_every: int = 50,
     cushion: float | None = None,
@@ -627,11 +725,20 @@ def fuzz(
     ``programs`` draws the programs (default :func:`default_programs` with ``sandboxes``,
     ``clients`` and ``sandboxer``: ``sim``, or ``process`` and ``bwrap`` for real processes);
     ``model`` judges them (default :func:`~sandboxd.testing.sim_model` for ``sim``,
-    :func:`~sandboxd.testing.process_model` for real processes).  ``progress`` is called
-    every ``progress_every`` programs, and as shrinking finds smaller failures.
-    ``cushion``, ``hang_after``: see :func:`~sandboxd.testing.run_program` (``cushion``
-    defaults to 0.02 s for a socket, 0.001 s in process); ``guard`` bounds one example.
-    Sandbox ids start with ``prefix`` (default ``fuzz-<seed>-``).
+    :func:`~sandboxd.testing.process_model` for real processes, keeping time: a Stop
+    without a timeout waits ``stop_timeout``, the target's grace period, if given; deadlines
+    are met within ``tolerance`` seconds, default exact in process and 1 s over a socket).
+    Besides the outcomes, every answer's fields and the events published are checked (see
+    :func:`~sandboxd.testing.check_fields` and :func:`~sandboxd.testing.check_events`).
+    In process each example runs on an autojump clock (unless ``virtual_time`` is false, as
+    it is for sandboxers whose processes are real, which take real time to die): time is
+    virtual, and timers fire as soon as everything waits on them.
+
+    ``progress`` is called every ``progress_every`` programs, and as shrinking finds smaller
+    failures.  ``cushion``, ``hang_after``: see :func:`~sandboxd.testing.run_program`
+    (``cushion`` defaults to 0.02 s for a socket, 0.001 s in process); ``guard`` bounds one
+    example (in virtual seconds, in process).  Sandbox ids start with ``prefix``
+    (default ``fuzz-<seed>-``).
 
     Runs trio itself, example by example: call it from synchronous code (from trio code, in
     a worker thread).  Raises :class:`~sandboxd.Unavailable` when no daemon answers at the
@@ -647,12 +754,16 @@ def fuzz(
     prefix = f"fuzz-{seed}-" if prefix is None else prefix
     if cushion is None:
         cushion = 0.001 if socket is None else 0.02
+    # Real processes take real time to die: only sim sandboxes run on a virtual clock.
+    virtual_time = socket is None and virtual_time and sandboxer in (None, "sim")
+    if tolerance is None:
+        tolerance = IN_PROCESS_TOLERANCE if virtual_time else SOCKET_TOLERANCE
     strategy = default_programs(sandboxes, clients, sandboxer) if programs is None else programs
     session = _Session(
         target,
         seed=seed,
         clients=clients,
-        model=model_for(sandboxer) if model is None else model,
+        model=model_for(sandboxer, Timing(stop_timeout, tolerance)) if model is None else model,
         prefix=prefix,
         socket=socket,
         cushion=cushion,
@@ -665,6 +776,7 @@ def fuzz(
         shrink_limit=shrink_limit,
         progress=progress,
         progress_every=max(1, progress_every),
+        virtual_time=virtual_time,
     )
 
     @settings(
