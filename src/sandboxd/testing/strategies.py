@@ -436,7 +436,8 @@ def programs(
             drawn = draw(steps)
         finally:
             current.pop()
-        return build([pair for step in drawn for pair in step])
+        # A step may bring a partner or an id reuse: the bound is on calls, not steps.
+        return build([pair for step in drawn for pair in step][:max_calls])
 
     return draw_program()
 
