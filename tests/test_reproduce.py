@@ -1,16 +1,22 @@
 """Reproducers replay what the fuzzer found: the Python test of a concurrent bug fails at
-least 9 times in 10 against the buggy daemon and never against a correct one."""
+least 9 times in 10 against the buggy daemon and never against a correct one, and checks
+what the fuzzer checks (fields and events as well as outcomes)."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
+import attrs
 import pytest
 
+from sandboxd import SandboxStatus
 from sandboxd.testing import serve_in_thread
 from sandboxd.testing.fuzz import Violation
 from test_fuzz import RACE, WaitsBeforeTheStopEnds, fuzz_one
 from test_fuzz import quiet_runtime as quiet_runtime  # an autouse fixture
+from test_fuzz_model import REUSE, ExitsBeforeItWasCreated
+from test_fuzz_model import run as run_model_fuzz
 
 #: Each daemon's stop_timeout: the grace period of a Stop without a timeout.
 GRACE = 0.005
@@ -75,3 +81,27 @@ def test_the_script_of_a_race_starts_its_clients_in_the_recorded_order(race: Vio
     assert stop.startswith("sandboxctl stop ") and stop.endswith(" &")
     assert pause == "sleep 0.1"
     assert wait.startswith("sandboxctl wait ") and wait.endswith(" &")
+
+
+class ServesExitsBeforeCreation(ExitsBeforeItWasCreated):
+    """The same bug where the server asks for a status: its non-blocking query."""
+
+    def status_nowait(self, sandbox_id: str, *, verbose: bool = False) -> SandboxStatus:
+        status: SandboxStatus = self._controller.status_nowait(sandbox_id, verbose=verbose)
+        if status.exited_at is None:
+            return status
+        return attrs.evolve(status, exited_at=status.created_at - timedelta(milliseconds=1))
+
+
+def test_the_reproducer_of_a_fields_bug_fails_against_the_buggy_daemon_only() -> None:
+    # A violation the linearizability check cannot see: the reproducer checks fields too.
+    report = run_model_fuzz(ExitsBeforeItWasCreated, seed=1, programs=REUSE)
+    violation = report.violation
+    assert violation is not None and violation.kind == "wrong fields", report.summary()
+    assert "check_fields(history)" in violation.test
+    with serve_in_thread(
+        default_sandboxer="sim", stop_timeout=GRACE, wrap=ServesExitsBeforeCreation
+    ) as broken:
+        assert outcomes(violation.test, broken, 3) == [False] * 3
+    with serve_in_thread(default_sandboxer="sim", stop_timeout=GRACE) as correct:
+        assert outcomes(violation.test, correct, 3) == [True] * 3

@@ -64,7 +64,15 @@ from ._model import (
     perform,
 )
 from ._observed import check_events, check_fields
-from ._programs import Call, Group, Program, ProgramHung, run_program
+from ._programs import (
+    Call,
+    EventLog,
+    Group,
+    Program,
+    ProgramHung,
+    recording_events,
+    run_program,
+)
 from ._reproduce import explain_conflict, reproducer_script, reproducer_test
 from ._server import fixture_backends, serve_in_thread, shutdown_all
 from ._spec import SPEC, Caller, Expect, Process, Record, expect
@@ -78,6 +86,7 @@ __all__ = [
     "Blocks",
     "Call",
     "Caller",
+    "EventLog",
     "Expect",
     "Group",
     "HistoryRecorder",
@@ -108,6 +117,7 @@ __all__ = [
     "process_behaviour",
     "process_faults",
     "process_model",
+    "recording_events",
     "reproducer_script",
     "reproducer_test",
     "run_program",

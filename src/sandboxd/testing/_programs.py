@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import random
-from collections.abc import Iterable, Iterator, Mapping, MutableMapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, MutableMapping, Sequence
 from typing import Any, Final, final
 
 import attrs
@@ -34,16 +34,18 @@ import trio
 import trio.testing
 
 from .._errors import RPCError
-from .._models import SandboxOptions
+from .._models import TOPIC_DELETE, TOPIC_DROPPED, SandboxEvent, SandboxOptions
 from ._faults import process_faults_of
 from ._linearize import HistoryRecorder, Operation
 from ._model import CALL_INPUTS
 
 __all__ = [
     "Call",
+    "EventLog",
     "Group",
     "Program",
     "ProgramHung",
+    "recording_events",
     "render_call",
     "render_program",
     "run_program",
@@ -440,3 +442,71 @@ async def _clean_up(target: Any, sandbox_ids: Sequence[str], limit: float = 10.0
 async def _shutdown_quietly(target: Any, sandbox_id: str) -> None:
     with contextlib.suppress(RPCError):
         await target.shutdown(sandbox_id)
+
+
+# -- the events a program causes ---------------------------------------------------------------
+
+
+@final
+class EventLog:
+    """The lifecycle events published while a block of :func:`recording_events` ran.
+
+    ``events`` holds them in the order they arrived, those of the marker sandbox left out;
+    ``complete`` is true when every one of them is there: the subscription had begun before
+    the block (the marker's first delete was seen), the block's last event had arrived after
+    it (the marker's second delete was seen), and none was dropped for a slow subscriber.
+    """
+
+    def __init__(self) -> None:
+        self.events: list[SandboxEvent] = []
+        self._subscribed = trio.Event()
+        self._arrived = trio.Event()
+
+    @property
+    def complete(self) -> bool:
+        dropped = any(event.topic == TOPIC_DROPPED for event in self.events)
+        return self._subscribed.is_set() and self._arrived.is_set() and not dropped
+
+    async def _collect(self, subscription: AsyncIterator[SandboxEvent], marker: str) -> None:
+        async for event in subscription:
+            if event.sandbox_id != marker:
+                if self._subscribed.is_set():
+                    self.events.append(event)
+            elif event.topic == TOPIC_DELETE:
+                if self._subscribed.is_set():
+                    self._arrived.set()
+                    return
+                self._subscribed.set()
+
+
+async def _mark(target: Any, marker: str, seen: trio.Event, limit: float) -> None:
+    """Create and shut down the ``marker`` sandbox, and wait (``limit`` seconds at most)
+    until its delete is ``seen`` on the event stream."""
+    with contextlib.suppress(RPCError), trio.move_on_after(limit):
+        await target.create(marker)
+        await target.shutdown(marker)
+        await seen.wait()
+
+
+@contextlib.asynccontextmanager
+async def recording_events(
+    target: Any, marker: str, *, limit: float = 5.0
+) -> AsyncIterator[EventLog]:
+    """Subscribe to ``target``'s Events (a Controller, or a remote one) and yield an
+    :class:`EventLog` of what is published during the block, for
+    :func:`~sandboxd.testing.check_events`.
+
+    A remote subscription begins only once the daemon has read it, and events keep arriving
+    after the calls that caused them returned: the block is bracketed by a Create and a
+    Shutdown of the sandbox ``marker`` (an id nothing else uses), whose deletes, seen on the
+    stream, say where the block's events begin and end.  Each bracket waits ``limit``
+    seconds at most; if one is not seen, the log is not ``complete``.  Leaving the block by
+    an exception skips the closing bracket and ends the subscription.
+    """
+    async with target.events() as subscription, trio.open_nursery() as nursery:
+        log = EventLog()
+        nursery.start_soon(log._collect, subscription, marker)
+        await _mark(target, marker, log._subscribed, limit)
+        yield log
+        await _mark(target, marker, log._arrived, limit)
+        nursery.cancel_scope.cancel()

@@ -332,8 +332,10 @@ def reproducer_test(
     replays: int = 5,
 ) -> str:
     """``program`` as a pytest module: one test that replays it against the daemon at
-    ``$SANDBOXD_SOCKET`` (default ``socket``, else the daemon's default) and checks the
-    history with the checker.  It passes on a correct daemon.
+    ``$SANDBOXD_SOCKET`` (default ``socket``, else the daemon's default) and checks what the
+    fuzzer checks: the history with the linearizability checker, every answer's fields
+    (:func:`~sandboxd.testing.check_fields`) and the events published meanwhile
+    (:func:`~sandboxd.testing.check_events`).  It passes on a correct daemon.
 
     A concurrent program is replayed on one connection, its calls made in the order of
     ``schedule`` (see :func:`~sandboxd.testing.run_program`; the order in which the failing
@@ -344,7 +346,16 @@ def reproducer_test(
     text = render_program(program)
     used = sandbox_ids[: program.sandboxes]
     model = _model_name(program)
-    imports = ["Call", "Program", "check_linearizable", "run_program", model]
+    imports = [
+        "Call",
+        "Program",
+        "check_events",
+        "check_fields",
+        "check_linearizable",
+        "recording_events",
+        "run_program",
+        model,
+    ]
     imports += [name for name in ("sim_faults", "process_faults") if f"{name}(" in text]
     if socket is not None:
         where = f'os.environ.get("SANDBOXD_SOCKET", {json.dumps(socket)})'
@@ -358,11 +369,15 @@ def reproducer_test(
         "import trio",
         "",
         "import sandboxd",
-        f"from sandboxd.testing import {', '.join(sorted(imports, key=_import_order))}",
+        "from sandboxd.testing import (",
+        *(f"    {name}," for name in sorted(imports, key=_import_order)),
+        ")",
         "",
         f"SOCKET = {where}",
         f"SANDBOX_IDS = ({', '.join(map(json.dumps, used))}{',' if len(used) == 1 else ''})",
         f"PROGRAM = {text}",
+        "# Created and shut down around each replay, to bracket its events.",
+        f"MARKER = {json.dumps(used[0] + '-events')}",
     ]
     replay = ["PROGRAM", "[ctl]", "SANDBOX_IDS", f"cushion={cushion!r}", "cleanup=True"]
     if schedule is not None and not program.sequential:
@@ -382,11 +397,16 @@ def reproducer_test(
         "    async def main() -> None:",
         "        async with sandboxd.connect(SOCKET) as ctl:",
         *loop,
-        f"{indent}            history = await run_program(",
-        f"{indent}                {', '.join(replay)}",
-        f"{indent}            )",
+        f"{indent}            async with recording_events(ctl, MARKER) as log:",
+        f"{indent}                history = await run_program(",
+        f"{indent}                    {', '.join(replay)}",
+        f"{indent}                )",
         f"{indent}            result = check_linearizable(history, {model}())",
         f"{indent}            assert result.ok, result.describe()",
+        f"{indent}            problems = check_fields(history)",
+        f"{indent}            if log.complete:",
+        f"{indent}                problems += check_events(history, log.events, {model}())",
+        f'{indent}            assert not problems, "\\n".join(problems)',
         "",
         "    trio.run(main)",
     ]

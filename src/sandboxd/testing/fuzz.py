@@ -65,7 +65,7 @@ from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 
 from .._errors import RPCError
-from .._models import TOPIC_DELETE, TOPIC_DROPPED, SandboxEvent
+from .._models import SandboxEvent
 from .._version import __version__
 from ..api import connect
 from . import strategies
@@ -73,7 +73,7 @@ from ._faults import model_for
 from ._linearize import HistoryRecorder, Operation, check_linearizable
 from ._model import ReferenceModel, Timing
 from ._observed import check_events, check_fields
-from ._programs import Call, Program, ProgramHung, run_program
+from ._programs import Call, EventLog, Program, ProgramHung, recording_events, run_program
 from ._reproduce import explain_conflict, reproducer_script, reproducer_test
 
 __all__ = [
@@ -370,13 +370,12 @@ class _Session:
         self.next_id += program.sandboxes + 1
         trace: dict[tuple[int, int, int], Operation] = {}
         recorder = HistoryRecorder()
-        events: list[SandboxEvent] = []
         kind = description = None
         # In process, time is virtual and exact (see _PATIENCE and the model's Timing).
         clock = trio.testing.MockClock(autojump_threshold=0) if self.virtual_time else None
         try:
-            history, complete = trio.run(
-                self._attempt, program, ids, marker, recorder, events, trace, jitter, clock=clock
+            history, log = trio.run(
+                self._attempt, program, ids, marker, recorder, trace, jitter, clock=clock
             )
         except ProgramHung as hung:
             kind, description, history = HUNG, str(hung), list(hung.history)
@@ -387,7 +386,7 @@ class _Session:
             kind, history = ERROR, recorder.operations
             description = "a call raised:\n" + "".join(traceback.format_exception(exc))
         else:
-            kind, description = self.check(history, events if complete else None)
+            kind, description = self.check(history, log.events if log.complete else None)
         if kind is None or description is None:
             return None
         notes = [
@@ -443,21 +442,14 @@ class _Session:
         ids: Sequence[str],
         marker: str,
         recorder: HistoryRecorder,
-        events: list[SandboxEvent],
         trace: dict[tuple[int, int, int], Operation],
         jitter: random.Random | None,
-    ) -> tuple[list[Operation], bool]:
-        """The program's history, and whether every event it caused arrived in ``events``."""
+    ) -> tuple[list[Operation], EventLog]:
+        """The program's history, and the events it caused."""
         async with (
             _open(self.target, self.clients) as (targets, reaper),
-            reaper.events() as subscription,
-            trio.open_nursery() as nursery,
+            recording_events(reaper, marker, limit=_EVENTS_LIMIT) as log,
         ):
-            subscribed, arrived = trio.Event(), trio.Event()
-            nursery.start_soon(_collect, subscription, marker, events, subscribed, arrived)
-            # A remote subscription starts once the daemon has read the request: the marker
-            # sandbox's delete, seen, says it has.
-            await _mark(reaper, marker, subscribed)
             with trio.fail_after(self.guard):
                 history = await run_program(
                     program,
@@ -472,40 +464,7 @@ class _Session:
                     jitter=jitter,
                     patience=_PATIENCE if self.virtual_time else 0.0,
                 )
-            # The marker's delete is published after every event of the program.
-            await _mark(reaper, marker, arrived)
-            nursery.cancel_scope.cancel()
-        dropped = any(event.topic == TOPIC_DROPPED for event in events)
-        return history, subscribed.is_set() and arrived.is_set() and not dropped
-
-
-async def _mark(target: Any, marker: str, seen: trio.Event) -> None:
-    """Create and shut down the ``marker`` sandbox, and wait (a while) until its delete is
-    ``seen`` on the event stream."""
-    with contextlib.suppress(RPCError), trio.move_on_after(_EVENTS_LIMIT):
-        await target.create(marker)
-        await target.shutdown(marker)
-        await seen.wait()
-
-
-async def _collect(
-    subscription: Any,
-    marker: str,
-    events: list[SandboxEvent],
-    subscribed: trio.Event,
-    arrived: trio.Event,
-) -> None:
-    """Keep the events between the ``marker`` sandbox's first delete (``subscribed``) and
-    its second (``arrived``)."""
-    async for event in subscription:
-        if event.sandbox_id != marker:
-            if subscribed.is_set():
-                events.append(event)
-        elif event.topic == TOPIC_DELETE:
-            if subscribed.is_set():
-                arrived.set()
-                return
-            subscribed.set()
+        return history, log
 
 
 @contextlib.contextmanager
