@@ -16,6 +16,12 @@ every process in it.  Any other signal goes to every process of the namespace bu
 (which, as a namespace's init, would ignore it): so SIGTERM reaches every process inside, as
 Stop promises.  Membership is read from /proc/<pid>/ns/pid.
 
+Start is two-phase as for the ``process`` backend: bwrap runs behind the same gate, which
+holds it before it makes any namespace, until its pid is recorded (bwrap's own
+``--block-fd`` would not do: it goes on when the pipe is closed, so a daemon that died would
+let the command run).  A record that only names the held bwrap is enough to find the sandbox
+after a crash: the namespace's init is that bwrap's child.
+
 The filesystem is, without ``rootfs``, a read-only view of the host with its own /proc, a
 minimal /dev and a private /tmp; with ``rootfs``, exactly the mounts given, in order.
 """
@@ -37,18 +43,21 @@ import trio
 
 from .._errors import FailedPrecondition, InvalidArgument
 from .._models import Mount, Platform, SandboxSpec, check_sandbox_id
-from ._base import ExitCallback
+from ._base import ExitCallback, SpawnCallback
 from ._platform import host_platform
 from ._process import (
     DEFAULT_PATH,
     PAUSE_INTERPRETER,
     PAUSE_PREFIX,
+    Gate,
     ReadyPipe,
     check_command,
     check_env,
+    kill_group,
     launch,
     proc_usage,
     start_time,
+    still_spawned,
     watch_pid,
 )
 
@@ -185,11 +194,17 @@ class BwrapBackend:
         return line
 
     async def start(
-        self, spec: SandboxSpec, nursery: trio.Nursery, on_exit: ExitCallback
+        self,
+        spec: SandboxSpec,
+        nursery: trio.Nursery,
+        on_exit: ExitCallback,
+        on_spawned: SpawnCallback | None = None,
     ) -> BwrapSandbox:
-        """Start bwrap and return once the namespace's init is known (and, for a pause
-        sandbox, ready for its stop signals).  FailedPrecondition says why when bubblewrap
-        is unavailable or the sandbox cannot be set up; then nothing is left running."""
+        """Start bwrap held at its gate, await ``on_spawned(bwrap's pid, {"start_time":
+        ...})``, release it, and return once the namespace's init is known (and, for a
+        pause sandbox, ready for its stop signals).  FailedPrecondition says why when
+        bubblewrap is unavailable or the sandbox cannot be set up; then (and when
+        ``on_spawned`` raises) nothing is left running."""
         reason = self.unavailable_reason()
         if reason is not None:
             raise FailedPrecondition(f"cannot start sandbox {spec.sandbox_id}: {reason}")
@@ -203,14 +218,16 @@ class BwrapBackend:
         line = self.command_line(spec, argv, info_w)
         fds = (info_w, *(ready.pass_fds if ready is not None else ()))
         try:
-            with ready or contextlib.nullcontext():
+            with Gate() as gate, ready or contextlib.nullcontext():
                 try:
                     process, log_path = await launch(
-                        spec.sandbox_id, line, env=env, cwd="/", log_dir=self._log_dir,
-                        pass_fds=fds,
+                        spec.sandbox_id, gate.argv(line), env=env, cwd="/",
+                        log_dir=self._log_dir, pass_fds=gate.pass_fds + fds, stdin=gate.stdin,
                     )  # fmt: skip
                 finally:
                     os.close(info_w)
+                identity = {"start_time": start_time(process.pid)}
+                await gate.open(process, spec.sandbox_id, line[0], identity, on_spawned)
                 init_pid = await _read_init_pid(info_r, process, spec.sandbox_id)
                 try:
                     if ready is not None:
@@ -238,6 +255,20 @@ class BwrapBackend:
             await _kill_outer(process)
             raise
         return BwrapSandbox(process.pid, init_pid, spec, line, log_path or os.devnull)
+
+    def discard(self, pid: int, identity: Mapping[str, Any]) -> None:
+        """Kill a held (or just released) bwrap ``pid`` and the namespace it made, if it is
+        still the process spawned (see :meth:`Backend.discard`).  The namespace's init runs
+        in a session of its own, so it is found as bwrap's child: bwrap is stopped first, so
+        that it makes no new one meanwhile."""
+        if not still_spawned(pid, identity):
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, _signal.SIGSTOP)
+        for child in _children(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, _signal.SIGKILL)  # a namespace's init: everything inside dies
+        kill_group(pid, _signal.SIGKILL)
 
     def adopt(
         self,

@@ -5,6 +5,15 @@ so it leads a new session and a new process group whose id is its pid; everythin
 stays in that group unless it calls setsid/setpgid itself.  Signals go to the whole group
 (``killpg``), cleanup SIGKILLs the group, and usage sums the group's members found in /proc.
 
+Start is two-phase, as runc's exec fifo makes it: the process spawned is first a small gate
+(the daemon's Python interpreter), which waits for one byte on its stdin before it execs the
+sandbox's command.  The daemon records the gate's pid and start time (exec keeps both), and
+only then writes the byte.  If the daemon dies first, the gate reads end of file and exits
+without running the command: no crash can leave a running sandbox the daemon has no record
+of.  The gate execs with exactly the environment it was given (read back from
+/proc/self/environ: the interpreter adds to its own) and reports a failed exec on a pipe
+that a successful one closes, so Start still fails with the exec's own error.
+
 One watcher task per sandbox, in the nursery given to :meth:`ProcessBackend.start`, awaits the
 init process's exit and reports it.  The daemon does not own the sandboxes' lives: cancelling
 the watcher (the daemon shutting down) leaves the process running.
@@ -28,7 +37,7 @@ import trio
 
 from .._errors import FailedPrecondition, InvalidArgument
 from .._models import Platform, SandboxSpec, check_sandbox_id
-from ._base import EXIT_UNKNOWN, ExitCallback
+from ._base import EXIT_UNKNOWN, ExitCallback, SpawnCallback
 from ._platform import host_platform
 
 #: The PATH a sandbox gets when its env has none, as OCI runtimes set it.
@@ -54,13 +63,35 @@ os.close(fd)
 signal.sigwait(stop)
 os._exit(0)
 """
+# The gate in front of every sandbox's command (see the module's docstring).  argv[1] is the
+# pipe a failed exec reports its errno on; a successful exec closes it.
+_GATE_SOURCE: Final = """\
+import os, sys
+if os.read(0, 1) != b"G":
+    os._exit(125)
+null = os.open("/dev/null", os.O_RDONLY)
+os.dup2(null, 0)
+os.close(null)
+report = int(sys.argv[1])
+os.set_inheritable(report, False)
+with open("/proc/self/environ", "rb") as f:
+    env = dict(e.split(b"=", 1) for e in f.read().split(b"\\0") if b"=" in e)
+try:
+    os.execvpe(sys.argv[2], sys.argv[2:], env)
+except OSError as exc:
+    os.write(report, b"%d" % exc.errno)
+os._exit(127)
+"""
+#: The exit status of a gate whose daemon went away before releasing it.
+GATE_CLOSED_STATUS: Final = 125
+
 #: The interpreter that runs the pause process: the real one behind a virtual environment
 #: (``-I -S`` needs nothing of the environment), which sandboxes can see more often than a
 #: venv that may live under a directory they do not mount, such as /tmp.
 PAUSE_INTERPRETER: Final = os.path.realpath(sys.executable)
 #: The directory holding everything the pause interpreter needs (its standard library).
 PAUSE_PREFIX: Final = os.path.realpath(sys.base_prefix)
-#: How long Start waits for the pause process to say it is ready.
+#: How long Start waits for the pause process to say it is ready (and for the gate to exec).
 PAUSE_READY_TIMEOUT: Final = 30.0
 
 _CLOCK_TICKS: Final = os.sysconf("SC_CLK_TCK")
@@ -128,9 +159,14 @@ class ProcessBackend:
             check_command(options.command, options.env.get("PATH", DEFAULT_PATH), cwd)
 
     async def start(
-        self, spec: SandboxSpec, nursery: trio.Nursery, on_exit: ExitCallback
+        self,
+        spec: SandboxSpec,
+        nursery: trio.Nursery,
+        on_exit: ExitCallback,
+        on_spawned: SpawnCallback | None = None,
     ) -> ProcessSandbox:
-        """Spawn the sandbox's init process and watch it in ``nursery``.
+        """Spawn the sandbox's init process held at its gate, await ``on_spawned(pid,
+        {"start_time": ...})``, release it, and watch it in ``nursery``.
 
         ``on_exit(status)`` is called exactly once, from the watcher task, when the init
         process has ended: its exit code, or 128+N after death by signal N.  If ``nursery``
@@ -138,10 +174,11 @@ class ProcessBackend:
         process, which keeps running.
 
         Raises FailedPrecondition (``cannot start sandbox <id>: <reason>: <path>``) when the
-        process cannot be spawned; nothing is left running then.  Cancellation: if this
-        raises Cancelled, nothing was started.  The spawn itself cannot be interrupted: once
-        it has begun, it is completed and the sandbox returned, and the cancellation is
-        delivered at the caller's next checkpoint.
+        process cannot be spawned or its command cannot be exec'ed, and whatever
+        ``on_spawned`` raises; nothing is left running then.  Cancellation: if this raises
+        Cancelled, nothing was started (a held process is killed).  Once the process is
+        released, Start completes and the cancellation is delivered at the caller's next
+        checkpoint.
         """
         options = spec.options
         cwd = options.cwd or "/"
@@ -149,19 +186,27 @@ class ProcessBackend:
         env.setdefault("PATH", DEFAULT_PATH)
         ready = ReadyPipe() if options.command is None else None
         argv = ready.pause_argv() if ready is not None else list(options.command or ())
-        with ready or contextlib.nullcontext():
+        with Gate() as gate, ready or contextlib.nullcontext():
             process, log_path = await launch(
                 spec.sandbox_id,
-                argv,
+                gate.argv(argv),
                 env=env,
                 cwd=cwd,
                 log_dir=self._log_dir,
-                pass_fds=ready.pass_fds if ready is not None else (),
+                pass_fds=gate.pass_fds + (ready.pass_fds if ready is not None else ()),
+                stdin=gate.stdin,
             )
+            identity = {"start_time": start_time(process.pid)}
+            await gate.open(process, spec.sandbox_id, argv[0], identity, on_spawned)
             if ready is not None:
                 await ready.wait(process, spec.sandbox_id)
         watch(nursery, process, on_exit, spec.sandbox_id)
         return ProcessSandbox(process.pid, shlex.join(argv), cwd, log_path or os.devnull, process)
+
+    def discard(self, pid: int, identity: Mapping[str, Any]) -> None:
+        """SIGKILL the process group of a held (or just released) ``pid``, if it is still
+        the process spawned (see :meth:`Backend.discard`)."""
+        discard_group(pid, identity)
 
     def adopt(
         self,
@@ -180,6 +225,109 @@ class ProcessBackend:
         log = os.path.join(self._log_dir, f"{spec.sandbox_id}.log") if self._log_dir else None
         command = shlex.join(spec.options.command or ("<pause>",))
         return ProcessSandbox(pid, command, spec.options.cwd or "/", log or os.devnull)
+
+
+class Gate:
+    """Where a spawned process waits until the daemon lets it run (see the module's
+    docstring).  A context manager: every end is closed on exit.
+
+    Spawn :meth:`argv` with :attr:`stdin` and :attr:`pass_fds`, then :meth:`open` it.
+    """
+
+    def __init__(self) -> None:
+        # The process's stdin: it waits for one byte there.
+        self._hold_r, self._hold_w = os.pipe2(os.O_CLOEXEC)
+        # A failed exec's errno comes back here; a successful exec closes it.
+        self._report_r, self._report_w = os.pipe2(os.O_CLOEXEC)
+        os.set_blocking(self._report_r, False)
+
+    @property
+    def stdin(self) -> int:
+        return self._hold_r
+
+    @property
+    def pass_fds(self) -> tuple[int, ...]:
+        return (self._report_w,)
+
+    def argv(self, argv: list[str]) -> list[str]:
+        """The command that runs ``argv`` once released."""
+        return [PAUSE_INTERPRETER, "-I", "-S", "-c", _GATE_SOURCE, str(self._report_w), *argv]
+
+    async def open(
+        self,
+        process: trio.Process,
+        sandbox_id: str,
+        argv0: str,
+        identity: Mapping[str, Any],
+        on_spawned: SpawnCallback | None,
+    ) -> None:
+        """Await ``on_spawned(process.pid, identity)``, release the process, and return
+        once it has exec'ed ``argv0``.  Whenever this raises (a failed exec is
+        FailedPrecondition naming ``argv0``), the process was killed and reaped."""
+        _close(self, "_hold_r", "_report_w")
+        try:
+            if on_spawned is not None:
+                await on_spawned(process.pid, identity)
+            with contextlib.suppress(BrokenPipeError):  # it died: its exit is reported
+                os.write(self._hold_w, b"G")
+            _close(self, "_hold_w")
+            report = await _read_until_eof(self._report_r, PAUSE_READY_TIMEOUT)
+        except BaseException:
+            await _kill_and_reap(process)
+            raise
+        if report is None:
+            await _kill_and_reap(process)
+            raise FailedPrecondition(
+                f"cannot start sandbox {sandbox_id}: the process did not exec its command "
+                f"within {PAUSE_READY_TIMEOUT:g} s"
+            )
+        if report:
+            await _kill_and_reap(process)
+            raise FailedPrecondition(
+                f"cannot start sandbox {sandbox_id}: {os.strerror(int(report))}: {argv0}"
+            )
+
+    def __enter__(self) -> Gate:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _close(self, "_hold_r", "_hold_w", "_report_r", "_report_w")
+
+
+def _close(owner: Gate, *names: str) -> None:
+    for name in names:
+        fd = getattr(owner, name)
+        if fd >= 0:
+            os.close(fd)
+            setattr(owner, name, -1)
+
+
+async def _read_until_eof(fd: int, timeout: float) -> bytes | None:
+    """Everything read from ``fd`` until end of file; None after ``timeout`` seconds."""
+    data = b""
+    with trio.move_on_after(timeout):
+        while True:
+            try:
+                chunk = os.read(fd, 64)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(fd)
+                continue
+            if not chunk:
+                return data
+            data += chunk
+    return None
+
+
+def still_spawned(pid: int, identity: Mapping[str, Any]) -> bool:
+    """Whether ``pid`` is still the process a start reported as ``(pid, identity)``."""
+    recorded = identity.get("start_time")
+    return pid > 0 and isinstance(recorded, int) and start_time(pid) == recorded
+
+
+def discard_group(pid: int, identity: Mapping[str, Any]) -> None:
+    """SIGKILL the process group led by ``pid`` if :func:`still_spawned`."""
+    if still_spawned(pid, identity):
+        kill_group(pid, _signal.SIGKILL)
 
 
 class ReadyPipe:
@@ -225,9 +373,11 @@ async def launch(
     cwd: str,
     log_dir: str | None,
     pass_fds: tuple[int, ...] = (),
+    stdin: int = subprocess.DEVNULL,
 ) -> tuple[trio.Process, str | None]:
-    """Spawn ``argv`` as the leader of a new session and process group, stdin on /dev/null
-    and stdout/stderr appended to ``<log_dir>/<sandbox_id>.log`` (or /dev/null).
+    """Spawn ``argv`` as the leader of a new session and process group, stdin on ``stdin``
+    (/dev/null by default) and stdout/stderr appended to ``<log_dir>/<sandbox_id>.log`` (or
+    /dev/null).
 
     Returns the process and the log's path.  A failure to spawn is FailedPrecondition naming
     what was missing; nothing runs then.
@@ -243,7 +393,7 @@ async def launch(
         try:
             process = await trio.lowlevel.open_process(
                 argv,
-                stdin=subprocess.DEVNULL,
+                stdin=stdin,
                 stdout=output,
                 stderr=output,
                 env=dict(env),
