@@ -49,17 +49,16 @@ from ._process import (
     DEFAULT_PATH,
     PAUSE_INTERPRETER,
     PAUSE_PREFIX,
-    Gate,
     ReadyPipe,
     check_command,
     check_env,
-    kill_group,
     launch,
     proc_usage,
     start_time,
     still_spawned,
     watch_pid,
 )
+from ._spawn import Child, Gate, kill_group
 
 #: Mount types a rootfs may hold, and the bwrap option each becomes.
 MOUNT_TYPES: Final = ("bind", "tmpfs", "proc", "dev")
@@ -220,14 +219,14 @@ class BwrapBackend:
         try:
             with Gate() as gate, ready or contextlib.nullcontext():
                 try:
-                    process, log_path = await launch(
-                        spec.sandbox_id, gate.argv(line), env=env, cwd="/",
-                        log_dir=self._log_dir, pass_fds=gate.pass_fds + fds, stdin=gate.stdin,
+                    process, log_path = launch(
+                        spec.sandbox_id, gate, line, env=env, cwd="/", log_dir=self._log_dir,
+                        pass_fds=fds,
                     )  # fmt: skip
                 finally:
                     os.close(info_w)
                 identity = {"start_time": start_time(process.pid)}
-                await gate.open(process, spec.sandbox_id, line[0], identity, on_spawned)
+                await gate.open(process, spec.sandbox_id, line[0], "/", identity, on_spawned)
                 init_pid = await _read_init_pid(info_r, process, spec.sandbox_id)
                 try:
                     if ready is not None:
@@ -295,7 +294,7 @@ class BwrapBackend:
         return BwrapSandbox(outer_pid, pid, spec, [str(a) for a in line], log or os.devnull)
 
 
-async def _watch_namespace(process: trio.Process, init_fd: int, on_exit: ExitCallback) -> None:
+async def _watch_namespace(process: Child, init_fd: int, on_exit: ExitCallback) -> None:
     """Report the sandbox's exit once the outer bwrap has ended *and* the namespace's init
     is dead: bwrap reports the command's status while its init may still be killing the
     rest, and nobody must see a stopped sandbox with processes left in it."""
@@ -311,7 +310,7 @@ async def _watch_namespace(process: trio.Process, init_fd: int, on_exit: ExitCal
     on_exit(returncode if returncode >= 0 else 128 - returncode)
 
 
-async def _read_init_pid(fd: int, process: trio.Process, sandbox_id: str) -> int:
+async def _read_init_pid(fd: int, process: Child, sandbox_id: str) -> int:
     """The host pid of the namespace's init, from bwrap's ``--info-fd`` JSON."""
     data = b""
     try:
@@ -344,7 +343,7 @@ async def _read_init_pid(fd: int, process: trio.Process, sandbox_id: str) -> int
     )
 
 
-async def _await_command(init_pid: int, process: trio.Process) -> None:
+async def _await_command(init_pid: int, process: Child) -> None:
     """Return once the sandbox's command runs in the namespace (bwrap reports the
     namespace's init before it has set up the mounts and started the command; a Stop in that
     window would find nothing to signal).  Also returns if the sandbox ended first.
@@ -377,7 +376,7 @@ def _children(pid: int) -> list[int]:
         return []
 
 
-async def _kill_outer(process: trio.Process, init_pid: int = 0) -> None:
+async def _kill_outer(process: Child, init_pid: int = 0) -> None:
     if init_pid > 0:
         with contextlib.suppress(ProcessLookupError):
             os.kill(init_pid, _signal.SIGKILL)  # takes the whole namespace down

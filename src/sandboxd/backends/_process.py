@@ -5,14 +5,9 @@ so it leads a new session and a new process group whose id is its pid; everythin
 stays in that group unless it calls setsid/setpgid itself.  Signals go to the whole group
 (``killpg``), cleanup SIGKILLs the group, and usage sums the group's members found in /proc.
 
-Start is two-phase, as runc's exec fifo makes it: the process spawned is first a small gate
-(the daemon's Python interpreter), which waits for one byte on its stdin before it execs the
-sandbox's command.  The daemon records the gate's pid and start time (exec keeps both), and
-only then writes the byte.  If the daemon dies first, the gate reads end of file and exits
-without running the command: no crash can leave a running sandbox the daemon has no record
-of.  The gate execs with exactly the environment it was given (read back from
-/proc/self/environ: the interpreter adds to its own) and reports a failed exec on a pipe
-that a successful one closes, so Start still fails with the exec's own error.
+Start is two-phase (see :mod:`._spawn`): the process is created held, its pid recorded by
+the caller, and only then released to exec the command, so that no crash can leave a
+running sandbox the daemon has no record of.
 
 One watcher task per sandbox, in the nursery given to :meth:`ProcessBackend.start`, awaits the
 init process's exit and reports it.  The daemon does not own the sandboxes' lives: cancelling
@@ -28,7 +23,6 @@ import os
 import shlex
 import shutil
 import signal as _signal
-import subprocess
 import sys
 from collections.abc import Callable, Mapping
 from typing import Any, Final, final
@@ -39,6 +33,7 @@ from .._errors import FailedPrecondition, InvalidArgument
 from .._models import Platform, SandboxSpec, check_sandbox_id
 from ._base import EXIT_UNKNOWN, ExitCallback, SpawnCallback
 from ._platform import host_platform
+from ._spawn import Child, Gate, kill_and_reap, kill_group
 
 #: The PATH a sandbox gets when its env has none, as OCI runtimes set it.
 DEFAULT_PATH: Final = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -63,35 +58,13 @@ os.close(fd)
 signal.sigwait(stop)
 os._exit(0)
 """
-# The gate in front of every sandbox's command (see the module's docstring).  argv[1] is the
-# pipe a failed exec reports its errno on; a successful exec closes it.
-_GATE_SOURCE: Final = """\
-import os, sys
-if os.read(0, 1) != b"G":
-    os._exit(125)
-null = os.open("/dev/null", os.O_RDONLY)
-os.dup2(null, 0)
-os.close(null)
-report = int(sys.argv[1])
-os.set_inheritable(report, False)
-with open("/proc/self/environ", "rb") as f:
-    env = dict(e.split(b"=", 1) for e in f.read().split(b"\\0") if b"=" in e)
-try:
-    os.execvpe(sys.argv[2], sys.argv[2:], env)
-except OSError as exc:
-    os.write(report, b"%d" % exc.errno)
-os._exit(127)
-"""
-#: The exit status of a gate whose daemon went away before releasing it.
-GATE_CLOSED_STATUS: Final = 125
-
 #: The interpreter that runs the pause process: the real one behind a virtual environment
 #: (``-I -S`` needs nothing of the environment), which sandboxes can see more often than a
 #: venv that may live under a directory they do not mount, such as /tmp.
 PAUSE_INTERPRETER: Final = os.path.realpath(sys.executable)
 #: The directory holding everything the pause interpreter needs (its standard library).
 PAUSE_PREFIX: Final = os.path.realpath(sys.base_prefix)
-#: How long Start waits for the pause process to say it is ready (and for the gate to exec).
+#: How long Start waits for the pause process to say it is ready.
 PAUSE_READY_TIMEOUT: Final = 30.0
 
 _CLOCK_TICKS: Final = os.sysconf("SC_CLK_TCK")
@@ -187,17 +160,17 @@ class ProcessBackend:
         ready = ReadyPipe() if options.command is None else None
         argv = ready.pause_argv() if ready is not None else list(options.command or ())
         with Gate() as gate, ready or contextlib.nullcontext():
-            process, log_path = await launch(
+            process, log_path = launch(
                 spec.sandbox_id,
-                gate.argv(argv),
+                gate,
+                argv,
                 env=env,
                 cwd=cwd,
                 log_dir=self._log_dir,
-                pass_fds=gate.pass_fds + (ready.pass_fds if ready is not None else ()),
-                stdin=gate.stdin,
+                pass_fds=ready.pass_fds if ready is not None else (),
             )
             identity = {"start_time": start_time(process.pid)}
-            await gate.open(process, spec.sandbox_id, argv[0], identity, on_spawned)
+            await gate.open(process, spec.sandbox_id, argv[0], cwd, identity, on_spawned)
             if ready is not None:
                 await ready.wait(process, spec.sandbox_id)
         watch(nursery, process, on_exit, spec.sandbox_id)
@@ -225,97 +198,6 @@ class ProcessBackend:
         log = os.path.join(self._log_dir, f"{spec.sandbox_id}.log") if self._log_dir else None
         command = shlex.join(spec.options.command or ("<pause>",))
         return ProcessSandbox(pid, command, spec.options.cwd or "/", log or os.devnull)
-
-
-class Gate:
-    """Where a spawned process waits until the daemon lets it run (see the module's
-    docstring).  A context manager: every end is closed on exit.
-
-    Spawn :meth:`argv` with :attr:`stdin` and :attr:`pass_fds`, then :meth:`open` it.
-    """
-
-    def __init__(self) -> None:
-        # The process's stdin: it waits for one byte there.
-        self._hold_r, self._hold_w = os.pipe2(os.O_CLOEXEC)
-        # A failed exec's errno comes back here; a successful exec closes it.
-        self._report_r, self._report_w = os.pipe2(os.O_CLOEXEC)
-        os.set_blocking(self._report_r, False)
-
-    @property
-    def stdin(self) -> int:
-        return self._hold_r
-
-    @property
-    def pass_fds(self) -> tuple[int, ...]:
-        return (self._report_w,)
-
-    def argv(self, argv: list[str]) -> list[str]:
-        """The command that runs ``argv`` once released."""
-        return [PAUSE_INTERPRETER, "-I", "-S", "-c", _GATE_SOURCE, str(self._report_w), *argv]
-
-    async def open(
-        self,
-        process: trio.Process,
-        sandbox_id: str,
-        argv0: str,
-        identity: Mapping[str, Any],
-        on_spawned: SpawnCallback | None,
-    ) -> None:
-        """Await ``on_spawned(process.pid, identity)``, release the process, and return
-        once it has exec'ed ``argv0``.  Whenever this raises (a failed exec is
-        FailedPrecondition naming ``argv0``), the process was killed and reaped."""
-        _close(self, "_hold_r", "_report_w")
-        try:
-            if on_spawned is not None:
-                await on_spawned(process.pid, identity)
-            with contextlib.suppress(BrokenPipeError):  # it died: its exit is reported
-                os.write(self._hold_w, b"G")
-            _close(self, "_hold_w")
-            report = await _read_until_eof(self._report_r, PAUSE_READY_TIMEOUT)
-        except BaseException:
-            await _kill_and_reap(process)
-            raise
-        if report is None:
-            await _kill_and_reap(process)
-            raise FailedPrecondition(
-                f"cannot start sandbox {sandbox_id}: the process did not exec its command "
-                f"within {PAUSE_READY_TIMEOUT:g} s"
-            )
-        if report:
-            await _kill_and_reap(process)
-            raise FailedPrecondition(
-                f"cannot start sandbox {sandbox_id}: {os.strerror(int(report))}: {argv0}"
-            )
-
-    def __enter__(self) -> Gate:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        _close(self, "_hold_r", "_hold_w", "_report_r", "_report_w")
-
-
-def _close(owner: Gate, *names: str) -> None:
-    for name in names:
-        fd = getattr(owner, name)
-        if fd >= 0:
-            os.close(fd)
-            setattr(owner, name, -1)
-
-
-async def _read_until_eof(fd: int, timeout: float) -> bytes | None:
-    """Everything read from ``fd`` until end of file; None after ``timeout`` seconds."""
-    data = b""
-    with trio.move_on_after(timeout):
-        while True:
-            try:
-                chunk = os.read(fd, 64)
-            except BlockingIOError:
-                await trio.lowlevel.wait_readable(fd)
-                continue
-            if not chunk:
-                return data
-            data += chunk
-    return None
 
 
 def still_spawned(pid: int, identity: Mapping[str, Any]) -> bool:
@@ -353,7 +235,7 @@ class ReadyPipe:
             os.close(self.write_fd)
             self.write_fd = -1
 
-    async def wait(self, process: trio.Process, sandbox_id: str) -> None:
+    async def wait(self, process: Child, sandbox_id: str) -> None:
         self.close_write_end()
         await _await_ready(self.read_fd, process, sandbox_id)
 
@@ -365,45 +247,35 @@ class ReadyPipe:
         os.close(self.read_fd)
 
 
-async def launch(
+def launch(
     sandbox_id: str,
+    gate: Gate,
     argv: list[str],
     *,
     env: Mapping[str, str],
     cwd: str,
     log_dir: str | None,
     pass_fds: tuple[int, ...] = (),
-    stdin: int = subprocess.DEVNULL,
-) -> tuple[trio.Process, str | None]:
-    """Spawn ``argv`` as the leader of a new session and process group, stdin on ``stdin``
-    (/dev/null by default) and stdout/stderr appended to ``<log_dir>/<sandbox_id>.log`` (or
-    /dev/null).
+) -> tuple[Child, str | None]:
+    """Spawn ``argv`` held at ``gate`` (:meth:`Gate.spawn`), stdout and stderr appended to
+    ``<log_dir>/<sandbox_id>.log`` (or /dev/null).
 
     Returns the process and the log's path.  A failure to spawn is FailedPrecondition naming
-    what was missing; nothing runs then.
+    what failed; nothing runs then.
     """
     log_path = None
-    output = subprocess.DEVNULL
     try:
         if log_dir is not None:
             log_path = os.path.join(log_dir, f"{sandbox_id}.log")
             output = os.open(
                 log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640
             )
+        else:
+            output = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
         try:
-            process = await trio.lowlevel.open_process(
-                argv,
-                stdin=stdin,
-                stdout=output,
-                stderr=output,
-                env=dict(env),
-                cwd=cwd,
-                start_new_session=True,
-                pass_fds=pass_fds,
-            )
+            process = gate.spawn(argv, env=env, cwd=cwd, output=output, pass_fds=pass_fds)
         finally:
-            if output != subprocess.DEVNULL:
-                os.close(output)
+            os.close(output)
     except (OSError, ValueError, TypeError) as exc:
         raise _start_error(sandbox_id, exc, argv[0]) from exc
     return process, log_path
@@ -442,9 +314,7 @@ async def _watch_pidfd(pidfd: int, on_exit: ExitCallback) -> None:
     on_exit(EXIT_UNKNOWN)
 
 
-def watch(
-    nursery: trio.Nursery, process: trio.Process, on_exit: ExitCallback, sandbox_id: str
-) -> None:
+def watch(nursery: trio.Nursery, process: Child, on_exit: ExitCallback, sandbox_id: str) -> None:
     """Report ``process``'s exit to ``on_exit`` from a task in ``nursery``."""
     try:
         nursery.start_soon(_watch, process, on_exit, name=f"sandboxd: watch sandbox {sandbox_id}")
@@ -454,7 +324,7 @@ def watch(
         raise
 
 
-async def _await_ready(fd: int, process: trio.Process, sandbox_id: str) -> None:
+async def _await_ready(fd: int, process: Child, sandbox_id: str) -> None:
     """Wait until the pause process wrote its byte (or died: end of file, its exit is
     reported as usual).  If it stays silent or the wait is cancelled, kill it."""
     try:
@@ -466,20 +336,14 @@ async def _await_ready(fd: int, process: trio.Process, sandbox_id: str) -> None:
                 except BlockingIOError:
                     await trio.lowlevel.wait_readable(fd)
     except trio.TooSlowError:
-        await _kill_and_reap(process)
+        await kill_and_reap(process)
         raise FailedPrecondition(
             f"cannot start sandbox {sandbox_id}: the pause process did not get ready "
             f"within {PAUSE_READY_TIMEOUT:g} s"
         ) from None
     except BaseException:
-        await _kill_and_reap(process)
+        await kill_and_reap(process)
         raise
-
-
-async def _kill_and_reap(process: trio.Process) -> None:
-    kill_group(process.pid, _signal.SIGKILL)
-    with trio.CancelScope(shield=True):
-        await process.wait()
 
 
 def _start_error(sandbox_id: str, exc: Exception, argv0: str) -> FailedPrecondition:
@@ -493,12 +357,9 @@ def _start_error(sandbox_id: str, exc: Exception, argv0: str) -> FailedPrecondit
     return FailedPrecondition(f"cannot start sandbox {sandbox_id}: {exc}")
 
 
-async def _watch(process: trio.Process, on_exit: ExitCallback) -> None:
-    # On Linux, trio.Process.wait() waits for readability of a pidfd that trio opened with
-    # pidfd_open() right after the spawn (trio/_subprocess.py: Process.__init__ and wait), and
-    # only then reaps; no thread, no SIGCHLD handler.  It falls back to a waitid thread only
-    # when pidfd_open fails (kernels before 5.3).  Cancelling it neither signals nor reaps
-    # the process.
+async def _watch(process: Child, on_exit: ExitCallback) -> None:
+    # Child.wait() waits for readability of a pidfd opened right after the fork, and only
+    # then reaps: no thread, no SIGCHLD handler.  Cancelling it neither signals nor reaps.
     returncode = await process.wait()
     on_exit(returncode if returncode >= 0 else 128 - returncode)
 
@@ -510,7 +371,7 @@ class ProcessSandbox:
     __slots__ = ("_command", "_cwd", "_killed", "_log", "_pid", "_process", "_start_time")
 
     def __init__(
-        self, pid: int, command: str, cwd: str, log: str, process: trio.Process | None = None
+        self, pid: int, command: str, cwd: str, log: str, process: Child | None = None
     ) -> None:
         self._pid = pid
         # Our child (None when adopted after a restart): kept so it can still be reaped.
@@ -563,17 +424,6 @@ class ProcessSandbox:
         group (not zombies, nor children that left the group).  Reads /proc: a scan of the
         host's processes, with no await."""
         return _group_usage(self.pid)
-
-
-def kill_group(pgid: int, signum: int) -> None:
-    try:
-        os.killpg(pgid, signum)
-    except ProcessLookupError:
-        pass
-    except OSError as exc:
-        if not 0 <= signum < _signal.NSIG:
-            raise InvalidArgument(f"signal {signum}: not a valid signal number") from exc
-        raise
 
 
 def _group_usage(pgid: int) -> tuple[int, int, int]:
