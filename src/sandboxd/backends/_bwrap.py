@@ -58,7 +58,7 @@ from ._process import (
     still_spawned,
     watch_pid,
 )
-from ._spawn import Child, Gate, kill_group
+from ._spawn import Child, Gate, kill_group, read_some
 
 #: Mount types a rootfs may hold, and the bwrap option each becomes.
 MOUNT_TYPES: Final = ("bind", "tmpfs", "proc", "dev")
@@ -315,14 +315,7 @@ async def _read_init_pid(fd: int, process: Child, sandbox_id: str) -> int:
     data = b""
     try:
         with trio.move_on_after(SETUP_TIMEOUT) as setup:
-            while True:
-                try:
-                    chunk = os.read(fd, 4096)
-                except BlockingIOError:
-                    await trio.lowlevel.wait_readable(fd)
-                    continue
-                if not chunk:
-                    break
+            while chunk := await read_some(fd):
                 data += chunk
                 with contextlib.suppress(ValueError):
                     return int(json.loads(data)["child-pid"])

@@ -33,7 +33,7 @@ from .._errors import FailedPrecondition, InvalidArgument
 from .._models import Platform, SandboxSpec, check_sandbox_id
 from ._base import EXIT_UNKNOWN, ExitCallback, SpawnCallback
 from ._platform import host_platform
-from ._spawn import Child, Gate, kill_and_reap, kill_group
+from ._spawn import Child, Gate, kill_and_reap, kill_group, read_some
 
 #: The PATH a sandbox gets when its env has none, as OCI runtimes set it.
 DEFAULT_PATH: Final = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -329,12 +329,7 @@ async def _await_ready(fd: int, process: Child, sandbox_id: str) -> None:
     reported as usual).  If it stays silent or the wait is cancelled, kill it."""
     try:
         with trio.fail_after(PAUSE_READY_TIMEOUT):
-            while True:
-                try:
-                    os.read(fd, 1)
-                    return
-                except BlockingIOError:
-                    await trio.lowlevel.wait_readable(fd)
+            await read_some(fd, 1)
     except trio.TooSlowError:
         await kill_and_reap(process)
         raise FailedPrecondition(
@@ -348,8 +343,8 @@ async def _await_ready(fd: int, process: Child, sandbox_id: str) -> None:
 
 def _start_error(sandbox_id: str, exc: Exception, argv0: str) -> FailedPrecondition:
     if isinstance(exc, OSError):
-        # The child reports a failed chdir with the cwd as filename, a failed exec with the
-        # executable; a failed open of the log file names the log.
+        # A failed open of the log file names the log; a failed fork names nothing.
+        # (A failed chdir or exec comes later, from Gate.open.)
         what = exc.filename if exc.filename is not None else argv0
         reason = exc.strerror or str(exc)
         return FailedPrecondition(f"cannot start sandbox {sandbox_id}: {reason}: {what}")

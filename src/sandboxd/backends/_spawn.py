@@ -24,6 +24,7 @@ import errno
 import gc
 import os
 import signal as _signal
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, Final, NoReturn, final
 
@@ -132,7 +133,11 @@ class Gate:
         collecting = gc.isenabled()
         gc.disable()
         try:
-            pid = os.fork()
+            with warnings.catch_warnings():
+                # Python 3.12 warns of fork() in a process with threads: the child only
+                # makes system calls until it execs, so no lock of another thread matters.
+                warnings.simplefilter("ignore", DeprecationWarning)
+                pid = os.fork()
             if pid == 0:
                 _child(
                     executables, command, environment, os.fsencode(cwd), devnull, output,
@@ -249,17 +254,20 @@ def _child(
         os._exit(127)
 
 
+async def read_some(fd: int, size: int = 4096) -> bytes:
+    """One read of the non-blocking ``fd``, once it is readable; ``b""`` at end of file."""
+    while True:
+        try:
+            return os.read(fd, size)
+        except BlockingIOError:
+            await trio.lowlevel.wait_readable(fd)
+
+
 async def _read_until_eof(fd: int, timeout: float) -> bytes | None:
     """Everything read from ``fd`` until end of file; None after ``timeout`` seconds."""
     data = b""
     with trio.move_on_after(timeout):
-        while True:
-            try:
-                chunk = os.read(fd, 64)
-            except BlockingIOError:
-                await trio.lowlevel.wait_readable(fd)
-                continue
-            if not chunk:
-                return data
+        while chunk := await read_some(fd):
             data += chunk
+        return data
     return None
