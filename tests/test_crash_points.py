@@ -22,6 +22,7 @@ import contextlib
 import os
 import uuid
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import pytest
 import trio
@@ -176,3 +177,23 @@ async def test_a_sandbox_that_kills_the_daemon_as_it_starts_is_accounted_for(
         await remote.create("box", sandboxer="process", options=options(token, *command))
         await crash_during(daemon, lambda: remote.start("box"))
     await check_after_restart(daemons, reaper, "process", token, start_again=False)
+
+
+@pytest.mark.parametrize("point", ["start:spawned", "start:queued"])
+async def test_a_process_held_by_a_daemon_that_died_never_runs_its_command(
+    daemons: Daemons, reaper: Reaper, tmp_path: Path, point: str
+) -> None:
+    # Its pid was never committed: the process must end by itself, without running anything.
+    token = uuid.uuid4().hex
+    ran = tmp_path / "ran"
+    daemon = await daemons.start(prefix=["env", f"{CRASH_AT_VARIABLE}={point}"])
+    command = ("sh", "-c", 'touch "$0"; exec sleep 300', str(ran))
+    async with connect(daemons.socket) as remote:
+        await remote.create("box", sandboxer="process", options=options(token, *command))
+        await crash_during(daemon, lambda: remote.start("box"))
+    held = marked(token)
+    for pid in held:
+        reaper.add(pid)
+    await all_ended(held)
+    assert not ran.exists()
+    assert marked(token) == []
