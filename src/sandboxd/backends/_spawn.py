@@ -1,20 +1,27 @@
 """Two-phase spawn: a sandbox's process is created held, and runs its command only once
 released.
 
-Theory of operation.  :func:`spawn_held` forks the daemon.  The child leads a new session,
+Theory of operation.  :meth:`Gate.spawn` forks the daemon.  The child leads a new session,
 puts its stdio in place, closes every other descriptor it inherited (so that it holds no
 other start's gate open) and changes to the sandbox's working directory; then it blocks on
 its gate, a pipe whose only write end the daemon holds.  The daemon records the child's pid
 and start time (exec keeps both), then writes one byte: the child execs the command.  If the
 daemon dies first, the child reads end of file and exits with :data:`GATE_CLOSED_STATUS`
-without running anything of the sandbox's, as runc's init does when its exec fifo goes
-away.  No crash can leave a sandbox process running that the daemon has no record of.
+without running anything of the sandbox's (runc holds its init on an exec fifo to the same
+end).  No crash can leave a sandbox process running that the daemon has no record of.
 
 Until it execs, the child runs nothing but a few system calls from Python, with every signal
 blocked and the garbage collector off, so none of the daemon's state (locks held by other
 threads, finalizers, signal handlers) is touched.  A failed chdir or exec is reported on a
 second pipe, which a successful exec closes; the command's exec follows the PATH rules
 :mod:`subprocess` follows, with exactly the environment given.
+
+The price is a fork of the daemon instead of subprocess's vfork: the kernel copies the
+daemon's page tables, and frees them again at the exec (a few ms per Start on a small
+virtual machine, much less on most hosts).  The alternatives cost more or promise less: a
+gate program in Python costs an interpreter's start (several ms of CPU), and one in
+``/bin/sh`` cannot exec with exactly the given environment (dash rewrites ``PWD`` and
+``PPID``, drops names that are not shell identifiers, and dies of a bad ``OPTIND``).
 """
 
 from __future__ import annotations
