@@ -135,6 +135,8 @@ class Gate:
         else:
             executables = [os.path.join(os.fsencode(d), name) for d in os.get_exec_path(dict(env))]
         keep = sorted({self._hold_r, self._report_w, *pass_fds})
+        # Looked up here, not in the child, where every page touched is copied.
+        handled = [n for n in _signal.valid_signals() if callable(_signal.getsignal(n))]
         devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         mask = _signal.pthread_sigmask(_signal.SIG_BLOCK, _signal.valid_signals())
         collecting = gc.isenabled()
@@ -148,7 +150,7 @@ class Gate:
             if pid == 0:
                 _child(
                     executables, command, environment, os.fsencode(cwd), devnull, output,
-                    keep, pass_fds, self._hold_r, self._report_w, mask,
+                    keep, pass_fds, self._hold_r, self._report_w, handled, mask,
                 )  # fmt: skip
         finally:
             if collecting:
@@ -218,6 +220,7 @@ def _child(
     pass_fds: tuple[int, ...],
     hold: int,
     report: int,
+    handled: list[_signal.Signals],
     mask: set[int | _signal.Signals],
 ) -> NoReturn:
     """The forked child, until it execs: never returns."""
@@ -242,11 +245,10 @@ def _child(
         if os.read(hold, 1) != b"G":
             os._exit(GATE_CLOSED_STATUS)
         os.close(hold)
-        for signum in _RESTORED_SIGNALS:
+        # The daemon's handlers and the signals Python ignores go back to their defaults
+        # (exec would keep an ignored signal ignored).
+        for signum in (*_RESTORED_SIGNALS, *handled):
             _signal.signal(signum, _signal.SIG_DFL)
-        for signum in _signal.valid_signals():
-            if callable(_signal.getsignal(signum)):
-                _signal.signal(signum, _signal.SIG_DFL)
         _signal.pthread_sigmask(_signal.SIG_SETMASK, mask)
         failure = 0
         for path in executables:
