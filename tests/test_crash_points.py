@@ -11,6 +11,8 @@ starts a daemon again on the same state directory and checks, for the ``process`
 - a Start after the restart makes one sandbox, not a second;
 - a Shutdown after the restart leaves nothing running.
 
+The last test drives a backend in process: a Start whose pid cannot be recorded runs nothing.
+
 A sandbox's processes are found by a marker in their environment (the test's, set through
 ``options.env``, which every process of the sandbox inherits).  Waits are on pidfds and on
 the daemon's exit; nothing sleeps.  Processes are handed to the ``reaper`` fixture as well.
@@ -21,24 +23,28 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 
 from daemons import STARTUP, Daemon, Daemons
-from procs import Reaper, all_ended, is_alive, pid_namespace, proc_pgrp
+from procs import Reaper, all_ended, is_alive, pid_namespace, proc_pgrp, proc_state, start_ticks
 from sandboxd import (
     BwrapBackend,
     NotFound,
+    ProcessBackend,
     RemoteController,
     RPCError,
     SandboxOptions,
     SandboxState,
     SandboxStatus,
+    Unavailable,
     connect,
 )
+from sandboxd._models import SandboxSpec
 from sandboxd.runtime._crash import CRASH_AT_VARIABLE, CRASH_POINTS
 
 MARK = "SANDBOXD_TEST_SANDBOX"
@@ -197,3 +203,35 @@ async def test_a_process_held_by_a_daemon_that_died_never_runs_its_command(
     await all_ended(held)
     assert not ran.exists()
     assert marked(token) == []
+
+
+class Refused(Unavailable):
+    pass
+
+
+@pytest.mark.parametrize("sandboxer", SANDBOXERS)
+async def test_a_start_whose_pid_cannot_be_recorded_runs_nothing(
+    tmp_path: Path, sandboxer: str
+) -> None:
+    # The backend reports the held process, the record of it fails: the Start fails with
+    # that error, and the command never ran.
+    backend = ProcessBackend() if sandboxer == "process" else BwrapBackend()
+    if backend.unavailable_reason() is not None:
+        pytest.fail(f"bubblewrap cannot run here: {backend.unavailable_reason()}")
+    ran = tmp_path / "ran"
+    command = ("sh", "-c", 'touch "$0"; exec sleep 300', str(ran))
+    spec = SandboxSpec("box", sandboxer, SandboxOptions(command=command))
+    reported: list[int] = []
+
+    async def refuse(pid: int, identity: Mapping[str, Any]) -> None:
+        assert identity["start_time"] == start_ticks(pid)
+        reported.append(pid)
+        raise Refused("the state database refused the write")
+
+    async with trio.open_nursery() as nursery:
+        with pytest.raises(Refused):
+            await backend.start(spec, nursery, lambda status: None, refuse)
+        assert nursery.child_tasks == frozenset()
+    [pid] = reported
+    assert proc_state(pid) is None  # killed and reaped
+    assert not ran.exists()

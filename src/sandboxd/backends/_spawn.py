@@ -98,7 +98,10 @@ def kill_group(pgid: int, signum: int) -> None:
 
 
 async def kill_and_reap(process: Child) -> None:
-    """SIGKILL ``process``'s group and reap it (shielded from cancellation)."""
+    """SIGKILL ``process`` and its group, and reap it (shielded from cancellation)."""
+    # The process itself too: a child just forked may not lead its group yet.
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(process.pid, _signal.SIGKILL)
     kill_group(process.pid, _signal.SIGKILL)
     with trio.CancelScope(shield=True):
         await process.wait()
