@@ -41,7 +41,6 @@ from sandboxd import (
     SandboxOptions,
     SandboxState,
     SandboxStatus,
-    Unavailable,
     connect,
 )
 from sandboxd._models import SandboxSpec
@@ -205,8 +204,8 @@ async def test_a_process_held_by_a_daemon_that_died_never_runs_its_command(
     assert marked(token) == []
 
 
-class Refused(Unavailable):
-    pass
+class Refused(Exception):
+    """The store's refusal, as the test's callback raises it."""
 
 
 @pytest.mark.parametrize("sandboxer", SANDBOXERS)
