@@ -5,7 +5,7 @@
 - :class:`SimBackend` (``"sim"``): simulated processes, for fuzzing lifecycle orderings.
 """
 
-from ._base import EXIT_UNKNOWN, Backend, ExitCallback, SandboxProcess
+from ._base import EXIT_UNKNOWN, Backend, ExitCallback, SandboxProcess, SpawnCallback
 from ._bwrap import BwrapBackend
 from ._platform import host_platform
 from ._process import ProcessBackend
@@ -19,5 +19,6 @@ __all__ = [
     "ProcessBackend",
     "SandboxProcess",
     "SimBackend",
+    "SpawnCallback",
     "host_platform",
 ]

@@ -6,7 +6,7 @@ sandbox's init process, signals it, measures it, and reports its exit through a 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 import trio
@@ -17,6 +17,14 @@ from .._models import Platform, SandboxSpec
 #: or 128+N for death by signal N).  Called from a task of the backend, or synchronously from
 #: inside ``signal``/``cleanup`` (the sim backend does); it must neither block nor raise.
 ExitCallback = Callable[[int], None]
+
+#: Called once by :meth:`Backend.start` when the sandbox's process exists but is held before
+#: it runs any code of the sandbox's, with its pid and what tells it apart from a later process
+#: with that pid (``{"start_time": ...}``, see :meth:`Backend.discard`).  The process is
+#: released when the callback returns, and never if it raises: it is then killed, and the
+#: start raises the callback's error.  The caller makes the pid durable here, so that a crash
+#: can never leave a released process nobody knows of.
+SpawnCallback = Callable[[int, Mapping[str, Any]], Awaitable[None]]
 
 #: The exit status reported when the real one cannot be known (as containerd reports it).
 EXIT_UNKNOWN = 255
@@ -75,9 +83,17 @@ class Backend(Protocol):
         ...
 
     async def start(
-        self, spec: SandboxSpec, nursery: trio.Nursery, on_exit: ExitCallback
+        self,
+        spec: SandboxSpec,
+        nursery: trio.Nursery,
+        on_exit: ExitCallback,
+        on_spawned: SpawnCallback | None = None,
     ) -> SandboxProcess:
-        """Start the sandbox's init process.
+        """Start the sandbox's init process, in two phases: created held, then released.
+
+        ``on_spawned`` is awaited between the two (see :data:`SpawnCallback`); a backend
+        whose processes cannot outlive the daemon (``sim``) may skip it.  A process held
+        when the daemon dies exits without running anything of the sandbox's.
 
         Runs whatever task watches the process in ``nursery``; ``on_exit`` is called exactly
         once, when the process has ended (not if ``nursery`` is cancelled first).  Raises
@@ -88,6 +104,12 @@ class Backend(Protocol):
 
     def platform(self) -> Platform:
         """The platform sandboxes of this backend run on."""
+        ...
+
+    def discard(self, pid: int, identity: Mapping[str, Any]) -> None:
+        """Kill what a start reported through ``on_spawned(pid, identity)`` left running (an
+        earlier run of the daemon that died before the sandbox was recorded started), if
+        ``pid`` still is that process.  Never blocks for long."""
         ...
 
     def adopt(

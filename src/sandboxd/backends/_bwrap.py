@@ -16,6 +16,12 @@ every process in it.  Any other signal goes to every process of the namespace bu
 (which, as a namespace's init, would ignore it): so SIGTERM reaches every process inside, as
 Stop promises.  Membership is read from /proc/<pid>/ns/pid.
 
+Start is two-phase as for the ``process`` backend: bwrap runs behind the same gate, which
+holds it before it makes any namespace, until its pid is recorded (bwrap's own
+``--block-fd`` would not do: it goes on when the pipe is closed, so a daemon that died would
+let the command run).  A record that only names the held bwrap is enough to find the sandbox
+after a crash: the namespace's init is that bwrap's child.
+
 The filesystem is, without ``rootfs``, a read-only view of the host with its own /proc, a
 minimal /dev and a private /tmp; with ``rootfs``, exactly the mounts given, in order.
 """
@@ -37,7 +43,7 @@ import trio
 
 from .._errors import FailedPrecondition, InvalidArgument
 from .._models import Mount, Platform, SandboxSpec, check_sandbox_id
-from ._base import ExitCallback
+from ._base import ExitCallback, SpawnCallback
 from ._platform import host_platform
 from ._process import (
     DEFAULT_PATH,
@@ -49,8 +55,10 @@ from ._process import (
     launch,
     proc_usage,
     start_time,
+    still_spawned,
     watch_pid,
 )
+from ._spawn import Child, Gate, kill_group, read_some
 
 #: Mount types a rootfs may hold, and the bwrap option each becomes.
 MOUNT_TYPES: Final = ("bind", "tmpfs", "proc", "dev")
@@ -185,11 +193,17 @@ class BwrapBackend:
         return line
 
     async def start(
-        self, spec: SandboxSpec, nursery: trio.Nursery, on_exit: ExitCallback
+        self,
+        spec: SandboxSpec,
+        nursery: trio.Nursery,
+        on_exit: ExitCallback,
+        on_spawned: SpawnCallback | None = None,
     ) -> BwrapSandbox:
-        """Start bwrap and return once the namespace's init is known (and, for a pause
-        sandbox, ready for its stop signals).  FailedPrecondition says why when bubblewrap
-        is unavailable or the sandbox cannot be set up; then nothing is left running."""
+        """Start bwrap held at its gate, await ``on_spawned(bwrap's pid, {"start_time":
+        ...})``, release it, and return once the namespace's init is known (and, for a
+        pause sandbox, ready for its stop signals).  FailedPrecondition says why when
+        bubblewrap is unavailable or the sandbox cannot be set up; then (and when
+        ``on_spawned`` raises) nothing is left running."""
         reason = self.unavailable_reason()
         if reason is not None:
             raise FailedPrecondition(f"cannot start sandbox {spec.sandbox_id}: {reason}")
@@ -203,14 +217,16 @@ class BwrapBackend:
         line = self.command_line(spec, argv, info_w)
         fds = (info_w, *(ready.pass_fds if ready is not None else ()))
         try:
-            with ready or contextlib.nullcontext():
+            with Gate() as gate, ready or contextlib.nullcontext():
                 try:
-                    process, log_path = await launch(
-                        spec.sandbox_id, line, env=env, cwd="/", log_dir=self._log_dir,
+                    process, log_path = launch(
+                        spec.sandbox_id, gate, line, env=env, cwd="/", log_dir=self._log_dir,
                         pass_fds=fds,
                     )  # fmt: skip
                 finally:
                     os.close(info_w)
+                identity = {"start_time": start_time(process.pid)}
+                await gate.open(process, spec.sandbox_id, line[0], "/", identity, on_spawned)
                 init_pid = await _read_init_pid(info_r, process, spec.sandbox_id)
                 try:
                     if ready is not None:
@@ -239,6 +255,20 @@ class BwrapBackend:
             raise
         return BwrapSandbox(process.pid, init_pid, spec, line, log_path or os.devnull)
 
+    def discard(self, pid: int, identity: Mapping[str, Any]) -> None:
+        """Kill a held (or just released) bwrap ``pid`` and the namespace it made, if it is
+        still the process spawned (see :meth:`Backend.discard`).  The namespace's init runs
+        in a session of its own, so it is found as bwrap's child: bwrap is stopped first, so
+        that it makes no new one meanwhile."""
+        if not still_spawned(pid, identity):
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, _signal.SIGSTOP)
+        for child in _children(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, _signal.SIGKILL)  # a namespace's init: everything inside dies
+        kill_group(pid, _signal.SIGKILL)
+
     def adopt(
         self,
         spec: SandboxSpec,
@@ -264,7 +294,7 @@ class BwrapBackend:
         return BwrapSandbox(outer_pid, pid, spec, [str(a) for a in line], log or os.devnull)
 
 
-async def _watch_namespace(process: trio.Process, init_fd: int, on_exit: ExitCallback) -> None:
+async def _watch_namespace(process: Child, init_fd: int, on_exit: ExitCallback) -> None:
     """Report the sandbox's exit once the outer bwrap has ended *and* the namespace's init
     is dead: bwrap reports the command's status while its init may still be killing the
     rest, and nobody must see a stopped sandbox with processes left in it."""
@@ -280,19 +310,12 @@ async def _watch_namespace(process: trio.Process, init_fd: int, on_exit: ExitCal
     on_exit(returncode if returncode >= 0 else 128 - returncode)
 
 
-async def _read_init_pid(fd: int, process: trio.Process, sandbox_id: str) -> int:
+async def _read_init_pid(fd: int, process: Child, sandbox_id: str) -> int:
     """The host pid of the namespace's init, from bwrap's ``--info-fd`` JSON."""
     data = b""
     try:
         with trio.move_on_after(SETUP_TIMEOUT) as setup:
-            while True:
-                try:
-                    chunk = os.read(fd, 4096)
-                except BlockingIOError:
-                    await trio.lowlevel.wait_readable(fd)
-                    continue
-                if not chunk:
-                    break
+            while chunk := await read_some(fd):
                 data += chunk
                 with contextlib.suppress(ValueError):
                     return int(json.loads(data)["child-pid"])
@@ -313,7 +336,7 @@ async def _read_init_pid(fd: int, process: trio.Process, sandbox_id: str) -> int
     )
 
 
-async def _await_command(init_pid: int, process: trio.Process) -> None:
+async def _await_command(init_pid: int, process: Child) -> None:
     """Return once the sandbox's command runs in the namespace (bwrap reports the
     namespace's init before it has set up the mounts and started the command; a Stop in that
     window would find nothing to signal).  Also returns if the sandbox ended first.
@@ -346,7 +369,7 @@ def _children(pid: int) -> list[int]:
         return []
 
 
-async def _kill_outer(process: trio.Process, init_pid: int = 0) -> None:
+async def _kill_outer(process: Child, init_pid: int = 0) -> None:
     if init_pid > 0:
         with contextlib.suppress(ProcessLookupError):
             os.kill(init_pid, _signal.SIGKILL)  # takes the whole namespace down

@@ -5,6 +5,10 @@ so it leads a new session and a new process group whose id is its pid; everythin
 stays in that group unless it calls setsid/setpgid itself.  Signals go to the whole group
 (``killpg``), cleanup SIGKILLs the group, and usage sums the group's members found in /proc.
 
+Start is two-phase (see :mod:`._spawn`): the process is created held, its pid recorded by
+the caller, and only then released to exec the command, so that no crash can leave a
+running sandbox the daemon has no record of.
+
 One watcher task per sandbox, in the nursery given to :meth:`ProcessBackend.start`, awaits the
 init process's exit and reports it.  The daemon does not own the sandboxes' lives: cancelling
 the watcher (the daemon shutting down) leaves the process running.
@@ -19,7 +23,6 @@ import os
 import shlex
 import shutil
 import signal as _signal
-import subprocess
 import sys
 from collections.abc import Callable, Mapping
 from typing import Any, Final, final
@@ -28,8 +31,9 @@ import trio
 
 from .._errors import FailedPrecondition, InvalidArgument
 from .._models import Platform, SandboxSpec, check_sandbox_id
-from ._base import EXIT_UNKNOWN, ExitCallback
+from ._base import EXIT_UNKNOWN, ExitCallback, SpawnCallback
 from ._platform import host_platform
+from ._spawn import Child, Gate, kill_and_reap, kill_group, read_some
 
 #: The PATH a sandbox gets when its env has none, as OCI runtimes set it.
 DEFAULT_PATH: Final = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -128,9 +132,14 @@ class ProcessBackend:
             check_command(options.command, options.env.get("PATH", DEFAULT_PATH), cwd)
 
     async def start(
-        self, spec: SandboxSpec, nursery: trio.Nursery, on_exit: ExitCallback
+        self,
+        spec: SandboxSpec,
+        nursery: trio.Nursery,
+        on_exit: ExitCallback,
+        on_spawned: SpawnCallback | None = None,
     ) -> ProcessSandbox:
-        """Spawn the sandbox's init process and watch it in ``nursery``.
+        """Spawn the sandbox's init process held at its gate, await ``on_spawned(pid,
+        {"start_time": ...})``, release it, and watch it in ``nursery``.
 
         ``on_exit(status)`` is called exactly once, from the watcher task, when the init
         process has ended: its exit code, or 128+N after death by signal N.  If ``nursery``
@@ -138,10 +147,11 @@ class ProcessBackend:
         process, which keeps running.
 
         Raises FailedPrecondition (``cannot start sandbox <id>: <reason>: <path>``) when the
-        process cannot be spawned; nothing is left running then.  Cancellation: if this
-        raises Cancelled, nothing was started.  The spawn itself cannot be interrupted: once
-        it has begun, it is completed and the sandbox returned, and the cancellation is
-        delivered at the caller's next checkpoint.
+        process cannot be spawned or its command cannot be exec'ed, and whatever
+        ``on_spawned`` raises; nothing is left running then.  Cancellation: if this raises
+        Cancelled, nothing was started (a held process is killed).  Once the process is
+        released, Start completes and the cancellation is delivered at the caller's next
+        checkpoint.
         """
         options = spec.options
         cwd = options.cwd or "/"
@@ -149,19 +159,27 @@ class ProcessBackend:
         env.setdefault("PATH", DEFAULT_PATH)
         ready = ReadyPipe() if options.command is None else None
         argv = ready.pause_argv() if ready is not None else list(options.command or ())
-        with ready or contextlib.nullcontext():
-            process, log_path = await launch(
+        with Gate() as gate, ready or contextlib.nullcontext():
+            process, log_path = launch(
                 spec.sandbox_id,
+                gate,
                 argv,
                 env=env,
                 cwd=cwd,
                 log_dir=self._log_dir,
                 pass_fds=ready.pass_fds if ready is not None else (),
             )
+            identity = {"start_time": start_time(process.pid)}
+            await gate.open(process, spec.sandbox_id, argv[0], cwd, identity, on_spawned)
             if ready is not None:
                 await ready.wait(process, spec.sandbox_id)
         watch(nursery, process, on_exit, spec.sandbox_id)
         return ProcessSandbox(process.pid, shlex.join(argv), cwd, log_path or os.devnull, process)
+
+    def discard(self, pid: int, identity: Mapping[str, Any]) -> None:
+        """SIGKILL the process group of a held (or just released) ``pid``, if it is still
+        the process spawned (see :meth:`Backend.discard`)."""
+        discard_group(pid, identity)
 
     def adopt(
         self,
@@ -180,6 +198,18 @@ class ProcessBackend:
         log = os.path.join(self._log_dir, f"{spec.sandbox_id}.log") if self._log_dir else None
         command = shlex.join(spec.options.command or ("<pause>",))
         return ProcessSandbox(pid, command, spec.options.cwd or "/", log or os.devnull)
+
+
+def still_spawned(pid: int, identity: Mapping[str, Any]) -> bool:
+    """Whether ``pid`` is still the process a start reported as ``(pid, identity)``."""
+    recorded = identity.get("start_time")
+    return pid > 0 and isinstance(recorded, int) and start_time(pid) == recorded
+
+
+def discard_group(pid: int, identity: Mapping[str, Any]) -> None:
+    """SIGKILL the process group led by ``pid`` if :func:`still_spawned`."""
+    if still_spawned(pid, identity):
+        kill_group(pid, _signal.SIGKILL)
 
 
 class ReadyPipe:
@@ -205,7 +235,7 @@ class ReadyPipe:
             os.close(self.write_fd)
             self.write_fd = -1
 
-    async def wait(self, process: trio.Process, sandbox_id: str) -> None:
+    async def wait(self, process: Child, sandbox_id: str) -> None:
         self.close_write_end()
         await _await_ready(self.read_fd, process, sandbox_id)
 
@@ -217,43 +247,35 @@ class ReadyPipe:
         os.close(self.read_fd)
 
 
-async def launch(
+def launch(
     sandbox_id: str,
+    gate: Gate,
     argv: list[str],
     *,
     env: Mapping[str, str],
     cwd: str,
     log_dir: str | None,
     pass_fds: tuple[int, ...] = (),
-) -> tuple[trio.Process, str | None]:
-    """Spawn ``argv`` as the leader of a new session and process group, stdin on /dev/null
-    and stdout/stderr appended to ``<log_dir>/<sandbox_id>.log`` (or /dev/null).
+) -> tuple[Child, str | None]:
+    """Spawn ``argv`` held at ``gate`` (:meth:`Gate.spawn`), stdout and stderr appended to
+    ``<log_dir>/<sandbox_id>.log`` (or /dev/null).
 
     Returns the process and the log's path.  A failure to spawn is FailedPrecondition naming
-    what was missing; nothing runs then.
+    what failed; nothing runs then.
     """
     log_path = None
-    output = subprocess.DEVNULL
     try:
         if log_dir is not None:
             log_path = os.path.join(log_dir, f"{sandbox_id}.log")
             output = os.open(
                 log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640
             )
+        else:
+            output = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
         try:
-            process = await trio.lowlevel.open_process(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=output,
-                stderr=output,
-                env=dict(env),
-                cwd=cwd,
-                start_new_session=True,
-                pass_fds=pass_fds,
-            )
+            process = gate.spawn(argv, env=env, cwd=cwd, output=output, pass_fds=pass_fds)
         finally:
-            if output != subprocess.DEVNULL:
-                os.close(output)
+            os.close(output)
     except (OSError, ValueError, TypeError) as exc:
         raise _start_error(sandbox_id, exc, argv[0]) from exc
     return process, log_path
@@ -292,9 +314,7 @@ async def _watch_pidfd(pidfd: int, on_exit: ExitCallback) -> None:
     on_exit(EXIT_UNKNOWN)
 
 
-def watch(
-    nursery: trio.Nursery, process: trio.Process, on_exit: ExitCallback, sandbox_id: str
-) -> None:
+def watch(nursery: trio.Nursery, process: Child, on_exit: ExitCallback, sandbox_id: str) -> None:
     """Report ``process``'s exit to ``on_exit`` from a task in ``nursery``."""
     try:
         nursery.start_soon(_watch, process, on_exit, name=f"sandboxd: watch sandbox {sandbox_id}")
@@ -304,38 +324,27 @@ def watch(
         raise
 
 
-async def _await_ready(fd: int, process: trio.Process, sandbox_id: str) -> None:
+async def _await_ready(fd: int, process: Child, sandbox_id: str) -> None:
     """Wait until the pause process wrote its byte (or died: end of file, its exit is
     reported as usual).  If it stays silent or the wait is cancelled, kill it."""
     try:
         with trio.fail_after(PAUSE_READY_TIMEOUT):
-            while True:
-                try:
-                    os.read(fd, 1)
-                    return
-                except BlockingIOError:
-                    await trio.lowlevel.wait_readable(fd)
+            await read_some(fd, 1)
     except trio.TooSlowError:
-        await _kill_and_reap(process)
+        await kill_and_reap(process)
         raise FailedPrecondition(
             f"cannot start sandbox {sandbox_id}: the pause process did not get ready "
             f"within {PAUSE_READY_TIMEOUT:g} s"
         ) from None
     except BaseException:
-        await _kill_and_reap(process)
+        await kill_and_reap(process)
         raise
-
-
-async def _kill_and_reap(process: trio.Process) -> None:
-    kill_group(process.pid, _signal.SIGKILL)
-    with trio.CancelScope(shield=True):
-        await process.wait()
 
 
 def _start_error(sandbox_id: str, exc: Exception, argv0: str) -> FailedPrecondition:
     if isinstance(exc, OSError):
-        # The child reports a failed chdir with the cwd as filename, a failed exec with the
-        # executable; a failed open of the log file names the log.
+        # A failed open of the log file names the log; a failed fork names nothing.
+        # (A failed chdir or exec comes later, from Gate.open.)
         what = exc.filename if exc.filename is not None else argv0
         reason = exc.strerror or str(exc)
         return FailedPrecondition(f"cannot start sandbox {sandbox_id}: {reason}: {what}")
@@ -343,12 +352,9 @@ def _start_error(sandbox_id: str, exc: Exception, argv0: str) -> FailedPrecondit
     return FailedPrecondition(f"cannot start sandbox {sandbox_id}: {exc}")
 
 
-async def _watch(process: trio.Process, on_exit: ExitCallback) -> None:
-    # On Linux, trio.Process.wait() waits for readability of a pidfd that trio opened with
-    # pidfd_open() right after the spawn (trio/_subprocess.py: Process.__init__ and wait), and
-    # only then reaps; no thread, no SIGCHLD handler.  It falls back to a waitid thread only
-    # when pidfd_open fails (kernels before 5.3).  Cancelling it neither signals nor reaps
-    # the process.
+async def _watch(process: Child, on_exit: ExitCallback) -> None:
+    # Child.wait() waits for readability of a pidfd opened right after the fork, and only
+    # then reaps: no thread, no SIGCHLD handler.  Cancelling it neither signals nor reaps.
     returncode = await process.wait()
     on_exit(returncode if returncode >= 0 else 128 - returncode)
 
@@ -360,7 +366,7 @@ class ProcessSandbox:
     __slots__ = ("_command", "_cwd", "_killed", "_log", "_pid", "_process", "_start_time")
 
     def __init__(
-        self, pid: int, command: str, cwd: str, log: str, process: trio.Process | None = None
+        self, pid: int, command: str, cwd: str, log: str, process: Child | None = None
     ) -> None:
         self._pid = pid
         # Our child (None when adopted after a restart): kept so it can still be reaped.
@@ -413,17 +419,6 @@ class ProcessSandbox:
         group (not zombies, nor children that left the group).  Reads /proc: a scan of the
         host's processes, with no await."""
         return _group_usage(self.pid)
-
-
-def kill_group(pgid: int, signum: int) -> None:
-    try:
-        os.killpg(pgid, signum)
-    except ProcessLookupError:
-        pass
-    except OSError as exc:
-        if not 0 <= signum < _signal.NSIG:
-            raise InvalidArgument(f"signal {signum}: not a valid signal number") from exc
-        raise
 
 
 def _group_usage(pgid: int) -> tuple[int, int, int]:

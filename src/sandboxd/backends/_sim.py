@@ -23,7 +23,7 @@ import trio
 
 from .._errors import FailedPrecondition, InvalidArgument
 from .._models import Platform, SandboxSpec
-from ._base import ExitCallback
+from ._base import ExitCallback, SpawnCallback
 from ._platform import host_platform
 
 #: The first pid a :class:`SimBackend` hands out.
@@ -153,10 +153,15 @@ class SimBackend:
         _settings(spec.options.sim)
 
     async def start(
-        self, spec: SandboxSpec, nursery: trio.Nursery, on_exit: ExitCallback
+        self,
+        spec: SandboxSpec,
+        nursery: trio.Nursery,
+        on_exit: ExitCallback,
+        on_spawned: SpawnCallback | None = None,
     ) -> SimProcess:
         """Start a sim process: after ``start_delay`` (trio time), fail with ``start_error``
-        or return the process, with the next pid.
+        or return the process, with the next pid.  One step: ``on_spawned`` is not called
+        (a simulated process cannot outlive the daemon).
 
         ``on_exit(status)`` is called exactly once, either synchronously inside
         :meth:`SimProcess.signal`, :meth:`SimProcess.cleanup` or :meth:`exit`, or from a timer
@@ -196,6 +201,9 @@ class SimBackend:
         return process
 
     # -- test hooks --------------------------------------------------------------------------
+
+    def discard(self, pid: int, identity: Mapping[str, Any]) -> None:
+        """Nothing to do: simulated processes end with the daemon that simulated them."""
 
     def adopt(
         self,

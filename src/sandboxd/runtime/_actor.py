@@ -19,7 +19,7 @@ import logging
 import math
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Final, final
 
@@ -39,6 +39,7 @@ from .._models import (
     SandboxStatus,
 )
 from ..backends import EXIT_UNKNOWN, Backend, SandboxProcess
+from ._crash import ARMED, crash_at
 from ._lifecycle import Effect, Input, Phase, decide
 from ._reply import Reply
 from ._store import Done, SandboxRecord, encode_record, encode_spec
@@ -69,6 +70,20 @@ class ActorContext:
     #: Told once the actor's sandbox no longer exists (deleted, or its Create refused by the
     #: store), so that its id can be taken again.
     forget: Callable[[SandboxActor], None]
+
+
+#: The crash point reached once a record in this phase is committed.
+_RECORDED_CRASH_POINTS: Final = {
+    Phase.READY: "start:ready",
+    Phase.STOPPING: "stop:recorded",
+    Phase.GONE: "shutdown:deleted",
+}
+
+
+def _crash_after(point: str, done: Done, error: Exception | None) -> None:
+    if error is None:
+        crash_at(point)
+    done(error)
 
 
 #: A held answer: the reply, and the value or the error it is to get.
@@ -328,19 +343,23 @@ class SandboxActor:
             write = self._context.write
             if write is not None:
                 self._unrecorded = held
-                if self.phase is Phase.GONE:
-                    text = None
-                else:
-                    if self._spec_json is None:
-                        self._spec_json = encode_spec(self.spec)
-                    text = encode_record(self.record(), self._spec_json)
-                write(self.sandbox_id, text, functools.partial(self._recorded, held))
+                text = None if self.phase is Phase.GONE else self._encode(self.record())
+                done: Done = functools.partial(self._recorded, held)
+                point = _RECORDED_CRASH_POINTS.get(self.phase) if ARMED else None
+                if point is not None:
+                    done = functools.partial(_crash_after, point, done)
+                write(self.sandbox_id, text, done)
                 return
         if self._unrecorded is not None:
             # Nothing new to write, but what these answers tell is not on disk yet.
             self._unrecorded.extend(held)
         else:
             _give(held)
+
+    def _encode(self, record: SandboxRecord) -> str:
+        if self._spec_json is None:
+            self._spec_json = encode_spec(self.spec)
+        return encode_record(record, self._spec_json)
 
     def _recorded(self, answers: list[_Answer], error: Exception | None) -> None:
         """Called by the store's writer once the record sent with ``answers`` is committed
@@ -386,13 +405,24 @@ class SandboxActor:
 
         A sandbox whose process still runs (same pid, same start time) is adopted in the
         phase it was in, a Stop or Shutdown in progress resuming; one whose process died
-        meanwhile is ``stopped`` with the stand-in status 255.  The resolved state is
-        written back at the actor's first step.
+        meanwhile is ``stopped`` with the stand-in status 255.  A ``created`` sandbox with a
+        pid is a Start a crash cut short (:meth:`_spawned`): that process, held or just
+        released, is killed, and the sandbox is ``created`` with no process, to be started
+        again.  The resolved state is written back at the actor's first step.
         """
         self.created_at = record.created_at
         self.started_at = record.started_at
         self.pid = record.pid
         phase = Phase(record.phase)
+        if phase is Phase.CREATED and record.pid > 0:
+            self._backend.discard(record.pid, record.identity)
+            log.warning(
+                "sandbox %s: killed process %d, whose start was cut short by a crash",
+                self.sandbox_id,
+                record.pid,
+            )
+            self.pid = 0
+            self._dirty = True
         if phase in (Phase.CREATED, Phase.STOPPED):
             self.phase = phase
             self.exit_status = record.exit_status
@@ -507,6 +537,7 @@ class SandboxActor:
                 self._dirty = True
                 self._park_stop(reply)
                 self._arm_kill(grace)
+                crash_at("stop:signalled")
             case Effect.JOIN_STOP:
                 self._park_stop(reply)
                 if arg is not None and self.phase is Phase.STOPPING:
@@ -524,6 +555,7 @@ class SandboxActor:
                 self._kill_deadline = math.inf
                 self._park_shutdown(reply)
                 self._signal(_SIGKILL)
+                crash_at("shutdown:killed")
             case Effect.JOIN_SHUTDOWN:
                 self._park_shutdown(reply)
             case Effect.RECORD_EXIT_AND_REMOVE:
@@ -553,7 +585,7 @@ class SandboxActor:
         assert transition.effect is Effect.SPAWN
         try:
             process = await self._backend.start(
-                self.spec, self._context.process_nursery, self._on_exit
+                self.spec, self._context.process_nursery, self._on_exit, self._spawned
             )
         except RPCError as err:
             log.warning("sandbox %s: start failed: %s", self.sandbox_id, err.message)
@@ -569,6 +601,7 @@ class SandboxActor:
                     FailedPrecondition(f"cannot start sandbox {self.sandbox_id!r}: {exc}"),
                 )
             return
+        crash_at("start:released")
         self.process = process
         self.pid = process.pid
         self.started_at = _now()
@@ -581,6 +614,31 @@ class SandboxActor:
                 reply,
                 SandboxInstance(self.sandbox_id, self.pid, self.created_at, self.spec.labels),
             )
+
+    async def _spawned(self, pid: int, identity: Mapping[str, Any]) -> None:
+        """The backend's process exists, held before it runs anything of the sandbox's:
+        return once its pid is committed (the sandbox still ``created``), so that after any
+        crash from here on, recovery finds it (:meth:`restore`).  Raises the store's refusal
+        (the backend then kills the process, and the Start fails with it).  The record
+        carries everything the sandbox's last one did, so no change is lost by it."""
+        crash_at("start:spawned")
+        write = self._context.write
+        if write is None:
+            return
+        outcome: list[Exception | None] = []
+        committed = trio.Event()
+
+        def done(error: Exception | None) -> None:
+            outcome.append(error)
+            committed.set()
+
+        record = attrs.evolve(self.record(), pid=pid, identity=identity)
+        write(self.sandbox_id, self._encode(record), done)
+        crash_at("start:queued")
+        await committed.wait()
+        if outcome[0] is not None:
+            raise outcome[0]
+        crash_at("start:recorded")
 
     def _exit(self) -> ExitStatus:
         assert self.exit_status is not None and self.exited_at is not None
@@ -635,6 +693,7 @@ class SandboxActor:
                 self._answer(reply, None)
 
     def _remove(self) -> None:
+        crash_at("shutdown:exited")
         self.phase = Phase.GONE
         self._dirty = True
         self._context.forget(self)
