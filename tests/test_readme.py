@@ -103,7 +103,7 @@ def test_the_fuzzing_example_finds_the_bug_then_passes_the_fix() -> None:
     ], lines
     assert any(line.endswith("answered: exit 0; model: NOT_FOUND") for line in lines), lines
     assert lines[-1].startswith("100 programs, ")
-    assert lines[-1].endswith(": every history linearizable")
+    assert lines[-1].endswith(": every check passed")
 
 
 def test_every_example_is_tested() -> None:

@@ -172,9 +172,9 @@ sandboxer a seed reproduces a run up to the interleaving of concurrent calls.  W
 a chosen status after a delay, ignore SIGTERM, or the pause process), so real exit statuses
 and signals are checked.
 
-Exit status: 0 when every history was linearizable, {EXIT_VIOLATION} on a violation,
-{EXIT_NO_TOOLKIT} when Hypothesis is missing (pip install 'sandboxd[testing]'), 10 + the
-status code when the daemon cannot be reached.
+Exit status: 0 when every history passed every check (outcomes, deadlines, fields,
+events), {EXIT_VIOLATION} on a violation, {EXIT_NO_TOOLKIT} when Hypothesis is missing (pip
+install 'sandboxd[testing]'), 10 + the status code when the daemon cannot be reached.
 """
 
 
