@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import sandboxd
 from sandboxd.wire import MAX_PAYLOAD, decode_response, encode_error, encode_response
-from sandboxd.wire._client import response_payload
+from sandboxd.wire._envelope import response_payload
 
 OK_HEAD = b"\xa1\x67payload"
 

@@ -50,7 +50,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Final, NamedTuple, final
 
 from .._errors import ResourceExhausted, RPCError, Unavailable
-from ._envelope import SUCCESS_ENVELOPE_HEAD, decode_response, dumps, encode_request
+from ._envelope import decode_response, dumps, encode_request, response_payload
 from ._frame import (
     MAX_PAYLOAD,
     Flags,
@@ -75,7 +75,6 @@ _DATA: Final = int(FrameType.DATA)
 _NO_DATA: Final = int(Flags.NO_DATA)
 _REMOTE_CLOSED: Final = int(Flags.REMOTE_CLOSED)
 _END_FLAGS: Final = int(Flags.REMOTE_CLOSED | Flags.NO_DATA)
-_OK_AT: Final = len(SUCCESS_ENVELOPE_HEAD)
 
 
 # Events are NamedTuples: light to build (one per reply), and equal when their fields are.
@@ -142,29 +141,6 @@ def request_envelope(
     timeout_nano = 0 if deadline == math.inf else max(1, int((deadline - now) * 1e9))
     payload = dumps(message) if message else b""
     return encode_request(service, method, payload, timeout_nano, metadata)
-
-
-def response_payload(envelope: bytes) -> bytes:
-    """What :func:`~sandboxd.wire.decode_response` returns for ``envelope`` (or raises).
-
-    The common case, a success envelope as :func:`~sandboxd.wire.encode_response` writes it, is
-    read here without a CBOR decoder: :data:`SUCCESS_ENVELOPE_HEAD`, a definite byte string head
-    and the byte string, nothing after it.  Everything else (errors, any other encoding) goes
-    to ``decode_response``.
-    """
-    if envelope.startswith(SUCCESS_ENVELOPE_HEAD) and len(envelope) > _OK_AT:
-        head = envelope[_OK_AT]
-        if 0x40 <= head <= 0x57:  # the length is in the head
-            start = _OK_AT + 1
-            length = head - 0x40
-        elif 0x58 <= head <= 0x5B:  # the length follows in 1, 2, 4 or 8 bytes
-            start = _OK_AT + 1 + (1 << (head - 0x58))
-            length = int.from_bytes(envelope[_OK_AT + 1 : start], "big")
-        else:
-            return decode_response(envelope)
-        if start + length == len(envelope):
-            return envelope[start:]
-    return decode_response(envelope)
 
 
 @final

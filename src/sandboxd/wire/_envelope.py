@@ -167,9 +167,9 @@ def _check_metadata(metadata: object) -> None:
 
 
 #: How every success envelope :func:`encode_response` writes begins: a map of one pair, whose
-#: key is the text ``payload`` (``{"payload": ...``).  The client's fast reader of replies
-#: (``wire._client.response_payload``) reads the same bytes back.
-SUCCESS_ENVELOPE_HEAD: Final = b"\xa1\x67payload"
+#: key is the text ``payload`` (``{"payload": ...``); :func:`response_payload` reads it back.
+_RESPONSE_HEAD: Final = b"\xa1\x67payload"
+_OK_AT: Final = len(_RESPONSE_HEAD)
 
 
 def encode_response(payload: bytes) -> bytes:
@@ -190,7 +190,7 @@ def encode_response(payload: bytes) -> bytes:
         head = b"\x5a" + n.to_bytes(4, "big")
     else:
         head = b"\x5b" + n.to_bytes(8, "big")
-    return SUCCESS_ENVELOPE_HEAD + head + payload
+    return _RESPONSE_HEAD + head + payload
 
 
 def encode_error(code: int, message: str, details: Sequence[Any] = ()) -> bytes:
@@ -233,3 +233,26 @@ def decode_response(data: bytes) -> bytes:
     if code != Code.OK:
         raise RPCError.from_status(code, message, details)
     return payload
+
+
+def response_payload(envelope: bytes) -> bytes:
+    """What :func:`~sandboxd.wire.decode_response` returns for ``envelope`` (or raises).
+
+    The common case, a success envelope as :func:`encode_response` writes it, is
+    read here without a CBOR decoder: ``_RESPONSE_HEAD``, a definite byte string head
+    and the byte string, nothing after it.  Everything else (errors, any other encoding) goes
+    to ``decode_response``.
+    """
+    if envelope.startswith(_RESPONSE_HEAD) and len(envelope) > _OK_AT:
+        head = envelope[_OK_AT]
+        if 0x40 <= head <= 0x57:  # the length is in the head
+            start = _OK_AT + 1
+            length = head - 0x40
+        elif 0x58 <= head <= 0x5B:  # the length follows in 1, 2, 4 or 8 bytes
+            start = _OK_AT + 1 + (1 << (head - 0x58))
+            length = int.from_bytes(envelope[_OK_AT + 1 : start], "big")
+        else:
+            return decode_response(envelope)
+        if start + length == len(envelope):
+            return envelope[start:]
+    return decode_response(envelope)
