@@ -283,7 +283,8 @@ class ClientConnection:
         events: list[Event] = []
         unary = self._unary
         streams = self._streams
-        filled: list[_Stream] = []  # streams given messages: judged behind or not at the end
+        # Streams given messages in this read, each once: judged behind or not at the end.
+        filled: dict[int, _Stream] = {}
         for frame in self._decoder.feed(data):
             stream_id = frame.stream_id
             if stream_id in unary:
@@ -320,9 +321,9 @@ class ClientConnection:
                 else:
                     events.append(StreamEnded(stream_id, None))
             elif frame.type == _DATA:
-                filled.append(stream)
+                filled[stream_id] = stream
                 self._on_stream_data(stream_id, stream, frame.flags, frame.payload, events)
-        for stream in filled:
+        for stream in filled.values():
             stream.behind = len(stream.messages) >= self._stream_buffer
         return events
 
