@@ -58,7 +58,7 @@ from ._process import (
     still_spawned,
     watch_pid,
 )
-from ._spawn import Child, Gate, kill_group, read_some
+from ._spawn import Child, Gate, kill_and_reap, kill_group, read_some
 
 #: Mount types a rootfs may hold, and the bwrap option each becomes.
 MOUNT_TYPES: Final = ("bind", "tmpfs", "proc", "dev")
@@ -373,10 +373,7 @@ async def _kill_outer(process: Child, init_pid: int = 0) -> None:
     if init_pid > 0:
         with contextlib.suppress(ProcessLookupError):
             os.kill(init_pid, _signal.SIGKILL)  # takes the whole namespace down
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, _signal.SIGKILL)
-    with trio.CancelScope(shield=True):
-        await process.wait()
+    await kill_and_reap(process)
 
 
 def _pid_namespace(pid: int) -> str | None:
