@@ -115,8 +115,8 @@ def sim_model(timing: Timing | None = None) -> ReferenceModel:
 _IGNORE: Final = 'trap "" TERM; '
 _FOREVER: Final = "exec sleep 300"
 _COMMAND: Final = re.compile(
-    r'(?P<ignore>trap "" TERM; )?'
-    r"(?:exec sleep 300|(?:sleep (?P<delay>[0-9.]+); )?exit (?P<status>[0-9]+))"
+    f"(?P<ignore>{re.escape(_IGNORE)})?"
+    f"(?:{re.escape(_FOREVER)}|(?:sleep (?P<delay>[0-9.]+); )?exit (?P<status>[0-9]+))"
 )
 
 

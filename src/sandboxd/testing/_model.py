@@ -335,6 +335,13 @@ def _disarmed(sandbox: SandboxModel) -> SandboxModel:
     return attrs.evolve(sandbox, kill_at=math.inf, kill_by=math.inf)
 
 
+def _by(now: float, seconds: float) -> float:
+    """The latest time for what is due ``seconds`` after ``now``: never (``inf``) when the
+    time is not kept (``now`` is ``-inf`` in the sequential model) or ``seconds`` is
+    ``inf`` -- rather than the NaN their sum would be."""
+    return math.inf if now == -math.inf or seconds == math.inf else now + seconds
+
+
 def _signal(sandbox: SandboxModel, signum: int, now: float, timing: Timing) -> SandboxModel:
     """Deliver ``signum`` at ``now`` to the sandbox's process, if it has one that has not
     exited."""
@@ -343,7 +350,7 @@ def _signal(sandbox: SandboxModel, signum: int, now: float, timing: Timing) -> S
     if signum == _SIGKILL:
         status: int | None = SIGKILL_STATUS
         # A SIGKILLed process's exit is recorded at once (within the tolerance).
-        sandbox = attrs.evolve(sandbox, due=min(sandbox.due, now + timing.tolerance))
+        sandbox = attrs.evolve(sandbox, due=min(sandbox.due, _by(now, timing.tolerance)))
     else:
         status = sandbox.behaviour.sigterm_exit_status
     if status is None:  # ignored
@@ -363,7 +370,7 @@ def _arm(sandbox: SandboxModel, grace: float | None, now: float, timing: Timing)
     if grace is None:  # any time from now on
         kill_at, kill_by = now, math.inf
     else:
-        kill_at, kill_by = now + grace, now + grace + timing.tolerance
+        kill_at, kill_by = now + grace, _by(now, grace + timing.tolerance)
     if not sandbox.grace_armed:
         sandbox = _signal(sandbox, _SIGTERM, now, timing)
     elif kill_at >= sandbox.kill_at:

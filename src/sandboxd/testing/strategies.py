@@ -382,7 +382,7 @@ def programs(
     # Without id reuse, the selectors of reuse are left out: they would pick any call.
     last = _SELECTORS - 1 if reuse else _GUIDED + 1
     selector = st.integers(0, last) if guided else st.just(last)
-    reuse_racers = tuple(n for n in _REUSE_RACERS if n in allowed) if clients > 1 else ()
+    reuse_racers = tuple(n for n in _REUSE_RACERS if n in allowed)  # drawn with ``partner``
 
     # The guide of the program being drawn: the steps of a list are drawn in order.
     current: list[_Guide] = [_Guide()]
