@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from .._models import SandboxOptions
 from ._faults import sim_behaviour
 from ._linearize import Operation
-from ._model import Blocks, Outcome, ReferenceModel, StatusView
+from ._model import Blocks, Outcome, ReferenceModel, StatusView, Timing
 from ._programs import REAPER, Call, Program, render_program
 
 __all__ = ["brief_outcome", "explain_conflict", "reproducer_script", "reproducer_test"]
@@ -320,6 +320,24 @@ def _docstring_text(lines: Sequence[str]) -> str:
     return text.replace('"' * 3, "'" * 3)
 
 
+def replay_order(observed: Mapping[tuple[int, int, int], Operation]) -> list[tuple[int, int, int]]:
+    """The keys of a run's ``trace`` (see :func:`~sandboxd.testing.run_program`) in the order
+    the run made their calls: the ``schedule`` a reproducer replays."""
+    return sorted(observed, key=lambda key: _begins(observed[key]))
+
+
+def _render_timing(timing: Timing | None) -> str:
+    """``Timing(...)`` as a reproducer writes it, or nothing for a model that keeps no time."""
+    if timing is None or timing == Timing():
+        return ""
+    words = []
+    if timing.stop_timeout is not None:
+        words.append(f"stop_timeout={timing.stop_timeout!r}")
+    if timing.tolerance != math.inf:
+        words.append(f"tolerance={timing.tolerance!r}")
+    return f"Timing({', '.join(words)})"
+
+
 def reproducer_test(
     program: Program,
     sandbox_ids: Sequence[str],
@@ -330,6 +348,7 @@ def reproducer_test(
     cushion: float = 0.02,
     schedule: Sequence[tuple[int, int, int]] | None = None,
     replays: int = 5,
+    timing: Timing | None = None,
 ) -> str:
     """``program`` as a pytest module: one test that replays it against the daemon at
     ``$SANDBOXD_SOCKET`` (default ``socket``, else the daemon's default) and checks what the
@@ -341,7 +360,9 @@ def reproducer_test(
     ``schedule`` (see :func:`~sandboxd.testing.run_program`; the order in which the failing
     run made them, from its ``trace``), each once the one before is out; and ``replays``
     times, failing at the first history the model cannot explain -- a server's own
-    scheduling may still order two requests read at once either way.
+    scheduling may still order two requests read at once either way.  ``timing`` is the
+    fuzzer's (its grace period and tolerance; default: no deadlines checked), so that a
+    deadline missed is judged as the fuzzer judged it.
     """
     text = render_program(program)
     used = sandbox_ids[: program.sandboxes]
@@ -355,6 +376,7 @@ def reproducer_test(
         "recording_events",
         "run_program",
         model,
+        *(["Timing"] if _render_timing(timing) else []),
     ]
     imports += [name for name in ("sim_faults", "process_faults") if f"{name}(" in text]
     if socket is not None:
@@ -378,6 +400,7 @@ def reproducer_test(
         f"PROGRAM = {text}",
         "# Created and shut down around each replay, to bracket its events.",
         f"MARKER = {json.dumps(used[0] + '-events')}",
+        f"MODEL = {model}({_render_timing(timing)})",
     ]
     replay = ["PROGRAM", "[ctl]", "SANDBOX_IDS", f"cushion={cushion!r}", "cleanup=True"]
     if schedule is not None and not program.sequential:
@@ -401,11 +424,11 @@ def reproducer_test(
         f"{indent}                history = await run_program(",
         f"{indent}                    {', '.join(replay)}",
         f"{indent}                )",
-        f"{indent}            result = check_linearizable(history, {model}())",
+        f"{indent}            result = check_linearizable(history, MODEL)",
         f"{indent}            assert result.ok, result.describe()",
         f"{indent}            problems = check_fields(history)",
         f"{indent}            if log.complete:",
-        f"{indent}                problems += check_events(history, log.events, {model}())",
+        f"{indent}                problems += check_events(history, log.events, MODEL)",
         f'{indent}            assert not problems, "\\n".join(problems)',
         "",
         "    trio.run(main)",

@@ -74,7 +74,7 @@ from ._linearize import HistoryRecorder, Operation, check_linearizable
 from ._model import ReferenceModel, Timing
 from ._observed import check_events, check_fields
 from ._programs import Call, EventLog, Program, ProgramHung, recording_events, run_program
-from ._reproduce import explain_conflict, reproducer_script, reproducer_test
+from ._reproduce import explain_conflict, replay_order, reproducer_script, reproducer_test
 
 __all__ = [
     "FuzzProgress",
@@ -409,9 +409,11 @@ class _Session:
                 socket=self.socket,
                 notes=notes,
                 name=f"test_fuzz_seed_{self.seed}",
-                schedule=sorted(
-                    trace, key=lambda key: (trace[key].start_time, trace[key].order[0])
-                ),
+                schedule=replay_order(trace),
+                # A reproducer runs against a daemon, in real time.
+                timing=attrs.evolve(self.model.timing, tolerance=SOCKET_TOLERANCE)
+                if self.virtual_time
+                else self.model.timing,
             ),
             found_after=self.programs,
             shrunk_from=len(self.first.program) if self.first is not None else len(program),
