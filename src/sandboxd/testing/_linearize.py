@@ -43,6 +43,7 @@ which no single one can be dropped.
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections import defaultdict
@@ -325,8 +326,10 @@ class _Search:
         # A call reaches the sandbox within the tolerance of its start: time may not pass
         # that while it has not taken effect -- but for a Start, which keeps the sandbox
         # busy until it ends (calls arriving meanwhile take effect after it, at once).
-        pending = _bits(checked & ~done)
-        waiting = sorted((ops[i].start_time + self.tolerance, i) for i in pending)[:2]
+        # The ops are in start order and _bits yields indices upwards: the first two pending
+        # are the two that must arrive first.
+        pending = itertools.islice(_bits(checked & ~done), 2)
+        waiting = [(ops[i].start_time + self.tolerance, i) for i in pending]
         arrival = waiting[0][0] if waiting else math.inf
         for i in self.order:
             if done >> i & 1 or self.pred[i] & ~complete:
