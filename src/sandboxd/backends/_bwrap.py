@@ -54,8 +54,8 @@ from ._process import (
     check_env,
     launch,
     proc_usage,
+    same_process,
     start_time,
-    still_spawned,
     watch_pid,
 )
 from ._spawn import Child, Gate, kill_and_reap, kill_group, read_some
@@ -260,7 +260,7 @@ class BwrapBackend:
         still the process spawned (see :meth:`Backend.discard`).  The namespace's init runs
         in a session of its own, so it is found as bwrap's child: bwrap is stopped first, so
         that it makes no new one meanwhile."""
-        if not still_spawned(pid, identity):
+        if not same_process(pid, identity.get("start_time")):
             return
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, _signal.SIGSTOP)
@@ -279,16 +279,14 @@ class BwrapBackend:
     ) -> BwrapSandbox | None:
         """The sandbox whose namespace init is ``pid``, if it still runs with the start time
         recorded; its end (the namespace's) is reported as EXIT_UNKNOWN."""
-        if pid <= 0 or start_time(pid) != identity.get("init_start_time"):
+        if not same_process(pid, identity.get("init_start_time")):
             return None
         if not watch_pid(nursery, pid, on_exit, spec.sandbox_id):
             return None
         log = os.path.join(self._log_dir, f"{spec.sandbox_id}.log") if self._log_dir else None
         outer = identity.get("bwrap_pid")
-        outer_alive = isinstance(outer, int) and start_time(outer) == identity.get(
-            "bwrap_start_time"
-        )
-        outer_pid = outer if outer_alive and isinstance(outer, int) else 0
+        alive = same_process(outer, identity.get("bwrap_start_time"))
+        outer_pid = outer if alive and isinstance(outer, int) else 0
         command = identity.get("command")
         line = command if isinstance(command, list) else []
         return BwrapSandbox(outer_pid, pid, spec, [str(a) for a in line], log or os.devnull)

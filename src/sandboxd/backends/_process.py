@@ -179,7 +179,8 @@ class ProcessBackend:
     def discard(self, pid: int, identity: Mapping[str, Any]) -> None:
         """SIGKILL the process group of a held (or just released) ``pid``, if it is still
         the process spawned (see :meth:`Backend.discard`)."""
-        discard_group(pid, identity)
+        if same_process(pid, identity.get("start_time")):
+            kill_group(pid, _signal.SIGKILL)
 
     def adopt(
         self,
@@ -191,7 +192,7 @@ class ProcessBackend:
     ) -> ProcessSandbox | None:
         """The sandbox whose init is ``pid``, if that process still runs with the start
         time recorded (see :meth:`Backend.adopt`)."""
-        if start_time(pid) != identity.get("start_time") or pid <= 0:
+        if not same_process(pid, identity.get("start_time")):
             return None
         if not watch_pid(nursery, pid, on_exit, spec.sandbox_id):
             return None
@@ -200,16 +201,15 @@ class ProcessBackend:
         return ProcessSandbox(pid, command, spec.options.cwd or "/", log or os.devnull)
 
 
-def still_spawned(pid: int, identity: Mapping[str, Any]) -> bool:
-    """Whether ``pid`` is still the process a start reported as ``(pid, identity)``."""
-    recorded = identity.get("start_time")
-    return pid > 0 and isinstance(recorded, int) and start_time(pid) == recorded
-
-
-def discard_group(pid: int, identity: Mapping[str, Any]) -> None:
-    """SIGKILL the process group led by ``pid`` if :func:`still_spawned`."""
-    if still_spawned(pid, identity):
-        kill_group(pid, _signal.SIGKILL)
+def same_process(pid: object, recorded: object) -> bool:
+    """Whether ``pid`` still runs and is the process whose start time was recorded as
+    ``recorded`` (a reused pid has another): what lets a record name a process."""
+    return (
+        isinstance(pid, int)
+        and pid > 0
+        and isinstance(recorded, int)
+        and start_time(pid) == recorded
+    )
 
 
 class ReadyPipe:
