@@ -253,7 +253,15 @@ class BwrapBackend:
                 os.close(init_fd)
             await _kill_outer(process)
             raise
-        return BwrapSandbox(process.pid, init_pid, spec, line, log_path or os.devnull)
+        return BwrapSandbox(
+            process.pid,
+            init_pid,
+            spec,
+            line,
+            log_path or os.devnull,
+            outer_start=identity["start_time"],
+            init_start=start_time(init_pid),
+        )
 
     def discard(self, pid: int, identity: Mapping[str, Any]) -> None:
         """Kill a held (or just released) bwrap ``pid`` and the namespace it made, if it is
@@ -289,7 +297,15 @@ class BwrapBackend:
         outer_pid = outer if alive and isinstance(outer, int) else 0
         command = identity.get("command")
         line = command if isinstance(command, list) else []
-        return BwrapSandbox(outer_pid, pid, spec, [str(a) for a in line], log or os.devnull)
+        return BwrapSandbox(
+            outer_pid,
+            pid,
+            spec,
+            [str(a) for a in line],
+            log or os.devnull,
+            outer_start=identity.get("bwrap_start_time") if outer_pid else None,
+            init_start=identity.get("init_start_time"),
+        )
 
 
 async def _watch_namespace(process: Child, init_fd: int, on_exit: ExitCallback) -> None:
@@ -404,11 +420,15 @@ class BwrapSandbox:
         spec: SandboxSpec,
         command: list[str],
         log: str,
+        *,
+        outer_start: object,
+        init_start: object,
     ) -> None:
         self._outer_pid = outer_pid
         self.init_pid = init_pid
-        self._init_start = start_time(init_pid)
-        self._outer_start = start_time(outer_pid) if outer_pid > 0 else None
+        # Their start times, as read when they were spawned or checked at adoption.
+        self._init_start = init_start if isinstance(init_start, int) else None
+        self._outer_start = outer_start if outer_pid > 0 and isinstance(outer_start, int) else None
         self._spec = spec
         self._command = command
         self._log = log

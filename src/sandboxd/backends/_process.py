@@ -174,7 +174,14 @@ class ProcessBackend:
             if ready is not None:
                 await ready.wait(process, spec.sandbox_id)
         watch(nursery, process, on_exit, spec.sandbox_id)
-        return ProcessSandbox(process.pid, shlex.join(argv), cwd, log_path or os.devnull, process)
+        return ProcessSandbox(
+            process.pid,
+            shlex.join(argv),
+            cwd,
+            log_path or os.devnull,
+            process,
+            started=identity["start_time"],
+        )
 
     def discard(self, pid: int, identity: Mapping[str, Any]) -> None:
         """SIGKILL the process group of a held (or just released) ``pid``, if it is still
@@ -198,7 +205,13 @@ class ProcessBackend:
             return None
         log = os.path.join(self._log_dir, f"{spec.sandbox_id}.log") if self._log_dir else None
         command = shlex.join(spec.options.command or ("<pause>",))
-        return ProcessSandbox(pid, command, spec.options.cwd or "/", log or os.devnull)
+        return ProcessSandbox(
+            pid,
+            command,
+            spec.options.cwd or "/",
+            log or os.devnull,
+            started=identity["start_time"],
+        )
 
 
 def same_process(pid: object, recorded: object) -> bool:
@@ -366,12 +379,20 @@ class ProcessSandbox:
     __slots__ = ("_command", "_cwd", "_killed", "_log", "_pid", "_process", "_start_time")
 
     def __init__(
-        self, pid: int, command: str, cwd: str, log: str, process: Child | None = None
+        self,
+        pid: int,
+        command: str,
+        cwd: str,
+        log: str,
+        process: Child | None = None,
+        *,
+        started: int | None,
     ) -> None:
         self._pid = pid
         # Our child (None when adopted after a restart): kept so it can still be reaped.
         self._process = process
-        self._start_time = start_time(pid)
+        # Its start time, as read when it was spawned or checked at adoption.
+        self._start_time = started
         self._command = command
         self._cwd = cwd
         self._log = log
