@@ -27,10 +27,13 @@ This module imports neither trio nor Hypothesis.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Final
+
+import attrs
 
 from .. import _models
 from .._models import ExitStatus, SandboxEvent, SandboxInstance, SandboxStatus
@@ -126,13 +129,15 @@ def check_fields(history: Iterable[Operation]) -> list[str]:
     for sandbox_id, lives in sorted(_lives(history).items()):
         for create, during in lives:
             facts = _Facts(sandbox_id)
+            labels = dict(create.args.get("labels") or {})
+            first_start: Operation | None = None
             for op, result in _ok_results(during):
                 if isinstance(result, SandboxInstance):
                     facts.see("created_at", result.created_at, op)
                     facts.see("pid", result.pid, op)
                     if result.pid <= 0:
                         facts.problems.append(f"{op!r}: a started sandbox's pid is {result.pid}")
-                    labels = dict(create.args.get("labels") or {})
+                    first_start = first_start or op
                     if dict(result.labels) != labels:
                         facts.problems.append(
                             f"{op!r}: labels {dict(result.labels)!r}, created with {labels!r}"
@@ -145,9 +150,8 @@ def check_fields(history: Iterable[Operation]) -> list[str]:
                     facts.within("exited_at", result.exited_at, _until(op), "the Wait")
             if "created_at" in facts.seen:
                 facts.within("created_at", facts.seen["created_at"][0], create, "the Create")
-            starts = [op for op, r in _ok_results(during) if isinstance(r, SandboxInstance)]
-            if "started_at" in facts.seen and starts:
-                facts.within("started_at", facts.seen["started_at"][0], starts[0], "the Start")
+            if "started_at" in facts.seen and first_start is not None:
+                facts.within("started_at", facts.seen["started_at"][0], first_start, "the Start")
             facts.order("created_at", "started_at")
             facts.order("started_at", "exited_at")
             facts.order("created_at", "exited_at")
@@ -157,15 +161,7 @@ def check_fields(history: Iterable[Operation]) -> list[str]:
 
 def _until(op: Operation) -> Operation:
     """``op`` as a span that may have begun at any time before it returned."""
-    return Operation(
-        op.call,
-        op.sandbox_id,
-        op.args,
-        op.start_time,
-        op.end_time,
-        op.outcome,
-        wall=(float("-inf"), op.wall[1]),
-    )
+    return attrs.evolve(op, wall=(-math.inf, op.wall[1]))
 
 
 def _status_facts(facts: _Facts, status: SandboxStatus, op: Operation) -> None:
