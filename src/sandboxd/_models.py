@@ -165,10 +165,102 @@ class SandboxEvent:
     timestamp: datetime
     exit_status: int | None = None
     dropped: int | None = None
+    #: The exec an ``exec-start`` or ``exec-exit`` event is about.
+    exec_id: str | None = None
 
 
 TOPIC_CREATE: Final = "/sandboxes/create"
 TOPIC_START: Final = "/sandboxes/start"
 TOPIC_EXIT: Final = "/sandboxes/exit"
 TOPIC_DELETE: Final = "/sandboxes/delete"
+TOPIC_EXEC_START: Final = "/sandboxes/exec-start"
+TOPIC_EXEC_EXIT: Final = "/sandboxes/exec-exit"
 TOPIC_DROPPED: Final = "/events/dropped"
+
+
+#: The streams of an exec's (and a sandbox's) output.
+STDOUT: Final = "stdout"
+STDERR: Final = "stderr"
+#: What ExecSync keeps of each output stream by default.
+DEFAULT_EXEC_SYNC_OUTPUT: Final = 1 << 20
+
+
+@attrs.frozen(slots=True)
+class WindowSize:
+    """A pseudo-terminal's size, in character cells."""
+
+    rows: int
+    cols: int
+
+
+@attrs.frozen(slots=True)
+class ExecRequest:
+    """One command to run inside a running sandbox (Exec and ExecSync).
+
+    ``env`` is added to the sandbox's own environment; ``cwd`` defaults to the sandbox's;
+    ``user`` is ``"uid"`` or ``"uid:gid"`` (numbers, as seen inside the sandbox).  ``tty``
+    gives the command a pseudo-terminal of ``window``'s size (its output then comes as
+    stdout alone); ``stdin`` gives it a standard input the caller writes (else /dev/null).
+    ``timeout_secs`` kills the command's whole process tree when it has run that long.
+    ``exec_id`` is unique within the sandbox, chosen by the runtime when absent.
+    """
+
+    command: tuple[str, ...] = attrs.field(converter=_texts)
+    exec_id: str | None = None
+    env: Mapping[str, str] = attrs.field(factory=dict, converter=_frozen_map)
+    cwd: str | None = None
+    tty: bool = False
+    stdin: bool = False
+    timeout_secs: float | None = None
+    user: str | None = None
+    window: WindowSize | None = None
+
+
+@attrs.frozen(slots=True)
+class ExecOutput:
+    """A chunk of an exec's output, on :data:`STDOUT` or :data:`STDERR`, in order."""
+
+    stream: str
+    data: bytes
+
+
+@attrs.frozen(slots=True)
+class ExecExit:
+    """How an exec ended: 128+N for death by signal N (then ``signal`` is N), and whether
+    its timeout killed it."""
+
+    exit_status: int
+    timed_out: bool = False
+    signal: int | None = None
+
+
+@attrs.frozen(slots=True)
+class ExecSyncResult:
+    """What ExecSync returns: the output kept (at most the cap of each stream; ``truncated``
+    says more was written and dropped) and how the command ended."""
+
+    exec_id: str
+    stdout: bytes
+    stderr: bytes
+    exit_status: int
+    timed_out: bool = False
+    truncated: bool = False
+    signal: int | None = None
+
+
+@attrs.frozen(slots=True)
+class LogChunk:
+    """A chunk of what a sandbox's init wrote, on :data:`STDOUT` or :data:`STDERR`, with the
+    time the daemon read it."""
+
+    stream: str
+    data: bytes
+    timestamp: datetime
+
+
+@attrs.frozen(slots=True)
+class LogGap:
+    """Output that was written but is no longer kept (rotated away): ``lost_bytes`` of it,
+    where this gap stands in the order of chunks."""
+
+    lost_bytes: int
