@@ -93,11 +93,10 @@ async def test_client_cancel_frame_ends_the_call(
         await probe.started.wait()
         if method == "Endless":
             assert await peer.message(1) == {"i": 0}
-        # DATA frames without REMOTE_CLOSED do not end the call.
+        # A DATA frame carrying no message, and a window update, do not end the call.
         await peer.send(
             encode_frame(1, DATA, Flags.NO_DATA, b""),
-            encode_frame(1, DATA, Flags.REMOTE_OPEN, b""),
-            encode_frame(1, DATA, 0, dumps({"x": 1})),
+            encode_frame(1, DATA, Flags.WINDOW_UPDATE | Flags.NO_DATA, b"\0\0\0\1"),
         )
         await trio.testing.wait_all_tasks_blocked()
         assert not probe.cancelled.is_set()

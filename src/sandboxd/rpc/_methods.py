@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol, final
 
 import attrs
@@ -26,8 +26,15 @@ class MethodKind(enum.Enum):
     INLINE = "inline"
     #: A coroutine function run in a task of its own, under the caller's deadline.
     UNARY = "unary"
-    #: A coroutine function that sends any number of messages, then returns.
+    #: A coroutine function that sends any number of messages, then returns (its return
+    #: value, a mapping or None, is the stream's final message).
     SERVER_STREAM = "server_stream"
+    #: A coroutine function that receives the client's messages until it half-closes, then
+    #: returns the response message.
+    CLIENT_STREAM = "client_stream"
+    #: A coroutine function that sends and receives messages at once, then returns the
+    #: stream's final message (a mapping or None).
+    BIDI_STREAM = "bidi_stream"
     #: A plain function run by the reader, like ``INLINE``, that hands the call's
     #: :class:`Responder` to whoever will answer it later (an actor's mailbox, say): a call
     #: that waits on something costs no task of its own.
@@ -86,9 +93,30 @@ class MessageSender(Protocol):
     async def send(self, message: Mapping[str, Any]) -> None: ...
 
 
+class MessageStream(MessageSender, Protocol):
+    """What a client-stream or bidirectional handler gets: it sends messages to the client
+    and receives the client's, in order.
+
+    ``send`` waits while the client has not taken enough of what was sent (its window is
+    full); a client that stays so for the server's stall timeout gets the call ended with
+    RESOURCE_EXHAUSTED, which ``send`` raises.  ``receive`` returns the client's next message,
+    or None once the client half-closed (for a client-stream method called without
+    REMOTE_OPEN, at once); a message that is not valid CBOR, or not a map, raises
+    INVALID_ARGUMENT.  ``async for`` iterates over the same messages.  Both are cancelled with
+    the call.
+    """
+
+    async def receive(self) -> Message | None: ...
+
+    def __aiter__(self) -> AsyncIterator[Message]: ...
+
+
 InlineHandler = Callable[[Message, CallContext], "Mapping[str, Any] | Encoded"]
 UnaryHandler = Callable[[Message, CallContext], Awaitable["Mapping[str, Any] | Encoded"]]
-StreamHandler = Callable[[Message, CallContext, MessageSender], Awaitable[None]]
+StreamHandler = Callable[
+    [Message, CallContext, MessageSender], Awaitable["Mapping[str, Any] | None"]
+]
+DuplexHandler = Callable[[Any, CallContext, MessageStream], Awaitable["Mapping[str, Any] | None"]]
 DeferredHandler = Callable[[Message, CallContext, Responder], None]
 
 
@@ -117,11 +145,12 @@ def unary(handler: UnaryHandler) -> Method:
 
 
 def server_stream(
-    handler: Callable[[Any, CallContext, MessageSender], Awaitable[None]],
+    handler: Callable[[Any, CallContext, MessageSender], Awaitable[Mapping[str, Any] | None]],
     *,
     prepare: Callable[[Message, CallContext], Any] | None = None,
 ) -> Method:
-    """A server-streaming method: ``handler(message, ctx, stream)`` calls ``stream.send``.
+    """A server-streaming method: ``handler(message, ctx, stream)`` calls ``stream.send``;
+    what it returns (a mapping), if anything, is the stream's final message.
 
     ``prepare(message, ctx)``, when given, runs synchronously as the request is read, so
     whatever it sets up (a subscription, say) sees everything that requests read after this
@@ -129,6 +158,25 @@ def server_stream(
     before the handler runs, the result is dropped: make it safe to forget.
     """
     return Method(MethodKind.SERVER_STREAM, handler, prepare)
+
+
+def client_stream(
+    handler: DuplexHandler, *, prepare: Callable[[Message, CallContext], Any] | None = None
+) -> Method:
+    """A client-streaming method: ``handler(message, ctx, stream)`` gets the request message
+    and receives the client's messages from ``stream`` (a :class:`MessageStream`); what it
+    returns is the response message.  ``prepare`` as for :func:`server_stream`."""
+    return Method(MethodKind.CLIENT_STREAM, handler, prepare)
+
+
+def bidi_stream(
+    handler: DuplexHandler, *, prepare: Callable[[Message, CallContext], Any] | None = None
+) -> Method:
+    """A bidirectional method: ``handler(message, ctx, stream)`` sends and receives on
+    ``stream`` (a :class:`MessageStream`), from different tasks if it likes; what it returns
+    (a mapping), if anything, is the stream's final message.  ``prepare`` as for
+    :func:`server_stream`."""
+    return Method(MethodKind.BIDI_STREAM, handler, prepare)
 
 
 def deferred(

@@ -36,6 +36,7 @@ holds nothing and is never timed out.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import heapq
 import logging
@@ -48,7 +49,10 @@ from typing import Any, Final, final
 import trio
 
 from ..wire import (
+    DEFAULT_WINDOW,
     MAX_PAYLOAD,
+    MAX_WINDOW,
+    WINDOW_METADATA,
     Cancelled,
     DeadlineExceeded,
     Flags,
@@ -69,6 +73,7 @@ from ..wire import (
     encode_frame,
     encode_response,
     loads_message,
+    window_frame,
 )
 from ._limits import Limits
 from ._methods import CallContext, Encoded, Method, MethodKind, PeerCredentials, Services
@@ -81,6 +86,14 @@ _REQUEST: Final = FrameType.REQUEST
 _DATA: Final = FrameType.DATA
 _RESPONSE: Final = FrameType.RESPONSE
 _END_OF_STREAM: Final = Flags.REMOTE_CLOSED | Flags.NO_DATA
+_REMOTE_CLOSED: Final = int(Flags.REMOTE_CLOSED)
+_NO_DATA: Final = int(Flags.NO_DATA)
+_WINDOW: Final = int(Flags.WINDOW_UPDATE)
+_CANCEL: Final = int(Flags.CANCEL)
+#: Kinds whose handler gets the client's messages, and kinds whose call ends with a DATA
+#: frame (a streaming server) rather than a RESPONSE.
+_RECEIVING: Final = frozenset({MethodKind.CLIENT_STREAM, MethodKind.BIDI_STREAM})
+_STREAMING: Final = frozenset({MethodKind.SERVER_STREAM, MethodKind.BIDI_STREAM})
 #: The messages of INTERNAL: a handler failed, or its result could not be made a response.
 _FAILED: Final = "internal error"
 _ENCODING_FAILED: Final = "cannot encode response"
@@ -110,14 +123,23 @@ def _status_of(exc: BaseException, ctx: CallContext, internal: str) -> RPCError:
 class _Call:
     """A call that runs in its own task: a row of the stream table."""
 
-    __slots__ = ("closed_by_client", "scope")
+    __slots__ = ("closed_by_client", "error", "scope", "stream")
 
     def __init__(self, scope: trio.CancelScope) -> None:
         self.scope = scope
         self.closed_by_client = False
+        # Why the server ended the call, when it did (a protocol error, a stall).
+        self.error: RPCError | None = None
+        self.stream: _ServerStream | None = None
 
     def end_by_client(self) -> None:
         self.closed_by_client = True
+        self.scope.cancel()
+
+    def end_with(self, error: RPCError) -> None:
+        """End the call with ``error`` (the first one given)."""
+        if self.error is None:
+            self.error = error
         self.scope.cancel()
 
 
@@ -174,26 +196,142 @@ class _Deferred:
 
 @final
 class _ServerStream:
-    """What a streaming handler sends its messages through."""
+    """What a streaming handler sends its messages through, and receives the client's from
+    (a :class:`~._methods.MessageStream`); also the stream's state the reader updates."""
 
-    __slots__ = ("_conn", "_stream_id")
+    __slots__ = (
+        "_conn",
+        "_ctx",
+        "_readable",
+        "_writable",
+        "call",
+        "consumed",
+        "credit",
+        "drained",
+        "flow",
+        "inbox",
+        "inbox_bytes",
+        "receiving",
+        "recv_credit",
+        "remote_closed",
+    )
 
-    def __init__(self, conn: _Connection, stream_id: int) -> None:
+    def __init__(
+        self, conn: _Connection, ctx: CallContext, call: _Call, window: int | None, receiving: bool
+    ) -> None:
         self._conn = conn
-        self._stream_id = stream_id
+        self._ctx = ctx
+        self.call = call
+        # The client speaks flow control: send waits on credit, the client gets grants.
+        self.flow = window is not None
+        self.credit = 0 if window is None else window
+        # Whether the client sends messages (the request was REMOTE_OPEN, for a method that
+        # takes them); what it sent, not yet received by the handler.
+        self.receiving = receiving
+        self.remote_closed = not receiving
+        self.inbox: collections.deque[bytes] = collections.deque()
+        self.inbox_bytes = 0
+        self.recv_credit = DEFAULT_WINDOW
+        self.consumed = 0
+        self._readable: trio.Event | None = None
+        self._writable: trio.Event | None = None
+        # Set while the inbox is within its bound (the reader waits on it otherwise).
+        self.drained: trio.Event | None = None
+
+    @property
+    def name(self) -> str:
+        ctx = self._ctx
+        return f"{ctx.service}/{ctx.method} stream {ctx.stream_id}"
 
     async def send(self, message: Mapping[str, Any]) -> None:
         """Queue one message on the stream.
 
         Waits while the connection has more than its bound of unsent bytes, so a peer that
-        does not read slows its own streams down and nothing else.  A schedule point.
+        does not read slows its own streams down and nothing else; and, for a client that
+        speaks flow control, while the stream's window is used up (past the stall timeout the
+        call ends with RESOURCE_EXHAUSTED, raised here).  A schedule point.
         """
         conn = self._conn
-        conn.transport.write_soon(encode_frame(self._stream_id, _DATA, 0, dumps(message)))
+        payload = dumps(message)
+        if self.flow:
+            if self.credit <= 0:
+                await self._wait_credit()
+            self.credit -= len(payload)
+        conn.transport.write_soon(encode_frame(self._ctx.stream_id, _DATA, 0, payload))
         if conn.transport.pending_bytes > conn.server.limits.max_buffered_bytes:
             await conn.transport.wait_drained()
         else:
             await trio.lowlevel.checkpoint()
+
+    async def _wait_credit(self) -> None:
+        stall_timeout = self._conn.server.limits.stall_timeout
+        with trio.move_on_after(stall_timeout):
+            while self.credit <= 0:
+                self._writable = trio.Event()
+                await self._writable.wait()
+        if self.credit <= 0:
+            error = ResourceExhausted(
+                f"{self.name}: the client took nothing of its full window for {stall_timeout:g} s"
+            )
+            self.call.end_with(error)
+            raise error
+
+    def grant(self, data: bytes) -> None:
+        """The client's window update: more credit to send."""
+        if len(data) != 4:
+            return
+        self.credit += int.from_bytes(data, "big")
+        if self.credit > 0 and self._writable is not None:
+            self._writable.set()
+
+    def push(self, data: bytes) -> bool:
+        """A message from the client; False when it is over the stream's bound."""
+        self.inbox.append(data)
+        self.inbox_bytes += len(data)
+        self.recv_credit -= len(data)
+        self._wake()
+        return self.inbox_bytes <= DEFAULT_WINDOW or len(self.inbox) == 1
+
+    def half_close(self) -> None:
+        self.remote_closed = True
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._readable is not None:
+            self._readable.set()
+            self._readable = None
+
+    async def receive(self) -> dict[str, Any] | None:
+        """The client's next message, or None once it half-closed (see MessageStream)."""
+        while not self.inbox:
+            if self.remote_closed:
+                await trio.lowlevel.checkpoint()
+                return None
+            readable = self._readable = trio.Event()
+            await readable.wait()
+        data = self.inbox.popleft()
+        self.inbox_bytes -= len(data)
+        if self.drained is not None and (
+            self.inbox_bytes <= DEFAULT_WINDOW or len(self.inbox) <= 1
+        ):
+            self.drained.set()
+        if self.flow:
+            self.consumed += len(data)
+            if self.consumed >= DEFAULT_WINDOW // 2:
+                grant, self.consumed = self.consumed, 0
+                self.recv_credit += grant
+                self._conn.transport.write_soon(window_frame(self._ctx.stream_id, grant))
+        await trio.lowlevel.checkpoint()
+        return loads_message(data, "stream message")
+
+    def __aiter__(self) -> _ServerStream:
+        return self
+
+    async def __anext__(self) -> dict[str, Any]:
+        message = await self.receive()
+        if message is None:
+            raise StopAsyncIteration
+        return message
 
 
 @final
@@ -203,6 +341,7 @@ class _Connection:
         "_decoder",
         "_last_stream_id",
         "_nursery",
+        "_over",
         "_timer",
         "calls",
         "peer",
@@ -224,6 +363,8 @@ class _Connection:
         self._decoder = FrameDecoder()
         self._last_stream_id = 0
         self.calls: dict[int, _Call | _Deferred] = {}
+        # Streams whose client sent past their bound without flow control: the reader waits.
+        self._over: set[_ServerStream] = set()
         # Deferred calls with a deadline, earliest first; answered ones are dropped lazily.
         self._deadlines: list[tuple[float, int, _Deferred]] = []
         # The deadline timer's sleep, once a deferred call has brought one.
@@ -275,6 +416,11 @@ class _Connection:
                             )
                 finally:
                     transport.uncork()
+                if self._over:
+                    unfinished.deadline = math.inf
+                    await self._wait_inboxes(stall_timeout)
+                    if partial:
+                        unfinished.deadline = trio.current_time() + stall_timeout
                 if decoder.buffered or decoder.discarding:
                     # A frame begun in this read starts the clock; one still unfinished from
                     # an earlier read leaves it running.
@@ -285,6 +431,28 @@ class _Connection:
                     partial = False
                     unfinished.deadline = math.inf
         raise PeerStalledError(f"the peer left a frame unfinished for {stall_timeout:g} s")
+
+    async def _wait_inboxes(self, stall_timeout: float) -> None:
+        """Stop reading while a stream holds more of its client's messages than its bound
+        (a client without flow control); end those still over it after ``stall_timeout``."""
+        with trio.move_on_after(stall_timeout):
+            while self._over:
+                stream = next(iter(self._over))
+                if stream.drained is not None:
+                    await stream.drained.wait()
+                self._over.discard(stream)
+                stream.drained = None
+        for stream in self._over:
+            stream.drained = None
+            stream.inbox.clear()
+            stream.inbox_bytes = 0
+            stream.call.end_with(
+                ResourceExhausted(
+                    f"{stream.name}: over {DEFAULT_WINDOW} bytes of the client's messages "
+                    f"were not taken for {stall_timeout:g} s"
+                )
+            )
+        self._over.clear()
 
     def reply_error(self, stream_id: int, err: RPCError, soon: bool = False) -> None:
         frame = encode_frame(stream_id, _RESPONSE, 0, encode_error_from(err))
@@ -376,6 +544,13 @@ class _Connection:
             except Exception as exc:
                 responder.fail(exc)
             return
+        window = None
+        if method.kind is not MethodKind.UNARY and WINDOW_METADATA in request.metadata:
+            try:
+                window = _window_of(request.metadata[WINDOW_METADATA])
+            except RPCError as err:
+                self.reply_error(stream_id, err)
+                return
         if method.prepare is not None:
             try:
                 message = method.prepare(message, ctx)
@@ -383,17 +558,69 @@ class _Connection:
                 self.fail(ctx, exc)
                 return
         call = _Call(trio.CancelScope(deadline=deadline))
+        if method.kind is not MethodKind.UNARY:
+            receiving = method.kind in _RECEIVING and bool(frame.flags & Flags.REMOTE_OPEN)
+            call.stream = _ServerStream(self, ctx, call, window, receiving)
         self.calls[stream_id] = call
         server.call_started()
         self._nursery.start_soon(self._run_call, stream_id, call, method, message, ctx)
 
     def _on_data(self, frame: Frame) -> None:
-        # A client ends a call it no longer wants with an empty Data frame flagged
-        # REMOTE_CLOSED (see PROTOCOL.md, "Ending a call early").
-        if frame.flags & Flags.REMOTE_CLOSED:
-            call = self.calls.get(frame.stream_id)
-            if call is not None:
+        # See docs/wire.md, "Client and bidirectional streams" and "Flow control".
+        stream_id = frame.stream_id
+        flags = frame.flags
+        call = self.calls.get(stream_id)
+        if call is None:
+            # A grant or a close racing the call's end is no one's fault: dropped.
+            if flags & (_WINDOW | _REMOTE_CLOSED) and flags & _NO_DATA and not flags & ~0x1D:
+                return
+            if not stream_id & 1 or stream_id > self._last_stream_id:
+                why = f"DATA on stream {stream_id} before its request"
+            else:
+                why = f"DATA on stream {stream_id}, which has no call in progress"
+            self.reply_error(stream_id, InvalidArgument(why))
+            return
+        if flags & _CANCEL:
+            call.end_by_client()
+            return
+        stream = call.stream if type(call) is _Call else None
+        if stream is None or not stream.receiving:
+            if flags & _REMOTE_CLOSED:
+                # The close frame of a call the client sends nothing on: it ends the call.
                 call.end_by_client()
+            elif flags & _WINDOW:
+                if stream is not None and stream.flow:
+                    stream.grant(frame.payload)
+            elif not flags & _NO_DATA:
+                self._refuse_data(call, InvalidArgument(f"stream {stream_id} takes no DATA"))
+            return
+        if flags & _WINDOW:
+            stream.grant(frame.payload)
+            return
+        if stream.remote_closed:
+            what = "a second close" if flags & _REMOTE_CLOSED else "DATA"
+            stream.call.end_with(
+                InvalidArgument(f"{stream.name}: {what} after the client closed its side")
+            )
+            return
+        if not flags & _NO_DATA:
+            if stream.flow and stream.recv_credit <= 0:
+                stream.call.end_with(
+                    ResourceExhausted(f"{stream.name}: the client sent past its window")
+                )
+                return
+            if not stream.push(frame.payload) and stream.drained is None:
+                stream.drained = trio.Event()
+                self._over.add(stream)
+        if flags & _REMOTE_CLOSED:
+            stream.half_close()
+
+    @staticmethod
+    def _refuse_data(call: _Call | _Deferred, error: RPCError) -> None:
+        if type(call) is _Call:
+            call.end_with(error)
+        else:
+            call.fail(error)
 
     def _keep_deadline(self, deadline: float, call: _Deferred) -> None:
         deadlines = self._deadlines
@@ -430,14 +657,17 @@ class _Connection:
     async def _run_call(
         self, stream_id: int, call: _Call, method: Method, message: Any, ctx: CallContext
     ) -> None:
+        kind = method.kind
         try:
             result: Any = None
             with call.scope:
-                if method.kind is MethodKind.UNARY:
+                if kind is MethodKind.UNARY:
                     result = await method.handler(message, ctx)
                 else:
-                    await method.handler(message, ctx, _ServerStream(self, stream_id))
-            if call.scope.cancelled_caught:
+                    result = await method.handler(message, ctx, call.stream)
+            if call.error is not None:
+                self.reply_error(stream_id, call.error, True)
+            elif call.scope.cancelled_caught:
                 if call.closed_by_client:
                     self.reply_error(stream_id, Cancelled("call ended by the client"), True)
                 else:
@@ -446,14 +676,21 @@ class _Connection:
                         DeadlineExceeded("deadline exceeded while serving the call"),
                         True,
                     )
-            elif method.kind is MethodKind.UNARY:
+            elif kind not in _STREAMING:
                 self.reply(ctx, result, True)
-            else:
+            elif result is None:
                 self.transport.write_soon(encode_frame(stream_id, _DATA, _END_OF_STREAM, b""))
+            else:
+                # A streaming server's final message rides on its closing DATA frame.
+                final = encode_frame(stream_id, _DATA, _REMOTE_CLOSED, dumps(result))
+                self.transport.write_soon(final)
         except Exception as exc:
             self.fail(ctx, exc, True)
         finally:
             del self.calls[stream_id]
+            if call.stream is not None and call.stream.drained is not None:
+                self._over.discard(call.stream)
+                call.stream.drained.set()
             self.server.call_finished()
 
 
@@ -641,6 +878,17 @@ class Server:
                 conn.forget_calls()
             transport.close()
             self._connections -= 1
+
+
+def _window_of(values: Any) -> int:
+    """The client's window from its request metadata: one decimal number of bytes."""
+    if len(values) == 1 and type(values[0]) is str and values[0].isdigit():
+        window = int(values[0])
+        if 0 < window <= MAX_WINDOW:
+            return window
+    raise InvalidArgument(
+        f"metadata {WINDOW_METADATA!r}: must be one number of bytes from 1 to {MAX_WINDOW}"
+    )
 
 
 def _refuse(sock: socket.socket, err: RPCError) -> None:

@@ -23,15 +23,20 @@ from .._errors import (
 )
 from ._client import (
     DEFAULT_STREAM_BUFFER,
+    DEFAULT_WINDOW,
     MAX_STREAM_ID,
+    MAX_WINDOW,
     RECV_SIZE,
+    WINDOW_METADATA,
     ClientConnection,
     ConnectionFailed,
     Event,
     ResponseReceived,
     StreamEnded,
     StreamMessage,
+    WindowOpened,
     request_envelope,
+    window_frame,
 )
 from ._envelope import (
     MAX_DEPTH,
@@ -60,12 +65,15 @@ from ._frame import (
 
 __all__ = [
     "DEFAULT_STREAM_BUFFER",
+    "DEFAULT_WINDOW",
     "HEADER",
     "HEADER_SIZE",
     "MAX_DEPTH",
     "MAX_PAYLOAD",
     "MAX_STREAM_ID",
+    "MAX_WINDOW",
     "RECV_SIZE",
+    "WINDOW_METADATA",
     "Aborted",
     "AlreadyExists",
     "Cancelled",
@@ -96,6 +104,7 @@ __all__ = [
     "Unavailable",
     "Unimplemented",
     "Unknown",
+    "WindowOpened",
     "decode_request",
     "decode_response",
     "dumps",
@@ -107,4 +116,5 @@ __all__ = [
     "loads_message",
     "loads_strict",
     "request_envelope",
+    "window_frame",
 ]

@@ -14,6 +14,12 @@ client, the blocking client, any other event loop's) does the I/O around it:
 * after each :meth:`~ClientConnection.receive_data` it sends
   :meth:`~ClientConnection.data_to_send` (frames the connection decided to send by itself:
   ending a stream whose consumer fell behind);
+* for a call opened with :meth:`~ClientConnection.open_stream` (client and bidirectional
+  streams, and server streams with flow control), it sends what
+  :meth:`~ClientConnection.send_message` and :meth:`~ClientConnection.close_send` return, while
+  :meth:`~ClientConnection.send_credit` is positive (a :class:`WindowOpened` event says it grew),
+  and tells the connection what its consumer took with :meth:`~ClientConnection.consumed`,
+  sending the window update that returns;
 * when a caller gives up on a call (its deadline passed, it was cancelled, it left a stream
   early) it sends what :meth:`~ClientConnection.cancel` returns, which tells the server to stop
   working on the call;
@@ -49,7 +55,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Final, NamedTuple, final
 
-from .._errors import ResourceExhausted, RPCError, Unavailable
+from .._errors import FailedPrecondition, ResourceExhausted, RPCError, Unavailable
 from ._envelope import decode_response, dumps, encode_request, response_payload
 from ._frame import (
     MAX_PAYLOAD,
@@ -68,6 +74,15 @@ RECV_SIZE: Final = 64 * 1024
 DEFAULT_STREAM_BUFFER: Final = 1024
 #: The last stream id a client may use (ids are odd and increase by 2 with every call).
 MAX_STREAM_ID: Final = 2**32 - 1
+#: The request metadata key by which a client says it speaks sandboxd's flow control; its one
+#: value is the client's window (decimal): the bytes of stream messages the server may send
+#: on the call before the client grants more.
+WINDOW_METADATA: Final = "sandboxd-window"
+#: The window of either side of a flow-controlled stream, in bytes of message payload: the
+#: client's default, and the server's (a protocol constant).
+DEFAULT_WINDOW: Final = 1 << 20
+#: The largest window a peer may grant or ask for.
+MAX_WINDOW: Final = 2**31 - 1
 
 _REQUEST: Final = int(FrameType.REQUEST)
 _RESPONSE: Final = int(FrameType.RESPONSE)
@@ -75,6 +90,11 @@ _DATA: Final = int(FrameType.DATA)
 _NO_DATA: Final = int(Flags.NO_DATA)
 _REMOTE_CLOSED: Final = int(Flags.REMOTE_CLOSED)
 _END_FLAGS: Final = int(Flags.REMOTE_CLOSED | Flags.NO_DATA)
+_CANCEL_FLAGS: Final = int(Flags.REMOTE_CLOSED | Flags.NO_DATA | Flags.CANCEL)
+_WINDOW: Final = int(Flags.WINDOW_UPDATE)
+_WINDOW_FLAGS: Final = int(Flags.WINDOW_UPDATE | Flags.NO_DATA)
+_REQUEST_OPEN: Final = int(Flags.REMOTE_OPEN)
+_REQUEST_CLOSED: Final = int(Flags.REMOTE_CLOSED)
 
 
 # Events are NamedTuples: light to build (one per reply), and equal when their fields are.
@@ -97,10 +117,19 @@ class StreamMessage(NamedTuple):
 class StreamEnded(NamedTuple):
     """A stream ended, cleanly (``error`` is None) or with ``error``, which its consumer
     raises after the messages still in its :meth:`~ClientConnection.messages`.  The stream is
-    no longer in flight."""
+    no longer in flight.  ``payload`` is the call's final response message, still encoded,
+    for a call opened with :meth:`~ClientConnection.open_stream` (``b""`` when it had none)."""
 
     stream_id: int
     error: RPCError | None
+    payload: bytes = b""
+
+
+class WindowOpened(NamedTuple):
+    """The server granted more window on a stream the client sends on:
+    :meth:`~ClientConnection.send_credit` grew."""
+
+    stream_id: int
 
 
 class ConnectionFailed(NamedTuple):
@@ -110,7 +139,7 @@ class ConnectionFailed(NamedTuple):
     error: RPCError
 
 
-Event = ResponseReceived | StreamMessage | StreamEnded | ConnectionFailed
+Event = ResponseReceived | StreamMessage | StreamEnded | WindowOpened | ConnectionFailed
 
 # A NamedTuple's own constructor is a Python function: building the one event every reply
 # makes straight from tuple.__new__ halves its cost.
@@ -130,8 +159,11 @@ def request_envelope(
     deadline: float = math.inf,
     now: float = 0.0,
     metadata: Mapping[str, Sequence[str]] | None = None,
+    window: int | None = None,
 ) -> bytes:
-    """The request envelope of a call, for :meth:`ClientConnection.send_request`.
+    """The request envelope of a call, for :meth:`ClientConnection.send_request` (or
+    :meth:`~ClientConnection.open_stream`, given the connection's ``window``, which goes in
+    the metadata).
 
     ``deadline`` and ``now`` are times on the driver's clock (seconds); the server is given
     what is left between them (at least 1 ns; nothing when ``deadline`` is infinite).
@@ -139,20 +171,31 @@ def request_envelope(
     (:meth:`ClientConnection.cancel`).  Pure: call it outside any lock.
     """
     timeout_nano = 0 if deadline == math.inf else max(1, int((deadline - now) * 1e9))
+    if window is not None:
+        metadata = {**(metadata or {}), WINDOW_METADATA: [str(window)]}
     payload = dumps(message) if message else b""
     return encode_request(service, method, payload, timeout_nano, metadata)
 
 
 @final
 class _Stream:
-    """A server stream in flight."""
+    """A stream in flight."""
 
-    __slots__ = ("behind", "messages")
+    __slots__ = ("behind", "consumed", "credit", "flow", "messages", "sends", "unacked")
 
-    def __init__(self) -> None:
+    def __init__(self, flow: bool = False, sends: bool = False) -> None:
         self.messages: collections.deque[bytes] = collections.deque()
         # The buffer was full at the end of the last read: one more message ends the stream.
         self.behind = False
+        # Opened by open_stream: flow-controlled, its final response reported.
+        self.flow = flow
+        # The client may still send on it (opened REMOTE_OPEN, not yet half-closed).
+        self.sends = sends
+        # Bytes the client may send before the server grants more.
+        self.credit = DEFAULT_WINDOW
+        # Bytes received and not granted back; bytes consumed and not granted back.
+        self.unacked = 0
+        self.consumed = 0
 
 
 @final
@@ -177,11 +220,17 @@ class ClientConnection:
         "_stream_buffer",
         "_streams",
         "_unary",
+        "window",
     )
 
     def __init__(
-        self, *, stream_buffer: int = DEFAULT_STREAM_BUFFER, max_payload: int = MAX_PAYLOAD
+        self,
+        *,
+        stream_buffer: int = DEFAULT_STREAM_BUFFER,
+        max_payload: int = MAX_PAYLOAD,
+        window: int = DEFAULT_WINDOW,
     ) -> None:
+        self.window = window
         self._decoder = FrameDecoder(max_payload)
         self._next_id = 1
         # Calls in flight by stream id: unary ones, and streams with their state.
@@ -224,6 +273,73 @@ class ClientConnection:
             self._unary.add(stream_id)
         return stream_id, frame
 
+    def open_stream(self, envelope: bytes, *, client_sends: bool = True) -> tuple[int, bytes]:
+        """Start a flow-controlled stream: its id and the request frame to send.  The
+        ``envelope`` must carry the connection's :attr:`window` (``request_envelope(...,
+        window=conn.window)``).  With ``client_sends`` (a client or bidirectional stream) the
+        request is flagged REMOTE_OPEN and the client sends with :meth:`send_message` and
+        :meth:`close_send`; otherwise REMOTE_CLOSED (a server stream).
+
+        The server's messages arrive in :meth:`messages`; the driver reports what its consumer
+        took with :meth:`consumed`.  The call ends with :class:`StreamEnded` carrying the final
+        response.  Raises as :meth:`send_request` does.
+        """
+        stream_id, frame = self.send_request(envelope, stream=True)
+        if client_sends:
+            frame = frame[:9] + bytes([_REQUEST_OPEN]) + frame[10:]
+        else:
+            frame = frame[:9] + bytes([_REQUEST_CLOSED]) + frame[10:]
+        self._streams[stream_id] = _Stream(flow=True, sends=client_sends)
+        return stream_id, frame
+
+    def _sending(self, stream_id: int) -> _Stream:
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            if self._error is not None:
+                raise copy_error(self._error)
+            raise FailedPrecondition(f"stream {stream_id} has ended: nothing more can be sent")
+        if not stream.sends:
+            raise FailedPrecondition(f"stream {stream_id} is closed for sending")
+        return stream
+
+    def send_credit(self, stream_id: int) -> int:
+        """Bytes the client may send on ``stream_id`` before the server grants more (at most
+        one message goes out while this is positive, whatever its size).  Raises as
+        :meth:`send_message` does when the stream takes nothing more."""
+        return self._sending(stream_id).credit
+
+    def send_message(self, stream_id: int, payload: bytes) -> bytes:
+        """The DATA frame carrying one message (encoded) on a stream the client sends on.
+
+        The driver waits until :meth:`send_credit` is positive before it asks.  Raises a copy
+        of :attr:`error` when the connection is over, :class:`~sandboxd.FailedPrecondition`
+        when the stream has ended or was closed for sending,
+        :class:`~sandboxd.ResourceExhausted` when the message is over the frame limit.
+        """
+        stream = self._sending(stream_id)
+        frame = encode_frame(stream_id, _DATA, 0, payload)
+        stream.credit -= len(payload)
+        return frame
+
+    def close_send(self, stream_id: int) -> bytes:
+        """The frame that says the client will send nothing more on the stream (the half-close,
+        REMOTE_CLOSED | NO_DATA).  Raises as :meth:`send_message` does."""
+        self._sending(stream_id).sends = False
+        return encode_frame(stream_id, _DATA, _END_FLAGS, b"")
+
+    def consumed(self, stream_id: int, size: int) -> bytes:
+        """The consumer took a message of ``size`` bytes from a flow-controlled stream: the
+        window update to send (once half the window is taken), or ``b""``."""
+        stream = self._streams.get(stream_id)
+        if stream is None or not stream.flow:
+            return b""
+        stream.consumed += size
+        if stream.consumed < self.window // 2:
+            return b""
+        grant, stream.consumed = stream.consumed, 0
+        stream.unacked -= grant
+        return window_frame(stream_id, grant)
+
     def messages(self, stream_id: int) -> collections.deque[bytes]:
         """The messages of the stream ``stream_id`` not yet taken, oldest first: take them
         with ``popleft``.  The deque is the stream's for good (keep it: once the stream has
@@ -236,8 +352,13 @@ class ClientConnection:
         over).  No event comes for the call afterwards."""
         if stream_id in self._unary:
             self._unary.discard(stream_id)
-        elif self._streams.pop(stream_id, None) is None:
+            return _cancel_frame(stream_id)
+        stream = self._streams.pop(stream_id, None)
+        if stream is None:
             return b""
+        if stream.flow:
+            # A REMOTE_CLOSED of its own could be this call's half-close: say CANCEL.
+            return encode_frame(stream_id, _DATA, _CANCEL_FLAGS, b"")
         return _cancel_frame(stream_id)
 
     def data_to_send(self) -> bytes:
@@ -315,11 +436,13 @@ class ClientConnection:
             elif frame.type == _RESPONSE:
                 del streams[stream_id]
                 try:
-                    response_payload(frame.payload)
+                    payload = response_payload(frame.payload)
                 except RPCError as err:
                     events.append(StreamEnded(stream_id, err))
                 else:
-                    events.append(StreamEnded(stream_id, None))
+                    events.append(StreamEnded(stream_id, None, payload if stream.flow else b""))
+            elif frame.type == _DATA and stream.flow:
+                self._on_flow_data(stream_id, stream, frame.flags, frame.payload, events)
             elif frame.type == _DATA:
                 filled[stream_id] = stream
                 self._on_stream_data(stream_id, stream, frame.flags, frame.payload, events)
@@ -346,6 +469,39 @@ class ClientConnection:
         if flags & _REMOTE_CLOSED:
             del self._streams[stream_id]
             events.append(StreamEnded(stream_id, None))
+
+    def _on_flow_data(
+        self, stream_id: int, stream: _Stream, flags: int, data: bytes, events: list[Event]
+    ) -> None:
+        if flags & _WINDOW:
+            if len(data) == 4:
+                stream.credit += int.from_bytes(data, "big")
+                events.append(WindowOpened(stream_id))
+            return
+        if flags & _REMOTE_CLOSED:
+            # The last frame of a streaming server: its payload is the final response.
+            del self._streams[stream_id]
+            events.append(StreamEnded(stream_id, None, b"" if flags & _NO_DATA else data))
+            return
+        if flags & _NO_DATA:
+            return
+        stream.unacked += len(data)
+        if stream.unacked > self.window + MAX_PAYLOAD:
+            del self._streams[stream_id]
+            self._outgoing.append(encode_frame(stream_id, _DATA, _CANCEL_FLAGS, b""))
+            error = ResourceExhausted(
+                f"stream {stream_id}: the server sent {stream.unacked} bytes past the "
+                f"{self.window}-byte window; stream ended"
+            )
+            events.append(StreamEnded(stream_id, error))
+            return
+        stream.messages.append(data)
+        events.append(StreamMessage(stream_id))
+
+
+def window_frame(stream_id: int, grant: int) -> bytes:
+    """The DATA frame granting ``grant`` more bytes of window on ``stream_id``."""
+    return encode_frame(stream_id, _DATA, _WINDOW_FLAGS, grant.to_bytes(4, "big"))
 
 
 def _cancel_frame(stream_id: int) -> bytes:

@@ -25,9 +25,17 @@ class FrameType(enum.IntEnum):
 
 
 class Flags(enum.IntFlag):
+    # ttrpc's own (Go ttrpc >= 1.2).
     REMOTE_CLOSED = 0x01
     REMOTE_OPEN = 0x02
     NO_DATA = 0x04
+    # sandboxd's, sent only to a peer that said it speaks them (see docs/wire.md, "Flow
+    # control"): a DATA frame granting window (its payload a big-endian u32 of bytes, sent
+    # with NO_DATA so a plain ttrpc peer reads no message in it), and the client's end of a
+    # call whose request was REMOTE_OPEN (with REMOTE_CLOSED | NO_DATA: a plain peer reads a
+    # half-close).
+    WINDOW_UPDATE = 0x08
+    CANCEL = 0x10
 
 
 # Frames are events on the hot path; a NamedTuple is built in C and costs a fraction of a
