@@ -71,7 +71,9 @@ def summary(events: Sequence[Event]) -> list[tuple[Any, ...]]:
     out: list[tuple[Any, ...]] = []
     for event in events:
         fields: list[Any] = [type(event).__name__]
-        for value in event:
+        # A stream's final payload is shown only when there is one.
+        values = event[:2] if type(event) is StreamEnded and not event.payload else event
+        for value in values:
             if isinstance(value, sandboxd.RPCError):
                 fields.append((type(value), value.message))
             else:
