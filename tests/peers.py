@@ -51,11 +51,18 @@ def request_frame(
     service: str,
     timeout_nano: int = 0,
     metadata: Mapping[str, list[str]] | None = None,
+    flags: int = 0,
 ) -> bytes:
     """A REQUEST frame; no ``message`` sends an empty payload."""
     payload = dumps(message) if message is not None else b""
     envelope = encode_request(service, method, payload, timeout_nano, metadata)
-    return encode_frame(stream_id, FrameType.REQUEST, 0, envelope)
+    return encode_frame(stream_id, FrameType.REQUEST, flags, envelope)
+
+
+def data_frame(stream_id: int, message: Mapping[str, Any] | None, flags: int = 0) -> bytes:
+    """A DATA frame carrying ``message`` (None: no payload)."""
+    payload = b"" if message is None else dumps(message)
+    return encode_frame(stream_id, FrameType.DATA, flags, payload)
 
 
 def end_frame(stream_id: int) -> bytes:

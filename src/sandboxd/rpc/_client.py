@@ -37,15 +37,19 @@ from trio.lowlevel import wait_task_rescheduled as _park
 
 from ..wire import (
     DEFAULT_STREAM_BUFFER,
+    DEFAULT_WINDOW,
     RECV_SIZE,
     ClientConnection,
     DeadlineExceeded,
     Event,
+    FailedPrecondition,
     ResponseReceived,
     RPCError,
     StreamEnded,
     StreamMessage,
     Unavailable,
+    WindowOpened,
+    dumps,
     loads_message,
     request_envelope,
 )
@@ -60,7 +64,7 @@ _IDLE_AFTER: Final = 0.01
 class _Pending:
     """A call waiting for its response (or, for streams, its messages)."""
 
-    __slots__ = ("buffer", "error", "finished", "payload", "stream_id", "task")
+    __slots__ = ("buffer", "error", "finished", "payload", "stream_id", "task", "writer")
 
     def __init__(self, stream_id: int) -> None:
         self.stream_id = stream_id
@@ -71,6 +75,116 @@ class _Pending:
         self.finished = False
         # A stream's messages (the connection's deque, see ClientConnection.messages).
         self.buffer: collections.deque[bytes] | None = None
+        # Set when a stream's sender, waiting for window, may look again.
+        self.writer: trio.Event | None = None
+
+
+@final
+class StreamCall:
+    """A call opened with :meth:`Client.open_stream`: send the client's messages, receive
+    the server's, then the final response.
+
+    One task may send while another receives.  Every method raises the error the call
+    ended with (the server's status, DEADLINE_EXCEEDED at the call's timeout, UNAVAILABLE
+    when the connection is lost); cancelling one leaves the call as it was (leaving the
+    :meth:`Client.open_stream` block ends it on the server).
+    """
+
+    __slots__ = ("_client", "_deadline", "_name", "_pending")
+
+    def __init__(self, client: Client, pending: _Pending, deadline: float, name: str) -> None:
+        self._client = client
+        self._pending = pending
+        self._deadline = deadline
+        self._name = name
+
+    @property
+    def stream_id(self) -> int:
+        return self._pending.stream_id
+
+    def _ended(self) -> RPCError:
+        pending = self._pending
+        if pending.error is not None:
+            return pending.error
+        return FailedPrecondition(f"{self._name}: the call has ended: nothing more can be sent")
+
+    async def _wait(self, event: trio.Event) -> None:
+        with trio.move_on_at(self._deadline):
+            await event.wait()
+            return
+        raise DeadlineExceeded(f"{self._name}: deadline exceeded")
+
+    async def send(self, message: Mapping[str, Any]) -> None:
+        """Send one message.  Waits while the server's window for the stream is used up
+        (the server has not taken what was sent) and while the socket takes nothing.
+
+        Raises :class:`~sandboxd.FailedPrecondition` once the client closed its side or the
+        call ended without an error; the call's error if it ended with one.
+        """
+        client = self._client
+        conn = client._conn
+        pending = self._pending
+        payload = dumps(message)
+        while True:
+            if pending.finished:
+                raise self._ended()
+            if conn.send_credit(pending.stream_id) > 0:
+                break
+            pending.writer = trio.Event()
+            await self._wait(pending.writer)
+        transport = client._transport
+        transport.write(conn.send_message(pending.stream_id, payload))
+        if transport.pending_bytes > DEFAULT_WINDOW:
+            await transport.wait_drained()
+        else:
+            await trio.lowlevel.checkpoint()
+
+    async def close_send(self) -> None:
+        """Say the client will send nothing more (the half-close).  Raises as :meth:`send`."""
+        pending = self._pending
+        if pending.finished:
+            raise self._ended()
+        self._client._transport.write(self._client._conn.close_send(pending.stream_id))
+        await trio.lowlevel.checkpoint()
+
+    async def receive(self) -> dict[str, Any] | None:
+        """The server's next message; None once its messages are over (the final response
+        is then :meth:`response`'s).  Raises the call's error after the messages before it."""
+        pending = self._pending
+        buffer = pending.buffer
+        assert buffer is not None
+        client = self._client
+        while True:
+            if buffer:
+                data = buffer.popleft()
+                if grant := client._conn.consumed(pending.stream_id, len(data)):
+                    client._transport.write(grant)
+                await trio.lowlevel.checkpoint()
+                return loads_message(data, "stream message")
+            if pending.finished:
+                if pending.error is not None:
+                    raise pending.error
+                return None
+            with trio.move_on_at(self._deadline):
+                await client._sleep(pending)
+            if not buffer and not pending.finished:
+                raise DeadlineExceeded(f"{self._name}: deadline exceeded")
+
+    def __aiter__(self) -> StreamCall:
+        return self
+
+    async def __anext__(self) -> dict[str, Any]:
+        message = await self.receive()
+        if message is None:
+            raise StopAsyncIteration
+        return message
+
+    async def response(self) -> dict[str, Any]:
+        """Wait for the end of the call and return its final response message (``{}`` when
+        the server sent none); messages not yet received are discarded."""
+        while await self.receive() is not None:
+            pass
+        return loads_message(self._pending.payload, "response payload")
 
 
 @final
@@ -122,9 +236,14 @@ class Client:
     (:func:`open_client` sees to that).
     """
 
-    def __init__(self, transport: Transport, stream_buffer: int = DEFAULT_STREAM_BUFFER) -> None:
+    def __init__(
+        self,
+        transport: Transport,
+        stream_buffer: int = DEFAULT_STREAM_BUFFER,
+        window: int = DEFAULT_WINDOW,
+    ) -> None:
         self._transport = transport
-        self._conn = ClientConnection(stream_buffer=stream_buffer)
+        self._conn = ClientConnection(stream_buffer=stream_buffer, window=window)
         # The calls in flight, as the connection's events name them.
         self._pending: dict[int, _Pending] = {}
         # Who reads: the unary call in ``_leader`` when there is one, else the reader task.
@@ -259,6 +378,49 @@ class Client:
             self._wake_reader()  # to read the stream's messages
         try:
             yield _StreamMessages(self, pending, deadline, f"{service}/{method}")
+        finally:
+            if not pending.finished:
+                self._abandon(pending.stream_id)
+
+    @asynccontextmanager
+    async def open_stream(
+        self,
+        service: str,
+        method: str,
+        message: Mapping[str, Any] | None = None,
+        *,
+        client_sends: bool = True,
+        timeout: float | None = None,
+        metadata: Mapping[str, Sequence[str]] | None = None,
+    ) -> AsyncIterator[StreamCall]:
+        """Open a flow-controlled stream call (client-streaming or bidirectional; with
+        ``client_sends=False`` a server stream) and yield it (a :class:`StreamCall`).
+
+        The server may send at most the connection's window of messages the caller has not
+        received; the caller's :meth:`StreamCall.send` waits on the server's window the same
+        way.  Leaving the block before the call ended tells the server to end it (CANCELLED),
+        without closing the connection; so do ``timeout`` and cancellation.
+        """
+        deadline = math.inf if timeout is None else trio.current_time() + timeout
+        conn = self._conn
+        envelope = request_envelope(
+            service,
+            method,
+            message,
+            deadline=deadline,
+            now=0.0 if deadline == math.inf else trio.current_time(),
+            metadata=metadata,
+            window=conn.window,
+        )
+        stream_id, frame = conn.open_stream(envelope, client_sends=client_sends)
+        pending = _Pending(stream_id)
+        pending.buffer = conn.messages(stream_id)
+        self._pending[stream_id] = pending
+        self._transport.write(frame)
+        if self._leader is None:
+            self._wake_reader()  # to read the stream's messages
+        try:
+            yield StreamCall(self, pending, deadline, f"{service}/{method}")
         finally:
             if not pending.finished:
                 self._abandon(pending.stream_id)
@@ -428,7 +590,12 @@ class Client:
             elif type(event) is StreamEnded:
                 pending = pending_calls.pop(event.stream_id, None)
                 if pending is not None:
+                    pending.payload = event.payload
                     self._finish(pending, event.error)
+            elif type(event) is WindowOpened:
+                pending = pending_calls.get(event.stream_id)
+                if pending is not None and pending.writer is not None:
+                    pending.writer.set()
             else:  # ConnectionFailed: every call has had its event
                 # Closing the socket also wakes a call waiting for it.
                 self._transport.close()
@@ -440,6 +607,8 @@ class Client:
         pending.error = error
         pending.finished = True
         self._wake(pending)
+        if pending.writer is not None:
+            pending.writer.set()
 
     def _fail_all(self, error: RPCError) -> None:
         """End the connection for the client: ``error`` (the first one given, if several) is
@@ -453,16 +622,22 @@ class Client:
 
 @asynccontextmanager
 async def open_client(
-    path: str | os.PathLike[str], *, stream_buffer: int = DEFAULT_STREAM_BUFFER
+    path: str | os.PathLike[str],
+    *,
+    stream_buffer: int = DEFAULT_STREAM_BUFFER,
+    window: int = DEFAULT_WINDOW,
 ) -> AsyncIterator[Client]:
     """Connect to the server at ``path`` and yield a :class:`Client` for the block's duration.
+
+    ``window`` is how many bytes of messages each :meth:`Client.open_stream` call may hold
+    unread before the server waits.
 
     Raises :class:`~sandboxd.Unavailable` naming the path when nobody listens there.  Leaving
     the block closes the connection; calls still pending in other tasks fail with UNAVAILABLE.
     """
     sock = await connect_unix(os.fspath(path))
     transport = Transport(sock)
-    client = Client(transport, stream_buffer)
+    client = Client(transport, stream_buffer, window)
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(client.reader)

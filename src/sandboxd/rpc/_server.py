@@ -609,7 +609,8 @@ class _Connection:
                     ResourceExhausted(f"{stream.name}: the client sent past its window")
                 )
                 return
-            if not stream.push(frame.payload) and stream.drained is None:
+            # A flow-controlled client is bounded by its window; a plain one by pausing.
+            if not stream.push(frame.payload) and not stream.flow and stream.drained is None:
                 stream.drained = trio.Event()
                 self._over.add(stream)
         if flags & _REMOTE_CLOSED:

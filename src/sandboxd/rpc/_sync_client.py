@@ -22,14 +22,16 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, final
 
-from .._errors import DeadlineExceeded, RPCError, Unavailable
+from .._errors import DeadlineExceeded, FailedPrecondition, RPCError, Unavailable
 from ..wire import (
     DEFAULT_STREAM_BUFFER,
+    DEFAULT_WINDOW,
     RECV_SIZE,
     ClientConnection,
     Event,
     ResponseReceived,
     StreamEnded,
+    dumps,
     loads_message,
     request_envelope,
 )
@@ -61,7 +63,11 @@ class SyncClient:
     """
 
     def __init__(
-        self, path: str | os.PathLike[str], *, stream_buffer: int = DEFAULT_STREAM_BUFFER
+        self,
+        path: str | os.PathLike[str],
+        *,
+        stream_buffer: int = DEFAULT_STREAM_BUFFER,
+        window: int = DEFAULT_WINDOW,
     ) -> None:
         self.path = os.fspath(path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -74,7 +80,7 @@ class SyncClient:
         self._poll = select.poll()
         self._poll.register(sock, select.POLLIN)
         # The connection's protocol state, and the calls its events name: under _cond.
-        self._conn = ClientConnection(stream_buffer=stream_buffer)
+        self._conn = ClientConnection(stream_buffer=stream_buffer, window=window)
         self._cond = threading.Condition(threading.Lock())
         self._send_lock = threading.Lock()
         self._pending: dict[int, _Slot] = {}
@@ -117,17 +123,27 @@ class SyncClient:
         timeout: float | None,
         metadata: Mapping[str, Sequence[str]] | None,
         streaming: bool,
+        client_sends: bool | None = None,
     ) -> tuple[int, _Slot, float]:
         now = time.monotonic()
         deadline = math.inf if timeout is None else now + timeout
         envelope = request_envelope(
-            service, method, message, deadline=deadline, now=now, metadata=metadata
+            service,
+            method,
+            message,
+            deadline=deadline,
+            now=now,
+            metadata=metadata,
+            window=None if client_sends is None else self._conn.window,
         )
         slot = _Slot()
         # Ids must reach the server in increasing order: allocate and send under one lock.
         with self._send_lock:
             with self._cond:
-                stream_id, frame = self._conn.send_request(envelope, stream=streaming)
+                if client_sends is None:
+                    stream_id, frame = self._conn.send_request(envelope, stream=streaming)
+                else:
+                    stream_id, frame = self._conn.open_stream(envelope, client_sends=client_sends)
                 if streaming:
                     slot.buffer = self._conn.messages(stream_id)
                 self._pending[stream_id] = slot
@@ -198,15 +214,10 @@ class SyncClient:
         """Hand the connection's events to their calls and wake the waiting threads (under
         ``_cond``)."""
         for event in events:
-            if type(event) is ResponseReceived:
+            if type(event) is ResponseReceived or type(event) is StreamEnded:
                 slot = self._pending.pop(event.stream_id, None)
                 if slot is not None:
                     slot.payload = event.payload
-                    slot.error = event.error
-                    slot.done = True
-            elif type(event) is StreamEnded:
-                slot = self._pending.pop(event.stream_id, None)
-                if slot is not None:
                     slot.error = event.error
                     slot.done = True
         if events:
@@ -271,3 +282,106 @@ class SyncClient:
             if slot.error is not None:
                 raise slot.error
             return
+
+    @contextmanager
+    def open_stream(
+        self,
+        service: str,
+        method: str,
+        message: Mapping[str, Any] | None = None,
+        *,
+        client_sends: bool = True,
+        timeout: float | None = None,
+        metadata: Mapping[str, Sequence[str]] | None = None,
+    ) -> Iterator[SyncStreamCall]:
+        """Open a flow-controlled stream call, as :meth:`Client.open_stream
+        <sandboxd.rpc.Client.open_stream>` does, and yield it (a :class:`SyncStreamCall`).
+        Leaving the block before the call ended tells the server to end it."""
+        stream_id, slot, deadline = self._begin(
+            service, method, message, timeout, metadata, streaming=True, client_sends=client_sends
+        )
+        try:
+            yield SyncStreamCall(self, stream_id, slot, deadline, f"{service}/{method}")
+        finally:
+            if not slot.done:
+                self._abandon(stream_id)
+
+
+@final
+class SyncStreamCall:
+    """A call opened with :meth:`SyncClient.open_stream`: the blocking twin of
+    :class:`~sandboxd.rpc.StreamCall`, with the same methods and errors.  One thread may send
+    while another receives."""
+
+    __slots__ = ("_client", "_deadline", "_name", "_slot", "stream_id")
+
+    def __init__(
+        self, client: SyncClient, stream_id: int, slot: _Slot, deadline: float, name: str
+    ) -> None:
+        self._client = client
+        self.stream_id = stream_id
+        self._slot = slot
+        self._deadline = deadline
+        self._name = name
+
+    def _ended(self) -> RPCError:
+        if self._slot.error is not None:
+            return self._slot.error
+        return FailedPrecondition(f"{self._name}: the call has ended: nothing more can be sent")
+
+    def send(self, message: Mapping[str, Any]) -> None:
+        """Send one message, waiting while the server's window is used up."""
+        client = self._client
+        slot = self._slot
+        payload = dumps(message)
+        conn = client._conn
+
+        def ready() -> bool:
+            return slot.done or conn.send_credit(self.stream_id) > 0
+
+        if not client._await(slot, self._deadline, ready):
+            raise DeadlineExceeded(f"{self._name}: deadline exceeded")
+        with client._cond:
+            if slot.done:
+                raise self._ended()
+            frame = conn.send_message(self.stream_id, payload)
+        client._send(frame)
+
+    def close_send(self) -> None:
+        """Say the client will send nothing more (the half-close)."""
+        client = self._client
+        with client._cond:
+            if self._slot.done:
+                raise self._ended()
+            frame = client._conn.close_send(self.stream_id)
+        client._send(frame)
+
+    def receive(self) -> dict[str, Any] | None:
+        """The server's next message; None once its messages are over."""
+        client = self._client
+        slot = self._slot
+        buffer = slot.buffer
+        assert buffer is not None
+        if not client._await(slot, self._deadline, lambda: bool(buffer) or slot.done):
+            raise DeadlineExceeded(f"{self._name}: deadline exceeded")
+        with client._cond:
+            data = buffer.popleft() if buffer else None
+            grant = b"" if data is None else client._conn.consumed(self.stream_id, len(data))
+        if grant:
+            client._send(grant)
+        if data is not None:
+            return loads_message(data, "stream message")
+        if slot.error is not None:
+            raise slot.error
+        return None
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        while (message := self.receive()) is not None:
+            yield message
+
+    def response(self) -> dict[str, Any]:
+        """Wait for the end of the call and return its final response message; messages not
+        yet received are discarded."""
+        while self.receive() is not None:
+            pass
+        return loads_message(self._slot.payload, "response payload")
