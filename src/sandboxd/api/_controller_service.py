@@ -5,13 +5,14 @@ task per call.  Create and the calls that wait on a sandbox (Start, Stop, Wait, 
 deferred: the reader hands the call's responder to the sandbox's actor (or, for Create, to the
 state store) and whoever finishes the work answers it, still without a task per call.
 Metrics, which reads /proc in a worker thread, runs in a task of its own under the caller's
-deadline; Events is a server stream, subscribed as its request is read.
+deadline; Events is a server stream, subscribed as its request is read.  The data plane
+(Exec and the others) is in ``_data_service``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import trio
 
@@ -47,6 +48,7 @@ from ._convert import (
     status_request,
     stop_request,
 )
+from ._data_service import DataPlane, data_plane_methods
 from ._runtime_service import RUNTIME_SERVICE, runtime_service
 
 CONTROLLER_SERVICE: Final = "sandboxd.v1.Controller"
@@ -64,12 +66,13 @@ def _empty(_: None) -> Encoded:
 
 
 def controller_service(controller: Controller) -> dict[str, Method]:
-    """The methods of ``sandboxd.v1.Controller``, served by ``controller``.
+    """The methods of ``sandboxd.v1.Controller``, served by ``controller`` (the data plane's
+    by its ``exec``, ``exec_sync``, ``logs``, ``write_file`` and ``read_file``).
 
-    A :class:`~sandboxd.Controller` is served without a task per call (its ``request_*``
-    methods take the call's responder).  Any other object with the Controller's methods (a
-    wrapper that changes some, say) is served too, the calls that wait each in a task of
-    their own that awaits its async method.
+        A :class:`~sandboxd.Controller` is served without a task per call (its ``request_*``
+        methods take the call's responder).  Any other object with the Controller's methods (a
+        wrapper that changes some, say) is served too, the calls that wait each in a task of
+        their own that awaits its async method.
     """
 
     def create(msg: Message, ctx: CallContext, reply: Responder) -> None:
@@ -146,6 +149,7 @@ def controller_service(controller: Controller) -> dict[str, Method]:
         "List": inline(list_),
         "Metrics": unary(metrics),
         "Events": server_stream(events, prepare=subscribe),
+        **data_plane_methods(cast(DataPlane, controller)),
     }
     if not isinstance(controller, Controller):
         methods.update(_awaited_calls(controller))

@@ -16,7 +16,16 @@ from cbor2 import CBORTag
 
 from .._errors import InvalidArgument
 from .._models import (
+    DEFAULT_EXEC_SYNC_OUTPUT,
+    STDERR,
+    STDOUT,
+    ExecExit,
+    ExecOutput,
+    ExecRequest,
+    ExecSyncResult,
     ExitStatus,
+    LogChunk,
+    LogGap,
     Mount,
     Platform,
     SandboxEvent,
@@ -25,8 +34,10 @@ from .._models import (
     SandboxOptions,
     SandboxState,
     SandboxStatus,
+    WindowSize,
     check_sandbox_id,
 )
+from ..wire import MAX_PAYLOAD
 
 Message = Mapping[str, Any]
 
@@ -316,6 +327,8 @@ def event_message(event: SandboxEvent) -> dict[str, Any]:
         out["exit_status"] = event.exit_status
     if event.dropped is not None:
         out["dropped"] = event.dropped
+    if event.exec_id is not None:
+        out["exec_id"] = event.exec_id
     return out
 
 
@@ -462,4 +475,313 @@ def event_from(msg: Message) -> SandboxEvent:
         timestamp=_time(_required(msg, "timestamp", where), f"{where}.timestamp"),
         exit_status=None if exit_status is None else _int(exit_status, f"{where}.exit_status"),
         dropped=None if dropped is None else _int(dropped, f"{where}.dropped"),
+        exec_id=_opt_text(msg, "exec_id", where),
     )
+
+
+# -- the data plane: Exec, ExecSync, Logs, WriteFile, ReadFile ---------------------------------
+
+#: The largest ``max_output_bytes`` of ExecSync: both streams' output must fit one frame.
+MAX_EXEC_SYNC_OUTPUT: Final = MAX_PAYLOAD // 2 - 64 * 1024
+#: The largest chunk of bytes one stream message carries (output, file data, stdin).
+CHUNK: Final = 1 << 20
+
+_EXEC_SYNC_FIELDS: Final = frozenset(
+    {"sandbox_id", "exec_id", "command", "env", "cwd", "timeout_secs", "user", "max_output_bytes"}
+)
+_EXEC_FIELDS: Final = (_EXEC_SYNC_FIELDS - {"max_output_bytes"}) | {"tty", "stdin", "window"}
+_WINDOW_FIELDS: Final = frozenset({"rows", "cols"})
+
+
+def _bytes(value: object, where: str) -> bytes:
+    if type(value) is not bytes:
+        raise InvalidArgument(f"{where}: must be a byte string")
+    return value
+
+
+def _count(value: object, where: str, low: int = 0, high: int = 2**63 - 1) -> int:
+    number = _int(value, where)
+    if not low <= number <= high:
+        raise InvalidArgument(f"{where}: must be from {low} to {high}")
+    return number
+
+
+def _window(value: object, where: str) -> WindowSize:
+    if type(value) is not dict:
+        raise InvalidArgument(f"{where}: must be a map")
+    check_fields(value, _WINDOW_FIELDS, where)
+    return WindowSize(
+        rows=_count(_required_field(value, "rows", where), f"{where}.rows", 0, 65535),
+        cols=_count(_required_field(value, "cols", where), f"{where}.cols", 0, 65535),
+    )
+
+
+def _exec_request(msg: Message, where: str, fields: frozenset[str]) -> tuple[str, ExecRequest]:
+    check_fields(msg, fields, where)
+    sandbox_id = sandbox_id_of(msg, where)
+    command = _text_list(_required_field(msg, "command", where), f"{where}.command")
+    if not command:
+        raise InvalidArgument(f"{where}.command: must not be empty")
+    env = _opt_text_map(msg, "env", where)
+    timeout = msg.get("timeout_secs")
+    seconds = None if timeout is None else _number(timeout, f"{where}.timeout_secs")
+    if seconds is not None and seconds <= 0:
+        raise InvalidArgument(f"{where}.timeout_secs: must be > 0")
+    window = msg.get("window")
+    flags = {name: _bool(msg[name], f"{where}.{name}") for name in ("tty", "stdin") if name in msg}
+    return sandbox_id, ExecRequest(
+        command=command,
+        exec_id=_opt_text(msg, "exec_id", where),
+        env={} if env is None else env,
+        cwd=_opt_text(msg, "cwd", where),
+        timeout_secs=seconds,
+        user=_opt_text(msg, "user", where),
+        window=None if window is None else _window(window, f"{where}.window"),
+        **flags,
+    )
+
+
+def exec_request(msg: Message) -> tuple[str, ExecRequest]:
+    """``(sandbox_id, request)`` of an Exec request message."""
+    return _exec_request(msg, "Exec", _EXEC_FIELDS)
+
+
+def exec_sync_request(msg: Message) -> tuple[str, ExecRequest, int]:
+    """``(sandbox_id, request, max_output_bytes)`` of an ExecSync request message."""
+    where = "ExecSync"
+    sandbox_id, request = _exec_request(msg, where, _EXEC_SYNC_FIELDS)
+    limit = msg.get("max_output_bytes")
+    if limit is None:
+        return sandbox_id, request, DEFAULT_EXEC_SYNC_OUTPUT
+    where = f"{where}.max_output_bytes"
+    return sandbox_id, request, _count(limit, where, 0, MAX_EXEC_SYNC_OUTPUT)
+
+
+def exec_message(sandbox_id: str, request: ExecRequest, *, sync: bool = False) -> dict[str, Any]:
+    """The request message of Exec (of ExecSync with ``sync``, which has no tty, stdin or
+    window: a request that sets them is refused there)."""
+    out: dict[str, Any] = {"sandbox_id": sandbox_id, "command": list(request.command)}
+    if request.exec_id is not None:
+        out["exec_id"] = request.exec_id
+    if request.env:
+        out["env"] = dict(request.env)
+    for name in ("cwd", "timeout_secs", "user"):
+        value = getattr(request, name)
+        if value is not None:
+            out[name] = value
+    if sync:
+        if request.tty or request.stdin or request.window is not None:
+            raise InvalidArgument("ExecSync: tty, stdin and window are for Exec")
+        return out
+    if request.tty:
+        out["tty"] = True
+    if request.stdin:
+        out["stdin"] = True
+    if request.window is not None:
+        out["window"] = {"rows": request.window.rows, "cols": request.window.cols}
+    return out
+
+
+def exec_started_from(msg: Message) -> tuple[str, int]:
+    """``(exec_id, pid)`` of Exec's first stream message."""
+    where = "Exec started"
+    return (
+        _text(_required(msg, "exec_id", where), f"{where}.exec_id"),
+        _int(_required(msg, "pid", where), f"{where}.pid"),
+    )
+
+
+def output_message(output: ExecOutput) -> dict[str, Any]:
+    return {output.stream: output.data}
+
+
+def output_from(msg: Message) -> ExecOutput:
+    """One of Exec's output messages: ``{stdout: bytes}`` or ``{stderr: bytes}``."""
+    where = "Exec output"
+    if len(msg) != 1:
+        raise InvalidArgument(f"{where}: must hold exactly one of 'stdout' and 'stderr'")
+    ((stream, data),) = msg.items()
+    if stream not in (STDOUT, STDERR):
+        raise InvalidArgument(f"{where}: unknown field {stream!r}")
+    return ExecOutput(stream, _bytes(data, f"{where}.{stream}"))
+
+
+_INPUTS: Final = frozenset({"stdin", "close_stdin", "resize"})
+
+#: What the client asked of an exec with one message: ("stdin", bytes), ("close_stdin",
+#: None) or ("resize", WindowSize).
+ExecInput = tuple[str, Any]
+
+
+def exec_input(msg: Message) -> ExecInput:
+    """One of the client's Exec stream messages, checked."""
+    where = "Exec input"
+    check_fields(msg, _INPUTS, where)
+    if len(msg) != 1:
+        raise InvalidArgument(f"{where}: must hold exactly one of {sorted(_INPUTS)}")
+    ((name, value),) = msg.items()
+    if name == "stdin":
+        return name, _bytes(value, f"{where}.stdin")
+    if name == "close_stdin":
+        if value is not True:
+            raise InvalidArgument(f"{where}.close_stdin: must be true")
+        return name, None
+    return name, _window(value, f"{where}.resize")
+
+
+def exec_exit_message(result: ExecExit) -> dict[str, Any]:
+    out: dict[str, Any] = {"exit_status": result.exit_status, "timed_out": result.timed_out}
+    if result.signal is not None:
+        out["signal"] = result.signal
+    return out
+
+
+def exec_exit_from(msg: Message) -> ExecExit:
+    where = "Exec response"
+    signal = msg.get("signal")
+    return ExecExit(
+        exit_status=_int(_required(msg, "exit_status", where), f"{where}.exit_status"),
+        timed_out=_bool(_required(msg, "timed_out", where), f"{where}.timed_out"),
+        signal=None if signal is None else _int(signal, f"{where}.signal"),
+    )
+
+
+def exec_sync_message(result: ExecSyncResult) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "exec_id": result.exec_id,
+        "stdout": result.stdout,
+        "stderr": result.stderr,
+        "exit_status": result.exit_status,
+        "timed_out": result.timed_out,
+        "truncated": result.truncated,
+    }
+    if result.signal is not None:
+        out["signal"] = result.signal
+    return out
+
+
+def exec_sync_from(msg: Message) -> ExecSyncResult:
+    where = "ExecSync response"
+    signal = msg.get("signal")
+    return ExecSyncResult(
+        exec_id=_text(_required(msg, "exec_id", where), f"{where}.exec_id"),
+        stdout=_bytes(_required(msg, "stdout", where), f"{where}.stdout"),
+        stderr=_bytes(_required(msg, "stderr", where), f"{where}.stderr"),
+        exit_status=_int(_required(msg, "exit_status", where), f"{where}.exit_status"),
+        timed_out=_bool(_required(msg, "timed_out", where), f"{where}.timed_out"),
+        truncated=_bool(_required(msg, "truncated", where), f"{where}.truncated"),
+        signal=None if signal is None else _int(signal, f"{where}.signal"),
+    )
+
+
+_LOGS_FIELDS: Final = frozenset({"sandbox_id", "follow", "tail_bytes", "since"})
+
+
+def logs_request(msg: Message) -> tuple[str, dict[str, Any]]:
+    """``(sandbox_id, keyword arguments of Controller.logs)`` of a Logs request."""
+    where = "Logs"
+    check_fields(msg, _LOGS_FIELDS, where)
+    sandbox_id = sandbox_id_of(msg, where)
+    follow = msg.get("follow")
+    tail = msg.get("tail_bytes")
+    since = msg.get("since")
+    return sandbox_id, {
+        "follow": False if follow is None else _bool(follow, f"{where}.follow"),
+        "tail_bytes": None if tail is None else _count(tail, f"{where}.tail_bytes"),
+        "since": None if since is None else _time(since, f"{where}.since"),
+    }
+
+
+def logs_message(
+    sandbox_id: str, follow: bool, tail_bytes: int | None, since: datetime | None
+) -> dict[str, Any]:
+    out: dict[str, Any] = {"sandbox_id": sandbox_id}
+    if follow:
+        out["follow"] = True
+    if tail_bytes is not None:
+        out["tail_bytes"] = tail_bytes
+    if since is not None:
+        out["since"] = _stamp(since)
+    return out
+
+
+def log_message(item: LogChunk | LogGap) -> dict[str, Any]:
+    if type(item) is LogGap:
+        return {"lost_bytes": item.lost_bytes}
+    assert type(item) is LogChunk
+    return {"stream": item.stream, "data": item.data, "timestamp": _stamp(item.timestamp)}
+
+
+def log_from(msg: Message) -> LogChunk | LogGap:
+    where = "Logs message"
+    if "lost_bytes" in msg:
+        return LogGap(_int(msg["lost_bytes"], f"{where}.lost_bytes"))
+    stream = _text(_required(msg, "stream", where), f"{where}.stream")
+    if stream not in (STDOUT, STDERR):
+        raise InvalidArgument(f"{where}.stream: unknown stream {stream!r}")
+    return LogChunk(
+        stream=stream,
+        data=_bytes(_required(msg, "data", where), f"{where}.data"),
+        timestamp=_time(_required(msg, "timestamp", where), f"{where}.timestamp"),
+    )
+
+
+_WRITE_FILE_FIELDS: Final = frozenset({"sandbox_id", "path", "mode"})
+_READ_FILE_FIELDS: Final = frozenset({"sandbox_id", "path"})
+_DATA_FIELDS: Final = frozenset({"data"})
+
+
+def _path(msg: Message, where: str) -> str:
+    return _text(_required_field(msg, "path", where), f"{where}.path")
+
+
+def _required_field(msg: Message, name: str, where: str) -> Any:
+    if name not in msg:
+        raise InvalidArgument(f"{where}: field {name!r} is required")
+    return msg[name]
+
+
+def write_file_request(msg: Message) -> tuple[str, str, int | None]:
+    """``(sandbox_id, path, mode)`` of a WriteFile request."""
+    where = "WriteFile"
+    check_fields(msg, _WRITE_FILE_FIELDS, where)
+    sandbox_id = sandbox_id_of(msg, where)
+    mode = msg.get("mode")
+    return (
+        sandbox_id,
+        _path(msg, where),
+        None if mode is None else _count(mode, f"{where}.mode", 0, 0o7777),
+    )
+
+
+def write_file_message(sandbox_id: str, path: str, mode: int | None) -> dict[str, Any]:
+    out: dict[str, Any] = {"sandbox_id": sandbox_id, "path": path}
+    if mode is not None:
+        out["mode"] = mode
+    return out
+
+
+def read_file_request(msg: Message) -> tuple[str, str]:
+    """``(sandbox_id, path)`` of a ReadFile request."""
+    where = "ReadFile"
+    check_fields(msg, _READ_FILE_FIELDS, where)
+    return sandbox_id_of(msg, where), _path(msg, where)
+
+
+def data_from(msg: Message, where: str) -> bytes:
+    """The bytes of a ``{data: bytes}`` stream message (WriteFile's and ReadFile's)."""
+    check_fields(msg, _DATA_FIELDS, where)
+    return _bytes(_required_field(msg, "data", where), f"{where}.data")
+
+
+def size_from(msg: Message, where: str) -> int:
+    """The ``size`` of a WriteFile or ReadFile response."""
+    return _int(_required(msg, "size", where), f"{where}.size")
+
+
+def chunks(data: bytes) -> list[bytes]:
+    """``data`` cut into pieces of at most :data:`CHUNK` bytes, each one stream message."""
+    if len(data) <= CHUNK:
+        return [data]
+    view = memoryview(data)
+    return [bytes(view[i : i + CHUNK]) for i in range(0, len(data), CHUNK)]

@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Any, Final, TypeVar, final
 
 import trio
 
 from .._errors import Internal, InvalidArgument
 from .._models import (
+    DEFAULT_EXEC_SYNC_OUTPUT,
+    ExecExit,
+    ExecOutput,
+    ExecRequest,
+    ExecSyncResult,
     ExitStatus,
+    LogChunk,
+    LogGap,
     Mount,
     Platform,
     SandboxEvent,
@@ -21,7 +29,7 @@ from .._models import (
     SandboxOptions,
     SandboxStatus,
 )
-from ..rpc import Client, open_client
+from ..rpc import Client, StreamCall, open_client
 from ..wire import loads_message
 from . import _convert as convert
 from ._controller_service import CONTROLLER_SERVICE
@@ -29,6 +37,7 @@ from ._runtime_service import RUNTIME_SERVICE
 
 _S: Final = CONTROLLER_SERVICE
 _T = TypeVar("_T")
+_M = TypeVar("_M")
 
 
 def decode_reply(decode: Callable[[Mapping[str, Any]], _T], msg: Mapping[str, Any]) -> _T:
@@ -146,23 +155,147 @@ class RemoteController:
         """Subscribe to lifecycle events for the block's duration (see
         :meth:`Controller.events`).  Leaving the block ends the stream on the server."""
         async with self._client.stream(_S, "Events", {}) as messages:
-            yield _Events(messages)
+            yield _Decoded(messages, convert.event_from)
+
+    # -- the data plane ----------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def exec(self, sandbox_id: str, request: ExecRequest) -> AsyncIterator[RemoteExec]:
+        """Run ``request`` in the sandbox for the block's duration (see
+        :meth:`Controller.exec`): the block is entered once the command started, and leaving
+        it while the command runs kills it (the server is told to end the call)."""
+        message = convert.exec_message(sandbox_id, request)
+        async with self._client.open_stream(_S, "Exec", message) as call:
+            first = await call.receive()
+            if first is None:
+                await call.response()
+                raise Internal("malformed response from the server: Exec ended before it started")
+            exec_id, pid = decode_reply(convert.exec_started_from, first)
+            yield RemoteExec(call, exec_id, pid)
+
+    async def exec_sync(
+        self,
+        sandbox_id: str,
+        request: ExecRequest,
+        *,
+        max_output_bytes: int = DEFAULT_EXEC_SYNC_OUTPUT,
+    ) -> ExecSyncResult:
+        message = convert.exec_message(sandbox_id, request, sync=True)
+        if max_output_bytes != DEFAULT_EXEC_SYNC_OUTPUT:
+            message["max_output_bytes"] = max_output_bytes
+        return decode_reply(convert.exec_sync_from, await self._call("ExecSync", message))
+
+    @asynccontextmanager
+    async def logs(
+        self,
+        sandbox_id: str,
+        *,
+        follow: bool = False,
+        tail_bytes: int | None = None,
+        since: datetime | None = None,
+    ) -> AsyncIterator[AsyncIterator[LogChunk | LogGap]]:
+        """The sandbox's own output for the block's duration (see :meth:`Controller.logs`)."""
+        message = convert.logs_message(sandbox_id, follow, tail_bytes, since)
+        async with self._client.open_stream(_S, "Logs", message, client_sends=False) as call:
+            yield _Decoded(call, convert.log_from)
+
+    async def write_file(
+        self,
+        sandbox_id: str,
+        path: str,
+        data: bytes | AsyncIterable[bytes],
+        *,
+        mode: int | None = None,
+    ) -> int:
+        """Write ``data`` to ``path`` in the sandbox; the number of bytes written."""
+        message = convert.write_file_message(sandbox_id, path, mode)
+        async with self._client.open_stream(_S, "WriteFile", message) as call:
+            if isinstance(data, bytes):
+                await _send_data(call, data)
+            else:
+                async for piece in data:
+                    await _send_data(call, piece)
+            await call.close_send()
+            reply = await call.response()
+        return decode_reply(write_size, reply)
+
+    @asynccontextmanager
+    async def read_file(self, sandbox_id: str, path: str) -> AsyncIterator[AsyncIterator[bytes]]:
+        """The bytes of ``path`` in the sandbox, in pieces, for the block's duration."""
+        message = {"sandbox_id": sandbox_id, "path": path}
+        async with self._client.open_stream(_S, "ReadFile", message, client_sends=False) as call:
+            yield _Decoded(call, read_data)
+
+
+def write_size(msg: Mapping[str, Any]) -> int:
+    """The ``size`` of a WriteFile response."""
+    return convert.size_from(msg, "WriteFile response")
+
+
+def read_data(msg: Mapping[str, Any]) -> bytes:
+    """The bytes of a ReadFile message."""
+    return convert.data_from(msg, "ReadFile message")
+
+
+async def _send_data(call: StreamCall, data: bytes) -> None:
+    for piece in convert.chunks(data):
+        await call.send({"data": piece})
 
 
 @final
-class _Events:
-    """Event messages as models (a class, so there is no async generator left to close)."""
+class RemoteExec:
+    """A command running in a sandbox, through a socket: the remote twin of the in-process
+    exec session (same methods, same errors)."""
 
-    __slots__ = ("_messages",)
+    __slots__ = ("_call", "exec_id", "pid")
 
-    def __init__(self, messages: AsyncIterator[dict[str, Any]]) -> None:
-        self._messages = messages
+    def __init__(self, call: StreamCall, exec_id: str, pid: int) -> None:
+        self._call = call
+        self.exec_id = exec_id
+        self.pid = pid
 
-    def __aiter__(self) -> _Events:
+    async def write(self, data: bytes) -> None:
+        """Write to the command's stdin; waits while the command does not read it."""
+        for piece in convert.chunks(data):
+            await self._call.send({"stdin": piece})
+
+    async def close_stdin(self) -> None:
+        await self._call.send({"close_stdin": True})
+
+    async def resize(self, rows: int, cols: int) -> None:
+        await self._call.send({"resize": {"rows": rows, "cols": cols}})
+
+    def __aiter__(self) -> RemoteExec:
         return self
 
-    async def __anext__(self) -> SandboxEvent:
-        return decode_reply(convert.event_from, await self._messages.__anext__())
+    async def __anext__(self) -> ExecOutput:
+        message = await self._call.receive()
+        if message is None:
+            raise StopAsyncIteration
+        return decode_reply(convert.output_from, message)
+
+    async def wait(self) -> ExecExit:
+        """How the command ended (output not yet read is discarded)."""
+        return decode_reply(convert.exec_exit_from, await self._call.response())
+
+
+@final
+class _Decoded(AsyncIterator[_M]):
+    """Stream messages as models (a class, so there is no async generator left to close)."""
+
+    __slots__ = ("_decode", "_messages")
+
+    def __init__(
+        self, messages: AsyncIterator[dict[str, Any]], decode: Callable[[Mapping[str, Any]], _M]
+    ) -> None:
+        self._messages = messages
+        self._decode = decode
+
+    def __aiter__(self) -> _Decoded[_M]:
+        return self
+
+    async def __anext__(self) -> _M:
+        return decode_reply(self._decode, await self._messages.__anext__())
 
 
 @asynccontextmanager

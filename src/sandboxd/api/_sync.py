@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, Final, final
+from datetime import datetime
+from typing import Any, Final, TypeVar, final
 
+from .._errors import Internal
 from .._models import (
+    DEFAULT_EXEC_SYNC_OUTPUT,
+    ExecExit,
+    ExecOutput,
+    ExecRequest,
+    ExecSyncResult,
     ExitStatus,
+    LogChunk,
+    LogGap,
     Mount,
     Platform,
     SandboxEvent,
@@ -17,13 +26,14 @@ from .._models import (
     SandboxOptions,
     SandboxStatus,
 )
-from ..rpc import SyncClient
+from ..rpc import SyncClient, SyncStreamCall
 from . import _convert as convert
 from ._controller_service import CONTROLLER_SERVICE
-from ._remote import decode_reply
+from ._remote import decode_reply, read_data, write_size
 from ._runtime_service import RUNTIME_SERVICE
 
 _S: Final = CONTROLLER_SERVICE
+_M = TypeVar("_M")
 
 
 @final
@@ -128,4 +138,123 @@ class SyncController:
     def events(self) -> Iterator[Iterator[SandboxEvent]]:
         """Lifecycle events for the block's duration; leaving it ends the stream."""
         with self.client.stream(_S, "Events", {}) as messages:
-            yield (decode_reply(convert.event_from, m) for m in messages)
+            yield _decoded(messages, convert.event_from)
+
+    # -- the data plane ----------------------------------------------------------------------
+
+    @contextmanager
+    def exec(
+        self, sandbox_id: str, request: ExecRequest, *, timeout: float | None = None
+    ) -> Iterator[SyncExec]:
+        """Run ``request`` in the sandbox for the block's duration, as
+        :meth:`RemoteController.exec <sandboxd.RemoteController.exec>` does; leaving the block
+        while the command runs kills it."""
+        message = convert.exec_message(sandbox_id, request)
+        with self.client.open_stream(_S, "Exec", message, timeout=self._timeout(timeout)) as call:
+            first = call.receive()
+            if first is None:
+                call.response()
+                raise Internal("malformed response from the server: Exec ended before it started")
+            exec_id, pid = decode_reply(convert.exec_started_from, first)
+            yield SyncExec(call, exec_id, pid)
+
+    def exec_sync(
+        self,
+        sandbox_id: str,
+        request: ExecRequest,
+        *,
+        max_output_bytes: int = DEFAULT_EXEC_SYNC_OUTPUT,
+        timeout: float | None = None,
+    ) -> ExecSyncResult:
+        message = convert.exec_message(sandbox_id, request, sync=True)
+        if max_output_bytes != DEFAULT_EXEC_SYNC_OUTPUT:
+            message["max_output_bytes"] = max_output_bytes
+        return decode_reply(convert.exec_sync_from, self._call("ExecSync", message, timeout))
+
+    @contextmanager
+    def logs(
+        self,
+        sandbox_id: str,
+        *,
+        follow: bool = False,
+        tail_bytes: int | None = None,
+        since: datetime | None = None,
+        timeout: float | None = None,
+    ) -> Iterator[Iterator[LogChunk | LogGap]]:
+        """The sandbox's own output, as a blocking iterator, for the block's duration."""
+        message = convert.logs_message(sandbox_id, follow, tail_bytes, since)
+        with self.client.open_stream(
+            _S, "Logs", message, client_sends=False, timeout=self._timeout(timeout)
+        ) as call:
+            yield _decoded(call, convert.log_from)
+
+    def write_file(
+        self,
+        sandbox_id: str,
+        path: str,
+        data: bytes | Iterable[bytes],
+        *,
+        mode: int | None = None,
+        timeout: float | None = None,
+    ) -> int:
+        """Write ``data`` to ``path`` in the sandbox; the number of bytes written."""
+        message = convert.write_file_message(sandbox_id, path, mode)
+        with self.client.open_stream(
+            _S, "WriteFile", message, timeout=self._timeout(timeout)
+        ) as call:
+            for piece in [data] if isinstance(data, bytes) else data:
+                for chunk in convert.chunks(piece):
+                    call.send({"data": chunk})
+            call.close_send()
+            return decode_reply(write_size, call.response())
+
+    @contextmanager
+    def read_file(
+        self, sandbox_id: str, path: str, *, timeout: float | None = None
+    ) -> Iterator[Iterator[bytes]]:
+        """The bytes of ``path`` in the sandbox, in pieces, for the block's duration."""
+        message = {"sandbox_id": sandbox_id, "path": path}
+        with self.client.open_stream(
+            _S, "ReadFile", message, client_sends=False, timeout=self._timeout(timeout)
+        ) as call:
+            yield _decoded(call, read_data)
+
+    def _timeout(self, timeout: float | None) -> float | None:
+        return self.timeout if timeout is None else timeout
+
+
+def _decoded(
+    messages: Iterable[dict[str, Any]], decode: Callable[[Mapping[str, Any]], _M]
+) -> Iterator[_M]:
+    return (decode_reply(decode, m) for m in messages)
+
+
+@final
+class SyncExec:
+    """A command running in a sandbox, blocking: the twin of
+    :class:`~sandboxd.api.RemoteExec` (same methods, same errors)."""
+
+    __slots__ = ("_call", "exec_id", "pid")
+
+    def __init__(self, call: SyncStreamCall, exec_id: str, pid: int) -> None:
+        self._call = call
+        self.exec_id = exec_id
+        self.pid = pid
+
+    def write(self, data: bytes) -> None:
+        """Write to the command's stdin; blocks while the command does not read it."""
+        for piece in convert.chunks(data):
+            self._call.send({"stdin": piece})
+
+    def close_stdin(self) -> None:
+        self._call.send({"close_stdin": True})
+
+    def resize(self, rows: int, cols: int) -> None:
+        self._call.send({"resize": {"rows": rows, "cols": cols}})
+
+    def __iter__(self) -> Iterator[ExecOutput]:
+        return _decoded(self._call, convert.output_from)
+
+    def wait(self) -> ExecExit:
+        """How the command ended (output not yet read is discarded)."""
+        return decode_reply(convert.exec_exit_from, self._call.response())
