@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 import trio
 
+from .._errors import RPCError
 from .._models import ExecExit, ExecOutput, ExecRequest, ExecSyncResult, LogChunk, LogGap
 from ..rpc import (
     CallContext,
@@ -80,6 +81,12 @@ class DataPlane(Protocol):
     ) -> AbstractAsyncContextManager[AsyncIterable[bytes]]: ...
 
 
+def _first(group: BaseExceptionGroup[RPCError]) -> RPCError:
+    """The error a call ends with when tasks of one nursery failed: the first one's."""
+    first = group.exceptions[0]
+    return first if isinstance(first, RPCError) else _first(first)
+
+
 async def _send_bytes(stream: MessageSender, name: str, data: bytes) -> None:
     for piece in convert.chunks(data):
         await stream.send({name: piece})
@@ -110,15 +117,23 @@ def data_plane_methods(controller: DataPlane) -> dict[str, Method]:
         args: tuple[str, ExecRequest], ctx: CallContext, stream: MessageStream
     ) -> Mapping[str, Any]:
         sandbox_id, request = args
+        # An error of the stream (a malformed input, a client that stalls) is raised once the
+        # exec block is left (which kills the command), not through the runtime's block.
+        error: RPCError | None = None
         async with controller.exec(sandbox_id, request) as proc:
             await stream.send({"exec_id": proc.exec_id, "pid": proc.pid})
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(_pump_input, stream, proc, request.stdin)
-                async for output in proc:
-                    await _send_bytes(stream, output.stream, output.data)
-                result = await proc.wait()
-                # The command is over: what the client still sends has nowhere to go.
-                nursery.cancel_scope.cancel()
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(_pump_input, stream, proc, request.stdin)
+                    async for output in proc:
+                        await _send_bytes(stream, output.stream, output.data)
+                    result = await proc.wait()
+                    # The command is over: what the client still sends has nowhere to go.
+                    nursery.cancel_scope.cancel()
+            except* RPCError as group:
+                error = _first(group)
+        if error is not None:
+            raise error
         return convert.exec_exit_message(result)
 
     async def exec_sync(msg: Message, ctx: CallContext) -> Mapping[str, Any]:
