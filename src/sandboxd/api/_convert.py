@@ -629,48 +629,45 @@ def exec_input(msg: Message) -> ExecInput:
     return name, _window(value, f"{where}.resize")
 
 
-def exec_exit_message(result: ExecExit) -> dict[str, Any]:
+def exec_exit_message(result: ExecExit | ExecSyncResult) -> dict[str, Any]:
+    """How an exec ended, as Exec's final message (and part of ExecSync's response)."""
     out: dict[str, Any] = {"exit_status": result.exit_status, "timed_out": result.timed_out}
     if result.signal is not None:
         out["signal"] = result.signal
     return out
 
 
-def exec_exit_from(msg: Message) -> ExecExit:
-    where = "Exec response"
+def _exit_fields(msg: Message, where: str) -> dict[str, Any]:
     signal = msg.get("signal")
-    return ExecExit(
-        exit_status=_int(_required(msg, "exit_status", where), f"{where}.exit_status"),
-        timed_out=_bool(_required(msg, "timed_out", where), f"{where}.timed_out"),
-        signal=None if signal is None else _int(signal, f"{where}.signal"),
-    )
+    return {
+        "exit_status": _int(_required(msg, "exit_status", where), f"{where}.exit_status"),
+        "timed_out": _bool(_required(msg, "timed_out", where), f"{where}.timed_out"),
+        "signal": None if signal is None else _int(signal, f"{where}.signal"),
+    }
+
+
+def exec_exit_from(msg: Message) -> ExecExit:
+    return ExecExit(**_exit_fields(msg, "Exec response"))
 
 
 def exec_sync_message(result: ExecSyncResult) -> dict[str, Any]:
-    out: dict[str, Any] = {
+    return {
         "exec_id": result.exec_id,
         "stdout": result.stdout,
         "stderr": result.stderr,
-        "exit_status": result.exit_status,
-        "timed_out": result.timed_out,
         "truncated": result.truncated,
+        **exec_exit_message(result),
     }
-    if result.signal is not None:
-        out["signal"] = result.signal
-    return out
 
 
 def exec_sync_from(msg: Message) -> ExecSyncResult:
     where = "ExecSync response"
-    signal = msg.get("signal")
     return ExecSyncResult(
         exec_id=_text(_required(msg, "exec_id", where), f"{where}.exec_id"),
         stdout=_bytes(_required(msg, "stdout", where), f"{where}.stdout"),
         stderr=_bytes(_required(msg, "stderr", where), f"{where}.stderr"),
-        exit_status=_int(_required(msg, "exit_status", where), f"{where}.exit_status"),
-        timed_out=_bool(_required(msg, "timed_out", where), f"{where}.timed_out"),
         truncated=_bool(_required(msg, "truncated", where), f"{where}.truncated"),
-        signal=None if signal is None else _int(signal, f"{where}.signal"),
+        **_exit_fields(msg, where),
     )
 
 

@@ -53,6 +53,7 @@ from ..wire import (
     loads_message,
     request_envelope,
 )
+from ._methods import ReceivedMessages
 from ._transport import Transport
 from ._unix import connect_unix
 
@@ -80,7 +81,7 @@ class _Pending:
 
 
 @final
-class StreamCall:
+class StreamCall(ReceivedMessages):
     """A call opened with :meth:`Client.open_stream`: send the client's messages, receive
     the server's, then the final response.
 
@@ -170,57 +171,12 @@ class StreamCall:
             if not buffer and not pending.finished:
                 raise DeadlineExceeded(f"{self._name}: deadline exceeded")
 
-    def __aiter__(self) -> StreamCall:
-        return self
-
-    async def __anext__(self) -> dict[str, Any]:
-        message = await self.receive()
-        if message is None:
-            raise StopAsyncIteration
-        return message
-
     async def response(self) -> dict[str, Any]:
         """Wait for the end of the call and return its final response message (``{}`` when
         the server sent none); messages not yet received are discarded."""
         while await self.receive() is not None:
             pass
         return loads_message(self._pending.payload, "response payload")
-
-
-@final
-class _StreamMessages:
-    """The messages of one server stream, as an async iterator (no generator to close)."""
-
-    __slots__ = ("_client", "_deadline", "_name", "_pending")
-
-    def __init__(self, client: Client, pending: _Pending, deadline: float, name: str) -> None:
-        self._client = client
-        self._pending = pending
-        self._deadline = deadline
-        self._name = name
-
-    def __aiter__(self) -> _StreamMessages:
-        return self
-
-    async def __anext__(self) -> dict[str, Any]:
-        pending = self._pending
-        buffer = pending.buffer
-        assert buffer is not None
-        while True:
-            if buffer:
-                await trio.lowlevel.checkpoint()
-                return loads_message(buffer.popleft(), "stream message")
-            if pending.finished:
-                if pending.error is not None:
-                    raise pending.error
-                raise StopAsyncIteration
-            if self._deadline == math.inf:
-                await self._client._sleep(pending)
-            else:
-                with trio.move_on_at(self._deadline):
-                    await self._client._sleep(pending)
-            if not buffer and not pending.finished:
-                raise DeadlineExceeded(f"{self._name}: deadline exceeded")
 
 
 @final
@@ -271,7 +227,10 @@ class Client:
         deadline: float,
         metadata: Mapping[str, Sequence[str]] | None,
         stream: bool = False,
+        client_sends: bool | None = None,
     ) -> _Pending:
+        """Send a call's request.  ``client_sends`` (True or False) opens a flow-controlled
+        stream (:meth:`open_stream`)."""
         conn = self._conn
         envelope = request_envelope(
             service,
@@ -280,10 +239,14 @@ class Client:
             deadline=deadline,
             now=0.0 if deadline == math.inf else trio.current_time(),
             metadata=metadata,
+            window=None if client_sends is None else conn.window,
         )
-        stream_id, frame = conn.send_request(envelope, stream=stream)
+        if client_sends is None:
+            stream_id, frame = conn.send_request(envelope, stream=stream)
+        else:
+            stream_id, frame = conn.open_stream(envelope, client_sends=client_sends)
         pending = _Pending(stream_id)
-        if stream:
+        if stream or client_sends is not None:
             pending.buffer = conn.messages(stream_id)
         self._pending[stream_id] = pending
         self._transport.write(frame)
@@ -377,7 +340,7 @@ class Client:
         if self._leader is None:
             self._wake_reader()  # to read the stream's messages
         try:
-            yield _StreamMessages(self, pending, deadline, f"{service}/{method}")
+            yield StreamCall(self, pending, deadline, f"{service}/{method}")
         finally:
             if not pending.finished:
                 self._abandon(pending.stream_id)
@@ -402,21 +365,9 @@ class Client:
         without closing the connection; so do ``timeout`` and cancellation.
         """
         deadline = math.inf if timeout is None else trio.current_time() + timeout
-        conn = self._conn
-        envelope = request_envelope(
-            service,
-            method,
-            message,
-            deadline=deadline,
-            now=0.0 if deadline == math.inf else trio.current_time(),
-            metadata=metadata,
-            window=conn.window,
+        pending = self._send_request(
+            service, method, message, deadline, metadata, client_sends=client_sends
         )
-        stream_id, frame = conn.open_stream(envelope, client_sends=client_sends)
-        pending = _Pending(stream_id)
-        pending.buffer = conn.messages(stream_id)
-        self._pending[stream_id] = pending
-        self._transport.write(frame)
         if self._leader is None:
             self._wake_reader()  # to read the stream's messages
         try:

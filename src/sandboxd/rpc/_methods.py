@@ -111,6 +111,25 @@ class MessageStream(MessageSender, Protocol):
     def __aiter__(self) -> AsyncIterator[Message]: ...
 
 
+class ReceivedMessages:
+    """``async for`` over what :meth:`receive` returns, until it returns None (a base of the
+    server's and the client's streams)."""
+
+    __slots__ = ()
+
+    async def receive(self) -> Message | None:
+        raise NotImplementedError
+
+    def __aiter__(self) -> ReceivedMessages:
+        return self
+
+    async def __anext__(self) -> Message:
+        message = await self.receive()
+        if message is None:
+            raise StopAsyncIteration
+        return message
+
+
 InlineHandler = Callable[[Message, CallContext], "Mapping[str, Any] | Encoded"]
 UnaryHandler = Callable[[Message, CallContext], Awaitable["Mapping[str, Any] | Encoded"]]
 StreamHandler = Callable[

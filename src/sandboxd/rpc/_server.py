@@ -76,7 +76,15 @@ from ..wire import (
     window_frame,
 )
 from ._limits import Limits
-from ._methods import CallContext, Encoded, Method, MethodKind, PeerCredentials, Services
+from ._methods import (
+    CallContext,
+    Encoded,
+    Method,
+    MethodKind,
+    PeerCredentials,
+    ReceivedMessages,
+    Services,
+)
 from ._transport import PeerStalledError, Transport
 from ._unix import bind_unix, group_id, peer_credentials, socket_dir_shut_to, unlink_if_ours
 
@@ -195,7 +203,7 @@ class _Deferred:
 
 
 @final
-class _ServerStream:
+class _ServerStream(ReceivedMessages):
     """What a streaming handler sends its messages through, and receives the client's from
     (a :class:`~._methods.MessageStream`); also the stream's state the reader updates."""
 
@@ -323,15 +331,6 @@ class _ServerStream:
                 self._conn.transport.write_soon(window_frame(self._ctx.stream_id, grant))
         await trio.lowlevel.checkpoint()
         return loads_message(data, "stream message")
-
-    def __aiter__(self) -> _ServerStream:
-        return self
-
-    async def __anext__(self) -> dict[str, Any]:
-        message = await self.receive()
-        if message is None:
-            raise StopAsyncIteration
-        return message
 
 
 @final
