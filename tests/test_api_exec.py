@@ -30,8 +30,7 @@ from sandboxd._models import (
     LogGap,
     WindowSize,
 )
-from sandboxd.api import RemoteController, SyncController, serve_controller
-from sandboxd.api._data_service import DataPlane
+from sandboxd.api import DataPlane, RemoteController, SyncController, serve_controller
 from sandboxd.rpc import open_client
 
 pytestmark = pytest.mark.usefixtures("watchdog")
