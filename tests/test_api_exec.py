@@ -53,6 +53,7 @@ class FakeExec:
         self.produced = 0
         self.killed = False
         self.done = trio.Event()
+        self.release = trio.Event()
         self.exit_status = 0
         self._in_send, self._in_recv = trio.open_memory_channel[bytes](0)
         self._out_send, self._out_recv = trio.open_memory_channel[ExecOutput](0)
@@ -84,6 +85,12 @@ class FakeExec:
                 for _ in range(int(args[0])):
                     await self._out_send.send(ExecOutput(STDOUT, bytes(CHUNK)))
                     self.produced += 1
+            elif name == "head":
+                # Reads one chunk, stops reading its stdin, and exits once released.
+                first = await self._in_recv.receive()
+                await self._in_recv.aclose()
+                await self._out_send.send(ExecOutput(STDOUT, first))
+                await self.release.wait()
             elif name == "sleep":
                 await trio.sleep_forever()
             elif name == "exit":
@@ -218,6 +225,21 @@ async def test_exec_stdin_in_output_out_then_the_exit(fake: FakeController, sock
     assert [o.data for o in out if o.stream == STDERR] == [b"[(50, 132)]"]
     assert fake.execs[0].request == request
     assert not fake.execs[0].killed
+
+
+async def test_stdin_written_after_the_command_stopped_reading_is_dropped(
+    fake: FakeController, sock_path: str
+):
+    request = ExecRequest(["head"], stdin=True)
+    async with remote(sock_path) as controller, controller.exec("box", request) as proc:
+        await proc.write(b"one")
+        assert await proc.__anext__() == ExecOutput(STDOUT, b"one")
+        await proc.write(b"two")
+        await proc.close_stdin()
+        await trio.testing.wait_all_tasks_blocked()
+        fake.execs[0].release.set()
+        assert [item async for item in proc] == []
+        assert await proc.wait() == ExecExit(0)
 
 
 async def test_exec_output_is_paused_not_dropped_while_the_client_does_not_read(

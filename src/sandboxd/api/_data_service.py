@@ -10,6 +10,7 @@ killed, as containerd kills the execs of a client that goes away.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
@@ -94,17 +95,26 @@ async def _send_bytes(stream: MessageSender, name: str, data: bytes) -> None:
 
 async def _pump_input(stream: MessageStream, proc: ExecSession, stdin: bool) -> None:
     """The client's messages to the exec, until it half-closes (which closes stdin, if the
-    exec has one)."""
+    exec has one).  Once the command no longer reads its stdin (it closed it, or exited),
+    what the client still writes is dropped, as a pipe's reader that went away drops it."""
+    reading = True
     async for message in stream:
         name, value = convert.exec_input(message)
-        if name == "stdin":
-            await proc.write(value)
-        elif name == "close_stdin":
-            await proc.close_stdin()
-        else:
+        if name == "resize":
             await proc.resize(value.rows, value.cols)
-    if stdin:
-        await proc.close_stdin()
+            continue
+        if not reading:
+            continue
+        try:
+            if name == "stdin":
+                await proc.write(value)
+            else:
+                await proc.close_stdin()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            reading = False
+    if stdin and reading:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await proc.close_stdin()
 
 
 def data_plane_methods(controller: DataPlane) -> dict[str, Method]:

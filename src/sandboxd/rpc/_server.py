@@ -14,7 +14,16 @@ writer, so replies leave in whatever order handlers finish and frames ready toge
 together.
 
 The reader never waits on a handler.  It stops reading only while more than
-``max_buffered_bytes`` of replies wait for a peer that does not read them.
+``max_buffered_bytes`` of replies wait for a peer that does not read them, or while a stream
+of a client without flow control holds more of its messages than the stream window.
+
+Streams.  A stream call's row holds a :class:`_ServerStream`: the handler sends through it and,
+for a client or bidirectional method opened REMOTE_OPEN, receives the client's DATA from the
+inbox the reader fills.  A client that asks for flow control (request metadata
+``sandboxd-window``) gets a window each way: the handler's ``send`` waits on the client's
+grants, and the reader counts what the client sends against the server's window, which
+``receive`` grants back as the handler takes messages.  DATA a stream cannot take ends that
+call with INVALID_ARGUMENT, never the connection (docs/wire.md, "Errors on a stream").
 
 Errors.  Whatever a call raises is answered at one boundary, :func:`_status_of`: an
 :class:`~sandboxd.RPCError` is the call's status as it is; any other exception is a bug,
