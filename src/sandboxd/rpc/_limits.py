@@ -66,7 +66,10 @@ class Limits:
         metadata={"help": "unsent reply bytes on one connection above which it is not read"},
     )
     #: Seconds a peer gets to finish a frame it began, and to take its replies once they are
-    #: over ``max_buffered_bytes``, before it is disconnected.  Why 30 s: a loaded host or a
+    #: over ``max_buffered_bytes``, before it is disconnected; and seconds a stream may stay
+    #: over its window (the client takes nothing of a full window, or a client without flow
+    #: control sends more than the handler takes) before that stream alone is ended with
+    #: RESOURCE_EXHAUSTED.  Why 30 s: a loaded host or a
     #: client paused for a moment catches up well within it, and what a stalled peer holds (a
     #: frame, the replies) is freed within half a minute.
     stall_timeout: float = attrs.field(
