@@ -151,7 +151,6 @@ def resolve(request: ExecRequest, sandbox: SandboxSpec) -> ExecSpec:
     window = request.window
     if window is not None:
         check_window(window.rows, window.cols)
-    check_timeout(request.timeout_secs)
     return ExecSpec(
         exec_id=exec_id,
         command=command,
