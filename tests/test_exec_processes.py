@@ -37,14 +37,8 @@ KILLED = ExecExit(137, False, 9)
 
 
 @pytest.fixture
-def sandboxd_controller_options() -> dict[str, Any]:
-    """The Controller's defaults: ``process`` is its default sandboxer."""
-    return {}
-
-
-@pytest.fixture
 def controller(sandboxd_controller: Controller) -> Controller:
-    assert sandboxd_controller.default_sandboxer == "process"
+    """The plugin's Controller; it shuts down what a test leaves."""
     return sandboxd_controller
 
 
@@ -53,7 +47,9 @@ async def sandbox(
 ) -> int:
     """A started process sandbox running ``command`` (default: a long sleep)."""
     argv = command or ("sleep", "1000")
-    await controller.create(sandbox_id, options=SandboxOptions(command=argv, **options))
+    await controller.create(
+        sandbox_id, sandboxer="process", options=SandboxOptions(command=argv, **options)
+    )
     return (await controller.start(sandbox_id)).pid
 
 
