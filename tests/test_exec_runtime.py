@@ -35,8 +35,7 @@ from sandboxd._models import (
 )
 from sandboxd.backends import DEFAULT_PATH, SandboxProcess, SimBackend
 from sandboxd.backends._sim import SIM_PIPE_CAPACITY
-from sandboxd.runtime import Controller
-from sandboxd.runtime._exec import MAX_EXEC_SYNC_OUTPUT
+from sandboxd.runtime import MAX_EXEC_SYNC_OUTPUT, Controller
 from sim_controller import create, running, started, take
 
 KILLED = ExecExit(137, False, 9)
@@ -500,3 +499,39 @@ def test_sandbox_process_is_what_the_runtime_needs() -> None:
 
     assert callable(SimProcess.exec) and callable(SimProcess.open_file)
     assert SandboxProcess is not None
+
+
+# -- with a store: execs are never recorded -------------------------------------------------------
+
+
+async def test_an_exec_never_waits_on_the_store_but_its_refusal_follows_the_record(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    from sandboxd.runtime import Input, Waiter
+    from sandboxd.runtime._exec import ExecRun, resolve
+    from test_actor import call, runtime
+
+    async with runtime(store=True) as rt:
+        actor = rt.created()
+        started_ = await call(actor, Input.START)
+        rt.commit()
+        await started_.wait()
+        spec = resolve(run("hang", exec_id="e"), actor.spec)
+        running_ = await call(actor, Input.EXEC, (spec, None))
+        assert rt.queued == []  # nothing to write for an exec
+        exec_run = await running_.wait()
+        assert isinstance(exec_run, ExecRun)
+        assert actor.status(False).info["execs"] == "1"
+        # A Stop is recorded; the Exec refused behind it is answered once that is on disk.
+        stopping = await call(actor, Input.STOP, 0)
+        refused = Waiter()
+        actor.post(Input.EXEC, (spec, None), refused)
+        await trio.testing.wait_all_tasks_blocked()
+        assert not refused.abandoned
+        rt.commit()
+        await trio.testing.wait_all_tasks_blocked()
+        with pytest.raises(FailedPrecondition):
+            await refused.wait()
+        rt.commit()
+        await stopping.wait()
+        assert exec_run.result == KILLED

@@ -687,7 +687,8 @@ class SandboxActor:
         spec, timeout = arg
         process = self.process
         if process is None or self._exit_held is not None:
-            reply.fail(FailedPrecondition(f"sandbox {self.sandbox_id!r}: its init has exited"))
+            error = FailedPrecondition(f"sandbox {self.sandbox_id!r}: its init has exited")
+            self._answer(reply, None, error)
             return
         execs = self._execs
         if execs is None:
@@ -701,11 +702,10 @@ class SandboxActor:
                     break
             spec = attrs.evolve(spec, exec_id=exec_id)
         elif exec_id in execs:
-            reply.fail(
-                AlreadyExists(
-                    f"sandbox {self.sandbox_id!r}: exec {exec_id!r} already exists (it runs)"
-                )
+            taken = AlreadyExists(
+                f"sandbox {self.sandbox_id!r}: exec {exec_id!r} already exists (it runs)"
             )
+            self._answer(reply, None, taken)
             return
         run = ExecRun(self.sandbox_id, spec, timeout)
         execs[exec_id] = run
