@@ -535,3 +535,16 @@ async def test_an_exec_never_waits_on_the_store_but_its_refusal_follows_the_reco
         rt.commit()
         await stopping.wait()
         assert exec_run.result == KILLED
+
+
+@pytest.mark.parametrize("script", [("yes", "1000000"), ("cat",)])
+async def test_leaving_kills_a_command_blocked_on_a_pipe(
+    autojump_clock: trio.abc.Clock, script: tuple[str, ...]
+) -> None:
+    async with ready() as controller:
+        async with controller.exec("sb", run(*script, stdin=True)) as proc:
+            await trio.testing.wait_all_tasks_blocked()  # blocked in its write, or its read
+        assert await proc.wait() == KILLED
+        assert execs(controller, "sb") == 0
+        # The sandbox is unharmed.
+        assert (await controller.exec_sync("sb", run("true"))).exit_status == 0
