@@ -74,9 +74,12 @@ class Controller:
     published: never behind its mailbox, and always showing the effect of every call that
     returned before the query began.
 
+    Execs and files (:meth:`exec`, :meth:`exec_sync`, :meth:`write_file`,
+    :meth:`read_file`) stream, so they run in the caller's task and have no twin.
+
     Cancelling :meth:`run` closes the controller: callers still waiting get UNAVAILABLE and
     event subscriptions end, but sandbox processes keep running (their lives are independent
-    of the runtime's, as with containerd).
+    of the runtime's, as with containerd); execs are killed (their pipes are the runtime's).
     """
 
     def __init__(
