@@ -28,6 +28,8 @@ MEANS: Mapping[Effect, tuple[Caller, Process, Record]] = {
     Effect.RECORD_EXIT_AND_REMOVE: (Caller.NOBODY, Process.UNTOUCHED, Record.EXIT_REMOVED),
     Effect.REMOVE_UNSTARTED: (Caller.ANSWERED, Process.UNTOUCHED, Record.EXIT_0_REMOVED),
     Effect.REMOVE: (Caller.ANSWERED, Process.UNTOUCHED, Record.REMOVED),
+    Effect.START_EXEC: (Caller.ANSWERED, Process.UNTOUCHED, Record.NOTHING),
+    Effect.RECORD_EXEC_EXIT: (Caller.NOBODY, Process.UNTOUCHED, Record.NOTHING),
     Effect.IGNORE: (Caller.NOBODY, Process.UNTOUCHED, Record.NOTHING),
 }
 

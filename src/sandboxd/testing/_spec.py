@@ -131,6 +131,8 @@ _CREATED, _READY, _STOPPING = Phase.CREATED, Phase.READY, Phase.STOPPING
 _STOPPED, _SHUTTING_DOWN = Phase.STOPPED, Phase.SHUTTING_DOWN
 _EXISTS = _refused(Code.ALREADY_EXISTS, None)  # the state is kept: see expect()
 _NOT_STARTABLE = _refused(Code.FAILED_PRECONDITION, None)
+#: Exec runs a command only in a ready sandbox.
+_NOT_READY = _refused(Code.FAILED_PRECONDITION, None)
 
 #: state -> input -> what happens.  The sandbox that does not exist (GONE, or never created)
 #: refuses every call with NOT_FOUND, but Create, which makes it (see :func:`expect`).
@@ -145,6 +147,8 @@ SPEC: Final[Mapping[Phase, Mapping[Input, Expect]]] = {
         Input.SHUTDOWN: Expect(Caller.ANSWERED, None, record=Record.EXIT_0_REMOVED),
         Input.PROCESS_EXITED: _ignored(_CREATED),
         Input.STOP_GRACE_EXPIRED: _ignored(_CREATED),
+        Input.EXEC: _NOT_READY,
+        Input.EXEC_EXITED: _ignored(_CREATED),
     },
     # Ready: the process runs.
     _READY: {
@@ -156,6 +160,8 @@ SPEC: Final[Mapping[Phase, Mapping[Input, Expect]]] = {
         Input.SHUTDOWN: Expect(Caller.PARKED_ON_REMOVAL, _SHUTTING_DOWN, Process.KILLED),
         Input.PROCESS_EXITED: Expect(Caller.NOBODY, _STOPPED, record=Record.EXIT),
         Input.STOP_GRACE_EXPIRED: _ignored(_READY),
+        Input.EXEC: _answered(_READY),
+        Input.EXEC_EXITED: _ignored(_READY),
     },
     # Stopping: signalled by a Stop, the process has not exited yet.
     _STOPPING: {
@@ -167,6 +173,8 @@ SPEC: Final[Mapping[Phase, Mapping[Input, Expect]]] = {
         Input.SHUTDOWN: Expect(Caller.PARKED_ON_REMOVAL, _SHUTTING_DOWN, Process.KILLED),
         Input.PROCESS_EXITED: Expect(Caller.NOBODY, _STOPPED, record=Record.EXIT),
         Input.STOP_GRACE_EXPIRED: Expect(Caller.NOBODY, _STOPPING, Process.KILLED),
+        Input.EXEC: _NOT_READY,
+        Input.EXEC_EXITED: _ignored(_STOPPING),
     },
     # Stopped: the exit status is known; a sandbox runs once.
     _STOPPED: {
@@ -178,6 +186,8 @@ SPEC: Final[Mapping[Phase, Mapping[Input, Expect]]] = {
         Input.SHUTDOWN: Expect(Caller.ANSWERED, None, record=Record.REMOVED),
         Input.PROCESS_EXITED: _ignored(_STOPPED),
         Input.STOP_GRACE_EXPIRED: _ignored(_STOPPED),
+        Input.EXEC: _NOT_READY,
+        Input.EXEC_EXITED: _ignored(_STOPPED),
     },
     # Shutting down: killed by Shutdown (reported as stopping), gone once the exit is in.
     _SHUTTING_DOWN: {
@@ -189,6 +199,8 @@ SPEC: Final[Mapping[Phase, Mapping[Input, Expect]]] = {
         Input.SHUTDOWN: Expect(Caller.PARKED_ON_REMOVAL, _SHUTTING_DOWN),
         Input.PROCESS_EXITED: Expect(Caller.NOBODY, None, record=Record.EXIT_REMOVED),
         Input.STOP_GRACE_EXPIRED: _ignored(_SHUTTING_DOWN),
+        Input.EXEC: _NOT_READY,
+        Input.EXEC_EXITED: _ignored(_SHUTTING_DOWN),
     },
 }
 
