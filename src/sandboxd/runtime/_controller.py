@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -33,6 +34,7 @@ from ..backends import Backend, BwrapBackend, ProcessBackend, SimBackend
 from ._actor import ActorContext, SandboxActor
 from ._events import DEFAULT_SUBSCRIBER_BUFFER, EventBus, Subscription
 from ._lifecycle import Input, Phase, decide
+from ._logs import DEFAULT_MAX_LOG_BYTES, LogDirectory, LogReader
 from ._reply import Reply, Waiter
 from ._store import SandboxStore
 
@@ -70,6 +72,12 @@ class Controller:
     Cancelling :meth:`run` closes the controller: callers still waiting get UNAVAILABLE and
     event subscriptions end, but sandbox processes keep running (their lives are independent
     of the runtime's, as with containerd).
+
+    What sandboxes write is kept in ``log_dir`` (``<sandbox id>.log``, rotated to
+    ``.log.1`` at ``max_log_bytes``; see :meth:`logs`), or without one in a private temporary
+    directory removed when :meth:`run` ends.  For output to be read again by a controller
+    restarted on the same store, give the backends the same ``log_dir`` (their output
+    pipes are made there).
     """
 
     def __init__(
@@ -81,6 +89,8 @@ class Controller:
         max_sandboxes: int = DEFAULT_MAX_SANDBOXES,
         subscriber_buffer: int = DEFAULT_SUBSCRIBER_BUFFER,
         store: SandboxStore | None = None,
+        log_dir: str | os.PathLike[str] | None = None,
+        max_log_bytes: int = DEFAULT_MAX_LOG_BYTES,
     ) -> None:
         self._backends: dict[str, Backend] = {
             b.name: b for b in (default_backends() if backends is None else backends)
@@ -94,6 +104,8 @@ class Controller:
         #: Where sandbox records are kept; None keeps them in memory only.
         self.store = store
         self._actors: dict[str, SandboxActor] = {}
+        #: Where the sandboxes' output is kept (see :meth:`logs`).
+        self._logs = LogDirectory(None if log_dir is None else os.fspath(log_dir), max_log_bytes)
         self._events = EventBus()
         # What the actors are given, and where they run; both set while running.
         self._context: ActorContext | None = None
@@ -107,6 +119,7 @@ class Controller:
         if self._actor_nursery is not None:
             raise RuntimeError("this Controller is already running")
         try:
+            self._logs.open()
             async with trio.open_nursery() as processes, trio.open_nursery() as actors:
                 store = self.store
                 self._context = ActorContext(
@@ -115,6 +128,7 @@ class Controller:
                     process_nursery=processes,
                     publish=self._events.publish,
                     forget=self._forget,
+                    logs=self._logs,
                 )
                 self._actor_nursery = actors
                 if store is not None:
@@ -127,6 +141,11 @@ class Controller:
             self._context = None
             self._actor_nursery = None
             self._events.close()
+            # Readers end; the sandboxes' pipes are left to the next run (they hold them).
+            for actor in self._actors.values():
+                if actor.output is not None:
+                    actor.output.finish()
+            self._logs.close()
 
     async def _recover(
         self, store: SandboxStore, context: ActorContext, actors: trio.Nursery
@@ -455,6 +474,32 @@ class Controller:
     async def list(self, labels: Mapping[str, str] | None = None) -> list[SandboxStatus]:
         await trio.lowlevel.checkpoint()
         return self.list_nowait(labels)
+
+    def logs(
+        self,
+        sandbox_id: str,
+        *,
+        follow: bool = False,
+        tail_bytes: int | None = None,
+        since: datetime | None = None,
+    ) -> LogReader:
+        """What the sandbox's init wrote to stdout and stderr: an async context manager and
+        async iterator of :class:`~sandboxd.LogChunk` (each chunk as the daemon read it, on
+        its stream, with the time it was read; in the order read) and
+        :class:`~sandboxd.LogGap` (output rotated away, where it stood).
+
+        From the oldest output kept, or the last ``tail_bytes`` bytes; ``since`` drops the
+        chunks read before it (timezone-aware).  Without ``follow`` it ends at what was
+        written when the call was made; with it, it goes on until the sandbox has stopped
+        and everything was read (for one not started yet, it waits for the start).  It ends
+        at once when the sandbox is shut down.  A ``sim`` sandbox writes nothing.  NOT_FOUND
+        for an unknown sandbox; INVALID_ARGUMENT for a negative ``tail_bytes`` or a naive
+        ``since``.  Never blocks the sandbox: a slow reader reads from disk.
+        """
+        actor = self._actor(sandbox_id)
+        decide(sandbox_id, actor.phase, Input.STATUS)
+        assert actor.output is not None  # a Controller's actors always have one
+        return actor.output.reader(follow=follow, tail_bytes=tail_bytes, since=since)
 
     def subscribe(self) -> Subscription:
         """A subscription to the events published from now on (close it when done; also a
