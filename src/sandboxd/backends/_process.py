@@ -323,9 +323,7 @@ class OutputPipes:
             for pair in ends:
                 for fd in pair:
                     os.close(fd)
-            raise FailedPrecondition(
-                f"cannot start sandbox {sandbox_id}: cannot make its output pipes: {exc}"
-            ) from exc
+            raise _start_error(sandbox_id, exc, "its output pipes") from exc
         self._read = (ends[0][0], ends[1][0])
         self.child = (ends[0][1], ends[1][1])
 
@@ -369,7 +367,10 @@ def _output_pipe(directory: str | None, name: str) -> tuple[int, int]:
         path = os.path.join(directory, name)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
-        os.mkfifo(path, 0o600)
+        try:
+            os.mkfifo(path, 0o600)
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror, path) from None
         both = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         read = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     os.set_blocking(read, False)
