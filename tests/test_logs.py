@@ -351,6 +351,11 @@ async def test_without_a_log_dir_output_is_kept_until_the_controller_ends() -> N
 # -- restarts -------------------------------------------------------------------------------------
 
 
+def reap(pid: int) -> None:
+    """Reap ``pid``, a child of ours that has ended."""
+    os.waitpid(pid, 0)
+
+
 async def test_output_written_while_the_daemon_is_down_is_read_after_a_restart(
     tmp_path: Path, log_dir: Path, gate: Gate, fifo: Fifo, reaper: Reaper
 ) -> None:
@@ -377,7 +382,7 @@ async def test_output_written_while_the_daemon_is_down_is_read_after_a_restart(
                 gate.open()
                 items += [item async for item in logs]
             assert (await second.wait("sb")).exit_status == 255  # adopted: unknown
-            os.waitpid(pid, 0)  # the first run's child, which the second could not reap
+            reap(pid)  # the first run's child, which the second could not reap
     finally:
         store.close()
     assert [i.data for i in items if isinstance(i, LogChunk)] == [b"before\n", b"after\n"]
