@@ -155,14 +155,22 @@ async def test_bwraps_own_errors_are_told(controller: Controller, tmp_path: Path
     assert b"Can't chdir to /no/such/dir" in stderr
 
 
-async def test_tail_bytes(controller: Controller) -> None:
-    await started(controller, "sb", "printf 0123; printf 456789 >&2")
-    await controller.wait("sb")
-    tail = await everything(controller.logs("sb", tail_bytes=4))
-    assert b"".join(i.data for i in tail if isinstance(i, LogChunk)) == b"6789"
-    assert [i.stream for i in tail if isinstance(i, LogChunk)] == [STDERR]
+async def test_tail_bytes(controller: Controller, gate: Gate) -> None:
+    # Two chunks: the tail starts in the middle of the second.
+    await controller.create(
+        "sb",
+        options=SandboxOptions(command=("sh", "-c", f"printf 0123; {gate.wait()}; printf 456789")),
+    )
+    async with controller.logs("sb", follow=True) as logs:
+        await controller.start("sb")
+        await next_item(logs)
+        gate.open()
+        assert len([item async for item in logs]) == 1
+    for tail, expected in [(4, [b"6789"]), (6, [b"456789"]), (7, [b"3", b"456789"])]:
+        items = await everything(controller.logs("sb", tail_bytes=tail))
+        assert [i.data for i in items if isinstance(i, LogChunk)] == expected
     whole = await everything(controller.logs("sb", tail_bytes=100))
-    assert joined(whole, STDOUT) + joined(whole, STDERR) == b"0123456789"
+    assert [i.data for i in whole if isinstance(i, LogChunk)] == [b"0123", b"456789"]
     assert await everything(controller.logs("sb", tail_bytes=0)) == []
 
 

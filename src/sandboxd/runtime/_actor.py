@@ -315,7 +315,7 @@ class SandboxActor:
         """
         self._launch = launch
         if self.output is not None:
-            self.output.remove_files()  # left by an earlier sandbox of this id
+            self.output.new()
         if self._context.write is None:
             self._created(None, [] if reply is None else [(reply, self.sandbox_id, None)])
         else:

@@ -108,8 +108,8 @@ class LogDirectory:
             self.path = None
 
     def sandbox(self, sandbox_id: str) -> SandboxOutput:
-        """The output of one sandbox (whatever its files hold: see
-        :meth:`SandboxOutput.remove_files` for a new sandbox).  Touches no file."""
+        """The output of one sandbox (whatever its files hold, unless
+        :meth:`SandboxOutput.new`).  Touches no file."""
         assert self.path is not None
         return SandboxOutput(os.path.join(self.path, f"{sandbox_id}.log"), self.max_bytes)
 
@@ -126,6 +126,7 @@ class SandboxOutput:
         "_end",
         "_fd",
         "_finished",
+        "_fresh",
         "_max_bytes",
         "_pipes",
         "_removed",
@@ -145,7 +146,15 @@ class SandboxOutput:
         self._pipes: dict[int, int] | None = None  # stream code -> read end, while pumping
         self._finished = False
         self._removed = False
+        # A new sandbox's: whatever files an earlier one of its id left are not its own.
+        self._fresh = False
         self._changed = trio.lowlevel.ParkingLot()
+
+    def new(self) -> None:
+        """This is a new sandbox's output (a Create): it starts empty.  Touches no file
+        until it has output (a ``sim`` sandbox never does)."""
+        self._fresh = True
+        self._end = 0
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -154,6 +163,9 @@ class SandboxOutput:
         closes them) into the file from tasks in ``nursery``, until :meth:`finish`."""
         self._pipes = {1: output[0], 2: output[1]}
         self._finished = False
+        if self._fresh:
+            self.remove_files()
+            self._fresh = False
         try:
             self._end = self.end()
             self._fd = _open_for_append(self.path)
@@ -232,7 +244,8 @@ class SandboxOutput:
         """Shutdown: finish, delete the files, and end every reader."""
         self.finish()
         self._removed = True
-        self.remove_files()
+        if not self._fresh:
+            self.remove_files()
 
     def remove_files(self) -> None:
         for path in (self.path, self.previous):
@@ -420,7 +433,9 @@ class LogReader:
             self._end(self._stop_at)
             return False
         if self._fd < 0:
-            opened = _open_file(output.previous) or _open_file(output.path)
+            opened = None
+            if not output._fresh:  # no file of its own yet
+                opened = _open_file(output.previous) or _open_file(output.path)
             if opened is None:
                 return self._at_end()
             self._fd, self._inode = opened
