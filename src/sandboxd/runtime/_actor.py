@@ -224,8 +224,8 @@ class SandboxActor:
             info["started_at"] = self.started_at.isoformat()
         if verbose and self.process is not None:
             info.update(self.process.info())
-        if verbose and self.output is not None:
-            info["log"] = self.output.path
+            if self.output is not None and self.process.output is not None:
+                info["log"] = self.output.path
         status = SandboxStatus(
             sandbox_id=self.spec.sandbox_id,
             pid=self.pid,
