@@ -23,6 +23,7 @@ from procs import Fifo, Reaper
 from sandboxd import FailedPrecondition, InvalidArgument, NotFound, SandboxOptions
 from sandboxd._models import STDERR, STDOUT, LogChunk, LogGap
 from sandboxd.backends import Backend, BwrapBackend, ProcessBackend, SimBackend
+from sandboxd.cli._serve import main as serve_main
 from sandboxd.runtime import Controller, LogReader, SandboxStore, open_controller
 
 pytestmark = pytest.mark.usefixtures("watchdog")
@@ -394,3 +395,43 @@ async def test_output_written_while_the_daemon_is_down_is_read_after_a_restart(
     finally:
         store.close()
     assert [i.data for i in items if isinstance(i, LogChunk)] == [b"before\n", b"after\n"]
+
+
+def tear(path: Path) -> bytes:
+    """Append half a record's header to ``path``, as a crash mid-write leaves it; what it
+    held before."""
+    whole = path.read_bytes()
+    path.write_bytes(whole + whole[:10])
+    return whole
+
+
+async def test_a_record_cut_short_by_a_crash_is_cut_off(tmp_path: Path, log_dir: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    store = SandboxStore.open(state)
+    try:
+        async with running(log_dir, store=store) as first:
+            await started(first, "sb", "echo kept")
+            await first.wait("sb")
+    finally:
+        store.close()
+    whole = tear(log_dir / "sb.log")
+    store = SandboxStore.open(state)
+    try:
+        async with running(log_dir, store=store) as second:
+            items = await everything(second.logs("sb"))
+            assert [(i.stream, i.data) for i in items if isinstance(i, LogChunk)] == [
+                (STDOUT, b"kept\n")
+            ]
+            assert items == [i for i in items if isinstance(i, LogChunk)]
+    finally:
+        store.close()
+    assert (log_dir / "sb.log").read_bytes() == whole
+
+
+async def test_serve_refuses_a_max_log_bytes_below_1(capsys: pytest.CaptureFixture[str]) -> None:
+    await trio.lowlevel.checkpoint()
+    with pytest.raises(SystemExit) as exited:
+        serve_main(["serve", "--max-log-bytes", "0"])
+    assert exited.value.code == 2
+    assert "--max-log-bytes: must be at least 1, not 0" in capsys.readouterr().err
