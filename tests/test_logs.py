@@ -347,6 +347,18 @@ async def test_a_follower_ends_when_the_sandbox_is_shut_down(
         assert [item async for item in logs] == []
 
 
+async def test_followers_end_when_the_controller_drains(
+    controller: Controller, reaper: Reaper
+) -> None:
+    reaper.add(await started(controller, "sb", "echo hello; exec sleep 1000"))
+    async with controller.logs("sb", follow=True) as logs:
+        first = await next_item(logs)
+        assert isinstance(first, LogChunk) and first.data == b"hello\n"
+        controller.drain()
+        assert [item async for item in logs] == []
+    await controller.shutdown("sb")
+
+
 async def test_without_a_log_dir_output_is_kept_until_the_controller_ends() -> None:
     async with open_controller([ProcessBackend()]) as controller:
         await started(controller, "sb", "echo hi")

@@ -142,9 +142,7 @@ class Controller:
             self._actor_nursery = None
             self._events.close()
             # Readers end; the sandboxes' pipes are left to the next run (they hold them).
-            for actor in self._actors.values():
-                if actor.output is not None:
-                    actor.output.finish()
+            self._finish_output()
             self._logs.close()
 
     async def _recover(
@@ -184,13 +182,21 @@ class Controller:
             del self._actors[actor.sandbox_id]
 
     def drain(self) -> None:
-        """Get ready for the runtime to go away: end every event subscription and answer
-        every parked Wait with UNAVAILABLE, so long-lived calls do not hold up a shutdown.
-        Stops in progress go on; sandboxes keep running."""
+        """Get ready for the runtime to go away: end every event subscription, answer
+        every parked Wait with UNAVAILABLE, and stop keeping output (followers of Logs end
+        once they have read it; what sandboxes write from now on waits in their pipes for
+        the next run), so long-lived calls do not hold up a shutdown.  Stops in progress go
+        on; sandboxes keep running."""
         self._events.close()
         error = Unavailable("sandboxd is shutting down")
         for actor in self._actors.values():
             actor.abandon_waiters(error)
+        self._finish_output()
+
+    def _finish_output(self) -> None:
+        for actor in self._actors.values():
+            if actor.output is not None:
+                actor.output.finish()
 
     def _actor(self, sandbox_id: str) -> SandboxActor:
         # Only valid ids are ever keys: one found needs no checking.
