@@ -22,7 +22,7 @@ import trio.testing
 from procs import Fifo, Reaper
 from sandboxd import FailedPrecondition, InvalidArgument, NotFound, SandboxOptions
 from sandboxd._models import STDERR, STDOUT, LogChunk, LogGap
-from sandboxd.backends import Backend, BwrapBackend, ProcessBackend, SimBackend
+from sandboxd.backends import BwrapBackend, ProcessBackend
 from sandboxd.cli._serve import main as serve_main
 from sandboxd.runtime import Controller, LogReader, SandboxStore, open_controller
 
@@ -68,13 +68,9 @@ async def controller(log_dir: Path) -> AsyncIterator[Controller]:
 
 
 def running(log_dir: Path, **options: Any) -> AbstractAsyncContextManager[Controller]:
-    """A Controller keeping output in ``log_dir``, its backends making their pipes there."""
-    backends: list[Backend] = [
-        ProcessBackend(log_dir=log_dir),
-        BwrapBackend(log_dir=log_dir),
-        SimBackend(),
-    ]
-    return open_controller(backends, log_dir=log_dir, **options)
+    """A Controller keeping output in ``log_dir``, its (default) backends making their pipes
+    there."""
+    return open_controller(log_dir=log_dir, **options)
 
 
 async def started(controller: Controller, sandbox_id: str, script: str, **kwargs: str) -> int:

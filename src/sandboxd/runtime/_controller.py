@@ -46,10 +46,11 @@ DEFAULT_SANDBOXER: Final = "process"
 DEFAULT_MAX_SANDBOXES: Final = 100_000
 
 
-def default_backends() -> list[Backend]:
+def default_backends(log_dir: str | os.PathLike[str] | None = None) -> list[Backend]:
     """The backends a Controller has unless told otherwise: ``process``, ``bwrap`` and
-    ``sim`` (``bwrap`` refuses Create with FAILED_PRECONDITION where bubblewrap cannot run)."""
-    return [ProcessBackend(), BwrapBackend(), SimBackend()]
+    ``sim`` (``bwrap`` refuses Create with FAILED_PRECONDITION where bubblewrap cannot run),
+    making their output pipes in ``log_dir``."""
+    return [ProcessBackend(log_dir=log_dir), BwrapBackend(log_dir=log_dir), SimBackend()]
 
 
 @final
@@ -76,8 +77,8 @@ class Controller:
     What sandboxes write is kept in ``log_dir`` (``<sandbox id>.log``, rotated to
     ``.log.1`` at ``max_log_bytes``; see :meth:`logs`), or without one in a private temporary
     directory removed when :meth:`run` ends.  For output to be read again by a controller
-    restarted on the same store, give the backends the same ``log_dir`` (their output
-    pipes are made there).
+    restarted on the same store, the backends need the same ``log_dir`` (their output
+    pipes are made there): the default ones get it.
     """
 
     def __init__(
@@ -93,7 +94,7 @@ class Controller:
         max_log_bytes: int = DEFAULT_MAX_LOG_BYTES,
     ) -> None:
         self._backends: dict[str, Backend] = {
-            b.name: b for b in (default_backends() if backends is None else backends)
+            b.name: b for b in (default_backends(log_dir) if backends is None else backends)
         }
         self.default_sandboxer = default_sandboxer
         #: Seconds between SIGTERM and SIGKILL for a Stop that gives no timeout (read when
