@@ -19,8 +19,9 @@ import pytest
 import trio
 import trio.testing
 
+from daemons import Daemons
 from procs import Fifo, Reaper
-from sandboxd import FailedPrecondition, InvalidArgument, NotFound, SandboxOptions
+from sandboxd import FailedPrecondition, InvalidArgument, NotFound, SandboxOptions, connect
 from sandboxd._models import STDERR, STDOUT, LogChunk, LogGap
 from sandboxd.backends import BwrapBackend, ProcessBackend
 from sandboxd.cli._serve import main as serve_main
@@ -397,6 +398,31 @@ async def test_output_written_while_the_daemon_is_down_is_read_after_a_restart(
     finally:
         store.close()
     assert [i.data for i in items if isinstance(i, LogChunk)] == [b"before\n", b"after\n"]
+
+
+async def test_output_survives_a_crash_of_the_daemon(
+    daemons: Daemons, gate: Gate, fifo: Fifo, reaper: Reaper
+) -> None:
+    script = f"echo before; {gate.wait()}; echo after; echo wrote > {fifo.path}; {gate.wait()}"
+    first = await daemons.start()
+    async with connect(daemons.socket) as remote:
+        await remote.create("sb", options=SandboxOptions(command=("sh", "-c", script)))
+        reaper.add((await remote.start("sb")).pid)
+    await first.crash()
+    # Nobody reads: the sandbox writes all the same, and is not hurt by it.
+    gate.open()
+    assert await fifo.read_all() == b"wrote\n"
+    # The next daemon takes it up, drains its pipes, and keeps what they held when it stops.
+    second = await daemons.start()
+    assert await second.terminate() == 0, second.output()
+    store = SandboxStore.open(daemons.state_dir)
+    try:
+        async with running(daemons.state_dir / "logs", store=store) as after:
+            items = await everything(after.logs("sb"))
+    finally:
+        store.close()
+    assert items == [i for i in items if isinstance(i, LogChunk)]
+    assert joined(items, STDOUT) == b"before\nafter\n"
 
 
 def tear(path: Path) -> bytes:
