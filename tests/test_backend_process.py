@@ -362,9 +362,9 @@ def our_children() -> list[int]:
     ],
 )
 async def test_start_failure_is_failed_precondition_and_nothing_runs(
-    tmp_path: Path, content: str, unlink: bool, reason: str
+    tmp_path: Path, log_dir: Path, content: str, unlink: bool, reason: str
 ) -> None:
-    backend = ProcessBackend()
+    backend = ProcessBackend(log_dir=log_dir)
     script = tmp_path / "script"
     script.write_text(content)
     script.chmod(stat.S_IRWXU)
@@ -380,6 +380,7 @@ async def test_start_failure_is_failed_precondition_and_nothing_runs(
     assert str(info.value) == f"cannot start sandbox sb-1: {reason}: {script}"
     assert exits.statuses == []
     assert our_children() == []
+    assert os.listdir(log_dir) == []  # no output pipe is left
 
 
 async def test_start_failure_names_a_vanished_cwd(tmp_path: Path) -> None:

@@ -186,6 +186,7 @@ class ProcessBackend:
             except BaseException:
                 for fd in output:
                     os.close(fd)
+                remove_output(self._log_dir, spec.sandbox_id)
                 raise
         return ProcessSandbox(
             process.pid,
@@ -313,6 +314,7 @@ class OutputPipes:
     """
 
     def __init__(self, directory: str | None, sandbox_id: str) -> None:
+        self._where = (directory, sandbox_id)
         self.child: tuple[int, int] = (-1, -1)
         self._read: tuple[int, int] = (-1, -1)
         ends = []
@@ -350,9 +352,12 @@ class OutputPipes:
 
     def __exit__(self, *exc: object) -> None:
         self.spawned()
+        taken = self._read[0] < 0
         for fd in self.take():
             if fd >= 0:
                 os.close(fd)
+        if not taken:  # the start failed: nothing will read them
+            remove_output(*self._where)
 
 
 def _output_pipe(directory: str | None, name: str) -> tuple[int, int]:
