@@ -108,6 +108,20 @@ class Exits:
         return self.statuses[0]
 
 
+def read_output(output: tuple[int, int] | None) -> tuple[bytes, bytes]:
+    """What the non-blocking read ends of a sandbox's stdout and stderr hold now (to their
+    end once every process of the sandbox is gone).  They stay open."""
+    assert output is not None
+    found = []
+    for fd in output:
+        data = b""
+        with suppress(BlockingIOError):
+            while chunk := os.read(fd, 65536):
+                data += chunk
+        found.append(data)
+    return found[0], found[1]
+
+
 class Fifo:
     """A FIFO whose read end is open (non-blocking) before any writer starts."""
 

@@ -19,7 +19,7 @@ import pytest
 import trio
 import trio.testing
 
-from procs import Exits, Fifo, is_alive, proc_pgrp
+from procs import Exits, Fifo, is_alive, proc_pgrp, read_output
 from sandboxd import FailedPrecondition, InvalidArgument
 from sandboxd._models import Mount, Platform, SandboxOptions, SandboxSpec
 from sandboxd.backends import Backend, ProcessBackend, host_platform
@@ -71,6 +71,8 @@ async def sandboxes(log_dir: Path) -> AsyncIterator[Sandboxes]:
         finally:
             for sandbox, _ in started.started:
                 sandbox.cleanup()
+                for fd in sandbox.output or ():
+                    os.close(fd)
             with trio.fail_after(TIMEOUT):
                 for _, exits in started.started:
                     await exits.event.wait()
@@ -184,9 +186,8 @@ async def test_environment_is_exactly_env_plus_path(
 ) -> None:
     sandbox, exits = await sandboxes.start(make_spec(("env", "-0"), env=env))
     assert await exits.wait() == 0
-    log = log_dir / "sb-1.log"
-    assert sandbox.info()["log"] == str(log)
-    entries = log.read_bytes().decode().split("\0")[:-1]
+    out, _ = read_output(sandbox.output)
+    entries = out.decode().split("\0")[:-1]
     assert dict(entry.split("=", 1) for entry in entries) == expected
 
 
@@ -201,20 +202,54 @@ async def test_cwd_is_honoured(sandboxes: Sandboxes, tmp_path: Path) -> None:
     assert sandbox.info()["cwd"] == str(workdir)
 
 
-async def test_default_cwd_is_root_and_log_appends(sandboxes: Sandboxes, log_dir: Path) -> None:
-    for _ in range(2):
-        sandbox, exits = await sandboxes.start(make_spec(("pwd",)))
-        assert await exits.wait() == 0
-        assert sandbox.info()["cwd"] == "/"
-    assert (log_dir / "sb-1.log").read_text() == "/\n/\n"
+async def test_default_cwd_is_root(sandboxes: Sandboxes) -> None:
+    sandbox, exits = await sandboxes.start(make_spec(("pwd",)))
+    assert await exits.wait() == 0
+    assert sandbox.info()["cwd"] == "/"
+    assert read_output(sandbox.output) == (b"/\n", b"")
 
 
-async def test_without_log_dir_output_goes_to_dev_null() -> None:
+async def test_output_goes_to_fifos_in_the_log_dir_removed_at_cleanup(
+    sandboxes: Sandboxes, log_dir: Path
+) -> None:
+    sandbox, exits = await sandboxes.start(make_spec(("sh", "-c", "echo out; echo err >&2")))
+    assert await exits.wait() == 0
+    for name in ("sb-1.stdout", "sb-1.stderr"):
+        assert stat.S_ISFIFO((log_dir / name).stat().st_mode)
+    assert read_output(sandbox.output) == (b"out\n", b"err\n")
+    sandbox.cleanup()
+    assert os.listdir(log_dir) == []
+
+
+async def test_without_log_dir_output_goes_to_pipes() -> None:
     exits = Exits()
     async with trio.open_nursery() as nursery:
         sandbox = await ProcessBackend().start(make_spec(("echo", "hi")), nursery, exits)
         assert await exits.wait() == 0
-    assert sandbox.info()["log"] == "/dev/null"
+    assert read_output(sandbox.output) == (b"hi\n", b"")
+    for fd in sandbox.output or ():
+        os.close(fd)
+
+
+async def test_output_never_breaks_once_nobody_reads(tmp_path: Path, fifo: Fifo) -> None:
+    # The daemon away: its read ends closed.  The sandbox holds a reader of its own, so a
+    # write neither kills it (SIGPIPE) nor fails.
+    gate = tmp_path / "gate"
+    os.mkfifo(gate)
+    exits = Exits()
+    command = f"read x < {gate}; echo still here; echo done > {fifo.path}"
+    opened = os.open(gate, os.O_RDWR)
+    try:
+        async with trio.open_nursery() as nursery:
+            spec = make_spec(("sh", "-c", command))
+            sandbox = await ProcessBackend().start(spec, nursery, exits)
+            for fd in sandbox.output or ():
+                os.close(fd)
+            os.write(opened, b"go\n")
+            assert await fifo.read_all() == b"done\n"
+            assert await exits.wait() == 0
+    finally:
+        os.close(opened)
 
 
 async def test_info(sandboxes: Sandboxes, log_dir: Path) -> None:
@@ -223,7 +258,6 @@ async def test_info(sandboxes: Sandboxes, log_dir: Path) -> None:
         "command": "sleep 1000",
         "cwd": "/",
         "pgid": str(sandbox.pid),
-        "log": str(log_dir / "sb-1.log"),
     }
     assert os.getpgid(sandbox.pid) == sandbox.pid
     assert os.getsid(sandbox.pid) == sandbox.pid
@@ -328,9 +362,9 @@ def our_children() -> list[int]:
     ],
 )
 async def test_start_failure_is_failed_precondition_and_nothing_runs(
-    tmp_path: Path, content: str, unlink: bool, reason: str
+    tmp_path: Path, log_dir: Path, content: str, unlink: bool, reason: str
 ) -> None:
-    backend = ProcessBackend()
+    backend = ProcessBackend(log_dir=log_dir)
     script = tmp_path / "script"
     script.write_text(content)
     script.chmod(stat.S_IRWXU)
@@ -346,6 +380,7 @@ async def test_start_failure_is_failed_precondition_and_nothing_runs(
     assert str(info.value) == f"cannot start sandbox sb-1: {reason}: {script}"
     assert exits.statuses == []
     assert our_children() == []
+    assert os.listdir(log_dir) == []  # no output pipe is left
 
 
 async def test_start_failure_names_a_vanished_cwd(tmp_path: Path) -> None:
@@ -359,10 +394,10 @@ async def test_start_failure_names_a_vanished_cwd(tmp_path: Path) -> None:
             await ProcessBackend().start(spec, nursery, Exits())
 
 
-async def test_start_failure_names_an_unwritable_log(tmp_path: Path) -> None:
+async def test_start_failure_names_an_unusable_log_dir(tmp_path: Path) -> None:
     backend = ProcessBackend(log_dir=tmp_path / "missing")
     async with trio.open_nursery() as nursery:
-        with pytest.raises(FailedPrecondition, match=r"missing/sb-1\.log$"):
+        with pytest.raises(FailedPrecondition, match=r"missing/sb-1\.stdout$"):
             await backend.start(make_spec(("true",)), nursery, Exits())
 
 

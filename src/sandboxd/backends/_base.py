@@ -117,6 +117,12 @@ class SandboxProcess(Protocol):
         """Whether :meth:`usage` reads the system (and so runs in a worker thread)."""
         ...
 
+    @property
+    def output(self) -> tuple[int, int] | None:
+        """The read ends (non-blocking) of the pipes the init's stdout and stderr go to, for
+        the runtime to read and then close; None when the sandbox has no output to read."""
+        ...
+
 
 class Backend(Protocol):
     """How sandboxes of one ``sandboxer`` name run."""

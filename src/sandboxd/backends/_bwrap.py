@@ -49,11 +49,14 @@ from ._process import (
     DEFAULT_PATH,
     PAUSE_INTERPRETER,
     PAUSE_PREFIX,
+    OutputPipes,
     ReadyPipe,
     check_command,
     check_env,
     launch,
     proc_usage,
+    remove_output,
+    reopen_output,
     same_process,
     start_time,
     watch_pid,
@@ -108,8 +111,9 @@ class BwrapBackend:
     Everything the ``process`` backend promises holds here too: the init's real exit
     status, Stop's SIGTERM then SIGKILL reaching every process inside, nothing left after
     Shutdown.  ``options.hostname`` sets the hostname (default: the sandbox id, made a valid
-    hostname).  With ``log_dir``, the sandbox's stdout and stderr (and bwrap's own errors)
-    are appended to ``<log_dir>/<sandbox_id>.log``.
+    hostname).  The sandbox's stdout and stderr (and bwrap's own errors) go to pipes whose
+    read ends it gives the runtime, FIFOs in ``log_dir`` when given, as for ``process``
+    (:class:`~sandboxd.backends._process.OutputPipes`).
     """
 
     __slots__ = ("_bwrap", "_log_dir")
@@ -217,17 +221,22 @@ class BwrapBackend:
         line = self.command_line(spec, argv, info_w)
         fds = (info_w, *(ready.pass_fds if ready is not None else ()))
         try:
-            with Gate() as gate, ready or contextlib.nullcontext():
+            with (
+                Gate() as gate,
+                ready or contextlib.nullcontext(),
+                OutputPipes(self._log_dir, spec.sandbox_id) as pipes,
+            ):
                 try:
-                    process, log_path = launch(
-                        spec.sandbox_id, gate, line, env=env, cwd="/", log_dir=self._log_dir,
+                    process = launch(
+                        spec.sandbox_id, gate, line, env=env, cwd="/", output=pipes.child,
                         pass_fds=fds,
                     )  # fmt: skip
                 finally:
                     os.close(info_w)
+                    pipes.spawned()
                 identity = {"start_time": start_time(process.pid)}
                 await gate.open(process, spec.sandbox_id, line[0], "/", identity, on_spawned)
-                init_pid = await _read_init_pid(info_r, process, spec.sandbox_id)
+                init_pid = await _read_init_pid(info_r, process, spec.sandbox_id, pipes)
                 try:
                     if ready is not None:
                         await ready.wait(process, spec.sandbox_id)
@@ -237,6 +246,7 @@ class BwrapBackend:
                     # Cancelled (or the pause never got ready): nothing may stay running.
                     await _kill_outer(process, init_pid)
                     raise
+                output = pipes.take()
         finally:
             os.close(info_r)
         try:
@@ -251,6 +261,8 @@ class BwrapBackend:
         except BaseException:
             if init_fd >= 0:
                 os.close(init_fd)
+            for fd in output:
+                os.close(fd)
             await _kill_outer(process)
             raise
         return BwrapSandbox(
@@ -258,9 +270,10 @@ class BwrapBackend:
             init_pid,
             spec,
             line,
-            log_path or os.devnull,
             outer_start=identity["start_time"],
             init_start=start_time(init_pid),
+            output=output,
+            log_dir=self._log_dir,
         )
 
     def discard(self, pid: int, identity: Mapping[str, Any]) -> None:
@@ -291,7 +304,6 @@ class BwrapBackend:
             return None
         if not watch_pid(nursery, pid, on_exit, spec.sandbox_id):
             return None
-        log = os.path.join(self._log_dir, f"{spec.sandbox_id}.log") if self._log_dir else None
         outer = identity.get("bwrap_pid")
         alive = same_process(outer, identity.get("bwrap_start_time"))
         outer_pid = outer if alive and isinstance(outer, int) else 0
@@ -302,9 +314,10 @@ class BwrapBackend:
             pid,
             spec,
             [str(a) for a in line],
-            log or os.devnull,
             outer_start=identity.get("bwrap_start_time") if outer_pid else None,
             init_start=identity.get("init_start_time"),
+            output=reopen_output(self._log_dir, spec.sandbox_id),
+            log_dir=self._log_dir,
         )
 
 
@@ -324,8 +337,9 @@ async def _watch_namespace(process: Child, init_fd: int, on_exit: ExitCallback) 
     on_exit(returncode if returncode >= 0 else 128 - returncode)
 
 
-async def _read_init_pid(fd: int, process: Child, sandbox_id: str) -> int:
-    """The host pid of the namespace's init, from bwrap's ``--info-fd`` JSON."""
+async def _read_init_pid(fd: int, process: Child, sandbox_id: str, pipes: OutputPipes) -> int:
+    """The host pid of the namespace's init, from bwrap's ``--info-fd`` JSON.  When bwrap
+    fails first, its message (on the sandbox's stderr) is in the error."""
     data = b""
     try:
         with trio.move_on_after(SETUP_TIMEOUT) as setup:
@@ -342,11 +356,15 @@ async def _read_init_pid(fd: int, process: Child, sandbox_id: str) -> int:
             f"cannot start sandbox {sandbox_id}: bubblewrap did not set the sandbox up "
             f"within {SETUP_TIMEOUT:g} s"
         )
-    # bwrap closed the pipe without reporting: it failed to set up (its error is in the log).
+    # bwrap closed the pipe without reporting: it failed to set up, and said why on stderr.
     status = await process.wait()
+    message = b""
+    with contextlib.suppress(OSError):
+        message = os.read(pipes.stderr, 4096)
+    said = message.decode(errors="replace").strip() or "no message"
     raise FailedPrecondition(
         f"cannot start sandbox {sandbox_id}: bubblewrap failed to set up the sandbox "
-        f"(exit status {status}; its message is in the sandbox's log)"
+        f"(exit status {status}: {said})"
     )
 
 
@@ -405,12 +423,13 @@ class BwrapSandbox:
         "_command",
         "_init_start",
         "_killed",
-        "_log",
+        "_log_dir",
         "_namespace",
         "_outer_pid",
         "_outer_start",
         "_spec",
         "init_pid",
+        "output",
     )
 
     def __init__(
@@ -419,10 +438,11 @@ class BwrapSandbox:
         init_pid: int,
         spec: SandboxSpec,
         command: list[str],
-        log: str,
         *,
         outer_start: object,
         init_start: object,
+        output: tuple[int, int] | None,
+        log_dir: str | None = None,
     ) -> None:
         self._outer_pid = outer_pid
         self.init_pid = init_pid
@@ -431,7 +451,10 @@ class BwrapSandbox:
         self._outer_start = outer_start if outer_pid > 0 and isinstance(outer_start, int) else None
         self._spec = spec
         self._command = command
-        self._log = log
+        #: The read ends (non-blocking) of the sandbox's stdout and stderr, for the runtime
+        #: to read and close; None when they could not be found again after a restart.
+        self.output = output
+        self._log_dir = log_dir  # where its FIFOs are, removed at cleanup
         self._killed = False
         self._namespace = _pid_namespace(init_pid)
 
@@ -472,6 +495,7 @@ class BwrapSandbox:
             if self._outer_pid > 0:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(self._outer_pid, _signal.SIGKILL)
+            remove_output(self._log_dir, self._spec.sandbox_id)
 
     def info(self) -> Mapping[str, str]:
         """The namespaces, the mounts and the exact bubblewrap command line."""
@@ -499,7 +523,6 @@ class BwrapSandbox:
             "mounts": mounts,
             "bwrap_command": shlex.join(self._command),
             "bwrap_pid": str(self._outer_pid),
-            "log": self._log,
         }
 
     def identity(self) -> Mapping[str, Any]:

@@ -19,10 +19,13 @@ There is no namespace, rootfs or cgroup here: the process sees the host as the d
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import os
 import shlex
 import shutil
 import signal as _signal
+import stat
 import sys
 from collections.abc import Callable, Mapping
 from typing import Any, Final, final
@@ -78,9 +81,11 @@ class ProcessBackend:
 
     The init process runs ``options.command`` (or a pause process when it is ``None``) with
     exactly ``options.env`` as its environment, plus :data:`DEFAULT_PATH` as ``PATH`` when the
-    env has none, in ``options.cwd`` (default ``/``), with stdin, stdout and stderr on
-    /dev/null.  With ``log_dir``, stdout and stderr are appended to
-    ``<log_dir>/<sandbox_id>.log`` instead.
+    env has none, in ``options.cwd`` (default ``/``), with stdin on /dev/null and stdout and
+    stderr on pipes whose read ends the sandbox gives the runtime
+    (:attr:`ProcessSandbox.output`; see :class:`OutputPipes`).  With ``log_dir`` the pipes
+    are FIFOs in that directory (``<sandbox_id>.stdout``, ``.stderr``), so that a daemon
+    restarted on the same directory reads them again when it adopts the sandbox.
 
     ``rootfs`` and ``netns_path`` cannot be honoured and are refused at Create;
     ``options.hostname`` and ``options.host_network`` are ignored (a sandbox always shares
@@ -160,27 +165,37 @@ class ProcessBackend:
         ready = ReadyPipe() if options.command is None else None
         argv = ready.pause_argv() if ready is not None else list(options.command or ())
         with Gate() as gate, ready or contextlib.nullcontext():
-            process, log_path = launch(
-                spec.sandbox_id,
-                gate,
-                argv,
-                env=env,
-                cwd=cwd,
-                log_dir=self._log_dir,
-                pass_fds=ready.pass_fds if ready is not None else (),
-            )
-            identity = {"start_time": start_time(process.pid)}
-            await gate.open(process, spec.sandbox_id, argv[0], cwd, identity, on_spawned)
-            if ready is not None:
-                await ready.wait(process, spec.sandbox_id)
-        watch(nursery, process, on_exit, spec.sandbox_id)
+            with OutputPipes(self._log_dir, spec.sandbox_id) as pipes:
+                process = launch(
+                    spec.sandbox_id,
+                    gate,
+                    argv,
+                    env=env,
+                    cwd=cwd,
+                    output=pipes.child,
+                    pass_fds=ready.pass_fds if ready is not None else (),
+                )
+                pipes.spawned()
+                output = pipes.take()
+            try:
+                identity = {"start_time": start_time(process.pid)}
+                await gate.open(process, spec.sandbox_id, argv[0], cwd, identity, on_spawned)
+                if ready is not None:
+                    await ready.wait(process, spec.sandbox_id)
+                watch(nursery, process, on_exit, spec.sandbox_id)
+            except BaseException:
+                for fd in output:
+                    os.close(fd)
+                remove_output(self._log_dir, spec.sandbox_id)
+                raise
         return ProcessSandbox(
             process.pid,
             shlex.join(argv),
             cwd,
-            log_path or os.devnull,
             process,
             started=identity["start_time"],
+            output=output,
+            outputs=(self._log_dir, spec.sandbox_id),
         )
 
     def discard(self, pid: int, identity: Mapping[str, Any]) -> None:
@@ -203,14 +218,14 @@ class ProcessBackend:
             return None
         if not watch_pid(nursery, pid, on_exit, spec.sandbox_id):
             return None
-        log = os.path.join(self._log_dir, f"{spec.sandbox_id}.log") if self._log_dir else None
         command = shlex.join(spec.options.command or ("<pause>",))
         return ProcessSandbox(
             pid,
             command,
             spec.options.cwd or "/",
-            log or os.devnull,
             started=identity["start_time"],
+            output=reopen_output(self._log_dir, spec.sandbox_id),
+            outputs=(self._log_dir, spec.sandbox_id),
         )
 
 
@@ -267,31 +282,134 @@ def launch(
     *,
     env: Mapping[str, str],
     cwd: str,
-    log_dir: str | None,
+    output: tuple[int, int],
     pass_fds: tuple[int, ...] = (),
-) -> tuple[Child, str | None]:
-    """Spawn ``argv`` held at ``gate`` (:meth:`Gate.spawn`), stdout and stderr appended to
-    ``<log_dir>/<sandbox_id>.log`` (or /dev/null).
-
-    Returns the process and the log's path.  A failure to spawn is FailedPrecondition naming
-    what failed; nothing runs then.
-    """
-    log_path = None
+) -> Child:
+    """Spawn ``argv`` held at ``gate`` (:meth:`Gate.spawn`), stdout and stderr on
+    ``output``.  A failure to spawn is FailedPrecondition naming what failed; nothing runs
+    then."""
     try:
-        if log_dir is not None:
-            log_path = os.path.join(log_dir, f"{sandbox_id}.log")
-            output = os.open(
-                log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640
-            )
-        else:
-            output = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
-        try:
-            process = gate.spawn(argv, env=env, cwd=cwd, output=output, pass_fds=pass_fds)
-        finally:
-            os.close(output)
+        return gate.spawn(argv, env=env, cwd=cwd, output=output, pass_fds=pass_fds)
     except (OSError, ValueError, TypeError) as exc:
         raise _start_error(sandbox_id, exc, argv[0]) from exc
-    return process, log_path
+
+
+#: The buffer asked for each output pipe: what a sandbox may write while nobody reads (the
+#: daemon restarting) before its writes block.  The kernel may give less to a user over
+#: its quota of pipe memory.
+OUTPUT_PIPE_SIZE: Final = 1 << 20
+_OUTPUT_NAMES: Final = ("stdout", "stderr")
+
+
+@final
+class OutputPipes:
+    """The pipes a sandbox's init writes its stdout and stderr to.
+
+    With a directory they are FIFOs, ``<dir>/<sandbox_id>.stdout`` and ``.stderr``, which
+    :func:`reopen_output` finds again after a restart; without one, anonymous pipes.  Either
+    way the process gets each opened for reading *and* writing, so that it holds a reader
+    itself: it never gets SIGPIPE while the daemon is away, only blocks once the buffer is
+    full.  The daemon keeps non-blocking read ends (:meth:`take`).  A context manager: the
+    ends not taken are closed on exit.
+    """
+
+    def __init__(self, directory: str | None, sandbox_id: str) -> None:
+        self._where = (directory, sandbox_id)
+        self.child: tuple[int, int] = (-1, -1)
+        self._read: tuple[int, int] = (-1, -1)
+        ends = []
+        try:
+            for name in _OUTPUT_NAMES:
+                ends.append(_output_pipe(directory, f"{sandbox_id}.{name}"))
+        except OSError as exc:
+            for pair in ends:
+                for fd in pair:
+                    os.close(fd)
+            raise _start_error(sandbox_id, exc, "its output pipes") from exc
+        self._read = (ends[0][0], ends[1][0])
+        self.child = (ends[0][1], ends[1][1])
+
+    def spawned(self) -> None:
+        """The process has its copies: the daemon's read-write ends go, so that the read
+        ends see the end of file once every process of the sandbox has gone."""
+        for fd in self.child:
+            if fd >= 0:
+                os.close(fd)
+        self.child = (-1, -1)
+
+    @property
+    def stderr(self) -> int:
+        """The read end of stderr, until taken."""
+        return self._read[1]
+
+    def take(self) -> tuple[int, int]:
+        """The read ends (non-blocking), now the caller's to close."""
+        taken, self._read = self._read, (-1, -1)
+        return taken
+
+    def __enter__(self) -> OutputPipes:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.spawned()
+        taken = self._read[0] < 0
+        for fd in self.take():
+            if fd >= 0:
+                os.close(fd)
+        if not taken:  # the start failed: nothing will read them
+            remove_output(*self._where)
+
+
+def _output_pipe(directory: str | None, name: str) -> tuple[int, int]:
+    """``(read end, read-write end)`` of a new pipe (a FIFO ``<directory>/<name>``)."""
+    if directory is None:
+        read, write = os.pipe2(os.O_CLOEXEC)
+        try:
+            both = os.open(f"/proc/self/fd/{write}", os.O_RDWR | os.O_CLOEXEC)
+        finally:
+            os.close(write)
+    else:
+        path = os.path.join(directory, name)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        try:
+            os.mkfifo(path, 0o600)
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror, path) from None
+        both = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        read = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    os.set_blocking(read, False)
+    with contextlib.suppress(OSError):  # EPERM past the user's pipe quota: keep the default
+        fcntl.fcntl(both, fcntl.F_SETPIPE_SZ, OUTPUT_PIPE_SIZE)
+    return read, both
+
+
+def reopen_output(directory: str | None, sandbox_id: str) -> tuple[int, int] | None:
+    """Non-blocking read ends of the FIFOs a sandbox started by an earlier run of the
+    daemon writes to, or None (no directory, or they are gone)."""
+    if directory is None:
+        return None
+    ends: list[int] = []
+    try:
+        for name in _OUTPUT_NAMES:
+            path = os.path.join(directory, f"{sandbox_id}.{name}")
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+            ends.append(fd)
+            if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+                raise OSError(errno.EINVAL, "not a FIFO", path)
+    except OSError:
+        for fd in ends:
+            os.close(fd)
+        return None
+    return ends[0], ends[1]
+
+
+def remove_output(directory: str | None, sandbox_id: str) -> None:
+    """Remove a sandbox's FIFOs (once it has ended: nothing will reopen them)."""
+    if directory is not None:
+        for name in _OUTPUT_NAMES:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(directory, f"{sandbox_id}.{name}"))
 
 
 def start_time(pid: int) -> int | None:
@@ -356,8 +474,7 @@ async def _await_ready(fd: int, process: Child, sandbox_id: str) -> None:
 
 def _start_error(sandbox_id: str, exc: Exception, argv0: str) -> FailedPrecondition:
     if isinstance(exc, OSError):
-        # A failed open of the log file names the log; a failed fork names nothing.
-        # (A failed chdir or exec comes later, from Gate.open.)
+        # A failed fork names nothing.  (A failed chdir or exec comes later, from Gate.open.)
         what = exc.filename if exc.filename is not None else argv0
         reason = exc.strerror or str(exc)
         return FailedPrecondition(f"cannot start sandbox {sandbox_id}: {reason}: {what}")
@@ -376,17 +493,27 @@ async def _watch(process: Child, on_exit: ExitCallback) -> None:
 class ProcessSandbox:
     """A started sandbox of the process backend: a process group led by :attr:`pid`."""
 
-    __slots__ = ("_command", "_cwd", "_killed", "_log", "_pid", "_process", "_start_time")
+    __slots__ = (
+        "_command",
+        "_cwd",
+        "_killed",
+        "_outputs",
+        "_pid",
+        "_process",
+        "_start_time",
+        "output",
+    )
 
     def __init__(
         self,
         pid: int,
         command: str,
         cwd: str,
-        log: str,
         process: Child | None = None,
         *,
         started: int | None,
+        output: tuple[int, int] | None,
+        outputs: tuple[str | None, str] = (None, ""),
     ) -> None:
         self._pid = pid
         # Our child (None when adopted after a restart): kept so it can still be reaped.
@@ -395,7 +522,11 @@ class ProcessSandbox:
         self._start_time = started
         self._command = command
         self._cwd = cwd
-        self._log = log
+        #: The read ends (non-blocking) of the init's stdout and stderr, for the runtime to
+        #: read and close; None when they could not be found again after a restart.
+        self.output = output
+        # Where its FIFOs are (the directory, if any, and the sandbox id): removed at cleanup.
+        self._outputs = outputs
         self._killed = False
 
     @property
@@ -411,20 +542,16 @@ class ProcessSandbox:
 
     def cleanup(self) -> None:
         """SIGKILL whatever is left of the process group, so nothing the sandbox forked
-        survives it.  Later calls, and later signals, do nothing."""
+        survives it, and remove its output FIFOs (not :attr:`output`: the runtime closes
+        that).  Later calls, and later signals, do nothing."""
         if not self._killed:
             self._killed = True
             kill_group(self.pid, _signal.SIGKILL)
+            remove_output(*self._outputs)
 
     def info(self) -> Mapping[str, str]:
-        """``command`` (shell-quoted argv), ``cwd``, ``pgid`` and ``log`` (the file stdout
-        and stderr go to)."""
-        return {
-            "command": self._command,
-            "cwd": self._cwd,
-            "pgid": str(self.pid),
-            "log": self._log,
-        }
+        """``command`` (shell-quoted argv), ``cwd`` and ``pgid``."""
+        return {"command": self._command, "cwd": self._cwd, "pgid": str(self.pid)}
 
     @property
     def usage_blocks(self) -> bool:

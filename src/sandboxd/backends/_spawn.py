@@ -123,11 +123,12 @@ class Gate:
         *,
         env: Mapping[str, str],
         cwd: str,
-        output: int,
+        output: tuple[int, int],
         pass_fds: tuple[int, ...] = (),
     ) -> Child:
         """Fork the child that will exec ``argv`` once released: the leader of a new
-        session and process group, stdin on /dev/null, stdout and stderr on ``output``,
+        session and process group, stdin on /dev/null, stdout and stderr on ``output``
+        (two descriptors),
         keeping ``pass_fds`` (made inheritable) and nothing else.  OSError if the fork
         fails; then nothing runs."""
         command = [os.fsencode(a) for a in argv]
@@ -218,7 +219,7 @@ def _child(
     env: dict[bytes, bytes],
     cwd: bytes,
     devnull: int,
-    output: int,
+    output: tuple[int, int],
     keep: list[int],
     pass_fds: tuple[int, ...],
     hold: int,
@@ -230,8 +231,8 @@ def _child(
     try:
         os.setsid()
         os.dup2(devnull, 0)
-        os.dup2(output, 1)
-        os.dup2(output, 2)
+        os.dup2(output[0], 1)
+        os.dup2(output[1], 2)
         low = 3
         for fd in keep:
             if fd > low:

@@ -21,7 +21,13 @@ from .._version import __version__
 from ..api import CONTROLLER_SERVICE, RUNTIME_SERVICE, controller_service, runtime_service
 from ..backends import Backend, BwrapBackend, ProcessBackend, SimBackend
 from ..rpc import Limits, Server, SocketInUseError
-from ..runtime import DEFAULT_SANDBOXER, Controller, SandboxStore, StoreCorrupt
+from ..runtime import (
+    DEFAULT_MAX_LOG_BYTES,
+    DEFAULT_SANDBOXER,
+    Controller,
+    SandboxStore,
+    StoreCorrupt,
+)
 
 log = logging.getLogger("sandboxd")
 
@@ -79,6 +85,16 @@ def _limit(name: str, kind: type[int] | type[float]) -> Any:
         return number
 
     return parse
+
+
+def _positive(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {number}")
+    return number
 
 
 def _add_access_and_limit_options(serve: argparse.ArgumentParser) -> None:
@@ -139,7 +155,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--state-dir",
         default=None,
-        help="directory for the sandbox records (sandboxd.db, SQLite) and sandbox logs "
+        help="directory for the sandbox records (sandboxd.db, SQLite) and sandbox output "
         "(default: $SANDBOXD_STATE_DIR, else /var/lib/sandboxd for root, else "
         "$XDG_STATE_HOME/sandboxd)",
     )
@@ -153,6 +169,14 @@ def _parser() -> argparse.ArgumentParser:
         "--default-sandboxer",
         default=DEFAULT_SANDBOXER,
         help=f"sandboxer used when Create names none (default {DEFAULT_SANDBOXER})",
+    )
+    serve.add_argument(
+        "--max-log-bytes",
+        type=_positive,
+        default=DEFAULT_MAX_LOG_BYTES,
+        metavar="N",
+        help="size at which a sandbox's output file is rotated; the one before is kept, and "
+        f"the output lost is reported to readers (default {DEFAULT_MAX_LOG_BYTES})",
     )
     serve.add_argument(
         "--ready-fd",
@@ -179,6 +203,7 @@ async def _serve(
     store: SandboxStore,
     server_options: Mapping[str, Any],
     ready_fd: int | None = None,
+    max_log_bytes: int = DEFAULT_MAX_LOG_BYTES,
 ) -> None:
     logs = os.path.join(state_dir, "logs")
     backends: list[Backend] = [
@@ -195,7 +220,13 @@ async def _serve(
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             controller: Controller = await nursery.start(
-                Controller(backends, default_sandboxer=sandboxer, store=store).run
+                Controller(
+                    backends,
+                    default_sandboxer=sandboxer,
+                    store=store,
+                    log_dir=logs,
+                    max_log_bytes=max_log_bytes,
+                ).run
             )
             server = Server(
                 {
@@ -275,6 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             store,
             _server_options(args),
             args.ready_fd,
+            args.max_log_bytes,
         )
     except* SocketInUseError as group:
         in_use = _first(group)

@@ -23,11 +23,13 @@ from ._lifecycle import (
     decide,
     mermaid_diagram,
 )
+from ._logs import DEFAULT_MAX_LOG_BYTES, LogReader
 from ._reply import Reply, Waiter
 from ._store import SandboxRecord, SandboxStore, StoreCorrupt
 
 __all__ = [
     "CALLS",
+    "DEFAULT_MAX_LOG_BYTES",
     "DEFAULT_MAX_SANDBOXES",
     "DEFAULT_SANDBOXER",
     "DEFAULT_STOP_TIMEOUT",
@@ -40,6 +42,7 @@ __all__ = [
     "ExecSession",
     "Input",
     "LifecycleError",
+    "LogReader",
     "Phase",
     "Refusal",
     "Reply",

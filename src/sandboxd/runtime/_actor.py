@@ -21,6 +21,7 @@ import collections
 import functools
 import logging
 import math
+import os
 import signal
 import time
 from collections.abc import Callable, Mapping
@@ -54,6 +55,7 @@ from ..backends import EXIT_UNKNOWN, Backend, ExecSpec, SandboxProcess
 from ._crash import ARMED, crash_at
 from ._exec import ExecRun
 from ._lifecycle import Effect, Input, Phase, decide
+from ._logs import LogDirectory, SandboxOutput
 from ._reply import Reply
 from ._store import Done, SandboxRecord, encode_record, encode_spec
 
@@ -83,6 +85,8 @@ class ActorContext:
     #: Told once the actor's sandbox no longer exists (deleted, or its Create refused by the
     #: store), so that its id can be taken again.
     forget: Callable[[SandboxActor], None]
+    #: Where the sandboxes' output is kept (opened); None keeps none.
+    logs: LogDirectory | None = None
 
 
 #: The crash point reached once a record in this phase is committed.
@@ -164,6 +168,7 @@ class SandboxActor:
         "exit_known",
         "exit_status",
         "exited_at",
+        "output",
         "phase",
         "pid",
         "process",
@@ -184,6 +189,10 @@ class SandboxActor:
         #: False when exit_status is a stand-in: the process ended unobserved (a restart).
         self.exit_known = True
         self.process: SandboxProcess | None = None
+        #: What the sandbox's init wrote (None without a log directory).
+        self.output: SandboxOutput | None = (
+            None if context.logs is None else context.logs.sandbox(spec.sandbox_id)
+        )
         self._backend = backend
         self._context = context
         self._mailbox: collections.deque[tuple[Input, Any, Reply | None]] = collections.deque()
@@ -237,6 +246,8 @@ class SandboxActor:
             info["started_at"] = self.started_at.isoformat()
         if verbose and self.process is not None:
             info.update(self.process.info())
+            if self.output is not None and self.process.output is not None:
+                info["log"] = self.output.path
         status = SandboxStatus(
             sandbox_id=self.spec.sandbox_id,
             pid=self.pid,
@@ -325,6 +336,8 @@ class SandboxActor:
         the error, and calls posted meanwhile get NOT_FOUND.
         """
         self._launch = launch
+        if self.output is not None:
+            self.output.new()
         if self._context.write is None:
             self._created(None, [] if reply is None else [(reply, self.sandbox_id, None)])
         else:
@@ -446,6 +459,8 @@ class SandboxActor:
             self.pid = 0
             self._dirty = True
         if phase in (Phase.CREATED, Phase.STOPPED):
+            if phase is Phase.STOPPED:
+                self._finish_output()
             self.phase = phase
             self.exit_status = record.exit_status
             self.exited_at = record.exited_at
@@ -462,15 +477,19 @@ class SandboxActor:
         if process is None:
             if phase is Phase.SHUTTING_DOWN:
                 self.phase = Phase.GONE  # it was being deleted: that is done now
+                if self.output is not None:
+                    self.output.remove()
                 return False
             self.phase = Phase.STOPPED
             self.exit_status = EXIT_UNKNOWN
             self.exit_known = False
             self.exited_at = _now()
+            self._finish_output()
             log.warning("sandbox %s: its process ended while sandboxd was down", self.sandbox_id)
             return True
         self.process = process
         self.phase = phase
+        self._read_output(process)
         log.info("sandbox %s: adopted its running process %d", self.sandbox_id, self.pid)
         if phase is Phase.STOPPING:
             left = 0.0 if record.kill_at is None else record.kill_at - time.time()
@@ -635,6 +654,7 @@ class SandboxActor:
                 )
             return
         crash_at("start:released")
+        self._read_output(process)
         self.process = process
         self.pid = process.pid
         self.started_at = _now()
@@ -672,6 +692,22 @@ class SandboxActor:
         if outcome[0] is not None:
             raise outcome[0]
         crash_at("start:recorded")
+
+    def _read_output(self, process: SandboxProcess) -> None:
+        """Start keeping what the new (or adopted) process writes."""
+        output = process.output
+        if output is None:
+            return
+        if self.output is None:
+            for fd in output:
+                os.close(fd)
+        else:
+            self.output.attach(self._context.process_nursery, output, self.sandbox_id)
+
+    def _finish_output(self) -> None:
+        """No more output will come: what is left in the pipes is kept, readers end."""
+        if self.output is not None:
+            self.output.finish()
 
     def _exit(self) -> ExitStatus:
         assert self.exit_status is not None and self.exited_at is not None
@@ -772,6 +808,7 @@ class SandboxActor:
         self.exited_at = _now()
         self.phase = next_phase
         self._kill_deadline = math.inf
+        self._finish_output()
         if self.process is not None:
             self.process.cleanup()
         log.debug("sandbox %s: exited with status %d", self.sandbox_id, status)
@@ -793,6 +830,8 @@ class SandboxActor:
         self.phase = Phase.GONE
         self._dirty = True
         self._context.forget(self)
+        if self.output is not None:
+            self.output.remove()
         log.debug("sandbox %s: deleted", self.sandbox_id)
         self._context.publish(SandboxEvent(TOPIC_DELETE, self.sandbox_id, _now()))
         shutdowns, self._shutdown_parked = self._shutdown_parked, None

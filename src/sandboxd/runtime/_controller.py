@@ -40,6 +40,7 @@ from ._actor import ActorContext, SandboxActor
 from ._events import DEFAULT_SUBSCRIBER_BUFFER, EventBus, Subscription
 from ._exec import CHUNK_SIZE, MAX_EXEC_SYNC_OUTPUT, ExecSession, check_timeout, inside, resolve
 from ._lifecycle import Input, Phase, decide
+from ._logs import DEFAULT_MAX_LOG_BYTES, LogDirectory, LogReader
 from ._reply import Reply, Waiter
 from ._store import SandboxStore
 
@@ -51,10 +52,11 @@ DEFAULT_SANDBOXER: Final = "process"
 DEFAULT_MAX_SANDBOXES: Final = 100_000
 
 
-def default_backends() -> list[Backend]:
+def default_backends(log_dir: str | os.PathLike[str] | None = None) -> list[Backend]:
     """The backends a Controller has unless told otherwise: ``process``, ``bwrap`` and
-    ``sim`` (``bwrap`` refuses Create with FAILED_PRECONDITION where bubblewrap cannot run)."""
-    return [ProcessBackend(), BwrapBackend(), SimBackend()]
+    ``sim`` (``bwrap`` refuses Create with FAILED_PRECONDITION where bubblewrap cannot run),
+    making their output pipes in ``log_dir``."""
+    return [ProcessBackend(log_dir=log_dir), BwrapBackend(log_dir=log_dir), SimBackend()]
 
 
 @final
@@ -80,6 +82,12 @@ class Controller:
     Cancelling :meth:`run` closes the controller: callers still waiting get UNAVAILABLE and
     event subscriptions end, but sandbox processes keep running (their lives are independent
     of the runtime's, as with containerd); execs are killed (their pipes are the runtime's).
+
+    What sandboxes write is kept in ``log_dir`` (``<sandbox id>.log``, rotated to
+    ``.log.1`` at ``max_log_bytes``; see :meth:`logs`), or without one in a private temporary
+    directory removed when :meth:`run` ends.  For output to be read again by a controller
+    restarted on the same store, the backends need the same ``log_dir`` (their output
+    pipes are made there): the default ones get it.
     """
 
     def __init__(
@@ -91,9 +99,11 @@ class Controller:
         max_sandboxes: int = DEFAULT_MAX_SANDBOXES,
         subscriber_buffer: int = DEFAULT_SUBSCRIBER_BUFFER,
         store: SandboxStore | None = None,
+        log_dir: str | os.PathLike[str] | None = None,
+        max_log_bytes: int = DEFAULT_MAX_LOG_BYTES,
     ) -> None:
         self._backends: dict[str, Backend] = {
-            b.name: b for b in (default_backends() if backends is None else backends)
+            b.name: b for b in (default_backends(log_dir) if backends is None else backends)
         }
         self.default_sandboxer = default_sandboxer
         #: Seconds between SIGTERM and SIGKILL for a Stop that gives no timeout (read when
@@ -104,6 +114,8 @@ class Controller:
         #: Where sandbox records are kept; None keeps them in memory only.
         self.store = store
         self._actors: dict[str, SandboxActor] = {}
+        #: Where the sandboxes' output is kept (see :meth:`logs`).
+        self._logs = LogDirectory(None if log_dir is None else os.fspath(log_dir), max_log_bytes)
         self._events = EventBus()
         # What the actors are given, and where they run; both set while running.
         self._context: ActorContext | None = None
@@ -117,6 +129,7 @@ class Controller:
         if self._actor_nursery is not None:
             raise RuntimeError("this Controller is already running")
         try:
+            self._logs.open()
             async with trio.open_nursery() as processes, trio.open_nursery() as actors:
                 store = self.store
                 self._context = ActorContext(
@@ -125,6 +138,7 @@ class Controller:
                     process_nursery=processes,
                     publish=self._events.publish,
                     forget=self._forget,
+                    logs=self._logs,
                 )
                 self._actor_nursery = actors
                 if store is not None:
@@ -137,6 +151,9 @@ class Controller:
             self._context = None
             self._actor_nursery = None
             self._events.close()
+            # Readers end; the sandboxes' pipes are left to the next run (they hold them).
+            self._finish_output()
+            self._logs.close()
 
     async def _recover(
         self, store: SandboxStore, context: ActorContext, actors: trio.Nursery
@@ -175,13 +192,21 @@ class Controller:
             del self._actors[actor.sandbox_id]
 
     def drain(self) -> None:
-        """Get ready for the runtime to go away: end every event subscription and answer
-        every parked Wait with UNAVAILABLE, so long-lived calls do not hold up a shutdown.
-        Stops in progress go on; sandboxes keep running."""
+        """Get ready for the runtime to go away: end every event subscription, answer
+        every parked Wait with UNAVAILABLE, and stop keeping output (followers of Logs end
+        once they have read it; what sandboxes write from now on waits in their pipes for
+        the next run), so long-lived calls do not hold up a shutdown.  Stops in progress go
+        on; sandboxes keep running."""
         self._events.close()
         error = Unavailable("sandboxd is shutting down")
         for actor in self._actors.values():
             actor.abandon_waiters(error)
+        self._finish_output()
+
+    def _finish_output(self) -> None:
+        for actor in self._actors.values():
+            if actor.output is not None:
+                actor.output.finish()
 
     def _actor(self, sandbox_id: str) -> SandboxActor:
         # Only valid ids are ever keys: one found needs no checking.
@@ -465,6 +490,32 @@ class Controller:
     async def list(self, labels: Mapping[str, str] | None = None) -> list[SandboxStatus]:
         await trio.lowlevel.checkpoint()
         return self.list_nowait(labels)
+
+    def logs(
+        self,
+        sandbox_id: str,
+        *,
+        follow: bool = False,
+        tail_bytes: int | None = None,
+        since: datetime | None = None,
+    ) -> LogReader:
+        """What the sandbox's init wrote to stdout and stderr: an async context manager and
+        async iterator of :class:`~sandboxd.LogChunk` (each chunk as the daemon read it, on
+        its stream, with the time it was read; in the order read) and
+        :class:`~sandboxd.LogGap` (output rotated away, where it stood).
+
+        From the oldest output kept, or the last ``tail_bytes`` bytes; ``since`` drops the
+        chunks read before it (timezone-aware).  Without ``follow`` it ends at what was
+        written when the call was made; with it, it goes on until the sandbox has stopped
+        and everything was read (for one not started yet, it waits for the start).  It ends
+        at once when the sandbox is shut down.  A ``sim`` sandbox writes nothing.  NOT_FOUND
+        for an unknown sandbox; INVALID_ARGUMENT for a negative ``tail_bytes`` or a naive
+        ``since``.  Never blocks the sandbox: a slow reader reads from disk.
+        """
+        actor = self._actor(sandbox_id)
+        decide(sandbox_id, actor.phase, Input.STATUS)
+        assert actor.output is not None  # a Controller's actors always have one
+        return actor.output.reader(follow=follow, tail_bytes=tail_bytes, since=since)
 
     def subscribe(self) -> Subscription:
         """A subscription to the events published from now on (close it when done; also a
