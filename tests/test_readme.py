@@ -107,10 +107,36 @@ def test_the_fuzzing_example_finds_the_bug_then_passes_the_fix() -> None:
 
 
 def test_every_example_is_tested() -> None:
-    assert len(blocks("python")) == 3
+    assert len(blocks("python")) == 4
     # quick start (CI runs tools/test; tests/test_demo.py runs tools/demo's script), the
-    # daemon (tests/test_serve_cli.py), sandboxctl and bwrap (above).
-    assert len(blocks("sh")) == 4
+    # daemon (tests/test_serve_cli.py), sandboxctl, bwrap and the agent's (above and below).
+    assert len(blocks("sh")) == 5
+
+
+def test_the_agent_example_runs_untrusted_code_in_a_bwrap_sandbox(
+    daemon: dict[str, str],
+) -> None:
+    (source,) = [b for b in blocks("python") if "write_file(" in b]
+    assert run_python(source, daemon).splitlines() == [
+        "3 45 careful",
+        "0 [b'12', b'job.py']",
+        "True",
+    ]
+
+
+def test_the_agent_example_in_a_shell_runs(daemon: dict[str, str]) -> None:
+    (script,) = [b for b in blocks("sh") if "sandboxctl cp" in b]
+    env = {**daemon, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    try:
+        proc = subprocess.run(
+            ["sh", "-e", "-c", script], env=env, capture_output=True, text=True, timeout=120
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.splitlines() == ["42", "PRINT(6 * 7)"]
+        assert Path("/tmp/agent2-back.py").read_text() == "print(6 * 7)\n"
+    finally:
+        for leftover in ("/tmp/agent2-job.py", "/tmp/agent2-back.py"):
+            Path(leftover).unlink(missing_ok=True)
 
 
 def test_the_sandboxctl_example_runs(daemon: dict[str, str]) -> None:

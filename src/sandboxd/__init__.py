@@ -26,7 +26,13 @@ from ._errors import (
     Unknown,
 )
 from ._models import (
+    ExecExit,
+    ExecOutput,
+    ExecRequest,
+    ExecSyncResult,
     ExitStatus,
+    LogChunk,
+    LogGap,
     Mount,
     Platform,
     SandboxEvent,
@@ -35,6 +41,7 @@ from ._models import (
     SandboxOptions,
     SandboxState,
     SandboxStatus,
+    WindowSize,
 )
 from ._paths import default_socket_path, default_state_dir
 from ._version import PROTOCOL_VERSION, __version__
@@ -54,11 +61,17 @@ __all__ = [
     "Controller",
     "DataLoss",
     "DeadlineExceeded",
+    "ExecExit",
+    "ExecOutput",
+    "ExecRequest",
+    "ExecSyncResult",
     "ExitStatus",
     "FailedPrecondition",
     "Internal",
     "InvalidArgument",
     "Limits",
+    "LogChunk",
+    "LogGap",
     "Mount",
     "NotFound",
     "OutOfRange",
@@ -84,6 +97,7 @@ __all__ = [
     "Unavailable",
     "Unimplemented",
     "Unknown",
+    "WindowSize",
     "__version__",
     "connect",
     "default_socket_path",

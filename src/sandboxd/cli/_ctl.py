@@ -22,6 +22,7 @@ from .._paths import default_socket_path
 from .._version import __version__
 from ..api import SyncController
 from ..api import _convert as convert
+from . import _data
 
 #: Exit status for a failure with status code ``c``: ``EXIT_BASE + c`` (11 CANCELLED ...
 #: 24 UNAVAILABLE); 2 is a usage error, 1 anything else.
@@ -36,8 +37,8 @@ The daemon's socket: --socket, else $SANDBOXD_SOCKET, else the daemon's default
 ($XDG_RUNTIME_DIR/sandboxd/sandboxd.sock, /run/sandboxd/sandboxd.sock for root, else
 <tmp>/sandboxd-<uid>/sandboxd.sock).
 
-Exit status: 0 on success, 2 for a usage error, 1 for anything unexpected, and for a failure
-reported by the daemon 10 + its status code:
+Exit status: 0 on success (exec: the command's own exit status), 2 for a usage error, 1 for
+anything unexpected, and for a failure reported by the daemon 10 + its status code:
 {_EXIT_CODES_HELP}
 """
 
@@ -149,6 +150,7 @@ def _parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     add("version", "show the daemon's version and protocol")
     add("events", "print lifecycle events as they happen, until interrupted")
+    _data.add_parsers(add, with_id, _key_value)
     _add_fuzz(sub)
     return parser
 
@@ -494,7 +496,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     args = parser.parse_args(words)
     args.command_name = args.subcommand
     args.after_dashes = after_dashes
-    if after_dashes and args.subcommand not in ("create", "run"):
+    if after_dashes and args.subcommand not in ("create", "run", "exec"):
         parser.error(f"{args.subcommand} takes no command after '--'")
     socket_path = args.socket or default_socket_path()
     try:
@@ -503,6 +505,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         with SyncController(socket_path, timeout=args.call_timeout) as ctl:
             if args.timing:
                 _time_calls(ctl)
+            if args.subcommand in ("exec", "logs", "cp"):
+                return _data.run(ctl, args)
             _run_command(ctl, args, out)
     except Unavailable as err:
         print(f"sandboxctl: {err.code.name}: {err.message}", file=sys.stderr)
