@@ -277,8 +277,6 @@ class SimProcess:
         "pid",
     )
 
-    #: A simulated sandbox writes nothing.
-    output: Final = None
     pid: int
     _on_exit: ExitCallback | None  # None once exited
     _nursery: trio.Nursery | None
