@@ -5,7 +5,15 @@
 - :class:`SimBackend` (``"sim"``): simulated processes, for fuzzing lifecycle orderings.
 """
 
-from ._base import EXIT_UNKNOWN, Backend, ExitCallback, SandboxProcess, SpawnCallback
+from ._base import (
+    EXIT_UNKNOWN,
+    Backend,
+    ExecProcess,
+    ExecSpec,
+    ExitCallback,
+    SandboxProcess,
+    SpawnCallback,
+)
 from ._bwrap import BwrapBackend
 from ._platform import host_platform
 from ._process import ProcessBackend
@@ -15,6 +23,8 @@ __all__ = [
     "EXIT_UNKNOWN",
     "Backend",
     "BwrapBackend",
+    "ExecProcess",
+    "ExecSpec",
     "ExitCallback",
     "ProcessBackend",
     "SandboxProcess",

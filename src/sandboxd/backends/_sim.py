@@ -23,7 +23,7 @@ import trio
 
 from .._errors import FailedPrecondition, InvalidArgument
 from .._models import Platform, SandboxSpec
-from ._base import ExitCallback, SpawnCallback
+from ._base import ExecProcess, ExecSpec, ExitCallback, SpawnCallback
 from ._platform import host_platform
 
 #: The first pid a :class:`SimBackend` hands out.
@@ -315,6 +315,15 @@ class SimProcess:
 
     def identity(self) -> Mapping[str, Any]:
         return {}
+
+    async def exec(self, spec: ExecSpec) -> ExecProcess:
+        """Not simulated yet: FailedPrecondition."""
+        await trio.lowlevel.checkpoint()
+        raise FailedPrecondition("the sim sandboxer does not run commands")
+
+    def open_file(self, path: str, *, write: bool, mode: int | None = None) -> int:
+        """Not simulated yet: FailedPrecondition."""
+        raise FailedPrecondition("the sim sandboxer has no files")
 
     def usage(self) -> tuple[int, int, int]:
         """``(0, 0, 1)`` while running, ``(0, 0, 0)`` after."""
