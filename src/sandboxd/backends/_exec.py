@@ -54,11 +54,12 @@ import termios
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Final, NoReturn, final
 
 import trio
 
-from .._errors import FailedPrecondition
+from .._errors import FailedPrecondition, InvalidArgument
 from .._models import WindowSize
 from ._base import ExecSpec
 from ._spawn import Child, read_some
@@ -80,7 +81,7 @@ NAMESPACES: Final = (
     ("time", 0x00000080),
 )
 _MAX_FD: Final = os.sysconf("SC_OPEN_MAX")
-_CAP_LAST: Final = int(open("/proc/sys/kernel/cap_last_cap").read())  # noqa: SIM115
+_CAP_LAST: Final = int(Path("/proc/sys/kernel/cap_last_cap").read_text())
 _PR_SET_DUMPABLE: Final = 4
 _PR_CAPBSET_DROP: Final = 24
 _PR_SET_NO_NEW_PRIVS: Final = 38
@@ -269,8 +270,10 @@ class ExecChild:
 
     def resize(self, rows: int, cols: int) -> None:
         """TIOCSWINSZ on the terminal; nothing without a tty or once closed."""
+        if not (0 <= rows <= 0xFFFF and 0 <= cols <= 0xFFFF):
+            raise InvalidArgument(f"window {rows}x{cols}: rows and cols must be in 0..65535")
         if isinstance(self.stdout, _TerminalOutput):
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError, ValueError):  # closed
                 _set_window(self.stdout.fileno(), WindowSize(rows, cols))
 
     def kill(self, signum: int = _signal.SIGKILL) -> None:
@@ -561,7 +564,8 @@ def _relay_child(fork: _Fork, pidfd: int, root: int, flags: int) -> NoReturn:
     _, status = os.waitpid(command, 0)
     code = os.waitstatus_to_exitcode(status)
     if code < 0:  # die of the same signal
-        _signal.signal(-code, _signal.SIG_DFL)
+        if -code not in (_signal.SIGKILL, _signal.SIGSTOP):
+            _signal.signal(-code, _signal.SIG_DFL)
         os.kill(os.getpid(), -code)
         _signal.pthread_sigmask(_signal.SIG_UNBLOCK, {-code})
     os._exit(code & 0xFF)

@@ -88,7 +88,7 @@ def open_in_root(root: int, path: str, *, write: bool, mode: int | None = None) 
 
 
 def _open(root: int, path: str, write: bool, mode: int | None) -> int:
-    while True:
+    for _ in range(_RETRIES):
         try:
             handle = openat2_in_root(root, path, os.O_PATH)
         except FileNotFoundError:
@@ -99,7 +99,8 @@ def _open(root: int, path: str, write: bool, mode: int | None) -> int:
                     root, path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOCTTY, 0o600
                 )
             except FileExistsError:
-                continue  # made meanwhile (or a dangling symlink): look again
+                _refuse_dangling_link(root, path)
+                continue  # made meanwhile: look again
             os.fchmod(fd, DEFAULT_FILE_MODE if mode is None else mode)  # exact, no umask
             return fd
         try:
@@ -114,6 +115,21 @@ def _open(root: int, path: str, write: bool, mode: int | None) -> int:
         if write and mode is not None:
             os.fchmod(fd, mode)
         return fd
+    raise OSError(errno.EAGAIN, os.strerror(errno.EAGAIN), path)
+
+
+def _refuse_dangling_link(root: int, path: str) -> None:
+    """Raise ENOENT if ``path`` is a symbolic link to nothing (O_EXCL will not create its
+    target, and following it would be a second lookup)."""
+    try:
+        link = openat2_in_root(root, path, os.O_PATH | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return
+    try:
+        if stat.S_ISLNK(os.fstat(link).st_mode):
+            raise FileNotFoundError(errno.ENOENT, "a symbolic link to nothing", path)
+    finally:
+        os.close(link)
 
 
 class _NotRegular(OSError):
