@@ -183,8 +183,9 @@ async def test_closing_a_tty_stdin_sends_end_of_file(sandboxer: str) -> None:
     assert done.stdout.count(b"typed") == 2  # the echo, then cat's copy
 
 
-async def test_process_tty_has_a_dev_pts_name() -> None:
-    async with running("process") as sandbox:
+@pytest.mark.parametrize("sandboxer", SANDBOXERS)
+async def test_tty_has_a_dev_pts_name(sandboxer: str) -> None:
+    async with running(sandboxer) as sandbox:
         done = await run(sandbox, spec("tty", tty=True))
     assert done.stdout.startswith(b"/dev/pts/")
 

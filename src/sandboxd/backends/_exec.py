@@ -17,7 +17,9 @@ the init's root, the capability bounding set emptied, ambient capabilities clear
 no_new_privs, the ``uid``/``gid`` asked for, every capability set emptied, and the working
 directory.  Only then does it start the command -- a pid namespace is joined by the
 children of who joins it -- with posix_spawn (vfork: no second copy of the daemon's page
-tables), or, for a tty, with fork (the command must set its controlling terminal itself).
+tables), or, for a tty, with fork (the command must set its controlling terminal itself);
+a tty is then one of the sandbox's own, opened from its /dev/ptmx (so that ``tty`` names
+it inside) and its master sent back to the daemon, or the daemon's when there is none.
 The relay waits for the command and exits with its status (dying of the same signal), so
 the daemon reaps the relay to learn the command's.  A command so started runs as root
 with no capability at all, or as the sandbox's user in its user namespace: it can never
@@ -50,6 +52,7 @@ import gc
 import importlib
 import os
 import signal as _signal
+import socket
 import struct
 import subprocess
 import termios
@@ -90,6 +93,9 @@ _PR_SET_NO_NEW_PRIVS: Final = 38
 _PR_CAP_AMBIENT: Final = 47
 _PR_CAP_AMBIENT_CLEAR_ALL: Final = 4
 _CAPABILITY_VERSION_3: Final = 0x20080522
+_TIOCGPTN: Final = 0x80045430
+_TIOCSPTLCK: Final = 0x40045431
+_TIOCGPTPEER: Final = 0x5441
 _STOP_WAIT: Final = 0.1  # seconds a kill waits for one process to stop
 # The C functions: signal's wrappers make an enum of each signal, 0.3 ms per fork.
 _sigmask: Callable[[int, Iterable[int]], set[int]] = importlib.import_module(
@@ -203,6 +209,7 @@ class _Stdio:
 
     def __init__(self, spec: ExecSpec) -> None:
         self.stdin: trio.abc.SendStream | None = None
+        self.stdout: trio.abc.ReceiveStream
         self.stderr: trio.abc.ReceiveStream | None = None
         self._theirs: list[int] = []
         ours: list[int] = []
@@ -214,13 +221,8 @@ class _Stdio:
                 if spec.window is not None:
                     _set_window(slave, spec.window)
                 self.child = (slave, slave, slave)
-                self.stdout: trio.abc.ReceiveStream = _TerminalOutput(
-                    trio.lowlevel.FdStream(master)
-                )
-                if spec.stdin:
-                    writer = os.dup(master)
-                    ours.append(writer)
-                    self.stdin = _TerminalInput(trio.lowlevel.FdStream(writer))
+                ours.remove(master)
+                self._terminal(master, spec.stdin)
                 return
             if spec.stdin:
                 stdin_r, stdin_w = os.pipe2(os.O_CLOEXEC)
@@ -246,6 +248,24 @@ class _Stdio:
             for fd in ours + self._theirs:
                 os.close(fd)
             raise
+
+    def _terminal(self, master: int, stdin: bool) -> None:
+        try:
+            writer = os.dup(master) if stdin else -1
+        except BaseException:
+            os.close(master)
+            raise
+        self.stdout = _TerminalOutput(trio.lowlevel.FdStream(master))
+        if writer >= 0:
+            self.stdin = _TerminalInput(trio.lowlevel.FdStream(writer))
+
+    def adopt_terminal(self, master: int, stdin: bool) -> None:
+        """Use the terminal of pty master ``master`` instead of the one made here."""
+        for stream in (self.stdin, self.stdout):
+            if isinstance(stream, _TerminalInput | _TerminalOutput):
+                stream.close()
+        self.stdin = None
+        self._terminal(master, stdin)
 
     def __enter__(self) -> _Stdio:
         return self
@@ -438,6 +458,8 @@ class _Fork:
         self.cwd = os.fsencode(spec.cwd)
         self.stdio = stdio.child
         self.report = report
+        #: Where the relay sends the sandbox's own terminal (-1: none).
+        self.terminal = -1
         self.keep = sorted({report, *keep})
 
     def fork(self, child: Callable[[_Fork], NoReturn]) -> int:
@@ -560,6 +582,7 @@ def _relay_child(fork: _Fork, pidfd: int, root: int, flags: int) -> NoReturn:
         fork.fail(b"s", ctypes.get_errno())
     fork.chdir()
     if fork.spec.tty:
+        _sandbox_terminal(fork.terminal)
         command = os.fork()
         if command == 0:
             os.setsid()
@@ -577,6 +600,30 @@ def _relay_child(fork: _Fork, pidfd: int, root: int, flags: int) -> NoReturn:
         os.kill(os.getpid(), -code)
         _signal.pthread_sigmask(_signal.SIG_UNBLOCK, {-code})
     os._exit(code & 0xFF)
+
+
+def _sandbox_terminal(channel: int) -> None:
+    """In the relay, with no privilege left: open a terminal from the sandbox's own
+    /dev/ptmx (so that ``tty`` names it inside), of the size of the one given, put it on
+    0, 1 and 2, and send its master to the daemon on ``channel``.  Keeps the daemon's
+    terminal when the sandbox has no usable /dev/ptmx."""
+    try:
+        master = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        fcntl.ioctl(master, _TIOCGPTN, b"\0" * 4)  # it is a pty master
+        fcntl.ioctl(master, _TIOCSPTLCK, struct.pack("i", 0))
+        slave = fcntl.ioctl(master, _TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY)
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, fcntl.ioctl(0, termios.TIOCGWINSZ, b"\0" * 8))
+        socket.send_fds(socket.socket(fileno=channel), [b"t"], [master])
+    except OSError:
+        return
+    finally:
+        os.close(master)
+    for fd in (0, 1, 2):
+        os.dup2(slave, fd)
+    os.close(slave)
 
 
 def _spawn(fork: _Fork) -> int:
@@ -600,7 +647,13 @@ def _spawn(fork: _Fork) -> int:
 
 
 async def _started(
-    pid: int, report: int, spec: ExecSpec, exec_id: str, stdio: _Stdio, relay: bool
+    pid: int,
+    report: int,
+    spec: ExecSpec,
+    exec_id: str,
+    stdio: _Stdio,
+    relay: bool,
+    terminal: socket.socket | None,
 ) -> ExecChild:
     """Read the child's report until end of file (it exec'ed, or said why not) and make the
     :class:`ExecChild`; FailedPrecondition, with the child killed and reaped, if it cannot
@@ -638,6 +691,13 @@ async def _started(
         if reports[problem] == errno.ESRCH:
             reason = "the sandbox has ended"
         raise FailedPrecondition(f"{where}: cannot enter its namespaces: {reason}")
+    if terminal is not None:
+        with contextlib.suppress(BlockingIOError):  # sent before the report ended, if at all
+            _, fds, _, _ = socket.recv_fds(terminal, 1, 1)
+            for fd in fds[1:]:
+                os.close(fd)
+            if fds:
+                stdio.adopt_terminal(fds[0], spec.stdin)
     return ExecChild(command, waiter, stdio, relay=relay)
 
 
@@ -679,19 +739,30 @@ async def _start(
     if not spec.command or not all(spec.command) or any("\0" in a for a in spec.command):
         raise FailedPrecondition(f"cannot start exec {exec_id}: empty command or NUL")
     report_r, report_w = os.pipe2(os.O_CLOEXEC)
+    terminal, theirs = socket.socketpair() if relay and spec.tty else (None, None)
     try:
         os.set_blocking(report_r, False)
         with _Stdio(spec) as stdio:
             try:
-                fork = _Fork(spec, stdio, report_w, keep)
+                fork = _Fork(
+                    spec, stdio, report_w, [*keep, *([theirs.fileno()] if theirs else [])]
+                )
+                if theirs is not None:
+                    fork.terminal = theirs.fileno()
                 pid = fork.fork(child)
             except (OSError, ValueError) as exc:
                 raise FailedPrecondition(f"cannot start exec {exec_id}: {exc}") from exc
             finally:
                 os.close(report_w)
-            return await _started(pid, report_r, spec, exec_id, stdio, relay)
+                if theirs is not None:
+                    theirs.close()
+            if terminal is not None:
+                terminal.setblocking(False)
+            return await _started(pid, report_r, spec, exec_id, stdio, relay, terminal)
     finally:
         os.close(report_r)
+        if terminal is not None:
+            terminal.close()
 
 
 async def measure(sandbox: SandboxProcess, runs: int = 300) -> dict[str, float]:
