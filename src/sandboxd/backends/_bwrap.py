@@ -44,7 +44,7 @@ import trio
 from .._errors import FailedPrecondition, InvalidArgument
 from .._models import Mount, Platform, SandboxSpec, check_sandbox_id
 from ._base import ExecSpec, ExitCallback, SpawnCallback
-from ._exec import ExecChild, exec_in_namespaces, namespaces_to_join
+from ._exec import ExecChild, exec_in_namespaces, open_namespaces
 from ._files import open_in_root
 from ._platform import host_platform
 from ._process import (
@@ -528,11 +528,20 @@ class BwrapSandbox:
         with no capability and no_new_privs (see :mod:`._exec`).  FailedPrecondition once
         the sandbox has ended."""
         pidfd, root = self._enter()
+        os.close(pidfd)
         try:
-            flags = namespaces_to_join(self.init_pid)
-            return await exec_in_namespaces(spec, spec.exec_id, pidfd, root, flags)
+            try:
+                namespaces = open_namespaces(self.init_pid)
+            except OSError:
+                raise FailedPrecondition(f"sandbox {self._spec.sandbox_id} has ended") from None
+            try:
+                if start_time(self.init_pid) != self._init_start:  # the init's, not a new pid's
+                    raise FailedPrecondition(f"sandbox {self._spec.sandbox_id} has ended")
+                return await exec_in_namespaces(spec, spec.exec_id, namespaces, root)
+            finally:
+                for fd, _ in namespaces:
+                    os.close(fd)
         finally:
-            os.close(pidfd)
             os.close(root)
 
     def open_file(self, path: str, *, write: bool, mode: int | None = None) -> int:

@@ -10,9 +10,11 @@ sandbox's own processes do.
 :func:`exec_in_namespaces` (the ``bwrap`` sandboxer) forks the daemon too, but that child
 (the *relay*) first enters the sandbox, in this order, before it runs anything of the
 sandbox's: not dumpable (so no process of the sandbox can ptrace the daemon's memory it
-still holds), a session of its own, one setns(2) on a pidfd of the sandbox's init into
-each of its namespaces that differs from the daemon's (user first when there is one, then
-mount, pid, uts, ipc, net, cgroup, time: the kernel joins them all or none), a chroot to
+still holds), a session of its own, setns(2) into each namespace of the sandbox's init
+that differs from the daemon's (through /proc/<init>/ns/*, opened by the daemon and checked
+to be the init's; setns on a pidfd answers ESRCH for an unprivileged bwrap init, whose user
+namespace is nested in the one owning its other namespaces: that owner first, then mount,
+pid, uts, ipc, net, cgroup, time, then the init's own user namespace), a chroot to
 the init's root, the capability bounding set emptied, ambient capabilities cleared,
 no_new_privs, the ``uid``/``gid`` asked for, every capability set emptied, and the working
 directory.  Only then does it start the command -- a pid namespace is joined by the
@@ -85,6 +87,9 @@ NAMESPACES: Final = (
     ("cgroup", 0x02000000),
     ("time", 0x00000080),
 )
+_CLONE_NEWUSER: Final = 0x10000000
+_NS_GET_USERNS: Final = 0xB701  # ioctl: the user namespace that owns a namespace
+_NS_OPEN: Final = os.O_RDONLY | os.O_CLOEXEC
 _MAX_FD: Final = os.sysconf("SC_OPEN_MAX")
 _CAP_LAST: Final = int(Path("/proc/sys/kernel/cap_last_cap").read_text())
 _PR_SET_DUMPABLE: Final = 4
@@ -142,6 +147,48 @@ def namespaces_to_join(pid: int) -> int:
         if (theirs.st_dev, theirs.st_ino) != (mine.st_dev, mine.st_ino):
             flags |= flag
     return flags
+
+
+def open_namespaces(pid: int) -> list[tuple[int, int]]:
+    """``(descriptor, CLONE_NEW* flag)`` of each of ``pid``'s namespaces that is not the
+    daemon's, in the order to join them.  OSError when ``pid`` is gone; the caller checks
+    that ``pid`` still is the same process afterwards.
+
+    The user namespace that owns the others comes first (it grants the right to join
+    them); when ``pid``'s own user namespace is another one, nested in it (unprivileged
+    bubblewrap makes one), that one comes last."""
+    flags = namespaces_to_join(pid)
+    opened: list[tuple[int, int]] = []
+    try:
+        for name, flag in NAMESPACES[1:]:
+            if flags & flag:
+                opened.append((os.open(f"/proc/{pid}/ns/{name}", _NS_OPEN), flag))
+        if flags & _CLONE_NEWUSER:
+            own = os.open(f"/proc/{pid}/ns/user", _NS_OPEN)
+            opened.append((own, _CLONE_NEWUSER))
+            if opened[:-1]:
+                owner = fcntl.ioctl(opened[0][0], _NS_GET_USERNS)
+                if _same_file(owner, own):
+                    os.close(owner)
+                    opened.insert(0, opened.pop())  # the usual case: user first
+                elif _same_file(owner, os.open("/proc/self/ns/user", _NS_OPEN), close=True):
+                    os.close(owner)
+                else:
+                    opened.insert(0, (owner, _CLONE_NEWUSER))
+    except BaseException:
+        for fd, _ in opened:
+            os.close(fd)
+        raise
+    return opened
+
+
+def _same_file(fd: int, other: int, *, close: bool = False) -> bool:
+    try:
+        one, two = os.fstat(fd), os.fstat(other)
+        return (one.st_dev, one.st_ino) == (two.st_dev, two.st_ino)
+    finally:
+        if close:
+            os.close(other)
 
 
 # -- the streams ---------------------------------------------------------------------------------
@@ -554,20 +601,21 @@ def _host_child(fork: _Fork) -> NoReturn:
     fork.execute()
 
 
-def _relay_child(fork: _Fork, pidfd: int, root: int, flags: int) -> NoReturn:
+def _relay_child(fork: _Fork, namespaces: Sequence[tuple[int, int]], root: int) -> NoReturn:
     """The forked child of :func:`exec_in_namespaces`: enter the sandbox, give up every
     privilege, start the command, and exit as it exits."""
     _prctl(_PR_SET_DUMPABLE, 0)
     fork.setup_stdio()
-    if _libc.setns(pidfd, flags) != 0:
-        fork.fail(b"s", ctypes.get_errno())
+    for fd, flag in namespaces:
+        if _libc.setns(fd, flag) != 0:
+            fork.fail(b"s", ctypes.get_errno())
+        os.close(fd)
     try:
         os.fchdir(root)
         os.chroot(".")
     except OSError as exc:
         fork.fail(b"s", exc.errno or errno.EPERM)
     os.close(root)
-    os.close(pidfd)
     for cap in range(_CAP_LAST + 1):
         if _prctl(_PR_CAPBSET_DROP, cap) != 0:
             fork.fail(b"s", ctypes.get_errno())
@@ -716,16 +764,17 @@ async def exec_on_host(spec: ExecSpec, exec_id: str) -> ExecChild:
 
 
 async def exec_in_namespaces(
-    spec: ExecSpec, exec_id: str, pidfd: int, root: int, flags: int
+    spec: ExecSpec, exec_id: str, namespaces: Sequence[tuple[int, int]], root: int
 ) -> ExecChild:
-    """Start ``spec`` inside the namespaces ``flags`` of the process ``pidfd`` refers to,
-    chrooted to ``root`` (a descriptor of its root directory), with no privilege (the
+    """Start ``spec`` inside ``namespaces`` (see :func:`open_namespaces`), chrooted to
+    ``root`` (a descriptor of the root directory to run in), with no privilege (the
     ``bwrap`` sandboxer; see the module's theory)."""
 
     def relay(fork: _Fork) -> NoReturn:
-        _relay_child(fork, pidfd, root, flags)
+        _relay_child(fork, namespaces, root)
 
-    return await _start(spec, exec_id, relay, (pidfd, root), relay=True)
+    keep = (root, *(fd for fd, _ in namespaces))
+    return await _start(spec, exec_id, relay, keep, relay=True)
 
 
 async def _start(
