@@ -5,7 +5,9 @@ where the test needs it, and ``trio.fail_after`` only guards against hangs."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import sys
 from pathlib import Path
 
 import pytest
@@ -253,3 +255,62 @@ async def test_bwrap_init_exit_kills_the_execs() -> None:
         with trio.fail_after(10):
             assert await process.wait() == -signal.SIGKILL
         await process.aclose()
+
+
+UNPRIVILEGED_SCRIPT = """
+import os, signal, trio
+from inside import finish, run, spec
+from procs import Exits
+from sandboxd.backends import BwrapBackend
+from sandboxd._models import SandboxOptions, SandboxSpec
+
+async def main():
+    async with trio.open_nursery() as nursery:
+        exits = Exits()
+        options = SandboxOptions(command=("sleep", "1000"))
+        sandbox = await BwrapBackend().start(SandboxSpec("nb", "bwrap", options), nursery, exits)
+        script = "id -u; grep -E '^Cap(Eff|Bnd)|NoNewPrivs' /proc/self/status; hostname"
+        print((await run(sandbox, spec("sh", "-c", script))).stdout.decode(), end="")
+        print((await run(sandbox, spec("tty", tty=True))).stdout.decode(), end="")
+        process = await sandbox.exec(spec("cat", stdin=True))
+        for name in ("user", "mnt", "pid", "net"):
+            ours = os.readlink(f"/proc/{process.pid}/ns/{name}")
+            print(name, ours == os.readlink(f"/proc/{sandbox.pid}/ns/{name}"))
+        await finish(process)
+        sandbox.signal(signal.SIGKILL)
+        await exits.wait()
+        sandbox.cleanup()
+
+trio.run(main)
+"""
+
+
+async def test_bwrap_exec_in_a_sandbox_of_an_unprivileged_daemon() -> None:
+    """The daemon as ``nobody``: the sandbox has a user namespace (nested in the one that
+    owns its other namespaces), and exec joins them all the same."""
+    setpriv = shutil.which("setpriv")
+    if os.geteuid() != 0 or setpriv is None:
+        pytest.skip("needs root and setpriv, to become an unprivileged user")
+    tests = Path(__file__).parent
+    env = {**os.environ, "PYTHONPATH": f"{tests}{os.pathsep}{tests.parent / 'src'}"}
+    drop = ["--reuid=65534", "--regid=65534", "--clear-groups", "--bounding-set=-all"]
+    command = [setpriv, *drop, sys.executable, "-c", UNPRIVILEGED_SCRIPT]
+    with trio.fail_after(GUARD):
+        done = await trio.run_process(
+            command, capture_stdout=True, capture_stderr=True, env=env, cwd="/", check=False
+        )
+    if done.returncode != 0 and b"Permission denied" in done.stderr:
+        pytest.skip(f"the unprivileged user cannot run this Python: {done.stderr[-200:]!r}")
+    assert done.returncode == 0, done.stderr.decode()
+    assert done.stdout.decode().splitlines() == [
+        "65534",
+        "CapEff:\t0000000000000000",
+        "CapBnd:\t0000000000000000",
+        "NoNewPrivs:\t1",
+        "nb",
+        "/dev/pts/0",
+        "user True",
+        "mnt True",
+        "pid True",
+        "net True",
+    ]
