@@ -25,17 +25,22 @@ it inside) and its master sent back to the daemon, or the daemon's when there is
 The relay waits for the command and exits with its status (dying of the same signal), so
 the daemon reaps the relay to learn the command's.  A command so started runs as root
 with no capability at all, or as the sandbox's user in its user namespace: it can never
-mount, unshare, or reach a host file the sandbox cannot.  When the sandbox's init exits,
+mount, unshare what the sandbox cannot, or reach a host file it cannot.  When its init exits,
 the kernel kills every process of its pid namespace, execs included.
 
 Why this shape: ExecSync of ``true`` must stay within 1.5x of ``subprocess.run(["nsenter",
 "-t", PID, "-a", "true"])`` (which is not safe: nsenter execs a binary of the sandbox with
-every capability).  Measured here (Linux 6.x, 2 cores, a Python with trio and sandboxd
-loaded, 33 MB resident; p50 over 300 runs, :func:`measure` repeats it): nsenter 2.12 ms;
-fork+exec of /bin/true 1.92 ms; fork, enter, posix_spawn, relay 2.50 ms (chosen); fork,
-enter, clone(CLONE_PARENT) so that the daemon reaps the command itself 3.08 ms (a second
-copy of the page tables); fork, enter, fork 3.49 ms.  A long-lived fork server would save
-the first fork but adds a privileged process that must be kept, restarted and trusted.
+every capability, so only code loaded before the setns can drop them).  Measured here (Linux
+6.18, 2 cores, a Python with trio and sandboxd loaded, 33 MB resident; p50 of 300 runs,
+synchronous prototypes): nsenter 2.12 ms; fork+exec of /bin/true 1.92 ms; fork, enter,
+posix_spawn, relay 2.50 ms (chosen); fork, enter, clone(CLONE_PARENT) so that the daemon
+reaps the command itself 3.08 ms (a second copy of the page tables); fork, enter, fork
+3.49 ms.  Through this module from a trio loop (:func:`measure`, same machine, quiet):
+``process`` 3.2 ms, ``bwrap`` 3.8 ms, nsenter 1.9 ms.  Within 5 ms, not yet within 1.5x:
+the fork of the daemon dominates (2.2 ms for a bare fork+exec from the loaded daemon, 0.46
+ms of it in the parent, plus the relay's exit tearing down its copy, 0.4 ms).  The next
+step is a small fork server (a ``python -I -S`` holding only this module's child side,
+started once): fork, enter, posix_spawn and relay from it measure 1.04 ms.
 
 :meth:`ExecChild.kill` reaches the command's whole tree: its session, and every descendant
 found through /proc/<pid>/task/*/children while its parent still lives, even one that left
