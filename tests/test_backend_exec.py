@@ -15,7 +15,7 @@ import trio
 
 from inside import SANDBOXERS, descendants, finish, read_all, read_until, run, running, spec
 from procs import all_ended
-from sandboxd import FailedPrecondition
+from sandboxd import FailedPrecondition, InvalidArgument
 from sandboxd._models import WindowSize
 from sandboxd.backends._exec import namespaces_to_join
 
@@ -314,3 +314,11 @@ async def test_bwrap_exec_in_a_sandbox_of_an_unprivileged_daemon() -> None:
         "pid True",
         "net True",
     ]
+
+
+async def test_kill_refuses_an_invalid_signal() -> None:
+    async with running("process") as sandbox:
+        process = await sandbox.exec(spec("true"))
+        with pytest.raises(InvalidArgument, match="signal 0"):
+            process.kill(0)
+        await finish(process)

@@ -361,7 +361,11 @@ class ExecChild:
 
     def kill(self, signum: int = _signal.SIGKILL) -> None:
         """``signum`` to the command's session and every descendant (see the module's
-        theory); nothing once :meth:`wait` has returned."""
+        theory); nothing once :meth:`wait` has returned.  A kill by SIGKILL waits up to
+        0.1 s for each process to stop (one in an uninterruptible sleep).  An invalid
+        signal number is InvalidArgument."""
+        if not 0 < signum < _signal.NSIG:
+            raise InvalidArgument(f"signal {signum}: not a valid signal number")
         if self._waiter.returncode is not None:
             return
         if not self._relay:
