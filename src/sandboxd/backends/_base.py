@@ -6,7 +6,7 @@ sandbox's init process, signals it, measures it, and reports its exit through a 
 
 from __future__ import annotations
 
-import signal
+import signal as _signal
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
@@ -34,46 +34,61 @@ EXIT_UNKNOWN = 255
 
 @attrs.frozen(slots=True)
 class ExecSpec:
-    """A command to run inside a running sandbox, as the runtime resolved it from an
-    :class:`~sandboxd.ExecRequest`: nothing is left for the backend to default."""
+    """One command to run in a running sandbox, as the runtime resolved it from an
+    ``ExecRequest``: the backend runs exactly this.
+
+    ``env`` is the complete environment (the sandbox's, the default ``PATH``, the request's);
+    ``cwd`` is absolute, a path inside the sandbox.  ``tty`` gives the command a
+    pseudo-terminal of ``window``'s size as its stdin, stdout and stderr; ``stdin`` gives it
+    a standard input the caller writes (else /dev/null).  ``uid``/``gid``: ``None`` runs it
+    as the sandbox's own user.
+    """
 
     exec_id: str
     command: tuple[str, ...]
-    #: The complete environment (the sandbox's, PATH defaulted, then the request's).
     env: Mapping[str, str]
-    #: Absolute, inside the sandbox.
     cwd: str
     tty: bool = False
     stdin: bool = False
-    #: ``None``: the sandbox's own user (and group).
     uid: int | None = None
     gid: int | None = None
     window: WindowSize | None = None
 
 
 class ExecProcess(Protocol):
-    """A command running inside a sandbox, as its backend started it."""
+    """A command started by :meth:`SandboxProcess.exec`, as its backend sees it.
 
-    #: The command's pid, as seen from the host.
+    The caller reads :attr:`stdout` and :attr:`stderr` to their end (a command whose pipe is
+    not read waits: that is the backpressure), then awaits :meth:`wait`, and finally
+    :meth:`aclose`.
+    """
+
+    #: The host pid of the command; 0 when it could not be exec'ed (then :meth:`wait`
+    #: returns 127, or 126, and stderr says why).
     pid: int
-    #: Its standard input (the pty's master when ``tty``); ``None`` unless ``spec.stdin``.
+    #: The command's standard input; ``None`` unless ``spec.stdin``.  With a tty it writes to
+    #: the terminal, and closing it sends the terminal's end-of-file character.
     stdin: trio.abc.SendStream | None
-    #: Its standard output (the pty's master when ``tty``).
+    #: The command's standard output (with a tty: everything it writes to the terminal).
     stdout: trio.abc.ReceiveStream
-    #: Its standard error; ``None`` when ``tty``.
+    #: The command's standard error, kept apart; ``None`` with a tty.
     stderr: trio.abc.ReceiveStream | None
 
     def resize(self, rows: int, cols: int) -> None:
-        """Set the pseudo-terminal's window size (nothing without a tty)."""
+        """Set the terminal's window size (the command gets SIGWINCH); nothing without a
+        tty or once closed."""
         ...
 
-    def kill(self, signum: int = signal.SIGKILL) -> None:
-        """Send ``signum`` to the command's whole process tree; no error once it is gone."""
+    def kill(self, signum: int = _signal.SIGKILL) -> None:
+        """Send ``signum`` to the command's whole process tree: its session, and every
+        descendant whose parent still lives (even one that left the session).  No error once
+        they are gone; nothing once :meth:`wait` has returned."""
         ...
 
     async def wait(self) -> int:
-        """Wait for the command to end and reap it: its returncode as subprocess gives it
-        (``-N`` for death by signal N)."""
+        """The command's return code once it has ended, as :mod:`subprocess` gives it
+        (``-N`` after death by signal N), reaping it.  Cancelling the wait leaves the command
+        alone."""
         ...
 
     async def aclose(self) -> None:
@@ -121,6 +136,29 @@ class SandboxProcess(Protocol):
     def output(self) -> tuple[int, int] | None:
         """The read ends (non-blocking) of the pipes the init's stdout and stderr go to, for
         the runtime to read and then close; None when the sandbox has no output to read."""
+        ...
+
+    async def exec(self, spec: ExecSpec) -> ExecProcess:
+        """Start ``spec``'s command in the sandbox, and return once it runs (it has exec'ed).
+
+        FailedPrecondition naming the reason when it cannot be started (the sandbox is gone,
+        ``cwd`` is missing in it, a fork failed, a ``uid`` the backend cannot give).  A
+        command that is not found is no error: :meth:`ExecProcess.wait` returns 127 (126
+        when it cannot be exec'ed), as docker and CRI report it.  Cancellation: if this raises
+        Cancelled, nothing is left running.
+        """
+        ...
+
+    def open_file(self, path: str, *, write: bool, mode: int | None = None) -> int:
+        """Open the regular file ``path`` of the sandbox, resolved inside the sandbox's root
+        (``..`` and symbolic links never lead out of it), and return its descriptor
+        (close-on-exec, blocking).  ``write`` creates it (``mode``, default ``0o644``) or
+        truncates it; else it is opened for reading.
+
+        NotFound, InvalidArgument (not a regular file, a bad path), PermissionDenied, or
+        FailedPrecondition (a read-only mount), each naming ``path``.  Blocks only as long
+        as opening a file does.
+        """
         ...
 
 

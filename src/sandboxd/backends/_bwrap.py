@@ -43,7 +43,9 @@ import trio
 
 from .._errors import FailedPrecondition, InvalidArgument
 from .._models import Mount, Platform, SandboxSpec, check_sandbox_id
-from ._base import ExitCallback, SpawnCallback
+from ._base import ExecSpec, ExitCallback, SpawnCallback
+from ._exec import ExecChild, exec_in_namespaces, open_namespaces
+from ._files import open_in_root
 from ._platform import host_platform
 from ._process import (
     DEFAULT_PATH,
@@ -543,6 +545,66 @@ class BwrapSandbox:
         if namespace is None:
             return (0, 0, 0)
         return proc_usage(lambda pid, _fields: _pid_namespace(pid) == namespace)
+
+    async def exec(self, spec: ExecSpec) -> ExecChild:
+        """Run ``spec`` inside the sandbox: in all of its namespaces, chrooted to its root,
+        with no capability and no_new_privs (see :mod:`._exec`).  FailedPrecondition once
+        the sandbox has ended."""
+        pidfd, root = self._enter()
+        os.close(pidfd)
+        try:
+            try:
+                namespaces = open_namespaces(self.init_pid)
+            except OSError:
+                raise FailedPrecondition(f"sandbox {self._spec.sandbox_id} has ended") from None
+            try:
+                if start_time(self.init_pid) != self._init_start:  # the init's, not a new pid's
+                    raise FailedPrecondition(f"sandbox {self._spec.sandbox_id} has ended")
+                return await exec_in_namespaces(spec, spec.exec_id, namespaces, root)
+            finally:
+                for fd, _ in namespaces:
+                    os.close(fd)
+        finally:
+            os.close(root)
+
+    def open_file(self, path: str, *, write: bool, mode: int | None = None) -> int:
+        """Open ``path`` resolved inside the sandbox's root (openat2 from the init's root
+        with RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS; see :mod:`._files`): nothing outside
+        the sandbox's own mounts can be reached, and its read-only mounts stay read-only.
+        A relative ``path`` is taken from the root."""
+        pidfd, root = self._enter()
+        os.close(pidfd)
+        try:
+            return open_in_root(root, path, write=write, mode=mode)
+        finally:
+            os.close(root)
+
+    def _enter(self) -> tuple[int, int]:
+        """A pidfd of the sandbox's init and a descriptor of its root directory, both known
+        to be the init's (not a later process's with its pid)."""
+        ended = FailedPrecondition(f"sandbox {self._spec.sandbox_id} has ended")
+        if self._killed:
+            raise ended
+        try:
+            pidfd = os.pidfd_open(self.init_pid)
+        except OSError:
+            raise ended from None
+        try:
+            if start_time(self.init_pid) != self._init_start:
+                raise ended
+            try:
+                root = os.open(
+                    f"/proc/{self.init_pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+                )
+            except OSError:
+                raise ended from None
+            if start_time(self.init_pid) is None:  # it may have ended before the open
+                os.close(root)
+                raise ended
+        except BaseException:
+            os.close(pidfd)
+            raise
+        return pidfd, root
 
 
 def _valid_hostname(name: str) -> bool:

@@ -34,7 +34,9 @@ import trio
 
 from .._errors import FailedPrecondition, InvalidArgument
 from .._models import Platform, SandboxSpec, check_sandbox_id
-from ._base import EXIT_UNKNOWN, ExitCallback, SpawnCallback
+from ._base import EXIT_UNKNOWN, ExecSpec, ExitCallback, SpawnCallback
+from ._exec import ExecChild, exec_on_host
+from ._files import open_in_root
 from ._platform import host_platform
 from ._spawn import Child, Gate, kill_and_reap, kill_group, read_some
 
@@ -567,6 +569,22 @@ class ProcessSandbox:
         group (not zombies, nor children that left the group).  Reads /proc: a scan of the
         host's processes, with no await."""
         return _group_usage(self.pid)
+
+    async def exec(self, spec: ExecSpec) -> ExecChild:
+        """Run ``spec`` as a host process in a session of its own (see :mod:`._exec`): no
+        isolation, and the daemon's user unless the daemon is root and ``spec`` names
+        another."""
+        return await exec_on_host(spec, spec.exec_id)
+
+    def open_file(self, path: str, *, write: bool, mode: int | None = None) -> int:
+        """Open ``path`` on the host, a relative one from the sandbox's cwd: a process
+        sandbox isolates nothing, so its root is the host's ``/`` (only /proc magic links
+        are refused, and only regular files opened; see :mod:`._files`)."""
+        root = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            return open_in_root(root, os.path.join(self._cwd, path), write=write, mode=mode)
+        finally:
+            os.close(root)
 
 
 def _group_usage(pgid: int) -> tuple[int, int, int]:

@@ -38,7 +38,7 @@ from .._models import (
 from ..backends import Backend, BwrapBackend, ProcessBackend, SandboxProcess, SimBackend
 from ._actor import ActorContext, SandboxActor
 from ._events import DEFAULT_SUBSCRIBER_BUFFER, EventBus, Subscription
-from ._exec import CHUNK_SIZE, MAX_EXEC_SYNC_OUTPUT, ExecSession, check_timeout, inside, resolve
+from ._exec import CHUNK_SIZE, MAX_EXEC_SYNC_OUTPUT, ExecSession, check_timeout, resolve
 from ._lifecycle import Input, Phase, decide
 from ._logs import DEFAULT_MAX_LOG_BYTES, LogDirectory, LogReader
 from ._reply import Reply, Waiter
@@ -654,9 +654,7 @@ class Controller:
         ):
             raise InvalidArgument("mode: must be a file mode in 0..0o7777")
         process = self._file_process(sandbox_id, path)
-        fd = await trio.to_thread.run_sync(
-            lambda: inside(process).open_file(path, write=True, mode=mode)
-        )
+        fd = await trio.to_thread.run_sync(lambda: process.open_file(path, write=True, mode=mode))
         size = 0
         async with trio.wrap_file(os.fdopen(fd, "wb", buffering=0)) as file:
             if isinstance(data, bytes | bytearray | memoryview):
@@ -684,7 +682,7 @@ class Controller:
         Leaving the block closes the file.
         """
         process = self._file_process(sandbox_id, path)
-        fd = await trio.to_thread.run_sync(lambda: inside(process).open_file(path, write=False))
+        fd = await trio.to_thread.run_sync(lambda: process.open_file(path, write=False))
         async with trio.wrap_file(os.fdopen(fd, "rb", buffering=0)) as file:
             yield _chunks(file)
 

@@ -27,7 +27,7 @@ import signal
 from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Final, Protocol, cast, final
+from typing import Final, final
 
 import trio
 
@@ -57,19 +57,6 @@ _REAP_ON_CLOSE: Final = 5.0
 _MAX_ID: Final = 2**32 - 2
 
 _SIGKILL: Final = int(signal.SIGKILL)
-
-
-class _RunsInside(Protocol):
-    """What the runtime asks of a started sandbox to act inside it."""
-
-    async def exec(self, spec: ExecSpec) -> ExecProcess: ...
-
-    def open_file(self, path: str, *, write: bool, mode: int | None = None) -> int: ...
-
-
-def inside(process: SandboxProcess) -> _RunsInside:
-    """``process``, as the runner of commands and the opener of files it is."""
-    return cast(_RunsInside, process)
 
 
 def _check_texts(field: str, values: object) -> tuple[str, ...]:
@@ -237,7 +224,7 @@ class ExecRun:
         failure: RPCError | None = None
         try:
             try:
-                process = await inside(sandbox).exec(self.spec)
+                process = await sandbox.exec(self.spec)
             except RPCError as err:
                 failure = err
             except Exception as exc:
