@@ -19,6 +19,7 @@ import tempfile
 import termios
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -156,15 +157,16 @@ def test_exec_it_gives_a_real_terminal_of_the_callers_size(daemon: Daemon, sandb
     os.close(slave)
     seen = bytearray()
     try:
-        os.write(master, b"test -t 0 && echo IS-A-TTY; stty size; echo MARK-1\n")
+        # Markers computed by the shell, so that the terminal's echo of the line is no match.
+        os.write(master, b"test -t 0 && echo IS-A-$((0+1))TTY; stty size; echo MARK-$((0+1))\n")
         _read_until(master, b"MARK-1\r\n", seen)
-        assert b"IS-A-TTY" in seen
+        assert b"IS-A-1TTY" in seen
         assert b"33 101" in seen
         fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
         # The resize reaches sandboxctl as SIGWINCH (it leads the terminal's session).
         for _ in range(200):
             seen.clear()
-            os.write(master, b"stty size; echo MARK-2\n")
+            os.write(master, b"stty size; echo MARK-$((1+1))\n")
             _read_until(master, b"MARK-2\r\n", seen)
             if b"40 120" in seen:
                 break
@@ -188,10 +190,25 @@ def test_logs_prints_the_inits_output_on_its_own_streams(daemon: Daemon) -> None
     try:
         result = sandboxctl(daemon, "logs", sandbox_id)
         assert (result.returncode, result.stdout, result.stderr) == (0, "to-out\n", "to-err\n")
-        tail = sandboxctl(daemon, "logs", "--tail", "4", sandbox_id)
-        assert (tail.stdout, tail.stderr) == ("", "err\n")
         followed = sandboxctl(daemon, "logs", "-f", sandbox_id)  # stopped: ends at once
-        assert followed.stdout == "to-out\n"
+        assert (followed.stdout, followed.stderr) == ("to-out\n", "to-err\n")
+    finally:
+        sandboxctl(daemon, "shutdown", sandbox_id)
+
+
+def test_logs_tail_starts_that_many_bytes_before_the_end(daemon: Daemon) -> None:
+    sandbox_id = f"data-tail-{next(_ids)}"
+    sandboxctl(
+        daemon, "run", "--sandboxer", "process", sandbox_id, "--", "sh", "-c",
+        "echo first; echo second",
+    ).ok()  # fmt: skip
+    sandboxctl(daemon, "wait", sandbox_id).ok()
+    try:
+        assert sandboxctl(daemon, "logs", "--tail", "7", sandbox_id).ok() == "second\n"
+        stamped = sandboxctl(daemon, "logs", "--timestamps", sandbox_id).ok()
+        stamp, _, rest = stamped.partition(" ")
+        assert datetime.fromisoformat(stamp).tzinfo is not None
+        assert rest.endswith("second\n")
     finally:
         sandboxctl(daemon, "shutdown", sandbox_id)
 

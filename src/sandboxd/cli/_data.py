@@ -82,7 +82,7 @@ def _raw_terminal(enabled: bool) -> Iterator[None]:
         yield
         return
     saved = termios.tcgetattr(fd)
-    tty.setraw(fd)
+    tty.setraw(fd, termios.TCSANOW)  # keep what was typed ahead
     try:
         yield
     finally:
