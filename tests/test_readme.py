@@ -164,7 +164,7 @@ def test_the_sandboxctl_example_runs(daemon: dict[str, str]) -> None:
 
 
 def test_the_bwrap_example_runs(daemon: dict[str, str]) -> None:
-    (script,) = [b for b in blocks("sh") if "--sandboxer bwrap" in b]
+    (script,) = [b for b in blocks("sh") if "box2" in b]
     env = {**daemon, "PATH": f"{BIN}:{os.environ['PATH']}"}
     proc = subprocess.run(
         ["bash", "-ec", script], env=env, capture_output=True, text=True, timeout=120
