@@ -1,0 +1,241 @@
+"""Exec, ExecSync, files and Logs behave the same through every client: the in-process
+Controller, the trio RemoteController and the blocking SyncController, with real processes.
+
+Each test is written once against :class:`Driver`, whose two implementations call the
+clients' methods by the same names; the sync client's run in a worker thread, against the
+server in the test's loop.  What differs between the clients (an async iterator or a
+blocking one) is all the drivers hide.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Protocol
+
+import pytest
+import trio
+
+from peers import Peer, request_frame
+from sandboxd import (
+    ExecExit,
+    ExecOutput,
+    ExecRequest,
+    FailedPrecondition,
+    InvalidArgument,
+    LogChunk,
+    LogGap,
+    NotFound,
+    SandboxOptions,
+    SyncController,
+    connect,
+)
+from sandboxd._models import STDERR, STDOUT, TOPIC_EXEC_EXIT
+from sandboxd.api._controller_service import CONTROLLER_SERVICE
+from sandboxd.runtime import Controller
+
+pytestmark = pytest.mark.usefixtures("watchdog")
+
+
+class Driver(Protocol):
+    async def run(
+        self, sandbox_id: str, request: ExecRequest, stdin: bytes | None = None
+    ) -> tuple[list[ExecOutput], ExecExit]: ...
+
+    async def call(self, method: str, *args: Any, **kwargs: Any) -> Any: ...
+
+    async def read_file(self, sandbox_id: str, path: str) -> bytes: ...
+
+    async def logs(self, sandbox_id: str, **kwargs: Any) -> list[LogChunk | LogGap]: ...
+
+
+class AsyncDriver:
+    """The in-process Controller or a RemoteController: the same async methods."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    async def run(
+        self, sandbox_id: str, request: ExecRequest, stdin: bytes | None = None
+    ) -> tuple[list[ExecOutput], ExecExit]:
+        async with self.client.exec(sandbox_id, request) as proc:
+            assert proc.pid > 0 and proc.exec_id
+            if stdin is not None:
+                await proc.write(stdin)
+                await proc.close_stdin()
+            chunks = [chunk async for chunk in proc]
+            return chunks, await proc.wait()
+
+    async def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return await getattr(self.client, method)(*args, **kwargs)
+
+    async def read_file(self, sandbox_id: str, path: str) -> bytes:
+        async with self.client.read_file(sandbox_id, path) as chunks:
+            return b"".join([chunk async for chunk in chunks])
+
+    async def logs(self, sandbox_id: str, **kwargs: Any) -> list[LogChunk | LogGap]:
+        async with self.client.logs(sandbox_id, **kwargs) as chunks:
+            return [chunk async for chunk in chunks]
+
+
+class SyncDriver:
+    """A SyncController, each call in a worker thread."""
+
+    def __init__(self, client: SyncController) -> None:
+        self.client = client
+
+    async def _thread(self, fn: Callable[[], Any]) -> Any:
+        return await trio.to_thread.run_sync(fn)
+
+    async def run(
+        self, sandbox_id: str, request: ExecRequest, stdin: bytes | None = None
+    ) -> tuple[list[ExecOutput], ExecExit]:
+        def run() -> tuple[list[ExecOutput], ExecExit]:
+            with self.client.exec(sandbox_id, request) as proc:
+                assert proc.pid > 0 and proc.exec_id
+                if stdin is not None:
+                    proc.write(stdin)
+                    proc.close_stdin()
+                chunks = list(proc)
+                return chunks, proc.wait()
+
+        result: tuple[list[ExecOutput], ExecExit] = await self._thread(run)
+        return result
+
+    async def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return await self._thread(lambda: getattr(self.client, method)(*args, **kwargs))
+
+    async def read_file(self, sandbox_id: str, path: str) -> bytes:
+        def read() -> bytes:
+            with self.client.read_file(sandbox_id, path) as chunks:
+                return b"".join(chunks)
+
+        data: bytes = await self._thread(read)
+        return data
+
+    async def logs(self, sandbox_id: str, **kwargs: Any) -> list[LogChunk | LogGap]:
+        def read() -> list[LogChunk | LogGap]:
+            with self.client.logs(sandbox_id, **kwargs) as chunks:
+                return list(chunks)
+
+        chunks: list[LogChunk | LogGap] = await self._thread(read)
+        return chunks
+
+
+@pytest.fixture(params=["in-process", "trio", "sync"])
+async def driver(
+    request: pytest.FixtureRequest, sandboxd_controller: Controller, sandboxd_socket: str
+) -> AsyncIterator[Driver]:
+    if request.param == "in-process":
+        yield AsyncDriver(sandboxd_controller)
+    elif request.param == "trio":
+        async with connect(sandboxd_socket) as client:
+            yield AsyncDriver(client)
+    else:
+        client = SyncController(sandboxd_socket, timeout=30)
+        try:
+            yield SyncDriver(client)
+        finally:
+            client.close()
+
+
+async def started(driver: Driver, sandbox_id: str, *command: str) -> None:
+    argv = command or ("sleep", "1000")
+    options = SandboxOptions(command=argv)
+    await driver.call("create", sandbox_id, sandboxer="process", options=options)
+    await driver.call("start", sandbox_id)
+
+
+def joined(chunks: list[ExecOutput], stream: str) -> bytes:
+    return b"".join(c.data for c in chunks if c.stream == stream)
+
+
+async def test_exec_streams_stdin_in_and_both_outputs_back_apart(driver: Driver) -> None:
+    await started(driver, "dp1")
+    text = os.urandom(100_000)
+    request = ExecRequest(["sh", "-c", "cat; echo err >&2; exit 5"], stdin=True)
+    chunks, result = await driver.run("dp1", request, stdin=text)
+    assert joined(chunks, STDOUT) == text
+    assert joined(chunks, STDERR) == b"err\n"
+    assert result == ExecExit(5, False, None)
+
+
+async def test_exec_sync_caps_each_stream_and_says_so(driver: Driver) -> None:
+    await started(driver, "dp2")
+    script = "head -c 3000 /dev/zero; head -c 10 /dev/zero >&2; exit 2"
+    result = await driver.call(
+        "exec_sync", "dp2", ExecRequest(["sh", "-c", script]), max_output_bytes=1000
+    )
+    assert (result.stdout, result.stderr) == (b"\0" * 1000, b"\0" * 10)
+    assert (result.exit_status, result.truncated, result.timed_out) == (2, True, False)
+    with pytest.raises(InvalidArgument, match="max_output_bytes"):
+        await driver.call("exec_sync", "dp2", ExecRequest(["true"]), max_output_bytes=0)
+
+
+async def test_an_execs_timeout_kills_it_and_says_so(driver: Driver) -> None:
+    await started(driver, "dp3")
+    request = ExecRequest(["sh", "-c", "sleep 1000 & sleep 1000"], timeout_secs=0.2)
+    result = await driver.call("exec_sync", "dp3", request)
+    assert (result.exit_status, result.timed_out, result.signal) == (137, True, signal.SIGKILL)
+
+
+async def test_the_same_refusals_with_the_same_codes(driver: Driver) -> None:
+    with pytest.raises(NotFound):
+        await driver.call("exec_sync", "dp-none", ExecRequest(["true"]))
+    await started(driver, "dp4", "true")
+    await driver.call("wait", "dp4")
+    with pytest.raises(FailedPrecondition, match="stopped"):
+        await driver.call("exec_sync", "dp4", ExecRequest(["true"]))
+    with pytest.raises(FailedPrecondition, match="stopped"):
+        await driver.run("dp4", ExecRequest(["true"]))
+    with pytest.raises(FailedPrecondition, match="stopped"):
+        await driver.read_file("dp4", "/etc/hostname")
+
+
+async def test_files_go_in_and_come_back_with_their_mode(driver: Driver, tmp_path: Any) -> None:
+    await started(driver, "dp5")
+    data = os.urandom(300_000)
+    path = str(tmp_path / "copied")
+    assert await driver.call("write_file", "dp5", path, data, mode=0o640) == len(data)
+    assert os.stat(path).st_mode & 0o777 == 0o640
+    assert await driver.read_file("dp5", path) == data
+    with pytest.raises(NotFound):
+        await driver.read_file("dp5", str(tmp_path / "missing"))
+
+
+async def test_logs_give_the_inits_output_apart(driver: Driver) -> None:
+    await started(driver, "dp6", "sh", "-c", "echo to-out; echo to-err >&2")
+    await driver.call("wait", "dp6")
+    chunks = await driver.logs("dp6")
+    assert all(isinstance(c, LogChunk) for c in chunks)
+    by_stream = {s: b"".join(c.data for c in chunks if c.stream == s) for s in (STDOUT, STDERR)}  # type: ignore[union-attr]
+    assert by_stream == {STDOUT: b"to-out\n", STDERR: b"to-err\n"}
+    followed = await driver.logs("dp6", follow=True)
+    assert b"".join(c.data for c in followed if isinstance(c, LogChunk)).count(b"\n") == 2
+
+
+async def test_a_client_that_goes_away_kills_its_execs(
+    sandboxd_controller: Controller, sandboxd_socket: str
+) -> None:
+    """containerd's choice: an Exec whose connection closes (here a raw peer that opened the
+    stream, saw the command start, and hung up) is killed, and its exit is published as for
+    any other exec."""
+    await sandboxd_controller.create(
+        "dp7", sandboxer="process", options=SandboxOptions(command=("sleep", "1000"))
+    )
+    await sandboxd_controller.start("dp7")
+    with sandboxd_controller.subscribe() as events:
+        async with await Peer.connect(sandboxd_socket, service=CONTROLLER_SERVICE) as peer:
+            request = {"sandbox_id": "dp7", "command": ["sleep", "1000"], "exec_id": "gone"}
+            await peer.send(
+                request_frame(1, "Exec", request, service=CONTROLLER_SERVICE, flags=0x02)
+            )
+            started = await peer.message(1)
+            assert started["exec_id"] == "gone"
+            assert sandboxd_controller.status_nowait("dp7").info["execs"] == "1"
+        async for event in events:
+            if event.topic == TOPIC_EXEC_EXIT:
+                break
+    assert (event.exec_id, event.exit_status) == ("gone", 137)
+    assert sandboxd_controller.status_nowait("dp7").info["execs"] == "0"
