@@ -24,11 +24,13 @@ from pathlib import Path
 
 import pytest
 
+from daemons import PROBE_INTERVAL, STARTUP
 from sandboxd import Code
 from test_sandboxctl import (
     RUN_LIMIT,
     SANDBOXCTL,
     Daemon,
+    Lines,
     Result,
     base_env,
     sandboxctl,
@@ -234,3 +236,32 @@ def test_cp_of_a_missing_file_is_not_found_and_leaves_nothing(
     sandboxctl(daemon, "cp", f"{sandbox}:/no/such/file", str(target)).failed(Code.NOT_FOUND)
     assert not target.exists()
     assert not list(daemon.scratch.glob(f"never-{sandbox}*"))
+
+
+def test_events_name_the_exec_and_its_status(daemon: Daemon) -> None:
+    env = base_env(daemon.scratch)
+    env["SANDBOXD_SOCKET"] = daemon.socket
+    watcher = subprocess.Popen(
+        [SANDBOXCTL, "events"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, env=env,
+    )  # fmt: skip
+    sandbox_id = f"data-events-{next(_ids)}"
+    try:
+        lines = Lines(watcher)
+        sandboxctl(daemon, "run", "--sandboxer", "sim", sandbox_id).ok()
+        # Readiness probe: sandboxctl says nothing once subscribed; exec until it shows.
+        deadline = time.monotonic() + STARTUP
+        seen: list[str] = []
+        while not any("/sandboxes/exec-exit" in line for line in seen):
+            assert time.monotonic() < deadline, f"no exec events: {seen}"
+            sandboxctl(daemon, "exec", "--exec-id", "probe", sandbox_id, "--", "exit", "4")
+            while (line := lines.next(PROBE_INTERVAL * 5)) is not None:
+                seen.append(line)
+        starts = [line for line in seen if "/sandboxes/exec-start" in line]
+        exits = [line for line in seen if "/sandboxes/exec-exit" in line]
+        assert starts[-1].endswith(f"/sandboxes/exec-start {sandbox_id} exec_id=probe")
+        assert exits[-1].endswith(f"/sandboxes/exec-exit {sandbox_id} exec_id=probe exit_status=4")
+    finally:
+        watcher.terminate()
+        watcher.communicate(timeout=STARTUP)
+        sandboxctl(daemon, "shutdown", sandbox_id)

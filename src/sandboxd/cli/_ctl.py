@@ -450,8 +450,10 @@ def _run_command(ctl: SyncController, args: argparse.Namespace, out: TextIO) -> 
 def _event_line(msg: Mapping[str, Any]) -> str:
     stamp = _jsonable(msg["timestamp"])
     extra = ""
+    if "exec_id" in msg:
+        extra += f" exec_id={msg['exec_id']}"
     if "exit_status" in msg:
-        extra = f" exit_status={msg['exit_status']}"
+        extra += f" exit_status={msg['exit_status']}"
     if "dropped" in msg:
         extra = f" dropped={msg['dropped']}"
     return f"{stamp} {msg['topic']} {msg['sandbox_id']}{extra}"
