@@ -9,26 +9,62 @@ from collections.abc import Iterator, Mapping
 import pytest
 
 from sandboxd.runtime import TRANSITIONS, Effect, Input, Phase, Refusal, Transition, _lifecycle
-from sandboxd.testing import SPEC, Caller, Expect, Process, Record, expect
+from sandboxd.testing import SPEC, Caller, Execs, Expect, Process, Record, expect
 from sandboxd.testing.fuzz import fuzz
 from test_fuzz import in_process
 
-#: What each effect of the table means to a caller, in the specification's words.
-MEANS: Mapping[Effect, tuple[Caller, Process, Record]] = {
-    Effect.REPLY: (Caller.ANSWERED, Process.UNTOUCHED, Record.NOTHING),
-    Effect.SPAWN: (Caller.ANSWERED, Process.SPAWNED, Record.NOTHING),
-    Effect.STOP_UNSTARTED: (Caller.ANSWERED, Process.UNTOUCHED, Record.EXIT_0),
-    Effect.TERMINATE: (Caller.PARKED_ON_EXIT, Process.TERMINATED, Record.NOTHING),
-    Effect.JOIN_STOP: (Caller.PARKED_ON_EXIT, Process.EARLIER_DEADLINE, Record.NOTHING),
-    Effect.PARK_WAITER: (Caller.PARKED_ON_EXIT, Process.UNTOUCHED, Record.NOTHING),
-    Effect.KILL: (Caller.NOBODY, Process.KILLED, Record.NOTHING),
-    Effect.RECORD_EXIT: (Caller.NOBODY, Process.UNTOUCHED, Record.EXIT),
-    Effect.KILL_FOR_SHUTDOWN: (Caller.PARKED_ON_REMOVAL, Process.KILLED, Record.NOTHING),
-    Effect.JOIN_SHUTDOWN: (Caller.PARKED_ON_REMOVAL, Process.UNTOUCHED, Record.NOTHING),
-    Effect.RECORD_EXIT_AND_REMOVE: (Caller.NOBODY, Process.UNTOUCHED, Record.EXIT_REMOVED),
-    Effect.REMOVE_UNSTARTED: (Caller.ANSWERED, Process.UNTOUCHED, Record.EXIT_0_REMOVED),
-    Effect.REMOVE: (Caller.ANSWERED, Process.UNTOUCHED, Record.REMOVED),
-    Effect.IGNORE: (Caller.NOBODY, Process.UNTOUCHED, Record.NOTHING),
+#: What each effect of the table means to a caller, in the specification's words: the
+#: caller's lot, the process's, the record's and the running execs'.
+MEANS: Mapping[Effect, tuple[Caller, Process, Record, Execs]] = {
+    Effect.REPLY: (Caller.ANSWERED, Process.UNTOUCHED, Record.NOTHING, Execs.UNTOUCHED),
+    Effect.SPAWN: (Caller.ANSWERED, Process.SPAWNED, Record.NOTHING, Execs.UNTOUCHED),
+    Effect.STOP_UNSTARTED: (Caller.ANSWERED, Process.UNTOUCHED, Record.EXIT_0, Execs.UNTOUCHED),
+    Effect.TERMINATE: (
+        Caller.PARKED_ON_EXIT,
+        Process.TERMINATED,
+        Record.NOTHING,
+        Execs.TERMINATED,
+    ),
+    Effect.JOIN_STOP: (
+        Caller.PARKED_ON_EXIT,
+        Process.EARLIER_DEADLINE,
+        Record.NOTHING,
+        Execs.UNTOUCHED,
+    ),
+    Effect.PARK_WAITER: (
+        Caller.PARKED_ON_EXIT,
+        Process.UNTOUCHED,
+        Record.NOTHING,
+        Execs.UNTOUCHED,
+    ),
+    Effect.KILL: (Caller.NOBODY, Process.KILLED, Record.NOTHING, Execs.KILLED),
+    Effect.RECORD_EXIT: (Caller.NOBODY, Process.UNTOUCHED, Record.EXIT, Execs.KILLED),
+    Effect.KILL_FOR_SHUTDOWN: (
+        Caller.PARKED_ON_REMOVAL,
+        Process.KILLED,
+        Record.NOTHING,
+        Execs.KILLED,
+    ),
+    Effect.JOIN_SHUTDOWN: (
+        Caller.PARKED_ON_REMOVAL,
+        Process.UNTOUCHED,
+        Record.NOTHING,
+        Execs.UNTOUCHED,
+    ),
+    Effect.RECORD_EXIT_AND_REMOVE: (
+        Caller.NOBODY,
+        Process.UNTOUCHED,
+        Record.EXIT_REMOVED,
+        Execs.KILLED,
+    ),
+    Effect.REMOVE_UNSTARTED: (
+        Caller.ANSWERED,
+        Process.UNTOUCHED,
+        Record.EXIT_0_REMOVED,
+        Execs.UNTOUCHED,
+    ),
+    Effect.REMOVE: (Caller.ANSWERED, Process.UNTOUCHED, Record.REMOVED, Execs.UNTOUCHED),
+    Effect.IGNORE: (Caller.NOBODY, Process.UNTOUCHED, Record.NOTHING, Execs.UNTOUCHED),
 }
 
 
@@ -36,8 +72,8 @@ def as_expected(phase: Phase, entry: Transition | Refusal) -> Expect:
     """A table entry in the specification's words."""
     if isinstance(entry, Refusal):
         return Expect(Caller.REFUSED, exists(phase), code=entry.code)
-    caller, process, record = MEANS[entry.effect]
-    return Expect(caller, exists(entry.next_phase), process, record)
+    caller, process, record, execs = MEANS[entry.effect]
+    return Expect(caller, exists(entry.next_phase), process, record, execs=execs)
 
 
 def exists(phase: Phase) -> Phase | None:

@@ -47,9 +47,14 @@ from ._linearize import (
 )
 from ._model import (
     CALL_INPUTS,
+    CALL_NAMES,
+    EXEC_CALL,
     SIGKILL_STATUS,
     SIGTERM_STATUS,
     Blocks,
+    ExecBehaviour,
+    ExecModel,
+    ExecRun,
     Outcome,
     ProcessBehaviour,
     ReferenceModel,
@@ -59,8 +64,10 @@ from ._model import (
     Timing,
     call_step,
     event_step,
+    exec_exit_step,
     observe,
     pending_events,
+    pending_exec_exits,
     perform,
 )
 from ._observed import check_events, check_fields
@@ -75,11 +82,14 @@ from ._programs import (
 )
 from ._reproduce import explain_conflict, reproducer_script, reproducer_test
 from ._server import fixture_backends, serve_in_thread, shutdown_all
-from ._spec import SPEC, Caller, Expect, Process, Record, expect
+from ._spec import EXEC, SPEC, Caller, Execs, Expect, Process, Record, expect, expect_exec
 
 __all__ = [
     "CALL_INPUTS",
+    "CALL_NAMES",
     "DEFAULT_MAX_STATES",
+    "EXEC",
+    "EXEC_CALL",
     "SIGKILL_STATUS",
     "SIGTERM_STATUS",
     "SPEC",
@@ -87,6 +97,10 @@ __all__ = [
     "Call",
     "Caller",
     "EventLog",
+    "ExecBehaviour",
+    "ExecModel",
+    "ExecRun",
+    "Execs",
     "Expect",
     "Group",
     "HistoryRecorder",
@@ -108,11 +122,14 @@ __all__ = [
     "check_fields",
     "check_linearizable",
     "event_step",
+    "exec_exit_step",
     "expect",
+    "expect_exec",
     "explain_conflict",
     "fixture_backends",
     "observe",
     "pending_events",
+    "pending_exec_exits",
     "perform",
     "process_behaviour",
     "process_faults",

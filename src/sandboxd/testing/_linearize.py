@@ -61,7 +61,9 @@ from ._model import (
     Step,
     call_step,
     event_step,
+    exec_exit_step,
     pending_events,
+    pending_exec_exits,
     perform_keeping,
 )
 
@@ -197,10 +199,7 @@ class _Search:
         self.seen: set[tuple[SandboxModel | None, int, float]] = set()
         self.timing = model.timing
         self.tolerance = model.timing.tolerance
-        self.behaviours = [
-            model.behaviour_for(op.args) if op.call == "create" else model.default_behaviour
-            for op in ops
-        ]
+        self.behaviours = [model.step_behaviours(op.call, op.args) for op in ops]
         # An unchecked operation never has to precede anything: it may not have ended.
         self.pred = [
             sum(1 << j for j in _bits(checked) if j != i and _before(ops[j], op))
@@ -230,15 +229,17 @@ class _Search:
     def _step(self, sandbox: SandboxModel | None, i: int, at: float) -> Step:
         """Operation ``i`` on ``sandbox`` at ``at``, under its ticket ``i``."""
         op = self.ops[i]
+        behaviour, command = self.behaviours[i]
         return call_step(
             sandbox,
             op.call,
             op.sandbox_id,
             op.args,
             i,
-            self.behaviours[i],
+            behaviour,
             now=at,
             timing=self.timing,
+            exec_behaviour=command,
         )
 
     def _answered_at(self, i: int, now: float) -> float:
@@ -297,7 +298,7 @@ class _Search:
             (ops[i].start_time for i in self.active if not done >> i & 1), default=math.inf
         )
         if sandbox is not None:
-            horizon = min(horizon, deadline, sandbox.kill_at)
+            horizon = min(horizon, deadline, sandbox.kill_at, *_exec_timers(sandbox))
         progress = True
         while progress:
             progress = False
@@ -367,7 +368,24 @@ class _Search:
                     step = event_step(sandbox, event, status, now=at, timing=timing)
                 if self._matches(step.woken, at) and self._dfs(step.sandbox, done, at):
                     return True
+            for ticket, exit, earliest in pending_exec_exits(sandbox):
+                # As late as its caller's return needs (within the tolerance), no later.
+                at = max(now, earliest, self._end(ticket) - self.tolerance)
+                if self._end(ticket) == math.inf:
+                    at = max(now, earliest)
+                if at > deadline or at > max(now, arrival):
+                    continue
+                step = exec_exit_step(sandbox, ticket, exit)
+                if self._matches(step.woken, at) and self._dfs(step.sandbox, done, at):
+                    return True
         return False
+
+
+def _exec_timers(sandbox: SandboxModel) -> Iterable[float]:
+    """When the sandbox's execs may end by themselves (on their own, or by a timeout)."""
+    for run in sandbox.execs:
+        yield run.exits_at
+        yield run.times_out_at
 
 
 def _linearizable(

@@ -46,6 +46,8 @@ import attrs
 
 from .._errors import Code, InvalidArgument, RPCError
 from .._models import (
+    ExecExit,
+    ExecRequest,
     ExitStatus,
     Platform,
     SandboxInstance,
@@ -55,13 +57,18 @@ from .._models import (
     check_sandbox_id,
 )
 from ..runtime import Input, Phase
-from ._spec import Caller, Expect, Process, Record, expect
+from ._spec import Caller, Execs, Expect, Process, Record, expect, expect_exec
 
 __all__ = [
     "CALL_INPUTS",
+    "CALL_NAMES",
+    "EXEC_CALL",
     "SIGKILL_STATUS",
     "SIGTERM_STATUS",
     "Blocks",
+    "ExecBehaviour",
+    "ExecModel",
+    "ExecRun",
     "Outcome",
     "ProcessBehaviour",
     "ReferenceModel",
@@ -71,8 +78,10 @@ __all__ = [
     "Timing",
     "call_step",
     "event_step",
+    "exec_exit_step",
     "observe",
     "pending_events",
+    "pending_exec_exits",
     "perform",
 ]
 
@@ -96,6 +105,13 @@ CALL_INPUTS: Final[Mapping[str, Input]] = {
     "shutdown": Input.SHUTDOWN,
 }
 
+#: The call that runs a command in a sandbox (Exec; :data:`~sandboxd.testing.EXEC` says
+#: what it does in each state).
+EXEC_CALL: Final = "exec"
+
+#: Every call the model knows: the lifecycle's and Exec.
+CALL_NAMES: Final[tuple[str, ...]] = (*CALL_INPUTS, EXEC_CALL)
+
 
 # -- what a call returns ---------------------------------------------------------------------
 
@@ -104,11 +120,13 @@ CALL_INPUTS: Final[Mapping[str, Input]] = {
 @attrs.frozen(slots=True)
 class StatusView:
     """What the model predicts of a Status: the reported state, the exit status (present iff
-    the exit was recorded) and whether the sandbox has a pid (iff it was started)."""
+    the exit was recorded), whether the sandbox has a pid (iff it was started) and how many
+    execs run in it (``info["execs"]``: those whose exit is not recorded yet)."""
 
     state: SandboxState
     exit_status: int | None
     started: bool
+    execs: int = 0
 
 
 @final
@@ -122,6 +140,7 @@ class Outcome:
     * start: ``True`` (a pid > 0 was returned);
     * wait: the exit status (an ``int``);
     * status: a :class:`StatusView`;
+    * exec: the :class:`~sandboxd.ExecExit` its command ended with;
     * stop, shutdown, ping, platform, metrics: ``None``.
 
     Otherwise ``code`` is the error's status code and ``value`` is ``None``.
@@ -168,9 +187,12 @@ def observe(call: str, result: object = None, error: BaseException | None = None
         if isinstance(error, RPCError):
             return Outcome.failure(error.code)
         raise error
-    if call not in CALL_INPUTS:
+    if call not in CALL_NAMES:
         raise ValueError(f"unknown call {call!r}")
-    if call == "start":
+    if call == EXEC_CALL:
+        if isinstance(result, ExecRun):
+            return Outcome.success(result.exit)
+    elif call == "start":
         if isinstance(result, SandboxInstance):
             return Outcome.success(result.pid > 0)
     elif call == "wait":
@@ -184,6 +206,7 @@ def observe(call: str, result: object = None, error: BaseException | None = None
                     state=result.state,
                     exit_status=None if recorded is None else int(recorded),
                     started=result.pid != 0,
+                    execs=int(result.info.get("execs", 0)),
                 )
             )
     elif call == "platform":
@@ -208,14 +231,52 @@ async def perform(target: Any, call: str, sandbox_id: str, **args: Any) -> Outco
 async def perform_keeping(
     target: Any, call: str, sandbox_id: str, **args: Any
 ) -> tuple[Outcome, object]:
-    """As :func:`perform`, and the call's result itself (``None`` for an error)."""
-    if call not in CALL_INPUTS:
+    """As :func:`perform`, and the call's result itself (``None`` for an error; an
+    :class:`ExecRun` for an exec)."""
+    if call not in CALL_NAMES:
         raise ValueError(f"unknown call {call!r}")
     try:
-        result = await getattr(target, call)(sandbox_id, **args)
+        if call == EXEC_CALL:
+            result: object = await run_exec(target, sandbox_id, args)
+        else:
+            result = await getattr(target, call)(sandbox_id, **args)
     except RPCError as err:
         return Outcome.failure(err.code), None
     return observe(call, result), result
+
+
+@final
+@attrs.frozen(slots=True)
+class ExecRun:
+    """What one exec gave its caller: its id and pid (from its first message), what it
+    wrote (each stream's chunks joined) and how it ended."""
+
+    exec_id: str
+    pid: int
+    exit: ExecExit
+    stdout: bytes = b""
+    stderr: bytes = b""
+
+
+async def run_exec(target: Any, sandbox_id: str, args: Mapping[str, Any]) -> ExecRun:
+    """Run an exec to its end through ``target.exec`` (a Controller or a remote one): the
+    request is ``ExecRequest(**args)``; its stdin, if asked for, is closed at once.
+    Cancellation (leaving the block) kills the exec, as it does for any caller."""
+    request = ExecRequest(**args)
+    output: dict[str, list[bytes]] = {}
+    async with target.exec(sandbox_id, request) as proc:
+        if request.stdin:
+            await proc.close_stdin()
+        async for chunk in proc:
+            output.setdefault(chunk.stream, []).append(chunk.data)
+        exit = await proc.wait()
+        return ExecRun(
+            proc.exec_id,
+            proc.pid,
+            exit,
+            b"".join(output.get("stdout", ())),
+            b"".join(output.get("stderr", ())),
+        )
 
 
 # -- one sandbox -----------------------------------------------------------------------------
@@ -252,6 +313,27 @@ class ProcessBehaviour:
 
 @final
 @attrs.frozen(slots=True)
+class ExecBehaviour:
+    """How the model expects an exec's command to end.
+
+    ``exit_status``: the status it exits with on its own, ``runs_for`` seconds after it
+    started (``None``: only a signal or its timeout ends it).  ``sigterm_exit_status``: the
+    status SIGTERM ends it with (``None``: it ignores SIGTERM); SIGKILL always ends it with
+    137.  ``signals_race`` as for :class:`ProcessBehaviour` (real processes: a SIGKILL may
+    overtake a SIGTERM being handled, and a command may end on its own while a signal is on
+    its way).  ``start_fails``: the Exec is refused with FAILED_PRECONDITION and nothing
+    runs (a sim exec's start fault).
+    """
+
+    exit_status: int | None = 0
+    runs_for: float = 0.0
+    sigterm_exit_status: int | None = SIGTERM_STATUS
+    signals_race: bool = False
+    start_fails: bool = False
+
+
+@final
+@attrs.frozen(slots=True)
 class Timing:
     """What the model knows of time.
 
@@ -267,6 +349,90 @@ class Timing:
     tolerance: float = math.inf
 
 
+def _killed(status: int, *, timed_out: bool = False) -> ExecExit:
+    """How an exec that a signal ended reports it (``status`` is 128 + N)."""
+    return ExecExit(status, timed_out, status - 128)
+
+
+@final
+@attrs.frozen(slots=True)
+class ExecModel:
+    """One exec running in a sandbox, its caller parked under ``ticket`` until it ends.
+
+    ``dying`` holds how it may still end because a signal ended it (in the order the signals
+    were sent); a SIGKILLed exec's exit must be recorded by ``due``.  It ends on its own no
+    earlier than ``exits_at`` and no later than ``exits_by``, and its timeout kills it no
+    earlier than ``times_out_at`` and no later than ``times_out_by`` (``inf``: never).
+    """
+
+    ticket: int
+    behaviour: ExecBehaviour
+    timeout: float | None = None
+    exits_at: float = math.inf
+    exits_by: float = math.inf
+    times_out_at: float = math.inf
+    times_out_by: float = math.inf
+    dying: tuple[ExecExit, ...] = ()
+    due: float = math.inf
+
+    @property
+    def deadline(self) -> float:
+        """The time by which this exec's exit must have been recorded."""
+        return min(self.due, self.exits_by, self.times_out_by)
+
+    def endings(self) -> tuple[tuple[ExecExit, float], ...]:
+        """How it may end next, each with the earliest time it may: by a signal already
+        sent, on its own, or by its timeout (the last two even after a signal, when signals
+        race)."""
+        endings = [(exit, -math.inf) for exit in self.dying]
+        if self.dying and not self.behaviour.signals_race:
+            return tuple(endings)  # the signal ended it at once
+        own = self.behaviour.exit_status
+        if own is not None and self.exits_at != math.inf:
+            endings.append((ExecExit(own), self.exits_at))
+        if self.times_out_at != math.inf:
+            endings.append((_killed(SIGKILL_STATUS, timed_out=True), self.times_out_at))
+        return tuple(endings)
+
+    def sequential_end(self) -> ExecExit | None:
+        """How it ends for a sequential caller, who waits for it (``None``: it never ends
+        by itself)."""
+        if self.dying:
+            return self.dying[0]
+        own, runs_for = self.behaviour.exit_status, self.behaviour.runs_for
+        if own is not None and (self.timeout is None or runs_for < self.timeout):
+            return ExecExit(own)
+        if self.timeout is not None:
+            return _killed(SIGKILL_STATUS, timed_out=True)
+        return None
+
+
+def _signal_exec(run: ExecModel, signum: int, now: float, timing: Timing) -> ExecModel:
+    """Deliver ``signum`` at ``now`` to one running exec."""
+    if signum == _SIGKILL:
+        ending: ExecExit | None = _killed(SIGKILL_STATUS)
+        run = attrs.evolve(run, due=min(run.due, _by(now, timing.tolerance)))
+    else:
+        status = run.behaviour.sigterm_exit_status
+        ending = None if status is None else _killed(status)
+    if ending is None:
+        return run
+    if not run.dying:
+        return attrs.evolve(run, dying=(ending,))
+    if run.behaviour.signals_race and signum == _SIGKILL and ending not in run.dying:
+        return attrs.evolve(run, dying=(*run.dying, ending))
+    return run
+
+
+def _signal_execs(
+    sandbox: SandboxModel, signum: int | None, now: float, timing: Timing
+) -> SandboxModel:
+    if signum is None or not sandbox.execs:
+        return sandbox
+    execs = tuple(_signal_exec(run, signum, now, timing) for run in sandbox.execs)
+    return attrs.evolve(sandbox, execs=execs)
+
+
 @final
 @attrs.frozen(slots=True, cache_hash=True)
 class SandboxModel:
@@ -278,6 +444,11 @@ class SandboxModel:
     than ``kill_at`` and no later than ``kill_by``.  ``waiters``, ``stoppers`` and
     ``shutdowns`` are the tickets of parked Wait, Stop and Shutdown calls.  Times are on the
     history's clock (``-inf``: the sequential model, which keeps no time).
+
+    ``execs`` are the execs running in it (:class:`ExecModel`, in the order they started).
+    A sandbox removed while some of them have not ended yet (all SIGKILLed: its process's
+    exit killed them) stays as a model in phase ``GONE`` holding only them: to calls it does
+    not exist, and it is gone once they have ended.
     """
 
     phase: Phase
@@ -291,6 +462,12 @@ class SandboxModel:
     waiters: frozenset[int] = frozenset()
     stoppers: frozenset[int] = frozenset()
     shutdowns: frozenset[int] = frozenset()
+    execs: tuple[ExecModel, ...] = ()
+
+    @property
+    def exists(self) -> bool:
+        """Whether calls see the sandbox (not only execs of a removed one)."""
+        return self.phase is not Phase.GONE
 
     @property
     def grace_armed(self) -> bool:
@@ -300,16 +477,17 @@ class SandboxModel:
     @property
     def deadline(self) -> float:
         """The time by which the next forced event (a grace timer, a SIGKILLed process's
-        exit) must have happened: time cannot pass it before."""
-        return min(self.kill_by, self.due)
+        exit, an exec's end) must have happened: time cannot pass it before."""
+        return min(self.kill_by, self.due, *(run.deadline for run in self.execs))
 
     @property
     def parked(self) -> frozenset[int]:
-        """The tickets of every call parked on this sandbox."""
-        return self.waiters | self.stoppers | self.shutdowns
+        """The tickets of every call parked on this sandbox (execs included)."""
+        running = frozenset(run.ticket for run in self.execs)
+        return self.waiters | self.stoppers | self.shutdowns | running
 
     def status(self) -> StatusView:
-        return StatusView(self.phase.reported, self.exit_status, self.started)
+        return StatusView(self.phase.reported, self.exit_status, self.started, len(self.execs))
 
 
 @final
@@ -416,9 +594,13 @@ def _carry_out(
     now: float,
     timing: Timing,
 ) -> tuple[SandboxModel | None, _Woken]:
-    """What the specification's ``rule`` does to the process and the record (the caller
-    aside); ``status`` is an exit's, ``grace`` a Stop's."""
+    """What the specification's ``rule`` does to the process, the execs and the record (the
+    caller aside); ``status`` is an exit's, ``grace`` a Stop's."""
     assert (rule.then is None) == rule.removed, rule
+    if rule.execs is Execs.TERMINATED:
+        sandbox = _signal_execs(sandbox, _stop_signal(sandbox, grace), now, timing)
+    elif rule.execs is Execs.KILLED:
+        sandbox = _signal_execs(sandbox, _SIGKILL, now, timing)
     after = sandbox if rule.then is None else attrs.evolve(sandbox, phase=rule.then)
     if rule.process is Process.SPAWNED:
         after = attrs.evolve(after, started=True)
@@ -435,8 +617,23 @@ def _carry_out(
         assert code is not None, "an exit needs its status"
         after, woken = _record_exit(after, code, rule.then or Phase.STOPPED)
     if rule.removed:
-        return None, woken + tuple((t, Outcome.success(None)) for t in sorted(after.shutdowns))
+        woken += tuple((t, Outcome.success(None)) for t in sorted(after.shutdowns))
+        return _removed(after), woken
     return after, woken
+
+
+def _removed(sandbox: SandboxModel) -> SandboxModel | None:
+    """What is left of a removed sandbox: its execs that have not ended yet, if any."""
+    if not sandbox.execs:
+        return None
+    return SandboxModel(Phase.GONE, execs=sandbox.execs)
+
+
+def _stop_signal(sandbox: SandboxModel, grace: float | None) -> int | None:
+    """The signal a Stop with ``grace`` sends the sandbox at once (see :func:`_arm`)."""
+    if grace == 0:
+        return _SIGKILL
+    return None if sandbox.grace_armed else _SIGTERM
 
 
 def call_step(
@@ -449,15 +646,19 @@ def call_step(
     *,
     now: float = -math.inf,
     timing: Timing = _UNTIMED,
+    exec_behaviour: ExecBehaviour = ExecBehaviour(),
 ) -> Step:
     """One call, made at ``now``, on the sandbox whose model is ``sandbox`` (``None`` if it
-    does not exist), as :data:`~sandboxd.testing.SPEC` says.
+    does not exist), as :data:`~sandboxd.testing.SPEC` (and for an exec
+    :data:`~sandboxd.testing.EXEC`) says.
 
     ``ticket`` names the caller if it is parked; ``behaviour`` is the new sandbox's process
-    behaviour when the call is a successful create.  Arguments are checked as the Controller
-    checks them: a Stop's ``timeout_secs``, then the id (INVALID_ARGUMENT), then its existence
-    (NOT_FOUND).
+    behaviour when the call is a successful create, ``exec_behaviour`` the command's when it
+    is an exec.  Arguments are checked as the Controller checks them: a Stop's
+    ``timeout_secs``, then the id (INVALID_ARGUMENT), then its existence (NOT_FOUND).
     """
+    if call == EXEC_CALL:
+        return _exec_step(sandbox, sandbox_id, args, ticket, exec_behaviour, now, timing)
     try:
         input = CALL_INPUTS[call]
     except KeyError:
@@ -467,12 +668,14 @@ def call_step(
         check_sandbox_id(sandbox_id)
     except InvalidArgument as err:
         return Step(sandbox, Outcome.failure(err.code))
-    rule = expect(None if sandbox is None else sandbox.phase, input)
+    rule = expect(_phase_of(sandbox), input)
     if rule.caller is Caller.REFUSED:
         assert rule.code is not None
         return Step(sandbox, Outcome.failure(rule.code))
-    if sandbox is None:  # a Create
-        return Step(SandboxModel(Phase.CREATED, behaviour), Outcome.success(sandbox_id))
+    if sandbox is None or not sandbox.exists:  # a Create (a removed one's execs go on)
+        lingering = () if sandbox is None else sandbox.execs
+        created = SandboxModel(Phase.CREATED, behaviour, execs=lingering)
+        return Step(created, Outcome.success(sandbox_id))
     if rule.process is Process.SPAWNED and sandbox.behaviour.start_fails:
         return Step(sandbox, Outcome.failure(Code.FAILED_PRECONDITION))  # nothing changes
     grace = timing.stop_timeout if timeout is None else timeout
@@ -496,6 +699,77 @@ def call_step(
     return Step(after, reply, woken)
 
 
+def _phase_of(sandbox: SandboxModel | None) -> Phase | None:
+    """The sandbox's phase as calls see it (``None``: it does not exist)."""
+    return None if sandbox is None or not sandbox.exists else sandbox.phase
+
+
+def _exec_step(
+    sandbox: SandboxModel | None,
+    sandbox_id: str,
+    args: Mapping[str, Any],
+    ticket: int,
+    behaviour: ExecBehaviour,
+    now: float,
+    timing: Timing,
+) -> Step:
+    """An Exec: refused outside ``ready``; else its command runs and its caller is parked
+    under ``ticket`` until it ends."""
+    try:
+        check_sandbox_id(sandbox_id)
+        timeout = _exec_timeout(args)
+    except InvalidArgument as err:
+        return Step(sandbox, Outcome.failure(err.code))
+    rule = expect_exec(_phase_of(sandbox))
+    if rule.caller is Caller.REFUSED:
+        assert rule.code is not None
+        return Step(sandbox, Outcome.failure(rule.code))
+    assert sandbox is not None and rule.caller is Caller.EXEC_RUNS
+    if behaviour.start_fails:
+        return Step(sandbox, Outcome.failure(Code.FAILED_PRECONDITION))  # nothing runs
+    run = ExecModel(ticket, behaviour, timeout)
+    if behaviour.exit_status is not None:
+        run = attrs.evolve(
+            run,
+            exits_at=now + behaviour.runs_for,
+            exits_by=_by(now, behaviour.runs_for + timing.tolerance),
+        )
+    if timeout is not None:
+        run = attrs.evolve(
+            run, times_out_at=now + timeout, times_out_by=_by(now, timeout + timing.tolerance)
+        )
+    return Step(attrs.evolve(sandbox, execs=(*sandbox.execs, run)))
+
+
+def _exec_timeout(args: Mapping[str, Any]) -> float | None:
+    timeout = args.get("timeout_secs")
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise InvalidArgument("timeout_secs: must be a number")
+    if not 0 < timeout < math.inf:
+        raise InvalidArgument("timeout_secs: must be a finite number > 0")
+    return float(timeout)
+
+
+def exec_exit_step(sandbox: SandboxModel, ticket: int, exit: ExecExit) -> Step:
+    """The exec of ``ticket`` ended as ``exit``: its caller gets it."""
+    execs = tuple(run for run in sandbox.execs if run.ticket != ticket)
+    if len(execs) == len(sandbox.execs):
+        raise ValueError(f"no exec runs under ticket {ticket}")
+    after: SandboxModel | None = attrs.evolve(sandbox, execs=execs)
+    if not sandbox.exists and not execs:
+        after = None  # the last exec of a removed sandbox
+    return Step(after, None, ((ticket, Outcome.success(exit)),))
+
+
+def pending_exec_exits(sandbox: SandboxModel) -> tuple[tuple[int, ExecExit, float], ...]:
+    """How the sandbox's execs may end next, as ``(ticket, exit, earliest time)``."""
+    return tuple(
+        (run.ticket, exit, earliest) for run in sandbox.execs for exit, earliest in run.endings()
+    )
+
+
 def event_step(
     sandbox: SandboxModel,
     event: Input,
@@ -513,6 +787,8 @@ def event_step(
             raise ValueError("PROCESS_EXITED needs the exit status")
     else:
         raise ValueError(f"{event.name} is not an event")
+    if not sandbox.exists:
+        return Step(sandbox)  # only a removed sandbox's execs are left: nothing to do
     rule = expect(sandbox.phase, event)
     assert rule.caller is Caller.NOBODY, "events are never refused"
     after, woken = _carry_out(sandbox, rule, status, None, now, timing)
@@ -556,6 +832,10 @@ class ReferenceModel:
 
     ``sigterm_exit_status`` and ``signals_race`` make the default :class:`ProcessBehaviour`;
     ``behaviour_of`` (given a create's arguments) may choose another per sandbox.
+    ``exec_behaviour_of`` (given an exec's arguments) says how each exec's command ends
+    (default: at once, with 0).  A sequential caller of an exec waits for it to end: its
+    command runs to its end (or its timeout) before the call returns, unless it never ends
+    by itself (then it :class:`Blocks` until the sandbox's process exits).
     """
 
     def __init__(
@@ -565,9 +845,11 @@ class ReferenceModel:
         signals_race: bool = False,
         behaviour_of: Callable[[Mapping[str, Any]], ProcessBehaviour] | None = None,
         timing: Timing = _UNTIMED,
+        exec_behaviour_of: Callable[[Mapping[str, Any]], ExecBehaviour] | None = None,
     ) -> None:
         self.default_behaviour = ProcessBehaviour(sigterm_exit_status, signals_race)
         self.behaviour_of = behaviour_of
+        self.exec_behaviour_of = exec_behaviour_of
         self.timing = timing
         self._sandboxes: dict[str, SandboxModel] = {}
         self._next_ticket = 0
@@ -575,7 +857,11 @@ class ReferenceModel:
         self.resolved: dict[int, Outcome] = {}
 
     def copy(self) -> ReferenceModel:
-        other = ReferenceModel(behaviour_of=self.behaviour_of, timing=self.timing)
+        other = ReferenceModel(
+            behaviour_of=self.behaviour_of,
+            timing=self.timing,
+            exec_behaviour_of=self.exec_behaviour_of,
+        )
         other.default_behaviour = self.default_behaviour
         other._sandboxes = dict(self._sandboxes)
         other._next_ticket = self._next_ticket
@@ -588,20 +874,33 @@ class ReferenceModel:
             return self.default_behaviour
         return self.behaviour_of(args)
 
+    def exec_behaviour_for(self, args: Mapping[str, Any]) -> ExecBehaviour:
+        """How the command of an exec made with ``args`` (its request's fields) ends."""
+        if self.exec_behaviour_of is None:
+            return ExecBehaviour()
+        return self.exec_behaviour_of(args)
+
+    def step_behaviours(
+        self, call: str, args: Mapping[str, Any]
+    ) -> tuple[ProcessBehaviour, ExecBehaviour]:
+        """The behaviours :func:`call_step` needs for ``call`` with ``args``."""
+        process = self.behaviour_for(args) if call == "create" else self.default_behaviour
+        command = self.exec_behaviour_for(args) if call == EXEC_CALL else ExecBehaviour()
+        return process, command
+
     # -- reading ---------------------------------------------------------------------------------
 
     @property
     def sandbox_ids(self) -> frozenset[str]:
         """The ids of the sandboxes that exist."""
-        return frozenset(self._sandboxes)
+        return frozenset(i for i, sandbox in self._sandboxes.items() if sandbox.exists)
 
     def sandbox(self, sandbox_id: str) -> SandboxModel | None:
         return self._sandboxes.get(sandbox_id)
 
     def phase(self, sandbox_id: str) -> Phase | None:
         """The sandbox's phase, or ``None`` if it does not exist."""
-        sandbox = self._sandboxes.get(sandbox_id)
-        return None if sandbox is None else sandbox.phase
+        return _phase_of(self._sandboxes.get(sandbox_id))
 
     def exit_status(self, sandbox_id: str) -> int | None:
         sandbox = self._sandboxes.get(sandbox_id)
@@ -617,14 +916,16 @@ class ReferenceModel:
         """Apply one call, made when every earlier call has returned."""
         ticket = self._next_ticket
         self._next_ticket += 1
+        behaviour, command = self.step_behaviours(call, args)
         step = call_step(
             self._sandboxes.get(sandbox_id),
             call,
             sandbox_id,
             args,
             ticket,
-            self.behaviour_for(args) if call == "create" else self.default_behaviour,
+            behaviour,
             timing=self.timing,
+            exec_behaviour=command,
         )
         self._take(sandbox_id, step)
         self._settle(sandbox_id)
@@ -634,6 +935,7 @@ class ReferenceModel:
             return self.resolved.pop(ticket)
         sandbox = self._sandboxes.get(sandbox_id)
         assert sandbox is not None and ticket in sandbox.parked
+        # An exec that never ends by itself ends when the sandbox's process exits.
         until = Input.STOP_GRACE_EXPIRED if sandbox.grace_armed else Input.PROCESS_EXITED
         return Blocks(until, ticket)
 
@@ -662,8 +964,17 @@ class ReferenceModel:
         self.resolved.update(step.woken)
 
     def _settle(self, sandbox_id: str) -> None:
-        # A process a signal ended exits before the signalling call returns.
+        # A process a signal ended exits before the signalling call returns; an exec runs to
+        # its end before its caller makes another call.
         sandbox = self._sandboxes.get(sandbox_id)
-        while sandbox is not None and sandbox.dying:
-            self._take(sandbox_id, event_step(sandbox, Input.PROCESS_EXITED, sandbox.dying[0]))
+        while sandbox is not None:
+            if sandbox.dying:
+                step = event_step(sandbox, Input.PROCESS_EXITED, sandbox.dying[0])
+            else:
+                ends = ((r.ticket, r.sequential_end()) for r in sandbox.execs)
+                ended = next(((t, end) for t, end in ends if end is not None), None)
+                if ended is None:
+                    return
+                step = exec_exit_step(sandbox, *ended)
+            self._take(sandbox_id, step)
             sandbox = self._sandboxes.get(sandbox_id)

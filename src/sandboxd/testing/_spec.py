@@ -12,9 +12,17 @@ checks that the two agree entry by entry (``tests/test_spec.py``).
 For every state of a sandbox and every call or event, :data:`SPEC` says what happens as an
 :class:`Expect`: what the caller gets (:class:`Caller`: an answer at once, parked until the
 exit is recorded or until the sandbox is gone, or a refusal with its status code), what
-happens to the process (:class:`Process`), what is recorded (:class:`Record`), and the state
-afterwards.  Who is woken follows from the record: an exit wakes every parked Wait (with the
-exit status) and Stop; a removal completes every parked Shutdown.
+happens to the process (:class:`Process`), to the execs running in the sandboxes
+(:class:`Execs`), what is recorded (:class:`Record`), and the state afterwards.  Who is woken
+follows from the record: an exit wakes every parked Wait (with the exit status) and Stop; a
+removal completes every parked Shutdown.
+
+Execs: an Exec is answered with a running command only in ``ready`` (:data:`EXEC`); in every
+other state it is refused with FAILED_PRECONDITION, and nothing runs.  A running exec gets
+the signals a Stop sends the sandbox (SIGTERM at once, SIGKILL when the grace period ends),
+is SIGKILLed by Shutdown, and is SIGKILLed when the sandbox's process exits for any reason;
+each exec's caller gets its command's real exit status (128 + N for signal N), or
+``timed_out`` when the exec's own timeout killed it.
 
 The states and inputs are named with the runtime's :class:`~sandboxd.runtime.Phase` and
 :class:`~sandboxd.runtime.Input` (they are only names); nothing else is taken from it.
@@ -33,7 +41,17 @@ import attrs
 from .._errors import Code
 from ..runtime import Input, Phase
 
-__all__ = ["SPEC", "Caller", "Expect", "Process", "Record", "expect"]
+__all__ = [
+    "EXEC",
+    "SPEC",
+    "Caller",
+    "Execs",
+    "Expect",
+    "Process",
+    "Record",
+    "expect",
+    "expect_exec",
+]
 
 
 class Caller(enum.Enum):
@@ -47,6 +65,8 @@ class Caller(enum.Enum):
     PARKED_ON_REMOVAL = "parked until the sandbox is gone"
     #: The refusal's status code, and nothing changes.
     REFUSED = "refused"
+    #: An Exec: its command runs, and the caller gets its exit status once it ends.
+    EXEC_RUNS = "answered with a running exec"
     #: An event: nobody called.
     NOBODY = "nobody (an event)"
 
@@ -62,6 +82,17 @@ class Process(enum.Enum):
     #: A Stop joining one in progress: its deadline replaces the armed one if earlier.
     EARLIER_DEADLINE = "the earlier deadline wins"
     #: SIGKILL now (and no grace timer any more).
+    KILLED = "SIGKILL"
+
+
+class Execs(enum.Enum):
+    """What happens to the execs running in the sandbox."""
+
+    UNTOUCHED = "untouched"
+    #: The signals the Stop sends the sandbox's process: SIGTERM, SIGKILL at the deadline
+    #: (at once for a zero timeout).
+    TERMINATED = "SIGTERM, SIGKILL at the deadline"
+    #: SIGKILL now.
     KILLED = "SIGKILL"
 
 
@@ -85,13 +116,15 @@ class Record(enum.Enum):
 @attrs.frozen(slots=True)
 class Expect:
     """What one input does in one state: the caller's lot, the process's, the record's, and
-    the state afterwards (``None``: it no longer exists).  ``code`` is the refusal's."""
+    the state afterwards (``None``: it no longer exists).  ``code`` is the refusal's; ``execs``
+    what happens to the execs running in the sandbox."""
 
     caller: Caller
     then: Phase | None
     process: Process = Process.UNTOUCHED
     record: Record = Record.NOTHING
     code: Code | None = None
+    execs: Execs = Execs.UNTOUCHED
 
     @property
     def exit_recorded(self) -> bool:
@@ -150,11 +183,17 @@ SPEC: Final[Mapping[Phase, Mapping[Input, Expect]]] = {
     _READY: {
         Input.CREATE: _EXISTS,
         Input.START: _NOT_STARTABLE,
-        Input.STOP: Expect(Caller.PARKED_ON_EXIT, _STOPPING, Process.TERMINATED),
+        Input.STOP: Expect(
+            Caller.PARKED_ON_EXIT, _STOPPING, Process.TERMINATED, execs=Execs.TERMINATED
+        ),
         Input.WAIT: Expect(Caller.PARKED_ON_EXIT, _READY),
         **_queries(_READY),
-        Input.SHUTDOWN: Expect(Caller.PARKED_ON_REMOVAL, _SHUTTING_DOWN, Process.KILLED),
-        Input.PROCESS_EXITED: Expect(Caller.NOBODY, _STOPPED, record=Record.EXIT),
+        Input.SHUTDOWN: Expect(
+            Caller.PARKED_ON_REMOVAL, _SHUTTING_DOWN, Process.KILLED, execs=Execs.KILLED
+        ),
+        Input.PROCESS_EXITED: Expect(
+            Caller.NOBODY, _STOPPED, record=Record.EXIT, execs=Execs.KILLED
+        ),
         Input.STOP_GRACE_EXPIRED: _ignored(_READY),
     },
     # Stopping: signalled by a Stop, the process has not exited yet.
@@ -164,9 +203,15 @@ SPEC: Final[Mapping[Phase, Mapping[Input, Expect]]] = {
         Input.STOP: Expect(Caller.PARKED_ON_EXIT, _STOPPING, Process.EARLIER_DEADLINE),
         Input.WAIT: Expect(Caller.PARKED_ON_EXIT, _STOPPING),
         **_queries(_STOPPING),
-        Input.SHUTDOWN: Expect(Caller.PARKED_ON_REMOVAL, _SHUTTING_DOWN, Process.KILLED),
-        Input.PROCESS_EXITED: Expect(Caller.NOBODY, _STOPPED, record=Record.EXIT),
-        Input.STOP_GRACE_EXPIRED: Expect(Caller.NOBODY, _STOPPING, Process.KILLED),
+        Input.SHUTDOWN: Expect(
+            Caller.PARKED_ON_REMOVAL, _SHUTTING_DOWN, Process.KILLED, execs=Execs.KILLED
+        ),
+        Input.PROCESS_EXITED: Expect(
+            Caller.NOBODY, _STOPPED, record=Record.EXIT, execs=Execs.KILLED
+        ),
+        Input.STOP_GRACE_EXPIRED: Expect(
+            Caller.NOBODY, _STOPPING, Process.KILLED, execs=Execs.KILLED
+        ),
     },
     # Stopped: the exit status is known; a sandbox runs once.
     _STOPPED: {
@@ -187,9 +232,21 @@ SPEC: Final[Mapping[Phase, Mapping[Input, Expect]]] = {
         Input.WAIT: Expect(Caller.PARKED_ON_EXIT, _SHUTTING_DOWN),
         **_queries(_SHUTTING_DOWN),
         Input.SHUTDOWN: Expect(Caller.PARKED_ON_REMOVAL, _SHUTTING_DOWN),
-        Input.PROCESS_EXITED: Expect(Caller.NOBODY, None, record=Record.EXIT_REMOVED),
+        Input.PROCESS_EXITED: Expect(
+            Caller.NOBODY, None, record=Record.EXIT_REMOVED, execs=Execs.KILLED
+        ),
         Input.STOP_GRACE_EXPIRED: _ignored(_SHUTTING_DOWN),
     },
+}
+
+#: state -> what an Exec does: its command runs only in ``ready``; elsewhere it is refused
+#: and nothing runs (a sandbox that does not exist: NOT_FOUND, see :func:`expect_exec`).
+EXEC: Final[Mapping[Phase, Expect]] = {
+    _CREATED: _refused(Code.FAILED_PRECONDITION, _CREATED),
+    _READY: Expect(Caller.EXEC_RUNS, _READY),
+    _STOPPING: _refused(Code.FAILED_PRECONDITION, _STOPPING),
+    _STOPPED: _refused(Code.FAILED_PRECONDITION, _STOPPED),
+    _SHUTTING_DOWN: _refused(Code.FAILED_PRECONDITION, _SHUTTING_DOWN),
 }
 
 _MISSING: Final = _refused(Code.NOT_FOUND, None)
@@ -209,3 +266,11 @@ def expect(state: Phase | None, input: Input) -> Expect:
     if entry.caller is Caller.REFUSED:
         return attrs.evolve(entry, then=state)
     return entry
+
+
+def expect_exec(state: Phase | None) -> Expect:
+    """What an Exec does to a sandbox in ``state`` (``None`` or ``GONE``: no sandbox has the
+    id, NOT_FOUND)."""
+    if state is None or state is Phase.GONE:
+        return _MISSING
+    return EXEC[state]
