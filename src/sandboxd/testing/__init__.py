@@ -9,6 +9,10 @@
   explained by the model; :class:`HistoryRecorder` records one.  :func:`check_fields` and
   :func:`check_events` judge what outcomes leave out: every field of the answers, and the
   lifecycle events published meanwhile.
+- :data:`EXEC` and :func:`expect_exec`: what an Exec does in each state; the model runs
+  execs (:class:`ExecBehaviour`: how a command ends) and judges how they end when a Stop,
+  a Shutdown or the sandbox's exit races them; :func:`sim_exec_behaviour` and
+  :func:`process_exec_behaviour` read the fuzzer's exec commands back.
 - :func:`sim_faults`: Create options that inject faults into a ``sim`` sandbox (start
   failures, exits after a delay or at a chosen point, ignored SIGTERM, slow stops), over the
   socket too; :func:`sim_behaviour` and :func:`sim_model` tell the model about them.
@@ -31,10 +35,13 @@ the fixtures ``sandboxd_controller``, ``sandboxd_socket``, ``sandboxd_client``,
 """
 
 from ._faults import (
+    SIM_EXEC_START_FAULT,
     process_behaviour,
+    process_exec_behaviour,
     process_faults,
     process_model,
     sim_behaviour,
+    sim_exec_behaviour,
     sim_faults,
     sim_model,
 )
@@ -92,6 +99,7 @@ __all__ = [
     "EXEC_CALL",
     "SIGKILL_STATUS",
     "SIGTERM_STATUS",
+    "SIM_EXEC_START_FAULT",
     "SPEC",
     "Blocks",
     "Call",
@@ -132,6 +140,7 @@ __all__ = [
     "pending_exec_exits",
     "perform",
     "process_behaviour",
+    "process_exec_behaviour",
     "process_faults",
     "process_model",
     "recording_events",
@@ -141,6 +150,7 @@ __all__ = [
     "serve_in_thread",
     "shutdown_all",
     "sim_behaviour",
+    "sim_exec_behaviour",
     "sim_faults",
     "sim_model",
 ]
