@@ -46,6 +46,7 @@ from sandboxd.testing import (
     process_exec_behaviour,
     process_model,
     sim_exec_behaviour,
+    sim_faults,
     sim_model,
 )
 
@@ -768,17 +769,30 @@ def test_an_exec_starting_while_a_stop_is_made_is_refused_or_signalled() -> None
     assert not check_linearizable(history, EXACT).ok
 
 
-def test_an_exec_outlives_its_sandbox_only_until_its_kill_is_recorded() -> None:
+def test_a_stop_or_shutdown_returns_once_the_execs_have_ended() -> None:
     history = [
         *started_sandbox(),
-        exec_op(1, 2.0005, KILLED),
+        exec_op(1, 2, KILLED),
         op("shutdown", 2, 2, OK(None)),
         op("create", 2.0001, 2.0001, OK("a")),
         op("status", 2.0002, 2.0002, status("created", started=False)),
     ]
     assert check_linearizable(history, EXACT).ok
-    history[2] = exec_op(1, 3, KILLED)  # a second after the kill
+    history[2] = exec_op(1, 2.5, KILLED)  # it ended after the Shutdown returned
     assert not check_linearizable(history, EXACT).ok
+    # The exit is recorded once the exec has ended: not before.
+    history = [
+        *started_sandbox(),
+        exec_op(1, 3, KILLED),
+        op("wait", 1, 3, OK(0)),
+        op("status", 2, 2, OK(StatusView(SandboxState.READY, None, True, 1))),
+    ]
+    model = sim_model(Timing(tolerance=0.001))
+    run(model, ("create", "a", {"options": sim_faults(exit_after=2)}), ("start", "a"))
+    history[:2] = []
+    assert check_linearizable(history, model).ok
+    history[2] = op("status", 2.5, 2.5, OK(StatusView(SandboxState.STOPPED, 0, True, 0)))
+    assert not check_linearizable(history, model).ok
 
 
 def test_a_timeout_kills_an_exec_when_it_is_due() -> None:

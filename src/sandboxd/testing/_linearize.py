@@ -266,14 +266,20 @@ class _Search:
         now: float,
     ) -> float:
         """The time, from ``now`` on, to place an event that wakes ``woken``: the earliest
-        it may happen, but a grace timer's SIGKILL as late as the calls its exit will wake
-        need (an exit must follow a SIGKILL within the tolerance)."""
+        it may happen, but a SIGKILL -- a grace timer's, or the one the process's exit sends
+        the execs -- as late as the calls the deaths it causes will wake need (an exit must
+        follow a SIGKILL within the tolerance)."""
+        execs = [run.ticket for run in sandbox.execs]
         if event is Input.STOP_GRACE_EXPIRED:
             earliest = max(now, sandbox.kill_at)
-            ends = [self._end(t) for t in sandbox.waiters | sandbox.stoppers]
+            ends = [self._end(t) for t in [*sandbox.waiters, *sandbox.stoppers, *execs]]
             needed = max((end for end in ends if end != math.inf), default=-math.inf)
             return max(earliest, min(needed - self.tolerance, sandbox.kill_by))
         at = now
+        if event is Input.PROCESS_EXITED and execs and not woken:  # its execs are killed
+            ends = [self._end(t) for t in execs]
+            needed = max((end for end in ends if end != math.inf), default=-math.inf)
+            at = max(at, min(needed - self.tolerance, sandbox.deadline))
         for t, _ in woken:
             if self.checked >> t & 1:
                 at = max(at, self.ops[t].end_time - self.tolerance)
@@ -369,13 +375,13 @@ class _Search:
                 if self._matches(step.woken, at) and self._dfs(step.sandbox, done, at):
                     return True
             for ticket, exit, earliest in pending_exec_exits(sandbox):
-                # As late as its caller's return needs (within the tolerance), no later.
-                at = max(now, earliest, self._end(ticket) - self.tolerance)
-                if self._end(ticket) == math.inf:
-                    at = max(now, earliest)
+                step = exec_exit_step(sandbox, ticket, exit, now=now, timing=timing)
+                # As late as the returns it wakes need (within the tolerance), no later.
+                at = max(earliest, self._event_time(sandbox, Input.STATUS, step.woken, now))
                 if at > deadline or at > max(now, arrival):
                     continue
-                step = exec_exit_step(sandbox, ticket, exit)
+                if at != now:
+                    step = exec_exit_step(sandbox, ticket, exit, now=at, timing=timing)
                 if self._matches(step.woken, at) and self._dfs(step.sandbox, done, at):
                     return True
         return False

@@ -446,9 +446,9 @@ class SandboxModel:
     history's clock (``-inf``: the sequential model, which keeps no time).
 
     ``execs`` are the execs running in it (:class:`ExecModel`, in the order they started).
-    A sandbox removed while some of them have not ended yet (all SIGKILLed: its process's
-    exit killed them) stays as a model in phase ``GONE`` holding only them: to calls it does
-    not exist, and it is gone once they have ended.
+    When its process exits while execs run, they are SIGKILLed and the exit status is
+    ``held`` back: the exit is recorded (and Waits, Stops and Shutdowns answered) only once
+    the last of them has ended, so no call that returns leaves an exec behind.
     """
 
     phase: Phase
@@ -463,11 +463,12 @@ class SandboxModel:
     stoppers: frozenset[int] = frozenset()
     shutdowns: frozenset[int] = frozenset()
     execs: tuple[ExecModel, ...] = ()
+    held: int | None = None
 
     @property
-    def exists(self) -> bool:
-        """Whether calls see the sandbox (not only execs of a removed one)."""
-        return self.phase is not Phase.GONE
+    def alive(self) -> bool:
+        """Whether its process was started and has not exited."""
+        return self.started and self.exit_status is None and self.held is None
 
     @property
     def grace_armed(self) -> bool:
@@ -523,7 +524,7 @@ def _by(now: float, seconds: float) -> float:
 def _signal(sandbox: SandboxModel, signum: int, now: float, timing: Timing) -> SandboxModel:
     """Deliver ``signum`` at ``now`` to the sandbox's process, if it has one that has not
     exited."""
-    if not sandbox.started or sandbox.exit_status is not None:
+    if not sandbox.alive:
         return sandbox
     if signum == _SIGKILL:
         status: int | None = SIGKILL_STATUS
@@ -617,16 +618,9 @@ def _carry_out(
         assert code is not None, "an exit needs its status"
         after, woken = _record_exit(after, code, rule.then or Phase.STOPPED)
     if rule.removed:
-        woken += tuple((t, Outcome.success(None)) for t in sorted(after.shutdowns))
-        return _removed(after), woken
+        assert not after.execs, "an exit is recorded once the execs have ended"
+        return None, woken + tuple((t, Outcome.success(None)) for t in sorted(after.shutdowns))
     return after, woken
-
-
-def _removed(sandbox: SandboxModel) -> SandboxModel | None:
-    """What is left of a removed sandbox: its execs that have not ended yet, if any."""
-    if not sandbox.execs:
-        return None
-    return SandboxModel(Phase.GONE, execs=sandbox.execs)
 
 
 def _stop_signal(sandbox: SandboxModel, grace: float | None) -> int | None:
@@ -668,14 +662,12 @@ def call_step(
         check_sandbox_id(sandbox_id)
     except InvalidArgument as err:
         return Step(sandbox, Outcome.failure(err.code))
-    rule = expect(_phase_of(sandbox), input)
+    rule = expect(None if sandbox is None else sandbox.phase, input)
     if rule.caller is Caller.REFUSED:
         assert rule.code is not None
         return Step(sandbox, Outcome.failure(rule.code))
-    if sandbox is None or not sandbox.exists:  # a Create (a removed one's execs go on)
-        lingering = () if sandbox is None else sandbox.execs
-        created = SandboxModel(Phase.CREATED, behaviour, execs=lingering)
-        return Step(created, Outcome.success(sandbox_id))
+    if sandbox is None:  # a Create
+        return Step(SandboxModel(Phase.CREATED, behaviour), Outcome.success(sandbox_id))
     if rule.process is Process.SPAWNED and sandbox.behaviour.start_fails:
         return Step(sandbox, Outcome.failure(Code.FAILED_PRECONDITION))  # nothing changes
     grace = timing.stop_timeout if timeout is None else timeout
@@ -699,11 +691,6 @@ def call_step(
     return Step(after, reply, woken)
 
 
-def _phase_of(sandbox: SandboxModel | None) -> Phase | None:
-    """The sandbox's phase as calls see it (``None``: it does not exist)."""
-    return None if sandbox is None or not sandbox.exists else sandbox.phase
-
-
 def _exec_step(
     sandbox: SandboxModel | None,
     sandbox_id: str,
@@ -720,13 +707,14 @@ def _exec_step(
         timeout = _exec_timeout(args)
     except InvalidArgument as err:
         return Step(sandbox, Outcome.failure(err.code))
-    rule = expect_exec(_phase_of(sandbox))
+    rule = expect_exec(None if sandbox is None else sandbox.phase)
     if rule.caller is Caller.REFUSED:
         assert rule.code is not None
         return Step(sandbox, Outcome.failure(rule.code))
     assert sandbox is not None and rule.caller is Caller.EXEC_RUNS
-    if behaviour.start_fails:
-        return Step(sandbox, Outcome.failure(Code.FAILED_PRECONDITION))  # nothing runs
+    if behaviour.start_fails or sandbox.held is not None:
+        # It cannot run (a fault; or the process it would join has exited): nothing runs.
+        return Step(sandbox, Outcome.failure(Code.FAILED_PRECONDITION))
     run = ExecModel(ticket, behaviour, timeout)
     if behaviour.exit_status is not None:
         run = attrs.evolve(
@@ -752,15 +740,27 @@ def _exec_timeout(args: Mapping[str, Any]) -> float | None:
     return float(timeout)
 
 
-def exec_exit_step(sandbox: SandboxModel, ticket: int, exit: ExecExit) -> Step:
-    """The exec of ``ticket`` ended as ``exit``: its caller gets it."""
+def exec_exit_step(
+    sandbox: SandboxModel,
+    ticket: int,
+    exit: ExecExit,
+    *,
+    now: float = -math.inf,
+    timing: Timing = _UNTIMED,
+) -> Step:
+    """The exec of ``ticket`` ended as ``exit`` at ``now``: its caller gets it.  The last
+    exec of a sandbox whose process has exited lets that exit be recorded."""
     execs = tuple(run for run in sandbox.execs if run.ticket != ticket)
     if len(execs) == len(sandbox.execs):
         raise ValueError(f"no exec runs under ticket {ticket}")
-    after: SandboxModel | None = attrs.evolve(sandbox, execs=execs)
-    if not sandbox.exists and not execs:
-        after = None  # the last exec of a removed sandbox
-    return Step(after, None, ((ticket, Outcome.success(exit)),))
+    after = attrs.evolve(sandbox, execs=execs)
+    woken: _Woken = ((ticket, Outcome.success(exit)),)
+    if execs or after.held is None:
+        return Step(after, None, woken)
+    recorded = event_step(
+        attrs.evolve(after, held=None), Input.PROCESS_EXITED, after.held, now=now, timing=timing
+    )
+    return Step(recorded.sandbox, None, woken + recorded.woken)
 
 
 def pending_exec_exits(sandbox: SandboxModel) -> tuple[tuple[int, ExecExit, float], ...]:
@@ -787,10 +787,13 @@ def event_step(
             raise ValueError("PROCESS_EXITED needs the exit status")
     else:
         raise ValueError(f"{event.name} is not an event")
-    if not sandbox.exists:
-        return Step(sandbox)  # only a removed sandbox's execs are left: nothing to do
     rule = expect(sandbox.phase, event)
     assert rule.caller is Caller.NOBODY, "events are never refused"
+    if event is Input.PROCESS_EXITED and sandbox.execs and rule.exit_recorded:
+        # Its execs are killed, and the exit is recorded once they have ended.
+        killed = _signal_execs(sandbox, _SIGKILL, now, timing)
+        assert status is not None
+        return Step(attrs.evolve(killed, held=status, dying=(), due=math.inf))
     after, woken = _carry_out(sandbox, rule, status, None, now, timing)
     return Step(after, None, woken)
 
@@ -801,12 +804,7 @@ def pending_events(sandbox: SandboxModel) -> tuple[tuple[Input, int | None], ...
     behaviour has an ``own_exit_status``), and the expiry of an armed grace timer."""
     events: list[tuple[Input, int | None]] = [(Input.PROCESS_EXITED, s) for s in sandbox.dying]
     own = sandbox.behaviour.own_exit_status
-    if (
-        own is not None
-        and sandbox.started
-        and sandbox.exit_status is None
-        and own not in sandbox.dying
-    ):
+    if own is not None and sandbox.alive and own not in sandbox.dying:
         # Even after a signal: the process may have ended on its own before it arrived.
         events.append((Input.PROCESS_EXITED, own))
     if sandbox.grace_armed:
@@ -893,14 +891,15 @@ class ReferenceModel:
     @property
     def sandbox_ids(self) -> frozenset[str]:
         """The ids of the sandboxes that exist."""
-        return frozenset(i for i, sandbox in self._sandboxes.items() if sandbox.exists)
+        return frozenset(self._sandboxes)
 
     def sandbox(self, sandbox_id: str) -> SandboxModel | None:
         return self._sandboxes.get(sandbox_id)
 
     def phase(self, sandbox_id: str) -> Phase | None:
         """The sandbox's phase, or ``None`` if it does not exist."""
-        return _phase_of(self._sandboxes.get(sandbox_id))
+        sandbox = self._sandboxes.get(sandbox_id)
+        return None if sandbox is None else sandbox.phase
 
     def exit_status(self, sandbox_id: str) -> int | None:
         sandbox = self._sandboxes.get(sandbox_id)
