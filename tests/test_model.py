@@ -27,7 +27,6 @@ from sandboxd.testing import (
     CALL_INPUTS,
     SIGKILL_STATUS,
     SIGTERM_STATUS,
-    SIM_EXEC_START_FAULT,
     Blocks,
     HistoryRecorder,
     Operation,
@@ -669,7 +668,6 @@ def test_an_exec_runs_only_in_ready_and_a_sequential_caller_waits_for_its_end() 
         ("exec", "a", sim_exec("sleep", "5")),
         ("exec", "a", sim_exec("sleep", "5", timeout_secs=1)),
         ("exec", "a", sim_exec("hang", timeout_secs=1)),
-        ("exec", "a", sim_exec(SIM_EXEC_START_FAULT)),
         ("exec", "bad id", sim_exec("true")),
     ) == [
         fail(Code.NOT_FOUND),
@@ -681,7 +679,6 @@ def test_an_exec_runs_only_in_ready_and_a_sequential_caller_waits_for_its_end() 
         exited(0),
         exited(137, timed_out=True, signal=9),
         exited(137, timed_out=True, signal=9),
-        fail(Code.FAILED_PRECONDITION),
         fail(Code.INVALID_ARGUMENT),
     ]
     assert model.sandbox("a") == SandboxModel(Phase.READY, started=True)
@@ -834,3 +831,34 @@ def test_real_execs_may_end_by_either_signal() -> None:
     assert check_linearizable(history, model).ok
     assert process_exec_behaviour({"command": ("sh", "-c", "exit 4")}).exit_status == 4
     assert process_exec_behaviour({"command": ("sleep", "0.5")}).runs_for == 0.5
+
+
+def test_an_exec_that_cannot_start_is_refused_and_counted_until_then() -> None:
+    model = sim_model(Timing(tolerance=0.001))
+    faults = sim_faults(exec_error="no", exec_delay=1)
+    run(model, ("create", "a", {"options": faults}), ("start", "a"))
+    history = [
+        exec_op(1, 2, fail(Code.FAILED_PRECONDITION), "true"),
+        op("status", 1.5, 1.5, OK(StatusView(SandboxState.READY, None, True, 1))),
+    ]
+    assert check_linearizable(history, model).ok
+    history[0] = exec_op(1, 1.2, fail(Code.FAILED_PRECONDITION), "true")  # before its delay
+    assert not check_linearizable(history[:1], model).ok
+    assert run(sim_model(), ("create", "b", {"options": faults}), ("start", "b")) == [
+        OK("b"),
+        OK(True),
+    ]
+
+
+def test_an_exec_starting_when_the_process_dies_may_fail_to_start() -> None:
+    model = sim_model(Timing(tolerance=0.001))
+    run(model, ("create", "a", {"options": sim_faults(exec_delay=1)}), ("start", "a"))
+    for outcome in (fail(Code.FAILED_PRECONDITION), KILLED):
+        history = [exec_op(1, 1.5, outcome, "true"), op("shutdown", 1.5, 1.5, OK(None))]
+        assert check_linearizable(history, model).ok, outcome
+    # Once it ran, a Shutdown kills it.
+    history = [
+        exec_op(1, 3, fail(Code.FAILED_PRECONDITION), "hang"),
+        op("shutdown", 3, 3, OK(None)),
+    ]
+    assert not check_linearizable(history, model).ok

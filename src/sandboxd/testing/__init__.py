@@ -35,7 +35,6 @@ the fixtures ``sandboxd_controller``, ``sandboxd_socket``, ``sandboxd_client``,
 """
 
 from ._faults import (
-    SIM_EXEC_START_FAULT,
     process_behaviour,
     process_exec_behaviour,
     process_faults,
@@ -99,7 +98,6 @@ __all__ = [
     "EXEC_CALL",
     "SIGKILL_STATUS",
     "SIGTERM_STATUS",
-    "SIM_EXEC_START_FAULT",
     "SPEC",
     "Blocks",
     "Call",

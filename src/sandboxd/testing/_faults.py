@@ -13,8 +13,9 @@ status, after a delay; ignore SIGTERM), :func:`process_behaviour` reads such a c
 and :func:`process_model` asks it for every Create.
 
 Execs: a sim exec runs a tiny script, its command (``true``, ``exit N``, ``sleep S``,
-``hang``, ``echo ...``, ``cat``, or the start fault), on trio's clock;
-:func:`sim_exec_behaviour` reads one back for the model.  A real exec runs a real command:
+``hang``, ``echo ...``, ``cat``), on trio's clock; :func:`sim_exec_behaviour` reads one back
+for the model.  A sim sandbox's execs may take a while to start, or fail to
+(``exec_delay``, ``exec_error``: faults of its Create).  A real exec runs a real command:
 :func:`process_exec_behaviour` reads back the few the fuzzer draws (``true``, ``sh -c 'exit
 N'``, ``sleep S``).
 """
@@ -30,7 +31,6 @@ from ..backends._sim import _settings
 from ._model import SIGTERM_STATUS, ExecBehaviour, ProcessBehaviour, ReferenceModel, Timing
 
 __all__ = [
-    "SIM_EXEC_START_FAULT",
     "process_behaviour",
     "process_exec_behaviour",
     "process_faults",
@@ -51,6 +51,8 @@ def sim_faults(
     exit_code: int | None = None,
     ignore_sigterm: bool = False,
     stop_delay: float | None = None,
+    exec_error: str | None = None,
+    exec_delay: float | None = None,
 ) -> SandboxOptions:
     """Create options for a ``sim`` sandbox with these faults:
 
@@ -63,7 +65,9 @@ def sim_faults(
       SIGTERM) instead of 143;
     - ``ignore_sigterm``: only SIGKILL ends it, so a Stop takes its whole grace period;
     - ``stop_delay``: it dies of SIGTERM only this many seconds later (a slow stop; a SIGKILL
-      meanwhile overtakes it).
+      meanwhile overtakes it);
+    - ``exec_error``: every Exec in it fails to start (FAILED_PRECONDITION carrying this
+      text), after ``exec_delay`` seconds (an exec always takes ``exec_delay`` to start).
 
     Raises :class:`~sandboxd.InvalidArgument` naming the setting, as Create would.  Use with
     ``sandboxer="sim"``: ``await ctl.create("a", sandboxer="sim", options=sim_faults(...))``.
@@ -76,6 +80,8 @@ def sim_faults(
         ("exit_on", exit_on),
         ("exit_code", exit_code),
         ("stop_delay", stop_delay),
+        ("exec_error", exec_error),
+        ("exec_delay", exec_delay),
     ):
         if value is not None:
             sim[key] = value
@@ -108,6 +114,8 @@ def sim_behaviour(create_args: Mapping[str, Any]) -> ProcessBehaviour:
         signals_race=float(sim.get("stop_delay", 0)) > 0,
         own_exit_status=exit_code if exits else None,
         start_fails="start_error" in sim,
+        exec_delay=float(sim.get("exec_delay", 0)),
+        exec_fails="exec_error" in sim,
     )
 
 
@@ -122,10 +130,6 @@ def sim_model(timing: Timing | None = None) -> ReferenceModel:
     )
 
 
-#: The command of a sim exec that fails to start (FAILED_PRECONDITION; nothing runs).
-SIM_EXEC_START_FAULT: Final = "fail-to-start"
-
-
 def _command(exec_args: Mapping[str, Any]) -> tuple[str, ...]:
     return tuple(exec_args.get("command") or ())
 
@@ -134,8 +138,7 @@ def sim_exec_behaviour(exec_args: Mapping[str, Any]) -> ExecBehaviour:
     """How the model must expect a sim exec made with ``exec_args`` (the fields of its
     :class:`~sandboxd.ExecRequest`) to end, from its script: ``true``, ``echo ...`` and
     ``cat`` (its stdin closed at once) exit 0 at once, ``exit N`` with N, ``sleep S`` with 0
-    after S seconds, ``hang`` only when killed; :data:`SIM_EXEC_START_FAULT` never starts.
-    Signals end it as they end a sim process (SIGTERM: 143, SIGKILL: 137, at once).  Any
+    after S seconds, ``hang`` only when killed.  Signals end it as they end a sim process (SIGTERM: 143, SIGKILL: 137, at once).  Any
     other command is a ``ValueError``: the model cannot say."""
     command = _command(exec_args)
     name, args = (command[0], command[1:]) if command else ("", ())
@@ -147,8 +150,6 @@ def sim_exec_behaviour(exec_args: Mapping[str, Any]) -> ExecBehaviour:
         return ExecBehaviour(runs_for=float(args[0]))
     if name == "hang" and not args:
         return ExecBehaviour(exit_status=None)
-    if name == SIM_EXEC_START_FAULT:
-        return ExecBehaviour(start_fails=True)
     raise ValueError(f"not a sim exec script the model knows: {list(command)!r}")
 
 

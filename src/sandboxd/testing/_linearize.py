@@ -55,6 +55,7 @@ import trio
 
 from ..runtime import Input
 from ._model import (
+    EXEC_CALL,
     Outcome,
     ReferenceModel,
     SandboxModel,
@@ -348,7 +349,8 @@ class _Search:
             step = self._step(sandbox, i, at)
             if checked >> i & 1:
                 if step.reply is None:
-                    if op.outcome is None or not op.outcome.ok:  # parked calls end well
+                    # Parked calls end well; but an exec may fail to start.
+                    if op.outcome is None or not (op.outcome.ok or op.call == EXEC_CALL):
                         continue
                 elif step.reply != op.outcome:
                     continue

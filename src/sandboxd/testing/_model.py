@@ -303,12 +303,19 @@ class ProcessBehaviour:
 
     ``start_fails``: Start is refused (FAILED_PRECONDITION, the sandbox stays ``created``),
     as for a sim process with ``start_error``.
+
+    ``exec_delay``: seconds an exec takes to start (a sim sandbox's ``exec_delay``); an exec
+    whose start is under way when the process exits fails with FAILED_PRECONDITION.
+    ``exec_fails``: every exec fails so, once its start has taken ``exec_delay`` (a sim
+    sandbox's ``exec_error``).
     """
 
     sigterm_exit_status: int | None = SIGTERM_STATUS
     signals_race: bool = False
     own_exit_status: int | None = None
     start_fails: bool = False
+    exec_delay: float = 0.0
+    exec_fails: bool = False
 
 
 @final
@@ -321,15 +328,13 @@ class ExecBehaviour:
     status SIGTERM ends it with (``None``: it ignores SIGTERM); SIGKILL always ends it with
     137.  ``signals_race`` as for :class:`ProcessBehaviour` (real processes: a SIGKILL may
     overtake a SIGTERM being handled, and a command may end on its own while a signal is on
-    its way).  ``start_fails``: the Exec is refused with FAILED_PRECONDITION and nothing
-    runs (a sim exec's start fault).
+    its way).
     """
 
     exit_status: int | None = 0
     runs_for: float = 0.0
     sigterm_exit_status: int | None = SIGTERM_STATUS
     signals_race: bool = False
-    start_fails: bool = False
 
 
 @final
@@ -349,9 +354,12 @@ class Timing:
     tolerance: float = math.inf
 
 
-def _killed(status: int, *, timed_out: bool = False) -> ExecExit:
+def _killed(status: int, *, timed_out: bool = False) -> Outcome:
     """How an exec that a signal ended reports it (``status`` is 128 + N)."""
-    return ExecExit(status, timed_out, status - 128)
+    return Outcome.success(ExecExit(status, timed_out, status - 128))
+
+
+_CANNOT_RUN: Final = Outcome.failure(Code.FAILED_PRECONDITION)
 
 
 @final
@@ -359,10 +367,14 @@ def _killed(status: int, *, timed_out: bool = False) -> ExecExit:
 class ExecModel:
     """One exec running in a sandbox, its caller parked under ``ticket`` until it ends.
 
-    ``dying`` holds how it may still end because a signal ended it (in the order the signals
-    were sent); a SIGKILLed exec's exit must be recorded by ``due``.  It ends on its own no
-    earlier than ``exits_at`` and no later than ``exits_by``, and its timeout kills it no
-    earlier than ``times_out_at`` and no later than ``times_out_by`` (``inf``: never).
+    Its caller gets an :class:`Outcome`: the :class:`~sandboxd.ExecExit` it ended with, or
+    FAILED_PRECONDITION when it could not start.  ``dying`` holds how it may still end because
+    a signal ended it (in the order the signals were sent); a SIGKILLed exec's exit must be
+    recorded by ``due``.  It ends on its own no earlier than ``exits_at`` and no later than
+    ``exits_by``, and its timeout kills it no earlier than ``times_out_at`` and no later than
+    ``times_out_by`` (``inf``: never).  Its start is under way until ``starts_by``: when the
+    sandbox's process dies before, it may fail to start (``may_fail``); with ``fails`` it
+    fails to start at ``starts_at``, whatever else happens.
     """
 
     ticket: int
@@ -372,36 +384,46 @@ class ExecModel:
     exits_by: float = math.inf
     times_out_at: float = math.inf
     times_out_by: float = math.inf
-    dying: tuple[ExecExit, ...] = ()
+    dying: tuple[Outcome, ...] = ()
     due: float = math.inf
+    starts_at: float = -math.inf
+    starts_by: float = -math.inf
+    fails: bool = False
+    may_fail: bool = False
 
     @property
     def deadline(self) -> float:
         """The time by which this exec's exit must have been recorded."""
         return min(self.due, self.exits_by, self.times_out_by)
 
-    def endings(self) -> tuple[tuple[ExecExit, float], ...]:
-        """How it may end next, each with the earliest time it may: by a signal already
-        sent, on its own, or by its timeout (the last two even after a signal, when signals
-        race)."""
+    def endings(self) -> tuple[tuple[Outcome, float], ...]:
+        """How it may end next, each with the earliest time it may: failing to start, by a
+        signal already sent, on its own, or by its timeout (the last two even after a signal,
+        when signals race)."""
+        if self.fails:
+            return ((_CANNOT_RUN, self.starts_at),)
         endings = [(exit, -math.inf) for exit in self.dying]
+        if self.may_fail:
+            endings.append((_CANNOT_RUN, -math.inf))
         if self.dying and not self.behaviour.signals_race:
             return tuple(endings)  # the signal ended it at once
         own = self.behaviour.exit_status
         if own is not None and self.exits_at != math.inf:
-            endings.append((ExecExit(own), self.exits_at))
+            endings.append((Outcome.success(ExecExit(own)), self.exits_at))
         if self.times_out_at != math.inf:
             endings.append((_killed(SIGKILL_STATUS, timed_out=True), self.times_out_at))
         return tuple(endings)
 
-    def sequential_end(self) -> ExecExit | None:
+    def sequential_end(self) -> Outcome | None:
         """How it ends for a sequential caller, who waits for it (``None``: it never ends
         by itself)."""
+        if self.fails:
+            return _CANNOT_RUN
         if self.dying:
             return self.dying[0]
         own, runs_for = self.behaviour.exit_status, self.behaviour.runs_for
         if own is not None and (self.timeout is None or runs_for < self.timeout):
-            return ExecExit(own)
+            return Outcome.success(ExecExit(own))
         if self.timeout is not None:
             return _killed(SIGKILL_STATUS, timed_out=True)
         return None
@@ -410,7 +432,7 @@ class ExecModel:
 def _signal_exec(run: ExecModel, signum: int, now: float, timing: Timing) -> ExecModel:
     """Deliver ``signum`` at ``now`` to one running exec."""
     if signum == _SIGKILL:
-        ending: ExecExit | None = _killed(SIGKILL_STATUS)
+        ending: Outcome | None = _killed(SIGKILL_STATUS)
         run = attrs.evolve(run, due=min(run.due, _by(now, timing.tolerance)))
     else:
         status = run.behaviour.sigterm_exit_status
@@ -430,6 +452,17 @@ def _signal_execs(
     if signum is None or not sandbox.execs:
         return sandbox
     execs = tuple(_signal_exec(run, signum, now, timing) for run in sandbox.execs)
+    return attrs.evolve(sandbox, execs=execs)
+
+
+def _process_dies(sandbox: SandboxModel, now: float) -> SandboxModel:
+    """The sandbox's process is (or may be) ending at ``now``: execs still starting may fail
+    to start."""
+    if not any(now <= run.starts_by and not run.may_fail for run in sandbox.execs):
+        return sandbox
+    execs = tuple(
+        attrs.evolve(run, may_fail=True) if now <= run.starts_by else run for run in sandbox.execs
+    )
     return attrs.evolve(sandbox, execs=execs)
 
 
@@ -534,6 +567,7 @@ def _signal(sandbox: SandboxModel, signum: int, now: float, timing: Timing) -> S
         status = sandbox.behaviour.sigterm_exit_status
     if status is None:  # ignored
         return sandbox
+    sandbox = _process_dies(sandbox, now)
     if not sandbox.dying:
         return attrs.evolve(sandbox, dying=(status,))
     if sandbox.behaviour.signals_race and signum == _SIGKILL and status not in sandbox.dying:
@@ -712,20 +746,33 @@ def _exec_step(
         assert rule.code is not None
         return Step(sandbox, Outcome.failure(rule.code))
     assert sandbox is not None and rule.caller is Caller.EXEC_RUNS
-    if behaviour.start_fails or sandbox.held is not None:
-        # It cannot run (a fault; or the process it would join has exited): nothing runs.
-        return Step(sandbox, Outcome.failure(Code.FAILED_PRECONDITION))
-    run = ExecModel(ticket, behaviour, timeout)
+    if sandbox.held is not None:
+        # The process it would join has exited (its exit is held back): nothing runs.
+        return Step(sandbox, _CANNOT_RUN)
+    delay = sandbox.behaviour.exec_delay
+    starts = now + delay  # its command runs from then on (-inf: no time kept)
+    run = ExecModel(
+        ticket,
+        behaviour,
+        timeout,
+        starts_at=starts,
+        starts_by=starts + timing.tolerance,
+        fails=sandbox.behaviour.exec_fails,
+    )
     if behaviour.exit_status is not None:
         run = attrs.evolve(
             run,
-            exits_at=now + behaviour.runs_for,
-            exits_by=_by(now, behaviour.runs_for + timing.tolerance),
+            exits_at=starts + behaviour.runs_for,
+            exits_by=_by(now, delay + behaviour.runs_for + timing.tolerance),
         )
     if timeout is not None:
         run = attrs.evolve(
-            run, times_out_at=now + timeout, times_out_by=_by(now, timeout + timing.tolerance)
+            run,
+            times_out_at=starts + timeout,
+            times_out_by=_by(now, delay + timeout + timing.tolerance),
         )
+    if run.fails:
+        run = attrs.evolve(run, exits_by=_by(now, delay + timing.tolerance))
     return Step(attrs.evolve(sandbox, execs=(*sandbox.execs, run)))
 
 
@@ -743,18 +790,19 @@ def _exec_timeout(args: Mapping[str, Any]) -> float | None:
 def exec_exit_step(
     sandbox: SandboxModel,
     ticket: int,
-    exit: ExecExit,
+    outcome: Outcome,
     *,
     now: float = -math.inf,
     timing: Timing = _UNTIMED,
 ) -> Step:
-    """The exec of ``ticket`` ended as ``exit`` at ``now``: its caller gets it.  The last
+    """The exec of ``ticket`` ended at ``now``, its caller getting ``outcome`` (its
+    :class:`~sandboxd.ExecExit`, or FAILED_PRECONDITION when it could not start).  The last
     exec of a sandbox whose process has exited lets that exit be recorded."""
     execs = tuple(run for run in sandbox.execs if run.ticket != ticket)
     if len(execs) == len(sandbox.execs):
         raise ValueError(f"no exec runs under ticket {ticket}")
     after = attrs.evolve(sandbox, execs=execs)
-    woken: _Woken = ((ticket, Outcome.success(exit)),)
+    woken: _Woken = ((ticket, outcome),)
     if execs or after.held is None:
         return Step(after, None, woken)
     recorded = event_step(
@@ -763,8 +811,8 @@ def exec_exit_step(
     return Step(recorded.sandbox, None, woken + recorded.woken)
 
 
-def pending_exec_exits(sandbox: SandboxModel) -> tuple[tuple[int, ExecExit, float], ...]:
-    """How the sandbox's execs may end next, as ``(ticket, exit, earliest time)``."""
+def pending_exec_exits(sandbox: SandboxModel) -> tuple[tuple[int, Outcome, float], ...]:
+    """How the sandbox's execs may end next, as ``(ticket, outcome, earliest time)``."""
     return tuple(
         (run.ticket, exit, earliest) for run in sandbox.execs for exit, earliest in run.endings()
     )
@@ -789,6 +837,8 @@ def event_step(
         raise ValueError(f"{event.name} is not an event")
     rule = expect(sandbox.phase, event)
     assert rule.caller is Caller.NOBODY, "events are never refused"
+    if event is Input.PROCESS_EXITED:
+        sandbox = _process_dies(sandbox, now)
     if event is Input.PROCESS_EXITED and sandbox.execs and rule.exit_recorded:
         # Its execs are killed, and the exit is recorded once they have ended.
         killed = _signal_execs(sandbox, _SIGKILL, now, timing)
