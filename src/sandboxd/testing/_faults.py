@@ -138,8 +138,9 @@ def sim_exec_behaviour(exec_args: Mapping[str, Any]) -> ExecBehaviour:
     """How the model must expect a sim exec made with ``exec_args`` (the fields of its
     :class:`~sandboxd.ExecRequest`) to end, from its script: ``true``, ``echo ...`` and
     ``cat`` (its stdin closed at once) exit 0 at once, ``exit N`` with N, ``sleep S`` with 0
-    after S seconds, ``hang`` only when killed.  Signals end it as they end a sim process (SIGTERM: 143, SIGKILL: 137, at once).  Any
-    other command is a ``ValueError``: the model cannot say."""
+    after S seconds, ``hang`` only when killed.  Signals end it as they end a sim process
+    (SIGTERM: 143, SIGKILL: 137, at once).  Any other command is a ``ValueError``: the model
+    cannot say."""
     command = _command(exec_args)
     name, args = (command[0], command[1:]) if command else ("", ())
     if name in ("true", "echo", "cat"):
