@@ -49,6 +49,8 @@ STAYING = frozenset(
         Effect.JOIN_STOP,
         Effect.JOIN_SHUTDOWN,
         Effect.KILL,
+        Effect.START_EXEC,
+        Effect.RECORD_EXEC_EXIT,
     }
 )
 
@@ -73,7 +75,7 @@ def test_table_has_exactly_one_entry_per_pair() -> None:
         assert type(input) is Input
     assert set(CALLS) | set(EVENTS) == set(Input)
     assert not set(CALLS) & set(EVENTS)
-    assert set(EVENTS) == {Input.PROCESS_EXITED, Input.STOP_GRACE_EXPIRED}
+    assert set(EVENTS) == {Input.PROCESS_EXITED, Input.STOP_GRACE_EXPIRED, Input.EXEC_EXITED}
     assert all(i.is_event for i in EVENTS)
     assert not any(i.is_event for i in CALLS)
 
@@ -182,6 +184,25 @@ def test_stop_grace_expired() -> None:
     for phase in Phase:
         if phase is not Phase.STOPPING:
             assert entry(phase, Input.STOP_GRACE_EXPIRED) == Transition(Effect.IGNORE, phase)
+
+
+def test_exec_is_legal_only_in_ready() -> None:
+    assert entry(Phase.READY, Input.EXEC) == Transition(Effect.START_EXEC, Phase.READY)
+    for phase, name in (
+        (Phase.CREATED, "created"),
+        (Phase.STOPPING, "stopping"),
+        (Phase.STOPPED, "stopped"),
+        (Phase.SHUTTING_DOWN, "shutting down"),
+    ):
+        assert refusal_code(phase, Input.EXEC) is Code.FAILED_PRECONDITION, phase
+        with pytest.raises(RPCError, match=f"'{SID}' is {name}: .* only while it is ready"):
+            decide(SID, phase, Input.EXEC)
+
+
+def test_an_exec_exit_is_recorded_wherever_the_sandbox_still_exists() -> None:
+    for phase in Phase:
+        expected = Effect.IGNORE if phase is Phase.GONE else Effect.RECORD_EXEC_EXIT
+        assert entry(phase, Input.EXEC_EXITED) == Transition(expected, phase), phase
 
 
 @pytest.mark.parametrize("phase", list(Phase))

@@ -64,6 +64,8 @@ MEANS: Mapping[Effect, tuple[Caller, Process, Record, Execs]] = {
         Execs.UNTOUCHED,
     ),
     Effect.REMOVE: (Caller.ANSWERED, Process.UNTOUCHED, Record.REMOVED, Execs.UNTOUCHED),
+    Effect.START_EXEC: (Caller.EXEC_RUNS, Process.UNTOUCHED, Record.NOTHING, Execs.UNTOUCHED),
+    Effect.RECORD_EXEC_EXIT: (Caller.NOBODY, Process.UNTOUCHED, Record.NOTHING, Execs.UNTOUCHED),
     Effect.IGNORE: (Caller.NOBODY, Process.UNTOUCHED, Record.NOTHING, Execs.UNTOUCHED),
 }
 

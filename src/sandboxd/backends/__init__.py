@@ -5,16 +5,27 @@
 - :class:`SimBackend` (``"sim"``): simulated processes, for fuzzing lifecycle orderings.
 """
 
-from ._base import EXIT_UNKNOWN, Backend, ExitCallback, SandboxProcess, SpawnCallback
+from ._base import (
+    EXIT_UNKNOWN,
+    Backend,
+    ExecProcess,
+    ExecSpec,
+    ExitCallback,
+    SandboxProcess,
+    SpawnCallback,
+)
 from ._bwrap import BwrapBackend
 from ._platform import host_platform
-from ._process import ProcessBackend
+from ._process import DEFAULT_PATH, ProcessBackend
 from ._sim import SimBackend
 
 __all__ = [
+    "DEFAULT_PATH",
     "EXIT_UNKNOWN",
     "Backend",
     "BwrapBackend",
+    "ExecProcess",
+    "ExecSpec",
     "ExitCallback",
     "ProcessBackend",
     "SandboxProcess",

@@ -6,12 +6,14 @@ sandbox's init process, signals it, measures it, and reports its exit through a 
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
+import attrs
 import trio
 
-from .._models import Platform, SandboxSpec
+from .._models import Platform, SandboxSpec, WindowSize
 
 #: Called once when the sandbox's init process has ended, with its exit status (the exit code,
 #: or 128+N for death by signal N).  Called from a task of the backend, or synchronously from
@@ -28,6 +30,55 @@ SpawnCallback = Callable[[int, Mapping[str, Any]], Awaitable[None]]
 
 #: The exit status reported when the real one cannot be known (as containerd reports it).
 EXIT_UNKNOWN = 255
+
+
+@attrs.frozen(slots=True)
+class ExecSpec:
+    """A command to run inside a running sandbox, as the runtime resolved it from an
+    :class:`~sandboxd.ExecRequest`: nothing is left for the backend to default."""
+
+    exec_id: str
+    command: tuple[str, ...]
+    #: The complete environment (the sandbox's, PATH defaulted, then the request's).
+    env: Mapping[str, str]
+    #: Absolute, inside the sandbox.
+    cwd: str
+    tty: bool = False
+    stdin: bool = False
+    #: ``None``: the sandbox's own user (and group).
+    uid: int | None = None
+    gid: int | None = None
+    window: WindowSize | None = None
+
+
+class ExecProcess(Protocol):
+    """A command running inside a sandbox, as its backend started it."""
+
+    #: The command's pid, as seen from the host.
+    pid: int
+    #: Its standard input (the pty's master when ``tty``); ``None`` unless ``spec.stdin``.
+    stdin: trio.abc.SendStream | None
+    #: Its standard output (the pty's master when ``tty``).
+    stdout: trio.abc.ReceiveStream
+    #: Its standard error; ``None`` when ``tty``.
+    stderr: trio.abc.ReceiveStream | None
+
+    def resize(self, rows: int, cols: int) -> None:
+        """Set the pseudo-terminal's window size (nothing without a tty)."""
+        ...
+
+    def kill(self, signum: int = signal.SIGKILL) -> None:
+        """Send ``signum`` to the command's whole process tree; no error once it is gone."""
+        ...
+
+    async def wait(self) -> int:
+        """Wait for the command to end and reap it: its returncode as subprocess gives it
+        (``-N`` for death by signal N)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Close the streams (not the process)."""
+        ...
 
 
 class SandboxProcess(Protocol):

@@ -26,10 +26,18 @@ from typing import Any, Final, final
 import attrs
 import trio
 
-from .._errors import FailedPrecondition, Internal, NotFound, RPCError, Unavailable
+from .._errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    Internal,
+    NotFound,
+    RPCError,
+    Unavailable,
+)
 from .._models import (
     TOPIC_CREATE,
     TOPIC_DELETE,
+    TOPIC_EXEC_EXIT,
     TOPIC_EXIT,
     TOPIC_START,
     ExitStatus,
@@ -38,8 +46,9 @@ from .._models import (
     SandboxSpec,
     SandboxStatus,
 )
-from ..backends import EXIT_UNKNOWN, Backend, SandboxProcess
+from ..backends import EXIT_UNKNOWN, Backend, ExecSpec, SandboxProcess
 from ._crash import ARMED, crash_at
+from ._exec import ExecRun
 from ._lifecycle import Effect, Input, Phase, decide
 from ._reply import Reply
 from ._store import Done, SandboxRecord, encode_record, encode_spec
@@ -133,6 +142,9 @@ class SandboxActor:
         "_context",
         "_current",
         "_dirty",
+        "_exec_serial",
+        "_execs",
+        "_exit_held",
         "_held",
         "_kill_deadline",
         "_launch",
@@ -191,6 +203,12 @@ class SandboxActor:
         self._spec_json: str | None = None
         # What starts the actor's task once its Create is recorded (see create()).
         self._launch: Callable[[], None] | None = None
+        # Its execs not reaped yet, by id (allocated with the first); the number of the
+        # last default exec id; and the init's exit status, held back while the execs its
+        # exit killed are reaped.
+        self._execs: dict[str, ExecRun] | None = None
+        self._exec_serial = 0
+        self._exit_held: int | None = None
 
     # -- the mailbox -------------------------------------------------------------------------
 
@@ -202,7 +220,7 @@ class SandboxActor:
         """
         if not verbose and self._snapshot is not None:
             return self._snapshot
-        info = {"sandboxer": self.spec.sandboxer}
+        info = {"sandboxer": self.spec.sandboxer, "execs": str(len(self._execs or ()))}
         if self.exit_status is not None:
             info["exit_status"] = str(self.exit_status)
             if not self.exit_known:
@@ -506,6 +524,13 @@ class SandboxActor:
             self._held.append((reply, value, error))
 
     def _apply(self, input: Input, arg: Any, reply: Reply | None) -> None:
+        if input is Input.PROCESS_EXITED and self._execs:
+            # The init is dead: its execs die with it, and its exit is recorded once they
+            # are reaped (see RECORD_EXEC_EXIT).
+            self._exit_held = int(arg)
+            for run in self._execs.values():
+                run.signal(_SIGKILL)
+            return
         try:
             transition = decide(self.sandbox_id, self.phase, input)
         except RPCError as err:
@@ -570,6 +595,10 @@ class SandboxActor:
                 self._remove()
                 if reply is not None:
                     self._answer(reply, None)
+            case Effect.START_EXEC:
+                self._start_exec(arg, reply)
+            case Effect.RECORD_EXEC_EXIT:
+                self._record_exec_exit(arg)
             case Effect.IGNORE:
                 pass
             case Effect.SPAWN:  # pragma: no cover - START goes through _start
@@ -645,8 +674,71 @@ class SandboxActor:
         return ExitStatus(self.exit_status, self.exited_at)
 
     def _signal(self, signum: int) -> None:
+        # Execs get what the sandbox gets; they may live outside its process group.
+        for run in (self._execs or {}).values():
+            run.signal(signum)
         if self.process is not None:
             self.process.signal(signum)
+
+    def _start_exec(self, arg: tuple[ExecSpec, float | None], reply: Reply | None) -> None:
+        """Register an exec (its id defaulted) and start it in a task of its own, which
+        answers ``reply``.  Refused if the init has exited already, or the id is taken."""
+        assert reply is not None
+        spec, timeout = arg
+        process = self.process
+        if process is None or self._exit_held is not None:
+            reply.fail(FailedPrecondition(f"sandbox {self.sandbox_id!r}: its init has exited"))
+            return
+        execs = self._execs
+        if execs is None:
+            execs = self._execs = {}
+        exec_id = spec.exec_id
+        if not exec_id:
+            while True:
+                self._exec_serial += 1
+                exec_id = f"exec-{self._exec_serial}"
+                if exec_id not in execs:
+                    break
+            spec = attrs.evolve(spec, exec_id=exec_id)
+        elif exec_id in execs:
+            reply.fail(
+                AlreadyExists(
+                    f"sandbox {self.sandbox_id!r}: exec {exec_id!r} already exists (it runs)"
+                )
+            )
+            return
+        run = ExecRun(self.sandbox_id, spec, timeout)
+        execs[exec_id] = run
+        self._context.process_nursery.start_soon(
+            run.run,
+            process,
+            reply,
+            self._exec_reaped,
+            self._context.publish,
+            name=f"sandbox {self.sandbox_id}: exec {exec_id}",
+        )
+
+    def _exec_reaped(self, run: ExecRun) -> None:
+        self.post(Input.EXEC_EXITED, run)
+
+    def _record_exec_exit(self, run: ExecRun) -> None:
+        execs = self._execs
+        if execs is not None and execs.get(run.exec_id) is run:
+            del execs[run.exec_id]
+        run.ended.set()
+        if run.started and run.result is not None:
+            self._context.publish(
+                SandboxEvent(
+                    TOPIC_EXEC_EXIT,
+                    self.sandbox_id,
+                    _now(),
+                    exit_status=run.result.exit_status,
+                    exec_id=run.exec_id,
+                )
+            )
+        if not execs and self._exit_held is not None:
+            status, self._exit_held = self._exit_held, None
+            self._apply(Input.PROCESS_EXITED, status, None)
 
     def _arm_kill(self, grace: float) -> None:
         if grace <= 0:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import AsyncIterator, Iterable, Mapping
+import os
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any, Final, final
@@ -19,6 +20,11 @@ from .._errors import (
     Unavailable,
 )
 from .._models import (
+    DEFAULT_EXEC_SYNC_OUTPUT,
+    STDERR,
+    STDOUT,
+    ExecRequest,
+    ExecSyncResult,
     ExitStatus,
     Mount,
     Platform,
@@ -29,9 +35,10 @@ from .._models import (
     SandboxStatus,
     check_sandbox_id,
 )
-from ..backends import Backend, BwrapBackend, ProcessBackend, SimBackend
+from ..backends import Backend, BwrapBackend, ProcessBackend, SandboxProcess, SimBackend
 from ._actor import ActorContext, SandboxActor
 from ._events import DEFAULT_SUBSCRIBER_BUFFER, EventBus, Subscription
+from ._exec import CHUNK_SIZE, MAX_EXEC_SYNC_OUTPUT, ExecSession, check_timeout, inside, resolve
 from ._lifecycle import Input, Phase, decide
 from ._reply import Reply, Waiter
 from ._store import SandboxStore
@@ -475,6 +482,166 @@ class Controller:
         await trio.lowlevel.checkpoint()
         with self.subscribe() as subscription:
             yield subscription
+
+    # -- inside a running sandbox: execs and files ----------------------------------------------
+
+    def exec(self, sandbox_id: str, request: ExecRequest) -> ExecSession:
+        """Run ``request``'s command inside the sandbox: an async context manager that starts
+        it on entering and yields the running :class:`ExecSession`::
+
+            async with controller.exec(sid, ExecRequest(["sh"], stdin=True)) as proc:
+                await proc.write(b"echo hi; exit 3\n")
+                await proc.close_stdin()
+                async for out in proc:
+                    ...  # ExecOutput(stream, data)
+                result = await proc.wait()  # ExecExit(exit_status=3, ...)
+
+        The command gets the sandbox's environment (``PATH`` defaulted) with the request's
+        ``env`` on top, the sandbox's cwd unless ``cwd`` is given, and runs as ``user``
+        (``"uid"`` or ``"uid:gid"``, numbers) or the sandbox's own user.  ``exec_id`` is
+        unique among the sandbox's running execs (ALREADY_EXISTS otherwise; the id of one
+        that ended may be used again); without one the runtime picks ``exec-N``.
+        ``timeout_secs`` kills the command's whole process tree when it has run that long
+        (its exit says ``timed_out``).
+
+        Legal only while the sandbox is ``ready`` (FAILED_PRECONDITION naming its state).
+        The exec shares the sandbox's fate: it gets the SIGTERM of a Stop and the SIGKILL at
+        its deadline, and whenever the init exits it is killed; Stop, Wait and Shutdown
+        return only once the sandbox's execs are reaped.  Leaving the block while the
+        command runs kills it (a client that goes away kills its execs, as containerd's
+        do).  Execs do not outlive the runtime: closing it kills them, and after a daemon
+        restart they are gone while their sandbox keeps running.
+        """
+
+        def begin(reply: Reply) -> None:
+            actor = self._actor(sandbox_id)
+            spec = resolve(request, actor.spec)
+            actor.post(Input.EXEC, (spec, check_timeout(request.timeout_secs)), reply)
+
+        return ExecSession(begin)
+
+    async def exec_sync(
+        self,
+        sandbox_id: str,
+        request: ExecRequest,
+        *,
+        max_output_bytes: int = DEFAULT_EXEC_SYNC_OUTPUT,
+    ) -> ExecSyncResult:
+        """Run ``request``'s command to its end (see :meth:`exec`) and return its output and
+        exit.  At most ``max_output_bytes`` of each stream are kept (1 to
+        :data:`MAX_EXEC_SYNC_OUTPUT`, so the reply fits one frame); the rest is read and
+        dropped, so the command still runs to its end, and ``truncated`` says so.  The
+        request may not ask for a tty or stdin (INVALID_ARGUMENT).  Cancelling the call
+        kills the command.
+        """
+        if (
+            isinstance(max_output_bytes, bool)
+            or not isinstance(max_output_bytes, int)
+            or not 0 < max_output_bytes <= MAX_EXEC_SYNC_OUTPUT
+        ):
+            raise InvalidArgument(
+                f"max_output_bytes: must be a whole number in 1..{MAX_EXEC_SYNC_OUTPUT}"
+            )
+        if request.tty or request.stdin or request.window is not None:
+            raise InvalidArgument("ExecSync runs without a tty or stdin: use Exec for those")
+        kept = {STDOUT: bytearray(), STDERR: bytearray()}
+        truncated = False
+        async with self.exec(sandbox_id, request) as proc:
+            async for chunk in proc:
+                buffer = kept[chunk.stream]
+                room = max_output_bytes - len(buffer)
+                if len(chunk.data) > room:
+                    truncated = True
+                    buffer += chunk.data[:room]
+                else:
+                    buffer += chunk.data
+            result = await proc.wait()
+        return ExecSyncResult(
+            exec_id=proc.exec_id,
+            stdout=bytes(kept[STDOUT]),
+            stderr=bytes(kept[STDERR]),
+            exit_status=result.exit_status,
+            timed_out=result.timed_out,
+            truncated=truncated,
+            signal=result.signal,
+        )
+
+    def _inside(self, sandbox_id: str, path: object) -> SandboxProcess:
+        """The process of a sandbox whose files may be moved now (see :meth:`write_file`)."""
+        actor = self._actor(sandbox_id)
+        if type(path) is not str or not path or "\0" in path:
+            raise InvalidArgument("path: must be non-empty text without NUL")
+        decide(sandbox_id, actor.phase, Input.EXEC)
+        assert actor.process is not None
+        return actor.process
+
+    async def write_file(
+        self,
+        sandbox_id: str,
+        path: str,
+        data: bytes | AsyncIterable[bytes],
+        *,
+        mode: int | None = None,
+    ) -> int:
+        """Write ``data`` (bytes, or an async iterable of chunks) to the file ``path`` of the
+        sandbox, created with ``mode`` (default 0o644) or truncated; returns the number of
+        bytes written.
+
+        ``path`` is resolved inside the sandbox's root by its backend, which refuses any
+        way out of it (NOT_FOUND, INVALID_ARGUMENT, PERMISSION_DENIED, or
+        FAILED_PRECONDITION for a read-only mount, naming the path).  Legal only while the
+        sandbox is ``ready`` (checked when the file is opened; a transfer under way goes on
+        if the sandbox stops).  Opening and writing run in worker threads: neither the
+        event loop nor the sandbox's actor waits on the disk.  Cancelled: the file is
+        closed holding what was written so far.
+        """
+        if mode is not None and (
+            isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o7777
+        ):
+            raise InvalidArgument("mode: must be a file mode in 0..0o7777")
+        process = self._inside(sandbox_id, path)
+        fd = await trio.to_thread.run_sync(
+            lambda: inside(process).open_file(path, write=True, mode=mode)
+        )
+        size = 0
+        async with trio.wrap_file(os.fdopen(fd, "wb", buffering=0)) as file:
+            if isinstance(data, bytes | bytearray | memoryview):
+                chunks: AsyncIterable[bytes] = _one(bytes(data))
+            else:
+                chunks = data
+            async for chunk in chunks:
+                view = memoryview(chunk)
+                while view:
+                    written = await file.write(view)
+                    view = view[written:]
+                size += len(chunk)
+        return size
+
+    @asynccontextmanager
+    async def read_file(self, sandbox_id: str, path: str) -> AsyncIterator[AsyncIterator[bytes]]:
+        """Read the file ``path`` of the sandbox: an async context manager yielding an async
+        iterator of its contents, in chunks::
+
+            async with controller.read_file(sid, "/etc/hostname") as chunks:
+                data = b"".join([chunk async for chunk in chunks])
+
+        ``path`` is resolved and checked as for :meth:`write_file`, legal only while the
+        sandbox is ``ready`` (when the file is opened).  Reads run in worker threads.
+        Leaving the block closes the file.
+        """
+        process = self._inside(sandbox_id, path)
+        fd = await trio.to_thread.run_sync(lambda: inside(process).open_file(path, write=False))
+        async with trio.wrap_file(os.fdopen(fd, "rb", buffering=0)) as file:
+            yield _chunks(file)
+
+
+async def _one(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+async def _chunks(file: Any) -> AsyncIterator[bytes]:
+    while chunk := await file.read(CHUNK_SIZE):
+        yield chunk
 
 
 @asynccontextmanager

@@ -13,7 +13,8 @@ Something happens to a sandbox in exactly two ways, both an :class:`Input`:
 
 * a **call** of the Controller contract (Start, Stop, Wait, Status, ...), and
 * an **event** its backend or its own timer reports: the init process exited
-  (``PROCESS_EXITED``), or the grace period of a Stop ran out (``STOP_GRACE_EXPIRED``).
+  (``PROCESS_EXITED``), the grace period of a Stop ran out (``STOP_GRACE_EXPIRED``), or one
+  of its execs was reaped (``EXEC_EXITED``).
 
 For every ``(phase, input)`` pair, :data:`TRANSITIONS` names either a :class:`Transition` --
 the :class:`Effect` the actor carries out and the phase it moves to -- or a :class:`Refusal`,
@@ -34,6 +35,18 @@ Blocking calls do not block the actor.  Wait in a phase before ``STOPPED`` *park
 recorded (``TERMINATE``, ``JOIN_STOP``); Shutdown kills and parks until the sandbox is gone
 (``KILL_FOR_SHUTDOWN``, ``JOIN_SHUTDOWN``).  ``RECORD_EXIT`` wakes everyone parked on the exit;
 ``RECORD_EXIT_AND_REMOVE`` also completes the Shutdown.
+
+Execs.  ``EXEC`` (run a command in the sandbox; reading and writing its files are checked
+against the same entries) is legal only in ``ready``: anywhere else it is FAILED_PRECONDITION
+naming the phase.  ``START_EXEC`` registers the exec with the actor and starts it in a task
+of its own -- the actor never waits on an exec -- and that task reports the reap as
+``EXEC_EXITED``, which ``RECORD_EXEC_EXIT`` records in any phase.  The execs share the
+sandbox's fate: they get the signals a Stop or Shutdown sends, and when the init exits, by
+any cause, every exec still running is killed.  ``PROCESS_EXITED`` reaches the table only
+once those execs are reaped (the actor holds it back until then), so a Stop, a Wait or a
+Shutdown that returns leaves no exec of the sandbox behind.  Starting an exec can fail (the
+backend cannot run it, or the init has already exited): the caller gets the error and
+nothing changes.
 
 This module is pure: no trio, no I/O.  The docs' state diagram is generated from it
 (:func:`mermaid_diagram`).
@@ -88,9 +101,12 @@ class Input(enum.Enum):
     PING = "ping"
     METRICS = "metrics"
     SHUTDOWN = "shutdown"
+    #: Exec (and file access): something done inside the running sandbox.
+    EXEC = "exec"
     # Events.
     PROCESS_EXITED = "process_exited"
     STOP_GRACE_EXPIRED = "stop_grace_expired"
+    EXEC_EXITED = "exec_exited"
 
     __hash__ = object.__hash__  # as Phase's
 
@@ -99,7 +115,7 @@ class Input(enum.Enum):
         return self in _EVENTS
 
 
-_EVENTS: Final = frozenset({Input.PROCESS_EXITED, Input.STOP_GRACE_EXPIRED})
+_EVENTS: Final = frozenset({Input.PROCESS_EXITED, Input.STOP_GRACE_EXPIRED, Input.EXEC_EXITED})
 CALLS: Final = tuple(i for i in Input if i not in _EVENTS)
 EVENTS: Final = tuple(i for i in Input if i in _EVENTS)
 
@@ -131,6 +147,12 @@ class Effect(enum.Enum):
     REMOVE_UNSTARTED = "remove_unstarted"
     #: Shutdown of a stopped sandbox: remove it.
     REMOVE = "remove"
+    #: Register an exec and start it in a task of its own, which answers the caller once it
+    #: runs (or with the error that kept it from running).
+    START_EXEC = "start_exec"
+    #: An exec was reaped: publish its exit and forget it; the last one of a dead sandbox
+    #: lets its held-back exit through.
+    RECORD_EXEC_EXIT = "record_exec_exit"
     #: A stale event: nothing to do, nobody to answer.
     IGNORE = "ignore"
 
@@ -165,6 +187,13 @@ def _not_startable(why: str) -> Refusal:
     return Refusal(Code.FAILED_PRECONDITION, f"cannot be started: {why}")
 
 
+def _not_ready(phase: str) -> Refusal:
+    return Refusal(
+        Code.FAILED_PRECONDITION,
+        f"is {phase}: commands run and files move only while it is ready",
+    )
+
+
 #: (phase, input) -> Transition | Refusal.  Read a row as "in this phase, on this input".
 TRANSITIONS: Final[Mapping[tuple[Phase, Input], Transition | Refusal]] = {
     # -- created: Create succeeded, nothing runs yet.
@@ -177,8 +206,10 @@ TRANSITIONS: Final[Mapping[tuple[Phase, Input], Transition | Refusal]] = {
     (_P.CREATED, _I.PING): _T(_E.REPLY, _P.CREATED),
     (_P.CREATED, _I.METRICS): _T(_E.REPLY, _P.CREATED),
     (_P.CREATED, _I.SHUTDOWN): _T(_E.REMOVE_UNSTARTED, _P.GONE),
+    (_P.CREATED, _I.EXEC): _not_ready("created"),
     (_P.CREATED, _I.PROCESS_EXITED): _T(_E.IGNORE, _P.CREATED),
     (_P.CREATED, _I.STOP_GRACE_EXPIRED): _T(_E.IGNORE, _P.CREATED),
+    (_P.CREATED, _I.EXEC_EXITED): _T(_E.RECORD_EXEC_EXIT, _P.CREATED),
     # -- ready: the init process runs.
     (_P.READY, _I.CREATE): _EXISTS,
     (_P.READY, _I.START): _not_startable("it is already running"),
@@ -189,8 +220,10 @@ TRANSITIONS: Final[Mapping[tuple[Phase, Input], Transition | Refusal]] = {
     (_P.READY, _I.PING): _T(_E.REPLY, _P.READY),
     (_P.READY, _I.METRICS): _T(_E.REPLY, _P.READY),
     (_P.READY, _I.SHUTDOWN): _T(_E.KILL_FOR_SHUTDOWN, _P.SHUTTING_DOWN),
+    (_P.READY, _I.EXEC): _T(_E.START_EXEC, _P.READY),
     (_P.READY, _I.PROCESS_EXITED): _T(_E.RECORD_EXIT, _P.STOPPED),
     (_P.READY, _I.STOP_GRACE_EXPIRED): _T(_E.IGNORE, _P.READY),
+    (_P.READY, _I.EXEC_EXITED): _T(_E.RECORD_EXEC_EXIT, _P.READY),
     # -- stopping: signalled, waiting for the init process to end.
     (_P.STOPPING, _I.CREATE): _EXISTS,
     (_P.STOPPING, _I.START): _not_startable("it is stopping"),
@@ -201,8 +234,10 @@ TRANSITIONS: Final[Mapping[tuple[Phase, Input], Transition | Refusal]] = {
     (_P.STOPPING, _I.PING): _T(_E.REPLY, _P.STOPPING),
     (_P.STOPPING, _I.METRICS): _T(_E.REPLY, _P.STOPPING),
     (_P.STOPPING, _I.SHUTDOWN): _T(_E.KILL_FOR_SHUTDOWN, _P.SHUTTING_DOWN),
+    (_P.STOPPING, _I.EXEC): _not_ready("stopping"),
     (_P.STOPPING, _I.PROCESS_EXITED): _T(_E.RECORD_EXIT, _P.STOPPED),
     (_P.STOPPING, _I.STOP_GRACE_EXPIRED): _T(_E.KILL, _P.STOPPING),
+    (_P.STOPPING, _I.EXEC_EXITED): _T(_E.RECORD_EXEC_EXIT, _P.STOPPING),
     # -- stopped: the exit status is known.  A sandbox is never started twice.
     (_P.STOPPED, _I.CREATE): _EXISTS,
     (_P.STOPPED, _I.START): _not_startable("it has stopped; a sandbox runs once"),
@@ -213,8 +248,10 @@ TRANSITIONS: Final[Mapping[tuple[Phase, Input], Transition | Refusal]] = {
     (_P.STOPPED, _I.PING): _T(_E.REPLY, _P.STOPPED),
     (_P.STOPPED, _I.METRICS): _T(_E.REPLY, _P.STOPPED),
     (_P.STOPPED, _I.SHUTDOWN): _T(_E.REMOVE, _P.GONE),
+    (_P.STOPPED, _I.EXEC): _not_ready("stopped"),
     (_P.STOPPED, _I.PROCESS_EXITED): _T(_E.IGNORE, _P.STOPPED),
     (_P.STOPPED, _I.STOP_GRACE_EXPIRED): _T(_E.IGNORE, _P.STOPPED),
+    (_P.STOPPED, _I.EXEC_EXITED): _T(_E.RECORD_EXEC_EXIT, _P.STOPPED),
     # -- shutting down: killed by Shutdown, removed once the exit is recorded.
     (_P.SHUTTING_DOWN, _I.CREATE): _EXISTS,
     (_P.SHUTTING_DOWN, _I.START): _not_startable("it is shutting down"),
@@ -225,8 +262,10 @@ TRANSITIONS: Final[Mapping[tuple[Phase, Input], Transition | Refusal]] = {
     (_P.SHUTTING_DOWN, _I.PING): _T(_E.REPLY, _P.SHUTTING_DOWN),
     (_P.SHUTTING_DOWN, _I.METRICS): _T(_E.REPLY, _P.SHUTTING_DOWN),
     (_P.SHUTTING_DOWN, _I.SHUTDOWN): _T(_E.JOIN_SHUTDOWN, _P.SHUTTING_DOWN),
+    (_P.SHUTTING_DOWN, _I.EXEC): _not_ready("shutting down"),
     (_P.SHUTTING_DOWN, _I.PROCESS_EXITED): _T(_E.RECORD_EXIT_AND_REMOVE, _P.GONE),
     (_P.SHUTTING_DOWN, _I.STOP_GRACE_EXPIRED): _T(_E.IGNORE, _P.SHUTTING_DOWN),
+    (_P.SHUTTING_DOWN, _I.EXEC_EXITED): _T(_E.RECORD_EXEC_EXIT, _P.SHUTTING_DOWN),
     # -- gone: removed.  Calls that were already on their way get NOT_FOUND.
     (_P.GONE, _I.CREATE): _GONE,
     (_P.GONE, _I.START): _GONE,
@@ -237,8 +276,10 @@ TRANSITIONS: Final[Mapping[tuple[Phase, Input], Transition | Refusal]] = {
     (_P.GONE, _I.PING): _GONE,
     (_P.GONE, _I.METRICS): _GONE,
     (_P.GONE, _I.SHUTDOWN): _GONE,
+    (_P.GONE, _I.EXEC): _GONE,
     (_P.GONE, _I.PROCESS_EXITED): _T(_E.IGNORE, _P.GONE),
     (_P.GONE, _I.STOP_GRACE_EXPIRED): _T(_E.IGNORE, _P.GONE),
+    (_P.GONE, _I.EXEC_EXITED): _T(_E.IGNORE, _P.GONE),
 }
 
 

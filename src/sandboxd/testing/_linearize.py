@@ -379,7 +379,7 @@ class _Search:
             for ticket, exit, earliest in pending_exec_exits(sandbox):
                 step = exec_exit_step(sandbox, ticket, exit, now=now, timing=timing)
                 # As late as the returns it wakes need (within the tolerance), no later.
-                at = max(earliest, self._event_time(sandbox, Input.STATUS, step.woken, now))
+                at = max(earliest, self._event_time(sandbox, Input.EXEC_EXITED, step.woken, now))
                 if at > deadline or at > max(now, arrival):
                     continue
                 if at != now:

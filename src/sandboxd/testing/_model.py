@@ -103,14 +103,15 @@ CALL_INPUTS: Final[Mapping[str, Input]] = {
     "ping": Input.PING,
     "metrics": Input.METRICS,
     "shutdown": Input.SHUTDOWN,
+    "exec": Input.EXEC,
 }
 
 #: The call that runs a command in a sandbox (Exec; :data:`~sandboxd.testing.EXEC` says
 #: what it does in each state).
 EXEC_CALL: Final = "exec"
 
-#: Every call the model knows: the lifecycle's and Exec.
-CALL_NAMES: Final[tuple[str, ...]] = (*CALL_INPUTS, EXEC_CALL)
+#: Every call the model knows, by name.
+CALL_NAMES: Final[tuple[str, ...]] = tuple(CALL_INPUTS)
 
 
 # -- what a call returns ---------------------------------------------------------------------

@@ -164,6 +164,25 @@ _CREATED, _READY, _STOPPING = Phase.CREATED, Phase.READY, Phase.STOPPING
 _STOPPED, _SHUTTING_DOWN = Phase.STOPPED, Phase.SHUTTING_DOWN
 _EXISTS = _refused(Code.ALREADY_EXISTS, None)  # the state is kept: see expect()
 _NOT_STARTABLE = _refused(Code.FAILED_PRECONDITION, None)
+_NOT_READY = _refused(Code.FAILED_PRECONDITION, None)
+
+#: state -> what an Exec does: its command runs only in ``ready``; elsewhere it is refused
+#: and nothing runs (a sandbox that does not exist: NOT_FOUND, see :func:`expect_exec`).
+EXEC: Final[Mapping[Phase, Expect]] = {
+    _CREATED: _NOT_READY,
+    _READY: Expect(Caller.EXEC_RUNS, _READY),
+    _STOPPING: _NOT_READY,
+    _STOPPED: _NOT_READY,
+    _SHUTTING_DOWN: _NOT_READY,
+}
+
+
+def _execs(state: Phase) -> dict[Input, Expect]:
+    """An Exec as :data:`EXEC` says; an exec's end changes nothing a caller sees but its
+    own exec's end (and, the last one of a process that exited, the exit, which
+    ``PROCESS_EXITED`` records)."""
+    return {Input.EXEC: EXEC[state], Input.EXEC_EXITED: _ignored(state)}
+
 
 #: state -> input -> what happens.  The sandbox that does not exist (GONE, or never created)
 #: refuses every call with NOT_FOUND, but Create, which makes it (see :func:`expect`).
@@ -178,6 +197,7 @@ SPEC: Final[Mapping[Phase, Mapping[Input, Expect]]] = {
         Input.SHUTDOWN: Expect(Caller.ANSWERED, None, record=Record.EXIT_0_REMOVED),
         Input.PROCESS_EXITED: _ignored(_CREATED),
         Input.STOP_GRACE_EXPIRED: _ignored(_CREATED),
+        **_execs(_CREATED),
     },
     # Ready: the process runs.
     _READY: {
@@ -195,6 +215,7 @@ SPEC: Final[Mapping[Phase, Mapping[Input, Expect]]] = {
             Caller.NOBODY, _STOPPED, record=Record.EXIT, execs=Execs.KILLED
         ),
         Input.STOP_GRACE_EXPIRED: _ignored(_READY),
+        **_execs(_READY),
     },
     # Stopping: signalled by a Stop, the process has not exited yet.
     _STOPPING: {
@@ -212,6 +233,7 @@ SPEC: Final[Mapping[Phase, Mapping[Input, Expect]]] = {
         Input.STOP_GRACE_EXPIRED: Expect(
             Caller.NOBODY, _STOPPING, Process.KILLED, execs=Execs.KILLED
         ),
+        **_execs(_STOPPING),
     },
     # Stopped: the exit status is known; a sandbox runs once.
     _STOPPED: {
@@ -223,6 +245,7 @@ SPEC: Final[Mapping[Phase, Mapping[Input, Expect]]] = {
         Input.SHUTDOWN: Expect(Caller.ANSWERED, None, record=Record.REMOVED),
         Input.PROCESS_EXITED: _ignored(_STOPPED),
         Input.STOP_GRACE_EXPIRED: _ignored(_STOPPED),
+        **_execs(_STOPPED),
     },
     # Shutting down: killed by Shutdown (reported as stopping), gone once the exit is in.
     _SHUTTING_DOWN: {
@@ -236,17 +259,8 @@ SPEC: Final[Mapping[Phase, Mapping[Input, Expect]]] = {
             Caller.NOBODY, None, record=Record.EXIT_REMOVED, execs=Execs.KILLED
         ),
         Input.STOP_GRACE_EXPIRED: _ignored(_SHUTTING_DOWN),
+        **_execs(_SHUTTING_DOWN),
     },
-}
-
-#: state -> what an Exec does: its command runs only in ``ready``; elsewhere it is refused
-#: and nothing runs (a sandbox that does not exist: NOT_FOUND, see :func:`expect_exec`).
-EXEC: Final[Mapping[Phase, Expect]] = {
-    _CREATED: _refused(Code.FAILED_PRECONDITION, _CREATED),
-    _READY: Expect(Caller.EXEC_RUNS, _READY),
-    _STOPPING: _refused(Code.FAILED_PRECONDITION, _STOPPING),
-    _STOPPED: _refused(Code.FAILED_PRECONDITION, _STOPPED),
-    _SHUTTING_DOWN: _refused(Code.FAILED_PRECONDITION, _SHUTTING_DOWN),
 }
 
 _MISSING: Final = _refused(Code.NOT_FOUND, None)
@@ -271,6 +285,4 @@ def expect(state: Phase | None, input: Input) -> Expect:
 def expect_exec(state: Phase | None) -> Expect:
     """What an Exec does to a sandbox in ``state`` (``None`` or ``GONE``: no sandbox has the
     id, NOT_FOUND)."""
-    if state is None or state is Phase.GONE:
-        return _MISSING
-    return EXEC[state]
+    return expect(state, Input.EXEC)
