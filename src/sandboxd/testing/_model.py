@@ -434,7 +434,9 @@ def _signal_exec(run: ExecModel, signum: int, now: float, timing: Timing) -> Exe
     """Deliver ``signum`` at ``now`` to one running exec."""
     if signum == _SIGKILL:
         ending: Outcome | None = _killed(SIGKILL_STATUS)
-        run = attrs.evolve(run, due=min(run.due, _by(now, timing.tolerance)))
+        # An exec still starting gets the signal once it has started.
+        due = _by(max(now, run.starts_at), timing.tolerance)
+        run = attrs.evolve(run, due=min(run.due, due))
     else:
         status = run.behaviour.sigterm_exit_status
         ending = None if status is None else _killed(status)

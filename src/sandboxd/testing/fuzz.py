@@ -419,14 +419,17 @@ class _Session:
             history, log = trio.run(
                 self._attempt, program, ids, marker, recorder, trace, jitter, clock=clock
             )
-        except ProgramHung as hung:
-            kind, description, history = HUNG, str(hung), list(hung.history)
         except trio.TooSlowError:
             kind, history = HUNG, recorder.operations
             description = f"the program did not finish within {self.guard:g} s"
         except Exception as exc:
-            kind, history = ERROR, recorder.operations
-            description = "a call raised:\n" + "".join(traceback.format_exception(exc))
+            # A hang comes out of the nurseries it crossed in exception groups.
+            hung = _program_hung(exc)
+            if hung is not None:
+                kind, description, history = HUNG, str(hung), list(hung.history)
+            else:
+                kind, history = ERROR, recorder.operations
+                description = "a call raised:\n" + "".join(traceback.format_exception(exc))
         else:
             kind, description = self.check(history, log.events if log.complete else None)
         if kind is None or description is None:
@@ -509,6 +512,19 @@ class _Session:
                     patience=_PATIENCE if self.virtual_time else 0.0,
                 )
         return history, log
+
+
+def _program_hung(error: BaseException) -> ProgramHung | None:
+    """The :class:`ProgramHung` that ``error`` is, or the one in its groups, if any."""
+    if isinstance(error, ProgramHung):
+        return error
+    if isinstance(error, BaseExceptionGroup):
+        found: BaseException | None = error.split(ProgramHung)[0]
+        while isinstance(found, BaseExceptionGroup):
+            found = found.exceptions[0]
+        if isinstance(found, ProgramHung):
+            return found
+    return None
 
 
 @contextlib.contextmanager
