@@ -98,7 +98,7 @@ def test_an_exec_allowed_in_stopping_is_found(monkeypatch: pytest.MonkeyPatch) -
         (Phase.STOPPING, Input.EXEC),
         Transition(Effect.START_EXEC, Phase.STOPPING),
     )
-    report = run()
+    report = run(seed=3)
     violation = report.violation
     assert violation is not None, report.summary()
     names = [call.name for call in violation.program.calls]

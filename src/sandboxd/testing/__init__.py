@@ -75,6 +75,7 @@ from ._model import (
     pending_events,
     pending_exec_exits,
     perform,
+    run_exec,
 )
 from ._observed import check_events, check_fields
 from ._programs import (
@@ -144,6 +145,7 @@ __all__ = [
     "recording_events",
     "reproducer_script",
     "reproducer_test",
+    "run_exec",
     "run_program",
     "serve_in_thread",
     "shutdown_all",

@@ -83,6 +83,7 @@ __all__ = [
     "pending_events",
     "pending_exec_exits",
     "perform",
+    "run_exec",
 ]
 
 #: Exit status of a process ended by SIGKILL, and by an unhandled SIGTERM.
