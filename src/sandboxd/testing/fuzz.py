@@ -260,12 +260,13 @@ async def _serves_exec(path: str) -> bool:
     try:
         async with connect(path) as remote:
             client: Any = remote  # a client of another version may lack exec
-            async with client.exec("fuzz-probe", ExecRequest(["true"])):
-                pass  # pragma: no cover - no sandbox has that id
+            try:
+                async with client.exec("fuzz-probe", ExecRequest(["true"])):
+                    pass  # pragma: no cover - no sandbox has that id
+            except RPCError as err:
+                return err.code is not Code.UNIMPLEMENTED
     except RPCError as err:
-        if err.code is Code.UNAVAILABLE:
-            raise _Abort(err) from err
-        return err.code is not Code.UNIMPLEMENTED
+        raise _Abort(err) from err
     return True  # pragma: no cover
 
 
