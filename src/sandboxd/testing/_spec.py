@@ -22,7 +22,10 @@ other state it is refused with FAILED_PRECONDITION, and nothing runs.  A running
 the signals a Stop sends the sandbox (SIGTERM at once, SIGKILL when the grace period ends),
 is SIGKILLed by Shutdown, and is SIGKILLed when the sandbox's process exits for any reason;
 each exec's caller gets its command's real exit status (128 + N for signal N), or
-``timed_out`` when the exec's own timeout killed it.
+``timed_out`` when the exec's own timeout killed it.  The process's exit is recorded (and
+the calls parked on it answered) only once every exec has ended, so a Wait, Stop or Shutdown
+that returns leaves no exec behind; ``PROCESS_EXITED`` is that record.  An exec's end
+(``EXEC_EXITED``) changes nothing else a caller sees.
 
 The states and inputs are named with the runtime's :class:`~sandboxd.runtime.Phase` and
 :class:`~sandboxd.runtime.Input` (they are only names); nothing else is taken from it.
@@ -178,9 +181,7 @@ EXEC: Final[Mapping[Phase, Expect]] = {
 
 
 def _execs(state: Phase) -> dict[Input, Expect]:
-    """An Exec as :data:`EXEC` says; an exec's end changes nothing a caller sees but its
-    own exec's end (and, the last one of a process that exited, the exit, which
-    ``PROCESS_EXITED`` records)."""
+    """An Exec as :data:`EXEC` says; an exec's end, as an event, changes nothing else."""
     return {Input.EXEC: EXEC[state], Input.EXEC_EXITED: _ignored(state)}
 
 

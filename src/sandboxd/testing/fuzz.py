@@ -8,7 +8,9 @@ Theory of operation
 -------------------
 
 Programs are drawn by :func:`sandboxd.testing.strategies.programs` inside a Hypothesis test
-run in-process (``@given``, seeded with ``seed``, no example database).  Each example runs
+run in-process (``@given``, seeded with ``seed``, no example database): lifecycle calls and,
+where the target runs them (:func:`runs_execs`), execs racing them, each run to its end.
+Each example runs
 its program with :func:`~sandboxd.testing.run_program` -- ``clients`` connections to a daemon,
 or one fresh in-process controller -- and the history goes to
 :func:`~sandboxd.testing.check_linearizable` under the ``sim`` model
@@ -73,7 +75,7 @@ from ..backends._process import ProcessSandbox
 from . import strategies
 from ._faults import model_for
 from ._linearize import HistoryRecorder, Operation, check_linearizable
-from ._model import EXEC_CALL, ReferenceModel, Timing
+from ._model import ReferenceModel, Timing
 from ._observed import check_events, check_fields
 from ._programs import Call, EventLog, Program, ProgramHung, recording_events, run_program
 from ._reproduce import explain_conflict, replay_order, reproducer_script, reproducer_test
@@ -227,9 +229,7 @@ def default_programs(
     Stops that SIGKILL at once, after 50 ms or after the daemon's grace period.  Without
     ``execs``, no Exec is drawn."""
     create = strategies.create_args(sandboxer)
-    names = strategies.CALL_WEIGHTS
-    if not execs:
-        names = tuple(name for name in names if name != EXEC_CALL)
+    names = strategies.CALLS_WITH_EXECS if execs else strategies.CALL_WEIGHTS
     drawn = strategies.exec_args(sandboxer)
     if sandboxer in (None, "sim"):
         return strategies.programs(

@@ -12,7 +12,8 @@ The one place of sandboxd that imports Hypothesis (with the fuzzer built on it,
 - :func:`sim_exec_commands`, :func:`process_exec_commands`, :func:`exec_args`: Exec
   requests -- sim scripts, or real commands -- with or without a
   timeout;
-- :func:`stop_timeouts`, :func:`calls`, :func:`programs`, :func:`client_programs`: calls,
+- :func:`stop_timeouts`, :func:`calls`, :func:`programs`, :func:`client_programs`: calls
+  (lifecycle calls, :data:`CALL_WEIGHTS`; with execs, :data:`CALLS_WITH_EXECS`),
   and :class:`~sandboxd.testing.Program` values -- sequences and concurrent groups of calls
   over a few sandboxes -- for :func:`~sandboxd.testing.run_program`.
 
@@ -33,6 +34,7 @@ from ._model import CALL_NAMES, EXEC_CALL
 from ._programs import Call, Program
 
 __all__ = [
+    "CALLS_WITH_EXECS",
     "CALL_WEIGHTS",
     "calls",
     "client_programs",
@@ -58,11 +60,14 @@ CALL_WEIGHTS: Final[tuple[str, ...]] = (
     *("wait",) * 2,
     *("status",) * 3,
     *("shutdown",) * 2,
-    *(EXEC_CALL,) * 2,
     "ping",
     "platform",
     "metrics",
 )
+
+#: The calls of a program that runs execs too (``names=`` of :func:`programs`): as
+#: :data:`CALL_WEIGHTS`, and an exec as often as a Stop.
+CALLS_WITH_EXECS: Final[tuple[str, ...]] = (*CALL_WEIGHTS, *(EXEC_CALL,) * 2)
 
 _ALNUM: Final = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 
@@ -449,7 +454,8 @@ def programs(
     there).  (A call and its
     partner are drawn as one, so a shrunk program may keep them at once where one after the
     other would do as well: the fuzzer tries that too.)  The other calls are drawn from
-    ``names`` (repeat a name to draw it more often).  A
+    ``names`` (repeat a name to draw it more often; :data:`CALLS_WITH_EXECS` draws execs
+    too, and only names given are drawn, guided or not).  A
     Create's arguments come from ``create`` (default :func:`create_args`), a Stop's timeout
     from ``stop_timeout`` (default :func:`stop_timeouts`), an exec's request from ``execs``
     (default :func:`exec_args`).  Alternatively ``call`` draws every call, unguided.
