@@ -461,8 +461,8 @@ def _signal_execs(
 
 def _process_dies(sandbox: SandboxModel, now: float) -> SandboxModel:
     """The sandbox's process is (or may be) ending at ``now``: execs still starting may fail
-    to start."""
-    if not any(now <= run.starts_by and not run.may_fail for run in sandbox.execs):
+    to start (never in the sequential model: an exec has started before another call)."""
+    if now == -math.inf or not any(now <= r.starts_by and not r.may_fail for r in sandbox.execs):
         return sandbox
     execs = tuple(
         attrs.evolve(run, may_fail=True) if now <= run.starts_by else run for run in sandbox.execs
@@ -614,14 +614,16 @@ def _record_exit(sandbox: SandboxModel, status: int, then: Phase) -> tuple[Sandb
     return recorded, woken
 
 
-def _stop_timeout(args: Mapping[str, Any]) -> float | None:
+def _timeout(args: Mapping[str, Any], *, zero: bool) -> float | None:
+    """The ``timeout_secs`` of a Stop (0 allowed: SIGKILL at once) or of an exec (> 0)."""
     timeout = args.get("timeout_secs")
     if timeout is None:
         return None
     if isinstance(timeout, bool) or not isinstance(timeout, int | float):
         raise InvalidArgument("timeout_secs: must be a number")
-    if not 0 <= timeout < math.inf:
-        raise InvalidArgument("timeout_secs: must be a finite number >= 0")
+    if not (timeout >= 0 if zero else timeout > 0) or timeout == math.inf:
+        bound = ">= 0" if zero else "> 0"
+        raise InvalidArgument(f"timeout_secs: must be a finite number {bound}")
     return float(timeout)
 
 
@@ -696,7 +698,7 @@ def call_step(
     except KeyError:
         raise ValueError(f"unknown call {call!r}") from None
     try:
-        timeout = _stop_timeout(args) if input is Input.STOP else None
+        timeout = _timeout(args, zero=True) if input is Input.STOP else None
         check_sandbox_id(sandbox_id)
     except InvalidArgument as err:
         return Step(sandbox, Outcome.failure(err.code))
@@ -739,10 +741,11 @@ def _exec_step(
     timing: Timing,
 ) -> Step:
     """An Exec: refused outside ``ready``; else its command runs and its caller is parked
-    under ``ticket`` until it ends."""
+    under ``ticket`` until it ends.  Checked as the Controller checks it: the id, its
+    existence, the request (INVALID_ARGUMENT), then the state."""
     try:
         check_sandbox_id(sandbox_id)
-        timeout = _exec_timeout(args)
+        timeout = None if sandbox is None else _timeout(args, zero=False)
     except InvalidArgument as err:
         return Step(sandbox, Outcome.failure(err.code))
     rule = expect_exec(None if sandbox is None else sandbox.phase)
@@ -778,17 +781,6 @@ def _exec_step(
     if run.fails:
         run = attrs.evolve(run, exits_by=_by(now, delay + timing.tolerance))
     return Step(attrs.evolve(sandbox, execs=(*sandbox.execs, run)))
-
-
-def _exec_timeout(args: Mapping[str, Any]) -> float | None:
-    timeout = args.get("timeout_secs")
-    if timeout is None:
-        return None
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
-        raise InvalidArgument("timeout_secs: must be a number")
-    if not 0 < timeout < math.inf:
-        raise InvalidArgument("timeout_secs: must be a finite number > 0")
-    return float(timeout)
 
 
 def exec_exit_step(
