@@ -8,6 +8,9 @@ Sandboxes and execs of the ``sim`` backend (its exec scripts: ``echo``, ``sleep`
 from __future__ import annotations
 
 import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 import trio
@@ -32,8 +35,7 @@ from sandboxd._models import (
 )
 from sandboxd.backends import DEFAULT_PATH, SandboxProcess, SimBackend
 from sandboxd.backends._sim import SIM_PIPE_CAPACITY
-from sandboxd.runtime import Controller
-from sandboxd.runtime._exec import MAX_EXEC_SYNC_OUTPUT
+from sandboxd.runtime import MAX_EXEC_SYNC_OUTPUT, Controller
 from sim_controller import create, running, started, take
 
 KILLED = ExecExit(137, False, 9)
@@ -42,6 +44,14 @@ TERMINATED = ExecExit(143, False, 15)
 
 def run(*command: str, **kwargs: object) -> ExecRequest:
     return ExecRequest(command, **kwargs)  # type: ignore[arg-type]
+
+
+@asynccontextmanager
+async def ready(**sim: Any) -> AsyncIterator[Controller]:
+    """A running controller with the sim sandbox ``sb`` started (with ``sim`` settings)."""
+    async with running() as (controller, _):
+        await started(controller, "sb", **sim)
+        yield controller
 
 
 def execs(controller: Controller, sandbox_id: str) -> int:
@@ -54,8 +64,7 @@ def execs(controller: Controller, sandbox_id: str) -> int:
 async def test_exec_streams_stdout_and_stderr_apart_and_ends_with_the_status(
     autojump_clock: trio.abc.Clock,
 ) -> None:
-    async with running() as (controller, _):
-        await started(controller, "sb")
+    async with ready() as controller:
         request = run("echo", "hi", ";", "stderr", "oops", ";", "echo", "again", ";", "exit", "3")
         async with controller.exec("sb", request) as proc:
             assert proc.exec_id == "exec-1"
@@ -70,8 +79,7 @@ async def test_exec_streams_stdout_and_stderr_apart_and_ends_with_the_status(
 
 
 async def test_exec_sync_returns_output_and_status(autojump_clock: trio.abc.Clock) -> None:
-    async with running() as (controller, _):
-        await started(controller, "sb")
+    async with ready() as controller:
         result = await controller.exec_sync("sb", run("echo", "a", "b", ";", "stderr", "c"))
         assert result == ExecSyncResult("exec-1", b"a b\n", b"c\n", 0)
         missing = await controller.exec_sync("sb", run("no-such-command"))
@@ -83,36 +91,31 @@ async def test_exec_sync_returns_output_and_status(autojump_clock: trio.abc.Cloc
 async def test_stdin_reaches_the_command_and_closing_it_ends_cat(
     autojump_clock: trio.abc.Clock,
 ) -> None:
-    async with running() as (controller, _):
-        await started(controller, "sb")
-        async with controller.exec("sb", run("cat", stdin=True)) as proc:
-            await proc.write(b"hello ")
-            await proc.write(b"world")
-            await proc.close_stdin()
-            await proc.close_stdin()  # idempotent
-            data = b"".join([chunk.data async for chunk in proc])
-            assert await proc.wait() == ExecExit(0)
+    async with ready() as controller, controller.exec("sb", run("cat", stdin=True)) as proc:
+        await proc.write(b"hello ")
+        await proc.write(b"world")
+        await proc.close_stdin()
+        await proc.close_stdin()  # idempotent
+        data = b"".join([chunk.data async for chunk in proc])
+        assert await proc.wait() == ExecExit(0)
         assert data == b"hello world"
 
 
 async def test_writing_stdin_of_an_exec_without_one_is_failed_precondition(
     autojump_clock: trio.abc.Clock,
 ) -> None:
-    async with running() as (controller, _):
-        await started(controller, "sb")
-        async with controller.exec("sb", run("true")) as proc:
-            with pytest.raises(FailedPrecondition, match="has no stdin"):
-                await proc.write(b"x")
-            with pytest.raises(FailedPrecondition, match="no tty"):
-                await proc.resize(24, 80)
-            assert await proc.wait() == ExecExit(0)
+    async with ready() as controller, controller.exec("sb", run("true")) as proc:
+        with pytest.raises(FailedPrecondition, match="has no stdin"):
+            await proc.write(b"x")
+        with pytest.raises(FailedPrecondition, match="no tty"):
+            await proc.resize(24, 80)
+        assert await proc.wait() == ExecExit(0)
 
 
 async def test_a_tty_exec_has_one_stream_and_can_be_resized(
     autojump_clock: trio.abc.Clock,
 ) -> None:
-    async with running() as (controller, _):
-        await started(controller, "sb")
+    async with ready() as controller:
         request = run("stty", ";", "sleep", "1", ";", "stty", tty=True, window=WindowSize(24, 80))
         async with controller.exec("sb", request) as proc:
             await proc.resize(50, 132)
@@ -173,8 +176,7 @@ async def test_the_command_gets_the_sandbox_env_path_and_cwd_resolved(
 async def test_a_malformed_request_is_invalid_argument_naming_the_field(
     autojump_clock: trio.abc.Clock, request_: ExecRequest, field: str
 ) -> None:
-    async with running() as (controller, _):
-        await started(controller, "sb")
+    async with ready() as controller:
         with pytest.raises(InvalidArgument, match=field):
             async with controller.exec("sb", request_):
                 pass  # pragma: no cover
@@ -208,8 +210,7 @@ async def test_exec_outside_ready_is_failed_precondition_naming_the_state(
 async def test_an_exec_id_is_unique_among_running_execs_and_free_once_it_ended(
     autojump_clock: trio.abc.Clock,
 ) -> None:
-    async with running() as (controller, _):
-        await started(controller, "sb")
+    async with ready() as controller:
         async with controller.exec("sb", run("hang", exec_id="exec-2")) as first:
             with pytest.raises(AlreadyExists, match="'exec-2' already exists"):
                 await controller.exec_sync("sb", run("true", exec_id="exec-2"))
@@ -227,14 +228,12 @@ async def test_an_exec_id_is_unique_among_running_execs_and_free_once_it_ended(
 async def test_an_exec_that_cannot_start_is_failed_precondition(
     autojump_clock: trio.abc.Clock,
 ) -> None:
-    async with running() as (controller, _):
-        await started(controller, "sb", exec_error="no fork today")
-        async with controller.events() as events:
-            with pytest.raises(FailedPrecondition, match="no fork today"):
-                await controller.exec_sync("sb", run("true"))
-            assert execs(controller, "sb") == 0
-            await controller.stop("sb")
-            assert [e.topic for e in await take(events, 1)] == [TOPIC_EXIT]
+    async with ready(exec_error="no fork today") as controller, controller.events() as events:
+        with pytest.raises(FailedPrecondition, match="no fork today"):
+            await controller.exec_sync("sb", run("true"))
+        assert execs(controller, "sb") == 0
+        await controller.stop("sb")
+        assert [e.topic for e in await take(events, 1)] == [TOPIC_EXIT]
 
 
 # -- the sandbox's fate is its execs' ------------------------------------------------------------
@@ -243,33 +242,33 @@ async def test_an_exec_that_cannot_start_is_failed_precondition(
 async def test_stop_terminates_execs_and_returns_once_they_are_reaped(
     autojump_clock: trio.abc.Clock,
 ) -> None:
-    async with running() as (controller, _):
-        await started(controller, "sb", stop_delay=5)
-        async with (
-            controller.exec("sb", run("hang")) as soft,
-            controller.exec("sb", run("trap", ";", "hang")) as stubborn,
-        ):
-            assert execs(controller, "sb") == 2
-            start = trio.current_time()
-            await controller.stop("sb", timeout_secs=30)
-            # The init took its 5 s; its exit killed the exec that ignored SIGTERM.
-            assert trio.current_time() - start == pytest.approx(5)
-            assert await soft.wait() == TERMINATED
-            assert await stubborn.wait() == KILLED
-            assert execs(controller, "sb") == 0
-            assert await controller.wait("sb") == ExitStatus(
-                143, (await controller.wait("sb")).exited_at
-            )
+    async with (
+        ready(stop_delay=5) as controller,
+        controller.exec("sb", run("hang")) as soft,
+        controller.exec("sb", run("trap", ";", "hang")) as stubborn,
+    ):
+        assert execs(controller, "sb") == 2
+        start = trio.current_time()
+        await controller.stop("sb", timeout_secs=30)
+        # The init took its 5 s; its exit killed the exec that ignored SIGTERM.
+        assert trio.current_time() - start == pytest.approx(5)
+        assert await soft.wait() == TERMINATED
+        assert await stubborn.wait() == KILLED
+        assert execs(controller, "sb") == 0
+        assert await controller.wait("sb") == ExitStatus(
+            143, (await controller.wait("sb")).exited_at
+        )
 
 
 async def test_the_grace_period_ending_kills_execs(autojump_clock: trio.abc.Clock) -> None:
-    async with running() as (controller, _):
-        await started(controller, "sb", ignore_sigterm=True)
-        async with controller.exec("sb", run("trap", ";", "hang")) as proc:
-            start = trio.current_time()
-            await controller.stop("sb", timeout_secs=3)
-            assert trio.current_time() - start == pytest.approx(3)
-            assert await proc.wait() == KILLED
+    async with (
+        ready(ignore_sigterm=True) as controller,
+        controller.exec("sb", run("trap", ";", "hang")) as proc,
+    ):
+        start = trio.current_time()
+        await controller.stop("sb", timeout_secs=3)
+        assert trio.current_time() - start == pytest.approx(3)
+        assert await proc.wait() == KILLED
 
 
 async def test_the_init_exiting_on_its_own_kills_every_exec(
@@ -288,8 +287,7 @@ async def test_the_init_exiting_on_its_own_kills_every_exec(
 async def test_shutdown_kills_execs_and_waits_until_they_are_reaped(
     autojump_clock: trio.abc.Clock,
 ) -> None:
-    async with running() as (controller, _):
-        await started(controller, "sb")
+    async with ready() as controller:
         async with controller.events() as events:
             async with controller.exec("sb", run("trap", ";", "hang", exec_id="e")) as proc:
                 await controller.shutdown("sb")
@@ -306,8 +304,7 @@ async def test_shutdown_kills_execs_and_waits_until_they_are_reaped(
 async def test_a_stop_racing_an_exec_that_is_starting_signals_it_once_it_runs(
     autojump_clock: trio.abc.Clock,
 ) -> None:
-    async with running() as (controller, _):
-        await started(controller, "sb", exec_delay=2, stop_delay=5)
+    async with ready(exec_delay=2, stop_delay=5) as controller:
         async with trio.open_nursery() as nursery:
             entering = in_background(nursery, lambda: controller.exec_sync("sb", run("hang")))
             await trio.testing.wait_all_tasks_blocked()
@@ -323,8 +320,7 @@ async def test_a_stop_racing_an_exec_that_is_starting_signals_it_once_it_runs(
 async def test_an_exec_starting_when_the_init_dies_fails_and_the_exit_waits_for_it(
     autojump_clock: trio.abc.Clock,
 ) -> None:
-    async with running() as (controller, _):
-        await started(controller, "sb", exec_delay=2)
+    async with ready(exec_delay=2) as controller:
         async with trio.open_nursery() as nursery:
             entering = in_background(nursery, lambda: controller.exec_sync("sb", run("hang")))
             await trio.testing.wait_all_tasks_blocked()
@@ -340,8 +336,7 @@ async def test_an_exec_starting_when_the_init_dies_fails_and_the_exit_waits_for_
 
 
 async def test_a_timeout_kills_the_exec_and_says_so(autojump_clock: trio.abc.Clock) -> None:
-    async with running() as (controller, _):
-        await started(controller, "sb")
+    async with ready() as controller:
         start = trio.current_time()
         result = await controller.exec_sync("sb", run("trap", ";", "hang", timeout_secs=2.5))
         assert trio.current_time() - start == pytest.approx(2.5)
@@ -351,8 +346,7 @@ async def test_a_timeout_kills_the_exec_and_says_so(autojump_clock: trio.abc.Clo
 
 
 async def test_leaving_the_block_kills_the_command(autojump_clock: trio.abc.Clock) -> None:
-    async with running() as (controller, _):
-        await started(controller, "sb")
+    async with ready() as controller:
         async with controller.events() as events:
             async with controller.exec("sb", run("trap", ";", "hang")):
                 assert execs(controller, "sb") == 1
@@ -365,8 +359,7 @@ async def test_leaving_the_block_kills_the_command(autojump_clock: trio.abc.Cloc
 
 
 async def test_a_cancelled_caller_kills_its_exec(autojump_clock: trio.abc.Clock) -> None:
-    async with running() as (controller, _):
-        await started(controller, "sb")
+    async with ready() as controller:
         with trio.move_on_after(3):
             await controller.exec_sync("sb", run("hang"))
         await trio.testing.wait_all_tasks_blocked()
@@ -376,8 +369,7 @@ async def test_a_cancelled_caller_kills_its_exec(autojump_clock: trio.abc.Clock)
 async def test_a_caller_cancelled_while_the_exec_starts_kills_it(
     autojump_clock: trio.abc.Clock,
 ) -> None:
-    async with running() as (controller, _):
-        await started(controller, "sb", exec_delay=5)
+    async with ready(exec_delay=5) as controller:
         async with controller.events() as events:
             with trio.move_on_after(1):
                 await controller.exec_sync("sb", run("hang"))
@@ -418,33 +410,34 @@ async def test_a_consumer_that_lags_blocks_the_command_and_nothing_is_lost(
     autojump_clock: trio.abc.Clock,
 ) -> None:
     size = 10 * SIM_PIPE_CAPACITY
-    async with running() as (controller, _):
-        await started(controller, "sb")
-        async with controller.exec("sb", run("yes", str(size), ";", "exit", "5")) as proc:
-            await trio.testing.wait_all_tasks_blocked()
-            # The command is blocked in its write: nothing more than a pipe and a chunk held.
-            assert execs(controller, "sb") == 1
-            total = 0
-            async for chunk in proc:
-                total += len(chunk.data)
-            assert total == size
-            assert await proc.wait() == ExecExit(5)
+    async with (
+        ready() as controller,
+        controller.exec("sb", run("yes", str(size), ";", "exit", "5")) as proc,
+    ):
+        await trio.testing.wait_all_tasks_blocked()
+        # The command is blocked in its write: nothing more than a pipe and a chunk held.
+        assert execs(controller, "sb") == 1
+        total = 0
+        async for chunk in proc:
+            total += len(chunk.data)
+        assert total == size
+        assert await proc.wait() == ExecExit(5)
 
 
 async def test_wait_drops_output_not_taken_so_the_command_can_end(
     autojump_clock: trio.abc.Clock,
 ) -> None:
-    async with running() as (controller, _):
-        await started(controller, "sb")
-        async with controller.exec("sb", run("yes", str(5 * SIM_PIPE_CAPACITY))) as proc:
-            assert await proc.wait() == ExecExit(0)
+    async with (
+        ready() as controller,
+        controller.exec("sb", run("yes", str(5 * SIM_PIPE_CAPACITY))) as proc,
+    ):
+        assert await proc.wait() == ExecExit(0)
 
 
 async def test_exec_sync_keeps_at_most_the_cap_of_each_stream_and_says_truncated(
     autojump_clock: trio.abc.Clock,
 ) -> None:
-    async with running() as (controller, _):
-        await started(controller, "sb")
+    async with ready() as controller:
         request = run("yes", "300000", ";", "stderr", "x", ";", "exit", "2")
         result = await controller.exec_sync("sb", request, max_output_bytes=1000)
         assert result.stdout == b"y" * 1000
@@ -458,8 +451,7 @@ async def test_exec_sync_keeps_at_most_the_cap_of_each_stream_and_says_truncated
 async def test_exec_sync_refuses_a_cap_outside_one_frame(
     autojump_clock: trio.abc.Clock, cap: object
 ) -> None:
-    async with running() as (controller, _):
-        await started(controller, "sb")
+    async with ready() as controller:
         with pytest.raises(InvalidArgument, match="max_output_bytes"):
             await controller.exec_sync("sb", run("true"), max_output_bytes=cap)  # type: ignore[arg-type]
 
@@ -472,8 +464,7 @@ def test_the_largest_exec_sync_reply_fits_one_frame() -> None:
 
 
 async def test_exec_sync_refuses_a_tty_or_stdin(autojump_clock: trio.abc.Clock) -> None:
-    async with running() as (controller, _):
-        await started(controller, "sb")
+    async with ready() as controller:
         for request in (run("true", tty=True), run("true", stdin=True)):
             with pytest.raises(InvalidArgument, match="ExecSync"):
                 await controller.exec_sync("sb", request)
@@ -508,3 +499,52 @@ def test_sandbox_process_is_what_the_runtime_needs() -> None:
 
     assert callable(SimProcess.exec) and callable(SimProcess.open_file)
     assert SandboxProcess is not None
+
+
+# -- with a store: execs are never recorded -------------------------------------------------------
+
+
+async def test_an_exec_never_waits_on_the_store_but_its_refusal_follows_the_record(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    from sandboxd.runtime import Input, Waiter
+    from sandboxd.runtime._exec import ExecRun, resolve
+    from test_actor import call, runtime
+
+    async with runtime(store=True) as rt:
+        actor = rt.created()
+        started_ = await call(actor, Input.START)
+        rt.commit()
+        await started_.wait()
+        spec = resolve(run("hang", exec_id="e"), actor.spec)
+        running_ = await call(actor, Input.EXEC, (spec, None))
+        assert rt.queued == []  # nothing to write for an exec
+        exec_run = await running_.wait()
+        assert isinstance(exec_run, ExecRun)
+        assert actor.status(False).info["execs"] == "1"
+        # A Stop is recorded; the Exec refused behind it is answered once that is on disk.
+        stopping = await call(actor, Input.STOP, 0)
+        refused = Waiter()
+        actor.post(Input.EXEC, (spec, None), refused)
+        await trio.testing.wait_all_tasks_blocked()
+        assert not refused.abandoned
+        rt.commit()
+        await trio.testing.wait_all_tasks_blocked()
+        with pytest.raises(FailedPrecondition):
+            await refused.wait()
+        rt.commit()
+        await stopping.wait()
+        assert exec_run.result == KILLED
+
+
+@pytest.mark.parametrize("script", [("yes", "1000000"), ("cat",)])
+async def test_leaving_kills_a_command_blocked_on_a_pipe(
+    autojump_clock: trio.abc.Clock, script: tuple[str, ...]
+) -> None:
+    async with ready() as controller:
+        async with controller.exec("sb", run(*script, stdin=True)) as proc:
+            await trio.testing.wait_all_tasks_blocked()  # blocked in its write, or its read
+        assert await proc.wait() == KILLED
+        assert execs(controller, "sb") == 0
+        # The sandbox is unharmed.
+        assert (await controller.exec_sync("sb", run("true"))).exit_status == 0

@@ -17,19 +17,20 @@ SANDBOX_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*")
 MAX_SANDBOX_ID_LENGTH: Final = 76
 
 
-def check_sandbox_id(sandbox_id: object) -> str:
-    """Return ``sandbox_id`` if it is a valid id, else raise :class:`~sandboxd.InvalidArgument`."""
+def check_sandbox_id(sandbox_id: object, field: str = "sandbox_id") -> str:
+    """Return ``sandbox_id`` if it is a valid id, else raise :class:`~sandboxd.InvalidArgument`
+    naming ``field`` (exec ids follow the same rule)."""
     if type(sandbox_id) is not str:
-        raise InvalidArgument("sandbox_id: must be text")
+        raise InvalidArgument(f"{field}: must be text")
     if not sandbox_id:
-        raise InvalidArgument("sandbox_id: must not be empty")
+        raise InvalidArgument(f"{field}: must not be empty")
     if len(sandbox_id) > MAX_SANDBOX_ID_LENGTH:
         raise InvalidArgument(
-            f"sandbox_id: {len(sandbox_id)} characters, at most {MAX_SANDBOX_ID_LENGTH} allowed"
+            f"{field}: {len(sandbox_id)} characters, at most {MAX_SANDBOX_ID_LENGTH} allowed"
         )
     if SANDBOX_ID_PATTERN.fullmatch(sandbox_id) is None:
         raise InvalidArgument(
-            f"sandbox_id {sandbox_id!r}: must be letters and digits, separated by single "
+            f"{field} {sandbox_id!r}: must be letters and digits, separated by single "
             "'.', '_' or '-'"
         )
     return sandbox_id

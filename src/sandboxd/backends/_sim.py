@@ -626,6 +626,8 @@ class SimExec:
                         break
             except trio.BrokenResourceError:
                 status = -int(_signal.SIGPIPE)  # its reader went away, as EPIPE kills a process
+            except trio.ClosedResourceError:
+                pass  # killed while it waited on a pipe: its status is the signal's
         if self._returncode is None:
             self._end(status)
 

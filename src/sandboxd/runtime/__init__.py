@@ -9,6 +9,7 @@ from ._controller import (
     open_controller,
 )
 from ._events import EventBus, Subscription
+from ._exec import MAX_EXEC_SYNC_OUTPUT, ExecSession
 from ._lifecycle import (
     CALLS,
     EVENTS,
@@ -31,10 +32,12 @@ __all__ = [
     "DEFAULT_SANDBOXER",
     "DEFAULT_STOP_TIMEOUT",
     "EVENTS",
+    "MAX_EXEC_SYNC_OUTPUT",
     "TRANSITIONS",
     "Controller",
     "Effect",
     "EventBus",
+    "ExecSession",
     "Input",
     "LifecycleError",
     "Phase",

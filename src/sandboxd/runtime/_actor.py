@@ -6,6 +6,10 @@ input up in the lifecycle table and carries out the effect.  Nothing it does wai
 sandbox's process: a Stop signals and arms a timer, a Wait parks its caller, an exit is an
 event.  So queries keep answering while a Stop is in progress.
 
+The actor also owns the sandbox's execs (see :mod:`._exec`): it accepts or refuses each one
+by the table, runs it in a task of its own, signals it with the sandbox, kills it when the
+init exits, and holds that exit back until every exec is reaped.
+
 The actor does not know who runs it: an :class:`ActorContext` gives it what it may reach
 beyond its sandbox (the store, the default grace period, the nursery of process watchers,
 the event bus, and who to tell when its sandbox is gone).
@@ -131,7 +135,7 @@ def _now() -> datetime:
 
 @final
 class SandboxActor:
-    """Owns one sandbox: its phase, its process, and everyone waiting on it.
+    """Owns one sandbox: its phase, its process, its execs, and everyone waiting on it.
 
     Read-only attributes (``phase``, ``pid``, ...) may be read by anyone at any time; they
     change only between two of the actor's own steps, so a read is always consistent.
@@ -687,7 +691,8 @@ class SandboxActor:
         spec, timeout = arg
         process = self.process
         if process is None or self._exit_held is not None:
-            reply.fail(FailedPrecondition(f"sandbox {self.sandbox_id!r}: its init has exited"))
+            error = FailedPrecondition(f"sandbox {self.sandbox_id!r}: its init has exited")
+            self._answer(reply, None, error)
             return
         execs = self._execs
         if execs is None:
@@ -701,11 +706,10 @@ class SandboxActor:
                     break
             spec = attrs.evolve(spec, exec_id=exec_id)
         elif exec_id in execs:
-            reply.fail(
-                AlreadyExists(
-                    f"sandbox {self.sandbox_id!r}: exec {exec_id!r} already exists (it runs)"
-                )
+            taken = AlreadyExists(
+                f"sandbox {self.sandbox_id!r}: exec {exec_id!r} already exists (it runs)"
             )
+            self._answer(reply, None, taken)
             return
         run = ExecRun(self.sandbox_id, spec, timeout)
         execs[exec_id] = run

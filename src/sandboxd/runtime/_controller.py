@@ -74,9 +74,12 @@ class Controller:
     published: never behind its mailbox, and always showing the effect of every call that
     returned before the query began.
 
+    Execs and files (:meth:`exec`, :meth:`exec_sync`, :meth:`write_file`,
+    :meth:`read_file`) stream, so they run in the caller's task and have no twin.
+
     Cancelling :meth:`run` closes the controller: callers still waiting get UNAVAILABLE and
     event subscriptions end, but sandbox processes keep running (their lives are independent
-    of the runtime's, as with containerd).
+    of the runtime's, as with containerd); execs are killed (their pipes are the runtime's).
     """
 
     def __init__(
@@ -566,7 +569,7 @@ class Controller:
             signal=result.signal,
         )
 
-    def _inside(self, sandbox_id: str, path: object) -> SandboxProcess:
+    def _file_process(self, sandbox_id: str, path: object) -> SandboxProcess:
         """The process of a sandbox whose files may be moved now (see :meth:`write_file`)."""
         actor = self._actor(sandbox_id)
         if type(path) is not str or not path or "\0" in path:
@@ -599,7 +602,7 @@ class Controller:
             isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o7777
         ):
             raise InvalidArgument("mode: must be a file mode in 0..0o7777")
-        process = self._inside(sandbox_id, path)
+        process = self._file_process(sandbox_id, path)
         fd = await trio.to_thread.run_sync(
             lambda: inside(process).open_file(path, write=True, mode=mode)
         )
@@ -629,7 +632,7 @@ class Controller:
         sandbox is ``ready`` (when the file is opened).  Reads run in worker threads.
         Leaving the block closes the file.
         """
-        process = self._inside(sandbox_id, path)
+        process = self._file_process(sandbox_id, path)
         fd = await trio.to_thread.run_sync(lambda: inside(process).open_file(path, write=False))
         async with trio.wrap_file(os.fdopen(fd, "rb", buffering=0)) as file:
             yield _chunks(file)

@@ -33,8 +33,6 @@ import trio
 
 from .._errors import FailedPrecondition, InvalidArgument, RPCError, Unavailable
 from .._models import (
-    MAX_SANDBOX_ID_LENGTH,
-    SANDBOX_ID_PATTERN,
     STDERR,
     STDOUT,
     TOPIC_EXEC_START,
@@ -43,6 +41,7 @@ from .._models import (
     ExecRequest,
     SandboxEvent,
     SandboxSpec,
+    check_sandbox_id,
 )
 from ..backends import DEFAULT_PATH, ExecProcess, ExecSpec, SandboxProcess
 from ._reply import Reply, Waiter
@@ -71,21 +70,6 @@ class _RunsInside(Protocol):
 def inside(process: SandboxProcess) -> _RunsInside:
     """``process``, as the runner of commands and the opener of files it is."""
     return cast(_RunsInside, process)
-
-
-def check_exec_id(exec_id: object) -> str:
-    """Return ``exec_id`` if it is valid (the rule of sandbox ids), else InvalidArgument."""
-    if type(exec_id) is not str or not exec_id:
-        raise InvalidArgument("exec_id: must be non-empty text")
-    if len(exec_id) > MAX_SANDBOX_ID_LENGTH:
-        raise InvalidArgument(
-            f"exec_id: {len(exec_id)} characters, at most {MAX_SANDBOX_ID_LENGTH} allowed"
-        )
-    if SANDBOX_ID_PATTERN.fullmatch(exec_id) is None:
-        raise InvalidArgument(
-            f"exec_id {exec_id!r}: must be letters and digits, separated by single '.', '_' or '-'"
-        )
-    return exec_id
 
 
 def _check_texts(field: str, values: object) -> tuple[str, ...]:
@@ -138,7 +122,7 @@ def resolve(request: ExecRequest, sandbox: SandboxSpec) -> ExecSpec:
     ``"uid:gid"`` in numbers.  The exec id is left empty when the request has none (the
     actor chooses it).  InvalidArgument naming the field for anything malformed.
     """
-    exec_id = "" if request.exec_id is None else check_exec_id(request.exec_id)
+    exec_id = "" if request.exec_id is None else check_sandbox_id(request.exec_id, "exec_id")
     command = _check_texts("command", request.command)
     _check_env(request.env)
     env = dict(sandbox.options.env)
@@ -151,7 +135,6 @@ def resolve(request: ExecRequest, sandbox: SandboxSpec) -> ExecSpec:
     window = request.window
     if window is not None:
         check_window(window.rows, window.cols)
-    check_timeout(request.timeout_secs)
     return ExecSpec(
         exec_id=exec_id,
         command=command,
