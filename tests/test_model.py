@@ -862,3 +862,27 @@ def test_an_exec_starting_when_the_process_dies_may_fail_to_start() -> None:
         op("shutdown", 3, 3, OK(None)),
     ]
     assert not check_linearizable(history, model).ok
+
+
+def test_an_exec_refused_after_it_was_counted_is_no_refusal_at_once() -> None:
+    # The process exits on its own as it starts; an exec taken meanwhile is counted by a
+    # Status, then fails to start: it was not refused at once (before the Start, say).
+    model = sim_model(Timing(tolerance=0.001))
+    faults = sim_faults(exit_on="start", exit_code=0)
+    history = [
+        Operation("create", "a", {"options": faults}, 0, 0, OK("a"), order=(1, 2)),
+        Operation("start", "a", {}, 0, 0, OK(True), order=(3, 6)),
+        Operation(
+            "exec", "a", {"command": ("hang",)}, 0, 0, fail(Code.FAILED_PRECONDITION), order=(4, 8)
+        ),
+        Operation(
+            "status",
+            "a",
+            {},
+            0,
+            0,
+            OK(StatusView(SandboxState.READY, None, True, 1)),
+            order=(5, 7),
+        ),
+    ]
+    assert check_linearizable(history, model).ok

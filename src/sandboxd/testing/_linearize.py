@@ -211,10 +211,13 @@ class _Search:
             (i for i, op in enumerate(ops) if checked >> i & 1 or op.call not in _QUERIES),
             key=lambda i: (ops[i].start_time, i),
         )
+        # A refused call is inert, but for an exec: one that failed to start may have been
+        # counted by a Status meanwhile.
         self.inert = [
             i
             for i in self.order
-            if checked >> i & 1 and (ops[i].call in _QUERIES or not _ok(ops[i].outcome))
+            if checked >> i & 1
+            and (ops[i].call in _QUERIES or not (_ok(ops[i].outcome) or ops[i].call == EXEC_CALL))
         ]
         self.active = [i for i in self.order if i not in self.inert]
 
