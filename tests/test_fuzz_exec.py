@@ -13,11 +13,14 @@ from typing import Any
 import pytest
 
 from sandboxd._models import ExecExit
+from sandboxd.api import RemoteController
+from sandboxd.backends._process import ProcessSandbox
 from sandboxd.runtime import Effect, Input, Phase, Transition, _exec, _lifecycle
 from sandboxd.runtime._actor import SandboxActor
-from sandboxd.testing import strategies
-from sandboxd.testing.fuzz import FuzzReport, fuzz
+from sandboxd.testing import serve_in_thread, strategies
+from sandboxd.testing.fuzz import FuzzReport, fuzz, runs_execs
 from test_fuzz import in_process, quiet_runtime  # noqa: F401 (an autouse fixture)
+from test_fuzz_runner import real_processes
 
 #: The grace period of test_fuzz's in-process controllers, which the model is told.
 STOP_TIMEOUT = 0.005
@@ -46,7 +49,7 @@ def run(seed: int = 1, **kwargs: Any) -> FuzzReport:
 
 
 def test_a_correct_controller_passes_the_exec_programs() -> None:
-    report = run(max_programs=300, duration=None)
+    report = run(max_programs=600, duration=None)
     assert report.ok, report.violation and report.violation.describe()
 
 
@@ -99,11 +102,13 @@ def test_an_exec_allowed_in_stopping_is_found(monkeypatch: pytest.MonkeyPatch) -
         (Phase.STOPPING, Input.EXEC),
         Transition(Effect.START_EXEC, Phase.STOPPING),
     )
-    report = run(seed=3)
+    report = run()
     violation = report.violation
     assert violation is not None, report.summary()
+    assert violation.kind == "not linearizable", violation.describe()
     names = [call.name for call in violation.program.calls]
-    assert "exec" in names[names.index("stop") :], violation.describe()
+    assert "exec" in names and "stop" in names, violation.describe()
+    assert len(names) <= 6, violation.describe()
 
 
 def test_a_wrong_exit_status_of_a_killed_exec_is_found(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -125,3 +130,47 @@ def test_an_exit_recorded_before_the_execs_end_is_found(monkeypatch: pytest.Monk
     # sandbox is gone before it).
     assert violation.kind in ("not linearizable", "wrong events", "hang"), violation.describe()
     assert "exec" in [call.name for call in violation.program.calls]
+
+
+# -- over the socket, and with real processes ---------------------------------------------
+
+#: Until the remote clients run execs and the backends of real processes too, these tests
+#: have nothing to run; they run as soon as both are there.
+REMOTE_EXEC = pytest.mark.skipif(
+    not hasattr(RemoteController, "exec"), reason="the remote client runs no exec"
+)
+REAL_EXEC = pytest.mark.skipif(
+    not hasattr(ProcessSandbox, "exec"), reason="the process backend runs no exec"
+)
+
+
+@REMOTE_EXEC
+def test_over_the_socket_execs_are_fuzzed_and_an_exec_left_running_is_found(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with serve_in_thread(default_sandboxer="sim", stop_timeout=0.3) as path:
+        assert runs_execs(path)
+        correct = fuzz(path, seed=1, programs=EXECS, max_programs=30, duration=None)
+        assert correct.ok, correct.violation and correct.violation.describe()
+        monkeypatch.setattr(SandboxActor, "_signal", signal_spares_the_execs)
+        report = fuzz(path, seed=1, programs=EXECS, duration=20, shrink_limit=3)
+    violation = report.violation
+    assert violation is not None, report.summary()
+    assert "sandboxctl exec " in violation.script
+    assert "'exec'" in violation.test
+
+
+@REAL_EXEC
+@pytest.mark.parametrize("sandboxer", ["process", "bwrap"])
+def test_real_execs_are_fuzzed_and_a_wrong_exit_status_is_found(
+    monkeypatch: pytest.MonkeyPatch, sandboxer: str
+) -> None:
+    target = real_processes(sandboxer=sandboxer)
+    assert runs_execs(target, sandboxer)
+    correct = fuzz(target, seed=1, max_programs=40, duration=None, sandboxer=sandboxer)
+    assert correct.ok, correct.violation and correct.violation.describe()
+    monkeypatch.setattr(_exec, "exit_of", exit_of_killed_says_the_signal)
+    report = fuzz(target, seed=1, duration=20, sandboxer=sandboxer, shrink_limit=2)
+    violation = report.violation
+    assert violation is not None, report.summary()
+    assert "exec(" in violation.description, violation.describe()
