@@ -15,58 +15,24 @@ from test_fuzz import in_process
 
 #: What each effect of the table means to a caller, in the specification's words: the
 #: caller's lot, the process's, the record's and the running execs'.
+C, P, R, X = Caller, Process, Record, Execs
 MEANS: Mapping[Effect, tuple[Caller, Process, Record, Execs]] = {
-    Effect.REPLY: (Caller.ANSWERED, Process.UNTOUCHED, Record.NOTHING, Execs.UNTOUCHED),
-    Effect.SPAWN: (Caller.ANSWERED, Process.SPAWNED, Record.NOTHING, Execs.UNTOUCHED),
-    Effect.STOP_UNSTARTED: (Caller.ANSWERED, Process.UNTOUCHED, Record.EXIT_0, Execs.UNTOUCHED),
-    Effect.TERMINATE: (
-        Caller.PARKED_ON_EXIT,
-        Process.TERMINATED,
-        Record.NOTHING,
-        Execs.TERMINATED,
-    ),
-    Effect.JOIN_STOP: (
-        Caller.PARKED_ON_EXIT,
-        Process.EARLIER_DEADLINE,
-        Record.NOTHING,
-        Execs.UNTOUCHED,
-    ),
-    Effect.PARK_WAITER: (
-        Caller.PARKED_ON_EXIT,
-        Process.UNTOUCHED,
-        Record.NOTHING,
-        Execs.UNTOUCHED,
-    ),
-    Effect.KILL: (Caller.NOBODY, Process.KILLED, Record.NOTHING, Execs.KILLED),
-    Effect.RECORD_EXIT: (Caller.NOBODY, Process.UNTOUCHED, Record.EXIT, Execs.KILLED),
-    Effect.KILL_FOR_SHUTDOWN: (
-        Caller.PARKED_ON_REMOVAL,
-        Process.KILLED,
-        Record.NOTHING,
-        Execs.KILLED,
-    ),
-    Effect.JOIN_SHUTDOWN: (
-        Caller.PARKED_ON_REMOVAL,
-        Process.UNTOUCHED,
-        Record.NOTHING,
-        Execs.UNTOUCHED,
-    ),
-    Effect.RECORD_EXIT_AND_REMOVE: (
-        Caller.NOBODY,
-        Process.UNTOUCHED,
-        Record.EXIT_REMOVED,
-        Execs.KILLED,
-    ),
-    Effect.REMOVE_UNSTARTED: (
-        Caller.ANSWERED,
-        Process.UNTOUCHED,
-        Record.EXIT_0_REMOVED,
-        Execs.UNTOUCHED,
-    ),
-    Effect.REMOVE: (Caller.ANSWERED, Process.UNTOUCHED, Record.REMOVED, Execs.UNTOUCHED),
-    Effect.START_EXEC: (Caller.EXEC_RUNS, Process.UNTOUCHED, Record.NOTHING, Execs.UNTOUCHED),
-    Effect.RECORD_EXEC_EXIT: (Caller.NOBODY, Process.UNTOUCHED, Record.NOTHING, Execs.UNTOUCHED),
-    Effect.IGNORE: (Caller.NOBODY, Process.UNTOUCHED, Record.NOTHING, Execs.UNTOUCHED),
+    Effect.REPLY: (C.ANSWERED, P.UNTOUCHED, R.NOTHING, X.UNTOUCHED),
+    Effect.SPAWN: (C.ANSWERED, P.SPAWNED, R.NOTHING, X.UNTOUCHED),
+    Effect.STOP_UNSTARTED: (C.ANSWERED, P.UNTOUCHED, R.EXIT_0, X.UNTOUCHED),
+    Effect.TERMINATE: (C.PARKED_ON_EXIT, P.TERMINATED, R.NOTHING, X.TERMINATED),
+    Effect.JOIN_STOP: (C.PARKED_ON_EXIT, P.EARLIER_DEADLINE, R.NOTHING, X.UNTOUCHED),
+    Effect.PARK_WAITER: (C.PARKED_ON_EXIT, P.UNTOUCHED, R.NOTHING, X.UNTOUCHED),
+    Effect.KILL: (C.NOBODY, P.KILLED, R.NOTHING, X.KILLED),
+    Effect.RECORD_EXIT: (C.NOBODY, P.UNTOUCHED, R.EXIT, X.KILLED),
+    Effect.KILL_FOR_SHUTDOWN: (C.PARKED_ON_REMOVAL, P.KILLED, R.NOTHING, X.KILLED),
+    Effect.JOIN_SHUTDOWN: (C.PARKED_ON_REMOVAL, P.UNTOUCHED, R.NOTHING, X.UNTOUCHED),
+    Effect.RECORD_EXIT_AND_REMOVE: (C.NOBODY, P.UNTOUCHED, R.EXIT_REMOVED, X.KILLED),
+    Effect.REMOVE_UNSTARTED: (C.ANSWERED, P.UNTOUCHED, R.EXIT_0_REMOVED, X.UNTOUCHED),
+    Effect.REMOVE: (C.ANSWERED, P.UNTOUCHED, R.REMOVED, X.UNTOUCHED),
+    Effect.START_EXEC: (C.EXEC_RUNS, P.UNTOUCHED, R.NOTHING, X.UNTOUCHED),
+    Effect.RECORD_EXEC_EXIT: (C.NOBODY, P.UNTOUCHED, R.NOTHING, X.UNTOUCHED),
+    Effect.IGNORE: (C.NOBODY, P.UNTOUCHED, R.NOTHING, X.UNTOUCHED),
 }
 
 

@@ -43,6 +43,7 @@ which no single one can be dropped.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import time
@@ -370,26 +371,37 @@ class _Search:
             if self._matches(step.woken, at) and self._dfs(step.sandbox, done | 1 << i, at):
                 return True
         if sandbox is not None:
+            latest = max(now, arrival)
             for event, status in pending_events(sandbox):
-                step = event_step(sandbox, event, status, now=now, timing=timing)
-                at = self._event_time(sandbox, event, step.woken, now)
-                if at > deadline or at > max(now, arrival):
-                    continue
-                if at != now:
-                    step = event_step(sandbox, event, status, now=at, timing=timing)
-                if self._matches(step.woken, at) and self._dfs(step.sandbox, done, at):
+                at_time = functools.partial(event_step, sandbox, event, status, timing=timing)
+                if self._event(sandbox, event, at_time, -math.inf, done, now, latest):
                     return True
             for ticket, exit, earliest in pending_exec_exits(sandbox):
-                step = exec_exit_step(sandbox, ticket, exit, now=now, timing=timing)
-                # As late as the returns it wakes need (within the tolerance), no later.
-                at = max(earliest, self._event_time(sandbox, Input.EXEC_EXITED, step.woken, now))
-                if at > deadline or at > max(now, arrival):
-                    continue
-                if at != now:
-                    step = exec_exit_step(sandbox, ticket, exit, now=at, timing=timing)
-                if self._matches(step.woken, at) and self._dfs(step.sandbox, done, at):
+                at_time = functools.partial(exec_exit_step, sandbox, ticket, exit, timing=timing)
+                if self._event(sandbox, Input.EXEC_EXITED, at_time, earliest, done, now, latest):
                     return True
         return False
+
+    def _event(
+        self,
+        sandbox: SandboxModel,
+        event: Input,
+        at_time: Callable[..., Step],
+        earliest: float,
+        done: int,
+        now: float,
+        latest: float,
+    ) -> bool:
+        """Whether ``event`` next (its step ``at_time(now=...)``, no earlier than
+        ``earliest``, no later than ``latest`` or the sandbox's deadline) leads to a
+        linearization."""
+        step = at_time(now=now)
+        at = max(earliest, self._event_time(sandbox, event, step.woken, now))
+        if at > sandbox.deadline or at > latest:
+            return False
+        if at != now:
+            step = at_time(now=at)
+        return self._matches(step.woken, at) and self._dfs(step.sandbox, done, at)
 
 
 def _exec_timers(sandbox: SandboxModel) -> Iterable[float]:
