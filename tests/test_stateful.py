@@ -279,8 +279,13 @@ class ProcessHarness(Harness):
     # options.command None: the pause process
     plain_create: ClassVar[dict[str, Any]] = {"sandboxer": "process"}
     create_args = st.just(plain_create)
-    # Real commands, where the process backend runs execs.
-    exec_args = strategies.exec_args("process") if hasattr(ProcessSandbox, "exec") else None
+    # Real commands, short ones (each call waits for its exec to end), where the process
+    # backend runs execs.
+    exec_args = (
+        strategies.exec_args("process", commands=strategies.process_exec_commands(sleeps=(0.05,)))
+        if hasattr(ProcessSandbox, "exec")
+        else None
+    )
 
     def open(self) -> Any:
         self.directory = tempfile.mkdtemp(prefix="sbd-")
@@ -429,6 +434,20 @@ class LifecycleMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.harness.exec_args is not None)
     @rule(sandbox_id=st.sampled_from(ALL_IDS), data=st.data())
     def exec(self, sandbox_id: str, data: st.DataObject) -> None:
+        self._exec(sandbox_id, data)
+
+    @precondition(
+        lambda self: (
+            self.harness.exec_args is not None
+            and any(self.model.phase(s) is Phase.READY for s in SANDBOX_IDS)
+        )
+    )
+    @rule(data=st.data())
+    def exec_in_a_ready_sandbox(self, data: st.DataObject) -> None:
+        ready = [s for s in SANDBOX_IDS if self.model.phase(s) is Phase.READY]
+        self._exec(data.draw(st.sampled_from(ready)), data)
+
+    def _exec(self, sandbox_id: str, data: st.DataObject) -> None:
         assert self.harness.exec_args is not None
         args = data.draw(self.harness.exec_args)
         if isinstance(self.model.peek(EXEC_CALL, sandbox_id, **args), Blocks):
