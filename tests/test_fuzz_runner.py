@@ -129,7 +129,7 @@ class CachesFinalStatus(Wrapper):
 
 
 def test_it_finds_a_status_cache_a_shutdown_does_not_clear() -> None:
-    report = fuzz(in_process(CachesFinalStatus), seed=1, duration=30, shrink_limit=4)
+    report = fuzz(in_process(CachesFinalStatus), seed=1, duration=30, shrink_limit=10)
     violation = report.violation
     assert violation is not None, report.summary()
     calls = [(call.name, call.sandbox) for call in violation.program.calls]

@@ -7,11 +7,13 @@ import math
 from datetime import UTC, datetime
 from typing import Any
 
+import attrs
 import pytest
 import trio
 
 from sandboxd import Code, FailedPrecondition, NotFound
 from sandboxd._models import (
+    ExecExit,
     ExitStatus,
     Platform,
     SandboxEvent,
@@ -40,6 +42,11 @@ from sandboxd.testing import (
     check_linearizable,
     observe,
     pending_events,
+    process_exec_behaviour,
+    process_model,
+    sim_exec_behaviour,
+    sim_faults,
+    sim_model,
 )
 
 OK = Outcome.success
@@ -66,12 +73,8 @@ def run(model: ReferenceModel, *calls: tuple[Any, ...]) -> list[Outcome | Blocks
 # -- the sequential model ----------------------------------------------------------------------
 
 
-#: The calls of the table the model drives (Exec is not one of them yet).
-MODELLED_CALLS = tuple(input for input in CALLS if input is not Input.EXEC)
-
-
 def test_the_model_knows_every_call_of_the_table() -> None:
-    assert set(CALL_INPUTS.values()) == set(MODELLED_CALLS)
+    assert set(CALL_INPUTS.values()) == set(CALLS)
 
 
 def test_a_full_lifecycle() -> None:
@@ -236,7 +239,7 @@ def test_peek_changes_nothing() -> None:
 
 
 @pytest.mark.parametrize("phase", [p for p in Phase if p is not Phase.GONE])
-@pytest.mark.parametrize("input", MODELLED_CALLS)
+@pytest.mark.parametrize("input", CALLS)
 def test_every_refusal_of_the_table_is_the_models(phase: Phase, input: Input) -> None:
     call = next(name for name, i in CALL_INPUTS.items() if i is input)
     started = phase not in (Phase.CREATED,)
@@ -635,3 +638,251 @@ def test_fields_are_stable_within_a_life_and_in_order() -> None:
     assert not [p for p in check_fields(with_status(NOW, later)) if "within" not in p]
     problems = check_fields(with_status(later, NOW))
     assert any("exited_at" in p and "is before created_at" in p for p in problems), problems
+
+
+# -- execs -------------------------------------------------------------------------------------
+
+
+def exited(status: int, *, timed_out: bool = False, signal: int | None = None) -> Outcome:
+    return OK(ExecExit(status, timed_out, signal))
+
+
+KILLED = exited(137, signal=9)
+TERMED = exited(143, signal=15)
+
+
+def sim_exec(*command: str, **fields: Any) -> dict[str, Any]:
+    return {"command": command, **fields}
+
+
+def test_an_exec_runs_only_in_ready_and_a_sequential_caller_waits_for_its_end() -> None:
+    model = sim_model()
+    assert run(
+        model,
+        ("exec", "a", sim_exec("true")),
+        ("create", "a"),
+        ("exec", "a", sim_exec("true")),
+        ("start", "a"),
+        ("exec", "a", sim_exec("true")),
+        ("exec", "a", sim_exec("exit", "3")),
+        ("exec", "a", sim_exec("sleep", "5")),
+        ("exec", "a", sim_exec("sleep", "5", timeout_secs=1)),
+        ("exec", "a", sim_exec("hang", timeout_secs=1)),
+        ("exec", "bad id", sim_exec("true")),
+    ) == [
+        fail(Code.NOT_FOUND),
+        OK("a"),
+        fail(Code.FAILED_PRECONDITION),
+        OK(True),
+        exited(0),
+        exited(3),
+        exited(0),
+        exited(137, timed_out=True, signal=9),
+        exited(137, timed_out=True, signal=9),
+        fail(Code.INVALID_ARGUMENT),
+    ]
+    assert model.sandbox("a") == SandboxModel(Phase.READY, started=True)
+    blocked = model.apply("exec", "a", **sim_exec("hang"))
+    assert isinstance(blocked, Blocks) and blocked.until is Input.PROCESS_EXITED
+    assert model.apply("status", "a") == OK(StatusView(SandboxState.READY, None, True, 1))
+    # The Stop's SIGTERM reaches the exec too; then Exec is refused.
+    assert run(model, ("stop", "a"), ("exec", "a", sim_exec("true"))) == [
+        OK(None),
+        fail(Code.FAILED_PRECONDITION),
+    ]
+    assert model.resolved[blocked.ticket] == TERMED
+
+
+@pytest.mark.parametrize(
+    ("ending", "outcome"),
+    [
+        ("stop", TERMED),
+        ("shutdown", KILLED),
+        ("exit", KILLED),
+        ("stop0", KILLED),
+    ],
+)
+def test_what_stop_shutdown_and_the_init_exit_do_to_a_running_exec(
+    ending: str, outcome: Outcome
+) -> None:
+    model = sim_model()
+    run(model, ("create", "a"), ("start", "a"))
+    blocked = model.apply("exec", "a", **sim_exec("hang"))
+    assert isinstance(blocked, Blocks)
+    if ending == "exit":
+        model.process_exited("a", 0)
+    elif ending == "stop0":
+        model.apply("stop", "a", timeout_secs=0)
+    else:
+        model.apply(ending, "a")
+    assert model.resolved[blocked.ticket] == outcome
+
+
+def test_an_exec_of_a_sandbox_whose_process_ignores_sigterm_dies_of_it_anyway() -> None:
+    # Signals go to each process: the exec's command does not ignore SIGTERM.
+    model = ReferenceModel(sigterm_exit_status=None, exec_behaviour_of=sim_exec_behaviour)
+    run(model, ("create", "a"), ("start", "a"))
+    blocked = model.apply("exec", "a", **sim_exec("hang"))
+    stop = model.apply("stop", "a")
+    assert isinstance(blocked, Blocks) and isinstance(stop, Blocks)
+    assert model.resolved[blocked.ticket] == TERMED
+
+
+def exec_op(start: float, end: float, outcome: Outcome | None, *command: str) -> Operation:
+    return op("exec", start, end, outcome, command=command or ("hang",))
+
+
+def started_sandbox() -> list[Operation]:
+    return [op("create", 0, 0, OK("a")), op("start", 0, 0, OK(True))]
+
+
+EXACT = sim_model(Timing(tolerance=0.001))
+
+
+def test_an_exec_racing_a_stop_ends_by_its_signals() -> None:
+    history = [
+        *started_sandbox(),
+        exec_op(1, 2, TERMED, "sleep", "5"),
+        op("stop", 2, 2, OK(None)),
+    ]
+    assert check_linearizable(history, EXACT).ok
+    # Left running after the Stop, it ended on its own: no order explains it.
+    history[2] = exec_op(1, 6, exited(0), "sleep", "5")
+    result = check_linearizable(history, EXACT)
+    assert not result.ok
+    # Ending on its own as the Stop arrives, it may have ended first; not once it arrived.
+    history[2:] = [exec_op(1, 1.5, exited(0), "sleep", "0.5"), op("stop", 1.5, 2, OK(None))]
+    assert check_linearizable(history, EXACT).ok
+    history[3] = op("stop", 1.2, 2, OK(None))
+    assert not check_linearizable(history, EXACT).ok
+
+
+def test_an_exec_starting_while_a_stop_is_made_is_refused_or_signalled() -> None:
+    for outcome in (TERMED, fail(Code.FAILED_PRECONDITION)):
+        history = [*started_sandbox(), exec_op(1, 2, outcome), op("stop", 1, 2, OK(None))]
+        assert check_linearizable(history, EXACT).ok, outcome
+    # Allowed in stopping: it ran, although the Stop had returned before it began.
+    history = [*started_sandbox(), op("stop", 1, 1, OK(None)), exec_op(2, 3, exited(0), "true")]
+    assert not check_linearizable(history, EXACT).ok
+
+
+def test_a_stop_or_shutdown_returns_once_the_execs_have_ended() -> None:
+    history = [
+        *started_sandbox(),
+        exec_op(1, 2, KILLED),
+        op("shutdown", 2, 2, OK(None)),
+        op("create", 2.0001, 2.0001, OK("a")),
+        op("status", 2.0002, 2.0002, status("created", started=False)),
+    ]
+    assert check_linearizable(history, EXACT).ok
+    history[2] = exec_op(1, 2.5, KILLED)  # it ended after the Shutdown returned
+    assert not check_linearizable(history, EXACT).ok
+    # The exit is recorded once the exec has ended: not before.
+    history = [
+        *started_sandbox(),
+        exec_op(1, 3, KILLED),
+        op("wait", 1, 3, OK(0)),
+        op("status", 2, 2, OK(StatusView(SandboxState.READY, None, True, 1))),
+    ]
+    model = sim_model(Timing(tolerance=0.001))
+    run(model, ("create", "a", {"options": sim_faults(exit_after=2)}), ("start", "a"))
+    history[:2] = []
+    assert check_linearizable(history, model).ok
+    history[2] = op("status", 2.5, 2.5, OK(StatusView(SandboxState.STOPPED, 0, True, 0)))
+    assert not check_linearizable(history, model).ok
+
+
+def test_a_timeout_kills_an_exec_when_it_is_due() -> None:
+    history = [*started_sandbox(), op("exec", 1, 3, None, command=("hang",), timeout_secs=2)]
+    history[2] = attrs.evolve(history[2], outcome=exited(137, timed_out=True, signal=9))
+    assert check_linearizable(history, EXACT).ok
+    early = attrs.evolve(history[2], end_time=2)
+    assert not check_linearizable([*history[:2], early], EXACT).ok
+    # Its own end comes first: not timed out.
+    history[2] = op("exec", 1, 2, exited(0), command=("sleep", "1"), timeout_secs=2)
+    assert check_linearizable(history, EXACT).ok
+    history[2] = op("exec", 1, 3, exited(0), command=("sleep", "3"), timeout_secs=2)
+    assert not check_linearizable(history, EXACT).ok
+
+
+def test_status_counts_the_running_execs() -> None:
+    history = [
+        *started_sandbox(),
+        exec_op(1, 4, TERMED),
+        op("status", 2, 2, OK(StatusView(SandboxState.READY, None, True, 1))),
+        op("stop", 4, 4, OK(None)),
+        op("status", 6, 6, OK(StatusView(SandboxState.STOPPED, 143, True, 0))),
+    ]
+    assert check_linearizable(history, EXACT).ok
+    history[3] = op("status", 2, 2, OK(StatusView(SandboxState.READY, None, True, 0)))
+    assert not check_linearizable(history, EXACT).ok
+
+
+def test_real_execs_may_end_by_either_signal() -> None:
+    model = process_model(Timing(tolerance=0.5))
+    history = [
+        op("create", 0, 0, OK("a"), sandboxer="process"),
+        op("start", 0, 0, OK(True)),
+        exec_op(1, 3, KILLED, "sleep", "30"),
+        op("stop", 2, 3, OK(None), timeout_secs=0.1),
+    ]
+    assert check_linearizable(history, model).ok
+    history[2] = exec_op(1, 3, TERMED, "sleep", "30")
+    assert check_linearizable(history, model).ok
+    assert process_exec_behaviour({"command": ("sh", "-c", "exit 4")}).exit_status == 4
+    assert process_exec_behaviour({"command": ("sleep", "0.5")}).runs_for == 0.5
+
+
+def test_an_exec_that_cannot_start_is_refused_and_counted_until_then() -> None:
+    model = sim_model(Timing(tolerance=0.001))
+    faults = sim_faults(exec_error="no", exec_delay=1)
+    run(model, ("create", "a", {"options": faults}), ("start", "a"))
+    history = [
+        exec_op(1, 2, fail(Code.FAILED_PRECONDITION), "true"),
+        op("status", 1.5, 1.5, OK(StatusView(SandboxState.READY, None, True, 1))),
+    ]
+    assert check_linearizable(history, model).ok
+    history[0] = exec_op(1, 1.2, fail(Code.FAILED_PRECONDITION), "true")  # before its delay
+    assert not check_linearizable(history[:1], model).ok
+    assert run(sim_model(), ("create", "b", {"options": faults}), ("start", "b")) == [
+        OK("b"),
+        OK(True),
+    ]
+
+
+def test_an_exec_starting_when_the_process_dies_may_fail_to_start() -> None:
+    model = sim_model(Timing(tolerance=0.001))
+    run(model, ("create", "a", {"options": sim_faults(exec_delay=1)}), ("start", "a"))
+    for outcome in (fail(Code.FAILED_PRECONDITION), KILLED):
+        history = [exec_op(1, 1.5, outcome, "true"), op("shutdown", 1.5, 1.5, OK(None))]
+        assert check_linearizable(history, model).ok, outcome
+    # Once it ran, a Shutdown kills it.
+    history = [
+        exec_op(1, 3, fail(Code.FAILED_PRECONDITION), "hang"),
+        op("shutdown", 3, 3, OK(None)),
+    ]
+    assert not check_linearizable(history, model).ok
+
+
+def test_an_exec_refused_after_it_was_counted_is_no_refusal_at_once() -> None:
+    # The process exits on its own as it starts; an exec taken meanwhile is counted by a
+    # Status, then fails to start: it was not refused at once (before the Start, say).
+    model = sim_model(Timing(tolerance=0.001))
+    faults = sim_faults(exit_on="start", exit_code=0)
+    history = [
+        Operation("create", "a", {"options": faults}, 0, 0, OK("a"), order=(1, 2)),
+        Operation("start", "a", {}, 0, 0, OK(True), order=(3, 6)),
+        Operation(
+            "exec", "a", {"command": ("hang",)}, 0, 0, fail(Code.FAILED_PRECONDITION), order=(4, 8)
+        ),
+        Operation(
+            "status",
+            "a",
+            {},
+            0,
+            0,
+            OK(StatusView(SandboxState.READY, None, True, 1)),
+            order=(5, 7),
+        ),
+    ]
+    assert check_linearizable(history, model).ok

@@ -9,28 +9,30 @@ from collections.abc import Iterator, Mapping
 import pytest
 
 from sandboxd.runtime import TRANSITIONS, Effect, Input, Phase, Refusal, Transition, _lifecycle
-from sandboxd.testing import SPEC, Caller, Expect, Process, Record, expect
+from sandboxd.testing import SPEC, Caller, Execs, Expect, Process, Record, expect
 from sandboxd.testing.fuzz import fuzz
 from test_fuzz import in_process
 
-#: What each effect of the table means to a caller, in the specification's words.
-MEANS: Mapping[Effect, tuple[Caller, Process, Record]] = {
-    Effect.REPLY: (Caller.ANSWERED, Process.UNTOUCHED, Record.NOTHING),
-    Effect.SPAWN: (Caller.ANSWERED, Process.SPAWNED, Record.NOTHING),
-    Effect.STOP_UNSTARTED: (Caller.ANSWERED, Process.UNTOUCHED, Record.EXIT_0),
-    Effect.TERMINATE: (Caller.PARKED_ON_EXIT, Process.TERMINATED, Record.NOTHING),
-    Effect.JOIN_STOP: (Caller.PARKED_ON_EXIT, Process.EARLIER_DEADLINE, Record.NOTHING),
-    Effect.PARK_WAITER: (Caller.PARKED_ON_EXIT, Process.UNTOUCHED, Record.NOTHING),
-    Effect.KILL: (Caller.NOBODY, Process.KILLED, Record.NOTHING),
-    Effect.RECORD_EXIT: (Caller.NOBODY, Process.UNTOUCHED, Record.EXIT),
-    Effect.KILL_FOR_SHUTDOWN: (Caller.PARKED_ON_REMOVAL, Process.KILLED, Record.NOTHING),
-    Effect.JOIN_SHUTDOWN: (Caller.PARKED_ON_REMOVAL, Process.UNTOUCHED, Record.NOTHING),
-    Effect.RECORD_EXIT_AND_REMOVE: (Caller.NOBODY, Process.UNTOUCHED, Record.EXIT_REMOVED),
-    Effect.REMOVE_UNSTARTED: (Caller.ANSWERED, Process.UNTOUCHED, Record.EXIT_0_REMOVED),
-    Effect.REMOVE: (Caller.ANSWERED, Process.UNTOUCHED, Record.REMOVED),
-    Effect.START_EXEC: (Caller.ANSWERED, Process.UNTOUCHED, Record.NOTHING),
-    Effect.RECORD_EXEC_EXIT: (Caller.NOBODY, Process.UNTOUCHED, Record.NOTHING),
-    Effect.IGNORE: (Caller.NOBODY, Process.UNTOUCHED, Record.NOTHING),
+#: What each effect of the table means to a caller, in the specification's words: the
+#: caller's lot, the process's, the record's and the running execs'.
+C, P, R, X = Caller, Process, Record, Execs
+MEANS: Mapping[Effect, tuple[Caller, Process, Record, Execs]] = {
+    Effect.REPLY: (C.ANSWERED, P.UNTOUCHED, R.NOTHING, X.UNTOUCHED),
+    Effect.SPAWN: (C.ANSWERED, P.SPAWNED, R.NOTHING, X.UNTOUCHED),
+    Effect.STOP_UNSTARTED: (C.ANSWERED, P.UNTOUCHED, R.EXIT_0, X.UNTOUCHED),
+    Effect.TERMINATE: (C.PARKED_ON_EXIT, P.TERMINATED, R.NOTHING, X.TERMINATED),
+    Effect.JOIN_STOP: (C.PARKED_ON_EXIT, P.EARLIER_DEADLINE, R.NOTHING, X.UNTOUCHED),
+    Effect.PARK_WAITER: (C.PARKED_ON_EXIT, P.UNTOUCHED, R.NOTHING, X.UNTOUCHED),
+    Effect.KILL: (C.NOBODY, P.KILLED, R.NOTHING, X.KILLED),
+    Effect.RECORD_EXIT: (C.NOBODY, P.UNTOUCHED, R.EXIT, X.KILLED),
+    Effect.KILL_FOR_SHUTDOWN: (C.PARKED_ON_REMOVAL, P.KILLED, R.NOTHING, X.KILLED),
+    Effect.JOIN_SHUTDOWN: (C.PARKED_ON_REMOVAL, P.UNTOUCHED, R.NOTHING, X.UNTOUCHED),
+    Effect.RECORD_EXIT_AND_REMOVE: (C.NOBODY, P.UNTOUCHED, R.EXIT_REMOVED, X.KILLED),
+    Effect.REMOVE_UNSTARTED: (C.ANSWERED, P.UNTOUCHED, R.EXIT_0_REMOVED, X.UNTOUCHED),
+    Effect.REMOVE: (C.ANSWERED, P.UNTOUCHED, R.REMOVED, X.UNTOUCHED),
+    Effect.START_EXEC: (C.EXEC_RUNS, P.UNTOUCHED, R.NOTHING, X.UNTOUCHED),
+    Effect.RECORD_EXEC_EXIT: (C.NOBODY, P.UNTOUCHED, R.NOTHING, X.UNTOUCHED),
+    Effect.IGNORE: (C.NOBODY, P.UNTOUCHED, R.NOTHING, X.UNTOUCHED),
 }
 
 
@@ -38,8 +40,8 @@ def as_expected(phase: Phase, entry: Transition | Refusal) -> Expect:
     """A table entry in the specification's words."""
     if isinstance(entry, Refusal):
         return Expect(Caller.REFUSED, exists(phase), code=entry.code)
-    caller, process, record = MEANS[entry.effect]
-    return Expect(caller, exists(entry.next_phase), process, record)
+    caller, process, record, execs = MEANS[entry.effect]
+    return Expect(caller, exists(entry.next_phase), process, record, execs=execs)
 
 
 def exists(phase: Phase) -> Phase | None:

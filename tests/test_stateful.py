@@ -6,7 +6,8 @@ in the test's thread and makes every call through ``trio.from_thread.run``.  Eac
 a fresh runtime, opened in the machine's ``__init__`` and closed in its ``teardown``:
 
 - the in-process Controller with the sim backend, its Creates injecting the sim faults a
-  sequential model predicts (drawn by the public ``sandboxd.testing.strategies``), and
+  sequential model predicts (drawn by the public ``sandboxd.testing.strategies``), its
+  execs running sim scripts, and
 - the real server on a Unix socket with the process backend, driven through
   ``sandboxd.api.connect`` (fewer, slower examples: every Start spawns a process).
 """
@@ -45,8 +46,18 @@ from sandboxd.api import (
     serve_controller,
 )
 from sandboxd.backends import ProcessBackend, SimBackend
+from sandboxd.backends._process import ProcessSandbox
 from sandboxd.runtime import Controller, Input, Phase, open_controller
-from sandboxd.testing import Blocks, ReferenceModel, observe, sim_model, strategies
+from sandboxd.testing import (
+    EXEC_CALL,
+    Blocks,
+    ReferenceModel,
+    observe,
+    process_exec_behaviour,
+    run_exec,
+    sim_model,
+    strategies,
+)
 
 T = TypeVar("T")
 
@@ -191,6 +202,8 @@ class Harness(abc.ABC):
     #: The arguments of Create: drawn by the rule, or the plain ones.
     create_args: ClassVar[st.SearchStrategy[dict[str, Any]]]
     plain_create: ClassVar[dict[str, Any]]
+    #: The requests of Exec (none: its sandboxes cannot run execs).
+    exec_args: ClassVar[st.SearchStrategy[dict[str, Any]] | None]
 
     def __init__(self, loop: TrioThread) -> None:
         self.loop = loop
@@ -223,6 +236,7 @@ class SimHarness(Harness):
         options=strategies.create_options(exits=False, stop_delays=False, start_delays=False),
     )
     plain_create: ClassVar[dict[str, Any]] = {"sandboxer": "sim"}
+    exec_args = strategies.exec_args("sim")
 
     def open(self) -> Controller:
         self.backend = SimBackend()
@@ -265,6 +279,13 @@ class ProcessHarness(Harness):
     # options.command None: the pause process
     plain_create: ClassVar[dict[str, Any]] = {"sandboxer": "process"}
     create_args = st.just(plain_create)
+    # Real commands, short ones (each call waits for its exec to end), where the process
+    # backend runs execs.
+    exec_args = (
+        strategies.exec_args("process", commands=strategies.process_exec_commands(sleeps=(0.05,)))
+        if hasattr(ProcessSandbox, "exec")
+        else None
+    )
 
     def open(self) -> Any:
         self.directory = tempfile.mkdtemp(prefix="sbd-")
@@ -280,7 +301,9 @@ class ProcessHarness(Harness):
 
     def model(self) -> ReferenceModel:
         # The pause process catches SIGTERM and exits 0.
-        return ReferenceModel(sigterm_exit_status=0, signals_race=True)
+        return ReferenceModel(
+            sigterm_exit_status=0, signals_race=True, exec_behaviour_of=process_exec_behaviour
+        )
 
     def after_start(self, pid: int) -> None:
         # The pause process is ready for SIGTERM only once Python has started and taken it
@@ -307,6 +330,8 @@ async def invoke(target: Any, call: str, sandbox_id: str, args: dict[str, Any]) 
     """``(result, error)`` of one call, failing it if it hangs."""
     with trio.fail_after(CALL_TIMEOUT):
         try:
+            if call == EXEC_CALL:
+                return await run_exec(target, sandbox_id, args), None
             return await getattr(target, call)(sandbox_id, **args), None
         except RPCError as err:
             return None, err
@@ -405,6 +430,33 @@ class LifecycleMachine(RuleBasedStateMachine):
         exit_status = self.call("wait", sandbox_id)
         if exit_status is not None:
             assert exit_status.exit_status == self.model.exit_status(sandbox_id)
+
+    @precondition(lambda self: self.harness.exec_args is not None)
+    @rule(sandbox_id=st.sampled_from(ALL_IDS), data=st.data())
+    def exec(self, sandbox_id: str, data: st.DataObject) -> None:
+        self._exec(sandbox_id, data)
+
+    @precondition(
+        lambda self: (
+            self.harness.exec_args is not None
+            and any(self.model.phase(s) is Phase.READY for s in SANDBOX_IDS)
+        )
+    )
+    @rule(data=st.data())
+    def exec_in_a_ready_sandbox(self, data: st.DataObject) -> None:
+        ready = [s for s in SANDBOX_IDS if self.model.phase(s) is Phase.READY]
+        self._exec(data.draw(st.sampled_from(ready)), data)
+
+    def _exec(self, sandbox_id: str, data: st.DataObject) -> None:
+        assert self.harness.exec_args is not None
+        args = data.draw(self.harness.exec_args)
+        if isinstance(self.model.peek(EXEC_CALL, sandbox_id, **args), Blocks):
+            return  # a command that runs until it is killed: the sequence would stop here
+        run = self.call(EXEC_CALL, sandbox_id, **args)
+        if run is not None:
+            assert run.pid > 0 and run.exec_id, run
+            if args["command"][0] == "echo":
+                assert run.stdout == (" ".join(args["command"][1:]) + "\n").encode()
 
     @rule(sandbox_id=st.sampled_from(ALL_IDS), verbose=st.booleans())
     def status(self, sandbox_id: str, verbose: bool) -> None:

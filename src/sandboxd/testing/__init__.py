@@ -9,6 +9,10 @@
   explained by the model; :class:`HistoryRecorder` records one.  :func:`check_fields` and
   :func:`check_events` judge what outcomes leave out: every field of the answers, and the
   lifecycle events published meanwhile.
+- :data:`EXEC` and :func:`expect_exec`: what an Exec does in each state; the model runs
+  execs (:class:`ExecBehaviour`: how a command ends) and judges how they end when a Stop,
+  a Shutdown or the sandbox's exit races them; :func:`sim_exec_behaviour` and
+  :func:`process_exec_behaviour` read the fuzzer's exec commands back.
 - :func:`sim_faults`: Create options that inject faults into a ``sim`` sandbox (start
   failures, exits after a delay or at a chosen point, ignored SIGTERM, slow stops), over the
   socket too; :func:`sim_behaviour` and :func:`sim_model` tell the model about them.
@@ -32,9 +36,11 @@ the fixtures ``sandboxd_controller``, ``sandboxd_socket``, ``sandboxd_client``,
 
 from ._faults import (
     process_behaviour,
+    process_exec_behaviour,
     process_faults,
     process_model,
     sim_behaviour,
+    sim_exec_behaviour,
     sim_faults,
     sim_model,
 )
@@ -47,9 +53,14 @@ from ._linearize import (
 )
 from ._model import (
     CALL_INPUTS,
+    CALL_NAMES,
+    EXEC_CALL,
     SIGKILL_STATUS,
     SIGTERM_STATUS,
     Blocks,
+    ExecBehaviour,
+    ExecModel,
+    ExecRun,
     Outcome,
     ProcessBehaviour,
     ReferenceModel,
@@ -59,9 +70,12 @@ from ._model import (
     Timing,
     call_step,
     event_step,
+    exec_exit_step,
     observe,
     pending_events,
+    pending_exec_exits,
     perform,
+    run_exec,
 )
 from ._observed import check_events, check_fields
 from ._programs import (
@@ -75,11 +89,14 @@ from ._programs import (
 )
 from ._reproduce import explain_conflict, reproducer_script, reproducer_test
 from ._server import fixture_backends, serve_in_thread, shutdown_all
-from ._spec import SPEC, Caller, Expect, Process, Record, expect
+from ._spec import EXEC, SPEC, Caller, Execs, Expect, Process, Record, expect, expect_exec
 
 __all__ = [
     "CALL_INPUTS",
+    "CALL_NAMES",
     "DEFAULT_MAX_STATES",
+    "EXEC",
+    "EXEC_CALL",
     "SIGKILL_STATUS",
     "SIGTERM_STATUS",
     "SPEC",
@@ -87,6 +104,10 @@ __all__ = [
     "Call",
     "Caller",
     "EventLog",
+    "ExecBehaviour",
+    "ExecModel",
+    "ExecRun",
+    "Execs",
     "Expect",
     "Group",
     "HistoryRecorder",
@@ -108,22 +129,28 @@ __all__ = [
     "check_fields",
     "check_linearizable",
     "event_step",
+    "exec_exit_step",
     "expect",
+    "expect_exec",
     "explain_conflict",
     "fixture_backends",
     "observe",
     "pending_events",
+    "pending_exec_exits",
     "perform",
     "process_behaviour",
+    "process_exec_behaviour",
     "process_faults",
     "process_model",
     "recording_events",
     "reproducer_script",
     "reproducer_test",
+    "run_exec",
     "run_program",
     "serve_in_thread",
     "shutdown_all",
     "sim_behaviour",
+    "sim_exec_behaviour",
     "sim_faults",
     "sim_model",
 ]

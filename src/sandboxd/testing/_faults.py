@@ -11,6 +11,13 @@ Real processes (the ``process`` and ``bwrap`` sandboxers) take their faults from
 command: :func:`process_faults` builds one of a few short shell commands (exit with a chosen
 status, after a delay; ignore SIGTERM), :func:`process_behaviour` reads such a command back,
 and :func:`process_model` asks it for every Create.
+
+Execs: a sim exec runs a tiny script, its command (``true``, ``exit N``, ``sleep S``,
+``hang``, ``echo ...``, ``cat``), on trio's clock; :func:`sim_exec_behaviour` reads one back
+for the model.  A sim sandbox's execs may take a while to start, or fail to
+(``exec_delay``, ``exec_error``: faults of its Create).  A real exec runs a real command:
+:func:`process_exec_behaviour` reads back the few the fuzzer draws (``true``, ``sh -c 'exit
+N'``, ``sleep S``).
 """
 
 from __future__ import annotations
@@ -21,13 +28,15 @@ from typing import Any, Final
 
 from .._models import SandboxOptions
 from ..backends._sim import _settings
-from ._model import SIGTERM_STATUS, ProcessBehaviour, ReferenceModel, Timing
+from ._model import SIGTERM_STATUS, ExecBehaviour, ProcessBehaviour, ReferenceModel, Timing
 
 __all__ = [
     "process_behaviour",
+    "process_exec_behaviour",
     "process_faults",
     "process_model",
     "sim_behaviour",
+    "sim_exec_behaviour",
     "sim_faults",
     "sim_model",
 ]
@@ -42,6 +51,8 @@ def sim_faults(
     exit_code: int | None = None,
     ignore_sigterm: bool = False,
     stop_delay: float | None = None,
+    exec_error: str | None = None,
+    exec_delay: float | None = None,
 ) -> SandboxOptions:
     """Create options for a ``sim`` sandbox with these faults:
 
@@ -54,7 +65,9 @@ def sim_faults(
       SIGTERM) instead of 143;
     - ``ignore_sigterm``: only SIGKILL ends it, so a Stop takes its whole grace period;
     - ``stop_delay``: it dies of SIGTERM only this many seconds later (a slow stop; a SIGKILL
-      meanwhile overtakes it).
+      meanwhile overtakes it);
+    - ``exec_error``: every Exec in it fails to start (FAILED_PRECONDITION carrying this
+      text), after ``exec_delay`` seconds (an exec always takes ``exec_delay`` to start).
 
     Raises :class:`~sandboxd.InvalidArgument` naming the setting, as Create would.  Use with
     ``sandboxer="sim"``: ``await ctl.create("a", sandboxer="sim", options=sim_faults(...))``.
@@ -67,6 +80,8 @@ def sim_faults(
         ("exit_on", exit_on),
         ("exit_code", exit_code),
         ("stop_delay", stop_delay),
+        ("exec_error", exec_error),
+        ("exec_delay", exec_delay),
     ):
         if value is not None:
             sim[key] = value
@@ -99,6 +114,8 @@ def sim_behaviour(create_args: Mapping[str, Any]) -> ProcessBehaviour:
         signals_race=float(sim.get("stop_delay", 0)) > 0,
         own_exit_status=exit_code if exits else None,
         start_fails="start_error" in sim,
+        exec_delay=float(sim.get("exec_delay", 0)),
+        exec_fails="exec_error" in sim,
     )
 
 
@@ -106,7 +123,35 @@ def sim_model(timing: Timing | None = None) -> ReferenceModel:
     """A :class:`~sandboxd.testing.ReferenceModel` of ``sim`` sandboxes, each created with
     whatever faults its Create asked for (:func:`sim_behaviour`), keeping time as ``timing``
     says (default: no deadlines checked)."""
-    return ReferenceModel(behaviour_of=sim_behaviour, timing=timing or Timing())
+    return ReferenceModel(
+        behaviour_of=sim_behaviour,
+        timing=timing or Timing(),
+        exec_behaviour_of=sim_exec_behaviour,
+    )
+
+
+def _command(exec_args: Mapping[str, Any]) -> tuple[str, ...]:
+    return tuple(exec_args.get("command") or ())
+
+
+def sim_exec_behaviour(exec_args: Mapping[str, Any]) -> ExecBehaviour:
+    """How the model must expect a sim exec made with ``exec_args`` (the fields of its
+    :class:`~sandboxd.ExecRequest`) to end, from its script: ``true``, ``echo ...`` and
+    ``cat`` (its stdin closed at once) exit 0 at once, ``exit N`` with N, ``sleep S`` with 0
+    after S seconds, ``hang`` only when killed.  Signals end it as they end a sim process
+    (SIGTERM: 143, SIGKILL: 137, at once).  Any other command is a ``ValueError``: the model
+    cannot say."""
+    command = _command(exec_args)
+    name, args = (command[0], command[1:]) if command else ("", ())
+    if name in ("true", "echo", "cat"):
+        return ExecBehaviour()
+    if name == "exit" and len(args) == 1:
+        return ExecBehaviour(exit_status=int(args[0]))
+    if name == "sleep" and len(args) == 1:
+        return ExecBehaviour(runs_for=float(args[0]))
+    if name == "hang" and not args:
+        return ExecBehaviour(exit_status=None)
+    raise ValueError(f"not a sim exec script the model knows: {list(command)!r}")
 
 
 #: The shell commands :func:`process_faults` writes: ``trap "" TERM; `` (SIGTERM ignored),
@@ -202,7 +247,31 @@ def process_model(timing: Timing | None = None) -> ReferenceModel:
     """A :class:`~sandboxd.testing.ReferenceModel` of real processes, each as its Create's
     command says (:func:`process_behaviour`), keeping time as ``timing`` says (default: no
     deadlines checked)."""
-    return ReferenceModel(behaviour_of=process_behaviour, timing=timing or Timing())
+    return ReferenceModel(
+        behaviour_of=process_behaviour,
+        timing=timing or Timing(),
+        exec_behaviour_of=process_exec_behaviour,
+    )
+
+
+_EXIT_SCRIPT: Final = re.compile(r"exit (?P<status>[0-9]+)")
+
+
+def process_exec_behaviour(exec_args: Mapping[str, Any]) -> ExecBehaviour:
+    """How the model must expect a real exec made with ``exec_args`` (the fields of its
+    :class:`~sandboxd.ExecRequest`) to end: ``true`` with 0 at once, ``sh -c 'exit N'`` with
+    N, ``sleep S`` with 0 after S seconds; any other command only when a signal or its
+    timeout ends it.  Real signals race (``signals_race``)."""
+    command = _command(exec_args)
+    if command == ("true",):
+        return ExecBehaviour(signals_race=True)
+    if len(command) == 3 and command[:2] == ("sh", "-c"):
+        match = _EXIT_SCRIPT.fullmatch(command[2])
+        if match is not None:
+            return ExecBehaviour(exit_status=int(match["status"]), signals_race=True)
+    if len(command) == 2 and command[0] == "sleep":
+        return ExecBehaviour(runs_for=float(command[1]), signals_race=True)
+    return ExecBehaviour(exit_status=None, signals_race=True)
 
 
 def model_for(sandboxer: str | None, timing: Timing | None = None) -> ReferenceModel:

@@ -43,6 +43,7 @@ which no single one can be dropped.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import time
@@ -55,13 +56,16 @@ import trio
 
 from ..runtime import Input
 from ._model import (
+    EXEC_CALL,
     Outcome,
     ReferenceModel,
     SandboxModel,
     Step,
     call_step,
     event_step,
+    exec_exit_step,
     pending_events,
+    pending_exec_exits,
     perform_keeping,
 )
 
@@ -197,10 +201,7 @@ class _Search:
         self.seen: set[tuple[SandboxModel | None, int, float]] = set()
         self.timing = model.timing
         self.tolerance = model.timing.tolerance
-        self.behaviours = [
-            model.behaviour_for(op.args) if op.call == "create" else model.default_behaviour
-            for op in ops
-        ]
+        self.behaviours = [model.step_behaviours(op.call, op.args) for op in ops]
         # An unchecked operation never has to precede anything: it may not have ended.
         self.pred = [
             sum(1 << j for j in _bits(checked) if j != i and _before(ops[j], op))
@@ -211,10 +212,13 @@ class _Search:
             (i for i, op in enumerate(ops) if checked >> i & 1 or op.call not in _QUERIES),
             key=lambda i: (ops[i].start_time, i),
         )
+        # A refused call is inert, but for an exec: one that failed to start may have been
+        # counted by a Status meanwhile.
         self.inert = [
             i
             for i in self.order
-            if checked >> i & 1 and (ops[i].call in _QUERIES or not _ok(ops[i].outcome))
+            if checked >> i & 1
+            and (ops[i].call in _QUERIES or not (_ok(ops[i].outcome) or ops[i].call == EXEC_CALL))
         ]
         self.active = [i for i in self.order if i not in self.inert]
 
@@ -230,15 +234,17 @@ class _Search:
     def _step(self, sandbox: SandboxModel | None, i: int, at: float) -> Step:
         """Operation ``i`` on ``sandbox`` at ``at``, under its ticket ``i``."""
         op = self.ops[i]
+        behaviour, command = self.behaviours[i]
         return call_step(
             sandbox,
             op.call,
             op.sandbox_id,
             op.args,
             i,
-            self.behaviours[i],
+            behaviour,
             now=at,
             timing=self.timing,
+            exec_behaviour=command,
         )
 
     def _answered_at(self, i: int, now: float) -> float:
@@ -265,14 +271,20 @@ class _Search:
         now: float,
     ) -> float:
         """The time, from ``now`` on, to place an event that wakes ``woken``: the earliest
-        it may happen, but a grace timer's SIGKILL as late as the calls its exit will wake
-        need (an exit must follow a SIGKILL within the tolerance)."""
+        it may happen, but a SIGKILL -- a grace timer's, or the one the process's exit sends
+        the execs -- as late as the calls the deaths it causes will wake need (an exit must
+        follow a SIGKILL within the tolerance)."""
+        execs = [run.ticket for run in sandbox.execs]
         if event is Input.STOP_GRACE_EXPIRED:
             earliest = max(now, sandbox.kill_at)
-            ends = [self._end(t) for t in sandbox.waiters | sandbox.stoppers]
+            ends = [self._end(t) for t in [*sandbox.waiters, *sandbox.stoppers, *execs]]
             needed = max((end for end in ends if end != math.inf), default=-math.inf)
             return max(earliest, min(needed - self.tolerance, sandbox.kill_by))
         at = now
+        if event is Input.PROCESS_EXITED and execs and not woken:  # its execs are killed
+            ends = [self._end(t) for t in execs]
+            needed = max((end for end in ends if end != math.inf), default=-math.inf)
+            at = max(at, min(needed - self.tolerance, sandbox.deadline))
         for t, _ in woken:
             if self.checked >> t & 1:
                 at = max(at, self.ops[t].end_time - self.tolerance)
@@ -297,7 +309,7 @@ class _Search:
             (ops[i].start_time for i in self.active if not done >> i & 1), default=math.inf
         )
         if sandbox is not None:
-            horizon = min(horizon, deadline, sandbox.kill_at)
+            horizon = min(horizon, deadline, sandbox.kill_at, *_exec_timers(sandbox))
         progress = True
         while progress:
             progress = False
@@ -341,7 +353,8 @@ class _Search:
             step = self._step(sandbox, i, at)
             if checked >> i & 1:
                 if step.reply is None:
-                    if op.outcome is None or not op.outcome.ok:  # parked calls end well
+                    # Parked calls end well; but an exec may fail to start.
+                    if op.outcome is None or not (op.outcome.ok or op.call == EXEC_CALL):
                         continue
                 elif step.reply != op.outcome:
                     continue
@@ -358,16 +371,44 @@ class _Search:
             if self._matches(step.woken, at) and self._dfs(step.sandbox, done | 1 << i, at):
                 return True
         if sandbox is not None:
+            latest = max(now, arrival)
             for event, status in pending_events(sandbox):
-                step = event_step(sandbox, event, status, now=now, timing=timing)
-                at = self._event_time(sandbox, event, step.woken, now)
-                if at > deadline or at > max(now, arrival):
-                    continue
-                if at != now:
-                    step = event_step(sandbox, event, status, now=at, timing=timing)
-                if self._matches(step.woken, at) and self._dfs(step.sandbox, done, at):
+                at_time = functools.partial(event_step, sandbox, event, status, timing=timing)
+                if self._event(sandbox, event, at_time, -math.inf, done, now, latest):
+                    return True
+            for ticket, exit, earliest in pending_exec_exits(sandbox):
+                at_time = functools.partial(exec_exit_step, sandbox, ticket, exit, timing=timing)
+                if self._event(sandbox, Input.EXEC_EXITED, at_time, earliest, done, now, latest):
                     return True
         return False
+
+    def _event(
+        self,
+        sandbox: SandboxModel,
+        event: Input,
+        at_time: Callable[..., Step],
+        earliest: float,
+        done: int,
+        now: float,
+        latest: float,
+    ) -> bool:
+        """Whether ``event`` next (its step ``at_time(now=...)``, no earlier than
+        ``earliest``, no later than ``latest`` or the sandbox's deadline) leads to a
+        linearization."""
+        step = at_time(now=now)
+        at = max(earliest, self._event_time(sandbox, event, step.woken, now))
+        if at > sandbox.deadline or at > latest:
+            return False
+        if at != now:
+            step = at_time(now=at)
+        return self._matches(step.woken, at) and self._dfs(step.sandbox, done, at)
+
+
+def _exec_timers(sandbox: SandboxModel) -> Iterable[float]:
+    """When the sandbox's execs may end by themselves (on their own, or by a timeout)."""
+    for run in sandbox.execs:
+        yield run.exits_at
+        yield run.times_out_at
 
 
 def _linearizable(

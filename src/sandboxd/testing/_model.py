@@ -46,6 +46,8 @@ import attrs
 
 from .._errors import Code, InvalidArgument, RPCError
 from .._models import (
+    ExecExit,
+    ExecRequest,
     ExitStatus,
     Platform,
     SandboxInstance,
@@ -55,13 +57,18 @@ from .._models import (
     check_sandbox_id,
 )
 from ..runtime import Input, Phase
-from ._spec import Caller, Expect, Process, Record, expect
+from ._spec import Caller, Execs, Expect, Process, Record, expect, expect_exec
 
 __all__ = [
     "CALL_INPUTS",
+    "CALL_NAMES",
+    "EXEC_CALL",
     "SIGKILL_STATUS",
     "SIGTERM_STATUS",
     "Blocks",
+    "ExecBehaviour",
+    "ExecModel",
+    "ExecRun",
     "Outcome",
     "ProcessBehaviour",
     "ReferenceModel",
@@ -71,9 +78,12 @@ __all__ = [
     "Timing",
     "call_step",
     "event_step",
+    "exec_exit_step",
     "observe",
     "pending_events",
+    "pending_exec_exits",
     "perform",
+    "run_exec",
 ]
 
 #: Exit status of a process ended by SIGKILL, and by an unhandled SIGTERM.
@@ -94,7 +104,15 @@ CALL_INPUTS: Final[Mapping[str, Input]] = {
     "ping": Input.PING,
     "metrics": Input.METRICS,
     "shutdown": Input.SHUTDOWN,
+    "exec": Input.EXEC,
 }
+
+#: The call that runs a command in a sandbox (Exec; :data:`~sandboxd.testing.EXEC` says
+#: what it does in each state).
+EXEC_CALL: Final = "exec"
+
+#: Every call the model knows, by name.
+CALL_NAMES: Final[tuple[str, ...]] = tuple(CALL_INPUTS)
 
 
 # -- what a call returns ---------------------------------------------------------------------
@@ -104,11 +122,13 @@ CALL_INPUTS: Final[Mapping[str, Input]] = {
 @attrs.frozen(slots=True)
 class StatusView:
     """What the model predicts of a Status: the reported state, the exit status (present iff
-    the exit was recorded) and whether the sandbox has a pid (iff it was started)."""
+    the exit was recorded), whether the sandbox has a pid (iff it was started) and how many
+    execs run in it (``info["execs"]``: those whose exit is not recorded yet)."""
 
     state: SandboxState
     exit_status: int | None
     started: bool
+    execs: int = 0
 
 
 @final
@@ -122,6 +142,7 @@ class Outcome:
     * start: ``True`` (a pid > 0 was returned);
     * wait: the exit status (an ``int``);
     * status: a :class:`StatusView`;
+    * exec: the :class:`~sandboxd.ExecExit` its command ended with;
     * stop, shutdown, ping, platform, metrics: ``None``.
 
     Otherwise ``code`` is the error's status code and ``value`` is ``None``.
@@ -168,9 +189,12 @@ def observe(call: str, result: object = None, error: BaseException | None = None
         if isinstance(error, RPCError):
             return Outcome.failure(error.code)
         raise error
-    if call not in CALL_INPUTS:
+    if call not in CALL_NAMES:
         raise ValueError(f"unknown call {call!r}")
-    if call == "start":
+    if call == EXEC_CALL:
+        if isinstance(result, ExecRun):
+            return Outcome.success(result.exit)
+    elif call == "start":
         if isinstance(result, SandboxInstance):
             return Outcome.success(result.pid > 0)
     elif call == "wait":
@@ -184,6 +208,7 @@ def observe(call: str, result: object = None, error: BaseException | None = None
                     state=result.state,
                     exit_status=None if recorded is None else int(recorded),
                     started=result.pid != 0,
+                    execs=int(result.info.get("execs", 0)),
                 )
             )
     elif call == "platform":
@@ -208,14 +233,52 @@ async def perform(target: Any, call: str, sandbox_id: str, **args: Any) -> Outco
 async def perform_keeping(
     target: Any, call: str, sandbox_id: str, **args: Any
 ) -> tuple[Outcome, object]:
-    """As :func:`perform`, and the call's result itself (``None`` for an error)."""
-    if call not in CALL_INPUTS:
+    """As :func:`perform`, and the call's result itself (``None`` for an error; an
+    :class:`ExecRun` for an exec)."""
+    if call not in CALL_NAMES:
         raise ValueError(f"unknown call {call!r}")
     try:
-        result = await getattr(target, call)(sandbox_id, **args)
+        if call == EXEC_CALL:
+            result: object = await run_exec(target, sandbox_id, args)
+        else:
+            result = await getattr(target, call)(sandbox_id, **args)
     except RPCError as err:
         return Outcome.failure(err.code), None
     return observe(call, result), result
+
+
+@final
+@attrs.frozen(slots=True)
+class ExecRun:
+    """What one exec gave its caller: its id and pid (from its first message), what it
+    wrote (each stream's chunks joined) and how it ended."""
+
+    exec_id: str
+    pid: int
+    exit: ExecExit
+    stdout: bytes = b""
+    stderr: bytes = b""
+
+
+async def run_exec(target: Any, sandbox_id: str, args: Mapping[str, Any]) -> ExecRun:
+    """Run an exec to its end through ``target.exec`` (a Controller or a remote one): the
+    request is ``ExecRequest(**args)``; its stdin, if asked for, is closed at once.
+    Cancellation (leaving the block) kills the exec, as it does for any caller."""
+    request = ExecRequest(**args)
+    output: dict[str, list[bytes]] = {}
+    async with target.exec(sandbox_id, request) as proc:
+        if request.stdin:
+            await proc.close_stdin()
+        async for chunk in proc:
+            output.setdefault(chunk.stream, []).append(chunk.data)
+        exit = await proc.wait()
+        return ExecRun(
+            proc.exec_id,
+            proc.pid,
+            exit,
+            b"".join(output.get("stdout", ())),
+            b"".join(output.get("stderr", ())),
+        )
 
 
 # -- one sandbox -----------------------------------------------------------------------------
@@ -242,12 +305,38 @@ class ProcessBehaviour:
 
     ``start_fails``: Start is refused (FAILED_PRECONDITION, the sandbox stays ``created``),
     as for a sim process with ``start_error``.
+
+    ``exec_delay``: seconds an exec takes to start (a sim sandbox's ``exec_delay``); an exec
+    whose start is under way when the process exits fails with FAILED_PRECONDITION.
+    ``exec_fails``: every exec fails so, once its start has taken ``exec_delay`` (a sim
+    sandbox's ``exec_error``).
     """
 
     sigterm_exit_status: int | None = SIGTERM_STATUS
     signals_race: bool = False
     own_exit_status: int | None = None
     start_fails: bool = False
+    exec_delay: float = 0.0
+    exec_fails: bool = False
+
+
+@final
+@attrs.frozen(slots=True)
+class ExecBehaviour:
+    """How the model expects an exec's command to end.
+
+    ``exit_status``: the status it exits with on its own, ``runs_for`` seconds after it
+    started (``None``: only a signal or its timeout ends it).  ``sigterm_exit_status``: the
+    status SIGTERM ends it with (``None``: it ignores SIGTERM); SIGKILL always ends it with
+    137.  ``signals_race`` as for :class:`ProcessBehaviour` (real processes: a SIGKILL may
+    overtake a SIGTERM being handled, and a command may end on its own while a signal is on
+    its way).
+    """
+
+    exit_status: int | None = 0
+    runs_for: float = 0.0
+    sigterm_exit_status: int | None = SIGTERM_STATUS
+    signals_race: bool = False
 
 
 @final
@@ -267,6 +356,120 @@ class Timing:
     tolerance: float = math.inf
 
 
+def _killed(status: int, *, timed_out: bool = False) -> Outcome:
+    """How an exec that a signal ended reports it (``status`` is 128 + N)."""
+    return Outcome.success(ExecExit(status, timed_out, status - 128))
+
+
+_CANNOT_RUN: Final = Outcome.failure(Code.FAILED_PRECONDITION)
+
+
+@final
+@attrs.frozen(slots=True)
+class ExecModel:
+    """One exec running in a sandbox, its caller parked under ``ticket`` until it ends.
+
+    Its caller gets an :class:`Outcome`: the :class:`~sandboxd.ExecExit` it ended with, or
+    FAILED_PRECONDITION when it could not start.  ``dying`` holds how it may still end because
+    a signal ended it (in the order the signals were sent); a SIGKILLed exec's exit must be
+    recorded by ``due``.  It ends on its own no earlier than ``exits_at`` and no later than
+    ``exits_by``, and its timeout kills it no earlier than ``times_out_at`` and no later than
+    ``times_out_by`` (``inf``: never).  Its start is under way until ``starts_by``: when the
+    sandbox's process dies before, it may fail to start (``may_fail``); with ``fails`` it
+    fails to start at ``starts_at``, whatever else happens.
+    """
+
+    ticket: int
+    behaviour: ExecBehaviour
+    timeout: float | None = None
+    exits_at: float = math.inf
+    exits_by: float = math.inf
+    times_out_at: float = math.inf
+    times_out_by: float = math.inf
+    dying: tuple[Outcome, ...] = ()
+    due: float = math.inf
+    starts_at: float = -math.inf
+    starts_by: float = -math.inf
+    fails: bool = False
+    may_fail: bool = False
+
+    @property
+    def deadline(self) -> float:
+        """The time by which this exec's exit must have been recorded."""
+        return min(self.due, self.exits_by, self.times_out_by)
+
+    def endings(self) -> tuple[tuple[Outcome, float], ...]:
+        """How it may end next, each with the earliest time it may: failing to start, by a
+        signal already sent, on its own, or by its timeout (the last two even after a signal,
+        when signals race)."""
+        if self.fails:
+            return ((_CANNOT_RUN, self.starts_at),)
+        endings = [(exit, -math.inf) for exit in self.dying]
+        if self.may_fail:
+            endings.append((_CANNOT_RUN, -math.inf))
+        if self.dying and not self.behaviour.signals_race:
+            return tuple(endings)  # the signal ended it at once
+        own = self.behaviour.exit_status
+        if own is not None and self.exits_at != math.inf:
+            endings.append((Outcome.success(ExecExit(own)), self.exits_at))
+        if self.times_out_at != math.inf:
+            endings.append((_killed(SIGKILL_STATUS, timed_out=True), self.times_out_at))
+        return tuple(endings)
+
+    def sequential_end(self) -> Outcome | None:
+        """How it ends for a sequential caller, who waits for it (``None``: it never ends
+        by itself)."""
+        if self.fails:
+            return _CANNOT_RUN
+        if self.dying:
+            return self.dying[0]
+        own, runs_for = self.behaviour.exit_status, self.behaviour.runs_for
+        if own is not None and (self.timeout is None or runs_for < self.timeout):
+            return Outcome.success(ExecExit(own))
+        if self.timeout is not None:
+            return _killed(SIGKILL_STATUS, timed_out=True)
+        return None
+
+
+def _signal_exec(run: ExecModel, signum: int, now: float, timing: Timing) -> ExecModel:
+    """Deliver ``signum`` at ``now`` to one running exec."""
+    if signum == _SIGKILL:
+        ending: Outcome | None = _killed(SIGKILL_STATUS)
+        # An exec still starting gets the signal once it has started.
+        due = _by(max(now, run.starts_at), timing.tolerance)
+        run = attrs.evolve(run, due=min(run.due, due))
+    else:
+        status = run.behaviour.sigterm_exit_status
+        ending = None if status is None else _killed(status)
+    if ending is None:
+        return run
+    if not run.dying:
+        return attrs.evolve(run, dying=(ending,))
+    if run.behaviour.signals_race and signum == _SIGKILL and ending not in run.dying:
+        return attrs.evolve(run, dying=(*run.dying, ending))
+    return run
+
+
+def _signal_execs(
+    sandbox: SandboxModel, signum: int | None, now: float, timing: Timing
+) -> SandboxModel:
+    if signum is None or not sandbox.execs:
+        return sandbox
+    execs = tuple(_signal_exec(run, signum, now, timing) for run in sandbox.execs)
+    return attrs.evolve(sandbox, execs=execs)
+
+
+def _process_dies(sandbox: SandboxModel, now: float) -> SandboxModel:
+    """The sandbox's process is (or may be) ending at ``now``: execs still starting may fail
+    to start (never in the sequential model: an exec has started before another call)."""
+    if now == -math.inf or not any(now <= r.starts_by and not r.may_fail for r in sandbox.execs):
+        return sandbox
+    execs = tuple(
+        attrs.evolve(run, may_fail=True) if now <= run.starts_by else run for run in sandbox.execs
+    )
+    return attrs.evolve(sandbox, execs=execs)
+
+
 @final
 @attrs.frozen(slots=True, cache_hash=True)
 class SandboxModel:
@@ -278,6 +481,11 @@ class SandboxModel:
     than ``kill_at`` and no later than ``kill_by``.  ``waiters``, ``stoppers`` and
     ``shutdowns`` are the tickets of parked Wait, Stop and Shutdown calls.  Times are on the
     history's clock (``-inf``: the sequential model, which keeps no time).
+
+    ``execs`` are the execs running in it (:class:`ExecModel`, in the order they started).
+    When its process exits while execs run, they are SIGKILLed and the exit status is
+    ``held`` back: the exit is recorded (and Waits, Stops and Shutdowns answered) only once
+    the last of them has ended, so no call that returns leaves an exec behind.
     """
 
     phase: Phase
@@ -291,6 +499,13 @@ class SandboxModel:
     waiters: frozenset[int] = frozenset()
     stoppers: frozenset[int] = frozenset()
     shutdowns: frozenset[int] = frozenset()
+    execs: tuple[ExecModel, ...] = ()
+    held: int | None = None
+
+    @property
+    def alive(self) -> bool:
+        """Whether its process was started and has not exited."""
+        return self.started and self.exit_status is None and self.held is None
 
     @property
     def grace_armed(self) -> bool:
@@ -300,16 +515,17 @@ class SandboxModel:
     @property
     def deadline(self) -> float:
         """The time by which the next forced event (a grace timer, a SIGKILLed process's
-        exit) must have happened: time cannot pass it before."""
-        return min(self.kill_by, self.due)
+        exit, an exec's end) must have happened: time cannot pass it before."""
+        return min(self.kill_by, self.due, *(run.deadline for run in self.execs))
 
     @property
     def parked(self) -> frozenset[int]:
-        """The tickets of every call parked on this sandbox."""
-        return self.waiters | self.stoppers | self.shutdowns
+        """The tickets of every call parked on this sandbox (execs included)."""
+        running = frozenset(run.ticket for run in self.execs)
+        return self.waiters | self.stoppers | self.shutdowns | running
 
     def status(self) -> StatusView:
-        return StatusView(self.phase.reported, self.exit_status, self.started)
+        return StatusView(self.phase.reported, self.exit_status, self.started, len(self.execs))
 
 
 @final
@@ -345,7 +561,7 @@ def _by(now: float, seconds: float) -> float:
 def _signal(sandbox: SandboxModel, signum: int, now: float, timing: Timing) -> SandboxModel:
     """Deliver ``signum`` at ``now`` to the sandbox's process, if it has one that has not
     exited."""
-    if not sandbox.started or sandbox.exit_status is not None:
+    if not sandbox.alive:
         return sandbox
     if signum == _SIGKILL:
         status: int | None = SIGKILL_STATUS
@@ -355,6 +571,7 @@ def _signal(sandbox: SandboxModel, signum: int, now: float, timing: Timing) -> S
         status = sandbox.behaviour.sigterm_exit_status
     if status is None:  # ignored
         return sandbox
+    sandbox = _process_dies(sandbox, now)
     if not sandbox.dying:
         return attrs.evolve(sandbox, dying=(status,))
     if sandbox.behaviour.signals_race and signum == _SIGKILL and status not in sandbox.dying:
@@ -397,14 +614,16 @@ def _record_exit(sandbox: SandboxModel, status: int, then: Phase) -> tuple[Sandb
     return recorded, woken
 
 
-def _stop_timeout(args: Mapping[str, Any]) -> float | None:
+def _timeout(args: Mapping[str, Any], *, zero: bool) -> float | None:
+    """The ``timeout_secs`` of a Stop (0 allowed: SIGKILL at once) or of an exec (> 0)."""
     timeout = args.get("timeout_secs")
     if timeout is None:
         return None
     if isinstance(timeout, bool) or not isinstance(timeout, int | float):
         raise InvalidArgument("timeout_secs: must be a number")
-    if not 0 <= timeout < math.inf:
-        raise InvalidArgument("timeout_secs: must be a finite number >= 0")
+    if not (timeout >= 0 if zero else timeout > 0) or timeout == math.inf:
+        bound = ">= 0" if zero else "> 0"
+        raise InvalidArgument(f"timeout_secs: must be a finite number {bound}")
     return float(timeout)
 
 
@@ -416,9 +635,13 @@ def _carry_out(
     now: float,
     timing: Timing,
 ) -> tuple[SandboxModel | None, _Woken]:
-    """What the specification's ``rule`` does to the process and the record (the caller
-    aside); ``status`` is an exit's, ``grace`` a Stop's."""
+    """What the specification's ``rule`` does to the process, the execs and the record (the
+    caller aside); ``status`` is an exit's, ``grace`` a Stop's."""
     assert (rule.then is None) == rule.removed, rule
+    if rule.execs is Execs.TERMINATED:
+        sandbox = _signal_execs(sandbox, _stop_signal(sandbox, grace), now, timing)
+    elif rule.execs is Execs.KILLED:
+        sandbox = _signal_execs(sandbox, _SIGKILL, now, timing)
     after = sandbox if rule.then is None else attrs.evolve(sandbox, phase=rule.then)
     if rule.process is Process.SPAWNED:
         after = attrs.evolve(after, started=True)
@@ -435,8 +658,16 @@ def _carry_out(
         assert code is not None, "an exit needs its status"
         after, woken = _record_exit(after, code, rule.then or Phase.STOPPED)
     if rule.removed:
+        assert not after.execs, "an exit is recorded once the execs have ended"
         return None, woken + tuple((t, Outcome.success(None)) for t in sorted(after.shutdowns))
     return after, woken
+
+
+def _stop_signal(sandbox: SandboxModel, grace: float | None) -> int | None:
+    """The signal a Stop with ``grace`` sends the sandbox at once (see :func:`_arm`)."""
+    if grace == 0:
+        return _SIGKILL
+    return None if sandbox.grace_armed else _SIGTERM
 
 
 def call_step(
@@ -449,21 +680,25 @@ def call_step(
     *,
     now: float = -math.inf,
     timing: Timing = _UNTIMED,
+    exec_behaviour: ExecBehaviour = ExecBehaviour(),
 ) -> Step:
     """One call, made at ``now``, on the sandbox whose model is ``sandbox`` (``None`` if it
-    does not exist), as :data:`~sandboxd.testing.SPEC` says.
+    does not exist), as :data:`~sandboxd.testing.SPEC` (and for an exec
+    :data:`~sandboxd.testing.EXEC`) says.
 
     ``ticket`` names the caller if it is parked; ``behaviour`` is the new sandbox's process
-    behaviour when the call is a successful create.  Arguments are checked as the Controller
-    checks them: a Stop's ``timeout_secs``, then the id (INVALID_ARGUMENT), then its existence
-    (NOT_FOUND).
+    behaviour when the call is a successful create, ``exec_behaviour`` the command's when it
+    is an exec.  Arguments are checked as the Controller checks them: a Stop's
+    ``timeout_secs``, then the id (INVALID_ARGUMENT), then its existence (NOT_FOUND).
     """
+    if call == EXEC_CALL:
+        return _exec_step(sandbox, sandbox_id, args, ticket, exec_behaviour, now, timing)
     try:
         input = CALL_INPUTS[call]
     except KeyError:
         raise ValueError(f"unknown call {call!r}") from None
     try:
-        timeout = _stop_timeout(args) if input is Input.STOP else None
+        timeout = _timeout(args, zero=True) if input is Input.STOP else None
         check_sandbox_id(sandbox_id)
     except InvalidArgument as err:
         return Step(sandbox, Outcome.failure(err.code))
@@ -496,6 +731,89 @@ def call_step(
     return Step(after, reply, woken)
 
 
+def _exec_step(
+    sandbox: SandboxModel | None,
+    sandbox_id: str,
+    args: Mapping[str, Any],
+    ticket: int,
+    behaviour: ExecBehaviour,
+    now: float,
+    timing: Timing,
+) -> Step:
+    """An Exec: refused outside ``ready``; else its command runs and its caller is parked
+    under ``ticket`` until it ends.  Checked as the Controller checks it: the id, its
+    existence, the request (INVALID_ARGUMENT), then the state."""
+    try:
+        check_sandbox_id(sandbox_id)
+        timeout = None if sandbox is None else _timeout(args, zero=False)
+    except InvalidArgument as err:
+        return Step(sandbox, Outcome.failure(err.code))
+    rule = expect_exec(None if sandbox is None else sandbox.phase)
+    if rule.caller is Caller.REFUSED:
+        assert rule.code is not None
+        return Step(sandbox, Outcome.failure(rule.code))
+    assert sandbox is not None and rule.caller is Caller.EXEC_RUNS
+    if sandbox.held is not None:
+        # The process it would join has exited (its exit is held back): nothing runs.
+        return Step(sandbox, _CANNOT_RUN)
+    delay = sandbox.behaviour.exec_delay
+    starts = now + delay  # its command runs from then on (-inf: no time kept)
+    run = ExecModel(
+        ticket,
+        behaviour,
+        timeout,
+        starts_at=starts,
+        starts_by=starts + timing.tolerance,
+        fails=sandbox.behaviour.exec_fails,
+    )
+    if behaviour.exit_status is not None:
+        run = attrs.evolve(
+            run,
+            exits_at=starts + behaviour.runs_for,
+            exits_by=_by(now, delay + behaviour.runs_for + timing.tolerance),
+        )
+    if timeout is not None:
+        run = attrs.evolve(
+            run,
+            times_out_at=starts + timeout,
+            times_out_by=_by(now, delay + timeout + timing.tolerance),
+        )
+    if run.fails:
+        run = attrs.evolve(run, exits_by=_by(now, delay + timing.tolerance))
+    return Step(attrs.evolve(sandbox, execs=(*sandbox.execs, run)))
+
+
+def exec_exit_step(
+    sandbox: SandboxModel,
+    ticket: int,
+    outcome: Outcome,
+    *,
+    now: float = -math.inf,
+    timing: Timing = _UNTIMED,
+) -> Step:
+    """The exec of ``ticket`` ended at ``now``, its caller getting ``outcome`` (its
+    :class:`~sandboxd.ExecExit`, or FAILED_PRECONDITION when it could not start).  The last
+    exec of a sandbox whose process has exited lets that exit be recorded."""
+    execs = tuple(run for run in sandbox.execs if run.ticket != ticket)
+    if len(execs) == len(sandbox.execs):
+        raise ValueError(f"no exec runs under ticket {ticket}")
+    after = attrs.evolve(sandbox, execs=execs)
+    woken: _Woken = ((ticket, outcome),)
+    if execs or after.held is None:
+        return Step(after, None, woken)
+    recorded = event_step(
+        attrs.evolve(after, held=None), Input.PROCESS_EXITED, after.held, now=now, timing=timing
+    )
+    return Step(recorded.sandbox, None, woken + recorded.woken)
+
+
+def pending_exec_exits(sandbox: SandboxModel) -> tuple[tuple[int, Outcome, float], ...]:
+    """How the sandbox's execs may end next, as ``(ticket, outcome, earliest time)``."""
+    return tuple(
+        (run.ticket, exit, earliest) for run in sandbox.execs for exit, earliest in run.endings()
+    )
+
+
 def event_step(
     sandbox: SandboxModel,
     event: Input,
@@ -515,6 +833,13 @@ def event_step(
         raise ValueError(f"{event.name} is not an event")
     rule = expect(sandbox.phase, event)
     assert rule.caller is Caller.NOBODY, "events are never refused"
+    if event is Input.PROCESS_EXITED:
+        sandbox = _process_dies(sandbox, now)
+    if event is Input.PROCESS_EXITED and sandbox.execs and rule.exit_recorded:
+        # Its execs are killed, and the exit is recorded once they have ended.
+        killed = _signal_execs(sandbox, _SIGKILL, now, timing)
+        assert status is not None
+        return Step(attrs.evolve(killed, held=status, dying=(), due=math.inf))
     after, woken = _carry_out(sandbox, rule, status, None, now, timing)
     return Step(after, None, woken)
 
@@ -525,12 +850,7 @@ def pending_events(sandbox: SandboxModel) -> tuple[tuple[Input, int | None], ...
     behaviour has an ``own_exit_status``), and the expiry of an armed grace timer."""
     events: list[tuple[Input, int | None]] = [(Input.PROCESS_EXITED, s) for s in sandbox.dying]
     own = sandbox.behaviour.own_exit_status
-    if (
-        own is not None
-        and sandbox.started
-        and sandbox.exit_status is None
-        and own not in sandbox.dying
-    ):
+    if own is not None and sandbox.alive and own not in sandbox.dying:
         # Even after a signal: the process may have ended on its own before it arrived.
         events.append((Input.PROCESS_EXITED, own))
     if sandbox.grace_armed:
@@ -556,6 +876,10 @@ class ReferenceModel:
 
     ``sigterm_exit_status`` and ``signals_race`` make the default :class:`ProcessBehaviour`;
     ``behaviour_of`` (given a create's arguments) may choose another per sandbox.
+    ``exec_behaviour_of`` (given an exec's arguments) says how each exec's command ends
+    (default: at once, with 0).  A sequential caller of an exec waits for it to end: its
+    command runs to its end (or its timeout) before the call returns, unless it never ends
+    by itself (then it :class:`Blocks` until the sandbox's process exits).
     """
 
     def __init__(
@@ -565,9 +889,11 @@ class ReferenceModel:
         signals_race: bool = False,
         behaviour_of: Callable[[Mapping[str, Any]], ProcessBehaviour] | None = None,
         timing: Timing = _UNTIMED,
+        exec_behaviour_of: Callable[[Mapping[str, Any]], ExecBehaviour] | None = None,
     ) -> None:
         self.default_behaviour = ProcessBehaviour(sigterm_exit_status, signals_race)
         self.behaviour_of = behaviour_of
+        self.exec_behaviour_of = exec_behaviour_of
         self.timing = timing
         self._sandboxes: dict[str, SandboxModel] = {}
         self._next_ticket = 0
@@ -575,7 +901,11 @@ class ReferenceModel:
         self.resolved: dict[int, Outcome] = {}
 
     def copy(self) -> ReferenceModel:
-        other = ReferenceModel(behaviour_of=self.behaviour_of, timing=self.timing)
+        other = ReferenceModel(
+            behaviour_of=self.behaviour_of,
+            timing=self.timing,
+            exec_behaviour_of=self.exec_behaviour_of,
+        )
         other.default_behaviour = self.default_behaviour
         other._sandboxes = dict(self._sandboxes)
         other._next_ticket = self._next_ticket
@@ -587,6 +917,20 @@ class ReferenceModel:
         if self.behaviour_of is None:
             return self.default_behaviour
         return self.behaviour_of(args)
+
+    def exec_behaviour_for(self, args: Mapping[str, Any]) -> ExecBehaviour:
+        """How the command of an exec made with ``args`` (its request's fields) ends."""
+        if self.exec_behaviour_of is None:
+            return ExecBehaviour()
+        return self.exec_behaviour_of(args)
+
+    def step_behaviours(
+        self, call: str, args: Mapping[str, Any]
+    ) -> tuple[ProcessBehaviour, ExecBehaviour]:
+        """The behaviours :func:`call_step` needs for ``call`` with ``args``."""
+        process = self.behaviour_for(args) if call == "create" else self.default_behaviour
+        command = self.exec_behaviour_for(args) if call == EXEC_CALL else ExecBehaviour()
+        return process, command
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -617,14 +961,16 @@ class ReferenceModel:
         """Apply one call, made when every earlier call has returned."""
         ticket = self._next_ticket
         self._next_ticket += 1
+        behaviour, command = self.step_behaviours(call, args)
         step = call_step(
             self._sandboxes.get(sandbox_id),
             call,
             sandbox_id,
             args,
             ticket,
-            self.behaviour_for(args) if call == "create" else self.default_behaviour,
+            behaviour,
             timing=self.timing,
+            exec_behaviour=command,
         )
         self._take(sandbox_id, step)
         self._settle(sandbox_id)
@@ -634,6 +980,7 @@ class ReferenceModel:
             return self.resolved.pop(ticket)
         sandbox = self._sandboxes.get(sandbox_id)
         assert sandbox is not None and ticket in sandbox.parked
+        # An exec that never ends by itself ends when the sandbox's process exits.
         until = Input.STOP_GRACE_EXPIRED if sandbox.grace_armed else Input.PROCESS_EXITED
         return Blocks(until, ticket)
 
@@ -662,8 +1009,17 @@ class ReferenceModel:
         self.resolved.update(step.woken)
 
     def _settle(self, sandbox_id: str) -> None:
-        # A process a signal ended exits before the signalling call returns.
+        # A process a signal ended exits before the signalling call returns; an exec runs to
+        # its end before its caller makes another call.
         sandbox = self._sandboxes.get(sandbox_id)
-        while sandbox is not None and sandbox.dying:
-            self._take(sandbox_id, event_step(sandbox, Input.PROCESS_EXITED, sandbox.dying[0]))
+        while sandbox is not None:
+            if sandbox.dying:
+                step = event_step(sandbox, Input.PROCESS_EXITED, sandbox.dying[0])
+            else:
+                ends = ((r.ticket, r.sequential_end()) for r in sandbox.execs)
+                ended = next(((t, end) for t, end in ends if end is not None), None)
+                if ended is None:
+                    return
+                step = exec_exit_step(sandbox, *ended)
+            self._take(sandbox_id, step)
             sandbox = self._sandboxes.get(sandbox_id)

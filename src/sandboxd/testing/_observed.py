@@ -20,7 +20,10 @@ Events: every life publishes ``/sandboxes/create``, then ``/sandboxes/start`` if
 started, then ``/sandboxes/exit`` (status 0 if it never ran) and ``/sandboxes/delete``, each
 exactly once and in that order; the fuzzer shuts every sandbox down at the end of a program,
 so every life is complete.  An exit's status is the one Wait and Status reported in that life,
-and one the process could report (:class:`~sandboxd.testing.ProcessBehaviour`).
+and one the process could report (:class:`~sandboxd.testing.ProcessBehaviour`).  Between its
+start and its exit, a life publishes ``/sandboxes/exec-start`` and then
+``/sandboxes/exec-exit`` for each exec that ran in it, once each, with the exec's id, and the
+exit with the status the exec's caller got.
 
 This module imports neither trio nor Hypothesis.
 """
@@ -38,7 +41,7 @@ import attrs
 from .. import _models
 from .._models import ExitStatus, SandboxEvent, SandboxInstance, SandboxStatus
 from ._linearize import Operation
-from ._model import SIGKILL_STATUS, ReferenceModel, StatusView
+from ._model import SIGKILL_STATUS, ExecRun, ReferenceModel, StatusView
 
 __all__ = ["check_events", "check_fields"]
 
@@ -51,6 +54,9 @@ _EVENT_STEPS: Final[Mapping[str, tuple[str, frozenset[str]]]] = {
     _models.TOPIC_START: ("started", frozenset({"created"})),
     _models.TOPIC_EXIT: ("exited", frozenset({"created", "started"})),
     _models.TOPIC_DELETE: ("none", frozenset({"exited"})),
+    # An exec's events leave the life where it is.
+    _models.TOPIC_EXEC_START: ("started", frozenset({"started"})),
+    _models.TOPIC_EXEC_EXIT: ("started", frozenset({"started"})),
 }
 
 
@@ -123,7 +129,8 @@ def check_fields(history: Iterable[Operation]) -> list[str]:
     order, and lie within the calls that made them (created within the Create, started
     within the Start, exited no later than the call that reported it); a pid is > 0 once
     started; a Start gives the labels the Create gave; a Status has an exit time iff it has
-    an exit status, and Wait and Status agree on both.
+    an exit status, and Wait and Status agree on both.  An exec has an id and a pid, and an
+    ``echo`` that exited 0 wrote its words to stdout.
     """
     problems: list[str] = []
     for sandbox_id, lives in sorted(_lives(history).items()):
@@ -148,6 +155,8 @@ def check_fields(history: Iterable[Operation]) -> list[str]:
                     facts.see("exited_at", result.exited_at, op)
                     facts.see("exit_status", result.exit_status, op)
                     facts.within("exited_at", result.exited_at, _until(op), "the Wait")
+                elif isinstance(result, ExecRun):
+                    facts.problems.extend(_exec_problems(result, op))
             if "created_at" in facts.seen:
                 facts.within("created_at", facts.seen["created_at"][0], create, "the Create")
             if "started_at" in facts.seen and first_start is not None:
@@ -157,6 +166,17 @@ def check_fields(history: Iterable[Operation]) -> list[str]:
             facts.order("created_at", "exited_at")
             problems.extend(facts.problems)
     return problems
+
+
+def _exec_problems(run: ExecRun, op: Operation) -> Iterator[str]:
+    """An exec has an id and a pid, and an ``echo`` that ended well wrote its words."""
+    if not run.exec_id or run.pid <= 0:
+        yield f"{op!r}: exec id {run.exec_id!r}, pid {run.pid}"
+    command = tuple(op.args.get("command") or ())
+    if command[:1] == ("echo",) and run.exit.exit_status == 0:
+        said = (" ".join(command[1:]) + "\n").encode()
+        if run.stdout != said or run.stderr:
+            yield f"{op!r}: wrote {run.stdout!r} and {run.stderr!r} to stderr, not {said!r}"
 
 
 def _until(op: Operation) -> Operation:
@@ -204,6 +224,7 @@ def check_events(
         step = "none"
         exits: list[SandboxEvent] = []
         started: list[bool] = []
+        execs: list[_Execs] = []
         for event in seen:
             moves = _EVENT_STEPS.get(event.topic)
             if moves is None or step not in moves[1]:
@@ -212,9 +233,14 @@ def check_events(
                     f"{step!r} (events: {_topics(seen)})"
                 )
                 break
-            if event.topic == _models.TOPIC_EXIT:
+            if event.topic == _models.TOPIC_CREATE:
+                execs.append(_Execs(sandbox_id))
+            elif event.topic == _models.TOPIC_EXIT:
                 exits.append(event)
                 started.append(step == "started")
+                execs[-1].end(event)
+            elif event.topic in (_models.TOPIC_EXEC_START, _models.TOPIC_EXEC_EXIT):
+                execs[-1].see(event)
             step = moves[0]
         else:
             if step != "none":
@@ -228,9 +254,66 @@ def check_events(
                     f"{len(exits)} life (lives) in the events: {_topics(seen)}"
                 )
             else:
-                for (create, during), exit, ran in zip(lives, exits, started, strict=True):
+                for (create, during), exit, ran, life in zip(
+                    lives, exits, started, execs, strict=True
+                ):
                     problems.extend(_exit_problems(sandbox_id, create, during, exit, ran, model))
+                    problems.extend(life.problems)
+                    problems.extend(life.against(during))
     return problems
+
+
+class _Execs:
+    """The exec events of one life: each exec starts, then exits, before the life's exit."""
+
+    def __init__(self, sandbox_id: str) -> None:
+        self.sandbox_id = sandbox_id
+        self.running: set[str] = set()
+        self.exits: dict[str, list[int | None]] = defaultdict(list)
+        self.problems: list[str] = []
+
+    def see(self, event: SandboxEvent) -> None:
+        exec_id = event.exec_id
+        if exec_id is None:
+            self.problems.append(f"sandbox {self.sandbox_id!r}: {event.topic} without an exec id")
+        elif event.topic == _models.TOPIC_EXEC_START:
+            if exec_id in self.running:
+                self.problems.append(
+                    f"sandbox {self.sandbox_id!r}: exec {exec_id!r} started twice at once"
+                )
+            self.running.add(exec_id)
+        elif exec_id not in self.running:
+            self.problems.append(
+                f"sandbox {self.sandbox_id!r}: exec {exec_id!r} exited without starting"
+            )
+        else:
+            self.running.discard(exec_id)
+            self.exits[exec_id].append(event.exit_status)
+
+    def end(self, exit: SandboxEvent) -> None:
+        """The life's exit: no exec runs any more."""
+        if self.running:
+            self.problems.append(
+                f"sandbox {self.sandbox_id!r}: its exit ({exit.exit_status}) was published "
+                f"while exec(s) {sorted(self.running)} still ran"
+            )
+
+    def against(self, during: Iterable[Operation]) -> Iterator[str]:
+        """Problems with the exits published, against what each exec's caller got."""
+        exits = {exec_id: list(statuses) for exec_id, statuses in self.exits.items()}
+        for op in during:
+            if not isinstance(op.result, ExecRun):
+                continue
+            run = op.result
+            statuses = exits.get(run.exec_id) or []
+            if run.exit.exit_status in statuses:
+                statuses.remove(run.exit.exit_status)
+            else:
+                yield (
+                    f"sandbox {self.sandbox_id!r}: {op!r} ended with "
+                    f"{run.exit.exit_status}, but no exec-exit event of {run.exec_id!r} "
+                    f"says so (events say {self.exits.get(run.exec_id, [])})"
+                )
 
 
 def _topics(events: Iterable[SandboxEvent]) -> str:

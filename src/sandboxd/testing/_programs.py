@@ -37,7 +37,7 @@ from .._errors import RPCError
 from .._models import TOPIC_DELETE, TOPIC_DROPPED, SandboxEvent, SandboxOptions
 from ._faults import process_faults_of
 from ._linearize import HistoryRecorder, Operation
-from ._model import CALL_INPUTS
+from ._model import CALL_NAMES, EXEC_CALL
 
 __all__ = [
     "Call",
@@ -51,8 +51,9 @@ __all__ = [
     "run_program",
 ]
 
-#: Calls that may wait until something else happens to the sandbox.
-_PARKING: Final = frozenset({"wait", "stop"})
+#: Calls that may wait until something else happens to the sandbox (an exec that runs until
+#: it is killed, say).
+_PARKING: Final = frozenset({"wait", "stop", EXEC_CALL})
 
 #: At most how many times a client yields before a call, with ``jitter``.
 MAX_JITTER: Final = 3
@@ -66,8 +67,8 @@ def _args(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
 
 
 def _call_name(instance: object, attribute: object, value: str) -> None:
-    if value not in CALL_INPUTS:
-        raise ValueError(f"unknown call {value!r} (known: {', '.join(CALL_INPUTS)})")
+    if value not in CALL_NAMES:
+        raise ValueError(f"unknown call {value!r} (known: {', '.join(CALL_NAMES)})")
 
 
 def _sandbox_number(instance: object, attribute: object, value: int) -> None:
@@ -80,7 +81,8 @@ def _sandbox_number(instance: object, attribute: object, value: int) -> None:
 class Call:
     """One call of a program: the Controller method ``name`` on the program's sandbox number
     ``sandbox``, with ``args``, its keyword arguments besides the id (a Create's
-    ``sandboxer`` and ``options``, a Stop's ``timeout_secs``)."""
+    ``sandboxer`` and ``options``, a Stop's ``timeout_secs``; an exec's are the fields of
+    its :class:`~sandboxd.ExecRequest`, and it runs to its end)."""
 
     name: str = attrs.field(validator=_call_name)
     sandbox: int = attrs.field(default=0, validator=_sandbox_number)

@@ -11,12 +11,12 @@ from __future__ import annotations
 import json
 import math
 import shlex
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
-from .._models import SandboxOptions
-from ._faults import sim_behaviour
+from .._models import ExecExit, SandboxOptions
+from ._faults import process_model, sim_model
 from ._linearize import Operation
-from ._model import Blocks, Outcome, ReferenceModel, StatusView, Timing
+from ._model import EXEC_CALL, Blocks, Outcome, ReferenceModel, StatusView, Timing
 from ._programs import REAPER, Call, Program, render_program
 
 __all__ = ["brief_outcome", "explain_conflict", "reproducer_script", "reproducer_test"]
@@ -40,7 +40,11 @@ def brief_outcome(outcome: Outcome | Blocks | None) -> str:
     value = outcome.value
     if isinstance(value, StatusView):
         text = str(value.state)
+        if value.execs:
+            text += f", {value.execs} exec{'s' if value.execs != 1 else ''}"
         return text if value.exit_status is None else f"{text}, exit {value.exit_status}"
+    if isinstance(value, ExecExit):
+        return f"exit {value.exit_status}" + (", timed out" if value.timed_out else "")
     if value is True:
         return "ok (a pid)"
     if isinstance(value, int) and not isinstance(value, bool):
@@ -131,7 +135,6 @@ def explain_conflict(
 def _sandboxctl(call: Call, sandbox_id: str) -> tuple[str, str]:
     """The sandboxctl command for ``call``, and a note on what it cannot say."""
     words = ["sandboxctl", call.name, sandbox_id]
-    note = ""
     args = dict(call.args)
     if call.name == "create":
         sandboxer = args.pop("sandboxer", None)
@@ -153,9 +156,21 @@ def _sandboxctl(call: Call, sandbox_id: str) -> tuple[str, str]:
         words += ["--timeout", str(SCRIPT_WAIT_TIMEOUT)]
     elif call.name == "status" and args.pop("verbose", False):
         words.append("--verbose")
-    if args and not note:
-        note = f"also {args!r}: not settable from sandboxctl"
-    return shlex.join(words), note
+    elif call.name == EXEC_CALL:
+        timeout = args.pop("timeout_secs", None)
+        if timeout is not None:
+            words += ["--timeout", f"{timeout:g}"]
+        stdin = args.pop("stdin", False)
+        if stdin:
+            words.append("-i")
+        words += ["--", *args.pop("command", ())]
+        if stdin:  # its stdin ends at once
+            return shlex.join(words) + " </dev/null", _note(args)
+    return shlex.join(words), _note(args)
+
+
+def _note(args: Mapping[str, object]) -> str:
+    return f"also {args!r}: not settable from sandboxctl" if args else ""
 
 
 def _predictions(
@@ -166,12 +181,12 @@ def _predictions(
     processes exiting on their own, races)."""
     if not program.sequential:
         return None
+    model = _model_of(program)()
     for call in program.calls:
         if call.name == "create":
-            behaviour = sim_behaviour(call.args)
+            behaviour = model.behaviour_for(call.args)
             if behaviour.own_exit_status is not None or behaviour.signals_race:
                 return None
-    model = ReferenceModel(behaviour_of=sim_behaviour)
     predicted: list[Outcome | Blocks] = []
     for group, shutdowns in zip(program.groups, reaped, strict=True):
         for call in group[0] if group else ():
@@ -309,6 +324,10 @@ def _model_name(program: Program) -> str:
         if call.name == "create" and call.args.get("sandboxer", "sim") != "sim":
             return "process_model"
     return "sim_model"
+
+
+def _model_of(program: Program) -> Callable[[], ReferenceModel]:
+    return process_model if _model_name(program) == "process_model" else sim_model
 
 
 def _import_order(name: str) -> tuple[bool, str]:

@@ -12,9 +12,20 @@ checks that the two agree entry by entry (``tests/test_spec.py``).
 For every state of a sandbox and every call or event, :data:`SPEC` says what happens as an
 :class:`Expect`: what the caller gets (:class:`Caller`: an answer at once, parked until the
 exit is recorded or until the sandbox is gone, or a refusal with its status code), what
-happens to the process (:class:`Process`), what is recorded (:class:`Record`), and the state
-afterwards.  Who is woken follows from the record: an exit wakes every parked Wait (with the
-exit status) and Stop; a removal completes every parked Shutdown.
+happens to the process (:class:`Process`), to the execs running in the sandboxes
+(:class:`Execs`), what is recorded (:class:`Record`), and the state afterwards.  Who is woken
+follows from the record: an exit wakes every parked Wait (with the exit status) and Stop; a
+removal completes every parked Shutdown.
+
+Execs: an Exec is answered with a running command only in ``ready`` (:data:`EXEC`); in every
+other state it is refused with FAILED_PRECONDITION, and nothing runs.  A running exec gets
+the signals a Stop sends the sandbox (SIGTERM at once, SIGKILL when the grace period ends),
+is SIGKILLed by Shutdown, and is SIGKILLed when the sandbox's process exits for any reason;
+each exec's caller gets its command's real exit status (128 + N for signal N), or
+``timed_out`` when the exec's own timeout killed it.  The process's exit is recorded (and
+the calls parked on it answered) only once every exec has ended, so a Wait, Stop or Shutdown
+that returns leaves no exec behind; ``PROCESS_EXITED`` is that record.  An exec's end
+(``EXEC_EXITED``) changes nothing else a caller sees.
 
 The states and inputs are named with the runtime's :class:`~sandboxd.runtime.Phase` and
 :class:`~sandboxd.runtime.Input` (they are only names); nothing else is taken from it.
@@ -33,7 +44,17 @@ import attrs
 from .._errors import Code
 from ..runtime import Input, Phase
 
-__all__ = ["SPEC", "Caller", "Expect", "Process", "Record", "expect"]
+__all__ = [
+    "EXEC",
+    "SPEC",
+    "Caller",
+    "Execs",
+    "Expect",
+    "Process",
+    "Record",
+    "expect",
+    "expect_exec",
+]
 
 
 class Caller(enum.Enum):
@@ -47,6 +68,8 @@ class Caller(enum.Enum):
     PARKED_ON_REMOVAL = "parked until the sandbox is gone"
     #: The refusal's status code, and nothing changes.
     REFUSED = "refused"
+    #: An Exec: its command runs, and the caller gets its exit status once it ends.
+    EXEC_RUNS = "answered with a running exec"
     #: An event: nobody called.
     NOBODY = "nobody (an event)"
 
@@ -62,6 +85,17 @@ class Process(enum.Enum):
     #: A Stop joining one in progress: its deadline replaces the armed one if earlier.
     EARLIER_DEADLINE = "the earlier deadline wins"
     #: SIGKILL now (and no grace timer any more).
+    KILLED = "SIGKILL"
+
+
+class Execs(enum.Enum):
+    """What happens to the execs running in the sandbox."""
+
+    UNTOUCHED = "untouched"
+    #: The signals the Stop sends the sandbox's process: SIGTERM, SIGKILL at the deadline
+    #: (at once for a zero timeout).
+    TERMINATED = "SIGTERM, SIGKILL at the deadline"
+    #: SIGKILL now.
     KILLED = "SIGKILL"
 
 
@@ -85,13 +119,15 @@ class Record(enum.Enum):
 @attrs.frozen(slots=True)
 class Expect:
     """What one input does in one state: the caller's lot, the process's, the record's, and
-    the state afterwards (``None``: it no longer exists).  ``code`` is the refusal's."""
+    the state afterwards (``None``: it no longer exists).  ``code`` is the refusal's; ``execs``
+    what happens to the execs running in the sandbox."""
 
     caller: Caller
     then: Phase | None
     process: Process = Process.UNTOUCHED
     record: Record = Record.NOTHING
     code: Code | None = None
+    execs: Execs = Execs.UNTOUCHED
 
     @property
     def exit_recorded(self) -> bool:
@@ -131,8 +167,23 @@ _CREATED, _READY, _STOPPING = Phase.CREATED, Phase.READY, Phase.STOPPING
 _STOPPED, _SHUTTING_DOWN = Phase.STOPPED, Phase.SHUTTING_DOWN
 _EXISTS = _refused(Code.ALREADY_EXISTS, None)  # the state is kept: see expect()
 _NOT_STARTABLE = _refused(Code.FAILED_PRECONDITION, None)
-#: Exec runs a command only in a ready sandbox.
 _NOT_READY = _refused(Code.FAILED_PRECONDITION, None)
+
+#: state -> what an Exec does: its command runs only in ``ready``; elsewhere it is refused
+#: and nothing runs (a sandbox that does not exist: NOT_FOUND, see :func:`expect_exec`).
+EXEC: Final[Mapping[Phase, Expect]] = {
+    _CREATED: _NOT_READY,
+    _READY: Expect(Caller.EXEC_RUNS, _READY),
+    _STOPPING: _NOT_READY,
+    _STOPPED: _NOT_READY,
+    _SHUTTING_DOWN: _NOT_READY,
+}
+
+
+def _execs(state: Phase) -> dict[Input, Expect]:
+    """An Exec as :data:`EXEC` says; an exec's end, as an event, changes nothing else."""
+    return {Input.EXEC: EXEC[state], Input.EXEC_EXITED: _ignored(state)}
+
 
 #: state -> input -> what happens.  The sandbox that does not exist (GONE, or never created)
 #: refuses every call with NOT_FOUND, but Create, which makes it (see :func:`expect`).
@@ -147,21 +198,25 @@ SPEC: Final[Mapping[Phase, Mapping[Input, Expect]]] = {
         Input.SHUTDOWN: Expect(Caller.ANSWERED, None, record=Record.EXIT_0_REMOVED),
         Input.PROCESS_EXITED: _ignored(_CREATED),
         Input.STOP_GRACE_EXPIRED: _ignored(_CREATED),
-        Input.EXEC: _NOT_READY,
-        Input.EXEC_EXITED: _ignored(_CREATED),
+        **_execs(_CREATED),
     },
     # Ready: the process runs.
     _READY: {
         Input.CREATE: _EXISTS,
         Input.START: _NOT_STARTABLE,
-        Input.STOP: Expect(Caller.PARKED_ON_EXIT, _STOPPING, Process.TERMINATED),
+        Input.STOP: Expect(
+            Caller.PARKED_ON_EXIT, _STOPPING, Process.TERMINATED, execs=Execs.TERMINATED
+        ),
         Input.WAIT: Expect(Caller.PARKED_ON_EXIT, _READY),
         **_queries(_READY),
-        Input.SHUTDOWN: Expect(Caller.PARKED_ON_REMOVAL, _SHUTTING_DOWN, Process.KILLED),
-        Input.PROCESS_EXITED: Expect(Caller.NOBODY, _STOPPED, record=Record.EXIT),
+        Input.SHUTDOWN: Expect(
+            Caller.PARKED_ON_REMOVAL, _SHUTTING_DOWN, Process.KILLED, execs=Execs.KILLED
+        ),
+        Input.PROCESS_EXITED: Expect(
+            Caller.NOBODY, _STOPPED, record=Record.EXIT, execs=Execs.KILLED
+        ),
         Input.STOP_GRACE_EXPIRED: _ignored(_READY),
-        Input.EXEC: _answered(_READY),
-        Input.EXEC_EXITED: _ignored(_READY),
+        **_execs(_READY),
     },
     # Stopping: signalled by a Stop, the process has not exited yet.
     _STOPPING: {
@@ -170,11 +225,16 @@ SPEC: Final[Mapping[Phase, Mapping[Input, Expect]]] = {
         Input.STOP: Expect(Caller.PARKED_ON_EXIT, _STOPPING, Process.EARLIER_DEADLINE),
         Input.WAIT: Expect(Caller.PARKED_ON_EXIT, _STOPPING),
         **_queries(_STOPPING),
-        Input.SHUTDOWN: Expect(Caller.PARKED_ON_REMOVAL, _SHUTTING_DOWN, Process.KILLED),
-        Input.PROCESS_EXITED: Expect(Caller.NOBODY, _STOPPED, record=Record.EXIT),
-        Input.STOP_GRACE_EXPIRED: Expect(Caller.NOBODY, _STOPPING, Process.KILLED),
-        Input.EXEC: _NOT_READY,
-        Input.EXEC_EXITED: _ignored(_STOPPING),
+        Input.SHUTDOWN: Expect(
+            Caller.PARKED_ON_REMOVAL, _SHUTTING_DOWN, Process.KILLED, execs=Execs.KILLED
+        ),
+        Input.PROCESS_EXITED: Expect(
+            Caller.NOBODY, _STOPPED, record=Record.EXIT, execs=Execs.KILLED
+        ),
+        Input.STOP_GRACE_EXPIRED: Expect(
+            Caller.NOBODY, _STOPPING, Process.KILLED, execs=Execs.KILLED
+        ),
+        **_execs(_STOPPING),
     },
     # Stopped: the exit status is known; a sandbox runs once.
     _STOPPED: {
@@ -186,8 +246,7 @@ SPEC: Final[Mapping[Phase, Mapping[Input, Expect]]] = {
         Input.SHUTDOWN: Expect(Caller.ANSWERED, None, record=Record.REMOVED),
         Input.PROCESS_EXITED: _ignored(_STOPPED),
         Input.STOP_GRACE_EXPIRED: _ignored(_STOPPED),
-        Input.EXEC: _NOT_READY,
-        Input.EXEC_EXITED: _ignored(_STOPPED),
+        **_execs(_STOPPED),
     },
     # Shutting down: killed by Shutdown (reported as stopping), gone once the exit is in.
     _SHUTTING_DOWN: {
@@ -197,10 +256,11 @@ SPEC: Final[Mapping[Phase, Mapping[Input, Expect]]] = {
         Input.WAIT: Expect(Caller.PARKED_ON_EXIT, _SHUTTING_DOWN),
         **_queries(_SHUTTING_DOWN),
         Input.SHUTDOWN: Expect(Caller.PARKED_ON_REMOVAL, _SHUTTING_DOWN),
-        Input.PROCESS_EXITED: Expect(Caller.NOBODY, None, record=Record.EXIT_REMOVED),
+        Input.PROCESS_EXITED: Expect(
+            Caller.NOBODY, None, record=Record.EXIT_REMOVED, execs=Execs.KILLED
+        ),
         Input.STOP_GRACE_EXPIRED: _ignored(_SHUTTING_DOWN),
-        Input.EXEC: _NOT_READY,
-        Input.EXEC_EXITED: _ignored(_SHUTTING_DOWN),
+        **_execs(_SHUTTING_DOWN),
     },
 }
 
@@ -221,3 +281,9 @@ def expect(state: Phase | None, input: Input) -> Expect:
     if entry.caller is Caller.REFUSED:
         return attrs.evolve(entry, then=state)
     return entry
+
+
+def expect_exec(state: Phase | None) -> Expect:
+    """What an Exec does to a sandbox in ``state`` (``None`` or ``GONE``: no sandbox has the
+    id, NOT_FOUND)."""
+    return expect(state, Input.EXEC)

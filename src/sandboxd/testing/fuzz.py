@@ -8,7 +8,9 @@ Theory of operation
 -------------------
 
 Programs are drawn by :func:`sandboxd.testing.strategies.programs` inside a Hypothesis test
-run in-process (``@given``, seeded with ``seed``, no example database).  Each example runs
+run in-process (``@given``, seeded with ``seed``, no example database): lifecycle calls and,
+where the target runs them (:func:`runs_execs`), execs racing them, each run to its end.
+Each example runs
 its program with :func:`~sandboxd.testing.run_program` -- ``clients`` connections to a daemon,
 or one fresh in-process controller -- and the history goes to
 :func:`~sandboxd.testing.check_linearizable` under the ``sim`` model
@@ -64,10 +66,12 @@ from hypothesis import HealthCheck, Phase, Verbosity, given, settings
 from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 
-from .._errors import RPCError
-from .._models import SandboxEvent
+from .._errors import Code, RPCError
+from .._models import ExecRequest, SandboxEvent
 from .._version import __version__
-from ..api import connect
+from ..api import RemoteController, connect
+from ..backends._bwrap import BwrapSandbox
+from ..backends._process import ProcessSandbox
 from . import strategies
 from ._faults import model_for
 from ._linearize import HistoryRecorder, Operation, check_linearizable
@@ -83,6 +87,7 @@ __all__ = [
     "Violation",
     "default_programs",
     "fuzz",
+    "runs_execs",
 ]
 
 #: A daemon's socket path, or a factory of in-process controllers (an async context manager
@@ -214,18 +219,55 @@ class _Abort(BaseException):
 
 
 def default_programs(
-    sandboxes: int = 2, clients: int = 4, sandboxer: str | None = "sim"
+    sandboxes: int = 2, clients: int = 4, sandboxer: str | None = "sim", *, execs: bool = True
 ) -> st.SearchStrategy[Program]:
     """The programs ``sandboxctl fuzz`` draws: up to 16 calls over ``sandboxes`` sandboxes,
-    at most ``clients`` at once, Creates with up to two ``sim`` faults each -- or, for any
-    other ``sandboxer`` (``process``, ``bwrap``), real short-lived processes
-    (:func:`~sandboxd.testing.strategies.process_options`) and Stops that SIGKILL at once,
-    after 50 ms or after the daemon's grace period."""
+    at most ``clients`` at once, Creates with up to two ``sim`` faults each and execs of sim
+    scripts (:func:`~sandboxd.testing.strategies.exec_args`) -- or, for any other
+    ``sandboxer`` (``process``, ``bwrap``), real short-lived processes
+    (:func:`~sandboxd.testing.strategies.process_options`), execs of real commands, and
+    Stops that SIGKILL at once, after 50 ms or after the daemon's grace period.  Without
+    ``execs``, no Exec is drawn."""
     create = strategies.create_args(sandboxer)
+    names = strategies.CALLS_WITH_EXECS if execs else strategies.CALL_WEIGHTS
+    drawn = strategies.exec_args(sandboxer)
     if sandboxer in (None, "sim"):
-        return strategies.programs(sandboxes, clients=clients, create=create)
+        return strategies.programs(
+            sandboxes, clients=clients, create=create, names=names, execs=drawn
+        )
     timeouts = strategies.stop_timeouts((None, 0, 0.05))
-    return strategies.programs(sandboxes, clients=clients, create=create, stop_timeout=timeouts)
+    return strategies.programs(
+        sandboxes, clients=clients, create=create, stop_timeout=timeouts, names=names, execs=drawn
+    )
+
+
+def runs_execs(target: Target, sandboxer: str | None = "sim") -> bool:
+    """Whether ``target`` runs execs in sandboxes of ``sandboxer``: a daemon that serves Exec
+    (asked with an Exec of a sandbox that does not exist: NOT_FOUND, not UNIMPLEMENTED), or
+    any in-process controller; and a backend of real processes that can run them."""
+    if sandboxer not in (None, "sim"):
+        sandbox = BwrapSandbox if sandboxer == "bwrap" else ProcessSandbox
+        if not hasattr(sandbox, "exec"):
+            return False
+    if callable(target):
+        return True
+    if not hasattr(RemoteController, "exec"):
+        return False
+    return trio.run(_serves_exec, os.fspath(target))
+
+
+async def _serves_exec(path: str) -> bool:
+    try:
+        async with connect(path) as remote:
+            client: Any = remote  # a client of another version may lack exec
+            try:
+                async with client.exec("fuzz-probe", ExecRequest(["true"])):
+                    pass  # pragma: no cover - no sandbox has that id
+            except RPCError as err:
+                return err.code is not Code.UNIMPLEMENTED
+    except RPCError as err:
+        raise _Abort(err) from err
+    return True  # pragma: no cover
 
 
 @asynccontextmanager
@@ -378,14 +420,17 @@ class _Session:
             history, log = trio.run(
                 self._attempt, program, ids, marker, recorder, trace, jitter, clock=clock
             )
-        except ProgramHung as hung:
-            kind, description, history = HUNG, str(hung), list(hung.history)
         except trio.TooSlowError:
             kind, history = HUNG, recorder.operations
             description = f"the program did not finish within {self.guard:g} s"
         except Exception as exc:
-            kind, history = ERROR, recorder.operations
-            description = "a call raised:\n" + "".join(traceback.format_exception(exc))
+            # A hang comes out of the nurseries it crossed in exception groups.
+            hung = _program_hung(exc)
+            if hung is not None:
+                kind, description, history = HUNG, str(hung), list(hung.history)
+            else:
+                kind, history = ERROR, recorder.operations
+                description = "a call raised:\n" + "".join(traceback.format_exception(exc))
         else:
             kind, description = self.check(history, log.events if log.complete else None)
         if kind is None or description is None:
@@ -468,6 +513,19 @@ class _Session:
                     patience=_PATIENCE if self.virtual_time else 0.0,
                 )
         return history, log
+
+
+def _program_hung(error: BaseException) -> ProgramHung | None:
+    """The :class:`ProgramHung` that ``error`` is, or the one in its groups, if any."""
+    if isinstance(error, ProgramHung):
+        return error
+    if isinstance(error, BaseExceptionGroup):
+        found: BaseException | None = error.split(ProgramHung)[0]
+        while isinstance(found, BaseExceptionGroup):
+            found = found.exceptions[0]
+        if isinstance(found, ProgramHung):
+            return found
+    return None
 
 
 @contextlib.contextmanager
@@ -720,7 +778,13 @@ def fuzz(
     virtual_time = socket is None and virtual_time and sandboxer in (None, "sim")
     if tolerance is None:
         tolerance = IN_PROCESS_TOLERANCE if virtual_time else SOCKET_TOLERANCE
-    strategy = default_programs(sandboxes, clients, sandboxer) if programs is None else programs
+    if programs is None:
+        try:
+            execs = runs_execs(target, sandboxer)
+        except _Abort as abort:
+            raise abort.error from None
+        programs = default_programs(sandboxes, clients, sandboxer, execs=execs)
+    strategy = programs
     session = _Session(
         target,
         seed=seed,

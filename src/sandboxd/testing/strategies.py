@@ -9,7 +9,11 @@ The one place of sandboxd that imports Hypothesis (with the fuzzer built on it,
   processes that ignore SIGTERM, slow stops), as :func:`~sandboxd.testing.sim_faults` takes;
 - :func:`process_options`: Create options for real processes (``process``, ``bwrap``) that
   exit with a chosen status after a delay or ignore SIGTERM;
-- :func:`stop_timeouts`, :func:`calls`, :func:`programs`, :func:`client_programs`: calls,
+- :func:`sim_exec_commands`, :func:`process_exec_commands`, :func:`exec_args`: Exec
+  requests -- sim scripts, or real commands -- with or without a
+  timeout;
+- :func:`stop_timeouts`, :func:`calls`, :func:`programs`, :func:`client_programs`: calls
+  (lifecycle calls, :data:`CALL_WEIGHTS`; with execs, :data:`CALLS_WITH_EXECS`),
   and :class:`~sandboxd.testing.Program` values -- sequences and concurrent groups of calls
   over a few sandboxes -- for :func:`~sandboxd.testing.run_program`.
 
@@ -26,19 +30,23 @@ from hypothesis import strategies as st
 
 from .._models import MAX_SANDBOX_ID_LENGTH, SandboxOptions
 from ._faults import process_faults
-from ._model import CALL_INPUTS
+from ._model import CALL_NAMES, EXEC_CALL
 from ._programs import Call, Program
 
 __all__ = [
+    "CALLS_WITH_EXECS",
     "CALL_WEIGHTS",
     "calls",
     "client_programs",
     "create_args",
     "create_options",
+    "exec_args",
     "invalid_sandbox_ids",
+    "process_exec_commands",
     "process_options",
     "programs",
     "sandbox_ids",
+    "sim_exec_commands",
     "sim_settings",
     "stop_timeouts",
 ]
@@ -56,6 +64,10 @@ CALL_WEIGHTS: Final[tuple[str, ...]] = (
     "platform",
     "metrics",
 )
+
+#: The calls of a program that runs execs too (``names=`` of :func:`programs`): as
+#: :data:`CALL_WEIGHTS`, and an exec as often as a Stop.
+CALLS_WITH_EXECS: Final[tuple[str, ...]] = (*CALL_WEIGHTS, *(EXEC_CALL,) * 2)
 
 _ALNUM: Final = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 
@@ -94,6 +106,8 @@ _FAULT_WEIGHTS: Final = (
     "exit_after",
     "start_delay",
     "start_error",
+    "exec_delay",
+    "exec_error",
 )
 
 
@@ -105,6 +119,8 @@ def sim_settings(
     ignore_sigterm: bool = True,
     stop_delays: bool = True,
     start_delays: bool = True,
+    exec_delays: bool = True,
+    exec_errors: bool = True,
     delays: Sequence[float] = (0.0005, 0.002),
     max_faults: int = 2,
 ) -> st.SearchStrategy[dict[str, Any]]:
@@ -113,8 +129,9 @@ def sim_settings(
     Each kind can be left out: ``start_errors`` (``start_error``), ``exits`` (the process
     exits on its own: ``exit_after``, ``exit_on="start"``), ``exit_on_stop``
     (``exit_on="stop"``), ``ignore_sigterm``, ``stop_delays`` (``stop_delay``) and
-    ``start_delays`` (``start_delay``).  Delays are drawn from ``delays`` (seconds): keep them
-    short, so that they happen while a program runs.
+    ``start_delays`` (``start_delay``), ``exec_delays`` (``exec_delay``: execs start late)
+    and ``exec_errors`` (``exec_error``: execs fail to start).  Delays are drawn from
+    ``delays`` (seconds): keep them short, so that they happen while a program runs.
 
     A sequential :class:`~sandboxd.testing.ReferenceModel` predicts every call only without
     ``exits`` and ``stop_delays`` (they race with the calls); the linearizability checker
@@ -128,6 +145,8 @@ def sim_settings(
         "exit_on": bool(exit_points),
         "ignore_sigterm": ignore_sigterm,
         "stop_delay": stop_delays,
+        "exec_delay": exec_delays,
+        "exec_error": exec_errors,
     }
     kinds = [kind for kind in _FAULT_WEIGHTS if allowed[kind]]
     if not kinds or max_faults < 1:
@@ -142,7 +161,7 @@ def sim_settings(
             st.lists(st.sampled_from(kinds), unique=True, min_size=count, max_size=count)
         )
         for kind in chosen:
-            if kind == "start_error":
+            if kind in ("start_error", "exec_error"):
                 settings[kind] = "injected by the fuzzer"
             elif kind == "ignore_sigterm":
                 settings[kind] = True
@@ -208,6 +227,71 @@ def create_args(
     return drawn.map(build)
 
 
+#: Sim exec scripts, each as often as it is drawn: the ones that outlive a call or two (and
+#: so race Stops and exits) more often.  ``true`` first: execs shrink towards it.
+_SIM_SCRIPTS: Final[tuple[tuple[str, ...], ...]] = (
+    ("true",),
+    ("exit", "3"),
+    ("echo", "hello"),
+    ("cat",),
+    *(("sleep", "0.001"),) * 2,
+    *(("sleep", "0.004"),) * 2,
+    *(("hang",),) * 3,
+)
+
+
+def sim_exec_commands(
+    scripts: Sequence[Sequence[str]] = _SIM_SCRIPTS,
+) -> st.SearchStrategy[tuple[str, ...]]:
+    """Commands of sim execs: scripts the sim backend runs on trio's clock (``true``,
+    ``exit N``, ``echo ...``, ``cat``, ``sleep S``, ``hang`` until killed), drawn from
+    ``scripts`` (repeat one to draw it more often); a sandbox's faults make execs start late
+    or fail to start (:func:`sim_settings`)."""
+    return st.sampled_from([tuple(script) for script in scripts])
+
+
+def process_exec_commands(
+    sleeps: Sequence[float] = (0.05, 30.0),
+    exit_codes: Sequence[int] = (0, 3),
+) -> st.SearchStrategy[tuple[str, ...]]:
+    """Commands of real execs (``process``, ``bwrap``): ``true``, ``sh -c 'exit N'`` for
+    N in ``exit_codes``, ``sleep S`` for S in ``sleeps`` seconds (a long one races the
+    Stops; keep one longer than any timeout drawn)."""
+    commands: list[tuple[str, ...]] = [("true",)]
+    commands += [("sh", "-c", f"exit {code}") for code in exit_codes if code]
+    commands += [("sleep", f"{seconds:g}") for seconds in sleeps]
+    return st.sampled_from(commands)
+
+
+def exec_args(
+    sandboxer: str | None = "sim",
+    *,
+    commands: st.SearchStrategy[tuple[str, ...]] | None = None,
+    timeouts: Sequence[float | None] | None = None,
+) -> st.SearchStrategy[dict[str, Any]]:
+    """The fields of an Exec request: a command from ``commands`` (default
+    :func:`sim_exec_commands` for the ``sim`` sandboxer or ``None``,
+    :func:`process_exec_commands` for any other) and, now and then, a ``timeout_secs`` from
+    ``timeouts`` (``None``: none; default a few milliseconds for sim, a tenth of a second
+    for real processes).  A ``cat`` gets a stdin (closed at once)."""
+    sim = sandboxer in (None, "sim")
+    if commands is None:
+        commands = sim_exec_commands() if sim else process_exec_commands()
+    if timeouts is None:
+        timeouts = (None, None, 0.003) if sim else (None, None, 0.1)
+
+    def build(drawn: tuple[tuple[str, ...], float | None]) -> dict[str, Any]:
+        command, timeout = drawn
+        args: dict[str, Any] = {"command": command}
+        if command == ("cat",):
+            args["stdin"] = True
+        if timeout is not None:
+            args["timeout_secs"] = timeout
+        return args
+
+    return st.tuples(commands, st.sampled_from(list(timeouts))).map(build)
+
+
 def stop_timeouts(
     values: Sequence[float | None] = (None, 0, 0.002),
 ) -> st.SearchStrategy[float | None]:
@@ -222,33 +306,52 @@ def calls(
     names: Sequence[str] = CALL_WEIGHTS,
     create: st.SearchStrategy[Mapping[str, Any]] | None = None,
     stop_timeout: st.SearchStrategy[float | None] | None = None,
+    execs: st.SearchStrategy[Mapping[str, Any]] | None = None,
 ) -> st.SearchStrategy[Call]:
     """One :class:`~sandboxd.testing.Call` on one of ``sandboxes`` sandboxes: a method drawn
     from ``names`` (repeat a name to draw it more often), a Create's arguments from ``create``
     (default :func:`create_args`), a Stop's timeout from ``stop_timeout`` (default
-    :func:`stop_timeouts`)."""
+    :func:`stop_timeouts`), an exec's request from ``execs`` (default :func:`exec_args`)."""
     if sandboxes < 1:
         raise ValueError("calls need at least one sandbox")
-    unknown = set(names) - set(CALL_INPUTS)
+    unknown = set(names) - set(CALL_NAMES)
     if unknown:
         raise ValueError(f"unknown calls: {sorted(unknown)}")
-    create_strategy = create_args() if create is None else create
-    timeout_strategy = stop_timeouts() if stop_timeout is None else stop_timeout
+    arguments = _Arguments(create, stop_timeout, execs)
 
     @st.composite
     def draw_call(draw: st.DrawFn) -> Call:
         name = draw(st.sampled_from(list(names)))
         sandbox = draw(st.integers(0, sandboxes - 1))
-        args: dict[str, Any] = {}
-        if name == "create":
-            args = dict(draw(create_strategy))
-        elif name == "stop":
-            timeout = draw(timeout_strategy)
-            if timeout is not None:
-                args["timeout_secs"] = timeout
-        return Call(name, sandbox, args)
+        return Call(name, sandbox, arguments.draw(draw, name))
 
     return draw_call()
+
+
+@final
+class _Arguments:
+    """Draws a call's arguments: a Create's, a Stop's timeout, an exec's request."""
+
+    def __init__(
+        self,
+        create: st.SearchStrategy[Mapping[str, Any]] | None,
+        stop_timeout: st.SearchStrategy[float | None] | None,
+        execs: st.SearchStrategy[Mapping[str, Any]] | None,
+    ) -> None:
+        self.create = create_args() if create is None else create
+        self.stop_timeout = stop_timeouts() if stop_timeout is None else stop_timeout
+        self.execs = exec_args() if execs is None else execs
+
+    def draw(self, draw: st.DrawFn, name: str) -> dict[str, Any]:
+        if name == "create":
+            return dict(draw(self.create))
+        if name == EXEC_CALL:
+            return dict(draw(self.execs))
+        if name == "stop":
+            timeout = draw(self.stop_timeout)
+            if timeout is not None:
+                return {"timeout_secs": timeout}
+        return {}
 
 
 #: How a drawn call joins the program: it starts a new group (runs after everything before
@@ -263,8 +366,8 @@ _AFTER: Final = 2
 _NEXT: Final[Mapping[str | None, tuple[str, ...]]] = {
     None: ("create",),
     "created": ("start", "start", "start", "stop", "wait"),
-    "ready": ("stop", "wait", "stop", "wait", "status", "shutdown"),
-    "stopped": ("wait", "shutdown", "status", "start", "shutdown"),
+    "ready": ("stop", EXEC_CALL, "wait", "stop", EXEC_CALL, "wait", "status", "shutdown"),
+    "stopped": ("wait", "shutdown", "status", "start", "shutdown", EXEC_CALL),
 }
 
 #: Of the selectors 0..11, those below this pick a guided call; this one and the next reuse
@@ -282,8 +385,8 @@ _REUSE_RACERS: Final = ("status", "wait", "stop", "start", "wait")
 #: group, on the same sandbox), by what the program did to the sandbox before the group.
 _RACERS: Final[Mapping[str | None, tuple[str, ...]]] = {
     None: ("create", "start"),
-    "created": ("start", "stop", "wait", "shutdown"),
-    "ready": ("wait", "stop", "wait", "shutdown"),
+    "created": ("start", "stop", "wait", "shutdown", EXEC_CALL),
+    "ready": ("wait", "stop", EXEC_CALL, "shutdown", EXEC_CALL, "status"),
     "stopped": ("wait", "shutdown", "start", "status"),
 }
 
@@ -330,6 +433,7 @@ def programs(
     stop_timeout: st.SearchStrategy[float | None] | None = None,
     guided: bool = True,
     call: st.SearchStrategy[Call] | None = None,
+    execs: st.SearchStrategy[Mapping[str, Any]] | None = None,
 ) -> st.SearchStrategy[Program]:
     """Whole lifecycle :class:`~sandboxd.testing.Program` values: ``min_calls`` to
     ``max_calls`` calls over ``sandboxes`` sandboxes, in groups of at most ``clients``
@@ -342,17 +446,19 @@ def programs(
 
     With ``guided`` (the default), most calls take their sandbox on through its life, as the
     program left it so far (create it, start it, then stop and wait, shut it down), so that
-    the orderings that matter -- a Wait racing a Stop of a running sandbox, say -- come up
-    often; some bring a *partner*, a call racing them on the same sandbox.  Some reuse an
+    the orderings that matter -- a Wait racing a Stop of a running sandbox, an exec racing
+    a Stop or the sandbox's exit, say -- come up often; some bring a *partner*, a call racing
+    them on the same sandbox.  Some reuse an
     id: a Shutdown, a Create of the same id and a Status on one client, perhaps with a call
     on the old life racing them (a cache kept by id and not cleared at Shutdown shows only
     there).  (A call and its
     partner are drawn as one, so a shrunk program may keep them at once where one after the
     other would do as well: the fuzzer tries that too.)  The other calls are drawn from
-    ``names`` (repeat a name to draw it more often).  A
+    ``names`` (repeat a name to draw it more often; :data:`CALLS_WITH_EXECS` draws execs
+    too, and only names given are drawn, guided or not).  A
     Create's arguments come from ``create`` (default :func:`create_args`), a Stop's timeout
-    from ``stop_timeout`` (default :func:`stop_timeouts`).  Alternatively ``call`` draws
-    every call, unguided.
+    from ``stop_timeout`` (default :func:`stop_timeouts`), an exec's request from ``execs``
+    (default :func:`exec_args`).  Alternatively ``call`` draws every call, unguided.
     """
     if clients < 1 or max_sequence < 1 or sandboxes < 1:
         raise ValueError("need sandboxes >= 1, clients >= 1 and max_sequence >= 1")
@@ -364,11 +470,10 @@ def programs(
 
     if call is not None:
         return st.lists(st.tuples(call, mode), min_size=min_calls, max_size=max_calls).map(build)
-    unknown = set(names) - set(CALL_INPUTS)
+    unknown = set(names) - set(CALL_NAMES)
     if unknown or not names:
         raise ValueError(f"names must be calls, not {sorted(unknown) or 'nothing'}")
-    create_strategy = create_args() if create is None else create
-    timeout_strategy = stop_timeouts() if stop_timeout is None else stop_timeout
+    arguments = _Arguments(create, stop_timeout, execs)
     # 0..2: the sandbox of the call before (calls cluster, and shrink to one sandbox);
     # 3 and up: another one.
     hop = st.integers(0, 2 + sandboxes - 1)
@@ -414,14 +519,7 @@ def programs(
             picked = [(names[draw(index)], joins)]
         drawn: list[tuple[Call, int]] = []
         for name, how in picked:
-            args: dict[str, Any] = {}
-            if name == "create":
-                args = dict(draw(create_strategy))
-            elif name == "stop":
-                timeout = draw(timeout_strategy)
-                if timeout is not None:
-                    args["timeout_secs"] = timeout
-            drawn.append((Call(name, guide.sandbox, args), how))
+            drawn.append((Call(name, guide.sandbox, arguments.draw(draw, name)), how))
             alone = how == _NEW_GROUP and len(picked) == 1
             now = guide.after.get(guide.sandbox, phase)
             guide.after[guide.sandbox] = _next_phase(now, name, alone)
