@@ -54,6 +54,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import marshal
 import os
 import select
@@ -105,10 +106,16 @@ def namespaces_to_join(pid: int) -> int:
             theirs = os.stat(f"/proc/{pid}/ns/{name}")
         except FileNotFoundError:
             continue  # a namespace type this kernel does not have
-        mine = os.stat(f"/proc/self/ns/{name}")
-        if (theirs.st_dev, theirs.st_ino) != (mine.st_dev, mine.st_ino):
+        if (theirs.st_dev, theirs.st_ino) != _own_namespace(name):
             flags |= flag
     return flags
+
+
+@functools.cache
+def _own_namespace(name: str) -> tuple[int, int]:
+    """The daemon's namespace ``name`` (it never changes its own)."""
+    mine = os.stat(f"/proc/self/ns/{name}")
+    return (mine.st_dev, mine.st_ino)
 
 
 def open_namespaces(pid: int) -> list[tuple[int, int]]:
