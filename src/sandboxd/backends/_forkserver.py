@@ -115,11 +115,8 @@ class _Relay:
             os.write(self.channel, b"%s%d" % (kind, err))
         os._exit(126)
 
-    def run(self, server: int) -> NoReturn:
+    def run(self) -> NoReturn:
         """Enter, give up privilege, start the command, and exit as it exits."""
-        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() != server:
-            os._exit(126)
         os.setsid()
         for target, fd in enumerate(self.stdio):
             os.dup2(fd, target)
@@ -298,61 +295,106 @@ def _send_fds(fd: int, data: bytes, fds: list[int]) -> None:
 # -- the server ----------------------------------------------------------------------------------
 
 
-def _receive(control: socket.socket) -> tuple[dict[str, Any], list[int]] | None:
-    """The next request, or None at end of file (the daemon is gone)."""
-    data, fds = receive_fds(control, INLINE_MAX + 1, MAX_FDS)
-    if not data:
-        return None
+def _request(data: bytes, fds: list[int]) -> tuple[dict[str, Any], list[int]]:
+    """A request's fields and descriptors, from a message of the daemon."""
     if data == b"M":  # in a memfd
         memfd = fds.pop(0)
         try:
-            size = os.fstat(memfd).st_size
-            data = os.pread(memfd, size, 0)
+            data = os.pread(memfd, os.fstat(memfd).st_size, 0)
         finally:
             os.close(memfd)
     request: dict[str, Any] = marshal.loads(data)
     return request, fds
 
 
+def _spare(sock: int, server: int) -> NoReturn:
+    """A relay forked ahead of its request (off the request's path): wait for it on
+    ``sock`` and carry it out; exit at end of file."""
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != server:
+        os._exit(126)
+    data, fds = receive_fds(socket.socket(fileno=sock), INLINE_MAX + 1, MAX_FDS)
+    if not data:
+        os._exit(0)
+    request, fds = _request(data, fds)
+    _Relay(request, fds).run()
+
+
+class _Spare:
+    """A relay forked and waiting for a request, as the server sees it."""
+
+    def __init__(self, server: int) -> None:
+        ours, theirs = (
+            s.detach() for s in socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        )
+        try:
+            self.pid = os.fork()
+        except BaseException:
+            os.close(ours)
+            os.close(theirs)
+            raise
+        if self.pid == 0:
+            try:
+                # Nothing of the server's: its socket, other execs' channels.
+                os.closerange(3, theirs)
+                os.closerange(theirs + 1, _MAX_FD)
+                _spare(theirs, server)
+            finally:
+                os._exit(126)
+        os.close(theirs)
+        self.sock = ours
+        self.pidfd = os.pidfd_open(self.pid)
+
+
 def serve(control: socket.socket) -> None:
-    """Serve requests on ``control`` until its end of file; reap the relays meanwhile."""
+    """Serve requests on ``control`` until its end of file, each carried out by a spare
+    relay (a new one forked once the last is busy); reap the relays meanwhile."""
     me = os.getpid()
     poller = select.poll()
     poller.register(control, select.POLLIN)
-    relays: dict[int, tuple[int, int]] = {}  # pidfd -> (pid, channel)
+    relays: dict[int, tuple[int, int]] = {}  # pidfd -> (pid, channel or -1 for the spare)
+    spare: _Spare | None = None
     while True:
+        if spare is None:
+            with contextlib.suppress(OSError):  # no spare: the next request says why
+                spare = _Spare(me)
+                relays[spare.pidfd] = (spare.pid, -1)
+                poller.register(spare.pidfd, select.POLLIN)
         for fd, _ in poller.poll():
             if fd != control.fileno():
                 pid, channel = relays.pop(fd)
                 poller.unregister(fd)
                 os.close(fd)
+                if spare is not None and spare.pidfd == fd:  # it died waiting
+                    os.close(spare.sock)
+                    spare = None
                 _, status = os.waitpid(pid, 0)
-                with contextlib.suppress(OSError):
-                    os.write(channel, b"x%d" % os.waitstatus_to_exitcode(status))
-                os.close(channel)
+                if channel >= 0:
+                    # Its command's exit came from the relay; this is for a relay that failed.
+                    with contextlib.suppress(OSError):
+                        os.write(channel, b"x%d" % os.waitstatus_to_exitcode(status))
+                    os.close(channel)
                 continue
-            received = _receive(control)
-            if received is None:
+            data, fds = receive_fds(control, INLINE_MAX + 1, MAX_FDS)
+            if not data:
                 return
-            request, fds = received
+            channel = fds[CHANNEL + (data == b"M")]
             try:
-                pid = os.fork()
+                if spare is None:
+                    raise OSError(errno.EAGAIN, "no spare relay")
+                _send_fds(spare.sock, data, fds)
             except OSError as exc:
                 with contextlib.suppress(OSError):
-                    os.write(fds[CHANNEL], b"f%d" % (exc.errno or errno.EAGAIN))
-                for fd in fds:
+                    os.write(channel, b"f%d" % (exc.errno or errno.EAGAIN))
+                os.close(channel)
+            else:
+                relays[spare.pidfd] = (spare.pid, channel)
+            for fd in fds:
+                if fd != channel:
                     os.close(fd)
-                continue
-            if pid == 0:
-                try:
-                    _Relay(request, fds).run(me)
-                finally:
-                    os._exit(126)
-            for fd in fds[1:]:
-                os.close(fd)
-            pidfd = os.pidfd_open(pid)
-            relays[pidfd] = (pid, fds[CHANNEL])
-            poller.register(pidfd, select.POLLIN)
+            if spare is not None:
+                os.close(spare.sock)
+                spare = None
 
 
 def main(daemon: int, control_fd: int) -> None:
