@@ -561,20 +561,24 @@ class ForkServer:
                 os.close(memfd)
 
     def close(self) -> None:
-        """Close the server's socket: it exits."""
+        """Close the server's socket, so that it exits (its running execs are killed), and
+        reap it; SIGKILL if it has not exited within a second."""
         self._control.close()
-        with contextlib.suppress(ProcessLookupError):
+        try:
+            self.process.wait(1.0)
+        except subprocess.TimeoutExpired:
             self.process.kill()
-        self.process.wait()
+            self.process.wait()
 
 
 _server: ForkServer | None = None
 
 
-def fork_server() -> ForkServer:
-    """The daemon's fork server, started (or restarted, once it has died) now."""
+def fork_server(*, restart: bool = False) -> ForkServer:
+    """The daemon's fork server, started now if there is none or it has died (or if
+    ``restart``)."""
     global _server
-    if _server is None or not _server.alive():
+    if _server is None or restart or not _server.alive():
         if _server is not None:
             _server.close()
         _server = ForkServer()
@@ -662,11 +666,11 @@ async def _start(
 
 
 async def _send(request: bytes, fds: Sequence[int]) -> None:
-    """Send to the fork server, restarting it once if it has died."""
+    """Send to the fork server, restarting it once if it cannot be reached."""
     try:
         await fork_server().send(request, fds)
     except OSError:
-        await fork_server().send(request, fds)
+        await fork_server(restart=True).send(request, fds)
 
 
 async def _started(spec: ExecSpec, where: str, stdio: _Stdio, channel: socket.socket) -> ExecChild:
