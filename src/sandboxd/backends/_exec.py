@@ -390,7 +390,9 @@ class ExecChild:
 
 def _ended(pidfd: int) -> bool:
     """Whether the process of ``pidfd`` has exited (its pidfd is readable)."""
-    return bool(select.select([pidfd], [], [], 0)[0])
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 async def _receive(channel: socket.socket) -> tuple[bytes, list[int]]:
