@@ -75,9 +75,13 @@ class _CapData(ctypes.Structure):
     )
 
 
+# Declared, so that a call converts plain ints (a relay makes some forty of them).
+_libc.prctl.argtypes = (ctypes.c_int, *(ctypes.c_ulong,) * 4)
+_libc.prctl.restype = ctypes.c_int
+
+
 def _prctl(option: int, arg: int = 0) -> int:
-    zero = ctypes.c_ulong(0)
-    return int(_libc.prctl(ctypes.c_int(option), ctypes.c_ulong(arg), zero, zero, zero))
+    return int(_libc.prctl(option, arg, 0, 0, 0))
 
 
 def _cap_last() -> int:
