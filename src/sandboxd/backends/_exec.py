@@ -1,52 +1,70 @@
 """Running more commands in a running sandbox: the backend half of Exec.
 
-Theory of operation.  :func:`exec_on_host` (the ``process`` sandboxer) forks the daemon; the
-child leads a new session, puts the command's stdio in place (three pipes, or a
-pseudo-terminal that becomes its controlling terminal), closes every other descriptor,
-changes to the sandbox's working directory and execs the command.  It isolates nothing: the
-command runs as the daemon's user (another ``uid``/``gid`` only when that is root), as the
-sandbox's own processes do.
+Theory of operation.  Every exec starts from the daemon's *fork server*
+(:mod:`._forkserver`, :func:`fork_server`): a ``python -I -S`` process running one module
+file that imports nothing of sandboxd (a few MB, where the daemon is 33), started at the
+first exec and again after it died.  The daemon prepares the command's stdio (three pipes,
+or a pseudo-terminal), opens what the command must enter, and sends the request over a
+SOCK_SEQPACKET socket that only it and the server hold: argv, environment, cwd,
+``uid``/``gid``, tty, and by SCM_RIGHTS the stdio, the exec's *channel* (a socket pair of
+its own) and, for a sandbox, its root and namespaces.  The server hands the request to a
+*relay* it forked ahead of time, and forks the next one while this one works.
 
-:func:`exec_in_namespaces` (the ``bwrap`` sandboxer) forks the daemon too, but that child
-(the *relay*) first enters the sandbox, in this order, before it runs anything of the
-sandbox's: not dumpable (so no process of the sandbox can ptrace the daemon's memory it
-still holds), a session of its own, setns(2) into each namespace of the sandbox's init
-that differs from the daemon's (through /proc/<init>/ns/*, opened by the daemon and checked
-to be the init's; setns on a pidfd answers ESRCH for an unprivileged bwrap init, whose user
+The relay, before it runs anything of the sandbox's: is not dumpable (the server made
+itself so, and a fork keeps it: no process of the sandbox can ptrace it or open its
+/proc files), dies with the server (PR_SET_PDEATHSIG), leads a session of its own, puts
+the stdio on 0, 1 and 2 and closes every other descriptor but the channel and what it
+enters.  For the ``bwrap`` sandboxer (:func:`exec_in_namespaces`) it then enters the
+sandbox, in this order: setns(2) into each namespace of the sandbox's init that differs
+from the daemon's (through /proc/<init>/ns/*, opened by the daemon and checked to be the
+init's; setns on a pidfd answers ESRCH for an unprivileged bwrap init, whose user
 namespace is nested in the one owning its other namespaces: that owner first, then mount,
-pid, uts, ipc, net, cgroup, time, then the init's own user namespace), a chroot to
-the init's root, the capability bounding set emptied, ambient capabilities cleared,
-no_new_privs, the ``uid``/``gid`` asked for, every capability set emptied, and the working
-directory.  Only then does it start the command -- a pid namespace is joined by the
-children of who joins it -- with posix_spawn (vfork: no second copy of the daemon's page
-tables), or, for a tty, with fork (the command must set its controlling terminal itself);
-a tty is then one of the sandbox's own, opened from its /dev/ptmx (so that ``tty`` names
-it inside) and its master sent back to the daemon, or the daemon's when there is none.
-The relay waits for the command and exits with its status (dying of the same signal), so
-the daemon reaps the relay to learn the command's.  A command so started runs as root
-with no capability at all, or as the sandbox's user in its user namespace: it can never
-mount, unshare what the sandbox cannot, or reach a host file it cannot.  When its init exits,
-the kernel kills every process of its pid namespace, execs included.
+pid, uts, ipc, net, cgroup, time, then the init's own user namespace), a chroot to the
+init's root, the capability bounding set emptied, ambient capabilities cleared,
+no_new_privs, the ``uid``/``gid`` asked for, every capability set emptied.  For the
+``process`` sandboxer (:func:`exec_on_host`) it isolates nothing: the command runs as the
+daemon's user (another ``uid``/``gid`` only when that is root), as the sandbox's own
+processes do.  Then the working directory, and the command, started -- a pid namespace is
+joined by the children of who joins it -- with posix_spawn (vfork), or, for a tty, with
+fork (the command must set its controlling terminal itself); in a sandbox a tty is one of
+its own, opened from its /dev/ptmx (so that ``tty`` names it inside) and its master sent
+back to the daemon, or the daemon's when there is none.  The relay reports on the channel
+(``p`` with pidfds of the command and of itself, or why the command could not start),
+waits for the command, sends its return code (``x``) and exits as it exited.  A relay
+that dies first is reaped by the server, which sends the relay's own code instead.  A
+command so started in a sandbox runs as root with no capability at all, or as the
+sandbox's user in its user namespace: it can never mount, unshare what the sandbox cannot,
+or reach a host file it cannot.  When its init exits, the kernel kills every process of
+its pid namespace, execs included.  No descriptor of the daemon's or the server's reaches
+a command (the channel and everything received are close-on-exec).
+
+The fork server's death hangs nothing: its relays die with it (PR_SET_PDEATHSIG), so
+every running exec's channel ends; :meth:`ExecChild.wait` then kills the command (its
+pidfd and its session) and returns -9, an exec being started fails with
+FailedPrecondition (``its helper process ended``), and the next exec starts a new server
+(also when the request cannot be sent).  The server dies with the daemon: its own
+PR_SET_PDEATHSIG, and end of file on its socket.
 
 Why this shape: ExecSync of ``true`` must stay within 1.5x of ``subprocess.run(["nsenter",
 "-t", PID, "-a", "true"])`` (which is not safe: nsenter execs a binary of the sandbox with
 every capability, so only code loaded before the setns can drop them).  Measured here (Linux
-6.18, 2 cores, a Python with trio and sandboxd loaded, 33 MB resident; p50 of 300 runs,
-synchronous prototypes): nsenter 2.12 ms; fork+exec of /bin/true 1.92 ms; fork, enter,
-posix_spawn, relay 2.50 ms (chosen); fork, enter, clone(CLONE_PARENT) so that the daemon
-reaps the command itself 3.08 ms (a second copy of the page tables); fork, enter, fork
-3.49 ms.  Through this module from a trio loop (:func:`measure`, same machine, quiet):
-``process`` 3.2 ms, ``bwrap`` 3.8 ms, nsenter 1.9 ms.  Within 5 ms, not yet within 1.5x:
-the fork of the daemon dominates (2.2 ms for a bare fork+exec from the loaded daemon, 0.46
-ms of it in the parent, plus the relay's exit tearing down its copy, 0.4 ms).  The next
-step is a small fork server (a ``python -I -S`` holding only this module's child side,
-started once): fork, enter, posix_spawn and relay from it measure 1.04 ms.
+6.18, 2 cores shared with other work, p50 of 300 runs).  Forking the daemon itself (the
+previous design) cost ``process`` 3.2 ms and ``bwrap`` 3.8 ms through this module
+(:func:`measure`) against nsenter's 1.9 ms: the copy of the daemon's page tables and its
+teardown dominated.  From the fork server, through :func:`measure`: ``process`` 2.0 ms,
+``bwrap`` 2.4-2.5 ms, nsenter 2.2-2.4 ms; in the relay, for ``bwrap``, the fork 0.24 ms
+(taken off the request's path by forking the relay ahead), setns into the mount namespace
+0.2 ms, dropping the bounding set 0.05 ms, posix_spawn and ``true`` to its end 0.9 ms.
+End to end through the socket (``python -m bench.exec --seq 300 --duration 3
+--stream-mib 100``; see bench/README.md) the RPC, the runtime and the client add 0.8-1 ms,
+0.35 ms of it daemon CPU that a ``sim`` exec costs as well.
 
 :meth:`ExecChild.kill` reaches the command's whole tree: its session, and every descendant
 found through /proc/<pid>/task/*/children while its parent still lives, even one that left
 the session.  For SIGKILL the tree is frozen first, top down (SIGSTOP, and a wait until each
 is stopped, so that no process forks or reaps behind the walk and no pid is reused under
-it), then killed.  The relay is stopped meanwhile, so the command's pid stays its own.
+it), then killed.  The relay is stopped meanwhile (through its pidfd), so the command's pid
+stays its own: it is the relay's child, read while the relay's pidfd says it lives.
 """
 
 from __future__ import annotations

@@ -358,12 +358,20 @@ def serve(control: socket.socket) -> None:
     poller.register(control, select.POLLIN)
     relays: dict[int, tuple[int, int]] = {}  # pidfd -> (pid, channel or -1 for the spare)
     spare: _Spare | None = None
+
+    def fork_spare() -> _Spare | None:
+        try:
+            new = _Spare(me)
+        except OSError:
+            return None  # the request says why
+        relays[new.pidfd] = (new.pid, -1)
+        poller.register(new.pidfd, select.POLLIN)
+        return new
+
     while True:
-        if spare is None:
-            with contextlib.suppress(OSError):  # no spare: the next request says why
-                spare = _Spare(me)
-                relays[spare.pidfd] = (spare.pid, -1)
-                poller.register(spare.pidfd, select.POLLIN)
+        # Forked while no exec runs, so that the fork does not compete with one for the CPU.
+        if spare is None and all(channel < 0 for _, channel in relays.values()):
+            spare = fork_spare()
         for fd, _ in poller.poll():
             if fd != control.fileno():
                 pid, channel = relays.pop(fd)
@@ -383,6 +391,8 @@ def serve(control: socket.socket) -> None:
             if not data:
                 return
             channel = fds[CHANNEL + (data == b"M")]
+            if spare is None:
+                spare = fork_spare()
             try:
                 if spare is None:
                     raise OSError(errno.EAGAIN, "no spare relay")
