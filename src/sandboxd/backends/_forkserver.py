@@ -34,7 +34,7 @@ import socket
 import struct
 import sys
 import termios
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Final, NoReturn
 
 #: The request's descriptors, in this order, before the namespaces (and root, if any).
@@ -124,15 +124,7 @@ class _Relay:
         os.setsid()
         for target, fd in enumerate(self.stdio):
             os.dup2(fd, target)
-        keep = sorted({self.channel, *([self.root] if self.root >= 0 else [])} | {
-            fd for fd, _ in self.namespaces
-        })  # fmt: skip
-        low = 3
-        for fd in keep:
-            if fd > low:
-                os.closerange(low, fd)
-            low = fd + 1
-        os.closerange(low, _MAX_FD)
+        close_all_but([self.channel, self.root, *(fd for fd, _ in self.namespaces)])
         if self.isolate:
             self.enter()
         self.set_user()
@@ -275,6 +267,16 @@ class _Relay:
         os._exit(127 if err in (errno.ENOENT, errno.ENOTDIR) else 126)
 
 
+def close_all_but(keep: Iterable[int]) -> None:
+    """Close every descriptor from 3 up but those of ``keep`` (negative ones are none)."""
+    low = 3
+    for fd in sorted(set(keep)):
+        if fd > low:
+            os.closerange(low, fd)
+        low = max(low, fd + 1)
+    os.closerange(low, _MAX_FD)
+
+
 def receive_fds(sock: socket.socket, size: int, max_fds: int) -> tuple[bytes, list[int]]:
     """One message and its descriptors, close-on-exec (socket.recv_fds drops its flags)."""
     data, ancillary, _, _ = sock.recvmsg(
@@ -340,8 +342,7 @@ class _Spare:
         if self.pid == 0:
             try:
                 # Nothing of the server's: its socket, other execs' channels.
-                os.closerange(3, theirs)
-                os.closerange(theirs + 1, _MAX_FD)
+                close_all_but([theirs])
                 _spare(theirs, server)
             finally:
                 os._exit(126)
