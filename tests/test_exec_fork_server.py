@@ -129,3 +129,36 @@ async def test_the_fork_server_dies_with_the_daemon() -> None:
         assert daemon.stdin is not None and daemon.stdout is not None
         daemon.stdin.close()
         daemon.stdout.close()
+
+
+def processes_running(argument: bytes) -> list[int]:
+    """Pids of live (not zombie) processes with ``argument`` on their command line."""
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                argv = Path(f"/proc/{name}/cmdline").read_bytes().split(b"\0")
+                state = Path(f"/proc/{name}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if argument in argv and state != b"Z":
+                found.append(int(name))
+    return found
+
+
+@pytest.mark.parametrize("sandboxer", SANDBOXERS)
+async def test_an_exec_cancelled_while_starting_leaves_nothing_running(sandboxer: str) -> None:
+    async with running(sandboxer) as sandbox:
+        _exec.fork_server()
+        marker = f"{os.getpid()}.{sandboxer}"
+        process = None
+        with trio.CancelScope() as scope:
+            scope.cancel()  # at its first wait: the request is sent, the command not yet seen
+            process = await sandbox.exec(spec("sleep", "1000", marker))
+        if process is not None:  # the relay answered before the first wait: nothing to test
+            process.kill()
+            await finish(process)
+            pytest.skip("the command was reported started before the exec waited")
+        assert processes_running(marker.encode()) == []
+        done = await run(sandbox, spec("true"))  # the exec's channel did not get in the way
+        assert done.returncode == 0
