@@ -53,9 +53,11 @@ every capability, so only code loaded before the setns can drop them).  Measured
 previous design) cost ``process`` 3.2 ms and ``bwrap`` 3.8 ms through this module
 (:func:`measure`) against nsenter's 1.9 ms: the copy of the daemon's page tables and its
 teardown dominated.  From the fork server, through :func:`measure`: ``process`` 2.0-2.4 ms,
-``bwrap`` 2.4-2.9 ms, nsenter 2.0-2.4 ms.  In a ``bwrap`` relay: the fork 0.24 ms (off the
-request's path: the relay is forked ahead), setns into the mount namespace 0.2 ms,
-emptying the bounding set 0.05 ms, posix_spawn and ``true`` to its end 0.9 ms.  End to end
+``bwrap`` 2.4-2.9 ms, nsenter 2.0-2.4 ms.  In a ``bwrap`` relay: the fork 0.24 ms (off
+the request's path when the server was idle since the last exec; :func:`measure` runs
+them back to back, and 44 % of its requests found no spare relay), setns into the mount
+namespace 0.2 ms, emptying the bounding set 0.05 ms, posix_spawn and ``true`` to its end
+0.9 ms.  End to end
 through the socket (``python -m bench.exec --seq 300 --duration 3 --stream-mib 100``; see
 bench/README.md), on a machine with a load average of 1.4 to 4.9 from other work, ExecSync
 p50: ``process`` 2.7-3.5 ms (1.16x-1.47x nsenter), ``bwrap`` 3.0-3.9 ms (1.29x-1.64x);
