@@ -48,22 +48,22 @@ PR_SET_PDEATHSIG, and end of file on its socket.
 
 Why this shape: ExecSync of ``true`` must stay within 1.5x of ``subprocess.run(["nsenter",
 "-t", PID, "-a", "true"])`` (which is not safe: nsenter execs a binary of the sandbox with
-every capability, so only code loaded before the setns can drop them).  Measured here (Linux
-6.18, 2 cores shared with other work, p50 of 300 runs).  Forking the daemon itself (the
-previous design) cost ``process`` 3.2 ms and ``bwrap`` 3.8 ms through this module
+every capability, so only code loaded before the setns can drop them).  Measured here
+(Linux 6.18, 2 cores shared with other work, p50 of 300 runs).  Forking the daemon itself
+(the previous design) cost ``process`` 3.2 ms and ``bwrap`` 3.8 ms through this module
 (:func:`measure`) against nsenter's 1.9 ms: the copy of the daemon's page tables and its
 teardown dominated.  From the fork server, through :func:`measure`: ``process`` 2.0-2.4 ms,
-``bwrap`` 2.4-2.9 ms, nsenter 2.0-2.4 ms.  In a ``bwrap`` relay: the fork 0.24 ms (off
-the request's path when the server was idle since the last exec; :func:`measure` runs
-them back to back, and 44 % of its requests found no spare relay), setns into the mount
-namespace 0.2 ms, emptying the bounding set 0.05 ms, posix_spawn and ``true`` to its end
-0.9 ms.  End to end
-through the socket (``python -m bench.exec --seq 300 --duration 3 --stream-mib 100``; see
-bench/README.md), on a machine with a load average of 1.4 to 4.9 from other work, ExecSync
-p50: ``process`` 2.7-3.5 ms (1.16x-1.47x nsenter), ``bwrap`` 3.0-3.9 ms (1.29x-1.64x);
-it was 4.2 and 7.0 ms (2.1x and 3.1x) forking the daemon.  The rest is the RPC, the
-runtime and the client: a ``sim`` ExecSync, which starts no process, takes 0.4 ms, and a
-real exec costs the daemon another 0.4 ms of CPU (its stdio, the request, four wake-ups).
+``bwrap`` 2.4-2.9 ms, nsenter 2.0-2.4 ms.  In a ``bwrap`` relay: the fork 0.24 ms (off the
+request's path when the server was idle since the last exec; :func:`measure` runs them back
+to back, and 44 % of its requests found no spare relay), setns into the mount namespace 0.2
+ms, emptying the bounding set 0.05 ms, posix_spawn and ``true`` to its end 0.9 ms.  End to
+end through the socket (``python -m bench.exec --seq 300 --duration 3 --stream-mib 100``;
+see bench/README.md), on a machine with a load average of 1.4 to 4.9 from other work,
+ExecSync p50: ``process`` 2.7-3.5 ms (1.16x-1.47x nsenter), ``bwrap`` 3.0-3.9 ms
+(1.29x-1.64x); it was 4.2 and 7.0 ms (2.1x and 3.1x) forking the daemon.  The rest is the
+RPC, the runtime and the client: a ``sim`` ExecSync, which starts no process, takes 0.4 ms,
+and a real exec costs the daemon another 0.4 ms of CPU (its stdio, the request, four
+wake-ups).
 
 :meth:`ExecChild.kill` reaches the command's whole tree: its session, and every descendant
 found through /proc/<pid>/task/*/children while its parent still lives, even one that left
@@ -534,7 +534,9 @@ _SERVER: Final = Path(__file__).with_name("_forkserver.py")
 class ForkServer:
     """The daemon's fork server (see :mod:`._forkserver`): a ``python -I -S`` process,
     started by :func:`fork_server`, that forks every exec's relay and reaps it.  It dies
-    with the daemon."""
+    with the daemon, and with the thread that started it (PR_SET_PDEATHSIG follows the
+    thread): an event loop run in a thread that ends loses it, its running execs are
+    killed, and the next exec starts a new one."""
 
     def __init__(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
