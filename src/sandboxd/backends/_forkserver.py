@@ -98,7 +98,9 @@ _CAP_LAST: Final = _cap_last()
 class _Relay:
     """One request, in the relay: the fields of the request and the descriptors it came with."""
 
-    def __init__(self, request: dict[str, Any], fds: Sequence[int]) -> None:
+    def __init__(self, request: dict[str, Any], fds: Sequence[int], done: int) -> None:
+        #: Where to tell the server, with one byte, that the command has ended.
+        self.done = done
         self.argv: list[bytes] = request["argv"]
         self.env: dict[bytes, bytes] = request["env"]
         self.executables: list[bytes] = request["executables"]
@@ -124,7 +126,7 @@ class _Relay:
         os.setsid()
         for target, fd in enumerate(self.stdio):
             os.dup2(fd, target)
-        close_all_but([self.channel, self.root, *(fd for fd, _ in self.namespaces)])
+        close_all_but([self.channel, self.done, self.root, *(fd for fd, _ in self.namespaces)])
         if self.isolate:
             self.enter()
         self.set_user()
@@ -156,7 +158,10 @@ class _Relay:
         os.closerange(0, 3)  # the command's output ends when the command's tree closes it
         _, status = os.waitpid(command, 0)
         code = os.waitstatus_to_exitcode(status)
-        # Sent here, not by the server once it has reaped us: one wake-up less.
+        # Sent here, not by the server once it has reaped us: one wake-up less.  The server
+        # hears of it first, to fork the next relay meanwhile.
+        with contextlib.suppress(OSError):
+            os.write(self.done, b".")
         with contextlib.suppress(OSError):
             os.write(self.channel, b"x%d" % code)
         if code < 0:  # die of the same signal
@@ -313,7 +318,7 @@ def _request(data: bytes, fds: list[int]) -> tuple[dict[str, Any], list[int]]:
     return request, fds
 
 
-def _spare(sock: int, server: int) -> NoReturn:
+def _spare(sock: int, server: int, done: int) -> NoReturn:
     """A relay forked ahead of its request (off the request's path): wait for it on
     ``sock`` and carry it out; exit at end of file."""
     _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -323,13 +328,13 @@ def _spare(sock: int, server: int) -> NoReturn:
     if not data:
         os._exit(0)
     request, fds = _request(data, fds)
-    _Relay(request, fds).run()
+    _Relay(request, fds, done).run()
 
 
 class _Spare:
     """A relay forked and waiting for a request, as the server sees it."""
 
-    def __init__(self, server: int) -> None:
+    def __init__(self, server: int, done: int) -> None:
         ours, theirs = (
             s.detach() for s in socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         )
@@ -342,8 +347,8 @@ class _Spare:
         if self.pid == 0:
             try:
                 # Nothing of the server's: its socket, other execs' channels.
-                close_all_but([theirs])
-                _spare(theirs, server)
+                close_all_but([theirs, done])
+                _spare(theirs, server, done)
             finally:
                 os._exit(126)
         os.close(theirs)
@@ -353,27 +358,34 @@ class _Spare:
 
 def serve(control: socket.socket) -> None:
     """Serve requests on ``control`` until its end of file, each carried out by a spare
-    relay (a new one forked once the last is busy); reap the relays meanwhile."""
+    relay; reap the relays meanwhile.  The next spare is forked when a relay says its
+    command has ended (while the daemon answers for it, not while a relay works), or at
+    once when a request finds none."""
     me = os.getpid()
     poller = select.poll()
     poller.register(control, select.POLLIN)
+    done, done_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+    poller.register(done, select.POLLIN)
     relays: dict[int, tuple[int, int]] = {}  # pidfd -> (pid, channel or -1 for the spare)
     spare: _Spare | None = None
 
     def fork_spare() -> _Spare | None:
         try:
-            new = _Spare(me)
+            new = _Spare(me, done_w)
         except OSError:
             return None  # the request says why
         relays[new.pidfd] = (new.pid, -1)
         poller.register(new.pidfd, select.POLLIN)
         return new
 
+    spare = fork_spare()
     while True:
-        # Forked while no exec runs, so that the fork does not compete with one for the CPU.
-        if spare is None and all(channel < 0 for _, channel in relays.values()):
-            spare = fork_spare()
         for fd, _ in poller.poll():
+            if fd == done:
+                os.read(done, 4096)
+                if spare is None:
+                    spare = fork_spare()
+                continue
             if fd != control.fileno():
                 pid, channel = relays.pop(fd)
                 poller.unregister(fd)
