@@ -8,8 +8,8 @@ or a pseudo-terminal), opens what the command must enter, and sends the request 
 SOCK_SEQPACKET socket that only it and the server hold: argv, environment, cwd,
 ``uid``/``gid``, tty, and by SCM_RIGHTS the stdio, the exec's *channel* (a socket pair of
 its own) and, for a sandbox, its root and namespaces.  The server hands the request to a
-*relay* it forked ahead of time (the next one is forked once no exec runs, or when a
-request finds none).
+*relay* it forked ahead of time (the next one is forked when a relay says its command
+has ended, while the daemon answers for it, or when a request finds none).
 
 The relay, before it runs anything of the sandbox's: is not dumpable (the server made
 itself so, and a fork keeps it: no process of the sandbox can ptrace it or open its
@@ -52,18 +52,22 @@ every capability, so only code loaded before the setns can drop them).  Measured
 (Linux 6.18, 2 cores shared with other work, p50 of 300 runs).  Forking the daemon itself
 (the previous design) cost ``process`` 3.2 ms and ``bwrap`` 3.8 ms through this module
 (:func:`measure`) against nsenter's 1.9 ms: the copy of the daemon's page tables and its
-teardown dominated.  From the fork server, through :func:`measure`: ``process`` 2.0-2.4 ms,
-``bwrap`` 2.4-2.9 ms, nsenter 2.0-2.4 ms.  In a ``bwrap`` relay: the fork 0.24 ms (off the
-request's path when the server was idle since the last exec; :func:`measure` runs them back
-to back, and 44 % of its requests found no spare relay), setns into the mount namespace 0.2
-ms, emptying the bounding set 0.05 ms, posix_spawn and ``true`` to its end 0.9 ms.  End to
-end through the socket (``python -m bench.exec --seq 300 --duration 3 --stream-mib 100``;
-see bench/README.md), on a machine with a load average of 1.4 to 4.9 from other work,
-ExecSync p50: ``process`` 2.7-3.5 ms (1.16x-1.47x nsenter), ``bwrap`` 3.0-3.9 ms
-(1.29x-1.64x); it was 4.2 and 7.0 ms (2.1x and 3.1x) forking the daemon.  The rest is the
-RPC, the runtime and the client: a ``sim`` ExecSync, which starts no process, takes 0.4 ms,
-and a real exec costs the daemon another 0.4 ms of CPU (its stdio, the request, four
-wake-ups).
+teardown dominated.  From the fork server, through :func:`measure`: ``process`` 2.2-2.3 ms,
+``bwrap`` 2.55-2.65 ms, nsenter 2.2-2.3 ms.  In a ``bwrap`` relay: its fork 0.24 ms (off
+the request's path when a spare relay is ready: a request that finds none, as when execs
+follow each other with nothing in between, waits for it), setns into the mount namespace
+0.2 ms, emptying the bounding set 0.05 ms, posix_spawn and ``true`` to its end 0.9 ms.  End
+to end through the socket (``python -m bench.exec --seq 300 --duration 3 --stream-mib
+100``; see bench/README.md), three runs with a load average of 0.7 to 4 (the benchmark's
+own included), ExecSync p50: ``process`` 2.67-2.86 ms (1.14x-1.17x nsenter), ``bwrap``
+3.02-3.15 ms (1.32x-1.35x); at 8 in flight 606-641 and 535-570 execs/s (nsenter 862-928);
+``cat`` of 100 MiB 322-563 MiB/s.  Forking the daemon, it was 4.2 and 7.0 ms (2.1x and
+3.1x), 215 and 257 execs/s.  On a busier machine (load average 3 to 5 from other work) runs
+gave up to 1.47x (``process``) and 1.64x (``bwrap``): an exec crosses five processes
+(client, daemon, fork server, relay, command) where nsenter crosses three, and pays for
+each wake-up that waits for a core.  The rest of the cost is the RPC, the runtime and the
+client: a ``sim`` ExecSync, which starts no process, takes 0.4 ms, and a real exec costs
+the daemon another 0.4 ms of CPU (its stdio, the request, four wake-ups).
 
 :meth:`ExecChild.kill` reaches the command's whole tree: its session, and every descendant
 found through /proc/<pid>/task/*/children while its parent still lives, even one that left
