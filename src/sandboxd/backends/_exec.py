@@ -12,32 +12,32 @@ its own) and, for a sandbox, its root and namespaces.  The server hands the requ
 has ended, while the daemon answers for it, or when a request finds none).
 
 The relay, before it runs anything of the sandbox's: is not dumpable (the server made
-itself so, and a fork keeps it: no process of the sandbox can ptrace it or open its
-/proc files), dies with the server (PR_SET_PDEATHSIG), leads a session of its own, puts
-the stdio on 0, 1 and 2 and closes every other descriptor but the channel and what it
-enters.  For the ``bwrap`` sandboxer (:func:`exec_in_namespaces`) it then enters the
-sandbox, in this order: setns(2) into each namespace of the sandbox's init that differs
+itself so, and a fork keeps it: no process of the sandbox can ptrace it or open its /proc
+files), dies with the server (PR_SET_PDEATHSIG), leads a session of its own, puts the stdio
+on 0, 1 and 2 and closes every other descriptor but the channel, a pipe to the server and
+what it enters.  For the ``bwrap`` sandboxer (:func:`exec_in_namespaces`) it then enters
+the sandbox, in this order: setns(2) into each namespace of the sandbox's init that differs
 from the daemon's (through /proc/<init>/ns/*, opened by the daemon and checked to be the
-init's; setns on a pidfd answers ESRCH for an unprivileged bwrap init, whose user
-namespace is nested in the one owning its other namespaces: that owner first, then mount,
-pid, uts, ipc, net, cgroup, time, then the init's own user namespace), a chroot to the
-init's root, the capability bounding set emptied, ambient capabilities cleared,
-no_new_privs, the ``uid``/``gid`` asked for, every capability set emptied.  For the
-``process`` sandboxer (:func:`exec_on_host`) it isolates nothing: the command runs as the
-daemon's user (another ``uid``/``gid`` only when that is root), as the sandbox's own
-processes do.  Then the working directory, and the command, started -- a pid namespace is
-joined by the children of who joins it -- with posix_spawn (vfork), or, for a tty, with
-fork (the command must set its controlling terminal itself); in a sandbox a tty is one of
-its own, opened from its /dev/ptmx (so that ``tty`` names it inside) and its master sent
-back to the daemon, or the daemon's when there is none.  The relay reports on the channel
-(``p`` with pidfds of the command and of itself, or why the command could not start),
-waits for the command, sends its return code (``x``) and exits as it exited.  A relay
-that dies first is reaped by the server, which sends the relay's own code instead.  A
-command so started in a sandbox runs as root with no capability at all, or as the
-sandbox's user in its user namespace: it can never mount, unshare what the sandbox cannot,
-or reach a host file it cannot.  When its init exits, the kernel kills every process of
-its pid namespace, execs included.  No descriptor of the daemon's or the server's reaches
-a command (the channel and everything received are close-on-exec).
+init's; setns on a pidfd answers ESRCH for an unprivileged bwrap init, whose user namespace
+is nested in the one owning its other namespaces: that owner first, then mount, pid, uts,
+ipc, net, cgroup, time, then the init's own user namespace), a chroot to the init's root,
+the capability bounding set emptied, ambient capabilities cleared, no_new_privs, the
+``uid``/``gid`` asked for, every capability set emptied.  For the ``process`` sandboxer
+(:func:`exec_on_host`) it isolates nothing: the command runs as the daemon's user (another
+``uid``/``gid`` only when that is root), as the sandbox's own processes do.  Then the
+working directory, and the command, started -- a pid namespace is joined by the children of
+who joins it -- with posix_spawn (vfork), or, for a tty, with fork (the command must set
+its controlling terminal itself); in a sandbox a tty is one of its own, opened from its
+/dev/ptmx (so that ``tty`` names it inside) and its master sent back to the daemon, or the
+daemon's when there is none.  The relay reports on the channel (``p`` with pidfds of the
+command and of itself, or why the command could not start), waits for the command, sends
+its return code (``x``) and exits as it exited.  A relay that dies first is reaped by the
+server, which sends the relay's own code instead.  A command so started in a sandbox runs
+as root with no capability at all, or as the sandbox's user in its user namespace: it can
+never mount, unshare what the sandbox cannot, or reach a host file it cannot.  When its
+init exits, the kernel kills every process of its pid namespace, execs included.  No
+descriptor of the daemon's or the server's reaches a command (the channel and everything
+received are close-on-exec).
 
 The fork server's death hangs nothing: its relays die with it (PR_SET_PDEATHSIG), so
 every running exec's channel ends; :meth:`ExecChild.wait` then kills the command (its

@@ -7,13 +7,16 @@ holds.  Each message on it is one exec request: a marshal'ed dict (inline, or in
 when large) and, by SCM_RIGHTS, the exec's channel (a SOCK_SEQPACKET socket to the
 daemon), its stdin, stdout and stderr, and for a sandbox its root directory and namespaces.
 
-For each request the server forks a *relay*, which does what the module docstring of
-:mod:`._exec` describes (enter, give up privilege, start the command, wait for it, exit as
-it exits) and reports on the channel: ``p<command> <relay>`` with pidfds of both once the
-command runs, or why it could not (``s``, ``c``, ``u``, ``e`` and an errno).  The server
-reaps the relay and sends ``x<returncode>`` on the channel, then closes it: the daemon never
-reaps an exec itself.  A relay that finds the channel closed when it reports (the daemon
-gave up on the exec) kills its command.
+Each request is carried out by a *relay*, a child the server forked ahead of time (the next
+one when a relay writes a byte on the server's pipe to say its command ended, or when a
+request finds none).  The relay does what the module docstring of :mod:`._exec` describes
+(enter, give up privilege, start the command, wait for it) and reports on the channel:
+``p<command> <relay>`` with pidfds of both once the command runs, or why it could not
+(``s``, ``c``, ``u``, ``e`` and an errno), then ``x<returncode>`` once it has reaped the
+command; it exits as the command exited.  The server reaps the relays; for one that died
+before its ``x`` it sends ``x`` with the relay's own code: the daemon never reaps an exec
+itself.  A relay that finds the channel closed when it reports (the daemon gave up on the
+exec) kills its command.
 
 The server dies with the daemon: PR_SET_PDEATHSIG, and end of file on descriptor 3.  It is
 not dumpable, ignores the terminal's signals, and holds nothing a sandbox's process gets:
