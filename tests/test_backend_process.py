@@ -22,7 +22,7 @@ import trio.testing
 from procs import Exits, Fifo, is_alive, proc_pgrp, read_output
 from sandboxd import FailedPrecondition, InvalidArgument
 from sandboxd._models import Mount, Platform, SandboxOptions, SandboxSpec
-from sandboxd.backends import Backend, ProcessBackend, host_platform
+from sandboxd.backends import Backend, ProcessBackend, _exec, host_platform
 from sandboxd.backends._process import DEFAULT_PATH, ProcessSandbox
 
 TIMEOUT = 5
@@ -342,6 +342,8 @@ def test_validate_with_log_dir_checks_the_id(tmp_path: Path) -> None:
 
 
 def our_children() -> list[int]:
+    """Our child processes but the exec fork server (one per daemon, started by any exec)."""
+    server = _exec._server.pid if _exec._server is not None else None
     children = []
     for name in os.listdir("/proc"):
         if name.isdigit():
@@ -349,7 +351,7 @@ def our_children() -> list[int]:
                 data = Path(f"/proc/{name}/stat").read_bytes()
             except OSError:
                 continue
-            if int(data[data.rfind(b")") + 2 :].split()[1]) == os.getpid():
+            if int(data[data.rfind(b")") + 2 :].split()[1]) == os.getpid() and int(name) != server:
                 children.append(int(name))
     return children
 

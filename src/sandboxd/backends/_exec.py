@@ -1,80 +1,108 @@
 """Running more commands in a running sandbox: the backend half of Exec.
 
-Theory of operation.  :func:`exec_on_host` (the ``process`` sandboxer) forks the daemon; the
-child leads a new session, puts the command's stdio in place (three pipes, or a
-pseudo-terminal that becomes its controlling terminal), closes every other descriptor,
-changes to the sandbox's working directory and execs the command.  It isolates nothing: the
-command runs as the daemon's user (another ``uid``/``gid`` only when that is root), as the
-sandbox's own processes do.
+Theory of operation.  Every exec starts from the daemon's *fork server*
+(:mod:`._forkserver`, :func:`fork_server`): a ``python -I -S`` process running one module
+file that imports nothing of sandboxd (a few MB, where the daemon is 33), started at the
+first exec and again after it died.  The daemon prepares the command's stdio (three pipes,
+or a pseudo-terminal), opens what the command must enter, and sends the request over a
+SOCK_SEQPACKET socket that only it and the server hold: argv, environment, cwd,
+``uid``/``gid``, tty, and by SCM_RIGHTS the stdio, the exec's *channel* (a socket pair of
+its own) and, for a sandbox, its root and namespaces.  The server hands the request to a
+*relay* it forked ahead of time (the next one is forked when a relay says its command
+has ended, while the daemon answers for it, or when a request finds none).
 
-:func:`exec_in_namespaces` (the ``bwrap`` sandboxer) forks the daemon too, but that child
-(the *relay*) first enters the sandbox, in this order, before it runs anything of the
-sandbox's: not dumpable (so no process of the sandbox can ptrace the daemon's memory it
-still holds), a session of its own, setns(2) into each namespace of the sandbox's init
-that differs from the daemon's (through /proc/<init>/ns/*, opened by the daemon and checked
-to be the init's; setns on a pidfd answers ESRCH for an unprivileged bwrap init, whose user
-namespace is nested in the one owning its other namespaces: that owner first, then mount,
-pid, uts, ipc, net, cgroup, time, then the init's own user namespace), a chroot to
-the init's root, the capability bounding set emptied, ambient capabilities cleared,
-no_new_privs, the ``uid``/``gid`` asked for, every capability set emptied, and the working
-directory.  Only then does it start the command -- a pid namespace is joined by the
-children of who joins it -- with posix_spawn (vfork: no second copy of the daemon's page
-tables), or, for a tty, with fork (the command must set its controlling terminal itself);
-a tty is then one of the sandbox's own, opened from its /dev/ptmx (so that ``tty`` names
-it inside) and its master sent back to the daemon, or the daemon's when there is none.
-The relay waits for the command and exits with its status (dying of the same signal), so
-the daemon reaps the relay to learn the command's.  A command so started runs as root
-with no capability at all, or as the sandbox's user in its user namespace: it can never
-mount, unshare what the sandbox cannot, or reach a host file it cannot.  When its init exits,
-the kernel kills every process of its pid namespace, execs included.
+The relay, before it runs anything of the sandbox's: is not dumpable (the server made
+itself so, and a fork keeps it: no process of the sandbox can ptrace it or open its /proc
+files), dies with the server (PR_SET_PDEATHSIG), leads a session of its own, puts the stdio
+on 0, 1 and 2 and closes every other descriptor but the channel, a pipe to the server and
+what it enters.  For the ``bwrap`` sandboxer (:func:`exec_in_namespaces`) it then enters
+the sandbox, in this order: setns(2) into each namespace of the sandbox's init that differs
+from the daemon's (through /proc/<init>/ns/*, opened by the daemon and checked to be the
+init's; setns on a pidfd answers ESRCH for an unprivileged bwrap init, whose user namespace
+is nested in the one owning its other namespaces: that owner first, then mount, pid, uts,
+ipc, net, cgroup, time, then the init's own user namespace), a chroot to the init's root,
+the capability bounding set emptied, ambient capabilities cleared, no_new_privs, the
+``uid``/``gid`` asked for, every capability set emptied.  For the ``process`` sandboxer
+(:func:`exec_on_host`) it isolates nothing: the command runs as the daemon's user (another
+``uid``/``gid`` only when that is root), as the sandbox's own processes do.  Then the
+working directory, and the command, started -- a pid namespace is joined by the children of
+who joins it -- with posix_spawn (vfork), or, for a tty, with fork (the command must set
+its controlling terminal itself); in a sandbox a tty is one of its own, opened from its
+/dev/ptmx (so that ``tty`` names it inside) and its master sent back to the daemon, or the
+daemon's when there is none.  The relay reports on the channel (``p`` with pidfds of the
+command and of itself, or why the command could not start), waits for the command, sends
+its return code (``x``) and exits as it exited.  A relay that dies first is reaped by the
+server, which sends the relay's own code instead.  A command so started in a sandbox runs
+as root with no capability at all, or as the sandbox's user in its user namespace: it can
+never mount, unshare what the sandbox cannot, or reach a host file it cannot.  When its
+init exits, the kernel kills every process of its pid namespace, execs included.  No
+descriptor of the daemon's or the server's reaches a command (the channel and everything
+received are close-on-exec).
+
+The fork server's death hangs nothing: its relays die with it (PR_SET_PDEATHSIG), so
+every running exec's channel ends; :meth:`ExecChild.wait` then kills the command (its
+pidfd and its session) and returns -9, an exec being started fails with
+FailedPrecondition (``its helper process ended``), and the next exec starts a new server
+(also when the request cannot be sent).  The server dies with the daemon: its own
+PR_SET_PDEATHSIG, and end of file on its socket.
 
 Why this shape: ExecSync of ``true`` must stay within 1.5x of ``subprocess.run(["nsenter",
 "-t", PID, "-a", "true"])`` (which is not safe: nsenter execs a binary of the sandbox with
-every capability, so only code loaded before the setns can drop them).  Measured here (Linux
-6.18, 2 cores, a Python with trio and sandboxd loaded, 33 MB resident; p50 of 300 runs,
-synchronous prototypes): nsenter 2.12 ms; fork+exec of /bin/true 1.92 ms; fork, enter,
-posix_spawn, relay 2.50 ms (chosen); fork, enter, clone(CLONE_PARENT) so that the daemon
-reaps the command itself 3.08 ms (a second copy of the page tables); fork, enter, fork
-3.49 ms.  Through this module from a trio loop (:func:`measure`, same machine, quiet):
-``process`` 3.2 ms, ``bwrap`` 3.8 ms, nsenter 1.9 ms.  Within 5 ms, not yet within 1.5x:
-the fork of the daemon dominates (2.2 ms for a bare fork+exec from the loaded daemon, 0.46
-ms of it in the parent, plus the relay's exit tearing down its copy, 0.4 ms).  The next
-step is a small fork server (a ``python -I -S`` holding only this module's child side,
-started once): fork, enter, posix_spawn and relay from it measure 1.04 ms.
+every capability, so only code loaded before the setns can drop them).  Measured here
+(Linux 6.18, 2 cores shared with other work, p50 of 300 runs).  Forking the daemon itself
+(the previous design) cost ``process`` 3.2 ms and ``bwrap`` 3.8 ms through this module
+(:func:`measure`) against nsenter's 1.9 ms: the copy of the daemon's page tables and its
+teardown dominated.  From the fork server, through :func:`measure`: ``process`` 2.2-2.3 ms,
+``bwrap`` 2.55-2.65 ms, nsenter 2.2-2.3 ms.  In a ``bwrap`` relay: its fork 0.24 ms (off
+the request's path when a spare relay is ready: a request that finds none, as when execs
+follow each other with nothing in between, waits for it), setns into the mount namespace
+0.2 ms, emptying the bounding set 0.05 ms, posix_spawn and ``true`` to its end 0.9 ms.  End
+to end through the socket (``python -m bench.exec --seq 300 --duration 3 --stream-mib
+100``; see bench/README.md), three runs with a load average of 0.7 to 4 (the benchmark's
+own included), ExecSync p50: ``process`` 2.67-2.86 ms (1.14x-1.17x nsenter), ``bwrap``
+3.02-3.15 ms (1.32x-1.35x); at 8 in flight 606-641 and 535-570 execs/s (nsenter 862-928);
+``cat`` of 100 MiB 322-563 MiB/s.  Forking the daemon, it was 4.2 and 7.0 ms (2.1x and
+3.1x), 215 and 257 execs/s.  On a busier machine (load average 3 to 5 from other work) runs
+gave up to 1.47x (``process``) and 1.64x (``bwrap``): an exec crosses five processes
+(client, daemon, fork server, relay, command) where nsenter crosses three, and pays for
+each wake-up that waits for a core.  The rest of the cost is the RPC, the runtime and the
+client: a ``sim`` ExecSync, which starts no process, takes 0.4 ms, and a real exec costs
+the daemon another 0.4 ms of CPU (its stdio, the request, four wake-ups).
 
 :meth:`ExecChild.kill` reaches the command's whole tree: its session, and every descendant
 found through /proc/<pid>/task/*/children while its parent still lives, even one that left
 the session.  For SIGKILL the tree is frozen first, top down (SIGSTOP, and a wait until each
 is stopped, so that no process forks or reaps behind the walk and no pid is reused under
-it), then killed.  The relay is stopped meanwhile, so the command's pid stays its own.
+it), then killed.  The relay is stopped meanwhile (through its pidfd), so the command's pid
+stays its own: it is the relay's child, read while the relay's pidfd says it lives.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import fcntl
-import gc
-import importlib
+import functools
+import marshal
 import os
+import select
 import signal as _signal
 import socket
 import struct
 import subprocess
+import sys
 import termios
 import time
-import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Final, NoReturn, final
+from typing import Final, final
 
 import trio
 
 from .._errors import FailedPrecondition, InvalidArgument
 from .._models import WindowSize
 from ._base import ExecSpec, SandboxProcess
-from ._spawn import Child, read_some
+from ._forkserver import INLINE_MAX, receive_fds
 
 #: How long :func:`exec_in_namespaces` and :func:`exec_on_host` wait for the command to exec.
 EXEC_TIMEOUT: Final = 30.0
@@ -95,49 +123,7 @@ NAMESPACES: Final = (
 _CLONE_NEWUSER: Final = 0x10000000
 _NS_GET_USERNS: Final = 0xB701  # ioctl: the user namespace that owns a namespace
 _NS_OPEN: Final = os.O_RDONLY | os.O_CLOEXEC
-_MAX_FD: Final = os.sysconf("SC_OPEN_MAX")
-_CAP_LAST: Final = int(Path("/proc/sys/kernel/cap_last_cap").read_text())
-_PR_SET_DUMPABLE: Final = 4
-_PR_CAPBSET_DROP: Final = 24
-_PR_SET_NO_NEW_PRIVS: Final = 38
-_PR_CAP_AMBIENT: Final = 47
-_PR_CAP_AMBIENT_CLEAR_ALL: Final = 4
-_CAPABILITY_VERSION_3: Final = 0x20080522
-_TIOCGPTN: Final = 0x80045430
-_TIOCSPTLCK: Final = 0x40045431
-_TIOCGPTPEER: Final = 0x5441
 _STOP_WAIT: Final = 0.1  # seconds a kill waits for one process to stop
-# The C functions: signal's wrappers make an enum of each signal, 0.3 ms per fork.
-_sigmask: Callable[[int, Iterable[int]], set[int]] = importlib.import_module(
-    "_signal"
-).pthread_sigmask
-_EVERY_SIGNAL: Final = {int(n) for n in _signal.valid_signals()}
-# Every signal a process can catch or ignore, for posix_spawn to put back to default.
-_ALL_SIGNALS: Final = tuple(
-    int(n) for n in _signal.valid_signals() if n not in (_signal.SIGKILL, _signal.SIGSTOP)
-)
-_RESTORED_SIGNALS: Final = tuple(
-    getattr(_signal, name) for name in ("SIGPIPE", "SIGXFZ", "SIGXFSZ") if hasattr(_signal, name)
-)
-
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-class _CapHeader(ctypes.Structure):
-    _fields_ = (("version", ctypes.c_uint32), ("pid", ctypes.c_int))
-
-
-class _CapData(ctypes.Structure):
-    _fields_ = (
-        ("effective", ctypes.c_uint32),
-        ("permitted", ctypes.c_uint32),
-        ("inheritable", ctypes.c_uint32),
-    )
-
-
-def _prctl(option: int, arg: int = 0) -> int:
-    zero = ctypes.c_ulong(0)
-    return int(_libc.prctl(ctypes.c_int(option), ctypes.c_ulong(arg), zero, zero, zero))
 
 
 def namespaces_to_join(pid: int) -> int:
@@ -148,10 +134,16 @@ def namespaces_to_join(pid: int) -> int:
             theirs = os.stat(f"/proc/{pid}/ns/{name}")
         except FileNotFoundError:
             continue  # a namespace type this kernel does not have
-        mine = os.stat(f"/proc/self/ns/{name}")
-        if (theirs.st_dev, theirs.st_ino) != (mine.st_dev, mine.st_ino):
+        if (theirs.st_dev, theirs.st_ino) != _own_namespace(name):
             flags |= flag
     return flags
+
+
+@functools.cache
+def _own_namespace(name: str) -> tuple[int, int]:
+    """The daemon's namespace ``name`` (it never changes its own)."""
+    mine = os.stat(f"/proc/self/ns/{name}")
+    return (mine.st_dev, mine.st_ino)
 
 
 def open_namespaces(pid: int) -> list[tuple[int, int]]:
@@ -337,16 +329,26 @@ class _Stdio:
 
 @final
 class ExecChild:
-    """A command started in a sandbox (an :class:`ExecProcess`)."""
+    """A command started in a sandbox (an :class:`ExecProcess`), through the fork server."""
 
-    __slots__ = ("_relay", "_waiter", "pid", "stderr", "stdin", "stdout")
+    __slots__ = (
+        "_channel", "_command_fd", "_relay", "_relay_fd", "pid", "returncode", "stderr",
+        "stdin", "stdout",
+    )  # fmt: skip
 
-    def __init__(self, pid: int, waiter: Child, stdio: _Stdio, *, relay: bool) -> None:
+    def __init__(
+        self, pid: int, relay: int, pidfds: Sequence[int], channel: socket.socket, stdio: _Stdio
+    ) -> None:
         #: The command's host pid (0 when it could not be exec'ed).
         self.pid = pid
-        # The daemon's child: the command itself, or the relay that waits for it.
-        self._waiter = waiter
+        #: Its return code once :meth:`wait` has returned, else None.
+        self.returncode: int | None = None
+        # The relay that waits for the command (the fork server's child), and pidfds of
+        # the command and the relay (none when it could not be exec'ed).
         self._relay = relay
+        self._command_fd, self._relay_fd = pidfds if pidfds else (-1, -1)
+        # Where the fork server sends the relay's return code once it has reaped it.
+        self._channel = channel
         self.stdin = stdio.stdin
         self.stdout = stdio.stdout
         self.stderr = stdio.stderr
@@ -366,26 +368,45 @@ class ExecChild:
         signal number is InvalidArgument."""
         if not 0 < signum < _signal.NSIG:
             raise InvalidArgument(f"signal {signum}: not a valid signal number")
-        if self._waiter.returncode is not None:
+        if self.returncode is not None or self._relay_fd < 0:
             return
-        if not self._relay:
-            kill_tree(self._waiter.pid, self._waiter.pid, signum)
-            return
-        relay = self._waiter.pid
         with contextlib.suppress(ProcessLookupError):
-            os.kill(relay, _signal.SIGSTOP)  # it cannot reap the command meanwhile
+            _signal.pidfd_send_signal(self._relay_fd, _signal.SIGSTOP)  # it cannot reap
         try:
-            _wait_stopped(relay, time.monotonic() + _STOP_WAIT)
-            root = self.pid if self.pid and self.pid in children(relay) else 0
-            if self.pid:
-                kill_tree(root, self.pid, signum)
+            _wait_stopped(self._relay, time.monotonic() + _STOP_WAIT)
+            # The relay's children read while the relay was alive (its pidfd says so):
+            # then the command's pid is still the command's.
+            mine = self.pid in children(self._relay) and not _ended(self._relay_fd)
+            kill_tree(self.pid if mine else 0, self.pid, signum)
         finally:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(relay, _signal.SIGCONT)
+                _signal.pidfd_send_signal(self._relay_fd, _signal.SIGCONT)
 
     async def wait(self) -> int:
-        """The command's return code (``-N``: signal N), once it has ended and been reaped."""
-        return await self._waiter.wait()
+        """The command's return code (``-N``: signal N), once it has ended and been reaped.
+        Should the fork server die first, the command is killed and this returns ``-9``."""
+        await trio.lowlevel.checkpoint()
+        if self.returncode is None:
+            while True:
+                data, fds = await _receive(self._channel)
+                for fd in fds:
+                    os.close(fd)
+                if not data:  # the fork server died: nothing will reap or report it
+                    if self._command_fd >= 0:
+                        with contextlib.suppress(ProcessLookupError):
+                            _signal.pidfd_send_signal(self._command_fd, _signal.SIGKILL)
+                        kill_tree(0, self.pid, _signal.SIGKILL)
+                    self.returncode = -_signal.SIGKILL
+                    break
+                if data[:1] == b"x":
+                    self.returncode = int(data[1:])
+                    break
+            self._channel.close()
+            for fd in (self._command_fd, self._relay_fd):
+                if fd >= 0:
+                    os.close(fd)
+            self._command_fd = self._relay_fd = -1
+        return self.returncode
 
     async def aclose(self) -> None:
         """Close the streams; the process is left alone."""
@@ -393,6 +414,24 @@ class ExecChild:
             if stream is not None:
                 with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                     await stream.aclose()
+
+
+def _ended(pidfd: int) -> bool:
+    """Whether the process of ``pidfd`` has exited (its pidfd is readable)."""
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    return bool(poller.poll(0))
+
+
+async def _receive(channel: socket.socket) -> tuple[bytes, list[int]]:
+    """The next message on an exec's channel (empty at end of file), with its descriptors."""
+    while True:
+        try:
+            data, fds = receive_fds(channel, 64, 2)
+        except BlockingIOError:
+            await trio.lowlevel.wait_readable(channel)
+        else:
+            return data, fds
 
 
 def children(pid: int) -> list[int]:
@@ -492,6 +531,91 @@ def kill_tree(root: int, sid: int, signum: int) -> None:
 
 # -- starting it ---------------------------------------------------------------------------------
 
+_SERVER: Final = Path(__file__).with_name("_forkserver.py")
+
+
+@final
+class ForkServer:
+    """The daemon's fork server (see :mod:`._forkserver`): a ``python -I -S`` process,
+    started by :func:`fork_server`, that forks every exec's relay and reaps it.  It dies
+    with the daemon, and with the thread that started it (PR_SET_PDEATHSIG follows the
+    thread): an event loop run in a thread that ends loses it, its running execs are
+    killed, and the next exec starts a new one."""
+
+    def __init__(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            argv = [
+                sys.executable,
+                "-I",
+                "-S",
+                str(_SERVER),
+                str(os.getpid()),
+                str(theirs.fileno()),
+            ]
+            #: The server's process (a child of the daemon).  Through /proc/self/exe: the
+            #: daemon's interpreter even where its path is not searchable by the daemon.
+            self.process = subprocess.Popen(
+                argv, executable="/proc/self/exe", stdin=subprocess.DEVNULL,
+                pass_fds=(theirs.fileno(),), start_new_session=True,
+            )  # fmt: skip
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        ours.setblocking(False)
+        self._control = ours
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    async def send(self, request: bytes, fds: Sequence[int]) -> None:
+        """Send one request (see :mod:`._forkserver`).  OSError when the server is gone."""
+        memfd = -1
+        if len(request) > INLINE_MAX:
+            memfd = os.memfd_create("exec-request", os.MFD_CLOEXEC)
+            os.write(memfd, request)  # a new memfd takes it whole
+            request, fds = b"M", [memfd, *fds]
+        try:
+            while True:
+                try:
+                    socket.send_fds(self._control, [request], fds)
+                    return
+                except BlockingIOError:
+                    await trio.lowlevel.wait_writable(self._control)
+        finally:
+            if memfd >= 0:
+                os.close(memfd)
+
+    def close(self) -> None:
+        """Close the server's socket, so that it exits (its running execs are killed), and
+        reap it; SIGKILL if it has not exited within a second."""
+        self._control.close()
+        try:
+            self.process.wait(1.0)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+_server: ForkServer | None = None
+
+
+def fork_server(*, restart: bool = False) -> ForkServer:
+    """The daemon's fork server, started now if there is none or it has died (or if
+    ``restart``)."""
+    global _server
+    if _server is None or restart or not _server.alive():
+        if _server is not None:
+            _server.close()
+        _server = ForkServer()
+    return _server
+
 
 def _executables(command: Sequence[str], env: Mapping[str, str]) -> list[bytes]:
     """Where exec looks for ``command[0]`` (as :mod:`subprocess` does, in ``env``'s PATH)."""
@@ -501,261 +625,20 @@ def _executables(command: Sequence[str], env: Mapping[str, str]) -> list[bytes]:
     return [os.path.join(os.fsencode(d), name) for d in os.get_exec_path(dict(env))]
 
 
-@final
-class _Fork:
-    """What a forked child needs, prepared before the fork (every page the child touches is
-    copied): the command, its environment, and the signals to put back to default."""
-
-    def __init__(self, spec: ExecSpec, stdio: _Stdio, report: int, keep: Sequence[int]) -> None:
-        self.spec = spec
-        self.argv = [os.fsencode(a) for a in spec.command]
-        self.env = {os.fsencode(k): os.fsencode(v) for k, v in spec.env.items()}
-        self.executables = _executables(spec.command, spec.env)
-        self.cwd = os.fsencode(spec.cwd)
-        self.stdio = stdio.child
-        self.report = report
-        #: Where the relay sends the sandbox's own terminal (-1: none).
-        self.terminal = -1
-        self.keep = sorted({report, *keep})
-
-    def fork(self, child: Callable[[_Fork], NoReturn]) -> int:
-        """Fork, the child running ``child(self)`` (which never returns), with every signal
-        blocked and the collector off around it.  OSError if the fork fails."""
-        mask = _sigmask(_signal.SIG_BLOCK, _EVERY_SIGNAL)
-        collecting = gc.isenabled()
-        gc.disable()
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads
-                pid = os.fork()
-            if pid == 0:
-                try:
-                    child(self)
-                finally:
-                    os._exit(127)
-            return pid
-        finally:
-            if collecting:
-                gc.enable()
-            _sigmask(_signal.SIG_SETMASK, mask)
-
-    # The rest runs in forked children only.
-
-    def setup_stdio(self) -> None:
-        """A session of its own; stdio in place; every other descriptor but ``keep``
-        closed."""
-        os.setsid()
-        stdin, stdout, stderr = self.stdio
-        os.dup2(stdin, 0)
-        os.dup2(stdout, 1)
-        os.dup2(stderr, 2)
-        low = 3
-        for fd in self.keep:
-            if fd > low:
-                os.closerange(low, fd)
-            low = fd + 1
-        os.closerange(low, _MAX_FD)
-
-    def fail(self, kind: bytes, err: int) -> NoReturn:
-        os.write(self.report, b"%s%d\n" % (kind, err))
-        os._exit(126)
-
-    def set_user(self) -> None:
-        spec = self.spec
-        try:
-            if spec.gid is not None:
-                os.setgroups([])
-                os.setgid(spec.gid)
-            if spec.uid is not None:
-                os.setuid(spec.uid)
-        except OSError as exc:
-            self.fail(b"u", exc.errno or errno.EPERM)
-
-    def chdir(self) -> None:
-        try:
-            os.chdir(self.cwd)
-        except OSError as exc:
-            self.fail(b"c", exc.errno or errno.ENOENT)
-
-    def execute(self) -> NoReturn:
-        """Become the command: default signals, the controlling terminal, exec."""
-        if self.spec.tty:
-            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
-        # exec resets handled signals; ignored ones it keeps (Python ignores these).
-        for signum in _RESTORED_SIGNALS:
-            _signal.signal(signum, _signal.SIG_DFL)
-        _signal.pthread_sigmask(_signal.SIG_SETMASK, ())
-        failure = 0
-        for path in self.executables:
-            try:
-                os.execve(path, self.argv, self.env)
-            except OSError as exc:
-                # As subprocess reports it: the first error that is not "not here".
-                if not failure or failure in (errno.ENOENT, errno.ENOTDIR):
-                    failure = exc.errno or errno.ENOENT
-        self.exec_failed(failure)
-
-    def exec_failed(self, err: int) -> NoReturn:
-        with contextlib.suppress(OSError):
-            os.write(2, b"sandboxd: %s: %s\n" % (self.argv[0], os.strerror(err).encode()))
-        os.write(self.report, b"e%d\n" % err)
-        os._exit(127 if err in (errno.ENOENT, errno.ENOTDIR) else 126)
-
-
-def _host_child(fork: _Fork) -> NoReturn:
-    """The forked child of :func:`exec_on_host`: it becomes the command."""
-    fork.setup_stdio()
-    fork.chdir()
-    fork.set_user()
-    fork.execute()
-
-
-def _relay_child(fork: _Fork, namespaces: Sequence[tuple[int, int]], root: int) -> NoReturn:
-    """The forked child of :func:`exec_in_namespaces`: enter the sandbox, give up every
-    privilege, start the command, and exit as it exits."""
-    _prctl(_PR_SET_DUMPABLE, 0)
-    fork.setup_stdio()
-    for fd, flag in namespaces:
-        if _libc.setns(fd, flag) != 0:
-            fork.fail(b"s", ctypes.get_errno())
-        os.close(fd)
-    try:
-        os.fchdir(root)
-        os.chroot(".")
-    except OSError as exc:
-        fork.fail(b"s", exc.errno or errno.EPERM)
-    os.close(root)
-    for cap in range(_CAP_LAST + 1):
-        if _prctl(_PR_CAPBSET_DROP, cap) != 0:
-            fork.fail(b"s", ctypes.get_errno())
-    if (
-        _prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL) != 0
-        or _prctl(_PR_SET_NO_NEW_PRIVS, 1) != 0
-    ):
-        fork.fail(b"s", ctypes.get_errno())
-    fork.set_user()
-    header, data = _CapHeader(_CAPABILITY_VERSION_3, 0), (_CapData * 2)()
-    if _libc.capset(ctypes.byref(header), data) != 0:
-        fork.fail(b"s", ctypes.get_errno())
-    fork.chdir()
-    if fork.spec.tty:
-        _sandbox_terminal(fork.terminal)
-        command = os.fork()
-        if command == 0:
-            os.setsid()
-            fork.execute()
-    else:
-        command = _spawn(fork)
-    os.write(fork.report, b"p%d\n" % command)
-    os.close(fork.report)
-    os.closerange(0, 3)  # the command's output ends when the command's tree closes it
-    _, status = os.waitpid(command, 0)
-    code = os.waitstatus_to_exitcode(status)
-    if code < 0:  # die of the same signal
-        if -code not in (_signal.SIGKILL, _signal.SIGSTOP):
-            _signal.signal(-code, _signal.SIG_DFL)
-        os.kill(os.getpid(), -code)
-        _signal.pthread_sigmask(_signal.SIG_UNBLOCK, {-code})
-    os._exit(code & 0xFF)
-
-
-def _sandbox_terminal(channel: int) -> None:
-    """In the relay, with no privilege left: open a terminal from the sandbox's own
-    /dev/ptmx (so that ``tty`` names it inside), of the size of the one given, put it on
-    0, 1 and 2, and send its master to the daemon on ``channel``.  Keeps the daemon's
-    terminal when the sandbox has no usable /dev/ptmx."""
-    try:
-        master = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
-    except OSError:
-        return
-    try:
-        fcntl.ioctl(master, _TIOCGPTN, b"\0" * 4)  # it is a pty master
-        fcntl.ioctl(master, _TIOCSPTLCK, struct.pack("i", 0))
-        slave = fcntl.ioctl(master, _TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY)
-        fcntl.ioctl(slave, termios.TIOCSWINSZ, fcntl.ioctl(0, termios.TIOCGWINSZ, b"\0" * 8))
-        socket.send_fds(socket.socket(fileno=channel), [b"t"], [master])
-    except OSError:
-        return
-    finally:
-        os.close(master)
-    for fd in (0, 1, 2):
-        os.dup2(slave, fd)
-    os.close(slave)
-
-
-def _spawn(fork: _Fork) -> int:
-    """posix_spawn the command in a session of its own (vfork: no copy of the page tables)."""
-    failure = 0
-    for path in fork.executables:
-        if not os.access(path, os.X_OK):  # cheaper than a spawn that fails
-            err = errno.EACCES if os.path.exists(path) else errno.ENOENT
-        else:
-            try:
-                return os.posix_spawn(
-                    path, fork.argv, fork.env,
-                    setsid=True, setsigmask=(), setsigdef=_ALL_SIGNALS,
-                )  # fmt: skip
-            except OSError as exc:
-                err = exc.errno or errno.ENOENT
-        # As subprocess reports it: the first error that is not "not here".
-        if not failure or failure in (errno.ENOENT, errno.ENOTDIR):
-            failure = err
-    fork.exec_failed(failure)
-
-
-async def _started(
-    pid: int,
-    report: int,
-    spec: ExecSpec,
-    exec_id: str,
-    stdio: _Stdio,
-    relay: bool,
-    terminal: socket.socket | None,
-) -> ExecChild:
-    """Read the child's report until end of file (it exec'ed, or said why not) and make the
-    :class:`ExecChild`; FailedPrecondition, with the child killed and reaped, if it cannot
-    run.  Whenever this raises, Cancelled included, nothing is left running."""
-    waiter = Child(pid)
-    data = b""
-    try:
-        with trio.move_on_after(EXEC_TIMEOUT) as late:
-            while chunk := await read_some(report):
-                data += chunk
-    except BaseException:
-        kill_tree(pid, pid, _signal.SIGKILL)
-        with trio.CancelScope(shield=True):
-            await waiter.wait()
-        raise
-    reports = {line[:1]: int(line[1:]) for line in data.split()}
-    command = reports.get(b"p", 0 if relay or b"e" in reports else pid)
-    problem = next((k for k in (b"s", b"c", b"u") if k in reports), None)
-    if late.cancelled_caught or problem is not None or (relay and not reports):
-        kill_tree(pid, pid, _signal.SIGKILL)
-        with trio.CancelScope(shield=True):
-            status = await waiter.wait()
-        where = f"cannot start exec {exec_id}"
-        if late.cancelled_caught:
-            raise FailedPrecondition(f"{where}: the command did not start in {EXEC_TIMEOUT:g} s")
-        if problem is None:
-            raise FailedPrecondition(f"{where}: its helper process ended ({status})")
-        reason = os.strerror(reports[problem])
-        if problem == b"c":
-            raise FailedPrecondition(f"{where}: {reason}: {spec.cwd}")
-        if problem == b"u":
-            raise FailedPrecondition(
-                f"{where}: cannot run as uid {spec.uid}, gid {spec.gid}: {reason}"
-            )
-        if reports[problem] == errno.ESRCH:
-            reason = "the sandbox has ended"
-        raise FailedPrecondition(f"{where}: cannot enter its namespaces: {reason}")
-    if terminal is not None:
-        with contextlib.suppress(BlockingIOError):  # sent before the report ended, if at all
-            _, fds, _, _ = socket.recv_fds(terminal, 1, 1)
-            for fd in fds[1:]:
-                os.close(fd)
-            if fds:
-                stdio.adopt_terminal(fds[0], spec.stdin)
-    return ExecChild(command, waiter, stdio, relay=relay)
+def _request(spec: ExecSpec, namespaces: Sequence[tuple[int, int]], isolate: bool) -> bytes:
+    return marshal.dumps(
+        {
+            "argv": [os.fsencode(a) for a in spec.command],
+            "env": {os.fsencode(k): os.fsencode(v) for k, v in spec.env.items()},
+            "executables": _executables(spec.command, spec.env),
+            "cwd": os.fsencode(spec.cwd),
+            "uid": spec.uid,
+            "gid": spec.gid,
+            "tty": spec.tty,
+            "isolate": isolate,
+            "namespaces": [flag for _, flag in namespaces],
+        }
+    )
 
 
 async def exec_on_host(spec: ExecSpec, exec_id: str) -> ExecChild:
@@ -769,7 +652,7 @@ async def exec_on_host(spec: ExecSpec, exec_id: str) -> ExecChild:
             f"cannot start exec {exec_id}: the daemon does not run as root, so a "
             f"command runs as its user only (uid {os.geteuid()}, gid {os.getegid()})"
         )
-    return await _start(spec, exec_id, _host_child, (), relay=False)
+    return await _start(spec, exec_id, (), -1)
 
 
 async def exec_in_namespaces(
@@ -778,49 +661,111 @@ async def exec_in_namespaces(
     """Start ``spec`` inside ``namespaces`` (see :func:`open_namespaces`), chrooted to
     ``root`` (a descriptor of the root directory to run in), with no privilege (the
     ``bwrap`` sandboxer; see the module's theory)."""
-
-    def relay(fork: _Fork) -> NoReturn:
-        _relay_child(fork, namespaces, root)
-
-    keep = (root, *(fd for fd, _ in namespaces))
-    return await _start(spec, exec_id, relay, keep, relay=True)
+    return await _start(spec, exec_id, namespaces, root)
 
 
 async def _start(
-    spec: ExecSpec,
-    exec_id: str,
-    child: Callable[[_Fork], NoReturn],
-    keep: Sequence[int],
-    *,
-    relay: bool,
+    spec: ExecSpec, exec_id: str, namespaces: Sequence[tuple[int, int]], root: int
 ) -> ExecChild:
+    """Have the fork server start ``spec`` (in the sandbox of ``root`` and ``namespaces``
+    when ``root >= 0``) and wait until the command runs or cannot.  Whenever this raises,
+    Cancelled included, nothing is left running."""
+    where = f"cannot start exec {exec_id}"
     if not spec.command or not all(spec.command) or any("\0" in a for a in spec.command):
-        raise FailedPrecondition(f"cannot start exec {exec_id}: empty command or NUL")
-    report_r, report_w = os.pipe2(os.O_CLOEXEC)
-    terminal, theirs = socket.socketpair() if relay and spec.tty else (None, None)
+        raise FailedPrecondition(f"{where}: empty command or NUL")
+    isolate = root >= 0
     try:
-        os.set_blocking(report_r, False)
+        request = _request(spec, namespaces, isolate)
+    except ValueError as exc:
+        raise FailedPrecondition(f"{where}: {exc}") from exc
+    channel, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        channel.setblocking(False)
         with _Stdio(spec) as stdio:
+            fds = [theirs.fileno(), *stdio.child]
+            if isolate:
+                fds += [root, *(fd for fd, _ in namespaces)]
             try:
-                fork = _Fork(
-                    spec, stdio, report_w, [*keep, *([theirs.fileno()] if theirs else [])]
-                )
-                if theirs is not None:
-                    fork.terminal = theirs.fileno()
-                pid = fork.fork(child)
-            except (OSError, ValueError) as exc:
-                raise FailedPrecondition(f"cannot start exec {exec_id}: {exc}") from exc
+                await _send(request, fds)
+            except OSError as exc:
+                raise FailedPrecondition(f"{where}: the fork server is gone: {exc}") from exc
             finally:
-                os.close(report_w)
-                if theirs is not None:
-                    theirs.close()
-            if terminal is not None:
-                terminal.setblocking(False)
-            return await _started(pid, report_r, spec, exec_id, stdio, relay, terminal)
-    finally:
-        os.close(report_r)
-        if terminal is not None:
-            terminal.close()
+                theirs.close()
+            return await _started(spec, where, stdio, channel)
+    except BaseException:
+        channel.close()
+        raise
+
+
+async def _send(request: bytes, fds: Sequence[int]) -> None:
+    """Send to the fork server, restarting it once if it cannot be reached."""
+    try:
+        await fork_server().send(request, fds)
+    except OSError:
+        await fork_server(restart=True).send(request, fds)
+
+
+async def _started(spec: ExecSpec, where: str, stdio: _Stdio, channel: socket.socket) -> ExecChild:
+    """Read the relay's reports until the command runs or cannot, and make the
+    :class:`ExecChild`; FailedPrecondition, once the relay has been reaped, if it cannot
+    run.  Cancelled: the command, if it started, is killed."""
+    reports: dict[bytes, int] = {}
+    ended = False
+    try:
+        with trio.move_on_after(EXEC_TIMEOUT) as late:
+            while True:
+                data, fds = await _receive(channel)
+                kind = data[:1]
+                if kind == b"t" and fds:
+                    stdio.adopt_terminal(fds[0], spec.stdin)
+                    continue
+                if kind == b"p":
+                    command, relay = (int(n) for n in data[1:].split())
+                    return ExecChild(command, relay, fds, channel, stdio)
+                for fd in fds:
+                    os.close(fd)
+                if not data or kind == b"x":
+                    ended = True
+                    break
+                reports[kind] = int(data[1:])
+                if kind == b"e":  # not found: 127 from wait()
+                    return ExecChild(0, 0, (), channel, stdio)
+    except BaseException:
+        with trio.CancelScope(shield=True), trio.move_on_after(_STOP_WAIT * 10):
+            await _abandon(channel)
+        raise
+    if late.cancelled_caught:
+        raise FailedPrecondition(f"{where}: the command did not start in {EXEC_TIMEOUT:g} s")
+    problem = next((k for k in (b"f", b"s", b"c", b"u") if k in reports), None)
+    if problem is None:
+        status = data[1:].decode() if ended and data else "the fork server died"
+        raise FailedPrecondition(f"{where}: its helper process ended ({status})")
+    reason = os.strerror(reports[problem])
+    if problem == b"c":
+        raise FailedPrecondition(f"{where}: {reason}: {spec.cwd}")
+    if problem == b"u":
+        raise FailedPrecondition(
+            f"{where}: cannot run as uid {spec.uid}, gid {spec.gid}: {reason}"
+        )
+    if problem == b"f":
+        raise FailedPrecondition(f"{where}: fork: {reason}")
+    if reports[problem] == errno.ESRCH:
+        reason = "the sandbox has ended"
+    raise FailedPrecondition(f"{where}: cannot enter its namespaces: {reason}")
+
+
+async def _abandon(channel: socket.socket) -> None:
+    """Kill the command of an exec given up on before it ran, and wait for its relay's end."""
+    while True:
+        data, fds = await _receive(channel)
+        if data[:1] == b"p" and len(fds) == 2:
+            with contextlib.suppress(ProcessLookupError):
+                _signal.pidfd_send_signal(fds[0], _signal.SIGKILL)
+            kill_tree(0, int(data[1:].split()[0]), _signal.SIGKILL)
+        for fd in fds:
+            os.close(fd)
+        if not data or data[:1] == b"x":
+            return
 
 
 async def measure(sandbox: SandboxProcess, runs: int = 300) -> dict[str, float]:

@@ -39,13 +39,13 @@ import trio
 
 from .._errors import FailedPrecondition, InvalidArgument
 from ._base import SpawnCallback
+from ._forkserver import close_all_but
 
 #: The exit status of a held process whose daemon went away before releasing it.
 GATE_CLOSED_STATUS: Final = 125
 #: How long Start waits for a released process to exec its command.
 EXEC_TIMEOUT: Final = 30.0
 
-_MAX_FD: Final = os.sysconf("SC_OPEN_MAX")
 # Signals Python ignores at start, which a command expects at their default (as
 # subprocess's restore_signals gives it).
 _RESTORED_SIGNALS: Final = tuple(
@@ -233,12 +233,7 @@ def _child(
         os.dup2(devnull, 0)
         os.dup2(output[0], 1)
         os.dup2(output[1], 2)
-        low = 3
-        for fd in keep:
-            if fd > low:
-                os.closerange(low, fd)
-            low = fd + 1
-        os.closerange(low, _MAX_FD)
+        close_all_but(keep)
         for fd in pass_fds:
             os.set_inheritable(fd, True)
         try:
