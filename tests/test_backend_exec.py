@@ -5,6 +5,7 @@ where the test needs it, and ``trio.fail_after`` only guards against hangs."""
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import signal
 import sys
@@ -17,6 +18,7 @@ from inside import SANDBOXERS, descendants, finish, read_all, read_until, run, r
 from procs import all_ended
 from sandboxd import FailedPrecondition, InvalidArgument
 from sandboxd._models import WindowSize
+from sandboxd.backends import _bwrap, _exec
 from sandboxd.backends._exec import namespaces_to_join
 
 GUARD = 30
@@ -244,6 +246,31 @@ async def test_bwrap_exec_fails_once_the_sandbox_has_ended() -> None:
         sandbox.signal(signal.SIGKILL)
         await all_ended([sandbox.pid])
         with pytest.raises(FailedPrecondition, match="has ended"):
+            await sandbox.exec(spec("true"))
+
+
+async def test_bwrap_exec_whose_sandbox_ends_while_it_starts_fails_to_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The init dies between the opening of its namespaces and the command's fork (the
+    kernel then refuses any fork into the pid namespace, with ENOMEM): the exec fails to
+    start, saying the sandbox ended, instead of reporting a command that ran and failed."""
+    async with running("bwrap") as sandbox:
+        opened = _exec.open_namespaces
+
+        def open_then_kill(pid: int) -> list[tuple[int, int]]:
+            namespaces = opened(pid)
+            sandbox.signal(signal.SIGKILL)
+            pidfd = os.pidfd_open(pid)
+            try:
+                select.select([pidfd], [], [], 10)  # the init has ended
+            finally:
+                os.close(pidfd)
+            return namespaces
+
+        monkeypatch.setattr(_bwrap, "open_namespaces", open_then_kill)
+        monkeypatch.setattr(_bwrap, "start_time", lambda pid: sandbox._init_start)
+        with pytest.raises(FailedPrecondition, match="the sandbox has ended"):
             await sandbox.exec(spec("true"))
 
 

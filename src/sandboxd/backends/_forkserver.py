@@ -144,7 +144,10 @@ class _Relay:
         if self.tty:
             if self.isolate:
                 self.sandbox_terminal()
-            command = os.fork()
+            try:
+                command = os.fork()
+            except OSError as exc:
+                self.fork_failed(exc.errno or errno.EAGAIN)
             if command == 0:
                 os.setsid()
                 self.execute()
@@ -262,10 +265,19 @@ class _Relay:
                     )  # fmt: skip
                 except OSError as exc:
                     err = exc.errno or errno.ENOENT
+                    if err in (errno.ENOMEM, errno.EAGAIN):  # the fork, not the exec
+                        self.fork_failed(err)
             # As subprocess reports it: the first error that is not "not here".
             if not failure or failure in (errno.ENOENT, errno.ENOTDIR):
                 failure = err
         self.exec_failed(failure)
+
+    def fork_failed(self, err: int) -> NoReturn:
+        """The command could not be forked.  In a sandbox, ENOMEM is the kernel's answer to a
+        fork into a pid namespace whose init has exited: the sandbox has ended."""
+        if self.isolate and err == errno.ENOMEM:
+            self.fail(b"s", errno.ESRCH)
+        self.fail(b"f", err)
 
     def exec_failed(self, err: int) -> NoReturn:
         with contextlib.suppress(OSError):
