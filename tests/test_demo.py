@@ -20,7 +20,7 @@ def test_the_demo_drives_a_real_sandbox_through_its_life() -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.splitlines()
     steps = [line for line in lines if line.startswith(("ok ", "FAIL"))]
-    assert len(steps) == 9
+    assert len(steps) == 10
     assert all(line.startswith("ok ") for line in steps)
     assert "round trip" in steps[0]
     assert lines[-1] == "demo: daemon stopped (exit 0); every step did what it should"

@@ -32,9 +32,16 @@ def wait_until_ready(ready: int, daemon: subprocess.Popen[bytes], limit: float =
 
 
 def step(
-    title: str, args: list[str], check: Callable[[Any], str | None], expect_status: int = 0
+    title: str,
+    args: list[str],
+    check: Callable[[Any], str | None],
+    expect_status: int = 0,
+    *,
+    output: bool = False,
 ) -> Any:
-    """Run ``sandboxctl --json --timing ARGS``; ``check`` returns a complaint or None."""
+    """Run ``sandboxctl --json --timing ARGS``; ``check`` returns a complaint or None.  It is
+    given the JSON reply, stderr when a failure is expected, or with ``output`` the text the
+    command printed (``exec``)."""
     started = time.perf_counter()
     proc = subprocess.run(
         [SANDBOXCTL, "--json", "--timing", *args], capture_output=True, text=True, check=False
@@ -45,13 +52,16 @@ def step(
         for line in proc.stderr.splitlines()
         if "round trip" in line
     ]
-    reply = json.loads(proc.stdout) if proc.stdout.strip() else None
+    reply = proc.stdout if output else json.loads(proc.stdout) if proc.stdout.strip() else None
     problem = None
     if proc.returncode != expect_status:
         problem = f"exit status {proc.returncode}, expected {expect_status}: {proc.stderr.strip()}"
     else:
-        problem = check(reply if expect_status == 0 else proc.stderr)
-    shown = json.dumps(reply) if reply is not None else proc.stderr.strip().splitlines()[-1]
+        problem = check(reply if expect_status == 0 or output else proc.stderr)
+    if output:
+        shown = f"{proc.stdout!r}, exit status {proc.returncode}"
+    else:
+        shown = json.dumps(reply) if reply is not None else proc.stderr.strip().splitlines()[-1]
     mark = "ok  " if problem is None else "FAIL"
     print(
         f"{mark} {title:<34} round trip {', '.join(rtts) or '-':>10}  ({wall_ms:.0f} ms "
@@ -111,6 +121,13 @@ def main() -> int:
                 "status: ready",
                 ["status", "demo1"],
                 lambda r: None if r["state"] == "ready" and r["pid"] == pid else "not ready",
+            )
+            step(
+                "exec a second command inside",
+                ["exec", "demo1", "--", "sh", "-c", "echo inside; exit 3"],
+                lambda out: None if out == "inside\n" else f"printed {out!r}",
+                expect_status=3,
+                output=True,
             )
             step("stop (SIGTERM, 5 s grace)", ["stop", "demo1", "--timeout", "5"], lambda r: None)
             step(
