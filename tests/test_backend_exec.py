@@ -260,8 +260,8 @@ async def test_bwrap_exec_whose_sandbox_ends_while_it_starts_fails_to_start(
 
         def open_then_kill(pid: int) -> list[tuple[int, int]]:
             namespaces = opened(pid)
+            pidfd = os.pidfd_open(pid)  # before the kill: the init may be reaped at once
             sandbox.signal(signal.SIGKILL)
-            pidfd = os.pidfd_open(pid)
             try:
                 select.select([pidfd], [], [], 10)  # the init has ended
             finally:

@@ -80,7 +80,8 @@ class SandboxOptions:
 
     ``command`` is the argv of the sandbox's init process; ``None`` runs a pause process that
     only waits for a signal.  ``sim`` holds the ``sim`` backend's settings (ignored by the
-    others).
+    others).  ``seccomp`` is the system-call filter of a ``bwrap`` sandbox: ``"default"``
+    (also when None), ``"unconfined"``, or a profile in Docker's JSON format.
     """
 
     command: tuple[str, ...] | None = attrs.field(default=None, converter=_optional_texts)
@@ -89,6 +90,7 @@ class SandboxOptions:
     hostname: str | None = None
     host_network: bool = False
     sim: Mapping[str, Any] | None = None
+    seccomp: str | Mapping[str, Any] | None = None
 
 
 @attrs.frozen(slots=True)

@@ -143,7 +143,9 @@ def id_request(msg: Message, where: str) -> str:
 _CREATE_FIELDS: Final = frozenset(
     {"sandbox_id", "sandboxer", "rootfs", "options", "netns_path", "annotations", "labels"}
 )
-_OPTION_FIELDS: Final = frozenset({"command", "env", "cwd", "hostname", "host_network", "sim"})
+_OPTION_FIELDS: Final = frozenset(
+    {"command", "env", "cwd", "hostname", "host_network", "sim", "seccomp"}
+)
 _MOUNT_FIELDS: Final = frozenset({"type", "source", "target", "options"})
 
 
@@ -202,7 +204,16 @@ def _options(value: object, where: str) -> SandboxOptions:
         if host_network is None
         else _bool(host_network, f"{where}.host_network"),
         sim=sim,
+        seccomp=_seccomp(value.get("seccomp"), f"{where}.seccomp"),
     )
+
+
+def _seccomp(value: object, where: str) -> str | dict[str, Any] | None:
+    """``options.seccomp``: a name (the sandboxer checks which) or a profile (a map, whose
+    fields the sandboxer checks)."""
+    if value is None or type(value) is str or type(value) is dict:
+        return value
+    raise InvalidArgument(f"{where}: must be text ('default', 'unconfined') or a profile map")
 
 
 _STOP_FIELDS: Final = frozenset({"sandbox_id", "timeout_secs"})
@@ -257,6 +268,10 @@ def options_message(options: SandboxOptions) -> dict[str, Any]:
         out["host_network"] = True
     if options.sim is not None:
         out["sim"] = dict(options.sim)
+    if options.seccomp is not None:
+        out["seccomp"] = (
+            options.seccomp if isinstance(options.seccomp, str) else dict(options.seccomp)
+        )
     return out
 
 

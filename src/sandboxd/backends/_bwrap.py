@@ -24,6 +24,10 @@ after a crash: the namespace's init is that bwrap's child.
 
 The filesystem is, without ``rootfs``, a read-only view of the host with its own /proc, a
 minimal /dev and a private /tmp; with ``rootfs``, exactly the mounts given, in order.
+
+The sandbox's command runs under the system-call filter of ``options.seccomp`` (the
+default one unless ``"unconfined"``; see :mod:`._seccomp`), given to bwrap as a BPF program
+in a memfd (``--seccomp FD``); each exec's command gets the same program from its relay.
 """
 
 from __future__ import annotations
@@ -63,6 +67,9 @@ from ._process import (
     start_time,
     watch_pid,
 )
+from ._seccomp import check as check_seccomp
+from ._seccomp import describe as describe_seccomp
+from ._seccomp import filter_for
 from ._spawn import Child, Gate, kill_and_reap, kill_group, read_some
 
 #: Mount types a rootfs may hold, and the bwrap option each becomes.
@@ -159,6 +166,8 @@ class BwrapBackend:
                 f"options.hostname: {options.hostname!r} is not a valid hostname "
                 "(labels of letters, digits and '-', at most 63 characters each)"
             )
+        if check_seccomp(options.seccomp) is not None:
+            filter_for(options.seccomp)  # what libseccomp refuses, refused at Create
         check_env(options.env)
         cwd = options.cwd or "/"
         if not os.path.isabs(cwd) or "\0" in cwd:
@@ -178,8 +187,11 @@ class BwrapBackend:
                     f"Python interpreter ({PAUSE_INTERPRETER}), which runs the pause process"
                 ) from None
 
-    def command_line(self, spec: SandboxSpec, argv: Sequence[str], info_fd: int) -> list[str]:
-        """The exact command that runs the sandbox (``nsenter`` first to join a netns)."""
+    def command_line(
+        self, spec: SandboxSpec, argv: Sequence[str], info_fd: int, seccomp_fd: int = -1
+    ) -> list[str]:
+        """The exact command that runs the sandbox (``nsenter`` first to join a netns);
+        ``seccomp_fd`` (when >= 0) holds the system-call filter's BPF program."""
         options = spec.options
         assert self._bwrap is not None
         line: list[str] = []
@@ -193,6 +205,8 @@ class BwrapBackend:
         else:
             line += ["--cap-drop", "ALL"]  # root inside, but with no capabilities
         line += ["--new-session", "--info-fd", str(info_fd)]
+        if seccomp_fd >= 0:
+            line += ["--seccomp", str(seccomp_fd)]
         line += ["--hostname", options.hostname or default_hostname(spec.sandbox_id)]
         line += _mount_options(spec.rootfs, pause=options.command is None)
         line += ["--chdir", options.cwd or "/", "--", *argv]
@@ -216,12 +230,15 @@ class BwrapBackend:
         options = spec.options
         env = dict(options.env)
         env.setdefault("PATH", DEFAULT_PATH)
+        seccomp = filter_for(options.seccomp)
         info_r, info_w = os.pipe2(os.O_CLOEXEC)
         os.set_blocking(info_r, False)
+        seccomp_fd = -1 if seccomp is None else _memfd(seccomp)
         ready = ReadyPipe() if options.command is None else None
         argv = ready.pause_argv() if ready is not None else list(options.command or ())
-        line = self.command_line(spec, argv, info_w)
+        line = self.command_line(spec, argv, info_w, seccomp_fd)
         fds = (info_w, *(ready.pass_fds if ready is not None else ()))
+        fds += (seccomp_fd,) if seccomp_fd >= 0 else ()
         try:
             with (
                 Gate() as gate,
@@ -251,6 +268,8 @@ class BwrapBackend:
                 output = pipes.take()
         finally:
             os.close(info_r)
+            if seccomp_fd >= 0:
+                os.close(seccomp_fd)
         try:
             init_fd = os.pidfd_open(init_pid)
         except ProcessLookupError:
@@ -276,6 +295,7 @@ class BwrapBackend:
             init_start=start_time(init_pid),
             output=output,
             log_dir=self._log_dir,
+            seccomp=seccomp,
         )
 
     def discard(self, pid: int, identity: Mapping[str, Any]) -> None:
@@ -388,6 +408,18 @@ async def _await_command(init_pid: int, process: Child) -> None:
             await trio.sleep(0.001)
 
 
+def _memfd(data: bytes) -> int:
+    """A memfd holding ``data``, read from its start (bwrap reads a filter to its end)."""
+    fd = os.memfd_create("seccomp-bpf", os.MFD_CLOEXEC)
+    try:
+        os.write(fd, data)  # a new memfd takes it whole
+        os.lseek(fd, 0, os.SEEK_SET)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def _exe(pid: int) -> str | None:
     try:
         return os.readlink(f"/proc/{pid}/exe")
@@ -429,6 +461,7 @@ class BwrapSandbox:
         "_namespace",
         "_outer_pid",
         "_outer_start",
+        "_seccomp",
         "_spec",
         "init_pid",
         "output",
@@ -445,6 +478,7 @@ class BwrapSandbox:
         init_start: object,
         output: tuple[int, int] | None,
         log_dir: str | None = None,
+        seccomp: bytes | None = None,
     ) -> None:
         self._outer_pid = outer_pid
         self.init_pid = init_pid
@@ -459,6 +493,8 @@ class BwrapSandbox:
         self._log_dir = log_dir  # where its FIFOs are, removed at cleanup
         self._killed = False
         self._namespace = _pid_namespace(init_pid)
+        # The filter's BPF program for execs; None: not compiled yet (after a restart).
+        self._seccomp = seccomp
 
     @property
     def pid(self) -> int:
@@ -524,6 +560,7 @@ class BwrapSandbox:
             "hostname": spec.options.hostname or default_hostname(spec.sandbox_id),
             "mounts": mounts,
             "bwrap_command": shlex.join(self._command),
+            "seccomp": describe_seccomp(spec.options.seccomp),
             "bwrap_pid": str(self._outer_pid),
         }
 
@@ -560,12 +597,21 @@ class BwrapSandbox:
             try:
                 if start_time(self.init_pid) != self._init_start:  # the init's, not a new pid's
                     raise FailedPrecondition(f"sandbox {self._spec.sandbox_id} has ended")
-                return await exec_in_namespaces(spec, spec.exec_id, namespaces, root)
+                return await exec_in_namespaces(
+                    spec, spec.exec_id, namespaces, root, self._filter()
+                )
             finally:
                 for fd, _ in namespaces:
                     os.close(fd)
         finally:
             os.close(root)
+
+    def _filter(self) -> bytes | None:
+        """The sandbox's filter program, for an exec's command (compiled again after a
+        restart: the record holds the profile, not the program)."""
+        if self._seccomp is None:
+            self._seccomp = filter_for(self._spec.options.seccomp)
+        return self._seccomp
 
     def open_file(self, path: str, *, write: bool, mode: int | None = None) -> int:
         """Open ``path`` resolved inside the sandbox's root (openat2 from the init's root

@@ -22,9 +22,12 @@ init's; setns on a pidfd answers ESRCH for an unprivileged bwrap init, whose use
 is nested in the one owning its other namespaces: that owner first, then mount, pid, uts,
 ipc, net, cgroup, time, then the init's own user namespace), a chroot to the init's root,
 the capability bounding set emptied, ambient capabilities cleared, no_new_privs, the
-``uid``/``gid`` asked for, every capability set emptied.  For the ``process`` sandboxer
-(:func:`exec_on_host`) it isolates nothing: the command runs as the daemon's user (another
-``uid``/``gid`` only when that is root), as the sandbox's own processes do.  Then the
+``uid``/``gid`` asked for, every capability set emptied; last, just before it starts the
+command, it installs the sandbox's system-call filter (the BPF program sent with the
+request; :mod:`._seccomp`), which the command and all it starts inherit.  For the
+``process`` sandboxer (:func:`exec_on_host`) it isolates nothing: the command runs as the
+daemon's user (another ``uid``/``gid`` only when that is root), as the sandbox's own
+processes do.  Then the
 working directory, and the command, started -- a pid namespace is joined by the children of
 who joins it -- with posix_spawn (vfork), or, for a tty, with fork (the command must set
 its controlling terminal itself); in a sandbox a tty is one of its own, opened from its
@@ -625,7 +628,9 @@ def _executables(command: Sequence[str], env: Mapping[str, str]) -> list[bytes]:
     return [os.path.join(os.fsencode(d), name) for d in os.get_exec_path(dict(env))]
 
 
-def _request(spec: ExecSpec, namespaces: Sequence[tuple[int, int]], isolate: bool) -> bytes:
+def _request(
+    spec: ExecSpec, namespaces: Sequence[tuple[int, int]], isolate: bool, seccomp: bytes | None
+) -> bytes:
     return marshal.dumps(
         {
             "argv": [os.fsencode(a) for a in spec.command],
@@ -637,6 +642,7 @@ def _request(spec: ExecSpec, namespaces: Sequence[tuple[int, int]], isolate: boo
             "tty": spec.tty,
             "isolate": isolate,
             "namespaces": [flag for _, flag in namespaces],
+            "seccomp": seccomp,
         }
     )
 
@@ -652,20 +658,29 @@ async def exec_on_host(spec: ExecSpec, exec_id: str) -> ExecChild:
             f"cannot start exec {exec_id}: the daemon does not run as root, so a "
             f"command runs as its user only (uid {os.geteuid()}, gid {os.getegid()})"
         )
-    return await _start(spec, exec_id, (), -1)
+    return await _start(spec, exec_id, (), -1, None)
 
 
 async def exec_in_namespaces(
-    spec: ExecSpec, exec_id: str, namespaces: Sequence[tuple[int, int]], root: int
+    spec: ExecSpec,
+    exec_id: str,
+    namespaces: Sequence[tuple[int, int]],
+    root: int,
+    seccomp: bytes | None = None,
 ) -> ExecChild:
     """Start ``spec`` inside ``namespaces`` (see :func:`open_namespaces`), chrooted to
     ``root`` (a descriptor of the root directory to run in), with no privilege (the
-    ``bwrap`` sandboxer; see the module's theory)."""
-    return await _start(spec, exec_id, namespaces, root)
+    ``bwrap`` sandboxer; see the module's theory), under the system-call filter
+    ``seccomp`` (a BPF program, see :mod:`._seccomp`) when given."""
+    return await _start(spec, exec_id, namespaces, root, seccomp)
 
 
 async def _start(
-    spec: ExecSpec, exec_id: str, namespaces: Sequence[tuple[int, int]], root: int
+    spec: ExecSpec,
+    exec_id: str,
+    namespaces: Sequence[tuple[int, int]],
+    root: int,
+    seccomp: bytes | None,
 ) -> ExecChild:
     """Have the fork server start ``spec`` (in the sandbox of ``root`` and ``namespaces``
     when ``root >= 0``) and wait until the command runs or cannot.  Whenever this raises,
@@ -675,7 +690,7 @@ async def _start(
         raise FailedPrecondition(f"{where}: empty command or NUL")
     isolate = root >= 0
     try:
-        request = _request(spec, namespaces, isolate)
+        request = _request(spec, namespaces, isolate, seccomp)
     except ValueError as exc:
         raise FailedPrecondition(f"{where}: {exc}") from exc
     channel, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)

@@ -6,6 +6,8 @@ daemon.  FD is its end of a SOCK_SEQPACKET socket pair whose other end only the 
 holds.  Each message on it is one exec request: a marshal'ed dict (inline, or in a memfd
 when large) and, by SCM_RIGHTS, the exec's channel (a SOCK_SEQPACKET socket to the
 daemon), its stdin, stdout and stderr, and for a sandbox its root directory and namespaces.
+A sandbox's request carries its system-call filter too, a BPF program the relay installs
+just before it starts the command.
 
 Each request is carried out by a *relay*, a child the server forked ahead of time (the next
 one when a relay writes a byte on the server's pipe to say its command ended, or when a
@@ -52,6 +54,8 @@ _PR_SET_PDEATHSIG: Final = 1
 _PR_SET_DUMPABLE: Final = 4
 _PR_CAPBSET_DROP: Final = 24
 _PR_SET_NO_NEW_PRIVS: Final = 38
+_PR_SET_SECCOMP: Final = 22
+_SECCOMP_MODE_FILTER: Final = 2
 _PR_CAP_AMBIENT: Final = 47
 _PR_CAP_AMBIENT_CLEAR_ALL: Final = 4
 _CAPABILITY_VERSION_3: Final = 0x20080522
@@ -78,13 +82,19 @@ class _CapData(ctypes.Structure):
     )
 
 
+class _SockFprog(ctypes.Structure):
+    """struct sock_fprog: a BPF program's length (in instructions) and address."""
+
+    _fields_ = (("len", ctypes.c_ushort), ("filter", ctypes.c_void_p))
+
+
 # Declared, so that a call converts plain ints (a relay makes some forty of them).
 _libc.prctl.argtypes = (ctypes.c_int, *(ctypes.c_ulong,) * 4)
 _libc.prctl.restype = ctypes.c_int
 
 
-def _prctl(option: int, arg: int = 0) -> int:
-    return int(_libc.prctl(option, arg, 0, 0, 0))
+def _prctl(option: int, arg: int = 0, arg3: int = 0) -> int:
+    return int(_libc.prctl(option, arg, arg3, 0, 0))
 
 
 def _cap_last() -> int:
@@ -118,6 +128,8 @@ class _Relay:
         rest = fds[STDERR + 1 :]
         self.root = rest[0] if self.isolate else -1
         self.namespaces = list(zip(rest[1:], request["namespaces"], strict=True))
+        #: The sandbox's system-call filter (a BPF program), or None.
+        self.seccomp: bytes | None = request.get("seccomp")
 
     def fail(self, kind: bytes, err: int) -> NoReturn:
         with contextlib.suppress(OSError):
@@ -141,9 +153,11 @@ class _Relay:
             os.chdir(self.cwd)
         except OSError as exc:
             self.fail(b"c", exc.errno or errno.ENOENT)
+        if self.tty and self.isolate:
+            self.sandbox_terminal()
+        if self.seccomp:
+            self.filter_calls(self.seccomp)
         if self.tty:
-            if self.isolate:
-                self.sandbox_terminal()
             try:
                 command = os.fork()
             except OSError as exc:
@@ -197,6 +211,15 @@ class _Relay:
             _prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL) != 0
             or _prctl(_PR_SET_NO_NEW_PRIVS, 1) != 0
         ):
+            self.fail(b"s", ctypes.get_errno())
+
+    def filter_calls(self, program: bytes) -> None:
+        """Install the BPF ``program`` as this process's seccomp filter (no_new_privs is
+        set): last, so that it governs the command and what the relay does after it, not
+        how the relay enters the sandbox."""
+        code = ctypes.create_string_buffer(program, len(program))
+        fprog = _SockFprog(len(program) // 8, ctypes.addressof(code))
+        if _prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.addressof(fprog)) != 0:
             self.fail(b"s", ctypes.get_errno())
 
     def set_user(self) -> None:

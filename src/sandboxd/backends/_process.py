@@ -116,8 +116,8 @@ class ProcessBackend:
 
         Checks that the executable is found (in the sandbox's PATH, relative to its cwd, as
         exec will look for it), that ``options.cwd`` is an absolute existing directory, that
-        env keys and values can be passed to exec, and that no rootfs or netns_path was
-        asked for.  Only stats a few files: never blocks for long.  Passing says nothing of
+        env keys and values can be passed to exec, and that no rootfs, netns_path or
+        seccomp filter was asked for.  Only stats a few files: never blocks for long.  Passing says nothing of
         Start: the executable may be gone by then.
         """
         if spec.rootfs:
@@ -129,6 +129,11 @@ class ProcessBackend:
             raise InvalidArgument(
                 "netns_path: the process backend runs sandboxes in the host's network "
                 "namespace and cannot join another; use the bwrap sandboxer"
+            )
+        if spec.options.seccomp is not None:
+            raise InvalidArgument(
+                "options.seccomp: the process backend cannot filter a sandbox's system calls "
+                "(it runs them as host processes); use the bwrap sandboxer"
             )
         if self._log_dir is not None:
             check_sandbox_id(spec.sandbox_id)  # it names a file

@@ -123,6 +123,10 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--host-network", action="store_true", help="share the host network")
         p.add_argument("--netns", metavar="PATH", help="network namespace to join (bwrap)")
         p.add_argument(
+            "--seccomp", type=_seccomp, metavar="default|unconfined|FILE.json",
+            help="system-call filter (bwrap): the default one, none, or a Docker profile",
+        )  # fmt: skip
+        p.add_argument(
             "--bind", type=_bind, action="append", default=[], metavar="SRC:DST[:ro|rw]",
             help="bind mount into the sandbox's rootfs (bwrap; repeatable)",
         )  # fmt: skip
@@ -335,6 +339,7 @@ def _create(ctl: SyncController, args: argparse.Namespace) -> dict[str, Any]:
         hostname=args.hostname,
         host_network=args.host_network,
         sim=dict(args.sim) or None,
+        seccomp=args.seccomp,
     )
     sandbox_id = ctl.create(
         args.sandbox_id,
@@ -357,6 +362,21 @@ def _bind(spec: str) -> Mount:
     if mode not in ("ro", "rw"):
         raise argparse.ArgumentTypeError(f"the mode must be ro or rw, got {mode!r}")
     return Mount(type="bind", source=parts[0], target=parts[1], options=(mode,))
+
+
+def _seccomp(value: str) -> str | dict[str, Any]:
+    """``default``, ``unconfined``, or the path of a profile in Docker's JSON format (read
+    here: the daemon may not see the file)."""
+    if value in ("default", "unconfined"):
+        return value
+    try:
+        with open(value, "rb") as f:
+            profile = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(f"cannot read the profile {value!r}: {exc}") from None
+    if not isinstance(profile, dict):
+        raise argparse.ArgumentTypeError(f"the profile {value!r} is not a JSON object")
+    return profile
 
 
 def _run_command(ctl: SyncController, args: argparse.Namespace, out: TextIO) -> None:
