@@ -36,11 +36,17 @@ def rootfs_with(*writable: Path, readonly: Sequence[tuple[Path, str]] = ()) -> l
 
 @asynccontextmanager
 async def running(
-    sandboxer: str, *, rootfs: Sequence[Mount] = (), sandbox_id: str = "box-1"
+    sandboxer: str,
+    *,
+    rootfs: Sequence[Mount] = (),
+    sandbox_id: str = "box-1",
+    options: SandboxOptions | None = None,
 ) -> AsyncIterator[ProcessSandbox | BwrapSandbox]:
-    """A started pause sandbox; killed (with everything in it) at the end."""
+    """A started sandbox (a pause one unless ``options`` say otherwise); killed (with
+    everything in it) at the end."""
     backend = BwrapBackend() if sandboxer == "bwrap" else ProcessBackend()
-    spec = SandboxSpec(sandbox_id, sandboxer, SandboxOptions(), rootfs=tuple(rootfs))
+    options = SandboxOptions() if options is None else options
+    spec = SandboxSpec(sandbox_id, sandboxer, options, rootfs=tuple(rootfs))
     backend.validate(spec)
     exits = Exits()
     async with trio.open_nursery() as nursery:

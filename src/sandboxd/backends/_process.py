@@ -117,8 +117,8 @@ class ProcessBackend:
         Checks that the executable is found (in the sandbox's PATH, relative to its cwd, as
         exec will look for it), that ``options.cwd`` is an absolute existing directory, that
         env keys and values can be passed to exec, and that no rootfs, netns_path or
-        seccomp filter was asked for.  Only stats a few files: never blocks for long.  Passing says nothing of
-        Start: the executable may be gone by then.
+        seccomp filter was asked for.  Only stats a few files: never blocks for long.
+        Passing says nothing of Start: the executable may be gone by then.
         """
         if spec.rootfs:
             raise InvalidArgument(
