@@ -44,6 +44,9 @@ specs = st.builds(
         hostname=st.none() | st.just("box"),
         host_network=st.booleans(),
         sim=st.none() | st.dictionaries(text, st.integers() | text | finite, max_size=2),
+        seccomp=st.sampled_from(
+            [None, "default", "unconfined", {"defaultAction": "SCMP_ACT_ALLOW", "syscalls": []}]
+        ),
     ),
     rootfs=st.lists(
         st.builds(

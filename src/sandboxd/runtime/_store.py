@@ -105,6 +105,9 @@ def encode_spec(spec: SandboxSpec) -> str:
                 "hostname": options.hostname,
                 "host_network": options.host_network,
                 "sim": None if options.sim is None else dict(options.sim),
+                "seccomp": options.seccomp
+                if options.seccomp is None or isinstance(options.seccomp, str)
+                else dict(options.seccomp),
             },
             "rootfs": [
                 {
