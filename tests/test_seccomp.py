@@ -385,3 +385,33 @@ def test_a_profile_file_through_sandboxctl_parses_to_the_option(tmp_path: Path) 
         assert args.seccomp == wanted
     with pytest.raises(SystemExit):
         parser.parse_args(["create", "--seccomp", str(tmp_path / "missing.json"), "x"])
+
+
+def test_a_rules_includes_and_excludes_and_the_arch_map_are_judged_as_docker_does() -> None:
+    native = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), "?")
+    scmp = {"x86_64": "SCMP_ARCH_X86_64", "aarch64": "SCMP_ARCH_AARCH64"}.get(
+        platform.machine(), "SCMP_ARCH_RISCV64"
+    )
+    allow = "SCMP_ACT_ALLOW"
+    profile = _seccomp.check(
+        {
+            "defaultAction": "SCMP_ACT_ERRNO",
+            "archMap": [
+                {"architecture": scmp, "subArchitectures": ["SCMP_ARCH_X86"]},
+                {"architecture": "SCMP_ARCH_S390X", "subArchitectures": ["SCMP_ARCH_S390"]},
+            ],
+            "syscalls": [
+                {"names": ["read"], "action": allow},
+                {"names": ["ptrace"], "action": allow, "includes": {"caps": ["CAP_SYS_PTRACE"]}},
+                {"names": ["kept"], "action": allow, "includes": {"arches": [native]}},
+                {"names": ["other"], "action": allow, "includes": {"arches": ["s390x"]}},
+                {"names": ["old"], "action": allow, "includes": {"minKernel": "2.6"}},
+                {"names": ["future"], "action": allow, "includes": {"minKernel": "99.0"}},
+                {"names": ["nocap"], "action": allow, "excludes": {"caps": ["CAP_SYS_ADMIN"]}},
+                {"names": ["notme"], "action": allow, "excludes": {"arches": [native]}},
+            ],
+        }
+    )
+    assert profile is not None
+    assert [rule.names for rule in profile.rules] == [("read",), ("kept",), ("old",), ("nocap",)]
+    assert profile.architectures[0] == platform.machine()

@@ -42,6 +42,7 @@ import errno
 import functools
 import os
 import platform
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
@@ -87,13 +88,16 @@ OPERATORS: Final[Mapping[str, int]] = {
     "SCMP_CMP_MASKED_EQ": 7,
 }
 _PROFILE_FIELDS: Final = frozenset(
-    {"defaultAction", "defaultErrnoRet", "architectures", "archMap", "syscalls",
-     "listenerPath", "listenerMetadata", "flags"}
-)  # fmt: skip
+    {"defaultAction", "defaultErrnoRet", "architectures", "archMap", "syscalls"}
+)
+_ARCH_MAP_FIELDS: Final = frozenset({"architecture", "subArchitectures"})
 _RULE_FIELDS: Final = frozenset(
     {"names", "name", "action", "errnoRet", "args", "comment", "includes", "excludes"}
 )
+_FILTER_FIELDS: Final = frozenset({"caps", "arches", "minKernel"})
 _ARG_FIELDS: Final = frozenset({"index", "value", "valueTwo", "op"})
+#: Docker's names (Go's) of the native architecture, for a rule's includes and excludes.
+_GO_ARCHES: Final[Mapping[str, str]] = {"x86_64": "amd64", "aarch64": "arm64"}
 
 #: System calls the default filter fails with EPERM, whatever their arguments.
 DENIED: Final = (
@@ -236,11 +240,12 @@ def check(seccomp: object, where: str = "options.seccomp") -> Profile | None:
 
 def parse_profile(value: Mapping[str, Any], where: str) -> Profile:
     """A profile in Docker's JSON format: ``defaultAction``, ``defaultErrnoRet``,
-    ``architectures`` and ``syscalls`` (``names``, ``action``, ``errnoRet``, ``args``:
-    ``index``, ``value``, ``valueTwo``, ``op``).  System-call names this kernel does not
-    know are skipped, as Docker skips them; anything malformed is InvalidArgument naming
-    the field.  ``SCMP_ACT_ERRNO`` without an errno fails with ``defaultErrnoRet``, or
-    EPERM."""
+    ``architectures`` (or, without them, the native entry of ``archMap``) and ``syscalls``
+    (``names``, ``action``, ``errnoRet``, ``args``: ``index``, ``value``, ``valueTwo``,
+    ``op``; ``includes`` and ``excludes``, judged as Docker judges them for a container
+    with no capability).  System-call names this kernel does not know are skipped, as
+    Docker skips them; anything malformed is InvalidArgument naming the field.
+    ``SCMP_ACT_ERRNO`` without an errno fails with ``defaultErrnoRet``, or EPERM."""
     _fields(value, _PROFILE_FIELDS, where)
     if "defaultAction" not in value:
         raise InvalidArgument(f"{where}.defaultAction: is required")
@@ -248,17 +253,32 @@ def parse_profile(value: Mapping[str, Any], where: str) -> Profile:
     if value.get("defaultErrnoRet") is not None:
         default_errno = _errno(value["defaultErrnoRet"], f"{where}.defaultErrnoRet")
     default = _action(value["defaultAction"], None, default_errno, f"{where}.defaultAction")
-    arches: list[str] = []
-    for i, name in enumerate(_list(value.get("architectures"), f"{where}.architectures")):
-        if name not in _DOCKER_ARCHES:
-            raise InvalidArgument(f"{where}.architectures[{i}]: unknown architecture {name!r}")
-        arches.append(_DOCKER_ARCHES[name])
+    arches = [
+        _architecture(name, f"{where}.architectures[{i}]")
+        for i, name in enumerate(_list(value.get("architectures"), f"{where}.architectures"))
+    ]
+    for i, entry in enumerate(_list(value.get("archMap"), f"{where}.archMap")):
+        entry_where = f"{where}.archMap[{i}]"
+        if not isinstance(entry, Mapping):
+            raise InvalidArgument(f"{entry_where}: must be a map")
+        _fields(entry, _ARCH_MAP_FIELDS, entry_where)
+        main = _architecture(entry.get("architecture"), f"{entry_where}.architecture")
+        subs = [
+            _architecture(name, f"{entry_where}.subArchitectures[{j}]")
+            for j, name in enumerate(
+                _list(entry.get("subArchitectures"), f"{entry_where}.subArchitectures")
+            )
+        ]
+        if not value.get("architectures") and main == platform.machine():
+            arches = [main, *subs]  # as Docker: the native entry, when none are listed
     rules = []
     for i, entry in enumerate(_list(value.get("syscalls"), f"{where}.syscalls")):
         rule_where = f"{where}.syscalls[{i}]"
         if not isinstance(entry, Mapping):
             raise InvalidArgument(f"{rule_where}: must be a map")
         _fields(entry, _RULE_FIELDS, rule_where)
+        if not _applies(entry, rule_where):
+            continue
         names = _list(entry.get("names"), f"{rule_where}.names")
         if entry.get("name") is not None:
             names = [*names, entry["name"]]
@@ -277,6 +297,44 @@ def parse_profile(value: Mapping[str, Any], where: str) -> Profile:
         )
         rules.append(Rule(tuple(names), action, conditions))
     return Profile(default, tuple(rules), tuple(arches))
+
+
+def _architecture(name: object, where: str) -> str:
+    if not isinstance(name, str) or name not in _DOCKER_ARCHES:
+        raise InvalidArgument(f"{where}: unknown architecture {name!r}")
+    return _DOCKER_ARCHES[name]
+
+
+def _applies(entry: Mapping[str, Any], where: str) -> bool:
+    """Whether a rule's ``includes`` and ``excludes`` keep it, as Docker judges them for a
+    container with no capability on this machine and kernel."""
+    native = _GO_ARCHES.get(platform.machine(), platform.machine())
+    release = _kernel_version(os.uname().release)
+    for kind in ("includes", "excludes"):
+        found = entry.get(kind)
+        if found is None:
+            continue
+        if not isinstance(found, Mapping):
+            raise InvalidArgument(f"{where}.{kind}: must be a map")
+        _fields(found, _FILTER_FIELDS, f"{where}.{kind}")
+        caps = _list(found.get("caps"), f"{where}.{kind}.caps")
+        arches = _list(found.get("arches"), f"{where}.{kind}.arches")
+        minimum = found.get("minKernel")
+        if minimum is not None and not isinstance(minimum, str):
+            raise InvalidArgument(f"{where}.{kind}.minKernel: must be text such as '4.8'")
+        if kind == "includes":
+            if caps or (arches and native not in arches):
+                return False  # the sandbox has no capability
+            if minimum is not None and release < _kernel_version(minimum):
+                return False
+        elif native in arches or (minimum is not None and release >= _kernel_version(minimum)):
+            return False
+    return True
+
+
+def _kernel_version(text: str) -> tuple[int, ...]:
+    """``"6.1.0-18-amd64"`` as ``(6, 1, 0)``."""
+    return tuple(int(n) for n in re.findall(r"\d+", text.split("-")[0])[:3])
 
 
 def _fields(value: Mapping[str, Any], allowed: frozenset[str], where: str) -> None:
