@@ -489,3 +489,29 @@ def test_events_prints_one_json_document_per_event_as_they_happen(daemon: Daemon
         watcher.terminate()
         _, stderr = watcher.communicate(timeout=STARTUP)
     assert b"Traceback" not in stderr, stderr.decode(errors="replace")
+
+
+def test_seccomp_takes_a_docker_profile_file_and_verbose_status_names_the_filter(
+    daemon: Daemon,
+) -> None:
+    profile = daemon.scratch / "no-mkdir.json"
+    profile.write_text(
+        json.dumps(
+            {
+                "defaultAction": "SCMP_ACT_ALLOW",
+                "syscalls": [
+                    {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13}
+                ],
+            }
+        )
+    )
+    sandboxctl(daemon, "run", "--sandboxer", "bwrap", "--seccomp", str(profile), "sc1").ok()
+    verbose = sandboxctl(daemon, "status", "--verbose", "sc1").ok()
+    assert re.search(r"^info\.seccomp:\s+custom$", verbose, re.M), verbose
+    denied = sandboxctl(daemon, "exec", "sc1", "--", "mkdir", "/tmp/d")
+    assert denied.returncode == 1 and "Permission denied" in denied.stderr, denied
+    sandboxctl(daemon, "shutdown", "sc1").ok()
+    refused = sandboxctl(daemon, "run", "--sandboxer", "process", "--seccomp", "default", "sc2")
+    assert "the process backend cannot filter" in refused.failed(Code.INVALID_ARGUMENT)
+    missing = sandboxctl(daemon, "create", "--seccomp", str(daemon.scratch / "none.json"), "sc3")
+    assert missing.returncode == 2 and "cannot read the profile" in missing.stderr, missing

@@ -585,8 +585,8 @@ class BwrapSandbox:
 
     async def exec(self, spec: ExecSpec) -> ExecChild:
         """Run ``spec`` inside the sandbox: in all of its namespaces, chrooted to its root,
-        with no capability and no_new_privs (see :mod:`._exec`).  FailedPrecondition once
-        the sandbox has ended."""
+        with no capability and no_new_privs, under the sandbox's system-call filter (see
+        :mod:`._exec`).  FailedPrecondition once the sandbox has ended."""
         pidfd, root = self._enter()
         os.close(pidfd)
         try:
