@@ -280,8 +280,7 @@ def parse_profile(value: Mapping[str, Any], where: str) -> Profile:
         if not isinstance(entry, Mapping):
             raise InvalidArgument(f"{rule_where}: must be a map")
         _fields(entry, _RULE_FIELDS, rule_where)
-        if not _applies(entry, rule_where):
-            continue
+        applies = _applies(entry, rule_where)
         names = _list(entry.get("names"), f"{rule_where}.names")
         if entry.get("name") is not None:
             names = [*names, entry["name"]]
@@ -298,7 +297,8 @@ def parse_profile(value: Mapping[str, Any], where: str) -> Profile:
             _condition(arg, f"{rule_where}.args[{k}]")
             for k, arg in enumerate(_list(entry.get("args"), f"{rule_where}.args"))
         )
-        rules.append(Rule(tuple(names), action, conditions))
+        if applies:  # checked whole all the same: a malformed rule is refused anywhere
+            rules.append(Rule(tuple(names), action, conditions))
     return Profile(default, tuple(rules), tuple(arches))
 
 
@@ -313,6 +313,7 @@ def _applies(entry: Mapping[str, Any], where: str) -> bool:
     container with no capability on this machine and kernel."""
     native = _GO_ARCHES.get(platform.machine(), platform.machine())
     release = _kernel_version(os.uname().release)
+    applies = True
     for kind in ("includes", "excludes"):
         found = entry.get(kind)
         if found is None:
@@ -325,14 +326,14 @@ def _applies(entry: Mapping[str, Any], where: str) -> bool:
         minimum = found.get("minKernel")
         if minimum is not None and not isinstance(minimum, str):
             raise InvalidArgument(f"{where}.{kind}.minKernel: must be text such as '4.8'")
+        newer = minimum is not None and release >= _kernel_version(minimum)
         if kind == "includes":
-            if caps or (arches and native not in arches):
-                return False  # the sandbox has no capability
-            if minimum is not None and release < _kernel_version(minimum):
-                return False
-        elif native in arches or (minimum is not None and release >= _kernel_version(minimum)):
-            return False
-    return True
+            # caps: the sandbox has none, so a rule for holders of one never applies.
+            wanted = not caps and (not arches or native in arches) and (minimum is None or newer)
+        else:
+            wanted = native not in arches and not newer
+        applies = applies and wanted
+    return applies
 
 
 def _kernel_version(text: str) -> tuple[int, ...]:
