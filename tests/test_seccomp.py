@@ -415,3 +415,16 @@ def test_a_rules_includes_and_excludes_and_the_arch_map_are_judged_as_docker_doe
     assert profile is not None
     assert [rule.names for rule in profile.rules] == [("read",), ("kept",), ("old",), ("nocap",)]
     assert profile.architectures[0] == platform.machine()
+
+
+def test_a_profile_too_long_for_the_kernel_is_refused_at_create() -> None:
+    rules = [
+        {"names": ["read"], "action": "SCMP_ACT_ERRNO",
+         "args": [{"index": 0, "value": fd, "op": "SCMP_CMP_EQ"}]}
+        for fd in range(5000)
+    ]  # fmt: skip
+    spec = SandboxSpec(
+        "long", "bwrap", options({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": rules})
+    )
+    with pytest.raises(InvalidArgument, match=r"^options\.seccomp: .* more than the kernel"):
+        BwrapBackend().validate(spec)

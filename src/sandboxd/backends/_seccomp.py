@@ -408,6 +408,8 @@ class _ArgCmp(ctypes.Structure):
     )
 
 
+#: The longest program the kernel installs (instructions of 8 bytes).
+BPF_MAXINSNS: Final = 4096
 _NR_SCMP_ERROR: Final = -1
 _FLTATR_ACT_BADARCH: Final = 2
 
@@ -470,11 +472,17 @@ def compile_bpf(profile: Profile) -> bytes:
         memfd = os.memfd_create("seccomp-bpf", os.MFD_CLOEXEC)
         try:
             _check(lib.seccomp_export_bpf(ctx, memfd), "export")
-            return os.pread(memfd, os.fstat(memfd).st_size, 0)
+            program = os.pread(memfd, os.fstat(memfd).st_size, 0)
         finally:
             os.close(memfd)
     finally:
         lib.seccomp_release(ctx)
+    if len(program) // 8 > BPF_MAXINSNS:
+        raise InvalidArgument(
+            f"options.seccomp: the profile makes a program of {len(program) // 8} "
+            f"instructions, more than the kernel takes ({BPF_MAXINSNS})"
+        )
+    return program
 
 
 def _add_rule(lib: ctypes.CDLL, ctx: int, rule: Rule) -> None:
