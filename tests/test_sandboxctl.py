@@ -489,3 +489,24 @@ def test_events_prints_one_json_document_per_event_as_they_happen(daemon: Daemon
         watcher.terminate()
         _, stderr = watcher.communicate(timeout=STARTUP)
     assert b"Traceback" not in stderr, stderr.decode(errors="replace")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="cgroups need root here")
+def test_run_with_limits_puts_the_sandbox_in_a_cgroup_with_them(daemon: Daemon) -> None:
+    started = sandboxctl(
+        daemon, "run", "--memory", str(64 << 20), "--cpus", "0.5", "--pids", "20", "hl1",
+        "--", "sleep", "1000",
+    ).ok()  # fmt: skip
+    daemon.reaper.add(int(started.split()[-1]))
+    verbose = sandboxctl(daemon, "status", "--verbose", "hl1").ok()
+    match = re.search(r"^info\.cgroup:\s+(.+)$", verbose, re.M)
+    assert match, verbose
+    limits = {}
+    for directory in match[1].split():
+        for name in ("pids.max", "memory.limit_in_bytes", "memory.max", "cpu.cfs_quota_us"):
+            if os.path.exists(os.path.join(directory, name)):
+                limits[name] = Path(directory, name).read_text().strip()
+    assert limits.get("pids.max") == "20"
+    assert limits.get("memory.limit_in_bytes", limits.get("memory.max")) == str(64 << 20)
+    assert sandboxctl(daemon, "stop", "--timeout", "0", "hl1").ok() == "hl1 stopped\n"
+    assert sandboxctl(daemon, "shutdown", "hl1").ok() == "hl1 deleted\n"
