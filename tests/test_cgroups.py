@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from procs import Fifo, all_ended, is_alive
-from sandboxd import FailedPrecondition, InvalidArgument
+from daemons import Daemons
+from procs import Fifo, Reaper, all_ended, is_alive
+from sandboxd import FailedPrecondition, InvalidArgument, connect
 from sandboxd._models import Resources, SandboxOptions, SandboxState
 from sandboxd.api._convert import create_request, metrics_from, metrics_message
 from sandboxd.backends import CgroupManager, detect_cgroups, with_cgroups
@@ -362,3 +363,35 @@ def test_v2_a_daemon_in_its_own_cgroup_moves_to_a_leaf(tmp_path: Path) -> None:
     manager = manager_v2(str(own), "sandboxd-x")
     assert manager.describe() == f"cgroup v2 ({own / 'sandboxd-x'})"
     assert isinstance(manager.sandbox("a"), SandboxCgroup)
+
+
+# -- restarts -----------------------------------------------------------------------------------
+
+
+@needs_cgroups
+async def test_a_restarted_daemon_takes_the_cgroup_back_and_removes_strays(
+    daemons: Daemons, reaper: Reaper, watchdog: None
+) -> None:
+    escape = "setsid sh -c 'sleep 1000 > /dev/null 2>&1 &'; exec sleep 1000"
+    options = SandboxOptions(command=("sh", "-c", escape), resources=Resources(pids=20))
+    first = await daemons.start()
+    async with connect(daemons.socket) as remote:
+        await remote.create("kept", sandboxer="process", options=options)
+        reaper.add((await remote.start("kept")).pid)
+        cgroups = (await remote.status("kept", verbose=True)).info["cgroup"].split()
+    stray = [os.path.join(os.path.dirname(c), "stray") for c in cgroups]
+    for path in stray:
+        os.mkdir(path)
+    await first.crash()
+
+    await daemons.start()
+    async with connect(daemons.socket) as remote:
+        status = await remote.status("kept", verbose=True)
+        assert status.info["cgroup"].split() == cgroups
+        assert not any(os.path.exists(p) for p in stray)  # noqa: ASYNC240
+        members = [int(p) for p in Path(cgroups[0], "cgroup.procs").read_text().split()]  # noqa: ASYNC240
+        assert len(members) >= 2  # the init and the escapee
+        assert (await remote.metrics("kept")).oom_kills == 0
+        await remote.stop("kept", timeout_secs=0)
+        await all_ended(members)
+        await remote.shutdown("kept")
