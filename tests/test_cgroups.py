@@ -92,6 +92,20 @@ async def test_a_memory_hog_is_oom_killed_and_says_so(controller: Controller) ->
 
 
 @needs_cgroups
+async def test_a_memory_hog_in_bwrap_is_oom_killed_too(controller: Controller) -> None:
+    if why := controller.sandboxers["bwrap"].unavailable_reason():
+        pytest.skip(why)
+    hog = "b = []\nwhile True: b.append(bytearray(8 << 20))"
+    options = SandboxOptions(
+        command=(sys.executable, "-c", hog), resources=Resources(memory_bytes=64 * MIB)
+    )
+    await controller.create("bhog", sandboxer="bwrap", options=options)
+    await controller.start("bhog")
+    assert (await controller.wait("bhog")).exit_status == 137
+    assert (await controller.status("bhog")).info["reason"] == "oom_killed"
+
+
+@needs_cgroups
 async def test_a_fork_bomb_stops_at_pids_and_the_sandbox_survives(
     controller: Controller, tmp_path: Path
 ) -> None:
@@ -174,13 +188,18 @@ async def test_a_double_forking_setsid_escapee_dies_with_stop(
 
 
 @needs_cgroups
-async def test_execs_run_in_the_sandbox_cgroup(controller: Controller) -> None:
+@pytest.mark.parametrize("sandboxer", ["process", "bwrap"])
+async def test_execs_run_in_the_sandbox_cgroup(controller: Controller, sandboxer: str) -> None:
     from sandboxd._models import ExecRequest
 
-    await controller.create("ex", options=SandboxOptions(resources=Resources(pids=50)))
+    if sandboxer == "bwrap" and (why := controller.sandboxers["bwrap"].unavailable_reason()):
+        pytest.skip(why)
+    options = SandboxOptions(resources=Resources(pids=50))
+    await controller.create("ex", sandboxer=sandboxer, options=options)
     await controller.start("ex")
-    result = await controller.exec_sync("ex", ExecRequest(["cat", "/proc/self/cgroup"]))
-    assert result.exit_status == 0
+    probe = "print(open('/proc/self/cgroup').read())"
+    result = await controller.exec_sync("ex", ExecRequest(["python3", "-c", probe]))
+    assert result.exit_status == 0, result.stderr
     assert b"/ex\n" in result.stdout
     metrics = await controller.metrics("ex")
     assert metrics.memory_peak_bytes is not None and metrics.oom_kills == 0
@@ -376,6 +395,8 @@ async def test_a_restarted_daemon_takes_the_cgroup_back_and_removes_strays(
     options = SandboxOptions(command=("sh", "-c", escape), resources=Resources(pids=20))
     first = await daemons.start()
     async with connect(daemons.socket) as remote:
+        assert MANAGER is not None
+        assert (await remote.version())["cgroups"].startswith(f"cgroup v{MANAGER.version} (")
         await remote.create("kept", sandboxer="process", options=options)
         reaper.add((await remote.start("kept")).pid)
         cgroups = (await remote.status("kept", verbose=True)).info["cgroup"].split()
