@@ -321,10 +321,10 @@ class CgroupManager:
         self._parents = dict(parents)
 
     def describe(self) -> str:
-        """``cgroup v2 (<parent>)`` or ``cgroup v1 (memory, pids, ...)``, for logs and
-        Version."""
+        """``cgroup v2 (<the daemon's cgroup directory>)`` or ``cgroup v1 (memory, pids,
+        ...)``, for logs and Version (as :func:`probe_cgroups` says it)."""
         if self.version == 2:
-            return f"cgroup v2 ({self._parents['']})"
+            return f"cgroup v2 ({os.path.dirname(self._parents[''])})"
         return f"cgroup v1 ({', '.join(sorted(self._parents))})"
 
     def check(self, resources: Resources) -> None:
@@ -382,6 +382,13 @@ class CgroupManager:
             with contextlib.suppress(OSError):
                 ids.update(e.name for e in os.scandir(parent) if e.is_dir())
         return ids
+
+    def release(self) -> None:
+        """Remove the parents if no sandbox cgroup is left in them (the daemon is
+        stopping); those of sandboxes still running stay, for the next start."""
+        for parent in set(self._parents.values()):
+            with contextlib.suppress(OSError):
+                os.rmdir(parent)
 
     async def sweep(self, keep: Iterable[str]) -> None:
         """Kill and remove the cgroups of sandboxes not in ``keep`` (gone while the daemon

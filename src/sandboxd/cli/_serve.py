@@ -267,6 +267,8 @@ async def _serve(
                 break
             # Sandboxes outlive the daemon: closing the controller leaves them running.
             nursery.cancel_scope.cancel()
+    if cgroups is not None:
+        cgroups.release()
     log.info("stopped")
 
 
