@@ -422,3 +422,25 @@ async def test_a_restarted_daemon_takes_the_cgroup_back_and_removes_strays(
         await remote.stop("kept", timeout_secs=0)
         await all_ended(members)
         await remote.shutdown("kept")
+
+
+@needs_cgroups
+async def test_v1_teardown_without_a_freezer_still_kills_an_escapee(
+    manager: CgroupManager, tmp_path: Path
+) -> None:
+    if manager.version != 1:
+        pytest.skip("a v1 hierarchy")
+    box = manager.create("nofreeze", None)
+    unfrozen = SandboxCgroup(1, {c: p for c, p in box.dirs.items() if c != "freezer"})
+    fifo = Fifo(tmp_path / "pid")
+    script = f"setsid sh -c 'sleep 1000 > /dev/null 2>&1 & echo $! > {fifo.path}'; sleep 1000"
+    # It joins before it execs: everything it forks is born inside.
+    proc = await trio.lowlevel.open_process(
+        ["sh", "-c", script], preexec_fn=lambda: unfrozen.add(0)
+    )
+    escapee = int(await fifo.read_all())
+    assert escapee in unfrozen.members()
+    unfrozen.kill()
+    assert await proc.wait() == -signal.SIGKILL
+    await all_ended([escapee])
+    await box.remove()

@@ -63,6 +63,8 @@ OPTIONAL_V1: Final = ("cpuacct", "freezer")
 CPU_PERIOD_US: Final = 100_000
 #: The reason given when the OOM killer ended a sandbox.
 OOM_KILLED: Final = "oom_killed"
+#: How many times a v1 teardown looks again for members forked while it killed.
+_KILL_ROUNDS: Final = 20
 #: How long a removal waits for killed members to finish.
 REMOVE_TIMEOUT: Final = 10.0
 _V1_ROOT: Final = "/sys/fs/cgroup"
@@ -135,6 +137,11 @@ class SandboxCgroup:
         self._dirs = dict(dirs)
 
     @property
+    def dirs(self) -> Mapping[str, str]:
+        """``{controller: directory}`` (v2: ``{"": directory}``)."""
+        return dict(self._dirs)
+
+    @property
     def paths(self) -> tuple[str, ...]:
         """Its directories, one per distinct hierarchy."""
         return tuple(dict.fromkeys(self._dirs.values()))
@@ -150,7 +157,8 @@ class SandboxCgroup:
         return self._dirs.get(controller)
 
     def add(self, pid: int) -> None:
-        """Move ``pid`` (a whole process) into the cgroup.  OSError if it cannot."""
+        """Move ``pid`` (a whole process; 0: the caller) into the cgroup.  OSError if it
+        cannot."""
         for path in self.procs_files:
             _write(path, str(pid))
 
@@ -224,25 +232,32 @@ class SandboxCgroup:
 
     def _freeze_and_kill(self, freeze_file: str | None, frozen: str, thawed: str) -> None:
         # Frozen, no member can fork behind the walk; SIGKILL stays pending until the thaw.
+        # A fork caught mid-freeze can still bring a child in: later rounds kill what is
+        # new (a killed process may be listed until it has finished dying).
         frozen_ok = False
         if freeze_file is not None:
             with contextlib.suppress(OSError):
                 _write(freeze_file, frozen)
                 frozen_ok = True
+        killed: set[int] = set()
         try:
-            for _ in range(100):
-                members = self.members()
-                if not members:
-                    break
-                for pid in members:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, _signal.SIGKILL)
-                if frozen_ok:
-                    break  # nothing frozen can have forked since
+            self._kill_members(killed)
         finally:
             if frozen_ok and freeze_file is not None:
                 with contextlib.suppress(OSError):
                     _write(freeze_file, thawed)
+        for _ in range(_KILL_ROUNDS):
+            if not self._kill_members(killed):
+                break
+
+    def _kill_members(self, killed: set[int]) -> bool:
+        """SIGKILL the members not in ``killed`` (and add them); whether there were any."""
+        new = [pid for pid in self.members() if pid not in killed]
+        for pid in new:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, _signal.SIGKILL)
+        killed.update(new)
+        return bool(new)
 
     def try_remove(self) -> bool:
         """Remove the cgroup if it is empty; True once every directory is gone."""
