@@ -508,5 +508,8 @@ def test_run_with_limits_puts_the_sandbox_in_a_cgroup_with_them(daemon: Daemon) 
                 limits[name] = Path(directory, name).read_text().strip()
     assert limits.get("pids.max") == "20"
     assert limits.get("memory.limit_in_bytes", limits.get("memory.max")) == str(64 << 20)
+    metrics = sandboxctl(daemon, "metrics", "hl1").ok()
+    assert re.search(r"^memory_peak_bytes:\s+[1-9]\d*$", metrics, re.M), metrics
+    assert re.search(r"^oom_kills:\s+0$", metrics, re.M), metrics
     assert sandboxctl(daemon, "stop", "--timeout", "0", "hl1").ok() == "hl1 stopped\n"
     assert sandboxctl(daemon, "shutdown", "hl1").ok() == "hl1 deleted\n"
