@@ -444,3 +444,15 @@ async def test_v1_teardown_without_a_freezer_still_kills_an_escapee(
     assert await proc.wait() == -signal.SIGKILL
     await all_ended([escapee])
     await box.remove()
+
+
+def test_v2_without_swap_accounting_a_memory_limit_still_applies(tmp_path: Path) -> None:
+    parent = tmp_path / "parent"
+    box = parent / "sb"
+    box.mkdir(parents=True)
+    (box / "memory.max").write_text("")
+    manager = CgroupManager(2, {"": str(parent)})
+    manager.create("sb", Resources(memory_bytes=64 * MIB))
+    assert (box / "memory.max").read_text() == str(64 * MIB)
+    with pytest.raises(FailedPrecondition, match=r"memory\.swap\.max"):
+        manager.create("sb", Resources(memory_bytes=64 * MIB, memory_swap_bytes=MIB))

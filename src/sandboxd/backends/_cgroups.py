@@ -194,8 +194,11 @@ class SandboxCgroup:
         for controller, name, value in writes:
             directory = self._dir(controller)
             path = os.path.join(directory or f"<no {controller} controller>", name)
-            if name == "memory.oom.group" and not os.path.exists(path):
-                continue  # before Linux 4.19: an OOM kill takes only its victim
+            optional = name == "memory.oom.group" or (name == "memory.swap.max" and swap is None)
+            if optional and not os.path.exists(path):
+                # Before Linux 4.19 an OOM kill takes only its victim; without swap
+                # accounting there is no swap to deny.
+                continue
             try:
                 _write(path, value)
             except OSError as exc:
