@@ -456,3 +456,15 @@ def test_v2_without_swap_accounting_a_memory_limit_still_applies(tmp_path: Path)
     assert (box / "memory.max").read_text() == str(64 * MIB)
     with pytest.raises(FailedPrecondition, match=r"memory\.swap\.max"):
         manager.create("sb", Resources(memory_bytes=64 * MIB, memory_swap_bytes=MIB))
+
+
+async def test_a_cgroup_that_cannot_be_made_fails_only_a_start_with_resources() -> None:
+    broken = CgroupManager(2, {"": "/proc/sandboxd-no-such-cgroup"})
+    async with open_controller(with_cgroups(default_backends(), broken)) as controller:
+        options = SandboxOptions(command=("true",), resources=Resources(pids=5))
+        await controller.create("limited", options=options)
+        with pytest.raises(FailedPrecondition, match="cannot create the cgroup of sandbox"):
+            await controller.start("limited")
+        await controller.create("plain", options=SandboxOptions(command=("true",)))
+        await controller.start("plain")
+        assert (await controller.wait("plain")).exit_status == 0

@@ -622,10 +622,18 @@ class CgroupBackend:
     ) -> SandboxProcess:
         """The inner backend's start, its init moved into the sandbox's new cgroup while it
         is held (before it runs anything of the sandbox's).  Whenever this raises, the
-        cgroup is killed and removed."""
+        cgroup is killed and removed.  A sandbox without resources whose cgroup cannot be
+        made runs without one (logged)."""
         if self._cgroups is None:
             return await self._inner.start(spec, nursery, on_exit, on_spawned)
-        cgroup = self._cgroups.create(spec.sandbox_id, spec.options.resources)
+        try:
+            cgroup = self._cgroups.create(spec.sandbox_id, spec.options.resources)
+        except FailedPrecondition as exc:
+            if spec.options.resources is not None:
+                raise
+            # Nothing asked of the cgroup but a complete teardown: run as without cgroups.
+            log.warning("sandbox %s: runs without a cgroup: %s", spec.sandbox_id, exc)
+            return await self._inner.start(spec, nursery, on_exit, on_spawned)
         holder = _ExitReason()
 
         async def spawned(pid: int, identity: Mapping[str, Any]) -> None:
