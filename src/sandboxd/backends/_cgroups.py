@@ -274,6 +274,12 @@ class SandboxCgroup:
                 if exc.errno != errno.EBUSY:
                     log.warning("cannot remove cgroup %s: %s", path, exc)
                 done = False
+        if done:
+            # The daemon's parent goes with its last sandbox (made again by the next
+            # create), so a daemon that dies leaves nothing behind but running sandboxes.
+            for path in self.paths:
+                with contextlib.suppress(OSError):
+                    os.rmdir(os.path.dirname(path))
         return done
 
     async def remove(self) -> None:
@@ -372,6 +378,11 @@ class CgroupManager:
         ``resources``' limits.  FailedPrecondition when it cannot."""
         cgroup = self.sandbox(sandbox_id)
         try:
+            for parent in set(self._parents.values()):
+                if not os.path.isdir(parent):
+                    os.mkdir(parent)
+                    if self.version == 2:
+                        _enable(parent, REQUIRED)
             for path in cgroup.paths:
                 os.makedirs(path, exist_ok=True)
         except OSError as exc:
@@ -403,7 +414,8 @@ class CgroupManager:
 
     def release(self) -> None:
         """Remove the parents if no sandbox cgroup is left in them (the daemon is
-        stopping); those of sandboxes still running stay, for the next start."""
+        stopping; :meth:`create` makes them again); those of sandboxes still running
+        stay, for the next start."""
         for parent in set(self._parents.values()):
             with contextlib.suppress(OSError):
                 os.rmdir(parent)
