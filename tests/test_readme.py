@@ -109,8 +109,9 @@ def test_the_fuzzing_example_finds_the_bug_then_passes_the_fix() -> None:
 def test_every_example_is_tested() -> None:
     assert len(blocks("python")) == 4
     # quick start (CI runs tools/test; tests/test_demo.py runs tools/demo's script), the
-    # daemon (tests/test_serve_cli.py), sandboxctl, bwrap and the agent's (above and below).
-    assert len(blocks("sh")) == 5
+    # daemon (tests/test_serve_cli.py), sandboxctl, bwrap, limits and the agent's (above and
+    # below).
+    assert len(blocks("sh")) == 6
 
 
 def test_the_agent_example_runs_untrusted_code_in_a_bwrap_sandbox(
@@ -177,3 +178,17 @@ def test_the_bwrap_example_runs(daemon: dict[str, str]) -> None:
     assert "Read-only file system" in (out / "ro-error").read_text()
     for sandbox in ("box1", "box2"):
         subprocess.run([str(BIN / "sandboxctl"), "shutdown", sandbox], env=env, check=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="cgroups need root here")
+def test_the_limits_example_runs(daemon: dict[str, str]) -> None:
+    (script,) = [b for b in blocks("sh") if "box3" in b]
+    env = {**daemon, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    proc = subprocess.run(
+        ["bash", "-ec", script], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[-2] == "137", lines
+    assert lines[-1].split() == ["info.reason:", "oom_killed"], lines
+    subprocess.run([str(BIN / "sandboxctl"), "shutdown", "box3"], env=env, check=True)

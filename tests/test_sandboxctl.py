@@ -275,6 +275,8 @@ def test_json_before_or_after_the_subcommand_prints_the_response_message(
     listed = sandboxctl(daemon, "--json", "list", "--label", "suite=json").json()
     assert listed == {"sandboxes": [status]}
     version = sandboxctl(daemon, "version", "--json").json()
+    # The daemon also says which cgroup hierarchy limits its sandboxes (or why none does).
+    assert version.pop("cgroups").startswith(("cgroup v1 (", "cgroup v2 (", "cgroups unavailable"))
     assert version == {"version": __version__, "protocol": 1}
 
     # wait --timeout gives up with DEADLINE_EXCEEDED, leaving the sandbox running.
@@ -515,3 +517,27 @@ def test_seccomp_takes_a_docker_profile_file_and_verbose_status_names_the_filter
     assert "the process backend cannot filter" in refused.failed(Code.INVALID_ARGUMENT)
     missing = sandboxctl(daemon, "create", "--seccomp", str(daemon.scratch / "none.json"), "sc3")
     assert missing.returncode == 2 and "cannot read the profile" in missing.stderr, missing
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="cgroups need root here")
+def test_run_with_limits_puts_the_sandbox_in_a_cgroup_with_them(daemon: Daemon) -> None:
+    started = sandboxctl(
+        daemon, "run", "--memory", str(64 << 20), "--cpus", "0.5", "--pids", "20", "hl1",
+        "--", "sleep", "1000",
+    ).ok()  # fmt: skip
+    daemon.reaper.add(int(started.split()[-1]))
+    verbose = sandboxctl(daemon, "status", "--verbose", "hl1").ok()
+    match = re.search(r"^info\.cgroup:\s+(.+)$", verbose, re.M)
+    assert match, verbose
+    limits = {}
+    for directory in match[1].split():
+        for name in ("pids.max", "memory.limit_in_bytes", "memory.max", "cpu.cfs_quota_us"):
+            if os.path.exists(os.path.join(directory, name)):
+                limits[name] = Path(directory, name).read_text().strip()
+    assert limits.get("pids.max") == "20"
+    assert limits.get("memory.limit_in_bytes", limits.get("memory.max")) == str(64 << 20)
+    metrics = sandboxctl(daemon, "metrics", "hl1").ok()
+    assert re.search(r"^memory_peak_bytes:\s+[1-9]\d*$", metrics, re.M), metrics
+    assert re.search(r"^oom_kills:\s+0$", metrics, re.M), metrics
+    assert sandboxctl(daemon, "stop", "--timeout", "0", "hl1").ok() == "hl1 stopped\n"
+    assert sandboxctl(daemon, "shutdown", "hl1").ok() == "hl1 deleted\n"

@@ -74,6 +74,37 @@ class Mount:
     options: tuple[str, ...] = attrs.field(default=(), converter=_texts)
 
 
+def _in_range(low: int) -> Any:
+    def check(instance: object, attribute: attrs.Attribute[int | None], value: int | None) -> None:
+        if value is not None and not low <= value <= MAX_RESOURCE:
+            raise InvalidArgument(
+                f"options.resources.{attribute.name}: {value} is out of range "
+                f"({low} to {MAX_RESOURCE})"
+            )
+
+    return check
+
+
+#: The largest value a resource limit may have.
+MAX_RESOURCE: Final = 1 << 62
+
+
+@attrs.frozen(slots=True)
+class Resources:
+    """A sandbox's resource limits, applied through its cgroup; ``None`` leaves one unset.
+
+    ``memory_bytes``: memory the sandbox may use (at least 1 MiB) before the OOM killer
+    acts.  ``memory_swap_bytes``: swap it may use besides (with ``memory_bytes`` and no
+    swap given: none).  ``cpu_millis``: CPU time per wall time, 1000 for one CPU (at least
+    10).  ``pids``: how many processes and threads it may have at once.
+    """
+
+    memory_bytes: int | None = attrs.field(default=None, validator=_in_range(1 << 20))
+    memory_swap_bytes: int | None = attrs.field(default=None, validator=_in_range(0))
+    cpu_millis: int | None = attrs.field(default=None, validator=_in_range(10))
+    pids: int | None = attrs.field(default=None, validator=_in_range(1))
+
+
 @attrs.frozen(slots=True)
 class SandboxOptions:
     """How the sandbox's init process runs.
@@ -91,6 +122,8 @@ class SandboxOptions:
     host_network: bool = False
     sim: Mapping[str, Any] | None = None
     seccomp: str | Mapping[str, Any] | None = None
+    #: Resource limits (see :class:`Resources`); ``None``: none.
+    resources: Resources | None = None
 
 
 @attrs.frozen(slots=True)
@@ -153,6 +186,10 @@ class SandboxMetrics:
     cpu_ns: int
     memory_rss_bytes: int
     pids: int
+    #: From the sandbox's cgroup, when it has one (else None): the most memory it was
+    #: charged at once, and how many of its processes the OOM killer killed.
+    memory_peak_bytes: int | None = None
+    oom_kills: int | None = None
 
 
 @attrs.frozen(slots=True)
@@ -170,6 +207,8 @@ class SandboxEvent:
     dropped: int | None = None
     #: The exec an ``exec-start`` or ``exec-exit`` event is about.
     exec_id: str | None = None
+    #: Why the sandbox ended, on an exit event, when known (``oom_killed``).
+    reason: str | None = None
 
 
 TOPIC_CREATE: Final = "/sandboxes/create"

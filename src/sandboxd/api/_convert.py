@@ -28,6 +28,7 @@ from .._models import (
     LogGap,
     Mount,
     Platform,
+    Resources,
     SandboxEvent,
     SandboxInstance,
     SandboxMetrics,
@@ -144,7 +145,7 @@ _CREATE_FIELDS: Final = frozenset(
     {"sandbox_id", "sandboxer", "rootfs", "options", "netns_path", "annotations", "labels"}
 )
 _OPTION_FIELDS: Final = frozenset(
-    {"command", "env", "cwd", "hostname", "host_network", "sim", "seccomp"}
+    {"command", "env", "cwd", "hostname", "host_network", "sim", "seccomp", "resources"}
 )
 _MOUNT_FIELDS: Final = frozenset({"type", "source", "target", "options"})
 
@@ -205,6 +206,7 @@ def _options(value: object, where: str) -> SandboxOptions:
         else _bool(host_network, f"{where}.host_network"),
         sim=sim,
         seccomp=_seccomp(value.get("seccomp"), f"{where}.seccomp"),
+        resources=_resources(value.get("resources"), f"{where}.resources"),
     )
 
 
@@ -214,6 +216,34 @@ def _seccomp(value: object, where: str) -> str | dict[str, Any] | None:
     if value is None or type(value) is str or type(value) is dict:
         return value
     raise InvalidArgument(f"{where}: must be text ('default', 'unconfined') or a profile map")
+
+
+_RESOURCE_FIELDS: Final = ("memory_bytes", "memory_swap_bytes", "cpu_millis", "pids")
+
+
+def _resources(value: object, where: str) -> Resources | None:
+    """``options.resources``: a map of integers, each checked by :class:`Resources`."""
+    if value is None:
+        return None
+    if type(value) is not dict:
+        raise InvalidArgument(f"{where}: must be a map")
+    check_fields(value, frozenset(_RESOURCE_FIELDS), where)
+    numbers = {
+        name: _int(value[name], f"{where}.{name}")
+        for name in _RESOURCE_FIELDS
+        if value.get(name) is not None
+    }
+    if "memory_swap_bytes" in numbers and "memory_bytes" not in numbers:
+        raise InvalidArgument(f"{where}.memory_swap_bytes: needs memory_bytes")
+    return Resources(**numbers)
+
+
+def resources_message(resources: Resources) -> dict[str, int]:
+    return {
+        name: number
+        for name in _RESOURCE_FIELDS
+        if (number := getattr(resources, name)) is not None
+    }
 
 
 _STOP_FIELDS: Final = frozenset({"sandbox_id", "timeout_secs"})
@@ -272,6 +302,8 @@ def options_message(options: SandboxOptions) -> dict[str, Any]:
         out["seccomp"] = (
             options.seccomp if isinstance(options.seccomp, str) else dict(options.seccomp)
         )
+    if options.resources is not None:
+        out["resources"] = resources_message(options.resources)
     return out
 
 
@@ -329,7 +361,17 @@ def metrics_message(metrics: SandboxMetrics) -> dict[str, Any]:
         "cpu_ns": metrics.cpu_ns,
         "memory_rss_bytes": metrics.memory_rss_bytes,
         "pids": metrics.pids,
+        **_cgroup_metrics(metrics),
     }
+
+
+def _cgroup_metrics(metrics: SandboxMetrics) -> dict[str, int]:
+    out = {}
+    if metrics.memory_peak_bytes is not None:
+        out["memory_peak_bytes"] = metrics.memory_peak_bytes
+    if metrics.oom_kills is not None:
+        out["oom_kills"] = metrics.oom_kills
+    return out
 
 
 def event_message(event: SandboxEvent) -> dict[str, Any]:
@@ -344,6 +386,8 @@ def event_message(event: SandboxEvent) -> dict[str, Any]:
         out["dropped"] = event.dropped
     if event.exec_id is not None:
         out["exec_id"] = event.exec_id
+    if event.reason is not None:
+        out["reason"] = event.reason
     return out
 
 
@@ -477,7 +521,14 @@ def metrics_from(msg: Message) -> SandboxMetrics:
             _required(msg, "memory_rss_bytes", where), f"{where}.memory_rss_bytes"
         ),
         pids=_int(_required(msg, "pids", where), f"{where}.pids"),
+        memory_peak_bytes=_opt_int(msg, "memory_peak_bytes", where),
+        oom_kills=_opt_int(msg, "oom_kills", where),
     )
+
+
+def _opt_int(msg: Message, name: str, where: str) -> int | None:
+    value = msg.get(name)
+    return None if value is None else _int(value, f"{where}.{name}")
 
 
 def event_from(msg: Message) -> SandboxEvent:
@@ -491,6 +542,7 @@ def event_from(msg: Message) -> SandboxEvent:
         exit_status=None if exit_status is None else _int(exit_status, f"{where}.exit_status"),
         dropped=None if dropped is None else _int(dropped, f"{where}.dropped"),
         exec_id=_opt_text(msg, "exec_id", where),
+        reason=_opt_text(msg, "reason", where),
     )
 
 

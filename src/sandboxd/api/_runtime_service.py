@@ -13,10 +13,13 @@ RUNTIME_SERVICE: Final = "sandboxd.v1.Runtime"
 _VERSION_REPLY: Final[Mapping[str, Any]] = {"version": __version__, "protocol": PROTOCOL_VERSION}
 
 
-def _version(message: Message, ctx: CallContext) -> Mapping[str, Any]:
-    return _VERSION_REPLY
+def runtime_service(cgroups: str | None = None) -> dict[str, Method]:
+    """The methods of ``sandboxd.v1.Runtime``: ``Version {} -> {version, protocol,
+    cgroups?}``, ``cgroups`` saying which hierarchy limits sandboxes (``cgroup v1 (...)``,
+    ``cgroup v2 (...)``) or why none does, when the daemon was told."""
+    reply = _VERSION_REPLY if cgroups is None else {**_VERSION_REPLY, "cgroups": cgroups}
 
+    def version(message: Message, ctx: CallContext) -> Mapping[str, Any]:
+        return reply
 
-def runtime_service() -> dict[str, Method]:
-    """The methods of ``sandboxd.v1.Runtime``: ``Version {} -> {version, protocol}``."""
-    return {"Version": inline(_version)}
+    return {"Version": inline(version)}

@@ -3,6 +3,8 @@
 - :class:`ProcessBackend` (``"process"``): host processes, each sandbox a process group.
 - :class:`BwrapBackend` (``"bwrap"``): real isolation in Linux namespaces, by bubblewrap.
 - :class:`SimBackend` (``"sim"``): simulated processes, for fuzzing lifecycle orderings.
+- :class:`CgroupBackend`: ``process`` or ``bwrap`` with a cgroup per sandbox (limits,
+  counters, teardown); :func:`detect_cgroups` finds the hierarchy.
 """
 
 from ._base import (
@@ -15,6 +17,17 @@ from ._base import (
     SpawnCallback,
 )
 from ._bwrap import BwrapBackend
+from ._cgroups import (
+    CgroupBackend,
+    CgroupManager,
+    CgroupUsage,
+    cgroup_counters,
+    detect_cgroups,
+    exit_reason,
+    parent_name,
+    probe_cgroups,
+    with_cgroups,
+)
 from ._platform import host_platform
 from ._process import DEFAULT_PATH, ProcessBackend
 from ._sim import SimBackend
@@ -24,6 +37,9 @@ __all__ = [
     "EXIT_UNKNOWN",
     "Backend",
     "BwrapBackend",
+    "CgroupBackend",
+    "CgroupManager",
+    "CgroupUsage",
     "ExecProcess",
     "ExecSpec",
     "ExitCallback",
@@ -31,5 +47,11 @@ __all__ = [
     "SandboxProcess",
     "SimBackend",
     "SpawnCallback",
+    "cgroup_counters",
+    "detect_cgroups",
+    "exit_reason",
     "host_platform",
+    "parent_name",
+    "probe_cgroups",
+    "with_cgroups",
 ]

@@ -53,6 +53,9 @@ class ExecSpec:
     uid: int | None = None
     gid: int | None = None
     window: WindowSize | None = None
+    #: The ``cgroup.procs`` files the command's relay joins before it runs anything of the
+    #: sandbox's (set by :class:`~._cgroups.CgroupSandbox`).
+    cgroups: tuple[str, ...] = ()
 
 
 class ExecProcess(Protocol):

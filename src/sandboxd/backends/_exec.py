@@ -643,6 +643,7 @@ def _request(
             "isolate": isolate,
             "namespaces": [flag for _, flag in namespaces],
             "seccomp": seccomp,
+            "cgroups": [os.fsencode(p) for p in spec.cgroups],
         }
     )
 
@@ -751,7 +752,7 @@ async def _started(spec: ExecSpec, where: str, stdio: _Stdio, channel: socket.so
         raise
     if late.cancelled_caught:
         raise FailedPrecondition(f"{where}: the command did not start in {EXEC_TIMEOUT:g} s")
-    problem = next((k for k in (b"f", b"s", b"c", b"u") if k in reports), None)
+    problem = next((k for k in (b"f", b"g", b"s", b"c", b"u") if k in reports), None)
     if problem is None:
         status = data[1:].decode() if ended and data else "the fork server died"
         raise FailedPrecondition(f"{where}: its helper process ended ({status})")
@@ -764,6 +765,8 @@ async def _started(spec: ExecSpec, where: str, stdio: _Stdio, channel: socket.so
         )
     if problem == b"f":
         raise FailedPrecondition(f"{where}: fork: {reason}")
+    if problem == b"g":
+        raise FailedPrecondition(f"{where}: cannot join the sandbox's cgroup: {reason}")
     if reports[problem] == errno.ESRCH:
         reason = "the sandbox has ended"
     raise FailedPrecondition(f"{where}: cannot enter its namespaces: {reason}")

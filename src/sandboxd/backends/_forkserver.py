@@ -123,6 +123,8 @@ class _Relay:
         self.tty: bool = request["tty"]
         #: In a sandbox: enter it and give up every privilege; else run as the daemon does.
         self.isolate: bool = request["isolate"]
+        #: The sandbox's cgroup.procs files, joined before anything else.
+        self.cgroups: list[bytes] = request.get("cgroups", [])
         self.channel = fds[CHANNEL]
         self.stdio = fds[STDIN : STDERR + 1]
         rest = fds[STDERR + 1 :]
@@ -139,6 +141,7 @@ class _Relay:
     def run(self) -> NoReturn:
         """Enter, give up privilege, start the command, and exit as it exits."""
         os.setsid()
+        self.join_cgroups()
         for target, fd in enumerate(self.stdio):
             os.dup2(fd, target)
         close_all_but([self.channel, self.done, self.root, *(fd for fd, _ in self.namespaces)])
@@ -190,6 +193,19 @@ class _Relay:
             os.kill(os.getpid(), -code)
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {-code})
         os._exit(code & 0xFF)
+
+    def join_cgroups(self) -> None:
+        """Move the relay into the sandbox's cgroup (0 names the writer): the command and
+        everything it forks are born there."""
+        for path in self.cgroups:
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+                try:
+                    os.write(fd, b"0")
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                self.fail(b"g", exc.errno or errno.EPERM)
 
     def enter(self) -> None:
         """setns into each namespace, chroot, empty the bounding and ambient sets,

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any, Final, TextIO
 
 from .._errors import Code, RPCError, Unavailable
-from .._models import Mount, SandboxOptions
+from .._models import Mount, Resources, SandboxOptions
 from .._paths import default_socket_path
 from .._version import __version__
 from ..api import SyncController
@@ -130,6 +130,7 @@ def _parser() -> argparse.ArgumentParser:
             "--bind", type=_bind, action="append", default=[], metavar="SRC:DST[:ro|rw]",
             help="bind mount into the sandbox's rootfs (bwrap; repeatable)",
         )  # fmt: skip
+        _add_resource_options(p)
         p.add_argument(
             "argv", nargs="*", metavar="-- COMMAND",
             help="the init process, after '--' (default: a pause process)",
@@ -340,6 +341,7 @@ def _create(ctl: SyncController, args: argparse.Namespace) -> dict[str, Any]:
         host_network=args.host_network,
         sim=dict(args.sim) or None,
         seccomp=args.seccomp,
+        resources=_resources(args),
     )
     sandbox_id = ctl.create(
         args.sandbox_id,
@@ -351,6 +353,28 @@ def _create(ctl: SyncController, args: argparse.Namespace) -> dict[str, Any]:
         labels=dict(args.label),
     )
     return {"sandbox_id": sandbox_id}
+
+
+def _add_resource_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--memory", type=_positive_int, metavar="BYTES",
+        help="memory limit; past it the OOM killer ends the sandbox (exit 137)",
+    )  # fmt: skip
+    p.add_argument(
+        "--cpus", type=float, metavar="N",
+        help="CPU share, e.g. 0.5 for half a CPU (options.resources.cpu_millis)",
+    )  # fmt: skip
+    p.add_argument(
+        "--pids", type=_positive_int, metavar="N", help="most processes and threads at once"
+    )
+
+
+def _resources(args: argparse.Namespace) -> Resources | None:
+    """``options.resources`` from --memory, --cpus and --pids; None without any."""
+    if args.memory is None and args.cpus is None and args.pids is None:
+        return None
+    cpu_millis = None if args.cpus is None else round(args.cpus * 1000)
+    return Resources(memory_bytes=args.memory, cpu_millis=cpu_millis, pids=args.pids)
 
 
 def _bind(spec: str) -> Mount:
@@ -474,6 +498,8 @@ def _event_line(msg: Mapping[str, Any]) -> str:
         extra += f" exec_id={msg['exec_id']}"
     if "exit_status" in msg:
         extra += f" exit_status={msg['exit_status']}"
+    if "reason" in msg:
+        extra += f" reason={msg['reason']}"
     if "dropped" in msg:
         extra = f" dropped={msg['dropped']}"
     return f"{stamp} {msg['topic']} {msg['sandbox_id']}{extra}"

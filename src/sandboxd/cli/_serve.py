@@ -19,7 +19,16 @@ import trio
 from .._paths import default_socket_path, default_state_dir, ensure_private_dir
 from .._version import __version__
 from ..api import CONTROLLER_SERVICE, RUNTIME_SERVICE, controller_service, runtime_service
-from ..backends import Backend, BwrapBackend, ProcessBackend, SimBackend
+from ..backends import (
+    Backend,
+    BwrapBackend,
+    ProcessBackend,
+    SimBackend,
+    detect_cgroups,
+    parent_name,
+    probe_cgroups,
+    with_cgroups,
+)
 from ..rpc import Limits, Server, SocketInUseError
 from ..runtime import (
     DEFAULT_MAX_LOG_BYTES,
@@ -48,6 +57,15 @@ is created with mode 0700 and the socket with mode 0600.  With --socket-group th
 Only the daemon's own uid, root and the --allow-uid uids are served; others are refused with
 PERMISSION_DENIED (and logged).
 """
+
+
+def _cgroups_epilog() -> str:
+    return (
+        "\nEach sandbox of the process and bwrap sandboxers runs in a cgroup of its own (its\n"
+        "limits, options.resources; its counters, Metrics; a teardown that kills every process\n"
+        "it started), under <the daemon's cgroup>/sandboxd-<hash of the state directory>.\n"
+        f"Here: {probe_cgroups()}.\n"
+    )
 
 
 def _group(value: str) -> int:
@@ -146,7 +164,7 @@ def _parser() -> argparse.ArgumentParser:
         "serve",
         help="serve the sandboxd API on a Unix socket until SIGINT or SIGTERM",
         description="Serve the sandboxd API on a Unix socket, in the foreground.",
-        epilog=_EPILOG,
+        epilog=_EPILOG + _cgroups_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     serve.add_argument(
@@ -206,11 +224,13 @@ async def _serve(
     max_log_bytes: int = DEFAULT_MAX_LOG_BYTES,
 ) -> None:
     logs = os.path.join(state_dir, "logs")
-    backends: list[Backend] = [
-        ProcessBackend(log_dir=logs),
-        BwrapBackend(log_dir=logs),
-        SimBackend(),
-    ]
+    cgroups, described = detect_cgroups(parent_name(state_dir))
+    log.log(logging.INFO if cgroups is not None else logging.WARNING, "%s", described)
+    backends: list[Backend] = with_cgroups(
+        [ProcessBackend(log_dir=logs), BwrapBackend(log_dir=logs), SimBackend()],
+        cgroups,
+        described,
+    )
     for backend in backends:
         reason = backend.unavailable_reason()
         if reason is None:
@@ -230,7 +250,7 @@ async def _serve(
             )
             server = Server(
                 {
-                    RUNTIME_SERVICE: runtime_service(),
+                    RUNTIME_SERVICE: runtime_service(cgroups=described),
                     CONTROLLER_SERVICE: controller_service(controller),
                 },
                 **server_options,
@@ -247,6 +267,8 @@ async def _serve(
                 break
             # Sandboxes outlive the daemon: closing the controller leaves them running.
             nursery.cancel_scope.cancel()
+    if cgroups is not None:
+        cgroups.release()
     log.info("stopped")
 
 

@@ -51,7 +51,7 @@ from .._models import (
     SandboxSpec,
     SandboxStatus,
 )
-from ..backends import EXIT_UNKNOWN, Backend, ExecSpec, SandboxProcess
+from ..backends import EXIT_UNKNOWN, Backend, ExecSpec, SandboxProcess, exit_reason
 from ._crash import ARMED, crash_at
 from ._exec import ExecRun
 from ._lifecycle import Effect, Input, Phase, decide
@@ -244,6 +244,7 @@ class SandboxActor:
                 )
         if self.started_at is not None:
             info["started_at"] = self.started_at.isoformat()
+        self._add_exit_reason(info)
         if verbose and self.process is not None:
             info.update(self.process.info())
             if self.output is not None and self.process.output is not None:
@@ -259,6 +260,12 @@ class SandboxActor:
         if not verbose:
             self._snapshot = status
         return status
+
+    def _add_exit_reason(self, info: dict[str, str]) -> None:
+        """``reason`` (``oom_killed``) once the sandbox ended for a reason its backend
+        knows."""
+        if self.exit_status is not None and (reason := exit_reason(self.process)) is not None:
+            info["reason"] = reason
 
     def post(self, input: Input, arg: Any = None, reply: Reply | None = None) -> None:
         """Queue an input for the actor; ``reply`` gets the answer.  Never blocks; safe from
@@ -813,7 +820,13 @@ class SandboxActor:
             self.process.cleanup()
         log.debug("sandbox %s: exited with status %d", self.sandbox_id, status)
         self._context.publish(
-            SandboxEvent(TOPIC_EXIT, self.sandbox_id, self.exited_at, exit_status=status)
+            SandboxEvent(
+                TOPIC_EXIT,
+                self.sandbox_id,
+                self.exited_at,
+                exit_status=status,
+                reason=exit_reason(self.process),
+            )
         )
         exit_status = self._exit()
         waiters, self._wait_parked = self._wait_parked, None

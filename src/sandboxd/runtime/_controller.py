@@ -35,7 +35,15 @@ from .._models import (
     SandboxStatus,
     check_sandbox_id,
 )
-from ..backends import Backend, BwrapBackend, ProcessBackend, SandboxProcess, SimBackend
+from ..backends import (
+    Backend,
+    BwrapBackend,
+    CgroupBackend,
+    ProcessBackend,
+    SandboxProcess,
+    SimBackend,
+    cgroup_counters,
+)
 from ._actor import ActorContext, SandboxActor
 from ._events import DEFAULT_SUBSCRIBER_BUFFER, EventBus, Subscription
 from ._exec import CHUNK_SIZE, MAX_EXEC_SYNC_OUTPUT, ExecSession, check_timeout, resolve
@@ -57,6 +65,24 @@ def default_backends(log_dir: str | os.PathLike[str] | None = None) -> list[Back
     ``sim`` (``bwrap`` refuses Create with FAILED_PRECONDITION where bubblewrap cannot run),
     making their output pipes in ``log_dir``."""
     return [ProcessBackend(log_dir=log_dir), BwrapBackend(log_dir=log_dir), SimBackend()]
+
+
+def _metrics(
+    sandbox_id: str, actor: SandboxActor, cpu_ns: int, rss: int, pids: int
+) -> SandboxMetrics:
+    """The figures read, with the peak and OOM counters of a running sandbox that has a
+    cgroup."""
+    running = actor.phase is not Phase.STOPPED
+    counters = cgroup_counters(actor.process) if running else None
+    return SandboxMetrics(
+        sandbox_id,
+        datetime.now(UTC),
+        cpu_ns,
+        rss,
+        pids,
+        memory_peak_bytes=None if counters is None else counters.memory_peak_bytes,
+        oom_kills=None if counters is None else counters.oom_kills,
+    )
 
 
 @final
@@ -178,6 +204,16 @@ class Controller:
                 await store.delete(spec.sandbox_id)
         if records:
             log.info("recovered %d sandboxes from %s", len(self._actors), store.path)
+        await self._sweep_cgroups()
+
+    async def _sweep_cgroups(self) -> None:
+        """Remove the cgroups of sandboxes that are gone (after a restart)."""
+        swept = set()
+        for backend in self._backends.values():
+            cgroups = backend.cgroups if isinstance(backend, CgroupBackend) else None
+            if cgroups is not None and id(cgroups) not in swept:
+                swept.add(id(cgroups))
+                await cgroups.sweep(self._actors)
 
     @property
     def sandboxers(self) -> Mapping[str, Backend]:
@@ -456,7 +492,7 @@ class Controller:
         cpu_ns = rss = pids = 0
         if actor.process is not None and actor.phase is not Phase.STOPPED:
             cpu_ns, rss, pids = actor.process.usage()
-        return SandboxMetrics(sandbox_id, datetime.now(UTC), cpu_ns, rss, pids)
+        return _metrics(sandbox_id, actor, cpu_ns, rss, pids)
 
     async def metrics(self, sandbox_id: str) -> SandboxMetrics:
         """:meth:`metrics_nowait`, with /proc read in a worker thread (the event loop never
@@ -474,7 +510,7 @@ class Controller:
             cpu_ns, rss, pids = process.usage()
         else:
             await trio.lowlevel.checkpoint()
-        return SandboxMetrics(sandbox_id, datetime.now(UTC), cpu_ns, rss, pids)
+        return _metrics(sandbox_id, actor, cpu_ns, rss, pids)
 
     def list_nowait(self, labels: Mapping[str, str] | None = None) -> list[SandboxStatus]:
         """The status of every sandbox carrying all of ``labels``, ordered by id."""
