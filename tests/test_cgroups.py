@@ -295,14 +295,16 @@ async def test_v2_membership_and_cgroup_kill_on_the_real_unified_hierarchy() -> 
     manager = CgroupManager(2, {"": parent})
     cgroup = manager.create("v2", None)
     try:
-        # A leader that double-forks an escapee into a new session, then waits.
+        # A leader, in the cgroup before it runs (as a sandbox's init is), that double-forks
+        # an escapee into a new session, then waits: the escapee is in the cgroup too.
         script = "setsid sh -c 'sleep 1000 & echo $!' ; sleep 1000"
-        proc = subprocess.Popen(["sh", "-c", script], stdout=subprocess.PIPE)  # noqa: ASYNC220
-        cgroup.add(proc.pid)
+        proc = subprocess.Popen(  # noqa: ASYNC220
+            ["sh", "-c", script], stdout=subprocess.PIPE,
+            preexec_fn=lambda: cgroup.add(os.getpid()),
+        )  # fmt: skip
         assert proc.stdout is not None
         with proc.stdout:
             escapee = int(proc.stdout.readline())
-        cgroup.add(escapee)  # forked before its leader's move
         assert {proc.pid, escapee} <= set(cgroup.members())
         cgroup.kill()
         assert proc.wait(timeout=10) == -signal.SIGKILL
