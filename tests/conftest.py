@@ -14,8 +14,10 @@ serve here too.  The tests' helper modules:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -103,3 +105,48 @@ async def served(nursery: trio.Nursery, sock_path: str, sandboxd_controller: Con
     )
     assert await nursery.start(server.serve_unix, sock_path) == sock_path
     return Served(sandboxd_controller, server, sock_path)
+
+
+# -- cgroups the suite made ---------------------------------------------------------------------
+
+#: Where the suite's daemons and controllers make their sandboxes' cgroups.
+_CGROUP_ROOTS = ("/sys/fs/cgroup", "/sys/fs/cgroup/unified")
+
+
+def _made_cgroups(since: float) -> list[str]:
+    """The ``sandboxd-*`` cgroup directories made since ``since``, deepest first."""
+    found: list[str] = []
+    for root in _CGROUP_ROOTS:
+        for directory, subdirs, _ in os.walk(root):
+            for name in subdirs:
+                path = os.path.join(directory, name)
+                try:
+                    made = os.stat(path).st_mtime
+                except OSError:
+                    continue
+                if name.startswith("sandboxd-") and made >= since:
+                    found += [os.path.join(d, s) for d, ss, _ in os.walk(path) for s in ss]
+                    found.append(path)
+            if directory.count(os.sep) >= root.count(os.sep) + 2:
+                subdirs.clear()  # a daemon's cgroup is at most two levels down
+    return sorted(set(found), key=lambda p: p.count(os.sep), reverse=True)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.stash[_SESSION_STARTED] = time.time()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Remove the empty cgroups the suite's sandboxes left (a daemon killed outright, as the
+    recovery tests kill theirs, leaves its sandboxes' cgroups for the next daemon on its
+    state directory, and no next daemon comes).  Only empty ones made during this session:
+    rmdir refuses a cgroup that still holds a process."""
+    since = session.config.stash.get(_SESSION_STARTED, None)
+    if since is None:
+        return
+    for path in _made_cgroups(since - 1):
+        with contextlib.suppress(OSError):
+            os.rmdir(path)
+
+
+_SESSION_STARTED = pytest.StashKey[float]()
