@@ -64,6 +64,14 @@ def _mounts(value: Iterable[Mount]) -> tuple[Mount, ...]:
     return tuple(value)
 
 
+def _check_lifetime(_: object, __: object, value: float | None) -> None:
+    """``options.lifetime_secs``: a positive finite number of seconds, or None."""
+    if value is None:
+        return
+    if type(value) not in (int, float) or not 0 < value < float("inf"):
+        raise InvalidArgument("options.lifetime_secs: must be a positive finite number")
+
+
 @attrs.frozen(slots=True)
 class Mount:
     """One mount of a sandbox's root filesystem, as in an OCI spec."""
@@ -80,7 +88,8 @@ class SandboxOptions:
 
     ``command`` is the argv of the sandbox's init process; ``None`` runs a pause process that
     only waits for a signal.  ``sim`` holds the ``sim`` backend's settings (ignored by the
-    others).
+    others).  ``lifetime_secs``: once the sandbox has been ready that long it is stopped as a
+    Stop with the default timeout stops it (its exit then says ``reason: lifetime_expired``).
     """
 
     command: tuple[str, ...] | None = attrs.field(default=None, converter=_optional_texts)
@@ -89,6 +98,7 @@ class SandboxOptions:
     hostname: str | None = None
     host_network: bool = False
     sim: Mapping[str, Any] | None = None
+    lifetime_secs: float | None = attrs.field(default=None, validator=_check_lifetime)
 
 
 @attrs.frozen(slots=True)
@@ -168,6 +178,9 @@ class SandboxEvent:
     dropped: int | None = None
     #: The exec an ``exec-start`` or ``exec-exit`` event is about.
     exec_id: str | None = None
+    #: Why the sandbox ended, on an exit event when the runtime ended it on its own
+    #: (:data:`REASON_LIFETIME_EXPIRED`).
+    reason: str | None = None
 
 
 TOPIC_CREATE: Final = "/sandboxes/create"
@@ -177,6 +190,9 @@ TOPIC_DELETE: Final = "/sandboxes/delete"
 TOPIC_EXEC_START: Final = "/sandboxes/exec-start"
 TOPIC_EXEC_EXIT: Final = "/sandboxes/exec-exit"
 TOPIC_DROPPED: Final = "/events/dropped"
+
+#: The ``reason`` of a sandbox whose ``lifetime_secs`` ran out (Status info, exit event).
+REASON_LIFETIME_EXPIRED: Final = "lifetime_expired"
 
 
 #: The streams of an exec's (and a sandbox's) output.

@@ -143,7 +143,9 @@ def id_request(msg: Message, where: str) -> str:
 _CREATE_FIELDS: Final = frozenset(
     {"sandbox_id", "sandboxer", "rootfs", "options", "netns_path", "annotations", "labels"}
 )
-_OPTION_FIELDS: Final = frozenset({"command", "env", "cwd", "hostname", "host_network", "sim"})
+_OPTION_FIELDS: Final = frozenset(
+    {"command", "env", "cwd", "hostname", "host_network", "sim", "lifetime_secs"}
+)
 _MOUNT_FIELDS: Final = frozenset({"type", "source", "target", "options"})
 
 
@@ -202,7 +204,18 @@ def _options(value: object, where: str) -> SandboxOptions:
         if host_network is None
         else _bool(host_network, f"{where}.host_network"),
         sim=sim,
+        lifetime_secs=_lifetime(value, where),
     )
+
+
+def _lifetime(options: Message, where: str) -> float | None:
+    value = options.get("lifetime_secs")
+    if value is None:
+        return None
+    lifetime = _number(value, f"{where}.lifetime_secs")
+    if lifetime <= 0:
+        raise InvalidArgument(f"{where}.lifetime_secs: must be a positive finite number")
+    return lifetime
 
 
 _STOP_FIELDS: Final = frozenset({"sandbox_id", "timeout_secs"})
@@ -257,6 +270,8 @@ def options_message(options: SandboxOptions) -> dict[str, Any]:
         out["host_network"] = True
     if options.sim is not None:
         out["sim"] = dict(options.sim)
+    if options.lifetime_secs is not None:
+        out["lifetime_secs"] = options.lifetime_secs
     return out
 
 
@@ -329,6 +344,8 @@ def event_message(event: SandboxEvent) -> dict[str, Any]:
         out["dropped"] = event.dropped
     if event.exec_id is not None:
         out["exec_id"] = event.exec_id
+    if event.reason is not None:
+        out["reason"] = event.reason
     return out
 
 
@@ -476,6 +493,7 @@ def event_from(msg: Message) -> SandboxEvent:
         exit_status=None if exit_status is None else _int(exit_status, f"{where}.exit_status"),
         dropped=None if dropped is None else _int(dropped, f"{where}.dropped"),
         exec_id=_opt_text(msg, "exec_id", where),
+        reason=_opt_text(msg, "reason", where),
     )
 
 
