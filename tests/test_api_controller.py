@@ -369,6 +369,15 @@ STRICT_CASES = [
         "options.host_network",
         id="host-network-int",
     ),
+    *(
+        pytest.param(
+            "Create",
+            {"sandbox_id": "n", "sandboxer": SIM, "options": {"lifetime_secs": value}},
+            "options.lifetime_secs",
+            id=f"lifetime-{value!r}",
+        )
+        for value in ("5", 0, -1.5, True, float("inf"))
+    ),
     pytest.param(
         "Stop", {"sandbox_id": "present", "timeout_secs": "5"}, "timeout_secs", id="stop-text"
     ),

@@ -18,7 +18,13 @@ from sandboxd._models import (
     SandboxOptions,
     SandboxState,
 )
+from sandboxd.api import RemoteController
+from sandboxd.backends import BwrapBackend, ProcessBackend
+from sandboxd.runtime import open_controller
 from sim_controller import running, state, take
+
+#: Real seconds a test with real processes may take before it is a hang.
+GUARD = 15
 
 
 def lifetime(seconds: float, **sim: object) -> SandboxOptions:
@@ -89,3 +95,61 @@ async def test_without_a_lifetime_a_sandbox_runs_on(autojump_clock: trio.abc.Clo
 def test_lifetime_must_be_a_positive_finite_number(value: object) -> None:
     with pytest.raises(InvalidArgument, match=r"options\.lifetime_secs"):
         SandboxOptions(lifetime_secs=value)  # type: ignore[arg-type]
+
+
+# -- real processes ------------------------------------------------------------------------------
+
+
+#: A shell that ignores SIGTERM (its sleep too): only the SIGKILL after the grace ends it.
+IGNORES_SIGTERM = ("sh", "-c", 'trap "" TERM; sleep 30 & wait; sleep 30')
+
+
+@pytest.mark.parametrize(
+    ("sandboxer", "command", "expected"),
+    [
+        ("process", IGNORES_SIGTERM, 137),
+        ("bwrap", IGNORES_SIGTERM, 137),
+        ("bwrap", ("sleep", "30"), 143),
+    ],
+)
+async def test_a_real_sandbox_is_stopped_at_its_lifetime(
+    sandboxer: str, command: tuple[str, ...], expected: int
+) -> None:
+    """SIGTERM at the lifetime's end, SIGKILL after the (default) grace."""
+    backends = [ProcessBackend(), BwrapBackend()]
+    reason = backends[1].unavailable_reason()
+    if sandboxer == "bwrap" and reason is not None:
+        pytest.skip(reason)
+    with trio.fail_after(GUARD):
+        async with open_controller(backends, stop_timeout=0.5) as controller:
+            options = SandboxOptions(command=command, lifetime_secs=0.5)
+            await controller.create("sb", sandboxer=sandboxer, options=options)
+            await controller.start("sb")
+            started = trio.current_time()
+            exit = await controller.wait("sb")
+            elapsed = trio.current_time() - started
+            assert exit.exit_status == expected
+            assert elapsed >= 0.5 + (0.5 if expected == 137 else 0)
+            status = await controller.status("sb")
+            assert status.info["reason"] == REASON_LIFETIME_EXPIRED
+            await controller.shutdown("sb")
+
+
+# -- through the socket --------------------------------------------------------------------------
+
+
+async def test_the_lifetime_and_its_reason_go_through_the_socket(
+    sandboxd_client: RemoteController,
+) -> None:
+    client = sandboxd_client
+    with trio.fail_after(GUARD):
+        async with client.events() as events:
+            await client.create("sb", sandboxer="sim", options=lifetime(0.2))
+            await client.start("sb")
+            assert (await client.wait("sb")).exit_status == 143
+            async for event in events:
+                if event.topic == TOPIC_EXIT:
+                    break
+        assert event.reason == REASON_LIFETIME_EXPIRED
+        assert (await client.status("sb")).info["reason"] == REASON_LIFETIME_EXPIRED
+        await client.shutdown("sb")

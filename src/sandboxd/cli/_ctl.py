@@ -122,9 +122,10 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--hostname", help="hostname inside the sandbox (bwrap)")
         p.add_argument("--host-network", action="store_true", help="share the host network")
         p.add_argument("--netns", metavar="PATH", help="network namespace to join (bwrap)")
+        _add_mounts(p)
         p.add_argument(
-            "--bind", type=_bind, action="append", default=[], metavar="SRC:DST[:ro|rw]",
-            help="bind mount into the sandbox's rootfs (bwrap; repeatable)",
+            "--lifetime", type=_lifetime, metavar="S",
+            help="stop the sandbox once it has been running S seconds",
         )  # fmt: skip
         p.add_argument(
             "argv", nargs="*", metavar="-- COMMAND",
@@ -327,7 +328,7 @@ def _print_table(header: Sequence[str], rows: Sequence[Sequence[str]], out: Text
 
 def _create(ctl: SyncController, args: argparse.Namespace) -> dict[str, Any]:
     command = [*args.argv, *args.after_dashes]
-    mounts: list[Mount] = args.bind
+    mounts: list[Mount] = args.mounts
     options = SandboxOptions(
         command=command or None,
         env=dict(args.env),
@@ -335,6 +336,7 @@ def _create(ctl: SyncController, args: argparse.Namespace) -> dict[str, Any]:
         hostname=args.hostname,
         host_network=args.host_network,
         sim=dict(args.sim) or None,
+        lifetime_secs=args.lifetime,
     )
     sandbox_id = ctl.create(
         args.sandbox_id,
@@ -346,6 +348,47 @@ def _create(ctl: SyncController, args: argparse.Namespace) -> dict[str, Any]:
         labels=dict(args.label),
     )
     return {"sandbox_id": sandbox_id}
+
+
+def _add_mounts(p: argparse.ArgumentParser) -> None:
+    """``--bind``, ``--tmpfs`` and ``--proc``: mounts of the sandbox's rootfs, in the order
+    given (a later one covers an earlier one)."""
+    p.add_argument(
+        "--bind", type=_bind, action="append", dest="mounts", default=[],
+        metavar="SRC:DST[:ro|rw]", help="bind mount into the sandbox's rootfs (bwrap; repeatable)",
+    )  # fmt: skip
+    p.add_argument(
+        "--tmpfs", type=_tmpfs, action="append", dest="mounts", metavar="DST",
+        help="a fresh tmpfs at DST (bwrap; repeatable)",
+    )  # fmt: skip
+    p.add_argument(
+        "--proc", type=_proc, action="append", dest="mounts", metavar="DST",
+        help="the sandbox's own /proc at DST (bwrap; repeatable)",
+    )  # fmt: skip
+
+
+def _target(spec: str) -> str:
+    if not spec.startswith("/"):
+        raise argparse.ArgumentTypeError(f"expected an absolute path, got {spec!r}")
+    return spec
+
+
+def _tmpfs(spec: str) -> Mount:
+    return Mount(type="tmpfs", source="tmpfs", target=_target(spec))
+
+
+def _proc(spec: str) -> Mount:
+    return Mount(type="proc", source="proc", target=_target(spec))
+
+
+def _lifetime(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text}")
+    return value
 
 
 def _bind(spec: str) -> Mount:
@@ -454,6 +497,8 @@ def _event_line(msg: Mapping[str, Any]) -> str:
         extra += f" exec_id={msg['exec_id']}"
     if "exit_status" in msg:
         extra += f" exit_status={msg['exit_status']}"
+    if "reason" in msg:
+        extra += f" reason={msg['reason']}"
     if "dropped" in msg:
         extra = f" dropped={msg['dropped']}"
     return f"{stamp} {msg['topic']} {msg['sandbox_id']}{extra}"
