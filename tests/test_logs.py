@@ -71,6 +71,7 @@ async def controller(log_dir: Path) -> AsyncIterator[Controller]:
 def running(log_dir: Path, **options: Any) -> AbstractAsyncContextManager[Controller]:
     """A Controller keeping output in ``log_dir``, its (default) backends making their pipes
     there."""
+    options.setdefault("default_sandboxer", "process")
     return open_controller(log_dir=log_dir, **options)
 
 

@@ -478,7 +478,7 @@ def test_the_daemon_and_the_clients_work_without_hypothesis() -> None:
 
         async def main():
             async with trio.open_nursery() as nursery:
-                ctl = await nursery.start(sandboxd.Controller().run)
+                ctl = await nursery.start(sandboxd.Controller(default_sandboxer="process").run)
                 path = sys.argv[1]
                 await nursery.start(sandboxd.serve_controller, ctl, path)
                 async with sandboxd.connect(path) as remote:
