@@ -3,15 +3,24 @@ isolates nothing) only where it cannot."""
 
 from __future__ import annotations
 
+import os
 import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 
 from daemons import SANDBOXD, Daemons
-from sandboxd import connect
+from sandboxd import FailedPrecondition, InvalidArgument, LogChunk, connect
+from sandboxd._models import Mount, SandboxOptions, SandboxState
 from sandboxd.backends import BwrapBackend, ProcessBackend, SimBackend
-from sandboxd.runtime import DEFAULT_SANDBOXER, Controller, preferred_sandboxer
+from sandboxd.runtime import DEFAULT_SANDBOXER, Controller, open_controller, preferred_sandboxer
+from sandboxd.testing import shutdown_all
+
+#: Real seconds a test with real processes may take before it is a hang.
+GUARD = 15
 
 BWRAP = BwrapBackend().unavailable_reason() is None
 needs_bwrap = pytest.mark.skipif(not BWRAP, reason="bubblewrap cannot run here")
@@ -48,3 +57,88 @@ def test_serve_help_says_how_the_default_is_chosen() -> None:
     ).stdout
     text = " ".join(out.split())
     assert "default: bwrap where bubblewrap can run here, else process" in text
+
+
+# -- the host view, mounts bubblewrap refuses (real bubblewrap) -----------------------------------
+
+
+@pytest.fixture
+async def controller() -> AsyncIterator[Controller]:
+    async with open_controller([BwrapBackend()], default_sandboxer="bwrap") as running:
+        try:
+            yield running
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(GUARD):
+                await shutdown_all(running)
+
+
+async def run_to_end(controller: Controller, sandbox_id: str, script: str, **kw: Any) -> int:
+    options = SandboxOptions(command=("sh", "-c", script))
+    with trio.fail_after(GUARD):
+        await controller.create(sandbox_id, options=options, **kw)
+        await controller.start(sandbox_id)
+        return (await controller.wait(sandbox_id)).exit_status
+
+
+HOST_ROOT = Mount("bind", "/", "/", ("ro",))
+
+
+@needs_bwrap
+async def test_binding_the_host_root_shows_neither_its_tmp_nor_its_proc(
+    controller: Controller, tmp_path: Path
+) -> None:
+    assert str(tmp_path).startswith("/tmp/")
+    marker = tmp_path / "secret"
+    marker.write_text("host")
+    outside = os.getpid()  # this test's pid: not a pid of the sandbox's namespace
+    script = (
+        f"test ! -e {marker} || exit 10; test ! -e /proc/{outside} || exit 11; "
+        "test -e /proc/self/status || exit 12; touch /tmp/scratch || exit 13; "
+        "test -c /dev/null || exit 14; exit 0"
+    )
+    assert await run_to_end(controller, "view", script, rootfs=[HOST_ROOT]) == 0
+
+
+@needs_bwrap
+async def test_a_mount_of_tmp_given_explicitly_is_kept(
+    controller: Controller, tmp_path: Path
+) -> None:
+    (tmp_path / "shared").write_text("yes")
+    rootfs = [HOST_ROOT, Mount("bind", str(tmp_path), "/tmp", ("rw",))]
+    assert await run_to_end(controller, "own", "test -e /tmp/shared", rootfs=rootfs) == 0
+
+
+@needs_bwrap
+async def test_create_refuses_a_target_that_cannot_be_made_under_a_read_only_bind(
+    controller: Controller, tmp_path: Path
+) -> None:
+    rootfs = [HOST_ROOT, Mount("bind", str(tmp_path), "/no-such-dir-sbd/x", ("rw",))]
+    with pytest.raises(InvalidArgument, match=r"rootfs\[1\].*/no-such-dir-sbd/x"):
+        await controller.create("nope", rootfs=rootfs)
+    # Under the private /tmp (a tmpfs) it can be made.
+    rootfs = [HOST_ROOT, Mount("bind", str(tmp_path), "/tmp/made/here", ("rw",))]
+    assert await run_to_end(controller, "made", "test -d /tmp/made/here", rootfs=rootfs) == 0
+
+
+@needs_bwrap
+async def test_start_fails_with_bubblewraps_message_when_it_refuses_a_mount(
+    controller: Controller,
+) -> None:
+    # Under /proc nothing can be made; Create cannot know that, bubblewrap finds out.
+    rootfs = [HOST_ROOT, Mount("tmpfs", "tmpfs", "/proc/no-such-dir-sbd")]
+    options = SandboxOptions(command=("true",))
+    with trio.fail_after(GUARD):
+        await controller.create("refused", options=options, rootfs=rootfs)
+        with pytest.raises(FailedPrecondition, match=r"bwrap: .*/proc/no-such-dir-sbd"):
+            await controller.start("refused")
+    assert (await controller.status("refused")).state is SandboxState.CREATED
+
+
+@needs_bwrap
+async def test_a_command_that_fails_at_once_keeps_its_output(controller: Controller) -> None:
+    script = "echo 'bwrap-like but not bwrap' >&2; exit 1"
+    assert await run_to_end(controller, "quick", script) == 1
+    with trio.fail_after(GUARD):
+        async with controller.logs("quick") as logs:
+            said = b"".join([chunk.data async for chunk in logs if isinstance(chunk, LogChunk)])
+    assert said == b"bwrap-like but not bwrap\n"
