@@ -187,9 +187,9 @@ def create_options(
     """Create options with ``sim`` faults (:func:`sim_settings` takes ``faults``) and, now and
     then, a ``lifetime_secs`` drawn from ``lifetimes`` (seconds; ``()`` for none: a sequential
     model cannot predict when one runs out), or ``None`` for neither."""
-    lifetime = st.just(None)
-    if lifetimes:
-        lifetime = st.none() | st.none() | st.sampled_from(list(lifetimes))
+    if not lifetimes:
+        return sim_settings(**faults).map(lambda sim: SandboxOptions(sim=sim) if sim else None)
+    lifetime = st.none() | st.none() | st.sampled_from(list(lifetimes))
 
     def build(drawn: tuple[dict[str, Any], float | None]) -> SandboxOptions | None:
         sim, seconds = drawn
