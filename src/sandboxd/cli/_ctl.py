@@ -101,7 +101,10 @@ def _parser() -> argparse.ArgumentParser:
         ("run", "create a sandbox and start it"),
     ):
         p = with_id(add(name, text))
-        p.add_argument("--sandboxer", help="backend: process (default), sim, ...")
+        p.add_argument(
+            "--sandboxer",
+            help="backend: bwrap, process (isolates nothing), sim (default: the daemon's)",
+        )
         p.add_argument(
             "--env", type=_key_value, action="append", default=[], metavar="K=V",
             help="environment of the init process (repeatable)",
