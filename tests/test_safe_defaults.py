@@ -3,6 +3,7 @@ isolates nothing) only where it cannot."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 from collections.abc import AsyncIterator
@@ -15,7 +16,8 @@ import trio
 from daemons import SANDBOXD, Daemons
 from sandboxd import FailedPrecondition, InvalidArgument, LogChunk, connect
 from sandboxd._models import Mount, SandboxOptions, SandboxState
-from sandboxd.backends import BwrapBackend, ProcessBackend, SimBackend
+from sandboxd.backends import BwrapBackend, ProcessBackend, SimBackend, _bwrap
+from sandboxd.backends._process import OutputPipes
 from sandboxd.runtime import DEFAULT_SANDBOXER, Controller, open_controller, preferred_sandboxer
 from sandboxd.testing import shutdown_all
 
@@ -136,9 +138,52 @@ async def test_start_fails_with_bubblewraps_message_when_it_refuses_a_mount(
 
 @needs_bwrap
 async def test_a_command_that_fails_at_once_keeps_its_output(controller: Controller) -> None:
-    script = "echo 'bwrap-like but not bwrap' >&2; exit 1"
+    # More than one read's worth, all of it kept in order.
+    script = "echo 'not bwrap' >&2; seq 1 5000 >&2; exit 1"
     assert await run_to_end(controller, "quick", script) == 1
     with trio.fail_after(GUARD):
         async with controller.logs("quick") as logs:
             said = b"".join([chunk.data async for chunk in logs if isinstance(chunk, LogChunk)])
-    assert said == b"bwrap-like but not bwrap\n"
+    numbers = "".join(f"{n}\n" for n in range(1, 5001))
+    assert said.decode() == "not bwrap\n" + numbers
+
+
+class Exited:
+    """A process that has exited with ``status`` (what _refused_setup waits for)."""
+
+    def __init__(self, status: int) -> None:
+        self.status = status
+
+    async def wait(self) -> int:
+        return self.status
+
+
+def written(data: bytes) -> OutputPipes:
+    """Output pipes whose stderr holds ``data``, the writer gone."""
+    pipes = OutputPipes(None, "sb")
+    os.write(pipes.child[1], data)
+    pipes.spawned()
+    return pipes
+
+
+def drained(fd: int) -> bytes:
+    data = b""
+    with contextlib.suppress(BlockingIOError):
+        while chunk := os.read(fd, 65536):
+            data += chunk
+    return data
+
+
+async def test_a_setup_refusal_is_told_by_bubblewraps_message() -> None:
+    refusal = b"bwrap: Can't mkdir /x: Read-only file system\n"
+    told = r"refused to set it up: bwrap: Can't mkdir"
+    with written(refusal) as pipes, pytest.raises(FailedPrecondition, match=told):
+        await _bwrap._refused_setup(Exited(1), pipes, "sb")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("status", [1, 0])
+async def test_output_of_a_command_that_ended_at_once_is_left_in_order(status: int) -> None:
+    output = b"not bubblewrap\n" + b"x" * 20000
+    with written(output) as pipes:
+        await _bwrap._refused_setup(Exited(status), pipes, "sb")  # type: ignore[arg-type]
+        assert drained(pipes.stderr) == output

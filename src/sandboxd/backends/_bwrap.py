@@ -404,19 +404,25 @@ async def _refused_setup(process: Child, pipes: OutputPipes, sandbox_id: str) ->
     if await process.wait() != 1:
         return
     fd = pipes.stderr
-    try:
-        said = os.read(fd, 4096)
-    except (BlockingIOError, OSError):
-        return
+    said = b""
+    with contextlib.suppress(OSError):  # BlockingIOError: all of it read
+        while chunk := os.read(fd, 65536):
+            said += chunk
     if said.startswith(_BWRAP_SAYS):
-        message = said.decode(errors="replace").strip()
+        message = said[:4096].decode(errors="replace").strip()
         raise FailedPrecondition(
             f"cannot start sandbox {sandbox_id}: bubblewrap refused to set it up: {message}"
         )
-    # The command's own output: put it back for the log (the pipe's only writer has gone).
+    if not said:
+        return
+    # The command's own output: put it back, in order, for the log (it came out of this
+    # pipe, so it fits, unless a process left behind wrote meanwhile: never block on that).
     back = os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
-        os.write(back, said)
+        view = memoryview(said)
+        with contextlib.suppress(BlockingIOError):
+            while view:
+                view = view[os.write(back, view) :]
     finally:
         os.close(back)
 
