@@ -29,6 +29,9 @@ from sandboxd.runtime import Controller
 
 BIN = Path(sys.executable).parent
 SANDBOXD = str(BIN / "sandboxd")
+#: The tests' daemons create ``process`` sandboxes when Create names no sandboxer (the
+#: daemon's own default is ``bwrap`` where it runs, which costs more to start).
+PROCESS_DEFAULT = ("--default-sandboxer", "process")
 DATABASE = "sandboxd.db"
 #: Seconds the daemon gets to start serving (or to exit), and any wait on a process.
 STARTUP = 10.0
@@ -52,7 +55,7 @@ class ReadyPipe:
         with open(log, "ab") as out:
             try:
                 return subprocess.Popen(
-                    [SANDBOXD, "serve", *args, *self.args],
+                    [SANDBOXD, "serve", *PROCESS_DEFAULT, *args, *self.args],
                     stdin=subprocess.DEVNULL,
                     stdout=out,
                     stderr=out,
@@ -139,9 +142,12 @@ class Daemons:
     def database(self) -> Path:
         return self.state_dir / DATABASE
 
-    async def start(self, prefix: Sequence[str] = (), args: Sequence[str] = ()) -> Daemon:
+    async def start(
+        self, prefix: Sequence[str] = (), args: Sequence[str] = (), *, pick_default: bool = False
+    ) -> Daemon:
         """A new daemon (run under ``prefix``, e.g. ``prlimit ...``, with more ``args`` to
-        ``sandboxd serve``), serving."""
+        ``sandboxd serve``), serving; its default sandboxer ``process`` unless it is to
+        ``pick_default`` itself."""
         log = self.logs / f"daemon-{len(self.started)}.log"
         state = str(self.state_dir)
         fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
@@ -152,6 +158,7 @@ class Daemons:
                     *prefix,
                     SANDBOXD,
                     "serve",
+                    *(() if pick_default else PROCESS_DEFAULT),
                     "--socket",
                     self.socket,
                     "--state-dir",

@@ -193,9 +193,12 @@ async def drive(ctrl: Controller | RemoteController) -> Log:
 
 
 async def test_parity_in_process_and_over_the_socket(sock_path: str) -> None:
-    async with open_controller() as local:
+    async with open_controller(default_sandboxer="process") as local:
         local_log = await drive(local)
-    async with open_controller() as controller, trio.open_nursery() as nursery:
+    async with (
+        open_controller(default_sandboxer="process") as controller,
+        trio.open_nursery() as nursery,
+    ):
         await nursery.start(serve_controller, controller, sock_path)
         async with connect(sock_path) as remote:
             remote_log = await drive(remote)
@@ -368,6 +371,15 @@ STRICT_CASES = [
         {"sandbox_id": "n", "sandboxer": SIM, "options": {"host_network": 1}},
         "options.host_network",
         id="host-network-int",
+    ),
+    *(
+        pytest.param(
+            "Create",
+            {"sandbox_id": "n", "sandboxer": SIM, "options": {"lifetime_secs": value}},
+            "options.lifetime_secs",
+            id=f"lifetime-{value!r}",
+        )
+        for value in ("5", 0, -1.5, True, float("inf"))
     ),
     pytest.param(
         "Stop", {"sandbox_id": "present", "timeout_secs": "5"}, "timeout_secs", id="stop-text"

@@ -177,7 +177,7 @@ async def test_files_move_in_and_out(controller: Controller, tmp_path: Path) -> 
 
 async def test_closing_the_runtime_kills_execs() -> None:
     async with trio.open_nursery() as runtime:
-        controller: Controller = await runtime.start(Controller().run)
+        controller: Controller = await runtime.start(Controller(default_sandboxer="process").run)
         init = await sandbox(controller)
         session = controller.exec("sb", ExecRequest(["sleep", "1000"]))
         proc = await session.__aenter__()

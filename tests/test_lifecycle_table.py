@@ -75,7 +75,12 @@ def test_table_has_exactly_one_entry_per_pair() -> None:
         assert type(input) is Input
     assert set(CALLS) | set(EVENTS) == set(Input)
     assert not set(CALLS) & set(EVENTS)
-    assert set(EVENTS) == {Input.PROCESS_EXITED, Input.STOP_GRACE_EXPIRED, Input.EXEC_EXITED}
+    assert set(EVENTS) == {
+        Input.PROCESS_EXITED,
+        Input.STOP_GRACE_EXPIRED,
+        Input.LIFETIME_EXPIRED,
+        Input.EXEC_EXITED,
+    }
     assert all(i.is_event for i in EVENTS)
     assert not any(i.is_event for i in CALLS)
 
@@ -348,5 +353,5 @@ def test_mermaid_diagram_is_derived_from_the_table(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(_lifecycle, "TRANSITIONS", changed)
     diagram = mermaid_diagram()
     assert diagram != original
-    assert "ready --> stopping" not in diagram
-    assert "ready --> stopping" in original
+    assert "ready --> stopping: STOP" not in diagram
+    assert "ready --> stopping: STOP" in original

@@ -71,6 +71,7 @@ async def controller(log_dir: Path) -> AsyncIterator[Controller]:
 def running(log_dir: Path, **options: Any) -> AbstractAsyncContextManager[Controller]:
     """A Controller keeping output in ``log_dir``, its (default) backends making their pipes
     there."""
+    options.setdefault("default_sandboxer", "process")
     return open_controller(log_dir=log_dir, **options)
 
 
@@ -144,13 +145,19 @@ async def test_bwraps_own_errors_are_told(controller: Controller, tmp_path: Path
         match=r"\(exit status 1: nsenter: reassociate to namespace 'ns/net' failed",
     ):
         await controller.start("nonet")
-    # Once it exists: on its stderr.
+    # Once the namespaces exist, before the command runs: in Start's error too.
     options = SandboxOptions(command=("true",), cwd="/no/such/dir")
     await controller.create("nocwd", sandboxer="bwrap", options=options)
-    await controller.start("nocwd")
-    assert (await controller.wait("nocwd")).exit_status == 1
-    stderr = joined(await everything(controller.logs("nocwd")), STDERR)
-    assert b"Can't chdir to /no/such/dir" in stderr
+    with pytest.raises(FailedPrecondition, match=r"bwrap: Can't chdir to /no/such/dir"):
+        await controller.start("nocwd")
+    assert (await controller.status("nocwd")).state.value == "created"
+    # Once the command runs: on its stderr.
+    options = SandboxOptions(command=("sh", "-c", "echo failing >&2; exit 1"))
+    await controller.create("fails", sandboxer="bwrap", options=options)
+    await controller.start("fails")
+    assert (await controller.wait("fails")).exit_status == 1
+    stderr = joined(await everything(controller.logs("fails")), STDERR)
+    assert stderr == b"failing\n"
 
 
 async def test_tail_bytes(controller: Controller, gate: Gate) -> None:

@@ -886,3 +886,30 @@ def test_an_exec_refused_after_it_was_counted_is_no_refusal_at_once() -> None:
         ),
     ]
     assert check_linearizable(history, model).ok
+
+
+def test_a_lifetime_stops_a_ready_sandbox_as_a_stop_would() -> None:
+    model = ReferenceModel(
+        behaviour_of=lambda _: ProcessBehaviour(sigterm_exit_status=None, lifetime=5.0)
+    )
+    run(model, ("create", "a"))
+    model.expire_lifetime("a")  # not armed before Start: nothing happens
+    assert model.apply("status", "a") == status("created", started=False)
+    run(model, ("start", "a"))
+    sandbox = model.sandbox("a")
+    assert sandbox is not None and sandbox.lifetime_armed
+    assert (Input.LIFETIME_EXPIRED, None) in pending_events(sandbox)
+    wait = model.apply("wait", "a")
+    assert isinstance(wait, Blocks)
+    model.expire_lifetime("a")  # SIGTERM (ignored), the grace timer armed
+    assert model.apply("status", "a") == status("stopping", started=True)
+    model.expire_grace("a")
+    assert model.resolved[wait.ticket] == OK(SIGKILL_STATUS)
+
+
+def test_a_lifetime_no_longer_matters_once_the_sandbox_is_stopping() -> None:
+    model = ReferenceModel(behaviour_of=lambda _: ProcessBehaviour(lifetime=5.0))
+    run(model, ("create", "a"), ("start", "a"))
+    assert model.apply("stop", "a") == OK(None)
+    sandbox = model.sandbox("a")
+    assert sandbox is not None and not sandbox.lifetime_armed

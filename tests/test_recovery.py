@@ -469,3 +469,54 @@ async def test_records_are_on_disk_before_calls_return(daemons: Daemons, reaper:
         await remote.shutdown("proc")
         assert stored_records(daemons.database) == {}
     await all_ended([pid])
+
+
+async def test_a_lifetime_that_ran_out_while_the_daemon_was_down_stops_at_once(
+    daemons: Daemons, reaper: Reaper
+) -> None:
+    first = await daemons.start()
+    async with connect(daemons.socket) as remote:
+        options = SandboxOptions(command=["sleep", "1000"], lifetime_secs=600)
+        await remote.create("mortal", sandboxer="process", options=options)
+        before = time.time()
+        pid = (await remote.start("mortal")).pid
+        reaper.add(pid)
+    await first.crash()
+    # The deadline is recorded, as wall-clock time.
+    record = stored_records(daemons.database)["mortal"]
+    assert before + 600 <= record["expire_at"] <= time.time() + 600
+    assert record["spec"]["options"]["lifetime_secs"] == 600
+
+    def expired(document: dict[str, Any]) -> None:
+        document["expire_at"] = time.time() - 1
+
+    edit_record(daemons.database, "mortal", expired)
+    await daemons.start()
+    async with connect(daemons.socket) as remote:
+        with trio.fail_after(STARTUP):
+            await all_ended([pid])
+            status = await remote.status("mortal")
+        assert status.state is SandboxState.STOPPED
+        assert status.info["reason"] == "lifetime_expired"
+        await remote.shutdown("mortal")
+
+
+async def test_a_lifetime_is_kept_across_a_restart(daemons: Daemons, reaper: Reaper) -> None:
+    first = await daemons.start()
+    async with connect(daemons.socket) as remote:
+        options = SandboxOptions(command=["sleep", "1000"], lifetime_secs=1.5)
+        await remote.create("mortal", sandboxer="process", options=options)
+        pid = (await remote.start("mortal")).pid
+        reaper.add(pid)
+        started = time.time()
+    await first.crash()
+    await daemons.start()
+    restarted = time.time()
+    async with connect(daemons.socket) as remote:
+        with trio.fail_after(STARTUP + 1.5):
+            await all_ended([pid])
+        # At the recorded deadline, not a new lifetime from the restart.
+        assert time.time() <= max(started + 1.5, restarted) + 1.0
+        status = await remote.status("mortal")
+        assert status.info["reason"] == "lifetime_expired"
+        await remote.shutdown("mortal")

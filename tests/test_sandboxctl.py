@@ -33,6 +33,7 @@ from daemons import BIN, PROBE_INTERVAL, SANDBOXD, STARTUP, ReadyPipe
 from procs import Reaper
 from sandboxd import Code, __version__
 from sandboxd.api import SyncController
+from sandboxd.backends import BwrapBackend
 
 SANDBOXCTL = str(BIN / "sandboxctl")
 #: Seconds any one sandboxctl run may take before the test fails.
@@ -541,3 +542,30 @@ def test_run_with_limits_puts_the_sandbox_in_a_cgroup_with_them(daemon: Daemon) 
     assert re.search(r"^oom_kills:\s+0$", metrics, re.M), metrics
     assert sandboxctl(daemon, "stop", "--timeout", "0", "hl1").ok() == "hl1 stopped\n"
     assert sandboxctl(daemon, "shutdown", "hl1").ok() == "hl1 deleted\n"
+
+
+# -- lifetimes and mounts -------------------------------------------------------------------------
+
+
+def test_run_with_a_lifetime_stops_the_sandbox_and_says_why(daemon: Daemon) -> None:
+    sandboxctl(daemon, "run", "--sandboxer", "sim", "--lifetime", "0.3", "lt1").ok()
+    assert sandboxctl(daemon, "wait", "lt1").ok() == "143\n"
+    status = sandboxctl(daemon, "status", "lt1").ok()
+    assert re.search(r"^info\.reason:\s+lifetime_expired$", status, re.M), status
+    sandboxctl(daemon, "shutdown", "lt1").ok()
+    for bad in ("0", "-1", "inf", "soon"):
+        result = sandboxctl(daemon, "create", "lt2", "--lifetime", bad)
+        assert result.returncode == 2 and "--lifetime" in result.stderr, result
+
+
+@pytest.mark.skipif(BwrapBackend().unavailable_reason() is not None, reason="no bubblewrap")
+def test_run_adds_tmpfs_proc_and_bind_mounts_in_order(daemon: Daemon) -> None:
+    script = "touch /mnt/x && test -d /proc/self"
+    sandboxctl(
+        daemon, "run", "--sandboxer", "bwrap", "--bind", "/:/:ro", "--tmpfs", "/mnt",
+        "--proc", "/proc", "mt1", "--", "sh", "-c", script,
+    ).ok()  # fmt: skip
+    assert sandboxctl(daemon, "wait", "mt1").ok() == "0\n"
+    sandboxctl(daemon, "shutdown", "mt1").ok()
+    result = sandboxctl(daemon, "create", "mt2", "--tmpfs", "relative")
+    assert result.returncode == 2 and "--tmpfs" in result.stderr, result

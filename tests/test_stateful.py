@@ -233,7 +233,9 @@ class SimHarness(Harness):
     # the calls: test_concurrency and the fuzzer check those; slow starts only cost time.)
     create_args = strategies.create_args(
         "sim",
-        options=strategies.create_options(exits=False, stop_delays=False, start_delays=False),
+        options=strategies.create_options(
+            exits=False, stop_delays=False, start_delays=False, lifetimes=()
+        ),
     )
     plain_create: ClassVar[dict[str, Any]] = {"sandboxer": "sim"}
     exec_args = strategies.exec_args("sim")

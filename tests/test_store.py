@@ -47,6 +47,7 @@ specs = st.builds(
         seccomp=st.sampled_from(
             [None, "default", "unconfined", {"defaultAction": "SCMP_ACT_ALLOW", "syscalls": []}]
         ),
+        lifetime_secs=st.none() | st.floats(min_value=0.001, max_value=1e9),
     ),
     rootfs=st.lists(
         st.builds(
@@ -74,6 +75,8 @@ records = st.builds(
     exit_status=st.none() | st.integers(0, 255),
     exit_known=st.booleans(),
     kill_at=st.none() | finite,
+    expire_at=st.none() | finite,
+    reason=st.none() | st.just("lifetime_expired") | text,
 )
 
 
@@ -97,6 +100,8 @@ def test_a_record_is_a_json_object_with_the_documented_fields(record: SandboxRec
         "exit_status",
         "exit_known",
         "kill_at",
+        "expire_at",
+        "reason",
     }
     assert document["spec"] == json.loads(encode_spec(record.spec))
     assert document["created_at"] == record.created_at.timestamp()

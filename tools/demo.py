@@ -108,7 +108,17 @@ def main() -> int:
             step("version", ["version"], lambda r: None if r["protocol"] == 1 else "protocol")
             step(
                 "create a sandbox running sleep",
-                ["create", "demo1", "--label", "demo=yes", "--", "sleep", "300"],
+                [
+                    "create",
+                    "demo1",
+                    "--sandboxer",
+                    "process",
+                    "--label",
+                    "demo=yes",
+                    "--",
+                    "sleep",
+                    "300",
+                ],
                 lambda r: None if r == {"sandbox_id": "demo1"} else "unexpected reply",
             )
             started = step(

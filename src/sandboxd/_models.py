@@ -64,6 +64,14 @@ def _mounts(value: Iterable[Mount]) -> tuple[Mount, ...]:
     return tuple(value)
 
 
+def _check_lifetime(_: object, __: object, value: float | None) -> None:
+    """``options.lifetime_secs``: a positive finite number of seconds, or None."""
+    if value is None:
+        return
+    if type(value) not in (int, float) or not 0 < value < float("inf"):
+        raise InvalidArgument("options.lifetime_secs: must be a positive finite number")
+
+
 @attrs.frozen(slots=True)
 class Mount:
     """One mount of a sandbox's root filesystem, as in an OCI spec."""
@@ -113,6 +121,8 @@ class SandboxOptions:
     only waits for a signal.  ``sim`` holds the ``sim`` backend's settings (ignored by the
     others).  ``seccomp`` is the system-call filter of a ``bwrap`` sandbox: ``"default"``
     (also when None), ``"unconfined"``, or a profile in Docker's JSON format.
+    ``lifetime_secs``: once the sandbox has been ready that long it is stopped as a Stop with
+    the default timeout stops it (its exit then says ``reason: lifetime_expired``).
     """
 
     command: tuple[str, ...] | None = attrs.field(default=None, converter=_optional_texts)
@@ -124,6 +134,7 @@ class SandboxOptions:
     seccomp: str | Mapping[str, Any] | None = None
     #: Resource limits (see :class:`Resources`); ``None``: none.
     resources: Resources | None = None
+    lifetime_secs: float | None = attrs.field(default=None, validator=_check_lifetime)
 
 
 @attrs.frozen(slots=True)
@@ -207,7 +218,8 @@ class SandboxEvent:
     dropped: int | None = None
     #: The exec an ``exec-start`` or ``exec-exit`` event is about.
     exec_id: str | None = None
-    #: Why the sandbox ended, on an exit event, when known (``oom_killed``).
+    #: Why the sandbox ended, on an exit event, when known: ``oom_killed`` (the OOM killer),
+    #: :data:`REASON_LIFETIME_EXPIRED` (its lifetime).
     reason: str | None = None
 
 
@@ -218,6 +230,9 @@ TOPIC_DELETE: Final = "/sandboxes/delete"
 TOPIC_EXEC_START: Final = "/sandboxes/exec-start"
 TOPIC_EXEC_EXIT: Final = "/sandboxes/exec-exit"
 TOPIC_DROPPED: Final = "/events/dropped"
+
+#: The ``reason`` of a sandbox whose ``lifetime_secs`` ran out (Status info, exit event).
+REASON_LIFETIME_EXPIRED: Final = "lifetime_expired"
 
 
 #: The streams of an exec's (and a sandbox's) output.

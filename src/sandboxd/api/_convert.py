@@ -145,7 +145,17 @@ _CREATE_FIELDS: Final = frozenset(
     {"sandbox_id", "sandboxer", "rootfs", "options", "netns_path", "annotations", "labels"}
 )
 _OPTION_FIELDS: Final = frozenset(
-    {"command", "env", "cwd", "hostname", "host_network", "sim", "seccomp", "resources"}
+    {
+        "command",
+        "env",
+        "cwd",
+        "hostname",
+        "host_network",
+        "sim",
+        "seccomp",
+        "resources",
+        "lifetime_secs",
+    }
 )
 _MOUNT_FIELDS: Final = frozenset({"type", "source", "target", "options"})
 
@@ -207,6 +217,7 @@ def _options(value: object, where: str) -> SandboxOptions:
         sim=sim,
         seccomp=_seccomp(value.get("seccomp"), f"{where}.seccomp"),
         resources=_resources(value.get("resources"), f"{where}.resources"),
+        lifetime_secs=_lifetime(value, where),
     )
 
 
@@ -244,6 +255,16 @@ def resources_message(resources: Resources) -> dict[str, int]:
         for name in _RESOURCE_FIELDS
         if (number := getattr(resources, name)) is not None
     }
+
+
+def _lifetime(options: Message, where: str) -> float | None:
+    value = options.get("lifetime_secs")
+    if value is None:
+        return None
+    lifetime = _number(value, f"{where}.lifetime_secs")
+    if lifetime <= 0:
+        raise InvalidArgument(f"{where}.lifetime_secs: must be a positive finite number")
+    return lifetime
 
 
 _STOP_FIELDS: Final = frozenset({"sandbox_id", "timeout_secs"})
@@ -304,6 +325,8 @@ def options_message(options: SandboxOptions) -> dict[str, Any]:
         )
     if options.resources is not None:
         out["resources"] = resources_message(options.resources)
+    if options.lifetime_secs is not None:
+        out["lifetime_secs"] = options.lifetime_secs
     return out
 
 

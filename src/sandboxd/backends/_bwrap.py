@@ -154,6 +154,7 @@ class BwrapBackend:
         options = spec.options
         for index, mount in enumerate(spec.rootfs):
             _check_mount(index, mount)
+        _check_targets(spec.rootfs)
         if spec.netns_path is not None:
             if options.host_network:
                 raise InvalidArgument("netns_path: cannot be combined with options.host_network")
@@ -175,12 +176,14 @@ class BwrapBackend:
         path = options.env.get("PATH", DEFAULT_PATH)
         if options.command is not None:
             if spec.rootfs:
-                _check_command_in_rootfs(options.command, path, spec.rootfs)
+                _check_command_in_rootfs(options.command, path, _with_private_views(spec.rootfs))
             else:
                 check_command(options.command, path, cwd)
         elif spec.rootfs:
             try:
-                _check_command_in_rootfs((PAUSE_INTERPRETER,), path, spec.rootfs)
+                _check_command_in_rootfs(
+                    (PAUSE_INTERPRETER,), path, _with_private_views(spec.rootfs)
+                )
             except InvalidArgument:
                 raise InvalidArgument(
                     "options.command: required with a rootfs that does not hold the daemon's "
@@ -259,8 +262,8 @@ class BwrapBackend:
                 try:
                     if ready is not None:
                         await ready.wait(process, spec.sandbox_id)
-                    else:
-                        await _await_command(init_pid, process)
+                    elif not await _await_command(init_pid, process):
+                        await _refused_setup(process, pipes, spec.sandbox_id)
                 except BaseException:
                     # Cancelled (or the pause never got ready): nothing may stay running.
                     await _kill_outer(process, init_pid)
@@ -390,10 +393,11 @@ async def _read_init_pid(fd: int, process: Child, sandbox_id: str, pipes: Output
     )
 
 
-async def _await_command(init_pid: int, process: Child) -> None:
+async def _await_command(init_pid: int, process: Child) -> bool:
     """Return once the sandbox's command runs in the namespace (bwrap reports the
     namespace's init before it has set up the mounts and started the command; a Stop in that
-    window would find nothing to signal).  Also returns if the sandbox ended first.
+    window would find nothing to signal).  Also returns, False, if the sandbox ended before
+    the command was seen to run (it may have run, and ended, between two looks).
 
     The kernel announces another process's exec to nobody but a netlink listener, so this
     looks at /proc every millisecond; it takes a few, at most :data:`SETUP_TIMEOUT`.
@@ -404,8 +408,43 @@ async def _await_command(init_pid: int, process: Child) -> None:
             for child in _children(init_pid):
                 exe = _exe(child)
                 if exe is not None and exe != bwrap_exe:
-                    return
+                    return True
             await trio.sleep(0.001)
+    return process.poll() is None
+
+
+#: How bubblewrap starts what it says when it refuses to set a sandbox up (exit status 1).
+_BWRAP_SAYS: Final = b"bwrap: "
+
+
+async def _refused_setup(process: Child, pipes: OutputPipes, sandbox_id: str) -> None:
+    """The sandbox ended before its command was seen to run: if bubblewrap refused to set it
+    up (a mount it could not make), raise FailedPrecondition with bubblewrap's message.
+    Else the command ran and ended: what it wrote is left for its log."""
+    if await process.wait() != 1:
+        return
+    fd = pipes.stderr
+    said = b""
+    with contextlib.suppress(OSError):  # BlockingIOError: all of it read
+        while chunk := os.read(fd, 65536):
+            said += chunk
+    if said.startswith(_BWRAP_SAYS):
+        message = said[:4096].decode(errors="replace").strip()
+        raise FailedPrecondition(
+            f"cannot start sandbox {sandbox_id}: bubblewrap refused to set it up: {message}"
+        )
+    if not said:
+        return
+    # The command's own output: put it back, in order, for the log (it came out of this
+    # pipe, so it fits, unless a process left behind wrote meanwhile: never block on that).
+    back = os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        view = memoryview(said)
+        with contextlib.suppress(BlockingIOError):
+            while view:
+                view = view[os.write(back, view) :]
+    finally:
+        os.close(back)
 
 
 def _memfd(data: bytes) -> int:
@@ -684,6 +723,37 @@ def _check_mount(index: int, mount: Mount) -> None:
         )
 
 
+def _check_targets(rootfs: Sequence[Mount]) -> None:
+    """INVALID_ARGUMENT naming the mount whose target lies under a read-only bind and does
+    not exist there: bubblewrap cannot create it (a read-only filesystem), so the sandbox
+    could never start."""
+    mounts = _with_private_views(rootfs)
+    for index, mount in enumerate(rootfs):
+        before = mounts[: mounts.index(mount)]
+        target = mount.target.rstrip("/") or "/"
+        cover = _covering(before, target)
+        if cover is None or cover.type != "bind" or "rw" in cover.options:
+            continue
+        host = _host_path(before, target)
+        if host is not None and not os.path.lexists(host):
+            raise InvalidArgument(
+                f"rootfs[{index}]: target {mount.target!r} does not exist under the read-only "
+                f"bind of {cover.source!r}, and cannot be made there: bind its parent "
+                "read-write, or put a tmpfs under it first"
+            )
+
+
+def _covering(rootfs: Sequence[Mount], inside: str) -> Mount | None:
+    """The mount that ``inside`` (a path in the sandbox) lies on: the last one whose target
+    is it or one of its ancestors."""
+    found = None
+    for mount in rootfs:
+        target = mount.target.rstrip("/") or "/"
+        if inside == target or inside.startswith(target.rstrip("/") + "/"):
+            found = mount
+    return found
+
+
 def _mount_options(rootfs: Sequence[Mount], pause: bool = False) -> list[str]:
     if not rootfs:
         view = [
@@ -694,7 +764,7 @@ def _mount_options(rootfs: Sequence[Mount], pause: bool = False) -> list[str]:
             view += ["--ro-bind", PAUSE_PREFIX, PAUSE_PREFIX]
         return view
     options: list[str] = []
-    for mount in rootfs:
+    for mount in _with_private_views(rootfs):
         if mount.type == "bind":
             flag = "--bind" if "rw" in mount.options else "--ro-bind"
             options += [flag, mount.source, mount.target]
@@ -703,17 +773,36 @@ def _mount_options(rootfs: Sequence[Mount], pause: bool = False) -> list[str]:
     return options
 
 
+#: What a bind of the host's root would show and a sandbox must not see -- the host's
+#: processes, its shared temporary files, its devices -- and what stands in for each.
+_PRIVATE_VIEWS: Final = (("/proc", "proc"), ("/tmp", "tmpfs"), ("/dev", "dev"))
+
+
+def _with_private_views(rootfs: Sequence[Mount]) -> list[Mount]:
+    """``rootfs`` with, right after each bind of the host's ``/``, the sandbox's own /proc,
+    a private /tmp and a minimal /dev on top of it -- unless ``rootfs`` mounts that target
+    itself.  Mounts given later (a bind under /tmp, say) still cover them."""
+    explicit = {m.target.rstrip("/") or "/" for m in rootfs}
+    mounts: list[Mount] = []
+    for mount in rootfs:
+        mounts.append(mount)
+        if mount.type != "bind" or os.path.normpath(mount.source) != "/":
+            continue
+        base = mount.target.rstrip("/")
+        for path, kind in _PRIVATE_VIEWS:
+            target = base + path
+            if target not in explicit:
+                mounts.append(Mount(kind, kind, target))
+    return mounts
+
+
 def _host_path(rootfs: Sequence[Mount], inside: str) -> str | None:
     """Where ``inside`` (a path in the sandbox) lies on the host, through the bind mount
     that covers it last; None when no bind mount does."""
-    found = None
-    for mount in rootfs:
-        target = mount.target.rstrip("/") or "/"
-        if inside == target or inside.startswith(target.rstrip("/") + "/"):
-            found = None if mount.type != "bind" else (mount, target)
-    if found is None:
+    mount = _covering(rootfs, inside)
+    if mount is None or mount.type != "bind":
         return None
-    mount, target = found
+    target = mount.target.rstrip("/") or "/"
     rest = inside[len(target) :].lstrip("/") if target != "/" else inside.lstrip("/")
     return os.path.join(mount.source, rest)
 

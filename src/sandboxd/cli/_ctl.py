@@ -101,7 +101,10 @@ def _parser() -> argparse.ArgumentParser:
         ("run", "create a sandbox and start it"),
     ):
         p = with_id(add(name, text))
-        p.add_argument("--sandboxer", help="backend: process (default), sim, ...")
+        p.add_argument(
+            "--sandboxer",
+            help="backend: bwrap, process (isolates nothing), sim (default: the daemon's)",
+        )
         p.add_argument(
             "--env", type=_key_value, action="append", default=[], metavar="K=V",
             help="environment of the init process (repeatable)",
@@ -122,13 +125,14 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--hostname", help="hostname inside the sandbox (bwrap)")
         p.add_argument("--host-network", action="store_true", help="share the host network")
         p.add_argument("--netns", metavar="PATH", help="network namespace to join (bwrap)")
+        _add_mounts(p)
         p.add_argument(
             "--seccomp", type=_seccomp, metavar="default|unconfined|FILE.json",
             help="system-call filter (bwrap): the default one, none, or a Docker profile",
         )  # fmt: skip
         p.add_argument(
-            "--bind", type=_bind, action="append", default=[], metavar="SRC:DST[:ro|rw]",
-            help="bind mount into the sandbox's rootfs (bwrap; repeatable)",
+            "--lifetime", type=_lifetime, metavar="S",
+            help="stop the sandbox once it has been running S seconds",
         )  # fmt: skip
         _add_resource_options(p)
         p.add_argument(
@@ -332,7 +336,7 @@ def _print_table(header: Sequence[str], rows: Sequence[Sequence[str]], out: Text
 
 def _create(ctl: SyncController, args: argparse.Namespace) -> dict[str, Any]:
     command = [*args.argv, *args.after_dashes]
-    mounts: list[Mount] = args.bind
+    mounts: list[Mount] = args.mounts
     options = SandboxOptions(
         command=command or None,
         env=dict(args.env),
@@ -342,6 +346,7 @@ def _create(ctl: SyncController, args: argparse.Namespace) -> dict[str, Any]:
         sim=dict(args.sim) or None,
         seccomp=args.seccomp,
         resources=_resources(args),
+        lifetime_secs=args.lifetime,
     )
     sandbox_id = ctl.create(
         args.sandbox_id,
@@ -375,6 +380,47 @@ def _resources(args: argparse.Namespace) -> Resources | None:
         return None
     cpu_millis = None if args.cpus is None else round(args.cpus * 1000)
     return Resources(memory_bytes=args.memory, cpu_millis=cpu_millis, pids=args.pids)
+
+
+def _add_mounts(p: argparse.ArgumentParser) -> None:
+    """``--bind``, ``--tmpfs`` and ``--proc``: mounts of the sandbox's rootfs, in the order
+    given (a later one covers an earlier one)."""
+    p.add_argument(
+        "--bind", type=_bind, action="append", dest="mounts", default=[],
+        metavar="SRC:DST[:ro|rw]", help="bind mount into the sandbox's rootfs (bwrap; repeatable)",
+    )  # fmt: skip
+    p.add_argument(
+        "--tmpfs", type=_tmpfs, action="append", dest="mounts", metavar="DST",
+        help="a fresh tmpfs at DST (bwrap; repeatable)",
+    )  # fmt: skip
+    p.add_argument(
+        "--proc", type=_proc, action="append", dest="mounts", metavar="DST",
+        help="the sandbox's own /proc at DST (bwrap; repeatable)",
+    )  # fmt: skip
+
+
+def _target(spec: str) -> str:
+    if not spec.startswith("/"):
+        raise argparse.ArgumentTypeError(f"expected an absolute path, got {spec!r}")
+    return spec
+
+
+def _tmpfs(spec: str) -> Mount:
+    return Mount(type="tmpfs", source="tmpfs", target=_target(spec))
+
+
+def _proc(spec: str) -> Mount:
+    return Mount(type="proc", source="proc", target=_target(spec))
+
+
+def _lifetime(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text}")
+    return value
 
 
 def _bind(spec: str) -> Mount:

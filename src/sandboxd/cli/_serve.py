@@ -36,6 +36,7 @@ from ..runtime import (
     Controller,
     SandboxStore,
     StoreCorrupt,
+    preferred_sandboxer,
 )
 
 log = logging.getLogger("sandboxd")
@@ -185,8 +186,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--default-sandboxer",
-        default=DEFAULT_SANDBOXER,
-        help=f"sandboxer used when Create names none (default {DEFAULT_SANDBOXER})",
+        default=None,
+        help="sandboxer used when Create names none (default: bwrap where bubblewrap can "
+        f"run here, else {DEFAULT_SANDBOXER}, which isolates nothing; the daemon logs which "
+        "at start)",
     )
     serve.add_argument(
         "--max-log-bytes",
@@ -217,7 +220,7 @@ def _parser() -> argparse.ArgumentParser:
 async def _serve(
     socket_path: str,
     state_dir: str,
-    sandboxer: str,
+    sandboxer: str | None,
     store: SandboxStore,
     server_options: Mapping[str, Any],
     ready_fd: int | None = None,
@@ -237,6 +240,9 @@ async def _serve(
             log.info("sandboxer %s: available", backend.name)
         else:
             log.warning("sandboxer %s: unavailable: %s", backend.name, reason)
+    if sandboxer is None:
+        sandboxer = preferred_sandboxer(backends)
+    log.info("default sandboxer: %s", sandboxer)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             controller: Controller = await nursery.start(

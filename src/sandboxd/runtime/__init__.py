@@ -7,6 +7,7 @@ from ._controller import (
     Controller,
     default_backends,
     open_controller,
+    preferred_sandboxer,
 )
 from ._events import EventBus, Subscription
 from ._exec import MAX_EXEC_SYNC_OUTPUT, ExecSession
@@ -56,4 +57,5 @@ __all__ = [
     "default_backends",
     "mermaid_diagram",
     "open_controller",
+    "preferred_sandboxer",
 ]

@@ -1,10 +1,10 @@
 """The actor: one trio task per sandbox, the only code that changes that sandbox.
 
-Calls reach the actor as messages in its mailbox; the backend's exit report and the stop
-grace timer reach it the same way.  The actor drains its mailbox in batches, looks every
-input up in the lifecycle table and carries out the effect.  Nothing it does waits on the
-sandbox's process: a Stop signals and arms a timer, a Wait parks its caller, an exit is an
-event.  So queries keep answering while a Stop is in progress.
+Calls reach the actor as messages in its mailbox; the backend's exit report, the stop grace
+timer and the lifetime timer reach it the same way.  The actor drains its mailbox in
+batches, looks every input up in the lifecycle table and carries out the effect.  Nothing it
+does waits on the sandbox's process: a Stop signals and arms a timer, a Wait parks its
+caller, an exit is an event.  So queries keep answering while a Stop is in progress.
 
 The actor also owns the sandbox's execs (see :mod:`._exec`): it accepts or refuses each one
 by the table, runs it in a task of its own, signals it with the sandbox, kills it when the
@@ -40,6 +40,7 @@ from .._errors import (
     Unavailable,
 )
 from .._models import (
+    REASON_LIFETIME_EXPIRED,
     TOPIC_CREATE,
     TOPIC_DELETE,
     TOPIC_EXEC_EXIT,
@@ -137,6 +138,13 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _wall_clock(deadline: float) -> float | None:
+    """A trio-clock deadline as wall-clock epoch seconds (None for none)."""
+    if deadline == math.inf:
+        return None
+    return time.time() + (deadline - trio.current_time())
+
+
 @final
 class SandboxActor:
     """Owns one sandbox: its phase, its process, its execs, and everyone waiting on it.
@@ -153,6 +161,7 @@ class SandboxActor:
         "_exec_serial",
         "_execs",
         "_exit_held",
+        "_expire_deadline",
         "_held",
         "_kill_deadline",
         "_launch",
@@ -172,6 +181,7 @@ class SandboxActor:
         "phase",
         "pid",
         "process",
+        "reason",
         "sandbox_id",
         "spec",
         "started_at",
@@ -188,6 +198,8 @@ class SandboxActor:
         self.exit_status: int | None = None
         #: False when exit_status is a stand-in: the process ended unobserved (a restart).
         self.exit_known = True
+        #: Why the runtime ended the sandbox on its own (``lifetime_expired``), if it did.
+        self.reason: str | None = None
         self.process: SandboxProcess | None = None
         #: What the sandbox's init wrote (None without a log directory).
         self.output: SandboxOutput | None = (
@@ -199,6 +211,8 @@ class SandboxActor:
         # The actor's task while it waits for its mailbox.
         self._sleeping: trio.lowlevel.Task | None = None
         self._kill_deadline = math.inf
+        # When the sandbox's lifetime runs out (trio time; armed once it is ready).
+        self._expire_deadline = math.inf
         # The reply of the input being carried out across an await (a Start's spawn).
         self._current: Reply | None = None
         # The last published status, rebuilt on demand after the actor's next step.
@@ -244,7 +258,8 @@ class SandboxActor:
                 )
         if self.started_at is not None:
             info["started_at"] = self.started_at.isoformat()
-        self._add_exit_reason(info)
+        if self.reason is not None:
+            info["reason"] = self.reason
         if verbose and self.process is not None:
             info.update(self.process.info())
             if self.output is not None and self.process.output is not None:
@@ -261,12 +276,6 @@ class SandboxActor:
             self._snapshot = status
         return status
 
-    def _add_exit_reason(self, info: dict[str, str]) -> None:
-        """``reason`` (``oom_killed``) once the sandbox ended for a reason its backend
-        knows."""
-        if self.exit_status is not None and (reason := exit_reason(self.process)) is not None:
-            info["reason"] = reason
-
     def post(self, input: Input, arg: Any = None, reply: Reply | None = None) -> None:
         """Queue an input for the actor; ``reply`` gets the answer.  Never blocks; safe from
         any task of the controller's trio run.
@@ -282,17 +291,18 @@ class SandboxActor:
             trio.lowlevel.reschedule(task)
 
     async def _sleep(self) -> None:
-        """Wait for the mailbox (until the kill deadline, if one is armed)."""
+        """Wait for the mailbox (until the kill or the lifetime deadline, if one is armed)."""
         self._sleeping = trio.lowlevel.current_task()
 
         def abort(_: Any) -> trio.lowlevel.Abort:
             self._sleeping = None
             return trio.lowlevel.Abort.SUCCEEDED
 
-        if self._kill_deadline == math.inf:
+        deadline = min(self._kill_deadline, self._expire_deadline)
+        if deadline == math.inf:
             await trio.lowlevel.wait_task_rescheduled(abort)
         else:
-            with trio.move_on_at(self._kill_deadline):
+            with trio.move_on_at(deadline):
                 await trio.lowlevel.wait_task_rescheduled(abort)
 
     def _on_exit(self, status: int) -> None:
@@ -314,6 +324,10 @@ class SandboxActor:
                 if self._kill_deadline <= trio.current_time():
                     self._kill_deadline = math.inf
                     self._apply(Input.STOP_GRACE_EXPIRED, None, None)
+                    self._snapshot = None
+                if self._expire_deadline <= trio.current_time():
+                    self._expire_deadline = math.inf
+                    self._apply(Input.LIFETIME_EXPIRED, None, None)
                     self._snapshot = None
                 while mailbox:
                     input, arg, reply = mailbox.popleft()
@@ -425,10 +439,6 @@ class SandboxActor:
     def record(self) -> SandboxRecord:
         """What the store keeps of this sandbox, as of the actor's last step."""
         process = self.process
-        if self._kill_deadline == math.inf:
-            kill_at = None
-        else:  # the pending SIGKILL's deadline, as wall-clock epoch seconds
-            kill_at = time.time() + (self._kill_deadline - trio.current_time())
         return SandboxRecord(
             spec=self.spec,
             phase=self.phase.value,
@@ -439,7 +449,9 @@ class SandboxActor:
             exited_at=self.exited_at,
             exit_status=self.exit_status,
             exit_known=self.exit_known,
-            kill_at=kill_at,
+            kill_at=_wall_clock(self._kill_deadline),
+            expire_at=_wall_clock(self._expire_deadline),
+            reason=self.reason,
         )
 
     def restore(self, record: SandboxRecord) -> bool:
@@ -455,6 +467,7 @@ class SandboxActor:
         self.created_at = record.created_at
         self.started_at = record.started_at
         self.pid = record.pid
+        self.reason = record.reason
         phase = Phase(record.phase)
         if phase is Phase.CREATED and record.pid > 0:
             self._backend.discard(record.pid, record.identity)
@@ -501,6 +514,9 @@ class SandboxActor:
         if phase is Phase.STOPPING:
             left = 0.0 if record.kill_at is None else record.kill_at - time.time()
             self._kill_deadline = trio.current_time() + max(0.0, left)
+        elif phase is Phase.READY and record.expire_at is not None:
+            # Passed while the daemon was down: it fires at the actor's first step.
+            self._arm_lifetime(record.expire_at - time.time())
         elif phase is Phase.SHUTTING_DOWN:
             process.signal(_SIGKILL)
         return True
@@ -588,11 +604,9 @@ class SandboxActor:
                     self._answer(reply, None)
             case Effect.TERMINATE:
                 grace = self._context.stop_timeout if arg is None else float(arg)
-                self.phase = next_phase
-                self._dirty = True
-                self._park_stop(reply)
-                self._arm_kill(grace)
-                crash_at("stop:signalled")
+                self._terminate(next_phase, reply, grace)
+            case Effect.EXPIRE:
+                self._expire(next_phase)
             case Effect.JOIN_STOP:
                 self._park_stop(reply)
                 if arg is not None and self.phase is Phase.STOPPING:
@@ -667,6 +681,7 @@ class SandboxActor:
         self.started_at = _now()
         self.phase = transition.next_phase
         self._dirty = True
+        self._arm_lifetime(self.spec.options.lifetime_secs)
         log.debug("sandbox %s: started, pid %d", self.sandbox_id, self.pid)
         self._context.publish(SandboxEvent(TOPIC_START, self.sandbox_id, self.started_at))
         if reply is not None:
@@ -798,6 +813,25 @@ class SandboxActor:
                 self._signal(_SIGTERM)
             self._kill_deadline = deadline
 
+    def _terminate(self, next_phase: Phase, reply: Reply | None, grace: float) -> None:
+        """Stop the sandbox: SIGTERM, SIGKILL ``grace`` seconds later; park ``reply``."""
+        self.phase = next_phase
+        self._dirty = True
+        self._park_stop(reply)
+        self._arm_kill(grace)
+        crash_at("stop:signalled")
+
+    def _arm_lifetime(self, seconds: float | None) -> None:
+        """Expire the sandbox ``seconds`` from now (None: never)."""
+        if seconds is not None:
+            self._expire_deadline = trio.current_time() + max(0.0, seconds)
+
+    def _expire(self, next_phase: Phase) -> None:
+        """The lifetime ran out: stop as a Stop with the default timeout does."""
+        log.info("sandbox %s: its lifetime ran out; stopping it", self.sandbox_id)
+        self.reason = REASON_LIFETIME_EXPIRED
+        self._terminate(next_phase, None, self._context.stop_timeout)
+
     def _park_stop(self, reply: Reply | None) -> None:
         if reply is not None:
             self._stop_parked = _park(self._stop_parked, reply)
@@ -815,17 +849,16 @@ class SandboxActor:
         self.exited_at = _now()
         self.phase = next_phase
         self._kill_deadline = math.inf
+        self._expire_deadline = math.inf
         self._finish_output()
         if self.process is not None:
             self.process.cleanup()
+        # What killed it, when its backend knows (the OOM killer), else the runtime's reason.
+        self.reason = exit_reason(self.process) or self.reason
         log.debug("sandbox %s: exited with status %d", self.sandbox_id, status)
         self._context.publish(
             SandboxEvent(
-                TOPIC_EXIT,
-                self.sandbox_id,
-                self.exited_at,
-                exit_status=status,
-                reason=exit_reason(self.process),
+                TOPIC_EXIT, self.sandbox_id, self.exited_at, exit_status=status, reason=self.reason
             )
         )
         exit_status = self._exit()

@@ -56,6 +56,7 @@ log = logging.getLogger("sandboxd.runtime")
 
 #: Seconds between SIGTERM and SIGKILL when Stop gives no ``timeout_secs``.
 DEFAULT_STOP_TIMEOUT: Final = 10.0
+#: The default sandboxer where bubblewrap cannot run (see :func:`preferred_sandboxer`).
 DEFAULT_SANDBOXER: Final = "process"
 DEFAULT_MAX_SANDBOXES: Final = 100_000
 
@@ -83,6 +84,16 @@ def _metrics(
         memory_peak_bytes=None if counters is None else counters.memory_peak_bytes,
         oom_kills=None if counters is None else counters.oom_kills,
     )
+
+
+def preferred_sandboxer(backends: Iterable[Backend]) -> str:
+    """The sandboxer a Controller uses when Create names none and it was given no default:
+    ``bwrap`` if it is among ``backends`` and bubblewrap can run here (namespaces isolate the
+    sandbox), else :data:`DEFAULT_SANDBOXER` (``process``, which isolates nothing)."""
+    for backend in backends:
+        if backend.name == "bwrap" and backend.unavailable_reason() is None:
+            return "bwrap"
+    return DEFAULT_SANDBOXER
 
 
 @final
@@ -120,7 +131,7 @@ class Controller:
         self,
         backends: Iterable[Backend] | None = None,
         *,
-        default_sandboxer: str = DEFAULT_SANDBOXER,
+        default_sandboxer: str | None = None,
         stop_timeout: float = DEFAULT_STOP_TIMEOUT,
         max_sandboxes: int = DEFAULT_MAX_SANDBOXES,
         subscriber_buffer: int = DEFAULT_SUBSCRIBER_BUFFER,
@@ -131,7 +142,12 @@ class Controller:
         self._backends: dict[str, Backend] = {
             b.name: b for b in (default_backends(log_dir) if backends is None else backends)
         }
-        self.default_sandboxer = default_sandboxer
+        #: The sandboxer of a Create that names none (by default :func:`preferred_sandboxer`).
+        self.default_sandboxer = (
+            preferred_sandboxer(self._backends.values())
+            if default_sandboxer is None
+            else default_sandboxer
+        )
         #: Seconds between SIGTERM and SIGKILL for a Stop that gives no timeout (read when
         #: :meth:`run` starts).
         self.stop_timeout = stop_timeout

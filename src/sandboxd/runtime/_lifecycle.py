@@ -13,8 +13,9 @@ Something happens to a sandbox in exactly two ways, both an :class:`Input`:
 
 * a **call** of the Controller contract (Start, Stop, Wait, Status, ...), and
 * an **event** its backend or its own timer reports: the init process exited
-  (``PROCESS_EXITED``), the grace period of a Stop ran out (``STOP_GRACE_EXPIRED``), or one
-  of its execs was reaped (``EXEC_EXITED``).
+  (``PROCESS_EXITED``), the grace period of a Stop ran out (``STOP_GRACE_EXPIRED``), the
+  sandbox has been ready for its ``lifetime_secs`` (``LIFETIME_EXPIRED``), or one of its
+  execs was reaped (``EXEC_EXITED``).
 
 For every ``(phase, input)`` pair, :data:`TRANSITIONS` names either a :class:`Transition` --
 the :class:`Effect` the actor carries out and the phase it moves to -- or a :class:`Refusal`,
@@ -35,6 +36,12 @@ Blocking calls do not block the actor.  Wait in a phase before ``STOPPED`` *park
 recorded (``TERMINATE``, ``JOIN_STOP``); Shutdown kills and parks until the sandbox is gone
 (``KILL_FOR_SHUTDOWN``, ``JOIN_SHUTDOWN``).  ``RECORD_EXIT`` wakes everyone parked on the exit;
 ``RECORD_EXIT_AND_REMOVE`` also completes the Shutdown.
+
+Lifetimes.  A sandbox created with ``lifetime_secs`` arms a second timer when it becomes
+``ready``; when it fires in ``ready``, ``EXPIRE`` stops the sandbox exactly as a Stop with
+the default timeout would (SIGTERM, the grace, SIGKILL), with no caller to answer, and
+records why (``reason: lifetime_expired``).  Anywhere else it is stale: a Stop, a Shutdown
+or the process's own exit came first.  Its deadline is recorded, so it survives a restart.
 
 Execs.  ``EXEC`` (run a command in the sandbox; reading and writing its files are checked
 against the same entries) is legal only in ``ready``: anywhere else it is FAILED_PRECONDITION
@@ -106,6 +113,7 @@ class Input(enum.Enum):
     # Events.
     PROCESS_EXITED = "process_exited"
     STOP_GRACE_EXPIRED = "stop_grace_expired"
+    LIFETIME_EXPIRED = "lifetime_expired"
     EXEC_EXITED = "exec_exited"
 
     __hash__ = object.__hash__  # as Phase's
@@ -115,7 +123,9 @@ class Input(enum.Enum):
         return self in _EVENTS
 
 
-_EVENTS: Final = frozenset({Input.PROCESS_EXITED, Input.STOP_GRACE_EXPIRED, Input.EXEC_EXITED})
+_EVENTS: Final = frozenset(
+    {Input.PROCESS_EXITED, Input.STOP_GRACE_EXPIRED, Input.LIFETIME_EXPIRED, Input.EXEC_EXITED}
+)
 CALLS: Final = tuple(i for i in Input if i not in _EVENTS)
 EVENTS: Final = tuple(i for i in Input if i in _EVENTS)
 
@@ -135,6 +145,9 @@ class Effect(enum.Enum):
     PARK_WAITER = "park_waiter"
     #: The grace period ran out: SIGKILL.
     KILL = "kill"
+    #: The lifetime ran out: record the reason, then as TERMINATE with the default timeout,
+    #: nobody to answer.
+    EXPIRE = "expire"
     #: Record the exit status, clean up leftovers, wake everyone parked on the exit.
     RECORD_EXIT = "record_exit"
     #: SIGKILL and park the caller until the sandbox is gone.
@@ -209,6 +222,7 @@ TRANSITIONS: Final[Mapping[tuple[Phase, Input], Transition | Refusal]] = {
     (_P.CREATED, _I.EXEC): _not_ready("created"),
     (_P.CREATED, _I.PROCESS_EXITED): _T(_E.IGNORE, _P.CREATED),
     (_P.CREATED, _I.STOP_GRACE_EXPIRED): _T(_E.IGNORE, _P.CREATED),
+    (_P.CREATED, _I.LIFETIME_EXPIRED): _T(_E.IGNORE, _P.CREATED),
     (_P.CREATED, _I.EXEC_EXITED): _T(_E.RECORD_EXEC_EXIT, _P.CREATED),
     # -- ready: the init process runs.
     (_P.READY, _I.CREATE): _EXISTS,
@@ -223,6 +237,7 @@ TRANSITIONS: Final[Mapping[tuple[Phase, Input], Transition | Refusal]] = {
     (_P.READY, _I.EXEC): _T(_E.START_EXEC, _P.READY),
     (_P.READY, _I.PROCESS_EXITED): _T(_E.RECORD_EXIT, _P.STOPPED),
     (_P.READY, _I.STOP_GRACE_EXPIRED): _T(_E.IGNORE, _P.READY),
+    (_P.READY, _I.LIFETIME_EXPIRED): _T(_E.EXPIRE, _P.STOPPING),
     (_P.READY, _I.EXEC_EXITED): _T(_E.RECORD_EXEC_EXIT, _P.READY),
     # -- stopping: signalled, waiting for the init process to end.
     (_P.STOPPING, _I.CREATE): _EXISTS,
@@ -237,6 +252,7 @@ TRANSITIONS: Final[Mapping[tuple[Phase, Input], Transition | Refusal]] = {
     (_P.STOPPING, _I.EXEC): _not_ready("stopping"),
     (_P.STOPPING, _I.PROCESS_EXITED): _T(_E.RECORD_EXIT, _P.STOPPED),
     (_P.STOPPING, _I.STOP_GRACE_EXPIRED): _T(_E.KILL, _P.STOPPING),
+    (_P.STOPPING, _I.LIFETIME_EXPIRED): _T(_E.IGNORE, _P.STOPPING),
     (_P.STOPPING, _I.EXEC_EXITED): _T(_E.RECORD_EXEC_EXIT, _P.STOPPING),
     # -- stopped: the exit status is known.  A sandbox is never started twice.
     (_P.STOPPED, _I.CREATE): _EXISTS,
@@ -251,6 +267,7 @@ TRANSITIONS: Final[Mapping[tuple[Phase, Input], Transition | Refusal]] = {
     (_P.STOPPED, _I.EXEC): _not_ready("stopped"),
     (_P.STOPPED, _I.PROCESS_EXITED): _T(_E.IGNORE, _P.STOPPED),
     (_P.STOPPED, _I.STOP_GRACE_EXPIRED): _T(_E.IGNORE, _P.STOPPED),
+    (_P.STOPPED, _I.LIFETIME_EXPIRED): _T(_E.IGNORE, _P.STOPPED),
     (_P.STOPPED, _I.EXEC_EXITED): _T(_E.RECORD_EXEC_EXIT, _P.STOPPED),
     # -- shutting down: killed by Shutdown, removed once the exit is recorded.
     (_P.SHUTTING_DOWN, _I.CREATE): _EXISTS,
@@ -265,6 +282,7 @@ TRANSITIONS: Final[Mapping[tuple[Phase, Input], Transition | Refusal]] = {
     (_P.SHUTTING_DOWN, _I.EXEC): _not_ready("shutting down"),
     (_P.SHUTTING_DOWN, _I.PROCESS_EXITED): _T(_E.RECORD_EXIT_AND_REMOVE, _P.GONE),
     (_P.SHUTTING_DOWN, _I.STOP_GRACE_EXPIRED): _T(_E.IGNORE, _P.SHUTTING_DOWN),
+    (_P.SHUTTING_DOWN, _I.LIFETIME_EXPIRED): _T(_E.IGNORE, _P.SHUTTING_DOWN),
     (_P.SHUTTING_DOWN, _I.EXEC_EXITED): _T(_E.RECORD_EXEC_EXIT, _P.SHUTTING_DOWN),
     # -- gone: removed.  Calls that were already on their way get NOT_FOUND.
     (_P.GONE, _I.CREATE): _GONE,
@@ -279,6 +297,7 @@ TRANSITIONS: Final[Mapping[tuple[Phase, Input], Transition | Refusal]] = {
     (_P.GONE, _I.EXEC): _GONE,
     (_P.GONE, _I.PROCESS_EXITED): _T(_E.IGNORE, _P.GONE),
     (_P.GONE, _I.STOP_GRACE_EXPIRED): _T(_E.IGNORE, _P.GONE),
+    (_P.GONE, _I.LIFETIME_EXPIRED): _T(_E.IGNORE, _P.GONE),
     (_P.GONE, _I.EXEC_EXITED): _T(_E.IGNORE, _P.GONE),
 }
 

@@ -84,6 +84,10 @@ class SandboxRecord:
     exit_known: bool = True
     #: Wall-clock time of a pending SIGKILL of a Stop in progress, as epoch seconds.
     kill_at: float | None = None
+    #: Wall-clock time the sandbox's lifetime runs out, as epoch seconds (while ready).
+    expire_at: float | None = None
+    #: Why the runtime ended the sandbox on its own (``lifetime_expired``), if it did.
+    reason: str | None = None
 
 
 def _from_time(value: float | None) -> datetime | None:
@@ -108,6 +112,7 @@ def encode_spec(spec: SandboxSpec) -> str:
                 "seccomp": options.seccomp
                 if options.seccomp is None or isinstance(options.seccomp, str)
                 else dict(options.seccomp),
+                "lifetime_secs": options.lifetime_secs,
             },
             "rootfs": [
                 {
@@ -144,7 +149,8 @@ def encode_record(record: SandboxRecord, spec_json: str | None = None) -> str:
         f'"exited_at": {"null" if exited_at is None else repr(exited_at.timestamp())}, '
         f'"exit_status": {_number(record.exit_status)}, '
         f'"exit_known": {"true" if record.exit_known else "false"}, '
-        f'"kill_at": {_number(record.kill_at)}}}'
+        f'"kill_at": {_number(record.kill_at)}, "expire_at": {_number(record.expire_at)}, '
+        f'"reason": {"null" if record.reason is None else json.dumps(record.reason)}}}'
     )
 
 
@@ -177,6 +183,9 @@ def decode_record(text: str) -> SandboxRecord:
         exit_status=document["exit_status"],
         exit_known=document["exit_known"],
         kill_at=document["kill_at"],
+        # Absent from the records of earlier versions.
+        expire_at=document.get("expire_at"),
+        reason=document.get("reason"),
     )
 
 

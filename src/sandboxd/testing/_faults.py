@@ -53,6 +53,7 @@ def sim_faults(
     stop_delay: float | None = None,
     exec_error: str | None = None,
     exec_delay: float | None = None,
+    lifetime_secs: float | None = None,
 ) -> SandboxOptions:
     """Create options for a ``sim`` sandbox with these faults:
 
@@ -68,6 +69,9 @@ def sim_faults(
       meanwhile overtakes it);
     - ``exec_error``: every Exec in it fails to start (FAILED_PRECONDITION carrying this
       text), after ``exec_delay`` seconds (an exec always takes ``exec_delay`` to start).
+
+    ``lifetime_secs`` is the sandbox's lifetime (not a fault: a Create option of every
+    sandboxer).
 
     Raises :class:`~sandboxd.InvalidArgument` naming the setting, as Create would.  Use with
     ``sandboxer="sim"``: ``await ctl.create("a", sandboxer="sim", options=sim_faults(...))``.
@@ -88,7 +92,7 @@ def sim_faults(
     if ignore_sigterm:
         sim["ignore_sigterm"] = True
     _settings(sim)
-    return SandboxOptions(sim=sim or None)
+    return SandboxOptions(sim=sim or None, lifetime_secs=lifetime_secs)
 
 
 def sim_behaviour(create_args: Mapping[str, Any]) -> ProcessBehaviour:
@@ -116,6 +120,7 @@ def sim_behaviour(create_args: Mapping[str, Any]) -> ProcessBehaviour:
         start_fails="start_error" in sim,
         exec_delay=float(sim.get("exec_delay", 0)),
         exec_fails="exec_error" in sim,
+        lifetime=getattr(options, "lifetime_secs", None),
     )
 
 
@@ -208,13 +213,15 @@ def process_behaviour(create_args: Mapping[str, Any]) -> ProcessBehaviour:
     a SIGKILL (137) is what ends it otherwise, so the model accepts either.
     """
     options = create_args.get("options")
+    lifetime = getattr(options, "lifetime_secs", None)
     if getattr(options, "command", None) is None:
-        return ProcessBehaviour(sigterm_exit_status=0, signals_race=True)
+        return ProcessBehaviour(sigterm_exit_status=0, signals_race=True, lifetime=lifetime)
     faults = process_faults_of(options) or {}
     return ProcessBehaviour(
         sigterm_exit_status=SIGTERM_STATUS,
         signals_race=True,
         own_exit_status=faults.get("exit_code"),
+        lifetime=lifetime,
     )
 
 

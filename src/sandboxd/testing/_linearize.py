@@ -16,9 +16,9 @@ linearizable iff each sandbox's sub-history is: the checker takes them one id at
 For one sandbox it runs a Wing & Gong search: from the model state and the set of operations
 already linearized, try every operation that may go next -- one whose real-time predecessors
 have all completed -- and every event that may happen next (the exit of a process a signal
-ended, the expiry of a grace timer), keep the moves whose outcomes match the history, and
-memoise the ``(model state, linearized set)`` pairs already explored.  A call that waits
-(Wait before the exit, Stop while the process runs, Shutdown) is *parked* at its
+ended, the expiry of a grace or lifetime timer), keep the moves whose outcomes match the
+history, and memoise the ``(model state, linearized set)`` pairs already explored.  A call
+that waits (Wait before the exit, Stop while the process runs, Shutdown) is *parked* at its
 linearization point and completes at the step that wakes it, so both points lie in its
 ``[start, end]``; operations that began after it ended wait for that step.
 
@@ -27,10 +27,10 @@ while calls run), the order in which one :class:`HistoryRecorder` saw calls begi
 (:attr:`Operation.order`).  Each step of a linearization also has a time, never decreasing:
 a call takes effect between its start and its end (an answered one within the model's
 tolerance of its end, a parked one when it reaches the sandbox, within the tolerance of its
-start, or right after a Start that kept the sandbox busy); a grace timer fires within its
-window; a SIGKILLed process's exit is recorded within the tolerance; and a woken call returns
-within the tolerance of the step that woke it.  So deadlines are checked with the outcomes
-(:class:`~sandboxd.testing.Timing`).
+start, or right after a Start that kept the sandbox busy); a grace or lifetime timer fires
+within its window; a SIGKILLed process's exit is recorded within the tolerance; and a woken
+call returns within the tolerance of the step that woke it.  So deadlines are checked with
+the outcomes (:class:`~sandboxd.testing.Timing`).
 
 An operation whose outcome is ``None`` (cancelled, lost, still pending) may have taken effect
 at any time after it began, or not at all, and its outcome is not checked.
@@ -280,6 +280,9 @@ class _Search:
             ends = [self._end(t) for t in [*sandbox.waiters, *sandbox.stoppers, *execs]]
             needed = max((end for end in ends if end != math.inf), default=-math.inf)
             return max(earliest, min(needed - self.tolerance, sandbox.kill_by))
+        if event is Input.LIFETIME_EXPIRED:
+            # A SIGTERM and a grace timer: the sooner, the more the grace leaves room for.
+            return max(now, sandbox.expire_at)
         at = now
         if event is Input.PROCESS_EXITED and execs and not woken:  # its execs are killed
             ends = [self._end(t) for t in execs]
@@ -309,7 +312,9 @@ class _Search:
             (ops[i].start_time for i in self.active if not done >> i & 1), default=math.inf
         )
         if sandbox is not None:
-            horizon = min(horizon, deadline, sandbox.kill_at, *_exec_timers(sandbox))
+            horizon = min(
+                horizon, deadline, sandbox.kill_at, sandbox.expire_at, *_exec_timers(sandbox)
+            )
         progress = True
         while progress:
             progress = False
@@ -359,9 +364,13 @@ class _Search:
                 elif step.reply != op.outcome:
                     continue
                 else:  # an answered call takes effect by its end (a Start's spawn)
-                    at = self._answered_at(i, now)
-                    if at > deadline:
+                    effective = self._answered_at(i, now)
+                    if effective > deadline:
                         continue
+                    if effective != at and op.call == "start":
+                        # A lifetime counts from when the Start took effect.
+                        step = self._step(sandbox, i, effective)
+                    at = effective
             elif step.sandbox == sandbox and not step.woken:
                 continue  # an unchecked operation that changes nothing here: pointless
             if at > now and op.call != "start":

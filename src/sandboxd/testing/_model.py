@@ -12,16 +12,20 @@ answers signals, and what time it is, are the model's own parameters.
 One sandbox is a :class:`SandboxModel`: an immutable, hashable value, so a checker can
 memoise on it.  A signal that ends the process makes the model remember the exit status the
 process *will* report (``dying``); the ``PROCESS_EXITED`` event that records it is a separate
-step, and so is the expiry of an armed grace timer (``STOP_GRACE_EXPIRED``).
+step, and so is the expiry of an armed grace timer (``STOP_GRACE_EXPIRED``) or of the
+lifetime of a ready sandbox created with one (``LIFETIME_EXPIRED``).
 :func:`pending_events` lists the events that may come next; a linearizability checker
 interleaves them with the calls, while the sequential :class:`ReferenceModel` lets a dying
 process die at once (what a sequential caller sees once its call has returned) and fires
-timers only when told (:meth:`ReferenceModel.expire_grace`).
+timers only when told (:meth:`ReferenceModel.expire_grace`,
+:meth:`ReferenceModel.expire_lifetime`).
 
 Time: each step is taken at a time ``now`` on the history's clock.  A Stop with a grace
 period ``T`` arms its timer for ``now + T`` (a second Stop's earlier deadline replaces it),
 which fires no earlier and, within :attr:`Timing.tolerance`, no later; a SIGKILLed process's
-exit must be recorded within the tolerance.  The sequential model keeps no time.
+exit must be recorded within the tolerance.  A Start of a sandbox with a lifetime ``L`` arms
+its lifetime timer for ``now + L`` in the same way; once it is no longer ``ready`` the timer
+no longer matters.  The sequential model keeps no time.
 
 Calls that wait (Wait before the exit, Stop or Shutdown while the process runs) *park* the
 caller under a ticket; the step that wakes it reports ``(ticket, outcome)``.  A sequential
@@ -310,6 +314,8 @@ class ProcessBehaviour:
     whose start is under way when the process exits fails with FAILED_PRECONDITION.
     ``exec_fails``: every exec fails so, once its start has taken ``exec_delay`` (a sim
     sandbox's ``exec_error``).
+
+    ``lifetime``: the sandbox's ``options.lifetime_secs`` (``None``: it has none).
     """
 
     sigterm_exit_status: int | None = SIGTERM_STATUS
@@ -318,6 +324,7 @@ class ProcessBehaviour:
     start_fails: bool = False
     exec_delay: float = 0.0
     exec_fails: bool = False
+    lifetime: float | None = None
 
 
 @final
@@ -478,9 +485,10 @@ class SandboxModel:
     ``dying`` holds the exit statuses its process may still report because a signal ended it
     (in the order the signals were sent); a SIGKILLed process's exit must be recorded by
     ``due``.  A Stop's grace timer is armed while ``kill_at`` is finite: it fires no earlier
-    than ``kill_at`` and no later than ``kill_by``.  ``waiters``, ``stoppers`` and
-    ``shutdowns`` are the tickets of parked Wait, Stop and Shutdown calls.  Times are on the
-    history's clock (``-inf``: the sequential model, which keeps no time).
+    than ``kill_at`` and no later than ``kill_by``; its lifetime timer, while ``expire_at`` is
+    finite, no earlier than ``expire_at`` and no later than ``expire_by``.  ``waiters``,
+    ``stoppers`` and ``shutdowns`` are the tickets of parked Wait, Stop and Shutdown calls.
+    Times are on the history's clock (``-inf``: the sequential model, which keeps no time).
 
     ``execs`` are the execs running in it (:class:`ExecModel`, in the order they started).
     When its process exits while execs run, they are SIGKILLed and the exit status is
@@ -501,6 +509,8 @@ class SandboxModel:
     shutdowns: frozenset[int] = frozenset()
     execs: tuple[ExecModel, ...] = ()
     held: int | None = None
+    expire_at: float = math.inf
+    expire_by: float = math.inf
 
     @property
     def alive(self) -> bool:
@@ -513,10 +523,15 @@ class SandboxModel:
         return self.kill_at != math.inf
 
     @property
+    def lifetime_armed(self) -> bool:
+        """Whether the lifetime's timer may still fire."""
+        return self.expire_at != math.inf
+
+    @property
     def deadline(self) -> float:
-        """The time by which the next forced event (a grace timer, a SIGKILLed process's
-        exit, an exec's end) must have happened: time cannot pass it before."""
-        return min(self.kill_by, self.due, *(run.deadline for run in self.execs))
+        """The time by which the next forced event (a grace or lifetime timer, a SIGKILLed
+        process's exit, an exec's end) must have happened: time cannot pass it before."""
+        return min(self.kill_by, self.expire_by, self.due, *(run.deadline for run in self.execs))
 
     @property
     def parked(self) -> frozenset[int]:
@@ -644,7 +659,7 @@ def _carry_out(
         sandbox = _signal_execs(sandbox, _SIGKILL, now, timing)
     after = sandbox if rule.then is None else attrs.evolve(sandbox, phase=rule.then)
     if rule.process is Process.SPAWNED:
-        after = attrs.evolve(after, started=True)
+        after = _arm_lifetime(attrs.evolve(after, started=True), now, timing)
     elif rule.process is Process.TERMINATED:
         after = _arm(after, grace, now, timing)
     elif rule.process is Process.EARLIER_DEADLINE:
@@ -652,6 +667,8 @@ def _carry_out(
             after = _arm(after, grace, now, timing)
     elif rule.process is Process.KILLED:
         after = _signal(_disarmed(after), _SIGKILL, now, timing)
+    if after.lifetime_armed and after.phase is not Phase.READY:
+        after = attrs.evolve(after, expire_at=math.inf, expire_by=math.inf)
     woken: _Woken = ()
     if rule.exit_recorded:
         code = 0 if rule.record in (Record.EXIT_0, Record.EXIT_0_REMOVED) else status
@@ -661,6 +678,16 @@ def _carry_out(
         assert not after.execs, "an exit is recorded once the execs have ended"
         return None, woken + tuple((t, Outcome.success(None)) for t in sorted(after.shutdowns))
     return after, woken
+
+
+def _arm_lifetime(sandbox: SandboxModel, now: float, timing: Timing) -> SandboxModel:
+    """A Start at ``now``: the lifetime's timer, if the sandbox has one."""
+    lifetime = sandbox.behaviour.lifetime
+    if lifetime is None:
+        return sandbox
+    return attrs.evolve(
+        sandbox, expire_at=now + lifetime, expire_by=_by(now, lifetime + timing.tolerance)
+    )
 
 
 def _stop_signal(sandbox: SandboxModel, grace: float | None) -> int | None:
@@ -823,9 +850,14 @@ def event_step(
     timing: Timing = _UNTIMED,
 ) -> Step:
     """An event at ``now`` on the sandbox: its process exited with ``status``
-    (``PROCESS_EXITED``) or the grace period of a Stop ran out (``STOP_GRACE_EXPIRED``)."""
+    (``PROCESS_EXITED``), the grace period of a Stop ran out (``STOP_GRACE_EXPIRED``), or its
+    lifetime did (``LIFETIME_EXPIRED``: a Stop with the default grace period)."""
+    grace = None
     if event is Input.STOP_GRACE_EXPIRED:
         sandbox = _disarmed(sandbox)
+    elif event is Input.LIFETIME_EXPIRED:
+        sandbox = attrs.evolve(sandbox, expire_at=math.inf, expire_by=math.inf)
+        grace = timing.stop_timeout
     elif event is Input.PROCESS_EXITED:
         if status is None:
             raise ValueError("PROCESS_EXITED needs the exit status")
@@ -840,14 +872,15 @@ def event_step(
         killed = _signal_execs(sandbox, _SIGKILL, now, timing)
         assert status is not None
         return Step(attrs.evolve(killed, held=status, dying=(), due=math.inf))
-    after, woken = _carry_out(sandbox, rule, status, None, now, timing)
+    after, woken = _carry_out(sandbox, rule, status, grace, now, timing)
     return Step(after, None, woken)
 
 
 def pending_events(sandbox: SandboxModel) -> tuple[tuple[Input, int | None], ...]:
     """The events that may happen next to the sandbox, as ``(event, status)``: the exit of a
     process a signal ended (one per status it may report), its exit on its own (if its
-    behaviour has an ``own_exit_status``), and the expiry of an armed grace timer."""
+    behaviour has an ``own_exit_status``), and the expiry of an armed grace or lifetime
+    timer."""
     events: list[tuple[Input, int | None]] = [(Input.PROCESS_EXITED, s) for s in sandbox.dying]
     own = sandbox.behaviour.own_exit_status
     if own is not None and sandbox.alive and own not in sandbox.dying:
@@ -855,6 +888,8 @@ def pending_events(sandbox: SandboxModel) -> tuple[tuple[Input, int | None], ...
         events.append((Input.PROCESS_EXITED, own))
     if sandbox.grace_armed:
         events.append((Input.STOP_GRACE_EXPIRED, None))
+    if sandbox.lifetime_armed:
+        events.append((Input.LIFETIME_EXPIRED, None))
     return tuple(events)
 
 
@@ -999,6 +1034,13 @@ class ReferenceModel:
         sandbox = self._sandboxes[sandbox_id]
         if sandbox.grace_armed:
             self._take(sandbox_id, event_step(sandbox, Input.STOP_GRACE_EXPIRED))
+            self._settle(sandbox_id)
+
+    def expire_lifetime(self, sandbox_id: str) -> None:
+        """The sandbox's lifetime ran out."""
+        sandbox = self._sandboxes[sandbox_id]
+        if sandbox.lifetime_armed:
+            self._take(sandbox_id, event_step(sandbox, Input.LIFETIME_EXPIRED, timing=self.timing))
             self._settle(sandbox_id)
 
     def _take(self, sandbox_id: str, step: Step) -> None:

@@ -146,6 +146,8 @@ def _sandboxctl(call: Call, sandbox_id: str) -> tuple[str, str]:
         if isinstance(options, SandboxOptions) and options.sim:
             for key, value in sorted(options.sim.items()):
                 words += ["--sim", f"{key}={json.dumps(value)}"]
+        if isinstance(options, SandboxOptions) and options.lifetime_secs is not None:
+            words += ["--lifetime", repr(options.lifetime_secs)]
         if isinstance(options, SandboxOptions) and options.command:
             words += ["--", *options.command]
     elif call.name == "stop":

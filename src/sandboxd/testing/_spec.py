@@ -24,7 +24,13 @@ is SIGKILLed by Shutdown, and is SIGKILLed when the sandbox's process exits for 
 each exec's caller gets its command's real exit status (128 + N for signal N), or
 ``timed_out`` when the exec's own timeout killed it.  The process's exit is recorded (and
 the calls parked on it answered) only once every exec has ended, so a Wait, Stop or Shutdown
-that returns leaves no exec behind; ``PROCESS_EXITED`` is that record.  An exec's end
+that returns leaves no exec behind; ``PROCESS_EXITED`` is that record.
+
+Lifetimes: a sandbox created with ``lifetime_secs`` that has been ``ready`` that long is
+stopped as a Stop with the default grace period stops it (``LIFETIME_EXPIRED``: SIGTERM to
+the process and the execs, SIGKILL when the grace ends), nobody being answered; its status
+and exit event then give ``reason: lifetime_expired``.  In any other state the lifetime no
+longer matters.  An exec's end
 (``EXEC_EXITED``) changes nothing else a caller sees.
 
 The states and inputs are named with the runtime's :class:`~sandboxd.runtime.Phase` and
@@ -198,6 +204,7 @@ SPEC: Final[Mapping[Phase, Mapping[Input, Expect]]] = {
         Input.SHUTDOWN: Expect(Caller.ANSWERED, None, record=Record.EXIT_0_REMOVED),
         Input.PROCESS_EXITED: _ignored(_CREATED),
         Input.STOP_GRACE_EXPIRED: _ignored(_CREATED),
+        Input.LIFETIME_EXPIRED: _ignored(_CREATED),
         **_execs(_CREATED),
     },
     # Ready: the process runs.
@@ -216,6 +223,9 @@ SPEC: Final[Mapping[Phase, Mapping[Input, Expect]]] = {
             Caller.NOBODY, _STOPPED, record=Record.EXIT, execs=Execs.KILLED
         ),
         Input.STOP_GRACE_EXPIRED: _ignored(_READY),
+        Input.LIFETIME_EXPIRED: Expect(
+            Caller.NOBODY, _STOPPING, Process.TERMINATED, execs=Execs.TERMINATED
+        ),
         **_execs(_READY),
     },
     # Stopping: signalled by a Stop, the process has not exited yet.
@@ -234,6 +244,7 @@ SPEC: Final[Mapping[Phase, Mapping[Input, Expect]]] = {
         Input.STOP_GRACE_EXPIRED: Expect(
             Caller.NOBODY, _STOPPING, Process.KILLED, execs=Execs.KILLED
         ),
+        Input.LIFETIME_EXPIRED: _ignored(_STOPPING),
         **_execs(_STOPPING),
     },
     # Stopped: the exit status is known; a sandbox runs once.
@@ -246,6 +257,7 @@ SPEC: Final[Mapping[Phase, Mapping[Input, Expect]]] = {
         Input.SHUTDOWN: Expect(Caller.ANSWERED, None, record=Record.REMOVED),
         Input.PROCESS_EXITED: _ignored(_STOPPED),
         Input.STOP_GRACE_EXPIRED: _ignored(_STOPPED),
+        Input.LIFETIME_EXPIRED: _ignored(_STOPPED),
         **_execs(_STOPPED),
     },
     # Shutting down: killed by Shutdown (reported as stopping), gone once the exit is in.
@@ -260,6 +272,7 @@ SPEC: Final[Mapping[Phase, Mapping[Input, Expect]]] = {
             Caller.NOBODY, None, record=Record.EXIT_REMOVED, execs=Execs.KILLED
         ),
         Input.STOP_GRACE_EXPIRED: _ignored(_SHUTTING_DOWN),
+        Input.LIFETIME_EXPIRED: _ignored(_SHUTTING_DOWN),
         **_execs(_SHUTTING_DOWN),
     },
 }

@@ -181,10 +181,23 @@ def sim_settings(
     return draw_settings()
 
 
-def create_options(**faults: Any) -> st.SearchStrategy[SandboxOptions | None]:
-    """Create options with ``sim`` faults (:func:`sim_settings` takes ``faults``), or
-    ``None`` for none."""
-    return sim_settings(**faults).map(lambda sim: SandboxOptions(sim=sim) if sim else None)
+def create_options(
+    *, lifetimes: Sequence[float] = (0.001, 0.004), **faults: Any
+) -> st.SearchStrategy[SandboxOptions | None]:
+    """Create options with ``sim`` faults (:func:`sim_settings` takes ``faults``) and, now and
+    then, a ``lifetime_secs`` drawn from ``lifetimes`` (seconds; ``()`` for none: a sequential
+    model cannot predict when one runs out), or ``None`` for neither."""
+    if not lifetimes:
+        return sim_settings(**faults).map(lambda sim: SandboxOptions(sim=sim) if sim else None)
+    lifetime = st.none() | st.none() | st.sampled_from(list(lifetimes))
+
+    def build(drawn: tuple[dict[str, Any], float | None]) -> SandboxOptions | None:
+        sim, seconds = drawn
+        if not sim and seconds is None:
+            return None
+        return SandboxOptions(sim=sim or None, lifetime_secs=seconds)
+
+    return st.tuples(sim_settings(**faults), lifetime).map(build)
 
 
 def process_options(
