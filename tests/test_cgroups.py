@@ -64,7 +64,8 @@ async def controller(manager: CgroupManager, watchdog: None) -> AsyncIterator[Co
 
 
 async def _run(controller: Controller, sid: str, resources: Resources | None, *cmd: str) -> int:
-    await controller.create(sid, options=SandboxOptions(command=cmd, resources=resources))
+    options = SandboxOptions(command=cmd, resources=resources)
+    await controller.create(sid, sandboxer="process", options=options)
     return (await controller.start(sid)).pid
 
 
@@ -237,8 +238,12 @@ async def test_resources_without_cgroups_are_failed_precondition() -> None:
     reason = "cgroups unavailable: no pids controller"
     async with open_controller(with_cgroups(default_backends(), None, reason)) as controller:
         with pytest.raises(FailedPrecondition, match="no pids controller"):
-            await controller.create("r", options=SandboxOptions(resources=Resources(pids=3)))
-        await controller.create("plain", options=SandboxOptions(command=("true",)))
+            await controller.create(
+                "r", sandboxer="process", options=SandboxOptions(resources=Resources(pids=3))
+            )
+        await controller.create(
+            "plain", sandboxer="process", options=SandboxOptions(command=("true",))
+        )
         await controller.start("plain")
         assert (await controller.wait("plain")).exit_status == 0
 
@@ -464,9 +469,11 @@ async def test_a_cgroup_that_cannot_be_made_fails_only_a_start_with_resources() 
     broken = CgroupManager(2, {"": "/proc/sandboxd-no-such-cgroup"})
     async with open_controller(with_cgroups(default_backends(), broken)) as controller:
         options = SandboxOptions(command=("true",), resources=Resources(pids=5))
-        await controller.create("limited", options=options)
+        await controller.create("limited", sandboxer="process", options=options)
         with pytest.raises(FailedPrecondition, match="cannot create the cgroup of sandbox"):
             await controller.start("limited")
-        await controller.create("plain", options=SandboxOptions(command=("true",)))
+        await controller.create(
+            "plain", sandboxer="process", options=SandboxOptions(command=("true",))
+        )
         await controller.start("plain")
         assert (await controller.wait("plain")).exit_status == 0
