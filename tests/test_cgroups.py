@@ -477,3 +477,36 @@ async def test_a_cgroup_that_cannot_be_made_fails_only_a_start_with_resources() 
         )
         await controller.start("plain")
         assert (await controller.wait("plain")).exit_status == 0
+
+
+@pytest.mark.parametrize("sandboxer", ["process", "bwrap"])
+async def test_a_backend_without_cgroups_refuses_limits_rather_than_drop_them(
+    sandboxer: str,
+) -> None:
+    async with open_controller(default_backends()) as controller:
+        options = SandboxOptions(command=("true",), resources=Resources(pids=5))
+        with pytest.raises(FailedPrecondition, match=r"options\.resources"):
+            await controller.create("nocg", sandboxer=sandboxer, options=options)
+
+
+@needs_cgroups
+async def test_an_embedded_controller_applies_limits_by_default(watchdog: None) -> None:
+    """A Controller given no backends puts its sandboxes in cgroups, as sandboxd serve does."""
+    async with open_controller() as controller:
+        options = SandboxOptions(command=("sleep", "1000"), resources=Resources(pids=7))
+        await controller.create("emb", sandboxer="process", options=options)
+        await controller.start("emb")
+        try:
+            info = (await controller.status("emb", verbose=True)).info
+            assert _pids_limits(info["cgroup"].split()) == ["7"]
+        finally:
+            await controller.shutdown("emb")
+
+
+def _pids_limits(directories: list[str]) -> list[str]:
+    """The ``pids.max`` of those of ``directories`` that have one."""
+    return [
+        Path(d, "pids.max").read_text().strip()
+        for d in directories
+        if os.path.exists(os.path.join(d, "pids.max"))
+    ]

@@ -61,6 +61,7 @@ from ._process import (
     check_env,
     launch,
     proc_usage,
+    refuse_resources,
     remove_output,
     reopen_output,
     same_process,
@@ -149,6 +150,7 @@ class BwrapBackend:
         """INVALID_ARGUMENT naming the field for: a bad mount (unknown type or option,
         relative target, missing source), a missing netns_path, a bad hostname, env or cwd,
         and an executable that cannot be found where the sandbox will look for it."""
+        refuse_resources(spec, "bwrap")
         if self._log_dir is not None:
             check_sandbox_id(spec.sandbox_id)
         options = spec.options

@@ -618,8 +618,11 @@ class CgroupBackend:
     def validate(self, spec: SandboxSpec) -> None:
         """The inner backend's checks; FailedPrecondition for resources that cannot be
         applied here."""
-        self._inner.validate(spec)
         resources = spec.options.resources
+        # The inner backend refuses limits it cannot apply; these are applied here.
+        self._inner.validate(
+            attrs.evolve(spec, options=attrs.evolve(spec.options, resources=None))
+        )
         if resources is not None:
             if self._cgroups is None:
                 raise FailedPrecondition(f"options.resources: {self._reason}")

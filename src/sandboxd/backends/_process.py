@@ -120,6 +120,7 @@ class ProcessBackend:
         seccomp filter was asked for.  Only stats a few files: never blocks for long.
         Passing says nothing of Start: the executable may be gone by then.
         """
+        refuse_resources(spec, "process")
         if spec.rootfs:
             raise InvalidArgument(
                 "rootfs: the process backend runs sandboxes on the host's filesystem and "
@@ -280,6 +281,17 @@ class ReadyPipe:
     def __exit__(self, *exc: object) -> None:
         self.close_write_end()
         os.close(self.read_fd)
+
+
+def refuse_resources(spec: SandboxSpec, backend: str) -> None:
+    """FailedPrecondition for ``options.resources`` given to a backend with no cgroups of its
+    own: limits asked for are never silently dropped (a :class:`CgroupBackend` applies
+    them, and checks the inner backend with none)."""
+    if spec.options.resources is not None:
+        raise FailedPrecondition(
+            f"options.resources: this {backend} sandboxer applies no limits: it was set up "
+            "without cgroups (sandboxd serve and a default Controller use them where they can)"
+        )
 
 
 def launch(

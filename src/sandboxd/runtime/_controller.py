@@ -43,6 +43,9 @@ from ..backends import (
     SandboxProcess,
     SimBackend,
     cgroup_counters,
+    detect_cgroups,
+    parent_name,
+    with_cgroups,
 )
 from ._actor import ActorContext, SandboxActor
 from ._events import DEFAULT_SUBSCRIBER_BUFFER, EventBus, Subscription
@@ -139,9 +142,12 @@ class Controller:
         log_dir: str | os.PathLike[str] | None = None,
         max_log_bytes: int = DEFAULT_MAX_LOG_BYTES,
     ) -> None:
-        self._backends: dict[str, Backend] = {
-            b.name: b for b in (default_backends(log_dir) if backends is None else backends)
-        }
+        if backends is None:
+            # Every sandbox in a cgroup of its own where cgroups can be used, as sandboxd
+            # serve does; elsewhere Create with resources says why not.
+            cgroups, described = detect_cgroups(parent_name(None))
+            backends = with_cgroups(default_backends(log_dir), cgroups, described)
+        self._backends: dict[str, Backend] = {b.name: b for b in backends}
         #: The sandboxer of a Create that names none (by default :func:`preferred_sandboxer`).
         self.default_sandboxer = (
             preferred_sandboxer(self._backends.values())
