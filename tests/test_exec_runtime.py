@@ -36,6 +36,7 @@ from sandboxd._models import (
 from sandboxd.backends import DEFAULT_PATH, SandboxProcess, SimBackend
 from sandboxd.backends._sim import SIM_PIPE_CAPACITY
 from sandboxd.runtime import MAX_EXEC_SYNC_OUTPUT, Controller
+from sandboxd.runtime._exec import exit_of
 from sim_controller import create, running, started, take
 
 KILLED = ExecExit(137, False, 9)
@@ -548,3 +549,11 @@ async def test_leaving_kills_a_command_blocked_on_a_pipe(
         assert execs(controller, "sb") == 0
         # The sandbox is unharmed.
         assert (await controller.exec_sync("sb", run("true"))).exit_status == 0
+
+
+def test_timed_out_only_when_the_timeouts_kill_ended_the_command() -> None:
+    """A command that ended on its own just as its timeout fired reports its own exit."""
+    assert exit_of(0, True) == ExecExit(0, False, None)
+    assert exit_of(-signal.SIGKILL, True) == ExecExit(137, True, signal.SIGKILL)
+    assert exit_of(-signal.SIGTERM, True) == ExecExit(143, False, signal.SIGTERM)
+    assert exit_of(-signal.SIGKILL, False) == ExecExit(137, False, signal.SIGKILL)

@@ -143,10 +143,13 @@ def check_window(rows: object, cols: object) -> None:
 
 
 def exit_of(returncode: int, timed_out: bool) -> ExecExit:
-    """A returncode as subprocess gives it (``-N``: signal N) as an exit of 128+N."""
+    """A returncode as subprocess gives it (``-N``: signal N) as an exit of 128+N.
+
+    ``timed_out`` holds only for a command the timeout's SIGKILL ended: one that ended on its
+    own as its timeout fired (the kill then finds it gone) reports its own exit."""
     if returncode < 0:
-        return ExecExit(128 - returncode, timed_out, -returncode)
-    return ExecExit(returncode, timed_out)
+        return ExecExit(128 - returncode, timed_out and returncode == -_SIGKILL, -returncode)
+    return ExecExit(returncode, False)
 
 
 @final
