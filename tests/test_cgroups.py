@@ -33,6 +33,10 @@ MIB = 1 << 20
 #: Real seconds a test may take before it is a hang.
 GUARD = 20
 
+#: The interpreter, by its real path: a venv under /tmp would be hidden by a bwrap
+#: sandbox's private /tmp.  Only the standard library is used inside.
+PYTHON = os.path.realpath(sys.executable)
+
 
 def _unavailable() -> str | None:
     if os.geteuid() != 0:
@@ -88,7 +92,7 @@ def test_detection_names_the_hierarchy_with_the_controllers(manager: CgroupManag
 async def test_a_memory_hog_is_oom_killed_and_says_so(controller: Controller) -> None:
     hog = "b = []\nwhile True: b.append(bytearray(8 << 20))"
     with controller.subscribe() as events:
-        await _run(controller, "hog", Resources(memory_bytes=64 * MIB), sys.executable, "-c", hog)
+        await _run(controller, "hog", Resources(memory_bytes=64 * MIB), PYTHON, "-c", hog)
         assert (await controller.wait("hog")).exit_status == 137
         status = await controller.status("hog")
         assert status.info["reason"] == "oom_killed"
@@ -104,7 +108,7 @@ async def test_a_memory_hog_in_bwrap_is_oom_killed_too(controller: Controller) -
         pytest.skip(why)
     hog = "b = []\nwhile True: b.append(bytearray(8 << 20))"
     options = SandboxOptions(
-        command=(sys.executable, "-c", hog), resources=Resources(memory_bytes=64 * MIB)
+        command=(PYTHON, "-c", hog), resources=Resources(memory_bytes=64 * MIB)
     )
     await controller.create("bhog", sandboxer="bwrap", options=options)
     await controller.start("bhog")
@@ -137,7 +141,7 @@ async def test_a_fork_bomb_stops_at_pids_and_the_sandbox_survives(
         "time.sleep(100)\n"
     )
     fifo = Fifo(tmp_path / "ready")
-    await _run(controller, "bomb", Resources(pids=20), sys.executable, "-c", bomb, str(fifo.path))
+    await _run(controller, "bomb", Resources(pids=20), PYTHON, "-c", bomb, str(fifo.path))
     made, failed = (int(n) for n in (await fifo.read_all()).split())
     assert made <= 19 and failed > 0
     metrics = await controller.metrics("bomb")
@@ -150,7 +154,7 @@ async def test_a_fork_bomb_stops_at_pids_and_the_sandbox_survives(
 @needs_cgroups
 async def test_a_cpu_hog_gets_its_share_and_no_more(controller: Controller) -> None:
     spin = "import time\nend = time.monotonic() + 1\nwhile time.monotonic() < end: pass"
-    await _run(controller, "cpu", Resources(cpu_millis=200), sys.executable, "-c", spin)
+    await _run(controller, "cpu", Resources(cpu_millis=200), PYTHON, "-c", spin)
     started = time.monotonic()
     # Metrics while it runs: read before the cgroup is removed at its exit.
     cpu_ns = 0
