@@ -5,6 +5,8 @@ The in-process :class:`Controller`, the :class:`RemoteController` (trio, over a 
 the others.  Everything not re-exported here is private to its layer.
 """
 
+from typing import TYPE_CHECKING, Final
+
 from ._errors import (
     Aborted,
     AlreadyExists,
@@ -25,6 +27,7 @@ from ._errors import (
     Unimplemented,
     Unknown,
 )
+from ._lazy import lazy_exports
 from ._models import (
     ExecExit,
     ExecOutput,
@@ -46,10 +49,26 @@ from ._models import (
 )
 from ._paths import default_socket_path, default_state_dir
 from ._version import PROTOCOL_VERSION, __version__
-from .api import RemoteController, SyncController, connect, serve_controller
-from .backends import Backend, BwrapBackend, ProcessBackend, SandboxProcess, SimBackend
-from .rpc import Limits, SocketInUseError
-from .runtime import Controller, Reply, Subscription, open_controller
+
+if TYPE_CHECKING:
+    from .api import RemoteController, SyncController, connect, serve_controller
+    from .backends import Backend, BwrapBackend, ProcessBackend, SandboxProcess, SimBackend
+    from .rpc import Limits, SocketInUseError
+    from .runtime import Controller, Reply, Subscription, open_controller
+
+# Names from the layers that run on trio load on first use, so that importing a trio-free
+# part of the package (the models, the errors, the asyncio client) does not import trio.
+_LAZY: Final = {
+    **dict.fromkeys(("RemoteController", "SyncController", "connect", "serve_controller"), ".api"),
+    **dict.fromkeys(
+        ("Backend", "BwrapBackend", "ProcessBackend", "SandboxProcess", "SimBackend"), ".backends"
+    ),
+    **dict.fromkeys(("Limits", "SocketInUseError"), ".rpc"),
+    **dict.fromkeys(("Controller", "Reply", "Subscription", "open_controller"), ".runtime"),
+}
+
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _LAZY)
+
 
 __all__ = [
     "PROTOCOL_VERSION",

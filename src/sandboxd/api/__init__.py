@@ -1,10 +1,29 @@
 """The sandboxd services: method tables, message conversion, clients."""
 
-from ._controller_service import CONTROLLER_SERVICE, controller_service, serve_controller
-from ._data_service import DataPlane
-from ._remote import RemoteController, RemoteExec, connect
-from ._runtime_service import RUNTIME_SERVICE, runtime_service
-from ._sync import SyncController, SyncExec
+from typing import TYPE_CHECKING, Final
+
+from .._lazy import lazy_exports
+from ._client_common import CONTROLLER_SERVICE, RUNTIME_SERVICE
+
+if TYPE_CHECKING:
+    from ._controller_service import controller_service, serve_controller
+    from ._data_service import DataPlane
+    from ._remote import RemoteController, RemoteExec, connect
+    from ._runtime_service import runtime_service
+    from ._sync import SyncController, SyncExec
+
+# Loaded on first use: the trio-free modules of this layer (the asyncio client) import
+# without importing trio.
+_LAZY: Final = {
+    **dict.fromkeys(("controller_service", "serve_controller"), "._controller_service"),
+    **dict.fromkeys(("DataPlane",), "._data_service"),
+    **dict.fromkeys(("RemoteController", "RemoteExec", "connect"), "._remote"),
+    **dict.fromkeys(("runtime_service",), "._runtime_service"),
+    **dict.fromkeys(("SyncController", "SyncExec"), "._sync"),
+}
+
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _LAZY)
+
 
 __all__ = [
     "CONTROLLER_SERVICE",

@@ -34,6 +34,7 @@ from ..rpc import (
 )
 from ..runtime import Controller, Subscription
 from ..wire import dumps
+from ._client_common import CONTROLLER_SERVICE, RUNTIME_SERVICE
 from ._convert import (
     check_fields,
     create_request,
@@ -49,9 +50,7 @@ from ._convert import (
     stop_request,
 )
 from ._data_service import DataPlane, data_plane_methods
-from ._runtime_service import RUNTIME_SERVICE, runtime_service
-
-CONTROLLER_SERVICE: Final = "sandboxd.v1.Controller"
+from ._runtime_service import runtime_service
 
 #: The empty message, encoded once: the answer of Stop, Shutdown and Ping.
 _EMPTY: Final = Encoded(dumps({}))

@@ -11,7 +11,7 @@ from typing import Any, Final, TypeVar, final
 
 import trio
 
-from .._errors import Internal, InvalidArgument
+from .._errors import Internal
 from .._models import (
     DEFAULT_EXEC_SYNC_OUTPUT,
     ExecExit,
@@ -32,20 +32,17 @@ from .._models import (
 from ..rpc import Client, StreamCall, open_client
 from ..wire import loads_message
 from . import _convert as convert
-from ._controller_service import CONTROLLER_SERVICE
-from ._runtime_service import RUNTIME_SERVICE
+from ._client_common import (
+    CONTROLLER_SERVICE,
+    RUNTIME_SERVICE,
+    Decoded,
+    decode_reply,
+    read_data,
+    write_size,
+)
 
 _S: Final = CONTROLLER_SERVICE
 _T = TypeVar("_T")
-_M = TypeVar("_M")
-
-
-def decode_reply(decode: Callable[[Mapping[str, Any]], _T], msg: Mapping[str, Any]) -> _T:
-    """A response message as a model; a malformed one is the server's fault: INTERNAL."""
-    try:
-        return decode(msg)
-    except InvalidArgument as err:
-        raise Internal(f"malformed response from the server: {err.message}") from None
 
 
 @final
@@ -155,7 +152,7 @@ class RemoteController:
         """Subscribe to lifecycle events for the block's duration (see
         :meth:`Controller.events`).  Leaving the block ends the stream on the server."""
         async with self._client.stream(_S, "Events", {}) as messages:
-            yield _Decoded(messages, convert.event_from)
+            yield Decoded(messages, convert.event_from)
 
     # -- the data plane ----------------------------------------------------------------------
 
@@ -197,7 +194,7 @@ class RemoteController:
         """The sandbox's own output for the block's duration (see :meth:`Controller.logs`)."""
         message = convert.logs_message(sandbox_id, follow, tail_bytes, since)
         async with self._client.open_stream(_S, "Logs", message, client_sends=False) as call:
-            yield _Decoded(call, convert.log_from)
+            yield Decoded(call, convert.log_from)
 
     async def write_file(
         self,
@@ -224,17 +221,7 @@ class RemoteController:
         """The bytes of ``path`` in the sandbox, in pieces, for the block's duration."""
         message = {"sandbox_id": sandbox_id, "path": path}
         async with self._client.open_stream(_S, "ReadFile", message, client_sends=False) as call:
-            yield _Decoded(call, read_data)
-
-
-def write_size(msg: Mapping[str, Any]) -> int:
-    """The ``size`` of a WriteFile response."""
-    return convert.size_from(msg, "WriteFile response")
-
-
-def read_data(msg: Mapping[str, Any]) -> bytes:
-    """The bytes of a ReadFile message."""
-    return convert.data_from(msg, "ReadFile message")
+            yield Decoded(call, read_data)
 
 
 async def _send_data(call: StreamCall, data: bytes) -> None:
@@ -277,25 +264,6 @@ class RemoteExec:
     async def wait(self) -> ExecExit:
         """How the command ended (output not yet read is discarded)."""
         return decode_reply(convert.exec_exit_from, await self._call.response())
-
-
-@final
-class _Decoded(AsyncIterator[_M]):
-    """Stream messages as models (a class, so there is no async generator left to close)."""
-
-    __slots__ = ("_decode", "_messages")
-
-    def __init__(
-        self, messages: AsyncIterator[dict[str, Any]], decode: Callable[[Mapping[str, Any]], _M]
-    ) -> None:
-        self._messages = messages
-        self._decode = decode
-
-    def __aiter__(self) -> _Decoded[_M]:
-        return self
-
-    async def __anext__(self) -> _M:
-        return decode_reply(self._decode, await self._messages.__anext__())
 
 
 @asynccontextmanager

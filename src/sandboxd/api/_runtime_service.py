@@ -8,8 +8,6 @@ from typing import Any, Final
 from .._version import PROTOCOL_VERSION, __version__
 from ..rpc import CallContext, Message, Method, inline
 
-RUNTIME_SERVICE: Final = "sandboxd.v1.Runtime"
-
 _VERSION_REPLY: Final[Mapping[str, Any]] = {"version": __version__, "protocol": PROTOCOL_VERSION}
 
 

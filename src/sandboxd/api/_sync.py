@@ -28,9 +28,13 @@ from .._models import (
 )
 from ..rpc import SyncClient, SyncStreamCall
 from . import _convert as convert
-from ._controller_service import CONTROLLER_SERVICE
-from ._remote import decode_reply, read_data, write_size
-from ._runtime_service import RUNTIME_SERVICE
+from ._client_common import (
+    CONTROLLER_SERVICE,
+    RUNTIME_SERVICE,
+    decode_reply,
+    read_data,
+    write_size,
+)
 
 _S: Final = CONTROLLER_SERVICE
 _M = TypeVar("_M")
