@@ -6,6 +6,7 @@ from .._lazy import lazy_exports
 from ._client_common import CONTROLLER_SERVICE, RUNTIME_SERVICE
 
 if TYPE_CHECKING:
+    from ._aio import AsyncController, AsyncExec
     from ._controller_service import controller_service, serve_controller
     from ._data_service import DataPlane
     from ._remote import RemoteController, RemoteExec, connect
@@ -15,6 +16,7 @@ if TYPE_CHECKING:
 # Loaded on first use: the trio-free modules of this layer (the asyncio client) import
 # without importing trio.
 _LAZY: Final = {
+    **dict.fromkeys(("AsyncController", "AsyncExec"), "._aio"),
     **dict.fromkeys(("controller_service", "serve_controller"), "._controller_service"),
     **dict.fromkeys(("DataPlane",), "._data_service"),
     **dict.fromkeys(("RemoteController", "RemoteExec", "connect"), "._remote"),
@@ -28,6 +30,8 @@ __getattr__, __dir__ = lazy_exports(__name__, globals(), _LAZY)
 __all__ = [
     "CONTROLLER_SERVICE",
     "RUNTIME_SERVICE",
+    "AsyncController",
+    "AsyncExec",
     "DataPlane",
     "RemoteController",
     "RemoteExec",

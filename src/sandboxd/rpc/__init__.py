@@ -5,6 +5,7 @@ from typing import TYPE_CHECKING, Final
 from .._lazy import lazy_exports
 
 if TYPE_CHECKING:
+    from ._aio_client import AioClient, AioStreamCall, open_aio_client
     from ._client import Client, StreamCall, open_client
     from ._limits import Limits
     from ._methods import (
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 # Loaded on first use: the trio-free modules of this layer (the asyncio client) import
 # without importing trio.
 _LAZY: Final = {
+    **dict.fromkeys(("AioClient", "AioStreamCall", "open_aio_client"), "._aio_client"),
     **dict.fromkeys(("Client", "StreamCall", "open_client"), "._client"),
     **dict.fromkeys(("Limits",), "._limits"),
     **dict.fromkeys(
@@ -64,6 +66,8 @@ __getattr__, __dir__ = lazy_exports(__name__, globals(), _LAZY)
 
 
 __all__ = [
+    "AioClient",
+    "AioStreamCall",
     "CallContext",
     "Client",
     "Encoded",
@@ -85,6 +89,7 @@ __all__ = [
     "client_stream",
     "deferred",
     "inline",
+    "open_aio_client",
     "open_client",
     "server_stream",
     "unary",

@@ -1,0 +1,382 @@
+"""An asyncio client: the sans-io :class:`~sandboxd.wire.ClientConnection` driven by the
+standard library's event loop.  No trio here (the asyncio client must not import it).
+
+One reader task per connection reads the socket and hands every event to the call it names;
+requests and the frames that follow them are written to the transport without awaiting in
+between, so ids reach the server in the order the connection gave them, and a cancelled call
+can tell the server so from its ``except``/``finally`` without awaiting anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import math
+import os
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, final
+
+from .._errors import DeadlineExceeded, FailedPrecondition, RPCError, Unavailable
+from ..wire import (
+    DEFAULT_STREAM_BUFFER,
+    DEFAULT_WINDOW,
+    RECV_SIZE,
+    ClientConnection,
+    Event,
+    ResponseReceived,
+    StreamEnded,
+    StreamMessage,
+    WindowOpened,
+    dumps,
+    loads_message,
+    request_envelope,
+)
+
+
+@final
+class _Slot:
+    """A call in flight: what its waiting task looks at."""
+
+    __slots__ = ("buffer", "changed", "done", "error", "payload", "stream_id")
+
+    def __init__(self, stream_id: int) -> None:
+        self.stream_id = stream_id
+        self.done = False
+        self.payload = b""
+        self.error: RPCError | None = None
+        # A stream's messages (the connection's deque, see ClientConnection.messages).
+        self.buffer: collections.deque[bytes] | None = None
+        # Set whenever an event for the call arrives; its waiter clears it before it looks.
+        self.changed = asyncio.Event()
+
+
+@final
+class AioClient:
+    """An asyncio connection to a sandboxd RPC server.  Get one with :func:`open_aio_client`.
+
+    Same calls and the same typed errors as the trio :class:`~sandboxd.rpc.Client`: the
+    server's status as its :class:`~sandboxd.RPCError` subclass, DEADLINE_EXCEEDED when a
+    call's ``timeout`` passes (the timeout is also sent to the server as the call's
+    deadline), UNAVAILABLE when the connection cannot be made, is lost or is closed (every
+    waiting call wakes with it), or the error the server refused the connection with.
+
+    Cancellation: a call whose task is cancelled (``task.cancel()``, ``asyncio.timeout``)
+    tells the server to cancel it and lets the cancellation propagate; the connection stays
+    usable for every other call.  Safe to share between the tasks of one event loop.
+    """
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        stream_buffer: int = DEFAULT_STREAM_BUFFER,
+        window: int = DEFAULT_WINDOW,
+    ) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._conn = ClientConnection(stream_buffer=stream_buffer, window=window)
+        self._pending: dict[int, _Slot] = {}
+        self._loop = asyncio.get_running_loop()
+        self._reading = self._loop.create_task(self._read_forever())
+
+    @property
+    def closed(self) -> bool:
+        return self._conn.error is not None
+
+    async def aclose(self) -> None:
+        """Close the connection; calls waiting in other tasks fail with UNAVAILABLE."""
+        self._dispatch(self._conn.close(Unavailable("client was closed")))
+        self._reading.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._reading
+        self._writer.close()
+        with contextlib.suppress(OSError):
+            await self._writer.wait_closed()
+
+    # -- sending -----------------------------------------------------------------------------
+
+    def _write(self, data: bytes) -> None:
+        # A transport that is closing drops writes (the reader sees the end and fails calls).
+        if data and not self._writer.transport.is_closing():
+            self._writer.write(data)
+
+    async def _drain(self) -> None:
+        if self._writer.transport.get_write_buffer_size() > DEFAULT_WINDOW:
+            with contextlib.suppress(OSError):
+                await self._writer.drain()
+
+    def _begin(
+        self,
+        service: str,
+        method: str,
+        message: Mapping[str, Any] | None,
+        deadline: float,
+        metadata: Mapping[str, Sequence[str]] | None,
+        stream: bool = False,
+        client_sends: bool | None = None,
+    ) -> _Slot:
+        conn = self._conn
+        envelope = request_envelope(
+            service,
+            method,
+            message,
+            deadline=deadline,
+            now=self._loop.time(),
+            metadata=metadata,
+            window=None if client_sends is None else conn.window,
+        )
+        if client_sends is None:
+            stream_id, frame = conn.send_request(envelope, stream=stream)
+        else:
+            stream_id, frame = conn.open_stream(envelope, client_sends=client_sends)
+        slot = _Slot(stream_id)
+        if stream or client_sends is not None:
+            slot.buffer = conn.messages(stream_id)
+        self._pending[stream_id] = slot
+        self._write(frame)
+        return slot
+
+    def _abandon(self, slot: _Slot) -> None:
+        """Forget a call and tell the server to stop working on it (no await: safe while
+        the calling task is being cancelled)."""
+        self._pending.pop(slot.stream_id, None)
+        self._write(self._conn.cancel(slot.stream_id))
+
+    def _deadline(self, timeout: float | None) -> float:
+        return math.inf if timeout is None else self._loop.time() + timeout
+
+    # -- receiving ---------------------------------------------------------------------------
+
+    async def _read_forever(self) -> None:
+        conn = self._conn
+        while conn.error is None:
+            try:
+                data = await self._reader.read(RECV_SIZE)
+            except OSError as exc:
+                lost = Unavailable(f"connection to the server was lost: {exc}")
+                self._dispatch(conn.close(lost))
+                return
+            self._dispatch(conn.receive_data(data))  # b"": the server closed it
+            self._write(conn.data_to_send())
+
+    def _dispatch(self, events: list[Event]) -> None:
+        """Hand the connection's events to their calls and wake the calls' tasks."""
+        pending = self._pending
+        for event in events:
+            if isinstance(event, ResponseReceived | StreamEnded):
+                slot = pending.pop(event.stream_id, None)
+                if slot is not None:
+                    slot.payload = event.payload
+                    slot.error = event.error
+                    slot.done = True
+                    slot.changed.set()
+            elif (
+                isinstance(event, StreamMessage | WindowOpened)
+                and (slot := pending.get(event.stream_id)) is not None
+            ):
+                slot.changed.set()
+
+    async def _until(self, slot: _Slot, deadline: float, ready: Any, name: str) -> None:
+        """Wait until ``ready()`` holds, the call ends, or ``deadline`` passes
+        (DEADLINE_EXCEEDED)."""
+        while not ready():
+            slot.changed.clear()
+            if deadline == math.inf:
+                await slot.changed.wait()
+                continue
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await slot.changed.wait()
+            except TimeoutError:
+                if not ready():
+                    raise DeadlineExceeded(f"{name}: deadline exceeded") from None
+
+    # -- calls -------------------------------------------------------------------------------
+
+    async def call(
+        self,
+        service: str,
+        method: str,
+        message: Mapping[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+        metadata: Mapping[str, Sequence[str]] | None = None,
+    ) -> dict[str, Any]:
+        """Call a unary method and return its response message."""
+        payload = await self.call_encoded(
+            service, method, message, timeout=timeout, metadata=metadata
+        )
+        return loads_message(payload, "response payload")
+
+    async def call_encoded(
+        self,
+        service: str,
+        method: str,
+        message: Mapping[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+        metadata: Mapping[str, Sequence[str]] | None = None,
+    ) -> bytes:
+        """Like :meth:`call`, but return the response message still encoded (``b""`` for the
+        empty message)."""
+        deadline = self._deadline(timeout)
+        slot = self._begin(service, method, message, deadline, metadata)
+        try:
+            await self._drain()
+            await self._until(slot, deadline, lambda: slot.done, f"{service}/{method}")
+        finally:
+            if not slot.done:
+                self._abandon(slot)
+        if slot.error is not None:
+            raise slot.error
+        return slot.payload
+
+    @asynccontextmanager
+    async def stream(
+        self,
+        service: str,
+        method: str,
+        message: Mapping[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+        metadata: Mapping[str, Sequence[str]] | None = None,
+    ) -> AsyncIterator[AioStreamCall]:
+        """Call a server-streaming method; iterate over what the context manager yields.
+        Leaving the block before the stream ends tells the server to end it."""
+        deadline = self._deadline(timeout)
+        slot = self._begin(service, method, message, deadline, metadata, stream=True)
+        try:
+            yield AioStreamCall(self, slot, deadline, f"{service}/{method}")
+        finally:
+            if not slot.done:
+                self._abandon(slot)
+
+    @asynccontextmanager
+    async def open_stream(
+        self,
+        service: str,
+        method: str,
+        message: Mapping[str, Any] | None = None,
+        *,
+        client_sends: bool = True,
+        timeout: float | None = None,
+        metadata: Mapping[str, Sequence[str]] | None = None,
+    ) -> AsyncIterator[AioStreamCall]:
+        """Open a flow-controlled stream call, as :meth:`Client.open_stream
+        <sandboxd.rpc.Client.open_stream>` does, and yield it (an :class:`AioStreamCall`).
+        Leaving the block before the call ended tells the server to end it (CANCELLED), so do
+        ``timeout`` and cancellation; the connection stays usable."""
+        deadline = self._deadline(timeout)
+        slot = self._begin(service, method, message, deadline, metadata, client_sends=client_sends)
+        try:
+            yield AioStreamCall(self, slot, deadline, f"{service}/{method}")
+        finally:
+            if not slot.done:
+                self._abandon(slot)
+
+
+@final
+class AioStreamCall:
+    """A stream call of an :class:`AioClient`: the asyncio twin of
+    :class:`~sandboxd.rpc.StreamCall`, with the same methods and errors, and an async iterator
+    of the server's messages.  One task may send while another receives; cancelling one of
+    them leaves the call as it was (leaving the block that opened it ends it)."""
+
+    __slots__ = ("_client", "_deadline", "_name", "_slot")
+
+    def __init__(self, client: AioClient, slot: _Slot, deadline: float, name: str) -> None:
+        self._client = client
+        self._slot = slot
+        self._deadline = deadline
+        self._name = name
+
+    @property
+    def stream_id(self) -> int:
+        return self._slot.stream_id
+
+    def _ended(self) -> RPCError:
+        if self._slot.error is not None:
+            return self._slot.error
+        return FailedPrecondition(f"{self._name}: the call has ended: nothing more can be sent")
+
+    async def send(self, message: Mapping[str, Any]) -> None:
+        """Send one message, waiting while the server's window for the stream is used up.
+        Raises :class:`~sandboxd.FailedPrecondition` once the client closed its side or the
+        call ended without an error; the call's error if it ended with one."""
+        client = self._client
+        conn = client._conn
+        slot = self._slot
+        payload = dumps(message)
+        await client._until(
+            slot,
+            self._deadline,
+            lambda: slot.done or conn.send_credit(slot.stream_id) > 0,
+            self._name,
+        )
+        if slot.done:
+            raise self._ended()
+        client._write(conn.send_message(slot.stream_id, payload))
+        await client._drain()
+
+    async def close_send(self) -> None:
+        """Say the client will send nothing more (the half-close).  Raises as :meth:`send`."""
+        if self._slot.done:
+            raise self._ended()
+        self._client._write(self._client._conn.close_send(self._slot.stream_id))
+        await asyncio.sleep(0)
+
+    async def receive(self) -> dict[str, Any] | None:
+        """The server's next message; None once its messages are over (the final response is
+        then :meth:`response`'s).  Raises the call's error after the messages before it."""
+        client = self._client
+        slot = self._slot
+        buffer = slot.buffer
+        assert buffer is not None
+        await client._until(slot, self._deadline, lambda: bool(buffer) or slot.done, self._name)
+        if buffer:
+            data = buffer.popleft()
+            client._write(client._conn.consumed(slot.stream_id, len(data)))
+            return loads_message(data, "stream message")
+        if slot.error is not None:
+            raise slot.error
+        return None
+
+    def __aiter__(self) -> AioStreamCall:
+        return self
+
+    async def __anext__(self) -> dict[str, Any]:
+        message = await self.receive()
+        if message is None:
+            raise StopAsyncIteration
+        return message
+
+    async def response(self) -> dict[str, Any]:
+        """Wait for the end of the call and return its final response message (``{}`` when
+        the server sent none); messages not yet received are discarded."""
+        while await self.receive() is not None:
+            pass
+        return loads_message(self._slot.payload, "response payload")
+
+
+@asynccontextmanager
+async def open_aio_client(
+    path: str | os.PathLike[str],
+    *,
+    stream_buffer: int = DEFAULT_STREAM_BUFFER,
+    window: int = DEFAULT_WINDOW,
+) -> AsyncIterator[AioClient]:
+    """An :class:`AioClient` connected to the server at ``path``, closed when the block ends.
+    Raises :class:`~sandboxd.Unavailable` naming the path when nobody listens there."""
+    path = os.fspath(path)
+    try:
+        reader, writer = await asyncio.open_unix_connection(path, limit=RECV_SIZE)
+    except OSError as exc:
+        raise Unavailable(f"cannot connect to {path}: {exc.strerror or exc}") from None
+    client = AioClient(reader, writer, stream_buffer=stream_buffer, window=window)
+    try:
+        yield client
+    finally:
+        await client.aclose()
