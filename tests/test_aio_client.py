@@ -148,13 +148,13 @@ def test_files_larger_than_the_window_go_both_ways(daemon: str, tmp_path: Path) 
             assert await ctl.write_file("f1", target, data) == len(data)
             async with ctl.read_file("f1", target) as pieces:
                 assert b"".join([p async for p in pieces]) == data
-            assert Path(target).read_bytes() == data
             with pytest.raises(NotFound):
                 async with ctl.read_file("f1", str(tmp_path / "missing")) as pieces:
                     [p async for p in pieces]
             await ctl.shutdown("f1")
 
     run(main)
+    assert (tmp_path / "blob").read_bytes() == data
 
 
 def test_logs_of_a_real_process(daemon: str) -> None:
@@ -186,7 +186,8 @@ def test_asyncio_timeout_and_task_cancel_leave_the_connection_usable(daemon: str
             with pytest.raises(asyncio.CancelledError):
                 await task
             with pytest.raises(TimeoutError):
-                async with asyncio.timeout(0.05), ctl.exec("c1", ExecRequest(["sleep", "1000"])) as proc:
+                sleep = ExecRequest(["sleep", "1000"])
+                async with asyncio.timeout(0.05), ctl.exec("c1", sleep) as proc:
                     await anext(proc)
             assert ctl.client._conn.in_flight == 0
             assert (await ctl.status("c1")).state is SandboxState.READY
@@ -337,19 +338,18 @@ def test_closing_the_client_wakes_its_calls_and_a_missing_daemon_is_unavailable(
 
 def test_a_stream_send_after_its_end_fails(tmp_path: Path) -> None:
     async def main() -> None:
-        async with scripted(tmp_path) as (peer, ctl):
-            async with ctl.client.open_stream("S", "M") as call:
-                request = await peer.frame(lambda f: is_request(f, "M"))
-                assert peer.writer is not None
-                final = encode_frame(
-                    request.stream_id,
-                    FrameType.RESPONSE,
-                    0,
-                    encode_response(dumps({"size": 1})),
-                )
-                peer.writer.write(final)
-                assert await call.response() == {"size": 1}
-                with pytest.raises(FailedPrecondition):
-                    await call.send({"data": b"x"})
+        async with scripted(tmp_path) as (peer, ctl), ctl.client.open_stream("S", "M") as call:
+            request = await peer.frame(lambda f: is_request(f, "M"))
+            assert peer.writer is not None
+            final = encode_frame(
+                request.stream_id,
+                FrameType.RESPONSE,
+                0,
+                encode_response(dumps({"size": 1})),
+            )
+            peer.writer.write(final)
+            assert await call.response() == {"size": 1}
+            with pytest.raises(FailedPrecondition):
+                await call.send({"data": b"x"})
 
     run(main)
