@@ -82,6 +82,13 @@ def test_the_sync_client_example_runs(daemon: dict[str, str]) -> None:
     assert lines[2:] == ["137", "refused: FAILED_PRECONDITION"]
 
 
+def test_the_asyncio_client_example_runs_under_plain_asyncio_run(
+    daemon: dict[str, str],
+) -> None:
+    (source,) = [b for b in blocks("python") if "asyncio.run(" in b]
+    assert run_python(source, daemon).splitlines() == ["True", "still running: READY"]
+
+
 def test_the_fuzzing_example_finds_the_bug_then_passes_the_fix() -> None:
     (source,) = [b for b in blocks("python") if "ExitCache" in b]
     # In process: no daemon needed (and none must be reached).
@@ -107,7 +114,7 @@ def test_the_fuzzing_example_finds_the_bug_then_passes_the_fix() -> None:
 
 
 def test_every_example_is_tested() -> None:
-    assert len(blocks("python")) == 4
+    assert len(blocks("python")) == 5
     # quick start (CI runs tools/test; tests/test_demo.py runs tools/demo's script), the
     # daemon (tests/test_serve_cli.py), sandboxctl, bwrap, limits and the agent's (above and
     # below).
