@@ -1,14 +1,16 @@
 """Exec, ExecSync, files and Logs behave the same through every client: the in-process
-Controller, the trio RemoteController and the blocking SyncController, with real processes.
+Controller, the trio RemoteController, the blocking SyncController and the asyncio
+AsyncController, with real processes.
 
-Each test is written once against :class:`Driver`, whose two implementations call the
-clients' methods by the same names; the sync client's run in a worker thread, against the
-server in the test's loop.  What differs between the clients (an async iterator or a
-blocking one) is all the drivers hide.
+Each test is written once against :class:`Driver`, whose implementations call the
+clients' methods by the same names; the sync and asyncio clients' run in a worker thread,
+against the server in the test's loop.  What differs between the clients (an async iterator
+or a blocking one, an event loop of their own) is all the drivers hide.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 from collections.abc import AsyncIterator, Callable
@@ -17,6 +19,7 @@ from typing import Any, Protocol
 import pytest
 import trio
 
+import sandboxd.aio
 from peers import Peer, request_frame
 from sandboxd import (
     ExecExit,
@@ -123,7 +126,41 @@ class SyncDriver:
         return chunks
 
 
-@pytest.fixture(params=["in-process", "trio", "sync"])
+class AsyncioDriver:
+    """The asyncio AsyncController, each call in a worker thread running an event loop of
+    its own (so each on a fresh connection: a connection belongs to its loop)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    async def _in_loop(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        async def main() -> Any:
+            async with sandboxd.aio.connect(self.path, timeout=30) as client:
+                return await getattr(AsyncDriver(client), name)(*args, **kwargs)
+
+        return await trio.to_thread.run_sync(asyncio.run, main())
+
+    async def run(
+        self, sandbox_id: str, request: ExecRequest, stdin: bytes | None = None
+    ) -> tuple[list[ExecOutput], ExecExit]:
+        result: tuple[list[ExecOutput], ExecExit] = await self._in_loop(
+            "run", sandbox_id, request, stdin
+        )
+        return result
+
+    async def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return await self._in_loop("call", method, *args, **kwargs)
+
+    async def read_file(self, sandbox_id: str, path: str) -> bytes:
+        data: bytes = await self._in_loop("read_file", sandbox_id, path)
+        return data
+
+    async def logs(self, sandbox_id: str, **kwargs: Any) -> list[LogChunk | LogGap]:
+        chunks: list[LogChunk | LogGap] = await self._in_loop("logs", sandbox_id, **kwargs)
+        return chunks
+
+
+@pytest.fixture(params=["in-process", "trio", "sync", "asyncio"])
 async def driver(
     request: pytest.FixtureRequest, sandboxd_controller: Controller, sandboxd_socket: str
 ) -> AsyncIterator[Driver]:
@@ -132,6 +169,8 @@ async def driver(
     elif request.param == "trio":
         async with connect(sandboxd_socket) as client:
             yield AsyncDriver(client)
+    elif request.param == "asyncio":
+        yield AsyncioDriver(sandboxd_socket)
     else:
         client = SyncController(sandboxd_socket, timeout=30)
         try:
