@@ -3,13 +3,13 @@
 from typing import TYPE_CHECKING, Final
 
 from .._lazy import lazy_exports
-from ._client_common import CONTROLLER_SERVICE, RUNTIME_SERVICE
+from ._client_common import CONTROLLER_SERVICE, RUNTIME_SERVICE, RemoteExec
 
 if TYPE_CHECKING:
     from ._aio import AsyncController, AsyncExec
     from ._controller_service import controller_service, serve_controller
     from ._data_service import DataPlane
-    from ._remote import RemoteController, RemoteExec, connect
+    from ._remote import RemoteController, connect
     from ._runtime_service import runtime_service
     from ._sync import SyncController, SyncExec
 
@@ -19,7 +19,7 @@ _LAZY: Final = {
     **dict.fromkeys(("AsyncController", "AsyncExec"), "._aio"),
     **dict.fromkeys(("controller_service", "serve_controller"), "._controller_service"),
     **dict.fromkeys(("DataPlane",), "._data_service"),
-    **dict.fromkeys(("RemoteController", "RemoteExec", "connect"), "._remote"),
+    **dict.fromkeys(("RemoteController", "connect"), "._remote"),
     **dict.fromkeys(("runtime_service",), "._runtime_service"),
     **dict.fromkeys(("SyncController", "SyncExec"), "._sync"),
 }

@@ -11,8 +11,6 @@ from typing import Any, Final, final
 from .._errors import Internal
 from .._models import (
     DEFAULT_EXEC_SYNC_OUTPUT,
-    ExecExit,
-    ExecOutput,
     ExecRequest,
     ExecSyncResult,
     ExitStatus,
@@ -26,14 +24,16 @@ from .._models import (
     SandboxOptions,
     SandboxStatus,
 )
-from ..rpc._aio_client import AioClient, AioStreamCall, open_aio_client
+from ..rpc._aio_client import AioClient, open_aio_client
 from . import _convert as convert
 from ._client_common import (
     CONTROLLER_SERVICE,
     RUNTIME_SERVICE,
     Decoded,
+    RemoteExec,
     decode_reply,
     read_data,
+    send_data,
     write_size,
 )
 
@@ -152,7 +152,7 @@ class AsyncController:
     @asynccontextmanager
     async def exec(
         self, sandbox_id: str, request: ExecRequest, *, timeout: float | None = None
-    ) -> AsyncIterator[AsyncExec]:
+    ) -> AsyncIterator[RemoteExec]:
         """Run ``request`` in the sandbox for the block's duration, as
         :meth:`RemoteController.exec <sandboxd.RemoteController.exec>` does: the block is
         entered once the command started, and leaving it while the command runs kills it."""
@@ -165,7 +165,7 @@ class AsyncController:
                 await call.response()
                 raise Internal("malformed response from the server: Exec ended before it started")
             exec_id, pid = decode_reply(convert.exec_started_from, first)
-            yield AsyncExec(call, exec_id, pid)
+            yield RemoteExec(call, exec_id, pid)
 
     async def exec_sync(
         self,
@@ -213,13 +213,13 @@ class AsyncController:
             _S, "WriteFile", message, timeout=self._timeout(timeout)
         ) as call:
             if isinstance(data, bytes):
-                await _send_data(call, data)
+                await send_data(call, data)
             elif isinstance(data, AsyncIterable):
                 async for piece in data:
-                    await _send_data(call, piece)
+                    await send_data(call, piece)
             else:
                 for piece in data:
-                    await _send_data(call, piece)
+                    await send_data(call, piece)
             await call.close_send()
             reply = await call.response()
         return decode_reply(write_size, reply)
@@ -236,48 +236,6 @@ class AsyncController:
             yield Decoded(call, read_data)
 
 
-async def _send_data(call: AioStreamCall, data: bytes) -> None:
-    for piece in convert.chunks(data):
-        await call.send({"data": piece})
-
-
-@final
-class AsyncExec:
-    """A command running in a sandbox, on asyncio: the twin of
-    :class:`~sandboxd.api.RemoteExec` (same methods, same errors)."""
-
-    __slots__ = ("_call", "exec_id", "pid")
-
-    def __init__(self, call: AioStreamCall, exec_id: str, pid: int) -> None:
-        self._call = call
-        self.exec_id = exec_id
-        self.pid = pid
-
-    async def write(self, data: bytes) -> None:
-        """Write to the command's stdin; waits while the command does not read it."""
-        for piece in convert.chunks(data):
-            await self._call.send({"stdin": piece})
-
-    async def close_stdin(self) -> None:
-        await self._call.send({"close_stdin": True})
-
-    async def resize(self, rows: int, cols: int) -> None:
-        await self._call.send({"resize": {"rows": rows, "cols": cols}})
-
-    def __aiter__(self) -> AsyncExec:
-        return self
-
-    async def __anext__(self) -> ExecOutput:
-        message = await self._call.receive()
-        if message is None:
-            raise StopAsyncIteration
-        return decode_reply(convert.output_from, message)
-
-    async def wait(self) -> ExecExit:
-        """How the command ended (output not yet read is discarded)."""
-        return decode_reply(convert.exec_exit_from, await self._call.response())
-
-
 @asynccontextmanager
 async def connect(
     path: str | os.PathLike[str], *, timeout: float | None = None
@@ -287,3 +245,8 @@ async def connect(
     the path when no daemon listens there."""
     async with open_aio_client(path) as client:
         yield AsyncController(client, timeout=timeout)
+
+
+#: The exec session of :meth:`AsyncController.exec`: the trio client's class, as its methods
+#: are the same coroutines.
+AsyncExec = RemoteExec

@@ -4,9 +4,10 @@ service names and the decoding of replies.  No trio here: the asyncio client imp
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Mapping
-from typing import Any, Final, TypeVar, final
+from typing import Any, Final, Protocol, TypeVar, final
 
 from .._errors import Internal, InvalidArgument
+from .._models import ExecExit, ExecOutput
 from . import _convert as convert
 
 CONTROLLER_SERVICE: Final = "sandboxd.v1.Controller"
@@ -51,3 +52,56 @@ class Decoded(AsyncIterator[_M]):
 
     async def __anext__(self) -> _M:
         return decode_reply(self._decode, await self._messages.__anext__())
+
+
+class MessageCall(Protocol):
+    """A stream call of the trio or the asyncio RPC client."""
+
+    async def send(self, message: Mapping[str, Any]) -> None: ...
+
+    async def receive(self) -> dict[str, Any] | None: ...
+
+    async def response(self) -> dict[str, Any]: ...
+
+
+async def send_data(call: MessageCall, data: bytes) -> None:
+    """Send ``data`` as WriteFile messages, in pieces the frame limit allows."""
+    for piece in convert.chunks(data):
+        await call.send({"data": piece})
+
+
+@final
+class RemoteExec:
+    """A command running in a sandbox, through a socket: the remote twin of the in-process
+    exec session (same methods, same errors), for the trio and the asyncio clients alike."""
+
+    __slots__ = ("_call", "exec_id", "pid")
+
+    def __init__(self, call: MessageCall, exec_id: str, pid: int) -> None:
+        self._call = call
+        self.exec_id = exec_id
+        self.pid = pid
+
+    async def write(self, data: bytes) -> None:
+        """Write to the command's stdin; waits while the command does not read it."""
+        for piece in convert.chunks(data):
+            await self._call.send({"stdin": piece})
+
+    async def close_stdin(self) -> None:
+        await self._call.send({"close_stdin": True})
+
+    async def resize(self, rows: int, cols: int) -> None:
+        await self._call.send({"resize": {"rows": rows, "cols": cols}})
+
+    def __aiter__(self) -> RemoteExec:
+        return self
+
+    async def __anext__(self) -> ExecOutput:
+        message = await self._call.receive()
+        if message is None:
+            raise StopAsyncIteration
+        return decode_reply(convert.output_from, message)
+
+    async def wait(self) -> ExecExit:
+        """How the command ended (output not yet read is discarded)."""
+        return decode_reply(convert.exec_exit_from, await self._call.response())

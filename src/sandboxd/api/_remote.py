@@ -14,8 +14,6 @@ import trio
 from .._errors import Internal
 from .._models import (
     DEFAULT_EXEC_SYNC_OUTPUT,
-    ExecExit,
-    ExecOutput,
     ExecRequest,
     ExecSyncResult,
     ExitStatus,
@@ -29,15 +27,17 @@ from .._models import (
     SandboxOptions,
     SandboxStatus,
 )
-from ..rpc import Client, StreamCall, open_client
+from ..rpc import Client, open_client
 from ..wire import loads_message
 from . import _convert as convert
 from ._client_common import (
     CONTROLLER_SERVICE,
     RUNTIME_SERVICE,
     Decoded,
+    RemoteExec,
     decode_reply,
     read_data,
+    send_data,
     write_size,
 )
 
@@ -208,10 +208,10 @@ class RemoteController:
         message = convert.write_file_message(sandbox_id, path, mode)
         async with self._client.open_stream(_S, "WriteFile", message) as call:
             if isinstance(data, bytes):
-                await _send_data(call, data)
+                await send_data(call, data)
             else:
                 async for piece in data:
-                    await _send_data(call, piece)
+                    await send_data(call, piece)
             await call.close_send()
             reply = await call.response()
         return decode_reply(write_size, reply)
@@ -222,48 +222,6 @@ class RemoteController:
         message = {"sandbox_id": sandbox_id, "path": path}
         async with self._client.open_stream(_S, "ReadFile", message, client_sends=False) as call:
             yield Decoded(call, read_data)
-
-
-async def _send_data(call: StreamCall, data: bytes) -> None:
-    for piece in convert.chunks(data):
-        await call.send({"data": piece})
-
-
-@final
-class RemoteExec:
-    """A command running in a sandbox, through a socket: the remote twin of the in-process
-    exec session (same methods, same errors)."""
-
-    __slots__ = ("_call", "exec_id", "pid")
-
-    def __init__(self, call: StreamCall, exec_id: str, pid: int) -> None:
-        self._call = call
-        self.exec_id = exec_id
-        self.pid = pid
-
-    async def write(self, data: bytes) -> None:
-        """Write to the command's stdin; waits while the command does not read it."""
-        for piece in convert.chunks(data):
-            await self._call.send({"stdin": piece})
-
-    async def close_stdin(self) -> None:
-        await self._call.send({"close_stdin": True})
-
-    async def resize(self, rows: int, cols: int) -> None:
-        await self._call.send({"resize": {"rows": rows, "cols": cols}})
-
-    def __aiter__(self) -> RemoteExec:
-        return self
-
-    async def __anext__(self) -> ExecOutput:
-        message = await self._call.receive()
-        if message is None:
-            raise StopAsyncIteration
-        return decode_reply(convert.output_from, message)
-
-    async def wait(self) -> ExecExit:
-        """How the command ended (output not yet read is discarded)."""
-        return decode_reply(convert.exec_exit_from, await self._call.response())
 
 
 @asynccontextmanager
