@@ -246,13 +246,8 @@ class AioClient:
     ) -> AsyncIterator[AioStreamCall]:
         """Call a server-streaming method; iterate over what the context manager yields.
         Leaving the block before the stream ends tells the server to end it."""
-        deadline = self._deadline(timeout)
-        slot = self._begin(service, method, message, deadline, metadata, stream=True)
-        try:
-            yield AioStreamCall(self, slot, deadline, f"{service}/{method}")
-        finally:
-            if not slot.done:
-                self._abandon(slot)
+        async with self._opened(service, method, message, timeout, metadata, None) as call:
+            yield call
 
     @asynccontextmanager
     async def open_stream(
@@ -269,8 +264,25 @@ class AioClient:
         <sandboxd.rpc.Client.open_stream>` does, and yield it (an :class:`AioStreamCall`).
         Leaving the block before the call ended tells the server to end it (CANCELLED), so do
         ``timeout`` and cancellation; the connection stays usable."""
+        async with self._opened(service, method, message, timeout, metadata, client_sends) as call:
+            yield call
+
+    @asynccontextmanager
+    async def _opened(
+        self,
+        service: str,
+        method: str,
+        message: Mapping[str, Any] | None,
+        timeout: float | None,
+        metadata: Mapping[str, Sequence[str]] | None,
+        client_sends: bool | None,
+    ) -> AsyncIterator[AioStreamCall]:
+        """A stream call for the block: ``client_sends`` None for a plain server stream, else
+        flow-controlled (see :meth:`open_stream`)."""
         deadline = self._deadline(timeout)
-        slot = self._begin(service, method, message, deadline, metadata, client_sends=client_sends)
+        slot = self._begin(
+            service, method, message, deadline, metadata, stream=True, client_sends=client_sends
+        )
         try:
             yield AioStreamCall(self, slot, deadline, f"{service}/{method}")
         finally:
