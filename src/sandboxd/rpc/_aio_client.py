@@ -152,15 +152,19 @@ class AioClient:
 
     async def _read_forever(self) -> None:
         conn = self._conn
-        while conn.error is None:
-            try:
-                data = await self._reader.read(RECV_SIZE)
-            except OSError as exc:
-                lost = Unavailable(f"connection to the server was lost: {exc}")
-                self._dispatch(conn.close(lost))
-                return
-            self._dispatch(conn.receive_data(data))  # b"": the server closed it
-            self._write(conn.data_to_send())
+        try:
+            while conn.error is None:
+                try:
+                    data = await self._reader.read(RECV_SIZE)
+                except OSError as exc:
+                    lost = Unavailable(f"connection to the server was lost: {exc}")
+                    self._dispatch(conn.close(lost))
+                    return
+                self._dispatch(conn.receive_data(data))  # b"": the server closed it
+                self._write(conn.data_to_send())
+        finally:
+            # However reading stops, no call is left waiting for a reply nobody reads.
+            self._dispatch(conn.close(Unavailable("connection to the server was closed")))
 
     def _dispatch(self, events: list[Event]) -> None:
         """Hand the connection's events to their calls and wake the calls' tasks."""
