@@ -104,8 +104,6 @@ async def test_a_memory_hog_is_oom_killed_and_says_so(controller: Controller) ->
 
 @needs_cgroups
 async def test_a_memory_hog_in_bwrap_is_oom_killed_too(controller: Controller) -> None:
-    if why := controller.sandboxers["bwrap"].unavailable_reason():
-        pytest.skip(why)
     hog = "b = []\nwhile True: b.append(bytearray(8 << 20))"
     options = SandboxOptions(
         command=(PYTHON, "-c", hog), resources=Resources(memory_bytes=64 * MIB)
@@ -175,10 +173,6 @@ async def test_a_cpu_hog_gets_its_share_and_no_more(controller: Controller) -> N
 async def test_a_double_forking_setsid_escapee_dies_with_stop(
     controller: Controller, tmp_path: Path, sandboxer: str
 ) -> None:
-    if sandboxer == "bwrap":
-        reason = controller.sandboxers["bwrap"].unavailable_reason()
-        if reason is not None:
-            pytest.skip(reason)
     # The escapee leaves the init's session and process group, and its parent dies.
     escape = "setsid sh -c 'sleep 1000 > /dev/null 2>&1 &'; exec sleep 1000"
     options = SandboxOptions(command=("sh", "-c", escape))
@@ -203,8 +197,6 @@ async def test_a_double_forking_setsid_escapee_dies_with_stop(
 async def test_execs_run_in_the_sandbox_cgroup(controller: Controller, sandboxer: str) -> None:
     from sandboxd._models import ExecRequest
 
-    if sandboxer == "bwrap" and (why := controller.sandboxers["bwrap"].unavailable_reason()):
-        pytest.skip(why)
     options = SandboxOptions(resources=Resources(pids=50))
     await controller.create("ex", sandboxer=sandboxer, options=options)
     await controller.start("ex")

@@ -117,9 +117,6 @@ async def test_a_real_sandbox_is_stopped_at_its_lifetime(
 ) -> None:
     """SIGTERM at the lifetime's end, SIGKILL after the (default) grace."""
     backends = [ProcessBackend(), BwrapBackend()]
-    reason = backends[1].unavailable_reason()
-    if sandboxer == "bwrap" and reason is not None:
-        pytest.skip(reason)
     with trio.fail_after(GUARD):
         async with open_controller(backends, stop_timeout=0.5) as controller:
             options = SandboxOptions(command=command, lifetime_secs=0.5)
