@@ -2,24 +2,20 @@
 Controller, the trio RemoteController, the blocking SyncController and the asyncio
 AsyncController, with real processes.
 
-Each test is written once against :class:`Driver`, whose implementations call the
-clients' methods by the same names; the sync and asyncio clients' run in a worker thread,
-against the server in the test's loop.  What differs between the clients (an async iterator
-or a blocking one, an event loop of their own) is all the drivers hide.
+Each test is written once against a :class:`~client_drivers.Driver` (client_drivers.py,
+shared with test_clients_shared.py), against the server in the test's loop.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
-from collections.abc import AsyncIterator, Callable
-from typing import Any, Protocol
+from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
-import trio
 
-import sandboxd.aio
+from client_drivers import CLIENTS, AsyncDriver, Driver, open_driver
 from peers import Peer, request_frame
 from sandboxd import (
     ExecExit,
@@ -28,11 +24,8 @@ from sandboxd import (
     FailedPrecondition,
     InvalidArgument,
     LogChunk,
-    LogGap,
     NotFound,
     SandboxOptions,
-    SyncController,
-    connect,
 )
 from sandboxd._models import STDERR, STDOUT, TOPIC_EXEC_EXIT
 from sandboxd.api._controller_service import CONTROLLER_SERVICE
@@ -41,142 +34,15 @@ from sandboxd.runtime import Controller
 pytestmark = pytest.mark.usefixtures("watchdog")
 
 
-class Driver(Protocol):
-    async def run(
-        self, sandbox_id: str, request: ExecRequest, stdin: bytes | None = None
-    ) -> tuple[list[ExecOutput], ExecExit]: ...
-
-    async def call(self, method: str, *args: Any, **kwargs: Any) -> Any: ...
-
-    async def read_file(self, sandbox_id: str, path: str) -> bytes: ...
-
-    async def logs(self, sandbox_id: str, **kwargs: Any) -> list[LogChunk | LogGap]: ...
-
-
-class AsyncDriver:
-    """The in-process Controller or a RemoteController: the same async methods."""
-
-    def __init__(self, client: Any) -> None:
-        self.client = client
-
-    async def run(
-        self, sandbox_id: str, request: ExecRequest, stdin: bytes | None = None
-    ) -> tuple[list[ExecOutput], ExecExit]:
-        async with self.client.exec(sandbox_id, request) as proc:
-            assert proc.pid > 0 and proc.exec_id
-            if stdin is not None:
-                await proc.write(stdin)
-                await proc.close_stdin()
-            chunks = [chunk async for chunk in proc]
-            return chunks, await proc.wait()
-
-    async def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        return await getattr(self.client, method)(*args, **kwargs)
-
-    async def read_file(self, sandbox_id: str, path: str) -> bytes:
-        async with self.client.read_file(sandbox_id, path) as chunks:
-            return b"".join([chunk async for chunk in chunks])
-
-    async def logs(self, sandbox_id: str, **kwargs: Any) -> list[LogChunk | LogGap]:
-        async with self.client.logs(sandbox_id, **kwargs) as chunks:
-            return [chunk async for chunk in chunks]
-
-
-class SyncDriver:
-    """A SyncController, each call in a worker thread."""
-
-    def __init__(self, client: SyncController) -> None:
-        self.client = client
-
-    async def _thread(self, fn: Callable[[], Any]) -> Any:
-        return await trio.to_thread.run_sync(fn)
-
-    async def run(
-        self, sandbox_id: str, request: ExecRequest, stdin: bytes | None = None
-    ) -> tuple[list[ExecOutput], ExecExit]:
-        def run() -> tuple[list[ExecOutput], ExecExit]:
-            with self.client.exec(sandbox_id, request) as proc:
-                assert proc.pid > 0 and proc.exec_id
-                if stdin is not None:
-                    proc.write(stdin)
-                    proc.close_stdin()
-                chunks = list(proc)
-                return chunks, proc.wait()
-
-        result: tuple[list[ExecOutput], ExecExit] = await self._thread(run)
-        return result
-
-    async def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        return await self._thread(lambda: getattr(self.client, method)(*args, **kwargs))
-
-    async def read_file(self, sandbox_id: str, path: str) -> bytes:
-        def read() -> bytes:
-            with self.client.read_file(sandbox_id, path) as chunks:
-                return b"".join(chunks)
-
-        data: bytes = await self._thread(read)
-        return data
-
-    async def logs(self, sandbox_id: str, **kwargs: Any) -> list[LogChunk | LogGap]:
-        def read() -> list[LogChunk | LogGap]:
-            with self.client.logs(sandbox_id, **kwargs) as chunks:
-                return list(chunks)
-
-        chunks: list[LogChunk | LogGap] = await self._thread(read)
-        return chunks
-
-
-class AsyncioDriver:
-    """The asyncio AsyncController, each call in a worker thread running an event loop of
-    its own (so each on a fresh connection: a connection belongs to its loop)."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    async def _in_loop(self, name: str, *args: Any, **kwargs: Any) -> Any:
-        async def main() -> Any:
-            async with sandboxd.aio.connect(self.path, timeout=30) as client:
-                return await getattr(AsyncDriver(client), name)(*args, **kwargs)
-
-        return await trio.to_thread.run_sync(asyncio.run, main())
-
-    async def run(
-        self, sandbox_id: str, request: ExecRequest, stdin: bytes | None = None
-    ) -> tuple[list[ExecOutput], ExecExit]:
-        result: tuple[list[ExecOutput], ExecExit] = await self._in_loop(
-            "run", sandbox_id, request, stdin
-        )
-        return result
-
-    async def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        return await self._in_loop("call", method, *args, **kwargs)
-
-    async def read_file(self, sandbox_id: str, path: str) -> bytes:
-        data: bytes = await self._in_loop("read_file", sandbox_id, path)
-        return data
-
-    async def logs(self, sandbox_id: str, **kwargs: Any) -> list[LogChunk | LogGap]:
-        chunks: list[LogChunk | LogGap] = await self._in_loop("logs", sandbox_id, **kwargs)
-        return chunks
-
-
-@pytest.fixture(params=["in-process", "trio", "sync", "asyncio"])
+@pytest.fixture(params=["in-process", *CLIENTS])
 async def driver(
     request: pytest.FixtureRequest, sandboxd_controller: Controller, sandboxd_socket: str
 ) -> AsyncIterator[Driver]:
     if request.param == "in-process":
-        yield AsyncDriver(sandboxd_controller)
-    elif request.param == "trio":
-        async with connect(sandboxd_socket) as client:
-            yield AsyncDriver(client)
-    elif request.param == "asyncio":
-        yield AsyncioDriver(sandboxd_socket)
+        yield AsyncDriver(sandboxd_controller, "in-process")
     else:
-        client = SyncController(sandboxd_socket, timeout=30)
-        try:
-            yield SyncDriver(client)
-        finally:
-            client.close()
+        async with open_driver(request.param, sandboxd_socket) as driver:
+            yield driver
 
 
 async def started(driver: Driver, sandbox_id: str, *command: str) -> None:

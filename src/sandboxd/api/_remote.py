@@ -11,7 +11,7 @@ from typing import Any, Final, TypeVar, final
 
 import trio
 
-from .._errors import Internal
+from .._errors import DeadlineExceeded, Internal
 from .._models import (
     DEFAULT_EXEC_SYNC_OUTPUT,
     ExecRequest,
@@ -69,12 +69,26 @@ class RemoteController:
     def client(self) -> Client:
         return self._client
 
+    async def _call_encoded(
+        self, method: str, message: Mapping[str, Any], service: str = _S
+    ) -> bytes:
+        deadline = trio.current_effective_deadline()
+        try:
+            return await self._client.call_encoded(
+                service, method, message, send_deadline=None if deadline == math.inf else deadline
+            )
+        except DeadlineExceeded:
+            # The server gave up at the deadline the caller's cancel scope set, and its answer
+            # came before the scope fired: the scope ends the call, as it would have a moment
+            # later, so a trio deadline always surfaces as Cancelled, never as this error.
+            await trio.lowlevel.checkpoint_if_cancelled()
+            raise
+
     async def _call(
         self, method: str, message: Mapping[str, Any], service: str = _S
     ) -> dict[str, Any]:
-        deadline = trio.current_effective_deadline()
-        return await self._client.call(
-            service, method, message, send_deadline=None if deadline == math.inf else deadline
+        return loads_message(
+            await self._call_encoded(method, message, service), "response payload"
         )
 
     async def _query(
@@ -86,10 +100,7 @@ class RemoteController:
         while it does not change) gives the same model again without decoding it: the
         in-process Controller, too, returns one status snapshot until the sandbox changes.
         """
-        deadline = trio.current_effective_deadline()
-        payload = await self._client.call_encoded(
-            _S, method, message, send_deadline=None if deadline == math.inf else deadline
-        )
+        payload = await self._call_encoded(method, message)
         last = self._decoded.get(decode)
         if last is not None and last[0] == payload:
             model: _T = last[1]
