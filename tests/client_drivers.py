@@ -74,9 +74,18 @@ class Driver(Protocol):
         ``with`` statement, with ``timeout`` as every call's default), closed at the end."""
 
     async def run(
-        self, sandbox_id: str, request: ExecRequest, stdin: bytes | None = None
+        self,
+        sandbox_id: str,
+        request: ExecRequest,
+        stdin: bytes | None = None,
+        resize: tuple[int, int] | None = None,
     ) -> tuple[list[ExecOutput], ExecExit]:
-        """Exec ``request``, write ``stdin`` and close it; the output and how it ended."""
+        """Exec ``request``, resize its terminal to ``resize`` (rows, columns), write ``stdin``
+        and close it; the output and how it ended."""
+
+    async def write_pieces(self, sandbox_id: str, path: str, pieces: list[bytes]) -> int:
+        """``write_file`` from an iterator of ``pieces`` (an async one where the client's
+        methods are async)."""
 
     async def read_file(self, sandbox_id: str, path: str) -> bytes: ...
 
@@ -136,15 +145,29 @@ class AsyncDriver:
         await self._exit.aclose()
 
     async def run(
-        self, sandbox_id: str, request: ExecRequest, stdin: bytes | None = None
+        self,
+        sandbox_id: str,
+        request: ExecRequest,
+        stdin: bytes | None = None,
+        resize: tuple[int, int] | None = None,
     ) -> tuple[list[ExecOutput], ExecExit]:
         async with self.client.exec(sandbox_id, request) as proc:
             assert proc.pid > 0 and proc.exec_id
+            if resize is not None:
+                await proc.resize(*resize)
             if stdin is not None:
                 await proc.write(stdin)
                 await proc.close_stdin()
             chunks = [chunk async for chunk in proc]
             return chunks, await proc.wait()
+
+    async def write_pieces(self, sandbox_id: str, path: str, pieces: list[bytes]) -> int:
+        async def each() -> AsyncIterator[bytes]:
+            for piece in pieces:
+                yield piece
+
+        size: int = await self.client.write_file(sandbox_id, path, each())
+        return size
 
     async def read_file(self, sandbox_id: str, path: str) -> bytes:
         async with self.client.read_file(sandbox_id, path) as chunks:
@@ -230,11 +253,17 @@ class SyncDriver:
         await _in_thread(self.client.close)
 
     async def run(
-        self, sandbox_id: str, request: ExecRequest, stdin: bytes | None = None
+        self,
+        sandbox_id: str,
+        request: ExecRequest,
+        stdin: bytes | None = None,
+        resize: tuple[int, int] | None = None,
     ) -> tuple[list[ExecOutput], ExecExit]:
         def run() -> tuple[list[ExecOutput], ExecExit]:
             with self.client.exec(sandbox_id, request) as proc:
                 assert proc.pid > 0 and proc.exec_id
+                if resize is not None:
+                    proc.resize(*resize)
                 if stdin is not None:
                     proc.write(stdin)
                     proc.close_stdin()
@@ -243,6 +272,9 @@ class SyncDriver:
 
         result: tuple[list[ExecOutput], ExecExit] = await _in_thread(run)
         return result
+
+    async def write_pieces(self, sandbox_id: str, path: str, pieces: list[bytes]) -> int:
+        return await self.call("write_file", sandbox_id, path, iter(pieces))  # type: ignore[no-any-return]
 
     async def read_file(self, sandbox_id: str, path: str) -> bytes:
         def read() -> bytes:
@@ -347,12 +379,20 @@ class AsyncioDriver:
         await self._loop.run(self.client.aclose())
 
     async def run(
-        self, sandbox_id: str, request: ExecRequest, stdin: bytes | None = None
+        self,
+        sandbox_id: str,
+        request: ExecRequest,
+        stdin: bytes | None = None,
+        resize: tuple[int, int] | None = None,
     ) -> tuple[list[ExecOutput], ExecExit]:
         result: tuple[list[ExecOutput], ExecExit] = await self._loop.run(
-            self._async.run(sandbox_id, request, stdin)
+            self._async.run(sandbox_id, request, stdin, resize)
         )
         return result
+
+    async def write_pieces(self, sandbox_id: str, path: str, pieces: list[bytes]) -> int:
+        size: int = await self._loop.run(self._async.write_pieces(sandbox_id, path, pieces))
+        return size
 
     async def read_file(self, sandbox_id: str, path: str) -> bytes:
         data: bytes = await self._loop.run(self._async.read_file(sandbox_id, path))

@@ -16,6 +16,7 @@ tests check that each of these ends the call, and the next one on the same clien
 
 from __future__ import annotations
 
+import inspect
 import os
 import shutil
 import signal
@@ -42,6 +43,7 @@ from sandboxd import (
     Mount,
     NotFound,
     Platform,
+    RemoteController,
     RPCError,
     SandboxEvent,
     SandboxInstance,
@@ -400,6 +402,59 @@ async def test_every_client_gives_equal_models_and_errors(daemon_socket: str) ->
         await first.call("shutdown", box)
 
 
+async def test_the_clients_have_the_same_methods_with_the_same_arguments() -> None:
+    """Every method of one client is in the others, with the same parameters and defaults;
+    the blocking and asyncio clients add ``timeout`` to each but ``events`` (trio code uses a
+    cancel scope),
+    and each client closes the way its kind does (a ``with`` block, ``close``, ``aclose``)."""
+
+    def methods(cls: type) -> dict[str, list[tuple[str, Any, Any]]]:
+        found = {}
+        for attr, fn in vars(cls).items():
+            if attr.startswith("_") or not callable(fn) or attr in {"close", "aclose"}:
+                continue
+            parameters = inspect.signature(fn).parameters.values()
+            found[attr] = [(p.name, p.kind, p.default) for p in parameters if p.name != "timeout"]
+            # a subscription lasts until its block is left: no call timeout ends it
+            if cls is not RemoteController and attr != "events":
+                assert parameters_named(fn, "timeout") == [(inspect.Parameter.KEYWORD_ONLY, None)]
+        return found
+
+    trio_methods = methods(RemoteController)
+    assert methods(SyncController) == trio_methods == methods(sandboxd.aio.AsyncController)
+    assert set(trio_methods) == set(EXERCISED)
+
+
+def parameters_named(fn: Any, parameter: str) -> list[tuple[Any, Any]]:
+    return [
+        (p.kind, p.default)
+        for p in inspect.signature(fn).parameters.values()
+        if p.name == parameter
+    ]
+
+
+#: The methods the shared suites call: this one, and test_data_plane_clients.py.
+EXERCISED = {
+    "version",
+    "create",
+    "start",
+    "status",
+    "platform",
+    "ping",
+    "metrics",
+    "list",
+    "wait",
+    "stop",
+    "shutdown",
+    "events",
+    "exec",
+    "exec_sync",
+    "logs",
+    "write_file",
+    "read_file",
+}
+
+
 # -- giving up on a call, closing a client ------------------------------------------------------
 
 
@@ -431,8 +486,14 @@ async def test_a_clients_default_timeout_bounds_every_call(driver: Driver) -> No
 async def test_a_closed_client_refuses_calls_and_ends_those_waiting(driver: Driver) -> None:
     box = name(driver, "closed")
     await started(driver, box, sandboxer="sim")
-    async with driver.another() as other:
+
+    async def parked(other: Driver) -> None:
+        err = await refusal(other, "wait", box)
+        assert type(err) is Unavailable
+
+    async with trio.open_nursery() as nursery, driver.another() as other:
         assert (await other.call("status", box)).state == "ready"
+        nursery.start_soon(parked, other)
         await other.close()
         err = await refusal(other, "status", box)
         assert type(err) is Unavailable

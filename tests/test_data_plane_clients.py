@@ -66,6 +66,14 @@ async def test_exec_streams_stdin_in_and_both_outputs_back_apart(driver: Driver)
     assert result == ExecExit(5, False, None)
 
 
+async def test_a_terminal_is_resized_before_the_input_that_follows(driver: Driver) -> None:
+    await started(driver, "dp8")
+    request = ExecRequest(["sh", "-c", "read line; stty size"], tty=True, stdin=True)
+    chunks, result = await driver.run("dp8", request, stdin=b"go\n", resize=(40, 120))
+    assert joined(chunks, STDOUT).endswith(b"40 120\r\n")
+    assert result.exit_status == 0
+
+
 async def test_exec_sync_caps_each_stream_and_says_so(driver: Driver) -> None:
     await started(driver, "dp2")
     script = "head -c 3000 /dev/zero; head -c 10 /dev/zero >&2; exit 2"
@@ -105,6 +113,9 @@ async def test_files_go_in_and_come_back_with_their_mode(driver: Driver, tmp_pat
     assert await driver.call("write_file", "dp5", path, data, mode=0o640) == len(data)
     assert os.stat(path).st_mode & 0o777 == 0o640
     assert await driver.read_file("dp5", path) == data
+    pieces = [b"one ", b"", b"two"]
+    assert await driver.write_pieces("dp5", path, pieces) == 7
+    assert await driver.read_file("dp5", path) == b"one two"
     with pytest.raises(NotFound):
         await driver.read_file("dp5", str(tmp_path / "missing"))
 
