@@ -10,7 +10,7 @@ import trio
 import trio.testing
 
 from background import in_background
-from sandboxd import FailedPrecondition, NotFound
+from sandboxd import FailedPrecondition, NotFound, Unavailable
 from sandboxd._models import (
     TOPIC_CREATE,
     TOPIC_DELETE,
@@ -20,7 +20,7 @@ from sandboxd._models import (
     SandboxState,
 )
 from sandboxd.backends import host_platform
-from sandboxd.runtime import DEFAULT_STOP_TIMEOUT
+from sandboxd.runtime import DEFAULT_STOP_TIMEOUT, Waiter
 from sim_controller import create, running, started, state, take
 
 # -- the whole lifecycle (sim) ------------------------------------------------------------------
@@ -516,3 +516,18 @@ async def test_status_platform_ping_metrics_answer_in_every_state(
         await check(SandboxState.STOPPING, 1)
         await stop.done.wait()
         await check(SandboxState.STOPPED, 0)
+
+
+async def test_a_wait_posted_before_the_drain_is_refused_not_parked(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """A Wait the actor has not taken yet when the daemon begins going away gets UNAVAILABLE
+    like the parked ones, instead of holding the shutdown for its whole grace period."""
+    async with running() as (controller, _):
+        await started(controller, "sb-drained")
+        waiter = Waiter()
+        controller.request_wait(waiter, "sb-drained")
+        controller.drain()
+        with pytest.raises(Unavailable, match="shutting down"):
+            await waiter.wait()
+        assert state(controller, "sb-drained") is SandboxState.READY

@@ -173,6 +173,7 @@ class SandboxActor:
         "_stop_parked",
         "_unrecorded",
         "_wait_parked",
+        "_waits_refused",
         "created_at",
         "exit_known",
         "exit_status",
@@ -221,6 +222,8 @@ class SandboxActor:
         self._wait_parked: list[Reply] | None = None
         self._stop_parked: list[Reply] | None = None
         self._shutdown_parked: list[Reply] | None = None
+        # Once the daemon is going away, the error every Wait that would park gets instead.
+        self._waits_refused: BaseException | None = None
         # With a store: answers held until the step that produced them is on disk, whether a
         # step changed the record, the answers waiting on the record the store is writing,
         # and the spec's JSON (it never changes).
@@ -547,7 +550,9 @@ class SandboxActor:
         self._mailbox.clear()
 
     def abandon_waiters(self, error: BaseException) -> None:
-        """Answer every parked Wait with ``error`` (the daemon is going away)."""
+        """Answer every parked Wait with ``error`` (the daemon is going away), and so every
+        Wait that would park from now on: one already posted must not hold the shutdown."""
+        self._waits_refused = error
         waiters, self._wait_parked = self._wait_parked, None
         for reply in waiters or ():
             if not reply.abandoned:
@@ -612,7 +617,9 @@ class SandboxActor:
                 if arg is not None and self.phase is Phase.STOPPING:
                     self._arm_kill(float(arg))
             case Effect.PARK_WAITER:
-                if reply is not None:
+                if reply is not None and self._waits_refused is not None:
+                    reply.fail(self._waits_refused)
+                elif reply is not None:
                     self._wait_parked = _park(self._wait_parked, reply)
             case Effect.KILL:
                 self._signal(_SIGKILL)
