@@ -29,10 +29,11 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 import sandboxd
 from client_drivers import CLIENTS, Driver, open_driver
-from daemons import STARTUP, ReadyPipe, daemon_env
+from daemons import STARTUP, Daemons, ReadyPipe, daemon_env
 from sandboxd import (
     PROTOCOL_VERSION,
     AlreadyExists,
@@ -499,3 +500,28 @@ async def test_a_closed_client_refuses_calls_and_ends_those_waiting(driver: Driv
         assert type(err) is Unavailable
     assert (await driver.call("status", box)).state == "ready"
     await driver.call("shutdown", box)
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+async def test_a_daemon_going_away_ends_the_events_and_the_waits(
+    client: str, daemons: Daemons
+) -> None:
+    daemon = await daemons.start()
+    async with open_driver(client, daemon.socket) as driver:
+        await started(driver, "leaving", sandboxer="sim")
+        failed: list[RPCError] = []
+
+        async def wait() -> None:
+            failed.append(await refusal(driver, "wait", "leaving"))
+
+        async with driver.events() as events, trio.open_nursery() as nursery:
+            nursery.start_soon(wait)
+            # The Wait is sent before the Status on the one connection, so it is parked by
+            # the time the Status is answered (sync: sent from its thread, in either order).
+            await trio.testing.wait_all_tasks_blocked()
+            assert (await driver.call("status", "leaving")).state == "ready"
+            assert await daemon.terminate() == 0
+            assert [e async for e in events] == []  # the stream ended, with no error
+        assert [type(err) for err in failed] == [Unavailable]
+        err = await refusal(driver, "status", "leaving")
+        assert type(err) is Unavailable
