@@ -73,15 +73,10 @@ class Driver(Protocol):
         """A driver on a new client of the same kind (connected through the client's own
         ``with`` statement, with ``timeout`` as every call's default), closed at the end."""
 
-    async def run(
-        self,
-        sandbox_id: str,
-        request: ExecRequest,
-        stdin: bytes | None = None,
-        resize: tuple[int, int] | None = None,
-    ) -> tuple[list[ExecOutput], ExecExit]:
-        """Exec ``request``, resize its terminal to ``resize`` (rows, columns), write ``stdin``
-        and close it; the output and how it ended."""
+    #: ``run(sandbox_id, request, stdin=None, resize=None)``: exec ``request``, resize its
+    #: terminal to ``resize`` (rows, columns), write ``stdin`` and close it; the output and
+    #: how it ended.
+    run: Callable[..., Awaitable[tuple[list[ExecOutput], ExecExit]]]
 
     async def write_pieces(self, sandbox_id: str, path: str, pieces: list[bytes]) -> int:
         """``write_file`` from an iterator of ``pieces`` (an async one where the client's
@@ -378,31 +373,18 @@ class AsyncioDriver:
     async def close(self) -> None:
         await self._loop.run(self.client.aclose())
 
-    async def run(
-        self,
-        sandbox_id: str,
-        request: ExecRequest,
-        stdin: bytes | None = None,
-        resize: tuple[int, int] | None = None,
-    ) -> tuple[list[ExecOutput], ExecExit]:
-        result: tuple[list[ExecOutput], ExecExit] = await self._loop.run(
-            self._async.run(sandbox_id, request, stdin, resize)
-        )
-        return result
+    def _in_loop(name: str) -> Any:  # type: ignore[misc]
+        """The AsyncDriver's method ``name``, run in the loop."""
 
-    async def write_pieces(self, sandbox_id: str, path: str, pieces: list[bytes]) -> int:
-        size: int = await self._loop.run(self._async.write_pieces(sandbox_id, path, pieces))
-        return size
+        async def method(self: AsyncioDriver, *args: Any, **kwargs: Any) -> Any:
+            return await self._loop.run(getattr(self._async, name)(*args, **kwargs))
 
-    async def read_file(self, sandbox_id: str, path: str) -> bytes:
-        data: bytes = await self._loop.run(self._async.read_file(sandbox_id, path))
-        return data
+        return method
 
-    async def logs(self, sandbox_id: str, **kwargs: Any) -> list[LogChunk | LogGap]:
-        chunks: list[LogChunk | LogGap] = await self._loop.run(
-            self._async.logs(sandbox_id, **kwargs)
-        )
-        return chunks
+    run = _in_loop("run")
+    write_pieces = _in_loop("write_pieces")
+    read_file = _in_loop("read_file")
+    logs = _in_loop("logs")
 
 
 async def anext_or_end(iterator: AsyncIterator[Any]) -> Any:

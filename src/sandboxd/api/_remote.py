@@ -56,7 +56,9 @@ class RemoteController:
     answered with the same bytes as the last one of its method gives the same (frozen) model
     again, without decoding it.  The caller's trio
     deadline (the innermost cancel scope's) travels with each call, so the server gives up
-    when the caller does; cancelling a call tells the server to cancel it.  When the
+    when the caller does; a call whose deadline passes ends through that cancel scope
+    (``trio.Cancelled``, caught by the scope) even when the server's DEADLINE_EXCEEDED
+    arrives first.  Cancelling a call tells the server to cancel it.  When the
     connection is lost, pending and later calls raise :class:`~sandboxd.Unavailable`.
     """
 
