@@ -195,6 +195,10 @@ async def test_status_of_a_stopped_process_tells_how_it_ended(driver: Driver) ->
     )
     assert status.info["exit_status"] == "7" == str(exited.exit_status)
     assert set(status.info) == {"sandboxer", "execs", "started_at", "exit_status"}
+    verbose: SandboxStatus = await driver.call("status", box, verbose=True)
+    assert verbose.info.items() >= status.info.items()
+    assert {"command", "cwd", "pgid", "log"} <= set(verbose.info) - set(status.info)
+    assert verbose.info["command"] == "sh -c 'exit 7'"
 
 
 async def test_platform_ping_and_metrics_answer_while_the_sandbox_exists(driver: Driver) -> None:
