@@ -56,8 +56,8 @@ from sandboxd import (
 )
 from sandboxd._models import TOPIC_CREATE, TOPIC_DELETE, TOPIC_EXIT, TOPIC_START
 
-pytestmark = pytest.mark.usefixtures("watchdog")
-
+#: Seconds a test may run before the watchdog fails it.  The fixtures ask for the watchdog
+#: by name: pytest-trio does not run an async fixture given by ``usefixtures``.
 GUARD = 20.0
 
 SLEEPER = SandboxOptions(command=("sleep", "1000"))
@@ -90,7 +90,9 @@ def daemon_socket() -> Iterator[str]:
 
 
 @pytest.fixture(params=CLIENTS)
-async def driver(request: pytest.FixtureRequest, daemon_socket: str) -> AsyncIterator[Driver]:
+async def driver(
+    request: pytest.FixtureRequest, daemon_socket: str, watchdog: None
+) -> AsyncIterator[Driver]:
     async with open_driver(request.param, daemon_socket) as driver:
         yield driver
 
@@ -387,7 +389,9 @@ async def test_the_same_refusals_with_the_same_class_code_and_message(driver: Dr
     )
 
 
-async def test_every_client_gives_equal_models_and_errors(daemon_socket: str) -> None:
+async def test_every_client_gives_equal_models_and_errors(
+    daemon_socket: str, watchdog: None
+) -> None:
     box = "same-everywhere"
     async with open_driver("trio", daemon_socket) as first:
         await started(first, box, labels={"k": "v"})
@@ -508,7 +512,7 @@ async def test_a_closed_client_refuses_calls_and_ends_those_waiting(driver: Driv
 
 @pytest.mark.parametrize("client", CLIENTS)
 async def test_a_daemon_going_away_ends_the_events_and_the_waits(
-    client: str, daemons: Daemons
+    client: str, daemons: Daemons, watchdog: None
 ) -> None:
     daemon = await daemons.start()
     async with open_driver(client, daemon.socket) as driver:

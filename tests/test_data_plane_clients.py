@@ -31,12 +31,17 @@ from sandboxd._models import STDERR, STDOUT, TOPIC_EXEC_EXIT
 from sandboxd.api._controller_service import CONTROLLER_SERVICE
 from sandboxd.runtime import Controller
 
-pytestmark = pytest.mark.usefixtures("watchdog")
+#: Seconds a test may run before the watchdog fails it.  The tests ask for the watchdog by
+#: name: pytest-trio does not run an async fixture given by ``usefixtures``.
+GUARD = 20.0
 
 
 @pytest.fixture(params=["in-process", *CLIENTS])
 async def driver(
-    request: pytest.FixtureRequest, sandboxd_controller: Controller, sandboxd_socket: str
+    request: pytest.FixtureRequest,
+    sandboxd_controller: Controller,
+    sandboxd_socket: str,
+    watchdog: None,
 ) -> AsyncIterator[Driver]:
     if request.param == "in-process":
         yield AsyncDriver(sandboxd_controller, "in-process")
@@ -132,7 +137,7 @@ async def test_logs_give_the_inits_output_apart(driver: Driver) -> None:
 
 
 async def test_a_client_that_goes_away_kills_its_execs(
-    sandboxd_controller: Controller, sandboxd_socket: str
+    sandboxd_controller: Controller, sandboxd_socket: str, watchdog: None
 ) -> None:
     """containerd's choice: an Exec whose connection closes (here a raw peer that opened the
     stream, saw the command start, and hung up) is killed, and its exit is published as for
