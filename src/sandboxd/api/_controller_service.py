@@ -16,7 +16,7 @@ from typing import Any, Final, cast
 
 import trio
 
-from .._errors import NotFound
+from .._errors import NotFound, ResourceExhausted
 from .._models import SandboxStatus
 from ..rpc import (
     CallContext,
@@ -33,7 +33,7 @@ from ..rpc import (
     unary,
 )
 from ..runtime import Controller, Subscription
-from ..wire import dumps
+from ..wire import MAX_PAYLOAD, dumps
 from ._client_common import CONTROLLER_SERVICE, RUNTIME_SERVICE
 from ._convert import (
     check_fields,
@@ -42,6 +42,7 @@ from ._convert import (
     exit_message,
     id_request,
     instance_message,
+    list_page_message,
     list_request,
     metrics_message,
     platform_message,
@@ -54,6 +55,27 @@ from ._runtime_service import runtime_service
 
 #: The empty message, encoded once: the answer of Stop, Shutdown and Ping.
 _EMPTY: Final = Encoded(dumps({}))
+
+
+#: The most bytes of statuses in one List reply: the frame limit, less room for the rest of
+#: the reply (its keys, the next page's token) and the response envelope.
+_LIST_BYTES: Final = MAX_PAYLOAD - 1024
+
+
+def _cut_short(statuses: list[dict[str, Any]]) -> Mapping[str, Any]:
+    """The List reply of the longest prefix of ``statuses`` that fits in a frame, the next
+    page starting after its last sandbox (a page's token stands for the id it ends with)."""
+    room = _LIST_BYTES
+    count = 0
+    for status in statuses:
+        room -= len(dumps(status))
+        if room < 0:
+            break
+        count += 1
+    if count == 0:
+        sandbox_id = statuses[0]["sandbox_id"]
+        raise ResourceExhausted(f"List: the status of {sandbox_id!r} alone is over the limit")
+    return list_page_message(statuses[:count], statuses[count - 1]["sandbox_id"])
 
 
 def _created(sandbox_id: str) -> Mapping[str, Any]:
@@ -119,9 +141,14 @@ def controller_service(controller: Controller) -> dict[str, Method]:
         controller.ping_nowait(id_request(msg, "Ping"))
         return _EMPTY
 
-    def list_(msg: Message, ctx: CallContext) -> Mapping[str, Any]:
-        statuses = controller.list_nowait(list_request(msg))
-        return {"sandboxes": [status_message(s) for s in statuses]}
+    def list_(msg: Message, ctx: CallContext) -> Encoded:
+        labels, limit, page_token = list_request(msg)
+        page = controller.list_page_nowait(labels, limit=limit, page_token=page_token)
+        statuses = [status_message(s) for s in page.sandboxes]
+        encoded = dumps(list_page_message(statuses, page.next_page_token))
+        if len(encoded) > _LIST_BYTES:
+            encoded = dumps(_cut_short(statuses))
+        return Encoded(encoded)
 
     async def metrics(msg: Message, ctx: CallContext) -> Mapping[str, Any]:
         return metrics_message(await controller.metrics(id_request(msg, "Metrics")))

@@ -24,6 +24,7 @@ from .._models import (
     ExecRequest,
     ExecSyncResult,
     ExitStatus,
+    ListPage,
     LogChunk,
     LogGap,
     Mount,
@@ -36,6 +37,8 @@ from .._models import (
     SandboxState,
     SandboxStatus,
     WindowSize,
+    check_list_limit,
+    check_page_token,
     check_sandbox_id,
 )
 from ..wire import MAX_PAYLOAD
@@ -294,12 +297,21 @@ def status_request(msg: Message) -> tuple[str, bool]:
     return sandbox_id, False if verbose is None else _bool(verbose, f"{where}.verbose")
 
 
-_LIST_FIELDS: Final = frozenset({"labels"})
+_LIST_FIELDS: Final = frozenset({"labels", "limit", "page_token"})
 
 
-def list_request(msg: Message) -> dict[str, str] | None:
-    check_fields(msg, _LIST_FIELDS, "List")
-    return _opt_text_map(msg, "labels", "List")
+def list_request(msg: Message) -> tuple[dict[str, str] | None, int, str | None]:
+    """The labels, page size and page token of a List message (see ``Controller.list_page``)."""
+    where = "List"
+    check_fields(msg, _LIST_FIELDS, where)
+    labels = _opt_text_map(msg, "labels", where)
+    page_token = msg.get("page_token")
+    try:
+        limit = check_list_limit(msg.get("limit"))
+        check_page_token(page_token)
+    except InvalidArgument as err:
+        raise InvalidArgument(f"{where}.{err.message}") from None
+    return labels, limit, page_token
 
 
 # -- messages out of models ------------------------------------------------------------------
@@ -457,19 +469,35 @@ def status_request_message(sandbox_id: str, verbose: bool) -> dict[str, Any]:
     return msg
 
 
-def list_message(labels: Mapping[str, str] | None) -> dict[str, Any]:
-    return {"labels": dict(labels)} if labels else {}
+def list_message(
+    labels: Mapping[str, str] | None, limit: int | None, page_token: str | None
+) -> dict[str, Any]:
+    msg: dict[str, Any] = {"labels": dict(labels)} if labels else {}
+    if limit is not None:
+        msg["limit"] = limit
+    if page_token:
+        msg["page_token"] = page_token
+    return msg
+
+
+def list_page_message(statuses: list[dict[str, Any]], next_page_token: str | None) -> Message:
+    """A List response: ``statuses`` made by :func:`status_message`."""
+    if next_page_token is None:
+        return {"sandboxes": statuses}
+    return {"sandboxes": statuses, "next_page_token": next_page_token}
 
 
 def created_from(msg: Message) -> str:
     return _text(_required(msg, "sandbox_id", "Create response"), "Create response.sandbox_id")
 
 
-def list_from(msg: Message) -> list[SandboxStatus]:
-    sandboxes = _required(msg, "sandboxes", "List response")
+def list_page_from(msg: Message) -> ListPage:
+    where = "List response"
+    sandboxes = _required(msg, "sandboxes", where)
     if type(sandboxes) is not list:
-        raise InvalidArgument("List response.sandboxes: must be an array")
-    return [status_from(s) for s in sandboxes]
+        raise InvalidArgument(f"{where}.sandboxes: must be an array")
+    token = _opt_text(msg, "next_page_token", where)
+    return ListPage(tuple(map(status_from, sandboxes)), token or None)
 
 
 # -- models out of response messages (the clients' side) --------------------------------------
