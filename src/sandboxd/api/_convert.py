@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, NoReturn
 
 from cbor2 import CBORTag
 
@@ -480,13 +480,6 @@ def list_message(
     return msg
 
 
-def list_page_message(statuses: list[dict[str, Any]], next_page_token: str | None) -> Message:
-    """A List response: ``statuses`` made by :func:`status_message`."""
-    if next_page_token is None:
-        return {"sandboxes": statuses}
-    return {"sandboxes": statuses, "next_page_token": next_page_token}
-
-
 def created_from(msg: Message) -> str:
     return _text(_required(msg, "sandbox_id", "Create response"), "Create response.sandbox_id")
 
@@ -540,26 +533,53 @@ def exit_from(msg: Message) -> ExitStatus:
     )
 
 
+_STATES: Final = {state.value: state for state in SandboxState}
+
+
 def status_from(msg: Message) -> SandboxStatus:
+    # The checks of _status_refused, made in one expression (List decodes thousands of
+    # statuses a page); on any doubt that one says what is wrong.
+    get = msg.get
+    sandbox_id, pid, state = get("sandbox_id"), get("pid"), get("state")
+    info, created_at, exited_at, extra = (
+        get("info", {}),
+        get("created_at"),
+        get("exited_at"),
+        get("extra"),
+    )
+    if not (
+        type(sandbox_id) is str
+        and type(pid) is int
+        and type(state) is str
+        and state in _STATES
+        and type(info) is dict
+        and all(type(k) is str and type(v) is str for k, v in info.items())
+        and type(created_at) is datetime
+        and created_at.tzinfo is not None
+        and (exited_at is None or (type(exited_at) is datetime and exited_at.tzinfo is not None))
+        and (extra is None or type(extra) is dict)
+    ):
+        _status_refused(msg)
+    return SandboxStatus(sandbox_id, pid, _STATES[state], info, created_at, exited_at, extra)
+
+
+def _status_refused(msg: Message) -> NoReturn:
+    """Raise the INVALID_ARGUMENT that says what is wrong with a status message."""
     where = "Status response"
     exited_at = msg.get("exited_at")
     extra = msg.get("extra")
     state = _text(_required(msg, "state", where), f"{where}.state")
-    try:
-        reported = SandboxState(state)
-    except ValueError:
-        raise InvalidArgument(f"{where}.state: unknown state {state!r}") from None
+    if state not in _STATES:
+        raise InvalidArgument(f"{where}.state: unknown state {state!r}")
     if extra is not None and type(extra) is not dict:
         raise InvalidArgument(f"{where}.extra: must be a map")
-    return SandboxStatus(
-        sandbox_id=_text(_required(msg, "sandbox_id", where), f"{where}.sandbox_id"),
-        pid=_int(_required(msg, "pid", where), f"{where}.pid"),
-        state=reported,
-        info=_text_map(msg.get("info", {}), f"{where}.info"),
-        created_at=_time(_required(msg, "created_at", where), f"{where}.created_at"),
-        exited_at=None if exited_at is None else _time(exited_at, f"{where}.exited_at"),
-        extra=extra,
-    )
+    _text(_required(msg, "sandbox_id", where), f"{where}.sandbox_id")
+    _int(_required(msg, "pid", where), f"{where}.pid")
+    _text_map(msg.get("info", {}), f"{where}.info")
+    _time(_required(msg, "created_at", where), f"{where}.created_at")
+    if exited_at is not None:
+        _time(exited_at, f"{where}.exited_at")
+    raise InvalidArgument(f"{where}: malformed")  # not reached: a check above failed
 
 
 def metrics_from(msg: Message) -> SandboxMetrics:

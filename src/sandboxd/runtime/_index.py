@@ -28,12 +28,14 @@ _SLACK: Final = 1024
 
 @final
 class SandboxIndex:
-    """The ids of ``live`` (a map the owner keeps) in order; :meth:`add` each new key."""
+    """The ids of ``live`` (a map the owner keeps) in order; :meth:`add` each new key.
+    ``slack`` is how many ids it may carry beyond twice the live ones."""
 
-    __slots__ = ("_added", "_live", "_sorted", "_unsorted")
+    __slots__ = ("_added", "_live", "_slack", "_sorted", "_unsorted")
 
-    def __init__(self, live: Mapping[str, Any]) -> None:
+    def __init__(self, live: Mapping[str, Any], slack: int = _SLACK) -> None:
         self._live = live
+        self._slack = slack
         self._sorted: list[str] | None = None
         self._added: list[str] = []
         # Whether ids came since ``_added`` was last sorted.
@@ -45,7 +47,7 @@ class SandboxIndex:
             return  # built from the map when next listed
         self._added.append(sandbox_id)
         self._unsorted = True
-        if len(self._added) > 2 * len(self._live) + _SLACK:
+        if len(self._added) > 2 * len(self._live) + self._slack:
             self._sorted = None  # nobody lists: do not keep an ever longer list
             self._added = []
 
@@ -70,7 +72,8 @@ class SandboxIndex:
             self._unsorted = False
             return ordered
         added = self._added
-        if len(ordered) + len(added) > 2 * len(live) + _SLACK or len(added) > len(live) // 8:
+        slack = self._slack
+        if len(ordered) + len(added) > 2 * len(live) + slack or len(added) > len(live) // 8:
             # Many gone or many new: fold them in, in O(n) (two sorted runs), the dead out.
             merged = ordered + added
             merged.sort()
