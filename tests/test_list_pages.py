@@ -42,6 +42,7 @@ from sandboxd.rpc import open_client
 from sandboxd.runtime import Controller, open_controller
 from sandboxd.runtime._index import SandboxIndex
 from sandboxd.wire import MAX_PAYLOAD
+from test_fuzz import Wrapper
 
 CLIENTS = ("in-process", "trio", "sync", "asyncio")
 #: The issue's figure: List must serve this many sandboxes through every client.
@@ -342,18 +343,12 @@ def test_the_index_gives_every_live_id_in_order_once(
 # -- pages cut short -----------------------------------------------------------------------------
 
 
-class Bulky:
+class Bulky(Wrapper):
     """A Controller look-alike whose statuses carry ``size`` bytes each."""
 
     def __init__(self, controller: Controller, size: int) -> None:
-        self._controller = controller
+        super().__init__(controller)
         self._size = size
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._controller, name)
-
-    def __len__(self) -> int:
-        return len(self._controller)
 
     def list_page_nowait(self, labels: Any = None, **kw: Any) -> ListPage:
         page = self._controller.list_page_nowait(labels, **kw)
@@ -386,17 +381,8 @@ async def test_a_status_alone_over_the_frame_limit_is_resource_exhausted(sock_pa
                 await remote.list()
 
 
-class Stuck:
+class Stuck(Wrapper):
     """A look-alike whose List always says that more follows, at the same place."""
-
-    def __init__(self, controller: Controller) -> None:
-        self._controller = controller
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._controller, name)
-
-    def __len__(self) -> int:
-        return len(self._controller)
 
     def list_page_nowait(self, labels: Any = None, **kw: Any) -> ListPage:
         return ListPage((), "same")

@@ -8,7 +8,6 @@ installed executable, in a subprocess, as a shell would run it.
 from __future__ import annotations
 
 import json
-import os
 import random
 import subprocess
 from collections.abc import Iterator
@@ -44,18 +43,9 @@ def crowded() -> Iterator[tuple[str, list[str]]]:
 
 
 def sandboxctl(path: str, *args: str) -> str:
-    env = dict(os.environ, SANDBOXD_SOCKET=path)
-    result = subprocess.run(
-        [SANDBOXCTL, *args],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=RUN_LIMIT,
-        check=False,
+    return subprocess.check_output(
+        [SANDBOXCTL, "--socket", path, *args], text=True, timeout=RUN_LIMIT
     )
-    assert result.returncode == 0, result.stderr
-    return result.stdout
 
 
 def test_list_prints_every_sandbox_once_in_id_order(crowded: tuple[str, list[str]]) -> None:

@@ -157,10 +157,8 @@ class SyncController:
         page_token: str | None = None,
         timeout: float | None = None,
     ) -> ListPage:
-        """One page of List (see :meth:`Controller.list_page_nowait
-        <sandboxd.Controller.list_page_nowait>`): at most ``limit`` sandboxes after
-        ``page_token``, and the ``next_page_token`` of the page that follows (``None`` on
-        the last).  INVALID_ARGUMENT naming a bad ``limit`` or ``page_token``."""
+        """One page of List: see :meth:`RemoteController.list_page
+        <sandboxd.RemoteController.list_page>`."""
         message = convert.list_message(labels, limit, page_token)
         return list_page_from(self._call("List", message, timeout))
 
