@@ -568,12 +568,12 @@ class Controller:
         limit: int | None = None,
         page_token: str | None = None,
     ) -> ListPage:
-        """One page of :meth:`list_nowait`: at most ``limit`` statuses (default
-        :data:`~sandboxd._models.DEFAULT_LIST_LIMIT`, at most ``MAX_LIST_LIMIT``) of the
-        sandboxes after ``page_token`` (from the first for ``None``), and the token of the
-        next page (``None`` on the last).  A page looks at no more than
-        :data:`LIST_SCAN_LIMIT` sandboxes, so one filtered by ``labels`` may hold fewer, or
-        none, and still not be the last.  Costs O(log n + what it looks at), not a sort.
+        """One page of :meth:`list_nowait`: at most ``limit`` statuses (1 to 10,000; 1,000
+        when ``None``) of the sandboxes after ``page_token`` (from the first for ``None`` or
+        ``""``), and the token of the next page (``None`` on the last).  A page looks at no
+        more than :data:`LIST_SCAN_LIMIT` sandboxes, so one filtered by ``labels`` may hold
+        fewer, or none, and still not be the last.  Costs O(log n + what it looks at), not a
+        sort.
 
         Stable under concurrent creates and shutdowns: pages follow each other in id order,
         each starting after the id its token names, so a sandbox that exists for the whole
