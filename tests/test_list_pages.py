@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 import sandboxd.aio
 import sandboxd.runtime._controller as controller_module
 from sandboxd import (
+    DeadlineExceeded,
     Internal,
     InvalidArgument,
     ListPage,
@@ -395,6 +396,21 @@ async def test_a_server_giving_the_same_token_again_is_internal(
     async with serving(sock_path, Stuck) as controller:
         with pytest.raises(Internal, match="page token 'same' again"):
             await call(client, controller, sock_path, "list")
+
+
+class Endless(Wrapper):
+    """A look-alike whose List never ends: every page is empty and says that more follow."""
+
+    def list_page_nowait(self, labels: Any = None, **kw: Any) -> ListPage:
+        token = kw.get("page_token") or "t0"
+        return ListPage((), f"t{int(token[1:]) + 1}")
+
+
+@pytest.mark.parametrize("client", ["sync", "asyncio"])
+async def test_a_timeout_bounds_the_whole_listing(sock_path: str, client: str) -> None:
+    async with serving(sock_path, Endless) as controller:
+        with pytest.raises(DeadlineExceeded):
+            await call(client, controller, sock_path, "list", timeout=0.2)
 
 
 # -- labels --------------------------------------------------------------------------------------
