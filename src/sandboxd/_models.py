@@ -6,7 +6,7 @@ import enum
 import re
 from collections.abc import Iterable, Mapping
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, final
 
 import attrs
 
@@ -186,6 +186,55 @@ class SandboxStatus:
     created_at: datetime
     exited_at: datetime | None = None
     extra: Mapping[str, Any] | None = None
+
+
+#: The page size of a List that gives no ``limit``.
+DEFAULT_LIST_LIMIT: Final = 1000
+#: The largest ``limit`` a List may ask for.
+MAX_LIST_LIMIT: Final = 10_000
+
+
+def check_list_limit(limit: object) -> int:
+    """The page size ``limit`` asks for (:data:`DEFAULT_LIST_LIMIT` for ``None``), or
+    :class:`~sandboxd.InvalidArgument` naming ``limit`` unless it is a whole number in
+    1..\\ :data:`MAX_LIST_LIMIT`."""
+    if limit is None:
+        return DEFAULT_LIST_LIMIT
+    if type(limit) is not int or not 0 < limit <= MAX_LIST_LIMIT:
+        raise InvalidArgument(f"limit: must be a whole number in 1..{MAX_LIST_LIMIT}")
+    return limit
+
+
+def check_page_token(page_token: object) -> str | None:
+    """Where a page starts: after the sandbox id a ``page_token`` stands for, ``None`` for the
+    first page (no token, or an empty one).  A token no server could have given is
+    :class:`~sandboxd.InvalidArgument` naming ``page_token``."""
+    if page_token is None or page_token == "":
+        return None
+    if type(page_token) is not str:
+        raise InvalidArgument("page_token: must be text")
+    try:
+        return check_sandbox_id(page_token, "page_token")
+    except InvalidArgument:
+        raise InvalidArgument("page_token: not a token List gave") from None
+
+
+@final
+@attrs.frozen(slots=True)
+class ListPage:
+    """One page of List: the statuses of some sandboxes, ordered by id, and where the next
+    page starts.
+
+    ``next_page_token`` is ``None`` on the last page; otherwise pass it as ``page_token`` to
+    get the sandboxes that follow (the page may hold fewer than the ``limit`` asked for,
+    even none, and still not be the last).  Paging is stable: a sandbox that exists for the
+    whole listing is on exactly one page; one created or deleted meanwhile may or may not
+    be.  Treat the token as opaque: it stands for the position after the last sandbox the
+    page looked at, and stays valid however long it is kept.
+    """
+
+    sandboxes: tuple[SandboxStatus, ...]
+    next_page_token: str | None = None
 
 
 @attrs.frozen(slots=True)

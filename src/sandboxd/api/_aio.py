@@ -14,6 +14,7 @@ from .._models import (
     ExecRequest,
     ExecSyncResult,
     ExitStatus,
+    ListPage,
     LogChunk,
     LogGap,
     Mount,
@@ -31,9 +32,13 @@ from ._client_common import (
     RUNTIME_SERVICE,
     Decoded,
     RemoteExec,
+    all_pages_async,
+    deadline_after,
     decode_reply,
+    list_page_from,
     read_data,
     send_data,
+    time_left,
     write_size,
 )
 
@@ -138,8 +143,27 @@ class AsyncController:
     async def list(
         self, labels: Mapping[str, str] | None = None, *, timeout: float | None = None
     ) -> list[SandboxStatus]:
-        reply = await self._call("List", convert.list_message(labels), timeout)
-        return decode_reply(convert.list_from, reply)
+        """Every sandbox carrying all of ``labels``, ordered by id: the pages of :meth:`list_page`,
+        asked for one after the other from the first to the last (``timeout`` bounds them all).
+        A sandbox that exists for the whole listing is in it exactly once; one created or shut
+        down meanwhile may or may not be."""
+        deadline = deadline_after(self._timeout(timeout))
+        return await all_pages_async(
+            lambda token: self.list_page(labels, page_token=token, timeout=time_left(deadline))
+        )
+
+    async def list_page(
+        self,
+        labels: Mapping[str, str] | None = None,
+        *,
+        limit: int | None = None,
+        page_token: str | None = None,
+        timeout: float | None = None,
+    ) -> ListPage:
+        """One page of List: see :meth:`RemoteController.list_page
+        <sandboxd.RemoteController.list_page>`."""
+        message = convert.list_message(labels, limit, page_token)
+        return list_page_from(await self._call("List", message, timeout))
 
     @asynccontextmanager
     async def events(self) -> AsyncIterator[AsyncIterator[SandboxEvent]]:

@@ -3,11 +3,12 @@ service names and the decoding of replies.  No trio here: the asyncio client imp
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, Final, Protocol, TypeVar, final
 
 from .._errors import Internal, InvalidArgument
-from .._models import ExecExit, ExecOutput
+from .._models import ExecExit, ExecOutput, ListPage, SandboxStatus
 from . import _convert as convert
 
 CONTROLLER_SERVICE: Final = "sandboxd.v1.Controller"
@@ -23,6 +24,48 @@ def decode_reply(decode: Callable[[Mapping[str, Any]], _T], msg: Mapping[str, An
         return decode(msg)
     except InvalidArgument as err:
         raise Internal(f"malformed response from the server: {err.message}") from None
+
+
+def list_page_from(msg: Mapping[str, Any]) -> ListPage:
+    """A List response as a page; one that gives back the token it was asked with would
+    never end: INTERNAL, as a malformed one."""
+    return decode_reply(convert.list_page_from, msg)
+
+
+def _next_token(page: ListPage, token: str | None, into: list[SandboxStatus]) -> str | None:
+    into.extend(page.sandboxes)
+    if page.next_page_token is not None and page.next_page_token == token:
+        raise Internal(f"malformed response from the server: List gave page token {token!r} again")
+    return page.next_page_token
+
+
+def all_pages(fetch: Callable[[str | None], ListPage]) -> list[SandboxStatus]:
+    """Every sandbox of the pages ``fetch(page_token)`` gives, from the first to the last."""
+    statuses: list[SandboxStatus] = []
+    token = _next_token(fetch(None), None, statuses)
+    while token is not None:
+        token = _next_token(fetch(token), token, statuses)
+    return statuses
+
+
+async def all_pages_async(
+    fetch: Callable[[str | None], Awaitable[ListPage]],
+) -> list[SandboxStatus]:
+    """:func:`all_pages`, for ``fetch`` coroutines."""
+    statuses: list[SandboxStatus] = []
+    token = _next_token(await fetch(None), None, statuses)
+    while token is not None:
+        token = _next_token(await fetch(token), token, statuses)
+    return statuses
+
+
+def time_left(deadline: float | None) -> float | None:
+    """Seconds until ``deadline`` (a ``time.monotonic()`` time), at least 0; None for none."""
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+
+def deadline_after(timeout: float | None) -> float | None:
+    return None if timeout is None else time.monotonic() + timeout
 
 
 def write_size(msg: Mapping[str, Any]) -> int:

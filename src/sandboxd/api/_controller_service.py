@@ -11,13 +11,13 @@ deadline; Events is a server stream, subscribed as its request is read.  The dat
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any, Final, cast
 
 import trio
 
-from .._errors import NotFound
-from .._models import SandboxStatus
+from .._errors import NotFound, ResourceExhausted
+from .._models import ListPage, SandboxStatus
 from ..rpc import (
     CallContext,
     Encoded,
@@ -33,7 +33,7 @@ from ..rpc import (
     unary,
 )
 from ..runtime import Controller, Subscription
-from ..wire import dumps
+from ..wire import MAX_PAYLOAD, dumps
 from ._client_common import CONTROLLER_SERVICE, RUNTIME_SERVICE
 from ._convert import (
     check_fields,
@@ -54,6 +54,44 @@ from ._runtime_service import runtime_service
 
 #: The empty message, encoded once: the answer of Stop, Shutdown and Ping.
 _EMPTY: Final = Encoded(dumps({}))
+
+
+#: The most bytes of statuses in one List reply: the frame limit, less room for the rest of
+#: the reply (its keys, the next page's token) and the response envelope.
+_LIST_BYTES: Final = MAX_PAYLOAD - 1024
+_SANDBOXES: Final = dumps("sandboxes")
+_NEXT_PAGE_TOKEN: Final = dumps("next_page_token")
+
+
+def _list_reply(page: ListPage, encode: Callable[[SandboxStatus], bytes]) -> Encoded:
+    """The List response of ``page``, its statuses encoded by ``encode`` and joined (cached
+    statuses are not encoded again).  A page that would not fit in a frame is cut short, the
+    next page starting after the last sandbox kept (a token stands for the id it ends with)."""
+    statuses = page.sandboxes
+    token = page.next_page_token
+    items: list[bytes] = []
+    room = _LIST_BYTES
+    for status in statuses:
+        item = encode(status)
+        room -= len(item)
+        if room < 0:
+            if not items:
+                raise ResourceExhausted(
+                    f"List: the status of {status.sandbox_id!r} alone is over the frame limit"
+                )
+            token = statuses[len(items) - 1].sandbox_id
+            break
+        items.append(item)
+    # An array's head is an unsigned integer's with major type 4 (0x80) in place of 0.
+    count = dumps(len(items))
+    head = [
+        b"\xa1" if token is None else b"\xa2",
+        _SANDBOXES,
+        bytes((count[0] | 0x80,)),
+        count[1:],
+    ]
+    tail = [] if token is None else [_NEXT_PAGE_TOKEN, dumps(token)]
+    return Encoded(b"".join(head + items + tail))
 
 
 def _created(sandbox_id: str) -> Mapping[str, Any]:
@@ -91,8 +129,20 @@ def controller_service(controller: Controller) -> dict[str, Method]:
         controller.request_wait(reply, id_request(msg, "Wait"))
 
     # The encoded answer to a non-verbose Status, per sandbox, for as long as the actor
-    # publishes the same snapshot: a sandbox polled in a loop is encoded once per change.
+    # publishes the same snapshot: a sandbox polled in a loop, or listed again, is encoded
+    # once per change.
     encoded_status: dict[str, tuple[SandboxStatus, Encoded]] = {}
+
+    def encode_status(snapshot: SandboxStatus) -> Encoded:
+        sandbox_id = snapshot.sandbox_id
+        cached = encoded_status.get(sandbox_id)
+        if cached is not None and cached[0] is snapshot:
+            return cached[1]
+        if len(encoded_status) > 2 * len(controller) + 1024:
+            encoded_status.clear()  # forget sandboxes deleted since they were last asked about
+        encoded = Encoded(dumps(status_message(snapshot)))
+        encoded_status[sandbox_id] = (snapshot, encoded)
+        return encoded
 
     def status(msg: Message, ctx: CallContext) -> Mapping[str, Any] | Encoded:
         sandbox_id, verbose = status_request(msg)
@@ -103,14 +153,7 @@ def controller_service(controller: Controller) -> dict[str, Method]:
             raise
         if verbose:
             return status_message(snapshot)
-        cached = encoded_status.get(sandbox_id)
-        if cached is not None and cached[0] is snapshot:
-            return cached[1]
-        if len(encoded_status) > 2 * len(controller) + 1024:
-            encoded_status.clear()  # forget sandboxes deleted since they were last asked about
-        encoded = Encoded(dumps(status_message(snapshot)))
-        encoded_status[sandbox_id] = (snapshot, encoded)
-        return encoded
+        return encode_status(snapshot)
 
     def shutdown(msg: Message, ctx: CallContext, reply: Responder) -> None:
         controller.request_shutdown(reply, id_request(msg, "Shutdown"))
@@ -119,9 +162,10 @@ def controller_service(controller: Controller) -> dict[str, Method]:
         controller.ping_nowait(id_request(msg, "Ping"))
         return _EMPTY
 
-    def list_(msg: Message, ctx: CallContext) -> Mapping[str, Any]:
-        statuses = controller.list_nowait(list_request(msg))
-        return {"sandboxes": [status_message(s) for s in statuses]}
+    def list_(msg: Message, ctx: CallContext) -> Encoded:
+        labels, limit, page_token = list_request(msg)
+        page = controller.list_page_nowait(labels, limit=limit, page_token=page_token)
+        return _list_reply(page, encode_status)
 
     async def metrics(msg: Message, ctx: CallContext) -> Mapping[str, Any]:
         return metrics_message(await controller.metrics(id_request(msg, "Metrics")))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, NoReturn
 
 from cbor2 import CBORTag
 
@@ -24,6 +24,7 @@ from .._models import (
     ExecRequest,
     ExecSyncResult,
     ExitStatus,
+    ListPage,
     LogChunk,
     LogGap,
     Mount,
@@ -36,6 +37,8 @@ from .._models import (
     SandboxState,
     SandboxStatus,
     WindowSize,
+    check_list_limit,
+    check_page_token,
     check_sandbox_id,
 )
 from ..wire import MAX_PAYLOAD
@@ -294,12 +297,21 @@ def status_request(msg: Message) -> tuple[str, bool]:
     return sandbox_id, False if verbose is None else _bool(verbose, f"{where}.verbose")
 
 
-_LIST_FIELDS: Final = frozenset({"labels"})
+_LIST_FIELDS: Final = frozenset({"labels", "limit", "page_token"})
 
 
-def list_request(msg: Message) -> dict[str, str] | None:
-    check_fields(msg, _LIST_FIELDS, "List")
-    return _opt_text_map(msg, "labels", "List")
+def list_request(msg: Message) -> tuple[dict[str, str] | None, int, str | None]:
+    """The labels, page size and page token of a List message (see ``Controller.list_page``)."""
+    where = "List"
+    check_fields(msg, _LIST_FIELDS, where)
+    labels = _opt_text_map(msg, "labels", where)
+    page_token = msg.get("page_token")
+    try:
+        limit = check_list_limit(msg.get("limit"))
+        check_page_token(page_token)
+    except InvalidArgument as err:
+        raise InvalidArgument(f"{where}.{err.message}") from None
+    return labels, limit, page_token
 
 
 # -- messages out of models ------------------------------------------------------------------
@@ -457,19 +469,28 @@ def status_request_message(sandbox_id: str, verbose: bool) -> dict[str, Any]:
     return msg
 
 
-def list_message(labels: Mapping[str, str] | None) -> dict[str, Any]:
-    return {"labels": dict(labels)} if labels else {}
+def list_message(
+    labels: Mapping[str, str] | None, limit: int | None, page_token: str | None
+) -> dict[str, Any]:
+    msg: dict[str, Any] = {"labels": dict(labels)} if labels else {}
+    if limit is not None:
+        msg["limit"] = limit
+    if page_token:
+        msg["page_token"] = page_token
+    return msg
 
 
 def created_from(msg: Message) -> str:
     return _text(_required(msg, "sandbox_id", "Create response"), "Create response.sandbox_id")
 
 
-def list_from(msg: Message) -> list[SandboxStatus]:
-    sandboxes = _required(msg, "sandboxes", "List response")
+def list_page_from(msg: Message) -> ListPage:
+    where = "List response"
+    sandboxes = _required(msg, "sandboxes", where)
     if type(sandboxes) is not list:
-        raise InvalidArgument("List response.sandboxes: must be an array")
-    return [status_from(s) for s in sandboxes]
+        raise InvalidArgument(f"{where}.sandboxes: must be an array")
+    token = _opt_text(msg, "next_page_token", where)
+    return ListPage(tuple(map(status_from, sandboxes)), token or None)
 
 
 # -- models out of response messages (the clients' side) --------------------------------------
@@ -512,26 +533,53 @@ def exit_from(msg: Message) -> ExitStatus:
     )
 
 
+_STATES: Final = {state.value: state for state in SandboxState}
+
+
 def status_from(msg: Message) -> SandboxStatus:
+    # The checks of _status_refused, made in one expression (List decodes thousands of
+    # statuses a page); on any doubt that one says what is wrong.
+    get = msg.get
+    sandbox_id, pid, state = get("sandbox_id"), get("pid"), get("state")
+    info, created_at, exited_at, extra = (
+        get("info", {}),
+        get("created_at"),
+        get("exited_at"),
+        get("extra"),
+    )
+    if not (
+        type(sandbox_id) is str
+        and type(pid) is int
+        and type(state) is str
+        and state in _STATES
+        and type(info) is dict
+        and all(type(k) is str and type(v) is str for k, v in info.items())
+        and type(created_at) is datetime
+        and created_at.tzinfo is not None
+        and (exited_at is None or (type(exited_at) is datetime and exited_at.tzinfo is not None))
+        and (extra is None or type(extra) is dict)
+    ):
+        _status_refused(msg)
+    return SandboxStatus(sandbox_id, pid, _STATES[state], info, created_at, exited_at, extra)
+
+
+def _status_refused(msg: Message) -> NoReturn:
+    """Raise the INVALID_ARGUMENT that says what is wrong with a status message."""
     where = "Status response"
     exited_at = msg.get("exited_at")
     extra = msg.get("extra")
     state = _text(_required(msg, "state", where), f"{where}.state")
-    try:
-        reported = SandboxState(state)
-    except ValueError:
-        raise InvalidArgument(f"{where}.state: unknown state {state!r}") from None
+    if state not in _STATES:
+        raise InvalidArgument(f"{where}.state: unknown state {state!r}")
     if extra is not None and type(extra) is not dict:
         raise InvalidArgument(f"{where}.extra: must be a map")
-    return SandboxStatus(
-        sandbox_id=_text(_required(msg, "sandbox_id", where), f"{where}.sandbox_id"),
-        pid=_int(_required(msg, "pid", where), f"{where}.pid"),
-        state=reported,
-        info=_text_map(msg.get("info", {}), f"{where}.info"),
-        created_at=_time(_required(msg, "created_at", where), f"{where}.created_at"),
-        exited_at=None if exited_at is None else _time(exited_at, f"{where}.exited_at"),
-        extra=extra,
-    )
+    _text(_required(msg, "sandbox_id", where), f"{where}.sandbox_id")
+    _int(_required(msg, "pid", where), f"{where}.pid")
+    _text_map(msg.get("info", {}), f"{where}.info")
+    _time(_required(msg, "created_at", where), f"{where}.created_at")
+    if exited_at is not None:
+        _time(exited_at, f"{where}.exited_at")
+    raise InvalidArgument(f"{where}: malformed")  # not reached: a check above failed
 
 
 def metrics_from(msg: Message) -> SandboxMetrics:

@@ -17,6 +17,7 @@ from .._models import (
     ExecRequest,
     ExecSyncResult,
     ExitStatus,
+    ListPage,
     LogChunk,
     LogGap,
     Mount,
@@ -35,7 +36,9 @@ from ._client_common import (
     RUNTIME_SERVICE,
     Decoded,
     RemoteExec,
+    all_pages_async,
     decode_reply,
+    list_page_from,
     read_data,
     send_data,
     write_size,
@@ -157,8 +160,25 @@ class RemoteController:
         return await self._query("Metrics", {"sandbox_id": sandbox_id}, convert.metrics_from)
 
     async def list(self, labels: Mapping[str, str] | None = None) -> list[SandboxStatus]:
-        reply = await self._call("List", convert.list_message(labels))
-        return decode_reply(convert.list_from, reply)
+        """Every sandbox carrying all of ``labels``, ordered by id: the pages of :meth:`list_page`,
+        asked for one after the other from the first to the last (the caller's deadline bounds
+        them all).  A sandbox that exists for the whole listing is in it exactly once; one
+        created or shut down meanwhile may or may not be."""
+        return await all_pages_async(lambda token: self.list_page(labels, page_token=token))
+
+    async def list_page(
+        self,
+        labels: Mapping[str, str] | None = None,
+        *,
+        limit: int | None = None,
+        page_token: str | None = None,
+    ) -> ListPage:
+        """One page of List (see :meth:`Controller.list_page_nowait
+        <sandboxd.Controller.list_page_nowait>`): at most ``limit`` sandboxes after
+        ``page_token``, and the ``next_page_token`` of the page that follows (``None`` on
+        the last).  INVALID_ARGUMENT naming a bad ``limit`` or ``page_token``."""
+        reply = await self._call("List", convert.list_message(labels, limit, page_token))
+        return list_page_from(reply)
 
     @asynccontextmanager
     async def events(self) -> AsyncIterator[AsyncIterator[SandboxEvent]]:

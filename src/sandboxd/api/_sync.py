@@ -16,6 +16,7 @@ from .._models import (
     ExecRequest,
     ExecSyncResult,
     ExitStatus,
+    ListPage,
     LogChunk,
     LogGap,
     Mount,
@@ -31,8 +32,12 @@ from . import _convert as convert
 from ._client_common import (
     CONTROLLER_SERVICE,
     RUNTIME_SERVICE,
+    all_pages,
+    deadline_after,
     decode_reply,
+    list_page_from,
     read_data,
+    time_left,
     write_size,
 )
 
@@ -135,8 +140,27 @@ class SyncController:
     def list(
         self, labels: Mapping[str, str] | None = None, *, timeout: float | None = None
     ) -> list[SandboxStatus]:
-        reply = self._call("List", convert.list_message(labels), timeout)
-        return decode_reply(convert.list_from, reply)
+        """Every sandbox carrying all of ``labels``, ordered by id: the pages of :meth:`list_page`,
+        asked for one after the other from the first to the last (``timeout`` bounds them all).
+        A sandbox that exists for the whole listing is in it exactly once; one created or shut
+        down meanwhile may or may not be."""
+        deadline = deadline_after(self.timeout if timeout is None else timeout)
+        return all_pages(
+            lambda token: self.list_page(labels, page_token=token, timeout=time_left(deadline))
+        )
+
+    def list_page(
+        self,
+        labels: Mapping[str, str] | None = None,
+        *,
+        limit: int | None = None,
+        page_token: str | None = None,
+        timeout: float | None = None,
+    ) -> ListPage:
+        """One page of List: see :meth:`RemoteController.list_page
+        <sandboxd.RemoteController.list_page>`."""
+        message = convert.list_message(labels, limit, page_token)
+        return list_page_from(self._call("List", message, timeout))
 
     @contextmanager
     def events(self) -> Iterator[Iterator[SandboxEvent]]:

@@ -26,6 +26,7 @@ from .._models import (
     ExecRequest,
     ExecSyncResult,
     ExitStatus,
+    ListPage,
     Mount,
     Platform,
     SandboxInstance,
@@ -33,6 +34,8 @@ from .._models import (
     SandboxOptions,
     SandboxSpec,
     SandboxStatus,
+    check_list_limit,
+    check_page_token,
     check_sandbox_id,
 )
 from ..backends import (
@@ -50,6 +53,7 @@ from ..backends import (
 from ._actor import ActorContext, SandboxActor
 from ._events import DEFAULT_SUBSCRIBER_BUFFER, EventBus, Subscription
 from ._exec import CHUNK_SIZE, MAX_EXEC_SYNC_OUTPUT, ExecSession, check_timeout, resolve
+from ._index import SandboxIndex
 from ._lifecycle import Input, Phase, decide
 from ._logs import DEFAULT_MAX_LOG_BYTES, LogDirectory, LogReader
 from ._reply import Reply, Waiter
@@ -62,6 +66,9 @@ DEFAULT_STOP_TIMEOUT: Final = 10.0
 #: The default sandboxer where bubblewrap cannot run (see :func:`preferred_sandboxer`).
 DEFAULT_SANDBOXER: Final = "process"
 DEFAULT_MAX_SANDBOXES: Final = 100_000
+#: The most sandboxes one List page looks at (matching its labels or not, gone or not), so
+#: that a page answered inline never holds up the loop for long.
+LIST_SCAN_LIMIT: Final = 20_000
 
 
 def default_backends(log_dir: str | os.PathLike[str] | None = None) -> list[Backend]:
@@ -162,6 +169,8 @@ class Controller:
         #: Where sandbox records are kept; None keeps them in memory only.
         self.store = store
         self._actors: dict[str, SandboxActor] = {}
+        #: The ids in order, for List's pages: every id added to ``_actors`` is noted in it.
+        self._index = SandboxIndex(self._actors)
         #: Where the sandboxes' output is kept (see :meth:`logs`).
         self._logs = LogDirectory(None if log_dir is None else os.fspath(log_dir), max_log_bytes)
         self._events = EventBus()
@@ -221,6 +230,7 @@ class Controller:
             actor = SandboxActor(spec, backend, context)
             if actor.restore(record):
                 self._actors[spec.sandbox_id] = actor
+                self._index.add(spec.sandbox_id)
                 actors.start_soon(actor.run, name=f"sandbox {spec.sandbox_id}")
             else:
                 await store.delete(spec.sandbox_id)
@@ -348,6 +358,7 @@ class Controller:
         backend.validate(spec)
         actor = SandboxActor(spec, backend, context)
         self._actors[sandbox_id] = actor
+        self._index.add(sandbox_id)
         return actor
 
     def _launch(self, actor: SandboxActor, reply: Reply | None) -> None:
@@ -535,19 +546,68 @@ class Controller:
         return _metrics(sandbox_id, actor, cpu_ns, rss, pids)
 
     def list_nowait(self, labels: Mapping[str, str] | None = None) -> list[SandboxStatus]:
-        """The status of every sandbox carrying all of ``labels``, ordered by id."""
+        """The status of every sandbox carrying all of ``labels``, ordered by id: all of
+        them at once, as they are now (in-process there is no message to fit)."""
         wanted = tuple((labels or {}).items())
+        actors = self._actors
         result = []
-        for sandbox_id in sorted(self._actors):
-            actor = self._actors[sandbox_id]
-            have = actor.spec.labels
-            if all(have.get(k) == v for k, v in wanted):
+        for sandbox_id in self._index.after(None):
+            actor = actors.get(sandbox_id)
+            if actor is not None and (not wanted or _carries(actor, wanted)):
                 result.append(actor.status(False))
         return result
 
     async def list(self, labels: Mapping[str, str] | None = None) -> list[SandboxStatus]:
         await trio.lowlevel.checkpoint()
         return self.list_nowait(labels)
+
+    def list_page_nowait(
+        self,
+        labels: Mapping[str, str] | None = None,
+        *,
+        limit: int | None = None,
+        page_token: str | None = None,
+    ) -> ListPage:
+        """One page of :meth:`list_nowait`: at most ``limit`` statuses (1 to 10,000; 1,000
+        when ``None``) of the sandboxes after ``page_token`` (from the first for ``None`` or
+        ``""``), and the token of the next page (``None`` on the last).  A page looks at no
+        more than :data:`LIST_SCAN_LIMIT` sandboxes, so one filtered by ``labels`` may hold
+        fewer, or none, and still not be the last.  Costs O(log n + what it looks at), not a
+        sort.
+
+        Stable under concurrent creates and shutdowns: pages follow each other in id order,
+        each starting after the id its token names, so a sandbox that exists for the whole
+        listing is on exactly one page.  INVALID_ARGUMENT naming ``limit`` or
+        ``page_token`` for a bad one.
+        """
+        size = check_list_limit(limit)
+        start = check_page_token(page_token)
+        wanted = tuple((labels or {}).items())
+        actors = self._actors
+        page: list[SandboxStatus] = []
+        budget = LIST_SCAN_LIMIT
+        last = None
+        for sandbox_id in self._index.after(start):
+            if len(page) == size or budget == 0:
+                # More to look at: the next page starts after the last id looked at.
+                return ListPage(tuple(page), last)
+            budget -= 1
+            actor = actors.get(sandbox_id)
+            if actor is not None and (not wanted or _carries(actor, wanted)):
+                page.append(actor.status(False))
+            last = sandbox_id
+        return ListPage(tuple(page))
+
+    async def list_page(
+        self,
+        labels: Mapping[str, str] | None = None,
+        *,
+        limit: int | None = None,
+        page_token: str | None = None,
+    ) -> ListPage:
+        """:meth:`list_page_nowait`."""
+        await trio.lowlevel.checkpoint()
+        return self.list_page_nowait(labels, limit=limit, page_token=page_token)
 
     def logs(
         self,
@@ -743,6 +803,11 @@ class Controller:
         fd = await trio.to_thread.run_sync(lambda: process.open_file(path, write=False))
         async with trio.wrap_file(os.fdopen(fd, "rb", buffering=0)) as file:
             yield _chunks(file)
+
+
+def _carries(actor: SandboxActor, wanted: tuple[tuple[str, str], ...]) -> bool:
+    have = actor.spec.labels
+    return all(have.get(k) == v for k, v in wanted)
 
 
 async def _one(data: bytes) -> AsyncIterator[bytes]:
