@@ -61,22 +61,50 @@ if TYPE_CHECKING:
 # (sandboxctl) pays only for the layers it touches.
 _LAZY: Final = {
     **dict.fromkeys(
-        (
-            "Aborted", "AlreadyExists", "Cancelled", "Code", "DataLoss", "DeadlineExceeded",
-            "FailedPrecondition", "Internal", "InvalidArgument", "NotFound", "OutOfRange",
-            "PermissionDenied", "ResourceExhausted", "RPCError", "Unauthenticated",
-            "Unavailable", "Unimplemented", "Unknown",
-        ),
+        [
+            "Aborted",
+            "AlreadyExists",
+            "Cancelled",
+            "Code",
+            "DataLoss",
+            "DeadlineExceeded",
+            "FailedPrecondition",
+            "Internal",
+            "InvalidArgument",
+            "NotFound",
+            "OutOfRange",
+            "PermissionDenied",
+            "ResourceExhausted",
+            "RPCError",
+            "Unauthenticated",
+            "Unavailable",
+            "Unimplemented",
+            "Unknown",
+        ],
         "._errors",
-    ),  # fmt: skip
+    ),
     **dict.fromkeys(
-        (
-            "ExecExit", "ExecOutput", "ExecRequest", "ExecSyncResult", "ExitStatus", "LogChunk",
-            "LogGap", "Mount", "Platform", "Resources", "SandboxEvent", "SandboxInstance",
-            "SandboxMetrics", "SandboxOptions", "SandboxState", "SandboxStatus", "WindowSize",
-        ),
+        [
+            "ExecExit",
+            "ExecOutput",
+            "ExecRequest",
+            "ExecSyncResult",
+            "ExitStatus",
+            "LogChunk",
+            "LogGap",
+            "Mount",
+            "Platform",
+            "Resources",
+            "SandboxEvent",
+            "SandboxInstance",
+            "SandboxMetrics",
+            "SandboxOptions",
+            "SandboxState",
+            "SandboxStatus",
+            "WindowSize",
+        ],
         "._models",
-    ),  # fmt: skip
+    ),
     **dict.fromkeys(("default_socket_path", "default_state_dir"), "._paths"),
     **dict.fromkeys(("RemoteController", "SyncController", "connect", "serve_controller"), ".api"),
     **dict.fromkeys(

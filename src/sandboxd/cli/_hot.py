@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from datetime import datetime
 from typing import Any, Final, TextIO, final
 
 from .._version import __version__
@@ -142,6 +141,9 @@ def status_message(reply: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _plain_status(reply: Mapping[str, Any]) -> dict[str, Any] | None:
+    # Imported here, not for ``version``: cbor2 has imported it if the reply holds a time.
+    from datetime import datetime
+
     sandbox_id = reply.get("sandbox_id")
     pid = reply.get("pid")
     state = reply.get("state")
@@ -156,8 +158,9 @@ def _plain_status(reply: Mapping[str, Any]) -> dict[str, Any] | None:
         and state in STATES
         and type(info) is dict
         and all(type(k) is str and type(v) is str for k, v in info.items())
-        and _is_time(created_at)
-        and (exited_at is None or _is_time(exited_at))
+        and type(created_at) is datetime
+        and created_at.tzinfo is not None
+        and (exited_at is None or (type(exited_at) is datetime and exited_at.tzinfo is not None))
         and (extra is None or type(extra) is dict)
     ):
         return None
@@ -173,7 +176,3 @@ def _plain_status(reply: Mapping[str, Any]) -> dict[str, Any] | None:
     if extra is not None:
         msg["extra"] = extra
     return msg
-
-
-def _is_time(value: object) -> bool:
-    return type(value) is datetime and value.tzinfo is not None
