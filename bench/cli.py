@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
 
-from .servers import SANDBOXD, Served, serving
+from .servers import SANDBOXD, Served, ServerFailed, serving
 
 #: The CLI issue's target: each command's median wall time over ``python -c pass``'s.
 MAX_RATIO: Final = 3.0
@@ -64,7 +64,7 @@ def _wall(argv: Sequence[str], env: dict[str, str]) -> float:
     proc = subprocess.run(argv, env=env, capture_output=True, check=False)
     elapsed = time.perf_counter() - began
     if proc.returncode != 0:
-        raise RuntimeError(
+        raise ServerFailed(
             f"{shlex.join(argv)} exited with status {proc.returncode}: "
             + proc.stderr.decode(errors="replace").strip()
         )
@@ -109,11 +109,14 @@ def time_commands(socket: str, runs: int, warmup: int) -> dict[str, Any]:
 
 def _sandbox(served: Served) -> None:
     """The sim sandbox that ``status`` asks about, created and started."""
-    from sandboxd import SyncController
+    from sandboxd import RPCError, SyncController
 
-    with SyncController(served.path, timeout=30) as ctl:
-        ctl.create(SANDBOX_ID, sandboxer="sim")
-        ctl.start(SANDBOX_ID)
+    try:
+        with SyncController(served.path, timeout=30) as ctl:
+            ctl.create(SANDBOX_ID, sandboxer="sim")
+            ctl.start(SANDBOX_ID)
+    except RPCError as err:
+        raise ServerFailed(f"the sandbox of the cli section: {err!r}") from None
 
 
 def run(command: str, runs: int, warmup: int = WARMUP) -> dict[str, Any]:

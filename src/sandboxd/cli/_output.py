@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, TextIO
@@ -22,6 +21,8 @@ def jsonable(value: Any) -> Any:
 
 
 def print_json(message: Mapping[str, Any], out: TextIO) -> None:
+    import json  # here: human output does without it, and a short-lived process pays for it
+
     print(json.dumps(jsonable(message), sort_keys=True), file=out, flush=True)
 
 
