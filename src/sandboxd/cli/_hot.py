@@ -16,8 +16,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Final, TextIO, final
 
 from .._version import __version__
-from ._client import OneCallClient
-from ._report import time_calls
 
 #: The services' names (``sandboxd.api``'s constants; tests/test_cli_imports.py checks).
 RUNTIME_SERVICE: Final = "sandboxd.v1.Runtime"
@@ -92,6 +90,10 @@ def parse(words: Sequence[str]) -> HotCommand | None:
 
 def run(hot: HotCommand, socket_path: str, out: TextIO) -> int:
     """Run a hot command against the daemon at ``socket_path``; sandboxctl's exit status."""
+    # Imported here, so that the words that go to the full parser do not load the wire.
+    from ._client import OneCallClient
+    from ._report import time_calls
+
     client = OneCallClient(socket_path)
     try:
         if hot.timing:
