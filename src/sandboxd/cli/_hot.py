@@ -23,9 +23,8 @@ CONTROLLER_SERVICE: Final = "sandboxd.v1.Controller"
 #: The values of :class:`~sandboxd.SandboxState` (tests/test_cli_imports.py checks).
 STATES: Final = frozenset({"created", "ready", "stopping", "stopped"})
 
-# Global options that take a value, and those that do not.
+# The global options that take a value.
 _VALUED: Final = ("--socket", "--call-timeout")
-_FLAGS: Final = ("--json", "--timing")
 
 
 @final
@@ -53,8 +52,10 @@ def parse(words: Sequence[str]) -> HotCommand | None:
     while i < len(words) and words[i].startswith("-"):
         word = words[i]
         name, eq, value = word.partition("=")
-        if word in _FLAGS:
-            setattr(hot, "as_json" if word == "--json" else "timing", True)
+        if word == "--json":
+            hot.as_json = True
+        elif word == "--timing":
+            hot.timing = True
         elif name in _VALUED and eq:
             values[name] = value
         elif word in _VALUED and i + 1 < len(words) and not words[i + 1].startswith("-"):
