@@ -40,7 +40,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         return _main(sys.argv[1:], sys.stdout if out is None else out)
     finally:
         # Run as the program: the process ends now.  Its last garbage collection would go
-        # over every object the imports made (about 3 ms, an eighth of ``version``), and
+        # over every object the imports made (2 to 3 ms, a tenth of ``version``), and
         # none of them is garbage worth it.
         gc.freeze()
 
