@@ -109,6 +109,22 @@ def test_no_remote_command_imports_trio_the_runtime_the_server_or_the_backends(
         assert loaded(imported(socket_path, *words), NEVER) == [], words
 
 
+def test_the_data_plane_commands_import_no_trio_either(socket_path: str, tmp_path: Path) -> None:
+    imported(socket_path, "run", "imp-p", "--", "sleep", "60")
+    try:
+        local = tmp_path / "copied"
+        for words in (
+            ("exec", "imp-p", "--", "true"),
+            ("logs", "imp-p"),
+            ("cp", "/etc/hostname", "imp-p:" + str(tmp_path / "in")),
+            ("cp", "imp-p:/etc/hostname", str(local)),
+        ):
+            assert loaded(imported(socket_path, *words), NEVER) == [], words
+        assert local.read_bytes() == Path("/etc/hostname").read_bytes()
+    finally:
+        imported(socket_path, "shutdown", "imp-p")
+
+
 def test_the_hot_commands_import_neither_argparse_nor_the_models(socket_path: str) -> None:
     imported(socket_path, "run", "imp-hot", "--sandboxer", "sim")
     for words in (
