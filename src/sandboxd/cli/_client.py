@@ -27,7 +27,7 @@ from ..wire import (
 
 
 @final
-class OneCallClient:
+class SerialClient:
     """A connection to a sandboxd server for unary calls made one after the other.
 
     Raises as :class:`~sandboxd.rpc.SyncClient` does: UNAVAILABLE when the connection cannot
@@ -57,7 +57,9 @@ class OneCallClient:
         *,
         timeout: float | None = None,
     ) -> dict[str, Any]:
-        """Call a unary method and return its response message."""
+        """Call a unary method and return its response message.  An exception raised while
+        it waits (KeyboardInterrupt) leaves the call in flight: close the client, and the
+        server, seeing the connection end, gives the call up."""
         now = time.monotonic()
         deadline = math.inf if timeout is None else now + timeout
         envelope = request_envelope(service, method, message, deadline=deadline, now=now)

@@ -92,10 +92,10 @@ def parse(words: Sequence[str]) -> HotCommand | None:
 def run(hot: HotCommand, socket_path: str, out: TextIO) -> int:
     """Run a hot command against the daemon at ``socket_path``; sandboxctl's exit status."""
     # Imported here, so that the words that go to the full parser do not load the wire.
-    from ._client import OneCallClient
+    from ._client import SerialClient
     from ._report import time_calls
 
-    client = OneCallClient(socket_path)
+    client = SerialClient(socket_path)
     try:
         if hot.timing:
             time_calls(client)
