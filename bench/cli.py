@@ -125,7 +125,7 @@ def run(command: str, runs: int, warmup: int = WARMUP) -> dict[str, Any]:
     with serving("cli", command) as served:
         _sandbox(served)
         figures = time_commands(served.path, runs, warmup)
-    return served.result | figures
+    return figures | {"server": served.result}  # its command line, start-up and exit
 
 
 def table(figures: dict[str, Any]) -> str:
