@@ -14,7 +14,9 @@ The run, in order (bench/README.md says what each figure means):
 2. The lifecycle section on one sandboxd (``measure lifecycle``; with ``--py-spy``, the sim
    x64 point again under py-spy), then ``measure embedded``.
 3. The scaling section on one sandboxd (``measure scaling``).
-4. The report (:func:`bench.report.publish`): tables, targets, JSON, markdown, plots.
+4. The cli section on one sandboxd (:mod:`bench.cli`): ``sandboxctl version`` and ``status``
+   against ``python -c pass``, whole processes, interleaved.
+5. The report (:func:`bench.report.publish`): tables, targets, JSON, markdown, plots.
 
 Exit status 1 when any measurement failed.
 """
@@ -38,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from . import report
+from . import cli, report
 from .calls import (
     BASELINE_CALL,
     CALLS,
@@ -53,7 +55,8 @@ from .servers import REPO, SANDBOXD, Served, ServerFailed, measure, serving
 
 DEFAULT_JSON: Final = REPO / "bench" / "results" / "latest.json"
 CLIENTS, THROUGHPUT, LIFECYCLE, SCALING = "clients", "throughput", "lifecycle", "scaling"
-SECTIONS: Final = (THROUGHPUT, LIFECYCLE, SCALING)
+CLI: Final = "cli"
+SECTIONS: Final = (THROUGHPUT, LIFECYCLE, SCALING, CLI)
 SERVERS: Final = {
     FLOOR: "{python} -m bench.floor --socket {socket} --ready-fd {ready_fd}",
     UNDER_TEST: SANDBOXD,
@@ -85,12 +88,17 @@ class LoadSettings:
     scaling_seq: int
     scaling_seq_warmup: int
     profile_duration: float
+    cli_runs: int
 
 
 FULL: Final = Settings(seq=3000, seq_warmup=300, inflight=64, warmup=0.3, duration=2.0, repeat=3)
 QUICK: Final = Settings(seq=300, seq_warmup=50, inflight=64, warmup=0.1, duration=0.3, repeat=1)
-FULL_LOAD: Final = LoadSettings(0.15, 0.5, 0.3, 1.5, (0, 1000, 10000, 50000), 3000, 300, 5.0)
-QUICK_LOAD: Final = LoadSettings(0.1, 0.25, 0.1, 0.6, (0, 1000, 5000), 300, 50, 2.0)
+FULL_LOAD: Final = LoadSettings(
+    0.15, 0.5, 0.3, 1.5, (0, 1000, 10000, 50000), 3000, 300, 5.0, cli.RUNS
+)
+QUICK_LOAD: Final = LoadSettings(
+    0.1, 0.25, 0.1, 0.6, (0, 1000, 5000), 300, 50, 2.0, cli.QUICK_RUNS
+)
 
 
 def progress(text: str) -> None:
@@ -321,6 +329,7 @@ def failed(out: dict[str, Any]) -> bool:
         or any("error" in p for p in points.values())
         or "error" in lifecycle.get("profile", {})
         or "error" in lifecycle.get("embedded", {})
+        or "error" in out["cli"]
     )
 
 
@@ -434,6 +443,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         progress(f"{SCALING}: starting sandboxd")
         run = lambda: scaling(sandboxd, load)  # noqa: E731
         scaled = attempt(SCALING, errors, run) or {"error": errors[SCALING]}
+    timed: dict[str, Any] = {}
+    if CLI in args.sections:
+        progress(f"{CLI}: starting sandboxd")
+        run = lambda: cli.run(sandboxd, load.cli_runs)  # noqa: E731
+        timed = attempt(CLI, errors, run) or {"error": errors[CLI]}
 
     out = {
         "command": shlex.join(getattr(sys, "orig_argv", [sys.executable, *sys.argv])),
@@ -452,8 +466,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         **summarize(args, plan, runs, errors),
         "lifecycles": lifecycle,
         "scaling": scaled,
+        "cli": timed,
         "errors": errors,
     }
+    if "commands" in timed:
+        timed["table"] = cli.table(timed)
+        print("sandboxctl against python -c pass\n" + timed["table"] + "\n")
     report.publish(out, plan, args.json)
     if failed(out):
         progress("some measurements FAILED: exit status 1")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import stat
-import tempfile
 
 
 def default_socket_path() -> str:
@@ -18,6 +17,8 @@ def default_socket_path() -> str:
         return os.path.join(runtime_dir, "sandboxd", "sandboxd.sock")
     if os.geteuid() == 0:
         return "/run/sandboxd/sandboxd.sock"
+    import tempfile  # only here: it costs a short-lived client (sandboxctl) milliseconds
+
     return os.path.join(tempfile.gettempdir(), f"sandboxd-{os.getuid()}", "sandboxd.sock")
 
 

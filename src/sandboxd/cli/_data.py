@@ -32,7 +32,8 @@ CHUNK: Final = 64 * 1024
 
 
 def add_parsers(add: Any, with_id: Any, key_value: Any) -> None:
-    """Add ``exec``, ``logs`` and ``cp`` with ``add(name, help)`` (see :func:`_ctl._parser`)."""
+    """Add ``exec``, ``logs`` and ``cp`` with ``add(name, help)`` (see
+    :func:`_commands.parser`)."""
     p = with_id(add("exec", "run a command inside a running sandbox; exit with its status"))
     p.add_argument("-i", "--interactive", action="store_true", help="forward stdin")
     p.add_argument("-t", "--tty", action="store_true", help="give the command a terminal")
