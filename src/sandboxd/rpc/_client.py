@@ -117,9 +117,7 @@ class StreamCall(ReceivedMessages):
 
     __slots__ = ("_client", "_deadline", "_name", "_pending")
 
-    def __init__(
-        self, client: _Connection, pending: _Pending, deadline: float, name: str
-    ) -> None:
+    def __init__(self, client: _Connection, pending: _Pending, deadline: float, name: str) -> None:
         self._client = client
         self._pending = pending
         self._deadline = deadline
