@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
-import subprocess
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -31,6 +29,7 @@ from sandboxd.api import CONTROLLER_SERVICE, RUNTIME_SERVICE
 from sandboxd.rpc import open_client
 from sandboxd.wire import DEFAULT_MAX_CALLS, Code
 
+C = CONTROLLER_SERVICE
 #: Concurrent Creates through one client, twice; Waits parked meanwhile (more than one
 #: connection takes at the server's default limit).
 CREATES = 5_000
@@ -139,7 +138,8 @@ async def test_trio_queued_call_keeps_its_deadline(small_daemon: str) -> None:
             await client.call(CONTROLLER_SERVICE, "Start", {"sandbox_id": sandbox_id})
         async with trio.open_nursery() as waits:
             for sandbox_id in ids:
-                waits.start_soon(client.call, CONTROLLER_SERVICE, "Wait", {"sandbox_id": sandbox_id})
+                message = {"sandbox_id": sandbox_id}
+                waits.start_soon(client.call, CONTROLLER_SERVICE, "Wait", message)
             await trio.testing.wait_all_tasks_blocked()
             # One more is refused by the server, learned from, and queued: its deadline holds.
             with pytest.raises(DeadlineExceeded, match="waiting for room"):
@@ -280,8 +280,8 @@ async def test_a_raw_peer_past_the_limit_is_refused(small_daemon: str) -> None:
     async with await Peer.connect(small_daemon, service=CONTROLLER_SERVICE) as peer:
         await peer.send(
             *(
-                request_frame(2 * i + 1, "Wait", {"sandbox_id": ids[i]}, service=CONTROLLER_SERVICE)
-                for i in range(SMALL_LIMIT)
+                request_frame(2 * i + 1, "Wait", {"sandbox_id": sandbox_id}, service=C)
+                for i, sandbox_id in enumerate(ids)
             )
         )
         stream_id = 2 * SMALL_LIMIT + 1

@@ -1,7 +1,9 @@
 """An asyncio client: the sans-io :class:`~sandboxd.wire.ClientConnection` driven by the
 standard library's event loop.  No trio here (the asyncio client must not import it).
 
-One reader task per connection reads the socket and hands every event to the call it names;
+A client has one connection, and more once the server's per-connection call limit fills it
+(a :class:`~sandboxd.wire.ConnectionPool` says which).  One reader task per connection reads
+the socket and hands every event to the call it names;
 requests and the frames that follow them are written to the transport without awaiting in
 between, so ids reach the server in the order the connection gave them, and a cancelled call
 can tell the server so from its ``except``/``finally`` without awaiting anything.

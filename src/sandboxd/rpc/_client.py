@@ -1,6 +1,11 @@
-"""The trio RPC client: one connection, many concurrent calls, streams.
+"""The trio RPC client: many concurrent calls, streams, on one connection or several.
 
-The protocol (stream ids, calls in flight, which frame ends which call) is a
+A :class:`Client` sends each call on one of its connections (a :class:`_Connection`) with
+room for it below the server's per-connection call limit, opens another when every one is
+full, and otherwise makes the call wait for room: which connection, when to open one, and how
+many waiting calls to wake is a :class:`~sandboxd.wire.ConnectionPool`'s to say.
+
+On each connection, the protocol (stream ids, calls in flight, which frame ends which call) is a
 :class:`~sandboxd.wire.ClientConnection`'s; this module drives it with trio.  Requests are
 written straight to the socket by the calling task.  Replies are read by one task at a time,
 which hands what it reads to the connection and wakes the calls its events are for:
@@ -17,9 +22,10 @@ which hands what it reads to the connection and wakes the calls its events are f
   is noticed (calls in quick succession do not wake it each time).  A call that comes along
   takes the reading over from it.
 
-When the connection ends, every pending call fails at once with UNAVAILABLE, or with the
+When a connection ends, every pending call on it fails at once with UNAVAILABLE, or with the
 error the server gave for the whole connection (an error RESPONSE on stream 0, such as
-PERMISSION_DENIED), which later calls raise too.
+PERMISSION_DENIED); when the client's first connection ends, the client is over: its other
+connections are closed, and later calls raise that error too.
 """
 
 from __future__ import annotations

@@ -49,9 +49,9 @@ class Limits:
     )
     #: Calls in progress (unary, deferred, streams) on one connection; one more gets
     #: RESOURCE_EXHAUSTED on its own stream, with the detail ``{"max_calls_per_connection":
-    #: limit}`` (our clients then send it again, on a connection with room).  Why 1024: many times the pipelining a client
-    #: needs (the benchmark keeps 64 calls in flight), while one connection's rows in the
-    #: stream table, and its tasks, stay bounded.
+    #: limit}`` (our clients keep below it, see docs/wire.md).  Why 1024: many times the
+    #: pipelining a client needs (the benchmark keeps 64 calls in flight), while one
+    #: connection's rows in the stream table, and its tasks, stay bounded.
     max_calls_per_connection: int = attrs.field(
         default=DEFAULT_MAX_CALLS,
         validator=_positive,

@@ -1,8 +1,10 @@
 """A blocking client: plain ``socket``, no event loop, safe to share between threads.
 
-Calls from many threads share one connection.  Whichever waiting thread finds nobody
-reading becomes the reader: it reads frames and hands every response to the call it belongs
-to, until its own arrives; then the next waiting thread takes over.  A single-threaded
+Calls from many threads share one connection, and more once the server's per-connection
+call limit fills it (a :class:`~sandboxd.wire.ConnectionPool` says which).  On each
+connection, whichever waiting thread finds nobody reading becomes the reader: it reads frames
+and hands every response to the call it belongs to, until its own arrives; then the next
+waiting thread takes over.  A single-threaded
 caller therefore pays no thread switch at all.  The protocol itself (stream ids, calls in
 flight, which frame ends which call) is a :class:`~sandboxd.wire.ClientConnection`'s, used
 under one lock.
