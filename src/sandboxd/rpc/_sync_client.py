@@ -218,7 +218,8 @@ class _SyncConnection:
                     slot.refused = slot.done = True
             elif type(event) is ConnectionFailed:
                 self._client._lost(self)
-        if events:
+        # A read without events may still have freed room (a call given up on ended).
+        if events or self._client._pool.waiting:
             self._cond.notify_all()
 
     def _messages(self, slot: _Slot, deadline: float, name: str) -> Iterator[dict[str, Any]]:
@@ -340,13 +341,15 @@ class SyncClient:
             connection = pool.pick()
             while connection is None and not self.closed:
                 if pool.should_open():
+                    opened: _SyncConnection | None = None
+                    reply: dict[str, Any] | None = None
                     self._cond.release()
                     try:
                         opened, reply = self._open_connection(deadline)
                     finally:
                         self._cond.acquire()
-                    pool.opened(opened, reply)
-                    self._cond.notify_all()
+                        pool.opened(opened, reply)
+                        self._cond.notify_all()
                 else:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
