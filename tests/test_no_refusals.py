@@ -14,6 +14,7 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -27,7 +28,20 @@ from peers import Peer, request_frame, status_of
 from sandboxd import DeadlineExceeded, ExitStatus, SandboxState, SyncController
 from sandboxd.api import CONTROLLER_SERVICE, RUNTIME_SERVICE
 from sandboxd.rpc import open_client
-from sandboxd.wire import DEFAULT_MAX_CALLS, Code
+from sandboxd.wire import (
+    CALL_LIMIT_DETAIL,
+    DEFAULT_MAX_CALLS,
+    CallRefused,
+    ClientConnection,
+    Code,
+    ConnectionPool,
+    FrameType,
+    ResponseReceived,
+    dumps,
+    encode_error_from,
+    encode_frame,
+    request_envelope,
+)
 
 C = CONTROLLER_SERVICE
 #: Concurrent Creates through one client, twice; Waits parked meanwhile (more than one
@@ -290,3 +304,60 @@ async def test_a_raw_peer_past_the_limit_is_refused(small_daemon: str) -> None:
         code, message = status_of(frame)
         assert code == Code.RESOURCE_EXHAUSTED
         assert f"limit {SMALL_LIMIT}" in message
+
+
+# -- the sans-io core: what a client counts ------------------------------------------------------
+
+
+def _response(stream_id: int, envelope: bytes) -> bytes:
+    return encode_frame(stream_id, FrameType.RESPONSE, 0, envelope)
+
+
+def test_a_call_given_up_counts_until_the_servers_last_frame() -> None:
+    conn = ClientConnection()
+    stream_id, _ = conn.send_request(request_envelope(C, "Wait", {"sandbox_id": "a"}))
+    assert conn.cancel(stream_id)
+    assert (conn.in_flight, conn.open_calls) == (0, 1)
+    cancelled = encode_error_from(sandboxd.Cancelled("call ended by the client"))
+    assert conn.receive_data(_response(stream_id, cancelled)) == []
+    assert conn.open_calls == 0
+
+
+def test_a_refusal_for_the_call_limit_is_told_apart() -> None:
+    conn = ClientConnection()
+    refused, _ = conn.send_request(request_envelope(C, "Wait"))
+    other, _ = conn.send_request(request_envelope(C, "List"))
+    limit = sandboxd.ResourceExhausted("too many calls", details=[{CALL_LIMIT_DETAIL: 3}])
+    too_big = sandboxd.ResourceExhausted("reply too large")
+    events = conn.receive_data(
+        _response(refused, encode_error_from(limit)) + _response(other, encode_error_from(too_big))
+    )
+    assert events[0] == CallRefused(refused, 3)
+    assert type(events[1]) is ResponseReceived and events[1].error is not None
+    assert conn.open_calls == 0
+
+
+@dataclass
+class _Pooled:
+    conn: ClientConnection
+
+
+def test_the_pool_fills_the_oldest_connection_then_grows_and_learns() -> None:
+    first = _Pooled(ClientConnection())
+    pool = ConnectionPool(first, max_connections=2)
+    pool.max_calls = 2
+    for _ in range(2):
+        assert pool.pick() is first
+        first.conn.send_request(request_envelope(C, "Wait"))
+    assert pool.pick() is None
+    assert pool.should_open() and not pool.should_open()  # once, while opening
+    second = _Pooled(ClientConnection())
+    version = dumps({"limits": {"max_calls_per_connection": 3}})
+    assert pool.opened(second, version)
+    assert pool.max_calls == 3 and pool.pick() is first
+    pool.waiting = 4
+    assert pool.pick() is None  # queued callers go first
+    assert pool.wake_count() == 4 and pool.wake_count() == 0
+    assert not pool.should_open()  # two connections: the most
+    assert pool.lost(second) == [] and pool.connections == [first]
+    assert pool.lost(first) == [] and not pool.closed

@@ -253,7 +253,7 @@ class AioClient:
 
     @property
     def closed(self) -> bool:
-        return self._first._conn.error is not None
+        return self._pool.closed
 
     @property
     def connections(self) -> int:
@@ -328,32 +328,24 @@ class AioClient:
     async def _open_connection(self, path: str) -> None:
         """Open one more connection and make the probe call on it (see ConnectionPool)."""
         connection: _AioConnection | None = None
-        reply: dict[str, Any] | None = None
+        reply: bytes | None = None
         try:
             reader, writer = await asyncio.open_unix_connection(path, limit=RECV_SIZE)
             connection = _AioConnection(self, reader, writer, self._stream_buffer, self._window)
             slot = connection._begin(PROBE_SERVICE, PROBE_METHOD, {}, math.inf, None)
             await connection._until(slot, math.inf, lambda: slot.done, PROBE_METHOD)
-            if slot.error is None:
-                reply = loads_message(slot.payload, "response payload")
-            if connection._conn.error is not None:
-                connection.close()
-                connection = None  # refused
+            reply = slot.payload if slot.error is None else None
         except (OSError, RPCError):
-            if connection is not None:
-                connection.close()
-            connection = None
+            pass
         finally:
             self._opening = None
-            self._pool.opened(connection, reply)
+            if not self._pool.opened(connection, reply) and connection is not None:
+                connection.close()
             self._wake_waiters()
 
     def _lost(self, connection: _AioConnection) -> None:
-        """``connection`` is over: the client too if it is the first."""
-        self._pool.remove(connection)
-        if connection is self._first:
-            for other in self._pool.connections[1:]:
-                other.close()
+        for other in self._pool.lost(connection):
+            other.close()
 
     # -- calls -------------------------------------------------------------------------------
 

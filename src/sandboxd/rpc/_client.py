@@ -540,7 +540,7 @@ class Client:
 
     @property
     def closed(self) -> bool:
-        return self._first._conn.error is not None
+        return self._pool.closed
 
     @property
     def connections(self) -> int:
@@ -600,29 +600,24 @@ class Client:
         """Open one more connection and make the probe call on it (see ConnectionPool)."""
         assert self._nursery is not None and self._path is not None
         connection: _Connection | None = None
-        reply: dict[str, Any] | None = None
+        reply: bytes | None = None
         try:
             transport = Transport(await connect_unix(self._path))
             connection = _Connection(self, transport, self._stream_buffer, self._window)
             await self._nursery.start(connection.run)
             pending = connection._send_request(PROBE_SERVICE, PROBE_METHOD, {}, math.inf, None)
             await connection._wait_reply(pending)
-            if pending.error is None:
-                reply = loads_message(pending.payload, "response payload")
-            if connection._conn.error is not None:
-                connection = None  # refused
+            reply = pending.payload if pending.error is None else None
         except RPCError:
-            connection = None
+            pass
         finally:
-            self._pool.opened(connection, reply)
+            if not self._pool.opened(connection, reply) and connection is not None:
+                connection.close()
             self._wake_waiters()
 
     def _lost(self, connection: _Connection) -> None:
-        """``connection`` is over: the client too if it is the first."""
-        self._pool.remove(connection)
-        if connection is self._first:
-            for other in self._pool.connections[1:]:
-                other.close()
+        for other in self._pool.lost(connection):
+            other.close()
 
     async def call(
         self,

@@ -287,10 +287,6 @@ class SyncClient:
         self.close()
 
     @property
-    def closed(self) -> bool:
-        return self._first._conn.error is not None
-
-    @property
     def connections(self) -> int:
         """How many connections the client has open."""
         return len(self._pool.connections)
@@ -301,13 +297,11 @@ class SyncClient:
             connection.close()
 
     def _lost(self, connection: _SyncConnection) -> None:
-        """``connection`` is over (under ``_cond``): the client too if it is the first."""
-        self._pool.remove(connection)
-        if connection is self._first:
-            for other in self._pool.connections[1:]:
-                other._dispatch(other._conn.close(Unavailable("client was closed")))
-                with contextlib.suppress(OSError):
-                    other._sock.shutdown(socket.SHUT_RDWR)
+        """``connection`` is over (under ``_cond``)."""
+        for other in self._pool.lost(connection):
+            other._dispatch(other._conn.close(Unavailable("client was closed")))
+            with contextlib.suppress(OSError):
+                other._sock.shutdown(socket.SHUT_RDWR)
 
     # -- room for a call ---------------------------------------------------------------------
 
@@ -339,17 +333,23 @@ class SyncClient:
         pool = self._pool
         with self._cond:
             connection = pool.pick()
-            while connection is None and not self.closed:
+            while connection is None and not self._pool.closed:
                 if pool.should_open():
                     opened: _SyncConnection | None = None
-                    reply: dict[str, Any] | None = None
+                    reply: bytes | None = None
                     self._cond.release()
                     try:
                         opened, reply = self._open_connection(deadline)
                     finally:
                         self._cond.acquire()
-                        pool.opened(opened, reply)
+                        taken = pool.opened(opened, reply)
                         self._cond.notify_all()
+                    if not taken and opened is not None:
+                        self._cond.release()
+                        try:
+                            opened.close()
+                        finally:
+                            self._cond.acquire()
                 else:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
@@ -362,11 +362,10 @@ class SyncClient:
                 connection = pool.take()
         return self._first if connection is None else connection
 
-    def _open_connection(
-        self, deadline: float
-    ) -> tuple[_SyncConnection | None, dict[str, Any] | None]:
-        """One more connection, once the server answered the probe call on it (see
-        ConnectionPool), and the probe's reply; None when it was refused or not made."""
+    def _open_connection(self, deadline: float) -> tuple[_SyncConnection | None, bytes | None]:
+        """One more connection, once its probe call (see ConnectionPool) ended or
+        ``deadline`` passed, and the probe's reply (None: it failed); None when no connection
+        could be made."""
         try:
             connection = _SyncConnection(self, self._connect())
         except Unavailable:
@@ -374,16 +373,8 @@ class SyncClient:
         begun = connection._begin(PROBE_SERVICE, PROBE_METHOD, {}, None, False, None, deadline)
         assert begun is not None
         _, slot, _ = begun
-        if not connection._await(slot, deadline, lambda: slot.done):
-            return connection, None  # slow, not refused
-        if connection._conn.error is not None:
-            connection.close()
-            return None, None
-        if slot.error is not None:
-            return connection, None
-        return connection, loads_message(slot.payload, "response payload")
-
-    # -- calls --------------------------------------------------------------------------
+        connection._await(slot, deadline, lambda: slot.done)
+        return connection, slot.payload if slot.done and slot.error is None else None
 
     def call(
         self,

@@ -64,7 +64,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Final, Generic, NamedTuple, Protocol, TypeVar, final
 
 from .._errors import Code, FailedPrecondition, ResourceExhausted, RPCError, Unavailable
-from ._envelope import decode_response, dumps, encode_request, response_payload
+from ._envelope import decode_response, dumps, encode_request, loads_message, response_payload
 from ._frame import (
     MAX_PAYLOAD,
     Flags,
@@ -683,25 +683,40 @@ class ConnectionPool(Generic[_C]):
         self.opening = True
         return True
 
-    def opened(self, connection: _C | None, reply: Mapping[str, Any] | None = None) -> None:
-        """The connection the driver opened, once the server answered its probe call (with
-        ``reply``, or None when it answered an error); None when the server refused it or it
-        could not be made: the pool opens no more."""
+    def opened(self, connection: _C | None, reply: bytes | None = None) -> bool:
+        """The connection the driver opened, once its probe call ended (``reply``: the
+        response message, still encoded, or None when the call failed); None when it could not
+        be made.  False when the pool did not take it (the server refused the connection, or
+        it could not be made): the driver closes it, and the pool opens no more."""
         self.opening = False
-        if connection is None:
+        if connection is None or connection.conn.error is not None:
             self.growable = False
-            return
+            return False
         self.connections.append(connection)
-        limit = None if reply is None else call_limit_from_version(reply)
-        if limit is not None:
-            self.max_calls = limit
+        if reply is not None:
+            try:
+                limit = call_limit_from_version(loads_message(reply, "response payload"))
+            except RPCError:
+                limit = None
+            if limit is not None:
+                self.max_calls = limit
+        return True
 
     def learn(self, limit: int) -> None:
         """The server refused a call for its per-connection ``limit`` (see
         :class:`CallRefused`)."""
         self.max_calls = min(self.max_calls, limit)
 
-    def remove(self, connection: _C) -> None:
-        """A connection that is over (its calls had their events)."""
-        if connection in self.connections[1:]:
+    @property
+    def closed(self) -> bool:
+        """Whether the client is over: its first connection is."""
+        return self.connections[0].conn.error is not None
+
+    def lost(self, connection: _C) -> list[_C]:
+        """A connection that is over (its calls had their events): the connections the driver
+        closes now, every other one when it is the first (the client is then over)."""
+        if connection is self.connections[0]:
+            return self.connections[1:]
+        if connection in self.connections:
             self.connections.remove(connection)
+        return []
