@@ -282,6 +282,26 @@ def test_blocking_queued_call_keeps_its_deadline(small_daemon: str) -> None:
     assert len(ended) == SMALL_LIMIT
 
 
+def test_blocking_client_takes_back_the_room_of_calls_given_up(small_daemon: str) -> None:
+    with SyncController(small_daemon) as ctl:
+        pool = ctl.client._pool
+        pool.max_connections = 1
+        pool.max_calls = SMALL_LIMIT  # as if learned
+        ctl.create("gone")
+        ctl.start("gone")
+
+        def give_up() -> None:
+            with pytest.raises(DeadlineExceeded):
+                ctl.wait("gone", timeout=0.01)
+
+        with ThreadPoolExecutor(SMALL_LIMIT) as threads:
+            for _ in range(SMALL_LIMIT):
+                threads.submit(give_up)
+        # The server's answers to the calls given up come when no thread reads: the next call
+        # reads them to find room.
+        assert ctl.platform("gone", timeout=5).os
+
+
 # -- a client that is not ours -------------------------------------------------------------------
 
 

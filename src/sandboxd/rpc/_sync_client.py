@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, final
+from typing import Any, Final, final
 
 from .._errors import DeadlineExceeded, FailedPrecondition, RPCError, Unavailable
 from ..wire import (
@@ -43,6 +43,10 @@ from ..wire import (
     loads_message,
     request_envelope,
 )
+
+#: Seconds a call waiting for room waits before it reads the connections nobody reads (the
+#: blocking client has no reader thread of its own).
+_UNREAD_AFTER: Final = 0.05
 
 
 @final
@@ -356,11 +360,24 @@ class SyncClient:
                         raise DeadlineExceeded(f"{name}: deadline exceeded waiting for room")
                     pool.waiting += 1
                     try:
-                        self._cond.wait(None if remaining == math.inf else remaining)
+                        self._cond.wait(min(remaining, _UNREAD_AFTER))
                     finally:
                         pool.waiting -= 1
+                    self._read_unread()
                 connection = pool.take()
         return self._first if connection is None else connection
+
+    def _read_unread(self) -> None:
+        """Read what the connections nobody reads hold (under ``_cond``): the last frames of
+        calls given up on, whose room a caller waits for while no thread reads for them."""
+        for connection in self._pool.connections:
+            if not connection._reading and connection._poll.poll(0):
+                try:
+                    data = connection._sock.recv(RECV_SIZE)
+                except OSError:
+                    continue  # a reading thread will see it
+                # What the connection has to send goes with the next read's.
+                connection._dispatch(connection._conn.receive_data(data))
 
     def _open_connection(self, deadline: float) -> tuple[_SyncConnection | None, bytes | None]:
         """One more connection, once its probe call (see ConnectionPool) ended or
