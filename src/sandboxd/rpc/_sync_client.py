@@ -115,9 +115,9 @@ class _SyncConnection:
         streaming: bool,
         client_sends: bool | None,
         deadline: float,
-    ) -> tuple[int, _Slot, float] | None:
-        """Send a call's request: its id, its slot and ``deadline``; None when the connection
-        has no room left."""
+    ) -> tuple[int, _Slot] | None:
+        """Send a call's request: its id and its slot; None when the connection has no room
+        left."""
         now = time.monotonic()
         envelope = request_envelope(
             service,
@@ -146,7 +146,7 @@ class _SyncConnection:
                 self._sock.sendall(frame)
             except OSError:
                 self._send_failed()
-        return stream_id, slot, deadline
+        return stream_id, slot
 
     def _abandon(self, stream_id: int) -> None:
         with self._cond:
@@ -322,14 +322,18 @@ class SyncClient:
         """Send a call's request on a connection with room, waiting for room until the
         call's deadline."""
         deadline = math.inf if timeout is None else time.monotonic() + timeout
-        name = f"{service}/{method}"
+        # The first connection unless calls wait for room: it says under its lock whether it
+        # has room (the oldest connection with room is the one to use).
+        connection = None if self._pool.waiting else self._first
         while True:
-            connection = self._connection(deadline, name)
+            if connection is None:
+                connection = self._connection(deadline, f"{service}/{method}")
             begun = connection._begin(
                 service, method, message, metadata, streaming, client_sends, deadline
             )
             if begun is not None:
-                return (connection, *begun)
+                return connection, begun[0], begun[1], deadline
+            connection = None
 
     def _connection(self, deadline: float, name: str) -> _SyncConnection:
         """A connection with room for one more call (the first when the client is over); waits
@@ -389,7 +393,7 @@ class SyncClient:
             return None, None
         begun = connection._begin(PROBE_SERVICE, PROBE_METHOD, {}, None, False, None, deadline)
         assert begun is not None
-        _, slot, _ = begun
+        _, slot = begun
         connection._await(slot, deadline, lambda: slot.done)
         return connection, slot.payload if slot.done and slot.error is None else None
 
