@@ -63,6 +63,7 @@ async def test_runtime_version_round_trip(nursery: trio.Nursery, sock_path: str,
         assert frame.type == RESPONSE == 2
         assert frame.flags == 0
         reply = loads_message(decode_response(frame.payload))
+        assert reply.pop("limits")["max_calls_per_connection"] == 1024
         assert reply == {"version": __version__, "protocol": PROTOCOL_VERSION}
 
 

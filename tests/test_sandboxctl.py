@@ -278,6 +278,8 @@ def test_json_before_or_after_the_subcommand_prints_the_response_message(
     version = sandboxctl(daemon, "version", "--json").json()
     # The daemon also says which cgroup hierarchy limits its sandboxes (or why none does).
     assert version.pop("cgroups").startswith(("cgroup v1 (", "cgroup v2 (", "cgroups unavailable"))
+    # And its limits.
+    assert version.pop("limits")["max_calls_per_connection"] == 1024
     assert version == {"version": __version__, "protocol": 1}
 
     # wait --timeout gives up with DEADLINE_EXCEEDED, leaving the sandbox running.

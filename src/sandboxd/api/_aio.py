@@ -265,7 +265,9 @@ async def connect(
     path: str | os.PathLike[str], *, timeout: float | None = None
 ) -> AsyncIterator[AsyncController]:
     """An :class:`AsyncController` connected to the daemon at ``path``, for the block;
-    ``timeout`` is the default of every call.  Raises :class:`~sandboxd.Unavailable` naming
+    ``timeout`` is the default of every call.  Any number of calls may be made at once, as
+    with :func:`sandboxd.connect` (see :class:`~sandboxd.rpc.AioClient`); leaving the block
+    closes every connection the client opened.  Raises :class:`~sandboxd.Unavailable` naming
     the path when no daemon listens there."""
     async with open_aio_client(path) as client:
         yield AsyncController(client, timeout=timeout)

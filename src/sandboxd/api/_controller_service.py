@@ -245,8 +245,12 @@ async def serve_controller(
     accepts connections.  The other options are :class:`~sandboxd.rpc.Server`'s: the limits on
     each client, and who may connect (``allowed_uids``, ``socket_group``).
     """
+    limits = Limits() if limits is None else limits
     server = Server(
-        {RUNTIME_SERVICE: runtime_service(), CONTROLLER_SERVICE: controller_service(controller)},
+        {
+            RUNTIME_SERVICE: runtime_service(limits=limits),
+            CONTROLLER_SERVICE: controller_service(controller),
+        },
         limits=limits,
         allowed_uids=allowed_uids,
         socket_group=socket_group,

@@ -261,7 +261,10 @@ class RemoteController:
 async def connect(path: str | os.PathLike[str]) -> AsyncIterator[RemoteController]:
     """A :class:`RemoteController` connected to the daemon at ``path``, for the block.
 
-    Raises :class:`~sandboxd.Unavailable` naming the path when no daemon listens there.
+    Any number of calls may be made at once: past the server's per-connection call limit the
+    client opens more connections, or calls wait for room within their own deadline (see
+    :class:`~sandboxd.rpc.Client`); leaving the block closes them all.  Raises
+    :class:`~sandboxd.Unavailable` naming the path when no daemon listens there.
     """
     async with open_client(path) as client:
         yield RemoteController(client)

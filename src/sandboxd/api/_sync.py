@@ -53,7 +53,10 @@ class SyncController:
     :class:`~sandboxd.RemoteController`.  Where trio code would use a cancel scope, pass
     ``timeout`` (seconds): when it passes the call raises :class:`~sandboxd.DeadlineExceeded`
     and the server is told to give up.  ``timeout`` given to the constructor applies to every
-    call that passes none.
+    call that passes none.  Any number of threads may call at once: past the server's
+    per-connection call limit the client opens more connections, or calls wait for room
+    within their ``timeout`` (see :class:`~sandboxd.rpc.SyncClient`); :meth:`close` closes
+    them all.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, timeout: float | None = None) -> None:

@@ -256,7 +256,7 @@ async def _serve(
             )
             server = Server(
                 {
-                    RUNTIME_SERVICE: runtime_service(cgroups=described),
+                    RUNTIME_SERVICE: runtime_service(described, server_options["limits"]),
                     CONTROLLER_SERVICE: controller_service(controller),
                 },
                 **server_options,

@@ -1,7 +1,9 @@
 """An asyncio client: the sans-io :class:`~sandboxd.wire.ClientConnection` driven by the
 standard library's event loop.  No trio here (the asyncio client must not import it).
 
-One reader task per connection reads the socket and hands every event to the call it names;
+A client has one connection, and more once the server's per-connection call limit fills it
+(a :class:`~sandboxd.wire.ConnectionPool` says which).  One reader task per connection reads
+the socket and hands every event to the call it names;
 requests and the frames that follow them are written to the transport without awaiting in
 between, so ids reach the server in the order the connection gave them, and a cancelled call
 can tell the server so from its ``except``/``finally`` without awaiting anything.
@@ -20,10 +22,15 @@ from typing import Any, final
 
 from .._errors import DeadlineExceeded, FailedPrecondition, RPCError, Unavailable
 from ..wire import (
+    DEFAULT_MAX_CONNECTIONS,
     DEFAULT_STREAM_BUFFER,
     DEFAULT_WINDOW,
+    PROBE_METHOD,
+    PROBE_SERVICE,
     RECV_SIZE,
+    CallRefused,
     ClientConnection,
+    ConnectionPool,
     Event,
     ResponseReceived,
     StreamEnded,
@@ -39,11 +46,13 @@ from ..wire import (
 class _Slot:
     """A call in flight: what its waiting task looks at."""
 
-    __slots__ = ("buffer", "changed", "done", "error", "payload", "stream_id")
+    __slots__ = ("buffer", "changed", "done", "error", "payload", "refused", "stream_id")
 
     def __init__(self, stream_id: int) -> None:
         self.stream_id = stream_id
         self.done = False
+        # The server refused the call for its call limit, untouched: send it again.
+        self.refused = False
         self.payload = b""
         self.error: RPCError | None = None
         # A stream's messages (the connection's deque, see ClientConnection.messages).
@@ -53,38 +62,29 @@ class _Slot:
 
 
 @final
-class AioClient:
-    """An asyncio connection to a sandboxd RPC server.  Get one with :func:`open_aio_client`.
-
-    Same calls and the same typed errors as the trio :class:`~sandboxd.rpc.Client`: the
-    server's status as its :class:`~sandboxd.RPCError` subclass, DEADLINE_EXCEEDED when a
-    call's ``timeout`` passes (the timeout is also sent to the server as the call's
-    deadline), UNAVAILABLE when the connection cannot be made, is lost or is closed (every
-    waiting call wakes with it), or the error the server refused the connection with.
-
-    Cancellation: a call whose task is cancelled (``task.cancel()``, ``asyncio.timeout``)
-    tells the server to cancel it and lets the cancellation propagate; the connection stays
-    usable for every other call.  Safe to share between the tasks of one event loop.
-    """
+class _AioConnection:
+    """One connection of an :class:`AioClient`: its streams, its protocol state, its reader."""
 
     def __init__(
         self,
+        client: AioClient,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
-        *,
-        stream_buffer: int = DEFAULT_STREAM_BUFFER,
-        window: int = DEFAULT_WINDOW,
+        stream_buffer: int,
+        window: int,
     ) -> None:
+        self._client = client
         self._reader = reader
         self._writer = writer
-        self._conn = ClientConnection(stream_buffer=stream_buffer, window=window)
+        self.conn = self._conn = ClientConnection(stream_buffer=stream_buffer, window=window)
         self._pending: dict[int, _Slot] = {}
         self._loop = asyncio.get_running_loop()
         self._reading = self._loop.create_task(self._read_forever())
 
-    @property
-    def closed(self) -> bool:
-        return self._conn.error is not None
+    def close(self) -> None:
+        """Fail the calls waiting and close the socket (the reader then ends)."""
+        self._dispatch(self._conn.close(Unavailable("client was closed")))
+        self._writer.close()
 
     async def aclose(self) -> None:
         """Close the connection; calls waiting in other tasks fail with UNAVAILABLE."""
@@ -169,6 +169,7 @@ class AioClient:
     def _dispatch(self, events: list[Event]) -> None:
         """Hand the connection's events to their calls and wake the calls' tasks."""
         pending = self._pending
+        client = self._client
         for event in events:
             if isinstance(event, ResponseReceived | StreamEnded):
                 slot = pending.pop(event.stream_id, None)
@@ -177,11 +178,18 @@ class AioClient:
                     slot.error = event.error
                     slot.done = True
                     slot.changed.set()
-            elif (
-                isinstance(event, StreamMessage | WindowOpened)
-                and (slot := pending.get(event.stream_id)) is not None
-            ):
-                slot.changed.set()
+            elif isinstance(event, StreamMessage | WindowOpened):
+                if (slot := pending.get(event.stream_id)) is not None:
+                    slot.changed.set()
+            elif isinstance(event, CallRefused):
+                client._pool.learn(event.limit)
+                if (slot := pending.pop(event.stream_id, None)) is not None:
+                    slot.refused = slot.done = True
+                    slot.changed.set()
+            else:  # ConnectionFailed: every call has had its event
+                client._lost(self)
+        if client._pool.waiting:
+            client._wake_waiters()
 
     async def _until(self, slot: _Slot, deadline: float, ready: Any, name: str) -> None:
         """Wait until ``ready()`` holds, the call ends, or ``deadline`` passes
@@ -197,6 +205,147 @@ class AioClient:
             except TimeoutError:
                 if not ready():
                     raise DeadlineExceeded(f"{name}: deadline exceeded") from None
+
+
+@final
+class AioClient:
+    """An asyncio client of a sandboxd RPC server: one connection, and more while that one is
+    full.  Get one with :func:`open_aio_client`.
+
+    Same calls and the same typed errors as the trio :class:`~sandboxd.rpc.Client`: the
+    server's status as its :class:`~sandboxd.RPCError` subclass, DEADLINE_EXCEEDED when a
+    call's ``timeout`` passes (the timeout is also sent to the server as the call's
+    deadline), UNAVAILABLE when the connection cannot be made, is lost or is closed (every
+    waiting call wakes with it), or the error the server refused the connection with.
+
+    Never the server's per-connection call limit: as the trio client does, a call (streams
+    too) goes on a connection with room, the client opens another when all are full (up to
+    ``max_connections``), and calls wait for room, oldest first, within their own
+    ``timeout``; a unary call the server refuses for its limit all the same is sent again.
+
+    Cancellation: a call whose task is cancelled (``task.cancel()``, ``asyncio.timeout``),
+    waiting for room or for its reply, tells the server to cancel it when it was sent and
+    lets the cancellation propagate; the client stays usable for every other call.  Safe to
+    share between the tasks of one event loop.
+    """
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        stream_buffer: int = DEFAULT_STREAM_BUFFER,
+        window: int = DEFAULT_WINDOW,
+        path: str | None = None,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    ) -> None:
+        self._stream_buffer = stream_buffer
+        self._window = window
+        self._loop = asyncio.get_running_loop()
+        self._first = _AioConnection(self, reader, writer, stream_buffer, window)
+        self._pool = ConnectionPool(self._first, max_connections=max_connections)
+        # Calls waiting for room, oldest first.
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        # Where more connections come from (None: the client keeps to its first), and the
+        # task opening one.
+        self._path = path
+        self._opening: asyncio.Task[None] | None = None
+
+    @property
+    def closed(self) -> bool:
+        return self._pool.closed
+
+    @property
+    def connections(self) -> int:
+        """How many connections the client has open."""
+        return len(self._pool.connections)
+
+    @property
+    def _conn(self) -> ClientConnection:
+        """The first connection's protocol state."""
+        return self._first._conn
+
+    async def aclose(self) -> None:
+        """Close every connection; calls waiting in other tasks fail with UNAVAILABLE."""
+        if self._opening is not None:
+            self._opening.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._opening
+        for connection in list(self._pool.connections):
+            await connection.aclose()
+
+    def _deadline(self, timeout: float | None) -> float:
+        return math.inf if timeout is None else self._loop.time() + timeout
+
+    # -- room for a call ---------------------------------------------------------------------
+
+    async def _connection(self, deadline: float, name: str) -> _AioConnection:
+        """A connection with room for one more call; waits (until ``deadline``) for one."""
+        pool = self._pool
+        connection = pool.pick()
+        while connection is None and not self.closed:
+            self._grow()
+            waiter = self._loop.create_future()
+            self._waiters.append(waiter)
+            pool.waiting += 1
+            woken = False
+            try:
+                if deadline == math.inf:
+                    await waiter
+                else:
+                    async with asyncio.timeout_at(deadline):
+                        await waiter
+                woken = True
+            except TimeoutError:
+                raise DeadlineExceeded(f"{name}: deadline exceeded waiting for room") from None
+            finally:
+                pool.waiting -= 1
+                if waiter.done() and not waiter.cancelled():
+                    pool.woken -= 1
+                    if not woken:
+                        self._wake_waiters()  # the room it was woken for is someone else's
+                else:
+                    with contextlib.suppress(ValueError):
+                        self._waiters.remove(waiter)
+            connection = pool.take()
+        return self._first if connection is None else connection
+
+    def _wake_waiters(self) -> None:
+        waiters = self._waiters
+        count = len(waiters) if self.closed else self._pool.wake_count()
+        while count and waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                count -= 1
+        if not self.closed:
+            self._pool.woken -= count  # counted woken, but nobody was left to wake
+
+    def _grow(self) -> None:
+        if self._path is not None and self._pool.should_open():
+            self._opening = self._loop.create_task(self._open_connection(self._path))
+
+    async def _open_connection(self, path: str) -> None:
+        """Open one more connection and make the probe call on it (see ConnectionPool)."""
+        connection: _AioConnection | None = None
+        reply: bytes | None = None
+        try:
+            reader, writer = await asyncio.open_unix_connection(path, limit=RECV_SIZE)
+            connection = _AioConnection(self, reader, writer, self._stream_buffer, self._window)
+            slot = connection._begin(PROBE_SERVICE, PROBE_METHOD, {}, math.inf, None)
+            await connection._until(slot, math.inf, lambda: slot.done, PROBE_METHOD)
+            reply = slot.payload if slot.error is None else None
+        except (OSError, RPCError):
+            pass
+        finally:
+            self._opening = None
+            if not self._pool.opened(connection, reply) and connection is not None:
+                connection.close()
+            self._wake_waiters()
+
+    def _lost(self, connection: _AioConnection) -> None:
+        for other in self._pool.lost(connection):
+            other.close()
 
     # -- calls -------------------------------------------------------------------------------
 
@@ -227,13 +376,24 @@ class AioClient:
         """Like :meth:`call`, but return the response message still encoded (``b""`` for the
         empty message)."""
         deadline = self._deadline(timeout)
-        slot = self._begin(service, method, message, deadline, metadata)
+        name = f"{service}/{method}"
+        connection = self._pool.pick() or await self._connection(deadline, name)
+        slot = connection._begin(service, method, message, deadline, metadata)
         try:
-            await self._drain()
-            await self._until(slot, deadline, lambda: slot.done, f"{service}/{method}")
+            await connection._drain()
+            await connection._until(slot, deadline, lambda: slot.done, name)
         finally:
             if not slot.done:
-                self._abandon(slot)
+                connection._abandon(slot)
+        if slot.refused:
+            # The server did nothing with it (its limit is lower than assumed): again.
+            return await self.call_encoded(
+                service,
+                method,
+                message,
+                timeout=None if timeout is None else deadline - self._loop.time(),
+                metadata=metadata,
+            )
         if slot.error is not None:
             raise slot.error
         return slot.payload
@@ -284,14 +444,16 @@ class AioClient:
         """A stream call for the block: ``client_sends`` None for a plain server stream, else
         flow-controlled (see :meth:`open_stream`)."""
         deadline = self._deadline(timeout)
-        slot = self._begin(
+        name = f"{service}/{method}"
+        connection = self._pool.pick() or await self._connection(deadline, name)
+        slot = connection._begin(
             service, method, message, deadline, metadata, stream=True, client_sends=client_sends
         )
         try:
-            yield AioStreamCall(self, slot, deadline, f"{service}/{method}")
+            yield AioStreamCall(connection, slot, deadline, name)
         finally:
             if not slot.done:
-                self._abandon(slot)
+                connection._abandon(slot)
 
 
 @final
@@ -303,7 +465,7 @@ class AioStreamCall:
 
     __slots__ = ("_client", "_deadline", "_name", "_slot")
 
-    def __init__(self, client: AioClient, slot: _Slot, deadline: float, name: str) -> None:
+    def __init__(self, client: _AioConnection, slot: _Slot, deadline: float, name: str) -> None:
         self._client = client
         self._slot = slot
         self._deadline = deadline
@@ -383,15 +545,24 @@ async def open_aio_client(
     *,
     stream_buffer: int = DEFAULT_STREAM_BUFFER,
     window: int = DEFAULT_WINDOW,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
 ) -> AsyncIterator[AioClient]:
-    """An :class:`AioClient` connected to the server at ``path``, closed when the block ends.
+    """An :class:`AioClient` connected to the server at ``path``, closed (every connection it
+    opened) when the block ends; ``max_connections`` as :func:`~sandboxd.rpc.open_client`.
     Raises :class:`~sandboxd.Unavailable` naming the path when nobody listens there."""
     path = os.fspath(path)
     try:
         reader, writer = await asyncio.open_unix_connection(path, limit=RECV_SIZE)
     except OSError as exc:
         raise Unavailable(f"cannot connect to {path}: {exc.strerror or exc}") from None
-    client = AioClient(reader, writer, stream_buffer=stream_buffer, window=window)
+    client = AioClient(
+        reader,
+        writer,
+        stream_buffer=stream_buffer,
+        window=window,
+        path=path,
+        max_connections=max_connections,
+    )
     try:
         yield client
     finally:

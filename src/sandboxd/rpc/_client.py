@@ -1,6 +1,11 @@
-"""The trio RPC client: one connection, many concurrent calls, streams.
+"""The trio RPC client: many concurrent calls, streams, on one connection or several.
 
-The protocol (stream ids, calls in flight, which frame ends which call) is a
+A :class:`Client` sends each call on one of its connections (a :class:`_Connection`) with
+room for it below the server's per-connection call limit, opens another when every one is
+full, and otherwise makes the call wait for room: which connection, when to open one, and how
+many waiting calls to wake is a :class:`~sandboxd.wire.ConnectionPool`'s to say.
+
+On each connection, the protocol (stream ids, calls in flight, which frame ends which call) is a
 :class:`~sandboxd.wire.ClientConnection`'s; this module drives it with trio.  Requests are
 written straight to the socket by the calling task.  Replies are read by one task at a time,
 which hands what it reads to the connection and wakes the calls its events are for:
@@ -17,9 +22,10 @@ which hands what it reads to the connection and wakes the calls its events are f
   is noticed (calls in quick succession do not wake it each time).  A call that comes along
   takes the reading over from it.
 
-When the connection ends, every pending call fails at once with UNAVAILABLE, or with the
+When a connection ends, every pending call on it fails at once with UNAVAILABLE, or with the
 error the server gave for the whole connection (an error RESPONSE on stream 0, such as
-PERMISSION_DENIED), which later calls raise too.
+PERMISSION_DENIED); when the client's first connection ends, the client is over: its other
+connections are closed, and later calls raise that error too.
 """
 
 from __future__ import annotations
@@ -32,14 +38,27 @@ from contextlib import asynccontextmanager
 from typing import Any, Final, final
 
 import trio
-from trio.lowlevel import Abort, RaiseCancelT, Task, current_task, reschedule, wait_readable
+from trio.lowlevel import (
+    Abort,
+    ParkingLot,
+    RaiseCancelT,
+    Task,
+    current_task,
+    reschedule,
+    wait_readable,
+)
 from trio.lowlevel import wait_task_rescheduled as _park
 
 from ..wire import (
+    DEFAULT_MAX_CONNECTIONS,
     DEFAULT_STREAM_BUFFER,
     DEFAULT_WINDOW,
+    PROBE_METHOD,
+    PROBE_SERVICE,
     RECV_SIZE,
+    CallRefused,
     ClientConnection,
+    ConnectionPool,
     DeadlineExceeded,
     Event,
     FailedPrecondition,
@@ -65,10 +84,21 @@ _IDLE_AFTER: Final = 0.01
 class _Pending:
     """A call waiting for its response (or, for streams, its messages)."""
 
-    __slots__ = ("buffer", "error", "finished", "payload", "stream_id", "task", "writer")
+    __slots__ = (
+        "buffer",
+        "error",
+        "finished",
+        "payload",
+        "refused",
+        "stream_id",
+        "task",
+        "writer",
+    )
 
     def __init__(self, stream_id: int) -> None:
         self.stream_id = stream_id
+        # The server refused the call for its call limit, untouched: send it again.
+        self.refused = False
         # The task sleeping until this call has news (see Client._sleep), if one is.
         self.task: Task | None = None
         self.payload = b""
@@ -93,7 +123,7 @@ class StreamCall(ReceivedMessages):
 
     __slots__ = ("_client", "_deadline", "_name", "_pending")
 
-    def __init__(self, client: Client, pending: _Pending, deadline: float, name: str) -> None:
+    def __init__(self, client: _Connection, pending: _Pending, deadline: float, name: str) -> None:
         self._client = client
         self._pending = pending
         self._deadline = deadline
@@ -180,26 +210,20 @@ class StreamCall(ReceivedMessages):
 
 
 @final
-class Client:
-    """A connection to a sandboxd RPC server.  Get one with :func:`open_client`.
-
-    Safe to use from many tasks at once.  Every method raises :class:`~sandboxd.RPCError`
-    subclasses only: the server's status, DEADLINE_EXCEEDED when ``timeout`` passes,
-    UNAVAILABLE when the connection is or becomes closed, or the error the server refused the
-    connection with (PERMISSION_DENIED, RESOURCE_EXHAUSTED).
-
-    :meth:`reader` must run in a task of its own for as long as the client is used
-    (:func:`open_client` sees to that).
-    """
+class _Connection:
+    """One connection of a :class:`Client`: its socket, its protocol state, who reads it."""
 
     def __init__(
         self,
+        client: Client,
         transport: Transport,
         stream_buffer: int = DEFAULT_STREAM_BUFFER,
         window: int = DEFAULT_WINDOW,
     ) -> None:
+        self._client = client
         self._transport = transport
         self._conn = ClientConnection(stream_buffer=stream_buffer, window=window)
+        self.conn = self._conn  # for the pool
         # The calls in flight, as the connection's events name them.
         self._pending: dict[int, _Pending] = {}
         # Who reads: the unary call in ``_leader`` when there is one, else the reader task.
@@ -257,124 +281,6 @@ class Client:
         self._pending.pop(stream_id, None)
         if cancel := self._conn.cancel(stream_id):
             self._transport.write(cancel)
-
-    async def call(
-        self,
-        service: str,
-        method: str,
-        message: Mapping[str, Any] | None = None,
-        *,
-        timeout: float | None = None,
-        metadata: Mapping[str, Sequence[str]] | None = None,
-        send_deadline: float | None = None,
-    ) -> dict[str, Any]:
-        """Call a unary method and return its response message.
-
-        ``timeout`` (seconds) is sent to the server as the call's deadline and enforced here
-        too: when it passes the call ends with :class:`~sandboxd.DeadlineExceeded`.
-        ``send_deadline`` (trio clock time) is only sent, for callers whose own cancel scope
-        enforces it.  If the calling task is cancelled, the server is told to cancel the
-        call, and the cancellation propagates; replies this task was reading for other calls
-        are not lost (another waiting call, or the reader task, reads on).
-        """
-        payload = await self.call_encoded(
-            service,
-            method,
-            message,
-            timeout=timeout,
-            metadata=metadata,
-            send_deadline=send_deadline,
-        )
-        return loads_message(payload, "response payload")
-
-    async def call_encoded(
-        self,
-        service: str,
-        method: str,
-        message: Mapping[str, Any] | None = None,
-        *,
-        timeout: float | None = None,
-        metadata: Mapping[str, Sequence[str]] | None = None,
-        send_deadline: float | None = None,
-    ) -> bytes:
-        """Like :meth:`call`, but return the response message still encoded: the CBOR bytes
-        :meth:`call` decodes (``b""`` stands for the empty message), for callers that decode
-        it themselves.  Same arguments, errors and cancellation as :meth:`call`."""
-        deadline = math.inf if timeout is None else trio.current_time() + timeout
-        wire_deadline = deadline if send_deadline is None else min(deadline, send_deadline)
-        pending = self._send_request(service, method, message, wire_deadline, metadata)
-        try:
-            if deadline == math.inf:
-                await self._wait_reply(pending)
-            else:
-                with trio.move_on_at(deadline):
-                    await self._wait_reply(pending)
-        finally:
-            if not pending.finished:
-                self._abandon(pending.stream_id)
-        if not pending.finished:
-            raise DeadlineExceeded(f"{service}/{method}: deadline exceeded after {timeout} s")
-        if pending.error is not None:
-            raise pending.error
-        return pending.payload
-
-    @asynccontextmanager
-    async def stream(
-        self,
-        service: str,
-        method: str,
-        message: Mapping[str, Any] | None = None,
-        *,
-        timeout: float | None = None,
-        metadata: Mapping[str, Sequence[str]] | None = None,
-    ) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
-        """Call a server-streaming method; iterate over what the context manager yields.
-
-        Leaving the block before the stream ends tells the server to end it, without closing
-        the connection.  If the consumer's buffer is still full (``stream_buffer`` messages)
-        when more arrive in a later read, the stream is ended and iteration raises
-        :class:`~sandboxd.ResourceExhausted` after the messages already received.
-        """
-        deadline = math.inf if timeout is None else trio.current_time() + timeout
-        pending = self._send_request(service, method, message, deadline, metadata, stream=True)
-        if self._leader is None:
-            self._wake_reader()  # to read the stream's messages
-        try:
-            yield StreamCall(self, pending, deadline, f"{service}/{method}")
-        finally:
-            if not pending.finished:
-                self._abandon(pending.stream_id)
-
-    @asynccontextmanager
-    async def open_stream(
-        self,
-        service: str,
-        method: str,
-        message: Mapping[str, Any] | None = None,
-        *,
-        client_sends: bool = True,
-        timeout: float | None = None,
-        metadata: Mapping[str, Sequence[str]] | None = None,
-    ) -> AsyncIterator[StreamCall]:
-        """Open a flow-controlled stream call (client-streaming or bidirectional; with
-        ``client_sends=False`` a server stream) and yield it (a :class:`StreamCall`).
-
-        The server may send at most the connection's window of messages the caller has not
-        received; the caller's :meth:`StreamCall.send` waits on the server's window the same
-        way.  Leaving the block before the call ended tells the server to end it (CANCELLED),
-        without closing the connection; so do ``timeout`` and cancellation.
-        """
-        deadline = math.inf if timeout is None else trio.current_time() + timeout
-        pending = self._send_request(
-            service, method, message, deadline, metadata, client_sends=client_sends
-        )
-        if self._leader is None:
-            self._wake_reader()  # to read the stream's messages
-        try:
-            yield StreamCall(self, pending, deadline, f"{service}/{method}")
-        finally:
-            if not pending.finished:
-                self._abandon(pending.stream_id)
 
     # -- waiting: who reads ------------------------------------------------------------------
 
@@ -528,6 +434,7 @@ class Client:
 
     def _dispatch(self, events: list[Event]) -> None:
         pending_calls = self._pending
+        client = self._client
         for event in events:
             if type(event) is ResponseReceived:
                 pending = pending_calls.pop(event.stream_id, None)
@@ -547,10 +454,19 @@ class Client:
                 pending = pending_calls.get(event.stream_id)
                 if pending is not None and pending.writer is not None:
                     pending.writer.set()
+            elif type(event) is CallRefused:
+                client._pool.learn(event.limit)
+                pending = pending_calls.pop(event.stream_id, None)
+                if pending is not None:
+                    pending.refused = True
+                    self._finish(pending, None)
             else:  # ConnectionFailed: every call has had its event
                 # Closing the socket also wakes a call waiting for it.
                 self._transport.close()
                 self._wake_reader()  # to end
+                client._lost(self)
+        if client._pool.waiting:
+            client._wake_waiters()
 
     def _finish(self, pending: _Pending, error: RPCError | None) -> None:
         if self._followers:
@@ -570,6 +486,274 @@ class Client:
         """Close the connection; pending calls fail with UNAVAILABLE."""
         self._fail_all(Unavailable("client was closed"))
 
+    async def run(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Read and write for the connection until it ends (an extra connection's tasks)."""
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._transport.run_writer)
+                task_status.started()
+                await self.reader()
+                nursery.cancel_scope.cancel()
+        finally:
+            self._transport.close()
+
+
+@final
+class Client:
+    """A client of a sandboxd RPC server: one connection, and more while that one is full.
+    Get one with :func:`open_client`.
+
+    Safe to use from many tasks at once.  Every method raises :class:`~sandboxd.RPCError`
+    subclasses only: the server's status, DEADLINE_EXCEEDED when ``timeout`` passes,
+    UNAVAILABLE when the connection is or becomes closed, or the error the server refused the
+    connection with (PERMISSION_DENIED, RESOURCE_EXHAUSTED).
+
+    Never the server's per-connection call limit: a call (streams too) goes on a connection
+    with room for it; when every connection is full, the client opens another (up to
+    ``max_connections``, see :class:`~sandboxd.wire.ConnectionPool`) and the call waits for
+    room, oldest first.  A call's ``timeout`` runs while it waits (DEADLINE_EXCEEDED), and
+    cancelling a waiting call cancels it alone.  A unary call the server refuses for its
+    limit all the same (a server with a lower limit than the client assumed) is sent again.
+
+    :meth:`reader` must run in a task of its own for as long as the client is used
+    (:func:`open_client` sees to that, and opens more connections; a client built by hand
+    keeps to its one connection, and calls wait for room on it).
+    """
+
+    def __init__(
+        self,
+        transport: Transport,
+        stream_buffer: int = DEFAULT_STREAM_BUFFER,
+        window: int = DEFAULT_WINDOW,
+        *,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    ) -> None:
+        self._stream_buffer = stream_buffer
+        self._window = window
+        self._first = _Connection(self, transport, stream_buffer, window)
+        self._pool = ConnectionPool(self._first, max_connections=max_connections)
+        # Calls waiting for room, oldest first.
+        self._room = ParkingLot()
+        # Where more connections come from and run: set by open_client.
+        self._path: str | None = None
+        self._nursery: trio.Nursery | None = None
+
+    @property
+    def closed(self) -> bool:
+        return self._pool.closed
+
+    @property
+    def connections(self) -> int:
+        """How many connections the client has open."""
+        return len(self._pool.connections)
+
+    async def reader(self) -> None:
+        """Read for the client's first connection (see :class:`Client`); run it in a task of
+        its own.  When it is cancelled, the client is closed."""
+        await self._first.reader()
+
+    def close(self) -> None:
+        """Close every connection; pending calls fail with UNAVAILABLE."""
+        for connection in list(self._pool.connections):
+            connection.close()
+
+    # -- room for a call ------------------------------------------------------------------
+
+    async def _connection(self, deadline: float, name: str) -> _Connection:
+        """A connection with room for one more call; waits (until ``deadline``) for one."""
+        pool = self._pool
+        while True:
+            if self.closed:
+                return self._first  # its calls raise its error
+            connection = pool.pick() if not pool.waiting else None
+            if connection is not None:
+                return connection
+            self._grow()
+            pool.waiting += 1
+            woken = False
+            try:
+                with trio.move_on_at(deadline):
+                    await self._room.park()
+                    woken = True
+            finally:
+                pool.waiting -= 1
+                if woken:
+                    pool.woken -= 1
+            if not woken:
+                raise DeadlineExceeded(f"{name}: deadline exceeded waiting for room")
+            connection = pool.take()
+            if connection is not None:
+                return connection
+
+    def _wake_waiters(self) -> None:
+        if self.closed:
+            self._room.unpark_all()
+            return
+        if count := self._pool.wake_count():
+            self._room.unpark(count=count)
+
+    def _grow(self) -> None:
+        if self._nursery is not None and self._pool.should_open():
+            self._nursery.start_soon(self._open_connection)
+
+    async def _open_connection(self) -> None:
+        """Open one more connection and make the probe call on it (see ConnectionPool)."""
+        assert self._nursery is not None and self._path is not None
+        connection: _Connection | None = None
+        reply: bytes | None = None
+        try:
+            transport = Transport(await connect_unix(self._path))
+            connection = _Connection(self, transport, self._stream_buffer, self._window)
+            await self._nursery.start(connection.run)
+            pending = connection._send_request(PROBE_SERVICE, PROBE_METHOD, {}, math.inf, None)
+            await connection._wait_reply(pending)
+            reply = pending.payload if pending.error is None else None
+        except RPCError:
+            pass
+        finally:
+            if not self._pool.opened(connection, reply) and connection is not None:
+                connection.close()
+            self._wake_waiters()
+
+    def _lost(self, connection: _Connection) -> None:
+        for other in self._pool.lost(connection):
+            other.close()
+
+    async def call(
+        self,
+        service: str,
+        method: str,
+        message: Mapping[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+        metadata: Mapping[str, Sequence[str]] | None = None,
+        send_deadline: float | None = None,
+    ) -> dict[str, Any]:
+        """Call a unary method and return its response message.
+
+        ``timeout`` (seconds) is sent to the server as the call's deadline and enforced here
+        too: when it passes the call ends with :class:`~sandboxd.DeadlineExceeded`.
+        ``send_deadline`` (trio clock time) is only sent, for callers whose own cancel scope
+        enforces it.  If the calling task is cancelled, the server is told to cancel the
+        call, and the cancellation propagates; replies this task was reading for other calls
+        are not lost (another waiting call, or the reader task, reads on).
+        """
+        payload = await self.call_encoded(
+            service,
+            method,
+            message,
+            timeout=timeout,
+            metadata=metadata,
+            send_deadline=send_deadline,
+        )
+        return loads_message(payload, "response payload")
+
+    async def call_encoded(
+        self,
+        service: str,
+        method: str,
+        message: Mapping[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+        metadata: Mapping[str, Sequence[str]] | None = None,
+        send_deadline: float | None = None,
+    ) -> bytes:
+        """Like :meth:`call`, but return the response message still encoded: the CBOR bytes
+        :meth:`call` decodes (``b""`` stands for the empty message), for callers that decode
+        it themselves.  Same arguments, errors and cancellation as :meth:`call`."""
+        deadline = math.inf if timeout is None else trio.current_time() + timeout
+        wire_deadline = deadline if send_deadline is None else min(deadline, send_deadline)
+        connection = self._pool.pick() or await self._connection(deadline, f"{service}/{method}")
+        pending = connection._send_request(service, method, message, wire_deadline, metadata)
+        try:
+            if deadline == math.inf:
+                await connection._wait_reply(pending)
+            else:
+                with trio.move_on_at(deadline):
+                    await connection._wait_reply(pending)
+        finally:
+            if not pending.finished:
+                connection._abandon(pending.stream_id)
+        if pending.refused:
+            # The server did nothing with it (its limit is lower than assumed): again.
+            return await self.call_encoded(
+                service,
+                method,
+                message,
+                timeout=None if timeout is None else deadline - trio.current_time(),
+                metadata=metadata,
+                send_deadline=send_deadline,
+            )
+        if not pending.finished:
+            raise DeadlineExceeded(f"{service}/{method}: deadline exceeded after {timeout} s")
+        if pending.error is not None:
+            raise pending.error
+        return pending.payload
+
+    @asynccontextmanager
+    async def stream(
+        self,
+        service: str,
+        method: str,
+        message: Mapping[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+        metadata: Mapping[str, Sequence[str]] | None = None,
+    ) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
+        """Call a server-streaming method; iterate over what the context manager yields.
+
+        Leaving the block before the stream ends tells the server to end it, without closing
+        the connection.  If the consumer's buffer is still full (``stream_buffer`` messages)
+        when more arrive in a later read, the stream is ended and iteration raises
+        :class:`~sandboxd.ResourceExhausted` after the messages already received.
+        """
+        deadline = math.inf if timeout is None else trio.current_time() + timeout
+        name = f"{service}/{method}"
+        connection = self._pool.pick() or await self._connection(deadline, name)
+        pending = connection._send_request(
+            service, method, message, deadline, metadata, stream=True
+        )
+        if connection._leader is None:
+            connection._wake_reader()  # to read the stream's messages
+        try:
+            yield StreamCall(connection, pending, deadline, name)
+        finally:
+            if not pending.finished:
+                connection._abandon(pending.stream_id)
+
+    @asynccontextmanager
+    async def open_stream(
+        self,
+        service: str,
+        method: str,
+        message: Mapping[str, Any] | None = None,
+        *,
+        client_sends: bool = True,
+        timeout: float | None = None,
+        metadata: Mapping[str, Sequence[str]] | None = None,
+    ) -> AsyncIterator[StreamCall]:
+        """Open a flow-controlled stream call (client-streaming or bidirectional; with
+        ``client_sends=False`` a server stream) and yield it (a :class:`StreamCall`).
+
+        The server may send at most the connection's window of messages the caller has not
+        received; the caller's :meth:`StreamCall.send` waits on the server's window the same
+        way.  Leaving the block before the call ended tells the server to end it (CANCELLED),
+        without closing the connection; so do ``timeout`` and cancellation.
+        """
+        deadline = math.inf if timeout is None else trio.current_time() + timeout
+        name = f"{service}/{method}"
+        connection = self._pool.pick() or await self._connection(deadline, name)
+        pending = connection._send_request(
+            service, method, message, deadline, metadata, client_sends=client_sends
+        )
+        if connection._leader is None:
+            connection._wake_reader()  # to read the stream's messages
+        try:
+            yield StreamCall(connection, pending, deadline, name)
+        finally:
+            if not pending.finished:
+                connection._abandon(pending.stream_id)
+
 
 @asynccontextmanager
 async def open_client(
@@ -577,20 +761,27 @@ async def open_client(
     *,
     stream_buffer: int = DEFAULT_STREAM_BUFFER,
     window: int = DEFAULT_WINDOW,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
 ) -> AsyncIterator[Client]:
     """Connect to the server at ``path`` and yield a :class:`Client` for the block's duration.
 
     ``window`` is how many bytes of messages each :meth:`Client.open_stream` call may hold
-    unread before the server waits.
+    unread before the server waits; ``max_connections`` how many connections the client
+    opens at most, as the server's per-connection call limit fills them (see
+    :class:`Client`).
 
     Raises :class:`~sandboxd.Unavailable` naming the path when nobody listens there.  Leaving
-    the block closes the connection; calls still pending in other tasks fail with UNAVAILABLE.
+    the block closes every connection; calls still pending in other tasks fail with
+    UNAVAILABLE.
     """
-    sock = await connect_unix(os.fspath(path))
+    path = os.fspath(path)
+    sock = await connect_unix(path)
     transport = Transport(sock)
-    client = Client(transport, stream_buffer, window)
+    client = Client(transport, stream_buffer, window, max_connections=max_connections)
     try:
         async with trio.open_nursery() as nursery:
+            client._path = path
+            client._nursery = nursery
             nursery.start_soon(client.reader)
             nursery.start_soon(transport.run_writer)
             try:

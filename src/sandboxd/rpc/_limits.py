@@ -6,7 +6,7 @@ from typing import Any, ClassVar, final
 
 import attrs
 
-from ..wire import MAX_DEPTH, MAX_PAYLOAD
+from ..wire import DEFAULT_MAX_CALLS, MAX_DEPTH, MAX_PAYLOAD
 
 
 def _positive(_: Any, field: attrs.Attribute[Any], value: Any) -> None:
@@ -48,11 +48,12 @@ class Limits:
         default=1024, validator=_positive, metadata={"help": "connections served at once"}
     )
     #: Calls in progress (unary, deferred, streams) on one connection; one more gets
-    #: RESOURCE_EXHAUSTED on its own stream.  Why 1024: many times the pipelining a client
-    #: needs (the benchmark keeps 64 calls in flight), while one connection's rows in the
-    #: stream table, and its tasks, stay bounded.
+    #: RESOURCE_EXHAUSTED on its own stream, with the detail ``{"max_calls_per_connection":
+    #: limit}`` (our clients keep below it, see docs/wire.md).  Why 1024: many times the
+    #: pipelining a client needs (the benchmark keeps 64 calls in flight), while one
+    #: connection's rows in the stream table, and its tasks, stay bounded.
     max_calls_per_connection: int = attrs.field(
-        default=1024,
+        default=DEFAULT_MAX_CALLS,
         validator=_positive,
         metadata={"help": "calls running at once on one connection"},
     )
@@ -94,3 +95,11 @@ class Limits:
     max_payload: ClassVar[int] = MAX_PAYLOAD
     #: Deepest CBOR nesting a message may have: a protocol constant, not a setting.
     max_depth: ClassVar[int] = MAX_DEPTH
+
+    def advertised(self) -> dict[str, int | float]:
+        """The limits as ``Runtime/Version`` tells them (``limits``): every field by its name,
+        and the protocol constants ``max_message_bytes`` and ``max_depth``."""
+        told: dict[str, int | float] = attrs.asdict(self)
+        told["max_message_bytes"] = self.max_payload
+        told["max_depth"] = self.max_depth
+        return told

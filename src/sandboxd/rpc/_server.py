@@ -58,6 +58,7 @@ from typing import Any, Final, final
 import trio
 
 from ..wire import (
+    CALL_LIMIT_DETAIL,
     DEFAULT_WINDOW,
     MAX_PAYLOAD,
     MAX_WINDOW,
@@ -537,7 +538,8 @@ class _Connection:
             self.reply_error(
                 stream_id,
                 ResourceExhausted(
-                    f"too many calls in progress on this connection (limit {limit})"
+                    f"too many calls in progress on this connection (limit {limit})",
+                    details=[{CALL_LIMIT_DETAIL: limit}],
                 ),
             )
             return

@@ -1,8 +1,10 @@
 """A blocking client: plain ``socket``, no event loop, safe to share between threads.
 
-Calls from many threads share one connection.  Whichever waiting thread finds nobody
-reading becomes the reader: it reads frames and hands every response to the call it belongs
-to, until its own arrives; then the next waiting thread takes over.  A single-threaded
+Calls from many threads share one connection, and more once the server's per-connection
+call limit fills it (a :class:`~sandboxd.wire.ConnectionPool` says which).  On each
+connection, whichever waiting thread finds nobody reading becomes the reader: it reads frames
+and hands every response to the call it belongs to, until its own arrives; then the next
+waiting thread takes over.  A single-threaded
 caller therefore pays no thread switch at all.  The protocol itself (stream ids, calls in
 flight, which frame ends which call) is a :class:`~sandboxd.wire.ClientConnection`'s, used
 under one lock.
@@ -20,14 +22,20 @@ import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, final
+from typing import Any, Final, final
 
 from .._errors import DeadlineExceeded, FailedPrecondition, RPCError, Unavailable
 from ..wire import (
+    DEFAULT_MAX_CONNECTIONS,
     DEFAULT_STREAM_BUFFER,
     DEFAULT_WINDOW,
+    PROBE_METHOD,
+    PROBE_SERVICE,
     RECV_SIZE,
+    CallRefused,
     ClientConnection,
+    ConnectionFailed,
+    ConnectionPool,
     Event,
     ResponseReceived,
     StreamEnded,
@@ -36,15 +44,21 @@ from ..wire import (
     request_envelope,
 )
 
+#: Seconds a call waiting for room waits before it reads the connections nobody reads (the
+#: blocking client has no reader thread of its own).
+_UNREAD_AFTER: Final = 0.05
+
 
 @final
 class _Slot:
     """A call in flight: what its waiting thread looks at (under the client's lock)."""
 
-    __slots__ = ("buffer", "done", "error", "payload")
+    __slots__ = ("buffer", "done", "error", "payload", "refused")
 
     def __init__(self) -> None:
         self.done = False
+        # The server refused the call for its call limit, untouched: send it again.
+        self.refused = False
         self.payload = b""
         self.error: RPCError | None = None
         # A stream's messages (the connection's deque, see ClientConnection.messages).
@@ -52,45 +66,22 @@ class _Slot:
 
 
 @final
-class SyncClient:
-    """A blocking connection to a sandboxd RPC server.
+class _SyncConnection:
+    """One connection of a :class:`SyncClient`; its protocol state is under the client's
+    lock."""
 
-    Same calls and the same typed errors as the trio :class:`~sandboxd.rpc.Client`:
-    the server's status as its :class:`~sandboxd.RPCError` subclass, DEADLINE_EXCEEDED when
-    ``timeout`` passes (the server is told to cancel the call), UNAVAILABLE when the
-    connection cannot be made or is lost, or the error the server refused the connection with
-    (PERMISSION_DENIED, RESOURCE_EXHAUSTED).  Use as a context manager, or call :meth:`close`.
-    """
-
-    def __init__(
-        self,
-        path: str | os.PathLike[str],
-        *,
-        stream_buffer: int = DEFAULT_STREAM_BUFFER,
-        window: int = DEFAULT_WINDOW,
-    ) -> None:
-        self.path = os.fspath(path)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.connect(self.path)
-        except OSError as exc:
-            sock.close()
-            raise Unavailable(f"cannot connect to {self.path}: {exc.strerror or exc}") from None
+    def __init__(self, client: SyncClient, sock: socket.socket) -> None:
+        self._client = client
         self._sock = sock
         self._poll = select.poll()
         self._poll.register(sock, select.POLLIN)
-        # The connection's protocol state, and the calls its events name: under _cond.
-        self._conn = ClientConnection(stream_buffer=stream_buffer, window=window)
-        self._cond = threading.Condition(threading.Lock())
+        self.conn = self._conn = ClientConnection(
+            stream_buffer=client._stream_buffer, window=client._window
+        )
+        self._cond = client._cond
         self._send_lock = threading.Lock()
         self._pending: dict[int, _Slot] = {}
         self._reading = False
-
-    def __enter__(self) -> SyncClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def close(self) -> None:
         """Close the connection; calls waiting in other threads fail with UNAVAILABLE."""
@@ -120,13 +111,14 @@ class SyncClient:
         service: str,
         method: str,
         message: Mapping[str, Any] | None,
-        timeout: float | None,
         metadata: Mapping[str, Sequence[str]] | None,
         streaming: bool,
-        client_sends: bool | None = None,
-    ) -> tuple[int, _Slot, float]:
+        client_sends: bool | None,
+        deadline: float,
+    ) -> tuple[int, _Slot] | None:
+        """Send a call's request: its id and its slot; None when the connection has no room
+        left."""
         now = time.monotonic()
-        deadline = math.inf if timeout is None else now + timeout
         envelope = request_envelope(
             service,
             method,
@@ -140,6 +132,9 @@ class SyncClient:
         # Ids must reach the server in increasing order: allocate and send under one lock.
         with self._send_lock:
             with self._cond:
+                pool = self._client._pool
+                if self._conn.error is None and self._conn.open_calls >= pool.max_calls:
+                    return None  # filled since it was chosen
                 if client_sends is None:
                     stream_id, frame = self._conn.send_request(envelope, stream=streaming)
                 else:
@@ -151,7 +146,7 @@ class SyncClient:
                 self._sock.sendall(frame)
             except OSError:
                 self._send_failed()
-        return stream_id, slot, deadline
+        return stream_id, slot
 
     def _abandon(self, stream_id: int) -> None:
         with self._cond:
@@ -212,7 +207,7 @@ class SyncClient:
 
     def _dispatch(self, events: list[Event]) -> None:
         """Hand the connection's events to their calls and wake the waiting threads (under
-        ``_cond``)."""
+        ``_cond``): those waiting for room too."""
         for event in events:
             if type(event) is ResponseReceived or type(event) is StreamEnded:
                 slot = self._pending.pop(event.stream_id, None)
@@ -220,10 +215,187 @@ class SyncClient:
                     slot.payload = event.payload
                     slot.error = event.error
                     slot.done = True
-        if events:
+            elif type(event) is CallRefused:
+                self._client._pool.learn(event.limit)
+                slot = self._pending.pop(event.stream_id, None)
+                if slot is not None:
+                    slot.refused = slot.done = True
+            elif type(event) is ConnectionFailed:
+                self._client._lost(self)
+        # A read without events may still have freed room (a call given up on ended).
+        if events or self._client._pool.waiting:
             self._cond.notify_all()
 
-    # -- calls --------------------------------------------------------------------------
+    def _messages(self, slot: _Slot, deadline: float, name: str) -> Iterator[dict[str, Any]]:
+        buffer = slot.buffer
+        assert buffer is not None
+        while True:
+            if not self._await(slot, deadline, lambda: bool(buffer) or slot.done):
+                raise DeadlineExceeded(f"{name}: deadline exceeded")
+            with self._cond:
+                payload = buffer.popleft() if buffer else None
+            if payload is not None:
+                yield loads_message(payload, "stream message")
+                continue
+            if slot.error is not None:
+                raise slot.error
+            return
+
+
+@final
+class SyncClient:
+    """A blocking client of a sandboxd RPC server: one connection, and more while that one is
+    full.
+
+    Same calls and the same typed errors as the trio :class:`~sandboxd.rpc.Client`:
+    the server's status as its :class:`~sandboxd.RPCError` subclass, DEADLINE_EXCEEDED when
+    ``timeout`` passes (the server is told to cancel the call), UNAVAILABLE when the
+    connection cannot be made or is lost, or the error the server refused the connection with
+    (PERMISSION_DENIED, RESOURCE_EXHAUSTED).  Use as a context manager, or call :meth:`close`.
+
+    Never the server's per-connection call limit: as the trio client does, a call (streams
+    too) goes on a connection with room, the calling thread opens another when all are full
+    (up to ``max_connections``), and calls wait for room within their own ``timeout``; a
+    unary call the server refuses for its limit all the same is sent again.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        stream_buffer: int = DEFAULT_STREAM_BUFFER,
+        window: int = DEFAULT_WINDOW,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    ) -> None:
+        self.path = os.fspath(path)
+        self._stream_buffer = stream_buffer
+        self._window = window
+        # Every connection's protocol state, its calls and the pool: under _cond.
+        self._cond = threading.Condition(threading.Lock())
+        self._first = _SyncConnection(self, self._connect())
+        self._pool = ConnectionPool(self._first, max_connections=max_connections)
+
+    def _connect(self) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(self.path)
+        except OSError as exc:
+            sock.close()
+            raise Unavailable(f"cannot connect to {self.path}: {exc.strerror or exc}") from None
+        return sock
+
+    def __enter__(self) -> SyncClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def connections(self) -> int:
+        """How many connections the client has open."""
+        return len(self._pool.connections)
+
+    def close(self) -> None:
+        """Close every connection; calls waiting in other threads fail with UNAVAILABLE."""
+        for connection in list(self._pool.connections):
+            connection.close()
+
+    def _lost(self, connection: _SyncConnection) -> None:
+        """``connection`` is over (under ``_cond``)."""
+        for other in self._pool.lost(connection):
+            other._dispatch(other._conn.close(Unavailable("client was closed")))
+            with contextlib.suppress(OSError):
+                other._sock.shutdown(socket.SHUT_RDWR)
+
+    # -- room for a call ---------------------------------------------------------------------
+
+    def _begin(
+        self,
+        service: str,
+        method: str,
+        message: Mapping[str, Any] | None,
+        timeout: float | None,
+        metadata: Mapping[str, Sequence[str]] | None,
+        streaming: bool,
+        client_sends: bool | None = None,
+    ) -> tuple[_SyncConnection, int, _Slot, float]:
+        """Send a call's request on a connection with room, waiting for room until the
+        call's deadline."""
+        deadline = math.inf if timeout is None else time.monotonic() + timeout
+        # The first connection unless calls wait for room: it says under its lock whether it
+        # has room (the oldest connection with room is the one to use).
+        connection = None if self._pool.waiting else self._first
+        while True:
+            if connection is None:
+                connection = self._connection(deadline, f"{service}/{method}")
+            begun = connection._begin(
+                service, method, message, metadata, streaming, client_sends, deadline
+            )
+            if begun is not None:
+                return connection, begun[0], begun[1], deadline
+            connection = None
+
+    def _connection(self, deadline: float, name: str) -> _SyncConnection:
+        """A connection with room for one more call (the first when the client is over); waits
+        (until ``deadline``) for one."""
+        pool = self._pool
+        with self._cond:
+            connection = pool.pick()
+            while connection is None and not self._pool.closed:
+                if pool.should_open():
+                    opened: _SyncConnection | None = None
+                    reply: bytes | None = None
+                    self._cond.release()
+                    try:
+                        opened, reply = self._open_connection(deadline)
+                    finally:
+                        self._cond.acquire()
+                        taken = pool.opened(opened, reply)
+                        self._cond.notify_all()
+                    if not taken and opened is not None:
+                        self._cond.release()
+                        try:
+                            opened.close()
+                        finally:
+                            self._cond.acquire()
+                else:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise DeadlineExceeded(f"{name}: deadline exceeded waiting for room")
+                    pool.waiting += 1
+                    try:
+                        self._cond.wait(min(remaining, _UNREAD_AFTER))
+                    finally:
+                        pool.waiting -= 1
+                    self._read_unread()
+                connection = pool.take()
+        return self._first if connection is None else connection
+
+    def _read_unread(self) -> None:
+        """Read what the connections nobody reads hold (under ``_cond``): the last frames of
+        calls given up on, whose room a caller waits for while no thread reads for them."""
+        for connection in self._pool.connections:
+            if not connection._reading and connection._poll.poll(0):
+                try:
+                    data = connection._sock.recv(RECV_SIZE)
+                except OSError:
+                    continue  # a reading thread will see it
+                # What the connection has to send goes with the next read's.
+                connection._dispatch(connection._conn.receive_data(data))
+
+    def _open_connection(self, deadline: float) -> tuple[_SyncConnection | None, bytes | None]:
+        """One more connection, once its probe call (see ConnectionPool) ended or
+        ``deadline`` passed, and the probe's reply (None: it failed); None when no connection
+        could be made."""
+        try:
+            connection = _SyncConnection(self, self._connect())
+        except Unavailable:
+            return None, None
+        begun = connection._begin(PROBE_SERVICE, PROBE_METHOD, {}, None, False, None, deadline)
+        assert begun is not None
+        _, slot = begun
+        connection._await(slot, deadline, lambda: slot.done)
+        return connection, slot.payload if slot.done and slot.error is None else None
 
     def call(
         self,
@@ -235,12 +407,16 @@ class SyncClient:
         metadata: Mapping[str, Sequence[str]] | None = None,
     ) -> dict[str, Any]:
         """Call a unary method and return its response message (blocking)."""
-        stream_id, slot, deadline = self._begin(
+        connection, stream_id, slot, deadline = self._begin(
             service, method, message, timeout, metadata, streaming=False
         )
-        if not self._await(slot, deadline, lambda: slot.done):
-            self._abandon(stream_id)
+        if not connection._await(slot, deadline, lambda: slot.done):
+            connection._abandon(stream_id)
             raise DeadlineExceeded(f"{service}/{method}: deadline exceeded after {timeout} s")
+        if slot.refused:
+            # The server did nothing with it (its limit is lower than assumed): again.
+            remaining = None if timeout is None else deadline - time.monotonic()
+            return self.call(service, method, message, timeout=remaining, metadata=metadata)
         if slot.error is not None:
             raise slot.error
         return loads_message(slot.payload, "response payload")
@@ -259,29 +435,14 @@ class SyncClient:
 
         Leaving the block before the stream ends tells the server to end it.
         """
-        stream_id, slot, deadline = self._begin(
+        connection, stream_id, slot, deadline = self._begin(
             service, method, message, timeout, metadata, streaming=True
         )
         try:
-            yield self._messages(slot, deadline, f"{service}/{method}")
+            yield connection._messages(slot, deadline, f"{service}/{method}")
         finally:
             if not slot.done:
-                self._abandon(stream_id)
-
-    def _messages(self, slot: _Slot, deadline: float, name: str) -> Iterator[dict[str, Any]]:
-        buffer = slot.buffer
-        assert buffer is not None
-        while True:
-            if not self._await(slot, deadline, lambda: bool(buffer) or slot.done):
-                raise DeadlineExceeded(f"{name}: deadline exceeded")
-            with self._cond:
-                payload = buffer.popleft() if buffer else None
-            if payload is not None:
-                yield loads_message(payload, "stream message")
-                continue
-            if slot.error is not None:
-                raise slot.error
-            return
+                connection._abandon(stream_id)
 
     @contextmanager
     def open_stream(
@@ -297,14 +458,14 @@ class SyncClient:
         """Open a flow-controlled stream call, as :meth:`Client.open_stream
         <sandboxd.rpc.Client.open_stream>` does, and yield it (a :class:`SyncStreamCall`).
         Leaving the block before the call ended tells the server to end it."""
-        stream_id, slot, deadline = self._begin(
+        connection, stream_id, slot, deadline = self._begin(
             service, method, message, timeout, metadata, streaming=True, client_sends=client_sends
         )
         try:
-            yield SyncStreamCall(self, stream_id, slot, deadline, f"{service}/{method}")
+            yield SyncStreamCall(connection, stream_id, slot, deadline, f"{service}/{method}")
         finally:
             if not slot.done:
-                self._abandon(stream_id)
+                connection._abandon(stream_id)
 
 
 @final
@@ -316,7 +477,7 @@ class SyncStreamCall:
     __slots__ = ("_client", "_deadline", "_name", "_slot", "stream_id")
 
     def __init__(
-        self, client: SyncClient, stream_id: int, slot: _Slot, deadline: float, name: str
+        self, client: _SyncConnection, stream_id: int, slot: _Slot, deadline: float, name: str
     ) -> None:
         self._client = client
         self.stream_id = stream_id

@@ -25,6 +25,14 @@ client, the blocking client, any other event loop's) does the I/O around it:
   working on the call;
 * when the socket fails, or the client is closed, it calls :meth:`~ClientConnection.close`.
 
+A call keeps its place on the connection until the server's last frame for it arrives, even
+after the driver gave it up: :attr:`~ClientConnection.open_calls` counts it as the server does,
+so a client that keeps that below the server's per-connection limit is never refused for it.
+Should the server refuse a unary call for that limit all the same (its limit is lower than the
+client assumed), the call ends with :class:`CallRefused`, naming the limit: the server did
+nothing with it, and the driver sends it again.  :class:`ConnectionPool` spreads a client's
+calls over several connections on that count (docs/wire.md, "Many calls from one client").
+
 Every call in flight ends with exactly one event: :class:`ResponseReceived` for a unary call,
 :class:`StreamEnded` for a stream (unless the driver cancels it first).  When the connection
 ends, each call still in flight gets its ending event, carrying a copy of the connection's
@@ -53,10 +61,10 @@ import collections
 import functools
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any, Final, NamedTuple, final
+from typing import Any, Final, Generic, NamedTuple, Protocol, TypeVar, final
 
-from .._errors import FailedPrecondition, ResourceExhausted, RPCError, Unavailable
-from ._envelope import decode_response, dumps, encode_request, response_payload
+from .._errors import Code, FailedPrecondition, ResourceExhausted, RPCError, Unavailable
+from ._envelope import decode_response, dumps, encode_request, loads_message, response_payload
 from ._frame import (
     MAX_PAYLOAD,
     Flags,
@@ -83,6 +91,20 @@ WINDOW_METADATA: Final = "sandboxd-window"
 DEFAULT_WINDOW: Final = 1 << 20
 #: The largest window a peer may grant or ask for.
 MAX_WINDOW: Final = 2**31 - 1
+#: Calls a server runs at once on one connection unless told otherwise (its
+#: ``max_calls_per_connection``), and so what a client assumes until it learns the server's.
+DEFAULT_MAX_CALLS: Final = 1024
+#: Connections one client object opens at most: past ``DEFAULT_MAX_CALLS`` calls on each,
+#: calls wait for room.  16 keeps a busy client well within the server's connection limit
+#: (1024 by default) while it may have 16,384 calls open.
+DEFAULT_MAX_CONNECTIONS: Final = 16
+#: The key of the detail by which a server says it refused a call for its per-connection call
+#: limit (the value is the limit), before doing anything with the call.
+CALL_LIMIT_DETAIL: Final = "max_calls_per_connection"
+#: The call a client makes first on every connection it opens beyond its first: any answer
+#: shows the server took the connection, and sandboxd's names its limits.
+PROBE_SERVICE: Final = "sandboxd.v1.Runtime"
+PROBE_METHOD: Final = "Version"
 
 _REQUEST: Final = int(FrameType.REQUEST)
 _RESPONSE: Final = int(FrameType.RESPONSE)
@@ -125,6 +147,15 @@ class StreamEnded(NamedTuple):
     payload: bytes = b""
 
 
+class CallRefused(NamedTuple):
+    """The server refused a unary call because the connection had ``limit`` calls in progress,
+    before doing anything with it: the call is no longer in flight and may be sent again (on
+    a connection with room)."""
+
+    stream_id: int
+    limit: int
+
+
 class WindowOpened(NamedTuple):
     """The server granted more window on a stream the client sends on:
     :meth:`~ClientConnection.send_credit` grew."""
@@ -139,7 +170,9 @@ class ConnectionFailed(NamedTuple):
     error: RPCError
 
 
-Event = ResponseReceived | StreamMessage | StreamEnded | WindowOpened | ConnectionFailed
+Event = (
+    ResponseReceived | StreamMessage | StreamEnded | CallRefused | WindowOpened | ConnectionFailed
+)
 
 # A NamedTuple's own constructor is a Python function: building the one event every reply
 # makes straight from tuple.__new__ halves its cost.
@@ -149,6 +182,23 @@ _new_response: Final = functools.partial(tuple.__new__, ResponseReceived)
 def copy_error(err: RPCError) -> RPCError:
     """A fresh exception like ``err``, to raise in one more place."""
     return type(err)(err.message, details=err.details)
+
+
+def call_limit_of(err: RPCError) -> int | None:
+    """The limit named by a refusal for the per-connection call limit, or None when ``err``
+    is any other error."""
+    if err.code != Code.RESOURCE_EXHAUSTED or len(err.details) != 1:
+        return None
+    detail = err.details[0]
+    limit = detail.get(CALL_LIMIT_DETAIL) if isinstance(detail, dict) else None
+    return limit if type(limit) is int and limit > 0 else None
+
+
+def call_limit_from_version(message: Mapping[str, Any]) -> int | None:
+    """The per-connection call limit a ``Runtime/Version`` reply names, or None."""
+    limits = message.get("limits")
+    limit = limits.get("max_calls_per_connection") if isinstance(limits, dict) else None
+    return limit if type(limit) is int and limit > 0 else None
 
 
 def request_envelope(
@@ -213,6 +263,7 @@ class ClientConnection:
     """
 
     __slots__ = (
+        "_abandoned",
         "_decoder",
         "_error",
         "_next_id",
@@ -236,6 +287,9 @@ class ClientConnection:
         # Calls in flight by stream id: unary ones, and streams with their state.
         self._unary: set[int] = set()
         self._streams: dict[int, _Stream] = {}
+        # Calls given up whose last frame from the server has not come: the server still
+        # counts them against its limit.
+        self._abandoned: set[int] = set()
         self._error: RPCError | None = None
         self._stream_buffer = stream_buffer
         self._outgoing: list[bytes] = []
@@ -249,6 +303,12 @@ class ClientConnection:
     def in_flight(self) -> int:
         """How many calls have neither ended nor been cancelled."""
         return len(self._unary) + len(self._streams)
+
+    @property
+    def open_calls(self) -> int:
+        """How many calls the server may still count against its per-connection limit: those
+        in flight, and those given up whose last frame from the server has not come."""
+        return len(self._unary) + len(self._streams) + len(self._abandoned)
 
     def send_request(self, envelope: bytes, *, stream: bool = False) -> tuple[int, bytes]:
         """Start a call: its stream id and the request frame to send, carrying ``envelope``
@@ -352,10 +412,12 @@ class ClientConnection:
         over).  No event comes for the call afterwards."""
         if stream_id in self._unary:
             self._unary.discard(stream_id)
+            self._abandoned.add(stream_id)
             return _cancel_frame(stream_id)
         stream = self._streams.pop(stream_id, None)
         if stream is None:
             return b""
+        self._abandoned.add(stream_id)
         if stream.flow:
             # A REMOTE_CLOSED of its own could be this call's half-close: say CANCEL.
             return encode_frame(stream_id, _DATA, _CANCEL_FLAGS, b"")
@@ -385,6 +447,7 @@ class ClientConnection:
                 events.append(StreamEnded(stream_id, copy_error(error)))
         self._unary.clear()
         self._streams.clear()
+        self._abandoned.clear()
         self._outgoing.clear()
         events.append(ConnectionFailed(error))
         return events
@@ -415,7 +478,11 @@ class ClientConnection:
                         try:
                             payload = response_payload(frame.payload)
                         except RPCError as err:
-                            events.append(ResponseReceived(stream_id, b"", err))
+                            limit = call_limit_of(err)
+                            if limit is None:
+                                events.append(ResponseReceived(stream_id, b"", err))
+                            else:
+                                events.append(CallRefused(stream_id, limit))
                         else:
                             events.append(_new_response((stream_id, payload, None)))
                 elif isinstance(frame, OversizedFrame):
@@ -424,7 +491,11 @@ class ClientConnection:
                 continue
             stream = streams.get(stream_id)
             if stream is None:
-                if stream_id == 0 and type(frame) is Frame and frame.type == _RESPONSE:
+                if stream_id in self._abandoned and (
+                    frame.type == _RESPONSE or frame.flags & _REMOTE_CLOSED
+                ):
+                    self._abandoned.discard(stream_id)  # the server is done with it
+                elif stream_id == 0 and type(frame) is Frame and frame.type == _RESPONSE:
                     try:
                         decode_response(frame.payload)
                     except RPCError as err:
@@ -432,6 +503,10 @@ class ClientConnection:
                 continue  # a call given up on, or nobody's
             if isinstance(frame, OversizedFrame):
                 del streams[stream_id]
+                if frame.type != _RESPONSE and not frame.flags & _REMOTE_CLOSED:
+                    # Not the stream's last frame: the server is still at it.
+                    self._abandoned.add(stream_id)
+                    self._outgoing.append(encode_frame(stream_id, _DATA, _CANCEL_FLAGS, b""))
                 events.append(StreamEnded(stream_id, _oversized(frame)))
             elif frame.type == _RESPONSE:
                 del streams[stream_id]
@@ -458,6 +533,7 @@ class ClientConnection:
             # still full when the next read brings more does.
             if stream.behind and len(stream.messages) >= self._stream_buffer:
                 del self._streams[stream_id]
+                self._abandoned.add(stream_id)
                 self._outgoing.append(_cancel_frame(stream_id))
                 error = ResourceExhausted(
                     f"stream consumer fell {self._stream_buffer} messages behind; stream ended"
@@ -488,6 +564,7 @@ class ClientConnection:
         stream.unacked += len(data)
         if stream.unacked > self.window + MAX_PAYLOAD:
             del self._streams[stream_id]
+            self._abandoned.add(stream_id)
             self._outgoing.append(encode_frame(stream_id, _DATA, _CANCEL_FLAGS, b""))
             error = ResourceExhausted(
                 f"stream {stream_id}: the server sent {stream.unacked} bytes past the "
@@ -511,3 +588,135 @@ def _cancel_frame(stream_id: int) -> bytes:
 
 def _oversized(frame: OversizedFrame) -> ResourceExhausted:
     return ResourceExhausted(f"server sent a frame of {frame.length} bytes, over the limit")
+
+
+class PooledConnection(Protocol):
+    """What :class:`ConnectionPool` needs of a driver's connection: its protocol state."""
+
+    @property
+    def conn(self) -> ClientConnection: ...
+
+
+_C = TypeVar("_C", bound=PooledConnection)
+
+
+@final
+class ConnectionPool(Generic[_C]):
+    """Which of a client's connections a new call goes on, when to open another, and how many
+    waiting calls to wake: what lets a client never surface the server's per-connection call
+    limit (docs/wire.md, "Many calls from one client").  Sans-io, like
+    :class:`ClientConnection`: the driver opens connections, parks and wakes its callers.
+
+    A call goes on the oldest connection whose :attr:`~ClientConnection.open_calls` are below
+    :attr:`max_calls` (the server's limit, as far as the client knows), so a client that is not
+    busy uses one connection.  When none has room, the call queues (:attr:`waiting`) and, while
+    fewer than :attr:`max_connections` are open, the driver opens one more
+    (:meth:`should_open`), makes the probe call on it (:data:`PROBE_SERVICE`), and adds it
+    (:meth:`opened`); a connection the server refuses stops the pool from growing.  Each time
+    calls end, the driver wakes :meth:`wake_count` queued callers, oldest first; a caller that
+    finds waiting callers ahead of it queues behind them.
+
+    The driver counts its queued callers in and out of :attr:`waiting`, and those it woke in
+    and out of :attr:`woken` (a woken caller that runs takes one off both).
+    """
+
+    __slots__ = (
+        "connections",
+        "growable",
+        "max_calls",
+        "max_connections",
+        "opening",
+        "waiting",
+        "woken",
+    )
+
+    def __init__(self, first: _C, *, max_connections: int = DEFAULT_MAX_CONNECTIONS) -> None:
+        #: Open connections, oldest first: the first is the client's own.
+        self.connections: list[_C] = [first]
+        self.max_connections = max_connections
+        self.max_calls = DEFAULT_MAX_CALLS
+        #: Whether another connection may be opened (False once the server refused one).
+        self.growable = True
+        #: Whether a connection is being opened.
+        self.opening = False
+        self.waiting = 0
+        self.woken = 0
+
+    def pick(self) -> _C | None:
+        """A connection with room for a new call, or None when it must queue (callers are
+        queued already, or no connection has room)."""
+        if self.waiting:
+            return None
+        return self.take()
+
+    def take(self) -> _C | None:
+        """A connection with room for one more call, queued callers or not; None if none has."""
+        limit = self.max_calls
+        for connection in self.connections:
+            conn = connection.conn
+            if conn.open_calls < limit and conn.error is None:
+                return connection
+        return None
+
+    def wake_count(self) -> int:
+        """How many more queued callers to wake, now counted :attr:`woken`: one per call the
+        connections have room for, beyond callers woken already."""
+        limit = self.max_calls
+        room = sum(
+            max(0, limit - c.conn.open_calls) for c in self.connections if c.conn.error is None
+        )
+        count = max(0, min(room, self.waiting) - self.woken)
+        self.woken += count
+        return count
+
+    def should_open(self) -> bool:
+        """Whether the driver should open one more connection now (it then calls
+        :meth:`opened` once it knows how that went): no connection has room, and the pool may
+        grow and is not growing already."""
+        if (
+            self.opening
+            or not self.growable
+            or len(self.connections) >= self.max_connections
+            or self.take() is not None
+        ):
+            return False
+        self.opening = True
+        return True
+
+    def opened(self, connection: _C | None, reply: bytes | None = None) -> bool:
+        """The connection the driver opened, once its probe call ended (``reply``: the
+        response message, still encoded, or None when the call failed); None when it could not
+        be made.  False when the pool did not take it (the server refused the connection, or
+        it could not be made): the driver closes it, and the pool opens no more."""
+        self.opening = False
+        if connection is None or connection.conn.error is not None:
+            self.growable = False
+            return False
+        self.connections.append(connection)
+        if reply is not None:
+            try:
+                limit = call_limit_from_version(loads_message(reply, "response payload"))
+            except RPCError:
+                limit = None
+            if limit is not None:
+                self.max_calls = limit
+        return True
+
+    def learn(self, limit: int) -> None:
+        """The server refused a call for its per-connection ``limit`` (see
+        :class:`CallRefused`)."""
+        self.max_calls = min(self.max_calls, limit)
+
+    @property
+    def closed(self) -> bool:
+        """Whether the client is over: its first connection is."""
+        return self.connections[0].conn.error is not None
+
+    def lost(self, connection: _C) -> list[_C]:
+        """A connection that is over (its calls had their events): the connections the driver
+        closes now, every other one when it is the first (the client is then over)."""
+        if connection is self.connections[0]:
+            return self.connections[1:]
+        if connection in self.connections:
+            self.connections.remove(connection)
+        return []
