@@ -41,6 +41,7 @@ from sandboxd import (
     ExitStatus,
     FailedPrecondition,
     InvalidArgument,
+    ListPage,
     Mount,
     NotFound,
     Platform,
@@ -242,6 +243,28 @@ async def test_list_gives_the_sandboxes_carrying_every_label_asked(driver: Drive
     assert set(ids) <= set(everything) and everything == sorted(everything)
     await driver.call("shutdown", ids[1])
     assert len(await driver.call("list", labels={"suite": suite})) == 2
+
+
+async def test_list_page_gives_one_page_and_the_token_of_the_next(driver: Driver) -> None:
+    suite = name(driver, "paged")
+    ids = sorted(f"{suite}-{n}" for n in range(5))
+    for box in ids:
+        await driver.call("create", box, sandboxer="sim", labels={"suite": suite})
+
+    seen: list[str] = []
+    token: str | None = None
+    pages = 0
+    while True:
+        page = await driver.call("list_page", {"suite": suite}, limit=2, page_token=token)
+        assert isinstance(page, ListPage) and len(page.sandboxes) <= 2
+        seen += [s.sandbox_id for s in page.sandboxes]
+        pages += 1
+        token = page.next_page_token
+        if token is None:
+            break
+    assert seen == ids and pages >= 3
+    with pytest.raises(InvalidArgument, match="limit"):
+        await driver.call("list_page", limit=0)
 
 
 # -- Wait, Stop, Shutdown --------------------------------------------------------------------
@@ -452,6 +475,7 @@ EXERCISED = {
     "ping",
     "metrics",
     "list",
+    "list_page",
     "wait",
     "stop",
     "shutdown",
