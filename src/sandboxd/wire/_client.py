@@ -53,10 +53,10 @@ import collections
 import functools
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any, Final, NamedTuple, final
+from typing import Any, Final, Literal, NamedTuple, final
 
 from .._errors import FailedPrecondition, ResourceExhausted, RPCError, Unavailable
-from ._envelope import decode_response, dumps, encode_request, response_payload
+from ._envelope import dumps, encode_request, response_payload
 from ._frame import (
     MAX_PAYLOAD,
     Flags,
@@ -66,6 +66,7 @@ from ._frame import (
     OversizedFrame,
     encode_frame,
 )
+from ._pb_envelope import encode_pb_request, pb_response_payload
 
 #: How many bytes a driver should ask the socket for at once.  64 KiB: larger reads make
 #: glibc map and unmap a fresh buffer for every call.
@@ -83,6 +84,11 @@ WINDOW_METADATA: Final = "sandboxd-window"
 DEFAULT_WINDOW: Final = 1 << 20
 #: The largest window a peer may grant or ask for.
 MAX_WINDOW: Final = 2**31 - 1
+
+#: The envelope a connection speaks (docs/wire.md, "The protobuf envelope"): ``"cbor"``,
+#: sandboxd's own, or ``"protobuf"``, ttrpc's, whose messages are protobuf bytes the caller
+#: encodes and decodes itself.
+Envelope = Literal["cbor", "protobuf"]
 
 _REQUEST: Final = int(FrameType.REQUEST)
 _RESPONSE: Final = int(FrameType.RESPONSE)
@@ -154,16 +160,20 @@ def copy_error(err: RPCError) -> RPCError:
 def request_envelope(
     service: str,
     method: str,
-    message: Mapping[str, Any] | None = None,
+    message: Mapping[str, Any] | bytes | None = None,
     *,
     deadline: float = math.inf,
     now: float = 0.0,
     metadata: Mapping[str, Sequence[str]] | None = None,
     window: int | None = None,
+    envelope: Envelope = "cbor",
 ) -> bytes:
     """The request envelope of a call, for :meth:`ClientConnection.send_request` (or
     :meth:`~ClientConnection.open_stream`, given the connection's ``window``, which goes in
-    the metadata).
+    the metadata), in the connection's ``envelope``.
+
+    ``message`` is a mapping (encoded here as CBOR) or the message's own bytes, already
+    encoded; in the ``"protobuf"`` envelope it must be bytes (or None, the empty message).
 
     ``deadline`` and ``now`` are times on the driver's clock (seconds); the server is given
     what is left between them (at least 1 ns; nothing when ``deadline`` is infinite).
@@ -173,7 +183,14 @@ def request_envelope(
     timeout_nano = 0 if deadline == math.inf else max(1, int((deadline - now) * 1e9))
     if window is not None:
         metadata = {**(metadata or {}), WINDOW_METADATA: [str(window)]}
-    payload = dumps(message) if message else b""
+    if isinstance(message, bytes):
+        payload = message
+    elif envelope == "protobuf" and message is not None:
+        raise TypeError("a message in the protobuf envelope is its encoded bytes")
+    else:
+        payload = dumps(message) if message else b""
+    if envelope == "protobuf":
+        return encode_pb_request(service, method, payload, timeout_nano, metadata)
     return encode_request(service, method, payload, timeout_nano, metadata)
 
 
@@ -210,6 +227,12 @@ class ClientConnection:
     ``stream_buffer`` is how many unread messages a stream may hold (see the module's
     docstring); ``max_payload`` the largest frame accepted from the server (a larger one ends
     its call with :class:`~sandboxd.ResourceExhausted`, the connection stays usable).
+
+    ``envelope`` is the envelope the connection speaks (:data:`Envelope`), for life: its
+    requests must be made by :func:`request_envelope` with the same one.  The messages its
+    events carry are the method's message as the server encoded it, CBOR or protobuf bytes.
+    In the protobuf envelope a response that begins with a CBOR map head is read as CBOR (a
+    server answers so before it has read a request: a refusal on stream 0).
     """
 
     __slots__ = (
@@ -217,9 +240,11 @@ class ClientConnection:
         "_error",
         "_next_id",
         "_outgoing",
+        "_read_response",
         "_stream_buffer",
         "_streams",
         "_unary",
+        "envelope",
         "window",
     )
 
@@ -229,8 +254,14 @@ class ClientConnection:
         stream_buffer: int = DEFAULT_STREAM_BUFFER,
         max_payload: int = MAX_PAYLOAD,
         window: int = DEFAULT_WINDOW,
+        envelope: Envelope = "cbor",
     ) -> None:
+        if envelope not in ("cbor", "protobuf"):
+            raise ValueError(f"unknown envelope {envelope!r}")
         self.window = window
+        self.envelope: Envelope = envelope
+        # Reads a response envelope: its payload, or raises the error it carries.
+        self._read_response = pb_response_payload if envelope == "protobuf" else response_payload
         self._decoder = FrameDecoder(max_payload)
         self._next_id = 1
         # Calls in flight by stream id: unary ones, and streams with their state.
@@ -404,6 +435,7 @@ class ClientConnection:
         events: list[Event] = []
         unary = self._unary
         streams = self._streams
+        read_response = self._read_response
         # Streams given messages in this read, each once: judged behind or not at the end.
         filled: dict[int, _Stream] = {}
         for frame in self._decoder.feed(data):
@@ -413,7 +445,7 @@ class ClientConnection:
                     if frame.type == _RESPONSE:
                         unary.discard(stream_id)
                         try:
-                            payload = response_payload(frame.payload)
+                            payload = read_response(frame.payload)
                         except RPCError as err:
                             events.append(ResponseReceived(stream_id, b"", err))
                         else:
@@ -426,7 +458,7 @@ class ClientConnection:
             if stream is None:
                 if stream_id == 0 and type(frame) is Frame and frame.type == _RESPONSE:
                     try:
-                        decode_response(frame.payload)
+                        read_response(frame.payload)
                     except RPCError as err:
                         return events + self.close(err)
                 continue  # a call given up on, or nobody's
@@ -436,7 +468,7 @@ class ClientConnection:
             elif frame.type == _RESPONSE:
                 del streams[stream_id]
                 try:
-                    payload = response_payload(frame.payload)
+                    payload = read_response(frame.payload)
                 except RPCError as err:
                     events.append(StreamEnded(stream_id, err))
                 else:
