@@ -24,6 +24,7 @@ from ..wire import (
     DEFAULT_WINDOW,
     RECV_SIZE,
     ClientConnection,
+    Envelope,
     Event,
     ResponseReceived,
     StreamEnded,
@@ -31,6 +32,7 @@ from ..wire import (
     WindowOpened,
     dumps,
     loads_message,
+    messages_are_bytes,
     request_envelope,
 )
 
@@ -65,6 +67,12 @@ class AioClient:
     Cancellation: a call whose task is cancelled (``task.cancel()``, ``asyncio.timeout``)
     tells the server to cancel it and lets the cancellation propagate; the connection stays
     usable for every other call.  Safe to share between the tasks of one event loop.
+
+    ``envelope`` is the envelope the connection speaks (:data:`~sandboxd.wire.Envelope`).  On
+    a protobuf connection every message is the method's protobuf bytes: call with
+    :meth:`call_encoded`, stream with :meth:`open_stream` and the ``*_encoded`` methods of
+    :class:`AioStreamCall`; the methods that take or give mappings raise
+    :class:`~sandboxd.FailedPrecondition`.
     """
 
     def __init__(
@@ -74,10 +82,13 @@ class AioClient:
         *,
         stream_buffer: int = DEFAULT_STREAM_BUFFER,
         window: int = DEFAULT_WINDOW,
+        envelope: Envelope = "cbor",
     ) -> None:
         self._reader = reader
         self._writer = writer
-        self._conn = ClientConnection(stream_buffer=stream_buffer, window=window)
+        self._conn = ClientConnection(
+            stream_buffer=stream_buffer, window=window, envelope=envelope
+        )
         self._pending: dict[int, _Slot] = {}
         self._loop = asyncio.get_running_loop()
         self._reading = self._loop.create_task(self._read_forever())
@@ -112,7 +123,7 @@ class AioClient:
         self,
         service: str,
         method: str,
-        message: Mapping[str, Any] | None,
+        message: Mapping[str, Any] | bytes | None,
         deadline: float,
         metadata: Mapping[str, Sequence[str]] | None,
         stream: bool = False,
@@ -127,6 +138,7 @@ class AioClient:
             now=self._loop.time(),
             metadata=metadata,
             window=None if client_sends is None else conn.window,
+            envelope=conn.envelope,
         )
         if client_sends is None:
             stream_id, frame = conn.send_request(envelope, stream=stream)
@@ -210,6 +222,8 @@ class AioClient:
         metadata: Mapping[str, Sequence[str]] | None = None,
     ) -> dict[str, Any]:
         """Call a unary method and return its response message."""
+        if self._conn.envelope == "protobuf":
+            raise messages_are_bytes(f"{service}/{method}")
         payload = await self.call_encoded(
             service, method, message, timeout=timeout, metadata=metadata
         )
@@ -219,13 +233,14 @@ class AioClient:
         self,
         service: str,
         method: str,
-        message: Mapping[str, Any] | None = None,
+        message: Mapping[str, Any] | bytes | None = None,
         *,
         timeout: float | None = None,
         metadata: Mapping[str, Sequence[str]] | None = None,
     ) -> bytes:
         """Like :meth:`call`, but return the response message still encoded (``b""`` for the
-        empty message)."""
+        empty message); ``message`` may be bytes, the message already encoded.  On a protobuf
+        connection, messages both ways are the method's protobuf bytes."""
         deadline = self._deadline(timeout)
         slot = self._begin(service, method, message, deadline, metadata)
         try:
@@ -258,7 +273,7 @@ class AioClient:
         self,
         service: str,
         method: str,
-        message: Mapping[str, Any] | None = None,
+        message: Mapping[str, Any] | bytes | None = None,
         *,
         client_sends: bool = True,
         timeout: float | None = None,
@@ -276,7 +291,7 @@ class AioClient:
         self,
         service: str,
         method: str,
-        message: Mapping[str, Any] | None,
+        message: Mapping[str, Any] | bytes | None,
         timeout: float | None,
         metadata: Mapping[str, Sequence[str]] | None,
         client_sends: bool | None,
@@ -322,10 +337,15 @@ class AioStreamCall:
         """Send one message, waiting while the server's window for the stream is used up.
         Raises :class:`~sandboxd.FailedPrecondition` once the client closed its side or the
         call ended without an error; the call's error if it ended with one."""
+        if self._client._conn.envelope == "protobuf":
+            raise messages_are_bytes(self._name)
+        await self.send_encoded(dumps(message))
+
+    async def send_encoded(self, payload: bytes) -> None:
+        """Send one message, already encoded (protobuf bytes on a protobuf connection)."""
         client = self._client
         conn = client._conn
         slot = self._slot
-        payload = dumps(message)
         await client._until(
             slot,
             self._deadline,
@@ -347,6 +367,13 @@ class AioStreamCall:
     async def receive(self) -> dict[str, Any] | None:
         """The server's next message; None once its messages are over (the final response is
         then :meth:`response`'s).  Raises the call's error after the messages before it."""
+        if self._client._conn.envelope == "protobuf":
+            raise messages_are_bytes(self._name)
+        data = await self.receive_encoded()
+        return None if data is None else loads_message(data, "stream message")
+
+    async def receive_encoded(self) -> bytes | None:
+        """Like :meth:`receive`, the message still encoded."""
         client = self._client
         slot = self._slot
         buffer = slot.buffer
@@ -355,7 +382,7 @@ class AioStreamCall:
         if buffer:
             data = buffer.popleft()
             client._write(client._conn.consumed(slot.stream_id, len(data)))
-            return loads_message(data, "stream message")
+            return data
         if slot.error is not None:
             raise slot.error
         return None
@@ -372,9 +399,15 @@ class AioStreamCall:
     async def response(self) -> dict[str, Any]:
         """Wait for the end of the call and return its final response message (``{}`` when
         the server sent none); messages not yet received are discarded."""
-        while await self.receive() is not None:
+        if self._client._conn.envelope == "protobuf":
+            raise messages_are_bytes(self._name)
+        return loads_message(await self.response_encoded(), "response payload")
+
+    async def response_encoded(self) -> bytes:
+        """Like :meth:`response`, the message still encoded (``b""`` when there was none)."""
+        while await self.receive_encoded() is not None:
             pass
-        return loads_message(self._slot.payload, "response payload")
+        return self._slot.payload
 
 
 @asynccontextmanager
@@ -383,15 +416,19 @@ async def open_aio_client(
     *,
     stream_buffer: int = DEFAULT_STREAM_BUFFER,
     window: int = DEFAULT_WINDOW,
+    envelope: Envelope = "cbor",
 ) -> AsyncIterator[AioClient]:
-    """An :class:`AioClient` connected to the server at ``path``, closed when the block ends.
-    Raises :class:`~sandboxd.Unavailable` naming the path when nobody listens there."""
+    """An :class:`AioClient` connected to the server at ``path`` (speaking ``envelope``),
+    closed when the block ends.  Raises :class:`~sandboxd.Unavailable` naming the path when
+    nobody listens there."""
     path = os.fspath(path)
     try:
         reader, writer = await asyncio.open_unix_connection(path, limit=RECV_SIZE)
     except OSError as exc:
         raise Unavailable(f"cannot connect to {path}: {exc.strerror or exc}") from None
-    client = AioClient(reader, writer, stream_buffer=stream_buffer, window=window)
+    client = AioClient(
+        reader, writer, stream_buffer=stream_buffer, window=window, envelope=envelope
+    )
     try:
         yield client
     finally:

@@ -41,6 +41,7 @@ from ..wire import (
     RECV_SIZE,
     ClientConnection,
     DeadlineExceeded,
+    Envelope,
     Event,
     FailedPrecondition,
     ResponseReceived,
@@ -51,6 +52,7 @@ from ..wire import (
     WindowOpened,
     dumps,
     loads_message,
+    messages_are_bytes,
     request_envelope,
 )
 from ._methods import ReceivedMessages
@@ -89,6 +91,9 @@ class StreamCall(ReceivedMessages):
     ended with (the server's status, DEADLINE_EXCEEDED at the call's timeout, UNAVAILABLE
     when the connection is lost); cancelling one leaves the call as it was (leaving the
     :meth:`Client.open_stream` block ends it on the server).
+
+    The ``*_encoded`` methods take and give messages as encoded bytes, the only form on a
+    protobuf connection (where the others raise :class:`~sandboxd.FailedPrecondition`).
     """
 
     __slots__ = ("_client", "_deadline", "_name", "_pending")
@@ -122,10 +127,16 @@ class StreamCall(ReceivedMessages):
         Raises :class:`~sandboxd.FailedPrecondition` once the client closed its side or the
         call ended without an error; the call's error if it ended with one.
         """
+        if self._client._conn.envelope == "protobuf":
+            raise messages_are_bytes(self._name)
+        await self.send_encoded(dumps(message))
+
+    async def send_encoded(self, payload: bytes) -> None:
+        """Send one message, already encoded (protobuf bytes on a protobuf connection); waits
+        and raises as :meth:`send` does."""
         client = self._client
         conn = client._conn
         pending = self._pending
-        payload = dumps(message)
         while True:
             if pending.finished:
                 raise self._ended()
@@ -151,6 +162,14 @@ class StreamCall(ReceivedMessages):
     async def receive(self) -> dict[str, Any] | None:
         """The server's next message; None once its messages are over (the final response
         is then :meth:`response`'s).  Raises the call's error after the messages before it."""
+        if self._client._conn.envelope == "protobuf":
+            raise messages_are_bytes(self._name)
+        data = await self.receive_encoded()
+        return None if data is None else loads_message(data, "stream message")
+
+    async def receive_encoded(self) -> bytes | None:
+        """Like :meth:`receive`, the message still encoded (protobuf bytes on a protobuf
+        connection)."""
         pending = self._pending
         buffer = pending.buffer
         assert buffer is not None
@@ -161,7 +180,7 @@ class StreamCall(ReceivedMessages):
                 if grant := client._conn.consumed(pending.stream_id, len(data)):
                     client._transport.write(grant)
                 await trio.lowlevel.checkpoint()
-                return loads_message(data, "stream message")
+                return data
             if pending.finished:
                 if pending.error is not None:
                     raise pending.error
@@ -174,9 +193,16 @@ class StreamCall(ReceivedMessages):
     async def response(self) -> dict[str, Any]:
         """Wait for the end of the call and return its final response message (``{}`` when
         the server sent none); messages not yet received are discarded."""
-        while await self.receive() is not None:
+        if self._client._conn.envelope == "protobuf":
+            raise messages_are_bytes(self._name)
+        return loads_message(await self.response_encoded(), "response payload")
+
+    async def response_encoded(self) -> bytes:
+        """Like :meth:`response`, the message still encoded (``b""`` when the server sent
+        none)."""
+        while await self.receive_encoded() is not None:
             pass
-        return loads_message(self._pending.payload, "response payload")
+        return self._pending.payload
 
 
 @final
@@ -190,6 +216,12 @@ class Client:
 
     :meth:`reader` must run in a task of its own for as long as the client is used
     (:func:`open_client` sees to that).
+
+    ``envelope`` is the envelope the connection speaks (:data:`~sandboxd.wire.Envelope`).  On
+    a protobuf connection every message is the method's protobuf bytes: call with
+    :meth:`call_encoded` (its ``message`` bytes or None), stream with :meth:`open_stream` and
+    the ``*_encoded`` methods of :class:`StreamCall`; the methods that take or give mappings
+    raise :class:`~sandboxd.FailedPrecondition`.
     """
 
     def __init__(
@@ -197,9 +229,12 @@ class Client:
         transport: Transport,
         stream_buffer: int = DEFAULT_STREAM_BUFFER,
         window: int = DEFAULT_WINDOW,
+        envelope: Envelope = "cbor",
     ) -> None:
         self._transport = transport
-        self._conn = ClientConnection(stream_buffer=stream_buffer, window=window)
+        self._conn = ClientConnection(
+            stream_buffer=stream_buffer, window=window, envelope=envelope
+        )
         # The calls in flight, as the connection's events name them.
         self._pending: dict[int, _Pending] = {}
         # Who reads: the unary call in ``_leader`` when there is one, else the reader task.
@@ -223,7 +258,7 @@ class Client:
         self,
         service: str,
         method: str,
-        message: Mapping[str, Any] | None,
+        message: Mapping[str, Any] | bytes | None,
         deadline: float,
         metadata: Mapping[str, Sequence[str]] | None,
         stream: bool = False,
@@ -240,6 +275,7 @@ class Client:
             now=0.0 if deadline == math.inf else trio.current_time(),
             metadata=metadata,
             window=None if client_sends is None else conn.window,
+            envelope=conn.envelope,
         )
         if client_sends is None:
             stream_id, frame = conn.send_request(envelope, stream=stream)
@@ -277,6 +313,8 @@ class Client:
         call, and the cancellation propagates; replies this task was reading for other calls
         are not lost (another waiting call, or the reader task, reads on).
         """
+        if self._conn.envelope == "protobuf":
+            raise messages_are_bytes(f"{service}/{method}")
         payload = await self.call_encoded(
             service,
             method,
@@ -291,7 +329,7 @@ class Client:
         self,
         service: str,
         method: str,
-        message: Mapping[str, Any] | None = None,
+        message: Mapping[str, Any] | bytes | None = None,
         *,
         timeout: float | None = None,
         metadata: Mapping[str, Sequence[str]] | None = None,
@@ -299,7 +337,9 @@ class Client:
     ) -> bytes:
         """Like :meth:`call`, but return the response message still encoded: the CBOR bytes
         :meth:`call` decodes (``b""`` stands for the empty message), for callers that decode
-        it themselves.  Same arguments, errors and cancellation as :meth:`call`."""
+        it themselves.  ``message`` may be bytes, the message already encoded.  Same
+        arguments, errors and cancellation as :meth:`call`.  On a protobuf connection,
+        messages both ways are the method's protobuf bytes."""
         deadline = math.inf if timeout is None else trio.current_time() + timeout
         wire_deadline = deadline if send_deadline is None else min(deadline, send_deadline)
         pending = self._send_request(service, method, message, wire_deadline, metadata)
@@ -350,7 +390,7 @@ class Client:
         self,
         service: str,
         method: str,
-        message: Mapping[str, Any] | None = None,
+        message: Mapping[str, Any] | bytes | None = None,
         *,
         client_sends: bool = True,
         timeout: float | None = None,
@@ -577,18 +617,20 @@ async def open_client(
     *,
     stream_buffer: int = DEFAULT_STREAM_BUFFER,
     window: int = DEFAULT_WINDOW,
+    envelope: Envelope = "cbor",
 ) -> AsyncIterator[Client]:
     """Connect to the server at ``path`` and yield a :class:`Client` for the block's duration.
 
     ``window`` is how many bytes of messages each :meth:`Client.open_stream` call may hold
-    unread before the server waits.
+    unread before the server waits.  ``envelope`` is the envelope the connection speaks
+    (``"protobuf"``: ttrpc's, with messages as bytes, see :class:`Client`).
 
     Raises :class:`~sandboxd.Unavailable` naming the path when nobody listens there.  Leaving
     the block closes the connection; calls still pending in other tasks fail with UNAVAILABLE.
     """
     sock = await connect_unix(os.fspath(path))
     transport = Transport(sock)
-    client = Client(transport, stream_buffer, window)
+    client = Client(transport, stream_buffer, window, envelope)
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(client.reader)

@@ -28,11 +28,13 @@ from ..wire import (
     DEFAULT_WINDOW,
     RECV_SIZE,
     ClientConnection,
+    Envelope,
     Event,
     ResponseReceived,
     StreamEnded,
     dumps,
     loads_message,
+    messages_are_bytes,
     request_envelope,
 )
 
@@ -60,6 +62,12 @@ class SyncClient:
     ``timeout`` passes (the server is told to cancel the call), UNAVAILABLE when the
     connection cannot be made or is lost, or the error the server refused the connection with
     (PERMISSION_DENIED, RESOURCE_EXHAUSTED).  Use as a context manager, or call :meth:`close`.
+
+    ``envelope`` is the envelope the connection speaks (:data:`~sandboxd.wire.Envelope`).  On
+    a protobuf connection every message is the method's protobuf bytes: call with
+    :meth:`call_encoded`, stream with :meth:`open_stream` and the ``*_encoded`` methods of
+    :class:`SyncStreamCall`; the methods that take or give mappings raise
+    :class:`~sandboxd.FailedPrecondition`.
     """
 
     def __init__(
@@ -68,6 +76,7 @@ class SyncClient:
         *,
         stream_buffer: int = DEFAULT_STREAM_BUFFER,
         window: int = DEFAULT_WINDOW,
+        envelope: Envelope = "cbor",
     ) -> None:
         self.path = os.fspath(path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -80,7 +89,9 @@ class SyncClient:
         self._poll = select.poll()
         self._poll.register(sock, select.POLLIN)
         # The connection's protocol state, and the calls its events name: under _cond.
-        self._conn = ClientConnection(stream_buffer=stream_buffer, window=window)
+        self._conn = ClientConnection(
+            stream_buffer=stream_buffer, window=window, envelope=envelope
+        )
         self._cond = threading.Condition(threading.Lock())
         self._send_lock = threading.Lock()
         self._pending: dict[int, _Slot] = {}
@@ -119,7 +130,7 @@ class SyncClient:
         self,
         service: str,
         method: str,
-        message: Mapping[str, Any] | None,
+        message: Mapping[str, Any] | bytes | None,
         timeout: float | None,
         metadata: Mapping[str, Sequence[str]] | None,
         streaming: bool,
@@ -135,6 +146,7 @@ class SyncClient:
             now=now,
             metadata=metadata,
             window=None if client_sends is None else self._conn.window,
+            envelope=self._conn.envelope,
         )
         slot = _Slot()
         # Ids must reach the server in increasing order: allocate and send under one lock.
@@ -235,6 +247,25 @@ class SyncClient:
         metadata: Mapping[str, Sequence[str]] | None = None,
     ) -> dict[str, Any]:
         """Call a unary method and return its response message (blocking)."""
+        if self._conn.envelope == "protobuf":
+            raise messages_are_bytes(f"{service}/{method}")
+        return loads_message(
+            self.call_encoded(service, method, message, timeout=timeout, metadata=metadata),
+            "response payload",
+        )
+
+    def call_encoded(
+        self,
+        service: str,
+        method: str,
+        message: Mapping[str, Any] | bytes | None = None,
+        *,
+        timeout: float | None = None,
+        metadata: Mapping[str, Sequence[str]] | None = None,
+    ) -> bytes:
+        """Like :meth:`call`, the response message still encoded (``b""`` for the empty
+        one); ``message`` may be bytes, the message already encoded.  On a protobuf
+        connection, messages both ways are the method's protobuf bytes."""
         stream_id, slot, deadline = self._begin(
             service, method, message, timeout, metadata, streaming=False
         )
@@ -243,7 +274,7 @@ class SyncClient:
             raise DeadlineExceeded(f"{service}/{method}: deadline exceeded after {timeout} s")
         if slot.error is not None:
             raise slot.error
-        return loads_message(slot.payload, "response payload")
+        return slot.payload
 
     @contextmanager
     def stream(
@@ -257,8 +288,11 @@ class SyncClient:
     ) -> Iterator[Iterator[dict[str, Any]]]:
         """Call a server-streaming method; iterate over what the context manager yields.
 
-        Leaving the block before the stream ends tells the server to end it.
+        Leaving the block before the stream ends tells the server to end it.  Not on a
+        protobuf connection (use :meth:`open_stream` with ``client_sends=False``).
         """
+        if self._conn.envelope == "protobuf":
+            raise messages_are_bytes(f"{service}/{method}")
         stream_id, slot, deadline = self._begin(
             service, method, message, timeout, metadata, streaming=True
         )
@@ -288,7 +322,7 @@ class SyncClient:
         self,
         service: str,
         method: str,
-        message: Mapping[str, Any] | None = None,
+        message: Mapping[str, Any] | bytes | None = None,
         *,
         client_sends: bool = True,
         timeout: float | None = None,
@@ -310,8 +344,8 @@ class SyncClient:
 @final
 class SyncStreamCall:
     """A call opened with :meth:`SyncClient.open_stream`: the blocking twin of
-    :class:`~sandboxd.rpc.StreamCall`, with the same methods and errors.  One thread may send
-    while another receives."""
+    :class:`~sandboxd.rpc.StreamCall`, with the same methods and errors (the ``*_encoded``
+    ones included).  One thread may send while another receives."""
 
     __slots__ = ("_client", "_deadline", "_name", "_slot", "stream_id")
 
@@ -331,9 +365,14 @@ class SyncStreamCall:
 
     def send(self, message: Mapping[str, Any]) -> None:
         """Send one message, waiting while the server's window is used up."""
+        if self._client._conn.envelope == "protobuf":
+            raise messages_are_bytes(self._name)
+        self.send_encoded(dumps(message))
+
+    def send_encoded(self, payload: bytes) -> None:
+        """Send one message, already encoded (protobuf bytes on a protobuf connection)."""
         client = self._client
         slot = self._slot
-        payload = dumps(message)
         conn = client._conn
 
         def ready() -> bool:
@@ -358,6 +397,13 @@ class SyncStreamCall:
 
     def receive(self) -> dict[str, Any] | None:
         """The server's next message; None once its messages are over."""
+        if self._client._conn.envelope == "protobuf":
+            raise messages_are_bytes(self._name)
+        data = self.receive_encoded()
+        return None if data is None else loads_message(data, "stream message")
+
+    def receive_encoded(self) -> bytes | None:
+        """Like :meth:`receive`, the message still encoded."""
         client = self._client
         slot = self._slot
         buffer = slot.buffer
@@ -370,7 +416,7 @@ class SyncStreamCall:
         if grant:
             client._send(grant)
         if data is not None:
-            return loads_message(data, "stream message")
+            return data
         if slot.error is not None:
             raise slot.error
         return None
@@ -382,6 +428,12 @@ class SyncStreamCall:
     def response(self) -> dict[str, Any]:
         """Wait for the end of the call and return its final response message; messages not
         yet received are discarded."""
-        while self.receive() is not None:
+        if self._client._conn.envelope == "protobuf":
+            raise messages_are_bytes(self._name)
+        return loads_message(self.response_encoded(), "response payload")
+
+    def response_encoded(self) -> bytes:
+        """Like :meth:`response`, the message still encoded (``b""`` when there was none)."""
+        while self.receive_encoded() is not None:
             pass
-        return loads_message(self._slot.payload, "response payload")
+        return self._slot.payload

@@ -36,6 +36,7 @@ from ._client import (
     StreamEnded,
     StreamMessage,
     WindowOpened,
+    messages_are_bytes,
     request_envelope,
     window_frame,
 )
@@ -134,6 +135,7 @@ __all__ = [
     "encode_response",
     "loads_message",
     "loads_strict",
+    "messages_are_bytes",
     "pb_response_payload",
     "request_envelope",
     "window_frame",

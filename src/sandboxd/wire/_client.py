@@ -157,6 +157,14 @@ def copy_error(err: RPCError) -> RPCError:
     return type(err)(err.message, details=err.details)
 
 
+def messages_are_bytes(what: str) -> FailedPrecondition:
+    """The error a driver raises when a method that takes or gives messages as mappings (CBOR)
+    is used on a protobuf connection, whose messages are bytes."""
+    return FailedPrecondition(
+        f"{what}: the messages of a protobuf connection are bytes: use the *_encoded methods"
+    )
+
+
 def request_envelope(
     service: str,
     method: str,
