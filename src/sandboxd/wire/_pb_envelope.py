@@ -207,7 +207,11 @@ def encode_pb_request(
 ) -> bytes:
     """A protobuf ttrpc ``Request`` (fields in number order, defaults left out, each metadata
     value one ``KeyValue``)."""
-    parts = [_len_field(b"\x0a", service.encode()), _len_field(b"\x12", method.encode())]
+    parts = []
+    if service:
+        parts.append(_len_field(b"\x0a", service.encode()))
+    if method:
+        parts.append(_len_field(b"\x12", method.encode()))
     if payload:
         parts.append(_len_field(b"\x1a", payload))
     if timeout_nano:
