@@ -37,8 +37,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
-from .._errors import Code, Internal, InvalidArgument, RPCError
-from ._envelope import Request, decode_response, dumps, loads_strict
+from .._errors import InvalidArgument, RPCError
+from ._envelope import Request, ResponseFields, answer, decode_response, dumps, loads_strict
 
 #: The type URL of the ``google.protobuf.Any`` that carries one detail of an error.
 ERROR_DETAIL_TYPE_URL: Final = "type.googleapis.com/sandboxd.v1.ErrorDetail"
@@ -377,7 +377,14 @@ def _decode_detail(data: bytes) -> Any:
         raise _Malformed(exc.message) from None
 
 
-def _decode_response(data: bytes) -> tuple[int, str, list[Any], bytes]:
+def _decode_response(data: bytes) -> ResponseFields:
+    try:
+        return _response_fields(data)
+    except _Malformed as exc:
+        raise InvalidArgument(f"response envelope: {exc}") from None
+
+
+def _response_fields(data: bytes) -> ResponseFields:
     fields = _fields(data, "response", _RESPONSE)
     code = 0
     message = ""
@@ -404,13 +411,7 @@ def decode_pb_response(data: bytes) -> bytes:
     A malformed response from the peer is reported as :class:`~sandboxd.Internal`: the peer,
     not the caller, broke the protocol.
     """
-    try:
-        code, message, details, payload = _decode_response(data)
-    except _Malformed as exc:
-        raise Internal(f"malformed response from peer: response envelope: {exc}") from None
-    if code != Code.OK:
-        raise RPCError.from_status(code, message, details)
-    return payload
+    return answer(_decode_response, data)
 
 
 def pb_response_payload(envelope: bytes) -> bytes:
