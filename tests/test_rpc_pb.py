@@ -8,6 +8,7 @@ for what only bytes can show.
 
 from __future__ import annotations
 
+import asyncio
 import math
 from typing import Any
 
@@ -29,6 +30,7 @@ from sandboxd.rpc import (
     client_stream,
     deferred,
     inline,
+    open_aio_client,
     open_client,
     server_stream,
     unary,
@@ -402,6 +404,20 @@ async def test_blocking_client_speaks_protobuf(nursery: trio.Nursery, sock_path:
             return echoed, joined
 
     assert await trio.to_thread.run_sync(use) == (b"sync", b"12")
+
+
+async def test_asyncio_client_speaks_protobuf(nursery: trio.Nursery, sock_path: str, toy: Toy):
+    await start(nursery, sock_path, toy)
+
+    async def use() -> tuple[bytes, list[bytes | None]]:
+        async with open_aio_client(sock_path, envelope="protobuf") as client:
+            echoed = await client.call_encoded(TOY, "Echo", b"aio")
+            async with client.open_stream(TOY, "Count", b"ab", client_sends=False) as call:
+                counted = [await call.receive_encoded() for _ in range(3)]
+            return echoed, counted
+
+    result = await trio.to_thread.run_sync(asyncio.run, use())
+    assert result == (b"aio", [b"a", b"b", None])
 
 
 async def test_a_server_without_protobuf_services_answers_unimplemented(
