@@ -25,6 +25,11 @@ grants, and the reader counts what the client sends against the server's window,
 ``receive`` grants back as the handler takes messages.  DATA a stream cannot take ends that
 call with INVALID_ARGUMENT, never the connection (docs/wire.md, "Errors on a stream").
 
+Envelopes.  A connection's first request picks its envelope for good (docs/wire.md, "The
+protobuf envelope"): :meth:`_Connection._choose_envelope` sets what the connection reads and
+writes with (the request decoder, the services, message loading and dumping), so the rest of
+the connection's code is the same for CBOR and for protobuf, whose messages are raw bytes.
+
 Errors.  Whatever a call raises is answered at one boundary, :func:`_status_of`: an
 :class:`~sandboxd.RPCError` is the call's status as it is; any other exception is a bug,
 logged once with the method's name and answered INTERNAL.  ``trio.Cancelled`` (not an
