@@ -25,6 +25,10 @@ client, the blocking client, any other event loop's) does the I/O around it:
   working on the call;
 * when the socket fails, or the client is closed, it calls :meth:`~ClientConnection.close`.
 
+A connection speaks one envelope for its life (``envelope=``, :data:`Envelope`): CBOR, or
+ttrpc's protobuf, whose messages are bytes the driver's caller encodes and decodes.  Events
+carry the messages as the server encoded them either way.
+
 Every call in flight ends with exactly one event: :class:`ResponseReceived` for a unary call,
 :class:`StreamEnded` for a stream (unless the driver cancels it first).  When the connection
 ends, each call still in flight gets its ending event, carrying a copy of the connection's
