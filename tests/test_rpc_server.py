@@ -190,7 +190,9 @@ async def test_frame_of_exactly_max_payload_with_garbage_is_accepted(
 ):
     await start_server(nursery, sock_path, probe)
     async with await connect(sock_path) as peer:
-        await peer.send(HEADER.pack(MAX_PAYLOAD, 1, REQUEST, 0), b"\x00" * MAX_PAYLOAD)
+        # Garbage that begins with a CBOR map head: the connection speaks CBOR.
+        garbage = b"\xa1" + b"\x00" * (MAX_PAYLOAD - 1)
+        await peer.send(HEADER.pack(MAX_PAYLOAD, 1, REQUEST, 0), garbage)
         await peer.send_request(3, "Echo", {"after": "max"})
         await peer.expect_error(1, Code.INVALID_ARGUMENT)
         assert await peer.expect_ok(3) == {"after": "max"}
@@ -307,18 +309,20 @@ async def test_malformed_envelope_is_invalid_argument(
 ):
     await start_server(nursery, sock_path, probe)
     async with await connect(sock_path) as peer:
-        await peer.send(raw_request_frame(1, envelope))
-        await peer.expect_error(1, Code.INVALID_ARGUMENT)
+        # The first request picks the connection's envelope (CBOR here) for its life.
+        assert await peer.call(1, "Echo", {}) == {}
+        await peer.send(raw_request_frame(3, envelope))
+        await peer.expect_error(3, Code.INVALID_ARGUMENT)
         # PROTOCOL.md: an id that passed the id check counts as used, whatever happens next.
-        await peer.send_request(1, "Echo", {})
-        await peer.expect_error(1, Code.INVALID_ARGUMENT)
-        assert await peer.call(3, "Echo", {"still": "works"}) == {"still": "works"}
+        await peer.send_request(3, "Echo", {})
+        await peer.expect_error(3, Code.INVALID_ARGUMENT)
+        assert await peer.call(5, "Echo", {"still": "works"}) == {"still": "works"}
         # The same garbage aimed at a unary method is refused the same way.
         unary_envelope = envelope.replace(b"Echo", b"Wait")
-        await peer.send(raw_request_frame(5, unary_envelope))
-        await peer.expect_error(5, Code.INVALID_ARGUMENT)
+        await peer.send(raw_request_frame(7, unary_envelope))
+        await peer.expect_error(7, Code.INVALID_ARGUMENT)
         assert not probe.started.is_set()
-        assert await peer.call(7, "UnaryEcho", {"still": "works"}) == {"still": "works"}
+        assert await peer.call(9, "UnaryEcho", {"still": "works"}) == {"still": "works"}
 
 
 async def test_all_malformed_envelopes_on_one_connection(
@@ -326,9 +330,10 @@ async def test_all_malformed_envelopes_on_one_connection(
 ):
     """Every bad envelope in one write, interleaved with good calls: each gets its answer."""
     await start_server(nursery, sock_path, probe)
-    chunks = []
-    expected = []
-    stream_id = 1
+    # The first request picks the connection's envelope (CBOR here) for its life.
+    chunks = [request_frame(1, "Echo", {"id": 1})]
+    expected = [(1, Code.OK)]
+    stream_id = 3
     for envelope in BAD_ENVELOPES.values():
         chunks.append(raw_request_frame(stream_id, envelope))
         expected.append((stream_id, Code.INVALID_ARGUMENT))

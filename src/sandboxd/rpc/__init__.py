@@ -1,4 +1,5 @@
-"""trio RPC over ttrpc-framed CBOR on Unix sockets.  Knows nothing of sandboxes."""
+"""trio RPC over ttrpc frames on Unix sockets, CBOR or protobuf inside.  Knows nothing of
+sandboxes."""
 
 from typing import TYPE_CHECKING, Final
 
@@ -17,6 +18,8 @@ if TYPE_CHECKING:
         Method,
         MethodKind,
         PeerCredentials,
+        RawMessageSender,
+        RawMessageStream,
         Responder,
         Services,
         bidi_stream,
@@ -46,6 +49,8 @@ _LAZY: Final = {
             "Method",
             "MethodKind",
             "PeerCredentials",
+            "RawMessageSender",
+            "RawMessageStream",
             "Responder",
             "Services",
             "bidi_stream",
@@ -78,6 +83,8 @@ __all__ = [
     "Method",
     "MethodKind",
     "PeerCredentials",
+    "RawMessageSender",
+    "RawMessageStream",
     "Responder",
     "Server",
     "Services",

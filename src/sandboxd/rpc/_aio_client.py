@@ -31,6 +31,7 @@ from ..wire import (
     CallRefused,
     ClientConnection,
     ConnectionPool,
+    Envelope,
     Event,
     ResponseReceived,
     StreamEnded,
@@ -38,6 +39,7 @@ from ..wire import (
     WindowOpened,
     dumps,
     loads_message,
+    messages_are_bytes,
     request_envelope,
 )
 
@@ -72,11 +74,15 @@ class _AioConnection:
         writer: asyncio.StreamWriter,
         stream_buffer: int,
         window: int,
+        envelope: Envelope,
     ) -> None:
         self._client = client
         self._reader = reader
         self._writer = writer
-        self.conn = self._conn = ClientConnection(stream_buffer=stream_buffer, window=window)
+        self._conn = ClientConnection(
+            stream_buffer=stream_buffer, window=window, envelope=envelope
+        )
+        self.conn = self._conn  # for the pool
         self._pending: dict[int, _Slot] = {}
         self._loop = asyncio.get_running_loop()
         self._reading = self._loop.create_task(self._read_forever())
@@ -112,7 +118,7 @@ class _AioConnection:
         self,
         service: str,
         method: str,
-        message: Mapping[str, Any] | None,
+        message: Mapping[str, Any] | bytes | None,
         deadline: float,
         metadata: Mapping[str, Sequence[str]] | None,
         stream: bool = False,
@@ -127,6 +133,7 @@ class _AioConnection:
             now=self._loop.time(),
             metadata=metadata,
             window=None if client_sends is None else conn.window,
+            envelope=conn.envelope,
         )
         if client_sends is None:
             stream_id, frame = conn.send_request(envelope, stream=stream)
@@ -227,6 +234,12 @@ class AioClient:
     waiting for room or for its reply, tells the server to cancel it when it was sent and
     lets the cancellation propagate; the client stays usable for every other call.  Safe to
     share between the tasks of one event loop.
+
+    ``envelope`` is the envelope every connection speaks (:data:`~sandboxd.wire.Envelope`).
+    On protobuf connections every message is the method's protobuf bytes: call with
+    :meth:`call_encoded`, stream with :meth:`open_stream` and the ``*_encoded`` methods of
+    :class:`AioStreamCall`; the methods that take or give mappings raise
+    :class:`~sandboxd.FailedPrecondition`.
     """
 
     def __init__(
@@ -238,11 +251,13 @@ class AioClient:
         window: int = DEFAULT_WINDOW,
         path: str | None = None,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        envelope: Envelope = "cbor",
     ) -> None:
         self._stream_buffer = stream_buffer
         self._window = window
+        self._envelope: Envelope = envelope
         self._loop = asyncio.get_running_loop()
-        self._first = _AioConnection(self, reader, writer, stream_buffer, window)
+        self._first = _AioConnection(self, reader, writer, stream_buffer, window, envelope)
         self._pool = ConnectionPool(self._first, max_connections=max_connections)
         # Calls waiting for room, oldest first.
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
@@ -331,8 +346,10 @@ class AioClient:
         reply: bytes | None = None
         try:
             reader, writer = await asyncio.open_unix_connection(path, limit=RECV_SIZE)
-            connection = _AioConnection(self, reader, writer, self._stream_buffer, self._window)
-            slot = connection._begin(PROBE_SERVICE, PROBE_METHOD, {}, math.inf, None)
+            connection = _AioConnection(
+                self, reader, writer, self._stream_buffer, self._window, self._envelope
+            )
+            slot = connection._begin(PROBE_SERVICE, PROBE_METHOD, None, math.inf, None)
             await connection._until(slot, math.inf, lambda: slot.done, PROBE_METHOD)
             reply = slot.payload if slot.error is None else None
         except (OSError, RPCError):
@@ -359,6 +376,8 @@ class AioClient:
         metadata: Mapping[str, Sequence[str]] | None = None,
     ) -> dict[str, Any]:
         """Call a unary method and return its response message."""
+        if self._envelope == "protobuf":
+            raise messages_are_bytes(f"{service}/{method}")
         payload = await self.call_encoded(
             service, method, message, timeout=timeout, metadata=metadata
         )
@@ -368,13 +387,14 @@ class AioClient:
         self,
         service: str,
         method: str,
-        message: Mapping[str, Any] | None = None,
+        message: Mapping[str, Any] | bytes | None = None,
         *,
         timeout: float | None = None,
         metadata: Mapping[str, Sequence[str]] | None = None,
     ) -> bytes:
         """Like :meth:`call`, but return the response message still encoded (``b""`` for the
-        empty message)."""
+        empty message); ``message`` may be bytes, the message already encoded.  On a protobuf
+        connection, messages both ways are the method's protobuf bytes."""
         deadline = self._deadline(timeout)
         name = f"{service}/{method}"
         connection = self._pool.pick() or await self._connection(deadline, name)
@@ -418,7 +438,7 @@ class AioClient:
         self,
         service: str,
         method: str,
-        message: Mapping[str, Any] | None = None,
+        message: Mapping[str, Any] | bytes | None = None,
         *,
         client_sends: bool = True,
         timeout: float | None = None,
@@ -436,7 +456,7 @@ class AioClient:
         self,
         service: str,
         method: str,
-        message: Mapping[str, Any] | None,
+        message: Mapping[str, Any] | bytes | None,
         timeout: float | None,
         metadata: Mapping[str, Sequence[str]] | None,
         client_sends: bool | None,
@@ -484,10 +504,15 @@ class AioStreamCall:
         """Send one message, waiting while the server's window for the stream is used up.
         Raises :class:`~sandboxd.FailedPrecondition` once the client closed its side or the
         call ended without an error; the call's error if it ended with one."""
+        if self._client._conn.envelope == "protobuf":
+            raise messages_are_bytes(self._name)
+        await self.send_encoded(dumps(message))
+
+    async def send_encoded(self, payload: bytes) -> None:
+        """Send one message, already encoded (protobuf bytes on a protobuf connection)."""
         client = self._client
         conn = client._conn
         slot = self._slot
-        payload = dumps(message)
         await client._until(
             slot,
             self._deadline,
@@ -509,6 +534,13 @@ class AioStreamCall:
     async def receive(self) -> dict[str, Any] | None:
         """The server's next message; None once its messages are over (the final response is
         then :meth:`response`'s).  Raises the call's error after the messages before it."""
+        if self._client._conn.envelope == "protobuf":
+            raise messages_are_bytes(self._name)
+        data = await self.receive_encoded()
+        return None if data is None else loads_message(data, "stream message")
+
+    async def receive_encoded(self) -> bytes | None:
+        """Like :meth:`receive`, the message still encoded."""
         client = self._client
         slot = self._slot
         buffer = slot.buffer
@@ -517,7 +549,7 @@ class AioStreamCall:
         if buffer:
             data = buffer.popleft()
             client._write(client._conn.consumed(slot.stream_id, len(data)))
-            return loads_message(data, "stream message")
+            return data
         if slot.error is not None:
             raise slot.error
         return None
@@ -534,9 +566,15 @@ class AioStreamCall:
     async def response(self) -> dict[str, Any]:
         """Wait for the end of the call and return its final response message (``{}`` when
         the server sent none); messages not yet received are discarded."""
-        while await self.receive() is not None:
+        if self._client._conn.envelope == "protobuf":
+            raise messages_are_bytes(self._name)
+        return loads_message(await self.response_encoded(), "response payload")
+
+    async def response_encoded(self) -> bytes:
+        """Like :meth:`response`, the message still encoded (``b""`` when there was none)."""
+        while await self.receive_encoded() is not None:
             pass
-        return loads_message(self._slot.payload, "response payload")
+        return self._slot.payload
 
 
 @asynccontextmanager
@@ -546,10 +584,12 @@ async def open_aio_client(
     stream_buffer: int = DEFAULT_STREAM_BUFFER,
     window: int = DEFAULT_WINDOW,
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    envelope: Envelope = "cbor",
 ) -> AsyncIterator[AioClient]:
-    """An :class:`AioClient` connected to the server at ``path``, closed (every connection it
-    opened) when the block ends; ``max_connections`` as :func:`~sandboxd.rpc.open_client`.
-    Raises :class:`~sandboxd.Unavailable` naming the path when nobody listens there."""
+    """An :class:`AioClient` connected to the server at ``path`` (every connection speaking
+    ``envelope``), closed (every connection it opened) when the block ends;
+    ``max_connections`` as :func:`~sandboxd.rpc.open_client`.  Raises
+    :class:`~sandboxd.Unavailable` naming the path when nobody listens there."""
     path = os.fspath(path)
     try:
         reader, writer = await asyncio.open_unix_connection(path, limit=RECV_SIZE)
@@ -562,6 +602,7 @@ async def open_aio_client(
         window=window,
         path=path,
         max_connections=max_connections,
+        envelope=envelope,
     )
     try:
         yield client

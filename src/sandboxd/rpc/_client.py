@@ -60,6 +60,7 @@ from ..wire import (
     ClientConnection,
     ConnectionPool,
     DeadlineExceeded,
+    Envelope,
     Event,
     FailedPrecondition,
     ResponseReceived,
@@ -70,6 +71,7 @@ from ..wire import (
     WindowOpened,
     dumps,
     loads_message,
+    messages_are_bytes,
     request_envelope,
 )
 from ._methods import ReceivedMessages
@@ -119,6 +121,9 @@ class StreamCall(ReceivedMessages):
     ended with (the server's status, DEADLINE_EXCEEDED at the call's timeout, UNAVAILABLE
     when the connection is lost); cancelling one leaves the call as it was (leaving the
     :meth:`Client.open_stream` block ends it on the server).
+
+    The ``*_encoded`` methods take and give messages as encoded bytes, the only form on a
+    protobuf connection (where the others raise :class:`~sandboxd.FailedPrecondition`).
     """
 
     __slots__ = ("_client", "_deadline", "_name", "_pending")
@@ -152,10 +157,16 @@ class StreamCall(ReceivedMessages):
         Raises :class:`~sandboxd.FailedPrecondition` once the client closed its side or the
         call ended without an error; the call's error if it ended with one.
         """
+        if self._client._conn.envelope == "protobuf":
+            raise messages_are_bytes(self._name)
+        await self.send_encoded(dumps(message))
+
+    async def send_encoded(self, payload: bytes) -> None:
+        """Send one message, already encoded (protobuf bytes on a protobuf connection); waits
+        and raises as :meth:`send` does."""
         client = self._client
         conn = client._conn
         pending = self._pending
-        payload = dumps(message)
         while True:
             if pending.finished:
                 raise self._ended()
@@ -181,6 +192,14 @@ class StreamCall(ReceivedMessages):
     async def receive(self) -> dict[str, Any] | None:
         """The server's next message; None once its messages are over (the final response
         is then :meth:`response`'s).  Raises the call's error after the messages before it."""
+        if self._client._conn.envelope == "protobuf":
+            raise messages_are_bytes(self._name)
+        data = await self.receive_encoded()
+        return None if data is None else loads_message(data, "stream message")
+
+    async def receive_encoded(self) -> bytes | None:
+        """Like :meth:`receive`, the message still encoded (protobuf bytes on a protobuf
+        connection)."""
         pending = self._pending
         buffer = pending.buffer
         assert buffer is not None
@@ -191,7 +210,7 @@ class StreamCall(ReceivedMessages):
                 if grant := client._conn.consumed(pending.stream_id, len(data)):
                     client._transport.write(grant)
                 await trio.lowlevel.checkpoint()
-                return loads_message(data, "stream message")
+                return data
             if pending.finished:
                 if pending.error is not None:
                     raise pending.error
@@ -204,9 +223,16 @@ class StreamCall(ReceivedMessages):
     async def response(self) -> dict[str, Any]:
         """Wait for the end of the call and return its final response message (``{}`` when
         the server sent none); messages not yet received are discarded."""
-        while await self.receive() is not None:
+        if self._client._conn.envelope == "protobuf":
+            raise messages_are_bytes(self._name)
+        return loads_message(await self.response_encoded(), "response payload")
+
+    async def response_encoded(self) -> bytes:
+        """Like :meth:`response`, the message still encoded (``b""`` when the server sent
+        none)."""
+        while await self.receive_encoded() is not None:
             pass
-        return loads_message(self._pending.payload, "response payload")
+        return self._pending.payload
 
 
 @final
@@ -219,10 +245,13 @@ class _Connection:
         transport: Transport,
         stream_buffer: int = DEFAULT_STREAM_BUFFER,
         window: int = DEFAULT_WINDOW,
+        envelope: Envelope = "cbor",
     ) -> None:
         self._client = client
         self._transport = transport
-        self._conn = ClientConnection(stream_buffer=stream_buffer, window=window)
+        self._conn = ClientConnection(
+            stream_buffer=stream_buffer, window=window, envelope=envelope
+        )
         self.conn = self._conn  # for the pool
         # The calls in flight, as the connection's events name them.
         self._pending: dict[int, _Pending] = {}
@@ -247,7 +276,7 @@ class _Connection:
         self,
         service: str,
         method: str,
-        message: Mapping[str, Any] | None,
+        message: Mapping[str, Any] | bytes | None,
         deadline: float,
         metadata: Mapping[str, Sequence[str]] | None,
         stream: bool = False,
@@ -264,6 +293,7 @@ class _Connection:
             now=0.0 if deadline == math.inf else trio.current_time(),
             metadata=metadata,
             window=None if client_sends is None else conn.window,
+            envelope=conn.envelope,
         )
         if client_sends is None:
             stream_id, frame = conn.send_request(envelope, stream=stream)
@@ -518,6 +548,12 @@ class Client:
     :meth:`reader` must run in a task of its own for as long as the client is used
     (:func:`open_client` sees to that, and opens more connections; a client built by hand
     keeps to its one connection, and calls wait for room on it).
+
+    ``envelope`` is the envelope every connection speaks (:data:`~sandboxd.wire.Envelope`).
+    On protobuf connections every message is the method's protobuf bytes: call with
+    :meth:`call_encoded` (its ``message`` bytes or None), stream with :meth:`open_stream` and
+    the ``*_encoded`` methods of :class:`StreamCall`; the methods that take or give mappings
+    raise :class:`~sandboxd.FailedPrecondition`.
     """
 
     def __init__(
@@ -527,10 +563,12 @@ class Client:
         window: int = DEFAULT_WINDOW,
         *,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        envelope: Envelope = "cbor",
     ) -> None:
         self._stream_buffer = stream_buffer
         self._window = window
-        self._first = _Connection(self, transport, stream_buffer, window)
+        self._envelope: Envelope = envelope
+        self._first = _Connection(self, transport, stream_buffer, window, envelope)
         self._pool = ConnectionPool(self._first, max_connections=max_connections)
         # Calls waiting for room, oldest first.
         self._room = ParkingLot()
@@ -603,9 +641,11 @@ class Client:
         reply: bytes | None = None
         try:
             transport = Transport(await connect_unix(self._path))
-            connection = _Connection(self, transport, self._stream_buffer, self._window)
+            connection = _Connection(
+                self, transport, self._stream_buffer, self._window, self._envelope
+            )
             await self._nursery.start(connection.run)
-            pending = connection._send_request(PROBE_SERVICE, PROBE_METHOD, {}, math.inf, None)
+            pending = connection._send_request(PROBE_SERVICE, PROBE_METHOD, None, math.inf, None)
             await connection._wait_reply(pending)
             reply = pending.payload if pending.error is None else None
         except RPCError:
@@ -638,6 +678,8 @@ class Client:
         call, and the cancellation propagates; replies this task was reading for other calls
         are not lost (another waiting call, or the reader task, reads on).
         """
+        if self._envelope == "protobuf":
+            raise messages_are_bytes(f"{service}/{method}")
         payload = await self.call_encoded(
             service,
             method,
@@ -652,7 +694,7 @@ class Client:
         self,
         service: str,
         method: str,
-        message: Mapping[str, Any] | None = None,
+        message: Mapping[str, Any] | bytes | None = None,
         *,
         timeout: float | None = None,
         metadata: Mapping[str, Sequence[str]] | None = None,
@@ -660,7 +702,9 @@ class Client:
     ) -> bytes:
         """Like :meth:`call`, but return the response message still encoded: the CBOR bytes
         :meth:`call` decodes (``b""`` stands for the empty message), for callers that decode
-        it themselves.  Same arguments, errors and cancellation as :meth:`call`."""
+        it themselves.  ``message`` may be bytes, the message already encoded.  Same
+        arguments, errors and cancellation as :meth:`call`.  On a protobuf connection,
+        messages both ways are the method's protobuf bytes."""
         deadline = math.inf if timeout is None else trio.current_time() + timeout
         wire_deadline = deadline if send_deadline is None else min(deadline, send_deadline)
         connection = self._pool.pick() or await self._connection(deadline, f"{service}/{method}")
@@ -726,7 +770,7 @@ class Client:
         self,
         service: str,
         method: str,
-        message: Mapping[str, Any] | None = None,
+        message: Mapping[str, Any] | bytes | None = None,
         *,
         client_sends: bool = True,
         timeout: float | None = None,
@@ -762,13 +806,15 @@ async def open_client(
     stream_buffer: int = DEFAULT_STREAM_BUFFER,
     window: int = DEFAULT_WINDOW,
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    envelope: Envelope = "cbor",
 ) -> AsyncIterator[Client]:
     """Connect to the server at ``path`` and yield a :class:`Client` for the block's duration.
 
     ``window`` is how many bytes of messages each :meth:`Client.open_stream` call may hold
     unread before the server waits; ``max_connections`` how many connections the client
     opens at most, as the server's per-connection call limit fills them (see
-    :class:`Client`).
+    :class:`Client`).  ``envelope`` is the envelope every connection speaks (``"protobuf"``:
+    ttrpc's, with messages as bytes, see :class:`Client`).
 
     Raises :class:`~sandboxd.Unavailable` naming the path when nobody listens there.  Leaving
     the block closes every connection; calls still pending in other tasks fail with
@@ -777,7 +823,9 @@ async def open_client(
     path = os.fspath(path)
     sock = await connect_unix(path)
     transport = Transport(sock)
-    client = Client(transport, stream_buffer, window, max_connections=max_connections)
+    client = Client(
+        transport, stream_buffer, window, max_connections=max_connections, envelope=envelope
+    )
     try:
         async with trio.open_nursery() as nursery:
             client._path = path

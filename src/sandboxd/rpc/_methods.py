@@ -1,4 +1,23 @@
-"""How a service's methods are declared to the server."""
+"""How a service's methods are declared to the server.
+
+Protobuf methods.  The services a :class:`~sandboxd.rpc.Server` serves to protobuf
+connections (its ``protobuf_services``) are declared with the same :class:`Method` kinds and
+helpers; only the messages differ.  Every message is the method's protobuf message as raw
+``bytes``, which the handler decodes and encodes itself (the server never looks inside):
+
+* every handler, and ``prepare``, gets the request message as ``bytes`` (``b""`` for the
+  empty message);
+* an ``INLINE`` or ``UNARY`` handler returns ``bytes`` (anything else is answered INTERNAL
+  and logged), sent as they are;
+* a stream's ``send`` takes ``bytes``; ``receive`` (and ``async for``) gives ``bytes``, or
+  None once the client half-closed (:class:`RawMessageSender`, :class:`RawMessageStream`); a
+  streaming handler returns ``bytes`` (the stream's final message) or None;
+* a ``DEFERRED`` method's ``result`` makes the value given to ``Responder.ok`` ``bytes``.
+
+Errors are the same :class:`~sandboxd.RPCError` subclasses, answered as a
+``google.rpc.Status`` (their details as ``google.protobuf.Any`` values, docs/wire.md).
+Deadlines, cancellation, flow control and every other rule are the same in both envelopes.
+"""
 
 from __future__ import annotations
 
@@ -111,6 +130,23 @@ class MessageStream(MessageSender, Protocol):
     def __aiter__(self) -> AsyncIterator[Message]: ...
 
 
+class RawMessageSender(Protocol):
+    """What a server-stream handler of a protobuf method gets: ``send`` as for
+    :class:`MessageSender`, with the message's protobuf bytes."""
+
+    async def send(self, message: bytes) -> None: ...
+
+
+class RawMessageStream(RawMessageSender, Protocol):
+    """What a client-stream or bidirectional handler of a protobuf method gets: as
+    :class:`MessageStream`, with messages as protobuf bytes (never decoded, so never refused
+    as malformed by the server)."""
+
+    async def receive(self) -> bytes | None: ...
+
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
+
+
 class ReceivedMessages:
     """``async for`` over what :meth:`receive` returns, until it returns None (a base of the
     server's and the client's streams)."""
@@ -137,6 +173,13 @@ StreamHandler = Callable[
 ]
 DuplexHandler = Callable[[Any, CallContext, MessageStream], Awaitable["Mapping[str, Any] | None"]]
 DeferredHandler = Callable[[Message, CallContext, Responder], None]
+# The same for protobuf methods (see the module's docstring): messages are raw bytes.
+RawInlineHandler = Callable[[bytes, CallContext], bytes]
+RawUnaryHandler = Callable[[bytes, CallContext], Awaitable[bytes]]
+RawStreamHandler = Callable[[Any, CallContext, RawMessageSender], Awaitable["bytes | None"]]
+RawDuplexHandler = Callable[[Any, CallContext, RawMessageStream], Awaitable["bytes | None"]]
+RawDeferredHandler = Callable[[bytes, CallContext, Responder], None]
+Prepare = Callable[[Message, CallContext], Any] | Callable[[bytes, CallContext], Any]
 
 
 @final
@@ -148,25 +191,27 @@ class Method:
     handler: Callable[..., Any]
     #: For a stream: run by the reader as the request arrives, before the handler's task
     #: starts; its result is what the handler gets instead of the message.
-    prepare: Callable[[Message, CallContext], Any] | None = None
-    #: For a deferred method: makes the value given to ``Responder.ok`` a response message.
-    result: Callable[[Any], Mapping[str, Any] | Encoded] | None = None
+    prepare: Prepare | None = None
+    #: For a deferred method: makes the value given to ``Responder.ok`` a response message
+    #: (``bytes`` for a protobuf method).
+    result: Callable[[Any], Mapping[str, Any] | Encoded | bytes] | None = None
 
 
-def inline(handler: InlineHandler) -> Method:
+def inline(handler: InlineHandler | RawInlineHandler) -> Method:
     """A method answered synchronously by the connection's reader (no task per call)."""
     return Method(MethodKind.INLINE, handler)
 
 
-def unary(handler: UnaryHandler) -> Method:
+def unary(handler: UnaryHandler | RawUnaryHandler) -> Method:
     """A method run in its own task; cancelled at the caller's deadline or disconnect."""
     return Method(MethodKind.UNARY, handler)
 
 
 def server_stream(
-    handler: Callable[[Any, CallContext, MessageSender], Awaitable[Mapping[str, Any] | None]],
+    handler: Callable[[Any, CallContext, MessageSender], Awaitable[Mapping[str, Any] | None]]
+    | RawStreamHandler,
     *,
-    prepare: Callable[[Message, CallContext], Any] | None = None,
+    prepare: Prepare | None = None,
 ) -> Method:
     """A server-streaming method: ``handler(message, ctx, stream)`` calls ``stream.send``;
     what it returns (a mapping), if anything, is the stream's final message.
@@ -180,7 +225,7 @@ def server_stream(
 
 
 def client_stream(
-    handler: DuplexHandler, *, prepare: Callable[[Message, CallContext], Any] | None = None
+    handler: DuplexHandler | RawDuplexHandler, *, prepare: Prepare | None = None
 ) -> Method:
     """A client-streaming method: ``handler(message, ctx, stream)`` gets the request message
     and receives the client's messages from ``stream`` (a :class:`MessageStream`); what it
@@ -189,7 +234,7 @@ def client_stream(
 
 
 def bidi_stream(
-    handler: DuplexHandler, *, prepare: Callable[[Message, CallContext], Any] | None = None
+    handler: DuplexHandler | RawDuplexHandler, *, prepare: Prepare | None = None
 ) -> Method:
     """A bidirectional method: ``handler(message, ctx, stream)`` sends and receives on
     ``stream`` (a :class:`MessageStream`), from different tasks if it likes; what it returns
@@ -199,7 +244,8 @@ def bidi_stream(
 
 
 def deferred(
-    handler: DeferredHandler, result: Callable[[Any], Mapping[str, Any] | Encoded]
+    handler: DeferredHandler | RawDeferredHandler,
+    result: Callable[[Any], Mapping[str, Any] | Encoded | bytes],
 ) -> Method:
     """A method answered later without a task of its own.
 

@@ -25,6 +25,11 @@ grants, and the reader counts what the client sends against the server's window,
 ``receive`` grants back as the handler takes messages.  DATA a stream cannot take ends that
 call with INVALID_ARGUMENT, never the connection (docs/wire.md, "Errors on a stream").
 
+Envelopes.  A connection's first request picks its envelope for good (docs/wire.md, "The
+protobuf envelope"): :meth:`_Connection._choose_envelope` sets what the connection reads and
+writes with (the request decoder, the services, message loading and dumping), so the rest of
+the connection's code is the same for CBOR and for protobuf, whose messages are raw bytes.
+
 Errors.  Whatever a call raises is answered at one boundary, :func:`_status_of`: an
 :class:`~sandboxd.RPCError` is the call's status as it is; any other exception is a bug,
 logged once with the method's name and answered INTERNAL.  ``trio.Cancelled`` (not an
@@ -77,10 +82,13 @@ from ..wire import (
     RPCError,
     Unavailable,
     Unimplemented,
+    decode_pb_request,
     decode_request,
     dumps,
     encode_error_from,
     encode_frame,
+    encode_pb_error_from,
+    encode_pb_response,
     encode_response,
     loads_message,
     window_frame,
@@ -261,8 +269,8 @@ class _ServerStream(ReceivedMessages):
         ctx = self._ctx
         return f"{ctx.service}/{ctx.method} stream {ctx.stream_id}"
 
-    async def send(self, message: Mapping[str, Any]) -> None:
-        """Queue one message on the stream.
+    async def send(self, message: Mapping[str, Any] | bytes) -> None:
+        """Queue one message on the stream (its bytes, on a protobuf connection).
 
         Waits while the connection has more than its bound of unsent bytes, so a peer that
         does not read slows its own streams down and nothing else; and, for a client that
@@ -270,7 +278,7 @@ class _ServerStream(ReceivedMessages):
         call ends with RESOURCE_EXHAUSTED, raised here).  A schedule point.
         """
         conn = self._conn
-        payload = dumps(message)
+        payload = conn.dump(message)
         if self.flow:
             if self.credit <= 0:
                 await self._wait_credit()
@@ -319,8 +327,9 @@ class _ServerStream(ReceivedMessages):
             self._readable.set()
             self._readable = None
 
-    async def receive(self) -> dict[str, Any] | None:
-        """The client's next message, or None once it half-closed (see MessageStream)."""
+    async def receive(self) -> Any:
+        """The client's next message, or None once it half-closed (see MessageStream; bytes
+        on a protobuf connection, see RawMessageStream)."""
         while not self.inbox:
             if self.remote_closed:
                 await trio.lowlevel.checkpoint()
@@ -340,21 +349,26 @@ class _ServerStream(ReceivedMessages):
                 self.recv_credit += grant
                 self._conn.transport.write_soon(window_frame(self._ctx.stream_id, grant))
         await trio.lowlevel.checkpoint()
-        return loads_message(data, "stream message")
+        return self._conn.load(data, "stream message")
 
 
 @final
 class _Connection:
     __slots__ = (
         "_deadlines",
+        "_decode",
         "_decoder",
         "_last_stream_id",
         "_nursery",
         "_over",
         "_timer",
         "calls",
+        "dump",
+        "load",
         "peer",
+        "protobuf",
         "server",
+        "services",
         "transport",
     )
 
@@ -369,6 +383,14 @@ class _Connection:
         self.transport = transport
         self.peer = peer
         self._nursery = nursery
+        # The envelope, chosen by the first request (docs/wire.md, "The protobuf envelope"):
+        # None until then (answers are CBOR), then whether it is protobuf, for good; with it
+        # the services looked up and how envelopes and messages are read and written.
+        self.protobuf: bool | None = None
+        self.services = server.services
+        self._decode = decode_request
+        self.load: Callable[[bytes, str], Any] = loads_message
+        self.dump: Callable[[Any], bytes] = dumps
         self._decoder = FrameDecoder()
         self._last_stream_id = 0
         self.calls: dict[int, _Call | _Deferred] = {}
@@ -464,7 +486,8 @@ class _Connection:
         self._over.clear()
 
     def reply_error(self, stream_id: int, err: RPCError, soon: bool = False) -> None:
-        frame = encode_frame(stream_id, _RESPONSE, 0, encode_error_from(err))
+        envelope = encode_pb_error_from(err) if self.protobuf else encode_error_from(err)
+        frame = encode_frame(stream_id, _RESPONSE, 0, envelope)
         if soon:
             self.transport.write_soon(frame)
         else:
@@ -481,17 +504,34 @@ class _Connection:
     ) -> None:
         stream_id = ctx.stream_id
         try:
-            payload = result if type(result) is Encoded else dumps(result)
-            frame = encode_frame(stream_id, _RESPONSE, 0, encode_response(payload))
+            if self.protobuf:
+                envelope = encode_pb_response(_raw_message(result))
+            else:
+                envelope = encode_response(result if type(result) is Encoded else dumps(result))
+            frame = encode_frame(stream_id, _RESPONSE, 0, envelope)
         except Exception as exc:
-            status = _status_of(exc, ctx, _ENCODING_FAILED)
-            frame = encode_frame(stream_id, _RESPONSE, 0, encode_error_from(status))
+            self.reply_error(stream_id, _status_of(exc, ctx, _ENCODING_FAILED), soon)
+            return
         if soon:
             self.transport.write_soon(frame)
         else:
             self.transport.write(frame)
 
+    def _choose_envelope(self, payload: bytes) -> None:
+        """The connection's first request picks its envelope: a payload that begins with a
+        CBOR map head is CBOR, anything else (the empty one included) protobuf."""
+        if payload and 0xA0 <= payload[0] <= 0xBB:
+            self.protobuf = False
+            return
+        self.protobuf = True
+        self.services = self.server.protobuf_services
+        self._decode = decode_pb_request
+        self.load = _raw_loaded
+        self.dump = _raw_message
+
     def _on_request(self, frame: Frame) -> None:
+        if self.protobuf is None:
+            self._choose_envelope(frame.payload)
         stream_id = frame.stream_id
         if not stream_id & 1 or stream_id <= self._last_stream_id:
             self.reply_error(
@@ -505,8 +545,8 @@ class _Connection:
         self._last_stream_id = stream_id
         server = self.server
         try:
-            request = decode_request(frame.payload)
-            service = server.services.get(request.service)
+            request = self._decode(frame.payload)
+            service = self.services.get(request.service)
             if service is None:
                 raise Unimplemented(f"unknown service {request.service!r}")
             method = service.get(request.method)
@@ -514,7 +554,7 @@ class _Connection:
                 raise Unimplemented(
                     f"unknown method {request.method!r} of service {request.service!r}"
                 )
-            message = loads_message(request.payload, "request payload")
+            message = self.load(request.payload, "request payload")
             if server.draining:
                 raise Unavailable("server is shutting down")
         except RPCError as err:
@@ -693,7 +733,7 @@ class _Connection:
                 self.transport.write_soon(encode_frame(stream_id, _DATA, _END_OF_STREAM, b""))
             else:
                 # A streaming server's final message rides on its closing DATA frame.
-                final = encode_frame(stream_id, _DATA, _REMOTE_CLOSED, dumps(result))
+                final = encode_frame(stream_id, _DATA, _REMOTE_CLOSED, self.dump(result))
                 self.transport.write_soon(final)
         except Exception as exc:
             self.fail(ctx, exc, True)
@@ -718,17 +758,28 @@ class Server:
     (a group name or gid) when one is given.  An unknown ``socket_group`` raises
     :class:`LookupError` here.  ``limits`` bound what each client may make the server hold
     (default: ``Limits()``; see :class:`~sandboxd.rpc.Limits` and PROTOCOL.md, "Limits").
+
+    Envelopes: a connection's first request picks its envelope for the connection's life
+    (docs/wire.md, "The protobuf envelope").  A CBOR connection is served ``services``; a
+    protobuf one (ttrpc's own envelope, as Go and Rust ttrpc clients speak it) is served
+    ``protobuf_services`` (default: none, so every call is UNIMPLEMENTED), declared with the
+    same :class:`~sandboxd.rpc.Method` kinds, whose handlers deal in raw protobuf bytes (see
+    :mod:`sandboxd.rpc._methods`, "Protobuf methods").  Errors are answered in the
+    connection's envelope; before its first request (a refusal, an oversized first frame), in
+    CBOR.
     """
 
     def __init__(
         self,
         services: Services,
         *,
+        protobuf_services: Services | None = None,
         limits: Limits | None = None,
         allowed_uids: Collection[int] | None = None,
         socket_group: int | str | None = None,
     ) -> None:
         self.services = services
+        self.protobuf_services: Services = {} if protobuf_services is None else protobuf_services
         self.limits = Limits() if limits is None else limits
         self.allowed_uids: frozenset[int] = frozenset(
             {os.geteuid(), 0} if allowed_uids is None else allowed_uids
@@ -889,6 +940,18 @@ class Server:
                 conn.forget_calls()
             transport.close()
             self._connections -= 1
+
+
+def _raw_message(result: Any) -> bytes:
+    """A protobuf method's message as it is sent: the bytes its handler gave."""
+    if isinstance(result, bytes):
+        return result
+    raise TypeError(f"a protobuf method's message must be bytes, not {type(result).__name__}")
+
+
+def _raw_loaded(data: bytes, what: str) -> bytes:
+    """A protobuf method's message as its handler gets it: the bytes received."""
+    return data
 
 
 def _window_of(values: Any) -> int:

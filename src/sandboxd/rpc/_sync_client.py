@@ -36,11 +36,13 @@ from ..wire import (
     ClientConnection,
     ConnectionFailed,
     ConnectionPool,
+    Envelope,
     Event,
     ResponseReceived,
     StreamEnded,
     dumps,
     loads_message,
+    messages_are_bytes,
     request_envelope,
 )
 
@@ -76,7 +78,9 @@ class _SyncConnection:
         self._poll = select.poll()
         self._poll.register(sock, select.POLLIN)
         self.conn = self._conn = ClientConnection(
-            stream_buffer=client._stream_buffer, window=client._window
+            stream_buffer=client._stream_buffer,
+            window=client._window,
+            envelope=client._envelope,
         )
         self._cond = client._cond
         self._send_lock = threading.Lock()
@@ -110,7 +114,7 @@ class _SyncConnection:
         self,
         service: str,
         method: str,
-        message: Mapping[str, Any] | None,
+        message: Mapping[str, Any] | bytes | None,
         metadata: Mapping[str, Sequence[str]] | None,
         streaming: bool,
         client_sends: bool | None,
@@ -127,6 +131,7 @@ class _SyncConnection:
             now=now,
             metadata=metadata,
             window=None if client_sends is None else self._conn.window,
+            envelope=self._conn.envelope,
         )
         slot = _Slot()
         # Ids must reach the server in increasing order: allocate and send under one lock.
@@ -257,6 +262,12 @@ class SyncClient:
     too) goes on a connection with room, the calling thread opens another when all are full
     (up to ``max_connections``), and calls wait for room within their own ``timeout``; a
     unary call the server refuses for its limit all the same is sent again.
+
+    ``envelope`` is the envelope every connection speaks (:data:`~sandboxd.wire.Envelope`).
+    On protobuf connections every message is the method's protobuf bytes: call with
+    :meth:`call_encoded`, stream with :meth:`open_stream` and the ``*_encoded`` methods of
+    :class:`SyncStreamCall`; the methods that take or give mappings raise
+    :class:`~sandboxd.FailedPrecondition`.
     """
 
     def __init__(
@@ -266,10 +277,12 @@ class SyncClient:
         stream_buffer: int = DEFAULT_STREAM_BUFFER,
         window: int = DEFAULT_WINDOW,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        envelope: Envelope = "cbor",
     ) -> None:
         self.path = os.fspath(path)
         self._stream_buffer = stream_buffer
         self._window = window
+        self._envelope: Envelope = envelope
         # Every connection's protocol state, its calls and the pool: under _cond.
         self._cond = threading.Condition(threading.Lock())
         self._first = _SyncConnection(self, self._connect())
@@ -313,7 +326,7 @@ class SyncClient:
         self,
         service: str,
         method: str,
-        message: Mapping[str, Any] | None,
+        message: Mapping[str, Any] | bytes | None,
         timeout: float | None,
         metadata: Mapping[str, Sequence[str]] | None,
         streaming: bool,
@@ -391,7 +404,7 @@ class SyncClient:
             connection = _SyncConnection(self, self._connect())
         except Unavailable:
             return None, None
-        begun = connection._begin(PROBE_SERVICE, PROBE_METHOD, {}, None, False, None, deadline)
+        begun = connection._begin(PROBE_SERVICE, PROBE_METHOD, None, None, False, None, deadline)
         assert begun is not None
         _, slot = begun
         connection._await(slot, deadline, lambda: slot.done)
@@ -407,6 +420,25 @@ class SyncClient:
         metadata: Mapping[str, Sequence[str]] | None = None,
     ) -> dict[str, Any]:
         """Call a unary method and return its response message (blocking)."""
+        if self._envelope == "protobuf":
+            raise messages_are_bytes(f"{service}/{method}")
+        return loads_message(
+            self.call_encoded(service, method, message, timeout=timeout, metadata=metadata),
+            "response payload",
+        )
+
+    def call_encoded(
+        self,
+        service: str,
+        method: str,
+        message: Mapping[str, Any] | bytes | None = None,
+        *,
+        timeout: float | None = None,
+        metadata: Mapping[str, Sequence[str]] | None = None,
+    ) -> bytes:
+        """Like :meth:`call`, the response message still encoded (``b""`` for the empty
+        one); ``message`` may be bytes, the message already encoded.  On a protobuf
+        connection, messages both ways are the method's protobuf bytes."""
         connection, stream_id, slot, deadline = self._begin(
             service, method, message, timeout, metadata, streaming=False
         )
@@ -416,10 +448,12 @@ class SyncClient:
         if slot.refused:
             # The server did nothing with it (its limit is lower than assumed): again.
             remaining = None if timeout is None else deadline - time.monotonic()
-            return self.call(service, method, message, timeout=remaining, metadata=metadata)
+            return self.call_encoded(
+                service, method, message, timeout=remaining, metadata=metadata
+            )
         if slot.error is not None:
             raise slot.error
-        return loads_message(slot.payload, "response payload")
+        return slot.payload
 
     @contextmanager
     def stream(
@@ -433,8 +467,11 @@ class SyncClient:
     ) -> Iterator[Iterator[dict[str, Any]]]:
         """Call a server-streaming method; iterate over what the context manager yields.
 
-        Leaving the block before the stream ends tells the server to end it.
+        Leaving the block before the stream ends tells the server to end it.  Not on a
+        protobuf connection (use :meth:`open_stream` with ``client_sends=False``).
         """
+        if self._envelope == "protobuf":
+            raise messages_are_bytes(f"{service}/{method}")
         connection, stream_id, slot, deadline = self._begin(
             service, method, message, timeout, metadata, streaming=True
         )
@@ -449,7 +486,7 @@ class SyncClient:
         self,
         service: str,
         method: str,
-        message: Mapping[str, Any] | None = None,
+        message: Mapping[str, Any] | bytes | None = None,
         *,
         client_sends: bool = True,
         timeout: float | None = None,
@@ -471,8 +508,8 @@ class SyncClient:
 @final
 class SyncStreamCall:
     """A call opened with :meth:`SyncClient.open_stream`: the blocking twin of
-    :class:`~sandboxd.rpc.StreamCall`, with the same methods and errors.  One thread may send
-    while another receives."""
+    :class:`~sandboxd.rpc.StreamCall`, with the same methods and errors (the ``*_encoded``
+    ones included).  One thread may send while another receives."""
 
     __slots__ = ("_client", "_deadline", "_name", "_slot", "stream_id")
 
@@ -492,9 +529,14 @@ class SyncStreamCall:
 
     def send(self, message: Mapping[str, Any]) -> None:
         """Send one message, waiting while the server's window is used up."""
+        if self._client._conn.envelope == "protobuf":
+            raise messages_are_bytes(self._name)
+        self.send_encoded(dumps(message))
+
+    def send_encoded(self, payload: bytes) -> None:
+        """Send one message, already encoded (protobuf bytes on a protobuf connection)."""
         client = self._client
         slot = self._slot
-        payload = dumps(message)
         conn = client._conn
 
         def ready() -> bool:
@@ -519,6 +561,13 @@ class SyncStreamCall:
 
     def receive(self) -> dict[str, Any] | None:
         """The server's next message; None once its messages are over."""
+        if self._client._conn.envelope == "protobuf":
+            raise messages_are_bytes(self._name)
+        data = self.receive_encoded()
+        return None if data is None else loads_message(data, "stream message")
+
+    def receive_encoded(self) -> bytes | None:
+        """Like :meth:`receive`, the message still encoded."""
         client = self._client
         slot = self._slot
         buffer = slot.buffer
@@ -531,7 +580,7 @@ class SyncStreamCall:
         if grant:
             client._send(grant)
         if data is not None:
-            return loads_message(data, "stream message")
+            return data
         if slot.error is not None:
             raise slot.error
         return None
@@ -543,6 +592,12 @@ class SyncStreamCall:
     def response(self) -> dict[str, Any]:
         """Wait for the end of the call and return its final response message; messages not
         yet received are discarded."""
-        while self.receive() is not None:
+        if self._client._conn.envelope == "protobuf":
+            raise messages_are_bytes(self._name)
+        return loads_message(self.response_encoded(), "response payload")
+
+    def response_encoded(self) -> bytes:
+        """Like :meth:`response`, the message still encoded (``b""`` when there was none)."""
+        while self.receive_encoded() is not None:
             pass
-        return loads_message(self._slot.payload, "response payload")
+        return self._slot.payload

@@ -1,5 +1,5 @@
-"""Sans-io wire protocol: frames, the CBOR envelope, status codes, and the client's protocol
-state (:class:`ClientConnection`).  No trio, no I/O."""
+"""Sans-io wire protocol: frames, the CBOR and protobuf envelopes, status codes, and the
+client's protocol state (:class:`ClientConnection`).  No trio, no I/O."""
 
 from .._errors import (
     Aborted,
@@ -37,11 +37,13 @@ from ._client import (
     ClientConnection,
     ConnectionFailed,
     ConnectionPool,
+    Envelope,
     Event,
     ResponseReceived,
     StreamEnded,
     StreamMessage,
     WindowOpened,
+    messages_are_bytes,
     request_envelope,
     window_frame,
 )
@@ -69,6 +71,16 @@ from ._frame import (
     OversizedFrame,
     encode_frame,
 )
+from ._pb_envelope import (
+    ERROR_DETAIL_TYPE_URL,
+    decode_pb_request,
+    decode_pb_response,
+    encode_pb_error,
+    encode_pb_error_from,
+    encode_pb_request,
+    encode_pb_response,
+    pb_response_payload,
+)
 
 __all__ = [
     "CALL_LIMIT_DETAIL",
@@ -76,6 +88,7 @@ __all__ = [
     "DEFAULT_MAX_CONNECTIONS",
     "DEFAULT_STREAM_BUFFER",
     "DEFAULT_WINDOW",
+    "ERROR_DETAIL_TYPE_URL",
     "HEADER",
     "HEADER_SIZE",
     "MAX_DEPTH",
@@ -96,6 +109,7 @@ __all__ = [
     "ConnectionPool",
     "DataLoss",
     "DeadlineExceeded",
+    "Envelope",
     "Event",
     "FailedPrecondition",
     "Flags",
@@ -119,16 +133,24 @@ __all__ = [
     "Unimplemented",
     "Unknown",
     "WindowOpened",
+    "decode_pb_request",
+    "decode_pb_response",
     "decode_request",
     "decode_response",
     "dumps",
     "encode_error",
     "encode_error_from",
     "encode_frame",
+    "encode_pb_error",
+    "encode_pb_error_from",
+    "encode_pb_request",
+    "encode_pb_response",
     "encode_request",
     "encode_response",
     "loads_message",
     "loads_strict",
+    "messages_are_bytes",
+    "pb_response_payload",
     "request_envelope",
     "window_frame",
 ]

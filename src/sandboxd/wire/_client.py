@@ -33,6 +33,10 @@ client assumed), the call ends with :class:`CallRefused`, naming the limit: the 
 nothing with it, and the driver sends it again.  :class:`ConnectionPool` spreads a client's
 calls over several connections on that count (docs/wire.md, "Many calls from one client").
 
+A connection speaks one envelope for its life (``envelope=``, :data:`Envelope`): CBOR, or
+ttrpc's protobuf, whose messages are bytes the driver's caller encodes and decodes.  Events
+carry the messages as the server encoded them either way.
+
 Every call in flight ends with exactly one event: :class:`ResponseReceived` for a unary call,
 :class:`StreamEnded` for a stream (unless the driver cancels it first).  When the connection
 ends, each call still in flight gets its ending event, carrying a copy of the connection's
@@ -61,10 +65,10 @@ import collections
 import functools
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any, Final, Generic, NamedTuple, Protocol, TypeVar, final
+from typing import Any, Final, Generic, Literal, NamedTuple, Protocol, TypeVar, final
 
 from .._errors import Code, FailedPrecondition, ResourceExhausted, RPCError, Unavailable
-from ._envelope import decode_response, dumps, encode_request, loads_message, response_payload
+from ._envelope import dumps, encode_request, loads_message, response_payload
 from ._frame import (
     MAX_PAYLOAD,
     Flags,
@@ -74,6 +78,7 @@ from ._frame import (
     OversizedFrame,
     encode_frame,
 )
+from ._pb_envelope import encode_pb_request, pb_call_limit_from_version, pb_response_payload
 
 #: How many bytes a driver should ask the socket for at once.  64 KiB: larger reads make
 #: glibc map and unmap a fresh buffer for every call.
@@ -101,10 +106,16 @@ DEFAULT_MAX_CONNECTIONS: Final = 16
 #: The key of the detail by which a server says it refused a call for its per-connection call
 #: limit (the value is the limit), before doing anything with the call.
 CALL_LIMIT_DETAIL: Final = "max_calls_per_connection"
-#: The call a client makes first on every connection it opens beyond its first: any answer
-#: shows the server took the connection, and sandboxd's names its limits.
+#: The call a client makes first on every connection it opens beyond its first, with the empty
+#: message (in either envelope): any answer shows the server took the connection, and
+#: sandboxd's names its limits (read by :meth:`ConnectionPool.opened` in either envelope).
 PROBE_SERVICE: Final = "sandboxd.v1.Runtime"
 PROBE_METHOD: Final = "Version"
+
+#: The envelope a connection speaks (docs/wire.md, "The protobuf envelope"): ``"cbor"``,
+#: sandboxd's own, or ``"protobuf"``, ttrpc's, whose messages are protobuf bytes the caller
+#: encodes and decodes itself.
+Envelope = Literal["cbor", "protobuf"]
 
 _REQUEST: Final = int(FrameType.REQUEST)
 _RESPONSE: Final = int(FrameType.RESPONSE)
@@ -201,19 +212,41 @@ def call_limit_from_version(message: Mapping[str, Any]) -> int | None:
     return limit if type(limit) is int and limit > 0 else None
 
 
+def _probe_limit(envelope: Envelope, reply: bytes) -> int | None:
+    """The per-connection call limit the probe call's reply (in ``envelope``) names, or None."""
+    if envelope == "protobuf":
+        return pb_call_limit_from_version(reply)
+    try:
+        return call_limit_from_version(loads_message(reply, "response payload"))
+    except RPCError:
+        return None
+
+
+def messages_are_bytes(what: str) -> FailedPrecondition:
+    """The error a driver raises when a method that takes or gives messages as mappings (CBOR)
+    is used on a protobuf connection, whose messages are bytes."""
+    return FailedPrecondition(
+        f"{what}: the messages of a protobuf connection are bytes: use the *_encoded methods"
+    )
+
+
 def request_envelope(
     service: str,
     method: str,
-    message: Mapping[str, Any] | None = None,
+    message: Mapping[str, Any] | bytes | None = None,
     *,
     deadline: float = math.inf,
     now: float = 0.0,
     metadata: Mapping[str, Sequence[str]] | None = None,
     window: int | None = None,
+    envelope: Envelope = "cbor",
 ) -> bytes:
     """The request envelope of a call, for :meth:`ClientConnection.send_request` (or
     :meth:`~ClientConnection.open_stream`, given the connection's ``window``, which goes in
-    the metadata).
+    the metadata), in the connection's ``envelope``.
+
+    ``message`` is a mapping (encoded here as CBOR) or the message's own bytes, already
+    encoded; in the ``"protobuf"`` envelope it must be bytes (or None, the empty message).
 
     ``deadline`` and ``now`` are times on the driver's clock (seconds); the server is given
     what is left between them (at least 1 ns; nothing when ``deadline`` is infinite).
@@ -223,7 +256,14 @@ def request_envelope(
     timeout_nano = 0 if deadline == math.inf else max(1, int((deadline - now) * 1e9))
     if window is not None:
         metadata = {**(metadata or {}), WINDOW_METADATA: [str(window)]}
-    payload = dumps(message) if message else b""
+    if isinstance(message, bytes):
+        payload = message
+    elif envelope == "protobuf" and message is not None:
+        raise TypeError("a message in the protobuf envelope is its encoded bytes")
+    else:
+        payload = dumps(message) if message else b""
+    if envelope == "protobuf":
+        return encode_pb_request(service, method, payload, timeout_nano, metadata)
     return encode_request(service, method, payload, timeout_nano, metadata)
 
 
@@ -260,6 +300,12 @@ class ClientConnection:
     ``stream_buffer`` is how many unread messages a stream may hold (see the module's
     docstring); ``max_payload`` the largest frame accepted from the server (a larger one ends
     its call with :class:`~sandboxd.ResourceExhausted`, the connection stays usable).
+
+    ``envelope`` is the envelope the connection speaks (:data:`Envelope`), for life: its
+    requests must be made by :func:`request_envelope` with the same one.  The messages its
+    events carry are the method's message as the server encoded it, CBOR or protobuf bytes.
+    In the protobuf envelope a response that begins with a CBOR map head is read as CBOR (a
+    server answers so before it has read a request: a refusal on stream 0).
     """
 
     __slots__ = (
@@ -268,9 +314,11 @@ class ClientConnection:
         "_error",
         "_next_id",
         "_outgoing",
+        "_read_response",
         "_stream_buffer",
         "_streams",
         "_unary",
+        "envelope",
         "window",
     )
 
@@ -280,8 +328,14 @@ class ClientConnection:
         stream_buffer: int = DEFAULT_STREAM_BUFFER,
         max_payload: int = MAX_PAYLOAD,
         window: int = DEFAULT_WINDOW,
+        envelope: Envelope = "cbor",
     ) -> None:
+        if envelope not in ("cbor", "protobuf"):
+            raise ValueError(f"unknown envelope {envelope!r}")
         self.window = window
+        self.envelope: Envelope = envelope
+        # Reads a response envelope: its payload, or raises the error it carries.
+        self._read_response = pb_response_payload if envelope == "protobuf" else response_payload
         self._decoder = FrameDecoder(max_payload)
         self._next_id = 1
         # Calls in flight by stream id: unary ones, and streams with their state.
@@ -467,6 +521,7 @@ class ClientConnection:
         events: list[Event] = []
         unary = self._unary
         streams = self._streams
+        read_response = self._read_response
         # Streams given messages in this read, each once: judged behind or not at the end.
         filled: dict[int, _Stream] = {}
         for frame in self._decoder.feed(data):
@@ -476,7 +531,7 @@ class ClientConnection:
                     if frame.type == _RESPONSE:
                         unary.discard(stream_id)
                         try:
-                            payload = response_payload(frame.payload)
+                            payload = read_response(frame.payload)
                         except RPCError as err:
                             limit = call_limit_of(err)
                             if limit is None:
@@ -497,7 +552,7 @@ class ClientConnection:
                     self._abandoned.discard(stream_id)  # the server is done with it
                 elif stream_id == 0 and type(frame) is Frame and frame.type == _RESPONSE:
                     try:
-                        decode_response(frame.payload)
+                        read_response(frame.payload)
                     except RPCError as err:
                         return events + self.close(err)
                 continue  # a call given up on, or nobody's
@@ -511,7 +566,7 @@ class ClientConnection:
             elif frame.type == _RESPONSE:
                 del streams[stream_id]
                 try:
-                    payload = response_payload(frame.payload)
+                    payload = read_response(frame.payload)
                 except RPCError as err:
                     events.append(StreamEnded(stream_id, err))
                 else:
@@ -694,10 +749,7 @@ class ConnectionPool(Generic[_C]):
             return False
         self.connections.append(connection)
         if reply is not None:
-            try:
-                limit = call_limit_from_version(loads_message(reply, "response payload"))
-            except RPCError:
-                limit = None
+            limit = _probe_limit(connection.conn.envelope, reply)
             if limit is not None:
                 self.max_calls = limit
         return True

@@ -13,7 +13,7 @@ says what was wrong; no other exception escapes.
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final, NamedTuple
 
 import cbor2
@@ -203,36 +203,58 @@ def encode_error_from(err: RPCError) -> bytes:
     return encode_error(err.code, err.message, err.details)
 
 
+#: A response envelope's contents: status code, message and details, and payload.
+ResponseFields = tuple[int, str, list[Any], bytes]
+
+
+def answer(read: Callable[[bytes], ResponseFields], data: bytes) -> bytes:
+    """The payload of the response envelope ``data``, read by ``read``, or the
+    :class:`~sandboxd.RPCError` its status carries: the one place a client turns a status into
+    an error, whatever the envelope.
+
+    A malformed envelope (``read`` raises :class:`~sandboxd.InvalidArgument`) is reported as
+    :class:`~sandboxd.Internal`: the peer, not the caller, broke the protocol.
+    """
+    try:
+        code, message, details, payload = read(data)
+    except InvalidArgument as exc:
+        raise Internal(f"malformed response from peer: {exc}") from None
+    if code != Code.OK:
+        raise RPCError.from_status(code, message, details)
+    return payload
+
+
+def _response_fields(data: bytes) -> ResponseFields:
+    env = loads_strict(data, "response envelope")
+    if type(env) is not dict:
+        raise InvalidArgument("response envelope: expected a CBOR map")
+    status = env.get("status")
+    code = Code.OK
+    message = ""
+    details: list[Any] = []
+    if status is not None:
+        if type(status) is not dict:
+            raise InvalidArgument("response envelope: 'status' must be a map")
+        code = status.get("code", 0)
+        if type(code) is not int:
+            raise InvalidArgument("response envelope: 'status.code' must be an int")
+        message = status.get("message", "")
+        details = status.get("details", [])
+        if type(message) is not str or type(details) is not list:
+            raise InvalidArgument("response envelope: malformed 'status'")
+    payload = env.get("payload", b"")
+    if type(payload) is not bytes:
+        raise InvalidArgument("response envelope: 'payload' must be a byte string")
+    return code, message, details, payload
+
+
 def decode_response(data: bytes) -> bytes:
     """The payload of a response envelope, or the :class:`~sandboxd.RPCError` it carries.
 
     A malformed envelope from the peer is reported as :class:`~sandboxd.Internal`: the peer,
     not the caller, broke the protocol.
     """
-    try:
-        env = loads_strict(data, "response envelope")
-        if type(env) is not dict:
-            raise InvalidArgument("response envelope: expected a CBOR map")
-        status = env.get("status")
-        code = Code.OK
-        if status is not None:
-            if type(status) is not dict:
-                raise InvalidArgument("response envelope: 'status' must be a map")
-            code = status.get("code", 0)
-            if type(code) is not int:
-                raise InvalidArgument("response envelope: 'status.code' must be an int")
-            message = status.get("message", "")
-            details = status.get("details", [])
-            if type(message) is not str or type(details) is not list:
-                raise InvalidArgument("response envelope: malformed 'status'")
-        payload = env.get("payload", b"")
-        if type(payload) is not bytes:
-            raise InvalidArgument("response envelope: 'payload' must be a byte string")
-    except InvalidArgument as exc:
-        raise Internal(f"malformed response from peer: {exc}") from None
-    if code != Code.OK:
-        raise RPCError.from_status(code, message, details)
-    return payload
+    return answer(_response_fields, data)
 
 
 def response_payload(envelope: bytes) -> bytes:
