@@ -11,7 +11,7 @@ rules that make one shape the other's:
   ``sandbox_id`` is refused as empty, as in CBOR); a repeated field or a map only when not
   empty.
 - ``google.protobuf.Timestamp`` is a timestamp (an aware datetime going in).
-- A ``*_json`` text field (``sim_json``, ``seccomp_profile_json``) is JSON for the CBOR field
+- A ``*_json`` text field (``sim_json``, ``seccomp_json``) is JSON for the CBOR field
   named without the suffix (``sim``, ``seccomp``), which it must not be given besides.
 """
 
@@ -64,7 +64,10 @@ def fields(message: Any, where: str) -> dict[str, Any]:
             if field.message_type is None:
                 out[name] = value
             elif field.message_type.full_name == Timestamp.DESCRIPTOR.full_name:
-                out[name] = value.ToDatetime(tzinfo=UTC)
+                try:
+                    out[name] = value.ToDatetime(tzinfo=UTC)
+                except (ValueError, OverflowError):
+                    raise InvalidArgument(f"{where}.{name}: not a valid timestamp") from None
             else:
                 out[name] = fields(value, f"{where}.{name}")
         else:
