@@ -322,15 +322,22 @@ def sandbox_service(
 
 
 def protobuf_services(
-    controller: Controller, *, cgroups: str | None = None
+    controller: Controller,
+    *,
+    cgroups: str | None = None,
+    cbor: Mapping[str, Method] | None = None,
 ) -> dict[str, dict[str, Method]]:
     """Every protobuf service for ``controller``, for the server's ``protobuf_services``:
     containerd's Sandbox, and sandboxd.v1's Runtime (``cgroups`` as for
-    :func:`~sandboxd.api.runtime_service`) and Controller."""
-    # One set of CBOR methods behind both, so they share the Status answers cached there.
-    cbor = controller_service(controller)
+    :func:`~sandboxd.api.runtime_service`) and Controller.
+
+    ``cbor``: the CBOR ``sandboxd.v1.Controller`` methods served beside them, made by
+    :func:`~sandboxd.api.controller_service` for ``controller``, to share (their cached Status
+    answers); when not given, one set is made for both protobuf Controllers.
+    """
+    methods = controller_service(controller) if cbor is None else cbor
     return {
-        SANDBOX_SERVICE: sandbox_service(controller, cbor),
+        SANDBOX_SERVICE: sandbox_service(controller, methods),
         RUNTIME_SERVICE: runtime_pb_service(cgroups),
-        CONTROLLER_SERVICE: controller_pb_service(controller, cbor),
+        CONTROLLER_SERVICE: controller_pb_service(controller, methods),
     }
