@@ -22,7 +22,7 @@ from functools import partial
 from typing import Any, Final, cast, final
 
 from google.protobuf.any_pb2 import Any as AnyMessage
-from google.protobuf.empty_pb2 import Empty
+from google.protobuf.message_factory import GetMessageClass
 
 from .._errors import InvalidArgument
 from .._models import ANNOTATION_INFO_PREFIX
@@ -166,6 +166,28 @@ def _writer(cls: Any) -> Write:
     return partial(encode, cls)
 
 
+def _served(
+    service: Any,
+    methods: Mapping[str, Method],
+    twins: Mapping[str, str] | None = None,
+    readers: Mapping[str, Read] | None = None,
+    writers: Mapping[str, Write] | None = None,
+) -> dict[str, Method]:
+    """Every method of the protobuf ``service`` (a descriptor), each its CBOR twin in
+    ``methods`` (of the same name unless ``twins`` says otherwise) behind a codec: its request
+    and response types, unless ``readers`` and ``writers`` have one for it."""
+    readers = readers or {}
+    writers = writers or {}
+    twins = twins or {}
+    served = {}
+    for method in service.methods:
+        name = method.name
+        read = readers.get(name) or _reader(GetMessageClass(method.input_type), name)
+        write = writers.get(name) or _writer(GetMessageClass(method.output_type))
+        served[name] = _wrap(methods[twins.get(name, name)], read, write, name)
+    return served
+
+
 def _exec_output(values: Mapping[str, Any]) -> bytes:
     """One of Exec's CBOR messages as an ExecOutput: started, output, or the exit."""
     if "exec_id" in values:
@@ -175,27 +197,6 @@ def _exec_output(values: Mapping[str, Any]) -> bytes:
     return encode(pb.ExecOutput, values)
 
 
-#: ``sandboxd.v1.Controller``: each method's request reader and response writer.
-_CONTROLLER: Final[Mapping[str, tuple[Any, Write]]] = {
-    "Create": (pb.CreateRequest, _writer(pb.CreateResponse)),
-    "Start": (pb.SandboxRequest, _writer(pb.StartResponse)),
-    "Platform": (pb.SandboxRequest, _writer(pb.PlatformResponse)),
-    "Stop": (pb.StopRequest, _writer(Empty)),
-    "Wait": (pb.SandboxRequest, _writer(pb.WaitResponse)),
-    "Status": (pb.StatusRequest, _writer(pb.SandboxStatus)),
-    "Shutdown": (pb.SandboxRequest, _writer(Empty)),
-    "Ping": (pb.SandboxRequest, _writer(Empty)),
-    "List": (pb.ListRequest, _writer(pb.ListResponse)),
-    "Metrics": (pb.SandboxRequest, _writer(pb.SandboxMetrics)),
-    "Events": (Empty, _writer(pb.Event)),
-    "Exec": (pb.ExecInput, _exec_output),
-    "ExecSync": (pb.ExecSyncRequest, _writer(pb.ExecSyncResponse)),
-    "Logs": (pb.LogsRequest, _writer(pb.LogMessage)),
-    "WriteFile": (pb.WriteFileInput, _writer(pb.WriteFileResponse)),
-    "ReadFile": (pb.ReadFileRequest, _writer(pb.ReadFileResponse)),
-}
-
-
 def controller_pb_service(
     controller: Controller, cbor: Mapping[str, Method] | None = None
 ) -> dict[str, Method]:
@@ -203,16 +204,13 @@ def controller_pb_service(
     its CBOR methods ``cbor`` (made by :func:`~sandboxd.api.controller_service` when not
     given)."""
     methods = controller_service(controller) if cbor is None else cbor
-    return {
-        name: _wrap(methods[name], _reader(cls, name), write, name)
-        for name, (cls, write) in _CONTROLLER.items()
-    }
+    service = pb.DESCRIPTOR.services_by_name["Controller"]
+    return _served(service, methods, writers={"Exec": _exec_output})
 
 
 def runtime_pb_service(cgroups: str | None = None) -> dict[str, Method]:
     """``sandboxd.v1.Runtime`` in protobuf: ``Version(Empty) -> VersionResponse``."""
-    version = runtime_service(cgroups)["Version"]
-    return {"Version": _wrap(version, _reader(Empty, "Version"), _writer(pb.VersionResponse), "")}
+    return _served(pb.DESCRIPTOR.services_by_name["Runtime"], runtime_service(cgroups))
 
 
 # -- containerd.runtime.sandbox.v1.Sandbox -----------------------------------------------------
@@ -267,45 +265,16 @@ def _metric(values: Mapping[str, Any] | bytes) -> bytes:
     return sandbox_pb.SandboxMetricsResponse(metrics=metric).SerializeToString()  # type: ignore[no-any-return]
 
 
-#: containerd's methods: the sandboxd.v1 method each is, its request reader, response writer.
-_SANDBOX: Final[Mapping[str, tuple[str, Read, Write]]] = {
-    "CreateSandbox": ("Create", _create_sandbox, _writer(sandbox_pb.CreateSandboxResponse)),
-    "StartSandbox": (
-        "Start",
-        _reader(sandbox_pb.StartSandboxRequest, "StartSandbox"),
-        _writer(sandbox_pb.StartSandboxResponse),
-    ),
-    "Platform": (
-        "Platform",
-        _reader(sandbox_pb.PlatformRequest, "Platform"),
-        _writer(sandbox_pb.PlatformResponse),
-    ),
-    "StopSandbox": ("Stop", _stop_sandbox, _writer(sandbox_pb.StopSandboxResponse)),
-    "WaitSandbox": (
-        "Wait",
-        _reader(sandbox_pb.WaitSandboxRequest, "WaitSandbox"),
-        _writer(sandbox_pb.WaitSandboxResponse),
-    ),
-    "SandboxStatus": (
-        "Status",
-        _reader(sandbox_pb.SandboxStatusRequest, "SandboxStatus"),
-        _writer(sandbox_pb.SandboxStatusResponse),
-    ),
-    "PingSandbox": (
-        "Ping",
-        _reader(sandbox_pb.PingRequest, "PingSandbox"),
-        _writer(sandbox_pb.PingResponse),
-    ),
-    "ShutdownSandbox": (
-        "Shutdown",
-        _reader(sandbox_pb.ShutdownSandboxRequest, "ShutdownSandbox"),
-        _writer(sandbox_pb.ShutdownSandboxResponse),
-    ),
-    "SandboxMetrics": (
-        "Metrics",
-        _reader(sandbox_pb.SandboxMetricsRequest, "SandboxMetrics"),
-        _metric,
-    ),
+#: containerd's methods whose sandboxd.v1 twin has another name.
+_TWINS: Final = {
+    "CreateSandbox": "Create",
+    "StartSandbox": "Start",
+    "StopSandbox": "Stop",
+    "WaitSandbox": "Wait",
+    "SandboxStatus": "Status",
+    "PingSandbox": "Ping",
+    "ShutdownSandbox": "Shutdown",
+    "SandboxMetrics": "Metrics",
 }
 
 
@@ -315,10 +284,13 @@ def sandbox_service(
     """The methods of containerd's ``containerd.runtime.sandbox.v1.Sandbox``, served by
     ``controller`` as its sandboxd.v1 twins ``cbor`` are (see docs/services.md, "Protobuf")."""
     methods = controller_service(controller) if cbor is None else cbor
-    return {
-        name: _wrap(methods[twin], read, write, name)
-        for name, (twin, read, write) in _SANDBOX.items()
-    }
+    return _served(
+        sandbox_pb.DESCRIPTOR.services_by_name["Sandbox"],
+        methods,
+        _TWINS,
+        readers={"CreateSandbox": _create_sandbox, "StopSandbox": _stop_sandbox},
+        writers={"SandboxMetrics": _metric},
+    )
 
 
 def protobuf_services(
