@@ -27,6 +27,7 @@ from sandboxd import AlreadyExists, FailedPrecondition, InvalidArgument, NotFoun
 from sandboxd._models import SandboxOptions
 from sandboxd.api._pb_services import (
     CREATE_OPTIONS_TYPE,
+    ERROR_DETAIL_TYPE,
     METRICS_TYPE,
     SANDBOX_OPTIONS_TYPE,
     SANDBOX_SERVICE,
@@ -127,6 +128,7 @@ async def test_every_method_of_the_three_services_is_served() -> None:
     services = protobuf_services(Controller())
     assert {name: set(methods) for name, methods in services.items()} == wanted
     assert SANDBOX_SERVICE == "containerd.runtime.sandbox.v1.Sandbox"
+    assert ERROR_DETAIL_TYPE == "type.googleapis.com/sandboxd.v1.ErrorDetail"
 
 
 # -- containerd.runtime.sandbox.v1.Sandbox ----------------------------------------------------
@@ -320,7 +322,7 @@ async def test_controller_lifecycle_and_queries(autojump_clock: trio.testing.Moc
                 sandbox_id="c1",
                 sandboxer="sim",
                 labels={"app": "x"},
-                annotations={"note": "y"},
+                annotations={"note": "y", "sandboxd.io/info.owner": "me"},
                 options=pb.SandboxOptions(
                     command=["sleep", "1"], env={"A": "1"}, cwd="/", lifetime_secs=60.0
                 ),
@@ -341,6 +343,7 @@ async def test_controller_lifecycle_and_queries(autojump_clock: trio.testing.Moc
                 C, "Status", pb.StatusRequest(sandbox_id="c1"), pb.SandboxStatus
             )
             assert (status.state, status.pid) == ("ready", start.pid)
+            assert status.info["owner"] == "me" and "note" not in status.info
             # Asked again with nothing changed: the same answer, from the cache.
             again = await calls.unary(
                 C, "Status", pb.StatusRequest(sandbox_id="c1"), pb.SandboxStatus

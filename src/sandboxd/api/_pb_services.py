@@ -49,6 +49,8 @@ SANDBOX_SERVICE: Final = sandbox_pb.DESCRIPTOR.services_by_name["Sandbox"].full_
 SANDBOX_OPTIONS_TYPE: Final = TYPE_URL_PREFIX + pb.SandboxOptions.DESCRIPTOR.full_name
 CREATE_OPTIONS_TYPE: Final = TYPE_URL_PREFIX + pb.CreateOptions.DESCRIPTOR.full_name
 METRICS_TYPE: Final = TYPE_URL_PREFIX + pb.SandboxMetrics.DESCRIPTOR.full_name
+#: The Any type URL of one detail of an error's status (its ``cbor`` field: one CBOR item).
+ERROR_DETAIL_TYPE: Final = TYPE_URL_PREFIX + pb.ErrorDetail.DESCRIPTOR.full_name
 
 #: Annotations under which CreateSandbox keeps what it does not act on; the ``info`` ones are
 #: reported in Status info as ``bundle_path`` and ``options_type``.
