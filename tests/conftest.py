@@ -27,8 +27,7 @@ import trio
 from daemons import Daemons, Served
 from probe_server import Probe
 from procs import Fifo, Reaper
-from sandboxd.api import CONTROLLER_SERVICE, RUNTIME_SERVICE, controller_service, runtime_service
-from sandboxd.rpc import Server
+from sandboxd.api import controller_server
 from sandboxd.runtime import Controller
 
 
@@ -97,12 +96,7 @@ async def served(nursery: trio.Nursery, sock_path: str, sandboxd_controller: Con
     """The plugin's ``sandboxd_controller`` (override ``sandboxd_controller_options`` to
     change it) served on ``sock_path`` as ``serve_controller`` serves it, by a server the test
     can look at."""
-    server = Server(
-        {
-            RUNTIME_SERVICE: runtime_service(),
-            CONTROLLER_SERVICE: controller_service(sandboxd_controller),
-        }
-    )
+    server = controller_server(sandboxd_controller)
     assert await nursery.start(server.serve_unix, sock_path) == sock_path
     return Served(sandboxd_controller, server, sock_path)
 

@@ -37,7 +37,7 @@ from sandboxd import ResourceExhausted, SandboxState
 from sandboxd.api import (
     CONTROLLER_SERVICE,
     RUNTIME_SERVICE,
-    _controller_service,
+    _serve,
     connect,
     runtime_service,
     serve_controller,
@@ -629,7 +629,7 @@ async def test_storm_of_hostile_clients_leaves_a_good_client_served_and_memory_b
         servers.append(server)
         return server
 
-    monkeypatch.setattr(_controller_service, "Server", recording_server)
+    monkeypatch.setattr(_serve, "Server", recording_server)
     seed = int(os.environ.get("SANDBOXD_STORM_SEED", "20261128"))
     caplog.set_level(logging.WARNING, logger="sandboxd.rpc")
     tracemalloc.start()

@@ -11,22 +11,18 @@ deadline; Events is a server stream, subscribed as its request is read.  The dat
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final, cast
-
-import trio
 
 from .._errors import NotFound, ResourceExhausted
 from .._models import ListPage, SandboxStatus
 from ..rpc import (
     CallContext,
     Encoded,
-    Limits,
     Message,
     MessageSender,
     Method,
     Responder,
-    Server,
     deferred,
     inline,
     server_stream,
@@ -34,7 +30,6 @@ from ..rpc import (
 )
 from ..runtime import Controller, Subscription
 from ..wire import MAX_PAYLOAD, dumps
-from ._client_common import CONTROLLER_SERVICE, RUNTIME_SERVICE
 from ._convert import (
     check_fields,
     create_request,
@@ -50,7 +45,6 @@ from ._convert import (
     stop_request,
 )
 from ._data_service import DataPlane, data_plane_methods
-from ._runtime_service import runtime_service
 
 #: The empty message, encoded once: the answer of Stop, Shutdown and Ping.
 _EMPTY: Final = Encoded(dumps({}))
@@ -227,32 +221,3 @@ def _awaited_calls(controller: Controller) -> dict[str, Method]:
         "Wait": unary(wait),
         "Shutdown": unary(shutdown),
     }
-
-
-async def serve_controller(
-    controller: Controller,
-    path: str,
-    *,
-    task_status: Any = trio.TASK_STATUS_IGNORED,
-    limits: Limits | None = None,
-    allowed_uids: Collection[int] | None = None,
-    socket_group: int | str | None = None,
-) -> None:
-    """Serve ``sandboxd.v1.Runtime`` and ``sandboxd.v1.Controller`` for ``controller`` on the
-    Unix socket ``path`` until cancelled.
-
-    ``path = await nursery.start(serve_controller, controller, path)`` returns once the socket
-    accepts connections.  The other options are :class:`~sandboxd.rpc.Server`'s: the limits on
-    each client, and who may connect (``allowed_uids``, ``socket_group``).
-    """
-    limits = Limits() if limits is None else limits
-    server = Server(
-        {
-            RUNTIME_SERVICE: runtime_service(limits=limits),
-            CONTROLLER_SERVICE: controller_service(controller),
-        },
-        limits=limits,
-        allowed_uids=allowed_uids,
-        socket_group=socket_group,
-    )
-    await server.serve_unix(path, task_status=task_status)

@@ -18,7 +18,7 @@ import trio
 
 from .._paths import default_socket_path, default_state_dir, ensure_private_dir
 from .._version import __version__
-from ..api import CONTROLLER_SERVICE, RUNTIME_SERVICE, controller_service, runtime_service
+from ..api import controller_server
 from ..backends import (
     Backend,
     BwrapBackend,
@@ -29,7 +29,7 @@ from ..backends import (
     probe_cgroups,
     with_cgroups,
 )
-from ..rpc import Limits, Server, SocketInUseError
+from ..rpc import Limits, SocketInUseError
 from ..runtime import (
     DEFAULT_MAX_LOG_BYTES,
     DEFAULT_SANDBOXER,
@@ -254,13 +254,7 @@ async def _serve(
                     max_log_bytes=max_log_bytes,
                 ).run
             )
-            server = Server(
-                {
-                    RUNTIME_SERVICE: runtime_service(described, server_options["limits"]),
-                    CONTROLLER_SERVICE: controller_service(controller),
-                },
-                **server_options,
-            )
+            server = controller_server(controller, cgroups=described, **server_options)
             path = await nursery.start(server.serve_unix, socket_path)
             log.info("sandboxd %s listening on %s", __version__, path)
             if ready_fd is not None:
