@@ -112,10 +112,10 @@ func main() {
 	}
 	if *readyFd >= 0 {
 		ready := os.NewFile(uintptr(*readyFd), "ready")
-		fmt.Fprintln(ready, "READY")
+		fmt.Fprintln(ready, "READY", *socket)
 		ready.Close()
 	} else {
-		fmt.Println("READY")
+		fmt.Println("READY", *socket)
 	}
 	stop := make(chan os.Signal, 1)
 	signal.Notify(stop, syscall.SIGTERM, syscall.SIGINT)
