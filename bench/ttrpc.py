@@ -47,6 +47,7 @@ from .client import (
     measure_pipelined,
     measure_sequential,
     prepared,
+    request_payload,
 )
 from .servers import REPO, SANDBOXD, ServerFailed, serving
 
@@ -210,7 +211,12 @@ def measure_column(
 ) -> dict[str, Any]:
     """One round of one column: sequential p50/p99, then K in flight."""
     call: Call = STATUS
+    payload = (
+        envelope()[0] if envelope else request_payload(call.service, call.method, call.request)
+    )
     with Connection(path) as conn:
+        conn.send(conn.request(payload)[1])
+        reply_bytes = len(conn.receive_one().payload)
         seq = measure_sequential(
             conn, call, s.seq, s.seq_warmup, envelope=envelope() if envelope else None
         )
@@ -228,6 +234,7 @@ def measure_column(
         "p99_us": seq["p99_us"],
         "rps": pipe["rps"],
         "server_cpu": pipe["server_cpu"],
+        "reply_bytes": reply_bytes,
     }
 
 
@@ -259,6 +266,20 @@ def report(results: dict[str, Any]) -> str:
                 f"  {name:<18} round {i + 1}: {r['p50_us']:.1f} / {r['p99_us']:.1f} / "
                 f"{r['rps']:.0f}"
             )
+    go_rounds = results["columns"][GO].get("rounds", [])
+    for name in (CBOR, PROTOBUF):
+        pairs = zip(results["columns"][name].get("rounds", []), go_rounds, strict=False)
+        for i, (r, g) in enumerate(pairs):
+            lines.append(
+                f"  {name} / go echo, round {i + 1}: p50 {r['p50_us'] / g['p50_us']:.2f}x,"
+                f" req/s {r['rps'] / g['rps']:.2f}x"
+            )
+    sizes = {
+        name: column["rounds"][0]["reply_bytes"]
+        for name, column in results["columns"].items()
+        if column.get("rounds")
+    }
+    lines += ["", "Reply frame payload bytes: " + ", ".join(f"{k} {v}" for k, v in sizes.items())]
     lines += ["", "Targets:"]
 
     def ratio(a: str, b: str, key: str) -> float | None:

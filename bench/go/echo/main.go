@@ -1,7 +1,7 @@
 // echo is a Go ttrpc server (containerd's ttrpc library) for the bench's reference column:
 // containerd.runtime.sandbox.v1.Sandbox/SandboxStatus answers every request with a
-// SandboxStatusResponse for the request's sandbox_id, of about the size of sandboxd's
-// Status reply; sandboxd.check.v1.Echo/Fail answers with a status carrying details.
+// SandboxStatusResponse for the request's sandbox_id holding what sandboxd's Status of a
+// ready sim sandbox holds; sandboxd.check.v1.Echo/Fail answers with a status carrying details.
 //
 //	echo -socket PATH [-ready-fd N]
 //
@@ -64,15 +64,20 @@ func sandboxID(req []byte) []byte {
 
 var created = time.Now()
 
+func entry(key, value string) []byte {
+	return bytesField(bytesField(nil, 1, []byte(key)), 2, []byte(value))
+}
+
 // statusReply is a SandboxStatusResponse {sandbox_id=1, pid=2, state=3, info=4,
-// created_at=5}.
+// created_at=5} with what sandboxd's Status of a ready sim sandbox says.
 func statusReply(id []byte) []byte {
 	ts := varintField(varintField(nil, 1, uint64(created.Unix())), 2, uint64(created.Nanosecond()))
-	info := bytesField(bytesField(nil, 1, []byte("sandboxer")), 2, []byte("sim"))
 	b := bytesField(nil, 1, id)
-	b = varintField(b, 2, uint64(os.Getpid()))
+	b = varintField(b, 2, 1000)
 	b = bytesField(b, 3, []byte("ready"))
-	b = bytesField(b, 4, info)
+	b = bytesField(b, 4, entry("sandboxer", "sim"))
+	b = bytesField(b, 4, entry("execs", "0"))
+	b = bytesField(b, 4, entry("started_at", created.UTC().Format("2006-01-02T15:04:05.000000-07:00")))
 	return bytesField(b, 5, ts)
 }
 
