@@ -183,6 +183,20 @@ async def test_delete_cleans_up_a_sandbox_containerd_lost_track_of(
     await all_ended([instance.pid])
 
 
+async def test_delete_cleans_up_a_sandbox_that_never_started(
+    daemons: Daemons, sock_path: str, tmp_path: Path
+) -> None:
+    await daemons.start()
+    async with sandboxd.connect(sock_path) as controller:
+        await controller.create("pod-1")
+        env = containerd_env(sock_path, tmp_path / "state")
+        bundle = tmp_path / "bundle"
+        done = await run_shim(bundle, env, "-id", "pod-1", "-bundle", str(bundle), "delete")
+        assert done.returncode == 0, done.stdout
+        assert delete_response(done.stdout)[0] == 0  # it never had a process
+        assert await controller.list() == []
+
+
 async def test_delete_of_a_sandbox_nobody_knows_reports_it_killed(
     daemons: Daemons, sock_path: str, tmp_path: Path
 ) -> None:

@@ -105,21 +105,25 @@ func (p *peer) ok(service, method string, req *enc) fields {
 
 // refused is call that must fail with code; it returns the status.
 func (p *peer) refused(code codes.Code, service, method string, req *enc) *status.Status {
+	name := fmt.Sprintf("%s/%s", service, method)
+	if service == "" && method == "" {
+		name = "a request naming no service and no method"
+	}
 	_, err := p.call(service, method, req, callTimeout)
 	if err == nil {
-		failf("%s/%s: succeeded, expected %v", service, method, code)
+		failf("%s: succeeded, expected %v", name, code)
 	}
 	st, _ := status.FromError(err)
 	if st.Code() != code {
-		failf("%s/%s: %v, expected %v", service, method, err, code)
+		failf("%s: %v, expected %v", name, err, code)
 	}
 	if st.Message() == "" {
-		failf("%s/%s: %v status without a message", service, method, code)
+		failf("%s: %v status without a message", name, code)
 	}
 	// Details are google.protobuf.Any values: each must name its type.
 	for i, d := range st.Proto().Details {
 		if d.TypeUrl == "" {
-			failf("%s/%s: detail %d has no type_url", service, method, i)
+			failf("%s: detail %d has no type_url", name, i)
 		}
 	}
 	return st
