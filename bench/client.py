@@ -34,7 +34,7 @@ import socket
 import struct
 import time
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from sandboxd.wire import (
     Frame,
@@ -199,7 +199,7 @@ class Connection:
             chunks.append(data)
         self.send(b"".join(chunks))
 
-    def answered(self, frames: list[Frame], checker: Checker) -> None:
+    def answered(self, frames: list[Frame], checker: ReplyChecker) -> None:
         """Check ``frames`` as replies to streams in flight (see :meth:`pipeline`)."""
         for frame in frames:
             try:
@@ -233,6 +233,11 @@ class Checker:
             raise BenchError(f"{where}: response {message!r} lacks {missing}")
         self._good = frame.payload
         return message
+
+
+def _cbor(call: Call) -> tuple[bytes, ReplyChecker]:
+    payload = request_payload(call.service, call.method, call.request)
+    return payload, Checker(call.expect_keys, call.name)
 
 
 def call_once(conn: Connection, step: Call) -> dict[str, Any] | None:
@@ -293,11 +298,26 @@ class Window:
 # --- measurements ---------------------------------------------------------------------------
 
 
-def measure_sequential(conn: Connection, call: Call, count: int, warmup: int) -> dict[str, Any]:
-    """Round-trip latency of ``count`` requests, one at a time, after ``warmup`` of them."""
-    payload = request_payload(call.service, call.method, call.request)
+class ReplyChecker(Protocol):
+    """What checks each reply: :class:`Checker` for CBOR, another for another envelope."""
+
+    def check(self, frame: Frame) -> object: ...
+
+
+def measure_sequential(
+    conn: Connection,
+    call: Call,
+    count: int,
+    warmup: int,
+    *,
+    envelope: tuple[bytes, ReplyChecker] | None = None,
+) -> dict[str, Any]:
+    """Round-trip latency of ``count`` requests, one at a time, after ``warmup`` of them.
+
+    ``envelope``: the request payload and the reply checker, when not the call's CBOR ones.
+    """
+    payload, checker = envelope or _cbor(call)
     frames = [conn.request(payload) for _ in range(warmup + count)]
-    checker = Checker(call.expect_keys, call.name)
     samples: list[int] = []
     perf_counter_ns, send, receive_one = time.perf_counter_ns, conn.send, conn.receive_one
     gc.disable()
@@ -319,11 +339,18 @@ def measure_sequential(conn: Connection, call: Call, count: int, warmup: int) ->
 
 
 def measure_pipelined(
-    path: str, call: Call, connections: int, inflight: int, warmup_s: float, duration_s: float
+    path: str,
+    call: Call,
+    connections: int,
+    inflight: int,
+    warmup_s: float,
+    duration_s: float,
+    *,
+    envelope: tuple[bytes, ReplyChecker] | None = None,
 ) -> dict[str, Any]:
-    """Requests/s of ``call`` with ``inflight`` outstanding on each of ``connections``."""
-    payload = request_payload(call.service, call.method, call.request)
-    checker = Checker(call.expect_keys, call.name)
+    """Requests/s of ``call`` with ``inflight`` outstanding on each of ``connections``
+    (``envelope`` as for :func:`measure_sequential`)."""
+    payload, checker = envelope or _cbor(call)
     with contextlib.ExitStack() as stack:
         conns = [stack.enter_context(Connection(path)) for _ in range(connections)]
         selector = stack.enter_context(selectors.DefaultSelector())

@@ -1,0 +1,376 @@
+"""Status in both envelopes beside Go's ttrpc: sandboxd CBOR, sandboxd protobuf, Go echo.
+
+    python -m bench.ttrpc [--quick] [--rounds R] [--seq N] [--inflight K] [--duration S]
+                          [--json FILE]
+
+Three columns, one lean client (bench/client.py: blocking ``socket`` code, the same frames,
+reads and loops for all), interleaved in rounds in one run (each round measures every column,
+in an order rotated per round), each figure the median over the rounds, every round printed:
+
+* ``sandboxd cbor``: ``sandboxd.v1.Controller/Status`` of a running ``sim`` sandbox, CBOR.
+* ``sandboxd protobuf``: ``containerd.runtime.sandbox.v1.Sandbox/SandboxStatus`` of the same
+  sandbox on the same daemon, in a protobuf ttrpc envelope, on connections of its own.  Where
+  the daemon does not answer protobuf ttrpc the column says so and the run goes on.
+* ``go echo``: bench/go/echo (containerd's ttrpc library, Debian's packages, built here in
+  GOPATH mode), answering the same protobuf request with a SandboxStatusResponse of about the
+  size of sandboxd's.  Skipped, saying why, where Go or the library is missing.
+
+Per column: sequential Status p50/p99 (us) and requests/s with K (64) in flight on one
+connection.  Every reply is checked: a response, no error status, the sandbox's id and state.
+
+Targets (the ttrpc issue's): protobuf p50 within 1.1x of CBOR p50; sandboxd's p50 (in each
+envelope) no worse than the Go echo's; sandboxd's in-flight throughput at least 0.8x the Go
+echo's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Final
+
+from sandboxd.wire import Frame, FrameType
+
+from .calls import CALLS, Call
+from .client import (
+    BenchError,
+    Connection,
+    measure_pipelined,
+    measure_sequential,
+    prepared,
+    request_payload,
+)
+from .servers import REPO, SANDBOXD, ServerFailed, serving
+
+SANDBOX_SERVICE: Final = "containerd.runtime.sandbox.v1.Sandbox"
+STATUS: Final = CALLS["Controller/Status"]  # its setup creates and starts sim sandbox "bench"
+SANDBOX_ID: Final = STATUS.request["sandbox_id"]
+ECHO_SOURCE: Final = REPO / "bench" / "go" / "echo"
+GOCODE: Final = "/usr/share/gocode"
+CBOR, PROTOBUF, GO = "sandboxd cbor", "sandboxd protobuf", "go echo"
+COLUMNS: Final = (CBOR, PROTOBUF, GO)
+
+
+# --- protobuf ttrpc, as much as the bench needs --------------------------------------------
+# (The wire layer's own codec is the daemon's; this one is the bench's independent client.)
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def _bytes_field(number: int, value: bytes) -> bytes:
+    return _varint(number << 3 | 2) + _varint(len(value)) + value
+
+
+def protobuf_request(service: str, method: str, message: bytes) -> bytes:
+    """A ttrpc ``Request {service=1, method=2, payload=3}``: no deadline, no metadata, as the
+    CBOR requests of the lean client."""
+    return (
+        _bytes_field(1, service.encode())
+        + _bytes_field(2, method.encode())
+        + _bytes_field(3, message)
+    )
+
+
+def parse_fields(data: bytes) -> dict[int, int | bytes]:
+    """A message's varint and length-delimited fields (the last value of each); ValueError
+    on anything else."""
+    out: dict[int, int | bytes] = {}
+    pos = 0
+
+    def varint() -> int:
+        nonlocal pos
+        value = shift = 0
+        while True:
+            if pos >= len(data):
+                raise ValueError("truncated varint")
+            byte = data[pos]
+            pos += 1
+            value |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                return value
+
+    while pos < len(data):
+        key = varint()
+        if key & 7 == 0:
+            out[key >> 3] = varint()
+        elif key & 7 == 2:
+            size = varint()
+            if pos + size > len(data):
+                raise ValueError("truncated field")
+            out[key >> 3], pos = data[pos : pos + size], pos + size
+        else:
+            raise ValueError(f"wire type {key & 7}")
+    return out
+
+
+class StatusChecker:
+    """Checks protobuf ttrpc ``Response {status=1, payload=2}`` frames whose payload is a
+    SandboxStatusResponse {sandbox_id=1, state=3} of the bench's ready sandbox."""
+
+    def __init__(self, what: str) -> None:
+        self._what = what
+        self._good: bytes | None = None
+
+    def check(self, frame: Frame) -> None:
+        where = f"{self._what}: stream {frame.stream_id}"
+        if frame.type != FrameType.RESPONSE:
+            raise BenchError(f"{where}: frame type {frame.type}, not a response")
+        if frame.payload == self._good:
+            return
+        try:
+            response = parse_fields(frame.payload)
+            status = parse_fields(_as_bytes(response.get(1, b"")))
+            if status.get(1, 0):
+                message = _as_bytes(status.get(2, b"")).decode(errors="replace")
+                raise BenchError(f"{where}: status {status[1]}: {message}")
+            reply = parse_fields(_as_bytes(response.get(2, b"")))
+        except ValueError as exc:
+            raise BenchError(f"{where}: not a protobuf ttrpc response: {exc}") from None
+        if reply.get(1) != SANDBOX_ID.encode() or reply.get(3) != b"ready":
+            raise BenchError(f"{where}: reply {reply!r} is not the ready sandbox's status")
+        self._good = frame.payload
+
+
+def _as_bytes(value: int | bytes) -> bytes:
+    if not isinstance(value, bytes):
+        raise ValueError("a varint where a message was expected")
+    return value
+
+
+def status_envelope() -> tuple[bytes, StatusChecker]:
+    request = _bytes_field(1, SANDBOX_ID.encode())  # SandboxStatusRequest {sandbox_id=1}
+    return protobuf_request(SANDBOX_SERVICE, "SandboxStatus", request), StatusChecker(
+        "SandboxStatus"
+    )
+
+
+# --- the Go echo server ---------------------------------------------------------------------
+
+
+def build_echo() -> Path | str:
+    """bench/go/echo's binary (cached by source hash), or why it cannot be built."""
+    go = shutil.which("go")
+    if go is None or not os.path.isdir(f"{GOCODE}/src/github.com/containerd/ttrpc"):
+        return "Go or containerd's ttrpc library is missing (apt-get install golang-go " + (
+            "golang-github-containerd-ttrpc-dev)"
+        )
+    work = Path(tempfile.gettempdir()) / f"sandboxd-go-{os.getuid()}"
+    digest = hashlib.sha256(subprocess.run([go, "version"], capture_output=True).stdout)
+    for path in sorted(ECHO_SOURCE.glob("*.go")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    binary = work / f"echo-{digest.hexdigest()[:16]}"
+    if binary.exists():
+        return binary
+    work.mkdir(mode=0o700, exist_ok=True)
+    env = {
+        **os.environ,
+        "GO111MODULE": "off",
+        "GOPATH": f"{work / 'gopath'}:{GOCODE}",
+        "GOCACHE": str(work / "gocache"),
+        "GOFLAGS": "",
+        "GOPROXY": "off",
+        "GOTOOLCHAIN": "local",
+        "CGO_ENABLED": "0",
+    }
+    partial = binary.with_name(f"{binary.name}.{os.getpid()}")
+    done = subprocess.run(
+        [go, "build", "-o", str(partial), "."],
+        cwd=ECHO_SOURCE,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        return f"go build failed: {done.stderr.strip()}"
+    partial.replace(binary)
+    return binary
+
+
+# --- the run --------------------------------------------------------------------------------
+
+
+def measure_column(
+    path: str, envelope: Callable[[], Any] | None, s: argparse.Namespace
+) -> dict[str, Any]:
+    """One round of one column: sequential p50/p99, then K in flight."""
+    call: Call = STATUS
+    payload = (
+        envelope()[0] if envelope else request_payload(call.service, call.method, call.request)
+    )
+    with Connection(path) as conn:
+        conn.send(conn.request(payload)[1])
+        reply_bytes = len(conn.receive_one().payload)
+        seq = measure_sequential(
+            conn, call, s.seq, s.seq_warmup, envelope=envelope() if envelope else None
+        )
+    pipe = measure_pipelined(
+        path,
+        call,
+        1,
+        s.inflight,
+        s.warmup,
+        s.duration,
+        envelope=envelope() if envelope else None,
+    )
+    return {
+        "p50_us": seq["p50_us"],
+        "p99_us": seq["p99_us"],
+        "rps": pipe["rps"],
+        "server_cpu": pipe["server_cpu"],
+        "reply_bytes": reply_bytes,
+    }
+
+
+def _median(rounds: list[dict[str, Any]], key: str) -> float | None:
+    values = [r[key] for r in rounds if key in r]
+    return statistics.median(values) if values else None
+
+
+def report(results: dict[str, Any]) -> str:
+    lines = ["Status: sandboxd (CBOR, protobuf) and Go's ttrpc echo, medians of the rounds", ""]
+    lines.append(f"| {'column':<18} | p50 us | p99 us | req/s (K in flight) | rounds |")
+    lines.append(f"| {'-' * 18} | ------ | ------ | ------------------- | ------ |")
+    medians: dict[str, dict[str, float | None]] = {}
+    for name in COLUMNS:
+        column = results["columns"][name]
+        if "skipped" in column:
+            lines.append(f"| {name:<18} | {'n/a: ' + column['skipped']}")
+            continue
+        rounds = column["rounds"]
+        m = medians[name] = {k: _median(rounds, k) for k in ("p50_us", "p99_us", "rps")}
+        lines.append(
+            f"| {name:<18} | {m['p50_us']:6.1f} | {m['p99_us']:6.1f} | {m['rps']:19.0f} |"
+            f" {len(rounds):6} |"
+        )
+    lines += ["", "Every round (p50 us / p99 us / req/s):"]
+    for name in COLUMNS:
+        for i, r in enumerate(results["columns"][name].get("rounds", [])):
+            lines.append(
+                f"  {name:<18} round {i + 1}: {r['p50_us']:.1f} / {r['p99_us']:.1f} / "
+                f"{r['rps']:.0f}"
+            )
+    go_rounds = results["columns"][GO].get("rounds", [])
+    for name in (CBOR, PROTOBUF):
+        pairs = zip(results["columns"][name].get("rounds", []), go_rounds, strict=False)
+        for i, (r, g) in enumerate(pairs):
+            lines.append(
+                f"  {name} / go echo, round {i + 1}: p50 {r['p50_us'] / g['p50_us']:.2f}x,"
+                f" req/s {r['rps'] / g['rps']:.2f}x"
+            )
+    sizes = {
+        name: column["rounds"][0]["reply_bytes"]
+        for name, column in results["columns"].items()
+        if column.get("rounds")
+    }
+    lines += ["", "Reply frame payload bytes: " + ", ".join(f"{k} {v}" for k, v in sizes.items())]
+    lines += ["", "Targets:"]
+
+    def ratio(a: str, b: str, key: str) -> float | None:
+        x, y = medians.get(a, {}).get(key), medians.get(b, {}).get(key)
+        return None if x is None or y is None or not y else x / y
+
+    for text, value, ok in (
+        ("protobuf p50 / CBOR p50 <= 1.1", ratio(PROTOBUF, CBOR, "p50_us"), lambda v: v <= 1.1),
+        ("sandboxd p50 / Go echo p50 <= 1.0", ratio(CBOR, GO, "p50_us"), lambda v: v <= 1.0),
+        ("sandboxd req/s / Go echo req/s >= 0.8", ratio(CBOR, GO, "rps"), lambda v: v >= 0.8),
+        ("protobuf p50 / Go echo p50 <= 1.0", ratio(PROTOBUF, GO, "p50_us"), lambda v: v <= 1.0),
+        ("protobuf req/s / Go echo req/s >= 0.8", ratio(PROTOBUF, GO, "rps"), lambda v: v >= 0.8),
+    ):
+        verdict = "n/a" if value is None else f"{value:.2f}x {'met' if ok(value) else 'MISSED'}"
+        lines.append(f"  {text}: {verdict}")
+    return "\n".join(lines)
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.ttrpc", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--quick", action="store_true", help="1 round, short windows")
+    parser.add_argument("--rounds", type=int, default=None, help="rounds (5; --quick 1)")
+    parser.add_argument("--seq", type=int, default=None, help="sequential calls (3000)")
+    parser.add_argument("--inflight", type=int, default=64, help="requests in flight (64)")
+    parser.add_argument("--duration", type=float, default=None, help="window, seconds (2)")
+    parser.add_argument("--json", type=Path, default=None, help="write every figure here")
+    args = parser.parse_args(argv)
+    args.rounds = args.rounds or (1 if args.quick else 5)
+    args.seq = args.seq or (300 if args.quick else 3000)
+    args.seq_warmup = 50 if args.quick else 300
+    args.duration = args.duration or (0.3 if args.quick else 2.0)
+    args.warmup = 0.1 if args.quick else 0.3
+    return args
+
+
+def progress(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    columns: dict[str, dict[str, Any]] = {name: {"rounds": []} for name in COLUMNS}
+    failed = False
+    with contextlib.ExitStack() as stack:
+        daemon = stack.enter_context(serving("sandboxd", SANDBOXD))
+        stack.enter_context(prepared(daemon.path, STATUS))
+        plans: dict[str, tuple[str, Callable[[], Any] | None]] = {
+            CBOR: (daemon.path, None),
+            PROTOBUF: (daemon.path, status_envelope),
+        }
+        echo = build_echo()
+        if isinstance(echo, str):
+            progress(f"go echo: skipped: {echo}")
+            columns[GO] = {"skipped": echo}
+        else:
+            served = stack.enter_context(serving("go-echo", f"{echo} -socket {{socket}}"
+                                                 " -ready-fd {ready_fd}"))  # fmt: skip
+            plans[GO] = (served.path, status_envelope)
+        for i in range(args.rounds):
+            order = list(plans)[i % len(plans) :] + list(plans)[: i % len(plans)]
+            for name in order:
+                if name not in plans:
+                    continue
+                path, envelope = plans[name]
+                progress(f"round {i + 1}/{args.rounds}: {name}")
+                try:
+                    columns[name]["rounds"].append(measure_column(path, envelope, args))
+                except (BenchError, OSError) as exc:
+                    if name == PROTOBUF and not columns[name]["rounds"]:
+                        why = f"the daemon does not answer protobuf ttrpc ({exc})"
+                        progress(f"{name}: skipped: {why}")
+                        columns[name] = {"skipped": why}
+                        del plans[name]
+                        continue
+                    progress(f"{name}: FAILED: {exc}")
+                    columns[name]["error"] = str(exc)
+                    failed = True
+    results = {"command": " ".join(["python -m bench.ttrpc", *(argv or sys.argv[1:])]),
+               "cpus": os.cpu_count(), "columns": columns}  # fmt: skip
+    print(report(results))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except ServerFailed as exc:
+        print(f"bench.ttrpc: {exc}", file=sys.stderr)
+        sys.exit(1)
