@@ -9,8 +9,8 @@ in an order rotated per round), each figure the median over the rounds, every ro
 
 * ``sandboxd cbor``: ``sandboxd.v1.Controller/Status`` of a running ``sim`` sandbox, CBOR.
 * ``sandboxd protobuf``: ``containerd.runtime.sandbox.v1.Sandbox/SandboxStatus`` of the same
-  sandbox on the same daemon, in a protobuf ttrpc envelope, on connections of its own.  Where
-  the daemon does not answer protobuf ttrpc the column says so and the run goes on.
+  sandbox on the same daemon, in a protobuf ttrpc envelope (made by the wire layer's
+  ``encode_pb_request``), on connections of its own.
 * ``go echo``: bench/go/echo (containerd's ttrpc library, Debian's packages, built here in
   GOPATH mode), answering the same protobuf request with a SandboxStatusResponse of about the
   size of sandboxd's.  Skipped, saying why, where Go or the library is missing.
@@ -39,7 +39,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
-from sandboxd.wire import Frame, FrameType
+from google.protobuf.message import DecodeError
+
+from sandboxd.proto import containerd_sandbox_pb2 as sandbox_pb
+from sandboxd.wire import Frame, FrameType, RPCError, decode_pb_response, encode_pb_request
 
 from .calls import CALLS, Call
 from .client import (
@@ -61,69 +64,12 @@ CBOR, PROTOBUF, GO = "sandboxd cbor", "sandboxd protobuf", "go echo"
 COLUMNS: Final = (CBOR, PROTOBUF, GO)
 
 
-# --- protobuf ttrpc, as much as the bench needs --------------------------------------------
-# (The wire layer's own codec is the daemon's; this one is the bench's independent client.)
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
-def _bytes_field(number: int, value: bytes) -> bytes:
-    return _varint(number << 3 | 2) + _varint(len(value)) + value
-
-
-def protobuf_request(service: str, method: str, message: bytes) -> bytes:
-    """A ttrpc ``Request {service=1, method=2, payload=3}``: no deadline, no metadata, as the
-    CBOR requests of the lean client."""
-    return (
-        _bytes_field(1, service.encode())
-        + _bytes_field(2, method.encode())
-        + _bytes_field(3, message)
-    )
-
-
-def parse_fields(data: bytes) -> dict[int, int | bytes]:
-    """A message's varint and length-delimited fields (the last value of each); ValueError
-    on anything else."""
-    out: dict[int, int | bytes] = {}
-    pos = 0
-
-    def varint() -> int:
-        nonlocal pos
-        value = shift = 0
-        while True:
-            if pos >= len(data):
-                raise ValueError("truncated varint")
-            byte = data[pos]
-            pos += 1
-            value |= (byte & 0x7F) << shift
-            shift += 7
-            if not byte & 0x80:
-                return value
-
-    while pos < len(data):
-        key = varint()
-        if key & 7 == 0:
-            out[key >> 3] = varint()
-        elif key & 7 == 2:
-            size = varint()
-            if pos + size > len(data):
-                raise ValueError("truncated field")
-            out[key >> 3], pos = data[pos : pos + size], pos + size
-        else:
-            raise ValueError(f"wire type {key & 7}")
-    return out
+# --- protobuf ttrpc: the wire layer's request encoder and response reader --------------------
 
 
 class StatusChecker:
-    """Checks protobuf ttrpc ``Response {status=1, payload=2}`` frames whose payload is a
-    SandboxStatusResponse {sandbox_id=1, state=3} of the bench's ready sandbox."""
+    """Checks protobuf ttrpc ``Response`` frames whose payload is the SandboxStatusResponse of
+    the bench's ready sandbox (each distinct frame decoded once)."""
 
     def __init__(self, what: str) -> None:
         self._what = what
@@ -136,30 +82,22 @@ class StatusChecker:
         if frame.payload == self._good:
             return
         try:
-            response = parse_fields(frame.payload)
-            status = parse_fields(_as_bytes(response.get(1, b"")))
-            if status.get(1, 0):
-                message = _as_bytes(status.get(2, b"")).decode(errors="replace")
-                raise BenchError(f"{where}: status {status[1]}: {message}")
-            reply = parse_fields(_as_bytes(response.get(2, b"")))
-        except ValueError as exc:
-            raise BenchError(f"{where}: not a protobuf ttrpc response: {exc}") from None
-        if reply.get(1) != SANDBOX_ID.encode() or reply.get(3) != b"ready":
-            raise BenchError(f"{where}: reply {reply!r} is not the ready sandbox's status")
+            reply = sandbox_pb.SandboxStatusResponse.FromString(decode_pb_response(frame.payload))
+        except RPCError as exc:
+            raise BenchError(f"{where}: {exc.code.name}: {exc.message}") from None
+        except DecodeError as exc:
+            raise BenchError(f"{where}: not a SandboxStatusResponse: {exc}") from None
+        if reply.sandbox_id != SANDBOX_ID or reply.state != "ready":
+            raise BenchError(f"{where}: reply {reply} is not the ready sandbox's status")
         self._good = frame.payload
 
 
-def _as_bytes(value: int | bytes) -> bytes:
-    if not isinstance(value, bytes):
-        raise ValueError("a varint where a message was expected")
-    return value
-
-
 def status_envelope() -> tuple[bytes, StatusChecker]:
-    request = _bytes_field(1, SANDBOX_ID.encode())  # SandboxStatusRequest {sandbox_id=1}
-    return protobuf_request(SANDBOX_SERVICE, "SandboxStatus", request), StatusChecker(
-        "SandboxStatus"
-    )
+    """SandboxStatus of the bench's sandbox in a protobuf ttrpc request (no deadline, no
+    metadata, as the CBOR requests of the lean client), and its reply checker."""
+    request = sandbox_pb.SandboxStatusRequest(sandbox_id=SANDBOX_ID).SerializeToString()
+    envelope = encode_pb_request(SANDBOX_SERVICE, "SandboxStatus", request, 0, None)
+    return envelope, StatusChecker("SandboxStatus")
 
 
 # --- the Go echo server ---------------------------------------------------------------------
@@ -351,12 +289,6 @@ def main(argv: list[str] | None = None) -> int:
                 try:
                     columns[name]["rounds"].append(measure_column(path, envelope, args))
                 except (BenchError, OSError) as exc:
-                    if name == PROTOBUF and not columns[name]["rounds"]:
-                        why = f"the daemon does not answer protobuf ttrpc ({exc})"
-                        progress(f"{name}: skipped: {why}")
-                        columns[name] = {"skipped": why}
-                        del plans[name]
-                        continue
                     progress(f"{name}: FAILED: {exc}")
                     columns[name]["error"] = str(exc)
                     failed = True
