@@ -27,14 +27,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import json
 import os
-import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
@@ -53,13 +49,13 @@ from .client import (
     prepared,
     request_payload,
 )
+from .gobuild import GoBuildFailed, go_build
 from .servers import REPO, SANDBOXD, ServerFailed, serving
 
 SANDBOX_SERVICE: Final = "containerd.runtime.sandbox.v1.Sandbox"
 STATUS: Final = CALLS["Controller/Status"]  # its setup creates and starts sim sandbox "bench"
 SANDBOX_ID: Final = STATUS.request["sandbox_id"]
 ECHO_SOURCE: Final = REPO / "bench" / "go" / "echo"
-GOCODE: Final = "/usr/share/gocode"
 CBOR, PROTOBUF, GO = "sandboxd cbor", "sandboxd protobuf", "go echo"
 COLUMNS: Final = (CBOR, PROTOBUF, GO)
 
@@ -105,41 +101,10 @@ def status_envelope() -> tuple[bytes, StatusChecker]:
 
 def build_echo() -> Path | str:
     """bench/go/echo's binary (cached by source hash), or why it cannot be built."""
-    go = shutil.which("go")
-    if go is None or not os.path.isdir(f"{GOCODE}/src/github.com/containerd/ttrpc"):
-        return "Go or containerd's ttrpc library is missing (apt-get install golang-go " + (
-            "golang-github-containerd-ttrpc-dev)"
-        )
-    work = Path(tempfile.gettempdir()) / f"sandboxd-go-{os.getuid()}"
-    digest = hashlib.sha256(subprocess.run([go, "version"], capture_output=True).stdout)
-    for path in sorted(ECHO_SOURCE.glob("*.go")):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    binary = work / f"echo-{digest.hexdigest()[:16]}"
-    if binary.exists():
-        return binary
-    work.mkdir(mode=0o700, exist_ok=True)
-    env = {
-        **os.environ,
-        "GO111MODULE": "off",
-        "GOPATH": f"{work / 'gopath'}:{GOCODE}",
-        "GOCACHE": str(work / "gocache"),
-        "GOFLAGS": "",
-        "GOPROXY": "off",
-        "GOTOOLCHAIN": "local",
-        "CGO_ENABLED": "0",
-    }
-    partial = binary.with_name(f"{binary.name}.{os.getpid()}")
-    done = subprocess.run(
-        [go, "build", "-o", str(partial), "."],
-        cwd=ECHO_SOURCE,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode != 0:
-        return f"go build failed: {done.stderr.strip()}"
-    partial.replace(binary)
-    return binary
+    try:
+        return go_build(ECHO_SOURCE)
+    except GoBuildFailed as exc:
+        return str(exc)
 
 
 # --- the run --------------------------------------------------------------------------------

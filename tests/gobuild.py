@@ -1,68 +1,24 @@
-"""Building the Go ttrpc peers (tests/go, bench/go) with Debian's Go and containerd's ttrpc
-library, in GOPATH mode from /usr/share/gocode: no module download, no network.
-
-A build is cached in the temporary directory under the hash of its sources and of ``go
-version``, so the suite builds each program once per change (a build takes a few seconds).
-"""
+"""The Go ttrpc peers the tests run (tests/go, bench/go), built by bench/gobuild.py: skipped,
+saying what to install, where Go or containerd's ttrpc library is missing."""
 
 from __future__ import annotations
 
-import hashlib
-import os
-import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 
 import pytest
+from bench.gobuild import GoBuildFailed, go_build
 
 REPO = Path(__file__).resolve().parent.parent
 CHECK = REPO / "tests" / "go" / "sandboxd-ttrpc-check"
 ECHO = REPO / "bench" / "go" / "echo"
-GOCODE = "/usr/share/gocode"
-INSTALL = "apt-get install golang-go golang-github-containerd-ttrpc-dev"
-
-
-def go_env(work: Path) -> dict[str, str]:
-    """The environment of a GOPATH-mode build: Debian's Go sources, no proxy, no cgo."""
-    env = dict(os.environ)
-    env.update(
-        GO111MODULE="off",
-        GOPATH=f"{work / 'gopath'}:{GOCODE}",
-        GOCACHE=str(work / "gocache"),
-        GOFLAGS="",
-        GOPROXY="off",
-        GOTOOLCHAIN="local",
-        CGO_ENABLED="0",
-    )
-    return env
 
 
 def build(source: Path) -> Path:
-    """The binary built from the Go package in ``source`` (cached); the test is skipped,
-    saying what to install, where Go or containerd's ttrpc library is missing."""
-    go = shutil.which("go")
-    if go is None or not os.path.isdir(f"{GOCODE}/src/github.com/containerd/ttrpc"):
-        pytest.skip(f"Go or containerd's ttrpc library is not installed: {INSTALL}")
-    work = Path(tempfile.gettempdir()) / f"sandboxd-go-{os.getuid()}"
-    env = go_env(work)
-    digest = hashlib.sha256(subprocess.run([go, "version"], capture_output=True).stdout)
-    for path in sorted(source.glob("*.go")):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    binary = work / f"{source.name}-{digest.hexdigest()[:16]}"
-    if binary.exists():
-        return binary
-    work.mkdir(mode=0o700, exist_ok=True)
-    partial = binary.with_name(f"{binary.name}.{os.getpid()}")
-    done = subprocess.run(
-        [go, "build", "-o", str(partial), "."],
-        cwd=source,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    if done.returncode != 0:
-        pytest.fail(f"go build in {source} failed:\n{done.stdout}{done.stderr}")
-    partial.replace(binary)
-    return binary
+    """The binary built from the Go package in ``source`` (cached)."""
+    try:
+        built = go_build(source)
+    except GoBuildFailed as exc:
+        pytest.fail(str(exc))
+    if isinstance(built, str):
+        pytest.skip(built)
+    return built
