@@ -28,7 +28,7 @@ from sandboxd import (
     SandboxOptions,
 )
 from sandboxd._models import STDERR, STDOUT, TOPIC_EXEC_EXIT
-from sandboxd.api._controller_service import CONTROLLER_SERVICE
+from sandboxd.api import CONTROLLER_SERVICE
 from sandboxd.runtime import Controller
 
 #: Seconds a test may run before the watchdog fails it.  The tests ask for the watchdog by
