@@ -89,8 +89,9 @@ class LogWriter:
                     break
             lines = [self._format(record) for record in batch if record is not None]
             try:
-                self._stream.write("\n".join(lines) + "\n")
-                self._stream.flush()
+                if lines:
+                    self._stream.write("\n".join(lines) + "\n")
+                    self._stream.flush()
             except (OSError, ValueError):
                 pass  # stderr is gone: nothing can be told of it
             if batch[-1] is None:
