@@ -44,30 +44,46 @@ def measure_logging(
             except ServerFailed as exc:
                 figures = {"error": str(exc)}
             points = {f"{p['sandboxer']}:{p['concurrency']}": p for p in figures.get("points", [])}
-            rates = {k: p["lifecycles_per_s"] for k, p in points.items() if "error" not in p}
-            if "error" in figures or len(rates) < len(POINTS):
+            good = {k: p for k, p in points.items() if "error" not in p}
+            if "error" in figures or len(good) < len(POINTS):
                 errors.setdefault(name, figures.get("error", "a point failed"))
-            runs[name].append({"client": figures.get("client"), "rates": rates})
-    summary = {
-        name: {
-            f"{s}:{c}": median(rates)
-            for s, c in POINTS
-            if (rates := [r["rates"][f"{s}:{c}"] for r in done if f"{s}:{c}" in r["rates"]])
-        }
-        for name, done in runs.items()
-    }
+            runs[name].append(
+                {
+                    "client": figures.get("client"),
+                    "rates": {k: p["lifecycles_per_s"] for k, p in good.items()},
+                    # Less sensitive than the rate to what else the machine runs.
+                    "cpu_us": {
+                        k: p["server_cpu"] / p["lifecycles_per_s"] * 1e6 for k, p in good.items()
+                    },
+                }
+            )
+    summary, cpu = _medians(runs, "rates"), _medians(runs, "cpu_us")
     return {
         "rounds": rounds,
         "commands": commands,
         "summary": summary,
         "ratios": _on_vs(summary),
+        "cpu_us_per_lifecycle": cpu,
+        "cpu_ratios": _on_vs(cpu),
         "runs": runs,
         **({"errors": errors} if errors else {}),
     }
 
 
+def _medians(runs: dict[str, list[dict[str, Any]]], figure: str) -> dict[str, dict[str, float]]:
+    """Per variant and point, the median of ``figure`` over the rounds that measured it."""
+    return {
+        name: {
+            point: median(found)
+            for s, c in POINTS
+            if (found := [r[figure][point] for r in done if (point := f"{s}:{c}") in r[figure]])
+        }
+        for name, done in runs.items()
+    }
+
+
 def _on_vs(summary: dict[str, dict[str, float]]) -> dict[str, dict[str, float | None]]:
-    """Logging on as a fraction of each other variant, per point."""
+    """Logging on's figure over each other variant's, per point."""
     on = summary.get(ON, {})
     return {
         f"{ON}/{name}": {point: ratio(on.get(point), rates.get(point)) for point in on}

@@ -343,14 +343,19 @@ def lifecycle_table(result: dict[str, Any]) -> str:
 def logging_table(result: dict[str, Any]) -> str:
     """Lifecycles/s per variant and point, and logging on as a fraction of the others."""
     summary, ratios = result["summary"], result["ratios"]
+    cpu, cpu_ratios = result["cpu_us_per_lifecycle"], result["cpu_ratios"]
     rows = []
     for sandboxer, n in LOGGING_POINTS:
         point = f"{sandboxer}:{n}"
         row = [f"{sandboxer} x {n}"]
         row += [fmt(summary.get(name, {}).get(point), "throughput") for name in summary]
         row += [fmt_ratio(ratios[key].get(point)) for key in ratios]
+        row += [fmt(cpu.get(name, {}).get(point), "latency") for name in cpu]
+        row += [fmt_ratio(cpu_ratios[key].get(point)) for key in cpu_ratios]
         rows.append(row)
     header = ["point", *(f"logging {name} (lifecycles/s)" for name in summary), *ratios]
+    header += [f"daemon CPU/lifecycle, {name} (us)" for name in cpu]
+    header += [f"CPU {key}" for key in cpu_ratios]
     return md_table(header, rows)
 
 

@@ -53,10 +53,10 @@ from .._models import (
     SandboxStatus,
 )
 from ..backends import EXIT_UNKNOWN, Backend, ExecSpec, SandboxProcess, exit_reason
-from . import _lifecycle_log
 from ._crash import ARMED, crash_at
 from ._exec import ExecRun
 from ._lifecycle import Effect, Input, Phase, decide
+from ._lifecycle_log import LifecycleLog
 from ._logs import LogDirectory, SandboxOutput
 from ._reply import Reply
 from ._store import Done, SandboxRecord, encode_record, encode_spec
@@ -89,6 +89,8 @@ class ActorContext:
     forget: Callable[[SandboxActor], None]
     #: Where the sandboxes' output is kept (opened); None keeps none.
     logs: LogDirectory | None = None
+    #: Where each change in a sandbox's life is logged.
+    lifecycle: LifecycleLog = attrs.field(factory=LifecycleLog)
 
 
 #: The crash point reached once a record in this phase is committed.
@@ -378,7 +380,7 @@ class SandboxActor:
             except RPCError as exc:
                 error = exc
         if error is None:
-            _lifecycle_log.created(self.sandbox_id, self.spec.sandboxer)
+            self._context.lifecycle.created(self.sandbox_id, self.spec.sandboxer)
             self._context.publish(SandboxEvent(TOPIC_CREATE, self.sandbox_id, self.created_at))
         else:
             self.phase = Phase.GONE
@@ -486,7 +488,9 @@ class SandboxActor:
             self.exit_status = record.exit_status
             self.exited_at = record.exited_at
             self.exit_known = record.exit_known
-            _lifecycle_log.recovered(self.sandbox_id, self.spec.sandboxer, phase, self.pid)
+            self._context.lifecycle.recovered(
+                self.sandbox_id, self.spec.sandboxer, phase, self.pid
+            )
             return True
         self._dirty = True
         process = self._backend.adopt(
@@ -501,7 +505,7 @@ class SandboxActor:
                 self.phase = Phase.GONE  # it was being deleted: that is done now
                 if self.output is not None:
                     self.output.remove()
-                _lifecycle_log.deleted(self.sandbox_id, self.spec.sandboxer)
+                self._context.lifecycle.deleted(self.sandbox_id, self.spec.sandboxer)
                 return False
             self.phase = Phase.STOPPED
             self.exit_status = EXIT_UNKNOWN
@@ -509,12 +513,14 @@ class SandboxActor:
             self.exited_at = _now()
             self._finish_output()
             sandboxer = self.spec.sandboxer
-            _lifecycle_log.recovered(self.sandbox_id, sandboxer, self.phase, self.pid, ended=True)
+            self._context.lifecycle.recovered(
+                self.sandbox_id, sandboxer, self.phase, self.pid, ended=True
+            )
             return True
         self.process = process
         self.phase = phase
         self._read_output(process)
-        _lifecycle_log.recovered(self.sandbox_id, self.spec.sandboxer, phase, self.pid)
+        self._context.lifecycle.recovered(self.sandbox_id, self.spec.sandboxer, phase, self.pid)
         if phase is Phase.STOPPING:
             left = 0.0 if record.kill_at is None else record.kill_at - time.time()
             self._kill_deadline = trio.current_time() + max(0.0, left)
@@ -686,7 +692,7 @@ class SandboxActor:
         self.phase = transition.next_phase
         self._dirty = True
         self._arm_lifetime(self.spec.options.lifetime_secs)
-        _lifecycle_log.started(self.sandbox_id, self.spec.sandboxer, self.pid)
+        self._context.lifecycle.started(self.sandbox_id, self.spec.sandboxer, self.pid)
         self._context.publish(SandboxEvent(TOPIC_START, self.sandbox_id, self.started_at))
         if reply is not None:
             self._answer(
@@ -860,7 +866,7 @@ class SandboxActor:
             self.process.cleanup()
         # What killed it, when its backend knows (the OOM killer), else the runtime's reason.
         self.reason = exit_reason(self.process) or self.reason
-        _lifecycle_log.exited(
+        self._context.lifecycle.exited(
             self.sandbox_id, self.spec.sandboxer, status, before, self.reason, self.exit_known
         )
         self._context.publish(
@@ -885,7 +891,7 @@ class SandboxActor:
         self._context.forget(self)
         if self.output is not None:
             self.output.remove()
-        _lifecycle_log.deleted(self.sandbox_id, self.spec.sandboxer)
+        self._context.lifecycle.deleted(self.sandbox_id, self.spec.sandboxer)
         self._context.publish(SandboxEvent(TOPIC_DELETE, self.sandbox_id, _now()))
         shutdowns, self._shutdown_parked = self._shutdown_parked, None
         for reply in shutdowns or ():

@@ -51,6 +51,7 @@ from ._actor import ActorContext, SandboxActor
 from ._events import DEFAULT_SUBSCRIBER_BUFFER, EventBus, Subscription
 from ._exec import CHUNK_SIZE, MAX_EXEC_SYNC_OUTPUT, ExecSession, check_timeout, resolve
 from ._lifecycle import Input, Phase, decide
+from ._lifecycle_log import LifecycleLog
 from ._logs import DEFAULT_MAX_LOG_BYTES, LogDirectory, LogReader
 from ._reply import Reply, Waiter
 from ._store import SandboxStore
@@ -180,6 +181,8 @@ class Controller:
             self._logs.open()
             async with trio.open_nursery() as processes, trio.open_nursery() as actors:
                 store = self.store
+                lifecycle = LifecycleLog()
+                processes.start_soon(lifecycle.run, name="sandboxd: lifecycle log")
                 self._context = ActorContext(
                     write=None if store is None else store.write,
                     stop_timeout=self.stop_timeout,
@@ -187,6 +190,7 @@ class Controller:
                     publish=self._events.publish,
                     forget=self._forget,
                     logs=self._logs,
+                    lifecycle=lifecycle,
                 )
                 self._actor_nursery = actors
                 if store is not None:
