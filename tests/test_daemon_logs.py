@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import Any
 
 import pytest
@@ -23,6 +24,7 @@ from daemons import Daemon, Daemons
 from procs import Reaper
 from sandboxd import SandboxOptions, connect
 from sandboxd.rpc._refusals import RefusalLog
+from sandboxd.runtime import _lifecycle_log
 from sim_controller import running
 
 pytestmark = pytest.mark.usefixtures("watchdog")
@@ -202,3 +204,25 @@ async def test_the_embedded_controller_logs_through_the_applications_logging(
         ("INFO", "deleted", "never-run", None),
     ]
     assert logging.getLogger("sandboxd").handlers == []  # the runtime configured nothing
+
+
+async def test_a_lifecycle_record_is_the_record_makerecord_makes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The daemon turns these off; the runtime then makes its records itself, faster.
+    for flag in ("logThreads", "logProcesses", "logMultiprocessing", "logAsyncioTasks"):
+        monkeypatch.setattr(logging, flag, False, raising=False)
+    assert _lifecycle_log._fixed()
+    now = time.time_ns()
+    made = _lifecycle_log._record(now, logging.INFO, "sandbox %s created", ("a",))
+    logger = _lifecycle_log.log
+    expected = logger.makeRecord(
+        logger.name, logging.INFO, _lifecycle_log.__file__, 0, "sandbox %s created", ("a",), None
+    )
+    assert vars(made).keys() == vars(expected).keys()
+    timing = {"created", "msecs", "relativeCreated"}
+    assert {k: v for k, v in vars(made).items() if k not in timing} == {
+        k: v for k, v in vars(expected).items() if k not in timing
+    }
+    assert made.created == now / 1e9
+    assert made.getMessage() == "sandbox a created"
