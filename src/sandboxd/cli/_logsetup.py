@@ -108,7 +108,9 @@ class JSONFormatter(logging.Formatter):
 class _Lines(logging.Handler):
     """Formats each record where it is logged and queues the line for the writer thread."""
 
-    def __init__(self, formatter: logging.Formatter, lines: queue.SimpleQueue[str | None]):
+    def __init__(
+        self, formatter: logging.Formatter, lines: queue.SimpleQueue[str | threading.Event | None]
+    ) -> None:
         super().__init__()
         self.setFormatter(formatter)
         self._put = lines.put_nowait
@@ -129,12 +131,20 @@ class LogWriter:
 
     def __init__(self, stream: TextIO, formatter: logging.Formatter) -> None:
         self._stream = stream
-        self._queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        # Lines; None: the end; an Event: set it once what came before is written.
+        self._queue: queue.SimpleQueue[str | threading.Event | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="sandboxd: log", daemon=True)
         self.handler: logging.Handler = _Lines(formatter, self._queue)
 
     def start(self) -> None:
         self._thread.start()
+
+    def flush(self) -> None:
+        """Return once every line logged so far is written (blocks: not in the event loop)."""
+        if self._thread.is_alive():
+            written = threading.Event()
+            self._queue.put(written)
+            written.wait()
 
     def stop(self) -> None:
         """Write what is queued, then end the thread.  Lines logged later are lost."""
@@ -146,22 +156,25 @@ class LogWriter:
         get, get_nowait = self._queue.get, self._queue.get_nowait
         while True:
             batch = [get()]
-            if batch[-1] is not None:
+            if type(batch[-1]) is str:
                 time.sleep(_GATHER)
-                while batch[-1] is not None:
+                while type(batch[-1]) is str:
                     try:
                         batch.append(get_nowait())
                     except queue.Empty:
                         break
-            lines = [line for line in batch if line is not None]
+            lines = [line for line in batch if type(line) is str]
             try:
                 if lines:
                     self._stream.write("\n".join(lines) + "\n")
                     self._stream.flush()
             except (OSError, ValueError):
                 pass  # stderr is gone: nothing can be told of it
-            if batch[-1] is None:
+            last = batch[-1]
+            if last is None:
                 return
+            if isinstance(last, threading.Event):
+                last.set()
 
 
 def configure(level: str, fmt: str, stream: TextIO) -> LogWriter:

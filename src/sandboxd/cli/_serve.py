@@ -10,7 +10,7 @@ import os
 import pwd
 import signal
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -235,6 +235,7 @@ async def _serve(
     server_options: Mapping[str, Any],
     ready_fd: int | None = None,
     max_log_bytes: int = DEFAULT_MAX_LOG_BYTES,
+    flush_log: Callable[[], None] = lambda: None,
 ) -> None:
     logs = os.path.join(state_dir, "logs")
     cgroups, described = detect_cgroups(parent_name(state_dir))
@@ -274,6 +275,8 @@ async def _serve(
             path = await nursery.start(server.serve_unix, socket_path)
             log.info("sandboxd %s listening on %s", __version__, path)
             if ready_fd is not None:
+                # Whoever waits on it may read the log at once: it holds what led here.
+                await trio.to_thread.run_sync(flush_log)
                 _tell_ready(ready_fd, path)
             async for signum in signals:
                 log.info("%s received: shutting down", signal.Signals(signum).name)
@@ -312,7 +315,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     writer = configure(args.log_level, args.log_format, sys.stderr)
     try:
-        failure = _main(args)
+        failure = _main(args, writer.flush)
     finally:
         writer.stop()
     if failure is None:
@@ -322,7 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 1
 
 
-def _main(args: argparse.Namespace) -> str | None:
+def _main(args: argparse.Namespace, flush_log: Callable[[], None]) -> str | None:
     """Serve until a signal; what went wrong (for stderr, after the log), or None."""
     socket_path = args.socket or default_socket_path()
     state_dir = args.state_dir or default_state_dir()
@@ -351,6 +354,7 @@ def _main(args: argparse.Namespace) -> str | None:
             _server_options(args),
             args.ready_fd,
             args.max_log_bytes,
+            flush_log,
         )
     except* SocketInUseError as group:
         in_use = _first(group)
