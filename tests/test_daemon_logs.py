@@ -116,7 +116,7 @@ async def test_a_restarted_daemon_logs_each_sandbox_it_takes_up(
     assert await second.terminate() == 0
     logged = [line.partition(" sandboxd.sandbox: ") for line in second.output().splitlines()]
     assert sorted(line for _, sep, line in logged if sep and " recovered " in line) == [
-        f"sandbox sleeper recovered ready, pid {pid} (sandboxer process)",
+        f"sandbox sleeper recovered ready: adopted its running process {pid} (sandboxer process)",
         "sandbox unstarted recovered created (sandboxer sim)",
     ]
 
@@ -154,7 +154,7 @@ async def test_refusals_are_logged_once_per_kind_per_interval(
         return found
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(refusals.run)
+        refusals.nursery = nursery
         for n in range(50):
             refusals.warn("calls", "call %d refused", n)
         refusals.warn("oversized", "frame refused")

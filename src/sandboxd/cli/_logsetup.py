@@ -106,14 +106,12 @@ class JSONFormatter(logging.Formatter):
 
 @final
 class _Lines(logging.Handler):
-    """Formats each record where it is logged and queues the line for the writer thread."""
+    """Formats each record where it is logged and hands the line to ``writer``."""
 
-    def __init__(
-        self, formatter: logging.Formatter, lines: queue.SimpleQueue[str | threading.Event | None]
-    ) -> None:
+    def __init__(self, formatter: logging.Formatter, writer: LogWriter) -> None:
         super().__init__()
         self.setFormatter(formatter)
-        self._put = lines.put_nowait
+        self._writer = writer
 
     def handle(self, record: logging.LogRecord) -> bool:
         # No filters, and the queue needs no lock.
@@ -121,60 +119,84 @@ class _Lines(logging.Handler):
             line = self.format(record)
         except Exception as exc:
             line = f"cannot format a log record of {record.name}: {exc!r}: {record.msg!r}"
-        self._put(line)
+        if record.levelno >= logging.WARNING:
+            self._writer.write_now(line)
+        else:
+            self._writer.queue(line)
         return True
 
 
 @final
 class LogWriter:
-    """The thread that writes the lines of :attr:`handler`'s records to ``stream``."""
+    """The thread that writes the lines of :attr:`handler`'s records to ``stream``.
+
+    A line of INFO or below waits at most ``_GATHER`` seconds, with those that follow it;
+    a warning or an error is written, with every line before it, before the call that
+    logged it returns (they are few: the server's refusals are rate-limited).
+    """
 
     def __init__(self, stream: TextIO, formatter: logging.Formatter) -> None:
         self._stream = stream
         # Lines; None: the end; an Event: set it once what came before is written.
-        self._queue: queue.SimpleQueue[str | threading.Event | None] = queue.SimpleQueue()
+        self._lines: queue.SimpleQueue[str | threading.Event | None] = queue.SimpleQueue()
+        self.queue = self._lines.put_nowait
+        self._hurry = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sandboxd: log", daemon=True)
-        self.handler: logging.Handler = _Lines(formatter, self._queue)
+        self.handler: logging.Handler = _Lines(formatter, self)
 
     def start(self) -> None:
         self._thread.start()
 
+    def write_now(self, line: str) -> None:
+        """Write ``line`` after the lines queued before it; return once it is written."""
+        if not self._thread.is_alive():
+            self._write([line])
+            return
+        self._lines.put(line)
+        self.flush()
+
     def flush(self) -> None:
-        """Return once every line logged so far is written (blocks: not in the event loop)."""
+        """Return once every line logged so far is written."""
         if self._thread.is_alive():
             written = threading.Event()
-            self._queue.put(written)
+            self._lines.put(written)
+            self._hurry.set()
             written.wait()
 
     def stop(self) -> None:
-        """Write what is queued, then end the thread.  Lines logged later are lost."""
+        """Write what is queued, then end the thread.  Lines logged later are written at
+        once, by the caller."""
         if self._thread.is_alive():
-            self._queue.put(None)
+            self._lines.put(None)
+            self._hurry.set()
             self._thread.join()
 
     def _run(self) -> None:
-        get, get_nowait = self._queue.get, self._queue.get_nowait
+        get, get_nowait = self._lines.get, self._lines.get_nowait
         while True:
             batch = [get()]
             if type(batch[-1]) is str:
-                time.sleep(_GATHER)
+                self._hurry.wait(_GATHER)
+                self._hurry.clear()
                 while type(batch[-1]) is str:
                     try:
                         batch.append(get_nowait())
                     except queue.Empty:
                         break
-            lines = [line for line in batch if type(line) is str]
-            try:
-                if lines:
-                    self._stream.write("\n".join(lines) + "\n")
-                    self._stream.flush()
-            except (OSError, ValueError):
-                pass  # stderr is gone: nothing can be told of it
+            self._write([line for line in batch if type(line) is str])
             last = batch[-1]
             if last is None:
                 return
             if isinstance(last, threading.Event):
                 last.set()
+
+    def _write(self, lines: list[str]) -> None:
+        try:
+            if lines:
+                self._stream.write("\n".join(lines) + "\n")
+                self._stream.flush()
+        except (OSError, ValueError):
+            pass  # stderr is gone: nothing can be told of it
 
 
 def configure(level: str, fmt: str, stream: TextIO) -> LogWriter:

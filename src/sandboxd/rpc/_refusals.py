@@ -36,15 +36,18 @@ class RefusalLog:
     seconds (of trio's clock) plus one line counting those not logged in it.
 
     Every record has the fields ``refusal`` (the kind) and, on a count, ``suppressed``.
-    :meth:`warn` never blocks; the counts are logged by :meth:`run` (a task of the server's)
-    and by :meth:`flush`.
+    :meth:`warn` never blocks.  A count is logged once its interval is over by a task
+    started in :attr:`nursery` (the server sets it while it serves; without one, only the
+    next refusal of its kind or :meth:`flush` logs it).
     """
 
     def __init__(self, logger: logging.Logger, interval: float = DEFAULT_INTERVAL) -> None:
         self._log = logger
         self.interval = interval
         self._kinds: dict[str, _Kind] = {}
-        self._counted = trio.Event()
+        #: Where the task that logs the counts runs.
+        self.nursery: trio.Nursery | None = None
+        self._reporting = False
 
     def warn(self, kind: str, message: str, *args: Any) -> None:
         """Log ``message % args`` unless a refusal of ``kind`` was logged less than an
@@ -54,7 +57,12 @@ class RefusalLog:
         if entry is not None and now < entry.until:
             entry.suppressed += 1
             entry.last = (message, args)
-            self._counted.set()
+            if not self._reporting and self.nursery is not None:
+                try:
+                    self.nursery.start_soon(self._report_when_due)
+                    self._reporting = True
+                except RuntimeError:  # the nursery is closed
+                    self.nursery = None
             return
         if entry is not None and entry.suppressed:
             self._report(kind, entry)
@@ -90,12 +98,12 @@ class RefusalLog:
                 due = min(due, entry.until)
         return due
 
-    async def run(self) -> None:
-        """Log each count once its interval is over, until cancelled."""
-        while True:
-            await self._counted.wait()
-            self._counted = trio.Event()
+    async def _report_when_due(self) -> None:
+        """Log each count once its interval is over, until none is left to log."""
+        try:
             due = self._flush(trio.current_time())
             while due != math.inf:
                 await trio.sleep_until(due)
                 due = self._flush(trio.current_time())
+        finally:
+            self._reporting = False

@@ -800,7 +800,7 @@ class Server:
                         shut,
                     )
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self.refusals.run)
+                self.refusals.nursery = nursery
                 task_status.started(path)
                 with self._stop_accepting:
                     await self._accept_loop(listener, nursery)

@@ -488,9 +488,7 @@ class SandboxActor:
             self.exit_status = record.exit_status
             self.exited_at = record.exited_at
             self.exit_known = record.exit_known
-            self._context.lifecycle.recovered(
-                self.sandbox_id, self.spec.sandboxer, phase, self.pid
-            )
+            self._context.lifecycle.recovered(self.sandbox_id, self.spec.sandboxer, phase, 0)
             return True
         self._dirty = True
         process = self._backend.adopt(

@@ -181,8 +181,7 @@ class Controller:
             self._logs.open()
             async with trio.open_nursery() as processes, trio.open_nursery() as actors:
                 store = self.store
-                lifecycle = LifecycleLog()
-                processes.start_soon(lifecycle.run, name="sandboxd: lifecycle log")
+                lifecycle = LifecycleLog(processes)
                 self._context = ActorContext(
                     write=None if store is None else store.write,
                     stop_timeout=self.stop_timeout,
@@ -228,6 +227,7 @@ class Controller:
                 actors.start_soon(actor.run, name=f"sandbox {spec.sandbox_id}")
             else:
                 await store.delete(spec.sandbox_id)
+        context.lifecycle.flush()  # before the daemon says it is ready
         if records:
             log.info("recovered %d sandboxes from %s", len(self._actors), store.path)
         await self._sweep_cgroups()

@@ -99,50 +99,47 @@ def _handle(lines: list[_Line]) -> None:
 class LifecycleLog:
     """Logs the lines of this module's docstring, as :func:`created` and its siblings say.
 
-    Without :meth:`run`, each line is logged as it happens.  While :meth:`run` runs (the
-    Controller runs it), the lines are kept a moment (at most ``delay`` seconds) and logged
-    together: made one after the other, a few hundred records cost a third of what they
-    cost one at a time between the event loop's other work.  Each record has the time of
-    its change, not of its logging.
+    Given no ``nursery``, each line is logged as it happens.  Given one (the Controller
+    gives its own), the lines are kept a moment (at most ``delay`` seconds, by a task
+    started there when the first comes) and logged together: made one after the other, a
+    few hundred records cost far less than made one at a time between the event loop's
+    other work.  Each record has the time of its change, not of its logging.  Once the
+    nursery is closed, lines are logged as they happen again.
     """
 
-    def __init__(self, delay: float = DEFAULT_DELAY) -> None:
+    def __init__(self, nursery: trio.Nursery | None = None, delay: float = DEFAULT_DELAY):
         self.delay = delay
-        self._pending: list[_Line] | None = None
-        self._arrived = trio.Event()
+        self._nursery = nursery
+        self._pending: list[_Line] = []
 
     def _emit(
         self, level: int, message: str, args: tuple[Any, ...], fields: dict[str, Any]
     ) -> None:
         # Arguments, not a formatted string: formatting waits for a handler that wants it.
         line = (time.time_ns(), level, message, args, fields)
-        pending = self._pending
-        if pending is None:
+        if self._nursery is None:
             _handle([line])
-        else:
-            pending.append(line)
-            if len(pending) == 1:
-                self._arrived.set()
+            return
+        pending = self._pending
+        pending.append(line)
+        if len(pending) == 1:
+            try:
+                self._nursery.start_soon(self._flush_later, name="sandboxd: lifecycle log")
+            except RuntimeError:  # the nursery is closed
+                self._nursery = None
+                self.flush()
+
+    async def _flush_later(self) -> None:
+        try:
+            await trio.sleep(self.delay)
+        finally:
+            self.flush()
 
     def flush(self) -> None:
         """Log the lines kept so far."""
         if self._pending:
             lines, self._pending = self._pending, []
             _handle(lines)
-
-    async def run(self) -> None:
-        """Keep lines a moment and log them together, until cancelled (then log the rest
-        and go back to logging each line as it happens)."""
-        self._pending = []
-        try:
-            while True:
-                await self._arrived.wait()
-                self._arrived = trio.Event()
-                await trio.sleep(self.delay)
-                self.flush()
-        finally:
-            self.flush()
-            self._pending = None
 
     def created(self, sandbox_id: str, sandboxer: str) -> None:
         """The sandbox was created (recorded, not started)."""
@@ -220,8 +217,9 @@ class LifecycleLog:
     def recovered(
         self, sandbox_id: str, sandboxer: str, phase: Phase, pid: int, ended: bool = False
     ) -> None:
-        """The runtime took up again a sandbox an earlier run recorded, in ``phase``; ``ended``:
-        its process ended while the runtime was down (a WARNING)."""
+        """The runtime took up again a sandbox an earlier run recorded, in ``phase``, its
+        running process ``pid`` adopted (0: none); ``ended``: its process ended while the
+        runtime was down (a WARNING)."""
         level = logging.WARNING if ended else _INFO
         if not log.isEnabledFor(level):
             return
@@ -239,7 +237,7 @@ class LifecycleLog:
             )
             args: tuple[Any, ...] = (sandbox_id, state, sandboxer)
         elif pid > 0:
-            message = "sandbox %s recovered %s, pid %d (sandboxer %s)"
+            message = "sandbox %s recovered %s: adopted its running process %d (sandboxer %s)"
             args = (sandbox_id, state, pid, sandboxer)
         else:
             message = "sandbox %s recovered %s (sandboxer %s)"
