@@ -97,7 +97,7 @@ def _handle(lines: list[_Line]) -> None:
 
 @final
 class LifecycleLog:
-    """Logs the lines of this module's docstring, as :func:`created` and its siblings say.
+    """Logs the lines this module's docstring describes, one method per kind of change.
 
     Given no ``nursery``, each line is logged as it happens.  Given one (the Controller
     gives its own), the lines are kept a moment (at most ``delay`` seconds, by a task
@@ -107,7 +107,7 @@ class LifecycleLog:
     nursery is closed, lines are logged as they happen again.
     """
 
-    def __init__(self, nursery: trio.Nursery | None = None, delay: float = DEFAULT_DELAY):
+    def __init__(self, nursery: trio.Nursery | None = None, delay: float = DEFAULT_DELAY) -> None:
         self.delay = delay
         self._nursery = nursery
         self._pending: list[_Line] = []
