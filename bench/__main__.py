@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from . import cli, report
+from . import cli, logcost, report
 from .calls import (
     BASELINE_CALL,
     CALLS,
@@ -56,7 +56,8 @@ from .servers import REPO, SANDBOXD, Served, ServerFailed, measure, serving
 DEFAULT_JSON: Final = REPO / "bench" / "results" / "latest.json"
 CLIENTS, THROUGHPUT, LIFECYCLE, SCALING = "clients", "throughput", "lifecycle", "scaling"
 CLI: Final = "cli"
-SECTIONS: Final = (THROUGHPUT, LIFECYCLE, SCALING, CLI)
+LOGGING = "logging"
+SECTIONS: Final = (THROUGHPUT, LIFECYCLE, LOGGING, SCALING, CLI)
 SERVERS: Final = {
     FLOOR: "{python} -m bench.floor --socket {socket} --ready-fd {ready_fd}",
     UNDER_TEST: SANDBOXD,
@@ -330,6 +331,8 @@ def failed(out: dict[str, Any]) -> bool:
         or "error" in lifecycle.get("profile", {})
         or "error" in lifecycle.get("embedded", {})
         or "error" in out["cli"]
+        or "error" in out["logging"]
+        or "errors" in out["logging"]
     )
 
 
@@ -386,6 +389,11 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     add("--sections", type=names(SECTIONS), default=",".join(SECTIONS), help="load sections")
     add("--counts", type=counts, help="idle sandbox counts of the scaling section")
     add("--py-spy", type=Path, metavar="FILE", help="profile the daemon under sim x64")
+    add(
+        "--logging-baseline",
+        metavar="CMD",
+        help="the logging section also measures this command (e.g. an older sandboxd)",
+    )
     args = parser.parse_args(argv)
     if args.sandboxd_cmd and "{state_dir}" not in args.sandboxd_cmd:
         progress(
@@ -438,6 +446,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         progress(f"{LIFECYCLE}: starting sandboxd")
         run = lambda: lifecycles(sandboxd, load, args.py_spy)  # noqa: E731
         lifecycle = attempt(LIFECYCLE, errors, run) or {"error": errors[LIFECYCLE]}
+    logged: dict[str, Any] = {}
+    if LOGGING in args.sections:
+        progress(f"{LOGGING}: lifecycles with the daemon's log on and off")
+        window = (settings.repeat, load.lifecycle_warmup, load.lifecycle_duration)
+        run = lambda: logcost.measure_logging(sandboxd, args.logging_baseline, *window)  # noqa: E731
+        logged = attempt(LOGGING, errors, run) or {"error": errors[LOGGING]}
     scaled: dict[str, Any] = {}
     if SCALING in args.sections:
         progress(f"{SCALING}: starting sandboxd")
@@ -465,6 +479,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "load_settings": dataclasses.asdict(load),
         **summarize(args, plan, runs, errors),
         "lifecycles": lifecycle,
+        "logging": logged,
         "scaling": scaled,
         "cli": timed,
         "errors": errors,

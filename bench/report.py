@@ -36,6 +36,8 @@ INFLIGHT_POINTS: Final = ((1, 1), (1, 16), (1, 64), (1, 256))
 CONNECTION_POINTS: Final = ((4, 64), (16, 64))
 THROUGHPUT_POINTS: Final = (*INFLIGHT_POINTS, *CONNECTION_POINTS)
 LIFECYCLE_POINTS: Final = (("sim", 1), ("sim", 64), ("process", 1), ("process", 64))
+#: The points of the logging section (bench/logcost.py).
+LOGGING_POINTS: Final = (("sim", 1), ("sim", 64))
 PROFILED_POINT: Final = ("sim", 64)
 
 
@@ -338,6 +340,25 @@ def lifecycle_table(result: dict[str, Any]) -> str:
     return labelled_table(header, rows, cells)
 
 
+def logging_table(result: dict[str, Any]) -> str:
+    """Lifecycles/s per variant and point, and logging on as a fraction of the others."""
+    summary, ratios = result["summary"], result["ratios"]
+    cpu, cpu_ratios = result["cpu_us_per_lifecycle"], result["cpu_ratios"]
+    rows = []
+    for sandboxer, n in LOGGING_POINTS:
+        point = f"{sandboxer}:{n}"
+        row = [f"{sandboxer} x {n}"]
+        row += [fmt(summary.get(name, {}).get(point), "throughput") for name in summary]
+        row += [fmt_ratio(ratios[key].get(point)) for key in ratios]
+        row += [fmt(cpu.get(name, {}).get(point), "latency") for name in cpu]
+        row += [fmt_ratio(cpu_ratios[key].get(point)) for key in cpu_ratios]
+        rows.append(row)
+    header = ["point", *(f"logging {name} (lifecycles/s)" for name in summary), *ratios]
+    header += [f"daemon CPU/lifecycle, {name} (us)" for name in cpu]
+    header += [f"CPU {key}" for key in cpu_ratios]
+    return md_table(header, rows)
+
+
 def scaling_table(result: dict[str, Any]) -> str:
     points = result.get("points", [])
     base = points[0]["status"]["p50_us"] if points else None
@@ -479,6 +500,14 @@ def targets(out: dict[str, Any]) -> list[Target]:
             ">= 1",
             "{m:,.0f} lifecycles/s",
         ),
+        target(
+            "sim lifecycles/s, 64 concurrent, with the daemon's log on vs off",
+            ">= 0.9x",
+            num(out.get("logging", {}), "summary", "on", "sim:64"),
+            num(out.get("logging", {}), "summary", "off", "sim:64"),
+            ">= 0.9",
+            "{m:,.0f} lifecycles/s on, {r:,.0f} off",
+        ),
     ]
 
 
@@ -530,6 +559,11 @@ def publish(out: dict[str, Any], plan: dict[str, list[str]], path: Path) -> None
             show("Daemon profile (py-spy)", profile_table(spy))
         elif spy:
             print(f"\npy-spy: FAILED: {spy.get('error')}", file=sys.stderr)
+    logged = out.get("logging")
+    if logged and "summary" in logged:
+        logged["table"] = show("The daemon's log and the lifecycle rate", logging_table(logged))
+    elif logged:
+        print(f"\nlogging: FAILED: {logged.get('error')}", file=sys.stderr)
     if out["scaling"]:
         out["scaling"]["table"] = show(
             "Scaling with idle sandboxes", scaling_table(out["scaling"])

@@ -25,6 +25,7 @@ import pytest
 
 from daemons import BIN, STARTUP, ReadyPipe, daemon_env
 from sandboxd import Internal, SandboxState
+from sandboxd._status_shape import STATES
 from sandboxd.api import CONTROLLER_SERVICE, RUNTIME_SERVICE
 from sandboxd.api import _convert as convert
 from sandboxd.api._client_common import decode_reply
@@ -140,7 +141,7 @@ def test_the_hot_commands_import_neither_argparse_nor_the_models(socket_path: st
 
 def test_the_hot_path_knows_the_services_and_the_states() -> None:
     assert (_hot.RUNTIME_SERVICE, _hot.CONTROLLER_SERVICE) == (RUNTIME_SERVICE, CONTROLLER_SERVICE)
-    assert {state.value for state in SandboxState} == _hot.STATES
+    assert {state.value for state in SandboxState} == STATES
 
 
 # -- the hot path says what the full one says ---------------------------------------------------

@@ -41,6 +41,7 @@ from .._models import (
     check_page_token,
     check_sandbox_id,
 )
+from .._status_shape import plain_status
 from ..wire import MAX_PAYLOAD
 
 Message = Mapping[str, Any]
@@ -537,29 +538,10 @@ _STATES: Final = {state.value: state for state in SandboxState}
 
 
 def status_from(msg: Message) -> SandboxStatus:
-    # The checks of _status_refused, made in one expression (List decodes thousands of
-    # statuses a page); on any doubt that one says what is wrong.
-    get = msg.get
-    sandbox_id, pid, state = get("sandbox_id"), get("pid"), get("state")
-    info, created_at, exited_at, extra = (
-        get("info", {}),
-        get("created_at"),
-        get("exited_at"),
-        get("extra"),
-    )
-    if not (
-        type(sandbox_id) is str
-        and type(pid) is int
-        and type(state) is str
-        and state in _STATES
-        and type(info) is dict
-        and all(type(k) is str and type(v) is str for k, v in info.items())
-        and type(created_at) is datetime
-        and created_at.tzinfo is not None
-        and (exited_at is None or (type(exited_at) is datetime and exited_at.tzinfo is not None))
-        and (extra is None or type(extra) is dict)
-    ):
-        _status_refused(msg)
+    fields = plain_status(msg)
+    if fields is None:
+        _status_refused(msg)  # says what is wrong
+    sandbox_id, pid, state, info, created_at, exited_at, extra = fields
     return SandboxStatus(sandbox_id, pid, _STATES[state], info, created_at, exited_at, extra)
 
 

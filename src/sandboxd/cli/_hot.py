@@ -21,7 +21,6 @@ from .._version import __version__
 RUNTIME_SERVICE: Final = "sandboxd.v1.Runtime"
 CONTROLLER_SERVICE: Final = "sandboxd.v1.Controller"
 #: The values of :class:`~sandboxd.SandboxState` (tests/test_cli_imports.py checks).
-STATES: Final = frozenset({"created", "ready", "stopping", "stopped"})
 
 # The global options that take a value.
 _VALUED: Final = ("--socket", "--call-timeout")
@@ -144,29 +143,13 @@ def status_message(reply: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _plain_status(reply: Mapping[str, Any]) -> dict[str, Any] | None:
-    # Imported here, not for ``version``: cbor2 has imported it if the reply holds a time.
-    from datetime import datetime
+    # Imported here, not for ``version``: it imports datetime.
+    from .._status_shape import plain_status
 
-    sandbox_id = reply.get("sandbox_id")
-    pid = reply.get("pid")
-    state = reply.get("state")
-    info = reply.get("info", {})
-    created_at = reply.get("created_at")
-    exited_at = reply.get("exited_at")
-    extra = reply.get("extra")
-    if not (
-        type(sandbox_id) is str
-        and type(pid) is int
-        and type(state) is str
-        and state in STATES
-        and type(info) is dict
-        and all(type(k) is str and type(v) is str for k, v in info.items())
-        and type(created_at) is datetime
-        and created_at.tzinfo is not None
-        and (exited_at is None or (type(exited_at) is datetime and exited_at.tzinfo is not None))
-        and (extra is None or type(extra) is dict)
-    ):
+    fields = plain_status(reply)
+    if fields is None:
         return None
+    sandbox_id, pid, state, info, created_at, exited_at, extra = fields
     msg = {
         "sandbox_id": sandbox_id,
         "pid": pid,

@@ -10,7 +10,7 @@ import os
 import pwd
 import signal
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -38,6 +38,7 @@ from ..runtime import (
     StoreCorrupt,
     preferred_sandboxer,
 )
+from ._logsetup import FORMATS, TEXT, configure
 
 log = logging.getLogger("sandboxd")
 
@@ -211,7 +212,16 @@ def _parser() -> argparse.ArgumentParser:
         "--log-level",
         default="info",
         choices=["debug", "info", "warning", "error"],
-        help="least severe messages logged to stderr (default info)",
+        help="least severe messages logged to stderr (default info: one line per lifecycle "
+        "change of every sandbox, and warnings; error leaves only errors)",
+    )
+    serve.add_argument(
+        "--log-format",
+        default=TEXT,
+        choices=FORMATS,
+        help="text: '<time> <LEVEL> <logger>: <message>' lines; json: one JSON object per "
+        "line (time, level, logger, message, and fields such as sandbox_id, event, "
+        "exit_status, reason), for journald and log shippers (default text)",
     )
     _add_access_and_limit_options(serve)
     return parser
@@ -225,6 +235,7 @@ async def _serve(
     server_options: Mapping[str, Any],
     ready_fd: int | None = None,
     max_log_bytes: int = DEFAULT_MAX_LOG_BYTES,
+    flush_log: Callable[[], None] = lambda: None,
 ) -> None:
     logs = os.path.join(state_dir, "logs")
     cgroups, described = detect_cgroups(parent_name(state_dir))
@@ -258,6 +269,8 @@ async def _serve(
             path = await nursery.start(server.serve_unix, socket_path)
             log.info("sandboxd %s listening on %s", __version__, path)
             if ready_fd is not None:
+                # Whoever waits on it may read the log at once: it holds what led here.
+                await trio.to_thread.run_sync(flush_log)
                 _tell_ready(ready_fd, path)
             async for signum in signals:
                 log.info("%s received: shutting down", signal.Signals(signum).name)
@@ -294,11 +307,20 @@ def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    writer = configure(args.log_level, args.log_format, sys.stderr)
+    try:
+        failure = _main(args, writer.flush)
+    finally:
+        writer.stop()
+    if failure is None:
+        return 0
+    for line in failure.splitlines():
+        print(f"sandboxd: {line}", file=sys.stderr)
+    return 1
+
+
+def _main(args: argparse.Namespace, flush_log: Callable[[], None]) -> str | None:
+    """Serve until a signal; what went wrong (for stderr, after the log), or None."""
     socket_path = args.socket or default_socket_path()
     state_dir = args.state_dir or default_state_dir()
     try:
@@ -310,14 +332,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         ensure_private_dir(state_dir)
         ensure_private_dir(os.path.join(state_dir, "logs"))
     except OSError as exc:
-        print(f"sandboxd: {exc}", file=sys.stderr)
-        return 1
+        return str(exc)
     try:
         store = SandboxStore.open(state_dir, durable=args.durable)
     except StoreCorrupt as exc:
-        print(f"sandboxd: {exc}", file=sys.stderr)
-        print(f"sandboxd: {_NEVER_REPLACED}", file=sys.stderr)
-        return 1
+        return f"{exc}\n{_NEVER_REPLACED}"
     failure: str | None = None
     try:
         trio.run(
@@ -329,6 +348,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             _server_options(args),
             args.ready_fd,
             args.max_log_bytes,
+            flush_log,
         )
     except* SocketInUseError as group:
         in_use = _first(group)
@@ -340,8 +360,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         failure = f"cannot listen on {socket_path}: {_first(group)}"
     finally:
         store.close()
-    if failure is not None:
-        for line in failure.splitlines():
-            print(f"sandboxd: {line}", file=sys.stderr)
-        return 1
-    return 0
+    return failure

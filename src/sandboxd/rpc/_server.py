@@ -103,6 +103,7 @@ from ._methods import (
     ReceivedMessages,
     Services,
 )
+from ._refusals import RefusalLog
 from ._transport import PeerStalledError, Transport
 from ._unix import bind_unix, group_id, peer_credentials, socket_dir_shut_to, unlink_if_ours
 
@@ -299,6 +300,7 @@ class _ServerStream(ReceivedMessages):
             error = ResourceExhausted(
                 f"{self.name}: the client took nothing of its full window for {stall_timeout:g} s"
             )
+            self._conn.refused("stalled", error)
             self.call.end_with(error)
             raise error
 
@@ -401,6 +403,12 @@ class _Connection:
         # The deadline timer's sleep, once a deferred call has brought one.
         self._timer: trio.CancelScope | None = None
 
+    def refused(self, kind: str, err: RPCError) -> None:
+        """Warn, rate-limited, that this peer was refused ``err`` (a refusal of ``kind``)."""
+        peer = self.peer
+        uid, pid = (-1, -1) if peer is None else (peer.uid, peer.pid)
+        self.server.refusals.warn(kind, "refused uid %d (pid %d): %s", uid, pid, err.message)
+
     async def read_loop(self) -> None:
         """Read and dispatch frames until the peer ends the stream.
 
@@ -438,13 +446,12 @@ class _Connection:
                         elif event.type == _REQUEST:
                             # Oversized frames of other types are skipped: only a request has
                             # a caller waiting on its stream id.
-                            self.reply_error(
-                                event.stream_id,
-                                ResourceExhausted(
-                                    f"frame of {event.length} bytes is over the "
-                                    f"{MAX_PAYLOAD}-byte limit"
-                                ),
+                            err = ResourceExhausted(
+                                f"frame of {event.length} bytes is over the "
+                                f"{MAX_PAYLOAD}-byte limit"
                             )
+                            self.refused("oversized", err)
+                            self.reply_error(event.stream_id, err)
                 finally:
                     transport.uncork()
                 if self._over:
@@ -477,12 +484,12 @@ class _Connection:
             stream.drained = None
             stream.inbox.clear()
             stream.inbox_bytes = 0
-            stream.call.end_with(
-                ResourceExhausted(
-                    f"{stream.name}: over {DEFAULT_WINDOW} bytes of the client's messages "
-                    f"were not taken for {stall_timeout:g} s"
-                )
+            stalled = ResourceExhausted(
+                f"{stream.name}: over {DEFAULT_WINDOW} bytes of the client's messages "
+                f"were not taken for {stall_timeout:g} s"
             )
+            self.refused("stalled", stalled)
+            stream.call.end_with(stalled)
         self._over.clear()
 
     def reply_error(self, stream_id: int, err: RPCError, soon: bool = False) -> None:
@@ -534,13 +541,12 @@ class _Connection:
             self._choose_envelope(frame.payload)
         stream_id = frame.stream_id
         if not stream_id & 1 or stream_id <= self._last_stream_id:
-            self.reply_error(
-                stream_id,
-                InvalidArgument(
-                    f"stream id {stream_id} is not odd and greater than the last one "
-                    f"({self._last_stream_id})"
-                ),
+            err = InvalidArgument(
+                f"stream id {stream_id} is not odd and greater than the last one "
+                f"({self._last_stream_id})"
             )
+            self.refused("protocol", err)
+            self.reply_error(stream_id, err)
             return
         self._last_stream_id = stream_id
         server = self.server
@@ -558,6 +564,8 @@ class _Connection:
             if server.draining:
                 raise Unavailable("server is shutting down")
         except RPCError as err:
+            if type(err) is InvalidArgument:  # a malformed envelope or payload
+                self.refused("protocol", err)
             self.reply_error(stream_id, err)
             return
         timeout_nano = request.timeout_nano
@@ -575,13 +583,12 @@ class _Connection:
             return
         limit = server.limits.max_calls_per_connection
         if len(self.calls) >= limit:
-            self.reply_error(
-                stream_id,
-                ResourceExhausted(
-                    f"too many calls in progress on this connection (limit {limit})",
-                    details=[{CALL_LIMIT_DETAIL: limit}],
-                ),
+            busy = ResourceExhausted(
+                f"too many calls in progress on this connection (limit {limit})",
+                details=[{CALL_LIMIT_DETAIL: limit}],
             )
+            self.refused("calls", busy)
+            self.reply_error(stream_id, busy)
             return
         if method.kind is MethodKind.DEFERRED:
             responder = _Deferred(self, ctx, method.result)
@@ -655,9 +662,9 @@ class _Connection:
             return
         if not flags & _NO_DATA:
             if stream.flow and stream.recv_credit <= 0:
-                stream.call.end_with(
-                    ResourceExhausted(f"{stream.name}: the client sent past its window")
-                )
+                overrun = ResourceExhausted(f"{stream.name}: the client sent past its window")
+                self.refused("protocol", overrun)
+                stream.call.end_with(overrun)
                 return
             # A flow-controlled client is bounded by its window; a plain one by pausing.
             if not stream.push(frame.payload) and not stream.flow and stream.drained is None:
@@ -794,6 +801,8 @@ class Server:
         self._stop_accepting = trio.CancelScope()
         self._grace = 0.0
         self._done = trio.Event()
+        #: Warnings of refused peers, each kind at most once per interval (see RefusalLog).
+        self.refusals = RefusalLog(log)
 
     @property
     def in_flight(self) -> int:
@@ -844,6 +853,7 @@ class Server:
                         shut,
                     )
             async with trio.open_nursery() as nursery:
+                self.refusals.nursery = nursery
                 task_status.started(path)
                 with self._stop_accepting:
                     await self._accept_loop(listener, nursery)
@@ -857,6 +867,7 @@ class Server:
         finally:
             listener.close()
             unlink_if_ours(path, inode)
+            self.refusals.flush()
             self._done.set()
 
     async def shutdown(self, grace: float | None = None) -> None:
@@ -889,8 +900,11 @@ class Server:
                 sock.close()
                 continue
             if peer.uid not in self.allowed_uids:
-                log.warning(
-                    "refusing connection from uid %d (pid %d): uid not allowed", peer.uid, peer.pid
+                self.refusals.warn(
+                    "uid",
+                    "refusing connection from uid %d (pid %d): uid not allowed",
+                    peer.uid,
+                    peer.pid,
                 )
                 _refuse(
                     sock, PermissionDenied(f"uid {peer.uid} is not allowed to use this socket")
@@ -898,7 +912,8 @@ class Server:
                 continue
             limits = self.limits
             if self._connections >= limits.max_connections:
-                log.warning(
+                self.refusals.warn(
+                    "connections",
                     "refusing connection from uid %d (pid %d): %d connections open",
                     peer.uid,
                     peer.pid,
@@ -931,8 +946,12 @@ class Server:
                     # The peer is gone (or broke the stream): its calls are cancelled.
                     nursery.cancel_scope.cancel()
             except* PeerStalledError as group:
-                log.warning(
-                    "disconnecting uid %d (pid %d): %s", peer.uid, peer.pid, group.exceptions[0]
+                self.refusals.warn(
+                    "stalled",
+                    "disconnecting uid %d (pid %d): %s",
+                    peer.uid,
+                    peer.pid,
+                    group.exceptions[0],
                 )
         finally:
             if conn is not None:

@@ -57,6 +57,7 @@ from ..backends import EXIT_UNKNOWN, Backend, ExecSpec, SandboxProcess, exit_rea
 from ._crash import ARMED, crash_at
 from ._exec import ExecRun
 from ._lifecycle import Effect, Input, Phase, decide
+from ._lifecycle_log import LifecycleLog
 from ._logs import LogDirectory, SandboxOutput
 from ._reply import Reply
 from ._store import Done, SandboxRecord, encode_record, encode_spec
@@ -89,6 +90,8 @@ class ActorContext:
     forget: Callable[[SandboxActor], None]
     #: Where the sandboxes' output is kept (opened); None keeps none.
     logs: LogDirectory | None = None
+    #: Where each change in a sandbox's life is logged.
+    lifecycle: LifecycleLog = attrs.field(factory=LifecycleLog)
 
 
 #: The crash point reached once a record in this phase is committed.
@@ -387,7 +390,7 @@ class SandboxActor:
             except RPCError as exc:
                 error = exc
         if error is None:
-            log.debug("sandbox %s: created (%s)", self.sandbox_id, self.spec.sandboxer)
+            self._context.lifecycle.created(self.sandbox_id, self.spec.sandboxer)
             self._context.publish(SandboxEvent(TOPIC_CREATE, self.sandbox_id, self.created_at))
         else:
             self.phase = Phase.GONE
@@ -495,6 +498,7 @@ class SandboxActor:
             self.exit_status = record.exit_status
             self.exited_at = record.exited_at
             self.exit_known = record.exit_known
+            self._context.lifecycle.recovered(self.sandbox_id, self.spec.sandboxer, phase, 0)
             return True
         self._dirty = True
         process = self._backend.adopt(
@@ -509,18 +513,22 @@ class SandboxActor:
                 self.phase = Phase.GONE  # it was being deleted: that is done now
                 if self.output is not None:
                     self.output.remove()
+                self._context.lifecycle.deleted(self.sandbox_id, self.spec.sandboxer)
                 return False
             self.phase = Phase.STOPPED
             self.exit_status = EXIT_UNKNOWN
             self.exit_known = False
             self.exited_at = _now()
             self._finish_output()
-            log.warning("sandbox %s: its process ended while sandboxd was down", self.sandbox_id)
+            sandboxer = self.spec.sandboxer
+            self._context.lifecycle.recovered(
+                self.sandbox_id, sandboxer, self.phase, self.pid, ended=True
+            )
             return True
         self.process = process
         self.phase = phase
         self._read_output(process)
-        log.info("sandbox %s: adopted its running process %d", self.sandbox_id, self.pid)
+        self._context.lifecycle.recovered(self.sandbox_id, self.spec.sandboxer, phase, self.pid)
         if phase is Phase.STOPPING:
             left = 0.0 if record.kill_at is None else record.kill_at - time.time()
             self._kill_deadline = trio.current_time() + max(0.0, left)
@@ -696,7 +704,7 @@ class SandboxActor:
         self.phase = transition.next_phase
         self._dirty = True
         self._arm_lifetime(self.spec.options.lifetime_secs)
-        log.debug("sandbox %s: started, pid %d", self.sandbox_id, self.pid)
+        self._context.lifecycle.started(self.sandbox_id, self.spec.sandboxer, self.pid)
         self._context.publish(SandboxEvent(TOPIC_START, self.sandbox_id, self.started_at))
         if reply is not None:
             self._answer(
@@ -855,6 +863,7 @@ class SandboxActor:
             self._shutdown_parked = _park(self._shutdown_parked, reply)
 
     def _record_exit(self, status: int, next_phase: Phase) -> None:
+        before = self.phase
         if status < 0:  # an adopted process: it ended, but how is unknowable
             status = EXIT_UNKNOWN
             self.exit_known = False
@@ -869,7 +878,9 @@ class SandboxActor:
             self.process.cleanup()
         # What killed it, when its backend knows (the OOM killer), else the runtime's reason.
         self.reason = exit_reason(self.process) or self.reason
-        log.debug("sandbox %s: exited with status %d", self.sandbox_id, status)
+        self._context.lifecycle.exited(
+            self.sandbox_id, self.spec.sandboxer, status, before, self.reason, self.exit_known
+        )
         self._context.publish(
             SandboxEvent(
                 TOPIC_EXIT, self.sandbox_id, self.exited_at, exit_status=status, reason=self.reason
@@ -892,7 +903,7 @@ class SandboxActor:
         self._context.forget(self)
         if self.output is not None:
             self.output.remove()
-        log.debug("sandbox %s: deleted", self.sandbox_id)
+        self._context.lifecycle.deleted(self.sandbox_id, self.spec.sandboxer)
         self._context.publish(SandboxEvent(TOPIC_DELETE, self.sandbox_id, _now()))
         shutdowns, self._shutdown_parked = self._shutdown_parked, None
         for reply in shutdowns or ():

@@ -55,6 +55,7 @@ from ._events import DEFAULT_SUBSCRIBER_BUFFER, EventBus, Subscription
 from ._exec import CHUNK_SIZE, MAX_EXEC_SYNC_OUTPUT, ExecSession, check_timeout, resolve
 from ._index import SandboxIndex
 from ._lifecycle import Input, Phase, decide
+from ._lifecycle_log import LifecycleLog
 from ._logs import DEFAULT_MAX_LOG_BYTES, LogDirectory, LogReader
 from ._reply import Reply, Waiter
 from ._store import SandboxStore
@@ -189,6 +190,7 @@ class Controller:
             self._logs.open()
             async with trio.open_nursery() as processes, trio.open_nursery() as actors:
                 store = self.store
+                lifecycle = LifecycleLog(processes)
                 self._context = ActorContext(
                     write=None if store is None else store.write,
                     stop_timeout=self.stop_timeout,
@@ -196,6 +198,7 @@ class Controller:
                     publish=self._events.publish,
                     forget=self._forget,
                     logs=self._logs,
+                    lifecycle=lifecycle,
                 )
                 self._actor_nursery = actors
                 if store is not None:
@@ -234,6 +237,7 @@ class Controller:
                 actors.start_soon(actor.run, name=f"sandbox {spec.sandbox_id}")
             else:
                 await store.delete(spec.sandbox_id)
+        context.lifecycle.flush()  # before the daemon says it is ready
         if records:
             log.info("recovered %d sandboxes from %s", len(self._actors), store.path)
         await self._sweep_cgroups()
