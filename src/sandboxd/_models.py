@@ -235,6 +235,12 @@ TOPIC_DROPPED: Final = "/events/dropped"
 REASON_LIFETIME_EXPIRED: Final = "lifetime_expired"
 
 
+#: Annotations under this prefix are reported in Status ``info``, keyed by the rest of their
+#: key: what a caller gave at Create that sandboxd keeps without acting on it (containerd's
+#: bundle path, options of a type sandboxd does not know).
+ANNOTATION_INFO_PREFIX: Final = "sandboxd.io/info."
+
+
 #: The streams of an exec's (and a sandbox's) output.
 STDOUT: Final = "stdout"
 STDERR: Final = "stderr"

@@ -9,6 +9,7 @@ if TYPE_CHECKING:
     from ._aio import AsyncController, AsyncExec
     from ._controller_service import controller_service, serve_controller
     from ._data_service import DataPlane
+    from ._pb_services import SANDBOX_SERVICE, protobuf_services
     from ._remote import RemoteController, connect
     from ._runtime_service import runtime_service
     from ._sync import SyncController, SyncExec
@@ -19,6 +20,8 @@ _LAZY: Final = {
     **dict.fromkeys(("AsyncController", "AsyncExec"), "._aio"),
     **dict.fromkeys(("controller_service", "serve_controller"), "._controller_service"),
     **dict.fromkeys(("DataPlane",), "._data_service"),
+    # The protobuf services: only they import protobuf.
+    **dict.fromkeys(("SANDBOX_SERVICE", "protobuf_services"), "._pb_services"),
     **dict.fromkeys(("RemoteController", "connect"), "._remote"),
     **dict.fromkeys(("runtime_service",), "._runtime_service"),
     **dict.fromkeys(("SyncController", "SyncExec"), "._sync"),
@@ -30,6 +33,7 @@ __getattr__, __dir__ = lazy_exports(__name__, globals(), _LAZY)
 __all__ = [
     "CONTROLLER_SERVICE",
     "RUNTIME_SERVICE",
+    "SANDBOX_SERVICE",
     "AsyncController",
     "AsyncExec",
     "DataPlane",
@@ -39,6 +43,7 @@ __all__ = [
     "SyncExec",
     "connect",
     "controller_service",
+    "protobuf_services",
     "runtime_service",
     "serve_controller",
 ]

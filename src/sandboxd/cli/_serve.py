@@ -259,6 +259,7 @@ async def _serve(
                     RUNTIME_SERVICE: runtime_service(cgroups=described),
                     CONTROLLER_SERVICE: controller_service(controller),
                 },
+                # INTEGRATION: protobuf_services=protobuf_services(controller, cgroups=described),
                 **server_options,
             )
             path = await nursery.start(server.serve_unix, socket_path)

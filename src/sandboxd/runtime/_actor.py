@@ -40,6 +40,7 @@ from .._errors import (
     Unavailable,
 )
 from .._models import (
+    ANNOTATION_INFO_PREFIX,
     REASON_LIFETIME_EXPIRED,
     TOPIC_CREATE,
     TOPIC_DELETE,
@@ -247,7 +248,13 @@ class SandboxActor:
         """
         if not verbose and self._snapshot is not None:
             return self._snapshot
-        info = {"sandboxer": self.spec.sandboxer, "execs": str(len(self._execs or ()))}
+        info = {
+            key.removeprefix(ANNOTATION_INFO_PREFIX): value
+            for key, value in self.spec.annotations.items()
+            if key.startswith(ANNOTATION_INFO_PREFIX)
+        }
+        info["sandboxer"] = self.spec.sandboxer
+        info["execs"] = str(len(self._execs or ()))
         if self.exit_status is not None:
             info["exit_status"] = str(self.exit_status)
             if not self.exit_known:
