@@ -131,7 +131,8 @@ def _wrap(method: Method, read: Read, write: Write, where: str) -> Method:
             result=cast(Any, lambda value: write(result(value))),
         )
     duplex = kind is not MethodKind.SERVER_STREAM
-    cbor_prepare = method.prepare
+    # The CBOR method's prepare: it takes the CBOR-shaped message.
+    cbor_prepare = cast(Callable[[Any, CallContext], Any] | None, method.prepare)
 
     def prepare(payload: bytes, ctx: CallContext) -> Any:
         if duplex and not payload:
