@@ -33,10 +33,13 @@ from sandboxd._models import (
 from sandboxd.api import controller_service, runtime_service
 from sandboxd.api._client_common import CONTROLLER_SERVICE, RUNTIME_SERVICE
 from sandboxd.api._pb_services import SANDBOX_SERVICE, protobuf_services
+from sandboxd.backends import BwrapBackend, ProcessBackend
 from sandboxd.proto import containerd_sandbox_pb2 as sandbox_pb
 from sandboxd.proto import sandboxd_pb2 as pb
 from sandboxd.rpc import Client, Server, StreamCall, SyncClient, open_client
-from sandboxd.runtime import Controller
+from sandboxd.runtime import Controller, open_controller
+from sandboxd.testing._server import shutdown_all
+from sandboxd.testing.pytest_plugin import FIXTURE_STOP_TIMEOUT
 from sandboxd.wire import FrameType, encode_frame, encode_pb_request
 
 pytestmark = pytest.mark.usefixtures("watchdog")
@@ -47,12 +50,24 @@ REMOTE_CLOSED, REMOTE_OPEN, NO_DATA = 0x01, 0x02, 0x04
 
 
 @pytest.fixture
-async def server(nursery: trio.Nursery, sock_path: str, sandboxd_controller: Controller) -> Server:
+async def controller() -> AsyncIterator[Controller]:
+    """A Controller with the process and bwrap sandboxers; what is left is shut down."""
+    backends = [ProcessBackend(), BwrapBackend()]
+    async with open_controller(backends, stop_timeout=FIXTURE_STOP_TIMEOUT) as running:
+        try:
+            yield running
+        finally:
+            with trio.CancelScope(shield=True):
+                await shutdown_all(running)
+
+
+@pytest.fixture
+async def server(nursery: trio.Nursery, sock_path: str, controller: Controller) -> Server:
     """Both envelopes for one Controller on ``sock_path``, as the daemon serves them."""
-    cbor = controller_service(sandboxd_controller)
+    cbor = controller_service(controller)
     served = Server(
         {RUNTIME_SERVICE: runtime_service(), C: cbor},
-        protobuf_services=protobuf_services(sandboxd_controller, cbor=cbor),
+        protobuf_services=protobuf_services(controller, cbor=cbor),
     )
     assert await nursery.start(served.serve_unix, sock_path) == sock_path
     return served
@@ -75,11 +90,13 @@ def bytes_of(message: Any) -> bytes:
     return data
 
 
-async def sandbox(client: Client, sandbox_id: str, *command: str, start: bool = True) -> None:
-    """A process sandbox whose init runs ``command`` (sleeps by default), created (and
-    started) through the protobuf Controller."""
+async def sandbox(
+    client: Client, sandbox_id: str, *command: str, start: bool = True, sandboxer: str = "process"
+) -> None:
+    """A sandbox whose init runs ``command`` (sleeps by default), created (and started)
+    through the protobuf Controller."""
     options = pb.SandboxOptions(command=command or ("sleep", "1000"))
-    request = pb.CreateRequest(sandbox_id=sandbox_id, sandboxer="process", options=options)
+    request = pb.CreateRequest(sandbox_id=sandbox_id, sandboxer=sandboxer, options=options)
     await client.call_encoded(C, "Create", bytes_of(request))
     if start:
         started = await call(client, "Start", sb(sandbox_id), pb.StartResponse)
@@ -110,7 +127,7 @@ def output_of(outputs: Iterable[Any], name: str) -> bytes:
 
 
 async def test_events_follow_a_lifecycle_in_order_and_end_when_the_daemon_drains(
-    client: Client, sandboxd_controller: Controller
+    client: Client, controller: Controller
 ) -> None:
     with trio.fail_after(GUARD):
         async with client.stream(C, "Events") as events:
@@ -129,7 +146,7 @@ async def test_events_follow_a_lifecycle_in_order_and_end_when_the_daemon_drains
             stamps = [e.timestamp.ToNanoseconds() for e in seen]
             assert stamps == sorted(stamps) and stamps[0] > 0
             # A daemon shutting down ends every Events stream normally: the end, no error.
-            sandboxd_controller.drain()
+            controller.drain()
             assert await events.receive_encoded() is None
 
 
@@ -142,16 +159,19 @@ async def ready(client: Client) -> Client:
     return client
 
 
-@pytest.mark.parametrize("opening", ["payload", "stream"])
+@pytest.mark.parametrize(
+    ("sandboxer", "opening"), [("process", "payload"), ("process", "stream"), ("bwrap", "stream")]
+)
 async def test_exec_takes_stdin_and_sends_started_output_then_exit_last(
-    ready: Client, opening: str
+    client: Client, sandboxer: str, opening: str
 ) -> None:
+    await sandbox(client, "ex", sandboxer=sandboxer)
     command = ["sh", "-c", "cat; echo err >&2; exit 5"]
-    start = exec_input(start=pb.ExecRequest(sandbox_id="dp", command=command, stdin=True))
+    start = exec_input(start=pb.ExecRequest(sandbox_id="ex", command=command, stdin=True))
     with trio.fail_after(GUARD):
         # The opening message in the request's payload, or (as ttrpc's generated clients
         # send it) as the stream's first message.
-        async with ready.open_stream(C, "Exec", start if opening == "payload" else b"") as exe:
+        async with client.open_stream(C, "Exec", start if opening == "payload" else b"") as exe:
             if opening == "stream":
                 await exe.send_encoded(start)
             for piece in (b"hello ", b"world"):
@@ -207,8 +227,9 @@ async def test_exec_exits_127_for_a_command_not_found_and_is_killed_at_its_timeo
 
 
 async def test_exec_output_stays_within_a_small_window(server: Server, sock_path: str) -> None:
-    """The client asks for a window of 4 KiB (its ``sandboxd-window`` metadata); a server
-    that sent past it would have the stream ended RESOURCE_EXHAUSTED by the client."""
+    """The client asks for a window of 4 KiB (its ``sandboxd-window`` metadata) and lets the
+    server run before taking each message: a server that sent past the window (and one
+    frame) would have the stream ended RESOURCE_EXHAUSTED by the client."""
     size = 300_000
     async with open_client(sock_path, envelope="protobuf", window=4096) as client:
         await sandbox(client, "win")
@@ -216,13 +237,17 @@ async def test_exec_output_stays_within_a_small_window(server: Server, sock_path
         with trio.fail_after(GUARD):
             async with client.open_stream(C, "Exec", exec_input(start=request)) as exe:
                 await exe.close_send()
-                outputs = await received(exe, pb.ExecOutput)
+                outputs = []
+                await trio.testing.wait_all_tasks_blocked()
+                while (data := await exe.receive_encoded()) is not None:
+                    outputs.append(pb.ExecOutput.FromString(data))
+                    await trio.testing.wait_all_tasks_blocked()
     assert output_of(outputs, "stdout") == bytes(size)
     assert outputs[-1].exit.exit_status == 0
 
 
 async def test_a_cancelled_exec_is_killed_and_its_call_freed(
-    server: Server, ready: Client, sandboxd_controller: Controller
+    server: Server, ready: Client, controller: Controller
 ) -> None:
     """Leaving the stream's block sends CANCEL: the server ends the call, the command is
     killed (its exit published as any exec's), and nothing of the call is left."""
@@ -240,7 +265,7 @@ async def test_a_cancelled_exec_is_killed_and_its_call_freed(
         assert (event.exec_id, event.exit_status) == ("k", 137)
         await trio.testing.wait_all_tasks_blocked()
     assert server.in_flight == 0
-    assert sandboxd_controller.status_nowait("dp").info["execs"] == "0"
+    assert controller.status_nowait("dp").info["execs"] == "0"
 
 
 async def test_exec_sync_through_the_blocking_client(ready: Client, sock_path: str) -> None:
