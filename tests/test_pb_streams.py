@@ -268,6 +268,17 @@ async def test_a_cancelled_exec_is_killed_and_its_call_freed(
     assert controller.status_nowait("dp").info["execs"] == "0"
 
 
+async def test_a_cancelled_log_follower_is_freed(server: Server, client: Client) -> None:
+    await sandbox(client, "lf", "sh", "-c", "echo hi; exec sleep 1000")
+    request = bytes_of(pb.LogsRequest(sandbox_id="lf", follow=True))
+    with trio.fail_after(GUARD):
+        async with client.open_stream(C, "Logs", request, client_sends=False) as logs:
+            assert pb.LogMessage.FromString(await logs.receive_encoded() or b"").data == b"hi\n"
+            assert server.in_flight == 1
+        await trio.testing.wait_all_tasks_blocked()
+    assert server.in_flight == 0
+
+
 async def test_exec_sync_through_the_blocking_client(ready: Client, sock_path: str) -> None:
     request = pb.ExecSyncRequest(
         sandbox_id="dp", command=["sh", "-c", "echo out; echo err >&2; exit 2"]
@@ -281,6 +292,31 @@ async def test_exec_sync_through_the_blocking_client(ready: Client, sock_path: s
     result = await trio.to_thread.run_sync(run)
     assert (result.stdout, result.stderr, result.exit_status) == (b"out\n", b"err\n", 2)
     assert result.exec_id and not result.truncated and not result.timed_out
+
+
+async def test_exec_and_events_through_the_blocking_client(ready: Client, sock_path: str) -> None:
+    start = pb.ExecRequest(sandbox_id="dp", command=["sh", "-c", "cat; exit 4"], stdin=True)
+
+    def run() -> tuple[list[Any], list[Any]]:
+        blocking = SyncClient(sock_path, envelope="protobuf")
+        events_opened = blocking.open_stream(C, "Events", None, client_sends=False, timeout=GUARD)
+        with blocking, events_opened as events:
+            with blocking.open_stream(C, "Exec", b"", timeout=GUARD) as exe:
+                exe.send_encoded(exec_input(start=start))
+                exe.send_encoded(exec_input(stdin=b"abc"))
+                exe.close_send()
+                outputs = []
+                while (data := exe.receive_encoded()) is not None:
+                    outputs.append(pb.ExecOutput.FromString(data))
+            seen = [pb.Event.FromString(events.receive_encoded() or b"") for _ in range(2)]
+        return outputs, seen
+
+    outputs, seen = await trio.to_thread.run_sync(run)
+    assert outputs[0].started.pid > 0 and output_of(outputs, "stdout") == b"abc"
+    assert outputs[-1].exit.exit_status == 4
+    assert [e.topic for e in seen] == [TOPIC_EXEC_START, TOPIC_EXEC_EXIT]
+    assert {e.exec_id for e in seen} == {outputs[0].started.exec_id}
+    assert seen[1].exit_status == 4
 
 
 # -- Logs --------------------------------------------------------------------------------------
