@@ -476,6 +476,39 @@ async def test_exec_frame_by_frame_as_a_go_ttrpc_client(ready: Client, sock_path
     assert outputs[-1].WhichOneof("output") == "exit" and outputs[-1].exit.exit_status == 0
 
 
+async def test_write_file_frame_by_frame_as_a_go_ttrpc_client(
+    ready: Client, sock_path: str, tmp_path: Path
+) -> None:
+    """A client stream: the opening message as the first DATA, the half-close, and the answer
+    in a RESPONSE, as Go's ttrpc reads a client stream's end."""
+    path = tmp_path / "go"
+    start = pb.WriteFileInput(start=pb.WriteFileRequest(sandbox_id="dp", path=str(path)))
+    async with await Peer.connect(sock_path) as peer:
+        await peer.send(
+            encode_frame(1, FrameType.REQUEST, REMOTE_OPEN, encode_pb_request(C, "WriteFile")),
+            encode_frame(1, FrameType.DATA, 0, bytes_of(start)),
+            encode_frame(1, FrameType.DATA, 0, bytes_of(pb.WriteFileInput(data=b"from go"))),
+            encode_frame(1, FrameType.DATA, REMOTE_CLOSED | NO_DATA, b""),
+        )
+        with trio.fail_after(GUARD):
+            frame = await peer.response(1)
+    # Response{payload = WriteFileResponse{size = 7}}: no status.
+    assert frame.payload == bytes([0x12, 2, 0x08, 7])
+    assert path.read_bytes() == b"from go"
+
+
+async def test_a_streams_deadline_ends_it_deadline_exceeded(ready: Client, sock_path: str) -> None:
+    """``timeout_nano`` on a server stream (a following Logs): the messages already sent,
+    then a RESPONSE with DEADLINE_EXCEEDED (4)."""
+    logs = bytes_of(pb.LogsRequest(sandbox_id="dp", follow=True))
+    request = encode_pb_request(C, "Logs", logs, timeout_nano=50_000_000)
+    async with await Peer.connect(sock_path) as peer:
+        await peer.send(encode_frame(1, FrameType.REQUEST, REMOTE_CLOSED, request))
+        with trio.fail_after(GUARD):
+            frame = await peer.response(1)
+    assert frame.payload[:4] == bytes([0x0A, frame.payload[1], 0x08, 4])
+
+
 # -- containerd's Sandbox service ---------------------------------------------------------------
 
 
