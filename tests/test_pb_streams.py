@@ -423,6 +423,11 @@ async def test_stream_errors_are_the_cbor_errors(client: Client, tmp_path: Path)
         async with client.open_stream(C, "Exec", exec_input(stdin=b"x")) as exe:
             with pytest.raises(InvalidArgument, match="opening message must set 'start'"):
                 await exe.receive_encoded()
+        cat = exec_input(start=pb.ExecRequest(sandbox_id="dp", command=["cat"], stdin=True))
+        async with client.open_stream(C, "Exec", cat) as exe:
+            await exe.send_encoded(cat)
+            with pytest.raises(InvalidArgument, match="Exec input: unknown field 'start'"):
+                await received(exe, pb.ExecOutput)
         logs = bytes_of(pb.LogsRequest(sandbox_id="nowhere"))
         async with client.open_stream(C, "Logs", logs, client_sends=False) as stream:
             with pytest.raises(NotFound):
