@@ -66,13 +66,15 @@ def arm_ignoring_the_grace(self: SandboxActor, grace: float) -> None:
     self._signal(signal.SIGKILL)
 
 
-#: Stops and waits on processes that may ignore SIGTERM, with a few timeouts.
+#: Stops and waits on processes that may ignore SIGTERM, with a few timeouts.  No lifetimes:
+#: one that runs out stops the sandbox as a Stop does, so a bug in arming the kill would
+#: show without any Stop in the program.
 STOPS = strategies.programs(
     1,
     clients=3,
     max_calls=8,
     names=("create", "start", "stop", "wait", "status"),
-    create=strategies.create_args(options=strategies.create_options(max_faults=1)),
+    create=strategies.create_args(options=strategies.create_options(max_faults=1, lifetimes=())),
     stop_timeout=strategies.stop_timeouts((None, 0, 0.002, 0.02)),
 )
 
@@ -80,7 +82,8 @@ STOPS = strategies.programs(
 @pytest.mark.parametrize("bug", [arm_later_deadline_wins, arm_ignoring_the_grace])
 def test_a_deadline_bug_is_found(monkeypatch: pytest.MonkeyPatch, bug: Any) -> None:
     monkeypatch.setattr(SandboxActor, "_arm_kill", bug)
-    report = run(seed=2, programs=STOPS)
+    # A budget of programs, not of seconds: a loaded machine runs fewer in a given time.
+    report = run(seed=5, programs=STOPS, max_programs=1000, duration=None)
     violation = report.violation
     assert violation is not None, report.summary()
     assert violation.kind == "not linearizable", violation.describe()
