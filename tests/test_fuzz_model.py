@@ -66,13 +66,15 @@ def arm_ignoring_the_grace(self: SandboxActor, grace: float) -> None:
     self._signal(signal.SIGKILL)
 
 
-#: Stops and waits on processes that may ignore SIGTERM, with a few timeouts.
+#: Stops and waits on processes that may ignore SIGTERM, with a few timeouts.  No lifetimes:
+#: one that runs out stops the sandbox as a Stop does, so a bug in arming the kill would
+#: show without any Stop in the program.
 STOPS = strategies.programs(
     1,
     clients=3,
     max_calls=8,
     names=("create", "start", "stop", "wait", "status"),
-    create=strategies.create_args(options=strategies.create_options(max_faults=1)),
+    create=strategies.create_args(options=strategies.create_options(max_faults=1, lifetimes=())),
     stop_timeout=strategies.stop_timeouts((None, 0, 0.002, 0.02)),
 )
 
@@ -80,11 +82,35 @@ STOPS = strategies.programs(
 @pytest.mark.parametrize("bug", [arm_later_deadline_wins, arm_ignoring_the_grace])
 def test_a_deadline_bug_is_found(monkeypatch: pytest.MonkeyPatch, bug: Any) -> None:
     monkeypatch.setattr(SandboxActor, "_arm_kill", bug)
-    report = run(seed=2, programs=STOPS)
+    # A budget of programs, not of seconds: a loaded machine runs fewer in a given time.
+    report = run(seed=5, programs=STOPS, max_programs=1000, duration=None)
     violation = report.violation
     assert violation is not None, report.summary()
     assert violation.kind == "not linearizable", violation.describe()
     assert "stop" in [call.name for call in violation.program.calls]
+
+
+#: Sandboxes that stop only when their lifetime runs out.
+EXPIRES = strategies.programs(
+    1,
+    clients=3,
+    max_calls=8,
+    names=("create", "start", "wait", "status"),
+    create=strategies.create_args(options=strategies.create_options(max_faults=1)),
+)
+
+
+def test_a_lifetime_that_runs_out_ignoring_the_grace_is_found(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(SandboxActor, "_arm_kill", arm_ignoring_the_grace)
+    report = run(seed=2, programs=EXPIRES, max_programs=500, duration=None)
+    violation = report.violation
+    assert violation is not None, report.summary()
+    assert violation.kind == "not linearizable", violation.describe()
+    # No Stop can be drawn: the lifetime that ran out is what killed at once.
+    options = [call.args.get("options") for call in violation.program.calls]
+    assert any(getattr(o, "lifetime_secs", None) is not None for o in options), options
 
 
 # -- events ----------------------------------------------------------------------------------
@@ -219,7 +245,7 @@ def test_a_fields_bug_is_found(bug: type[Wrapper], says: str) -> None:
 
 
 def test_the_programs_of_these_tests_pass_a_correct_controller() -> None:
-    for programs in (STOPS, REUSE):
+    for programs in (STOPS, EXPIRES, REUSE):
         report = run(programs=programs, max_programs=300, duration=None)
         assert report.ok, report.violation and report.violation.describe()
     assert isinstance(Program([]), Program)

@@ -129,7 +129,11 @@ class CachesFinalStatus(Wrapper):
 
 
 def test_it_finds_a_status_cache_a_shutdown_does_not_clear() -> None:
-    report = fuzz(in_process(CachesFinalStatus), seed=1, duration=30, shrink_limit=10)
+    # Budgets a loaded machine cannot cut short: programs, not seconds, and a shrinking
+    # that ends when nothing simpler fails (the limit only bounds a runaway one).
+    report = fuzz(
+        in_process(CachesFinalStatus), seed=1, max_programs=400, duration=None, shrink_limit=60
+    )
     violation = report.violation
     assert violation is not None, report.summary()
     calls = [(call.name, call.sandbox) for call in violation.program.calls]
