@@ -77,6 +77,7 @@ from ..wire import (
     InvalidArgument,
     OversizedFrame,
     PermissionDenied,
+    Request,
     ResourceExhausted,
     RPCError,
     Unavailable,
@@ -122,6 +123,13 @@ _STREAMING: Final = frozenset({MethodKind.SERVER_STREAM, MethodKind.BIDI_STREAM}
 #: The messages of INTERNAL: a handler failed, or its result could not be made a response.
 _FAILED: Final = "internal error"
 _ENCODING_FAILED: Final = "cannot encode response"
+#: The decoded-request cache (see :meth:`_Connection._on_request`): requests of up to this
+#: many bytes, this many of them per envelope and server (all forgotten when it is full).
+_CACHED_REQUEST_BYTES: Final = 256
+_CACHED_REQUESTS: Final = 256
+#: Message values a cached message may hold: a shallow copy of it is a fresh message.
+_IMMUTABLE: Final = frozenset({str, int, bool, float, bytes, type(None)})
+_NOTHING: Final = object()
 
 
 def _status_of(exc: BaseException, ctx: CallContext, internal: str) -> RPCError:
@@ -356,7 +364,10 @@ class _Connection:
     __slots__ = (
         "_deadlines",
         "_decode",
+        "_decoded",
         "_decoder",
+        "_last_answer",
+        "_last_envelope",
         "_last_stream_id",
         "_nursery",
         "_over",
@@ -388,6 +399,12 @@ class _Connection:
         self.protobuf: bool | None = None
         self.services = server.services
         self._decode = decode_request
+        # The server's cache of this envelope's decoded requests: payload -> (request, message).
+        self._decoded = server.decoded_cbor
+        # The last answer sent that may be sent again as it is (an Encoded or raw message),
+        # and its response envelope: a cached answer is wrapped once.
+        self._last_answer: object = _NOTHING
+        self._last_envelope = b""
         self.load: Callable[[bytes, str], Any] = loads_message
         self.dump: Callable[[Any], bytes] = dumps
         self._decoder = FrameDecoder()
@@ -503,10 +520,16 @@ class _Connection:
     ) -> None:
         stream_id = ctx.stream_id
         try:
-            if self.protobuf:
+            if result is self._last_answer:
+                envelope = self._last_envelope
+            elif self.protobuf:
                 envelope = encode_pb_response(_raw_message(result))
+                self._last_answer, self._last_envelope = result, envelope
+            elif type(result) is Encoded:
+                envelope = encode_response(result)
+                self._last_answer, self._last_envelope = result, envelope
             else:
-                envelope = encode_response(result if type(result) is Encoded else dumps(result))
+                envelope = encode_response(dumps(result))
             frame = encode_frame(stream_id, _RESPONSE, 0, envelope)
         except Exception as exc:
             self.reply_error(stream_id, _status_of(exc, ctx, _ENCODING_FAILED), soon)
@@ -525,6 +548,7 @@ class _Connection:
         self.protobuf = True
         self.services = self.server.protobuf_services
         self._decode = decode_pb_request
+        self._decoded = self.server.decoded_protobuf
         self.load = _raw_loaded
         self.dump = _raw_message
 
@@ -543,8 +567,13 @@ class _Connection:
             return
         self._last_stream_id = stream_id
         server = self.server
+        payload = frame.payload
+        # Pollers send the same bytes again and again: a request decoded once (without
+        # metadata, its message of immutable values) is taken from the cache, its message
+        # copied.  Decoding is deterministic, so a hit is what decoding would give.
+        cached = self._decoded.get(payload)
         try:
-            request = self._decode(frame.payload)
+            request = self._decode(payload) if cached is None else cached[0]
             service = self.services.get(request.service)
             if service is None:
                 raise Unimplemented(f"unknown service {request.service!r}")
@@ -553,7 +582,14 @@ class _Connection:
                 raise Unimplemented(
                     f"unknown method {request.method!r} of service {request.service!r}"
                 )
-            message = self.load(request.payload, "request payload")
+            if cached is None:
+                message = self.load(request.payload, "request payload")
+                if len(payload) <= _CACHED_REQUEST_BYTES and not request.metadata:
+                    self._remember(payload, request, message)
+            else:
+                message = cached[1]
+                if type(message) is dict:
+                    message = message.copy()
             if server.draining:
                 raise Unavailable("server is shutting down")
         except RPCError as err:
@@ -612,6 +648,14 @@ class _Connection:
         self.calls[stream_id] = call
         server.call_started()
         self._nursery.start_soon(self._run_call, stream_id, call, method, message, ctx)
+
+    def _remember(self, payload: bytes, request: Request, message: Any) -> None:
+        if type(message) is dict and not all(type(v) in _IMMUTABLE for v in message.values()):
+            return
+        decoded = self._decoded
+        if len(decoded) >= _CACHED_REQUESTS:
+            decoded.clear()
+        decoded[payload] = (request, message)
 
     def _on_data(self, frame: Frame) -> None:
         # See docs/wire.md, "Client and bidirectional streams" and "Flow control".
@@ -778,6 +822,9 @@ class Server:
     ) -> None:
         self.services = services
         self.protobuf_services: Services = {} if protobuf_services is None else protobuf_services
+        # Decoded requests by payload, per envelope (see _Connection._on_request).
+        self.decoded_cbor: dict[bytes, tuple[Request, Any]] = {}
+        self.decoded_protobuf: dict[bytes, tuple[Request, Any]] = {}
         self.limits = Limits() if limits is None else limits
         self.allowed_uids: frozenset[int] = frozenset(
             {os.geteuid(), 0} if allowed_uids is None else allowed_uids
