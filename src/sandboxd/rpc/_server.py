@@ -64,6 +64,7 @@ import trio
 
 from ..wire import (
     DEFAULT_WINDOW,
+    HEADER,
     MAX_PAYLOAD,
     MAX_WINDOW,
     WINDOW_METADATA,
@@ -130,6 +131,8 @@ _CACHED_REQUESTS: Final = 256
 #: Message values a cached message may hold: a shallow copy of it is a fresh message.
 _IMMUTABLE: Final = frozenset({str, int, bool, float, bytes, type(None)})
 _NOTHING: Final = object()
+_pack_header: Final = HEADER.pack
+_new_tuple: Final = tuple.__new__
 
 
 def _status_of(exc: BaseException, ctx: CallContext, internal: str) -> RPCError:
@@ -442,7 +445,10 @@ class _Connection:
                 if not data:
                     return
                 events = feed(data)
-                transport.cork()
+                # The replies of one read go out in one send; one frame's need no holding.
+                corked = len(events) > 1
+                if corked:
+                    transport.cork()
                 try:
                     for event in events:
                         if not isinstance(event, OversizedFrame):
@@ -462,7 +468,8 @@ class _Connection:
                                 ),
                             )
                 finally:
-                    transport.uncork()
+                    if corked:
+                        transport.uncork()
                 if self._over:
                     unfinished.deadline = math.inf
                     await self._wait_inboxes(stall_timeout)
@@ -519,21 +526,25 @@ class _Connection:
         self, ctx: CallContext, result: Mapping[str, Any] | Encoded, soon: bool = False
     ) -> None:
         stream_id = ctx.stream_id
-        try:
-            if result is self._last_answer:
-                envelope = self._last_envelope
-            elif self.protobuf:
-                envelope = encode_pb_response(_raw_message(result))
+        if result is self._last_answer:
+            # Its envelope was framed before: within the frame limit.
+            envelope = self._last_envelope
+            frame = _pack_header(len(envelope), stream_id, _RESPONSE, 0) + envelope
+        else:
+            try:
+                if self.protobuf:
+                    envelope = encode_pb_response(_raw_message(result))
+                else:
+                    envelope = encode_response(
+                        result if type(result) is Encoded else dumps(result)
+                    )
+                frame = encode_frame(stream_id, _RESPONSE, 0, envelope)
+            except Exception as exc:
+                self.reply_error(stream_id, _status_of(exc, ctx, _ENCODING_FAILED), soon)
+                return
+            if type(result) is Encoded or self.protobuf:
+                # Immutable, and likely a cached answer that will be given again.
                 self._last_answer, self._last_envelope = result, envelope
-            elif type(result) is Encoded:
-                envelope = encode_response(result)
-                self._last_answer, self._last_envelope = result, envelope
-            else:
-                envelope = encode_response(dumps(result))
-            frame = encode_frame(stream_id, _RESPONSE, 0, envelope)
-        except Exception as exc:
-            self.reply_error(stream_id, _status_of(exc, ctx, _ENCODING_FAILED), soon)
-            return
         if soon:
             self.transport.write_soon(frame)
         else:
@@ -597,8 +608,10 @@ class _Connection:
             return
         timeout_nano = request.timeout_nano
         deadline = trio.current_time() + timeout_nano / 1e9 if timeout_nano else math.inf
-        ctx = CallContext(
-            request.service, request.method, stream_id, request.metadata, deadline, self.peer
+        # A CallContext, without the Python-level constructor of a named tuple.
+        ctx = _new_tuple(
+            CallContext,
+            (request.service, request.method, stream_id, request.metadata, deadline, self.peer),
         )
         if method.kind is MethodKind.INLINE:
             try:
