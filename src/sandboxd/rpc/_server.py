@@ -131,6 +131,7 @@ _CACHED_REQUESTS: Final = 256
 #: Message values a cached message may hold: a shallow copy of it is a fresh message.
 _IMMUTABLE: Final = frozenset({str, int, bool, float, bytes, type(None)})
 _NOTHING: Final = object()
+_INLINE: Final = MethodKind.INLINE
 _pack_header: Final = HEADER.pack
 _new_tuple: Final = tuple.__new__
 
@@ -613,7 +614,7 @@ class _Connection:
             CallContext,
             (request.service, request.method, stream_id, request.metadata, deadline, self.peer),
         )
-        if method.kind is MethodKind.INLINE:
+        if method.kind is _INLINE:
             try:
                 result = method.handler(message, ctx)
             except Exception as exc:
@@ -663,8 +664,10 @@ class _Connection:
         self._nursery.start_soon(self._run_call, stream_id, call, method, message, ctx)
 
     def _remember(self, payload: bytes, request: Request, message: Any) -> None:
-        if type(message) is dict and not all(type(v) in _IMMUTABLE for v in message.values()):
-            return
+        if type(message) is dict:
+            if not all(type(v) in _IMMUTABLE for v in message.values()):
+                return
+            message = message.copy()  # the handler gets the one decoded
         decoded = self._decoded
         if len(decoded) >= _CACHED_REQUESTS:
             decoded.clear()
