@@ -13,6 +13,13 @@ sends at once when the kernel takes the bytes and otherwise queues them for the 
 writer, so replies leave in whatever order handlers finish and frames ready together go out
 together.
 
+Repeats cost less.  A request is decoded once per distinct payload: the server keeps, per
+envelope, the decoded requests of up to 256 small payloads without metadata (a poller sends
+the same bytes each time; only the stream id, in the frame header, changes), and a hit gives
+the handler a copy of the message, and the call a deadline of its own.  An answer that is an
+:class:`~._methods.Encoded` (or a protobuf method's bytes) given again, as a cached Status
+is, is wrapped in its response envelope once.
+
 The reader never waits on a handler.  It stops reading only while more than
 ``max_buffered_bytes`` of replies wait for a peer that does not read them, or while a stream
 of a client without flow control holds more of its messages than the stream window.
