@@ -411,7 +411,7 @@ class _Connection:
         self.services = server.services
         self._decode = decode_request
         # The server's cache of this envelope's decoded requests: payload -> (request, message).
-        self._decoded = server.decoded_cbor
+        self._decoded = server._decoded_cbor
         # The last answer sent that may be sent again as it is (an Encoded or raw message),
         # and its response envelope: a cached answer is wrapped once.
         self._last_answer: object = _NOTHING
@@ -567,7 +567,7 @@ class _Connection:
         self.protobuf = True
         self.services = self.server.protobuf_services
         self._decode = decode_pb_request
-        self._decoded = self.server.decoded_protobuf
+        self._decoded = self.server._decoded_protobuf
         self.load = _raw_loaded
         self.dump = _raw_message
 
@@ -846,8 +846,8 @@ class Server:
         self.services = services
         self.protobuf_services: Services = {} if protobuf_services is None else protobuf_services
         # Decoded requests by payload, per envelope (see _Connection._on_request).
-        self.decoded_cbor: dict[bytes, tuple[Request, Any]] = {}
-        self.decoded_protobuf: dict[bytes, tuple[Request, Any]] = {}
+        self._decoded_cbor: dict[bytes, tuple[Request, Any]] = {}
+        self._decoded_protobuf: dict[bytes, tuple[Request, Any]] = {}
         self.limits = Limits() if limits is None else limits
         self.allowed_uids: frozenset[int] = frozenset(
             {os.geteuid(), 0} if allowed_uids is None else allowed_uids
