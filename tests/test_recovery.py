@@ -495,6 +495,8 @@ async def test_a_lifetime_that_ran_out_while_the_daemon_was_down_stops_at_once(
     async with connect(daemons.socket) as remote:
         with trio.fail_after(STARTUP):
             await all_ended([pid])
+            # The daemon may not have reaped it yet: its Wait answers once it has.
+            await remote.wait("mortal")
             status = await remote.status("mortal")
         assert status.state is SandboxState.STOPPED
         assert status.info["reason"] == "lifetime_expired"
