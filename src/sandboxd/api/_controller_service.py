@@ -139,7 +139,12 @@ def controller_service(controller: Controller) -> dict[str, Method]:
         return encoded
 
     def status(msg: Message, ctx: CallContext) -> Mapping[str, Any] | Encoded:
-        sandbox_id, verbose = status_request(msg)
+        sandbox_id = msg.get("sandbox_id")
+        if len(msg) == 1 and type(sandbox_id) is str and sandbox_id in encoded_status:
+            # A non-verbose Status of an id asked about before: checked then.
+            verbose = False
+        else:
+            sandbox_id, verbose = status_request(msg)
         try:
             snapshot = controller.status_nowait(sandbox_id, verbose=verbose)
         except NotFound:

@@ -13,6 +13,13 @@ sends at once when the kernel takes the bytes and otherwise queues them for the 
 writer, so replies leave in whatever order handlers finish and frames ready together go out
 together.
 
+Repeats cost less.  A request is decoded once per distinct payload: the server keeps, per
+envelope, the decoded requests of up to 256 small payloads without metadata (a poller sends
+the same bytes each time; only the stream id, in the frame header, changes), and a hit gives
+the handler a copy of the message, and the call a deadline of its own.  An answer that is an
+:class:`~._methods.Encoded` (or a protobuf method's bytes) given again, as a cached Status
+is, is wrapped in its response envelope once.
+
 The reader never waits on a handler.  It stops reading only while more than
 ``max_buffered_bytes`` of replies wait for a peer that does not read them, or while a stream
 of a client without flow control holds more of its messages than the stream window.
@@ -65,6 +72,7 @@ import trio
 from ..wire import (
     CALL_LIMIT_DETAIL,
     DEFAULT_WINDOW,
+    HEADER,
     MAX_PAYLOAD,
     MAX_WINDOW,
     WINDOW_METADATA,
@@ -78,6 +86,7 @@ from ..wire import (
     InvalidArgument,
     OversizedFrame,
     PermissionDenied,
+    Request,
     ResourceExhausted,
     RPCError,
     Unavailable,
@@ -124,6 +133,16 @@ _STREAMING: Final = frozenset({MethodKind.SERVER_STREAM, MethodKind.BIDI_STREAM}
 #: The messages of INTERNAL: a handler failed, or its result could not be made a response.
 _FAILED: Final = "internal error"
 _ENCODING_FAILED: Final = "cannot encode response"
+#: The decoded-request cache (see :meth:`_Connection._on_request`): requests of up to this
+#: many bytes, this many of them per envelope and server (all forgotten when it is full).
+_CACHED_REQUEST_BYTES: Final = 256
+_CACHED_REQUESTS: Final = 256
+#: Message values a cached message may hold: a shallow copy of it is a fresh message.
+_IMMUTABLE: Final = frozenset({str, int, bool, float, bytes, type(None)})
+_NOTHING: Final = object()
+_INLINE: Final = MethodKind.INLINE
+_pack_header: Final = HEADER.pack
+_new_tuple: Final = tuple.__new__
 
 
 def _status_of(exc: BaseException, ctx: CallContext, internal: str) -> RPCError:
@@ -359,7 +378,10 @@ class _Connection:
     __slots__ = (
         "_deadlines",
         "_decode",
+        "_decoded",
         "_decoder",
+        "_last_answer",
+        "_last_envelope",
         "_last_stream_id",
         "_nursery",
         "_over",
@@ -391,6 +413,12 @@ class _Connection:
         self.protobuf: bool | None = None
         self.services = server.services
         self._decode = decode_request
+        # The server's cache of this envelope's decoded requests: payload -> (request, message).
+        self._decoded = server._decoded_cbor
+        # The last answer sent that may be sent again as it is (an Encoded or raw message),
+        # and its response envelope: a cached answer is wrapped once.
+        self._last_answer: object = _NOTHING
+        self._last_envelope = b""
         self.load: Callable[[bytes, str], Any] = loads_message
         self.dump: Callable[[Any], bytes] = dumps
         self._decoder = FrameDecoder()
@@ -434,7 +462,10 @@ class _Connection:
                 if not data:
                     return
                 events = feed(data)
-                transport.cork()
+                # The replies of one read go out in one send; one frame's need no holding.
+                corked = len(events) > 1
+                if corked:
+                    transport.cork()
                 try:
                     for event in events:
                         if not isinstance(event, OversizedFrame):
@@ -453,7 +484,8 @@ class _Connection:
                             self.refused("oversized", err)
                             self.reply_error(event.stream_id, err)
                 finally:
-                    transport.uncork()
+                    if corked:
+                        transport.uncork()
                 if self._over:
                     unfinished.deadline = math.inf
                     await self._wait_inboxes(stall_timeout)
@@ -510,15 +542,25 @@ class _Connection:
         self, ctx: CallContext, result: Mapping[str, Any] | Encoded, soon: bool = False
     ) -> None:
         stream_id = ctx.stream_id
-        try:
-            if self.protobuf:
-                envelope = encode_pb_response(_raw_message(result))
-            else:
-                envelope = encode_response(result if type(result) is Encoded else dumps(result))
-            frame = encode_frame(stream_id, _RESPONSE, 0, envelope)
-        except Exception as exc:
-            self.reply_error(stream_id, _status_of(exc, ctx, _ENCODING_FAILED), soon)
-            return
+        if result is self._last_answer:
+            # Its envelope was framed before: within the frame limit.
+            envelope = self._last_envelope
+            frame = _pack_header(len(envelope), stream_id, _RESPONSE, 0) + envelope
+        else:
+            try:
+                if self.protobuf:
+                    envelope = encode_pb_response(_raw_message(result))
+                else:
+                    envelope = encode_response(
+                        result if type(result) is Encoded else dumps(result)
+                    )
+                frame = encode_frame(stream_id, _RESPONSE, 0, envelope)
+            except Exception as exc:
+                self.reply_error(stream_id, _status_of(exc, ctx, _ENCODING_FAILED), soon)
+                return
+            if type(result) is Encoded or self.protobuf:
+                # Immutable, and likely a cached answer that will be given again.
+                self._last_answer, self._last_envelope = result, envelope
         if soon:
             self.transport.write_soon(frame)
         else:
@@ -533,6 +575,7 @@ class _Connection:
         self.protobuf = True
         self.services = self.server.protobuf_services
         self._decode = decode_pb_request
+        self._decoded = self.server._decoded_protobuf
         self.load = _raw_loaded
         self.dump = _raw_message
 
@@ -550,8 +593,13 @@ class _Connection:
             return
         self._last_stream_id = stream_id
         server = self.server
+        payload = frame.payload
+        # Pollers send the same bytes again and again: a request decoded once (without
+        # metadata, its message of immutable values) is taken from the cache, its message
+        # copied.  Decoding is deterministic, so a hit is what decoding would give.
+        cached = self._decoded.get(payload)
         try:
-            request = self._decode(frame.payload)
+            request = self._decode(payload) if cached is None else cached[0]
             service = self.services.get(request.service)
             if service is None:
                 raise Unimplemented(f"unknown service {request.service!r}")
@@ -560,7 +608,14 @@ class _Connection:
                 raise Unimplemented(
                     f"unknown method {request.method!r} of service {request.service!r}"
                 )
-            message = self.load(request.payload, "request payload")
+            if cached is None:
+                message = self.load(request.payload, "request payload")
+                if len(payload) <= _CACHED_REQUEST_BYTES and not request.metadata:
+                    self._remember(payload, request, message)
+            else:
+                message = cached[1]
+                if type(message) is dict:
+                    message = message.copy()
             if server.draining:
                 raise Unavailable("server is shutting down")
         except RPCError as err:
@@ -570,10 +625,12 @@ class _Connection:
             return
         timeout_nano = request.timeout_nano
         deadline = trio.current_time() + timeout_nano / 1e9 if timeout_nano else math.inf
-        ctx = CallContext(
-            request.service, request.method, stream_id, request.metadata, deadline, self.peer
+        # A CallContext, without the Python-level constructor of a named tuple.
+        ctx = _new_tuple(
+            CallContext,
+            (request.service, request.method, stream_id, request.metadata, deadline, self.peer),
         )
-        if method.kind is MethodKind.INLINE:
+        if method.kind is _INLINE:
             try:
                 result = method.handler(message, ctx)
             except Exception as exc:
@@ -621,6 +678,16 @@ class _Connection:
         self.calls[stream_id] = call
         server.call_started()
         self._nursery.start_soon(self._run_call, stream_id, call, method, message, ctx)
+
+    def _remember(self, payload: bytes, request: Request, message: Any) -> None:
+        if type(message) is dict:
+            if not all(type(v) in _IMMUTABLE for v in message.values()):
+                return
+            message = message.copy()  # the handler gets the one decoded
+        decoded = self._decoded
+        if len(decoded) >= _CACHED_REQUESTS:
+            decoded.clear()
+        decoded[payload] = (request, message)
 
     def _on_data(self, frame: Frame) -> None:
         # See docs/wire.md, "Client and bidirectional streams" and "Flow control".
@@ -787,6 +854,9 @@ class Server:
     ) -> None:
         self.services = services
         self.protobuf_services: Services = {} if protobuf_services is None else protobuf_services
+        # Decoded requests by payload, per envelope (see _Connection._on_request).
+        self._decoded_cbor: dict[bytes, tuple[Request, Any]] = {}
+        self._decoded_protobuf: dict[bytes, tuple[Request, Any]] = {}
         self.limits = Limits() if limits is None else limits
         self.allowed_uids: frozenset[int] = frozenset(
             {os.geteuid(), 0} if allowed_uids is None else allowed_uids

@@ -24,6 +24,10 @@ import trio
 
 from ..wire import RECV_SIZE
 
+#: A reader that finds bytes waiting yields once it has received this many since it last
+#: waited: a busy peer's reads cost no schedule point each, and cannot starve other tasks.
+_YIELD_EVERY = 16 * 1024
+
 
 class PeerStalledError(Exception):
     """The peer did not do its part in time: it left replies unread, or a frame unfinished."""
@@ -49,8 +53,8 @@ class Transport:
         "_soon",
         "_stall_scope",
         "_stall_timeout",
+        "_unyielded",
         "_wake_writer",
-        "_yield_next",
     )
 
     def __init__(
@@ -73,7 +77,8 @@ class Transport:
         self._drained.set()
         self._closed = False
         self._broken: BaseException | None = None
-        self._yield_next = False
+        # Bytes received since this transport's reader last waited or yielded.
+        self._unyielded = 0
         self._corked: list[bytes] | None = None
         self._soon: list[bytes] = []
 
@@ -98,7 +103,10 @@ class Transport:
     async def receive(self) -> bytes:
         """The next bytes from the peer; ``b""`` at end of stream.
 
-        Always a schedule point, like ``trio.SocketStream.receive_some``, but only one.
+        A schedule point when it waits for bytes (one, not two as
+        ``trio.SocketStream.receive_some``).  Bytes already waiting are returned at once,
+        with a schedule point after every 16 KiB so received: a peer that keeps its socket
+        full cannot starve other tasks, nor delay a cancellation past that.
         Raises :class:`trio.ClosedResourceError` if the transport is closed meanwhile and
         :class:`trio.BrokenResourceError` if the peer reset the connection.
         """
@@ -110,15 +118,16 @@ class Transport:
                 data = sock.recv(RECV_SIZE)
             except BlockingIOError:
                 await trio.lowlevel.wait_readable(sock)
-                self._yield_next = False
+                self._unyielded = 0
                 continue
             except OSError as exc:
                 raise trio.BrokenResourceError(f"receive failed: {exc}") from exc
-            if self._yield_next:
-                # The data was there without waiting: yield anyway so one busy peer cannot
+            if self._unyielded >= _YIELD_EVERY:
+                # Bytes have kept coming without a wait: yield anyway so one busy peer cannot
                 # starve the other tasks.
                 await trio.lowlevel.checkpoint()
-            self._yield_next = True
+                self._unyielded = 0
+            self._unyielded += len(data)
             return data
 
     def write(self, data: bytes) -> None:
