@@ -33,6 +33,7 @@ from sandboxd.api._pb_services import (
     METRICS_TYPE,
     SANDBOX_OPTIONS_TYPE,
     SANDBOX_SERVICE,
+    _read_remembered,
     protobuf_services,
 )
 from sandboxd.proto import containerd_sandbox_pb2 as sandbox_pb
@@ -549,3 +550,31 @@ async def test_version_tells_the_same_limits_in_both_envelopes(
     told = pb.VersionResponse.FromString(data).limits
     assert cbor == limits.advertised()
     assert {field.name: value for field, value in told.ListFields()} == cbor
+
+
+async def test_a_status_polled_with_the_same_bytes_follows_the_sandbox() -> None:
+    async with sim_calls() as (calls, _):
+        request = sandbox_pb.SandboxStatusRequest(sandbox_id="polled")
+        answer = sandbox_pb.SandboxStatusResponse
+
+        with pytest.raises(NotFound):
+            await calls.unary(S, "SandboxStatus", request, answer)
+        await calls.unary(C, "Create", pb.CreateRequest(sandbox_id="polled"), Empty)
+        assert (await calls.unary(S, "SandboxStatus", request, answer)).state == "created"
+        await calls.unary(C, "Start", pb.SandboxRequest(sandbox_id="polled"), pb.StartResponse)
+        assert (await calls.unary(S, "SandboxStatus", request, answer)).state == "ready"
+
+
+async def test_a_remembered_request_is_a_copy_for_each_call() -> None:
+    reads: list[bytes] = []
+
+    def read(payload: bytes) -> dict[str, Any]:
+        reads.append(payload)
+        return {"sandbox_id": payload.decode(), "verbose": False}
+
+    remembered = _read_remembered(read)
+    first = remembered(b"a")
+    first["verbose"] = True  # a handler changing its message changes no other call's
+    assert remembered(b"a") == {"sandbox_id": "a", "verbose": False}
+    assert remembered(b"b") == {"sandbox_id": "b", "verbose": False}
+    assert reads == [b"a", b"b"]

@@ -85,6 +85,28 @@ def _remembered(write: Write) -> Write:
     return out
 
 
+_FLAT: Final = (str, int, bool, float, bytes)
+
+
+def _read_remembered(read: Read) -> Read:
+    """``read``, remembering what a small request of flat fields (Status, Ping of one id, say)
+    reads to: a sandbox polled in a loop is parsed once.  Each call gets a copy of its own."""
+    memo: dict[bytes, dict[str, Any]] = {}
+
+    def read_in(payload: bytes) -> dict[str, Any]:
+        message = memo.get(payload)
+        if message is not None:
+            return message.copy()
+        message = read(payload)
+        if len(payload) <= 256 and all(type(v) in _FLAT for v in message.values()):
+            if len(memo) >= 1024:
+                memo.clear()
+            memo[payload] = message.copy()
+        return message
+
+    return read_in
+
+
 @final
 class _Stream(ReceivedMessages):
     """A CBOR handler's view of a protobuf stream: messages in and out in the CBOR shape."""
@@ -116,6 +138,7 @@ def _wrap(method: Method, read: Read, write: Write, where: str) -> Method:
     handler = method.handler
     if kind is MethodKind.INLINE:
         write = _remembered(write)
+        read = _read_remembered(read)
         return Method(kind, lambda payload, ctx: write(handler(read(payload), ctx)))
     if kind is MethodKind.UNARY:
 
