@@ -751,19 +751,10 @@ class Client:
         when more arrive in a later read, the stream is ended and iteration raises
         :class:`~sandboxd.ResourceExhausted` after the messages already received.
         """
-        deadline = math.inf if timeout is None else trio.current_time() + timeout
-        name = f"{service}/{method}"
-        connection = self._pool.pick() or await self._connection(deadline, name)
-        pending = connection._send_request(
-            service, method, message, deadline, metadata, stream=True
-        )
-        if connection._leader is None:
-            connection._wake_reader()  # to read the stream's messages
-        try:
-            yield StreamCall(connection, pending, deadline, name)
-        finally:
-            if not pending.finished:
-                connection._abandon(pending.stream_id)
+        async with self._stream_call(
+            service, method, message, timeout, metadata, stream=True
+        ) as call:
+            yield call
 
     @asynccontextmanager
     async def open_stream(
@@ -784,12 +775,27 @@ class Client:
         way.  Leaving the block before the call ended tells the server to end it (CANCELLED),
         without closing the connection; so do ``timeout`` and cancellation.
         """
+        async with self._stream_call(
+            service, method, message, timeout, metadata, client_sends=client_sends
+        ) as call:
+            yield call
+
+    @asynccontextmanager
+    async def _stream_call(
+        self,
+        service: str,
+        method: str,
+        message: Mapping[str, Any] | bytes | None,
+        timeout: float | None,
+        metadata: Mapping[str, Sequence[str]] | None,
+        **kind: bool,
+    ) -> AsyncIterator[StreamCall]:
+        """A stream call of either kind (``kind``: ``_send_request``'s flags), on a connection
+        with room, abandoned when the block is left before it ended."""
         deadline = math.inf if timeout is None else trio.current_time() + timeout
         name = f"{service}/{method}"
         connection = self._pool.pick() or await self._connection(deadline, name)
-        pending = connection._send_request(
-            service, method, message, deadline, metadata, client_sends=client_sends
-        )
+        pending = connection._send_request(service, method, message, deadline, metadata, **kind)
         if connection._leader is None:
             connection._wake_reader()  # to read the stream's messages
         try:
