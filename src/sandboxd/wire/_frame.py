@@ -50,6 +50,11 @@ class Frame(NamedTuple):
     payload: bytes
 
 
+#: Builds a Frame without the Python-level ``__new__`` of a named tuple.
+_new_tuple: Final = tuple.__new__
+_unpack_header: Final = HEADER.unpack_from
+
+
 class OversizedFrame(NamedTuple):
     """A frame whose declared length is over the limit.
 
@@ -105,8 +110,13 @@ class FrameDecoder:
         return self._discard
 
     def feed(self, data: bytes) -> list[Frame | OversizedFrame]:
-        events: list[Frame | OversizedFrame] = []
         buf = self._buf
+        if not buf and not self._discard and type(data) is bytes and len(data) >= HEADER_SIZE:
+            # A chunk that is exactly one frame (a caller waiting on each answer): no loop.
+            length, stream_id, frame_type, flags = _unpack_header(data)
+            if length + HEADER_SIZE == len(data) and length <= self._max_payload:
+                return [_new_tuple(Frame, (stream_id, frame_type, flags, data[HEADER_SIZE:]))]
+        events: list[Frame | OversizedFrame] = []
         if self._discard:
             skip = min(self._discard, len(data))
             self._discard -= skip
@@ -140,7 +150,9 @@ class FrameDecoder:
             stop = start + length
             if stop > end:
                 break
-            events.append(Frame(stream_id, frame_type, flags, bytes(source[start:stop])))
+            events.append(
+                _new_tuple(Frame, (stream_id, frame_type, flags, bytes(source[start:stop])))
+            )
             pos = stop
         if source is buf:
             if pos:
