@@ -140,8 +140,13 @@ def controller_service(controller: Controller) -> dict[str, Method]:
 
     def status(msg: Message, ctx: CallContext) -> Mapping[str, Any] | Encoded:
         sandbox_id = msg.get("sandbox_id")
-        if len(msg) == 1 and type(sandbox_id) is str and sandbox_id in encoded_status:
-            # A non-verbose Status of an id asked about before: checked then.
+        if (
+            type(sandbox_id) is str
+            and sandbox_id in encoded_status
+            and (len(msg) == 1 or (len(msg) == 2 and msg.get("verbose") is False))
+        ):
+            # A non-verbose Status of an id asked about before: checked then.  (A protobuf
+            # request always carries ``verbose``.)
             verbose = False
         else:
             sandbox_id, verbose = status_request(msg)
