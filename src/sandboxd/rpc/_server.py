@@ -15,10 +15,10 @@ together.
 
 Repeats cost less.  A request is decoded once per distinct payload: the server keeps, per
 envelope, the decoded requests of up to 256 small payloads without metadata (a poller sends
-the same bytes each time; only the stream id, in the frame header, changes), and a hit gives
-the handler a copy of the message, and the call a deadline of its own.  An answer that is an
-:class:`~._methods.Encoded` (or a protobuf method's bytes) given again, as a cached Status
-is, is wrapped in its response envelope once.
+the same bytes each time; only the stream id, in the frame header, changes) with the method
+they call, and a hit gives the handler a copy of the message, and the call a deadline of its
+own.  An answer that is an :class:`~._methods.Encoded` (or a protobuf method's bytes) given
+again, as a cached Status is, is wrapped in its response envelope once.
 
 The reader never waits on a handler.  It stops reading only while more than
 ``max_buffered_bytes`` of replies wait for a peer that does not read them, or while a stream
@@ -413,7 +413,8 @@ class _Connection:
         self.protobuf: bool | None = None
         self.services = server.services
         self._decode = decode_request
-        # The server's cache of this envelope's decoded requests: payload -> (request, message).
+        # The server's cache of this envelope's decoded requests: payload -> (request,
+        # message, the method it calls).
         self._decoded = server._decoded_cbor
         # The last answer sent that may be sent again as it is (an Encoded or raw message),
         # and its response envelope: a cached answer is wrapped once.
@@ -599,21 +600,21 @@ class _Connection:
         # copied.  Decoding is deterministic, so a hit is what decoding would give.
         cached = self._decoded.get(payload)
         try:
-            request = self._decode(payload) if cached is None else cached[0]
-            service = self.services.get(request.service)
-            if service is None:
-                raise Unimplemented(f"unknown service {request.service!r}")
-            method = service.get(request.method)
-            if method is None:
-                raise Unimplemented(
-                    f"unknown method {request.method!r} of service {request.service!r}"
-                )
             if cached is None:
+                request = self._decode(payload)
+                service = self.services.get(request.service)
+                if service is None:
+                    raise Unimplemented(f"unknown service {request.service!r}")
+                method = service.get(request.method)
+                if method is None:
+                    raise Unimplemented(
+                        f"unknown method {request.method!r} of service {request.service!r}"
+                    )
                 message = self.load(request.payload, "request payload")
                 if len(payload) <= _CACHED_REQUEST_BYTES and not request.metadata:
-                    self._remember(payload, request, message)
+                    self._remember(payload, request, message, method)
             else:
-                message = cached[1]
+                request, message, method = cached
                 if type(message) is dict:
                     message = message.copy()
             if server.draining:
@@ -679,7 +680,7 @@ class _Connection:
         server.call_started()
         self._nursery.start_soon(self._run_call, stream_id, call, method, message, ctx)
 
-    def _remember(self, payload: bytes, request: Request, message: Any) -> None:
+    def _remember(self, payload: bytes, request: Request, message: Any, method: Method) -> None:
         if type(message) is dict:
             if not all(type(v) in _IMMUTABLE for v in message.values()):
                 return
@@ -687,7 +688,7 @@ class _Connection:
         decoded = self._decoded
         if len(decoded) >= _CACHED_REQUESTS:
             decoded.clear()
-        decoded[payload] = (request, message)
+        decoded[payload] = (request, message, method)
 
     def _on_data(self, frame: Frame) -> None:
         # See docs/wire.md, "Client and bidirectional streams" and "Flow control".
@@ -855,8 +856,8 @@ class Server:
         self.services = services
         self.protobuf_services: Services = {} if protobuf_services is None else protobuf_services
         # Decoded requests by payload, per envelope (see _Connection._on_request).
-        self._decoded_cbor: dict[bytes, tuple[Request, Any]] = {}
-        self._decoded_protobuf: dict[bytes, tuple[Request, Any]] = {}
+        self._decoded_cbor: dict[bytes, tuple[Request, Any, Method]] = {}
+        self._decoded_protobuf: dict[bytes, tuple[Request, Any, Method]] = {}
         self.limits = Limits() if limits is None else limits
         self.allowed_uids: frozenset[int] = frozenset(
             {os.geteuid(), 0} if allowed_uids is None else allowed_uids
