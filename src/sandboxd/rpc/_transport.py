@@ -18,11 +18,13 @@ from __future__ import annotations
 import errno
 import math
 import socket
-from typing import final
+from typing import Final, final
 
 import trio
 
 from ..wire import RECV_SIZE
+
+_wait_readable: Final = trio.lowlevel.wait_readable
 
 #: A reader that finds bytes waiting yields once it has received this many since it last
 #: waited: a busy peer's reads cost no schedule point each, and cannot starve other tasks.
@@ -46,6 +48,7 @@ class Transport:
         "_closed",
         "_corked",
         "_drained",
+        "_fd",
         "_max_pending",
         "_pending",
         "_pending_bytes",
@@ -66,6 +69,8 @@ class Transport:
     ) -> None:
         sock.setblocking(False)
         self._sock = sock
+        # Waited on by number: trio asks an object for it on every wait.
+        self._fd = sock.fileno()
         self._pending: list[bytes] = []
         self._pending_bytes = 0
         self._max_pending = max_pending
@@ -117,17 +122,18 @@ class Transport:
             try:
                 data = sock.recv(RECV_SIZE)
             except BlockingIOError:
-                await trio.lowlevel.wait_readable(sock)
+                await _wait_readable(self._fd)
                 self._unyielded = 0
                 continue
             except OSError as exc:
                 raise trio.BrokenResourceError(f"receive failed: {exc}") from exc
-            if self._unyielded >= _YIELD_EVERY:
+            unyielded = self._unyielded
+            if unyielded >= _YIELD_EVERY:
                 # Bytes have kept coming without a wait: yield anyway so one busy peer cannot
                 # starve the other tasks.
                 await trio.lowlevel.checkpoint()
-                self._unyielded = 0
-            self._unyielded += len(data)
+                unyielded = 0
+            self._unyielded = unyielded + len(data)
             return data
 
     def write(self, data: bytes) -> None:
