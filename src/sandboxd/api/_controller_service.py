@@ -139,11 +139,10 @@ def controller_service(controller: Controller) -> dict[str, Method]:
         return encoded
 
     def status(msg: Message, ctx: CallContext) -> Mapping[str, Any] | Encoded:
-        sandbox_id = msg.get("sandbox_id")
-        if (
-            type(sandbox_id) is str
-            and sandbox_id in encoded_status
-            and (len(msg) == 1 or (len(msg) == 2 and msg.get("verbose") is False))
+        sandbox_id: Any = msg.get("sandbox_id")  # a str where ``cached`` is found
+        cached = encoded_status.get(sandbox_id) if type(sandbox_id) is str else None
+        if cached is not None and (
+            len(msg) == 1 or (len(msg) == 2 and msg.get("verbose") is False)
         ):
             # A non-verbose Status of an id asked about before: checked then.  (A protobuf
             # request always carries ``verbose``.)
@@ -157,6 +156,8 @@ def controller_service(controller: Controller) -> dict[str, Method]:
             raise
         if verbose:
             return status_message(snapshot)
+        if cached is not None and cached[0] is snapshot:
+            return cached[1]
         return encode_status(snapshot)
 
     def shutdown(msg: Message, ctx: CallContext, reply: Responder) -> None:
