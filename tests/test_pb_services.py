@@ -33,7 +33,7 @@ from sandboxd.api._pb_services import (
     METRICS_TYPE,
     SANDBOX_OPTIONS_TYPE,
     SANDBOX_SERVICE,
-    _read_remembered,
+    _inline,
     protobuf_services,
 )
 from sandboxd.proto import containerd_sandbox_pb2 as sandbox_pb
@@ -567,14 +567,19 @@ async def test_a_status_polled_with_the_same_bytes_follows_the_sandbox() -> None
 
 async def test_a_remembered_request_is_a_copy_for_each_call() -> None:
     reads: list[bytes] = []
+    seen: list[dict[str, Any]] = []
 
     def read(payload: bytes) -> dict[str, Any]:
         reads.append(payload)
         return {"sandbox_id": payload.decode(), "verbose": False}
 
-    remembered = _read_remembered(read)
-    first = remembered(b"a")
-    first["verbose"] = True  # a handler changing its message changes no other call's
-    assert remembered(b"a") == {"sandbox_id": "a", "verbose": False}
-    assert remembered(b"b") == {"sandbox_id": "b", "verbose": False}
+    def handler(message: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
+        seen.append(dict(message))
+        message["verbose"] = True  # a handler changing its message changes no other call's
+        return {}
+
+    call = _inline(handler, read, lambda values: b"")
+    for payload in (b"a", b"a", b"b"):
+        assert call(payload, CallContext(SANDBOX_SERVICE, "SandboxStatus", 1, {})) == b""
+    assert seen == [{"sandbox_id": i, "verbose": False} for i in ("a", "a", "b")]
     assert reads == [b"a", b"b"]

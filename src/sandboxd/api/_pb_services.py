@@ -66,45 +66,39 @@ Write = Callable[[Any], bytes]
 _OPENS_ON_STREAM: Final = object()
 
 
-def _remembered(write: Write) -> Write:
-    """``write``, remembering its answer to an already encoded CBOR answer (the CBOR services
-    cache their Status and Ping answers so): a sandbox polled in a loop is converted once per
-    change."""
-    memo: dict[bytes, bytes] = {}
-
-    def out(values: Any) -> bytes:
-        if type(values) is not Encoded:
-            return write(values)
-        answer = memo.get(values)
-        if answer is None:
-            if len(memo) >= 4096:
-                memo.clear()
-            answer = memo[values] = write(values)
-        return answer
-
-    return out
-
-
 _FLAT: Final = (str, int, bool, float, bytes)
 
 
-def _read_remembered(read: Read) -> Read:
-    """``read``, remembering what a small request of flat fields (Status, Ping of one id, say)
-    reads to: a sandbox polled in a loop is parsed once.  Each call gets a copy of its own."""
-    memo: dict[bytes, dict[str, Any]] = {}
+def _inline(handler: Callable[..., Any], read: Read, write: Write) -> Callable[..., bytes]:
+    """An inline CBOR ``handler`` taking and answering protobuf, remembering what a small
+    request of flat fields (Status, Ping of one id, say) reads to, each call getting a copy of
+    its own, and what an already encoded CBOR answer (the CBOR services cache their Status and
+    Ping answers so) converts to: a sandbox polled in a loop is parsed once, and its answer
+    converted once per change."""
+    requests: dict[bytes, dict[str, Any]] = {}
+    answers: dict[bytes, bytes] = {}
 
-    def read_in(payload: bytes) -> dict[str, Any]:
-        message = memo.get(payload)
+    def call(payload: bytes, ctx: CallContext) -> bytes:
+        message = requests.get(payload)
         if message is not None:
-            return message.copy()
-        message = read(payload)
-        if len(payload) <= 256 and all(type(v) in _FLAT for v in message.values()):
-            if len(memo) >= 1024:
-                memo.clear()
-            memo[payload] = message.copy()
-        return message
+            message = message.copy()
+        else:
+            message = read(payload)
+            if len(payload) <= 256 and all(type(v) in _FLAT for v in message.values()):
+                if len(requests) >= 1024:
+                    requests.clear()
+                requests[payload] = message.copy()
+        values = handler(message, ctx)
+        if type(values) is not Encoded:
+            return write(values)
+        answer = answers.get(values)
+        if answer is None:
+            if len(answers) >= 4096:
+                answers.clear()
+            answer = answers[values] = write(values)
+        return answer
 
-    return read_in
+    return call
 
 
 @final
@@ -137,9 +131,7 @@ def _wrap(method: Method, read: Read, write: Write, where: str) -> Method:
     kind = method.kind
     handler = method.handler
     if kind is MethodKind.INLINE:
-        write = _remembered(write)
-        read = _read_remembered(read)
-        return Method(kind, lambda payload, ctx: write(handler(read(payload), ctx)))
+        return Method(kind, _inline(handler, read, write))
     if kind is MethodKind.UNARY:
 
         async def unary(payload: bytes, ctx: CallContext) -> bytes:
