@@ -66,15 +66,15 @@ def _run_guarded(
     """``run(afn, **options)``, failing with TimeoutError once ``afn`` has run for ``guard``
     seconds (cancelled: its fixtures' teardown runs first)."""
     __tracebackhide__ = True
+    deadline = trio.move_on_after(guard)  # counts from when the run enters it
 
     async def guarded() -> object:
-        __tracebackhide__ = True
-        deadline = trio.move_on_after(guard)
-        try:
-            with deadline:
-                return await afn()
-        finally:
-            if deadline.cancel_called:
-                raise TimeoutError(f"test still running after {guard} s: something hangs")
+        with deadline:
+            return await afn()
+        return None
 
-    return run(guarded, **options)
+    try:
+        return run(guarded, **options)
+    finally:
+        if deadline.cancel_called:
+            raise TimeoutError(f"test still running after {guard} s: something hangs")
