@@ -9,7 +9,8 @@ serve here too.  The tests' helper modules:
 - ``background.py``: calls running in tasks of their own;
 - ``sim_controller.py``: a running Controller over the ``sim`` backend, and shorthands;
 - ``procs.py``: real processes (/proc, FIFOs, reaping, exit callbacks);
-- ``daemons.py``: ``sandboxd serve`` as a subprocess, and a Controller served in process.
+- ``daemons.py``: ``sandboxd serve`` as a subprocess, and a Controller served in process;
+- ``hang_guard.py`` (loaded as a plugin): the ``watchdog`` that fails a trio test which hangs.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from probe_server import Probe
 from procs import Fifo, Reaper
 from sandboxd.api import controller_server
 from sandboxd.runtime import Controller
+
+pytest_plugins = ["hang_guard"]
 
 
 @pytest.fixture
@@ -61,20 +64,6 @@ def reaper() -> Iterator[Reaper]:
         yield reaper
     finally:
         reaper.kill_all()
-
-
-@pytest.fixture
-async def watchdog(request: pytest.FixtureRequest, nursery: trio.Nursery) -> None:
-    """Fails the test, rather than let it hang, once it has run for its module's ``GUARD``
-    seconds (virtual ones under the autojump clock).  A module of trio tests asks for it with
-    ``pytestmark = pytest.mark.usefixtures("watchdog")``."""
-    guard: float = request.module.GUARD
-
-    async def bark() -> None:
-        await trio.sleep(guard)
-        raise TimeoutError(f"test still running after {guard} s: something hangs")
-
-    nursery.start_soon(bark)
 
 
 @pytest.fixture

@@ -50,7 +50,7 @@ from sandboxd.wire import (
 pytestmark = pytest.mark.usefixtures("watchdog")
 NOBODY = 65534
 #: Seconds after which a test counts as hung.
-GUARD = 20.0
+GUARD = 60.0
 SETPRIV = shutil.which("setpriv")
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="changing uid needs root")
 needs_setpriv = pytest.mark.skipif(SETPRIV is None, reason="setpriv is not installed")

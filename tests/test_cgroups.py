@@ -31,7 +31,7 @@ from sandboxd.runtime._controller import default_backends
 
 MIB = 1 << 20
 #: Real seconds a test may take before it is a hang.
-GUARD = 20
+GUARD = 60
 
 #: The interpreter, by its real path: a venv under /tmp would be hidden by a bwrap
 #: sandbox's private /tmp.  Only the standard library is used inside.

@@ -57,8 +57,7 @@ from sandboxd import (
 )
 from sandboxd._models import TOPIC_CREATE, TOPIC_DELETE, TOPIC_EXIT, TOPIC_START
 
-#: Seconds a test may run before the watchdog fails it.  The fixtures ask for the watchdog
-#: by name: pytest-trio does not run an async fixture given by ``usefixtures``.
+#: Seconds a test may run before the watchdog fails it (asked for by name, as an argument).
 GUARD = 20.0
 
 SLEEPER = SandboxOptions(command=("sleep", "1000"))

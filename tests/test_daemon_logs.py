@@ -29,7 +29,7 @@ from sim_controller import running
 
 pytestmark = pytest.mark.usefixtures("watchdog")
 #: Seconds (real, or virtual under the autojump clock) after which a test counts as hung.
-GUARD = 30.0
+GUARD = 60.0
 
 
 async def exits_3_and_a_stopped_one(daemons: Daemons, *args: str) -> Daemon:

@@ -31,8 +31,7 @@ from sandboxd._models import STDERR, STDOUT, TOPIC_EXEC_EXIT
 from sandboxd.api import CONTROLLER_SERVICE
 from sandboxd.runtime import Controller
 
-#: Seconds a test may run before the watchdog fails it.  The tests ask for the watchdog by
-#: name: pytest-trio does not run an async fixture given by ``usefixtures``.
+#: Seconds a test may run before the watchdog fails it (asked for by name, as an argument).
 GUARD = 20.0
 
 

@@ -29,7 +29,7 @@ from sandboxd.runtime import Controller, LogReader, SandboxStore, open_controlle
 
 pytestmark = pytest.mark.usefixtures("watchdog")
 #: Real seconds a test may take before it is a hang.
-GUARD = 20
+GUARD = 60
 
 Item = LogChunk | LogGap
 

@@ -31,6 +31,8 @@ from sandboxd.cli import _ctl
 from sandboxd.runtime import open_controller
 
 guarded = pytest.mark.usefixtures("watchdog")
+#: Real seconds a guarded test may take before it is a hang.
+GUARD = 60
 
 # System-call numbers, for the machines the probe knows.
 _NUMBERS = {
